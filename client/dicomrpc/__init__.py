@@ -1,0 +1,24 @@
+"""dicomrpc: the SDK and command line of the dicomrpc DICOM archive.
+
+>>> from dicomrpc import Client
+>>> with Client("localhost:50051") as client:  # doctest: +SKIP
+...     result = client.store(["study/"])
+"""
+
+from dicomrpc.aio import AsyncClient
+from dicomrpc.client import Client, ClientConfig, TlsConfig
+from dicomrpc.errors import DicomRpcError
+from dicomrpc.results import AttributeWarning, InstanceResult, StoreResult
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncClient",
+    "AttributeWarning",
+    "Client",
+    "ClientConfig",
+    "DicomRpcError",
+    "InstanceResult",
+    "StoreResult",
+    "TlsConfig",
+]

@@ -1,0 +1,147 @@
+"""The ``dicomrpc`` command line: ``serve`` the archive, ``store`` files into it."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import queue
+import sys
+import threading
+from collections.abc import Sequence
+
+from tqdm import tqdm
+
+from dicomrpc.client import Client
+from dicomrpc.errors import DicomRpcError
+from dicomrpc.results import InstanceResult
+from dicomrpc.sources import Item, expand
+
+DEFAULT_SERVER = "localhost:50051"
+# A store stream is closed after this many instances or bytes, so results arrive steadily.
+BATCH_INSTANCES = 64
+BATCH_BYTES = 256 * 1024 * 1024
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dicomrpc", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the archive server")
+    from dicomrpc_server.main import add_serve_arguments
+
+    add_serve_arguments(serve)
+
+    store = sub.add_parser("store", help="store DICOM files and folders (recursive)")
+    store.add_argument("paths", nargs="+", help="files or folders")
+    store.add_argument("--study", help="restrict to one StudyInstanceUID (others fail, 43265)")
+    store.add_argument(
+        "--server",
+        default=os.environ.get("DICOMRPC_SERVER", DEFAULT_SERVER),
+        help=f"server address (env DICOMRPC_SERVER, {DEFAULT_SERVER})",
+    )
+    store.add_argument("--concurrency", type=int, default=4, help="parallel streams (4)")
+    store.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def _batches(items: list[Item]) -> list[list[Item]]:
+    batches: list[list[Item]] = []
+    current: list[Item] = []
+    size = 0
+    for item in items:
+        if current and (len(current) >= BATCH_INSTANCES or size + item.size > BATCH_BYTES):
+            batches.append(current)
+            current, size = [], 0
+        current.append(item)
+        size += item.size
+    if current:
+        batches.append(current)
+    return batches
+
+
+def store_command(args: argparse.Namespace) -> int:
+    """Store files with N parallel streams; print a summary; exit 1 if anything failed."""
+    try:
+        items = expand(args.paths)
+    except OSError as error:
+        print(f"dicomrpc store: {error}", file=sys.stderr)
+        return 2
+    total = sum(i.size for i in items)
+    work: queue.Queue[list[Item]] = queue.Queue()
+    for batch in _batches(items):
+        work.put(batch)
+    results: list[InstanceResult] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    bar = tqdm(
+        total=total,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        disable=args.quiet,
+        desc="storing",
+        dynamic_ncols=True,
+    )
+
+    def on_bytes(item: Item, n: int) -> None:
+        with lock:
+            bar.update(n)
+
+    def worker(client: Client) -> None:
+        while True:
+            try:
+                batch = work.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                outcome = client.store(batch, args.study, on_bytes=on_bytes)
+            except DicomRpcError as error:
+                with lock:
+                    errors.append(f"{len(batch)} instances not sent: {error}")
+                continue
+            with lock:
+                results.extend(outcome.instances)
+                bar.set_postfix(instances=len(results), refresh=False)
+
+    with Client(args.server) as client:
+        threads = [
+            threading.Thread(target=worker, args=(client,), daemon=True)
+            for _ in range(max(1, args.concurrency))
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    bar.close()
+    stored = [r for r in results if r.outcome == "stored"]
+    warned = [r for r in results if r.outcome == "stored_with_warnings"]
+    failed = [r for r in results if r.outcome == "failed"]
+    for r in warned:
+        comments = "; ".join(f"{w.keyword or w.tag or 'dataset'}: {w.comment}" for w in r.warnings)
+        print(f"warning {r.warning_reason}: {r.client_reference}: {comments}")
+    for r in failed:
+        print(
+            f"failed {r.failure_reason} {r.failure_reason_name}: {r.client_reference}: "
+            f"{r.failure_message}"
+        )
+    for message in errors:
+        print(f"error: {message}")
+    print(
+        f"{len(stored)} stored, {len(warned)} stored with warnings, {len(failed)} failed"
+        + (f", {len(errors)} requests failed" if errors else "")
+    )
+    return 1 if failed or errors else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line."""
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        from dicomrpc_server.main import run
+
+        return run(args)
+    return store_command(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

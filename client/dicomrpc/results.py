@@ -1,0 +1,110 @@
+"""Typed results the SDK returns, decoded from the API's messages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dicomrpc.v1 import store_service_pb2 as pb
+
+_OUTCOMES = {
+    pb.INSTANCE_STORE_OUTCOME_STORED: "stored",
+    pb.INSTANCE_STORE_OUTCOME_STORED_WITH_WARNINGS: "stored_with_warnings",
+    pb.INSTANCE_STORE_OUTCOME_FAILED: "failed",
+}
+_STATUSES = {
+    pb.STORE_STATUS_ALL_STORED: "all_stored",
+    pb.STORE_STATUS_PARTIALLY_STORED: "partially_stored",
+    pb.STORE_STATUS_NONE_STORED: "none_stored",
+}
+
+
+@dataclass(frozen=True)
+class AttributeWarning:
+    """A warning about one attribute of a stored instance."""
+
+    tag: str
+    keyword: str
+    comment: str
+    warning_reason: int
+
+
+@dataclass(frozen=True)
+class InstanceResult:
+    """What became of one instance of a store.
+
+    ``outcome`` is ``"stored"``, ``"stored_with_warnings"`` or ``"failed"``; a failure has its
+    DICOM ``failure_reason`` (272, 43264, 43265, 45070, 45071), its stable
+    ``failure_reason_name`` and a ``failure_message``.
+    """
+
+    index: int
+    client_reference: str
+    outcome: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    retrieve_location: str
+    failure_reason: int
+    failure_reason_name: str
+    failure_message: str
+    warning_reason: int
+    warnings: tuple[AttributeWarning, ...]
+    version: int
+    size_bytes: int
+    transfer_syntax_uid: str
+
+    @property
+    def stored(self) -> bool:
+        """Whether the instance is in the archive now."""
+        return self.outcome != "failed"
+
+    @classmethod
+    def from_message(cls, m: pb.InstanceStoreResult) -> InstanceResult:
+        """Decode an ``InstanceStoreResult`` message."""
+        return cls(
+            index=m.index,
+            client_reference=m.client_reference,
+            outcome=_OUTCOMES.get(m.outcome, "failed"),
+            sop_class_uid=m.sop_class_uid,
+            sop_instance_uid=m.sop_instance_uid,
+            study_instance_uid=m.study_instance_uid,
+            series_instance_uid=m.series_instance_uid,
+            retrieve_location=m.retrieve_location,
+            failure_reason=m.failure_reason,
+            failure_reason_name=m.failure_reason_name,
+            failure_message=m.failure_message,
+            warning_reason=m.warning_reason,
+            warnings=tuple(
+                AttributeWarning(w.tag, w.keyword, w.comment, w.warning_reason) for w in m.warnings
+            ),
+            version=m.version,
+            size_bytes=m.size_bytes,
+            transfer_syntax_uid=m.transfer_syntax_uid,
+        )
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    """The results of one store request, in the order the instances were sent."""
+
+    instances: list[InstanceResult]
+    status: str
+
+    @property
+    def stored(self) -> list[InstanceResult]:
+        """The instances now in the archive (with or without warnings)."""
+        return [r for r in self.instances if r.stored]
+
+    @property
+    def failed(self) -> list[InstanceResult]:
+        """The instances that were not stored."""
+        return [r for r in self.instances if not r.stored]
+
+    @classmethod
+    def from_message(cls, m: pb.StoreInstancesResponse) -> StoreResult:
+        """Decode a ``StoreInstancesResponse``."""
+        return cls(
+            [InstanceResult.from_message(r) for r in m.results],
+            _STATUSES.get(m.status, "none_stored"),
+        )

@@ -1,0 +1,61 @@
+"""The archive: storage opened, crash leftovers swept, core services built.
+
+This is the composition root both adapters (gRPC and DICOMweb) are given; it holds no rules of
+its own.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+from dicomrpc_server.config import Settings
+from dicomrpc_server.storage.blobs import LocalBlobStore
+from dicomrpc_server.storage.lmdb_index import LmdbIndex
+from dicomrpc_server.store.ingest import StoreCore
+
+log = logging.getLogger(__name__)
+
+
+class Archive:
+    """Opens the storage in ``settings.data_dir`` and builds the core services."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.blobs = LocalBlobStore(settings.data_dir)
+        self.index = LmdbIndex(
+            settings.data_dir / "index",
+            map_size=settings.lmdb_map_size,
+            max_readers=settings.lmdb_max_readers,
+            max_batch=settings.commit_batch,
+            before_commit=self.blobs.sync,
+        )
+        self.recover()
+        # pydicom is pure Python: one parsing thread is as fast as several under the GIL, and
+        # keeps pydicom's warning capture from interleaving between instances.
+        self._parse_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parse")
+        self.store = StoreCore(settings, self.blobs, self.index, self._parse_executor)
+
+    def recover(self) -> tuple[int, int]:
+        """Remove what a crash left: unfinished uploads, and files the index does not reference.
+
+        Returns the number of uploads and orphan files removed.
+        """
+        uploads = self.blobs.clear_uploads()
+        referenced = self.index.blob_ids()
+        orphans = 0
+        for blob_id in list(self.blobs.blob_ids()):
+            if blob_id not in referenced:
+                self.blobs.delete(blob_id)
+                orphans += 1
+        if uploads or orphans:
+            log.warning(
+                "recovery removed %d unfinished uploads and %d orphan files", uploads, orphans
+            )
+        return uploads, orphans
+
+    def close(self) -> None:
+        """Let queued work finish, then close the index."""
+        self._parse_executor.shutdown(wait=True)
+        self.index.close()

@@ -1,0 +1,69 @@
+"""Server settings: one frozen value built at start-up and passed to what needs it."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+KIB = 1024
+MIB = 1024 * KIB
+GIB = 1024 * MIB
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable about one server process.
+
+    Attributes
+    ----------
+    data_dir
+        Where instance files and the LMDB index live.
+    host
+        The address the servers bind to.
+    grpc_port
+        The gRPC port; 0 picks a free one.
+    max_instance_bytes
+        The largest instance accepted; a larger one fails while it streams in.
+    max_chunk_bytes
+        The largest message the server accepts (one chunk plus its envelope).
+    chunk_bytes
+        The chunk size the server streams bytes in.
+    lmdb_map_size
+        The LMDB map size reserved at start; it grows when full.
+    lmdb_max_readers
+        The LMDB reader slots: concurrent read transactions, sized for peak concurrent streams.
+    commit_batch
+        The most write operations the index writer groups into one commit.
+    shutdown_grace_s
+        How long a graceful shutdown lets in-flight calls finish.
+    """
+
+    data_dir: Path = Path("data")
+    host: str = "127.0.0.1"
+    grpc_port: int = 50051
+    max_instance_bytes: int = 4 * GIB
+    max_chunk_bytes: int = 4 * MIB
+    chunk_bytes: int = 1 * MIB
+    lmdb_map_size: int = 1 * GIB
+    lmdb_max_readers: int = 512
+    commit_batch: int = 256
+    shutdown_grace_s: float = 30.0
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        """Build settings from ``DICOMRPC_*`` environment variables, then ``overrides``."""
+        env: dict[str, object] = {}
+        mapping: dict[str, tuple[str, type]] = {
+            "DICOMRPC_DATA": ("data_dir", Path),
+            "DICOMRPC_HOST": ("host", str),
+            "DICOMRPC_GRPC_PORT": ("grpc_port", int),
+            "DICOMRPC_MAX_INSTANCE_BYTES": ("max_instance_bytes", int),
+            "DICOMRPC_MAX_CHUNK_BYTES": ("max_chunk_bytes", int),
+            "DICOMRPC_LMDB_MAP_SIZE": ("lmdb_map_size", int),
+        }
+        for var, (name, kind) in mapping.items():
+            if var in os.environ:
+                env[name] = kind(os.environ[var])
+        env.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**env)  # type: ignore[arg-type]

@@ -1,0 +1,201 @@
+"""What an instance must have to be stored, and what is only worth a warning.
+
+Strict where it must be: the four UIDs that place an instance in the archive (study, series,
+SOP instance, SOP class) must be present and safe keys, or the instance fails with 43264.
+Lenient where it can be: any other problem (a malformed date, a value too long for its VR, a
+file meta that disagrees with the data set) is stored as sent and reported as a warning naming
+the attribute; an invalid searchable value is left out of the index so that no search is
+answered from a value that does not mean what it says.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pydicom import config
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.uid import UID
+from pydicom.valuerep import validate_value
+
+from dicomrpc_server.dicom.attributes import ALL_ATTRIBUTES
+from dicomrpc_server.dicom.part10 import ParsedInstance
+from dicomrpc_server.dicom.uids import UidCheck, check_uid
+from dicomrpc_server.errors import Code, ServiceError
+
+WARNING_SOP_CLASS_MISMATCH = 45063
+WARNING_ATTRIBUTES = 1
+
+# VRs whose values are text in the file; binary numbers need no syntax check.
+_TEXT_VRS = frozenset(
+    {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR"}
+)
+
+_REQUIRED = (
+    ("StudyInstanceUID", 0x0020000D),
+    ("SeriesInstanceUID", 0x0020000E),
+    ("SOPInstanceUID", 0x00080018),
+    ("SOPClassUID", 0x00080016),
+)
+
+
+@dataclass(frozen=True)
+class AttributeProblem:
+    """A warning about one attribute (or the data set as a whole, with an empty tag)."""
+
+    tag: str
+    keyword: str
+    comment: str
+    reason: int
+
+
+@dataclass
+class ValidatedInstance:
+    """The identity of a valid instance and the warnings it is stored with."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    problems: list[AttributeProblem] = field(default_factory=list)
+    unindexed_tags: set[str] = field(default_factory=set)
+
+    @property
+    def warning_reason(self) -> int:
+        """45063 when any problem is a SOP class mismatch, 1 for other problems, else 0."""
+        reasons = {p.reason for p in self.problems}
+        if WARNING_SOP_CLASS_MISMATCH in reasons:
+            return WARNING_SOP_CLASS_MISMATCH
+        return WARNING_ATTRIBUTES if reasons else 0
+
+
+class ValidationFailed(ServiceError):
+    """A required attribute is missing or invalid (DICOM status 43264)."""
+
+    def __init__(self, message: str, keyword: str) -> None:
+        super().__init__(
+            Code.INVALID_ARGUMENT,
+            "INSTANCE_VALIDATION_FAILED",
+            message,
+            dicom_status=43264,
+            metadata={"attribute": keyword},
+        )
+
+
+def _text(dataset: Dataset, keyword: str) -> str | None:
+    """The single string value of an attribute, ``None`` when absent."""
+    if keyword not in dataset:
+        return None
+    value = dataset[keyword].value
+    if isinstance(value, MultiValue):
+        return "\\".join(str(v) for v in value)
+    return "" if value is None else str(value).strip("\x00 ")
+
+
+def validate(parsed: ParsedInstance) -> ValidatedInstance:
+    """Check a parsed instance; raise :class:`ValidationFailed` or return its warnings."""
+    ds = parsed.dataset
+    problems: list[AttributeProblem] = []
+    uids: dict[str, str] = {}
+    for keyword, tag in _REQUIRED:
+        try:
+            value = _text(ds, keyword)
+        except Exception as exc:  # an undecodable value
+            raise ValidationFailed(f"{keyword} ({tag:08X}) cannot be read: {exc}", keyword) from exc
+        if value is None:
+            raise ValidationFailed(f"{keyword} ({tag:08X}) is missing", keyword)
+        verdict, why = check_uid(value)
+        if verdict is UidCheck.INVALID:
+            raise ValidationFailed(f"{keyword} ({tag:08X}) {value!r} {why}", keyword)
+        if verdict is UidCheck.NONCONFORMANT:
+            problems.append(
+                AttributeProblem(f"{tag:08X}", keyword, f"{value!r} {why}", WARNING_ATTRIBUTES)
+            )
+        uids[keyword] = value
+
+    if "PatientID" not in ds:
+        problems.append(AttributeProblem("00100020", "PatientID", "is absent", WARNING_ATTRIBUTES))
+    unindexed = _check_searchable(ds, problems)
+    _check_sop_class(parsed, uids, problems)
+    if parsed.structure.encoding_mismatch:
+        problems.append(
+            AttributeProblem("", "", parsed.structure.encoding_mismatch, WARNING_ATTRIBUTES)
+        )
+    return ValidatedInstance(
+        study_uid=uids["StudyInstanceUID"],
+        series_uid=uids["SeriesInstanceUID"],
+        sop_uid=uids["SOPInstanceUID"],
+        sop_class_uid=uids["SOPClassUID"],
+        problems=problems,
+        unindexed_tags=unindexed,
+    )
+
+
+def _check_searchable(ds: Dataset, problems: list[AttributeProblem]) -> set[str]:
+    """Validate every value the index would hold; return the tags to leave out of it."""
+    unindexed: set[str] = set()
+    for attribute in ALL_ATTRIBUTES:
+        if attribute.tag not in ds or (
+            attribute.vr == "UI" and attribute.keyword in dict(_REQUIRED)
+        ):
+            continue
+        try:
+            value = ds[attribute.tag].value
+            values = list(value) if isinstance(value, MultiValue) else [value]
+            for v in values:
+                if v is not None and v != "" and attribute.vr in _TEXT_VRS:
+                    # IS, DS and PN values are objects whose str() is the text as stored.
+                    validate_value(attribute.vr, str(v), config.RAISE)
+        except Exception as exc:
+            unindexed.add(attribute.hex_tag)
+            problems.append(
+                AttributeProblem(
+                    attribute.hex_tag,
+                    attribute.keyword,
+                    f"invalid value, not searchable: {exc}",
+                    WARNING_ATTRIBUTES,
+                )
+            )
+    return unindexed
+
+
+def _check_sop_class(
+    parsed: ParsedInstance, uids: dict[str, str], problems: list[AttributeProblem]
+) -> None:
+    """Warn (45063) when the data set does not match its SOP class or its file meta."""
+    ds = parsed.dataset
+    meta = ds.file_meta
+    sop_class = uids["SOPClassUID"]
+    for meta_keyword, keyword in (
+        ("MediaStorageSOPClassUID", "SOPClassUID"),
+        ("MediaStorageSOPInstanceUID", "SOPInstanceUID"),
+    ):
+        meta_value = _text(meta, meta_keyword)
+        if meta_value and meta_value != uids[keyword]:
+            problems.append(
+                AttributeProblem(
+                    "00020003" if keyword == "SOPInstanceUID" else "00020002",
+                    meta_keyword,
+                    f"the file meta says {meta_value}, the data set's {keyword} is {uids[keyword]}",
+                    WARNING_SOP_CLASS_MISMATCH,
+                )
+            )
+    uid = UID(sop_class)
+    if not uid.is_valid or uid.name == sop_class:
+        problems.append(
+            AttributeProblem(
+                "00080016",
+                "SOPClassUID",
+                f"{sop_class} is not a SOP class of the DICOM standard",
+                WARNING_SOP_CLASS_MISMATCH,
+            )
+        )
+    elif "Image Storage" in uid.name and parsed.structure.pixel_data is None:
+        problems.append(
+            AttributeProblem(
+                "7FE00010",
+                "PixelData",
+                f"is absent, but {uid.name} requires it",
+                WARNING_SOP_CLASS_MISMATCH,
+            )
+        )

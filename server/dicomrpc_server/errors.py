@@ -1,0 +1,82 @@
+"""The one exception family the core raises, translated once by each adapter.
+
+The core knows nothing of gRPC or HTTP: it raises :class:`ServiceError` with a canonical
+:class:`Code` (named as gRPC names them, the vocabulary both adapters map from), a stable
+reason (an ``ErrorReason`` name of the API), a message, the DICOM status code where the
+standard has one, and the request fields at fault.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+class Code(enum.Enum):
+    """Canonical error codes, as gRPC defines them."""
+
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    NOT_FOUND = "NOT_FOUND"
+    ALREADY_EXISTS = "ALREADY_EXISTS"
+    FAILED_PRECONDITION = "FAILED_PRECONDITION"
+    OUT_OF_RANGE = "OUT_OF_RANGE"
+    RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
+    UNAVAILABLE = "UNAVAILABLE"
+    UNIMPLEMENTED = "UNIMPLEMENTED"
+    INTERNAL = "INTERNAL"
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One bad request field: which, and why."""
+
+    field: str
+    description: str
+
+
+@dataclass
+class ServiceError(Exception):
+    """A failure the core reports to a caller.
+
+    Parameters
+    ----------
+    code
+        The canonical code.
+    reason
+        A stable UPPER_SNAKE name from the API's ``ErrorReason`` enum.
+    message
+        A sentence for people, naming the values at fault.
+    dicom_status
+        The DICOM status or reason code, when the standard defines one.
+    metadata
+        Every dynamic value of the message, for machines.
+    violations
+        The request fields at fault, for INVALID_ARGUMENT.
+    """
+
+    code: Code
+    reason: str
+    message: str
+    dicom_status: int | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    violations: tuple[FieldViolation, ...] = ()
+
+    def __post_init__(self) -> None:
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def invalid_argument(field_name: str, description: str) -> ServiceError:
+    """Build the error of a request field that is invalid."""
+    return ServiceError(
+        Code.INVALID_ARGUMENT,
+        "INVALID_REQUEST",
+        f"{field_name}: {description}",
+        violations=(FieldViolation(field_name, description),),
+        metadata={"field": field_name},
+    )

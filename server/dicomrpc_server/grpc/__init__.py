@@ -1,0 +1,1 @@
+"""The gRPC adapter: servicers that translate between the API messages and the core."""

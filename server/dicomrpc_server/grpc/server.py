@@ -1,0 +1,68 @@
+"""The gRPC server: servicers, health checking, reflection, limits and graceful shutdown."""
+
+from __future__ import annotations
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from dicomrpc.v1 import store_service_pb2, store_service_pb2_grpc
+from dicomrpc_server.archive import Archive
+from dicomrpc_server.grpc.logging import AccessLogInterceptor
+from dicomrpc_server.grpc.store import StoreServicer
+from dicomrpc_server.grpc.unimplemented import PENDING_SERVICES, unimplemented_handler
+
+ENVELOPE = 64 * 1024
+
+
+class GrpcServer:
+    """The archive's gRPC endpoint.
+
+    Parameters
+    ----------
+    archive
+        The opened archive.
+    """
+
+    def __init__(self, archive: Archive) -> None:
+        settings = archive.settings
+        self.archive = archive
+        self.server = grpc.aio.server(
+            interceptors=[AccessLogInterceptor()],
+            options=[
+                ("grpc.max_receive_message_length", settings.max_chunk_bytes + ENVELOPE),
+                ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            ],
+        )
+        store_service_pb2_grpc.add_StoreServiceServicer_to_server(
+            StoreServicer(archive.store), self.server
+        )
+        self.server.add_generic_rpc_handlers(
+            tuple(unimplemented_handler(s) for s in PENDING_SERVICES)
+        )
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        names = [
+            store_service_pb2.DESCRIPTOR.services_by_name["StoreService"].full_name,
+            *(s.full_name for s in PENDING_SERVICES),
+            health.SERVICE_NAME,
+            reflection.SERVICE_NAME,
+        ]
+        reflection.enable_server_reflection(names, self.server)
+        self._names = names
+        self.port = self.server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+
+    async def start(self) -> None:
+        """Start serving and report every service as SERVING."""
+        await self.server.start()
+        for name in ("", *self._names):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace: float) -> None:
+        """Stop taking calls, let in-flight ones (stores included) finish for ``grace`` s."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+    async def wait(self) -> None:
+        """Wait until the server stops."""
+        await self.server.wait_for_termination()

@@ -1,0 +1,79 @@
+"""``dicomrpc serve``: open the archive and serve it until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from dicomrpc_server import __version__
+from dicomrpc_server.archive import Archive
+from dicomrpc_server.config import Settings
+from dicomrpc_server.grpc.server import GrpcServer
+
+log = logging.getLogger("dicomrpc.server")
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``serve`` options (each also settable by a ``DICOMRPC_*`` variable)."""
+    parser.add_argument("--data", type=Path, help="data directory (env DICOMRPC_DATA, ./data)")
+    parser.add_argument("--host", help="address to bind (env DICOMRPC_HOST, 127.0.0.1)")
+    parser.add_argument(
+        "--grpc-port", type=int, help="gRPC port, 0 for any (env DICOMRPC_GRPC_PORT, 50051)"
+    )
+    parser.add_argument(
+        "--max-instance-bytes",
+        type=int,
+        help="largest instance accepted (env DICOMRPC_MAX_INSTANCE_BYTES, 4 GiB)",
+    )
+    parser.add_argument("--log-level", default="INFO", help="logging level (INFO)")
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Settings from the environment, then the command line."""
+    return Settings.from_env(
+        data_dir=args.data,
+        host=args.host,
+        grpc_port=args.grpc_port,
+        max_instance_bytes=args.max_instance_bytes,
+    )
+
+
+async def serve(settings: Settings) -> None:
+    """Serve until a signal asks to stop, then shut down gracefully."""
+    archive = Archive(settings)
+    server = GrpcServer(archive)
+    await server.start()
+    counts = archive.index.counts()
+    # Printed for scripts and tests that start the server on port 0.
+    print(f"dicomrpc {__version__} serving gRPC on {settings.host}:{server.port}", flush=True)
+    log.info(
+        "data %s: %d studies, %d series, %d instances",
+        settings.data_dir,
+        counts.studies,
+        counts.series,
+        counts.instances,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down: finishing in-flight calls (up to %.0f s)", settings.shutdown_grace_s)
+    await server.stop(settings.shutdown_grace_s)
+    archive.close()
+    log.info("stopped")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``dicomrpc serve``."""
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    asyncio.run(serve(settings_from_args(args)))
+    return 0

@@ -1,0 +1,1 @@
+"""Search: how attribute values become index terms, and how queries match them."""

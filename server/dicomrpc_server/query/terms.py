@@ -1,0 +1,70 @@
+"""How an attribute value becomes secondary-index terms.
+
+The same normalization serves the index writer and, later, the query planner, so that a value is
+found exactly when the matching rules of PS3.4 C.2.2.2 say it should be:
+
+- most VRs: the value as stored (single-value matching is case-sensitive);
+- PN: the whole name, case- and accent-folded (PN matching is case-insensitive), plus each word
+  of each component, folded the same way, for fuzzy prefix matching;
+- IS, US and other integers: an order-preserving 8-byte encoding, for ranges;
+- DA, TM, DT: the text itself, which sorts in time order once TM/DT are padded.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import unicodedata
+from collections.abc import Iterable
+
+EXACT = b"="
+WORD = b"w"
+NUMBER = b"#"
+
+_WORD_SPLIT = re.compile(r"[\^=\s,\-.]+")
+
+
+def fold(text: str) -> str:
+    """Fold case and strip accents: ``'Müller'`` → ``'muller'``."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
+
+
+def person_name_terms(name: str) -> list[bytes]:
+    """Terms of one PN value: the whole folded name, then each distinct folded word."""
+    folded = fold(name.strip())
+    if not folded:
+        return []
+    terms = [EXACT + folded.encode()]
+    words = sorted({w for w in _WORD_SPLIT.split(folded) if w})
+    terms += [WORD + w.encode() for w in words]
+    return terms
+
+
+def integer_term(value: int) -> bytes:
+    """An order-preserving encoding of a signed 64-bit integer."""
+    return NUMBER + struct.pack(">Q", (value + (1 << 63)) & 0xFFFFFFFFFFFFFFFF)
+
+
+def pad_time(value: str) -> str:
+    """Pad a TM value to HHMMSS.ffffff so that partial times sort correctly."""
+    main, _, frac = value.partition(".")
+    main = main.replace(":", "")
+    return (main + "000000"[len(main) :]) + "." + (frac + "000000")[:6]
+
+
+def value_terms(vr: str, values: Iterable[object]) -> list[bytes]:
+    """The index terms of an attribute's values (each value of a multi-valued attribute)."""
+    terms: list[bytes] = []
+    for value in values:
+        if value is None or value == "":
+            continue
+        if vr == "PN":
+            terms += person_name_terms(str(value))
+        elif vr in ("IS", "US", "SS", "UL", "SL", "SV", "UV"):
+            terms.append(integer_term(int(str(value))))
+        elif vr == "TM":
+            terms.append(EXACT + pad_time(str(value)).encode())
+        else:
+            terms.append(EXACT + str(value).strip().encode())
+    return terms

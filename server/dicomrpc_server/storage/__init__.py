@@ -1,0 +1,1 @@
+"""Storage: instance files (blobs) and the LMDB index, behind two small interfaces."""

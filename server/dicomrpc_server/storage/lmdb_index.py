@@ -1,0 +1,415 @@
+"""The embedded index: one LMDB environment with a named sub-database per kind of record.
+
+Sub-databases (keys in :mod:`.keys`):
+
+=============  ======================  =========================================================
+name           key                     value
+=============  ======================  =========================================================
+``meta``       setting name            counters (``version``, ``change``) and the schema version
+``studies``    study                   ``StudyRecord``
+``series``     study/series            ``SeriesRecord``
+``instances``  study/series/sop        ``InstanceRecord``
+``sops``       sop                     study/series/sop: the UID map
+``blobs``      blob id                 study/series/sop: which files the index references
+``metadata``   study/series/sop        ``dicomrpc.v1.Dataset``: pre-computed metadata
+``frames``     study/series/sop        ``FrameTable``: the byte ranges of every frame
+``terms``      level/tag/term/pk       empty: secondary indexes, scanned with ``set_range``
+``changes``    sequence                ``dicomrpc.v1.ChangeFeedEntry``: the change feed
+=============  ======================  =========================================================
+
+Reads run on the caller's thread in short read transactions; writes go through the
+:class:`~.writer.IndexWriter`.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import lmdb
+
+from dicomrpc.v1 import dataset_pb2, management_service_pb2
+from dicomrpc_server.dicom.attributes import ATTRIBUTES_BY_LEVEL, Level
+from dicomrpc_server.errors import Code, ServiceError
+from dicomrpc_server.query.terms import EXACT, value_terms
+from dicomrpc_server.storage import keys, records_pb2
+from dicomrpc_server.storage.protocols import IndexCounts, NewInstance
+from dicomrpc_server.storage.writer import IndexWriter
+
+SCHEMA_VERSION = 1
+_DB_NAMES = (
+    "meta",
+    "studies",
+    "series",
+    "instances",
+    "sops",
+    "blobs",
+    "metadata",
+    "frames",
+    "terms",
+    "changes",
+)
+MODALITIES_IN_STUDY = 0x00080061
+
+
+def _get(txn: lmdb.Transaction, key: bytes, db: lmdb._Database) -> bytes | None:
+    """A value as ``bytes`` (the environment is opened without buffers), or ``None``."""
+    value = txn.get(key, db=db)
+    return None if value is None else bytes(value)
+
+
+class _ReadGate:
+    """Lets the writer enlarge the map only while no read transaction is open."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._resizing = False
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        with self._cond:
+            while self._resizing:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            self._resizing = True
+            while self._readers:
+                self._cond.wait()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._resizing = False
+                self._cond.notify_all()
+
+
+def instance_exists_error(study: str, series: str, sop: str, where: str = "") -> ServiceError:
+    """The 45070 error of an instance that is already stored."""
+    message = f"an instance with SOPInstanceUID {sop} already exists" + (
+        f" in study {where}" if where else f" in study {study}, series {series}"
+    )
+    return ServiceError(
+        Code.ALREADY_EXISTS,
+        "INSTANCE_ALREADY_EXISTS",
+        message,
+        dicom_status=45070,
+        metadata={
+            "study_instance_uid": study,
+            "series_instance_uid": series,
+            "sop_instance_uid": sop,
+        },
+    )
+
+
+class LmdbIndex:
+    """The :class:`~dicomrpc_server.storage.protocols.Index` on LMDB.
+
+    Parameters
+    ----------
+    path
+        The environment's directory.
+    map_size
+        The map size reserved up front (address space, not disk); doubled whenever full.
+    max_readers
+        Reader slots, sized for peak concurrent streams.
+    max_batch
+        The most writes grouped into one commit.
+    before_commit
+        Called inside every write transaction before it commits (the blob store's sync).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        map_size: int,
+        max_readers: int,
+        max_batch: int,
+        before_commit: Callable[[], None],
+    ) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        self.env = lmdb.open(
+            str(path),
+            map_size=map_size,
+            max_dbs=len(_DB_NAMES) + 4,
+            max_readers=max_readers,
+            sync=True,
+            metasync=True,
+            readahead=False,
+        )
+        self.env.reader_check()
+        self._db = {name: self.env.open_db(name.encode()) for name in _DB_NAMES}
+        self._gate = _ReadGate()
+        with self.env.begin(write=True) as txn:
+            stored = _get(txn, b"schema", self._db["meta"])
+            if stored is None:
+                txn.put(b"schema", struct.pack(">I", SCHEMA_VERSION), db=self._db["meta"])
+            elif struct.unpack(">I", stored)[0] != SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"the index at {path} has schema {struct.unpack('>I', stored)[0]}, "
+                    f"this server reads {SCHEMA_VERSION}"
+                )
+        self.writer = IndexWriter(
+            self.env, before_commit=before_commit, grow=self._grow, max_batch=max_batch
+        )
+
+    # -- reads -------------------------------------------------------------------------------
+
+    @contextmanager
+    def read(self) -> Iterator[lmdb.Transaction]:
+        """A short read transaction; copy what you need out of it before yielding to a client."""
+        with self._gate.reading(), self.env.begin(buffers=False) as txn:
+            yield txn
+
+    def get_instance(self, study: str, series: str, sop: str) -> records_pb2.InstanceRecord | None:
+        """The record of an instance, or ``None``."""
+        with self.read() as txn:
+            raw = _get(txn, keys.instance_key(study, series, sop), self._db["instances"])
+        return None if raw is None else records_pb2.InstanceRecord.FromString(raw)
+
+    def locate_sop(self, sop: str) -> tuple[str, str] | None:
+        """The (study, series) holding a SOP instance UID, or ``None``."""
+        with self.read() as txn:
+            raw = _get(txn, sop.encode("ascii"), self._db["sops"])
+        if raw is None:
+            return None
+        study, series, _ = keys.split_key(raw)
+        return study, series
+
+    def has_blob(self, blob_id: str) -> bool:
+        """Whether an index entry references the blob."""
+        with self.read() as txn:
+            return _get(txn, blob_id.encode("ascii"), self._db["blobs"]) is not None
+
+    def blob_ids(self) -> set[str]:
+        """Every referenced blob id (for consistency checks)."""
+        with self.read() as txn:
+            return {
+                bytes(k).decode("ascii")
+                for k in txn.cursor(db=self._db["blobs"]).iternext(values=False)
+            }
+
+    def counts(self) -> IndexCounts:
+        """The number of studies, series and instances."""
+        with self.read() as txn:
+            return IndexCounts(
+                studies=txn.stat(self._db["studies"])["entries"],
+                series=txn.stat(self._db["series"])["entries"],
+                instances=txn.stat(self._db["instances"])["entries"],
+            )
+
+    def get_metadata(self, study: str, series: str, sop: str) -> dataset_pb2.Dataset | None:
+        """The pre-computed metadata of an instance, or ``None``."""
+        with self.read() as txn:
+            raw = _get(txn, keys.instance_key(study, series, sop), self._db["metadata"])
+        return None if raw is None else dataset_pb2.Dataset.FromString(raw)
+
+    def get_frames(self, study: str, series: str, sop: str) -> records_pb2.FrameTable | None:
+        """The frame offset table of an instance, or ``None``."""
+        with self.read() as txn:
+            raw = _get(txn, keys.instance_key(study, series, sop), self._db["frames"])
+        return None if raw is None else records_pb2.FrameTable.FromString(raw)
+
+    def get_study(self, study: str) -> records_pb2.StudyRecord | None:
+        """The record of a study, or ``None``."""
+        with self.read() as txn:
+            raw = _get(txn, keys.study_key(study), self._db["studies"])
+        return None if raw is None else records_pb2.StudyRecord.FromString(raw)
+
+    def get_series(self, study: str, series: str) -> records_pb2.SeriesRecord | None:
+        """The record of a series, or ``None``."""
+        with self.read() as txn:
+            raw = _get(txn, keys.series_key(study, series), self._db["series"])
+        return None if raw is None else records_pb2.SeriesRecord.FromString(raw)
+
+    def term_entries(self, level: Level, tag: int, term: bytes) -> list[bytes]:
+        """Primary keys of records whose attribute ``tag`` has exactly index term ``term``."""
+        prefix = keys.term_prefix(level, tag, term) + keys.SEP
+        out = []
+        with self.read() as txn:
+            cursor = txn.cursor(db=self._db["terms"])
+            if cursor.set_range(prefix):
+                for raw_key in cursor.iternext(values=False):
+                    key = bytes(raw_key)
+                    if not key.startswith(prefix):
+                        break
+                    out.append(key[len(prefix) :])
+        return out
+
+    def changes(self, after: int, limit: int) -> list[management_service_pb2.ChangeFeedEntry]:
+        """Change feed entries with a sequence above ``after``, at most ``limit``."""
+        out = []
+        with self.read() as txn:
+            cursor = txn.cursor(db=self._db["changes"])
+            if cursor.set_range(keys.sequence_key(after + 1)):
+                for _, value in cursor:
+                    out.append(management_service_pb2.ChangeFeedEntry.FromString(bytes(value)))
+                    if len(out) >= limit:
+                        break
+        return out
+
+    # -- writes ------------------------------------------------------------------------------
+
+    async def add_instance(self, new: NewInstance) -> int:
+        """Index a persisted instance in one write transaction; return its version."""
+        return await self.writer.run(lambda txn: self._add_instance(txn, new))
+
+    def _add_instance(self, txn: lmdb.Transaction, new: NewInstance) -> int:
+        db = self._db
+        ikey = keys.instance_key(new.study_uid, new.series_uid, new.sop_uid)
+        if _get(txn, ikey, db["instances"]) is not None:
+            raise instance_exists_error(new.study_uid, new.series_uid, new.sop_uid)
+        elsewhere = _get(txn, new.sop_uid.encode("ascii"), db["sops"])
+        if elsewhere is not None:
+            study, series, _ = keys.split_key(elsewhere)
+            raise instance_exists_error(
+                new.study_uid, new.series_uid, new.sop_uid, where=f"{study}, series {series}"
+            )
+        version = self._next(txn, b"version")
+        now_us = time.time_ns() // 1000
+        record = new.record
+        record.version = version
+        record.stored_at_us = now_us
+        txn.put(ikey, record.SerializeToString(), db=db["instances"])
+        txn.put(new.sop_uid.encode("ascii"), ikey, db=db["sops"])
+        txn.put(record.blob_id.encode("ascii"), ikey, db=db["blobs"])
+        txn.put(ikey, new.metadata, db=db["metadata"])
+        if new.frames is not None:
+            txn.put(ikey, new.frames.SerializeToString(), db=db["frames"])
+        self._put_terms(txn, Level.INSTANCE, ikey, _terms(Level.INSTANCE, record))
+
+        skey = keys.series_key(new.study_uid, new.series_uid)
+        raw_series = _get(txn, skey, db["series"])
+        old_series = records_pb2.SeriesRecord.FromString(raw_series) if raw_series else None
+        series_record = new.series_attributes
+        series_record.instance_count = (old_series.instance_count if old_series else 0) + 1
+        series_record.version = version
+        self._replace_terms(txn, Level.SERIES, skey, old_series, series_record)
+        txn.put(skey, series_record.SerializeToString(), db=db["series"])
+
+        stkey = keys.study_key(new.study_uid)
+        raw_study = _get(txn, stkey, db["studies"])
+        old_study = records_pb2.StudyRecord.FromString(raw_study) if raw_study else None
+        study_record = new.study_attributes
+        study_record.series_count = (old_study.series_count if old_study else 0) + (
+            0 if old_series else 1
+        )
+        study_record.instance_count = (old_study.instance_count if old_study else 0) + 1
+        if old_study:
+            study_record.modality_counts.update(old_study.modality_counts)
+        if record.modality:
+            study_record.modality_counts[record.modality] += 1
+        study_record.version = version
+        self._replace_terms(txn, Level.STUDY, stkey, old_study, study_record)
+        txn.put(stkey, study_record.SerializeToString(), db=db["studies"])
+
+        self._append_change(txn, new, version, now_us)
+        return version
+
+    def _append_change(
+        self, txn: lmdb.Transaction, new: NewInstance, version: int, now_us: int
+    ) -> None:
+        sequence = self._next(txn, b"change")
+        entry = management_service_pb2.ChangeFeedEntry(
+            sequence=sequence,
+            action=management_service_pb2.CHANGE_ACTION_CREATED,
+            study_instance_uid=new.study_uid,
+            series_instance_uid=new.series_uid,
+            sop_instance_uid=new.sop_uid,
+            version=version,
+            state=management_service_pb2.CHANGE_STATE_CURRENT,
+        )
+        entry.time.FromMicroseconds(now_us)
+        txn.put(keys.sequence_key(sequence), entry.SerializeToString(), db=self._db["changes"])
+
+    def _next(self, txn: lmdb.Transaction, counter: bytes) -> int:
+        raw = _get(txn, counter, self._db["meta"])
+        value = (struct.unpack(">Q", raw)[0] if raw else 0) + 1
+        txn.put(counter, struct.pack(">Q", value), db=self._db["meta"])
+        return value
+
+    def _put_terms(
+        self, txn: lmdb.Transaction, level: Level, pk: bytes, terms: set[tuple[int, bytes]]
+    ) -> None:
+        for tag, term in terms:
+            txn.put(keys.term_key(level, tag, term, pk), b"", db=self._db["terms"])
+
+    def _replace_terms(
+        self,
+        txn: lmdb.Transaction,
+        level: Level,
+        pk: bytes,
+        old: records_pb2.StudyRecord | records_pb2.SeriesRecord | None,
+        new: records_pb2.StudyRecord | records_pb2.SeriesRecord,
+    ) -> None:
+        old_terms = _terms(level, old) if old is not None else set()
+        new_terms = _terms(level, new)
+        for tag, term in old_terms - new_terms:
+            txn.delete(keys.term_key(level, tag, term, pk), db=self._db["terms"])
+        self._put_terms(txn, level, pk, new_terms - old_terms)
+
+    def _grow(self) -> None:
+        with self._gate.exclusive():
+            new_size = self.env.info()["map_size"] * 2
+            self.env.set_mapsize(new_size)
+
+    def close(self) -> None:
+        """Commit queued writes, then close the environment."""
+        self.writer.close()
+        self.env.close()
+
+
+_SEARCHABLE: dict[Level, list[tuple[int, str, str]]] = {
+    level: [(a.tag, a.hex_tag, a.vr) for a in attrs if a.searchable]
+    for level, attrs in ATTRIBUTES_BY_LEVEL.items()
+}
+
+
+def _terms(
+    level: Level,
+    record: records_pb2.StudyRecord | records_pb2.SeriesRecord | records_pb2.InstanceRecord,
+) -> set[tuple[int, bytes]]:
+    """The secondary-index entries of a record: its searchable, valid attribute values."""
+    attributes = record.attributes.attributes
+    skip = set(record.unindexed_tags)
+    out: set[tuple[int, bytes]] = set()
+    for tag, hex_tag, vr in _SEARCHABLE[level]:
+        if hex_tag in skip or hex_tag not in attributes:
+            continue
+        for term in value_terms(vr, attribute_values(attributes[hex_tag])):
+            out.add((tag, term))
+    if isinstance(record, records_pb2.StudyRecord):
+        for modality, count in record.modality_counts.items():
+            if count > 0:
+                out.add((MODALITIES_IN_STUDY, EXACT + modality.encode()))
+    return out
+
+
+def attribute_values(attribute: dataset_pb2.Attribute) -> list[object]:
+    """The plain values of an attribute (person names as their alphabetic form)."""
+    kind = attribute.WhichOneof("value")
+    if kind == "strings":
+        return list(attribute.strings.values)
+    if kind == "numbers":
+        return [int(v) if v.is_integer() else v for v in attribute.numbers.values]
+    if kind == "integers":
+        return list(attribute.integers.values)
+    if kind == "unsigned_integers":
+        return list(attribute.unsigned_integers.values)
+    if kind == "person_names":
+        return [p.alphabetic for p in attribute.person_names.values]
+    return []

@@ -1,0 +1,125 @@
+"""The two interfaces the services see: where instance files live, and the index over them.
+
+The embedded default is a directory of files plus LMDB (:mod:`.blobs`, :mod:`.lmdb_index`); a
+shared PostgreSQL index and S3-compatible object storage (SPEC §11) implement the same protocols
+so that no service changes when a deployment outgrows one machine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from dicomrpc_server.storage import records_pb2
+
+
+class Upload(Protocol):
+    """A file being received, not yet part of the archive."""
+
+    path: Path
+    size: int
+
+    def write(self, data: bytes) -> None:
+        """Append bytes (the first 128, the preamble, are written as zeros)."""
+
+    def close(self) -> None:
+        """Flush and close the file: every byte written is in it (idempotent)."""
+
+    def discard(self) -> None:
+        """Remove the partial file."""
+
+
+class BlobStore(Protocol):
+    """Write-once storage of instance files."""
+
+    def new_upload(self) -> Upload:
+        """Start receiving a file."""
+
+    def persist(self, upload: Upload) -> str:
+        """Make an upload durable under a new blob id; return the id.
+
+        The file's bytes are on stable storage when this returns; its name becomes durable at
+        the next :meth:`sync`, which the index writer calls before every commit.
+        """
+
+    def sync(self) -> None:
+        """Make every name created by :meth:`persist` so far durable."""
+
+    def open(self, blob_id: str) -> BinaryIO:
+        """Open a stored file for reading."""
+
+    def delete(self, blob_id: str) -> None:
+        """Remove a stored file (missing is not an error)."""
+
+    def blob_ids(self) -> Iterator[str]:
+        """Every stored blob id, for the start-up orphan sweep."""
+
+    def clear_uploads(self) -> int:
+        """Remove uploads left by a previous process; return how many."""
+
+
+@dataclass
+class NewInstance:
+    """Everything the index records about an instance being stored.
+
+    Attributes
+    ----------
+    study_uid, series_uid, sop_uid
+        The instance's UIDs.
+    record
+        The instance record (blob id, size, syntax, instance-level attributes ...).
+    study_attributes, series_attributes
+        The study- and series-level attributes this instance carries (latest stored wins).
+    metadata
+        The pre-computed metadata: a serialized ``dicomrpc.v1.Dataset`` without bulk data.
+    frames
+        The frame offset table, when the instance has pixel data.
+    terms
+        Secondary-index entries, per level: (level, tag, term).
+    """
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    record: records_pb2.InstanceRecord
+    study_attributes: records_pb2.StudyRecord
+    series_attributes: records_pb2.SeriesRecord
+    metadata: bytes
+    frames: records_pb2.FrameTable | None
+    terms: list[tuple[int, int, bytes]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class IndexCounts:
+    """How much the index holds."""
+
+    studies: int
+    series: int
+    instances: int
+
+
+class Index(Protocol):
+    """The archive's index: records, secondary indexes, metadata and frame tables."""
+
+    async def add_instance(self, new: NewInstance) -> int:
+        """Index a persisted instance atomically; return its version.
+
+        Raises a ``ServiceError`` with DICOM status 45070 when the instance exists.
+        """
+
+    def get_instance(self, study: str, series: str, sop: str) -> records_pb2.InstanceRecord | None:
+        """The record of an instance, or ``None``."""
+
+    def locate_sop(self, sop: str) -> tuple[str, str] | None:
+        """The (study, series) holding a SOP instance UID, or ``None``."""
+
+    def has_blob(self, blob_id: str) -> bool:
+        """Whether an index entry points at this blob."""
+
+    def counts(self) -> IndexCounts:
+        """The number of studies, series and instances."""
+
+    def close(self) -> None:
+        """Finish pending writes and close."""

@@ -1,0 +1,134 @@
+"""The index writer: every LMDB write on one thread, many operations per commit.
+
+LMDB allows one write transaction at a time, bound to the thread that began it. Funnelling all
+writes through one thread makes that rule structural, and lets the writer group whatever
+operations are queued into one transaction: one commit (one fsync) acknowledges them all, so
+durability costs little under concurrent load (group commit). Each operation runs in a nested
+transaction, so one that fails is rolled back alone and the others still commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import lmdb
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Op:
+    fn: Callable[[lmdb.Transaction], Any]
+    future: concurrent.futures.Future[Any] = field(default_factory=concurrent.futures.Future)
+
+
+class IndexWriter:
+    """Runs write operations on a dedicated thread, grouped into commits.
+
+    Parameters
+    ----------
+    env
+        The LMDB environment.
+    before_commit
+        Called in each transaction just before it commits (the blob store's directory fsync,
+        which makes the files the transaction indexes durable first).
+    grow
+        Called with no transaction open when the map is full; it must enlarge the map.
+    max_batch
+        The most operations grouped into one commit.
+    """
+
+    def __init__(
+        self,
+        env: lmdb.Environment,
+        *,
+        before_commit: Callable[[], None],
+        grow: Callable[[], None],
+        max_batch: int,
+    ) -> None:
+        self._env = env
+        self._before_commit = before_commit
+        self._grow = grow
+        self._max_batch = max_batch
+        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name="index-writer", daemon=True)
+        self._closed = False
+        self.commits = 0
+        self._thread.start()
+
+    def submit(self, fn: Callable[[lmdb.Transaction], T]) -> concurrent.futures.Future[T]:
+        """Queue ``fn(txn)``; the future resolves once its transaction has committed."""
+        if self._closed:
+            raise RuntimeError("the index writer is closed")
+        op = _Op(fn)
+        self._queue.put(op)
+        return op.future
+
+    async def run(self, fn: Callable[[lmdb.Transaction], T]) -> T:
+        """Queue ``fn(txn)`` and wait, without blocking the event loop, for its commit."""
+        return await asyncio.wrap_future(self.submit(fn))
+
+    def close(self) -> None:
+        """Commit what is queued, then stop the thread."""
+        if not self._closed:
+            self._closed = True
+            self._queue.put(None)
+            self._thread.join()
+
+    def _loop(self) -> None:
+        while True:
+            op = self._queue.get()
+            if op is None:
+                return
+            batch = [op]
+            stop = False
+            while len(batch) < self._max_batch:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
+            self._commit(batch)
+            if stop:
+                return
+
+    def _commit(self, batch: list[_Op]) -> None:
+        while True:
+            outcomes: list[tuple[bool, Any]] = []
+            try:
+                with self._env.begin(write=True) as txn:
+                    for op in batch:
+                        try:
+                            with self._env.begin(write=True, parent=txn) as child:
+                                outcomes.append((True, op.fn(child)))
+                        except lmdb.MapFullError:
+                            raise
+                        except Exception as exc:  # the operation's own failure
+                            outcomes.append((False, exc))
+                    self._before_commit()
+            except lmdb.MapFullError:
+                self._grow()
+                continue
+            except Exception as exc:
+                log.exception("index commit failed")
+                for op in batch:
+                    op.future.set_exception(exc)
+                return
+            break
+        self.commits += 1
+        for op, (ok, value) in zip(batch, outcomes, strict=True):
+            if ok:
+                op.future.set_result(value)
+            else:
+                op.future.set_exception(value)

@@ -1,0 +1,1 @@
+"""Store (STOW): receiving instances, validating them and making them durable and indexed."""

@@ -1,0 +1,257 @@
+"""The store pipeline for one instance: receive, check, persist, index, answer.
+
+Order makes a crash harmless (SPEC §1): bytes stream to an upload file; the file is parsed and
+validated; it is fsynced and renamed into the blob store; one index transaction records it. An
+instance is acknowledged only after that commit. A crash before the rename leaves an upload
+(cleared at start-up); between the rename and the commit, an orphan blob (swept at start-up);
+never an index entry without its file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+from dicomrpc_server.config import Settings
+from dicomrpc_server.dicom.validation import AttributeProblem
+from dicomrpc_server.errors import Code, ServiceError
+from dicomrpc_server.storage.lmdb_index import instance_exists_error
+from dicomrpc_server.storage.protocols import BlobStore, Index, Upload
+from dicomrpc_server.store.prepare import PreparedInstance, instance_path, prepare
+
+log = logging.getLogger(__name__)
+
+
+class Outcome(enum.Enum):
+    """What became of one instance."""
+
+    STORED = "stored"
+    STORED_WITH_WARNINGS = "stored_with_warnings"
+    FAILED = "failed"
+
+
+@dataclass
+class InstanceResult:
+    """The result of storing one instance, as every adapter reports it."""
+
+    index: int
+    client_reference: str
+    outcome: Outcome = Outcome.FAILED
+    study_uid: str = ""
+    series_uid: str = ""
+    sop_uid: str = ""
+    sop_class_uid: str = ""
+    failure: ServiceError | None = None
+    warning_reason: int = 0
+    problems: list[AttributeProblem] = field(default_factory=list)
+    version: int = 0
+    size_bytes: int = 0
+    transfer_syntax_uid: str = ""
+
+    @property
+    def retrieve_location(self) -> str:
+        """The DICOMweb path of a stored instance, else empty."""
+        if self.outcome is Outcome.FAILED:
+            return ""
+        return instance_path(self.study_uid, self.series_uid, self.sop_uid)
+
+
+def _failure(reason: str, message: str, status: int, **metadata: str) -> ServiceError:
+    return ServiceError(
+        Code.INVALID_ARGUMENT, reason, message, dicom_status=status, metadata=metadata
+    )
+
+
+class StoreCore:
+    """Stores instances: the one implementation behind StoreInstances and STOW-RS.
+
+    Parameters
+    ----------
+    settings
+        Limits (maximum instance size).
+    blobs
+        Where files go.
+    index
+        Where they are recorded.
+    parse_executor
+        Where parsing runs, off the event loop.
+    """
+
+    def __init__(
+        self, settings: Settings, blobs: BlobStore, index: Index, parse_executor: Executor
+    ) -> None:
+        self.settings = settings
+        self.blobs = blobs
+        self.index = index
+        self.parse_executor = parse_executor
+        # SOP instance UIDs being persisted right now, with the stream storing each and its
+        # commit: a second store of one of them from another stream is 45071.
+        self._in_flight: dict[str, tuple[object, asyncio.Future[int]]] = {}
+
+    def begin(
+        self,
+        position: int,
+        client_reference: str = "",
+        declared_size: int = 0,
+        study_restriction: str = "",
+        stream: object = None,
+    ) -> Ingest:
+        """Start receiving one instance.
+
+        ``stream`` identifies the request it belongs to: an instance sent twice in one request
+        is stored once and then reported as existing, not as a concurrent conflict.
+        """
+        return Ingest(self, position, client_reference, declared_size, study_restriction, stream)
+
+
+class Ingest:
+    """One instance on its way in: feed it bytes with :meth:`write`, then :meth:`finish`."""
+
+    def __init__(
+        self,
+        core: StoreCore,
+        position: int,
+        client_reference: str,
+        declared_size: int,
+        study_restriction: str,
+        stream: object,
+    ) -> None:
+        self._core = core
+        self._stream = stream
+        self._declared = declared_size
+        self._restriction = study_restriction
+        self.result = InstanceResult(position, client_reference)
+        self._received = 0
+        self._too_large = declared_size > core.settings.max_instance_bytes
+        self._upload: Upload | None = None if self._too_large else core.blobs.new_upload()
+
+    def write(self, data: bytes) -> None:
+        """Append a chunk; past the size limit the bytes are dropped and the file removed."""
+        self._received += len(data)
+        if self._upload is None:
+            return
+        if self._received > self._core.settings.max_instance_bytes:
+            self._too_large = True
+            self._upload.discard()
+            self._upload = None
+            return
+        self._upload.write(data)
+
+    def abandon(self) -> None:
+        """Drop a partial instance (the stream was cancelled)."""
+        if self._upload is not None:
+            self._upload.discard()
+            self._upload = None
+
+    async def finish(self) -> InstanceResult:
+        """Check, persist and index the instance; return its result (never raises)."""
+        try:
+            return await self._finish()
+        except ServiceError as exc:
+            self.result.failure = exc
+            return self.result
+        except Exception as exc:
+            log.exception("storing instance %d failed", self.result.index)
+            self.result.failure = _failure(
+                "STORAGE_FAILURE", f"the instance could not be stored: {exc}", 272
+            )
+            return self.result
+        finally:
+            self.abandon()
+
+    async def _finish(self) -> InstanceResult:
+        core = self._core
+        limit = core.settings.max_instance_bytes
+        if self._too_large:
+            raise _failure(
+                "INSTANCE_TOO_LARGE",
+                f"the instance is {max(self._received, self._declared)} bytes, more than the "
+                f"server's limit of {limit} bytes",
+                272,
+                limit=str(limit),
+            )
+        upload = self._upload
+        assert upload is not None
+        if self._declared and self._received != self._declared:
+            raise _failure(
+                "INSTANCE_TRUNCATED",
+                f"{self._received} bytes were sent, but the header announced {self._declared}",
+                272,
+            )
+        if self._received == 0:
+            raise _failure("INSTANCE_UNPARSABLE", "the instance has no bytes", 272)
+        upload.close()
+        loop = asyncio.get_running_loop()
+        prepared = await loop.run_in_executor(core.parse_executor, prepare, upload.path)
+        validated = prepared.validated
+        result = self.result
+        result.study_uid, result.series_uid = validated.study_uid, validated.series_uid
+        result.sop_uid, result.sop_class_uid = validated.sop_uid, validated.sop_class_uid
+        result.transfer_syntax_uid = prepared.transfer_syntax_uid
+        if self._restriction and validated.study_uid != self._restriction:
+            raise _failure(
+                "STUDY_UID_MISMATCH",
+                f"the instance's StudyInstanceUID {validated.study_uid} differs from the study "
+                f"{self._restriction} this request stores to",
+                43265,
+                study_instance_uid=validated.study_uid,
+            )
+        sop = validated.sop_uid
+        earlier = core._in_flight.get(sop)
+        if earlier is not None and earlier[0] is self._stream:
+            # The same request sent this instance twice: the second waits for the first and
+            # then finds it stored (45070), as if they had been sent one after the other.
+            await asyncio.wait([earlier[1]])
+            earlier = core._in_flight.get(sop)
+        if earlier is not None:
+            raise ServiceError(
+                Code.ALREADY_EXISTS,
+                "INSTANCE_STORE_CONFLICT",
+                f"the instance {sop} is being stored by another request",
+                dicom_status=45071,
+                metadata={"sop_instance_uid": sop},
+            )
+        where = core.index.locate_sop(sop)
+        if where is not None:
+            raise instance_exists_error(
+                validated.study_uid,
+                validated.series_uid,
+                sop,
+                where=(
+                    ""
+                    if where == (validated.study_uid, validated.series_uid)
+                    else f"{where[0]}, series {where[1]}"
+                ),
+            )
+        commit = asyncio.ensure_future(self._commit(upload, prepared))
+        core._in_flight[sop] = (self._stream, commit)
+        self._upload = None  # from here on the upload belongs to the commit task
+        # Shielded: once the file is being persisted, a cancelled stream must not leave the
+        # file and the index disagreeing; the commit finishes either way.
+        version = await asyncio.shield(commit)
+        result.version = version
+        result.size_bytes = upload.size
+        result.problems = validated.problems
+        result.warning_reason = validated.warning_reason
+        result.outcome = Outcome.STORED_WITH_WARNINGS if validated.problems else Outcome.STORED
+        return result
+
+    async def _commit(self, upload: Upload, prepared: PreparedInstance) -> int:
+        core = self._core
+        loop = asyncio.get_running_loop()
+        blob_id = ""
+        try:
+            blob_id = await loop.run_in_executor(None, core.blobs.persist, upload)
+            prepared.new.record.blob_id = blob_id
+            return await core.index.add_instance(prepared.new)
+        except BaseException:
+            if blob_id:
+                core.blobs.delete(blob_id)
+            else:
+                upload.discard()
+            raise
+        finally:
+            core._in_flight.pop(prepared.validated.sop_uid, None)

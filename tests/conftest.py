@@ -1,0 +1,113 @@
+"""Fixtures: a real server (gRPC on loopback, LMDB in a temporary directory) and clients."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from dicomrpc import Client
+from dicomrpc_server.archive import Archive
+from dicomrpc_server.config import Settings
+from dicomrpc_server.grpc.server import GrpcServer
+
+
+@dataclass
+class RunningServer:
+    """A server running on its own event loop in a background thread."""
+
+    settings: Settings
+    archive: Archive
+    target: str
+    loop: asyncio.AbstractEventLoop
+    thread: threading.Thread
+    grpc: GrpcServer
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.grpc.stop(5), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(30)
+        self.archive.close()
+
+
+def start_server(data_dir: Path, **overrides: object) -> RunningServer:
+    settings = Settings(data_dir=data_dir, grpc_port=0, **overrides)  # type: ignore[arg-type]
+    archive = Archive(settings)
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    holder: dict[str, GrpcServer] = {}
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+
+        async def boot() -> None:
+            server = GrpcServer(archive)
+            await server.start()
+            holder["server"] = server
+            ready.set()
+
+        loop.run_until_complete(boot())
+        loop.run_forever()
+        loop.close()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert ready.wait(30), "server did not start"
+    server = holder["server"]
+    return RunningServer(settings, archive, f"127.0.0.1:{server.port}", loop, thread, server)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RunningServer]:
+    running = start_server(tmp_path / "data")
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def client(server: RunningServer) -> Iterator[Client]:
+    with Client(server.target) as c:
+        yield c
+
+
+@dataclass
+class ServerProcess:
+    """A server in a child process (for tests that kill it)."""
+
+    process: subprocess.Popen[str]
+    target: str
+
+
+def spawn_server(data_dir: Path) -> ServerProcess:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dicomrpc.cli",
+            "serve",
+            "--data",
+            str(data_dir),
+            "--grpc-port",
+            "0",
+            "--log-level",
+            "WARNING",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    match = re.search(r"serving gRPC on (\S+)", line)
+    assert match, f"server did not start: {line!r}"
+    return ServerProcess(process, match.group(1))

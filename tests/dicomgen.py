@@ -1,0 +1,55 @@
+"""Generated DICOM instances for tests: real Part 10 files written by pydicom."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+
+def ct_instance(
+    study: str | None = None,
+    series: str | None = None,
+    sop: str | None = None,
+    *,
+    rows: int = 16,
+    columns: int = 16,
+    number: int = 1,
+    patient_id: str = "PAT-1",
+    patient_name: str = "Doe^John",
+    preamble: bytes = b"\x00" * 128,
+    seed: int = 0,
+) -> bytes:
+    """A small CT image as Part 10 bytes (explicit VR little endian)."""
+    ds = Dataset()
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = sop or generate_uid()
+    ds.StudyInstanceUID = study or generate_uid()
+    ds.SeriesInstanceUID = series or generate_uid()
+    ds.PatientName = patient_name
+    ds.PatientID = patient_id
+    ds.PatientBirthDate = "19700101"
+    ds.StudyDate = "20240102"
+    ds.StudyTime = "101112"
+    ds.AccessionNumber = "ACC1"
+    ds.Modality = "CT"
+    ds.SeriesNumber = 1
+    ds.InstanceNumber = number
+    ds.StudyDescription = "Chest"
+    ds.Rows, ds.Columns = rows, columns
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
+    ds.PixelRepresentation = 0
+    pixels = np.random.default_rng(seed).integers(0, 4096, (rows, columns), dtype=np.uint16)
+    ds.PixelData = pixels.tobytes()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.preamble = preamble
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
