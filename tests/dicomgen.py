@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -22,7 +23,29 @@ def ct_instance(
     preamble: bytes = b"\x00" * 128,
     seed: int = 0,
 ) -> bytes:
-    """A small CT image as Part 10 bytes (explicit VR little endian)."""
+    """A small CT image as Part 10 bytes (explicit VR little endian).
+
+    Invalid values (UIDs that break PS3.5, say) are written as given: tests send them on purpose.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _ct_instance(
+            study, series, sop, rows, columns, number, patient_id, patient_name, preamble, seed
+        )
+
+
+def _ct_instance(
+    study: str | None,
+    series: str | None,
+    sop: str | None,
+    rows: int,
+    columns: int,
+    number: int,
+    patient_id: str,
+    patient_name: str,
+    preamble: bytes,
+    seed: int,
+) -> bytes:
     ds = Dataset()
     ds.SOPClassUID = CTImageStorage
     ds.SOPInstanceUID = sop or generate_uid()

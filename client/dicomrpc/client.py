@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import grpc
 
 from dicomrpc.errors import DicomRpcError
 from dicomrpc.results import StoreResult
-from dicomrpc.sources import DEFAULT_CHUNK, Item, Sources, expand, requests
+from dicomrpc.sources import DEFAULT_CHUNK, Item, Sources, iter_items, requests
 from dicomrpc.v1 import store_service_pb2_grpc
 
 MAX_MESSAGE = 64 * 1024 * 1024
@@ -93,7 +93,7 @@ class Client:
 
     def store(
         self,
-        sources: Sources | list[Item],
+        sources: Sources | Iterable[Item],
         study_instance_uid: str | None = None,
         *,
         on_bytes: Callable[[Item, int], None] | None = None,
@@ -104,7 +104,8 @@ class Client:
         Parameters
         ----------
         sources
-            Files, folders (recursive), bytes or open binary files, or an iterable of them.
+            Files, folders (recursive), bytes or open binary files, or an iterable of them
+            (a generator streams as it yields).
         study_instance_uid
             Restrict the request to one study: any instance of another fails with 43265.
         on_bytes
@@ -122,8 +123,7 @@ class Client:
         DicomRpcError
             When the request as a whole fails.
         """
-        items = expand(sources)
-        stream = requests(items, study_instance_uid, self.config.chunk_size, on_bytes)
+        stream = requests(iter_items(sources), study_instance_uid, self.config.chunk_size, on_bytes)
         try:
             response = self._store.StoreInstances(
                 stream, timeout=timeout, metadata=self.config.metadata()

@@ -29,28 +29,30 @@ class Item:
 
 def expand(sources: Sources | Item | Iterable[Item]) -> list[Item]:
     """Expand files, folders (recursively, sorted) and in-memory values into items."""
+    return list(iter_items(sources))
+
+
+def iter_items(sources: Sources | Item | Iterable[Item]) -> Iterator[Item]:
+    """Expand sources lazily, so that a generator of items streams as it is produced."""
     single = (str, os.PathLike, bytes, bytearray, memoryview, Item)
     many: Iterable[object] = (
         [sources]
         if isinstance(sources, single) or hasattr(sources, "read")
         else cast("Iterable[object]", sources)
     )
-    items: list[Item] = []
     for source in many:
         if isinstance(source, Item):
-            items.append(source)
+            yield source
         elif isinstance(source, (bytes, bytearray, memoryview)):
             data = bytes(source)
-            items.append(Item(f"<bytes {len(data)}>", len(data), _bytes_opener(data)))
+            yield Item(f"<bytes {len(data)}>", len(data), _bytes_opener(data))
         elif hasattr(source, "read"):
-            items.append(
-                Item(str(getattr(source, "name", "<stream>")), 0, _stream_opener(source), False)
-            )
+            name = str(getattr(source, "name", "<stream>"))
+            yield Item(name, 0, _stream_opener(source), False)
         else:
             path = Path(cast("str | os.PathLike[str]", source))
             files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-            items += [Item(str(p), p.stat().st_size, _path_opener(p)) for p in files]
-    return items
+            yield from (Item(str(p), p.stat().st_size, _path_opener(p)) for p in files)
 
 
 def _stream_opener(fp: object) -> Callable[[], BinaryIO]:

@@ -1,0 +1,106 @@
+"""The server's surroundings: health, reflection, pending RPCs, the CLI, graceful shutdown."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from dicomrpc import Client, DicomRpcError
+from dicomrpc.v1 import retrieve_service_pb2, retrieve_service_pb2_grpc
+from tests.conftest import RunningServer, spawn_server
+from tests.dicomgen import ct_instance
+
+
+def test_health_reports_serving(server: RunningServer) -> None:
+    with grpc.insecure_channel(server.target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for name in ("", "dicomrpc.v1.StoreService"):
+            answer = stub.Check(health_pb2.HealthCheckRequest(service=name))
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_reflection_lists_every_service(server: RunningServer) -> None:
+    with grpc.insecure_channel(server.target) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        answer = next(stub.ServerReflectionInfo(iter([request])))
+    names = {s.name for s in answer.list_services_response.service}
+    assert {
+        "dicomrpc.v1.StoreService",
+        "dicomrpc.v1.RetrieveService",
+        "dicomrpc.v1.SearchService",
+        "dicomrpc.v1.WorkitemService",
+        "dicomrpc.v1.ManagementService",
+        "grpc.health.v1.Health",
+    } <= names
+
+
+def test_pending_rpcs_answer_unimplemented_with_details(server: RunningServer) -> None:
+    with grpc.insecure_channel(server.target) as channel:
+        stub = retrieve_service_pb2_grpc.RetrieveServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as caught:
+            list(stub.RetrieveStudy(retrieve_service_pb2.RetrieveStudyRequest()))
+    error = DicomRpcError.from_rpc_error(caught.value)
+    assert error.code == grpc.StatusCode.UNIMPLEMENTED
+    assert error.metadata["method"] == "dicomrpc.v1.RetrieveService.RetrieveStudy"
+
+
+def test_cli_store_summarizes_and_fails_on_failures(server: RunningServer, tmp_path: Path) -> None:
+    folder = tmp_path / "in" / "nested"
+    folder.mkdir(parents=True)
+    (folder / "a.dcm").write_bytes(ct_instance())
+    (folder / "b.dcm").write_bytes(ct_instance())
+    (tmp_path / "in" / "junk.txt").write_text("not dicom")
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dicomrpc.cli",
+            "store",
+            str(tmp_path / "in"),
+            "--server",
+            server.target,
+            "--concurrency",
+            "2",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 1
+    assert "2 stored, 0 stored with warnings, 1 failed" in run.stdout
+    assert "junk.txt" in run.stdout and "272" in run.stdout
+    assert server.archive.index.counts().instances == 2
+
+    again = subprocess.run(
+        [sys.executable, "-m", "dicomrpc.cli", "store", str(folder), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"DICOMRPC_SERVER": server.target, "PATH": ""},
+    )
+    assert again.returncode == 1
+    assert "0 stored, 0 stored with warnings, 2 failed" in again.stdout
+    assert "45070" in again.stdout
+
+
+def test_graceful_shutdown_finishes_in_flight_stores(tmp_path: Path) -> None:
+    proc = spawn_server(tmp_path / "data")
+    study = ct_instance()
+    with Client(proc.target) as client:
+        assert client.store(study).instances[0].stored
+    proc.process.send_signal(signal.SIGTERM)
+    assert proc.process.wait(30) == 0
+    assert proc.process.stdout is not None
+    proc.process.stdout.close()
+    with pytest.raises(DicomRpcError) as caught, Client(proc.target) as client:
+        client.store(ct_instance(), timeout=2)
+    assert caught.value.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
