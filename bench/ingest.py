@@ -39,7 +39,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO
 
@@ -469,6 +469,8 @@ class RunResult:
     verified: int | None = None
     verified_by: str = ""
     problems: list[str] = field(default_factory=list)
+    # Instances/s of every repetition, when this is the median of several.
+    rates: list[float] = field(default_factory=list)
 
     @property
     def stored(self) -> int:
@@ -485,6 +487,18 @@ class RunResult:
     @property
     def complete(self) -> bool:
         return self.stored == self.sent and self.verified == self.sent and not self.problems
+
+
+def median_run(runs: list[RunResult]) -> RunResult:
+    """The run with the median instances/s, with the largest peak RSS and every problem."""
+    ordered = sorted(runs, key=lambda r: r.per_second)
+    median = ordered[(len(ordered) - 1) // 2]
+    return replace(
+        median,
+        peak_rss_mb=max(r.peak_rss_mb for r in runs),
+        problems=[p for r in runs for p in r.problems],
+        rates=[r.per_second for r in runs],
+    )
 
 
 def _batches(files: list[Path], size: int) -> queue.SimpleQueue[list[Path]]:
@@ -535,7 +549,9 @@ def _run_workers(
     return wall, cpu
 
 
-def run_dicomrpc(data: Corpus, streams: int, batch: int, profile: Path | None = None) -> RunResult:
+def run_dicomrpc(
+    data: Corpus, streams: int, batch: int, profile: Path | None = None, gil_only: bool = True
+) -> RunResult:
     """Ingest the corpus into a fresh dicomrpc with ``streams`` concurrent store streams."""
     result = RunResult(
         f"dicomrpc, {streams} stream{'s' * (streams > 1)}", streams, len(data.files), data.megabytes
@@ -577,7 +593,7 @@ def run_dicomrpc(data: Corpus, streams: int, batch: int, profile: Path | None = 
     try:
         warm_cache(data.files)
         with dicomrpc_server(run_dir / "data", log) as (target, pid):
-            spy = _start_py_spy(pid, profile) if profile else None
+            spy = _start_py_spy(pid, profile, gil_only) if profile else None
             try:
                 with ResourceSampler(pid) as sampler:
                     result.wall_s, result.client_cpu_s = _run_workers(
@@ -800,8 +816,12 @@ def _py_spy() -> str:
     return found
 
 
-def _start_py_spy(pid: int, output: Path) -> subprocess.Popen[bytes]:
-    """Attach py-spy to ``pid``, recording collapsed stacks (function-level) to ``output``."""
+def _start_py_spy(pid: int, output: Path, gil_only: bool) -> subprocess.Popen[bytes]:
+    """Attach py-spy to ``pid``, recording collapsed stacks (function-level) to ``output``.
+
+    With ``gil_only`` only the thread holding the GIL is sampled: the server's Python CPU time,
+    without the threads that wait (idle pool workers, the event loop in epoll, fsync).
+    """
     output.unlink(missing_ok=True)
     log = output.with_suffix(".log")
     with open(log, "wb") as out:
@@ -816,6 +836,7 @@ def _start_py_spy(pid: int, output: Path) -> subprocess.Popen[bytes]:
                 "--format",
                 "raw",
                 "--function",
+                *(["--gil"] if gil_only else []),
                 "--output",
                 str(output),
             ],
@@ -845,7 +866,7 @@ def _frame_name(frame: str) -> str:
     return re.sub(r"\S*/site-packages/", "", re.sub(r"/usr/lib/python3[.\d]*/", "", frame))
 
 
-def profile_tables(raw: Path, top: int = 15) -> str:
+def profile_tables(raw: Path, gil_only: bool, top: int = 15) -> str:
     """Top functions by own (leaf) and by cumulative samples, from py-spy's collapsed stacks."""
     own: Counter[str] = Counter()
     cumulative: Counter[str] = Counter()
@@ -862,7 +883,8 @@ def profile_tables(raw: Path, top: int = 15) -> str:
             cumulative[frame] += count
     if not total:
         return "py-spy recorded no samples"
-    lines = [f"{total} samples at {PROFILE_RATE} Hz (active threads only, all threads summed)"]
+    which = "the thread holding the GIL" if gil_only else "active threads, summed"
+    lines = [f"{total} samples at {PROFILE_RATE} Hz ({which})"]
     for title, counter in (("own time", own), ("cumulative time", cumulative)):
         lines += ["", f"top {top} by {title}:", f"{'samples':>8} {'%':>6} {'s':>7}  function"]
         lines += [
@@ -890,17 +912,18 @@ def machine() -> str:
 
 def table(results: list[RunResult]) -> str:
     header = (
-        "| run | stored / sent | verified | wall s | instances/s | MB/s | peak RSS MB "
-        "| server CPU s | client CPU s |"
+        "| run | stored / sent | verified | wall s | instances/s | (all runs) | MB/s "
+        "| peak RSS MB | server CPU s | client CPU s |"
     )
-    lines = [header, "|---|---|---|--:|--:|--:|--:|--:|--:|"]
+    lines = [header, "|---|---|---|--:|--:|--|--:|--:|--:|--:|"]
     for r in results:
         verified = "—" if r.verified is None else str(r.verified)
+        spread = ", ".join(f"{rate:.0f}" for rate in r.rates) or "—"
         warned = r.outcomes["stored_with_warnings"]
         stored = f"{r.stored} / {r.sent}" + (f" ({warned} with warnings)" if warned else "")
         lines.append(
             f"| {r.name} | {stored} | {verified} | {r.wall_s:.2f} "
-            f"| {r.per_second:.1f} | {r.mb_per_second:.1f} | {r.peak_rss_mb:.0f} "
+            f"| {r.per_second:.1f} | {spread} | {r.mb_per_second:.1f} | {r.peak_rss_mb:.0f} "
             f"| {r.server_cpu_s:.1f} | {r.client_cpu_s:.1f} |"
         )
     return "\n".join(lines)
@@ -957,10 +980,18 @@ def report(
         f"per stream. Orthanc: STOW-RS `POST /dicom-web/studies`, {args.stow_batch} instances "
         "per request, one keep-alive HTTP connection per client, default settings otherwise "
         "(SQLite index; `SyncStorageArea` on, so both servers fsync what they store).",
+        f"- Each configuration ran {args.repeat} time(s), interleaved; the table shows the run "
+        "with the median instances/s (every run's rate under (all runs)), the largest peak RSS "
+        "of all runs. Each run starts its server on an empty data directory; the corpus is in "
+        "the page cache.",
         "- MB = 2^20 bytes. Peak RSS: the server's process tree, sampled every 50 ms. "
         "CPU s: user + system. Client and servers share the machine's CPUs.",
         "",
         table(results),
+        "",
+        "Verified: the store outcomes, then an independent count — "
+        + "; ".join(f"{r.name}: {r.verified_by or 'not verified'}" for r in results)
+        + ".",
         "",
         "Goals: dicomrpc with 4 streams ≥ 1.5x Orthanc's instances/s (4 STOW-RS clients); "
         "dicomrpc server peak RSS < 300 MB.",
@@ -997,10 +1028,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--profile", action="store_true", help="only the N-stream dicomrpc ingest, under py-spy"
     )
+    parser.add_argument(
+        "--profile-threads",
+        choices=("gil", "active"),
+        default="gil",
+        help="sample the GIL holder only (gil, the default) or every active thread (active)",
+    )
     parser.add_argument("--streams", type=int, default=4, help="concurrent streams/clients (4)")
     parser.add_argument("--batch", type=int, default=25, help="instances per store() call (25)")
     parser.add_argument(
         "--stow-batch", type=int, default=10, help="instances per STOW-RS request (10)"
+    )
+    parser.add_argument(
+        "--repeat", type=int, help="runs of each configuration, the median reported (3; quick 1)"
     )
     parser.add_argument("--no-orthanc", action="store_true", help="skip the Orthanc run")
     parser.add_argument(
@@ -1009,6 +1049,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.count = 200
+    if args.repeat is None:
+        args.repeat = 1 if args.quick or args.profile else 3
     return args
 
 
@@ -1022,24 +1064,30 @@ def main(argv: list[str] | None = None) -> int:
         _py_spy()
         raw = WORK / "profile.txt"
         print(f"profiling dicomrpc, {args.streams} streams, under py-spy ...", flush=True)
-        result = run_dicomrpc(data, args.streams, args.batch, profile=raw)
+        gil_only = args.profile_threads == "gil"
+        result = run_dicomrpc(data, args.streams, args.batch, raw, gil_only)
         print(table([result]))
         for problem in result.problems:
             print(f"problem: {problem}")
         print(f"\nprofile of the server during ingest ({raw}):")
-        print(profile_tables(raw) if raw.exists() else "py-spy wrote no profile")
+        print(profile_tables(raw, gil_only) if raw.exists() else "py-spy wrote no profile")
         return 0 if result.complete else 1
 
-    results: list[RunResult] = []
-    for streams in dict.fromkeys((1, args.streams)):
-        print(f"dicomrpc, {streams} stream(s) ...", flush=True)
-        results.append(run_dicomrpc(data, streams, args.batch))
-        print(table(results[-1:]).splitlines()[-1], flush=True)
     orthanc_missing = "skipped (--no-orthanc)" if args.no_orthanc else ensure_orthanc()
+    runs: dict[str, Callable[[], RunResult]] = {
+        f"dicomrpc-{n}": lambda n=n: run_dicomrpc(data, n, args.batch)  # type: ignore[misc]
+        for n in dict.fromkeys((1, args.streams))
+    }
     if orthanc_missing is None:
-        print(f"Orthanc STOW-RS, {args.streams} clients ...", flush=True)
-        results.append(run_orthanc(data, args.streams, args.stow_batch))
-        print(table(results[-1:]).splitlines()[-1], flush=True)
+        runs["orthanc"] = lambda: run_orthanc(data, args.streams, args.stow_batch)
+    measured: dict[str, list[RunResult]] = {key: [] for key in runs}
+    # Repetitions are interleaved, so that a drift of the machine touches every server alike.
+    for repetition in range(args.repeat):
+        for key, run in runs.items():
+            print(f"[{repetition + 1}/{args.repeat}] {key} ...", flush=True)
+            measured[key].append(run())
+            print(table(measured[key][-1:]).splitlines()[-1], flush=True)
+    results = [median_run(repeats) for repeats in measured.values()]
 
     section = report(data, results, args, orthanc_missing)
     print()
