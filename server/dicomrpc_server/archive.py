@@ -7,7 +7,8 @@ its own.
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 
 from dicomrpc_server.config import Settings
 from dicomrpc_server.storage.blobs import LocalBlobStore
@@ -32,9 +33,13 @@ class Archive:
             before_commit=self.blobs.sync,
         )
         self.recover()
-        # pydicom is pure Python: one parsing thread is as fast as several under the GIL, and
-        # keeps pydicom's warning capture from interleaving between instances.
-        self._parse_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parse")
+        # pydicom is pure Python: under one GIL, parsing would serialize with receiving. Worker
+        # processes parse in parallel (and keep pydicom's warning capture per instance). They
+        # are spawned, not forked, so no child inherits the open LMDB environment.
+        self._parse_executor = ProcessPoolExecutor(
+            max_workers=max(1, settings.parse_workers),
+            mp_context=multiprocessing.get_context("spawn"),
+        )
         self.store = StoreCore(settings, self.blobs, self.index, self._parse_executor)
 
     def recover(self) -> tuple[int, int]:

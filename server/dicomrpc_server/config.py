@@ -37,6 +37,9 @@ class Settings:
         The most write operations the index writer groups into one commit.
     shutdown_grace_s
         How long a graceful shutdown lets in-flight calls finish.
+    parse_workers
+        Processes that parse and validate received instances. One keeps the other core of a
+        small machine for receiving and committing; more pay off with more cores.
     """
 
     data_dir: Path = Path("data")
@@ -49,6 +52,7 @@ class Settings:
     lmdb_max_readers: int = 512
     commit_batch: int = 256
     shutdown_grace_s: float = 30.0
+    parse_workers: int = 1
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -61,6 +65,7 @@ class Settings:
             "DICOMRPC_MAX_INSTANCE_BYTES": ("max_instance_bytes", int),
             "DICOMRPC_MAX_CHUNK_BYTES": ("max_chunk_bytes", int),
             "DICOMRPC_LMDB_MAP_SIZE": ("lmdb_map_size", int),
+            "DICOMRPC_PARSE_WORKERS": ("parse_workers", int),
         }
         for var, (name, kind) in mapping.items():
             if var in os.environ:

@@ -70,6 +70,21 @@ class ServiceError(Exception):
     def __str__(self) -> str:
         return self.message
 
+    def __reduce__(self) -> tuple[type[ServiceError], tuple[object, ...]]:
+        # Errors cross process boundaries (parsing runs in worker processes): rebuild them as
+        # the base class with every field, whatever the subclass's constructor takes.
+        return (
+            ServiceError,
+            (
+                self.code,
+                self.reason,
+                self.message,
+                self.dicom_status,
+                dict(self.metadata),
+                self.violations,
+            ),
+        )
+
 
 def invalid_argument(field_name: str, description: str) -> ServiceError:
     """Build the error of a request field that is invalid."""

@@ -12,7 +12,7 @@ from dicomrpc.v1 import store_service_pb2_grpc
 from dicomrpc_server.dicom.uids import UidCheck, check_uid
 from dicomrpc_server.errors import Code, ServiceError, invalid_argument
 from dicomrpc_server.grpc.errors import abort
-from dicomrpc_server.store.ingest import Ingest, InstanceResult, Outcome, StoreCore
+from dicomrpc_server.store.ingest import Ingest, InstanceResult, Outcome, StoreCore, StoreStream
 
 # Instances of one stream being checked and committed while the next one streams in.
 PIPELINE_DEPTH = 4
@@ -74,24 +74,22 @@ class StoreServicer(store_service_pb2_grpc.StoreServiceServicer):
         """Store every instance of the stream; answer with their results in order."""
         tasks: list[asyncio.Task[InstanceResult]] = []
         current: Ingest | None = None
-        restriction: str | None = None
+        stream: StoreStream | None = None
         try:
             async for request in request_iterator:
-                if restriction is None:
+                if stream is None:
                     restriction = request.study_instance_uid
-                    if restriction and check_uid(restriction)[0] is UidCheck.INVALID:
-                        raise invalid_argument(
-                            "study_instance_uid", f"{restriction!r} {check_uid(restriction)[1]}"
-                        )
+                    verdict, why = check_uid(restriction) if restriction else (UidCheck.VALID, "")
+                    if verdict is UidCheck.INVALID:
+                        raise invalid_argument("study_instance_uid", f"{restriction!r} {why}")
+                    stream = StoreStream(restriction)
                 kind = request.WhichOneof("payload")
                 if kind == "instance":
                     if current is not None:
                         tasks.append(asyncio.create_task(current.finish()))
                     await _bound(tasks)
                     header = request.instance
-                    current = self._core.begin(
-                        len(tasks), header.client_reference, header.size_bytes, restriction, context
-                    )
+                    current = self._core.begin(stream, header.client_reference, header.size_bytes)
                 elif kind == "data":
                     if current is None:
                         raise ServiceError(

@@ -2,12 +2,14 @@
 
 Layout under the data directory::
 
-    uploads/<random>.part        files being received (removed at start-up)
-    blobs/<2 hex>/<32 hex>.dcm   stored instances, named by a random id (never by a UID)
+    uploads/<random>.part              files being received (removed at start-up)
+    blobs/<8 hex>/<8 hex><24 hex>.dcm  stored instances, named by a random id (never by a UID)
 
 An upload becomes a blob by fsync then rename; the rename is made durable by fsyncing its
 directory, which :meth:`LocalBlobStore.sync` does for all renames since the last call, once per
-index commit (group commit) rather than once per file.
+index commit (group commit) rather than once per file. New blobs go to one current directory
+(its name is the first 8 hex digits of their ids) until it holds ``SHARD_SIZE`` files, so a commit
+of many instances costs one directory fsync, not one per instance.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import BinaryIO
 from dicomrpc_server.storage.protocols import Upload
 
 PREAMBLE_LENGTH = 128
+SHARD_SIZE = 10_000
 
 
 class LocalUpload:
@@ -65,12 +68,11 @@ class LocalBlobStore:
         self.blobs_dir = root / "blobs"
         self.uploads_dir.mkdir(parents=True, exist_ok=True)
         self.blobs_dir.mkdir(parents=True, exist_ok=True)
-        for i in range(256):
-            (self.blobs_dir / f"{i:02x}").mkdir(exist_ok=True)
-        _fsync_dir(self.blobs_dir)
         _fsync_dir(root)
         self._dirty: set[Path] = set()
         self._lock = threading.Lock()
+        self._shard = ""
+        self._shard_count = SHARD_SIZE
 
     def new_upload(self) -> LocalUpload:
         """Start receiving a file under ``uploads/``."""
@@ -78,7 +80,18 @@ class LocalBlobStore:
 
     def path(self, blob_id: str) -> Path:
         """The file of a blob id."""
-        return self.blobs_dir / blob_id[:2] / f"{blob_id}.dcm"
+        return self.blobs_dir / blob_id[:8] / f"{blob_id}.dcm"
+
+    def _next_blob_id(self) -> str:
+        """A new random blob id in the current shard (a new shard every SHARD_SIZE blobs)."""
+        with self._lock:
+            if self._shard_count >= SHARD_SIZE:
+                self._shard = uuid.uuid4().hex[:8]
+                (self.blobs_dir / self._shard).mkdir()
+                _fsync_dir(self.blobs_dir)
+                self._shard_count = 0
+            self._shard_count += 1
+            return self._shard + uuid.uuid4().hex[:24]
 
     def persist(self, upload: Upload) -> str:
         """Fsync the upload and rename it into ``blobs/``; return its new blob id."""
@@ -88,7 +101,7 @@ class LocalBlobStore:
             os.fsync(fd)
         finally:
             os.close(fd)
-        blob_id = uuid.uuid4().hex
+        blob_id = self._next_blob_id()
         target = self.path(blob_id)
         os.rename(upload.path, target)
         with self._lock:

@@ -89,44 +89,53 @@ class StoreCore:
         self.parse_executor = parse_executor
         # SOP instance UIDs being persisted right now, with the stream storing each and its
         # commit: a second store of one of them from another stream is 45071.
-        self._in_flight: dict[str, tuple[object, asyncio.Future[int]]] = {}
+        self._in_flight: dict[str, tuple[StoreStream, asyncio.Future[int]]] = {}
 
     def begin(
         self,
-        position: int,
+        stream: StoreStream,
         client_reference: str = "",
         declared_size: int = 0,
-        study_restriction: str = "",
-        stream: object = None,
     ) -> Ingest:
-        """Start receiving one instance.
+        """Start receiving the next instance of ``stream``."""
+        ingest = Ingest(self, stream, client_reference, declared_size)
+        stream.count += 1
+        return ingest
 
-        ``stream`` identifies the request it belongs to: an instance sent twice in one request
-        is stored once and then reported as existing, not as a concurrent conflict.
-        """
-        return Ingest(self, position, client_reference, declared_size, study_restriction, stream)
+
+class StoreStream:
+    """One store request: its study restriction, and the order its instances are decided in.
+
+    Instances of a stream are parsed in parallel, but each is checked against the archive
+    (exists? being stored?) only after the one sent before it, so the results are those of
+    sending them one after the other: an instance sent twice in one request is stored once and
+    then reported as existing (45070), never as a concurrent conflict.
+    """
+
+    def __init__(self, study_restriction: str = "") -> None:
+        self.study_restriction = study_restriction
+        self.count = 0
+        self.last_checked: asyncio.Future[None] | None = None
 
 
 class Ingest:
     """One instance on its way in: feed it bytes with :meth:`write`, then :meth:`finish`."""
 
     def __init__(
-        self,
-        core: StoreCore,
-        position: int,
-        client_reference: str,
-        declared_size: int,
-        study_restriction: str,
-        stream: object,
+        self, core: StoreCore, stream: StoreStream, client_reference: str, declared_size: int
     ) -> None:
         self._core = core
         self._stream = stream
         self._declared = declared_size
-        self._restriction = study_restriction
-        self.result = InstanceResult(position, client_reference)
+        self._restriction = stream.study_restriction
+        self.result = InstanceResult(stream.count, client_reference)
         self._received = 0
         self._too_large = declared_size > core.settings.max_instance_bytes
         self._upload: Upload | None = None if self._too_large else core.blobs.new_upload()
+        # Decided after the previous instance of the stream (see StoreStream).
+        self._after = stream.last_checked
+        self._checked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        stream.last_checked = self._checked
 
     def write(self, data: bytes) -> None:
         """Append a chunk; past the size limit the bytes are dropped and the file removed."""
@@ -161,6 +170,8 @@ class Ingest:
             return self.result
         finally:
             self.abandon()
+            if not self._checked.done():
+                self._checked.set_result(None)
 
     async def _finish(self) -> InstanceResult:
         core = self._core
@@ -199,6 +210,8 @@ class Ingest:
                 43265,
                 study_instance_uid=validated.study_uid,
             )
+        if self._after is not None:
+            await asyncio.wait([self._after])
         sop = validated.sop_uid
         earlier = core._in_flight.get(sop)
         if earlier is not None and earlier[0] is self._stream:
@@ -228,6 +241,7 @@ class Ingest:
             )
         commit = asyncio.ensure_future(self._commit(upload, prepared))
         core._in_flight[sop] = (self._stream, commit)
+        self._checked.set_result(None)
         self._upload = None  # from here on the upload belongs to the commit task
         # Shielded: once the file is being persisted, a cancelled stream must not leave the
         # file and the index disagreeing; the commit finishes either way.
