@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import signal
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -12,8 +17,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from dicomrpc import Client, DicomRpcError
+from dicomrpc import Client, DicomRpcError, StoreResult
+from dicomrpc.sources import Item, expand
 from dicomrpc.v1 import retrieve_service_pb2, retrieve_service_pb2_grpc
+from dicomrpc_server.archive import Archive
+from dicomrpc_server.config import Settings
 from tests.conftest import RunningServer, spawn_server
 from tests.dicomgen import ct_instance
 
@@ -94,13 +102,65 @@ def test_cli_store_summarizes_and_fails_on_failures(server: RunningServer, tmp_p
 
 def test_graceful_shutdown_finishes_in_flight_stores(tmp_path: Path) -> None:
     proc = spawn_server(tmp_path / "data")
-    study = ct_instance()
-    with Client(proc.target) as client:
-        assert client.store(study).instances[0].stored
-    proc.process.send_signal(signal.SIGTERM)
-    assert proc.process.wait(30) == 0
+    sent = threading.Semaphore(0)
+
+    def slow_items() -> Iterator[Item]:
+        for i in range(20):
+            yield from expand(ct_instance(number=i))
+            sent.release()
+            time.sleep(0.05)
+
+    outcome: list[StoreResult] = []
+
+    def store() -> None:
+        with Client(proc.target) as client:
+            outcome.append(client.store(slow_items()))
+
+    writer = threading.Thread(target=store)
+    writer.start()
+    for _ in range(5):
+        assert sent.acquire(timeout=30)
+    proc.process.send_signal(signal.SIGTERM)  # mid-stream: the stream may finish
+    writer.join(60)
+    assert proc.process.wait(60) == 0
     assert proc.process.stdout is not None
     proc.process.stdout.close()
+    assert outcome and [r.outcome for r in outcome[0].instances] == ["stored"] * 20
+
     with pytest.raises(DicomRpcError) as caught, Client(proc.target) as client:
         client.store(ct_instance(), timeout=2)
     assert caught.value.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+    archive = Archive(Settings(data_dir=tmp_path / "data"))
+    try:
+        assert archive.index.counts().instances == 20
+    finally:
+        archive.close()
+
+
+def _access_lines(caplog: pytest.LogCaptureFixture, count: int) -> list[dict[str, object]]:
+    deadline = time.monotonic() + 5
+    while True:  # the line is written when the server finishes the call, after the answer
+        lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "dicomrpc.access"]
+        if len(lines) >= count or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.02)
+
+
+def test_one_access_log_line_per_rpc(
+    server: RunningServer, client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="dicomrpc.access")
+    data = ct_instance()
+    client.store(data)
+    with grpc.insecure_channel(server.target) as channel:
+        stub = retrieve_service_pb2_grpc.RetrieveServiceStub(channel)
+        with pytest.raises(grpc.RpcError):
+            list(stub.RetrieveStudy(retrieve_service_pb2.RetrieveStudyRequest()))
+    lines = _access_lines(caplog, 2)
+    assert [(line["rpc"], line["code"]) for line in lines] == [
+        ("/dicomrpc.v1.StoreService/StoreInstances", "OK"),
+        ("/dicomrpc.v1.RetrieveService/RetrieveStudy", "UNIMPLEMENTED"),
+    ]
+    assert int(str(lines[0]["bytes_in"])) >= len(data)
+    assert int(str(lines[0]["bytes_out"])) > 0
+    assert float(str(lines[0]["ms"])) > 0

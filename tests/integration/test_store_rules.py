@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import warnings
 from pathlib import Path
@@ -10,7 +11,7 @@ import grpc
 import pytest
 from pydicom.uid import generate_uid
 
-from dicomrpc import Client, DicomRpcError
+from dicomrpc import AsyncClient, Client, DicomRpcError
 from dicomrpc.v1 import store_service_pb2 as pb
 from dicomrpc.v1 import store_service_pb2_grpc
 from tests.conftest import RunningServer, start_server
@@ -185,3 +186,13 @@ def test_two_clients_storing_the_same_new_instance(server: RunningServer) -> Non
         assert sorted(o for o, _ in outcomes) == ["failed", "stored"]
         assert {c for o, c in outcomes if o == "failed"} <= {45070, 45071}
     assert server.archive.index.counts().instances == 10
+
+
+def test_async_client_stores_and_reports(server: RunningServer) -> None:
+    async def run() -> list[str]:
+        async with AsyncClient(server.target) as client:
+            result = await client.store([ct_instance(), ct_instance(), b"not dicom"])
+        return [r.outcome for r in result.instances]
+
+    assert asyncio.run(run()) == ["stored", "stored", "failed"]
+    assert server.archive.index.counts().instances == 2

@@ -6,6 +6,7 @@ the response iterator, not the call, so that the time and bytes cover the whole 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -18,6 +19,8 @@ log = logging.getLogger("dicomrpc.access")
 
 
 class _Tally:
+    """What one call moved and how long it took."""
+
     def __init__(self, method: str) -> None:
         self.method = method
         self.start = time.perf_counter()
@@ -25,35 +28,77 @@ class _Tally:
         self.bytes_out = 0
 
     def emit(self, context: Any, error: BaseException | None) -> None:
-        code = "OK"
-        try:
-            set_code = context.code()
-        except Exception:
-            set_code = None
-        if set_code is not None and set_code != grpc.StatusCode.OK:
-            code = getattr(set_code, "name", str(set_code))
-        elif error is not None:
-            code = (
-                "CANCELLED"
-                if isinstance(error, BaseException) and type(error).__name__ == "CancelledError"
-                else "UNKNOWN"
-            )
-        log.info(
-            json.dumps(
-                {
-                    "rpc": self.method,
-                    "code": code,
-                    "bytes_in": self.bytes_in,
-                    "bytes_out": self.bytes_out,
-                    "ms": round((time.perf_counter() - self.start) * 1000, 2),
-                },
-                separators=(",", ":"),
-            )
-        )
+        code = context.code() if hasattr(context, "code") else None
+        if code is not None and code != grpc.StatusCode.OK:
+            name = getattr(code, "name", str(code))
+        elif isinstance(error, asyncio.CancelledError):
+            name = "CANCELLED"
+        else:
+            name = "UNKNOWN" if error is not None else "OK"
+        record = {
+            "rpc": self.method,
+            "code": name,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "ms": round((time.perf_counter() - self.start) * 1000, 2),
+        }
+        log.info(json.dumps(record, separators=(",", ":")))
 
 
 def _size(message: Any) -> int:
     return int(message.ByteSize()) if hasattr(message, "ByteSize") else 0
+
+
+async def _count(requests: AsyncIterator[Any], tally: _Tally) -> AsyncIterator[Any]:
+    async for request in requests:
+        tally.bytes_in += _size(request)
+        yield request
+
+
+def _request(request: Any, tally: _Tally, streaming: bool) -> Any:
+    """Count a unary request now, or a request stream as it is read."""
+    if streaming:
+        return _count(request, tally)
+    tally.bytes_in = _size(request)
+    return request
+
+
+def _unary_response(inner: Any, method: str, streaming_request: bool) -> Any:
+    async def behaviour(request: Any, context: Any) -> Any:
+        tally = _Tally(method)
+        error: BaseException | None = None
+        try:
+            response = await inner(_request(request, tally, streaming_request), context)
+            tally.bytes_out = _size(response)
+            return response
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            tally.emit(context, error)
+
+    return behaviour
+
+
+def _stream_response(inner: Any, method: str, streaming_request: bool) -> Any:
+    async def behaviour(request: Any, context: Any) -> AsyncIterator[Any]:
+        tally = _Tally(method)
+        error: BaseException | None = None
+        try:
+            result = inner(_request(request, tally, streaming_request), context)
+            if hasattr(result, "__aiter__"):
+                async for response in result:
+                    tally.bytes_out += _size(response)
+                    yield response
+            else:  # a coroutine handler (one that only aborts, say)
+                await result
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            tally.emit(context, error)
+
+    return behaviour
 
 
 class AccessLogInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
@@ -61,105 +106,23 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+        continuation: Callable[[Any], Awaitable[Any]],
+        handler_call_details: Any,
+    ) -> Any:
         """Wrap the method's handler so that its end is logged."""
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
         method = handler_call_details.method
-
-        async def count_requests(requests: AsyncIterator[Any], tally: _Tally) -> AsyncIterator[Any]:
-            async for request in requests:
-                tally.bytes_in += _size(request)
-                yield request
-
+        serializers = (handler.request_deserializer, handler.response_serializer)
         if handler.unary_unary:
-            inner_uu = handler.unary_unary
-
-            async def unary_unary(request: Any, context: Any) -> Any:
-                tally = _Tally(method)
-                tally.bytes_in = _size(request)
-                error: BaseException | None = None
-                try:
-                    response = await inner_uu(request, context)
-                    tally.bytes_out = _size(response)
-                    return response
-                except BaseException as exc:
-                    error = exc
-                    raise
-                finally:
-                    tally.emit(context, error)
-
-            return grpc.unary_unary_rpc_method_handler(
-                unary_unary, handler.request_deserializer, handler.response_serializer
-            )
+            wrapped = _unary_response(handler.unary_unary, method, False)
+            return grpc.unary_unary_rpc_method_handler(wrapped, *serializers)
         if handler.stream_unary:
-            inner_su = handler.stream_unary
-
-            async def stream_unary(requests: Any, context: Any) -> Any:
-                tally = _Tally(method)
-                error: BaseException | None = None
-                try:
-                    response = await inner_su(count_requests(requests, tally), context)
-                    tally.bytes_out = _size(response)
-                    return response
-                except BaseException as exc:
-                    error = exc
-                    raise
-                finally:
-                    tally.emit(context, error)
-
-            return grpc.stream_unary_rpc_method_handler(
-                stream_unary, handler.request_deserializer, handler.response_serializer
-            )
+            wrapped = _unary_response(handler.stream_unary, method, True)
+            return grpc.stream_unary_rpc_method_handler(wrapped, *serializers)
         if handler.unary_stream:
-            inner_us = handler.unary_stream
-
-            async def unary_stream(request: Any, context: Any) -> AsyncIterator[Any]:
-                tally = _Tally(method)
-                tally.bytes_in = _size(request)
-                error: BaseException | None = None
-                try:
-                    async for response in _responses(inner_us(request, context)):
-                        tally.bytes_out += _size(response)
-                        yield response
-                except BaseException as exc:
-                    error = exc
-                    raise
-                finally:
-                    tally.emit(context, error)
-
-            return grpc.unary_stream_rpc_method_handler(
-                unary_stream, handler.request_deserializer, handler.response_serializer
-            )
-        inner_ss = handler.stream_stream
-
-        async def stream_stream(requests: Any, context: Any) -> AsyncIterator[Any]:
-            tally = _Tally(method)
-            error: BaseException | None = None
-            try:
-                async for response in _responses(
-                    inner_ss(count_requests(requests, tally), context)
-                ):
-                    tally.bytes_out += _size(response)
-                    yield response
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                tally.emit(context, error)
-
-        return grpc.stream_stream_rpc_method_handler(
-            stream_stream, handler.request_deserializer, handler.response_serializer
-        )
-
-
-async def _responses(result: Any) -> AsyncIterator[Any]:
-    """Iterate a streaming handler's result: an async generator, or a coroutine (that aborts)."""
-    if hasattr(result, "__aiter__"):
-        async for item in result:
-            yield item
-    else:
-        await result
+            wrapped = _stream_response(handler.unary_stream, method, False)
+            return grpc.unary_stream_rpc_method_handler(wrapped, *serializers)
+        wrapped = _stream_response(handler.stream_stream, method, True)
+        return grpc.stream_stream_rpc_method_handler(wrapped, *serializers)

@@ -118,6 +118,9 @@ class Index(Protocol):
     def has_blob(self, blob_id: str) -> bool:
         """Whether an index entry points at this blob."""
 
+    def blob_ids(self) -> set[str]:
+        """Every blob id the index references (for the start-up orphan sweep)."""
+
     def counts(self) -> IndexCounts:
         """The number of studies, series and instances."""
 
