@@ -1,17 +1,20 @@
-"""The ``dicomrpc`` command line: ``serve`` the archive, ``store`` files into it."""
+"""The ``dicomrpc`` command line: serve the archive; store, retrieve, frames, metadata."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import queue
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 from tqdm import tqdm
 
 from dicomrpc.client import Client
+from dicomrpc.datasets import to_json
 from dicomrpc.errors import DicomRpcError
 from dicomrpc.results import InstanceResult
 from dicomrpc.sources import Item, expand
@@ -34,14 +37,72 @@ def _parser() -> argparse.ArgumentParser:
     store = sub.add_parser("store", help="store DICOM files and folders (recursive)")
     store.add_argument("paths", nargs="+", help="files or folders")
     store.add_argument("--study", help="restrict to one StudyInstanceUID (others fail, 43265)")
-    store.add_argument(
+    _add_server(store)
+    store.add_argument("--concurrency", type=int, default=4, help="parallel streams (4)")
+    store.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    retrieve = sub.add_parser("retrieve", help="retrieve a study, series or instance to a folder")
+    _add_uids(retrieve)
+    retrieve.add_argument("--out", required=True, help="folder to write <study>/<series>/<sop>.dcm")
+
+    frames = sub.add_parser("frames", help="retrieve frames of an instance to a folder")
+    frames.add_argument("study")
+    frames.add_argument("series")
+    frames.add_argument("instance")
+    frames.add_argument("numbers", nargs="+", type=int, help="1-based frame numbers")
+    frames.add_argument("--out", required=True, help="folder to write frame-<n>.bin files")
+
+    metadata = sub.add_parser("metadata", help="print metadata as DICOM JSON")
+    _add_uids(metadata)
+
+    for command in (retrieve, frames, metadata):
+        _add_server(command)
+    return parser
+
+
+def _add_uids(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("study", help="StudyInstanceUID")
+    parser.add_argument("series", nargs="?", help="SeriesInstanceUID")
+    parser.add_argument("instance", nargs="?", help="SOPInstanceUID")
+
+
+def _add_server(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
         "--server",
         default=os.environ.get("DICOMRPC_SERVER", DEFAULT_SERVER),
         help=f"server address (env DICOMRPC_SERVER, {DEFAULT_SERVER})",
     )
-    store.add_argument("--concurrency", type=int, default=4, help="parallel streams (4)")
-    store.add_argument("--quiet", action="store_true", help="no progress bar")
-    return parser
+
+
+def retrieve_command(args: argparse.Namespace) -> int:
+    """Write the instances of a study, series or instance under ``--out``."""
+    with Client(args.server) as client:
+        paths = client.retrieve(args.study, args.series, args.instance, dest_dir=args.out)
+    for path in paths:
+        print(path)
+    print(f"{len(paths)} instances retrieved")
+    return 0
+
+
+def frames_command(args: argparse.Namespace) -> int:
+    """Write each requested frame's bytes to ``--out/frame-<n>.bin``."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with Client(args.server) as client:
+        frames = client.frames(args.study, args.series, args.instance, args.numbers)
+    for frame in frames:
+        path = out / f"frame-{frame.number}.bin"
+        path.write_bytes(frame.data)
+        print(f"{path} {len(frame.data)} bytes {frame.transfer_syntax_uid}")
+    return 0
+
+
+def metadata_command(args: argparse.Namespace) -> int:
+    """Print the metadata as a DICOM JSON array (PS3.18 F.2)."""
+    with Client(args.server) as client:
+        result = client.metadata(args.study, args.series, args.instance)
+    print(json.dumps([to_json(d) for d in result.datasets], indent=1))
+    return 0
 
 
 def _batches(items: list[Item]) -> list[list[Item]]:
@@ -140,7 +201,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         from dicomrpc_server.main import run
 
         return run(args)
-    return store_command(args)
+    commands = {
+        "store": store_command,
+        "retrieve": retrieve_command,
+        "frames": frames_command,
+        "metadata": metadata_command,
+    }
+    try:
+        return commands[args.command](args)
+    except DicomRpcError as error:
+        print(f"dicomrpc {args.command}: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import os
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
 
 import grpc
 
+from dicomrpc import retrieval
 from dicomrpc.errors import DicomRpcError
 from dicomrpc.results import StoreResult
 from dicomrpc.sources import DEFAULT_CHUNK, Item, Sources, iter_items, requests
-from dicomrpc.v1 import store_service_pb2_grpc
+from dicomrpc.v1 import retrieve_service_pb2 as rpb
+from dicomrpc.v1 import retrieve_service_pb2_grpc, store_service_pb2_grpc
 
 MAX_MESSAGE = 64 * 1024 * 1024
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -80,6 +86,7 @@ class Client:
         else:
             self.channel = grpc.insecure_channel(target, self.config.channel_options())
         self._store = store_service_pb2_grpc.StoreServiceStub(self.channel)
+        self._retrieve = retrieve_service_pb2_grpc.RetrieveServiceStub(self.channel)
 
     def __enter__(self) -> Client:
         return self
@@ -131,3 +138,143 @@ class Client:
         except grpc.RpcError as error:
             raise DicomRpcError.from_rpc_error(error) from None
         return StoreResult.from_message(response)
+
+    # -- retrieve ---------------------------------------------------------------------------
+
+    def _instance_stream(
+        self, study: str, series: str | None, sop: str | None, transfer_syntax: str
+    ) -> Iterator[rpb.RetrieveInstancesResponse]:
+        options = rpb.TransferOptions(
+            transfer_syntax_uid=transfer_syntax, chunk_size=self.config.chunk_size
+        )
+        metadata = self.config.metadata()
+        if sop:
+            stream = self._retrieve.RetrieveInstance(
+                rpb.RetrieveInstanceRequest(
+                    study_instance_uid=study,
+                    series_instance_uid=series or "",
+                    sop_instance_uid=sop,
+                    options=options,
+                ),
+                metadata=metadata,
+            )
+        elif series:
+            stream = self._retrieve.RetrieveSeries(
+                rpb.RetrieveSeriesRequest(
+                    study_instance_uid=study, series_instance_uid=series, options=options
+                ),
+                metadata=metadata,
+            )
+        else:
+            stream = self._retrieve.RetrieveStudy(
+                rpb.RetrieveStudyRequest(study_instance_uid=study, options=options),
+                metadata=metadata,
+            )
+        return _errors(stream)
+
+    def iter_instances(
+        self,
+        study: str,
+        series: str | None = None,
+        sop: str | None = None,
+        *,
+        transfer_syntax: str = "*",
+    ) -> Iterator[retrieval.RetrievedInstance]:
+        """Stream the instances of a study, series or instance, one held in memory at a time."""
+        return retrieval.instances(self._instance_stream(study, series, sop, transfer_syntax))
+
+    def retrieve(
+        self,
+        study: str,
+        series: str | None = None,
+        sop: str | None = None,
+        dest_dir: str | os.PathLike[str] | None = None,
+        *,
+        transfer_syntax: str = "*",
+    ) -> list[retrieval.RetrievedInstance] | list[Path]:
+        """Retrieve a study, series or instance: into memory, or to ``dest_dir`` chunk by chunk.
+
+        With ``dest_dir`` the files are written as ``<study>/<series>/<sop>.dcm`` under it
+        (memory stays bounded whatever the size) and their paths returned.
+        """
+        stream = self._instance_stream(study, series, sop, transfer_syntax)
+        if dest_dir is None:
+            return list(retrieval.instances(stream))
+        return list(retrieval.save(stream, Path(dest_dir)))
+
+    def retrieve_study(
+        self, study: str, dest_dir: str | os.PathLike[str] | None = None
+    ) -> list[retrieval.RetrievedInstance] | list[Path]:
+        """Retrieve a whole study (see :meth:`retrieve`)."""
+        return self.retrieve(study, dest_dir=dest_dir)
+
+    def frames(
+        self,
+        study: str,
+        series: str,
+        sop: str,
+        numbers: Iterable[int],
+        *,
+        transfer_syntax: str = "*",
+    ) -> list[retrieval.Frame]:
+        """Retrieve frames (1-based) of an instance; ``Frame.array()`` shapes native ones."""
+        request = rpb.RetrieveFramesRequest(
+            study_instance_uid=study,
+            series_instance_uid=series,
+            sop_instance_uid=sop,
+            frame_numbers=list(numbers),
+            options=rpb.TransferOptions(transfer_syntax_uid=transfer_syntax),
+        )
+        stream = self._retrieve.RetrieveFrames(request, metadata=self.config.metadata())
+        return list(retrieval.frames(_errors(stream)))
+
+    def metadata(
+        self,
+        study: str,
+        series: str | None = None,
+        sop: str | None = None,
+        *,
+        if_none_match: str = "",
+    ) -> retrieval.MetadataResult:
+        """The metadata (``dicomrpc.v1.Dataset`` messages) of a study, series or instance.
+
+        Convert with :func:`dicomrpc.datasets.to_pydicom` or :func:`dicomrpc.datasets.to_json`.
+        With the ETag of an earlier answer as ``if_none_match``, an unchanged resource answers
+        ``not_modified`` and no datasets.
+        """
+        md = self.config.metadata()
+        if sop:
+            stream = self._retrieve.RetrieveInstanceMetadata(
+                rpb.RetrieveInstanceMetadataRequest(
+                    study_instance_uid=study,
+                    series_instance_uid=series or "",
+                    sop_instance_uid=sop,
+                    if_none_match=if_none_match,
+                ),
+                metadata=md,
+            )
+        elif series:
+            stream = self._retrieve.RetrieveSeriesMetadata(
+                rpb.RetrieveSeriesMetadataRequest(
+                    study_instance_uid=study,
+                    series_instance_uid=series,
+                    if_none_match=if_none_match,
+                ),
+                metadata=md,
+            )
+        else:
+            stream = self._retrieve.RetrieveStudyMetadata(
+                rpb.RetrieveStudyMetadataRequest(
+                    study_instance_uid=study, if_none_match=if_none_match
+                ),
+                metadata=md,
+            )
+        return retrieval.metadata(_errors(stream))
+
+
+def _errors(stream: Iterable[T]) -> Iterator[T]:
+    """Iterate a server stream, raising its failure as a DicomRpcError."""
+    try:
+        yield from stream
+    except grpc.RpcError as error:
+        raise DicomRpcError.from_rpc_error(error) from None

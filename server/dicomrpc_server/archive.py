@@ -11,6 +11,7 @@ import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 
 from dicomrpc_server.config import Settings
+from dicomrpc_server.retrieve.service import RetrieveCore
 from dicomrpc_server.storage.blobs import LocalBlobStore
 from dicomrpc_server.storage.lmdb_index import LmdbIndex
 from dicomrpc_server.store.ingest import StoreCore
@@ -41,6 +42,7 @@ class Archive:
             mp_context=multiprocessing.get_context("spawn"),
         )
         self.store = StoreCore(settings, self.blobs, self.index, self._parse_executor)
+        self.retrieve = RetrieveCore(self.index, self.blobs, settings.chunk_bytes)
 
     def recover(self) -> tuple[int, int]:
         """Remove what a crash left: unfinished uploads, and files the index does not reference.

@@ -19,7 +19,12 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from dicomrpc import Client, DicomRpcError, StoreResult
 from dicomrpc.sources import Item, expand
-from dicomrpc.v1 import retrieve_service_pb2, retrieve_service_pb2_grpc
+from dicomrpc.v1 import (
+    retrieve_service_pb2,
+    retrieve_service_pb2_grpc,
+    search_service_pb2,
+    search_service_pb2_grpc,
+)
 from dicomrpc_server.archive import Archive
 from dicomrpc_server.config import Settings
 from tests.conftest import RunningServer, spawn_server
@@ -52,12 +57,12 @@ def test_reflection_lists_every_service(server: RunningServer) -> None:
 
 def test_pending_rpcs_answer_unimplemented_with_details(server: RunningServer) -> None:
     with grpc.insecure_channel(server.target) as channel:
-        stub = retrieve_service_pb2_grpc.RetrieveServiceStub(channel)
+        stub = search_service_pb2_grpc.SearchServiceStub(channel)
         with pytest.raises(grpc.RpcError) as caught:
-            list(stub.RetrieveStudy(retrieve_service_pb2.RetrieveStudyRequest()))
+            stub.SearchStudies(search_service_pb2.SearchStudiesRequest())
     error = DicomRpcError.from_rpc_error(caught.value)
     assert error.code == grpc.StatusCode.UNIMPLEMENTED
-    assert error.metadata["method"] == "dicomrpc.v1.RetrieveService.RetrieveStudy"
+    assert error.metadata["method"] == "dicomrpc.v1.SearchService.SearchStudies"
 
 
 def test_cli_store_summarizes_and_fails_on_failures(server: RunningServer, tmp_path: Path) -> None:
@@ -159,7 +164,7 @@ def test_one_access_log_line_per_rpc(
     lines = _access_lines(caplog, 2)
     assert [(line["rpc"], line["code"]) for line in lines] == [
         ("/dicomrpc.v1.StoreService/StoreInstances", "OK"),
-        ("/dicomrpc.v1.RetrieveService/RetrieveStudy", "UNIMPLEMENTED"),
+        ("/dicomrpc.v1.RetrieveService/RetrieveStudy", "INVALID_ARGUMENT"),
     ]
     assert int(str(lines[0]["bytes_in"])) >= len(data)
     assert int(str(lines[0]["bytes_out"])) > 0

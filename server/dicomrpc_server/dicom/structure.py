@@ -52,6 +52,8 @@ class PixelDataLocation:
         File offset of the value (for encapsulated data, of the Basic Offset Table item's tag).
     length
         The value length, or ``None`` when encapsulated (undefined length).
+    vr
+        The VR written in the file (explicit VR encodings), else empty.
     basic_offset_table
         The Basic Offset Table's value, empty when absent or not encapsulated.
     fragments
@@ -61,6 +63,7 @@ class PixelDataLocation:
     tag: int
     value_offset: int
     length: int | None
+    vr: str = ""
     basic_offset_table: bytes = b""
     fragments: list[tuple[int, int]] = field(default_factory=list)
 
@@ -252,13 +255,16 @@ class _Walk:
             if length == UNDEFINED_LENGTH:
                 if depth == 0 and tag in PIXEL_DATA_TAGS:
                     self.pixel_data = self._encapsulated(tag)
+                    self.pixel_data.vr = vr.decode("ascii", "replace")
                 else:
                     # A sequence; an UN of undefined length holds implicit VR little endian.
                     nested_implicit = implicit or vr == b"UN"
                     self._sequence(tag, depth, nested_implicit)
                 continue
             if depth == 0 and tag in PIXEL_DATA_TAGS:
-                self.pixel_data = PixelDataLocation(tag, fp.tell(), length)
+                self.pixel_data = PixelDataLocation(
+                    tag, fp.tell(), length, vr.decode("ascii", "replace")
+                )
             self.r.skip(length, f"the value of {_tag_name(tag)}")
 
     def _sequence(self, tag: int, depth: int, implicit: bool) -> None:

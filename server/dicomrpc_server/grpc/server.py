@@ -6,9 +6,15 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from dicomrpc.v1 import store_service_pb2, store_service_pb2_grpc
+from dicomrpc.v1 import (
+    retrieve_service_pb2,
+    retrieve_service_pb2_grpc,
+    store_service_pb2,
+    store_service_pb2_grpc,
+)
 from dicomrpc_server.archive import Archive
 from dicomrpc_server.grpc.logging import AccessLogInterceptor
+from dicomrpc_server.grpc.retrieve import RetrieveServicer
 from dicomrpc_server.grpc.store import StoreServicer
 from dicomrpc_server.grpc.unimplemented import PENDING_SERVICES, unimplemented_handler
 
@@ -37,6 +43,9 @@ class GrpcServer:
         store_service_pb2_grpc.add_StoreServiceServicer_to_server(
             StoreServicer(archive.store), self.server
         )
+        retrieve_service_pb2_grpc.add_RetrieveServiceServicer_to_server(
+            RetrieveServicer(archive.retrieve), self.server
+        )
         self.server.add_generic_rpc_handlers(
             tuple(unimplemented_handler(s) for s in PENDING_SERVICES)
         )
@@ -44,6 +53,7 @@ class GrpcServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = [
             store_service_pb2.DESCRIPTOR.services_by_name["StoreService"].full_name,
+            retrieve_service_pb2.DESCRIPTOR.services_by_name["RetrieveService"].full_name,
             *(s.full_name for s in PENDING_SERVICES),
             health.SERVICE_NAME,
             reflection.SERVICE_NAME,

@@ -13,7 +13,6 @@ from google.protobuf.descriptor import ServiceDescriptor
 
 from dicomrpc.v1 import (
     management_service_pb2,
-    retrieve_service_pb2,
     search_service_pb2,
     workitem_service_pb2,
 )
@@ -21,7 +20,6 @@ from dicomrpc_server.errors import Code, ServiceError
 from dicomrpc_server.grpc.errors import to_status
 
 PENDING_SERVICES: list[ServiceDescriptor] = [
-    retrieve_service_pb2.DESCRIPTOR.services_by_name["RetrieveService"],
     search_service_pb2.DESCRIPTOR.services_by_name["SearchService"],
     workitem_service_pb2.DESCRIPTOR.services_by_name["WorkitemService"],
     management_service_pb2.DESCRIPTOR.services_by_name["ManagementService"],

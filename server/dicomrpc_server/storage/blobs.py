@@ -42,10 +42,12 @@ class LocalUpload:
     def write(self, data: bytes) -> None:
         """Append bytes, replacing any that fall in the preamble by zeros."""
         assert self._fp is not None, "upload already closed"
+        view = memoryview(data)
         if self.size < PREAMBLE_LENGTH:
             n = min(PREAMBLE_LENGTH - self.size, len(data))
-            data = bytes(n) + data[n:]
-        self._fp.write(data)
+            self._fp.write(bytes(n))
+            view = view[n:]
+        self._fp.write(view)
         self.size += len(data)
 
     def close(self) -> None:

@@ -236,6 +236,36 @@ class LmdbIndex:
             raw = _get(txn, keys.series_key(study, series), self._db["series"])
         return None if raw is None else records_pb2.SeriesRecord.FromString(raw)
 
+    def list_instances(
+        self, study: str, series: str | None = None
+    ) -> list[tuple[str, str, str, records_pb2.InstanceRecord]]:
+        """The instances of a study (or of one of its series), in key order, with records."""
+        prefix = keys.child_prefix(
+            keys.series_key(study, series) if series is not None else keys.study_key(study)
+        )
+        out = []
+        with self.read() as txn:
+            cursor = txn.cursor(db=self._db["instances"])
+            if cursor.set_range(prefix):
+                for raw_key, value in cursor:
+                    key = bytes(raw_key)
+                    if not key.startswith(prefix):
+                        break
+                    study_uid, series_uid, sop_uid = keys.split_key(key)
+                    record = records_pb2.InstanceRecord.FromString(bytes(value))
+                    out.append((study_uid, series_uid, sop_uid, record))
+        return out
+
+    def get_metadata_many(self, keys_: list[tuple[str, str, str]]) -> list[dataset_pb2.Dataset]:
+        """The pre-computed metadata of several instances, read in one transaction."""
+        out = []
+        with self.read() as txn:
+            for study, series, sop in keys_:
+                raw = _get(txn, keys.instance_key(study, series, sop), self._db["metadata"])
+                if raw is not None:
+                    out.append(dataset_pb2.Dataset.FromString(raw))
+        return out
+
     def term_entries(self, level: Level, tag: int, term: bytes) -> list[bytes]:
         """Primary keys of records whose attribute ``tag`` has exactly index term ``term``."""
         prefix = keys.term_prefix(level, tag, term) + keys.SEP

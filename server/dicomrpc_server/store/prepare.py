@@ -67,7 +67,7 @@ def _prepare(path: Path) -> PreparedInstance:
     if pixel is not None:
         metadata.attributes[f"{pixel.tag:08X}"].CopyFrom(
             dataset_pb2.Attribute(
-                vr=_pixel_vr(parsed.dataset, pixel.tag, pixel.length is None),
+                vr=pixel.vr or _pixel_vr(parsed.dataset, pixel.tag, pixel.length is None),
                 bulk_data_uri=f"{base}/bulkdata/{pixel.tag:08X}",
             )
         )
@@ -120,7 +120,7 @@ def _first_string(metadata: dataset_pb2.Dataset, tag: str) -> str:
 
 
 def _pixel_vr(dataset: Dataset, tag: int, encapsulated: bool) -> str:
-    """The VR of the pixel data element, as the JSON model reports it."""
+    """The VR of a pixel data element written without one (implicit VR), as pydicom decides."""
     if tag == 0x7FE00008:
         return "OF"
     if tag == 0x7FE00009:

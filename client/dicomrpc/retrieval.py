@@ -1,0 +1,164 @@
+"""Decoding retrieve streams: instances, frames and metadata, one item in memory at a time."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dicomrpc.v1 import dataset_pb2
+from dicomrpc.v1 import retrieve_service_pb2 as pb
+
+_SAFE_UID = re.compile(r"[0-9.]{1,64}")
+
+
+@dataclass(frozen=True)
+class RetrievedInstance:
+    """One retrieved instance: its header fields and its Part 10 bytes."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    version: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One retrieved frame: its number, encoding and shape, and its bytes."""
+
+    number: int
+    transfer_syntax_uid: str
+    rows: int
+    columns: int
+    samples_per_pixel: int
+    bits_allocated: int
+    pixel_representation: int
+    photometric_interpretation: str
+    data: bytes
+
+    def array(self) -> Any:
+        """The frame as a numpy array (native encodings only: raw pixel bytes)."""
+        import numpy as np
+
+        if self.bits_allocated not in (8, 16, 32, 64):
+            raise ValueError(f"cannot shape {self.bits_allocated}-bit samples as an array")
+        kind = "i" if self.pixel_representation else "u"
+        if self.bits_allocated == 64 or (self.bits_allocated == 32 and not self.rows):
+            kind = "f"
+        dtype = np.dtype(f"<{kind}{self.bits_allocated // 8}")
+        values = np.frombuffer(self.data, dtype=dtype)
+        shape = (self.rows, self.columns) + (
+            (self.samples_per_pixel,) if self.samples_per_pixel > 1 else ()
+        )
+        return values[: int(np.prod(shape))].reshape(shape)
+
+
+@dataclass(frozen=True)
+class MetadataResult:
+    """Metadata of a study, series or instance, with the ETag to revalidate it."""
+
+    etag: str
+    not_modified: bool
+    datasets: list[dataset_pb2.Dataset]
+
+
+def instances(responses: Iterable[pb.RetrieveInstancesResponse]) -> Iterator[RetrievedInstance]:
+    """Group an instance stream into instances (each held whole: use `save` for large ones)."""
+    header: pb.InstanceHeader | None = None
+    parts: list[bytes] = []
+    for message in responses:
+        if message.WhichOneof("payload") == "instance":
+            if header is not None:
+                yield _instance(header, parts)
+            header, parts = message.instance, []
+        else:
+            parts.append(message.data)
+    if header is not None:
+        yield _instance(header, parts)
+
+
+def _instance(header: pb.InstanceHeader, parts: list[bytes]) -> RetrievedInstance:
+    return RetrievedInstance(
+        header.study_instance_uid,
+        header.series_instance_uid,
+        header.sop_instance_uid,
+        header.sop_class_uid,
+        header.transfer_syntax_uid,
+        header.version,
+        b"".join(parts),
+    )
+
+
+def file_name(uid: str) -> str:
+    """A file-system-safe name for a UID sent by a server (never trusted as a path)."""
+    return uid if _SAFE_UID.fullmatch(uid) else hashlib.sha256(uid.encode()).hexdigest()[:32]
+
+
+def save(responses: Iterable[pb.RetrieveInstancesResponse], dest: Path) -> Iterator[Path]:
+    """Write each instance to ``dest/<study>/<series>/<sop>.dcm`` chunk by chunk."""
+    fp = None
+    try:
+        for message in responses:
+            if message.WhichOneof("payload") == "instance":
+                if fp is not None:
+                    fp.close()
+                    yield Path(fp.name)
+                h = message.instance
+                folder = dest / file_name(h.study_instance_uid) / file_name(h.series_instance_uid)
+                folder.mkdir(parents=True, exist_ok=True)
+                fp = open(folder / f"{file_name(h.sop_instance_uid)}.dcm", "wb")  # noqa: SIM115
+            elif fp is not None:
+                fp.write(message.data)
+        if fp is not None:
+            fp.close()
+            yield Path(fp.name)
+            fp = None
+    finally:
+        if fp is not None:
+            fp.close()
+
+
+def frames(responses: Iterable[pb.RetrieveFramesResponse]) -> Iterator[Frame]:
+    """Group a frame stream into frames."""
+    header: pb.FrameHeader | None = None
+    parts: list[bytes] = []
+    for message in responses:
+        if message.WhichOneof("payload") == "frame":
+            if header is not None:
+                yield _frame(header, parts)
+            header, parts = message.frame, []
+        else:
+            parts.append(message.data)
+    if header is not None:
+        yield _frame(header, parts)
+
+
+def _frame(h: pb.FrameHeader, parts: list[bytes]) -> Frame:
+    return Frame(
+        h.frame_number,
+        h.transfer_syntax_uid,
+        h.rows,
+        h.columns,
+        h.samples_per_pixel,
+        h.bits_allocated,
+        h.pixel_representation,
+        h.photometric_interpretation,
+        b"".join(parts),
+    )
+
+
+def metadata(responses: Iterable[pb.RetrieveMetadataResponse]) -> MetadataResult:
+    """Collect a metadata stream."""
+    etag, not_modified = "", False
+    datasets: list[dataset_pb2.Dataset] = []
+    for message in responses:
+        etag = etag or message.etag
+        not_modified = not_modified or message.not_modified
+        datasets.extend(message.datasets)
+    return MetadataResult(etag, not_modified, datasets)

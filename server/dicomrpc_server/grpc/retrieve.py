@@ -1,0 +1,212 @@
+"""RetrieveService: instances, frames and metadata translated onto the retrieve core."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from dicomrpc.v1 import retrieve_service_pb2 as pb
+from dicomrpc.v1 import retrieve_service_pb2_grpc
+from dicomrpc_server.errors import Code, ServiceError
+from dicomrpc_server.grpc.errors import abort
+from dicomrpc_server.retrieve.scope import StoredInstance
+from dicomrpc_server.retrieve.service import RetrieveCore, clamp_chunk
+
+# Metadata datasets per response message.
+METADATA_BATCH = 64
+
+
+class RetrieveServicer(retrieve_service_pb2_grpc.RetrieveServiceServicer):
+    """Streams what is stored: every instance as a header then its bytes in chunks."""
+
+    def __init__(self, core: RetrieveCore) -> None:
+        self._core = core
+
+    async def _instances(
+        self,
+        context: Any,
+        options: pb.TransferOptions,
+        study: str,
+        series: str = "",
+        sop: str = "",
+    ) -> AsyncIterator[pb.RetrieveInstancesResponse]:
+        try:
+            found = self._core.instances(study, series, sop, options.transfer_syntax_uid)
+        except ServiceError as error:
+            await abort(context, error)
+            return
+        chunk = clamp_chunk(options.chunk_size, self._core.chunk_bytes)
+        for instance in found:
+            yield pb.RetrieveInstancesResponse(instance=_header(instance))
+            try:
+                async for data in self._core.read_chunks(instance, chunk):
+                    yield pb.RetrieveInstancesResponse(data=data)
+            except ServiceError as error:  # deleted while streaming: end with a clear status
+                await abort(context, error)
+                return
+
+    def RetrieveStudy(
+        self, request: pb.RetrieveStudyRequest, context: Any
+    ) -> AsyncIterator[pb.RetrieveInstancesResponse]:
+        """Stream every instance of a study."""
+        return self._instances(context, request.options, request.study_instance_uid)
+
+    def RetrieveSeries(
+        self, request: pb.RetrieveSeriesRequest, context: Any
+    ) -> AsyncIterator[pb.RetrieveInstancesResponse]:
+        """Stream every instance of a series."""
+        return self._instances(
+            context, request.options, request.study_instance_uid, request.series_instance_uid
+        )
+
+    def RetrieveInstance(
+        self, request: pb.RetrieveInstanceRequest, context: Any
+    ) -> AsyncIterator[pb.RetrieveInstancesResponse]:
+        """Stream one instance."""
+        return self._instances(
+            context,
+            request.options,
+            request.study_instance_uid,
+            request.series_instance_uid,
+            request.sop_instance_uid,
+        )
+
+    async def RetrieveFrames(
+        self, request: pb.RetrieveFramesRequest, context: Any
+    ) -> AsyncIterator[pb.RetrieveFramesResponse]:
+        """Stream frames of one instance: each a header then its bytes."""
+        core = self._core
+        try:
+            numbers = core.frame_numbers(
+                list(request.frame_numbers), [(r.first, r.last) for r in request.frame_ranges]
+            )
+            instance = core.instances(
+                request.study_instance_uid, request.series_instance_uid, request.sop_instance_uid
+            )[0]
+            table = core.check_frames(instance, numbers, request.options.transfer_syntax_uid)
+        except ServiceError as error:
+            await abort(context, error)
+            return
+        chunk = clamp_chunk(request.options.chunk_size, core.chunk_bytes)
+        metadata = core.index.get_metadata(
+            instance.study_uid, instance.series_uid, instance.sop_uid
+        )
+        shape = _frame_shape(metadata)
+        frames = core.iter_frames(instance, table, numbers)
+        while True:
+            item = await asyncio.to_thread(next, frames, None)
+            if item is None:
+                return
+            number, data = item
+            yield pb.RetrieveFramesResponse(
+                frame=pb.FrameHeader(
+                    frame_number=number,
+                    transfer_syntax_uid=instance.record.transfer_syntax_uid,
+                    size_bytes=len(data),
+                    **shape,
+                )
+            )
+            for start in range(0, len(data), chunk):
+                yield pb.RetrieveFramesResponse(data=data[start : start + chunk])
+
+    async def RetrieveRendered(
+        self, request: pb.RetrieveRenderedRequest, context: Any
+    ) -> AsyncIterator[pb.RetrieveRenderedResponse]:
+        """Not implemented yet: answers UNIMPLEMENTED."""
+        await abort(
+            context,
+            ServiceError(
+                Code.UNIMPLEMENTED,
+                "INTERNAL_FAILURE",
+                "dicomrpc.v1.RetrieveService.RetrieveRendered is not implemented yet",
+                metadata={"method": "dicomrpc.v1.RetrieveService.RetrieveRendered"},
+            ),
+        )
+        yield pb.RetrieveRenderedResponse()  # pragma: no cover - abort raises
+
+    async def _metadata(
+        self, context: Any, if_none_match: str, study: str, series: str = "", sop: str = ""
+    ) -> AsyncIterator[pb.RetrieveMetadataResponse]:
+        core = self._core
+        try:
+            if if_none_match:
+                tag = core.metadata_etag(study, series, sop)
+                if tag == if_none_match:
+                    yield pb.RetrieveMetadataResponse(etag=tag, not_modified=True)
+                    return
+            tag, datasets = core.metadata(study, series, sop)
+        except ServiceError as error:
+            await abort(context, error)
+            return
+        first = True
+        for start in range(0, max(len(datasets), 1), METADATA_BATCH):
+            yield pb.RetrieveMetadataResponse(
+                etag=tag if first else "", datasets=datasets[start : start + METADATA_BATCH]
+            )
+            first = False
+
+    def RetrieveStudyMetadata(
+        self, request: pb.RetrieveStudyMetadataRequest, context: Any
+    ) -> AsyncIterator[pb.RetrieveMetadataResponse]:
+        """Stream the metadata of every instance of a study."""
+        return self._metadata(context, request.if_none_match, request.study_instance_uid)
+
+    def RetrieveSeriesMetadata(
+        self, request: pb.RetrieveSeriesMetadataRequest, context: Any
+    ) -> AsyncIterator[pb.RetrieveMetadataResponse]:
+        """Stream the metadata of every instance of a series."""
+        return self._metadata(
+            context, request.if_none_match, request.study_instance_uid, request.series_instance_uid
+        )
+
+    def RetrieveInstanceMetadata(
+        self, request: pb.RetrieveInstanceMetadataRequest, context: Any
+    ) -> AsyncIterator[pb.RetrieveMetadataResponse]:
+        """Stream the metadata of one instance."""
+        return self._metadata(
+            context,
+            request.if_none_match,
+            request.study_instance_uid,
+            request.series_instance_uid,
+            request.sop_instance_uid,
+        )
+
+
+def _header(instance: StoredInstance) -> pb.InstanceHeader:
+    record = instance.record
+    return pb.InstanceHeader(
+        study_instance_uid=instance.study_uid,
+        series_instance_uid=instance.series_uid,
+        sop_instance_uid=instance.sop_uid,
+        sop_class_uid=record.sop_class_uid,
+        transfer_syntax_uid=record.transfer_syntax_uid,
+        size_bytes=record.size_bytes,
+        version=record.version,
+    )
+
+
+def _frame_shape(metadata: Any) -> dict[str, Any]:
+    """Rows, columns and sample layout of an instance's frames, from its metadata."""
+    if metadata is None:
+        return {}
+    attributes = metadata.attributes
+
+    def integer(tag: str) -> int:
+        attribute = attributes.get(tag)
+        if attribute is None:
+            return 0
+        values = attribute.integers.values or attribute.numbers.values
+        return int(values[0]) if values else 0
+
+    photometric = attributes.get("00280004")
+    return {
+        "rows": integer("00280010"),
+        "columns": integer("00280011"),
+        "samples_per_pixel": integer("00280002"),
+        "bits_allocated": integer("00280100"),
+        "pixel_representation": integer("00280103"),
+        "photometric_interpretation": (
+            photometric.strings.values[0] if photometric and photometric.strings.values else ""
+        ),
+    }

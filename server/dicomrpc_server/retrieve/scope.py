@@ -1,0 +1,57 @@
+"""What a retrieve names: a study, a series or an instance, resolved against the index."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dicomrpc_server.errors import Code, ServiceError, invalid_argument
+from dicomrpc_server.storage import records_pb2
+from dicomrpc_server.storage.lmdb_index import LmdbIndex
+
+
+@dataclass(frozen=True)
+class StoredInstance:
+    """One stored instance: its UIDs and its index record."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    record: records_pb2.InstanceRecord
+
+
+def not_found(what: str, **uids: str) -> ServiceError:
+    """The NOT_FOUND error of a study, series, instance or frame that is not stored."""
+    return ServiceError(
+        Code.NOT_FOUND, "RESOURCE_NOT_FOUND", f"{what} is not stored", metadata=uids
+    )
+
+
+def resolve(index: LmdbIndex, study: str, series: str = "", sop: str = "") -> list[StoredInstance]:
+    """The stored instances a request names, in key order; NOT_FOUND when there are none."""
+    if not study:
+        raise invalid_argument("study_instance_uid", "is required")
+    if sop and not series:
+        raise invalid_argument("series_instance_uid", "is required with sop_instance_uid")
+    if sop:
+        record = index.get_instance(study, series, sop)
+        if record is None:
+            raise not_found(
+                f"instance {sop} of series {series} in study {study}",
+                study_instance_uid=study,
+                series_instance_uid=series,
+                sop_instance_uid=sop,
+            )
+        return [StoredInstance(study, series, sop, record)]
+    found = [
+        StoredInstance(st, se, so, record)
+        for st, se, so, record in index.list_instances(study, series or None)
+    ]
+    if not found:
+        if series:
+            raise not_found(
+                f"series {series} in study {study}",
+                study_instance_uid=study,
+                series_instance_uid=series,
+            )
+        raise not_found(f"study {study}", study_instance_uid=study)
+    return found
