@@ -68,31 +68,33 @@ class MetadataResult:
     datasets: list[dataset_pb2.Dataset]
 
 
-def instances(responses: Iterable[pb.RetrieveInstancesResponse]) -> Iterator[RetrievedInstance]:
-    """Group an instance stream into instances (each held whole: use `save` for large ones)."""
-    header: pb.InstanceHeader | None = None
+def _grouped(responses: Iterable[Any], header_field: str) -> Iterator[tuple[Any, bytes]]:
+    """Pair each header message of a stream with the bytes of the chunks that follow it."""
+    header: Any = None
     parts: list[bytes] = []
     for message in responses:
-        if message.WhichOneof("payload") == "instance":
+        if message.WhichOneof("payload") == header_field:
             if header is not None:
-                yield _instance(header, parts)
-            header, parts = message.instance, []
+                yield header, b"".join(parts)
+            header, parts = getattr(message, header_field), []
         else:
             parts.append(message.data)
     if header is not None:
-        yield _instance(header, parts)
+        yield header, b"".join(parts)
 
 
-def _instance(header: pb.InstanceHeader, parts: list[bytes]) -> RetrievedInstance:
-    return RetrievedInstance(
-        header.study_instance_uid,
-        header.series_instance_uid,
-        header.sop_instance_uid,
-        header.sop_class_uid,
-        header.transfer_syntax_uid,
-        header.version,
-        b"".join(parts),
-    )
+def instances(responses: Iterable[pb.RetrieveInstancesResponse]) -> Iterator[RetrievedInstance]:
+    """Group an instance stream into instances (each held whole: use `save` for large ones)."""
+    for h, data in _grouped(responses, "instance"):
+        yield RetrievedInstance(
+            h.study_instance_uid,
+            h.series_instance_uid,
+            h.sop_instance_uid,
+            h.sop_class_uid,
+            h.transfer_syntax_uid,
+            h.version,
+            data,
+        )
 
 
 def file_name(uid: str) -> str:
@@ -126,31 +128,18 @@ def save(responses: Iterable[pb.RetrieveInstancesResponse], dest: Path) -> Itera
 
 def frames(responses: Iterable[pb.RetrieveFramesResponse]) -> Iterator[Frame]:
     """Group a frame stream into frames."""
-    header: pb.FrameHeader | None = None
-    parts: list[bytes] = []
-    for message in responses:
-        if message.WhichOneof("payload") == "frame":
-            if header is not None:
-                yield _frame(header, parts)
-            header, parts = message.frame, []
-        else:
-            parts.append(message.data)
-    if header is not None:
-        yield _frame(header, parts)
-
-
-def _frame(h: pb.FrameHeader, parts: list[bytes]) -> Frame:
-    return Frame(
-        h.frame_number,
-        h.transfer_syntax_uid,
-        h.rows,
-        h.columns,
-        h.samples_per_pixel,
-        h.bits_allocated,
-        h.pixel_representation,
-        h.photometric_interpretation,
-        b"".join(parts),
-    )
+    for h, data in _grouped(responses, "frame"):
+        yield Frame(
+            h.frame_number,
+            h.transfer_syntax_uid,
+            h.rows,
+            h.columns,
+            h.samples_per_pixel,
+            h.bits_allocated,
+            h.pixel_representation,
+            h.photometric_interpretation,
+            data,
+        )
 
 
 def metadata(responses: Iterable[pb.RetrieveMetadataResponse]) -> MetadataResult:
