@@ -34,6 +34,7 @@ proto: install
 
 bench: install
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/retrieve.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info bench/.work

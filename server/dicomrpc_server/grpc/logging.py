@@ -46,6 +46,10 @@ class _Tally:
 
 
 def _size(message: Any) -> int:
+    """A message's size; for a byte chunk, its payload (``ByteSize`` would encode it again)."""
+    data = getattr(message, "data", None)
+    if isinstance(data, bytes) and data:
+        return len(data)
     return int(message.ByteSize()) if hasattr(message, "ByteSize") else 0
 
 

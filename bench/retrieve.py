@@ -1,0 +1,943 @@
+"""Retrieve benchmark: dicomrpc (gRPC) side by side with Orthanc (WADO-RS) on the same data.
+
+Usage (from the repository root)::
+
+    .venv/bin/python bench/retrieve.py            # all measurements, writes RESULTS.md
+    .venv/bin/python bench/retrieve.py --quick    # fewer rounds and repetitions, a smoke run
+
+What is measured, against both servers holding the same files:
+
+- study retrieve MB/s, 1 and 4 concurrent clients, on a 100-instance CT study (~50 MB): gRPC
+  ``RetrieveStudy`` through the raw stub (chunk bytes counted, never joined) against
+  ``GET /dicom-web/studies/{uid}`` (body bytes counted as they stream);
+- study metadata latency, a 100-instance and a 500-instance study: ``Client.metadata()`` against
+  ``GET /dicom-web/studies/{uid}/metadata`` (the body read, not parsed);
+- single-frame latency on a 1,000-frame native instance (256x256, 16-bit, 125 MiB), random
+  frames: ``Client.frames()`` against ``GET .../frames/{n}``.
+
+Both servers run at once, each on a fresh data directory, loaded once (dicomrpc with
+``Client.store()``, Orthanc with STOW-RS); then the measurements run in rounds, each round
+measuring both servers (which one goes first alternates), so that a drift of the shared machine
+touches both alike. Throughputs are the median of the rounds; latencies are percentiles of every
+sample of every round (after warm-up). The corpus, a 500-instance study and the multi-frame
+instance are generated once and cached under ``bench/.work/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import http.client
+import json
+import platform
+import random
+import re
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pydicom
+from ingest import (
+    COLUMNS,
+    INSTANCES_PER_SERIES,
+    MB,
+    ROOT,
+    ROWS,
+    WORK,
+    Corpus,
+    ResourceSampler,
+    _instance,
+    _run_workers,
+    _sequence_length,
+    _slice_pixels,
+    _start_py_spy,
+    _stop_py_spy,
+    _study_attributes,
+    corpus,
+    dicomrpc_server,
+    ensure_orthanc,
+    machine,
+    orthanc_server,
+    orthanc_version,
+    profile_tables,
+    stow_body,
+    warm_cache,
+)
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
+
+from dicomrpc import Client, ClientConfig
+from dicomrpc.v1 import retrieve_service_pb2 as rpb
+from dicomrpc.v1 import retrieve_service_pb2_grpc
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+SECTION = "## Retrieve"
+
+BIG_STUDY_VERSION = 1
+MULTIFRAME_VERSION = 1
+FRAMES = 1000
+FRAME_ROWS = FRAME_COLUMNS = 256
+MULTIFRAME_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.7.3"  # Multi-frame Grayscale Word SC
+
+ACCEPT_DICOM = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+ACCEPT_FRAME = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
+ACCEPT_JSON = "application/dicom+json"
+READ_BUFFER = 1024 * 1024
+
+GOAL_RETRIEVE_RATIO = 1.0
+GOAL_METADATA_RATIO = 0.5
+GOAL_FRAME_P50_MS = 3.0
+
+
+# --------------------------------------------------------------------------------------------
+# The data: a 100-instance study, a 500-instance study, a 1,000-frame instance
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Study:
+    """A study's files and identity, as stored in both servers."""
+
+    label: str
+    uid: str
+    files: list[Path]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.stat().st_size for f in self.files)
+
+
+@dataclass(frozen=True)
+class MultiFrame:
+    """The multi-frame instance: where it is, its UIDs, its frame size."""
+
+    path: Path
+    study: str
+    series: str
+    sop: str
+    frames: int
+    frame_bytes: int
+
+
+def study_of(label: str, files: list[Path]) -> Study:
+    """A ``Study`` of files that share one StudyInstanceUID (checked)."""
+    uids = {str(pydicom.dcmread(f, stop_before_pixels=True).StudyInstanceUID) for f in files}
+    if len(uids) != 1:
+        raise ValueError(f"{label}: the files belong to {len(uids)} studies")
+    return Study(label, uids.pop(), files)
+
+
+def small_study() -> Study:
+    """The first 100-instance study of the ingest corpus (corpus-2000 if cached, else 200)."""
+    cached = (WORK / "corpus-2000" / "complete.json").exists()
+    data: Corpus = corpus(2000 if cached else 200)
+    first = sorted(p for p in data.directory.iterdir() if p.is_dir())[0]
+    return study_of("100 instances", sorted(first.glob("*.dcm")))
+
+
+def big_study(count: int = 500, seed: int = 4242) -> Study:
+    """One study of ``count`` CT slices (series of 50), like the corpus', generated once."""
+    directory = WORK / f"retrieve-study-{count}"
+    marker = directory / "complete.json"
+    expected = {"version": BIG_STUDY_VERSION, "count": count}
+    files = sorted(directory.glob("*.dcm"))
+    if marker.exists() and json.loads(marker.read_text()) == expected and len(files) == count:
+        return study_of(f"{count} instances", files)
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    print(f"generating a {count}-instance study in {directory} ...", flush=True)
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:ROWS, 0:COLUMNS]
+    body = ((xx - 256) / 210.0) ** 2 + ((yy - 266) / 160.0) ** 2 <= 1.0
+    base_hu = np.where(body, 40, -1000).astype(np.int16)
+    study = _study_attributes(500, random.Random(seed))
+    series: dict[str, object] = {}
+    files = []
+    for number in range(count):
+        series_number = number // INSTANCES_PER_SERIES + 1
+        if number % INSTANCES_PER_SERIES == 0:
+            series = {
+                "SeriesInstanceUID": generate_uid(),
+                "FrameOfReferenceUID": generate_uid(),
+                "SeriesNumber": series_number,
+                "SeriesTime": f"{10 + series_number:02d}0000",
+            }
+        slice_number = number % INSTANCES_PER_SERIES + 1
+        pixels = _slice_pixels(rng, base_hu, xx, yy, slice_number, signed=False)
+        path = directory / f"{series_number:02d}-{slice_number:03d}.dcm"
+        _instance(study, series, slice_number, pixels, signed=False).save_as(
+            path, enforce_file_format=True
+        )
+        files.append(path)
+    marker.write_text(json.dumps(expected))
+    return Study(f"{count} instances", str(study["StudyInstanceUID"]), files)
+
+
+def multiframe(seed: int = 99) -> MultiFrame:
+    """A 1,000-frame native instance (256x256, 16-bit, 12 stored), generated once."""
+    directory = WORK / "retrieve-multiframe"
+    path = directory / "multiframe.dcm"
+    marker = directory / "complete.json"
+    frame_bytes = FRAME_ROWS * FRAME_COLUMNS * 2
+    if marker.exists():
+        info = json.loads(marker.read_text())
+        if info.get("version") == MULTIFRAME_VERSION and path.exists():
+            return MultiFrame(path, info["study"], info["series"], info["sop"], FRAMES, frame_bytes)
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    print(f"generating a {FRAMES}-frame instance in {directory} ...", flush=True)
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 4096, size=(FRAMES, FRAME_ROWS, FRAME_COLUMNS), dtype=np.uint16)
+    pixels[:, 0, 0] = np.arange(1, FRAMES + 1)  # each frame carries its number in pixel (0, 0)
+    sop = generate_uid()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MULTIFRAME_SOP_CLASS
+    meta.MediaStorageSOPInstanceUID = sop
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = MULTIFRAME_SOP_CLASS
+    ds.SOPInstanceUID = sop
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.PatientName = "FRAMES^MANY"
+    ds.PatientID = "PATMF0001"
+    ds.StudyDate = ds.ContentDate = "20240301"
+    ds.StudyTime = ds.ContentTime = "120000"
+    ds.AccessionNumber = "ACCMF1"
+    ds.StudyID = "MF1"
+    ds.Modality = "OT"
+    ds.ConversionType = "WSD"
+    ds.SeriesNumber = ds.InstanceNumber = 1
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.NumberOfFrames = FRAMES
+    ds.FrameIncrementPointer = 0x00181063  # FrameTime
+    ds.FrameTime = "40"
+    ds.Rows = FRAME_ROWS
+    ds.Columns = FRAME_COLUMNS
+    ds.BitsAllocated = 16
+    ds.BitsStored = 12
+    ds.HighBit = 11
+    ds.PixelRepresentation = 0
+    ds.PixelData = pixels.tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    info = {
+        "version": MULTIFRAME_VERSION,
+        "study": str(ds.StudyInstanceUID),
+        "series": str(ds.SeriesInstanceUID),
+        "sop": sop,
+    }
+    marker.write_text(json.dumps(info))
+    return MultiFrame(path, info["study"], info["series"], sop, FRAMES, frame_bytes)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading both servers
+# --------------------------------------------------------------------------------------------
+
+
+def grpc_config() -> ClientConfig:
+    """One channel (one HTTP/2 connection) per client, as in bench/ingest.py."""
+    return ClientConfig(options=(("grpc.use_local_subchannel_pool", 1),))
+
+
+def connect_grpc(target: str) -> Client:
+    """A connected ``Client`` on its own channel."""
+    client = Client(target, grpc_config())
+    grpc.channel_ready_future(client.channel).result(timeout=30)
+    return client
+
+
+def connect_http(port: int) -> http.client.HTTPConnection:
+    """A keep-alive HTTP connection to Orthanc."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    connection.connect()
+    return connection
+
+
+def load_dicomrpc(target: str, files: list[Path], batch: int = 25) -> None:
+    """Store ``files``; raise unless every one is stored."""
+    with connect_grpc(target) as client:
+        for start in range(0, len(files), batch):
+            outcome = client.store([str(p) for p in files[start : start + batch]])
+            bad = [i for i in outcome.instances if not i.outcome.startswith("stored")]
+            if bad:
+                raise RuntimeError(f"dicomrpc store failed: {bad[0]}")
+
+
+def load_orthanc(port: int, files: list[Path], batch: int = 10) -> None:
+    """STOW-RS ``files``; raise unless every request answers 200."""
+    connection = connect_http(port)
+    boundary = uuid.uuid4().hex
+    headers = {
+        "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+        "Accept": ACCEPT_JSON,
+    }
+    try:
+        for start in range(0, len(files), batch):
+            paths = files[start : start + batch]
+            connection.request("POST", "/dicom-web/studies", stow_body(paths, boundary), headers)
+            response = connection.getresponse()
+            payload = response.read()
+            answer = json.loads(payload) if response.status == 200 else {}
+            if _sequence_length(answer, "00081199") != len(paths):
+                raise RuntimeError(f"STOW-RS returned {response.status}: {payload[:300]!r}")
+    finally:
+        connection.close()
+
+
+# --------------------------------------------------------------------------------------------
+# One request of each kind, per server
+# --------------------------------------------------------------------------------------------
+
+
+def grpc_study_bytes(stub: retrieve_service_pb2_grpc.RetrieveServiceStub, study: str) -> int:
+    """RetrieveStudy through the raw stub: the chunk bytes received, counted, not joined."""
+    request = rpb.RetrieveStudyRequest(
+        study_instance_uid=study, options=rpb.TransferOptions(transfer_syntax_uid="*")
+    )
+    total = 0
+    for message in stub.RetrieveStudy(request):
+        if message.WhichOneof("payload") == "data":
+            total += len(message.data)
+    return total
+
+
+def http_get(
+    connection: http.client.HTTPConnection, path: str, accept: str, buffer: bytearray
+) -> int:
+    """GET ``path`` on a keep-alive connection; the body bytes, counted as they stream."""
+    connection.request("GET", path, headers={"Accept": accept})
+    response = connection.getresponse()
+    total = 0
+    view = memoryview(buffer)
+    while count := response.readinto(view):
+        total += count
+    if response.status != 200:
+        raise RuntimeError(f"GET {path} returned {response.status}")
+    return total
+
+
+def http_body(port: int, path: str, accept: str) -> tuple[str, bytes]:
+    """GET ``path`` whole: (Content-Type, body). For verification, not timed."""
+    connection = connect_http(port)
+    try:
+        connection.request("GET", path, headers={"Accept": accept})
+        response = connection.getresponse()
+        body = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"GET {path} returned {response.status}: {body[:200]!r}")
+        return response.getheader("Content-Type", ""), body
+    finally:
+        connection.close()
+
+
+def multipart_parts(content_type: str, body: bytes) -> list[bytes]:
+    """The payloads of a ``multipart/related`` body."""
+    match = re.search(r'boundary="?([^";]+)"?', content_type)
+    if match is None:
+        raise ValueError(f"no boundary in {content_type!r}")
+    delimiter = b"--" + match.group(1).encode()
+    parts = []
+    for chunk in body.split(delimiter)[1:]:
+        if chunk.startswith(b"--"):
+            break
+        _, _, payload = chunk.partition(b"\r\n\r\n")
+        parts.append(payload.removesuffix(b"\r\n"))
+    return parts
+
+
+# --------------------------------------------------------------------------------------------
+# Measurements
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Throughput:
+    """Study retrieve MB/s of every round, and the bytes each retrieve brought."""
+
+    rates: list[float] = field(default_factory=list)
+    sizes: set[int] = field(default_factory=set)
+    client_cpu_s: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.rates) if self.rates else 0.0
+
+
+@dataclass
+class Latency:
+    """Seconds of every request, by round."""
+
+    rounds: list[list[float]] = field(default_factory=list)
+
+    @property
+    def samples(self) -> list[float]:
+        return [s for r in self.rounds for s in r]
+
+    def percentile_ms(self, q: float) -> float:
+        """The ``q``-th percentile of every sample (nearest rank), in ms."""
+        ordered = sorted(self.samples)
+        if not ordered:
+            return 0.0
+        rank = max(1, int(np.ceil(q / 100 * len(ordered))))
+        return 1000 * ordered[rank - 1]
+
+    def round_p50s_ms(self) -> list[float]:
+        return [1000 * statistics.median(r) for r in self.rounds if r]
+
+
+def throughput_run(
+    clients: int,
+    repeats: int,
+    connect: Callable[[], object],
+    fetch: Callable[[object], int],
+    close: Callable[[object], None],
+    result: Throughput,
+) -> None:
+    """``clients`` concurrent clients each retrieve the study ``repeats`` times; record MB/s."""
+    sizes: list[int] = []
+    spans: list[tuple[float, float]] = []
+    lock = threading.Lock()
+
+    def work(connection: object) -> None:
+        start = time.perf_counter()
+        got = [fetch(connection) for _ in range(repeats)]
+        end = time.perf_counter()
+        with lock:
+            sizes.extend(got)
+            spans.append((start, end))
+
+    # Timed from the first request to the last byte: not connecting, nor closing (closing a
+    # gRPC channel was seen to take longer than a whole 50 MB retrieve).
+    _, cpu = _run_workers(clients, connect, work, close)
+    wall = max(end for _, end in spans) - min(start for start, _ in spans)
+    result.rates.append(sum(sizes) / MB / wall)
+    result.sizes.update(sizes)
+    result.client_cpu_s.append(cpu)
+
+
+def latency_run(count: int, request: Callable[[], None], result: Latency) -> None:
+    """Time ``count`` sequential requests, as one round."""
+    samples = []
+    for _ in range(count):
+        start = time.perf_counter()
+        request()
+        samples.append(time.perf_counter() - start)
+    result.rounds.append(samples)
+
+
+@dataclass
+class Server:
+    """What the rounds need of one server: how to connect and one function per request."""
+
+    name: str
+    pid: int
+    connect: Callable[[], object]
+    close: Callable[[object], None]
+    study_bytes: Callable[[object, str], int]
+    # (connection, study UID) -> None
+    metadata: Callable[[object, str], None]
+    # (connection, frame number) -> the frame's size in bytes
+    frame: Callable[[object, int], int]
+
+
+def dicomrpc_side(target: str, pid: int, mf: MultiFrame) -> Server:
+    """Requests to dicomrpc: the raw stub for bytes, the SDK for metadata and frames."""
+
+    def study_bytes(client: object, study: str) -> int:
+        assert isinstance(client, Client)
+        stub = retrieve_service_pb2_grpc.RetrieveServiceStub(client.channel)
+        return grpc_study_bytes(stub, study)
+
+    def metadata(client: object, study: str) -> None:
+        assert isinstance(client, Client)
+        client.metadata(study)
+
+    def frame(client: object, number: int) -> int:
+        assert isinstance(client, Client)
+        (got,) = client.frames(mf.study, mf.series, mf.sop, [number])
+        return len(got.data)
+
+    return Server(
+        "dicomrpc",
+        pid,
+        lambda: connect_grpc(target),
+        lambda c: c.close(),  # type: ignore[attr-defined]
+        study_bytes,
+        metadata,
+        frame,
+    )
+
+
+def orthanc_side(port: int, pid: int, mf: MultiFrame) -> Server:
+    """Requests to Orthanc's WADO-RS, one keep-alive connection per client."""
+    buffers: dict[int, bytearray] = {}
+
+    def buffer() -> bytearray:
+        return buffers.setdefault(threading.get_ident(), bytearray(READ_BUFFER))
+
+    def study_bytes(connection: object, study: str) -> int:
+        assert isinstance(connection, http.client.HTTPConnection)
+        return http_get(connection, f"/dicom-web/studies/{study}", ACCEPT_DICOM, buffer())
+
+    def metadata(connection: object, study: str) -> None:
+        assert isinstance(connection, http.client.HTTPConnection)
+        http_get(connection, f"/dicom-web/studies/{study}/metadata", ACCEPT_JSON, buffer())
+
+    def frame(connection: object, number: int) -> int:
+        assert isinstance(connection, http.client.HTTPConnection)
+        path = (
+            f"/dicom-web/studies/{mf.study}/series/{mf.series}/instances/{mf.sop}/frames/{number}"
+        )
+        return http_get(connection, path, ACCEPT_FRAME, buffer())
+
+    return Server(
+        "Orthanc",
+        pid,
+        lambda: connect_http(port),
+        lambda c: c.close(),  # type: ignore[attr-defined]
+        study_bytes,
+        metadata,
+        frame,
+    )
+
+
+@dataclass
+class Measured:
+    """Everything measured of one server."""
+
+    retrieve: dict[int, Throughput] = field(default_factory=dict)
+    peak_rss_mb: dict[int, float] = field(default_factory=dict)
+    metadata: dict[str, Latency] = field(default_factory=dict)
+    frames: Latency = field(default_factory=Latency)
+    frame_sizes: set[int] = field(default_factory=set)
+
+
+def measure_round(
+    server: Server,
+    out: Measured,
+    study: Study,
+    metadata_studies: list[Study],
+    args: argparse.Namespace,
+    rng: random.Random,
+) -> None:
+    """One round of every measurement on one server."""
+    for clients in args.clients:
+        result = out.retrieve.setdefault(clients, Throughput())
+        with ResourceSampler(server.pid) as sampler:
+            throughput_run(
+                clients,
+                args.study_repeats,
+                server.connect,
+                lambda c: server.study_bytes(c, study.uid),
+                server.close,
+                result,
+            )
+        out.peak_rss_mb[clients] = max(out.peak_rss_mb.get(clients, 0.0), sampler.peak_rss / MB)
+    connection = server.connect()
+    try:
+        for meta_study in metadata_studies:
+            latency_run(
+                args.metadata_reps // args.rounds,
+                lambda s=meta_study: server.metadata(connection, s.uid),  # type: ignore[misc]
+                out.metadata.setdefault(meta_study.label, Latency()),
+            )
+        numbers = iter([rng.randint(1, FRAMES) for _ in range(args.frame_reps // args.rounds)])
+        latency_run(
+            args.frame_reps // args.rounds,
+            lambda: out.frame_sizes.add(server.frame(connection, next(numbers))),
+            out.frames,
+        )
+    finally:
+        server.close(connection)
+
+
+def warm_up(server: Server, study: Study, metadata_studies: list[Study]) -> None:
+    """A few requests of each kind, not recorded."""
+    connection = server.connect()
+    try:
+        server.study_bytes(connection, study.uid)
+        for meta_study in metadata_studies:
+            for _ in range(3):
+                server.metadata(connection, meta_study.uid)
+        for number in random.Random(1).sample(range(1, FRAMES + 1), 10):
+            server.frame(connection, number)
+    finally:
+        server.close(connection)
+
+
+# --------------------------------------------------------------------------------------------
+# Verification (not timed)
+# --------------------------------------------------------------------------------------------
+
+
+def verify_dicomrpc(target: str, studies: list[Study], mf: MultiFrame) -> list[str]:
+    """Compare what dicomrpc returns with the files stored; the problems found."""
+    problems = []
+    with connect_grpc(target) as client:
+        for study in studies:
+            sizes = {p.stat().st_size for p in study.files}
+            got = client.retrieve(study.uid)
+            if len(got) != len(study.files) or {len(i.data) for i in got} - sizes:
+                problems.append(f"dicomrpc retrieve of the {study.label} study: sizes differ")
+            meta = client.metadata(study.uid)
+            if len(meta.datasets) != len(study.files):
+                problems.append(
+                    f"dicomrpc metadata of the {study.label} study: {len(meta.datasets)} "
+                    f"datasets for {len(study.files)} instances"
+                )
+        pixels = pydicom.dcmread(mf.path).PixelData
+        for number in (1, 2, 500, FRAMES):
+            (frame,) = client.frames(mf.study, mf.series, mf.sop, [number])
+            start = (number - 1) * mf.frame_bytes
+            if frame.data != pixels[start : start + mf.frame_bytes]:
+                problems.append(f"dicomrpc frame {number}: bytes differ from the stored frame")
+    return problems
+
+
+def verify_orthanc(port: int, studies: list[Study], mf: MultiFrame) -> list[str]:
+    """Compare what Orthanc's WADO-RS returns with the files stored; the problems found."""
+    problems = []
+    for study in studies:
+        content_type, body = http_body(port, f"/dicom-web/studies/{study.uid}", ACCEPT_DICOM)
+        parts = multipart_parts(content_type, body)
+        if sorted(map(len, parts)) != sorted(p.stat().st_size for p in study.files):
+            problems.append(f"Orthanc retrieve of the {study.label} study: sizes differ")
+        _, body = http_body(port, f"/dicom-web/studies/{study.uid}/metadata", ACCEPT_JSON)
+        if len(json.loads(body)) != len(study.files):
+            problems.append(f"Orthanc metadata of the {study.label} study: wrong count")
+    pixels = pydicom.dcmread(mf.path).PixelData
+    base = f"/dicom-web/studies/{mf.study}/series/{mf.series}/instances/{mf.sop}/frames"
+    for number in (1, 2, 500, FRAMES):
+        content_type, body = http_body(port, f"{base}/{number}", ACCEPT_FRAME)
+        (frame,) = multipart_parts(content_type, body)
+        start = (number - 1) * mf.frame_bytes
+        if frame != pixels[start : start + mf.frame_bytes]:
+            problems.append(f"Orthanc frame {number}: bytes differ from the stored frame")
+    return problems
+
+
+# --------------------------------------------------------------------------------------------
+# Reporting
+# --------------------------------------------------------------------------------------------
+
+
+def _ratio(ours: float, theirs: float) -> str:
+    if not theirs:
+        return "—"
+    ratio = ours / theirs
+    return f"{ratio:.2f}x" if ratio >= 0.1 else f"{ratio:.3f}x (1/{1 / ratio:.0f})"
+
+
+def _verdict(met: bool) -> str:
+    return "met" if met else "NOT met"
+
+
+def latency_rows(label: str, ours: Latency, theirs: Latency | None) -> list[str]:
+    """The p50 (with the per-round p50s) and p95 rows of one latency measurement."""
+    rows = []
+    for q in (50, 95):
+        mine, their = ours.percentile_ms(q), theirs.percentile_ms(q) if theirs else 0.0
+        spreads = [
+            ", ".join(f"{v:.1f}" for v in lat.round_p50s_ms()) if lat and q == 50 else ""
+            for lat in (ours, theirs)
+        ]
+        rows.append(
+            f"| {label}, p{q} ms | {mine:.1f} | {spreads[0]} | {their:.1f} | {spreads[1]} "
+            f"| {_ratio(mine, their)} |"
+        )
+    return rows
+
+
+def report(
+    results: dict[str, Measured],
+    study: Study,
+    metadata_studies: list[Study],
+    mf: MultiFrame,
+    args: argparse.Namespace,
+    problems: list[str],
+    orthanc_missing: str | None,
+) -> str:
+    """The ``## Retrieve`` section."""
+    ours = results["dicomrpc"]
+    theirs = results.get("Orthanc")
+    now = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    versions = (
+        f"Python {platform.python_version()}, grpcio {grpc.__version__}, "
+        f"pydicom {pydicom.__version__}"
+        + ("" if orthanc_missing else f", {orthanc_version()} with DICOMweb plugin")
+    )
+
+    lines = [
+        SECTION,
+        "",
+        "Written by `.venv/bin/python bench/retrieve.py`; rerun it to refresh this section.",
+        "",
+        f"- Date: {now}{' (quick run)' if args.quick else ''}",
+        f"- Machine: {machine()}; {platform.platform()}",
+        f"- Software: {versions}",
+        f"- Data, in both servers: a {len(study.files)}-instance CT study "
+        f"({study.total_bytes / MB:.1f} MB, 512x512 16-bit explicit VR LE, from the ingest "
+        f"corpus); a {len(metadata_studies[-1].files)}-instance study of the same kind; a "
+        f"{mf.frames}-frame native instance ({FRAME_ROWS}x{FRAME_COLUMNS}, 16-bit, "
+        f"{mf.path.stat().st_size / MB:.0f} MB, Multi-frame Grayscale Word SC).",
+        "- dicomrpc: study retrieve through the raw `RetrieveStudy` stub, chunk bytes counted "
+        "(transfer syntax `*`, server's 1 MiB chunks); metadata `Client.metadata(study)` "
+        "(datasets parsed into protobuf messages); frames `Client.frames(..., [n])`. One gRPC "
+        "channel per client.",
+        "- Orthanc: WADO-RS, `GET /dicom-web/studies/{uid}` (`transfer-syntax=*`), "
+        "`.../metadata`, `.../frames/{n}` (`application/octet-stream`, `transfer-syntax=*`); "
+        "bodies read into a reused 1 MiB buffer, not parsed. One keep-alive `http.client` "
+        "connection per client. Default settings (DICOMweb `StudiesMetadata` default: full, "
+        "read from the stored files).",
+        f"- {args.rounds} rounds after warm-up, both servers up at once, measured alternately "
+        "(first server alternating by round). Retrieve: each client fetches the study "
+        f"{args.study_repeats} times per round; MB/s = bytes received / wall time, median of "
+        f"the rounds (every round under (rounds)). Metadata: {args.metadata_reps} requests per "
+        f"study; frames: {args.frame_reps} random frames; percentiles over all requests "
+        "(per-round p50s under (rounds)). Sequential requests on one connection.",
+        "- MB = 2^20 bytes. Peak RSS: the server's process tree, sampled every 50 ms during "
+        "the retrieve runs. Clients (Python threads) and servers share the machine's 2 CPUs.",
+        "",
+        "| measurement | dicomrpc | (rounds) | Orthanc | (rounds) | dicomrpc / Orthanc |",
+        "|---|--:|--|--:|--|--:|",
+    ]
+    for clients in args.clients:
+        mine = ours.retrieve[clients]
+        their = theirs.retrieve[clients] if theirs else None
+        lines.append(
+            f"| study retrieve, {clients} client{'s' * (clients > 1)}, MB/s "
+            f"| {mine.median:.0f} | {', '.join(f'{r:.0f}' for r in mine.rates)} "
+            f"| {their.median if their else 0:.0f} "
+            f"| {', '.join(f'{r:.0f}' for r in their.rates) if their else '—'} "
+            f"| {_ratio(mine.median, their.median) if their else '—'} |"
+        )
+    rows: list[tuple[str, Latency, Latency | None]] = [
+        (f"study metadata, {s.label}", ours.metadata[s.label], theirs and theirs.metadata[s.label])
+        for s in metadata_studies
+    ]
+    rows.append(("one native frame (256x256x16)", ours.frames, theirs and theirs.frames))
+    for label, mine_l, their_l in rows:
+        lines += latency_rows(label, mine_l, their_l)
+    lines += [
+        f"| server peak RSS MB, {clients}-client retrieve | {ours.peak_rss_mb[clients]:.0f} "
+        f"| | {theirs.peak_rss_mb[clients] if theirs else 0:.0f} | | |"
+        for clients in args.clients
+    ]
+    cpu = {
+        name: statistics.median(m.retrieve[max(args.clients)].client_cpu_s)
+        for name, m in results.items()
+    }
+    lines += [
+        "",
+        "Client CPU s per 4-client retrieve round (median): "
+        + ", ".join(f"{n} {c:.2f}" for n, c in cpu.items())
+        + ".",
+        "",
+        "Goals: study retrieve ≥ Orthanc's MB/s; study metadata p50 ≤ half of Orthanc's; one "
+        f"native frame p50 < {GOAL_FRAME_P50_MS:.0f} ms.",
+        "",
+    ]
+    if theirs:
+        for clients in args.clients:
+            ratio = ours.retrieve[clients].median / theirs.retrieve[clients].median
+            lines.append(
+                f"- **Study retrieve, {clients} client(s): {ratio:.2f}x Orthanc's MB/s** — goal "
+                f"≥ {GOAL_RETRIEVE_RATIO:.0f}x: {_verdict(ratio >= GOAL_RETRIEVE_RATIO)}."
+            )
+        for s in metadata_studies:
+            ratio = ours.metadata[s.label].percentile_ms(50) / theirs.metadata[
+                s.label
+            ].percentile_ms(50)
+            lines.append(
+                f"- **Study metadata, {s.label}: p50 {ratio:.2f}x Orthanc's** — goal "
+                f"≤ {GOAL_METADATA_RATIO}x: {_verdict(ratio <= GOAL_METADATA_RATIO)}."
+            )
+    else:
+        lines.append(f"- Ratios: not measured, Orthanc unavailable ({orthanc_missing}).")
+    p50 = ours.frames.percentile_ms(50)
+    lines.append(
+        f"- **One native frame: p50 {p50:.2f} ms** — goal < {GOAL_FRAME_P50_MS:.0f} ms: "
+        f"{_verdict(p50 < GOAL_FRAME_P50_MS)}."
+    )
+    sizes = {name: sorted(m.retrieve[1].sizes) for name, m in results.items()}
+    frame_sizes = {name: sorted(m.frame_sizes) for name, m in results.items()}
+    lines += [
+        "",
+        f"Verified: the stored files total {study.total_bytes} bytes; bytes per study retrieve "
+        + "; ".join(f"{n}: {', '.join(map(str, s))}" for n, s in sizes.items())
+        + " (Orthanc's count includes the multipart framing); frame sizes "
+        + "; ".join(f"{n}: {', '.join(map(str, s))}" for n, s in frame_sizes.items())
+        + f" (a frame is {mf.frame_bytes} bytes). Not timed: every instance's size, the "
+        "metadata dataset counts and frames 1, 2, 500 and 1000 byte for byte against the "
+        "files, on both servers — "
+        + ("no differences." if not problems else "differences, see below."),
+    ]
+    if problems:
+        lines += ["", "Problems seen:", "", *(f"- {p}" for p in problems)]
+    return "\n".join(lines) + "\n"
+
+
+def write_section(section: str, path: Path = RESULTS) -> None:
+    """Replace (or append) the ``## Retrieve`` section of ``path``; keep every other section."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    pattern = re.compile(rf"^{re.escape(SECTION)}\s*$.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section + "\n", text, count=1)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text.rstrip("\n") + "\n")
+
+
+# --------------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 2 rounds, few reps")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (5)")
+    parser.add_argument(
+        "--study-repeats", type=int, default=3, help="study retrieves per client per round (3)"
+    )
+    parser.add_argument(
+        "--metadata-reps", type=int, default=60, help="metadata requests per study (60)"
+    )
+    parser.add_argument("--frame-reps", type=int, default=250, help="frame requests (250)")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="only dicomrpc's 4-client study retrieve, under py-spy (GIL holder)",
+    )
+    parser.add_argument("--no-orthanc", action="store_true", help="measure dicomrpc only")
+    parser.add_argument(
+        "--no-write", action="store_true", help="print only, leave RESULTS.md alone"
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.study_repeats, args.metadata_reps, args.frame_reps = 2, 1, 10, 20
+    args.clients = [1, 4]
+    return args
+
+
+def profile(study: Study, args: argparse.Namespace) -> int:
+    """dicomrpc's 4-client study retrieve under py-spy: the server's hot functions."""
+    raw = WORK / "retrieve-profile.txt"
+    run_dir = Path(tempfile.mkdtemp(prefix="retrieve-", dir=WORK))
+    try:
+        with dicomrpc_server(run_dir / "dicomrpc", WORK / "retrieve-dicomrpc.log") as (
+            target,
+            pid,
+        ):
+            load_dicomrpc(target, study.files)
+            server = dicomrpc_side(target, pid, multiframe())
+            result = Throughput()
+            throughput_run(
+                1,
+                1,
+                server.connect,
+                lambda c: server.study_bytes(c, study.uid),
+                server.close,
+                result,
+            )
+            spy = _start_py_spy(pid, raw, gil_only=True)
+            try:
+                throughput_run(
+                    max(args.clients),
+                    args.study_repeats * 3,
+                    server.connect,
+                    lambda c: server.study_bytes(c, study.uid),
+                    server.close,
+                    result,
+                )
+            finally:
+                _stop_py_spy(spy)
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    print(f"{max(args.clients)} clients: {result.rates[-1]:.0f} MB/s (under py-spy)")
+    print(profile_tables(raw, gil_only=True) if raw.exists() else "py-spy wrote no profile")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    WORK.mkdir(parents=True, exist_ok=True)
+    study = small_study()
+    if args.profile:
+        return profile(study, args)
+    metadata_studies = [study, big_study()]
+    mf = multiframe()
+    files = [*study.files, *metadata_studies[1].files, mf.path]
+    print(f"data: {len(files)} files, {sum(f.stat().st_size for f in files) / MB:.0f} MB")
+    orthanc_missing = "skipped (--no-orthanc)" if args.no_orthanc else ensure_orthanc()
+    problems: list[str] = []
+    results: dict[str, Measured] = {}
+    rng = random.Random(7)
+    run_dir = Path(tempfile.mkdtemp(prefix="retrieve-", dir=WORK))
+    try:
+        with contextlib.ExitStack() as stack:
+            target, pid = stack.enter_context(
+                dicomrpc_server(run_dir / "dicomrpc", WORK / "retrieve-dicomrpc.log")
+            )
+            servers = [dicomrpc_side(target, pid, mf)]
+            started = time.perf_counter()
+            load_dicomrpc(target, files)
+            print(f"loaded dicomrpc in {time.perf_counter() - started:.1f} s", flush=True)
+            problems += verify_dicomrpc(target, metadata_studies, mf)
+            if orthanc_missing is None:
+                (run_dir / "orthanc").mkdir()
+                port, orthanc_pid = stack.enter_context(
+                    orthanc_server(run_dir / "orthanc", WORK / "retrieve-orthanc.log")
+                )
+                started = time.perf_counter()
+                load_orthanc(port, files)
+                print(f"loaded Orthanc in {time.perf_counter() - started:.1f} s", flush=True)
+                problems += verify_orthanc(port, metadata_studies, mf)
+                servers.append(orthanc_side(port, orthanc_pid, mf))
+            warm_cache(files)
+            for server in servers:
+                print(f"warming up {server.name} ...", flush=True)
+                warm_up(server, study, metadata_studies)
+                results[server.name] = Measured()
+            for number in range(args.rounds):
+                order = servers if number % 2 == 0 else servers[::-1]
+                for server in order:
+                    started = time.perf_counter()
+                    measure_round(server, results[server.name], study, metadata_studies, args, rng)
+                    print(
+                        f"[{number + 1}/{args.rounds}] {server.name}: "
+                        f"{time.perf_counter() - started:.1f} s",
+                        flush=True,
+                    )
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    for name, measured in results.items():
+        if any(size != mf.frame_bytes for size in measured.frame_sizes) and name == "dicomrpc":
+            problems.append(f"dicomrpc frame sizes {sorted(measured.frame_sizes)}")
+        if name == "dicomrpc" and measured.retrieve[1].sizes != {study.total_bytes}:
+            problems.append(f"dicomrpc study bytes {sorted(measured.retrieve[1].sizes)}")
+    section = report(results, study, metadata_studies, mf, args, problems, orthanc_missing)
+    print()
+    print(section)
+    if not args.no_write:
+        write_section(section)
+        print(f"wrote {RESULTS.relative_to(ROOT)}")
+    return 0 if not problems else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
