@@ -1008,10 +1008,10 @@ def report(
     return "\n".join(body) + "\n"
 
 
-def write_section(section: str, path: Path = RESULTS) -> None:
-    """Replace (or append) the ``## Ingest`` section of ``path``; keep every other section."""
+def write_section(section: str, heading: str = SECTION, path: Path = RESULTS) -> None:
+    """Replace (or append) the ``heading`` section of ``path``; keep every other section."""
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\s*$.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
+    pattern = re.compile(rf"^{re.escape(heading)}\s*$.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
     if pattern.search(text):
         text = pattern.sub(lambda _: section + "\n", text, count=1)
     else:
