@@ -8,13 +8,14 @@
 from dicomrpc.aio import AsyncClient
 from dicomrpc.client import Client, ClientConfig, TlsConfig
 from dicomrpc.errors import DicomRpcError
-from dicomrpc.results import AttributeWarning, InstanceResult, StoreResult
+from dicomrpc.results import AttributeWarning, Capabilities, InstanceResult, StoreResult
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AsyncClient",
     "AttributeWarning",
+    "Capabilities",
     "Client",
     "ClientConfig",
     "DicomRpcError",

@@ -12,10 +12,15 @@ import grpc
 
 from dicomrpc import retrieval
 from dicomrpc.errors import DicomRpcError
-from dicomrpc.results import StoreResult
+from dicomrpc.results import Capabilities, StoreResult
 from dicomrpc.sources import DEFAULT_CHUNK, Item, Sources, iter_items, requests
+from dicomrpc.v1 import management_service_pb2 as mpb
+from dicomrpc.v1 import (
+    management_service_pb2_grpc,
+    retrieve_service_pb2_grpc,
+    store_service_pb2_grpc,
+)
 from dicomrpc.v1 import retrieve_service_pb2 as rpb
-from dicomrpc.v1 import retrieve_service_pb2_grpc, store_service_pb2_grpc
 
 MAX_MESSAGE = 64 * 1024 * 1024
 T = TypeVar("T")
@@ -87,6 +92,7 @@ class Client:
             self.channel = grpc.insecure_channel(target, self.config.channel_options())
         self._store = store_service_pb2_grpc.StoreServiceStub(self.channel)
         self._retrieve = retrieve_service_pb2_grpc.RetrieveServiceStub(self.channel)
+        self._management = management_service_pb2_grpc.ManagementServiceStub(self.channel)
 
     def __enter__(self) -> Client:
         return self
@@ -142,10 +148,17 @@ class Client:
     # -- retrieve ---------------------------------------------------------------------------
 
     def _instance_stream(
-        self, study: str, series: str | None, sop: str | None, transfer_syntax: str
+        self,
+        study: str,
+        series: str | None,
+        sop: str | None,
+        transfer_syntax: str,
+        allow_lossy: bool = False,
     ) -> Iterator[rpb.RetrieveInstancesResponse]:
         options = rpb.TransferOptions(
-            transfer_syntax_uid=transfer_syntax, chunk_size=self.config.chunk_size
+            transfer_syntax_uid=transfer_syntax,
+            allow_lossy=allow_lossy,
+            chunk_size=self.config.chunk_size,
         )
         metadata = self.config.metadata()
         if sop:
@@ -179,9 +192,16 @@ class Client:
         sop: str | None = None,
         *,
         transfer_syntax: str = "*",
+        allow_lossy: bool = False,
     ) -> Iterator[retrieval.RetrievedInstance]:
-        """Stream the instances of a study, series or instance, one held in memory at a time."""
-        return retrieval.instances(self._instance_stream(study, series, sop, transfer_syntax))
+        """Stream the instances of a study, series or instance, one held in memory at a time.
+
+        ``transfer_syntax`` ``"*"`` returns the stored bytes; another syntax is transcoded by
+        the server (lossy ones only with ``allow_lossy``).
+        """
+        return retrieval.instances(
+            self._instance_stream(study, series, sop, transfer_syntax, allow_lossy)
+        )
 
     def retrieve(
         self,
@@ -191,13 +211,14 @@ class Client:
         dest_dir: str | os.PathLike[str] | None = None,
         *,
         transfer_syntax: str = "*",
+        allow_lossy: bool = False,
     ) -> list[retrieval.RetrievedInstance] | list[Path]:
         """Retrieve a study, series or instance: into memory, or to ``dest_dir`` chunk by chunk.
 
         With ``dest_dir`` the files are written as ``<study>/<series>/<sop>.dcm`` under it
         (memory stays bounded whatever the size) and their paths returned.
         """
-        stream = self._instance_stream(study, series, sop, transfer_syntax)
+        stream = self._instance_stream(study, series, sop, transfer_syntax, allow_lossy)
         if dest_dir is None:
             return list(retrieval.instances(stream))
         return list(retrieval.save(stream, Path(dest_dir)))
@@ -216,14 +237,21 @@ class Client:
         numbers: Iterable[int],
         *,
         transfer_syntax: str = "*",
+        allow_lossy: bool = False,
     ) -> list[retrieval.Frame]:
-        """Retrieve frames (1-based) of an instance; ``Frame.array()`` shapes native ones."""
+        """Retrieve frames (1-based) of an instance; ``Frame.array()`` shapes native ones.
+
+        ``"*"`` returns each frame as stored (the compressed bitstream of an encapsulated
+        instance); a native syntax returns decoded raw pixel bytes; another syntax re-encodes.
+        """
         request = rpb.RetrieveFramesRequest(
             study_instance_uid=study,
             series_instance_uid=series,
             sop_instance_uid=sop,
             frame_numbers=list(numbers),
-            options=rpb.TransferOptions(transfer_syntax_uid=transfer_syntax),
+            options=rpb.TransferOptions(
+                transfer_syntax_uid=transfer_syntax, allow_lossy=allow_lossy
+            ),
         )
         stream = self._retrieve.RetrieveFrames(request, metadata=self.config.metadata())
         return list(retrieval.frames(_errors(stream)))
@@ -270,6 +298,50 @@ class Client:
                 metadata=md,
             )
         return retrieval.metadata(_errors(stream))
+
+    def rendered(
+        self,
+        study: str,
+        series: str,
+        sop: str,
+        *,
+        frame: int = 0,
+        media_type: str = "image/jpeg",
+        quality: int = 0,
+        window: tuple[float, float] | None = None,
+        max_size: int = 0,
+    ) -> tuple[str, bytes]:
+        """One frame (default the first) rendered as JPEG or PNG: (media type, image bytes).
+
+        The modality LUT and the stored window (or ``window`` = (center, width)) are applied.
+        """
+        request = rpb.RetrieveRenderedRequest(
+            study_instance_uid=study,
+            series_instance_uid=series,
+            sop_instance_uid=sop,
+            frame_number=frame,
+            format=rpb.RENDERED_FORMAT_PNG
+            if media_type == "image/png"
+            else rpb.RENDERED_FORMAT_JPEG,
+            quality=quality,
+            max_size=max_size,
+        )
+        if window is not None:
+            request.window.center, request.window.width = window
+        parts = list(
+            _errors(self._retrieve.RetrieveRendered(request, metadata=self.config.metadata()))
+        )
+        return (parts[0].media_type if parts else media_type), b"".join(p.data for p in parts)
+
+    def capabilities(self) -> Capabilities:
+        """What the server supports: storable syntaxes, transcodings and limits."""
+        try:
+            response = self._management.GetCapabilities(
+                mpb.GetCapabilitiesRequest(), metadata=self.config.metadata()
+            )
+        except grpc.RpcError as error:
+            raise DicomRpcError.from_rpc_error(error) from None
+        return Capabilities.from_message(response)
 
 
 def _errors(stream: Iterable[T]) -> Iterator[T]:

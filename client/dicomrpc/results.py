@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dicomrpc.v1 import management_service_pb2 as mpb
 from dicomrpc.v1 import store_service_pb2 as pb
 
 _OUTCOMES = {
@@ -107,4 +108,31 @@ class StoreResult:
         return cls(
             [InstanceResult.from_message(r) for r in m.results],
             _STATUSES.get(m.status, "none_stored"),
+        )
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a server supports (``ManagementService.GetCapabilities``)."""
+
+    server_version: str
+    storable_transfer_syntaxes: list[str]
+    transcodings: dict[str, list[str]]
+    max_instance_bytes: int
+    max_chunk_bytes: int
+    max_search_limit: int
+
+    @classmethod
+    def from_message(cls, m: mpb.GetCapabilitiesResponse) -> Capabilities:
+        """Decode a ``GetCapabilitiesResponse``."""
+        return cls(
+            m.server_version,
+            list(m.storable_transfer_syntax_uids),
+            {
+                t.source_transfer_syntax_uid: list(t.target_transfer_syntax_uids)
+                for t in m.transcodings
+            },
+            m.max_instance_bytes,
+            m.max_chunk_bytes,
+            m.max_search_limit,
         )

@@ -37,12 +37,12 @@ class Archive:
         # pydicom is pure Python: under one GIL, parsing would serialize with receiving. Worker
         # processes parse in parallel (and keep pydicom's warning capture per instance). They
         # are spawned, not forked, so no child inherits the open LMDB environment.
-        self._parse_executor = ProcessPoolExecutor(
-            max_workers=max(1, settings.parse_workers),
+        self.workers = ProcessPoolExecutor(
+            max_workers=max(1, settings.workers),
             mp_context=multiprocessing.get_context("spawn"),
         )
-        self.store = StoreCore(settings, self.blobs, self.index, self._parse_executor)
-        self.retrieve = RetrieveCore(self.index, self.blobs, settings.chunk_bytes)
+        self.store = StoreCore(settings, self.blobs, self.index, self.workers)
+        self.retrieve = RetrieveCore(self.index, self.blobs, settings.chunk_bytes, self.workers)
 
     def recover(self) -> tuple[int, int]:
         """Remove what a crash left: unfinished uploads, and files the index does not reference.
@@ -64,5 +64,5 @@ class Archive:
 
     def close(self) -> None:
         """Let queued work finish, then close the index."""
-        self._parse_executor.shutdown(wait=True)
+        self.workers.shutdown(wait=True)
         self.index.close()

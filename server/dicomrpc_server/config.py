@@ -37,9 +37,10 @@ class Settings:
         The most write operations the index writer groups into one commit.
     shutdown_grace_s
         How long a graceful shutdown lets in-flight calls finish.
-    parse_workers
-        Processes that parse and validate received instances. One keeps the other core of a
-        small machine for receiving and committing; more pay off with more cores.
+    workers
+        Processes that parse received instances and decode or encode pixel data (transcoding,
+        rendering). One keeps the other core of a small machine for receiving, sending and
+        committing; more pay off with more cores.
     """
 
     data_dir: Path = Path("data")
@@ -52,7 +53,7 @@ class Settings:
     lmdb_max_readers: int = 512
     commit_batch: int = 256
     shutdown_grace_s: float = 30.0
-    parse_workers: int = 1
+    workers: int = 1
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -65,7 +66,7 @@ class Settings:
             "DICOMRPC_MAX_INSTANCE_BYTES": ("max_instance_bytes", int),
             "DICOMRPC_MAX_CHUNK_BYTES": ("max_chunk_bytes", int),
             "DICOMRPC_LMDB_MAP_SIZE": ("lmdb_map_size", int),
-            "DICOMRPC_PARSE_WORKERS": ("parse_workers", int),
+            "DICOMRPC_WORKERS": ("workers", int),
         }
         for var, (name, kind) in mapping.items():
             if var in os.environ:

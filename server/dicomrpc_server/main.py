@@ -29,6 +29,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="largest instance accepted (env DICOMRPC_MAX_INSTANCE_BYTES, 4 GiB)",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="processes that parse, transcode and render (env DICOMRPC_WORKERS, 1)",
+    )
     parser.add_argument("--log-level", default="INFO", help="logging level (INFO)")
 
 
@@ -39,6 +44,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         host=args.host,
         grpc_port=args.grpc_port,
         max_instance_bytes=args.max_instance_bytes,
+        workers=args.workers,
     )
 
 

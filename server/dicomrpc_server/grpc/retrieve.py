@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
 from dicomrpc.v1 import retrieve_service_pb2 as pb
 from dicomrpc.v1 import retrieve_service_pb2_grpc
-from dicomrpc_server.errors import Code, ServiceError
+from dicomrpc_server.errors import ServiceError
 from dicomrpc_server.grpc.errors import abort
+from dicomrpc_server.retrieve.render import RenderOptions
 from dicomrpc_server.retrieve.scope import StoredInstance
-from dicomrpc_server.retrieve.service import RetrieveCore, clamp_chunk
+from dicomrpc_server.retrieve.service import Outgoing, RetrieveCore, clamp_chunk
 
 # Metadata datasets per response message.
 METADATA_BATCH = 64
+_MEDIA_TYPES = {pb.RENDERED_FORMAT_JPEG: "image/jpeg", pb.RENDERED_FORMAT_PNG: "image/png"}
 
 
 class RetrieveServicer(retrieve_service_pb2_grpc.RetrieveServiceServicer):
@@ -31,18 +32,21 @@ class RetrieveServicer(retrieve_service_pb2_grpc.RetrieveServiceServicer):
         series: str = "",
         sop: str = "",
     ) -> AsyncIterator[pb.RetrieveInstancesResponse]:
+        core = self._core
+        target, lossy = options.transfer_syntax_uid, options.allow_lossy
         try:
-            found = self._core.instances(study, series, sop, options.transfer_syntax_uid)
+            found = core.instances(study, series, sop, target, lossy)
         except ServiceError as error:
             await abort(context, error)
             return
-        chunk = clamp_chunk(options.chunk_size, self._core.chunk_bytes)
+        chunk = clamp_chunk(options.chunk_size, core.chunk_bytes)
         for instance in found:
-            yield pb.RetrieveInstancesResponse(instance=_header(instance))
             try:
-                async for data in self._core.read_chunks(instance, chunk):
+                outgoing = await core.outgoing(instance, target, lossy, chunk)
+                yield pb.RetrieveInstancesResponse(instance=_header(instance, outgoing))
+                async for data in outgoing.chunks:
                     yield pb.RetrieveInstancesResponse(data=data)
-            except ServiceError as error:  # deleted while streaming: end with a clear status
+            except ServiceError as error:  # deleted or undecodable: end with a clear status
                 await abort(context, error)
                 return
 
@@ -77,6 +81,7 @@ class RetrieveServicer(retrieve_service_pb2_grpc.RetrieveServiceServicer):
     ) -> AsyncIterator[pb.RetrieveFramesResponse]:
         """Stream frames of one instance: each a header then its bytes."""
         core = self._core
+        target, lossy = request.options.transfer_syntax_uid, request.options.allow_lossy
         try:
             numbers = core.frame_numbers(
                 list(request.frame_numbers), [(r.first, r.last) for r in request.frame_ranges]
@@ -84,7 +89,8 @@ class RetrieveServicer(retrieve_service_pb2_grpc.RetrieveServiceServicer):
             instance = core.instances(
                 request.study_instance_uid, request.series_instance_uid, request.sop_instance_uid
             )[0]
-            table = core.check_frames(instance, numbers, request.options.transfer_syntax_uid)
+            table = core.check_frames(instance, numbers, target, lossy)
+            syntax, frames = await core.frames(instance, numbers, table, target, lossy)
         except ServiceError as error:
             await abort(context, error)
             return
@@ -93,37 +99,41 @@ class RetrieveServicer(retrieve_service_pb2_grpc.RetrieveServiceServicer):
             instance.study_uid, instance.series_uid, instance.sop_uid
         )
         shape = _frame_shape(metadata)
-        frames = core.iter_frames(instance, table, numbers)
-        while True:
-            item = await asyncio.to_thread(next, frames, None)
-            if item is None:
-                return
-            number, data = item
-            yield pb.RetrieveFramesResponse(
-                frame=pb.FrameHeader(
-                    frame_number=number,
-                    transfer_syntax_uid=instance.record.transfer_syntax_uid,
-                    size_bytes=len(data),
-                    **shape,
-                )
+        async for number, data in frames:
+            header = pb.FrameHeader(
+                frame_number=number, transfer_syntax_uid=syntax, size_bytes=len(data), **shape
             )
+            yield pb.RetrieveFramesResponse(frame=header)
             for start in range(0, len(data), chunk):
                 yield pb.RetrieveFramesResponse(data=data[start : start + chunk])
 
     async def RetrieveRendered(
         self, request: pb.RetrieveRenderedRequest, context: Any
     ) -> AsyncIterator[pb.RetrieveRenderedResponse]:
-        """Not implemented yet: answers UNIMPLEMENTED."""
-        await abort(
-            context,
-            ServiceError(
-                Code.UNIMPLEMENTED,
-                "INTERNAL_FAILURE",
-                "dicomrpc.v1.RetrieveService.RetrieveRendered is not implemented yet",
-                metadata={"method": "dicomrpc.v1.RetrieveService.RetrieveRendered"},
-            ),
+        """Render one frame as JPEG or PNG and stream the image."""
+        window = None
+        if request.HasField("window"):
+            window = (request.window.center, request.window.width)
+        options = RenderOptions(
+            frame_number=request.frame_number,
+            media_type=_MEDIA_TYPES.get(request.format, "image/jpeg"),
+            quality=request.quality,
+            window=window,
+            max_size=request.max_size,
         )
-        yield pb.RetrieveRenderedResponse()  # pragma: no cover - abort raises
+        try:
+            instance = self._core.instances(
+                request.study_instance_uid, request.series_instance_uid, request.sop_instance_uid
+            )[0]
+            media_type, image = await self._core.rendered(instance, options)
+        except ServiceError as error:
+            await abort(context, error)
+            return
+        chunk = self._core.chunk_bytes
+        for start in range(0, max(len(image), 1), chunk):
+            yield pb.RetrieveRenderedResponse(
+                media_type=media_type if start == 0 else "", data=image[start : start + chunk]
+            )
 
     async def _metadata(
         self, context: Any, if_none_match: str, study: str, series: str = "", sop: str = ""
@@ -173,15 +183,15 @@ class RetrieveServicer(retrieve_service_pb2_grpc.RetrieveServiceServicer):
         )
 
 
-def _header(instance: StoredInstance) -> pb.InstanceHeader:
+def _header(instance: StoredInstance, outgoing: Outgoing) -> pb.InstanceHeader:
     record = instance.record
     return pb.InstanceHeader(
         study_instance_uid=instance.study_uid,
         series_instance_uid=instance.series_uid,
         sop_instance_uid=instance.sop_uid,
         sop_class_uid=record.sop_class_uid,
-        transfer_syntax_uid=record.transfer_syntax_uid,
-        size_bytes=record.size_bytes,
+        transfer_syntax_uid=outgoing.transfer_syntax_uid,
+        size_bytes=outgoing.size,
         version=record.version,
     )
 

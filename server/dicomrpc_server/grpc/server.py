@@ -14,6 +14,7 @@ from dicomrpc.v1 import (
 )
 from dicomrpc_server.archive import Archive
 from dicomrpc_server.grpc.logging import AccessLogInterceptor
+from dicomrpc_server.grpc.management import implemented_handlers
 from dicomrpc_server.grpc.retrieve import RetrieveServicer
 from dicomrpc_server.grpc.store import StoreServicer
 from dicomrpc_server.grpc.unimplemented import PENDING_SERVICES, unimplemented_handler
@@ -46,8 +47,9 @@ class GrpcServer:
         retrieve_service_pb2_grpc.add_RetrieveServiceServicer_to_server(
             RetrieveServicer(archive.retrieve), self.server
         )
+        implemented = {"dicomrpc.v1.ManagementService": implemented_handlers(settings)}
         self.server.add_generic_rpc_handlers(
-            tuple(unimplemented_handler(s) for s in PENDING_SERVICES)
+            tuple(unimplemented_handler(s, implemented.get(s.full_name)) for s in PENDING_SERVICES)
         )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

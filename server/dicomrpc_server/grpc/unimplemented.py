@@ -1,4 +1,4 @@
-"""Services whose RPCs land in later releases: they answer UNIMPLEMENTED, with details.
+"""RPCs that land in later releases: they answer UNIMPLEMENTED, with details.
 
 Registering them now keeps the whole API visible (reflection lists it, clients can be
 generated against it) and gives callers a precise status instead of a missing service.
@@ -6,6 +6,7 @@ generated against it) and gives callers a precise status instead of a missing se
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import grpc
@@ -26,10 +27,14 @@ PENDING_SERVICES: list[ServiceDescriptor] = [
 ]
 
 
-def unimplemented_handler(service: ServiceDescriptor) -> grpc.GenericRpcHandler:
-    """A handler answering every RPC of ``service`` with UNIMPLEMENTED."""
-    handlers: dict[str, grpc.RpcMethodHandler] = {}
+def unimplemented_handler(
+    service: ServiceDescriptor, implemented: Mapping[str, grpc.RpcMethodHandler] | None = None
+) -> grpc.GenericRpcHandler:
+    """A handler for ``service``: the ``implemented`` methods, UNIMPLEMENTED for the rest."""
+    handlers: dict[str, grpc.RpcMethodHandler] = dict(implemented or {})
     for method in service.methods:
+        if method.name in handlers:
+            continue
         name = f"{service.full_name}.{method.name}"
 
         async def answer(request: Any, context: Any, name: str = name) -> None:

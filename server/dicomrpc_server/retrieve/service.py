@@ -1,47 +1,48 @@
-"""RetrieveCore: stored bytes, frames and pre-computed metadata, streamed with bounded memory.
+"""RetrieveCore: stored bytes, frames, rendered images and metadata, with bounded memory.
 
-Bytes are read one chunk at a time, in a worker thread, only when the consumer asks for the
-next one: a slow client makes the server wait, it never makes it buffer.
+Stored bytes are read one chunk at a time, in a worker thread, only when the consumer asks for
+the next one: a slow client makes the server wait, it never makes it buffer. Transcoding and
+rendering decode pixel data, so they run in the worker processes (off the event loop) and
+hold one instance (or the requested frames) at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import Executor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 
 from dicomrpc.v1 import dataset_pb2
 from dicomrpc_server.errors import Code, ServiceError, invalid_argument
+from dicomrpc_server.retrieve.render import RenderOptions, render
 from dicomrpc_server.retrieve.scope import StoredInstance, not_found, resolve
+from dicomrpc_server.retrieve.transcode import (
+    check_transcodable,
+    transcode_frames,
+    transcode_instance,
+)
 from dicomrpc_server.storage import records_pb2
 from dicomrpc_server.storage.blobs import LocalBlobStore
 from dicomrpc_server.storage.lmdb_index import LmdbIndex
 
 MIN_CHUNK = 64 * 1024
 MAX_CHUNK = 1024 * 1024
-NATIVE_SYNTAXES = frozenset(
-    {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"}
-)
 
 
 @dataclass(frozen=True)
-class FrameRequest:
-    """Frames to send: 1-based numbers in the order asked."""
+class Outgoing:
+    """An instance about to be sent: the syntax and size of its bytes, and the bytes."""
 
-    numbers: list[int]
-
-
-@dataclass(frozen=True)
-class FrameData:
-    """One frame's description; its bytes follow as chunks."""
-
-    number: int
     transfer_syntax_uid: str
     size: int
+    chunks: AsyncIterator[bytes]
 
 
 def clamp_chunk(requested: int, default: int) -> int:
@@ -49,42 +50,70 @@ def clamp_chunk(requested: int, default: int) -> int:
     return min(max(requested, MIN_CHUNK), MAX_CHUNK) if requested > 0 else default
 
 
-def unsupported_syntax(requested: str, stored: str) -> ServiceError:
-    """The FAILED_PRECONDITION error of a transfer syntax that cannot be produced."""
-    return ServiceError(
-        Code.FAILED_PRECONDITION,
-        "TRANSFER_SYNTAX_UNSUPPORTED",
-        f"transfer syntax {requested} cannot be produced from the stored {stored}: this server "
-        "returns instances as stored (ask for '*' or the stored syntax)",
-        dicom_status=None,
-        metadata={"transfer_syntax_uid": requested, "stored_transfer_syntax_uid": stored},
-    )
+def as_stored(requested: str, stored: str) -> bool:
+    """Whether a requested transfer syntax means the stored bytes, untouched."""
+    return requested in ("", "*", stored)
 
 
-def check_syntax(requested: str, instances: list[StoredInstance]) -> None:
-    """Refuse, before any byte is sent, a syntax some instance is not stored in."""
-    if requested in ("", "*"):
-        return
-    for instance in instances:
-        if instance.record.transfer_syntax_uid != requested:
-            raise unsupported_syntax(requested, instance.record.transfer_syntax_uid)
+async def _slices(data: bytes, chunk: int) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), chunk):
+        yield data[start : start + chunk]
 
 
 class RetrieveCore:
-    """Reads what the store wrote: the one implementation behind WADO over gRPC and HTTP."""
+    """Reads what the store wrote: the one implementation behind WADO over gRPC and HTTP.
 
-    def __init__(self, index: LmdbIndex, blobs: LocalBlobStore, chunk_bytes: int) -> None:
+    Parameters
+    ----------
+    index, blobs
+        The storage.
+    chunk_bytes
+        The default chunk size.
+    workers
+        The worker processes that decode and encode pixel data.
+    """
+
+    def __init__(
+        self, index: LmdbIndex, blobs: LocalBlobStore, chunk_bytes: int, workers: Executor
+    ) -> None:
         self.index = index
         self.blobs = blobs
         self.chunk_bytes = chunk_bytes
+        self.workers = workers
 
     def instances(
-        self, study: str, series: str = "", sop: str = "", transfer_syntax: str = ""
+        self,
+        study: str,
+        series: str = "",
+        sop: str = "",
+        transfer_syntax: str = "",
+        allow_lossy: bool = False,
     ) -> list[StoredInstance]:
-        """Resolve a request and check its transfer syntax, before anything is streamed."""
+        """Resolve a request and check every transcoding it needs, before anything is sent."""
         found = resolve(self.index, study, series, sop)
-        check_syntax(transfer_syntax, found)
+        for instance in found:
+            stored = instance.record.transfer_syntax_uid
+            if not as_stored(transfer_syntax, stored):
+                check_transcodable(stored, transfer_syntax, allow_lossy=allow_lossy)
         return found
+
+    async def outgoing(
+        self, instance: StoredInstance, transfer_syntax: str, allow_lossy: bool, chunk: int
+    ) -> Outgoing:
+        """The bytes of one instance: as stored, or transcoded (held whole while sent)."""
+        record = instance.record
+        if as_stored(transfer_syntax, record.transfer_syntax_uid):
+            return Outgoing(
+                record.transfer_syntax_uid, record.size_bytes, self.read_chunks(instance, chunk)
+            )
+        job = functools.partial(
+            transcode_instance,
+            self.blobs.path(record.blob_id),
+            transfer_syntax,
+            allow_lossy=allow_lossy,
+        )
+        data = await asyncio.get_running_loop().run_in_executor(self.workers, job)
+        return Outgoing(transfer_syntax, len(data), _slices(data, chunk))
 
     async def read_chunks(self, instance: StoredInstance, chunk: int) -> AsyncIterator[bytes]:
         """The instance file's bytes, one chunk read per request for the next."""
@@ -114,9 +143,9 @@ class RetrieveCore:
         return out
 
     def check_frames(
-        self, instance: StoredInstance, numbers: list[int], transfer_syntax: str
-    ) -> records_pb2.FrameTable:
-        """The instance's frame table, once the request is known to be satisfiable."""
+        self, instance: StoredInstance, numbers: list[int], transfer_syntax: str, allow_lossy: bool
+    ) -> records_pb2.FrameTable | None:
+        """Check a frame request; return the frame table when frames go out as stored."""
         record = instance.record
         if record.number_of_frames == 0:
             raise ServiceError(
@@ -125,30 +154,57 @@ class RetrieveCore:
                 f"instance {instance.sop_uid} has no pixel data",
                 metadata={"sop_instance_uid": instance.sop_uid},
             )
-        outside = sorted({n for n in numbers if not 1 <= n <= record.number_of_frames})
-        if outside:
-            raise ServiceError(
-                Code.OUT_OF_RANGE,
-                "FRAME_OUT_OF_RANGE",
-                f"frame {', '.join(map(str, outside))} is outside 1..{record.number_of_frames}",
-                metadata={
-                    "frames": ",".join(map(str, outside)),
-                    "number_of_frames": str(record.number_of_frames),
-                },
-            )
+        check_frame_range(numbers, record.number_of_frames)
         stored = record.transfer_syntax_uid
-        if transfer_syntax not in ("", "*", stored):
-            raise unsupported_syntax(transfer_syntax, stored)
+        if not as_stored(transfer_syntax, stored):
+            check_transcodable(stored, transfer_syntax, allow_lossy=allow_lossy)
+            return None
         table = self.index.get_frames(instance.study_uid, instance.series_uid, instance.sop_uid)
         if table is None or len(table.frames) != record.number_of_frames:
-            raise ServiceError(
-                Code.FAILED_PRECONDITION,
-                "TRANSFER_SYNTAX_UNSUPPORTED",
-                f"the frames of instance {instance.sop_uid} cannot be located in its stored "
-                f"{stored} encoding without decoding it",
-                metadata={"stored_transfer_syntax_uid": stored},
-            )
+            # No byte ranges to serve (a deflated data set, or fragments that could not be
+            # mapped to frames): the frames are decoded and sent as raw pixel bytes.
+            check_transcodable(stored, EXPLICIT_VR_LITTLE_ENDIAN, allow_lossy=False)
+            return None
         return table
+
+    async def frames(
+        self,
+        instance: StoredInstance,
+        numbers: list[int],
+        table: records_pb2.FrameTable | None,
+        transfer_syntax: str,
+        allow_lossy: bool,
+    ) -> tuple[str, AsyncIterator[tuple[int, bytes]]]:
+        """The syntax of the frames sent, and each requested frame's bytes in order."""
+        if table is not None:
+            return instance.record.transfer_syntax_uid, self._stored_frames(
+                instance, table, numbers
+            )
+        stored = instance.record.transfer_syntax_uid
+        target = (
+            EXPLICIT_VR_LITTLE_ENDIAN if as_stored(transfer_syntax, stored) else transfer_syntax
+        )
+        job = functools.partial(
+            _frames_list,
+            self.blobs.path(instance.record.blob_id),
+            numbers,
+            target,
+            allow_lossy,
+        )
+        data = await asyncio.get_running_loop().run_in_executor(self.workers, job)
+
+        async def decoded() -> AsyncIterator[tuple[int, bytes]]:
+            for number, frame in zip(numbers, data, strict=True):
+                yield number, frame
+
+        return target, decoded()
+
+    async def _stored_frames(
+        self, instance: StoredInstance, table: records_pb2.FrameTable, numbers: list[int]
+    ) -> AsyncIterator[tuple[int, bytes]]:
+        frames = self.iter_frames(instance, table, numbers)
+        while (item := await asyncio.to_thread(next, frames, None)) is not None:
+            yield item
 
     def read_frame(self, fp: BinaryIO, table: records_pb2.FrameTable, number: int) -> bytes:
         """One frame's bytes: one seek and read per range (per fragment when encapsulated)."""
@@ -170,6 +226,21 @@ class RetrieveCore:
             for number in numbers:
                 yield number, self.read_frame(fp, table, number)
 
+    # -- rendered --------------------------------------------------------------------------
+
+    async def rendered(self, instance: StoredInstance, options: RenderOptions) -> tuple[str, bytes]:
+        """One frame rendered as JPEG or PNG: (media type, image bytes)."""
+        if instance.record.number_of_frames == 0:
+            raise ServiceError(
+                Code.NOT_FOUND,
+                "NO_PIXEL_DATA",
+                f"instance {instance.sop_uid} has no pixel data to render",
+                metadata={"sop_instance_uid": instance.sop_uid},
+            )
+        check_frame_range([options.frame_number or 1], instance.record.number_of_frames)
+        job = functools.partial(render, self.blobs.path(instance.record.blob_id), options)
+        return await asyncio.get_running_loop().run_in_executor(self.workers, job)
+
     # -- metadata --------------------------------------------------------------------------
 
     def metadata(
@@ -184,6 +255,26 @@ class RetrieveCore:
     def metadata_etag(self, study: str, series: str = "", sop: str = "") -> str:
         """The ETag alone, to answer a matching ``if_none_match`` without reading metadata."""
         return etag(resolve(self.index, study, series, sop))
+
+
+EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
+
+
+def check_frame_range(numbers: list[int], count: int) -> None:
+    """Refuse frame numbers outside 1..count, naming them."""
+    outside = sorted({n for n in numbers if not 1 <= n <= count})
+    if outside:
+        raise ServiceError(
+            Code.OUT_OF_RANGE,
+            "FRAME_OUT_OF_RANGE",
+            f"frame {', '.join(map(str, outside))} is outside 1..{count}",
+            metadata={"frames": ",".join(map(str, outside)), "number_of_frames": str(count)},
+        )
+
+
+def _frames_list(path: Path, numbers: list[int], target: str, allow_lossy: bool) -> list[bytes]:
+    """Decode (and re-encode) frames in a worker process; the frames asked for, in order."""
+    return list(transcode_frames(path, numbers, target, allow_lossy=allow_lossy))
 
 
 def etag(instances: list[StoredInstance]) -> str:

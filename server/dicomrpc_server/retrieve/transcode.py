@@ -1,0 +1,910 @@
+"""Transcoding: an instance or its frames re-encoded in another transfer syntax.
+
+Why this module exists: a client may ask for a transfer syntax other than the stored one
+(PS3.18 and PS3.4 both let it), and the archive must either produce exactly that syntax or
+refuse before sending a byte. Everything that decides *whether* a syntax can be produced, and
+everything that produces it, lives here, so the answer given by :func:`capabilities` (served
+by ``GetCapabilities`` and printed in the README) is the answer the code acts on.
+
+How it works:
+
+* The capability matrix is computed at run time from the codecs that are importable, never
+  from a hard-coded claim. Decoding uses pydicom's decoders (pylibjpeg-openjpeg for JPEG 2000
+  and HTJ2K, pylibjpeg-rle or pydicom for RLE, pyjpegls or GDCM for JPEG-LS, GDCM or Pillow
+  for the JPEG family); the ``pylibjpeg`` plugin is never used for the JPEG and JPEG-LS
+  family because behind it is pylibjpeg-libjpeg, which is GPL and this project is Apache-2.0.
+  Encoding uses pydicom's encoders (pylibjpeg-rle or pydicom for RLE, pyjpegls for JPEG-LS,
+  pylibjpeg-openjpeg for JPEG 2000) and imagecodecs where pydicom has none: libjpeg-turbo
+  (``jpeg8_encode``) for JPEG baseline and for JPEG lossless with selection value 1, OpenJPH
+  (``htj2k_encode``) for HTJ2K. imagecodecs' ``ljpeg_encode`` (liblj92) is not used: it
+  writes predictor 6, which *JPEG Lossless SV1* forbids, and it cannot encode colour.
+* Between the native syntaxes (implicit / explicit little endian, deflated, explicit big
+  endian) nothing is decoded: the data set is rewritten, and when the byte order changes the
+  values pydicom leaves as bytes (OW, OF, OL, OD, OV, and Pixel Data by its Bits Allocated)
+  are byte-swapped here, because pydicom's writer does not swap them.
+* Otherwise every frame is decoded as :attr:`pydicom.dataset.Dataset.pixel_array` decodes
+  it (YCbCr converted to RGB, planes interleaved) and re-encoded; the Image Pixel module is
+  updated to describe the new pixels. The SOP Instance UID is kept: a retrieve returns the
+  instance that was asked for, in the representation asked for.
+* Lossy targets are refused unless the caller explicitly allows them; when a lossy target is
+  produced, Lossy Image Compression (0028,2110), its ratio and method are recorded.
+* pydicom's warnings are caught inside each function, so none escapes to the caller.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from pydicom import dcmread
+from pydicom.dataset import Dataset, FileDataset
+from pydicom.encaps import encapsulate, encapsulate_extended
+from pydicom.filewriter import correct_ambiguous_vr, dcmwrite
+from pydicom.pixels.decoders.base import get_decoder
+from pydicom.pixels.encoders.base import ENCODING_PROFILES, get_encoder
+from pydicom.pixels.utils import get_nr_frames, pack_bits
+from pydicom.uid import UID
+from pydicom.valuerep import VR
+
+from dicomrpc_server.errors import Code, ServiceError
+
+IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
+EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
+DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99"
+EXPLICIT_VR_BIG_ENDIAN = "1.2.840.10008.1.2.2"
+JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+JPEG_EXTENDED = "1.2.840.10008.1.2.4.51"
+JPEG_LOSSLESS = "1.2.840.10008.1.2.4.57"
+JPEG_LOSSLESS_SV1 = "1.2.840.10008.1.2.4.70"
+JPEG_LS_LOSSLESS = "1.2.840.10008.1.2.4.80"
+JPEG_LS_NEAR_LOSSLESS = "1.2.840.10008.1.2.4.81"
+JPEG_2000_LOSSLESS = "1.2.840.10008.1.2.4.90"
+JPEG_2000 = "1.2.840.10008.1.2.4.91"
+HTJ2K_LOSSLESS = "1.2.840.10008.1.2.4.201"
+HTJ2K_LOSSLESS_RPCL = "1.2.840.10008.1.2.4.202"
+HTJ2K = "1.2.840.10008.1.2.4.203"
+RLE_LOSSLESS = "1.2.840.10008.1.2.5"
+
+NATIVE_SYNTAXES = (
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+    EXPLICIT_VR_BIG_ENDIAN,
+)
+
+#: Short names, for messages and the README table.
+SHORT_NAMES: dict[str, str] = {
+    IMPLICIT_VR_LITTLE_ENDIAN: "Implicit VR LE",
+    EXPLICIT_VR_LITTLE_ENDIAN: "Explicit VR LE",
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN: "Deflated Explicit VR LE",
+    EXPLICIT_VR_BIG_ENDIAN: "Explicit VR BE",
+    JPEG_BASELINE: "JPEG Baseline",
+    JPEG_EXTENDED: "JPEG Extended",
+    JPEG_LOSSLESS: "JPEG Lossless",
+    JPEG_LOSSLESS_SV1: "JPEG Lossless SV1",
+    JPEG_LS_LOSSLESS: "JPEG-LS Lossless",
+    JPEG_LS_NEAR_LOSSLESS: "JPEG-LS Near-Lossless",
+    JPEG_2000_LOSSLESS: "JPEG 2000 Lossless",
+    JPEG_2000: "JPEG 2000",
+    HTJ2K_LOSSLESS: "HTJ2K Lossless",
+    HTJ2K_LOSSLESS_RPCL: "HTJ2K Lossless RPCL",
+    HTJ2K: "HTJ2K",
+    RLE_LOSSLESS: "RLE Lossless",
+}
+
+# Syntaxes whose pixel data may have lost information. JPEG 2000 (.91) and HTJ2K (.203) may
+# also carry reversible codestreams, but this module encodes them irreversibly, and a caller
+# asking for them must accept that.
+_LOSSY_SYNTAXES = frozenset(
+    {
+        JPEG_BASELINE,
+        JPEG_EXTENDED,
+        "1.2.840.10008.1.2.4.52",
+        "1.2.840.10008.1.2.4.53",
+        "1.2.840.10008.1.2.4.54",
+        "1.2.840.10008.1.2.4.55",
+        "1.2.840.10008.1.2.4.56",
+        "1.2.840.10008.1.2.4.59",
+        "1.2.840.10008.1.2.4.60",
+        "1.2.840.10008.1.2.4.61",
+        "1.2.840.10008.1.2.4.62",
+        "1.2.840.10008.1.2.4.63",
+        "1.2.840.10008.1.2.4.64",
+        JPEG_LS_NEAR_LOSSLESS,
+        JPEG_2000,
+        "1.2.840.10008.1.2.4.93",
+        HTJ2K,
+        "1.2.840.10008.1.2.4.100",
+        "1.2.840.10008.1.2.4.101",
+        "1.2.840.10008.1.2.4.102",
+        "1.2.840.10008.1.2.4.103",
+        "1.2.840.10008.1.2.4.104",
+        "1.2.840.10008.1.2.4.105",
+        "1.2.840.10008.1.2.4.106",
+        "1.2.840.10008.1.2.4.107",
+        "1.2.840.10008.1.2.4.108",
+        "1.2.840.10008.1.2.4.110",
+        "1.2.840.10008.1.2.4.111",
+        "1.2.840.10008.1.2.4.112",
+    }
+)
+
+# Lossy Image Compression Method (0028,2114) values, PS3.3 C.7.6.1.1.5.1.
+_LOSSY_METHODS: dict[str, str] = {
+    JPEG_BASELINE: "ISO_10918_1",
+    JPEG_LS_NEAR_LOSSLESS: "ISO_14495_1",
+    JPEG_2000: "ISO_15444_1",
+    HTJ2K: "ISO_15444_15",
+}
+
+# Decoding plugins never used: pydicom's "pylibjpeg" plugin for these syntaxes is
+# pylibjpeg-libjpeg (GPL-3.0).
+_GPL_DECODER_PLUGINS: dict[str, frozenset[str]] = {
+    uid: frozenset({"pylibjpeg"})
+    for uid in (
+        JPEG_BASELINE,
+        JPEG_EXTENDED,
+        JPEG_LOSSLESS,
+        JPEG_LOSSLESS_SV1,
+        JPEG_LS_LOSSLESS,
+        JPEG_LS_NEAR_LOSSLESS,
+    )
+}
+
+# Encapsulated syntaxes pydicom can decode (and whose decoders are looked at). JPEG Extended
+# (.51) is left out: neither GDCM nor Pillow decodes its 12-bit samples, the reason it exists.
+_DECODABLE_ENCAPSULATED = (
+    JPEG_BASELINE,
+    JPEG_LOSSLESS,
+    JPEG_LOSSLESS_SV1,
+    JPEG_LS_LOSSLESS,
+    JPEG_LS_NEAR_LOSSLESS,
+    JPEG_2000_LOSSLESS,
+    JPEG_2000,
+    HTJ2K_LOSSLESS,
+    HTJ2K_LOSSLESS_RPCL,
+    HTJ2K,
+    RLE_LOSSLESS,
+)
+
+# pydicom encoders and the plugin preferred for each (the first one available is used).
+_PYDICOM_ENCODER_PLUGINS: dict[str, tuple[str, ...]] = {
+    RLE_LOSSLESS: ("pylibjpeg", "pydicom"),
+    JPEG_LS_LOSSLESS: ("pyjpegls",),
+    JPEG_LS_NEAR_LOSSLESS: ("pyjpegls",),
+    JPEG_2000_LOSSLESS: ("pylibjpeg",),
+    JPEG_2000: ("pylibjpeg",),
+}
+
+# Encoder settings for the lossy targets.
+_JPEG_BASELINE_QUALITY = 90
+_JPEG_LS_NEAR_ERROR = 2
+_JPEG_2000_PSNR = 50.0
+_HTJ2K_QSTEP = 0.001
+# pylibjpeg-openjpeg always writes 6 resolutions (5 decompositions): 32 pixels at least.
+_J2K_MIN_SIZE = 32
+
+# Value sizes of the VRs whose values pydicom keeps as bytes and does not byte-swap.
+_WORD_SIZES: dict[str, int] = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
+_PIXEL_DATA_TAG = 0x7FE00010
+_PIXEL_DATA_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+# Elements that describe encapsulated pixel data only.
+_ENCAPSULATION_KEYWORDS = ("ExtendedOffsetTable", "ExtendedOffsetTableLengths")
+
+FrameEncoder = Callable[[NDArray[Any], "PixelDescription"], tuple[bytes, str]]
+
+
+@dataclass(frozen=True)
+class PixelDescription:
+    """The Image Pixel module values that describe one decoded frame."""
+
+    rows: int
+    columns: int
+    samples_per_pixel: int
+    bits_allocated: int
+    bits_stored: int
+    pixel_representation: int
+    photometric_interpretation: str
+
+    def encoder_options(self) -> dict[str, int | str]:
+        """The keyword arguments pydicom's encoders take to describe one frame."""
+        return {
+            "rows": self.rows,
+            "columns": self.columns,
+            "samples_per_pixel": self.samples_per_pixel,
+            "bits_allocated": self.bits_allocated,
+            "bits_stored": self.bits_stored,
+            "pixel_representation": self.pixel_representation,
+            "photometric_interpretation": self.photometric_interpretation,
+            "number_of_frames": 1,
+            "planar_configuration": 0,
+        }
+
+
+def syntax_name(uid: str) -> str:
+    """A short human name of a transfer syntax, or the UID when it is not known.
+
+    Parameters
+    ----------
+    uid
+        A transfer syntax UID.
+
+    Returns
+    -------
+    str
+        For example ``"JPEG 2000 Lossless"``.
+    """
+    return SHORT_NAMES.get(uid, uid)
+
+
+def is_lossy(transfer_syntax_uid: str) -> bool:
+    """Whether pixel data in ``transfer_syntax_uid`` may have lost information.
+
+    Parameters
+    ----------
+    transfer_syntax_uid
+        A transfer syntax UID.
+
+    Returns
+    -------
+    bool
+        True for the lossy (or possibly lossy) syntaxes: JPEG baseline and extended, JPEG-LS
+        near-lossless, JPEG 2000 (.91), HTJ2K (.203), the MPEG / HEVC family.
+
+    Examples
+    --------
+    >>> is_lossy("1.2.840.10008.1.2.4.50"), is_lossy("1.2.840.10008.1.2.4.90")
+    (True, False)
+    """
+    return transfer_syntax_uid in _LOSSY_SYNTAXES
+
+
+# -- what can be done ----------------------------------------------------------------------
+
+
+def _decoding_plugin(uid: str) -> str | None:
+    """The pydicom decoding plugin to use for ``uid``, ``""`` for all, ``None`` for none."""
+    if uid in NATIVE_SYNTAXES:
+        return ""
+    if uid not in _DECODABLE_ENCAPSULATED:
+        return None
+    decoder = get_decoder(UID(uid))
+    excluded = _GPL_DECODER_PLUGINS.get(uid, frozenset())
+    available = list(decoder.available_plugins)
+    allowed = [name for name in available if name not in excluded]
+    if not allowed:
+        return None
+    # Let pydicom try every plugin in its own order unless a GPL one is among them.
+    return "" if allowed == available else allowed[0]
+
+
+def _pydicom_encoder_plugin(uid: str) -> str | None:
+    """The pydicom encoding plugin to use for ``uid``, or ``None`` when none is installed."""
+    preferred = _PYDICOM_ENCODER_PLUGINS.get(uid)
+    if preferred is None:
+        return None
+    available = get_encoder(UID(uid)).available_plugins
+    for name in preferred:
+        if name in available:
+            return name
+    return None
+
+
+def _imagecodecs_available(codec: str) -> bool:
+    """Whether imagecodecs is importable and its ``codec`` (``"JPEG8"``, ``"HTJ2K"``) works."""
+    try:
+        import imagecodecs
+    except ImportError:
+        return False
+    if codec == "JPEG8":
+        return bool(imagecodecs.JPEG8.available)
+    if codec == "HTJ2K":
+        return bool(imagecodecs.HTJ2K.available)
+    return False
+
+
+def _jpeg_lossless_available() -> bool:
+    """Whether imagecodecs' libjpeg-turbo writes lossless JPEG (libjpeg-turbo 3 and later)."""
+    if not _imagecodecs_available("JPEG8"):
+        return False
+    import imagecodecs
+
+    probe = np.arange(16, dtype=np.uint16).reshape(4, 4)
+    try:
+        encoded = imagecodecs.jpeg8_encode(probe, lossless=True, predictor=1, bitspersample=12)
+    except Exception:
+        return False
+    return bytes(encoded[:2]) == b"\xff\xd8" and b"\xff\xc3" in bytes(encoded)
+
+
+@functools.cache
+def _encoders() -> dict[str, FrameEncoder]:
+    """The encapsulated targets that can be produced now, each with its frame encoder."""
+    out: dict[str, FrameEncoder] = {}
+    for uid in _PYDICOM_ENCODER_PLUGINS:
+        if _pydicom_encoder_plugin(uid) is not None:
+            out[uid] = functools.partial(_encode_pydicom, uid)
+    if _imagecodecs_available("JPEG8"):
+        out[JPEG_BASELINE] = _encode_jpeg_baseline
+    if _jpeg_lossless_available():
+        out[JPEG_LOSSLESS] = _encode_jpeg_lossless
+        out[JPEG_LOSSLESS_SV1] = _encode_jpeg_lossless
+    if _imagecodecs_available("HTJ2K"):
+        out[HTJ2K_LOSSLESS] = functools.partial(_encode_htj2k, HTJ2K_LOSSLESS)
+        out[HTJ2K_LOSSLESS_RPCL] = functools.partial(_encode_htj2k, HTJ2K_LOSSLESS_RPCL)
+        out[HTJ2K] = functools.partial(_encode_htj2k, HTJ2K)
+    return out
+
+
+@functools.cache
+def capabilities() -> dict[str, list[str]]:
+    """Which stored syntax can be transcoded to which, given the codecs installed.
+
+    Returns
+    -------
+    dict[str, list[str]]
+        Each source syntax that can be decoded (native syntaxes always) mapped to the sorted
+        UIDs of the syntaxes it can be transcoded to, the source itself excluded. Computed
+        once per process.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sources = [uid for uid in SHORT_NAMES if _decoding_plugin(uid) is not None]
+        targets = [*NATIVE_SYNTAXES, *_encoders()]
+    return {source: sorted(t for t in targets if t != source) for source in sources}
+
+
+def _unsupported(source_uid: str, target_uid: str, why: str) -> ServiceError:
+    """The FAILED_PRECONDITION error of a syntax that cannot be produced."""
+    return ServiceError(
+        Code.FAILED_PRECONDITION,
+        "TRANSFER_SYNTAX_UNSUPPORTED",
+        f"transfer syntax {target_uid} ({syntax_name(target_uid)}) cannot be produced from "
+        f"the stored {source_uid} ({syntax_name(source_uid)}): {why}",
+        metadata={"transfer_syntax_uid": target_uid, "stored_transfer_syntax_uid": source_uid},
+    )
+
+
+def check_transcodable(source_uid: str, target_uid: str, *, allow_lossy: bool) -> None:
+    """Refuse a transcoding the installed codecs cannot do, or a lossy one not allowed.
+
+    Parameters
+    ----------
+    source_uid
+        The stored transfer syntax.
+    target_uid
+        The transfer syntax asked for.
+    allow_lossy
+        Whether the caller accepts a lossy target.
+
+    Raises
+    ------
+    ServiceError
+        FAILED_PRECONDITION, reason ``TRANSFER_SYNTAX_UNSUPPORTED``, naming both syntaxes.
+    """
+    if source_uid == target_uid:
+        return
+    table = capabilities()
+    if source_uid not in table:
+        raise _unsupported(source_uid, target_uid, "no installed codec decodes the stored syntax")
+    if target_uid not in table[source_uid]:
+        raise _unsupported(source_uid, target_uid, "no installed codec encodes it")
+    if is_lossy(target_uid) and not allow_lossy:
+        raise _unsupported(
+            source_uid, target_uid, "it is lossy, and lossy compression was not allowed"
+        )
+
+
+# -- reading and writing -------------------------------------------------------------------
+
+
+def _read(path: Path) -> FileDataset:
+    """The Part 10 file at ``path``, every element parsed."""
+    try:
+        ds = dcmread(path)
+    except Exception as exc:
+        raise ServiceError(
+            Code.FAILED_PRECONDITION,
+            "TRANSFER_SYNTAX_UNSUPPORTED",
+            f"the stored file {path.name} cannot be parsed for transcoding: {exc}",
+        ) from exc
+    return ds
+
+
+def _stored_syntax(ds: FileDataset) -> str:
+    """The transfer syntax of a data set read from a Part 10 file."""
+    return str(ds.file_meta.get("TransferSyntaxUID", EXPLICIT_VR_LITTLE_ENDIAN))
+
+
+def _write(ds: FileDataset, target_uid: str) -> bytes:
+    """``ds`` as a Part 10 file in ``target_uid``, with a preamble of zeros."""
+    ds.file_meta.TransferSyntaxUID = UID(target_uid)
+    ds.preamble = b"\x00" * 128
+    buffer = io.BytesIO()
+    dcmwrite(buffer, ds, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def _swap(data: bytes, size: int) -> bytes:
+    """``data`` with the byte order of each ``size``-byte value reversed."""
+    if size < 2 or len(data) % size:
+        return data
+    return np.frombuffer(data, dtype=f"<u{size}").byteswap().tobytes()
+
+
+def _pixel_word_size(ds: Dataset, vr: str, big_endian_source: bool) -> int:
+    """The size of the values byte-swapped in Pixel Data between byte orders.
+
+    pydicom reads big endian Pixel Data with a sample size of Bits Allocated, and big endian
+    8-bit data encoded as OW as swapped 16-bit words; this follows it. Little endian 8-bit
+    data is a plain byte stream whatever its VR.
+    """
+    bits = int(ds.get("BitsAllocated", 8))
+    if bits >= 16 and bits % 8 == 0:
+        return bits // 8
+    return 2 if vr == "OW" and big_endian_source else 1
+
+
+def _swap_values(ds: Dataset, big_endian_source: bool) -> None:
+    """Byte-swap, in place and recursively, the values pydicom writes as stored bytes."""
+    for elem in ds:
+        if elem.VR == VR.SQ:
+            for item in elem.value:
+                _swap_values(item, big_endian_source)
+            continue
+        if not isinstance(elem.value, bytes | bytearray) or elem.is_undefined_length:
+            continue
+        if elem.tag == _PIXEL_DATA_TAG:
+            size = _pixel_word_size(ds, str(elem.VR), big_endian_source)
+            elem.value = _swap(bytes(elem.value), size)
+            elem.VR = VR.OB if int(ds.get("BitsAllocated", 8)) <= 8 else VR.OW
+        elif str(elem.VR) in _WORD_SIZES:
+            elem.value = _swap(bytes(elem.value), _WORD_SIZES[str(elem.VR)])
+
+
+def _native_to_native(ds: FileDataset, source_uid: str, target_uid: str) -> bytes:
+    """Rewrite a native data set in another native syntax; no pixel is decoded."""
+    source_little = source_uid != EXPLICIT_VR_BIG_ENDIAN
+    target_little = target_uid != EXPLICIT_VR_BIG_ENDIAN
+    # Resolve "US or SS", "OB or OW" in the source's byte order before anything else.
+    correct_ambiguous_vr(ds, source_little)
+    if source_little != target_little:
+        _swap_values(ds, not source_little)
+    return _write(ds, target_uid)
+
+
+# -- decoding ------------------------------------------------------------------------------
+
+
+def _undecodable(source_uid: str, target_uid: str, exc: Exception) -> ServiceError:
+    """The error of pixel data that cannot be decoded or encoded."""
+    return _unsupported(source_uid, target_uid, f"the pixel data could not be transcoded: {exc}")
+
+
+def _iter_decoded(
+    ds: Dataset, source_uid: str, indices: list[int] | None
+) -> Iterator[tuple[NDArray[Any], PixelDescription]]:
+    """Each frame at ``indices`` (0-based; all when None), decoded as ``pixel_array`` does."""
+    plugin = _decoding_plugin(source_uid) or ""
+    decoder = get_decoder(UID(source_uid))
+    if indices is None:
+        indices = list(range(get_nr_frames(ds, warn=False)))
+    for index in indices:
+        # One frame at a time with as_array: iter_array fails on read-only buffers when it
+        # corrects the sign of JPEG 2000 samples (pydicom 3.0).
+        options: dict[str, Any] = {"as_rgb": True}
+        arr, props = decoder.as_array(ds, index=index, decoding_plugin=plugin, **options)
+        yield (
+            arr,
+            PixelDescription(
+                rows=int(props["rows"]),
+                columns=int(props["columns"]),
+                samples_per_pixel=int(props["samples_per_pixel"]),
+                bits_allocated=int(props["bits_allocated"]),
+                bits_stored=int(props.get("bits_stored", props["bits_allocated"])),
+                pixel_representation=int(props.get("pixel_representation", 0)),
+                photometric_interpretation=str(props["photometric_interpretation"]),
+            ),
+        )
+
+
+def _native_bytes(arr: NDArray[Any], desc: PixelDescription, big_endian: bool) -> bytes:
+    """One decoded frame as native pixel bytes (bit-packed for Bits Allocated 1)."""
+    if desc.bits_allocated == 1:
+        return pack_bits(arr, pad=False)
+    dtype = arr.dtype.newbyteorder(">") if big_endian else arr.dtype.newbyteorder("<")
+    return arr.astype(dtype, copy=False).tobytes()
+
+
+# -- encoding ------------------------------------------------------------------------------
+
+
+def _fits_profile(uid: str, desc: PixelDescription) -> bool:
+    """Whether the standard allows these pixels in ``uid`` (PS3.5 section 8.2 tables)."""
+    if uid in (HTJ2K_LOSSLESS, HTJ2K_LOSSLESS_RPCL, HTJ2K):
+        # Not in pydicom's table; what OpenJPH encodes and PS3.5 Table 8.2.4-1 allows.
+        photometric = {"MONOCHROME1", "MONOCHROME2", "RGB"}
+        if uid != HTJ2K:
+            photometric.add("PALETTE COLOR")
+        return (
+            desc.photometric_interpretation in photometric
+            and desc.samples_per_pixel in (1, 3)
+            and desc.bits_allocated in (8, 16)
+            and 1 <= desc.bits_stored <= desc.bits_allocated
+            and (desc.samples_per_pixel == 1 or desc.pixel_representation == 0)
+        )
+    profiles = ENCODING_PROFILES.get(UID(uid))
+    if profiles is None:
+        return True
+    return any(
+        desc.photometric_interpretation == pi
+        and desc.samples_per_pixel == spp
+        and desc.pixel_representation in representations
+        and desc.bits_allocated in allocated
+        and desc.bits_stored in stored
+        for pi, spp, representations, allocated, stored in profiles
+    )
+
+
+def _check_encodable(uid: str, desc: PixelDescription) -> None:
+    """Refuse pixels ``uid`` cannot hold, or its encoder cannot encode, saying why."""
+    if not _fits_profile(uid, desc):
+        raise ValueError(
+            f"{syntax_name(uid)} cannot hold {desc.samples_per_pixel}-sample "
+            f"{desc.photometric_interpretation} pixels with Bits Allocated "
+            f"{desc.bits_allocated}, Bits Stored {desc.bits_stored}, Pixel Representation "
+            f"{desc.pixel_representation} (PS3.5 section 8.2)"
+        )
+    if uid in (JPEG_2000_LOSSLESS, JPEG_2000) and min(desc.rows, desc.columns) < _J2K_MIN_SIZE:
+        raise ValueError(
+            f"pylibjpeg-openjpeg encodes {_J2K_MIN_SIZE} x {_J2K_MIN_SIZE} pixels at least "
+            f"(it always uses 6 wavelet resolutions), not {desc.rows} x {desc.columns}"
+        )
+
+
+def _encode_pydicom(uid: str, arr: NDArray[Any], desc: PixelDescription) -> tuple[bytes, str]:
+    """One frame encoded by a pydicom encoder; the photometric interpretation is unchanged."""
+    options: dict[str, Any] = desc.encoder_options()
+    if uid == JPEG_2000:
+        options["j2k_psnr"] = [_JPEG_2000_PSNR]
+    elif uid == JPEG_LS_NEAR_LOSSLESS:
+        options["jls_error"] = _JPEG_LS_NEAR_ERROR
+    plugin = _pydicom_encoder_plugin(uid) or ""
+    encoded = get_encoder(UID(uid)).encode(arr, encoding_plugin=plugin, **options)
+    return bytes(encoded), desc.photometric_interpretation
+
+
+def _encode_jpeg_baseline(arr: NDArray[Any], desc: PixelDescription) -> tuple[bytes, str]:
+    """One 8-bit frame as JPEG baseline (libjpeg-turbo); colour becomes YBR_FULL_422."""
+    import imagecodecs
+
+    if desc.samples_per_pixel == 3:
+        encoded = imagecodecs.jpeg8_encode(arr, level=_JPEG_BASELINE_QUALITY, subsampling="422")
+        return bytes(encoded), "YBR_FULL_422"
+    encoded = imagecodecs.jpeg8_encode(arr, level=_JPEG_BASELINE_QUALITY)
+    return bytes(encoded), desc.photometric_interpretation
+
+
+def _encode_jpeg_lossless(arr: NDArray[Any], desc: PixelDescription) -> tuple[bytes, str]:
+    """One frame as lossless JPEG, selection value 1 (libjpeg-turbo).
+
+    JPEG has no sign: signed samples are written as their Bits Stored two's complement bit
+    pattern, which decoders sign-extend by Pixel Representation.
+    """
+    import imagecodecs
+
+    bits = max(desc.bits_stored, 2)
+    unsigned = np.uint8 if bits <= 8 else np.uint16
+    mask = (1 << desc.bits_stored) - 1
+    data = (arr.astype(np.int64) & mask).astype(unsigned)
+    encoded = imagecodecs.jpeg8_encode(data, lossless=True, predictor=1, bitspersample=bits)
+    return bytes(encoded), desc.photometric_interpretation
+
+
+def _encode_htj2k(uid: str, arr: NDArray[Any], desc: PixelDescription) -> tuple[bytes, str]:
+    """One frame as an HTJ2K codestream (OpenJPH), colour without a component transform.
+
+    OpenJPH writes RPCL progression; for the RPCL syntax (.202) a TLM marker and tile-parts
+    per resolution are added, as PS3.5 requires.
+    """
+    import imagecodecs
+
+    if uid == HTJ2K:
+        encoded = imagecodecs.htj2k_encode(arr, _HTJ2K_QSTEP, reversible=False, rgb=False)
+    elif uid == HTJ2K_LOSSLESS_RPCL:
+        encoded = imagecodecs.htj2k_encode(
+            arr,
+            reversible=True,
+            rgb=False,
+            tlm=True,
+            tilepart=imagecodecs.HTJ2K.TILEPART.RESOLUTIONS,
+        )
+    else:
+        encoded = imagecodecs.htj2k_encode(arr, reversible=True, rgb=False)
+    return bytes(encoded), desc.photometric_interpretation
+
+
+def _encode_frame(target_uid: str, arr: NDArray[Any], desc: PixelDescription) -> tuple[bytes, str]:
+    """One decoded frame encoded in ``target_uid``; the bitstream and its photometric."""
+    _check_encodable(target_uid, desc)
+    return _encoders()[target_uid](np.ascontiguousarray(arr), desc)
+
+
+# -- the API -------------------------------------------------------------------------------
+
+
+def _mark_lossy(ds: Dataset, target_uid: str, raw_size: int, encoded_size: int) -> None:
+    """Record lossy compression in the General Image module (PS3.3 C.7.6.1.1.5)."""
+    ds.LossyImageCompression = "01"
+    ratios = [str(v) for v in ds.get("LossyImageCompressionRatio", [])]
+    methods = [str(v) for v in ds.get("LossyImageCompressionMethod", [])]
+    ratio = raw_size / encoded_size if encoded_size else 1.0
+    ratios.append(f"{ratio:.4g}"[:16])
+    methods.append(_LOSSY_METHODS.get(target_uid, "ISO_10918_1"))
+    ds.LossyImageCompressionRatio = ratios
+    ds.LossyImageCompressionMethod = methods
+
+
+def _set_image_pixel(ds: Dataset, desc: PixelDescription, photometric: str, frames: int) -> None:
+    """Make the Image Pixel module describe the new pixels."""
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated = desc.bits_allocated
+    if desc.samples_per_pixel > 1:
+        ds.PlanarConfiguration = 0
+    if "NumberOfFrames" in ds or frames > 1:
+        ds.NumberOfFrames = frames
+
+
+def _repixel(ds: FileDataset, source_uid: str, target_uid: str) -> bytes:
+    """Decode every frame and write them in ``target_uid`` (native or encapsulated)."""
+    for keyword in _ENCAPSULATION_KEYWORDS:
+        if keyword in ds:
+            delattr(ds, keyword)
+    frames: list[bytes] = []
+    desc: PixelDescription | None = None
+    photometric = ""
+    raw_size = 0
+    encapsulated = target_uid not in NATIVE_SYNTAXES
+    for arr, frame_desc in _iter_decoded(ds, source_uid, None):
+        desc = frame_desc
+        raw_size += arr.nbytes
+        if encapsulated:
+            encoded, photometric = _encode_frame(target_uid, arr, frame_desc)
+            frames.append(encoded)
+        else:
+            frames.append(_native_bytes(arr, frame_desc, target_uid == EXPLICIT_VR_BIG_ENDIAN))
+            photometric = frame_desc.photometric_interpretation
+    if desc is None:
+        raise ValueError("the pixel data holds no frame")
+    _set_image_pixel(ds, desc, photometric, len(frames))
+    elem = ds["PixelData"]
+    if encapsulated:
+        total = sum(len(f) + 8 for f in frames)
+        if total > 2**32 - 1:
+            ds.PixelData, ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths = (
+                encapsulate_extended(frames)
+            )
+        else:
+            ds.PixelData = encapsulate(frames)
+        elem = ds["PixelData"]
+        elem.VR = VR.OB
+        elem.is_undefined_length = True
+        if is_lossy(target_uid):
+            _mark_lossy(ds, target_uid, raw_size, sum(len(f) for f in frames))
+    else:
+        data = b"".join(frames)
+        elem.value = data + b"\x00" if len(data) % 2 else data
+        elem.VR = VR.OB if desc.bits_allocated <= 8 else VR.OW
+        elem.is_undefined_length = False
+    return _write(ds, target_uid)
+
+
+def _has_pixels(ds: Dataset) -> bool:
+    """Whether the data set holds pixel data of any kind."""
+    return any(keyword in ds for keyword in _PIXEL_DATA_KEYWORDS)
+
+
+def transcode_instance(path: Path, target_uid: str, *, allow_lossy: bool) -> bytes:
+    """The whole Part 10 file at ``path`` re-encoded in ``target_uid``.
+
+    Parameters
+    ----------
+    path
+        The stored Part 10 file.
+    target_uid
+        The transfer syntax asked for.
+    allow_lossy
+        Whether a lossy target is acceptable.
+
+    Returns
+    -------
+    bytes
+        A Part 10 file: zero preamble, file meta with the new Transfer Syntax UID, the data
+        set in that syntax. The stored bytes when the syntax is the stored one.
+
+    Raises
+    ------
+    ServiceError
+        FAILED_PRECONDITION (``TRANSFER_SYNTAX_UNSUPPORTED``) when the syntax cannot be
+        produced, is lossy and not allowed, or the pixel data cannot be transcoded.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = _read(path)
+        source_uid = _stored_syntax(ds)
+        check_transcodable(source_uid, target_uid, allow_lossy=allow_lossy)
+        if source_uid == target_uid:
+            return path.read_bytes()
+        try:
+            if source_uid in NATIVE_SYNTAXES and target_uid in NATIVE_SYNTAXES:
+                return _native_to_native(ds, source_uid, target_uid)
+            if "PixelData" not in ds:
+                if _has_pixels(ds) and target_uid not in NATIVE_SYNTAXES:
+                    raise ValueError("float pixel data cannot be compressed")
+                return _native_to_native(ds, EXPLICIT_VR_LITTLE_ENDIAN, target_uid)
+            return _repixel(ds, source_uid, target_uid)
+        except ServiceError:
+            raise
+        except Exception as exc:
+            raise _undecodable(source_uid, target_uid, exc) from exc
+
+
+def _frame_range_error(outside: list[int], count: int) -> ServiceError:
+    """The OUT_OF_RANGE error of frame numbers the instance does not have."""
+    return ServiceError(
+        Code.OUT_OF_RANGE,
+        "FRAME_OUT_OF_RANGE",
+        f"frame {', '.join(map(str, outside))} is outside 1..{count}",
+        metadata={"frames": ",".join(map(str, outside)), "number_of_frames": str(count)},
+    )
+
+
+def _native_frame_source(
+    ds: Dataset, source_uid: str, target_uid: str
+) -> Callable[[int], bytes] | None:
+    """Frame bytes cut from native pixel data with no decode, or None if a decode is needed."""
+    bits = int(ds.get("BitsAllocated", 1))
+    if source_uid not in NATIVE_SYNTAXES or target_uid not in NATIVE_SYNTAXES or bits % 8:
+        return None
+    correct_ambiguous_vr(ds, source_uid != EXPLICIT_VR_BIG_ENDIAN)
+    elem = ds["PixelData"]
+    data = bytes(elem.value)
+    if source_uid == EXPLICIT_VR_BIG_ENDIAN:
+        data = _swap(data, _pixel_word_size(ds, str(elem.VR), True))
+    samples = int(ds.get("SamplesPerPixel", 1))
+    size = int(ds.Rows) * int(ds.Columns) * samples * (bits // 8)
+    if str(ds.get("PhotometricInterpretation", "")) == "YBR_FULL_422":
+        size = size * 2 // 3
+    big = target_uid == EXPLICIT_VR_BIG_ENDIAN
+
+    def frame(number: int) -> bytes:
+        chunk = data[(number - 1) * size : number * size]
+        return _swap(chunk, bits // 8) if big else chunk
+
+    return frame
+
+
+def transcode_frames(
+    path: Path, numbers: list[int], target_uid: str, *, allow_lossy: bool
+) -> Iterator[bytes]:
+    """Each requested frame of the instance at ``path``, in ``target_uid``.
+
+    Everything that can be checked is checked on the call, before the iterator is returned:
+    the syntax, the frame numbers and the first frame's transcoding, so a failure never
+    comes half-way through.
+
+    Parameters
+    ----------
+    path
+        The stored Part 10 file.
+    numbers
+        1-based frame numbers, in the order wanted.
+    target_uid
+        The transfer syntax asked for.
+    allow_lossy
+        Whether a lossy target is acceptable.
+
+    Returns
+    -------
+    Iterator[bytes]
+        For a native target, the frame's raw pixel bytes (little endian samples; big endian
+        for Explicit VR Big Endian; bit-packed when Bits Allocated is 1). For an
+        encapsulated target, the frame's compressed bitstream in that syntax.
+
+    Raises
+    ------
+    ServiceError
+        FAILED_PRECONDITION (``TRANSFER_SYNTAX_UNSUPPORTED``) as :func:`transcode_instance`,
+        FAILED_PRECONDITION (``NO_PIXEL_DATA``) or OUT_OF_RANGE (``FRAME_OUT_OF_RANGE``).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = _read(path)
+        source_uid = _stored_syntax(ds)
+        check_transcodable(source_uid, target_uid, allow_lossy=allow_lossy)
+        if "PixelData" not in ds:
+            raise ServiceError(
+                Code.FAILED_PRECONDITION,
+                "NO_PIXEL_DATA",
+                f"the instance in {path.name} has no pixel data",
+                metadata={"transfer_syntax_uid": target_uid},
+            )
+        count = get_nr_frames(ds, warn=False)
+        outside = sorted({n for n in numbers if not 1 <= n <= count})
+        if outside:
+            raise _frame_range_error(outside, count)
+        try:
+            cut = _native_frame_source(ds, source_uid, target_uid)
+            first = b""
+            if numbers and cut is not None:
+                first = cut(numbers[0])
+            elif numbers:
+                first = _decode_frame(ds, source_uid, target_uid, numbers[0])
+        except ServiceError:
+            raise
+        except Exception as exc:
+            raise _undecodable(source_uid, target_uid, exc) from exc
+    return _frames_after(ds, source_uid, target_uid, numbers, first, cut)
+
+
+def _decode_frame(ds: Dataset, source_uid: str, target_uid: str, number: int) -> bytes:
+    """One frame decoded and, for an encapsulated target, re-encoded."""
+    for arr, desc in _iter_decoded(ds, source_uid, [number - 1]):
+        if target_uid in NATIVE_SYNTAXES:
+            return _native_bytes(arr, desc, target_uid == EXPLICIT_VR_BIG_ENDIAN)
+        return _encode_frame(target_uid, arr, desc)[0]
+    raise ValueError(f"frame {number} could not be decoded")
+
+
+def _frames_after(
+    ds: Dataset,
+    source_uid: str,
+    target_uid: str,
+    numbers: list[int],
+    first: bytes,
+    cut: Callable[[int], bytes] | None,
+) -> Iterator[bytes]:
+    """Yield the first frame (already made), then make and yield the others one by one."""
+    if not numbers:
+        return
+    yield first
+    for number in numbers[1:]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                data = (
+                    cut(number)
+                    if cut is not None
+                    else _decode_frame(ds, source_uid, target_uid, number)
+                )
+            except Exception as exc:
+                raise _undecodable(source_uid, target_uid, exc) from exc
+        yield data
+
+
+def capability_table_markdown() -> str:
+    """The capability matrix as a Markdown table, for the README.
+
+    Returns
+    -------
+    str
+        One row per stored syntax (name and UID), with the lossless and the lossy targets it
+        can be transcoded to (short names), newline-terminated.
+    """
+    lines = [
+        "| Stored syntax | UID | Lossless targets | Lossy targets (need `allow_lossy`) |",
+        "| --- | --- | --- | --- |",
+    ]
+    for source, targets in capabilities().items():
+        lossless = ", ".join(syntax_name(t) for t in targets if not is_lossy(t)) or "none"
+        lossy = ", ".join(syntax_name(t) for t in targets if is_lossy(t)) or "none"
+        lines.append(f"| {syntax_name(source)} | `{source}` | {lossless} | {lossy} |")
+    return "\n".join(lines) + "\n"
