@@ -13,7 +13,19 @@ What is measured, against both servers holding the same files:
 - study metadata latency, a 100-instance and a 500-instance study: ``Client.metadata()`` against
   ``GET /dicom-web/studies/{uid}/metadata`` (the body read, not parsed);
 - single-frame latency on a 1,000-frame native instance (256x256, 16-bit, 125 MiB), random
-  frames: ``Client.frames()`` against ``GET .../frames/{n}``.
+  frames: ``Client.frames()`` against ``GET .../frames/{n}``;
+- the same on a JPEG 2000 lossless copy of that instance, the stored bitstream returned
+  (transfer syntax ``*``);
+- transcoded frames, frames/s and latency of one client's sequential single-frame requests:
+  JPEG 2000 -> native (the server decodes) and native -> JPEG 2000 lossless (the server
+  encodes), ``Client.frames(..., transfer_syntax=...)`` against ``GET .../frames/{n}`` with a
+  ``transfer-syntax`` in ``Accept``;
+- study retrieve transcoded to JPEG 2000 lossless on the 100-instance study, 1 client: MB/s of
+  output and instances/s, ``RetrieveStudy`` with ``TransferOptions(transfer_syntax_uid=...)``
+  against ``GET /dicom-web/studies/{uid}`` with ``transfer-syntax=1.2.840.10008.1.2.4.90``.
+
+A transcoding Orthanc refuses (or answers in another syntax than asked) is reported "not
+supported" and not timed.
 
 Both servers run at once, each on a fresh data directory, loaded once (dicomrpc with
 ``Client.store()``, Orthanc with STOW-RS); then the measurements run in rounds, each round
@@ -75,7 +87,17 @@ from ingest import (
     write_section,
 )
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
+from pydicom.encaps import encapsulate, generate_frames
+from pydicom.pixels.decoders.base import get_decoder
+from pydicom.pixels.encoders.base import get_encoder
+from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
+    UID,
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    generate_uid,
+)
+from pydicom.valuerep import VR
 
 from dicomrpc import Client, ClientConfig
 from dicomrpc.v1 import retrieve_service_pb2 as rpb
@@ -86,6 +108,7 @@ SECTION = "## Retrieve"
 
 BIG_STUDY_VERSION = 1
 MULTIFRAME_VERSION = 1
+MULTIFRAME_J2K_VERSION = 1
 FRAMES = 1000
 FRAME_ROWS = FRAME_COLUMNS = 256
 MULTIFRAME_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.7.3"  # Multi-frame Grayscale Word SC
@@ -93,6 +116,11 @@ MULTIFRAME_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.7.3"  # Multi-frame Grayscale Wo
 ACCEPT_DICOM = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 ACCEPT_FRAME = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
 ACCEPT_JSON = "application/dicom+json"
+NATIVE = str(ExplicitVRLittleEndian)
+J2K = str(JPEG2000Lossless)
+ACCEPT_DICOM_J2K = f'multipart/related; type="application/dicom"; transfer-syntax={J2K}'
+ACCEPT_FRAME_NATIVE = f'multipart/related; type="application/octet-stream"; transfer-syntax={NATIVE}'
+ACCEPT_FRAME_J2K = f'multipart/related; type="application/octet-stream"; transfer-syntax={J2K}'
 READ_BUFFER = 1024 * 1024
 
 GOAL_RETRIEVE_RATIO = 1.0
@@ -128,6 +156,13 @@ class MultiFrame:
     sop: str
     frames: int
     frame_bytes: int
+
+    @property
+    def frames_path(self) -> str:
+        """The WADO-RS path of the instance's frames, without the frame number."""
+        return (
+            f"/dicom-web/studies/{self.study}/series/{self.series}/instances/{self.sop}/frames"
+        )
 
 
 def study_of(label: str, files: list[Path]) -> Study:
@@ -244,6 +279,65 @@ def multiframe(seed: int = 99) -> MultiFrame:
     return MultiFrame(path, info["study"], info["series"], sop, FRAMES, frame_bytes)
 
 
+def _frame_options(ds: Dataset) -> dict[str, object]:
+    """The keyword arguments pydicom's encoders take to describe one frame of ``ds``."""
+    return {
+        "rows": int(ds.Rows),
+        "columns": int(ds.Columns),
+        "samples_per_pixel": int(ds.SamplesPerPixel),
+        "bits_allocated": int(ds.BitsAllocated),
+        "bits_stored": int(ds.BitsStored),
+        "pixel_representation": int(ds.PixelRepresentation),
+        "photometric_interpretation": str(ds.PhotometricInterpretation),
+        "number_of_frames": 1,
+    }
+
+
+def multiframe_j2k(mf: MultiFrame) -> MultiFrame:
+    """The native multi-frame instance as JPEG 2000 lossless (a new SOP Instance UID, same
+    series), encoded frame by frame with pylibjpeg-openjpeg and generated once."""
+    path = mf.path.parent / "multiframe-j2k.dcm"
+    marker = mf.path.parent / "j2k-complete.json"
+    expected = {"version": MULTIFRAME_J2K_VERSION, "source": mf.sop}
+    if marker.exists() and path.exists():
+        info = json.loads(marker.read_text())
+        if {k: info.get(k) for k in expected} == expected:
+            return MultiFrame(path, mf.study, mf.series, info["sop"], mf.frames, mf.frame_bytes)
+    print(f"encoding the {mf.frames}-frame instance as JPEG 2000 lossless ...", flush=True)
+    started = time.perf_counter()
+    ds = pydicom.dcmread(mf.path)
+    pixels = ds.pixel_array
+    options = _frame_options(ds)
+    encoder = get_encoder(JPEG2000Lossless)
+    frames = [
+        bytes(encoder.encode(frame, encoding_plugin="pylibjpeg", **options)) for frame in pixels
+    ]
+    sop = generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = sop
+    ds.InstanceNumber = 2
+    ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
+    ds.PixelData = encapsulate(frames)
+    ds["PixelData"].VR = VR.OB
+    ds["PixelData"].is_undefined_length = True
+    ds.save_as(path, enforce_file_format=True)
+    marker.write_text(json.dumps({**expected, "sop": sop}))
+    print(f"encoded in {time.perf_counter() - started:.0f} s", flush=True)
+    return MultiFrame(path, mf.study, mf.series, sop, mf.frames, mf.frame_bytes)
+
+
+def encapsulated_frames(mf: MultiFrame) -> list[bytes]:
+    """The stored bitstream of every frame of an encapsulated instance."""
+    ds = pydicom.dcmread(mf.path)
+    return list(generate_frames(ds.PixelData, number_of_frames=mf.frames))
+
+
+def decode_j2k(data: bytes, options: dict[str, object]) -> bytes:
+    """One JPEG 2000 frame decoded (pylibjpeg-openjpeg) to native little endian bytes."""
+    decoder = get_decoder(JPEG2000Lossless)
+    arr, _ = decoder.as_array(data, **options)
+    return arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+
+
 # --------------------------------------------------------------------------------------------
 # Loading both servers
 # --------------------------------------------------------------------------------------------
@@ -304,15 +398,23 @@ def load_orthanc(port: int, files: list[Path], batch: int = 10) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def grpc_study_bytes(stub: retrieve_service_pb2_grpc.RetrieveServiceStub, study: str) -> int:
+def grpc_study_bytes(
+    stub: retrieve_service_pb2_grpc.RetrieveServiceStub, study: str, transfer_syntax: str = "*"
+) -> int:
     """RetrieveStudy through the raw stub: the chunk bytes received, counted, not joined."""
     request = rpb.RetrieveStudyRequest(
-        study_instance_uid=study, options=rpb.TransferOptions(transfer_syntax_uid="*")
+        study_instance_uid=study,
+        options=rpb.TransferOptions(transfer_syntax_uid=transfer_syntax),
     )
     total = 0
     for message in stub.RetrieveStudy(request):
         if message.WhichOneof("payload") == "data":
             total += len(message.data)
+        elif transfer_syntax != "*" and message.instance.transfer_syntax_uid != transfer_syntax:
+            raise RuntimeError(
+                f"RetrieveStudy sent {message.instance.transfer_syntax_uid}, "
+                f"not {transfer_syntax}"
+            )
     return total
 
 
@@ -331,6 +433,15 @@ def http_get(
     return total
 
 
+class HttpStatusError(RuntimeError):
+    """A GET that did not answer 200."""
+
+    def __init__(self, path: str, status: int, body: bytes) -> None:
+        super().__init__(f"GET {path} returned {status}: {body[:200]!r}")
+        self.status = status
+        self.body = body
+
+
 def http_body(port: int, path: str, accept: str) -> tuple[str, bytes]:
     """GET ``path`` whole: (Content-Type, body). For verification, not timed."""
     connection = connect_http(port)
@@ -339,7 +450,7 @@ def http_body(port: int, path: str, accept: str) -> tuple[str, bytes]:
         response = connection.getresponse()
         body = response.read()
         if response.status != 200:
-            raise RuntimeError(f"GET {path} returned {response.status}: {body[:200]!r}")
+            raise HttpStatusError(path, response.status, body)
         return response.getheader("Content-Type", ""), body
     finally:
         connection.close()
@@ -399,6 +510,34 @@ class Latency:
     def round_p50s_ms(self) -> list[float]:
         return [1000 * statistics.median(r) for r in self.rounds if r]
 
+    def round_rates(self) -> list[float]:
+        """Requests per second of each round (sequential requests: count / summed time)."""
+        return [len(r) / sum(r) for r in self.rounds if r]
+
+    @property
+    def median_rate(self) -> float:
+        rates = self.round_rates()
+        return statistics.median(rates) if rates else 0.0
+
+
+@dataclass
+class Retrieves:
+    """Study retrieves, one client, sequential: (bytes, seconds) of each, by round."""
+
+    rounds: list[list[tuple[int, float]]] = field(default_factory=list)
+
+    def round_rates(self, instances: int) -> list[tuple[float, float]]:
+        """(MB/s, instances/s) of each round."""
+        out = []
+        for r in self.rounds:
+            wall = sum(t for _, t in r)
+            out.append((sum(b for b, _ in r) / MB / wall, len(r) * instances / wall))
+        return out
+
+    @property
+    def sizes(self) -> set[int]:
+        return {b for r in self.rounds for b, _ in r}
+
 
 def throughput_run(
     clients: int,
@@ -453,9 +592,16 @@ class Server:
     metadata: Callable[[object, str], None]
     # (connection, frame number) -> the frame's size in bytes
     frame: Callable[[object, int], int]
+    # the same, the JPEG 2000 instance's stored bitstream
+    j2k_frame: Callable[[object, int], int]
+    # the same, transcoded: JPEG 2000 instance -> native; native instance -> JPEG 2000 lossless
+    decode_frame: Callable[[object, int], int] | None
+    encode_frame: Callable[[object, int], int] | None
+    # (connection, study UID) -> the bytes of the study transcoded to JPEG 2000 lossless
+    study_j2k: Callable[[object, str], int] | None
 
 
-def dicomrpc_side(target: str, pid: int, mf: MultiFrame) -> Server:
+def dicomrpc_side(target: str, pid: int, mf: MultiFrame, j2k: MultiFrame) -> Server:
     """Requests to dicomrpc: the raw stub for bytes, the SDK for metadata and frames."""
 
     def study_bytes(client: object, study: str) -> int:
@@ -467,10 +613,22 @@ def dicomrpc_side(target: str, pid: int, mf: MultiFrame) -> Server:
         assert isinstance(client, Client)
         client.metadata(study)
 
-    def frame(client: object, number: int) -> int:
+    def frame_of(instance: MultiFrame, syntax: str) -> Callable[[object, int], int]:
+        def frame(client: object, number: int) -> int:
+            assert isinstance(client, Client)
+            (got,) = client.frames(
+                instance.study, instance.series, instance.sop, [number], transfer_syntax=syntax
+            )
+            if syntax != "*" and got.transfer_syntax_uid != syntax:
+                raise RuntimeError(f"frame sent in {got.transfer_syntax_uid}, not {syntax}")
+            return len(got.data)
+
+        return frame
+
+    def study_j2k(client: object, study: str) -> int:
         assert isinstance(client, Client)
-        (got,) = client.frames(mf.study, mf.series, mf.sop, [number])
-        return len(got.data)
+        stub = retrieve_service_pb2_grpc.RetrieveServiceStub(client.channel)
+        return grpc_study_bytes(stub, study, J2K)
 
     return Server(
         "dicomrpc",
@@ -479,12 +637,19 @@ def dicomrpc_side(target: str, pid: int, mf: MultiFrame) -> Server:
         lambda c: c.close(),  # type: ignore[attr-defined]
         study_bytes,
         metadata,
-        frame,
+        frame_of(mf, "*"),
+        frame_of(j2k, "*"),
+        frame_of(j2k, NATIVE),
+        frame_of(mf, J2K),
+        study_j2k,
     )
 
 
-def orthanc_side(port: int, pid: int, mf: MultiFrame) -> Server:
-    """Requests to Orthanc's WADO-RS, one keep-alive connection per client."""
+def orthanc_side(
+    port: int, pid: int, mf: MultiFrame, j2k: MultiFrame, unsupported: dict[str, str]
+) -> Server:
+    """Requests to Orthanc's WADO-RS, one keep-alive connection per client; the kinds in
+    ``unsupported`` (found so by ``probe_orthanc``) are left out."""
     buffers: dict[int, bytearray] = {}
 
     def buffer() -> bytearray:
@@ -498,12 +663,16 @@ def orthanc_side(port: int, pid: int, mf: MultiFrame) -> Server:
         assert isinstance(connection, http.client.HTTPConnection)
         http_get(connection, f"/dicom-web/studies/{study}/metadata", ACCEPT_JSON, buffer())
 
-    def frame(connection: object, number: int) -> int:
+    def frame_of(instance: MultiFrame, accept: str) -> Callable[[object, int], int]:
+        def frame(connection: object, number: int) -> int:
+            assert isinstance(connection, http.client.HTTPConnection)
+            return http_get(connection, f"{instance.frames_path}/{number}", accept, buffer())
+
+        return frame
+
+    def study_j2k(connection: object, study: str) -> int:
         assert isinstance(connection, http.client.HTTPConnection)
-        path = (
-            f"/dicom-web/studies/{mf.study}/series/{mf.series}/instances/{mf.sop}/frames/{number}"
-        )
-        return http_get(connection, path, ACCEPT_FRAME, buffer())
+        return http_get(connection, f"/dicom-web/studies/{study}", ACCEPT_DICOM_J2K, buffer())
 
     return Server(
         "Orthanc",
@@ -512,7 +681,11 @@ def orthanc_side(port: int, pid: int, mf: MultiFrame) -> Server:
         lambda c: c.close(),  # type: ignore[attr-defined]
         study_bytes,
         metadata,
-        frame,
+        frame_of(mf, ACCEPT_FRAME),
+        frame_of(j2k, ACCEPT_FRAME),
+        None if "decode" in unsupported else frame_of(j2k, ACCEPT_FRAME_NATIVE),
+        None if "encode" in unsupported else frame_of(mf, ACCEPT_FRAME_J2K),
+        None if "study_j2k" in unsupported else study_j2k,
     )
 
 
@@ -525,6 +698,12 @@ class Measured:
     metadata: dict[str, Latency] = field(default_factory=dict)
     frames: Latency = field(default_factory=Latency)
     frame_sizes: set[int] = field(default_factory=set)
+    j2k_frames: Latency = field(default_factory=Latency)
+    j2k_frame_sizes: set[int] = field(default_factory=set)
+    decode: Latency = field(default_factory=Latency)
+    encode: Latency = field(default_factory=Latency)
+    transcoded_sizes: dict[str, set[int]] = field(default_factory=dict)
+    study_j2k: Retrieves = field(default_factory=Retrieves)
 
 
 def measure_round(
@@ -556,12 +735,39 @@ def measure_round(
                 lambda s=meta_study: server.metadata(connection, s.uid),  # type: ignore[misc]
                 out.metadata.setdefault(meta_study.label, Latency()),
             )
-        numbers = iter([rng.randint(1, FRAMES) for _ in range(args.frame_reps // args.rounds)])
-        latency_run(
-            args.frame_reps // args.rounds,
-            lambda: out.frame_sizes.add(server.frame(connection, next(numbers))),
-            out.frames,
-        )
+        frame_runs: list[tuple[Callable[[object, int], int] | None, Latency, set[int], int]] = [
+            (server.frame, out.frames, out.frame_sizes, args.frame_reps),
+            (server.j2k_frame, out.j2k_frames, out.j2k_frame_sizes, args.frame_reps),
+            (
+                server.decode_frame,
+                out.decode,
+                out.transcoded_sizes.setdefault("decode", set()),
+                args.transcode_reps,
+            ),
+            (
+                server.encode_frame,
+                out.encode,
+                out.transcoded_sizes.setdefault("encode", set()),
+                args.transcode_reps,
+            ),
+        ]
+        for request, latency, sizes, reps in frame_runs:
+            if request is None:
+                continue
+            count = max(1, reps // args.rounds)
+            numbers = iter([rng.randint(1, FRAMES) for _ in range(count)])
+            latency_run(
+                count,
+                lambda r=request, s=sizes, n=numbers: s.add(r(connection, next(n))),  # type: ignore[misc]
+                latency,
+            )
+        if server.study_j2k is not None:
+            retrieves = []
+            for _ in range(args.transcode_study_repeats):
+                started = time.perf_counter()
+                size = server.study_j2k(connection, study.uid)
+                retrieves.append((size, time.perf_counter() - started))
+            out.study_j2k.rounds.append(retrieves)
     finally:
         server.close(connection)
 
@@ -576,6 +782,11 @@ def warm_up(server: Server, study: Study, metadata_studies: list[Study]) -> None
                 server.metadata(connection, meta_study.uid)
         for number in random.Random(1).sample(range(1, FRAMES + 1), 10):
             server.frame(connection, number)
+            server.j2k_frame(connection, number)
+        for request in (server.decode_frame, server.encode_frame):
+            for number in random.Random(2).sample(range(1, FRAMES + 1), 3):
+                if request is not None:
+                    request(connection, number)
     finally:
         server.close(connection)
 
