@@ -41,6 +41,7 @@ import argparse
 import contextlib
 import datetime as dt
 import http.client
+import io
 import json
 import platform
 import random
@@ -52,12 +53,14 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 import numpy as np
+import openjpeg
 import pydicom
 from ingest import (
     COLUMNS,
@@ -88,11 +91,9 @@ from ingest import (
 )
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate, generate_frames
-from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.encoders.base import get_encoder
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
-    UID,
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
     generate_uid,
@@ -119,7 +120,9 @@ ACCEPT_JSON = "application/dicom+json"
 NATIVE = str(ExplicitVRLittleEndian)
 J2K = str(JPEG2000Lossless)
 ACCEPT_DICOM_J2K = f'multipart/related; type="application/dicom"; transfer-syntax={J2K}'
-ACCEPT_FRAME_NATIVE = f'multipart/related; type="application/octet-stream"; transfer-syntax={NATIVE}'
+ACCEPT_FRAME_NATIVE = (
+    f'multipart/related; type="application/octet-stream"; transfer-syntax={NATIVE}'
+)
 ACCEPT_FRAME_J2K = f'multipart/related; type="application/octet-stream"; transfer-syntax={J2K}'
 READ_BUFFER = 1024 * 1024
 
@@ -160,9 +163,7 @@ class MultiFrame:
     @property
     def frames_path(self) -> str:
         """The WADO-RS path of the instance's frames, without the frame number."""
-        return (
-            f"/dicom-web/studies/{self.study}/series/{self.series}/instances/{self.sop}/frames"
-        )
+        return f"/dicom-web/studies/{self.study}/series/{self.series}/instances/{self.sop}/frames"
 
 
 def study_of(label: str, files: list[Path]) -> Study:
@@ -332,10 +333,12 @@ def encapsulated_frames(mf: MultiFrame) -> list[bytes]:
 
 
 def decode_j2k(data: bytes, options: dict[str, object]) -> bytes:
-    """One JPEG 2000 frame decoded (pylibjpeg-openjpeg) to native little endian bytes."""
-    decoder = get_decoder(JPEG2000Lossless)
-    arr, _ = decoder.as_array(data, **options)
-    return arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+    """One JPEG 2000 frame decoded (pylibjpeg-openjpeg) to native little endian bytes of
+    Bits Allocated ``options["bits_allocated"]``."""
+    arr = openjpeg.decode(data)
+    kind = "i" if options["pixel_representation"] else "u"
+    dtype = np.dtype(f"<{kind}{int(str(options['bits_allocated'])) // 8}")
+    return arr.astype(dtype, copy=False).tobytes()
 
 
 # --------------------------------------------------------------------------------------------
@@ -372,20 +375,35 @@ def load_dicomrpc(target: str, files: list[Path], batch: int = 25) -> None:
                 raise RuntimeError(f"dicomrpc store failed: {bad[0]}")
 
 
-def load_orthanc(port: int, files: list[Path], batch: int = 10) -> None:
-    """STOW-RS ``files``; raise unless every request answers 200."""
-    connection = connect_http(port)
+def load_orthanc(port: int, files: list[Path], batch: int = 10, big: int = 16 * MB) -> None:
+    """STOW-RS ``files`` (those over ``big`` bytes one per request); raise unless every
+    request answers 200. A request whose connection breaks is sent again once, on a new
+    connection (one run saw Orthanc drop the keep-alive connection while a 225 MB request
+    was being sent)."""
+    small = [f for f in files if f.stat().st_size <= big]
+    batches = [small[i : i + batch] for i in range(0, len(small), batch)]
+    batches += [[f] for f in files if f.stat().st_size > big]
     boundary = uuid.uuid4().hex
     headers = {
         "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
         "Accept": ACCEPT_JSON,
     }
+    connection = connect_http(port)
     try:
-        for start in range(0, len(files), batch):
-            paths = files[start : start + batch]
-            connection.request("POST", "/dicom-web/studies", stow_body(paths, boundary), headers)
-            response = connection.getresponse()
-            payload = response.read()
+        for paths in batches:
+            body = stow_body(paths, boundary)
+            for attempt in (1, 2):
+                try:
+                    connection.request("POST", "/dicom-web/studies", body, headers)
+                    response = connection.getresponse()
+                    payload = response.read()
+                    break
+                except (ConnectionError, http.client.HTTPException) as exc:
+                    connection.close()
+                    if attempt == 2:
+                        raise
+                    print(f"STOW-RS: {exc!r}; sending again on a new connection", flush=True)
+                    connection = connect_http(port)
             answer = json.loads(payload) if response.status == 200 else {}
             if _sequence_length(answer, "00081199") != len(paths):
                 raise RuntimeError(f"STOW-RS returned {response.status}: {payload[:300]!r}")
@@ -412,8 +430,7 @@ def grpc_study_bytes(
             total += len(message.data)
         elif transfer_syntax != "*" and message.instance.transfer_syntax_uid != transfer_syntax:
             raise RuntimeError(
-                f"RetrieveStudy sent {message.instance.transfer_syntax_uid}, "
-                f"not {transfer_syntax}"
+                f"RetrieveStudy sent {message.instance.transfer_syntax_uid}, not {transfer_syntax}"
             )
     return total
 
@@ -796,9 +813,14 @@ def warm_up(server: Server, study: Study, metadata_studies: list[Study]) -> None
 # --------------------------------------------------------------------------------------------
 
 
-def verify_dicomrpc(target: str, studies: list[Study], mf: MultiFrame) -> list[str]:
+def verify_dicomrpc(
+    target: str, studies: list[Study], mf: MultiFrame, j2k: MultiFrame
+) -> list[str]:
     """Compare what dicomrpc returns with the files stored; the problems found."""
     problems = []
+    native_ds = pydicom.dcmread(mf.path)
+    options = _frame_options(native_ds)
+    stored_j2k = encapsulated_frames(j2k)
     with connect_grpc(target) as client:
         for study in studies:
             sizes = {p.stat().st_size for p in study.files}
@@ -811,18 +833,112 @@ def verify_dicomrpc(target: str, studies: list[Study], mf: MultiFrame) -> list[s
                     f"dicomrpc metadata of the {study.label} study: {len(meta.datasets)} "
                     f"datasets for {len(study.files)} instances"
                 )
-        pixels = pydicom.dcmread(mf.path).PixelData
+        pixels = native_ds.PixelData
         for number in (1, 2, 500, FRAMES):
             (frame,) = client.frames(mf.study, mf.series, mf.sop, [number])
             start = (number - 1) * mf.frame_bytes
-            if frame.data != pixels[start : start + mf.frame_bytes]:
+            native = pixels[start : start + mf.frame_bytes]
+            if frame.data != native:
                 problems.append(f"dicomrpc frame {number}: bytes differ from the stored frame")
+            (frame,) = client.frames(j2k.study, j2k.series, j2k.sop, [number])
+            if frame.data.rstrip(b"\0") != stored_j2k[number - 1].rstrip(b"\0"):
+                problems.append(f"dicomrpc J2K frame {number}: differs from the stored bitstream")
+            (frame,) = client.frames(
+                j2k.study, j2k.series, j2k.sop, [number], transfer_syntax=NATIVE
+            )
+            if frame.transfer_syntax_uid != NATIVE or frame.data != native:
+                problems.append(f"dicomrpc J2K frame {number} decoded: differs from the native")
+            (frame,) = client.frames(mf.study, mf.series, mf.sop, [number], transfer_syntax=J2K)
+            if frame.transfer_syntax_uid != J2K or decode_j2k(frame.data, options) != native:
+                problems.append(f"dicomrpc frame {number} as J2K: does not decode to the native")
+        study = studies[0]
+        got = client.retrieve(study.uid, transfer_syntax=J2K)
+        syntaxes = {i.transfer_syntax_uid for i in got}
+        if len(got) != len(study.files) or syntaxes != {J2K}:
+            problems.append(
+                f"dicomrpc retrieve of the {study.label} study as J2K: {len(got)} instances "
+                f"in {sorted(syntaxes)}"
+            )
+        else:
+            original = {
+                str(ds.SOPInstanceUID): ds for ds in (pydicom.dcmread(f) for f in study.files[:3])
+            }
+            for instance in got:
+                if instance.sop_instance_uid in original:
+                    ds = pydicom.dcmread(io.BytesIO(instance.data))
+                    before = original[instance.sop_instance_uid]
+                    if not np.array_equal(ds.pixel_array, before.pixel_array):
+                        problems.append(
+                            f"dicomrpc study as J2K: {instance.sop_instance_uid} pixels differ"
+                        )
     return problems
 
 
-def verify_orthanc(port: int, studies: list[Study], mf: MultiFrame) -> list[str]:
+def probe_orthanc(
+    port: int, study: Study, mf: MultiFrame, j2k: MultiFrame
+) -> tuple[dict[str, str], list[str]]:
+    """Ask Orthanc once for each transcoding, checking the answer (not timed).
+
+    Returns the kinds it does not support (``decode``, ``encode``, ``study_j2k``), each with
+    why, and the problems seen (answers that claim success but are wrong).
+    """
+    unsupported: dict[str, str] = {}
+    problems: list[str] = []
+    native_ds = pydicom.dcmread(mf.path)
+    options = _frame_options(native_ds)
+    native = native_ds.PixelData[: mf.frame_bytes]
+
+    def get(kind: str, path: str, accept: str) -> tuple[str, list[bytes]] | None:
+        try:
+            content_type, body = http_body(port, path, accept)
+        except HttpStatusError as exc:
+            unsupported[kind] = f"HTTP {exc.status}"
+            return None
+        return content_type, multipart_parts(content_type, body)
+
+    if answer := get("decode", f"{j2k.frames_path}/1", ACCEPT_FRAME_NATIVE):
+        content_type, parts = answer
+        if len(parts) != 1 or parts[0] != native:
+            unsupported["decode"] = (
+                f"answered 200 with {sum(map(len, parts))} bytes that are not the decoded "
+                f"frame ({content_type})"
+            )
+    if answer := get("encode", f"{mf.frames_path}/1", ACCEPT_FRAME_J2K):
+        content_type, parts = answer
+        try:
+            ok = len(parts) == 1 and decode_j2k(parts[0], options) == native
+        except Exception:
+            ok = False
+        if not ok:
+            unsupported["encode"] = (
+                f"answered 200 with {sum(map(len, parts))} bytes that are not a JPEG 2000 "
+                f"frame ({content_type})"
+            )
+    if answer := get("study_j2k", f"/dicom-web/studies/{study.uid}", ACCEPT_DICOM_J2K):
+        _, parts = answer
+        syntaxes = Counter(
+            str(pydicom.dcmread(io.BytesIO(p), stop_before_pixels=True).file_meta.TransferSyntaxUID)
+            for p in parts
+        )
+        if syntaxes != Counter({J2K: len(study.files)}):
+            unsupported["study_j2k"] = f"answered 200 with instances in {dict(syntaxes)}"
+        else:
+            ds = pydicom.dcmread(io.BytesIO(parts[0]))
+            before = next(
+                pydicom.dcmread(f)
+                for f in study.files
+                if str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID)
+                == str(ds.SOPInstanceUID)
+            )
+            if not np.array_equal(ds.pixel_array, before.pixel_array):
+                problems.append("Orthanc study as J2K: pixels differ from the stored ones")
+    return unsupported, problems
+
+
+def verify_orthanc(port: int, studies: list[Study], mf: MultiFrame, j2k: MultiFrame) -> list[str]:
     """Compare what Orthanc's WADO-RS returns with the files stored; the problems found."""
     problems = []
+    stored_j2k = encapsulated_frames(j2k)
     for study in studies:
         content_type, body = http_body(port, f"/dicom-web/studies/{study.uid}", ACCEPT_DICOM)
         parts = multipart_parts(content_type, body)
@@ -832,13 +948,16 @@ def verify_orthanc(port: int, studies: list[Study], mf: MultiFrame) -> list[str]
         if len(json.loads(body)) != len(study.files):
             problems.append(f"Orthanc metadata of the {study.label} study: wrong count")
     pixels = pydicom.dcmread(mf.path).PixelData
-    base = f"/dicom-web/studies/{mf.study}/series/{mf.series}/instances/{mf.sop}/frames"
     for number in (1, 2, 500, FRAMES):
-        content_type, body = http_body(port, f"{base}/{number}", ACCEPT_FRAME)
+        content_type, body = http_body(port, f"{mf.frames_path}/{number}", ACCEPT_FRAME)
         (frame,) = multipart_parts(content_type, body)
         start = (number - 1) * mf.frame_bytes
         if frame != pixels[start : start + mf.frame_bytes]:
             problems.append(f"Orthanc frame {number}: bytes differ from the stored frame")
+        content_type, body = http_body(port, f"{j2k.frames_path}/{number}", ACCEPT_FRAME)
+        (frame,) = multipart_parts(content_type, body)
+        if frame.rstrip(b"\0") != stored_j2k[number - 1].rstrip(b"\0"):
+            problems.append(f"Orthanc J2K frame {number}: differs from the stored bitstream")
     return problems
 
 
@@ -874,14 +993,63 @@ def latency_rows(label: str, ours: Latency, theirs: Latency | None) -> list[str]
     return rows
 
 
+def _cell(value: float, unsupported: str | None, digits: int = 1) -> str:
+    return f"not supported ({unsupported})" if unsupported else f"{value:.{digits}f}"
+
+
+def transcode_rows(
+    label: str, ours: Latency, theirs: Latency | None, unsupported: str | None
+) -> list[str]:
+    """The frames/s (per-round rates) and p50 rows of one transcoded-frame measurement."""
+    measured = theirs is not None and not unsupported and theirs.rounds
+    mine_rate = ours.median_rate
+    their_rate = theirs.median_rate if measured and theirs else 0.0
+    mine_p50 = ours.percentile_ms(50)
+    their_p50 = theirs.percentile_ms(50) if measured and theirs else 0.0
+    return [
+        f"| {label}, frames/s (1 client) | {mine_rate:.1f} "
+        f"| {', '.join(f'{r:.1f}' for r in ours.round_rates())} "
+        f"| {_cell(their_rate, unsupported) if theirs else '—'} "
+        f"| {', '.join(f'{r:.1f}' for r in theirs.round_rates()) if measured and theirs else ''} "
+        f"| {_ratio(mine_rate, their_rate)} |",
+        f"| {label}, p50 ms | {mine_p50:.1f} "
+        f"| {', '.join(f'{v:.1f}' for v in ours.round_p50s_ms())} "
+        f"| {_cell(their_p50, unsupported) if theirs else '—'} "
+        f"| {', '.join(f'{v:.1f}' for v in theirs.round_p50s_ms()) if measured and theirs else ''} "
+        f"| {_ratio(mine_p50, their_p50)} |",
+    ]
+
+
+def study_j2k_rows(
+    ours: Retrieves, theirs: Retrieves | None, instances: int, unsupported: str | None
+) -> list[str]:
+    """MB/s and instances/s of the study retrieve transcoded to JPEG 2000 lossless."""
+    rows = []
+    mine_rounds = ours.round_rates(instances)
+    their_rounds = theirs.round_rates(instances) if theirs and not unsupported else []
+    for index, unit, digits in ((0, "MB/s out", 1), (1, "instances/s", 1)):
+        mine = statistics.median(r[index] for r in mine_rounds) if mine_rounds else 0.0
+        their = statistics.median(r[index] for r in their_rounds) if their_rounds else 0.0
+        rows.append(
+            f"| study retrieve as JPEG 2000 lossless, 1 client, {unit} | {mine:.{digits}f} "
+            f"| {', '.join(f'{r[index]:.{digits}f}' for r in mine_rounds)} "
+            f"| {_cell(their, unsupported, digits) if theirs else '—'} "
+            f"| {', '.join(f'{r[index]:.{digits}f}' for r in their_rounds)} "
+            f"| {_ratio(mine, their)} |"
+        )
+    return rows
+
+
 def report(
     results: dict[str, Measured],
     study: Study,
     metadata_studies: list[Study],
     mf: MultiFrame,
+    j2k: MultiFrame,
     args: argparse.Namespace,
     problems: list[str],
     orthanc_missing: str | None,
+    unsupported: dict[str, str],
 ) -> str:
     """The ``## Retrieve`` section."""
     ours = results["dicomrpc"]
@@ -905,13 +1073,21 @@ def report(
         f"({study.total_bytes / MB:.1f} MB, 512x512 16-bit explicit VR LE, from the ingest "
         f"corpus); a {len(metadata_studies[-1].files)}-instance study of the same kind; a "
         f"{mf.frames}-frame native instance ({FRAME_ROWS}x{FRAME_COLUMNS}, 16-bit, "
-        f"{mf.path.stat().st_size / MB:.0f} MB, Multi-frame Grayscale Word SC).",
+        f"{mf.path.stat().st_size / MB:.0f} MB, Multi-frame Grayscale Word SC, 12 bits of "
+        f"noise per pixel) and its JPEG 2000 lossless copy ({j2k.path.stat().st_size / MB:.0f} "
+        "MB, one fragment per frame, encoded by pylibjpeg-openjpeg; same series, another SOP "
+        "Instance UID).",
         "- dicomrpc: study retrieve through the raw `RetrieveStudy` stub, chunk bytes counted "
         "(transfer syntax `*`, server's 1 MiB chunks); metadata `Client.metadata(study)` "
-        "(datasets parsed into protobuf messages); frames `Client.frames(..., [n])`. One gRPC "
-        "channel per client.",
+        "(datasets parsed into protobuf messages); frames `Client.frames(..., [n])`, "
+        f"transcoded ones with `transfer_syntax=` `{NATIVE}` (J2K → native) or `{J2K}` "
+        "(native → J2K lossless); study retrieve as JPEG 2000 through the raw stub with "
+        f'`TransferOptions(transfer_syntax_uid="{J2K}")`. One gRPC channel per client. '
+        "The server runs with its default of 1 worker process, which does all decoding and "
+        "encoding.",
         "- Orthanc: WADO-RS, `GET /dicom-web/studies/{uid}` (`transfer-syntax=*`), "
-        "`.../metadata`, `.../frames/{n}` (`application/octet-stream`, `transfer-syntax=*`); "
+        "`.../metadata`, `.../frames/{n}` (`application/octet-stream`, `transfer-syntax=*`, "
+        f"or `{NATIVE}` / `{J2K}` to transcode), the study with `transfer-syntax={J2K}`; "
         "bodies read into a reused 1 MiB buffer, not parsed. One keep-alive `http.client` "
         "connection per client. Default settings (DICOMweb `StudiesMetadata` default: full, "
         "read from the stored files).",
@@ -919,8 +1095,14 @@ def report(
         "(first server alternating by round). Retrieve: each client fetches the study "
         f"{args.study_repeats} times per round; MB/s = bytes received / wall time, median of "
         f"the rounds (every round under (rounds)). Metadata: {args.metadata_reps} requests per "
-        f"study; frames: {args.frame_reps} random frames; percentiles over all requests "
-        "(per-round p50s under (rounds)). Sequential requests on one connection.",
+        f"study; frames: {args.frame_reps} random frames of each instance; transcoded frames: "
+        f"{args.transcode_reps} random frames each way, frames/s = frames / summed request "
+        "time, median of the rounds; study as JPEG 2000: "
+        f"{args.transcode_study_repeats} retrieve(s) per round. Percentiles over all requests "
+        "(per-round p50s under (rounds)). Sequential requests on one connection. Every "
+        "transcoding was checked once before the rounds (decoded pixels equal to the "
+        "stored ones); an Orthanc answer that fails the check or is refused is reported "
+        '"not supported".',
         "- MB = 2^20 bytes. Peak RSS: the server's process tree, sampled every 50 ms during "
         "the retrieve runs. Clients (Python threads) and servers share the machine's 2 CPUs.",
         "",
@@ -942,8 +1124,27 @@ def report(
         for s in metadata_studies
     ]
     rows.append(("one native frame (256x256x16)", ours.frames, theirs and theirs.frames))
+    rows.append(("one JPEG 2000 frame, as stored", ours.j2k_frames, theirs and theirs.j2k_frames))
     for label, mine_l, their_l in rows:
         lines += latency_rows(label, mine_l, their_l)
+    lines += transcode_rows(
+        "one frame J2K → native (decode)",
+        ours.decode,
+        theirs and theirs.decode,
+        unsupported.get("decode"),
+    )
+    lines += transcode_rows(
+        "one frame native → J2K lossless (encode)",
+        ours.encode,
+        theirs and theirs.encode,
+        unsupported.get("encode"),
+    )
+    lines += study_j2k_rows(
+        ours.study_j2k,
+        theirs and theirs.study_j2k,
+        len(study.files),
+        unsupported.get("study_j2k"),
+    )
     lines += [
         f"| server peak RSS MB, {clients}-client retrieve | {ours.peak_rss_mb[clients]:.0f} "
         f"| | {theirs.peak_rss_mb[clients] if theirs else 0:.0f} | | |"
@@ -995,7 +1196,9 @@ def report(
         + "; ".join(f"{n}: {', '.join(map(str, s))}" for n, s in frame_sizes.items())
         + f" (a frame is {mf.frame_bytes} bytes). Not timed: every instance's size, the "
         "metadata dataset counts and frames 1, 2, 500 and 1000 byte for byte against the "
-        "files, on both servers — "
+        "files (the JPEG 2000 frames as stored, decoded by the server, and the native ones "
+        "encoded by the server then decoded here), on both servers; the study as JPEG 2000: "
+        "every instance's transfer syntax, and the first instances' pixels — "
         + ("no differences." if not problems else "differences, see below."),
     ]
     if problems:
@@ -1020,6 +1223,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--frame-reps", type=int, default=250, help="frame requests (250)")
     parser.add_argument(
+        "--transcode-reps",
+        type=int,
+        default=100,
+        help="transcoded frame requests, each direction (100)",
+    )
+    parser.add_argument(
+        "--transcode-study-repeats",
+        type=int,
+        default=1,
+        help="study retrieves transcoded to JPEG 2000 per round (1)",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="only dicomrpc's 4-client study retrieve, under py-spy (GIL holder)",
@@ -1031,6 +1246,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.study_repeats, args.metadata_reps, args.frame_reps = 2, 1, 10, 20
+        args.transcode_reps = 10
     args.clients = [1, 4]
     return args
 
@@ -1045,7 +1261,8 @@ def profile(study: Study, args: argparse.Namespace) -> int:
             pid,
         ):
             load_dicomrpc(target, study.files)
-            server = dicomrpc_side(target, pid, multiframe())
+            mf = multiframe()
+            server = dicomrpc_side(target, pid, mf, multiframe_j2k(mf))
             result = Throughput()
             throughput_run(
                 1,
@@ -1082,10 +1299,12 @@ def main(argv: list[str] | None = None) -> int:
         return profile(study, args)
     metadata_studies = [study, big_study()]
     mf = multiframe()
-    files = [*study.files, *metadata_studies[1].files, mf.path]
+    j2k = multiframe_j2k(mf)
+    files = [*study.files, *metadata_studies[1].files, mf.path, j2k.path]
     print(f"data: {len(files)} files, {sum(f.stat().st_size for f in files) / MB:.0f} MB")
     orthanc_missing = "skipped (--no-orthanc)" if args.no_orthanc else ensure_orthanc()
     problems: list[str] = []
+    unsupported: dict[str, str] = {}
     results: dict[str, Measured] = {}
     rng = random.Random(7)
     run_dir = Path(tempfile.mkdtemp(prefix="retrieve-", dir=WORK))
@@ -1094,11 +1313,13 @@ def main(argv: list[str] | None = None) -> int:
             target, pid = stack.enter_context(
                 dicomrpc_server(run_dir / "dicomrpc", WORK / "retrieve-dicomrpc.log")
             )
-            servers = [dicomrpc_side(target, pid, mf)]
+            servers = [dicomrpc_side(target, pid, mf, j2k)]
             started = time.perf_counter()
             load_dicomrpc(target, files)
             print(f"loaded dicomrpc in {time.perf_counter() - started:.1f} s", flush=True)
-            problems += verify_dicomrpc(target, metadata_studies, mf)
+            started = time.perf_counter()
+            problems += verify_dicomrpc(target, metadata_studies, mf, j2k)
+            print(f"verified dicomrpc in {time.perf_counter() - started:.1f} s", flush=True)
             if orthanc_missing is None:
                 (run_dir / "orthanc").mkdir()
                 port, orthanc_pid = stack.enter_context(
@@ -1107,8 +1328,16 @@ def main(argv: list[str] | None = None) -> int:
                 started = time.perf_counter()
                 load_orthanc(port, files)
                 print(f"loaded Orthanc in {time.perf_counter() - started:.1f} s", flush=True)
-                problems += verify_orthanc(port, metadata_studies, mf)
-                servers.append(orthanc_side(port, orthanc_pid, mf))
+                problems += verify_orthanc(port, metadata_studies, mf, j2k)
+                started = time.perf_counter()
+                unsupported, seen = probe_orthanc(port, study, mf, j2k)
+                problems += seen
+                print(
+                    f"probed Orthanc's transcoding in {time.perf_counter() - started:.1f} s: "
+                    f"not supported {unsupported or 'none'}",
+                    flush=True,
+                )
+                servers.append(orthanc_side(port, orthanc_pid, mf, j2k, unsupported))
             warm_cache(files)
             for server in servers:
                 print(f"warming up {server.name} ...", flush=True)
@@ -1131,7 +1360,13 @@ def main(argv: list[str] | None = None) -> int:
             problems.append(f"dicomrpc frame sizes {sorted(measured.frame_sizes)}")
         if name == "dicomrpc" and measured.retrieve[1].sizes != {study.total_bytes}:
             problems.append(f"dicomrpc study bytes {sorted(measured.retrieve[1].sizes)}")
-    section = report(results, study, metadata_studies, mf, args, problems, orthanc_missing)
+        if name == "dicomrpc" and measured.transcoded_sizes["decode"] != {mf.frame_bytes}:
+            problems.append(
+                f"dicomrpc decoded frame sizes {sorted(measured.transcoded_sizes['decode'])}"
+            )
+    section = report(
+        results, study, metadata_studies, mf, j2k, args, problems, orthanc_missing, unsupported
+    )
     print()
     print(section)
     if not args.no_write:

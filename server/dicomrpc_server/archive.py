@@ -19,6 +19,13 @@ from dicomrpc_server.store.ingest import StoreCore
 log = logging.getLogger(__name__)
 
 
+def warm_up() -> None:
+    """Import, in a worker process, what parsing, transcoding and rendering use."""
+    import dicomrpc_server.retrieve.render
+    import dicomrpc_server.retrieve.transcode
+    import dicomrpc_server.store.prepare  # noqa: F401
+
+
 class Archive:
     """Opens the storage in ``settings.data_dir`` and builds the core services."""
 
@@ -41,6 +48,10 @@ class Archive:
             max_workers=max(1, settings.workers),
             mp_context=multiprocessing.get_context("spawn"),
         )
+        # Start the workers now and let them import the codecs, so the first store or
+        # transcode does not wait for a process to start.
+        for _ in range(max(1, settings.workers)):
+            self.workers.submit(warm_up)
         self.store = StoreCore(settings, self.blobs, self.index, self.workers)
         self.retrieve = RetrieveCore(self.index, self.blobs, settings.chunk_bytes, self.workers)
 

@@ -67,8 +67,11 @@ def test_sigkill_mid_stream_leaves_a_consistent_store(tmp_path: Path) -> None:
             client.store(slow_items())
 
     writers = [threading.Thread(target=acknowledged_writer), threading.Thread(target=long_stream)]
-    for w in writers:
-        w.start()
+    writers[0].start()
+    deadline = time.monotonic() + 60
+    while len(acknowledged) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    writers[1].start()
     for _ in range(80):
         assert sent.acquire(timeout=30)
     proc.process.send_signal(signal.SIGKILL)
