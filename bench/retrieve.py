@@ -883,6 +883,7 @@ def probe_orthanc(
     why, and the problems seen (answers that claim success but are wrong).
     """
     unsupported: dict[str, str] = {}
+    refusals: dict[str, str] = {}
     problems: list[str] = []
     native_ds = pydicom.dcmread(mf.path)
     options = _frame_options(native_ds)
@@ -893,6 +894,7 @@ def probe_orthanc(
             content_type, body = http_body(port, path, accept)
         except HttpStatusError as exc:
             unsupported[kind] = f"HTTP {exc.status}"
+            refusals[kind] = _orthanc_error(exc.body)
             return None
         return content_type, multipart_parts(content_type, body)
 
@@ -932,7 +934,18 @@ def probe_orthanc(
             )
             if not np.array_equal(ds.pixel_array, before.pixel_array):
                 problems.append("Orthanc study as J2K: pixels differ from the stored ones")
-    return unsupported, problems
+    return unsupported, refusals, problems
+
+
+def _orthanc_error(body: bytes) -> str:
+    """Orthanc's own words in an error answer: its JSON ``Message`` and ``Details``."""
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return body[:200].decode(errors="replace").strip()
+    if not isinstance(answer, dict):
+        return str(answer)[:200]
+    return "; ".join(str(answer[k]) for k in ("Message", "Details") if answer.get(k))
 
 
 def verify_orthanc(port: int, studies: list[Study], mf: MultiFrame, j2k: MultiFrame) -> list[str]:
@@ -1050,6 +1063,7 @@ def report(
     problems: list[str],
     orthanc_missing: str | None,
     unsupported: dict[str, str],
+    refusals: dict[str, str],
 ) -> str:
     """The ``## Retrieve`` section."""
     ours = results["dicomrpc"]
@@ -1201,6 +1215,17 @@ def report(
         "every instance's transfer syntax, and the first instances' pixels — "
         + ("no differences." if not problems else "differences, see below."),
     ]
+    if unsupported:
+        what = {
+            "decode": f"frame of the JPEG 2000 instance as `{NATIVE}`",
+            "encode": f"frame of the native instance as `{J2K}`",
+            "study_j2k": f"study as `{J2K}`",
+        }
+        lines += ["", "Orthanc's answers to the transcoding requests (asked once, not timed):", ""]
+        lines += [
+            f"- {what[kind]}: {why}" + (f' — "{refusals[kind]}"' if refusals.get(kind) else "")
+            for kind, why in unsupported.items()
+        ]
     if problems:
         lines += ["", "Problems seen:", "", *(f"- {p}" for p in problems)]
     return "\n".join(lines) + "\n"
@@ -1305,6 +1330,7 @@ def main(argv: list[str] | None = None) -> int:
     orthanc_missing = "skipped (--no-orthanc)" if args.no_orthanc else ensure_orthanc()
     problems: list[str] = []
     unsupported: dict[str, str] = {}
+    refusals: dict[str, str] = {}
     results: dict[str, Measured] = {}
     rng = random.Random(7)
     run_dir = Path(tempfile.mkdtemp(prefix="retrieve-", dir=WORK))
@@ -1330,7 +1356,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"loaded Orthanc in {time.perf_counter() - started:.1f} s", flush=True)
                 problems += verify_orthanc(port, metadata_studies, mf, j2k)
                 started = time.perf_counter()
-                unsupported, seen = probe_orthanc(port, study, mf, j2k)
+                unsupported, refusals, seen = probe_orthanc(port, study, mf, j2k)
                 problems += seen
                 print(
                     f"probed Orthanc's transcoding in {time.perf_counter() - started:.1f} s: "
@@ -1365,7 +1391,16 @@ def main(argv: list[str] | None = None) -> int:
                 f"dicomrpc decoded frame sizes {sorted(measured.transcoded_sizes['decode'])}"
             )
     section = report(
-        results, study, metadata_studies, mf, j2k, args, problems, orthanc_missing, unsupported
+        results,
+        study,
+        metadata_studies,
+        mf,
+        j2k,
+        args,
+        problems,
+        orthanc_missing,
+        unsupported,
+        refusals,
     )
     print()
     print(section)

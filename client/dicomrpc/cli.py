@@ -44,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     retrieve = sub.add_parser("retrieve", help="retrieve a study, series or instance to a folder")
     _add_uids(retrieve)
     retrieve.add_argument("--out", required=True, help="folder to write <study>/<series>/<sop>.dcm")
+    retrieve.add_argument("--quiet", action="store_true", help="no progress bar")
 
     frames = sub.add_parser("frames", help="retrieve frames of an instance to a folder")
     frames.add_argument("study")
@@ -76,8 +77,20 @@ def _add_server(parser: argparse.ArgumentParser) -> None:
 
 def retrieve_command(args: argparse.Namespace) -> int:
     """Write the instances of a study, series or instance under ``--out``."""
+    bar = tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc="retrieving", disable=args.quiet)
+
+    def progress(n: int) -> None:
+        bar.update(n)
+
     with Client(args.server) as client:
-        paths = client.retrieve(args.study, args.series, args.instance, dest_dir=args.out)
+        paths = client.retrieve(
+            args.study,
+            args.series,
+            args.instance,
+            dest_dir=args.out,
+            on_bytes=progress,
+        )
+    bar.close()
     for path in paths:
         print(path)
     print(f"{len(paths)} instances retrieved")

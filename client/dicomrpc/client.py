@@ -212,16 +212,18 @@ class Client:
         *,
         transfer_syntax: str = "*",
         allow_lossy: bool = False,
+        on_bytes: Callable[[int], None] | None = None,
     ) -> list[retrieval.RetrievedInstance] | list[Path]:
         """Retrieve a study, series or instance: into memory, or to ``dest_dir`` chunk by chunk.
 
         With ``dest_dir`` the files are written as ``<study>/<series>/<sop>.dcm`` under it
-        (memory stays bounded whatever the size) and their paths returned.
+        (memory stays bounded whatever the size) and their paths returned; ``on_bytes`` is
+        called with the size of each chunk written, for progress.
         """
         stream = self._instance_stream(study, series, sop, transfer_syntax, allow_lossy)
         if dest_dir is None:
             return list(retrieval.instances(stream))
-        return list(retrieval.save(stream, Path(dest_dir)))
+        return list(retrieval.save(stream, Path(dest_dir), on_bytes))
 
     def retrieve_study(
         self, study: str, dest_dir: str | os.PathLike[str] | None = None

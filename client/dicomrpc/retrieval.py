@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,6 +67,18 @@ class MetadataResult:
     not_modified: bool
     datasets: list[dataset_pb2.Dataset]
 
+    def as_json(self) -> list[dict[str, Any]]:
+        """The metadata as DICOM JSON (PS3.18 F.2), one object per instance."""
+        from dicomrpc.datasets import to_json
+
+        return [to_json(d) for d in self.datasets]
+
+    def as_pydicom(self) -> list[Any]:
+        """The metadata as pydicom Datasets (bulk data left as unresolved URIs)."""
+        from dicomrpc.datasets import to_pydicom
+
+        return [to_pydicom(d) for d in self.datasets]
+
 
 def _grouped(responses: Iterable[Any], header_field: str) -> Iterator[tuple[Any, bytes]]:
     """Pair each header message of a stream with the bytes of the chunks that follow it."""
@@ -102,7 +114,11 @@ def file_name(uid: str) -> str:
     return uid if _SAFE_UID.fullmatch(uid) else hashlib.sha256(uid.encode()).hexdigest()[:32]
 
 
-def save(responses: Iterable[pb.RetrieveInstancesResponse], dest: Path) -> Iterator[Path]:
+def save(
+    responses: Iterable[pb.RetrieveInstancesResponse],
+    dest: Path,
+    on_bytes: Callable[[int], None] | None = None,
+) -> Iterator[Path]:
     """Write each instance to ``dest/<study>/<series>/<sop>.dcm`` chunk by chunk."""
     fp = None
     try:
@@ -117,6 +133,8 @@ def save(responses: Iterable[pb.RetrieveInstancesResponse], dest: Path) -> Itera
                 fp = open(folder / f"{file_name(h.sop_instance_uid)}.dcm", "wb")  # noqa: SIM115
             elif fp is not None:
                 fp.write(message.data)
+                if on_bytes is not None:
+                    on_bytes(len(message.data))
         if fp is not None:
             fp.close()
             yield Path(fp.name)

@@ -158,6 +158,8 @@ def test_study_retrieve_to_disk_and_etag(client: Client, tmp_path: Path) -> None
     client.store(sent)
     first = client.metadata(study)
     assert len(first.datasets) == 5
+    assert {d["00200013"]["Value"][0] for d in first.as_json()} == set(range(5))
+    assert {int(d.InstanceNumber) for d in first.as_pydicom()} == set(range(5))
     again = client.metadata(study, if_none_match=first.etag)
     assert again.not_modified and again.etag == first.etag and not again.datasets
     assert client.metadata(study).etag == first.etag  # stable while nothing changes
@@ -204,7 +206,7 @@ def test_cli_retrieve_frames_metadata(
     server_arg = ["--server", server.target]
 
     out = subprocess.run(
-        [*base, "retrieve", uids[0], "--out", str(tmp_path / "r"), *server_arg],
+        [*base, "retrieve", uids[0], "--out", str(tmp_path / "r"), "--quiet", *server_arg],
         capture_output=True,
         text=True,
         timeout=60,
