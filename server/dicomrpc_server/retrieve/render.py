@@ -31,6 +31,7 @@ from pydicom.pixels.processing import (
 )
 from pydicom.pixels.utils import pixel_array
 
+from dicomrpc_server.dicom.frames import number_of_frames
 from dicomrpc_server.errors import Code, ServiceError, invalid_argument
 
 __all__ = ["RenderOptions", "render"]
@@ -143,7 +144,7 @@ def _render_image(path: Path, options: RenderOptions) -> Image.Image:
             f"instance {sop_uid} has no pixel data to render",
             metadata={"sop_instance_uid": sop_uid},
         )
-    count = _number_of_frames(meta)
+    count = number_of_frames(meta)
     frame = options.frame_number or 1
     if not 1 <= frame <= count:
         raise ServiceError(
@@ -167,15 +168,6 @@ def _render_image(path: Path, options: RenderOptions) -> Image.Image:
     if photometric == "MONOCHROME1":
         gray = 255.0 - gray
     return Image.fromarray(_to_uint8(gray))
-
-
-def _number_of_frames(meta: Dataset) -> int:
-    """NumberOfFrames, 1 when absent or not a positive number."""
-    try:
-        count = int(meta.get("NumberOfFrames", 1) or 1)
-    except (TypeError, ValueError):
-        return 1
-    return max(count, 1)
 
 
 def _decode(path: Path, index: int, meta: Dataset, sop_uid: str) -> npt.NDArray[Any]:
