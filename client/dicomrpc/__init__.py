@@ -8,7 +8,7 @@
 from dicomrpc.aio import AsyncClient
 from dicomrpc.client import Client, ClientConfig, TlsConfig
 from dicomrpc.errors import DicomRpcError
-from dicomrpc.results import AttributeWarning, Capabilities, InstanceResult, StoreResult
+from dicomrpc.results import AttributeWarning, Capabilities, Change, InstanceResult, StoreResult
 
 __version__ = "0.1.0"
 
@@ -16,6 +16,7 @@ __all__ = [
     "AsyncClient",
     "AttributeWarning",
     "Capabilities",
+    "Change",
     "Client",
     "ClientConfig",
     "DicomRpcError",

@@ -1,14 +1,15 @@
-"""The ``dicomrpc`` command line: serve the archive; store, retrieve, frames, metadata."""
+"""The ``dicomrpc`` command line: serve; store, retrieve, frames, metadata; delete, feed."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import queue
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from tqdm import tqdm
@@ -16,7 +17,7 @@ from tqdm import tqdm
 from dicomrpc.client import Client
 from dicomrpc.datasets import to_json
 from dicomrpc.errors import DicomRpcError
-from dicomrpc.results import InstanceResult
+from dicomrpc.results import Change, InstanceResult
 from dicomrpc.sources import Item, expand
 
 DEFAULT_SERVER = "localhost:50051"
@@ -56,9 +57,74 @@ def _parser() -> argparse.ArgumentParser:
     metadata = sub.add_parser("metadata", help="print metadata as DICOM JSON")
     _add_uids(metadata)
 
-    for command in (retrieve, frames, metadata):
+    delete = sub.add_parser("delete", help="delete a study, series or instance")
+    delete.add_argument("level", choices=["study", "series", "instance"])
+    delete.add_argument(
+        "uids", nargs="+", help="study; study series; or study series instance UIDs"
+    )
+    delete.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+
+    feed = sub.add_parser("feed", help="print the change feed (or follow it)")
+    feed.add_argument("--since", type=int, default=0, help="start after this sequence (0)")
+    feed.add_argument("--limit", type=int, default=100, help="entries per read (100)")
+    feed.add_argument("--follow", action="store_true", help="keep printing new changes")
+    feed.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    for command in (retrieve, frames, metadata, delete, feed):
         _add_server(command)
     return parser
+
+
+_DELETE_ARITY = {"study": 1, "series": 2, "instance": 3}
+
+
+def delete_command(args: argparse.Namespace) -> int:
+    """Delete after confirmation (or ``--yes``); print how many instances went."""
+    if len(args.uids) != _DELETE_ARITY[args.level]:
+        names = ["STUDY", "SERIES", "INSTANCE"][: _DELETE_ARITY[args.level]]
+        print(f"dicomrpc delete {args.level} takes {' '.join(names)}", file=sys.stderr)
+        return 2
+    what = f"{args.level} {args.uids[-1]}"
+    if not args.yes:
+        answer = input(f"Delete {what} and everything in it? [y/N] ") if sys.stdin.isatty() else ""
+        if answer.strip().lower() not in ("y", "yes"):
+            print("not deleted (confirm, or pass --yes)", file=sys.stderr)
+            return 1
+    with Client(args.server) as client:
+        if args.level == "study":
+            count = client.delete_study(*args.uids)
+        elif args.level == "series":
+            count = client.delete_series(*args.uids)
+        else:
+            count = client.delete_instance(*args.uids)
+    print(f"deleted {what}: {count} instances")
+    return 0
+
+
+def feed_command(args: argparse.Namespace) -> int:
+    """Print change feed entries, one per line; with ``--follow``, until interrupted."""
+    with Client(args.server) as client:
+        if args.follow:
+            changes: Iterable[Change] = client.watch_changes(args.since)
+        else:
+            changes = client.read_changes(args.since, args.limit)
+        try:
+            for change in changes:
+                if args.json:
+                    record = dataclasses.asdict(change)
+                    record["time"] = change.time.isoformat()
+                    print(json.dumps(record), flush=True)
+                else:
+                    print(
+                        f"{change.sequence} {change.action} {change.state} "
+                        f"{change.study_instance_uid} {change.series_instance_uid} "
+                        f"{change.sop_instance_uid} v{change.version} "
+                        f"{change.time.isoformat()}",
+                        flush=True,
+                    )
+        except KeyboardInterrupt:
+            pass
+    return 0
 
 
 def _add_uids(parser: argparse.ArgumentParser) -> None:
@@ -219,6 +285,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "retrieve": retrieve_command,
         "frames": frames_command,
         "metadata": metadata_command,
+        "delete": delete_command,
+        "feed": feed_command,
     }
     try:
         return commands[args.command](args)

@@ -12,7 +12,7 @@ import grpc
 
 from dicomrpc import retrieval
 from dicomrpc.errors import DicomRpcError
-from dicomrpc.results import Capabilities, StoreResult
+from dicomrpc.results import Capabilities, Change, StoreResult
 from dicomrpc.sources import DEFAULT_CHUNK, Item, Sources, iter_items, requests
 from dicomrpc.v1 import management_service_pb2 as mpb
 from dicomrpc.v1 import (
@@ -334,6 +334,56 @@ class Client:
             _errors(self._retrieve.RetrieveRendered(request, metadata=self.config.metadata()))
         )
         return (parts[0].media_type if parts else media_type), b"".join(p.data for p in parts)
+
+    # -- delete and change feed ----------------------------------------------------------
+
+    def _unary(self, method: Callable[..., T], request: object) -> T:
+        try:
+            return method(request, metadata=self.config.metadata())
+        except grpc.RpcError as error:
+            raise DicomRpcError.from_rpc_error(error) from None
+
+    def delete_study(self, study: str) -> int:
+        """Delete a study; return how many instances were deleted."""
+        request = mpb.DeleteStudyRequest(study_instance_uid=study)
+        response: mpb.DeleteStudyResponse = self._unary(self._management.DeleteStudy, request)
+        return response.deleted_instances
+
+    def delete_series(self, study: str, series: str) -> int:
+        """Delete a series; return how many instances were deleted."""
+        request = mpb.DeleteSeriesRequest(study_instance_uid=study, series_instance_uid=series)
+        response: mpb.DeleteSeriesResponse = self._unary(self._management.DeleteSeries, request)
+        return response.deleted_instances
+
+    def delete_instance(self, study: str, series: str, sop: str) -> int:
+        """Delete one instance; return 1."""
+        request = mpb.DeleteInstanceRequest(
+            study_instance_uid=study, series_instance_uid=series, sop_instance_uid=sop
+        )
+        response: mpb.DeleteInstanceResponse = self._unary(self._management.DeleteInstance, request)
+        return response.deleted_instances
+
+    def read_changes(self, offset: int = 0, limit: int = 100) -> list[Change]:
+        """Change feed entries with a sequence above ``offset`` (at most ``limit``)."""
+        request = mpb.ReadChangeFeedRequest(offset=offset, limit=limit)
+        response = self._unary(self._management.ReadChangeFeed, request)
+        return [Change.from_message(e) for e in response.entries]
+
+    def latest_change(self) -> Change | None:
+        """The newest change feed entry, or ``None`` when nothing has changed yet."""
+        response = self._unary(self._management.GetLatestChange, mpb.GetLatestChangeRequest())
+        return Change.from_message(response.entry) if response.HasField("entry") else None
+
+    def watch_changes(self, since: int = 0) -> Iterator[Change]:
+        """Every change after ``since``, then each new one as it happens (until closed)."""
+        stream = self._management.WatchChangeFeed(
+            mpb.WatchChangeFeedRequest(since=since), metadata=self.config.metadata()
+        )
+        try:
+            for message in _errors(stream):
+                yield Change.from_message(message.entry)
+        finally:
+            stream.cancel()
 
     def capabilities(self) -> Capabilities:
         """What the server supports: storable syntaxes, transcodings and limits."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass
 
 from dicomrpc.v1 import management_service_pb2 as mpb
@@ -135,4 +136,48 @@ class Capabilities:
             m.max_instance_bytes,
             m.max_chunk_bytes,
             m.max_search_limit,
+        )
+
+
+_ACTIONS = {
+    mpb.CHANGE_ACTION_CREATED: "created",
+    mpb.CHANGE_ACTION_DELETED: "deleted",
+    mpb.CHANGE_ACTION_UPDATED: "updated",
+}
+_STATES = {
+    mpb.CHANGE_STATE_CURRENT: "current",
+    mpb.CHANGE_STATE_REPLACED: "replaced",
+    mpb.CHANGE_STATE_DELETED: "deleted",
+}
+
+
+@dataclass(frozen=True)
+class Change:
+    """One change feed entry.
+
+    ``action`` is ``"created"``, ``"deleted"`` or ``"updated"``; ``state`` says whether the
+    instance is still as the entry left it: ``"current"``, ``"replaced"`` or ``"deleted"``.
+    """
+
+    sequence: int
+    action: str
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    version: int
+    time: datetime.datetime
+    state: str
+
+    @classmethod
+    def from_message(cls, m: mpb.ChangeFeedEntry) -> Change:
+        """Decode a ``ChangeFeedEntry``."""
+        return cls(
+            m.sequence,
+            _ACTIONS.get(m.action, "unspecified"),
+            m.study_instance_uid,
+            m.series_instance_uid,
+            m.sop_instance_uid,
+            m.version,
+            m.time.ToDatetime(tzinfo=datetime.UTC),
+            _STATES.get(m.state, "unspecified"),
         )

@@ -11,6 +11,8 @@ import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 
 from dicomrpc_server.config import Settings
+from dicomrpc_server.lifecycle.delete import DeleteCore
+from dicomrpc_server.lifecycle.feed import ChangeFeed
 from dicomrpc_server.retrieve.service import RetrieveCore
 from dicomrpc_server.storage.blobs import LocalBlobStore
 from dicomrpc_server.storage.lmdb_index import LmdbIndex
@@ -53,6 +55,8 @@ class Archive:
         for _ in range(max(1, settings.workers)):
             self.workers.submit(warm_up)
         self.store = StoreCore(settings, self.blobs, self.index, self.workers)
+        self.delete = DeleteCore(self.index, self.blobs)
+        self.feed = ChangeFeed(self.index)
         self.retrieve = RetrieveCore(self.index, self.blobs, settings.chunk_bytes, self.workers)
 
     def recover(self) -> tuple[int, int]:

@@ -1,15 +1,20 @@
-"""ManagementService: capabilities now; delete, change feed and query tags as they land."""
+"""ManagementService: delete, the change feed and capabilities over the lifecycle cores."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
-import grpc
 from pydicom.uid import AllTransferSyntaxes
 
 from dicomrpc.v1 import management_service_pb2 as pb
+from dicomrpc.v1 import management_service_pb2_grpc
 from dicomrpc_server import __version__
 from dicomrpc_server.config import Settings
+from dicomrpc_server.errors import Code, ServiceError
+from dicomrpc_server.grpc.errors import abort
+from dicomrpc_server.lifecycle.delete import DeleteCore
+from dicomrpc_server.lifecycle.feed import ChangeFeed
 from dicomrpc_server.retrieve.transcode import capabilities
 
 MAX_SEARCH_LIMIT = 1000
@@ -32,16 +37,117 @@ def get_capabilities(settings: Settings) -> pb.GetCapabilitiesResponse:
     )
 
 
-def implemented_handlers(settings: Settings) -> dict[str, grpc.RpcMethodHandler]:
-    """The ManagementService methods this server implements, by method name."""
+def _pending(name: str) -> ServiceError:
+    method = f"dicomrpc.v1.ManagementService.{name}"
+    return ServiceError(
+        Code.UNIMPLEMENTED,
+        "INTERNAL_FAILURE",
+        f"{method} is not implemented by this server yet",
+        metadata={"method": method},
+    )
 
-    async def get(request: pb.GetCapabilitiesRequest, context: Any) -> pb.GetCapabilitiesResponse:
-        return get_capabilities(settings)
 
-    return {
-        "GetCapabilities": grpc.unary_unary_rpc_method_handler(
-            get,
-            request_deserializer=pb.GetCapabilitiesRequest.FromString,
-            response_serializer=pb.GetCapabilitiesResponse.SerializeToString,
+class ManagementServicer(management_service_pb2_grpc.ManagementServiceServicer):
+    """Translates ManagementService calls; extended query tags are not served yet."""
+
+    def __init__(self, settings: Settings, delete: DeleteCore, feed: ChangeFeed) -> None:
+        self._settings = settings
+        self._delete = delete
+        self._feed = feed
+
+    async def _deleted(self, context: Any, study: str, series: str = "", sop: str = "") -> int:
+        try:
+            return await self._delete.delete(study, series, sop)
+        except ServiceError as error:
+            await abort(context, error)
+            raise AssertionError("unreachable") from error
+
+    async def DeleteStudy(
+        self, request: pb.DeleteStudyRequest, context: Any
+    ) -> pb.DeleteStudyResponse:
+        """Delete a study."""
+        count = await self._deleted(context, request.study_instance_uid)
+        return pb.DeleteStudyResponse(deleted_instances=count)
+
+    async def DeleteSeries(
+        self, request: pb.DeleteSeriesRequest, context: Any
+    ) -> pb.DeleteSeriesResponse:
+        """Delete a series."""
+        count = await self._deleted(
+            context, request.study_instance_uid, request.series_instance_uid
         )
-    }
+        return pb.DeleteSeriesResponse(deleted_instances=count)
+
+    async def DeleteInstance(
+        self, request: pb.DeleteInstanceRequest, context: Any
+    ) -> pb.DeleteInstanceResponse:
+        """Delete an instance."""
+        count = await self._deleted(
+            context,
+            request.study_instance_uid,
+            request.series_instance_uid,
+            request.sop_instance_uid,
+        )
+        return pb.DeleteInstanceResponse(deleted_instances=count)
+
+    async def ReadChangeFeed(
+        self, request: pb.ReadChangeFeedRequest, context: Any
+    ) -> pb.ReadChangeFeedResponse:
+        """Read a page of the change feed."""
+        try:
+            entries = self._feed.read(request.offset, request.limit)
+        except ServiceError as error:
+            await abort(context, error)
+            raise AssertionError("unreachable") from error
+        return pb.ReadChangeFeedResponse(entries=entries)
+
+    async def GetLatestChange(
+        self, request: pb.GetLatestChangeRequest, context: Any
+    ) -> pb.GetLatestChangeResponse:
+        """Return the newest entry (unset for an empty feed)."""
+        latest = self._feed.latest()
+        return pb.GetLatestChangeResponse(entry=latest) if latest else pb.GetLatestChangeResponse()
+
+    async def WatchChangeFeed(
+        self, request: pb.WatchChangeFeedRequest, context: Any
+    ) -> AsyncIterator[pb.WatchChangeFeedResponse]:
+        """Replay the feed after ``since``, then follow it live."""
+        try:
+            async for entry in self._feed.follow(request.since):
+                yield pb.WatchChangeFeedResponse(entry=entry)
+        except ServiceError as error:
+            await abort(context, error)
+
+    async def GetCapabilities(
+        self, request: pb.GetCapabilitiesRequest, context: Any
+    ) -> pb.GetCapabilitiesResponse:
+        """Describe transfer syntaxes, transcodings and limits."""
+        return get_capabilities(self._settings)
+
+    async def AddExtendedQueryTags(
+        self, request: pb.AddExtendedQueryTagsRequest, context: Any
+    ) -> pb.AddExtendedQueryTagsResponse:
+        """Not implemented yet: answers UNIMPLEMENTED."""
+        await abort(context, _pending("AddExtendedQueryTags"))
+        raise AssertionError("unreachable")
+
+    async def ListExtendedQueryTags(
+        self, request: pb.ListExtendedQueryTagsRequest, context: Any
+    ) -> pb.ListExtendedQueryTagsResponse:
+        """Not implemented yet: answers UNIMPLEMENTED."""
+        await abort(context, _pending("ListExtendedQueryTags"))
+        raise AssertionError("unreachable")
+
+    async def DeleteExtendedQueryTag(
+        self, request: pb.DeleteExtendedQueryTagRequest, context: Any
+    ) -> pb.DeleteExtendedQueryTagResponse:
+        """Not implemented yet: answers UNIMPLEMENTED."""
+        await abort(context, _pending("DeleteExtendedQueryTag"))
+        raise AssertionError("unreachable")
+
+    async def GetReindexStatus(
+        self, request: pb.GetReindexStatusRequest, context: Any
+    ) -> pb.GetReindexStatusResponse:
+        """Not implemented yet: answers UNIMPLEMENTED."""
+        await abort(context, _pending("GetReindexStatus"))
+        raise AssertionError("unreachable")

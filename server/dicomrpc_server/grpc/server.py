@@ -7,6 +7,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from dicomrpc.v1 import (
+    management_service_pb2,
+    management_service_pb2_grpc,
     retrieve_service_pb2,
     retrieve_service_pb2_grpc,
     store_service_pb2,
@@ -14,7 +16,7 @@ from dicomrpc.v1 import (
 )
 from dicomrpc_server.archive import Archive
 from dicomrpc_server.grpc.logging import AccessLogInterceptor
-from dicomrpc_server.grpc.management import implemented_handlers
+from dicomrpc_server.grpc.management import ManagementServicer
 from dicomrpc_server.grpc.retrieve import RetrieveServicer
 from dicomrpc_server.grpc.store import StoreServicer
 from dicomrpc_server.grpc.unimplemented import PENDING_SERVICES, unimplemented_handler
@@ -47,15 +49,18 @@ class GrpcServer:
         retrieve_service_pb2_grpc.add_RetrieveServiceServicer_to_server(
             RetrieveServicer(archive.retrieve), self.server
         )
-        implemented = {"dicomrpc.v1.ManagementService": implemented_handlers(settings)}
+        management_service_pb2_grpc.add_ManagementServiceServicer_to_server(
+            ManagementServicer(settings, archive.delete, archive.feed), self.server
+        )
         self.server.add_generic_rpc_handlers(
-            tuple(unimplemented_handler(s, implemented.get(s.full_name)) for s in PENDING_SERVICES)
+            tuple(unimplemented_handler(s) for s in PENDING_SERVICES)
         )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = [
             store_service_pb2.DESCRIPTOR.services_by_name["StoreService"].full_name,
             retrieve_service_pb2.DESCRIPTOR.services_by_name["RetrieveService"].full_name,
+            management_service_pb2.DESCRIPTOR.services_by_name["ManagementService"].full_name,
             *(s.full_name for s in PENDING_SERVICES),
             health.SERVICE_NAME,
             reflection.SERVICE_NAME,

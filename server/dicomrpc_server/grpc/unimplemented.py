@@ -6,14 +6,12 @@ generated against it) and gives callers a precise status instead of a missing se
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 
 from dicomrpc.v1 import (
-    management_service_pb2,
     search_service_pb2,
     workitem_service_pb2,
 )
@@ -23,18 +21,13 @@ from dicomrpc_server.grpc.errors import to_status
 PENDING_SERVICES: list[ServiceDescriptor] = [
     search_service_pb2.DESCRIPTOR.services_by_name["SearchService"],
     workitem_service_pb2.DESCRIPTOR.services_by_name["WorkitemService"],
-    management_service_pb2.DESCRIPTOR.services_by_name["ManagementService"],
 ]
 
 
-def unimplemented_handler(
-    service: ServiceDescriptor, implemented: Mapping[str, grpc.RpcMethodHandler] | None = None
-) -> grpc.GenericRpcHandler:
-    """A handler for ``service``: the ``implemented`` methods, UNIMPLEMENTED for the rest."""
-    handlers: dict[str, grpc.RpcMethodHandler] = dict(implemented or {})
+def unimplemented_handler(service: ServiceDescriptor) -> grpc.GenericRpcHandler:
+    """A handler answering every RPC of ``service`` with UNIMPLEMENTED."""
+    handlers: dict[str, grpc.RpcMethodHandler] = {}
     for method in service.methods:
-        if method.name in handlers:
-            continue
         name = f"{service.full_name}.{method.name}"
 
         async def answer(request: Any, context: Any, name: str = name) -> None:

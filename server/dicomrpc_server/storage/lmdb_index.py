@@ -281,16 +281,47 @@ class LmdbIndex:
         return out
 
     def changes(self, after: int, limit: int) -> list[management_service_pb2.ChangeFeedEntry]:
-        """Change feed entries with a sequence above ``after``, at most ``limit``."""
+        """Change feed entries with a sequence above ``after``, at most ``limit``.
+
+        Each entry's state says whether the instance is still as the entry left it: current,
+        replaced by a later version, or deleted.
+        """
+        pb = management_service_pb2
         out = []
         with self.read() as txn:
             cursor = txn.cursor(db=self._db["changes"])
             if cursor.set_range(keys.sequence_key(after + 1)):
                 for _, value in cursor:
-                    out.append(management_service_pb2.ChangeFeedEntry.FromString(bytes(value)))
+                    entry = pb.ChangeFeedEntry.FromString(bytes(value))
+                    raw = _get(
+                        txn,
+                        keys.instance_key(
+                            entry.study_instance_uid,
+                            entry.series_instance_uid,
+                            entry.sop_instance_uid,
+                        ),
+                        self._db["instances"],
+                    )
+                    if raw is None:
+                        entry.state = pb.CHANGE_STATE_DELETED
+                    elif records_pb2.InstanceRecord.FromString(raw).version == entry.version:
+                        entry.state = pb.CHANGE_STATE_CURRENT
+                    else:
+                        entry.state = pb.CHANGE_STATE_REPLACED
+                    out.append(entry)
                     if len(out) >= limit:
                         break
         return out
+
+    def latest_change(self) -> management_service_pb2.ChangeFeedEntry | None:
+        """The newest change feed entry, or ``None`` when the feed is empty."""
+        with self.read() as txn:
+            cursor = txn.cursor(db=self._db["changes"])
+            if not cursor.last():
+                return None
+            sequence = struct.unpack(">Q", bytes(cursor.key()))[0]
+        found = self.changes(sequence - 1, 1)
+        return found[0] if found else None
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -347,21 +378,138 @@ class LmdbIndex:
         self._replace_terms(txn, Level.STUDY, stkey, old_study, study_record)
         txn.put(stkey, study_record.SerializeToString(), db=db["studies"])
 
-        self._append_change(txn, new, version, now_us)
+        self._append_change(
+            txn,
+            management_service_pb2.CHANGE_ACTION_CREATED,
+            (new.study_uid, new.series_uid, new.sop_uid),
+            version,
+            now_us,
+        )
         return version
 
+    async def delete(self, study: str, series: str = "", sop: str = "") -> list[str]:
+        """Remove a study, series or instance from the index in one write transaction.
+
+        Returns the blob ids of the files to remove once the transaction has committed (a crash
+        before they are removed leaves orphans, which start-up sweeps). Raises NOT_FOUND when
+        nothing matches.
+        """
+        return await self.writer.run(lambda txn: self._delete(txn, study, series, sop))
+
+    def _delete(self, txn: lmdb.Transaction, study: str, series: str, sop: str) -> list[str]:
+        db = self._db
+        if sop:
+            ikey = keys.instance_key(study, series, sop)
+            raw = _get(txn, ikey, db["instances"])
+            doomed = [(ikey, raw)] if raw is not None else []
+        else:
+            prefix = keys.child_prefix(
+                keys.series_key(study, series) if series else keys.study_key(study)
+            )
+            doomed = []
+            cursor = txn.cursor(db=db["instances"])
+            if cursor.set_range(prefix):
+                for raw_key, value in cursor:
+                    key = bytes(raw_key)
+                    if not key.startswith(prefix):
+                        break
+                    doomed.append((key, bytes(value)))
+        if not doomed:
+            what = (
+                f"instance {sop} of series {series} in study {study}"
+                if sop
+                else f"series {series} in study {study}"
+                if series
+                else f"study {study}"
+            )
+            raise ServiceError(
+                Code.NOT_FOUND,
+                "RESOURCE_NOT_FOUND",
+                f"{what} is not stored",
+                metadata={
+                    "study_instance_uid": study,
+                    "series_instance_uid": series,
+                    "sop_instance_uid": sop,
+                },
+            )
+        now_us = time.time_ns() // 1000
+        blob_ids = []
+        removed_per_series: dict[str, int] = {}
+        modalities: dict[str, int] = {}
+        for ikey, raw in doomed:
+            record = records_pb2.InstanceRecord.FromString(raw)
+            study_uid, series_uid, sop_uid = keys.split_key(ikey)
+            for tag, term in _terms(Level.INSTANCE, record):
+                txn.delete(keys.term_key(Level.INSTANCE, tag, term, ikey), db=db["terms"])
+            for name in ("instances", "metadata", "frames"):
+                txn.delete(ikey, db=db[name])
+            txn.delete(sop_uid.encode("ascii"), db=db["sops"])
+            txn.delete(record.blob_id.encode("ascii"), db=db["blobs"])
+            blob_ids.append(record.blob_id)
+            removed_per_series[series_uid] = removed_per_series.get(series_uid, 0) + 1
+            if record.modality:
+                modalities[record.modality] = modalities.get(record.modality, 0) + 1
+            self._append_change(
+                txn,
+                management_service_pb2.CHANGE_ACTION_DELETED,
+                (study_uid, series_uid, sop_uid),
+                record.version,
+                now_us,
+            )
+        emptied_series = 0
+        for series_uid, removed in removed_per_series.items():
+            skey = keys.series_key(study, series_uid)
+            raw_series = _get(txn, skey, db["series"])
+            if raw_series is None:
+                continue
+            old = records_pb2.SeriesRecord.FromString(raw_series)
+            updated = records_pb2.SeriesRecord()
+            updated.CopyFrom(old)
+            updated.instance_count -= removed
+            if updated.instance_count <= 0:
+                self._replace_terms(txn, Level.SERIES, skey, old, records_pb2.SeriesRecord())
+                txn.delete(skey, db=db["series"])
+                emptied_series += 1
+            else:
+                txn.put(skey, updated.SerializeToString(), db=db["series"])
+        stkey = keys.study_key(study)
+        raw_study = _get(txn, stkey, db["studies"])
+        if raw_study is not None:
+            old_study = records_pb2.StudyRecord.FromString(raw_study)
+            updated_study = records_pb2.StudyRecord()
+            updated_study.CopyFrom(old_study)
+            updated_study.instance_count -= len(doomed)
+            updated_study.series_count -= emptied_series
+            for modality, count in modalities.items():
+                left = updated_study.modality_counts[modality] - count
+                if left > 0:
+                    updated_study.modality_counts[modality] = left
+                else:
+                    del updated_study.modality_counts[modality]
+            if updated_study.instance_count <= 0:
+                self._replace_terms(txn, Level.STUDY, stkey, old_study, records_pb2.StudyRecord())
+                txn.delete(stkey, db=db["studies"])
+            else:
+                self._replace_terms(txn, Level.STUDY, stkey, old_study, updated_study)
+                txn.put(stkey, updated_study.SerializeToString(), db=db["studies"])
+        return blob_ids
+
     def _append_change(
-        self, txn: lmdb.Transaction, new: NewInstance, version: int, now_us: int
+        self,
+        txn: lmdb.Transaction,
+        action: management_service_pb2.ChangeAction.ValueType,
+        uids: tuple[str, str, str],
+        version: int,
+        now_us: int,
     ) -> None:
         sequence = self._next(txn, b"change")
         entry = management_service_pb2.ChangeFeedEntry(
             sequence=sequence,
-            action=management_service_pb2.CHANGE_ACTION_CREATED,
-            study_instance_uid=new.study_uid,
-            series_instance_uid=new.series_uid,
-            sop_instance_uid=new.sop_uid,
+            action=action,
+            study_instance_uid=uids[0],
+            series_instance_uid=uids[1],
+            sop_instance_uid=uids[2],
             version=version,
-            state=management_service_pb2.CHANGE_STATE_CURRENT,
         )
         entry.time.FromMicroseconds(now_us)
         txn.put(keys.sequence_key(sequence), entry.SerializeToString(), db=self._db["changes"])

@@ -61,8 +61,13 @@ class IndexWriter:
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name="index-writer", daemon=True)
         self._closed = False
+        self._listeners: list[Callable[[], None]] = []
         self.commits = 0
         self._thread.start()
+
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` on the writer thread after every commit (it must not block)."""
+        self._listeners.append(listener)
 
     def submit(self, fn: Callable[[lmdb.Transaction], T]) -> concurrent.futures.Future[T]:
         """Queue ``fn(txn)``; the future resolves once its transaction has committed."""
@@ -132,3 +137,5 @@ class IndexWriter:
                 op.future.set_result(value)
             else:
                 op.future.set_exception(value)
+        for listener in self._listeners:
+            listener()
