@@ -369,3 +369,36 @@ def test_capabilities_shape() -> None:
     for native in NATIVE_SYNTAXES:
         assert set(NATIVE_SYNTAXES) - {native} <= set(table[native])
     assert "1.2.840.10008.1.2.4.51" not in table
+
+
+# -- 7. one frame of a large instance ------------------------------------------------------
+
+
+def test_one_frame_of_a_large_multiframe(tmp_path: Path) -> None:
+    """400 frames of 256 x 256 16-bit: one frame comes out right, native and JPEG 2000."""
+    frames, size = 400, 256
+    ramp = np.add.outer(np.arange(size), np.arange(size)).astype(np.uint16)
+    stack = np.stack([(ramp * 3 + k * 37) % 4096 for k in range(frames)]).astype(np.uint16)
+    native = _synthetic(tmp_path, "large.dcm", stack, "MONOCHROME2", 12)
+    encoded = _write(
+        tmp_path,
+        "large_j2k.dcm",
+        transcode_instance(native, JPEG_2000_LOSSLESS, allow_lossy=False),
+    )
+    ds = _quiet_read(native)
+    for number in (1, 217, frames):
+        want = stack[number - 1]
+        # J2K -> native: the decoded frame's little endian bytes.
+        (frame,) = transcode_frames(encoded, [number], EXPLICIT_VR_LITTLE_ENDIAN, allow_lossy=False)
+        assert frame == want.astype("<u2").tobytes()
+        (frame,) = transcode_frames(encoded, [number], EXPLICIT_VR_BIG_ENDIAN, allow_lossy=False)
+        assert frame == want.astype(">u2").tobytes()
+        # native -> J2K: a codestream that decodes to the frame.
+        (frame,) = transcode_frames(native, [number], JPEG_2000_LOSSLESS, allow_lossy=False)
+        np.testing.assert_array_equal(_decode_frame(frame, JPEG_2000_LOSSLESS, ds), want)
+        # native -> native: the stored bytes of that frame.
+        (frame,) = transcode_frames(native, [number], IMPLICIT_VR_LITTLE_ENDIAN, allow_lossy=False)
+        assert frame == want.astype("<u2").tobytes()
+    with pytest.raises(ServiceError) as caught:
+        transcode_frames(encoded, [frames + 1], EXPLICIT_VR_LITTLE_ENDIAN, allow_lossy=False)
+    assert caught.value.code is Code.OUT_OF_RANGE

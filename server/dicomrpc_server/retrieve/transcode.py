@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import functools
 import io
+import os
+import struct
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -47,9 +49,9 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset, FileDataset
 from pydicom.encaps import encapsulate, encapsulate_extended
 from pydicom.filewriter import correct_ambiguous_vr, dcmwrite
-from pydicom.pixels.decoders.base import get_decoder
+from pydicom.pixels.decoders.base import DecodeRunner, get_decoder
 from pydicom.pixels.encoders.base import ENCODING_PROFILES, get_encoder
-from pydicom.pixels.utils import get_nr_frames, pack_bits
+from pydicom.pixels.utils import as_pixel_options, get_nr_frames, pack_bits
 from pydicom.uid import UID
 from pydicom.valuerep import VR
 
@@ -419,6 +421,103 @@ def _read(path: Path) -> FileDataset:
     return ds
 
 
+@dataclass(frozen=True)
+class _PixelValue:
+    """Where the Pixel Data value of a stored file lies, so frames are read from the file.
+
+    ``length`` is None for encapsulated (undefined length) pixel data; ``vr`` is the VR the
+    fully parsed data set would give the element.
+    """
+
+    path: Path
+    offset: int
+    length: int | None
+    vr: str
+
+
+class _Sized:
+    """A stand-in buffer of ``length`` bytes, for pydicom's check of the pixel data size."""
+
+    def __init__(self, length: int) -> None:
+        self._length = length
+
+    def __len__(self) -> int:
+        return self._length
+
+
+# Explicit VRs with a 4-byte length after two reserved bytes, those Pixel Data may have.
+_PIXEL_VRS = (b"OB", b"OW", b"UN")
+
+
+def _locate_pixels(ds: FileDataset, path: Path, fp: Any) -> _PixelValue | None:
+    """The Pixel Data value that ``fp`` (stopped before the pixels) is at, if regular.
+
+    None when the file must be parsed whole instead: no Pixel Data (or Float Pixel Data
+    first), a header that is not the expected one, a value running past the end of the file,
+    or a length that does not fit the syntax (defined for native, undefined for encapsulated).
+    """
+    implicit, little = ds.original_encoding
+    if implicit is None or little is None:
+        return None
+    order = "<" if little else ">"
+    header = fp.read(8)
+    if len(header) != 8:
+        return None
+    group, element = struct.unpack(f"{order}HH", header[:4])
+    if (group, element) != (0x7FE0, 0x0010):
+        return None
+    if implicit:
+        (length,) = struct.unpack(f"{order}L", header[4:])
+        # As pydicom resolves "OB or OW" for implicit VR (PS3.5 A.1 and A.4).
+        vr = "OB" if length == 0xFFFFFFFF else "OW"
+    else:
+        raw_vr = header[4:6]
+        rest = fp.read(4)
+        if raw_vr not in _PIXEL_VRS or len(rest) != 4:
+            return None
+        (length,) = struct.unpack(f"{order}L", rest)
+        vr = raw_vr.decode("ascii")
+    offset = int(fp.tell())
+    native = _stored_syntax(ds) in NATIVE_SYNTAXES
+    if length == 0xFFFFFFFF:
+        return None if native else _PixelValue(path, offset, None, vr)
+    if not native or offset + length > os.fstat(fp.fileno()).st_size:
+        return None
+    return _PixelValue(path, offset, length, vr)
+
+
+def _read_for_frames(path: Path) -> tuple[FileDataset, _PixelValue | None]:
+    """The data set at ``path`` without reading its pixels, and where the pixels lie.
+
+    Only the elements before Pixel Data are parsed. When the pixels cannot be read from the
+    file directly (deflated files, no Pixel Data, anything irregular) the file is parsed
+    whole, as :func:`_read` does, and the second value is None.
+    """
+    try:
+        with open(os.fspath(path), "rb") as fp:
+            ds = dcmread(fp, stop_before_pixels=True)
+            if _stored_syntax(ds) == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
+                pixels = None
+            else:
+                pixels = _locate_pixels(ds, path, fp)
+    except Exception as exc:
+        raise ServiceError(
+            Code.FAILED_PRECONDITION,
+            "TRANSFER_SYNTAX_UNSUPPORTED",
+            f"the stored file {path.name} cannot be parsed for transcoding: {exc}",
+        ) from exc
+    if pixels is None:
+        return _read(path), None
+    return ds, pixels
+
+
+def _read_range(path: Path, start: int, length: int) -> bytes:
+    """``length`` bytes of the file at ``path`` from ``start`` (fewer at its end)."""
+    with open(os.fspath(path), "rb") as fp:
+        fp.seek(start)
+        return fp.read(max(length, 0))
+
+
 def _stored_syntax(ds: FileDataset) -> str:
     """The transfer syntax of a data set read from a Part 10 file."""
     return str(ds.file_meta.get("TransferSyntaxUID", EXPLICIT_VR_LITTLE_ENDIAN))
@@ -489,10 +588,38 @@ def _undecodable(source_uid: str, target_uid: str, exc: Exception) -> ServiceErr
     return _unsupported(source_uid, target_uid, f"the pixel data could not be transcoded: {exc}")
 
 
+def _decode_from_file(
+    ds: Dataset, source_uid: str, pixels: _PixelValue, index: int, plugin: str
+) -> tuple[NDArray[Any], dict[str, Any]]:
+    """One frame decoded from the file, reading only what the frame needs.
+
+    The decoder gets the options it would take from the data set, and a file positioned at
+    the Pixel Data value; for native data the size check pydicom makes of an in-memory value
+    is made first, with the value's length, so the same data is refused the same way.
+    """
+    options: dict[str, Any] = as_pixel_options(
+        ds, pixel_keyword="PixelData", pixel_vr=pixels.vr, as_rgb=True
+    )
+    if pixels.length is not None:
+        runner = DecodeRunner(UID(source_uid))
+        runner.set_source(_Sized(pixels.length))  # type: ignore[arg-type]
+        runner.set_options(**options)
+        runner.validate()
+    with open(os.fspath(pixels.path), "rb") as fp:
+        fp.seek(pixels.offset)
+        decoder = get_decoder(UID(source_uid))
+        arr, props = decoder.as_array(fp, index=index, decoding_plugin=plugin, **options)
+    return arr, props
+
+
 def _iter_decoded(
-    ds: Dataset, source_uid: str, indices: list[int] | None
+    ds: Dataset, source_uid: str, indices: list[int] | None, pixels: _PixelValue | None = None
 ) -> Iterator[tuple[NDArray[Any], PixelDescription]]:
-    """Each frame at ``indices`` (0-based; all when None), decoded as ``pixel_array`` does."""
+    """Each frame at ``indices`` (0-based; all when None), decoded as ``pixel_array`` does.
+
+    With ``pixels`` the frames are read from the file, not from ``ds`` (which then holds no
+    Pixel Data).
+    """
     plugin = _decoding_plugin(source_uid) or ""
     decoder = get_decoder(UID(source_uid))
     if indices is None:
@@ -500,8 +627,11 @@ def _iter_decoded(
     for index in indices:
         # One frame at a time with as_array: iter_array fails on read-only buffers when it
         # corrects the sign of JPEG 2000 samples (pydicom 3.0).
-        options: dict[str, Any] = {"as_rgb": True}
-        arr, props = decoder.as_array(ds, index=index, decoding_plugin=plugin, **options)
+        if pixels is not None:
+            arr, props = _decode_from_file(ds, source_uid, pixels, index, plugin)
+        else:
+            options: dict[str, Any] = {"as_rgb": True}
+            arr, props = decoder.as_array(ds, index=index, decoding_plugin=plugin, **options)
         yield (
             arr,
             PixelDescription(
@@ -792,6 +922,42 @@ def _native_frame_source(
     return frame
 
 
+def _native_file_source(
+    ds: Dataset, pixels: _PixelValue, source_uid: str, target_uid: str
+) -> Callable[[int], bytes] | None:
+    """:func:`_native_frame_source` reading each frame from the file instead of memory."""
+    bits = int(ds.get("BitsAllocated", 1))
+    if source_uid not in NATIVE_SYNTAXES or target_uid not in NATIVE_SYNTAXES or bits % 8:
+        return None
+    correct_ambiguous_vr(ds, source_uid != EXPLICIT_VR_BIG_ENDIAN)
+    total = pixels.length or 0
+    # The stored value is byte-swapped as a whole, by words, when its length allows it.
+    word = 1
+    if source_uid == EXPLICIT_VR_BIG_ENDIAN:
+        word = _pixel_word_size(ds, pixels.vr, True)
+        if word < 2 or total % word:
+            word = 1
+    samples = int(ds.get("SamplesPerPixel", 1))
+    size = int(ds.Rows) * int(ds.Columns) * samples * (bits // 8)
+    if str(ds.get("PhotometricInterpretation", "")) == "YBR_FULL_422":
+        size = size * 2 // 3
+    big = target_uid == EXPLICIT_VR_BIG_ENDIAN
+
+    def frame(number: int) -> bytes:
+        # The slice data[(number - 1) * size : number * size] of the (swapped) value.
+        start = min(max((number - 1) * size, 0), total)
+        stop = min(max(number * size, start), total)
+        first = start - start % word
+        last = min(stop + (-stop) % word, total)
+        data = _read_range(pixels.path, pixels.offset + first, last - first)
+        if word > 1:
+            data = _swap(data, word)
+        chunk = data[start - first : stop - first]
+        return _swap(chunk, bits // 8) if big else chunk
+
+    return frame
+
+
 def transcode_frames(
     path: Path, numbers: list[int], target_uid: str, *, allow_lossy: bool
 ) -> Iterator[bytes]:
@@ -827,10 +993,10 @@ def transcode_frames(
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ds = _read(path)
+        ds, pixels = _read_for_frames(path)
         source_uid = _stored_syntax(ds)
         check_transcodable(source_uid, target_uid, allow_lossy=allow_lossy)
-        if "PixelData" not in ds:
+        if pixels is None and "PixelData" not in ds:
             raise ServiceError(
                 Code.FAILED_PRECONDITION,
                 "NO_PIXEL_DATA",
@@ -842,22 +1008,27 @@ def transcode_frames(
         if outside:
             raise _frame_range_error(outside, count)
         try:
-            cut = _native_frame_source(ds, source_uid, target_uid)
+            if pixels is None:
+                cut = _native_frame_source(ds, source_uid, target_uid)
+            else:
+                cut = _native_file_source(ds, pixels, source_uid, target_uid)
             first = b""
             if numbers and cut is not None:
                 first = cut(numbers[0])
             elif numbers:
-                first = _decode_frame(ds, source_uid, target_uid, numbers[0])
+                first = _decode_frame(ds, source_uid, target_uid, numbers[0], pixels)
         except ServiceError:
             raise
         except Exception as exc:
             raise _undecodable(source_uid, target_uid, exc) from exc
-    return _frames_after(ds, source_uid, target_uid, numbers, first, cut)
+    return _frames_after(ds, source_uid, target_uid, numbers, first, cut, pixels)
 
 
-def _decode_frame(ds: Dataset, source_uid: str, target_uid: str, number: int) -> bytes:
+def _decode_frame(
+    ds: Dataset, source_uid: str, target_uid: str, number: int, pixels: _PixelValue | None
+) -> bytes:
     """One frame decoded and, for an encapsulated target, re-encoded."""
-    for arr, desc in _iter_decoded(ds, source_uid, [number - 1]):
+    for arr, desc in _iter_decoded(ds, source_uid, [number - 1], pixels):
         if target_uid in NATIVE_SYNTAXES:
             return _native_bytes(arr, desc, target_uid == EXPLICIT_VR_BIG_ENDIAN)
         return _encode_frame(target_uid, arr, desc)[0]
@@ -871,6 +1042,7 @@ def _frames_after(
     numbers: list[int],
     first: bytes,
     cut: Callable[[int], bytes] | None,
+    pixels: _PixelValue | None,
 ) -> Iterator[bytes]:
     """Yield the first frame (already made), then make and yield the others one by one."""
     if not numbers:
@@ -883,7 +1055,7 @@ def _frames_after(
                 data = (
                     cut(number)
                     if cut is not None
-                    else _decode_frame(ds, source_uid, target_uid, number)
+                    else _decode_frame(ds, source_uid, target_uid, number, pixels)
                 )
             except Exception as exc:
                 raise _undecodable(source_uid, target_uid, exc) from exc
