@@ -7,8 +7,6 @@ its own.
 from __future__ import annotations
 
 import logging
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
 
 from dicomrpc_server.config import Settings
 from dicomrpc_server.lifecycle.delete import DeleteCore
@@ -17,15 +15,9 @@ from dicomrpc_server.retrieve.service import RetrieveCore
 from dicomrpc_server.storage.blobs import LocalBlobStore
 from dicomrpc_server.storage.lmdb_index import LmdbIndex
 from dicomrpc_server.store.ingest import StoreCore
+from dicomrpc_server.workers import WorkerPool
 
 log = logging.getLogger(__name__)
-
-
-def warm_up() -> None:
-    """Import, in a worker process, what parsing, transcoding and rendering use."""
-    import dicomrpc_server.retrieve.render
-    import dicomrpc_server.retrieve.transcode
-    import dicomrpc_server.store.prepare  # noqa: F401
 
 
 class Archive:
@@ -43,17 +35,7 @@ class Archive:
             before_commit=self.blobs.sync,
         )
         self.recover()
-        # pydicom is pure Python: under one GIL, parsing would serialize with receiving. Worker
-        # processes parse in parallel (and keep pydicom's warning capture per instance). They
-        # are spawned, not forked, so no child inherits the open LMDB environment.
-        self.workers = ProcessPoolExecutor(
-            max_workers=max(1, settings.workers),
-            mp_context=multiprocessing.get_context("spawn"),
-        )
-        # Start the workers now and let them import the codecs, so the first store or
-        # transcode does not wait for a process to start.
-        for _ in range(max(1, settings.workers)):
-            self.workers.submit(warm_up)
+        self.workers = WorkerPool(settings.workers)
         self.store = StoreCore(settings, self.blobs, self.index, self.workers)
         self.delete = DeleteCore(self.index, self.blobs)
         self.feed = ChangeFeed(self.index)
@@ -79,5 +61,5 @@ class Archive:
 
     def close(self) -> None:
         """Let queued work finish, then close the index."""
-        self.workers.shutdown(wait=True)
+        self.workers.shutdown()
         self.index.close()

@@ -9,10 +9,8 @@ hold one instance (or the requested frames) at a time.
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -31,6 +29,7 @@ from dicomrpc_server.retrieve.transcode import (
 from dicomrpc_server.storage import records_pb2
 from dicomrpc_server.storage.blobs import LocalBlobStore
 from dicomrpc_server.storage.lmdb_index import LmdbIndex
+from dicomrpc_server.workers import WorkerPool
 
 MIN_CHUNK = 64 * 1024
 MAX_CHUNK = 1024 * 1024
@@ -74,7 +73,7 @@ class RetrieveCore:
     """
 
     def __init__(
-        self, index: LmdbIndex, blobs: LocalBlobStore, chunk_bytes: int, workers: Executor
+        self, index: LmdbIndex, blobs: LocalBlobStore, chunk_bytes: int, workers: WorkerPool
     ) -> None:
         self.index = index
         self.blobs = blobs
@@ -106,13 +105,12 @@ class RetrieveCore:
             return Outgoing(
                 record.transfer_syntax_uid, record.size_bytes, self.read_chunks(instance, chunk)
             )
-        job = functools.partial(
+        data = await self.workers.run(
             transcode_instance,
             self.blobs.path(record.blob_id),
             transfer_syntax,
             allow_lossy=allow_lossy,
         )
-        data = await asyncio.get_running_loop().run_in_executor(self.workers, job)
         return Outgoing(transfer_syntax, len(data), _slices(data, chunk))
 
     async def read_chunks(self, instance: StoredInstance, chunk: int) -> AsyncIterator[bytes]:
@@ -184,14 +182,9 @@ class RetrieveCore:
         target = (
             EXPLICIT_VR_LITTLE_ENDIAN if as_stored(transfer_syntax, stored) else transfer_syntax
         )
-        job = functools.partial(
-            _frames_list,
-            self.blobs.path(instance.record.blob_id),
-            numbers,
-            target,
-            allow_lossy,
+        data = await self.workers.run(
+            _frames_list, self.blobs.path(instance.record.blob_id), numbers, target, allow_lossy
         )
-        data = await asyncio.get_running_loop().run_in_executor(self.workers, job)
 
         async def decoded() -> AsyncIterator[tuple[int, bytes]]:
             for number, frame in zip(numbers, data, strict=True):
@@ -238,8 +231,7 @@ class RetrieveCore:
                 metadata={"sop_instance_uid": instance.sop_uid},
             )
         check_frame_range([options.frame_number or 1], instance.record.number_of_frames)
-        job = functools.partial(render, self.blobs.path(instance.record.blob_id), options)
-        return await asyncio.get_running_loop().run_in_executor(self.workers, job)
+        return await self.workers.run(render, self.blobs.path(instance.record.blob_id), options)
 
     # -- metadata --------------------------------------------------------------------------
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 from dicomrpc_server.config import Settings
@@ -21,6 +20,7 @@ from dicomrpc_server.errors import Code, ServiceError
 from dicomrpc_server.storage.lmdb_index import instance_exists_error
 from dicomrpc_server.storage.protocols import BlobStore, Index, Upload
 from dicomrpc_server.store.prepare import PreparedInstance, instance_path, prepare
+from dicomrpc_server.workers import WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -76,17 +76,17 @@ class StoreCore:
         Where files go.
     index
         Where they are recorded.
-    parse_executor
-        Where parsing runs, off the event loop.
+    workers
+        The worker processes parsing runs in, off the event loop.
     """
 
     def __init__(
-        self, settings: Settings, blobs: BlobStore, index: Index, parse_executor: Executor
+        self, settings: Settings, blobs: BlobStore, index: Index, workers: WorkerPool
     ) -> None:
         self.settings = settings
         self.blobs = blobs
         self.index = index
-        self.parse_executor = parse_executor
+        self.workers = workers
         # SOP instance UIDs being persisted right now, with the stream storing each and its
         # commit: a second store of one of them from another stream is 45071.
         self._in_flight: dict[str, tuple[StoreStream, asyncio.Future[int]]] = {}
@@ -195,8 +195,7 @@ class Ingest:
         if self._received == 0:
             raise _failure("INSTANCE_UNPARSABLE", "the instance has no bytes", 272)
         upload.close()
-        loop = asyncio.get_running_loop()
-        prepared = await loop.run_in_executor(core.parse_executor, prepare, upload.path)
+        prepared = await core.workers.run(prepare, upload.path)
         validated = prepared.validated
         result = self.result
         result.study_uid, result.series_uid = validated.study_uid, validated.series_uid
