@@ -39,7 +39,13 @@ class Archive:
         self.store = StoreCore(settings, self.blobs, self.index, self.workers)
         self.delete = DeleteCore(self.index, self.blobs)
         self.feed = ChangeFeed(self.index)
-        self.retrieve = RetrieveCore(self.index, self.blobs, settings.chunk_bytes, self.workers)
+        self.retrieve = RetrieveCore(
+            self.index,
+            self.blobs,
+            settings.chunk_bytes,
+            self.workers,
+            settings.max_frames_per_request,
+        )
 
     def recover(self) -> tuple[int, int]:
         """Remove what a crash left: unfinished uploads, and files the index does not reference.

@@ -29,6 +29,8 @@ class Settings:
         The largest message the server accepts (one chunk plus its envelope).
     chunk_bytes
         The chunk size the server streams bytes in.
+    max_frames_per_request
+        The most frames one RetrieveFrames call may ask for (ranges included).
     lmdb_map_size
         The LMDB map size reserved at start; it grows when full.
     lmdb_max_readers
@@ -49,6 +51,7 @@ class Settings:
     max_instance_bytes: int = 4 * GIB
     max_chunk_bytes: int = 4 * MIB
     chunk_bytes: int = 1 * MIB
+    max_frames_per_request: int = 10_000
     lmdb_map_size: int = 1 * GIB
     lmdb_max_readers: int = 512
     commit_batch: int = 256
@@ -66,6 +69,7 @@ class Settings:
             "DICOMRPC_MAX_INSTANCE_BYTES": ("max_instance_bytes", int),
             "DICOMRPC_MAX_CHUNK_BYTES": ("max_chunk_bytes", int),
             "DICOMRPC_LMDB_MAP_SIZE": ("lmdb_map_size", int),
+            "DICOMRPC_MAX_FRAMES_PER_REQUEST": ("max_frames_per_request", int),
             "DICOMRPC_WORKERS": ("workers", int),
         }
         for var, (name, kind) in mapping.items():

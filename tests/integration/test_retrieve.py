@@ -141,6 +141,24 @@ def test_frame_errors(client: Client) -> None:
     assert caught.value.reason == "TRANSFER_SYNTAX_UNSUPPORTED"
 
 
+def test_frame_requests_are_limited(server: RunningServer, client: Client) -> None:
+    r = client.store(ct_instance()).instances[0]
+    with grpc.insecure_channel(server.target) as channel:
+        stub = retrieve_service_pb2_grpc.RetrieveServiceStub(channel)
+        request = retrieve_service_pb2.RetrieveFramesRequest(
+            study_instance_uid=r.study_instance_uid,
+            series_instance_uid=r.series_instance_uid,
+            sop_instance_uid=r.sop_instance_uid,
+            frame_ranges=[retrieve_service_pb2.FrameRange(first=1, last=2_000_000_000)],
+        )
+        with pytest.raises(grpc.RpcError) as caught:
+            list(stub.RetrieveFrames(request))
+    error = DicomRpcError.from_rpc_error(caught.value)
+    assert error.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error.reason == "LIMIT_EXCEEDED"
+    assert error.metadata["limit"] == "max_frames_per_request"
+
+
 def test_missing_resources_are_not_found(client: Client) -> None:
     for args in [(generate_uid(),), (generate_uid(), generate_uid())]:
         with pytest.raises(DicomRpcError) as caught:

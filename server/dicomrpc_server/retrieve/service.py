@@ -70,15 +70,23 @@ class RetrieveCore:
         The default chunk size.
     workers
         The worker processes that decode and encode pixel data.
+    max_frames
+        The most frames one request may ask for.
     """
 
     def __init__(
-        self, index: LmdbIndex, blobs: LocalBlobStore, chunk_bytes: int, workers: WorkerPool
+        self,
+        index: LmdbIndex,
+        blobs: LocalBlobStore,
+        chunk_bytes: int,
+        workers: WorkerPool,
+        max_frames: int = 10_000,
     ) -> None:
         self.index = index
         self.blobs = blobs
         self.chunk_bytes = chunk_bytes
         self.workers = workers
+        self.max_frames = max_frames
 
     def instances(
         self,
@@ -129,15 +137,26 @@ class RetrieveCore:
 
     def frame_numbers(self, numbers: list[int], ranges: list[tuple[int, int]]) -> list[int]:
         """The requested frames in order: listed numbers, then expanded ranges."""
-        out = list(numbers)
+        total = len(numbers)
         for first, last in ranges:
             if last < first:
                 raise invalid_argument(
                     "frame_ranges", f"range {first}-{last} ends before it starts"
                 )
-            out.extend(range(first, last + 1))
-        if not out:
+            total += last - first + 1
+        if total == 0:
             raise invalid_argument("frame_numbers", "name at least one frame")
+        if total > self.max_frames:
+            raise ServiceError(
+                Code.RESOURCE_EXHAUSTED,
+                "LIMIT_EXCEEDED",
+                f"{total} frames were asked for, more than this server's limit of "
+                f"{self.max_frames} per request",
+                metadata={"limit": "max_frames_per_request", "value": str(self.max_frames)},
+            )
+        out = list(numbers)
+        for first, last in ranges:
+            out.extend(range(first, last + 1))
         return out
 
     def check_frames(
