@@ -1,4 +1,4 @@
-"""The ``dicomrpc`` command line: serve; store, retrieve, frames, metadata; delete, feed."""
+"""The ``dicomrpc`` command line: serve; store, search, retrieve, frames, metadata, delete, feed."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from pydicom.datadict import keyword_for_tag
 from tqdm import tqdm
 
 from dicomrpc.client import Client
@@ -70,12 +71,77 @@ def _parser() -> argparse.ArgumentParser:
     feed.add_argument("--follow", action="store_true", help="keep printing new changes")
     feed.add_argument("--json", action="store_true", help="one JSON object per line")
 
-    for command in (retrieve, frames, metadata, delete, feed):
+    search = sub.add_parser("search", help="search studies, series or instances")
+    search.add_argument("level", choices=["studies", "series", "instances"])
+    search.add_argument("terms", nargs="*", help="KEY=VALUE match terms (keyword or tag)")
+    search.add_argument("--study", default="", help="search within this study")
+    search.add_argument("--series", default="", help="search within this series (instances)")
+    search.add_argument("--fuzzy", action="store_true", help="fuzzy person-name matching")
+    search.add_argument("--include", action="append", default=[], help="extra attribute, or all")
+    search.add_argument("--limit", type=int, default=0, help="most results (100, at most 1000)")
+    search.add_argument("--offset", type=int, default=0, help="results to skip")
+    search.add_argument("--json", action="store_true", help="print DICOM JSON")
+
+    for command in (retrieve, frames, metadata, delete, feed, search):
         _add_server(command)
     return parser
 
 
 _DELETE_ARITY = {"study": 1, "series": 2, "instance": 3}
+
+
+_COLUMNS = {
+    "studies": ["00100010", "00100020", "00080020", "00080061", "00201208", "0020000D"],
+    "series": ["0020000D", "00080060", "00200011", "00201209", "0020000E"],
+    "instances": ["0020000E", "00200013", "00080016", "00080018"],
+}
+
+
+def _cell(element: dict[str, object] | None) -> str:
+    if not element or "Value" not in element:
+        return ""
+    values = element["Value"]
+    assert isinstance(values, list)
+    return "\\".join(
+        str(v.get("Alphabetic", "")) if isinstance(v, dict) else str(v) for v in values
+    )
+
+
+def search_command(args: argparse.Namespace) -> int:
+    """Print the matches as a table (or DICOM JSON)."""
+    match = {}
+    for term in args.terms:
+        key, sep, value = term.partition("=")
+        if not sep:
+            print(f"dicomrpc search: {term!r} is not KEY=VALUE", file=sys.stderr)
+            return 2
+        match[key] = value
+    options = {
+        "fuzzy": args.fuzzy,
+        "include": args.include,
+        "limit": args.limit,
+        "offset": args.offset,
+    }
+    with Client(args.server) as client:
+        if args.level == "studies":
+            result = client.search_studies(match, **options)
+        elif args.level == "series":
+            result = client.search_series(match, study=args.study, **options)
+        else:
+            result = client.search_instances(match, study=args.study, series=args.series, **options)
+    rows = result.as_json()
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    columns = _COLUMNS[args.level]
+    names = [keyword_for_tag(int(c, 16)) or c for c in columns]
+    table = [names, *([_cell(row.get(c)) for c in columns] for row in rows)]
+    widths = [max(len(r[i]) for r in table) for i in range(len(columns))]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    singular = {"studies": "study", "series": "series", "instances": "instance"}
+    print(f"{len(rows)} {args.level if len(rows) != 1 else singular[args.level]}")
+    return 0
 
 
 def delete_command(args: argparse.Namespace) -> int:
@@ -287,6 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "metadata": metadata_command,
         "delete": delete_command,
         "feed": feed_command,
+        "search": search_command,
     }
     try:
         return commands[args.command](args)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -18,9 +18,11 @@ from dicomrpc.v1 import management_service_pb2 as mpb
 from dicomrpc.v1 import (
     management_service_pb2_grpc,
     retrieve_service_pb2_grpc,
+    search_service_pb2_grpc,
     store_service_pb2_grpc,
 )
 from dicomrpc.v1 import retrieve_service_pb2 as rpb
+from dicomrpc.v1 import search_service_pb2 as spb
 
 MAX_MESSAGE = 64 * 1024 * 1024
 T = TypeVar("T")
@@ -93,6 +95,7 @@ class Client:
         self._store = store_service_pb2_grpc.StoreServiceStub(self.channel)
         self._retrieve = retrieve_service_pb2_grpc.RetrieveServiceStub(self.channel)
         self._management = management_service_pb2_grpc.ManagementServiceStub(self.channel)
+        self._search = search_service_pb2_grpc.SearchServiceStub(self.channel)
 
     def __enter__(self) -> Client:
         return self
@@ -334,6 +337,93 @@ class Client:
             _errors(self._retrieve.RetrieveRendered(request, metadata=self.config.metadata()))
         )
         return (parts[0].media_type if parts else media_type), b"".join(p.data for p in parts)
+
+    # -- search ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _query(
+        match: Mapping[str, str] | None,
+        terms: Mapping[str, str],
+        fuzzy: bool,
+        include: Iterable[str],
+        limit: int,
+        offset: int,
+        page_size: int,
+        page_token: str,
+    ) -> spb.SearchQuery:
+        return spb.SearchQuery(
+            match={**(match or {}), **terms},
+            include_fields=list(include),
+            fuzzy_matching=fuzzy,
+            limit=limit,
+            offset=offset,
+            page_size=page_size,
+            page_token=page_token,
+        )
+
+    def search_studies(
+        self,
+        match: Mapping[str, str] | None = None,
+        *,
+        fuzzy: bool = False,
+        include: Iterable[str] = (),
+        limit: int = 0,
+        offset: int = 0,
+        page_size: int = 0,
+        page_token: str = "",
+        **terms: str,
+    ) -> retrieval.SearchResult:
+        """Search studies: ``client.search_studies(PatientName="doe", fuzzy=True)``.
+
+        Match terms are keywords or 8-hex tags with DICOM matching values (wildcards, UID
+        lists, date ranges, "" for universal matching).
+        """
+        query = self._query(match, terms, fuzzy, include, limit, offset, page_size, page_token)
+        response: spb.SearchStudiesResponse = self._unary(
+            self._search.SearchStudies, spb.SearchStudiesRequest(query=query)
+        )
+        return retrieval.SearchResult(list(response.results), response.next_page_token)
+
+    def search_series(
+        self,
+        match: Mapping[str, str] | None = None,
+        *,
+        study: str = "",
+        fuzzy: bool = False,
+        include: Iterable[str] = (),
+        limit: int = 0,
+        offset: int = 0,
+        page_size: int = 0,
+        page_token: str = "",
+        **terms: str,
+    ) -> retrieval.SearchResult:
+        """Search series, in every study or in ``study``."""
+        query = self._query(match, terms, fuzzy, include, limit, offset, page_size, page_token)
+        request = spb.SearchSeriesRequest(study_instance_uid=study, query=query)
+        response: spb.SearchSeriesResponse = self._unary(self._search.SearchSeries, request)
+        return retrieval.SearchResult(list(response.results), response.next_page_token)
+
+    def search_instances(
+        self,
+        match: Mapping[str, str] | None = None,
+        *,
+        study: str = "",
+        series: str = "",
+        fuzzy: bool = False,
+        include: Iterable[str] = (),
+        limit: int = 0,
+        offset: int = 0,
+        page_size: int = 0,
+        page_token: str = "",
+        **terms: str,
+    ) -> retrieval.SearchResult:
+        """Search instances, everywhere, in ``study`` or in ``study``/``series``."""
+        query = self._query(match, terms, fuzzy, include, limit, offset, page_size, page_token)
+        request = spb.SearchInstancesRequest(
+            study_instance_uid=study, series_instance_uid=series, query=query
+        )
+        response: spb.SearchInstancesResponse = self._unary(self._search.SearchInstances, request)
+        return retrieval.SearchResult(list(response.results), response.next_page_token)
 
     # -- delete and change feed ----------------------------------------------------------
 

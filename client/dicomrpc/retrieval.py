@@ -169,3 +169,17 @@ def metadata(responses: Iterable[pb.RetrieveMetadataResponse]) -> MetadataResult
         not_modified = not_modified or message.not_modified
         datasets.extend(message.datasets)
     return MetadataResult(etag, not_modified, datasets)
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """One page of search results, and the token of the next page ("" at the end)."""
+
+    datasets: list[dataset_pb2.Dataset]
+    next_page_token: str
+
+    def as_json(self) -> list[dict[str, Any]]:
+        """The results as DICOM JSON (PS3.18 F.2), one object per match."""
+        from dicomrpc.datasets import to_json
+
+        return [to_json(d) for d in self.datasets]

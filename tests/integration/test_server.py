@@ -22,8 +22,8 @@ from dicomrpc.sources import Item, expand
 from dicomrpc.v1 import (
     retrieve_service_pb2,
     retrieve_service_pb2_grpc,
-    search_service_pb2,
-    search_service_pb2_grpc,
+    workitem_service_pb2,
+    workitem_service_pb2_grpc,
 )
 from dicomrpc_server.archive import Archive
 from dicomrpc_server.config import Settings
@@ -57,12 +57,12 @@ def test_reflection_lists_every_service(server: RunningServer) -> None:
 
 def test_pending_rpcs_answer_unimplemented_with_details(server: RunningServer) -> None:
     with grpc.insecure_channel(server.target) as channel:
-        stub = search_service_pb2_grpc.SearchServiceStub(channel)
+        stub = workitem_service_pb2_grpc.WorkitemServiceStub(channel)
         with pytest.raises(grpc.RpcError) as caught:
-            stub.SearchStudies(search_service_pb2.SearchStudiesRequest())
+            stub.RetrieveWorkitem(workitem_service_pb2.RetrieveWorkitemRequest())
     error = DicomRpcError.from_rpc_error(caught.value)
     assert error.code == grpc.StatusCode.UNIMPLEMENTED
-    assert error.metadata["method"] == "dicomrpc.v1.SearchService.SearchStudies"
+    assert error.metadata["method"] == "dicomrpc.v1.WorkitemService.RetrieveWorkitem"
 
 
 def test_cli_store_summarizes_and_fails_on_failures(server: RunningServer, tmp_path: Path) -> None:

@@ -11,6 +11,8 @@ from dicomrpc.v1 import (
     management_service_pb2_grpc,
     retrieve_service_pb2,
     retrieve_service_pb2_grpc,
+    search_service_pb2,
+    search_service_pb2_grpc,
     store_service_pb2,
     store_service_pb2_grpc,
 )
@@ -18,6 +20,7 @@ from dicomrpc_server.archive import Archive
 from dicomrpc_server.grpc.logging import AccessLogInterceptor
 from dicomrpc_server.grpc.management import ManagementServicer
 from dicomrpc_server.grpc.retrieve import RetrieveServicer
+from dicomrpc_server.grpc.search import SearchServicer
 from dicomrpc_server.grpc.store import StoreServicer
 from dicomrpc_server.grpc.unimplemented import PENDING_SERVICES, unimplemented_handler
 
@@ -49,6 +52,9 @@ class GrpcServer:
         retrieve_service_pb2_grpc.add_RetrieveServiceServicer_to_server(
             RetrieveServicer(archive.retrieve), self.server
         )
+        search_service_pb2_grpc.add_SearchServiceServicer_to_server(
+            SearchServicer(archive.search), self.server
+        )
         management_service_pb2_grpc.add_ManagementServiceServicer_to_server(
             ManagementServicer(settings, archive.delete, archive.feed), self.server
         )
@@ -61,6 +67,7 @@ class GrpcServer:
             store_service_pb2.DESCRIPTOR.services_by_name["StoreService"].full_name,
             retrieve_service_pb2.DESCRIPTOR.services_by_name["RetrieveService"].full_name,
             management_service_pb2.DESCRIPTOR.services_by_name["ManagementService"].full_name,
+            search_service_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name,
             *(s.full_name for s in PENDING_SERVICES),
             health.SERVICE_NAME,
             reflection.SERVICE_NAME,

@@ -11,15 +11,11 @@ from typing import Any
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 
-from dicomrpc.v1 import (
-    search_service_pb2,
-    workitem_service_pb2,
-)
+from dicomrpc.v1 import workitem_service_pb2
 from dicomrpc_server.errors import Code, ServiceError
 from dicomrpc_server.grpc.errors import to_status
 
 PENDING_SERVICES: list[ServiceDescriptor] = [
-    search_service_pb2.DESCRIPTOR.services_by_name["SearchService"],
     workitem_service_pb2.DESCRIPTOR.services_by_name["WorkitemService"],
 ]
 

@@ -35,7 +35,7 @@ import lmdb
 from dicomrpc.v1 import dataset_pb2, management_service_pb2
 from dicomrpc_server.dicom.attributes import ATTRIBUTES_BY_LEVEL, Level
 from dicomrpc_server.errors import Code, ServiceError
-from dicomrpc_server.query.terms import EXACT, value_terms
+from dicomrpc_server.query.terms import EXACT, NUMBER, value_terms
 from dicomrpc_server.storage import keys, records_pb2
 from dicomrpc_server.storage.protocols import IndexCounts, NewInstance
 from dicomrpc_server.storage.writer import IndexWriter
@@ -54,6 +54,7 @@ _DB_NAMES = (
     "changes",
 )
 MODALITIES_IN_STUDY = 0x00080061
+_LEVEL_DB = {Level.STUDY: "studies", Level.SERIES: "series", Level.INSTANCE: "instances"}
 
 
 def _get(txn: lmdb.Transaction, key: bytes, db: lmdb._Database) -> bytes | None:
@@ -254,6 +255,58 @@ class LmdbIndex:
                     study_uid, series_uid, sop_uid = keys.split_key(key)
                     record = records_pb2.InstanceRecord.FromString(bytes(value))
                     out.append((study_uid, series_uid, sop_uid, record))
+        return out
+
+    def scan_terms(
+        self, level: Level, tag: int, start: bytes, stop: bytes | None = None, prefix: bytes = b""
+    ) -> list[tuple[bytes, bytes]]:
+        """(term, primary key) pairs of one attribute, in term order, from ``start``.
+
+        The scan ends before the first term that is ``>= stop`` or does not start with
+        ``prefix``: exact values, prefixes and ranges are all one ordered range scan.
+        """
+        base = keys.term_prefix(level, tag, b"")
+        out: list[tuple[bytes, bytes]] = []
+        with self.read() as txn:
+            cursor = txn.cursor(db=self._db["terms"])
+            if not cursor.set_range(base + start):
+                return out
+            for raw_key in cursor.iternext(values=False):
+                key = bytes(raw_key)
+                if not key.startswith(base):
+                    break
+                rest = key[len(base) :]
+                if rest[:1] == NUMBER:  # fixed width: the 8 bytes may hold NULs
+                    term, pk = rest[: len(NUMBER) + 8], rest[len(NUMBER) + 9 :]
+                else:
+                    cut = rest.index(keys.SEP)
+                    term, pk = rest[:cut], rest[cut + 1 :]
+                if (stop is not None and term >= stop) or not term.startswith(prefix):
+                    break
+                out.append((term, pk))
+        return out
+
+    def record_keys(self, level: Level, prefix: bytes = b"") -> list[bytes]:
+        """Primary keys of every record of a level that start with ``prefix``, in order."""
+        out = []
+        with self.read() as txn:
+            cursor = txn.cursor(db=self._db[_LEVEL_DB[level]])
+            if cursor.set_range(prefix):
+                for raw_key in cursor.iternext(values=False):
+                    key = bytes(raw_key)
+                    if not key.startswith(prefix):
+                        break
+                    out.append(key)
+        return out
+
+    def records(self, level: Level, primary_keys: list[bytes]) -> list[bytes]:
+        """The serialized records of a level for these keys (missing ones skipped)."""
+        out = []
+        with self.read() as txn:
+            for pk in primary_keys:
+                raw = _get(txn, pk, self._db[_LEVEL_DB[level]])
+                if raw is not None:
+                    out.append(raw)
         return out
 
     def get_metadata_many(self, keys_: list[tuple[str, str, str]]) -> list[dataset_pb2.Dataset]:

@@ -1,0 +1,298 @@
+"""SearchCore: QIDO matching (PS3.4 C.2.2.2) answered from the secondary indexes.
+
+Every match term becomes ordered range scans over one attribute's index terms (exact values,
+prefixes for wildcards, ranges for dates and times, word prefixes for fuzzy names); the primary
+keys found are lifted to the level searched and intersected, smallest first. Only a search with
+no term at all walks the records of its level (within its scope).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from dicomrpc.v1 import dataset_pb2
+from dicomrpc_server.dicom.attributes import ALL_ATTRIBUTES, IndexedAttribute, Level
+from dicomrpc_server.errors import invalid_argument
+from dicomrpc_server.query.terms import EXACT, WORD, fold, integer_term, pad_time
+from dicomrpc_server.storage import keys, records_pb2
+from dicomrpc_server.storage.lmdb_index import MODALITIES_IN_STUDY, LmdbIndex
+
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+_WORDS = re.compile(r"[\^=\s,\-.]+")
+# Full dates, or (in ranges) a year or a month: "-2020" ends with 2020, "202003-" starts in March.
+_DATE = re.compile(r"\d{4}(?:\d{2}(?:\d{2})?)?")
+_TIME = re.compile(r"\d{2}(?::?\d{2}(?::?\d{2}(?:\.\d{1,6})?)?)?")
+
+MODALITIES = IndexedAttribute("ModalitiesInStudy", MODALITIES_IN_STUDY, "CS", Level.STUDY, True)
+_BY_NAME: dict[str, IndexedAttribute] = {}
+for _attribute in [*ALL_ATTRIBUTES, MODALITIES]:
+    _BY_NAME[_attribute.keyword] = _attribute
+    _BY_NAME[_attribute.hex_tag] = _attribute
+_LEVELS = {"study": Level.STUDY, "series": Level.SERIES, "instance": Level.INSTANCE}
+_RECORDS: dict[Level, Callable[[bytes], object]] = {
+    Level.STUDY: records_pb2.StudyRecord.FromString,
+    Level.SERIES: records_pb2.SeriesRecord.FromString,
+    Level.INSTANCE: records_pb2.InstanceRecord.FromString,
+}
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    """One QIDO search: the level, the match terms, what to return and which page."""
+
+    level: str
+    match: Mapping[str, str] = field(default_factory=dict)
+    include_fields: Sequence[str] = ()
+    fuzzy: bool = False
+    limit: int = 0
+    offset: int = 0
+    page_size: int = 0
+    page_token: str = ""
+    study_uid: str = ""
+    series_uid: str = ""
+
+
+@dataclass(frozen=True)
+class SearchPage:
+    """One page of results, and the token of the next page ("" at the end)."""
+
+    results: list[dataset_pb2.Dataset]
+    next_page_token: str
+
+
+@dataclass(frozen=True)
+class _Term:
+    attribute: IndexedAttribute
+    value: str
+
+
+class SearchCore:
+    """Answers searches from the index of an archive."""
+
+    def __init__(self, index: LmdbIndex) -> None:
+        self.index = index
+
+    def search(self, request: SearchRequest) -> SearchPage:
+        """Run a search; raise INVALID_ARGUMENT naming the parameter when it is malformed."""
+        level = _LEVELS.get(request.level)
+        if level is None:
+            raise invalid_argument("level", f"{request.level!r} is not study, series or instance")
+        limit = _check_limit(request.limit, "limit")
+        page_size = _check_limit(request.page_size, "page_size") if request.page_size else 0
+        if request.offset < 0:
+            raise invalid_argument("offset", f"{request.offset} is negative")
+        terms = [_term(name, value, level) for name, value in request.match.items()]
+        scope = _scope(level, request.study_uid, request.series_uid)
+        constraints = [
+            self._lift(self._matches(t, request.fuzzy), t.attribute.level, level)
+            for t in terms
+            if t.value != ""
+        ]
+        if constraints:
+            constraints.sort(key=len)
+            found = set(constraints[0])
+            for other in constraints[1:]:
+                found &= other
+            primary_keys = sorted(pk for pk in found if pk.startswith(scope))
+        else:
+            primary_keys = self.index.record_keys(level, scope)
+        if request.page_token:
+            after = _decode_token(request.page_token)
+            primary_keys = [pk for pk in primary_keys if pk > after]
+        primary_keys = primary_keys[request.offset :]
+        size = page_size or limit
+        page, rest = primary_keys[:size], primary_keys[size:]
+        returned = _returned(level, terms, request.include_fields)
+        results = [self._dataset(level, pk, returned, scoped=bool(scope)) for pk in page]
+        token = _encode_token(page[-1]) if rest and page_size else ""
+        return SearchPage(results, token)
+
+    # -- matching --------------------------------------------------------------------------
+
+    def _matches(self, term: _Term, fuzzy: bool) -> set[bytes]:
+        attribute, value = term.attribute, term.value
+        scan = self.index.scan_terms
+        level, tag, vr = attribute.level, attribute.tag, attribute.vr
+        if vr == "UI":
+            if "*" in value or "?" in value:
+                raise invalid_argument(attribute.keyword, "wildcards do not apply to UIDs")
+            uids = [u.strip() for u in re.split(r"[,\\]", value) if u.strip()]
+            return {pk for uid in uids for pk in _pks(scan(level, tag, *_exact(uid.encode())))}
+        if vr in ("DA", "TM"):
+            return self._range(attribute, value)
+        if vr in ("IS", "US", "SS", "UL", "SL"):
+            try:
+                number = int(value)
+            except ValueError:
+                raise invalid_argument(attribute.keyword, f"{value!r} is not an integer") from None
+            number_term = integer_term(number)
+            return _pks(scan(level, tag, number_term, number_term + b"\x00"))
+        if vr == "PN":
+            folded = fold(value.strip())
+            if fuzzy:
+                words = [w for w in _WORDS.split(folded) if w]
+                sets = [
+                    _pks(scan(level, tag, WORD + w.encode(), prefix=WORD + w.encode()))
+                    for w in words
+                ]
+                return set.intersection(*sets) if sets else set()
+            return self._pattern(attribute, folded)
+        return self._pattern(attribute, value.strip())
+
+    def _pattern(self, attribute: IndexedAttribute, value: str) -> set[bytes]:
+        """Exact, or wildcard matching through the literal prefix of the pattern."""
+        scan = self.index.scan_terms
+        if "*" not in value and "?" not in value:
+            return _pks(scan(attribute.level, attribute.tag, *_exact(value.encode())))
+        literal = re.split(r"[*?]", value, maxsplit=1)[0]
+        regex = re.compile(
+            "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in value),
+            re.DOTALL,
+        )
+        start = EXACT + literal.encode()
+        found = scan(attribute.level, attribute.tag, start, prefix=start)
+        return {pk for term, pk in found if regex.fullmatch(term[len(EXACT) :].decode())}
+
+    def _range(self, attribute: IndexedAttribute, value: str) -> set[bytes]:
+        """A date or time: one value, or an inclusive range with either end open."""
+        check = _DATE if attribute.vr == "DA" else _TIME
+
+        def bound(text: str) -> bytes:
+            if not check.fullmatch(text):
+                kind = "YYYYMMDD" if attribute.vr == "DA" else "HHMMSS"
+                raise invalid_argument(attribute.keyword, f"{value!r}: {text!r} is not {kind}")
+            return (pad_time(text) if attribute.vr == "TM" else text).encode()
+
+        scan = self.index.scan_terms
+        if "-" not in value:
+            if attribute.vr == "DA" and len(value) != 8:
+                raise invalid_argument(attribute.keyword, f"{value!r} is not YYYYMMDD")
+            return _pks(scan(attribute.level, attribute.tag, *_exact(bound(value))))
+        if value.count("-") != 1 or value == "-":
+            raise invalid_argument(attribute.keyword, f"{value!r} is not a range a-b, -b or a-")
+        low, high = value.split("-")
+        start = EXACT + (bound(low) if low else b"")
+        # Inclusive: everything up to the end of the upper bound, a partial date included.
+        stop = EXACT + bound(high) + b"\xff" if high else EXACT + b"\xff"
+        return _pks(scan(attribute.level, attribute.tag, start, stop))
+
+    def _lift(self, found: set[bytes], source: Level, target: Level) -> set[bytes]:
+        """Keys of the searched level under the records an attribute's level matched."""
+        if source == target:
+            return found
+        lifted: set[bytes] = set()
+        for pk in found:
+            lifted.update(self.index.record_keys(target, keys.child_prefix(pk)))
+        return lifted
+
+    # -- results ---------------------------------------------------------------------------
+
+    def _dataset(
+        self, level: Level, pk: bytes, returned: set[str], scoped: bool
+    ) -> dataset_pb2.Dataset:
+        out = dataset_pb2.Dataset()
+        parts = pk.split(keys.SEP)
+        chain = [Level.STUDY, Level.SERIES, Level.INSTANCE][: int(level)]
+        for depth, part_level in enumerate(chain, start=1):
+            raw = self.index.records(part_level, [keys.SEP.join(parts[:depth])])
+            if not raw:
+                continue
+            record = _RECORDS[part_level](raw[0])
+            attributes = record.attributes.attributes  # type: ignore[attr-defined]
+            own = part_level == level or not scoped or part_level != Level.STUDY
+            for tag, attribute in attributes.items():
+                if tag in returned and (own or tag == "0020000D"):
+                    out.attributes[tag].CopyFrom(attribute)
+            _counts(out, part_level, record, level)
+        return out
+
+
+def _counts(out: dataset_pb2.Dataset, part_level: Level, record: object, level: Level) -> None:
+    """The computed attributes: related counts and ModalitiesInStudy."""
+    if part_level == Level.STUDY and level == Level.STUDY:
+        study: records_pb2.StudyRecord = record  # type: ignore[assignment]
+        _integer(out, "00201206", study.series_count)
+        _integer(out, "00201208", study.instance_count)
+        modalities = sorted(m for m, n in study.modality_counts.items() if n > 0)
+        if modalities:
+            out.attributes["00080061"].vr = "CS"
+            out.attributes["00080061"].strings.values.extend(modalities)
+    if part_level == Level.SERIES and level == Level.SERIES:
+        series: records_pb2.SeriesRecord = record  # type: ignore[assignment]
+        _integer(out, "00201209", series.instance_count)
+
+
+def _integer(out: dataset_pb2.Dataset, tag: str, value: int) -> None:
+    out.attributes[tag].vr = "IS"
+    out.attributes[tag].numbers.values.append(float(value))
+    out.attributes[tag].numbers.integral_indexes.append(0)
+
+
+def _term(name: str, value: str, level: Level) -> _Term:
+    attribute = _BY_NAME.get(name) or _BY_NAME.get(name.upper())
+    if attribute is None:
+        raise invalid_argument(name, "is not a known searchable attribute")
+    if not attribute.searchable:
+        raise invalid_argument(name, "is returned but not searchable")
+    if attribute.level > level:
+        raise invalid_argument(name, f"is a {attribute.level.name.lower()}-level attribute")
+    return _Term(attribute, value)
+
+
+def _returned(level: Level, terms: list[_Term], include: Sequence[str]) -> set[str]:
+    """Tags to return: the level's defaults, the match keys, and the included fields."""
+    everything = "all" in (f.lower() for f in include)
+    tags = {a.hex_tag for a in ALL_ATTRIBUTES if a.level <= level and (a.searchable or everything)}
+    tags.update(t.attribute.hex_tag for t in terms)
+    for name in include:
+        if name.lower() == "all":
+            continue
+        attribute = _BY_NAME.get(name)
+        if attribute is None:
+            raise invalid_argument("include_fields", f"{name!r} is not a known attribute")
+        tags.add(attribute.hex_tag)
+    return tags
+
+
+def _scope(level: Level, study: str, series: str) -> bytes:
+    if series and not study:
+        raise invalid_argument("series_instance_uid", "needs study_instance_uid")
+    if series and level != Level.INSTANCE:
+        raise invalid_argument("series_instance_uid", "scopes instance searches only")
+    if series:
+        return keys.child_prefix(keys.series_key(study, series))
+    if study and level == Level.STUDY:
+        return keys.study_key(study)
+    return keys.child_prefix(keys.study_key(study)) if study else b""
+
+
+def _check_limit(value: int, name: str) -> int:
+    if value < 0 or value > MAX_LIMIT:
+        raise invalid_argument(name, f"{value} is outside 0..{MAX_LIMIT}")
+    return value or DEFAULT_LIMIT
+
+
+def _exact(value: bytes) -> tuple[bytes, bytes]:
+    """The scan bounds of one exact string term: [term, term + NUL)."""
+    term = EXACT + value
+    return term, term + b"\x00"
+
+
+def _pks(pairs: list[tuple[bytes, bytes]]) -> set[bytes]:
+    return {pk for _, pk in pairs}
+
+
+def _encode_token(pk: bytes) -> str:
+    return base64.urlsafe_b64encode(pk).decode("ascii")
+
+
+def _decode_token(token: str) -> bytes:
+    try:
+        return base64.urlsafe_b64decode(token.encode("ascii"))
+    except (binascii.Error, ValueError, UnicodeEncodeError):
+        raise invalid_argument("page_token", "is not a token this server issued") from None

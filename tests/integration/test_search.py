@@ -1,0 +1,148 @@
+"""Search over gRPC: every match kind at every level, counts after stores and deletes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import grpc
+import pytest
+from pydicom.uid import generate_uid
+
+from dicomrpc import Client, DicomRpcError
+from tests.conftest import RunningServer
+from tests.dicomgen import ct_instance
+
+
+def _uids(result: object, tag: str) -> set[str]:
+    return {d[tag]["Value"][0] for d in result.as_json()}  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def corpus(client: Client) -> dict[str, str]:
+    doe, muller = generate_uid(), generate_uid()
+    doe_series = generate_uid()
+    client.store(
+        [
+            ct_instance(study=doe, series=doe_series, patient_name="Doe^John", number=1),
+            ct_instance(study=doe, series=doe_series, patient_name="Doe^John", number=2),
+            ct_instance(study=muller, patient_name="Müller^José", patient_id="P2", number=7),
+        ]
+    )
+    return {"doe": doe, "muller": muller, "doe_series": doe_series}
+
+
+def test_study_matching_kinds(client: Client, corpus: dict[str, str]) -> None:
+    both = {corpus["doe"], corpus["muller"]}
+    cases = [
+        ({"PatientName": "joh"}, True, {corpus["doe"]}),
+        ({"PatientName": "jo do"}, True, {corpus["doe"]}),
+        ({"PatientName": "John Doe"}, True, {corpus["doe"]}),
+        ({"PatientName": "ohn"}, True, set()),
+        ({"PatientName": "Muller"}, True, {corpus["muller"]}),
+        ({"PatientName": "DOE^JOHN"}, False, {corpus["doe"]}),
+        ({"PatientName": "m*"}, False, {corpus["muller"]}),
+        ({"PatientID": "P2"}, False, {corpus["muller"]}),
+        ({"PatientID": "p2"}, False, set()),
+        ({"StudyInstanceUID": f"{corpus['doe']},{corpus['muller']}"}, False, both),
+        ({"StudyDate": "20240101-20240131"}, False, both),
+        ({"StudyDate": "2025-"}, False, set()),
+        ({"StudyDate": "-2024"}, False, both),
+        ({"ModalitiesInStudy": "CT"}, False, both),
+        ({"00100020": "P?"}, False, {corpus["muller"]}),
+        ({"PatientName": ""}, False, both),
+    ]
+    for match, fuzzy, expected in cases:
+        result = client.search_studies(match, fuzzy=fuzzy)
+        assert _uids(result, "0020000D") == expected, (match, fuzzy)
+
+
+def test_counts_and_defaults(client: Client, corpus: dict[str, str]) -> None:
+    (study,) = client.search_studies(StudyInstanceUID=corpus["doe"]).as_json()
+    assert study["00201206"]["Value"] == [1] and study["00201208"]["Value"] == [2]
+    assert study["00080061"]["Value"] == ["CT"]
+    assert study["00100010"]["Value"] == [{"Alphabetic": "Doe^John"}]
+    (series,) = client.search_series(study=corpus["doe"]).as_json()
+    assert series["00201209"]["Value"] == [2] and series["00080060"]["Value"] == ["CT"]
+    instances = client.search_instances(study=corpus["doe"], series=corpus["doe_series"])
+    assert len(instances.datasets) == 2
+    (seven,) = client.search_instances(InstanceNumber="7").as_json()
+    assert seven["0020000D"]["Value"] == [corpus["muller"]]
+    assert seven["00100010"]["Value"] == [{"Alphabetic": "Müller^José"}]  # study attributes too
+    with_rows = client.search_instances(InstanceNumber="7", include=["Rows"]).as_json()[0]
+    assert with_rows["00280010"]["Value"] == [16]
+
+
+def test_counts_follow_deletes(client: Client, corpus: dict[str, str]) -> None:
+    instances = client.search_instances(study=corpus["doe"]).as_json()
+    sop = instances[0]["00080018"]["Value"][0]
+    client.delete_instance(corpus["doe"], corpus["doe_series"], sop)
+    (study,) = client.search_studies(StudyInstanceUID=corpus["doe"]).as_json()
+    assert study["00201208"]["Value"] == [1]
+    client.delete_study(corpus["muller"])
+    assert _uids(client.search_studies(PatientName="muller", fuzzy=True), "0020000D") == set()
+    assert _uids(client.search_studies(), "0020000D") == {corpus["doe"]}
+
+
+def test_paging(client: Client) -> None:
+    study = generate_uid()
+    client.store([ct_instance(study=study, number=i) for i in range(23)])
+    everything = _uids(client.search_instances(study=study), "00080018")
+    assert len(everything) == 23
+    pages, token = [], ""
+    while True:
+        page = client.search_instances(study=study, page_size=5, page_token=token)
+        pages.append(_uids(page, "00080018"))
+        token = page.next_page_token
+        if not token:
+            break
+    assert [len(p) for p in pages] == [5, 5, 5, 5, 3]
+    assert set().union(*pages) == everything
+    by_offset = [
+        _uids(client.search_instances(study=study, limit=10, offset=o), "00080018")
+        for o in (0, 10, 20, 30)
+    ]
+    assert [len(p) for p in by_offset] == [10, 10, 3, 0]
+    assert set().union(*by_offset) == everything
+
+
+@pytest.mark.parametrize(
+    ("match", "options", "field"),
+    [
+        ({"NoSuchKeyword": "x"}, {}, "NoSuchKeyword"),
+        ({"StudyDate": "2020-01-01-x"}, {}, "StudyDate"),
+        ({"StudyDate": "2020010"}, {}, "StudyDate"),
+        ({}, {"limit": 5000}, "limit"),
+        ({"SOPInstanceUID": "1.2"}, {}, "SOPInstanceUID"),
+        ({"Rows": "16"}, {}, "Rows"),
+    ],
+)
+def test_invalid_searches_name_the_parameter(
+    client: Client, match: dict[str, str], options: dict[str, int], field: str
+) -> None:
+    with pytest.raises(DicomRpcError) as caught:
+        client.search_studies(match, **options)  # type: ignore[arg-type]
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.field_violations[0][0] == field
+
+
+def test_cli_search(server: RunningServer, corpus: dict[str, str]) -> None:
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dicomrpc.cli",
+            "search",
+            "studies",
+            "PatientName=doe",
+            "--fuzzy",
+            "--server",
+            server.target,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "Doe^John" in run.stdout and "1 study" in run.stdout
+    assert corpus["doe"] in run.stdout
