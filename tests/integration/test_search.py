@@ -41,6 +41,7 @@ def test_study_matching_kinds(client: Client, corpus: dict[str, str]) -> None:
         ({"PatientName": "ohn"}, True, set()),
         ({"PatientName": "Muller"}, True, {corpus["muller"]}),
         ({"PatientName": "DOE^JOHN"}, False, {corpus["doe"]}),
+        ({"PatientName": "doe^john^^^"}, False, {corpus["doe"]}),
         ({"PatientName": "m*"}, False, {corpus["muller"]}),
         ({"PatientID": "P2"}, False, {corpus["muller"]}),
         ({"PatientID": "p2"}, False, set()),

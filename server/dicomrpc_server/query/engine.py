@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from dicomrpc.v1 import dataset_pb2
 from dicomrpc_server.dicom.attributes import ALL_ATTRIBUTES, IndexedAttribute, Level
 from dicomrpc_server.errors import invalid_argument
-from dicomrpc_server.query.terms import EXACT, WORD, fold, integer_term, pad_time
+from dicomrpc_server.query.terms import EXACT, WORD, fold_person_name, integer_term, pad_time
 from dicomrpc_server.storage import keys, records_pb2
 from dicomrpc_server.storage.lmdb_index import MODALITIES_IN_STUDY, LmdbIndex
 
@@ -133,7 +133,7 @@ class SearchCore:
             number_term = integer_term(number)
             return _pks(scan(level, tag, number_term, number_term + b"\x00"))
         if vr == "PN":
-            folded = fold(value.strip())
+            folded = fold_person_name(value)
             if fuzzy:
                 words = [w for w in _WORDS.split(folded) if w]
                 sets = [

@@ -30,9 +30,14 @@ def fold(text: str) -> str:
     return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
 
 
+def fold_person_name(name: str) -> str:
+    """A PN value folded for matching; trailing empty components ("Doe^John^^") dropped."""
+    return fold(name.strip()).rstrip("^= ")
+
+
 def person_name_terms(name: str) -> list[bytes]:
     """Terms of one PN value: the whole folded name, then each distinct folded word."""
-    folded = fold(name.strip())
+    folded = fold_person_name(name)
     if not folded:
         return []
     terms = [EXACT + folded.encode()]
