@@ -147,3 +147,37 @@ def test_cli_search(server: RunningServer, corpus: dict[str, str]) -> None:
     )
     assert "Doe^John" in run.stdout and "1 study" in run.stdout
     assert corpus["doe"] in run.stdout
+
+
+def test_exact_matching_inside_sequences(client: Client) -> None:
+    from io import BytesIO
+
+    from pydicom import dcmread
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    ds = dcmread(BytesIO(ct_instance()))
+    item = Dataset()
+    item.AccessionNumber = "REQ-42"
+    item.RequestedProcedureID = "RP7"
+    ds.ReferencedRequestSequence = Sequence([item])
+    attributes = Dataset()
+    attributes.ScheduledProcedureStepID = "SPS1"
+    ds.RequestAttributesSequence = Sequence([attributes])
+    out = BytesIO()
+    ds.save_as(out)
+    client.store([out.getvalue(), ct_instance()])
+    study = ds.StudyInstanceUID
+
+    found = client.search_studies({"ReferencedRequestSequence.AccessionNumber": "REQ-42"})
+    assert _uids(found, "0020000D") == {study}
+    assert found.as_json()[0]["0040A370"]["Value"][0]["00080050"]["Value"] == ["REQ-42"]
+    assert _uids(client.search_studies({"0040A370.00401001": "RP7"}), "0020000D") == {study}
+    assert _uids(client.search_studies(AccessionNumber="REQ-42"), "0020000D") == set()
+    series = client.search_series({"RequestAttributesSequence.ScheduledProcedureStepID": "SPS1"})
+    assert _uids(series, "0020000E") == {ds.SeriesInstanceUID}
+    instances = client.search_instances({"ReferencedRequestSequence.AccessionNumber": "REQ-42"})
+    assert _uids(instances, "00080018") == {ds.SOPInstanceUID}
+    with pytest.raises(DicomRpcError) as caught:
+        client.search_studies({"ReferencedRequestSequence.AccessionNumber": "REQ*"})
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT

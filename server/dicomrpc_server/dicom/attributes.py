@@ -85,6 +85,7 @@ STUDY_ATTRIBUTES = _attrs(
         "NameOfPhysiciansReadingStudy",
         "OtherPatientIDs",
         "InstitutionName",
+        "ReferencedRequestSequence",
     ],
 )
 
@@ -107,6 +108,7 @@ SERIES_ATTRIBUTES = _attrs(
         "Manufacturer",
         "StationName",
         "ProtocolName",
+        "RequestAttributesSequence",
     ],
 )
 
@@ -132,3 +134,51 @@ ATTRIBUTES_BY_LEVEL: dict[Level, list[IndexedAttribute]] = {
 }
 
 ALL_ATTRIBUTES: list[IndexedAttribute] = STUDY_ATTRIBUTES + SERIES_ATTRIBUTES + INSTANCE_ATTRIBUTES
+
+
+@dataclass(frozen=True)
+class NestedAttribute:
+    """A searchable attribute inside the items of a sequence kept at one level.
+
+    Attributes
+    ----------
+    sequence
+        The sequence attribute (returned by its level, not searchable itself).
+    leaf
+        The attribute matched inside its items (exact matching, PS3.18 §10.6.1.2).
+    """
+
+    sequence: IndexedAttribute
+    leaf: IndexedAttribute
+
+    @property
+    def path(self) -> str:
+        """``Sequence.Leaf`` by keyword."""
+        return f"{self.sequence.keyword}.{self.leaf.keyword}"
+
+    @property
+    def term_kind(self) -> bytes:
+        """The index term prefix that keeps these values apart from the leaf's own."""
+        return b"S" + self.sequence.hex_tag.encode()
+
+
+def _nested(level: Level, sequence: str, leaves: list[str]) -> list[NestedAttribute]:
+    parent = next(a for a in ATTRIBUTES_BY_LEVEL[level] if a.keyword == sequence)
+    out = []
+    for keyword in leaves:
+        tag = tag_for_keyword(keyword)
+        assert tag is not None, keyword
+        out.append(
+            NestedAttribute(parent, IndexedAttribute(keyword, tag, dictionary_VR(tag), level, True))
+        )
+    return out
+
+
+NESTED_ATTRIBUTES: list[NestedAttribute] = [
+    *_nested(Level.STUDY, "ReferencedRequestSequence", ["AccessionNumber", "RequestedProcedureID"]),
+    *_nested(
+        Level.SERIES,
+        "RequestAttributesSequence",
+        ["RequestedProcedureID", "ScheduledProcedureStepID"],
+    ),
+]

@@ -15,7 +15,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from dicomrpc.v1 import dataset_pb2
-from dicomrpc_server.dicom.attributes import ALL_ATTRIBUTES, IndexedAttribute, Level
+from dicomrpc_server.dicom.attributes import (
+    ALL_ATTRIBUTES,
+    NESTED_ATTRIBUTES,
+    IndexedAttribute,
+    Level,
+    NestedAttribute,
+)
 from dicomrpc_server.errors import invalid_argument
 from dicomrpc_server.query.terms import EXACT, WORD, fold_person_name, integer_term, pad_time
 from dicomrpc_server.storage import keys, records_pb2
@@ -33,6 +39,10 @@ _BY_NAME: dict[str, IndexedAttribute] = {}
 for _attribute in [*ALL_ATTRIBUTES, MODALITIES]:
     _BY_NAME[_attribute.keyword] = _attribute
     _BY_NAME[_attribute.hex_tag] = _attribute
+_NESTED: dict[str, NestedAttribute] = {}
+for _nested in NESTED_ATTRIBUTES:
+    _NESTED[_nested.path] = _nested
+    _NESTED[f"{_nested.sequence.hex_tag}.{_nested.leaf.hex_tag}"] = _nested
 _LEVELS = {"study": Level.STUDY, "series": Level.SERIES, "instance": Level.INSTANCE}
 _RECORDS: dict[Level, Callable[[bytes], object]] = {
     Level.STUDY: records_pb2.StudyRecord.FromString,
@@ -69,6 +79,8 @@ class SearchPage:
 class _Term:
     attribute: IndexedAttribute
     value: str
+    # Set for an attribute inside a sequence: the index term prefix of that path.
+    kind: bytes = b""
 
 
 class SearchCore:
@@ -117,6 +129,11 @@ class SearchCore:
     def _matches(self, term: _Term, fuzzy: bool) -> set[bytes]:
         attribute, value = term.attribute, term.value
         scan = self.index.scan_terms
+        if term.kind:  # inside a sequence: exact matching only
+            if "*" in value or "?" in value:
+                raise invalid_argument(attribute.keyword, "wildcards do not apply in sequences")
+            exact = term.kind + EXACT + value.strip().encode()
+            return _pks(scan(attribute.level, attribute.tag, exact, exact + b"\x00"))
         level, tag, vr = attribute.level, attribute.tag, attribute.vr
         if vr == "UI":
             if "*" in value or "?" in value:
@@ -234,6 +251,13 @@ def _integer(out: dataset_pb2.Dataset, tag: str, value: int) -> None:
 
 
 def _term(name: str, value: str, level: Level) -> _Term:
+    if "." in name:
+        nested = _NESTED.get(name) or _NESTED.get(name.upper())
+        if nested is None:
+            raise invalid_argument(name, "is not a searchable attribute path")
+        if nested.leaf.level > level:
+            raise invalid_argument(name, f"is a {nested.leaf.level.name.lower()}-level attribute")
+        return _Term(nested.leaf, value, nested.term_kind)
     attribute = _BY_NAME.get(name) or _BY_NAME.get(name.upper())
     if attribute is None:
         raise invalid_argument(name, "is not a known searchable attribute")
@@ -248,7 +272,10 @@ def _returned(level: Level, terms: list[_Term], include: Sequence[str]) -> set[s
     """Tags to return: the level's defaults, the match keys, and the included fields."""
     everything = "all" in (f.lower() for f in include)
     tags = {a.hex_tag for a in ALL_ATTRIBUTES if a.level <= level and (a.searchable or everything)}
-    tags.update(t.attribute.hex_tag for t in terms)
+    tags.update(t.attribute.hex_tag for t in terms if not t.kind)
+    tags.update(
+        n.sequence.hex_tag for n in NESTED_ATTRIBUTES for t in terms if t.kind == n.term_kind
+    )
     for name in include:
         if name.lower() == "all":
             continue

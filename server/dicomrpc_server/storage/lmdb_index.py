@@ -33,7 +33,7 @@ from pathlib import Path
 import lmdb
 
 from dicomrpc.v1 import dataset_pb2, management_service_pb2
-from dicomrpc_server.dicom.attributes import ATTRIBUTES_BY_LEVEL, Level
+from dicomrpc_server.dicom.attributes import ATTRIBUTES_BY_LEVEL, NESTED_ATTRIBUTES, Level
 from dicomrpc_server.errors import Code, ServiceError
 from dicomrpc_server.query.terms import EXACT, NUMBER, value_terms
 from dicomrpc_server.storage import keys, records_pb2
@@ -623,6 +623,16 @@ def _terms(
             continue
         for term in value_terms(vr, attribute_values(attributes[hex_tag])):
             out.add((tag, term))
+    for nested in NESTED_ATTRIBUTES:
+        sequence = nested.sequence
+        if sequence.level != level or sequence.hex_tag not in attributes:
+            continue
+        for item in attributes[sequence.hex_tag].sequence.items:
+            leaf = item.attributes.get(nested.leaf.hex_tag)
+            if leaf is None:
+                continue
+            for term in value_terms(nested.leaf.vr, attribute_values(leaf)):
+                out.add((nested.leaf.tag, nested.term_kind + term))
     if isinstance(record, records_pb2.StudyRecord):
         for modality, count in record.modality_counts.items():
             if count > 0:
