@@ -6,7 +6,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
@@ -150,6 +150,30 @@ class Client:
 
     # -- retrieve ---------------------------------------------------------------------------
 
+    def _by_scope(
+        self,
+        study: str,
+        series: str | None,
+        sop: str | None,
+        instance: tuple[Callable[..., Any], Callable[..., Any]],
+        series_level: tuple[Callable[..., Any], Callable[..., Any]],
+        study_level: tuple[Callable[..., Any], Callable[..., Any]],
+        **fields: Any,
+    ) -> Any:
+        """Call the instance, series or study variant of an RPC, whichever the UIDs name."""
+        if sop:
+            method, request = instance
+            uids = {"series_instance_uid": series or "", "sop_instance_uid": sop}
+        elif series:
+            method, request = series_level
+            uids = {"series_instance_uid": series}
+        else:
+            method, request = study_level
+            uids = {}
+        return method(
+            request(study_instance_uid=study, **uids, **fields), metadata=self.config.metadata()
+        )
+
     def _instance_stream(
         self,
         study: str,
@@ -163,30 +187,17 @@ class Client:
             allow_lossy=allow_lossy,
             chunk_size=self.config.chunk_size,
         )
-        metadata = self.config.metadata()
-        if sop:
-            stream = self._retrieve.RetrieveInstance(
-                rpb.RetrieveInstanceRequest(
-                    study_instance_uid=study,
-                    series_instance_uid=series or "",
-                    sop_instance_uid=sop,
-                    options=options,
-                ),
-                metadata=metadata,
+        return _errors(
+            self._by_scope(
+                study,
+                series,
+                sop,
+                (self._retrieve.RetrieveInstance, rpb.RetrieveInstanceRequest),
+                (self._retrieve.RetrieveSeries, rpb.RetrieveSeriesRequest),
+                (self._retrieve.RetrieveStudy, rpb.RetrieveStudyRequest),
+                options=options,
             )
-        elif series:
-            stream = self._retrieve.RetrieveSeries(
-                rpb.RetrieveSeriesRequest(
-                    study_instance_uid=study, series_instance_uid=series, options=options
-                ),
-                metadata=metadata,
-            )
-        else:
-            stream = self._retrieve.RetrieveStudy(
-                rpb.RetrieveStudyRequest(study_instance_uid=study, options=options),
-                metadata=metadata,
-            )
-        return _errors(stream)
+        )
 
     def iter_instances(
         self,
@@ -275,33 +286,15 @@ class Client:
         With the ETag of an earlier answer as ``if_none_match``, an unchanged resource answers
         ``not_modified`` and no datasets.
         """
-        md = self.config.metadata()
-        if sop:
-            stream = self._retrieve.RetrieveInstanceMetadata(
-                rpb.RetrieveInstanceMetadataRequest(
-                    study_instance_uid=study,
-                    series_instance_uid=series or "",
-                    sop_instance_uid=sop,
-                    if_none_match=if_none_match,
-                ),
-                metadata=md,
-            )
-        elif series:
-            stream = self._retrieve.RetrieveSeriesMetadata(
-                rpb.RetrieveSeriesMetadataRequest(
-                    study_instance_uid=study,
-                    series_instance_uid=series,
-                    if_none_match=if_none_match,
-                ),
-                metadata=md,
-            )
-        else:
-            stream = self._retrieve.RetrieveStudyMetadata(
-                rpb.RetrieveStudyMetadataRequest(
-                    study_instance_uid=study, if_none_match=if_none_match
-                ),
-                metadata=md,
-            )
+        stream = self._by_scope(
+            study,
+            series,
+            sop,
+            (self._retrieve.RetrieveInstanceMetadata, rpb.RetrieveInstanceMetadataRequest),
+            (self._retrieve.RetrieveSeriesMetadata, rpb.RetrieveSeriesMetadataRequest),
+            (self._retrieve.RetrieveStudyMetadata, rpb.RetrieveStudyMetadataRequest),
+            if_none_match=if_none_match,
+        )
         return retrieval.metadata(_errors(stream))
 
     def rendered(

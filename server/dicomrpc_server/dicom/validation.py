@@ -82,6 +82,10 @@ class ValidationFailed(ServiceError):
         )
 
 
+# Checked (strictly) by validate() itself.
+_REQUIRED_KEYWORDS = frozenset(keyword for keyword, _ in _REQUIRED)
+
+
 def _text(dataset: Dataset, keyword: str) -> str | None:
     """The single string value of an attribute, ``None`` when absent."""
     if keyword not in dataset:
@@ -135,9 +139,7 @@ def _check_searchable(ds: Dataset, problems: list[AttributeProblem]) -> set[str]
     """Validate every value the index would hold; return the tags to leave out of it."""
     unindexed: set[str] = set()
     for attribute in ALL_ATTRIBUTES:
-        if attribute.tag not in ds or (
-            attribute.vr == "UI" and attribute.keyword in dict(_REQUIRED)
-        ):
+        if attribute.tag not in ds or attribute.keyword in _REQUIRED_KEYWORDS:
             continue
         try:
             value = ds[attribute.tag].value

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
@@ -45,6 +47,7 @@ def to_status(error: ServiceError) -> grpc.Status:
     return rpc_status.to_status(status)
 
 
-async def abort(context: grpc.aio.ServicerContext, error: ServiceError) -> None:
-    """End the call with ``error`` (raises, as ``context.abort`` does)."""
+async def abort(context: grpc.aio.ServicerContext, error: ServiceError) -> NoReturn:
+    """End the call with ``error``; never returns (``abort_with_status`` raises)."""
     await context.abort_with_status(to_status(error))
+    raise AssertionError("abort_with_status returned")

@@ -60,7 +60,6 @@ class ManagementServicer(management_service_pb2_grpc.ManagementServiceServicer):
             return await self._delete.delete(study, series, sop)
         except ServiceError as error:
             await abort(context, error)
-            raise AssertionError("unreachable") from error
 
     async def DeleteStudy(
         self, request: pb.DeleteStudyRequest, context: Any
@@ -98,7 +97,6 @@ class ManagementServicer(management_service_pb2_grpc.ManagementServiceServicer):
             entries = self._feed.read(request.offset, request.limit)
         except ServiceError as error:
             await abort(context, error)
-            raise AssertionError("unreachable") from error
         return pb.ReadChangeFeedResponse(entries=entries)
 
     async def GetLatestChange(
@@ -129,25 +127,21 @@ class ManagementServicer(management_service_pb2_grpc.ManagementServiceServicer):
     ) -> pb.AddExtendedQueryTagsResponse:
         """Not implemented yet: answers UNIMPLEMENTED."""
         await abort(context, _pending("AddExtendedQueryTags"))
-        raise AssertionError("unreachable")
 
     async def ListExtendedQueryTags(
         self, request: pb.ListExtendedQueryTagsRequest, context: Any
     ) -> pb.ListExtendedQueryTagsResponse:
         """Not implemented yet: answers UNIMPLEMENTED."""
         await abort(context, _pending("ListExtendedQueryTags"))
-        raise AssertionError("unreachable")
 
     async def DeleteExtendedQueryTag(
         self, request: pb.DeleteExtendedQueryTagRequest, context: Any
     ) -> pb.DeleteExtendedQueryTagResponse:
         """Not implemented yet: answers UNIMPLEMENTED."""
         await abort(context, _pending("DeleteExtendedQueryTag"))
-        raise AssertionError("unreachable")
 
     async def GetReindexStatus(
         self, request: pb.GetReindexStatusRequest, context: Any
     ) -> pb.GetReindexStatusResponse:
         """Not implemented yet: answers UNIMPLEMENTED."""
         await abort(context, _pending("GetReindexStatus"))
-        raise AssertionError("unreachable")

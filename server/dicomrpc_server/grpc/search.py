@@ -37,7 +37,6 @@ class SearchServicer(search_service_pb2_grpc.SearchServiceServicer):
             return self._core.search(request)
         except ServiceError as error:
             await abort(context, error)
-            raise AssertionError("unreachable") from error
 
     async def SearchStudies(
         self, request: pb.SearchStudiesRequest, context: Any

@@ -105,7 +105,6 @@ class StoreServicer(store_service_pb2_grpc.StoreServiceServicer):
         except ServiceError as error:
             await _cancel(current, tasks)
             await abort(context, error)
-            raise AssertionError("unreachable") from error
         except BaseException:
             await _cancel(current, tasks)
             raise

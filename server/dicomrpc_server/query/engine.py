@@ -133,13 +133,13 @@ class SearchCore:
             if "*" in value or "?" in value:
                 raise invalid_argument(attribute.keyword, "wildcards do not apply in sequences")
             exact = term.kind + EXACT + value.strip().encode()
-            return _pks(scan(attribute.level, attribute.tag, exact, exact + b"\x00"))
+            return set(self.index.term_entries(attribute.level, attribute.tag, exact))
         level, tag, vr = attribute.level, attribute.tag, attribute.vr
         if vr == "UI":
             if "*" in value or "?" in value:
                 raise invalid_argument(attribute.keyword, "wildcards do not apply to UIDs")
             uids = [u.strip() for u in re.split(r"[,\\]", value) if u.strip()]
-            return {pk for uid in uids for pk in _pks(scan(level, tag, *_exact(uid.encode())))}
+            return {pk for uid in uids for pk in self._exact(level, tag, uid.encode())}
         if vr in ("DA", "TM"):
             return self._range(attribute, value)
         if vr in ("IS", "US", "SS", "UL", "SL"):
@@ -148,7 +148,7 @@ class SearchCore:
             except ValueError:
                 raise invalid_argument(attribute.keyword, f"{value!r} is not an integer") from None
             number_term = integer_term(number)
-            return _pks(scan(level, tag, number_term, number_term + b"\x00"))
+            return set(self.index.term_entries(level, tag, number_term))
         if vr == "PN":
             folded = fold_person_name(value)
             if fuzzy:
@@ -161,11 +161,15 @@ class SearchCore:
             return self._pattern(attribute, folded)
         return self._pattern(attribute, value.strip())
 
+    def _exact(self, level: Level, tag: int, value: bytes) -> set[bytes]:
+        """Keys of records whose attribute has exactly this (string) value."""
+        return set(self.index.term_entries(level, tag, EXACT + value))
+
     def _pattern(self, attribute: IndexedAttribute, value: str) -> set[bytes]:
         """Exact, or wildcard matching through the literal prefix of the pattern."""
         scan = self.index.scan_terms
         if "*" not in value and "?" not in value:
-            return _pks(scan(attribute.level, attribute.tag, *_exact(value.encode())))
+            return self._exact(attribute.level, attribute.tag, value.encode())
         literal = re.split(r"[*?]", value, maxsplit=1)[0]
         regex = re.compile(
             "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in value),
@@ -189,7 +193,7 @@ class SearchCore:
         if "-" not in value:
             if attribute.vr == "DA" and len(value) != 8:
                 raise invalid_argument(attribute.keyword, f"{value!r} is not YYYYMMDD")
-            return _pks(scan(attribute.level, attribute.tag, *_exact(bound(value))))
+            return self._exact(attribute.level, attribute.tag, bound(value))
         if value.count("-") != 1 or value == "-":
             raise invalid_argument(attribute.keyword, f"{value!r} is not a range a-b, -b or a-")
         low, high = value.split("-")
@@ -302,12 +306,6 @@ def _check_limit(value: int, name: str) -> int:
     if value < 0 or value > MAX_LIMIT:
         raise invalid_argument(name, f"{value} is outside 0..{MAX_LIMIT}")
     return value or DEFAULT_LIMIT
-
-
-def _exact(value: bytes) -> tuple[bytes, bytes]:
-    """The scan bounds of one exact string term: [term, term + NUL)."""
-    term = EXACT + value
-    return term, term + b"\x00"
 
 
 def _pks(pairs: list[tuple[bytes, bytes]]) -> set[bytes]:

@@ -286,6 +286,10 @@ class LmdbIndex:
                 out.append((term, pk))
         return out
 
+    def term_entries(self, level: Level, tag: int, term: bytes) -> list[bytes]:
+        """Primary keys of records whose attribute ``tag`` has exactly index term ``term``."""
+        return [pk for _, pk in self.scan_terms(level, tag, term, term + keys.SEP)]
+
     def record_keys(self, level: Level, prefix: bytes = b"") -> list[bytes]:
         """Primary keys of every record of a level that start with ``prefix``, in order."""
         out = []
@@ -317,20 +321,6 @@ class LmdbIndex:
                 raw = _get(txn, keys.instance_key(study, series, sop), self._db["metadata"])
                 if raw is not None:
                     out.append(dataset_pb2.Dataset.FromString(raw))
-        return out
-
-    def term_entries(self, level: Level, tag: int, term: bytes) -> list[bytes]:
-        """Primary keys of records whose attribute ``tag`` has exactly index term ``term``."""
-        prefix = keys.term_prefix(level, tag, term) + keys.SEP
-        out = []
-        with self.read() as txn:
-            cursor = txn.cursor(db=self._db["terms"])
-            if cursor.set_range(prefix):
-                for raw_key in cursor.iternext(values=False):
-                    key = bytes(raw_key)
-                    if not key.startswith(prefix):
-                        break
-                    out.append(key[len(prefix) :])
         return out
 
     def changes(self, after: int, limit: int) -> list[management_service_pb2.ChangeFeedEntry]:

@@ -8,7 +8,7 @@ so that no service changes when a deployment outgrows one machine.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -76,8 +76,6 @@ class NewInstance:
         The pre-computed metadata: a serialized ``dicomrpc.v1.Dataset`` without bulk data.
     frames
         The frame offset table, when the instance has pixel data.
-    terms
-        Secondary-index entries, per level: (level, tag, term).
     """
 
     study_uid: str
@@ -88,7 +86,6 @@ class NewInstance:
     series_attributes: records_pb2.SeriesRecord
     metadata: bytes
     frames: records_pb2.FrameTable | None
-    terms: list[tuple[int, int, bytes]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
