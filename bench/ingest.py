@@ -149,12 +149,9 @@ def generate(directory: Path, count: int, seed: int = 1729) -> list[Path]:
         for number in range(in_study):
             series_number = number // INSTANCES_PER_SERIES + 1
             if number % INSTANCES_PER_SERIES == 0:
-                series = {
-                    "SeriesInstanceUID": generate_uid(),
-                    "FrameOfReferenceUID": generate_uid(),
-                    "SeriesNumber": series_number,
-                    "SeriesTime": f"{9 + study_index % 8:02d}{10 + series_number:02d}00",
-                }
+                series = series_attributes(
+                    series_number, f"{9 + study_index % 8:02d}{10 + series_number:02d}00"
+                )
             slice_number = number % INSTANCES_PER_SERIES + 1
             pixels = _slice_pixels(rng, base_hu, xx, yy, slice_number, signed)
             ds = _instance(study, series, slice_number, pixels, signed)
@@ -184,6 +181,16 @@ def _study_attributes(index: int, names: random.Random) -> dict[str, object]:
         "BodyPartExamined": body_part,
         "ConvolutionKernel": kernel.split()[-1],
         "ProtocolName": kernel,
+    }
+
+
+def series_attributes(series_number: int, series_time: str) -> dict[str, object]:
+    """The attributes of a new generated series."""
+    return {
+        "SeriesInstanceUID": generate_uid(),
+        "FrameOfReferenceUID": generate_uid(),
+        "SeriesNumber": series_number,
+        "SeriesTime": series_time,
     }
 
 

@@ -85,6 +85,7 @@ from ingest import (
     orthanc_server,
     orthanc_version,
     profile_tables,
+    series_attributes,
     stow_body,
     warm_cache,
     write_section,
@@ -203,12 +204,7 @@ def big_study(count: int = 500, seed: int = 4242) -> Study:
     for number in range(count):
         series_number = number // INSTANCES_PER_SERIES + 1
         if number % INSTANCES_PER_SERIES == 0:
-            series = {
-                "SeriesInstanceUID": generate_uid(),
-                "FrameOfReferenceUID": generate_uid(),
-                "SeriesNumber": series_number,
-                "SeriesTime": f"{10 + series_number:02d}0000",
-            }
+            series = series_attributes(series_number, f"{10 + series_number:02d}0000")
         slice_number = number % INSTANCES_PER_SERIES + 1
         pixels = _slice_pixels(rng, base_hu, xx, yy, slice_number, signed=False)
         path = directory / f"{series_number:02d}-{slice_number:03d}.dcm"
