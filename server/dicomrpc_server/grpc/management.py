@@ -15,9 +15,8 @@ from dicomrpc_server.errors import Code, ServiceError
 from dicomrpc_server.grpc.errors import abort
 from dicomrpc_server.lifecycle.delete import DeleteCore
 from dicomrpc_server.lifecycle.feed import ChangeFeed
+from dicomrpc_server.query.engine import MAX_LIMIT
 from dicomrpc_server.retrieve.transcode import capabilities
-
-MAX_SEARCH_LIMIT = 1000
 
 
 def get_capabilities(settings: Settings) -> pb.GetCapabilitiesResponse:
@@ -33,7 +32,7 @@ def get_capabilities(settings: Settings) -> pb.GetCapabilitiesResponse:
         ],
         max_instance_bytes=settings.max_instance_bytes,
         max_chunk_bytes=settings.max_chunk_bytes,
-        max_search_limit=MAX_SEARCH_LIMIT,
+        max_search_limit=MAX_LIMIT,
     )
 
 
