@@ -8,7 +8,15 @@
 from dicomrpc.aio import AsyncClient
 from dicomrpc.client import Client, ClientConfig, TlsConfig
 from dicomrpc.errors import DicomRpcError
-from dicomrpc.results import AttributeWarning, Capabilities, Change, InstanceResult, StoreResult
+from dicomrpc.results import (
+    AttributeWarning,
+    Capabilities,
+    Change,
+    InstanceResult,
+    QueryTag,
+    ReindexStatus,
+    StoreResult,
+)
 
 __version__ = "0.1.0"
 
@@ -21,6 +29,8 @@ __all__ = [
     "ClientConfig",
     "DicomRpcError",
     "InstanceResult",
+    "QueryTag",
+    "ReindexStatus",
     "StoreResult",
     "TlsConfig",
 ]

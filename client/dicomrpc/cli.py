@@ -18,7 +18,7 @@ from tqdm import tqdm
 from dicomrpc.client import Client
 from dicomrpc.datasets import to_json
 from dicomrpc.errors import DicomRpcError
-from dicomrpc.results import Change, InstanceResult
+from dicomrpc.results import Change, InstanceResult, ReindexStatus
 from dicomrpc.sources import Item, expand
 
 DEFAULT_SERVER = "localhost:50051"
@@ -81,6 +81,21 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("--limit", type=int, default=0, help="most results (100, at most 1000)")
     search.add_argument("--offset", type=int, default=0, help="results to skip")
     search.add_argument("--json", action="store_true", help="print DICOM JSON")
+
+    tags = sub.add_parser("query-tags", help="manage extended query tags (indexed attributes)")
+    tags_sub = tags.add_subparsers(dest="action", required=True)
+    add = tags_sub.add_parser("add", help="index attributes; waits for re-indexing with a bar")
+    add.add_argument("tags", nargs="+", help="keyword or 8-hex tag, optionally TAG:VR")
+    add.add_argument("--level", default="", choices=["", "study", "series", "instance"])
+    add.add_argument("--private-creator", default="", help="the private creator of private tags")
+    add.add_argument("--no-wait", action="store_true", help="return once re-indexing starts")
+    tags_sub.add_parser("list", help="list the extended query tags")
+    remove = tags_sub.add_parser("delete", help="stop indexing an attribute")
+    remove.add_argument("tag")
+    status = tags_sub.add_parser("status", help="show a re-indexing operation's progress")
+    status.add_argument("operation_id")
+    for command in tags_sub.choices.values():
+        _add_server(command)
 
     for command in (retrieve, frames, metadata, delete, feed, search):
         _add_server(command)
@@ -339,6 +354,50 @@ def store_command(args: argparse.Namespace) -> int:
     return 1 if failed or errors else 0
 
 
+def query_tags_command(args: argparse.Namespace) -> int:
+    """Add, list or delete extended query tags, or show a re-indexing's progress."""
+    with Client(args.server) as client:
+        if args.action == "list":
+            for tag in client.query_tags():
+                name = keyword_for_tag(int(tag.tag, 16)) or tag.private_creator
+                state = "ready" if tag.ready else "re-indexing"
+                print(f"{tag.tag} {tag.vr} {tag.level:<8} {state:<11} {name}")
+            return 0
+        if args.action == "delete":
+            client.delete_query_tag(args.tag)
+            return 0
+        if args.action == "status":
+            _print_status(client.reindex_status(args.operation_id))
+            return 0
+        specs = []
+        for text in args.tags:
+            tag, _, vr = text.partition(":")
+            specs.append({"tag": tag, "vr": vr, "private_creator": args.private_creator})
+        added, operation_id = client.add_query_tags(specs, level=args.level)
+        print(f"added {', '.join(t.tag for t in added)}; re-indexing operation {operation_id}")
+        if args.no_wait:
+            return 0
+        bar = tqdm(unit="instances", desc="re-indexing", dynamic_ncols=True)
+
+        def show(status: ReindexStatus) -> None:
+            bar.total = status.total_instances
+            bar.n = status.processed_instances
+            bar.refresh()
+
+        final = client.wait_for_reindex(operation_id, on_status=show)
+        bar.close()
+        _print_status(final)
+        return 0
+
+
+def _print_status(status: ReindexStatus) -> None:
+    state = "done" if status.done else "running"
+    print(
+        f"{status.operation_id}: {state}, "
+        f"{status.processed_instances} of {status.total_instances} instances"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line."""
     args = _parser().parse_args(argv)
@@ -354,6 +413,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "delete": delete_command,
         "feed": feed_command,
         "search": search_command,
+        "query-tags": query_tags_command,
     }
     try:
         return commands[args.command](args)

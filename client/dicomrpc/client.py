@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +13,7 @@ import grpc
 
 from dicomrpc import retrieval
 from dicomrpc.errors import DicomRpcError
-from dicomrpc.results import Capabilities, Change, StoreResult
+from dicomrpc.results import Capabilities, Change, QueryTag, ReindexStatus, StoreResult
 from dicomrpc.sources import DEFAULT_CHUNK, Item, Sources, iter_items, requests
 from dicomrpc.v1 import management_service_pb2 as mpb
 from dicomrpc.v1 import (
@@ -477,6 +478,99 @@ class Client:
         except grpc.RpcError as error:
             raise DicomRpcError.from_rpc_error(error) from None
         return Capabilities.from_message(response)
+
+    # -- extended query tags -------------------------------------------------------------------
+
+    def add_query_tags(
+        self, tags: Iterable[str | Mapping[str, str]], level: str = ""
+    ) -> tuple[list[QueryTag], str]:
+        """Have the server index more attributes; return them and the re-indexing operation id.
+
+        Parameters
+        ----------
+        tags
+            Keywords or 8-hex tags (``"SeriesDescription"``, ``"00181000"``), or mappings with
+            ``tag`` and optionally ``vr``, ``level`` and ``private_creator`` (a private tag
+            needs the last two and its VR).
+        level
+            ``"study"``, ``"series"`` or ``"instance"`` for tags that do not name their own
+            (empty: the level that keeps a standard attribute already).
+
+        The tags are searchable once the operation is done: see :meth:`wait_for_reindex`.
+        """
+        request = mpb.AddExtendedQueryTagsRequest()
+        for tag in tags:
+            spec = {"tag": tag} if isinstance(tag, str) else dict(tag)
+            unknown = set(spec) - {"tag", "vr", "level", "private_creator"}
+            if unknown:
+                raise ValueError(f"unknown query tag fields {sorted(unknown)}")
+            request.tags.add(
+                tag=spec["tag"],
+                vr=spec.get("vr", ""),
+                private_creator=spec.get("private_creator", ""),
+                level=_query_tag_level(spec.get("level", level)),
+            )
+        response = self._unary(self._management.AddExtendedQueryTags, request)
+        return [QueryTag.from_message(t) for t in response.tags], response.operation_id
+
+    def query_tags(self) -> list[QueryTag]:
+        """The extended query tags, with whether each is ready for searches."""
+        response = self._unary(
+            self._management.ListExtendedQueryTags, mpb.ListExtendedQueryTagsRequest()
+        )
+        return [QueryTag.from_message(t) for t in response.tags]
+
+    def delete_query_tag(self, tag: str) -> None:
+        """Stop indexing an extended query tag and remove its index entries."""
+        self._unary(
+            self._management.DeleteExtendedQueryTag, mpb.DeleteExtendedQueryTagRequest(tag=tag)
+        )
+
+    def reindex_status(self, operation_id: str) -> ReindexStatus:
+        """The progress of the re-indexing started by :meth:`add_query_tags`."""
+        response = self._unary(
+            self._management.GetReindexStatus,
+            mpb.GetReindexStatusRequest(operation_id=operation_id),
+        )
+        return ReindexStatus.from_message(response)
+
+    def wait_for_reindex(
+        self,
+        operation_id: str,
+        *,
+        poll_s: float = 0.2,
+        timeout_s: float | None = None,
+        on_status: Callable[[ReindexStatus], None] | None = None,
+    ) -> ReindexStatus:
+        """Poll a re-indexing operation until it is done (``TimeoutError`` after ``timeout_s``).
+
+        ``on_status`` is called with every status read, for a progress bar.
+        """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            status = self.reindex_status(operation_id)
+            if on_status is not None:
+                on_status(status)
+            if status.done:
+                return status
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"re-indexing {operation_id} is not done after {timeout_s} s")
+            time.sleep(poll_s)
+
+
+_QUERY_TAG_LEVELS = {
+    "": mpb.QUERY_TAG_LEVEL_UNSPECIFIED,
+    "study": mpb.QUERY_TAG_LEVEL_STUDY,
+    "series": mpb.QUERY_TAG_LEVEL_SERIES,
+    "instance": mpb.QUERY_TAG_LEVEL_INSTANCE,
+}
+
+
+def _query_tag_level(level: str) -> mpb.QueryTagLevel.ValueType:
+    try:
+        return _QUERY_TAG_LEVELS[level.lower()]
+    except KeyError:
+        raise ValueError(f"level {level!r} is not study, series or instance") from None
 
 
 def _errors(stream: Iterable[T]) -> Iterator[T]:

@@ -181,3 +181,61 @@ class Change:
             m.time.ToDatetime(tzinfo=datetime.UTC),
             _STATES.get(m.state, "unspecified"),
         )
+
+
+_LEVELS = {
+    mpb.QUERY_TAG_LEVEL_STUDY: "study",
+    mpb.QUERY_TAG_LEVEL_SERIES: "series",
+    mpb.QUERY_TAG_LEVEL_INSTANCE: "instance",
+}
+
+
+@dataclass(frozen=True)
+class QueryTag:
+    """An extended query tag: an attribute the server indexes because it was asked to.
+
+    Attributes
+    ----------
+    tag
+        The tag, 8 hexadecimal digits.
+    vr
+        The value representation its values are indexed as.
+    level
+        ``"study"``, ``"series"`` or ``"instance"``: the level searched by it.
+    private_creator
+        The private creator of a private tag, else ``""``.
+    ready
+        False while stored instances are being re-indexed (searches on it fail until then).
+    """
+
+    tag: str
+    vr: str
+    level: str
+    private_creator: str
+    ready: bool
+
+    @classmethod
+    def from_message(cls, m: mpb.ExtendedQueryTag) -> QueryTag:
+        """Decode an ``ExtendedQueryTag``."""
+        return cls(
+            m.tag,
+            m.vr,
+            _LEVELS.get(m.level, ""),
+            m.private_creator,
+            m.status == mpb.QUERY_TAG_STATUS_READY,
+        )
+
+
+@dataclass(frozen=True)
+class ReindexStatus:
+    """The progress of a re-indexing operation started by adding query tags."""
+
+    operation_id: str
+    processed_instances: int
+    total_instances: int
+    done: bool
+
+    @classmethod
+    def from_message(cls, m: mpb.GetReindexStatusResponse) -> ReindexStatus:
+        """Decode a ``GetReindexStatusResponse``."""
+        return cls(m.operation_id, m.processed_instances, m.total_instances, m.done)

@@ -12,6 +12,7 @@ from dicomrpc_server.config import Settings
 from dicomrpc_server.lifecycle.delete import DeleteCore
 from dicomrpc_server.lifecycle.feed import ChangeFeed
 from dicomrpc_server.query.engine import SearchCore
+from dicomrpc_server.query.reindexing import ExtendedQueryTags
 from dicomrpc_server.retrieve.service import RetrieveCore
 from dicomrpc_server.storage.blobs import LocalBlobStore
 from dicomrpc_server.storage.lmdb_index import LmdbIndex
@@ -39,6 +40,7 @@ class Archive:
         self.workers = WorkerPool(settings.workers)
         self.store = StoreCore(settings, self.blobs, self.index, self.workers)
         self.search = SearchCore(self.index)
+        self.query_tags = ExtendedQueryTags(self.index)
         self.delete = DeleteCore(self.index, self.blobs)
         self.feed = ChangeFeed(self.index)
         self.retrieve = RetrieveCore(

@@ -1,9 +1,9 @@
-"""ManagementService: delete, the change feed and capabilities over the lifecycle cores."""
+"""ManagementService: delete, the change feed, extended query tags and capabilities."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 from pydicom.uid import AllTransferSyntaxes
 
@@ -11,12 +11,15 @@ from dicomrpc.v1 import management_service_pb2 as pb
 from dicomrpc.v1 import management_service_pb2_grpc
 from dicomrpc_server import __version__
 from dicomrpc_server.config import Settings
-from dicomrpc_server.errors import Code, ServiceError
+from dicomrpc_server.errors import ServiceError
 from dicomrpc_server.grpc.errors import abort
 from dicomrpc_server.lifecycle.delete import DeleteCore
 from dicomrpc_server.lifecycle.feed import ChangeFeed
 from dicomrpc_server.query.engine import MAX_LIMIT
+from dicomrpc_server.query.extended import RequestedTag
+from dicomrpc_server.query.reindexing import ExtendedQueryTags
 from dicomrpc_server.retrieve.transcode import capabilities
+from dicomrpc_server.storage import records_pb2
 
 
 def get_capabilities(settings: Settings) -> pb.GetCapabilitiesResponse:
@@ -36,23 +39,20 @@ def get_capabilities(settings: Settings) -> pb.GetCapabilitiesResponse:
     )
 
 
-def _pending(name: str) -> ServiceError:
-    method = f"dicomrpc.v1.ManagementService.{name}"
-    return ServiceError(
-        Code.UNIMPLEMENTED,
-        "INTERNAL_FAILURE",
-        f"{method} is not implemented by this server yet",
-        metadata={"method": method},
-    )
-
-
 class ManagementServicer(management_service_pb2_grpc.ManagementServiceServicer):
-    """Translates ManagementService calls; extended query tags are not served yet."""
+    """Translates ManagementService calls to the lifecycle and query-tag cores."""
 
-    def __init__(self, settings: Settings, delete: DeleteCore, feed: ChangeFeed) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        delete: DeleteCore,
+        feed: ChangeFeed,
+        query_tags: ExtendedQueryTags,
+    ) -> None:
         self._settings = settings
         self._delete = delete
         self._feed = feed
+        self._query_tags = query_tags
 
     async def _deleted(self, context: Any, study: str, series: str = "", sop: str = "") -> int:
         try:
@@ -124,23 +124,57 @@ class ManagementServicer(management_service_pb2_grpc.ManagementServiceServicer):
     async def AddExtendedQueryTags(
         self, request: pb.AddExtendedQueryTagsRequest, context: Any
     ) -> pb.AddExtendedQueryTagsResponse:
-        """Not implemented yet: answers UNIMPLEMENTED."""
-        await abort(context, _pending("AddExtendedQueryTags"))
+        """Register query tags and start re-indexing for them."""
+        requested = [
+            RequestedTag(t.tag, t.vr, t.private_creator, int(t.level)) for t in request.tags
+        ]
+        try:
+            tags, operation_id = await self._query_tags.add(requested)
+        except ServiceError as error:
+            await abort(context, error)
+        return pb.AddExtendedQueryTagsResponse(
+            tags=[_query_tag(t) for t in tags], operation_id=operation_id
+        )
 
     async def ListExtendedQueryTags(
         self, request: pb.ListExtendedQueryTagsRequest, context: Any
     ) -> pb.ListExtendedQueryTagsResponse:
-        """Not implemented yet: answers UNIMPLEMENTED."""
-        await abort(context, _pending("ListExtendedQueryTags"))
+        """List the extended query tags with their status."""
+        return pb.ListExtendedQueryTagsResponse(
+            tags=[_query_tag(t) for t in self._query_tags.list()]
+        )
 
     async def DeleteExtendedQueryTag(
         self, request: pb.DeleteExtendedQueryTagRequest, context: Any
     ) -> pb.DeleteExtendedQueryTagResponse:
-        """Not implemented yet: answers UNIMPLEMENTED."""
-        await abort(context, _pending("DeleteExtendedQueryTag"))
+        """Remove an extended query tag and its index entries."""
+        try:
+            await self._query_tags.delete(request.tag)
+        except ServiceError as error:
+            await abort(context, error)
+        return pb.DeleteExtendedQueryTagResponse()
 
     async def GetReindexStatus(
         self, request: pb.GetReindexStatusRequest, context: Any
     ) -> pb.GetReindexStatusResponse:
-        """Not implemented yet: answers UNIMPLEMENTED."""
-        await abort(context, _pending("GetReindexStatus"))
+        """Report the progress of a re-indexing operation."""
+        try:
+            operation = self._query_tags.status(request.operation_id)
+        except ServiceError as error:
+            await abort(context, error)
+        return pb.GetReindexStatusResponse(
+            operation_id=operation.operation_id,
+            processed_instances=operation.processed_instances,
+            total_instances=max(operation.total_instances, operation.processed_instances),
+            done=operation.done,
+        )
+
+
+def _query_tag(tag: records_pb2.QueryTagRecord) -> pb.ExtendedQueryTag:
+    return pb.ExtendedQueryTag(
+        tag=tag.hex_tag,
+        vr=tag.vr,
+        private_creator=tag.private_creator,
+        level=cast(pb.QueryTagLevel.ValueType, tag.level),
+        status=pb.QUERY_TAG_STATUS_READY if tag.ready else pb.QUERY_TAG_STATUS_REINDEXING,
+    )

@@ -56,7 +56,8 @@ class GrpcServer:
             SearchServicer(archive.search), self.server
         )
         management_service_pb2_grpc.add_ManagementServiceServicer_to_server(
-            ManagementServicer(settings, archive.delete, archive.feed), self.server
+            ManagementServicer(settings, archive.delete, archive.feed, archive.query_tags),
+            self.server,
         )
         self.server.add_generic_rpc_handlers(
             tuple(unimplemented_handler(s) for s in PENDING_SERVICES)
@@ -79,6 +80,7 @@ class GrpcServer:
     async def start(self) -> None:
         """Start serving and report every service as SERVING."""
         await self.server.start()
+        self.archive.query_tags.resume()
         for name in ("", *self._names):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
@@ -86,6 +88,7 @@ class GrpcServer:
         """Stop taking calls, let in-flight ones (stores included) finish for ``grace`` s."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        await self.archive.query_tags.stop()
 
     async def wait(self) -> None:
         """Wait until the server stops."""

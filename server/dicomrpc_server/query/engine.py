@@ -22,8 +22,15 @@ from dicomrpc_server.dicom.attributes import (
     Level,
     NestedAttribute,
 )
-from dicomrpc_server.errors import invalid_argument
-from dicomrpc_server.query.terms import EXACT, WORD, fold_person_name, integer_term, pad_time
+from dicomrpc_server.errors import Code, ServiceError, invalid_argument
+from dicomrpc_server.query.terms import (
+    EXACT,
+    WORD,
+    decimal_term,
+    fold_person_name,
+    integer_term,
+    pad_time,
+)
 from dicomrpc_server.storage import keys, records_pb2
 from dicomrpc_server.storage.lmdb_index import MODALITIES_IN_STUDY, LmdbIndex
 
@@ -98,7 +105,8 @@ class SearchCore:
         page_size = _check_limit(request.page_size, "page_size") if request.page_size else 0
         if request.offset < 0:
             raise invalid_argument("offset", f"{request.offset} is negative")
-        terms = [_term(name, value, level) for name, value in request.match.items()]
+        extended = _Extended(self.index.query_tags())
+        terms = [_term(name, value, level, extended) for name, value in request.match.items()]
         scope = _scope(level, request.study_uid, request.series_uid)
         constraints = [
             self._lift(self._matches(t, request.fuzzy), t.attribute.level, level)
@@ -119,7 +127,7 @@ class SearchCore:
         primary_keys = primary_keys[request.offset :]
         size = page_size or limit
         page, rest = primary_keys[:size], primary_keys[size:]
-        returned = _returned(level, terms, request.include_fields)
+        returned = _returned(level, terms, request.include_fields, extended)
         results = [self._dataset(level, pk, returned, scoped=bool(scope)) for pk in page]
         token = _encode_token(page[-1]) if rest and page_size else ""
         return SearchPage(results, token)
@@ -149,6 +157,12 @@ class SearchCore:
                 raise invalid_argument(attribute.keyword, f"{value!r} is not an integer") from None
             number_term = integer_term(number)
             return set(self.index.term_entries(level, tag, number_term))
+        if vr in ("DS", "FL", "FD"):
+            try:
+                decimal = decimal_term(vr, value)
+            except ValueError:
+                raise invalid_argument(attribute.keyword, f"{value!r} is not a number") from None
+            return set(self.index.term_entries(level, tag, decimal))
         if vr == "PN":
             folded = fold_person_name(value)
             if fuzzy:
@@ -254,7 +268,27 @@ def _integer(out: dataset_pb2.Dataset, tag: str, value: int) -> None:
     out.attributes[tag].numbers.integral_indexes.append(0)
 
 
-def _term(name: str, value: str, level: Level) -> _Term:
+class _Extended:
+    """The extended query tags of one search, found by keyword or tag."""
+
+    def __init__(self, tags: list[records_pb2.QueryTagRecord]) -> None:
+        self.tags = tags
+        self._by_name: dict[str, records_pb2.QueryTagRecord] = {}
+        for tag in tags:
+            self._by_name[tag.hex_tag] = tag
+            if tag.keyword:
+                self._by_name[tag.keyword] = tag
+
+    def get(self, name: str) -> records_pb2.QueryTagRecord | None:
+        return self._by_name.get(name) or self._by_name.get(name.upper())
+
+    def attribute(self, tag: records_pb2.QueryTagRecord) -> IndexedAttribute:
+        return IndexedAttribute(
+            tag.keyword or tag.hex_tag, int(tag.hex_tag, 16), tag.vr, Level(tag.level), True
+        )
+
+
+def _term(name: str, value: str, level: Level, extended: _Extended) -> _Term:
     if "." in name:
         nested = _NESTED.get(name) or _NESTED.get(name.upper())
         if nested is None:
@@ -262,7 +296,16 @@ def _term(name: str, value: str, level: Level) -> _Term:
         if nested.leaf.level > level:
             raise invalid_argument(name, f"is a {nested.leaf.level.name.lower()}-level attribute")
         return _Term(nested.leaf, value, nested.term_kind)
-    attribute = _BY_NAME.get(name) or _BY_NAME.get(name.upper())
+    tag = extended.get(name)
+    if tag is not None and not tag.ready:
+        raise ServiceError(
+            Code.FAILED_PRECONDITION,
+            "TAG_REINDEXING",
+            f"{name} is an extended query tag still being re-indexed "
+            f"(operation {tag.operation_id}): it is searchable once that operation is done",
+            metadata={"tag": tag.hex_tag, "operation_id": tag.operation_id},
+        )
+    attribute = extended.attribute(tag) if tag else _BY_NAME.get(name) or _BY_NAME.get(name.upper())
     if attribute is None:
         raise invalid_argument(name, "is not a known searchable attribute")
     if not attribute.searchable:
@@ -272,10 +315,14 @@ def _term(name: str, value: str, level: Level) -> _Term:
     return _Term(attribute, value)
 
 
-def _returned(level: Level, terms: list[_Term], include: Sequence[str]) -> set[str]:
+def _returned(
+    level: Level, terms: list[_Term], include: Sequence[str], extended: _Extended
+) -> set[str]:
     """Tags to return: the level's defaults, the match keys, and the included fields."""
     everything = "all" in (f.lower() for f in include)
     tags = {a.hex_tag for a in ALL_ATTRIBUTES if a.level <= level and (a.searchable or everything)}
+    if everything:
+        tags.update(t.hex_tag for t in extended.tags if t.level <= level)
     tags.update(t.attribute.hex_tag for t in terms if not t.kind)
     tags.update(
         n.sequence.hex_tag for n in NESTED_ATTRIBUTES for t in terms if t.kind == n.term_kind
@@ -283,7 +330,8 @@ def _returned(level: Level, terms: list[_Term], include: Sequence[str]) -> set[s
     for name in include:
         if name.lower() == "all":
             continue
-        attribute = _BY_NAME.get(name)
+        tag = extended.get(name)
+        attribute = extended.attribute(tag) if tag else _BY_NAME.get(name)
         if attribute is None:
             raise invalid_argument("include_fields", f"{name!r} is not a known attribute")
         tags.add(attribute.hex_tag)

@@ -7,6 +7,7 @@ found exactly when the matching rules of PS3.4 C.2.2.2 say it should be:
 - PN: the whole name, case- and accent-folded (PN matching is case-insensitive), plus each word
   of each component, folded the same way, for fuzzy prefix matching;
 - IS, US and other integers: an order-preserving 8-byte encoding, for ranges;
+- DS, FL, FD: one canonical text per number, so that ``5`` finds ``5.0``;
 - DA, TM, DT: the text itself, which sorts in time order once TM/DT are padded.
 """
 
@@ -51,6 +52,17 @@ def integer_term(value: int) -> bytes:
     return NUMBER + struct.pack(">Q", (value + (1 << 63)) & 0xFFFFFFFFFFFFFFFF)
 
 
+def decimal_term(vr: str, value: object) -> bytes:
+    """A DS, FL or FD value as one canonical text: ``5``, ``5.0`` and ``5.00`` are one number.
+
+    FL values are rounded to single precision first, as the file holds them.
+    """
+    number = float(str(value))
+    if vr == "FL":
+        number = struct.unpack("<f", struct.pack("<f", number))[0]
+    return EXACT + repr(number).encode()
+
+
 def pad_time(value: str) -> str:
     """Pad a TM value to HHMMSS.ffffff so that partial times sort correctly."""
     main, _, frac = value.partition(".")
@@ -68,6 +80,8 @@ def value_terms(vr: str, values: Iterable[object]) -> list[bytes]:
             terms += person_name_terms(str(value))
         elif vr in ("IS", "US", "SS", "UL", "SL", "SV", "UV"):
             terms.append(integer_term(int(str(value))))
+        elif vr in ("DS", "FL", "FD"):
+            terms.append(decimal_term(vr, value))
         elif vr == "TM":
             terms.append(EXACT + pad_time(str(value)).encode())
         else:

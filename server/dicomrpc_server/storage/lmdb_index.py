@@ -15,6 +15,8 @@ name           key                     value
 ``frames``     study/series/sop        ``FrameTable``: the byte ranges of every frame
 ``terms``      level/tag/term/pk       empty: secondary indexes, scanned with ``set_range``
 ``changes``    sequence                ``dicomrpc.v1.ChangeFeedEntry``: the change feed
+``query_tags`` 8 hex digits            ``QueryTagRecord``: the extended query tags
+``operations`` operation id            ``ReindexOperation``: background re-indexing progress
 =============  ======================  =========================================================
 
 Reads run on the caller's thread in short read transactions; writes go through the
@@ -35,6 +37,7 @@ import lmdb
 from dicomrpc.v1 import dataset_pb2, management_service_pb2
 from dicomrpc_server.dicom.attributes import ATTRIBUTES_BY_LEVEL, NESTED_ATTRIBUTES, Level
 from dicomrpc_server.errors import Code, ServiceError
+from dicomrpc_server.query.extended import extract
 from dicomrpc_server.query.terms import EXACT, NUMBER, value_terms
 from dicomrpc_server.storage import keys, records_pb2
 from dicomrpc_server.storage.protocols import IndexCounts, NewInstance
@@ -52,9 +55,19 @@ _DB_NAMES = (
     "frames",
     "terms",
     "changes",
+    "query_tags",
+    "operations",
 )
 MODALITIES_IN_STUDY = 0x00080061
+# LMDB keys are at most 511 bytes: level and tag (5), the term, NUL and a primary key (<= 194).
+MAX_TERM_BYTES = 256
+Record = records_pb2.StudyRecord | records_pb2.SeriesRecord | records_pb2.InstanceRecord
 _LEVEL_DB = {Level.STUDY: "studies", Level.SERIES: "series", Level.INSTANCE: "instances"}
+_RECORD_TYPES: dict[Level, type[Record]] = {
+    Level.STUDY: records_pb2.StudyRecord,
+    Level.SERIES: records_pb2.SeriesRecord,
+    Level.INSTANCE: records_pb2.InstanceRecord,
+}
 
 
 def _get(txn: lmdb.Transaction, key: bytes, db: lmdb._Database) -> bytes | None:
@@ -275,12 +288,7 @@ class LmdbIndex:
                 key = bytes(raw_key)
                 if not key.startswith(base):
                     break
-                rest = key[len(base) :]
-                if rest[:1] == NUMBER:  # fixed width: the 8 bytes may hold NULs
-                    term, pk = rest[: len(NUMBER) + 8], rest[len(NUMBER) + 9 :]
-                else:
-                    cut = rest.index(keys.SEP)
-                    term, pk = rest[:cut], rest[cut + 1 :]
+                term, pk = _split_term(key[len(base) :])
                 if (stop is not None and term >= stop) or not term.startswith(prefix):
                     break
                 out.append((term, pk))
@@ -368,6 +376,27 @@ class LmdbIndex:
 
     # -- writes ------------------------------------------------------------------------------
 
+    def query_tags(self) -> list[records_pb2.QueryTagRecord]:
+        """The extended query tags, in tag order."""
+        with self.read() as txn:
+            return self._query_tags(txn)
+
+    def operation(self, operation_id: str) -> records_pb2.ReindexOperation | None:
+        """A re-indexing operation, or None when there is no such operation."""
+        with self.read() as txn:
+            raw = _get(txn, operation_id.encode("utf-8"), self._db["operations"])
+        return records_pb2.ReindexOperation.FromString(raw) if raw else None
+
+    def operations(self) -> list[records_pb2.ReindexOperation]:
+        """Every re-indexing operation (finished ones included)."""
+        with self.read() as txn:
+            cursor = txn.cursor(db=self._db["operations"])
+            return [records_pb2.ReindexOperation.FromString(bytes(v)) for _, v in cursor]
+
+    def _query_tags(self, txn: lmdb.Transaction) -> list[records_pb2.QueryTagRecord]:
+        cursor = txn.cursor(db=self._db["query_tags"])
+        return [records_pb2.QueryTagRecord.FromString(bytes(v)) for _, v in cursor]
+
     async def add_instance(self, new: NewInstance) -> int:
         """Index a persisted instance in one write transaction; return its version."""
         return await self.writer.run(lambda txn: self._add_instance(txn, new))
@@ -394,7 +423,10 @@ class LmdbIndex:
         txn.put(ikey, new.metadata, db=db["metadata"])
         if new.frames is not None:
             txn.put(ikey, new.frames.SerializeToString(), db=db["frames"])
-        self._put_terms(txn, Level.INSTANCE, ikey, _terms(Level.INSTANCE, record))
+        extended = self._query_tags(txn)
+        if extended:
+            _add_extended(new, extended)
+        self._put_terms(txn, Level.INSTANCE, ikey, _terms(Level.INSTANCE, record, extended))
 
         skey = keys.series_key(new.study_uid, new.series_uid)
         raw_series = _get(txn, skey, db["series"])
@@ -402,7 +434,7 @@ class LmdbIndex:
         series_record = new.series_attributes
         series_record.instance_count = (old_series.instance_count if old_series else 0) + 1
         series_record.version = version
-        self._replace_terms(txn, Level.SERIES, skey, old_series, series_record)
+        self._replace_terms(txn, Level.SERIES, skey, old_series, series_record, extended)
         txn.put(skey, series_record.SerializeToString(), db=db["series"])
 
         stkey = keys.study_key(new.study_uid)
@@ -418,7 +450,7 @@ class LmdbIndex:
         if record.modality:
             study_record.modality_counts[record.modality] += 1
         study_record.version = version
-        self._replace_terms(txn, Level.STUDY, stkey, old_study, study_record)
+        self._replace_terms(txn, Level.STUDY, stkey, old_study, study_record, extended)
         txn.put(stkey, study_record.SerializeToString(), db=db["studies"])
 
         self._append_change(
@@ -476,13 +508,14 @@ class LmdbIndex:
                 },
             )
         now_us = time.time_ns() // 1000
+        extended = self._query_tags(txn)
         blob_ids = []
         removed_per_series: dict[str, int] = {}
         modalities: dict[str, int] = {}
         for ikey, raw in doomed:
             record = records_pb2.InstanceRecord.FromString(raw)
             study_uid, series_uid, sop_uid = keys.split_key(ikey)
-            for tag, term in _terms(Level.INSTANCE, record):
+            for tag, term in _terms(Level.INSTANCE, record, extended):
                 txn.delete(keys.term_key(Level.INSTANCE, tag, term, ikey), db=db["terms"])
             for name in ("instances", "metadata", "frames"):
                 txn.delete(ikey, db=db[name])
@@ -510,7 +543,8 @@ class LmdbIndex:
             updated.CopyFrom(old)
             updated.instance_count -= removed
             if updated.instance_count <= 0:
-                self._replace_terms(txn, Level.SERIES, skey, old, records_pb2.SeriesRecord())
+                empty = records_pb2.SeriesRecord()
+                self._replace_terms(txn, Level.SERIES, skey, old, empty, extended)
                 txn.delete(skey, db=db["series"])
                 emptied_series += 1
             else:
@@ -530,12 +564,192 @@ class LmdbIndex:
                 else:
                     del updated_study.modality_counts[modality]
             if updated_study.instance_count <= 0:
-                self._replace_terms(txn, Level.STUDY, stkey, old_study, records_pb2.StudyRecord())
+                empty_study = records_pb2.StudyRecord()
+                self._replace_terms(txn, Level.STUDY, stkey, old_study, empty_study, extended)
                 txn.delete(stkey, db=db["studies"])
             else:
-                self._replace_terms(txn, Level.STUDY, stkey, old_study, updated_study)
+                self._replace_terms(txn, Level.STUDY, stkey, old_study, updated_study, extended)
                 txn.put(stkey, updated_study.SerializeToString(), db=db["studies"])
         return blob_ids
+
+    async def add_query_tags(
+        self, tags: list[records_pb2.QueryTagRecord], operation: records_pb2.ReindexOperation
+    ) -> records_pb2.ReindexOperation:
+        """Register new query tags (not ready) and the operation that will re-index for them.
+
+        Raises ALREADY_EXISTS, naming the tag, when one of them is registered already. From the
+        commit on, every stored instance contributes to the new tags' index entries.
+        """
+
+        def add(txn: lmdb.Transaction) -> records_pb2.ReindexOperation:
+            db = self._db
+            for tag in tags:
+                if _get(txn, tag.hex_tag.encode("ascii"), db["query_tags"]) is not None:
+                    raise ServiceError(
+                        Code.ALREADY_EXISTS,
+                        "INVALID_REQUEST",
+                        f"extended query tag {tag.keyword or tag.hex_tag} exists already",
+                        metadata={"tag": tag.hex_tag},
+                    )
+            for tag in tags:
+                tag.operation_id = operation.operation_id
+                txn.put(tag.hex_tag.encode("ascii"), tag.SerializeToString(), db=db["query_tags"])
+            operation.total_instances = txn.stat(db["instances"])["entries"]
+            self._put_operation(txn, operation)
+            return operation
+
+        return await self.writer.run(add)
+
+    async def reindex_batch(self, operation_id: str, limit: int) -> records_pb2.ReindexOperation:
+        """Index up to ``limit`` more instances for an operation's tags; mark them ready at the end.
+
+        The walk goes in instance key order from the operation's cursor, which is saved in the
+        same transaction, so that a restart resumes where it stopped. Instances stored meanwhile
+        are indexed by the store itself; walking over one of them again changes nothing.
+        """
+
+        def batch(txn: lmdb.Transaction) -> records_pb2.ReindexOperation:
+            db = self._db
+            raw = _get(txn, operation_id.encode("utf-8"), db["operations"])
+            if raw is None:
+                raise ServiceError(
+                    Code.NOT_FOUND,
+                    "RESOURCE_NOT_FOUND",
+                    f"re-indexing operation {operation_id} does not exist",
+                    metadata={"operation_id": operation_id},
+                )
+            operation = records_pb2.ReindexOperation.FromString(raw)
+            if operation.done:
+                return operation
+            wanted = set(operation.hex_tags)
+            tags = [t for t in self._query_tags(txn) if t.hex_tag in wanted]
+            cursor = txn.cursor(db=db["instances"])
+            found = (
+                cursor.set_range(operation.cursor + b"\x00") if operation.cursor else cursor.first()
+            )
+            walked: list[bytes] = []
+            while found and len(walked) < limit:
+                walked.append(bytes(cursor.key()))
+                found = cursor.next()
+            if tags:
+                self._reindex(txn, walked, tags)
+            operation.processed_instances += len(walked)
+            if walked:
+                operation.cursor = walked[-1]
+            if not found:
+                operation.done = True
+                for tag in tags:
+                    tag.ready = True
+                    txn.put(
+                        tag.hex_tag.encode("ascii"), tag.SerializeToString(), db=db["query_tags"]
+                    )
+            self._put_operation(txn, operation)
+            return operation
+
+        return await self.writer.run(batch)
+
+    def _reindex(
+        self,
+        txn: lmdb.Transaction,
+        instance_keys: list[bytes],
+        tags: list[records_pb2.QueryTagRecord],
+    ) -> None:
+        """Copy the tags' values from each instance's metadata into its records, and index them."""
+        db = self._db
+        extended = self._query_tags(txn)
+        levels = sorted({Level(t.level) for t in tags})
+        loaded: dict[tuple[Level, bytes], tuple[Record, Record]] = {}
+        for ikey in instance_keys:
+            raw_metadata = _get(txn, ikey, db["metadata"])
+            if raw_metadata is None:
+                continue
+            metadata = dataset_pb2.Dataset.FromString(raw_metadata)
+            parts = ikey.split(keys.SEP)
+            for level in levels:
+                pk = keys.SEP.join(parts[: int(level)])
+                if (level, pk) not in loaded:
+                    raw = _get(txn, pk, db[_LEVEL_DB[level]])
+                    if raw is None:
+                        continue
+                    loaded[(level, pk)] = (
+                        _RECORD_TYPES[level].FromString(raw),
+                        _RECORD_TYPES[level].FromString(raw),
+                    )
+                record = loaded[(level, pk)][1]
+                for tag in tags:
+                    if tag.level != level:
+                        continue
+                    value = extract(metadata, tag)
+                    if value is not None:
+                        record.attributes.attributes[tag.hex_tag].CopyFrom(value)
+        # Before this walk the records had no entries for these tags, whatever they held.
+        walked = {t.hex_tag for t in tags}
+        before = [t for t in extended if t.hex_tag not in walked]
+        for (level, pk), (old, new) in loaded.items():
+            old_terms = _terms(level, old, before)
+            new_terms = _terms(level, new, extended)
+            for number, term in old_terms - new_terms:
+                txn.delete(keys.term_key(level, number, term, pk), db=db["terms"])
+            self._put_terms(txn, level, pk, new_terms - old_terms)
+            txn.put(pk, new.SerializeToString(), db=db[_LEVEL_DB[level]])
+
+    async def drop_query_tag(self, hex_tag: str, limit: int) -> bool:
+        """Remove an extended query tag, ``limit`` index entries per call; True when all gone.
+
+        The first call unregisters the tag (searches stop using it at once); each call then
+        deletes up to ``limit`` of its index entries and of the record values it had added.
+        """
+
+        def drop(txn: lmdb.Transaction) -> bool:
+            db = self._db
+            key = hex_tag.encode("ascii")
+            raw = _get(txn, key, db["query_tags"])
+            if raw is not None:
+                tag = records_pb2.QueryTagRecord.FromString(raw)
+                txn.delete(key, db=db["query_tags"])
+                txn.put(b"dropping\x00" + key, raw, db=db["meta"])
+            else:
+                raw = _get(txn, b"dropping\x00" + key, db["meta"])
+                if raw is None:
+                    return True
+                tag = records_pb2.QueryTagRecord.FromString(raw)
+            level = Level(tag.level)
+            prefix = keys.term_prefix(level, int(hex_tag, 16), b"")
+            cursor = txn.cursor(db=db["terms"])
+            removed = 0
+            found = cursor.set_range(prefix)
+            while found and removed < limit and bytes(cursor.key()).startswith(prefix):
+                pk = _split_term(bytes(cursor.key())[len(prefix) :])[1]
+                found = cursor.delete()
+                removed += 1
+                if _kept_by_level(tag.hex_tag) is None:
+                    self._strip(txn, level, pk, tag.hex_tag)
+            if removed < limit:
+                txn.delete(b"dropping\x00" + key, db=db["meta"])
+                return True
+            return False
+
+        return await self.writer.run(drop)
+
+    def _strip(self, txn: lmdb.Transaction, level: Level, pk: bytes, hex_tag: str) -> None:
+        """Remove an unregistered extended tag's value from one record."""
+        name = _LEVEL_DB[level]
+        raw = _get(txn, pk, self._db[name])
+        if raw is None:
+            return
+        record = _RECORD_TYPES[level].FromString(raw)
+        if hex_tag in record.attributes.attributes:
+            del record.attributes.attributes[hex_tag]
+            txn.put(pk, record.SerializeToString(), db=self._db[name])
+
+    def _put_operation(
+        self, txn: lmdb.Transaction, operation: records_pb2.ReindexOperation
+    ) -> None:
+        txn.put(
+            operation.operation_id.encode("utf-8"),
+            operation.SerializeToString(),
+            db=self._db["operations"],
+        )
 
     def _append_change(
         self,
@@ -574,11 +788,12 @@ class LmdbIndex:
         txn: lmdb.Transaction,
         level: Level,
         pk: bytes,
-        old: records_pb2.StudyRecord | records_pb2.SeriesRecord | None,
-        new: records_pb2.StudyRecord | records_pb2.SeriesRecord,
+        old: Record | None,
+        new: Record,
+        extended: list[records_pb2.QueryTagRecord],
     ) -> None:
-        old_terms = _terms(level, old) if old is not None else set()
-        new_terms = _terms(level, new)
+        old_terms = _terms(level, old, extended) if old is not None else set()
+        new_terms = _terms(level, new, extended)
         for tag, term in old_terms - new_terms:
             txn.delete(keys.term_key(level, tag, term, pk), db=self._db["terms"])
         self._put_terms(txn, level, pk, new_terms - old_terms)
@@ -601,10 +816,13 @@ _SEARCHABLE: dict[Level, list[tuple[int, str, str]]] = {
 
 
 def _terms(
-    level: Level,
-    record: records_pb2.StudyRecord | records_pb2.SeriesRecord | records_pb2.InstanceRecord,
+    level: Level, record: Record, extended: list[records_pb2.QueryTagRecord]
 ) -> set[tuple[int, bytes]]:
-    """The secondary-index entries of a record: its searchable, valid attribute values."""
+    """The secondary-index entries of a record: its searchable, valid attribute values.
+
+    The values of extended query tags are indexed as their registered VR says; a value that is
+    not valid for it (or too long for a key) is returned by searches but not indexed.
+    """
     attributes = record.attributes.attributes
     skip = set(record.unindexed_tags)
     out: set[tuple[int, bytes]] = set()
@@ -623,11 +841,50 @@ def _terms(
                 continue
             for term in value_terms(nested.leaf.vr, attribute_values(leaf)):
                 out.add((nested.leaf.tag, nested.term_kind + term))
+    for query_tag in extended:
+        hex_tag = query_tag.hex_tag
+        if query_tag.level != level or hex_tag not in attributes or hex_tag in skip:
+            continue
+        try:
+            terms = value_terms(query_tag.vr, attribute_values(attributes[hex_tag]))
+        except ValueError:
+            continue
+        out.update((int(hex_tag, 16), t) for t in terms if len(t) <= MAX_TERM_BYTES)
     if isinstance(record, records_pb2.StudyRecord):
         for modality, count in record.modality_counts.items():
             if count > 0:
                 out.add((MODALITIES_IN_STUDY, EXACT + modality.encode()))
     return out
+
+
+def _split_term(rest: bytes) -> tuple[bytes, bytes]:
+    """The term and the primary key of a secondary-index key, after its level and tag."""
+    if rest[:1] == NUMBER:  # fixed width: the 8 bytes may hold NULs
+        return rest[: len(NUMBER) + 8], rest[len(NUMBER) + 9 :]
+    cut = rest.index(keys.SEP)
+    return rest[:cut], rest[cut + 1 :]
+
+
+def _add_extended(new: NewInstance, extended: list[records_pb2.QueryTagRecord]) -> None:
+    """Copy the values of the extended query tags from the metadata into the level records."""
+    metadata = dataset_pb2.Dataset.FromString(new.metadata)
+    targets = {
+        Level.STUDY: new.study_attributes.attributes,
+        Level.SERIES: new.series_attributes.attributes,
+        Level.INSTANCE: new.record.attributes,
+    }
+    for tag in extended:
+        value = extract(metadata, tag)
+        if value is not None:
+            targets[Level(tag.level)].attributes[tag.hex_tag].CopyFrom(value)
+
+
+def _kept_by_level(hex_tag: str) -> Level | None:
+    """The level whose records keep a standard attribute anyway (returned by searches)."""
+    for level, attributes in ATTRIBUTES_BY_LEVEL.items():
+        if any(a.hex_tag == hex_tag for a in attributes):
+            return level
+    return None
 
 
 def attribute_values(attribute: dataset_pb2.Attribute) -> list[object]:

@@ -254,3 +254,93 @@ class FrameLocation(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FrameLocation: _TypeAlias = FrameLocation  # noqa: Y015
+
+@_typing.final
+class QueryTagRecord(_message.Message):
+    """An attribute indexed at run time (sub-database "query_tags", key: its 8 hexadecimal digits)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEX_TAG_FIELD_NUMBER: _builtins.int
+    KEYWORD_FIELD_NUMBER: _builtins.int
+    VR_FIELD_NUMBER: _builtins.int
+    PRIVATE_CREATOR_FIELD_NUMBER: _builtins.int
+    LEVEL_FIELD_NUMBER: _builtins.int
+    READY_FIELD_NUMBER: _builtins.int
+    OPERATION_ID_FIELD_NUMBER: _builtins.int
+    hex_tag: _builtins.str
+    """The tag as 8 upper-case hexadecimal digits (for a private tag, as registered)."""
+    keyword: _builtins.str
+    """The DICOM keyword; empty for a private tag."""
+    vr: _builtins.str
+    """The value representation its values are indexed as."""
+    private_creator: _builtins.str
+    """The private creator whose block holds a private tag; empty for a standard tag."""
+    level: _builtins.int
+    """The level (1 study, 2 series, 3 instance) whose records hold it and are searched by it."""
+    ready: _builtins.bool
+    """True once every instance stored before the tag was added has been re-indexed."""
+    operation_id: _builtins.str
+    """The re-indexing operation that makes it ready."""
+    def __init__(
+        self,
+        *,
+        hex_tag: _builtins.str = ...,
+        keyword: _builtins.str = ...,
+        vr: _builtins.str = ...,
+        private_creator: _builtins.str = ...,
+        level: _builtins.int = ...,
+        ready: _builtins.bool = ...,
+        operation_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hex_tag", b"hex_tag", "keyword", b"keyword", "level", b"level", "operation_id", b"operation_id", "private_creator", b"private_creator", "ready", b"ready", "vr", b"vr"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueryTagRecord: _TypeAlias = QueryTagRecord  # noqa: Y015
+
+@_typing.final
+class ReindexOperation(_message.Message):
+    """A background re-indexing for newly added query tags (sub-database "operations", key: its id)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPERATION_ID_FIELD_NUMBER: _builtins.int
+    HEX_TAGS_FIELD_NUMBER: _builtins.int
+    PROCESSED_INSTANCES_FIELD_NUMBER: _builtins.int
+    TOTAL_INSTANCES_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
+    DONE_FIELD_NUMBER: _builtins.int
+    operation_id: _builtins.str
+    """The operation identifier."""
+    processed_instances: _builtins.int
+    """Instances re-indexed so far."""
+    total_instances: _builtins.int
+    """Instances in the archive when the operation started."""
+    cursor: _builtins.bytes
+    """The key of the last instance re-indexed: the walk resumes after it after a restart."""
+    done: _builtins.bool
+    """True once the walk has reached the last instance."""
+    @_builtins.property
+    def hex_tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The tags it indexes (8 hexadecimal digits each)."""
+
+    def __init__(
+        self,
+        *,
+        operation_id: _builtins.str = ...,
+        hex_tags: _abc.Iterable[_builtins.str] | None = ...,
+        processed_instances: _builtins.int = ...,
+        total_instances: _builtins.int = ...,
+        cursor: _builtins.bytes = ...,
+        done: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "done", b"done", "hex_tags", b"hex_tags", "operation_id", b"operation_id", "processed_instances", b"processed_instances", "total_instances", b"total_instances"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReindexOperation: _TypeAlias = ReindexOperation  # noqa: Y015
