@@ -294,3 +294,25 @@ def test_cli_adds_lists_and_deletes_with_progress(server: RunningServer, client:
     assert "00081010" not in cli("list").stdout
     bad = cli("add", "PixelData", "--level", "instance")
     assert bad.returncode == 1 and "cannot be indexed" in bad.stderr
+
+
+def test_a_tag_added_again_waits_for_its_own_reindexing(
+    server: RunningServer, client: Client
+) -> None:
+    client.store([_instance(edit=_described("Chest"))])
+    index = server.archive.index
+
+    def register(operation_id: str) -> None:
+        tag = records_pb2.QueryTagRecord(hex_tag="0008103E", keyword="SeriesDescription", vr="LO")
+        tag.level = Level.SERIES
+        operation = records_pb2.ReindexOperation(operation_id=operation_id, hex_tags=[tag.hex_tag])
+        _run(server, index.add_query_tags([tag], operation))
+
+    register("first")
+    client.delete_query_tag("SeriesDescription")
+    register("second")
+    finished = _run(server, index.reindex_batch("first", 500))
+    assert finished.done  # type: ignore[attr-defined]
+    assert [t.ready for t in client.query_tags()] == [False]
+    _run(server, index.reindex_batch("second", 500))
+    assert [t.ready for t in client.query_tags()] == [True]

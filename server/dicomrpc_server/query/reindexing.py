@@ -113,12 +113,6 @@ class ExtendedQueryTags:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def wait(self, operation_id: str) -> None:
-        """Wait until an operation of this process is done (for tests and tools)."""
-        task = self._tasks.get(operation_id)
-        if task is not None:
-            await asyncio.shield(task)
-
     def _start(self, operation_id: str) -> None:
         if operation_id in self._tasks:
             return

@@ -621,8 +621,8 @@ class LmdbIndex:
             operation = records_pb2.ReindexOperation.FromString(raw)
             if operation.done:
                 return operation
-            wanted = set(operation.hex_tags)
-            tags = [t for t in self._query_tags(txn) if t.hex_tag in wanted]
+            # A tag removed and added again belongs to its new operation, not to this one.
+            tags = [t for t in self._query_tags(txn) if t.operation_id == operation_id]
             cursor = txn.cursor(db=db["instances"])
             found = (
                 cursor.set_range(operation.cursor + b"\x00") if operation.cursor else cursor.first()
