@@ -20,10 +20,10 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from dicomrpc import Client, DicomRpcError, StoreResult
 from dicomrpc.sources import Item, expand
 from dicomrpc.v1 import (
+    management_service_pb2,
+    management_service_pb2_grpc,
     retrieve_service_pb2,
     retrieve_service_pb2_grpc,
-    workitem_service_pb2,
-    workitem_service_pb2_grpc,
 )
 from dicomrpc_server.archive import Archive
 from dicomrpc_server.config import Settings
@@ -57,12 +57,12 @@ def test_reflection_lists_every_service(server: RunningServer) -> None:
 
 def test_pending_rpcs_answer_unimplemented_with_details(server: RunningServer) -> None:
     with grpc.insecure_channel(server.target) as channel:
-        stub = workitem_service_pb2_grpc.WorkitemServiceStub(channel)
+        stub = management_service_pb2_grpc.ManagementServiceStub(channel)
         with pytest.raises(grpc.RpcError) as caught:
-            stub.RetrieveWorkitem(workitem_service_pb2.RetrieveWorkitemRequest())
+            stub.ListExtendedQueryTags(management_service_pb2.ListExtendedQueryTagsRequest())
     error = DicomRpcError.from_rpc_error(caught.value)
     assert error.code == grpc.StatusCode.UNIMPLEMENTED
-    assert error.metadata["method"] == "dicomrpc.v1.WorkitemService.RetrieveWorkitem"
+    assert error.metadata["method"] == "dicomrpc.v1.ManagementService.ListExtendedQueryTags"
 
 
 def test_cli_store_summarizes_and_fails_on_failures(server: RunningServer, tmp_path: Path) -> None:

@@ -15,6 +15,8 @@ from dicomrpc.v1 import (
     search_service_pb2_grpc,
     store_service_pb2,
     store_service_pb2_grpc,
+    workitem_service_pb2,
+    workitem_service_pb2_grpc,
 )
 from dicomrpc_server.archive import Archive
 from dicomrpc_server.grpc.logging import AccessLogInterceptor
@@ -23,6 +25,7 @@ from dicomrpc_server.grpc.retrieve import RetrieveServicer
 from dicomrpc_server.grpc.search import SearchServicer
 from dicomrpc_server.grpc.store import StoreServicer
 from dicomrpc_server.grpc.unimplemented import PENDING_SERVICES, unimplemented_handler
+from dicomrpc_server.grpc.workitems import WorkitemServicer
 
 ENVELOPE = 64 * 1024
 
@@ -58,6 +61,9 @@ class GrpcServer:
         management_service_pb2_grpc.add_ManagementServiceServicer_to_server(
             ManagementServicer(settings, archive.delete, archive.feed), self.server
         )
+        workitem_service_pb2_grpc.add_WorkitemServiceServicer_to_server(
+            WorkitemServicer(archive.workitems), self.server
+        )
         self.server.add_generic_rpc_handlers(
             tuple(unimplemented_handler(s) for s in PENDING_SERVICES)
         )
@@ -68,6 +74,7 @@ class GrpcServer:
             retrieve_service_pb2.DESCRIPTOR.services_by_name["RetrieveService"].full_name,
             management_service_pb2.DESCRIPTOR.services_by_name["ManagementService"].full_name,
             search_service_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name,
+            workitem_service_pb2.DESCRIPTOR.services_by_name["WorkitemService"].full_name,
             *(s.full_name for s in PENDING_SERVICES),
             health.SERVICE_NAME,
             reflection.SERVICE_NAME,

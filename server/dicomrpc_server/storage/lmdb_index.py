@@ -15,6 +15,8 @@ name           key                     value
 ``frames``     study/series/sop        ``FrameTable``: the byte ranges of every frame
 ``terms``      level/tag/term/pk       empty: secondary indexes, scanned with ``set_range``
 ``changes``    sequence                ``dicomrpc.v1.ChangeFeedEntry``: the change feed
+``workitems``  workitem UID            ``dicomrpc.v1.Dataset``: a UPS (:mod:`..ups.store`)
+``wi_events``  sequence                a workitem event (:mod:`..ups.store`)
 =============  ======================  =========================================================
 
 Reads run on the caller's thread in short read transactions; writes go through the
@@ -52,6 +54,8 @@ _DB_NAMES = (
     "frames",
     "terms",
     "changes",
+    "workitems",
+    "wi_events",
 )
 MODALITIES_IN_STUDY = 0x00080061
 _LEVEL_DB = {Level.STUDY: "studies", Level.SERIES: "series", Level.INSTANCE: "instances"}
@@ -167,6 +171,10 @@ class LmdbIndex:
         self.writer = IndexWriter(
             self.env, before_commit=before_commit, grow=self._grow, max_batch=max_batch
         )
+
+    def database(self, name: str) -> lmdb._Database:
+        """The handle of a named sub-database, for the cores that keep records of their own."""
+        return self._db[name]
 
     # -- reads -------------------------------------------------------------------------------
 
