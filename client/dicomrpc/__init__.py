@@ -9,6 +9,7 @@ from dicomrpc.aio import AsyncClient
 from dicomrpc.client import Client, ClientConfig, TlsConfig
 from dicomrpc.errors import DicomRpcError
 from dicomrpc.results import AttributeWarning, Capabilities, Change, InstanceResult, StoreResult
+from dicomrpc.workitems import Workitem, WorkitemEvent, WorkitemResult, Workitems
 
 __version__ = "0.1.0"
 
@@ -23,4 +24,8 @@ __all__ = [
     "InstanceResult",
     "StoreResult",
     "TlsConfig",
+    "Workitem",
+    "WorkitemEvent",
+    "WorkitemResult",
+    "Workitems",
 ]
