@@ -9,7 +9,7 @@ from dicomrpc.aio import AsyncClient
 from dicomrpc.client import Client, ClientConfig, TlsConfig
 from dicomrpc.errors import DicomRpcError
 from dicomrpc.results import AttributeWarning, Capabilities, Change, InstanceResult, StoreResult
-from dicomrpc.workitems import Workitem, WorkitemEvent, WorkitemResult, Workitems
+from dicomrpc.workitems import Workitem, WorkitemEvent, WorkitemResult, Workitems, WorkitemWatch
 
 __version__ = "0.1.0"
 
@@ -27,5 +27,6 @@ __all__ = [
     "Workitem",
     "WorkitemEvent",
     "WorkitemResult",
+    "WorkitemWatch",
     "Workitems",
 ]

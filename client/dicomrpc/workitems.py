@@ -15,7 +15,7 @@ Transaction UID was ``missing`` or ``wrong``).
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -242,7 +242,7 @@ class Workitems:
         *,
         filter: Mapping[str, str] | None = None,
         since: int = 0,
-    ) -> Iterator[WorkitemEvent]:
+    ) -> WorkitemWatch:
         """Events of one workitem, of all, or of those matching ``filter``, until closed.
 
         With ``since`` the events after that sequence come first. A watcher that reads too
@@ -252,11 +252,34 @@ class Workitems:
         request = pb.SubscribeWorkitemsRequest(
             workitem_uid=workitem_uid, filter=dict(filter or {}), since=since
         )
-        stream = self._stub.SubscribeWorkitems(request, metadata=self._metadata)
+        return WorkitemWatch(self._stub.SubscribeWorkitems(request, metadata=self._metadata))
+
+
+class WorkitemWatch:
+    """An iterator of :class:`WorkitemEvent`; :meth:`close` ends it from any thread."""
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+        self._closed = False
+
+    def __iter__(self) -> WorkitemWatch:
+        return self
+
+    def __next__(self) -> WorkitemEvent:
         try:
-            for message in stream:
-                yield WorkitemEvent.from_message(message)
+            return WorkitemEvent.from_message(next(self._call))
         except grpc.RpcError as error:
+            if error.code() == grpc.StatusCode.CANCELLED and self._closed:
+                raise StopIteration from None
             raise DicomRpcError.from_rpc_error(error) from None
-        finally:
-            stream.cancel()
+
+    def close(self) -> None:
+        """Stop watching (a reader blocked in ``next`` ends the iteration)."""
+        self._closed = True
+        self._call.cancel()
+
+    def __enter__(self) -> WorkitemWatch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
