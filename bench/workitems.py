@@ -1,0 +1,298 @@
+"""Workitem (UPS) benchmark: create, claim and complete throughput, and event latency.
+
+Usage (from the repository root)::
+
+    .venv/bin/python bench/workitems.py            # writes the Workitems section of RESULTS.md
+    .venv/bin/python bench/workitems.py --quick    # a small smoke run
+
+Against a real ``dicomrpc serve`` (a child process, fresh data directory, gRPC on loopback):
+
+- create: ``client.workitems.create()`` from N client threads, each with its own channel;
+- claim: ``ChangeWorkitemState`` to IN PROGRESS with a new Transaction UID, every workitem once;
+- complete: ``ChangeWorkitemState`` to COMPLETED with that Transaction UID (the workitems are
+  created with their performed procedure, so completing is one state change);
+- event latency: one subscriber follows every event while the claims and completes run; the
+  latency of an event is the time it arrived minus the time the server stamped it, in the
+  transaction that made the change (so it includes the commit and its fsync). It is reported
+  under that full load and for a paced run (one change at a time, as a worklist sees them).
+
+There is no Orthanc column: Orthanc has no UPS. Every change of every workitem is checked:
+each must end COMPLETED and the subscriber must have seen every event once, in order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import platform
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from ingest import ROOT, WORK, dicomrpc_server, machine, write_section
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.uid import generate_uid
+
+sys.path.insert(0, str(ROOT / "client"))
+from dicomrpc import Client, WorkitemEvent
+
+SECTION = "## Workitems"
+GOAL_CHANGES_PER_S = 1000.0
+GOAL_EVENT_P95_MS = 10.0
+
+
+def _element(keyword: str, value: Any) -> tuple[str, dict[str, Any]]:
+    tag = tag_for_keyword(keyword)
+    assert tag is not None, keyword
+    vr = dictionary_VR(tag)
+    body: dict[str, Any] = {"vr": vr}
+    if value is not None:
+        body["Value"] = value if isinstance(value, list) else [value]
+        if vr == "PN":
+            body["Value"] = [{"Alphabetic": v} for v in body["Value"]]
+    return f"{tag:08X}", body
+
+
+def _dataset(**elements: Any) -> dict[str, Any]:
+    return dict(_element(k, v) for k, v in elements.items())
+
+
+def _code(value: str, meaning: str) -> dict[str, Any]:
+    return _dataset(CodeValue=value, CodingSchemeDesignator="DCM", CodeMeaning=meaning)
+
+
+def workitem(number: int) -> dict[str, Any]:
+    """A workitem meeting the create and the COMPLETED requirements of Table CC.2.5-3."""
+    performed = _dataset(
+        PerformedStationNameCodeSequence=[_code("ST1", "Station 1")],
+        PerformedProcedureStepStartDateTime="20240115094000",
+        PerformedWorkitemCodeSequence=[_code("110005", "Interpretation")],
+        PerformedProcedureStepEndDateTime="20240115101500",
+        OutputInformationSequence=None,
+    )
+    return _dataset(
+        ScheduledProcedureStepPriority="MEDIUM",
+        ProcedureStepLabel=f"Read study {number}",
+        WorklistLabel="Radiology",
+        ScheduledProcessingParametersSequence=None,
+        ScheduledStationNameCodeSequence=[_code(f"ST{number % 8}", "Station")],
+        ScheduledStationClassCodeSequence=None,
+        ScheduledStationGeographicLocationCodeSequence=None,
+        ScheduledProcedureStepStartDateTime=f"202401{1 + number % 28:02d}093000",
+        ScheduledWorkitemCodeSequence=[_code("110005", "Interpretation")],
+        CommentsOnTheScheduledProcedureStep=None,
+        InputReadinessState="READY",
+        InputInformationSequence=None,
+        PatientName=f"Patient^{number}",
+        PatientID=f"P{number}",
+        PatientBirthDate=None,
+        PatientSex=None,
+        AdmissionID=None,
+        IssuerOfAdmissionIDSequence=None,
+        AdmittingDiagnosesDescription=None,
+        AdmittingDiagnosesCodeSequence=None,
+        ReferencedRequestSequence=None,
+        UnifiedProcedureStepPerformedProcedureSequence=[performed],
+    )
+
+
+@dataclass
+class Phase:
+    """One timed phase: how many calls, how long."""
+
+    name: str
+    calls: int
+    wall_s: float
+
+    @property
+    def per_second(self) -> float:
+        return self.calls / self.wall_s if self.wall_s else 0.0
+
+
+class Subscriber:
+    """Follows every event on its own thread; records each one's delivery latency."""
+
+    def __init__(self, target: str) -> None:
+        self.client = Client(target)
+        self.events: list[WorkitemEvent] = []
+        self.latencies_ms: list[float] = []
+        self._watch = self.client.workitems.watch()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        for event in self._watch:
+            now = dt.datetime.now(dt.UTC)
+            self.latencies_ms.append((now - event.time).total_seconds() * 1000)
+            self.events.append(event)
+
+    def wait_for(self, count: int, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.events) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def close(self) -> None:
+        self._watch.close()
+        self._thread.join(10)
+        self.client.close()
+
+
+def timed(name: str, pool: ThreadPoolExecutor, fn: Callable[[int], object], n: int) -> Phase:
+    start = time.perf_counter()
+    list(pool.map(fn, range(n)))
+    return Phase(name, n, time.perf_counter() - start)
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def run(args: argparse.Namespace) -> str:
+    WORK.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=WORK) as tmp:
+        data, log = Path(tmp) / "data", Path(tmp) / "server.log"
+        with dicomrpc_server(data, log) as (target, _pid):
+            clients = [Client(target) for _ in range(args.clients)]
+            local = threading.local()
+            ids = iter(range(1 << 30))
+            lock = threading.Lock()
+
+            def client() -> Client:
+                if not hasattr(local, "client"):
+                    with lock:
+                        local.client = clients[next(ids) % len(clients)]
+                return local.client  # type: ignore[no-any-return]
+
+            n = args.count
+            uids: list[str] = [""] * n
+            locks: list[str] = [""] * n
+
+            def create(i: int) -> None:
+                uids[i] = client().workitems.create(workitem(i)).workitem_uid
+
+            def claim(i: int) -> None:
+                locks[i] = client().workitems.claim(uids[i], str(generate_uid()))
+
+            def complete(i: int) -> None:
+                client().workitems.change_state(uids[i], "COMPLETED", locks[i])
+
+            with ThreadPoolExecutor(args.clients) as pool:
+                timed("warm-up", pool, lambda i: client().workitems.search(limit=1), 50)
+                subscriber = Subscriber(target)
+                time.sleep(0.5)
+                phases = [timed("create", pool, create, n)]
+                phases.append(timed("claim", pool, claim, n))
+                phases.append(timed("complete", pool, complete, n))
+                subscriber.wait_for(3 * n)
+                loaded = list(subscriber.latencies_ms)
+                # Paced: one workitem at a time through its whole workflow.
+                paced_from = len(subscriber.latencies_ms)
+                for i in range(args.paced):
+                    w = clients[0].workitems
+                    uid = w.create(workitem(n + i)).workitem_uid
+                    txn = w.claim(uid)
+                    w.change_state(uid, "COMPLETED", txn)
+                    time.sleep(0.005)
+                subscriber.wait_for(3 * (n + args.paced))
+                paced = subscriber.latencies_ms[paced_from:]
+                subscriber.close()
+            completed = len(
+                clients[0].workitems.search({"ProcedureStepState": "COMPLETED"}, limit=1000)
+            )
+            states = {clients[0].workitems.get(uid).state for uid in uids[:: max(1, n // 200)]}
+            for c in clients:
+                c.close()
+    sequences = [e.sequence for e in subscriber.events]
+    problems = []
+    if sequences != list(range(1, len(sequences) + 1)) or len(sequences) != 3 * (n + args.paced):
+        problems.append(f"events: {len(sequences)} seen, expected {3 * (n + args.paced)} in order")
+    if states != {"COMPLETED"}:
+        problems.append(f"sampled workitem states: {sorted(states)}")
+    return report(args, phases, loaded, paced, problems, min(completed, 1000))
+
+
+def report(
+    args: argparse.Namespace,
+    phases: list[Phase],
+    loaded: list[float],
+    paced: list[float],
+    problems: list[str],
+    completed_found: int,
+) -> str:
+    now = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    claim, complete = phases[1], phases[2]
+    changes = (claim.calls + complete.calls) / (claim.wall_s + complete.wall_s)
+    p95_loaded, p95_paced = percentile(loaded, 0.95), percentile(paced, 0.95)
+    lines = [
+        SECTION,
+        "",
+        "Written by `.venv/bin/python bench/workitems.py`; rerun it to refresh this section.",
+        "",
+        f"- Date: {now}{' (quick run)' if args.quick else ''}",
+        f"- Machine: {machine()}; {platform.platform()}",
+        f"- Software: Python {platform.python_version()}, grpcio {grpc.__version__}",
+        f"- {args.count} workitems, {args.clients} client threads (one channel each) against "
+        "`dicomrpc serve` on loopback; one subscriber following every event throughout. "
+        "Client, subscriber and server share the machine's CPUs. No Orthanc column: Orthanc "
+        "has no UPS.",
+        "",
+        "| phase | calls | wall s | calls/s |",
+        "|---|--:|--:|--:|",
+        *(f"| {p.name} | {p.calls} | {p.wall_s:.2f} | {p.per_second:.0f} |" for p in phases),
+        "",
+        "| event latency (ms) | events | p50 | p95 | max |",
+        "|---|--:|--:|--:|--:|",
+        f"| under load (the phases above) | {len(loaded)} | {percentile(loaded, 0.5):.1f} "
+        f"| {p95_loaded:.1f} | {max(loaded, default=float('nan')):.1f} |",
+        f"| paced (one change at a time) | {len(paced)} | {percentile(paced, 0.5):.1f} "
+        f"| {p95_paced:.1f} | {max(paced, default=float('nan')):.1f} |",
+        "",
+        "Event latency: arrival at the subscriber minus the time stamped in the change's write "
+        "transaction (it includes the commit's fsync).",
+        "",
+        f"Verified: the subscriber saw every event once, in sequence order; sampled workitems are "
+        f"COMPLETED; a search for COMPLETED finds {completed_found} (first 1000).",
+        "",
+        f"Goals: ≥ {GOAL_CHANGES_PER_S:.0f} state changes/s; event delivery p95 "
+        f"< {GOAL_EVENT_P95_MS:.0f} ms.",
+        "",
+        f"- State changes (claim + complete): **{changes:.0f}/s** — goal: "
+        f"{'met' if changes >= GOAL_CHANGES_PER_S else 'NOT met'}.",
+        f"- Event p95 under load: **{p95_loaded:.1f} ms**, paced: **{p95_paced:.1f} ms** — "
+        f"goal: {'met' if p95_loaded < GOAL_EVENT_P95_MS else 'NOT met'} under load, "
+        f"{'met' if p95_paced < GOAL_EVENT_P95_MS else 'NOT met'} paced.",
+    ]
+    if problems:
+        lines += ["", "Problems seen:", "", *(f"- {p}" for p in problems)]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--count", type=int, default=2000, help="workitems (2000)")
+    parser.add_argument("--clients", type=int, default=8, help="client threads (8)")
+    parser.add_argument("--paced", type=int, default=200, help="paced workflows (200)")
+    parser.add_argument("--quick", action="store_true", help="a small smoke run")
+    parser.add_argument("--no-write", action="store_true", help="print, do not write RESULTS.md")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.count, args.paced = 200, 20
+    section = run(args)
+    print(section)
+    if not args.no_write:
+        write_section(section, SECTION)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
