@@ -11,6 +11,8 @@ Against a real ``dicomrpc serve`` (a child process, fresh data directory, gRPC o
 - claim: ``ChangeWorkitemState`` to IN PROGRESS with a new Transaction UID, every workitem once;
 - complete: ``ChangeWorkitemState`` to COMPLETED with that Transaction UID (the workitems are
   created with their performed procedure, so completing is one state change);
+- reference: a unary RPC doing almost nothing (``GetLatestChange``), the same way, to show
+  what the gRPC stacks alone allow on the machine;
 - event latency: one subscriber follows every event while the claims and completes run; the
   latency of an event is the time it arrived minus the time the server stamped it, in the
   transaction that made the change (so it includes the commit and its fsync). It is reported
@@ -193,6 +195,9 @@ def run(args: argparse.Namespace) -> str:
                 phases = [timed("create", pool, create, n)]
                 phases.append(timed("claim", pool, claim, n))
                 phases.append(timed("complete", pool, complete, n))
+                phases.append(
+                    timed("reference: GetLatestChange", pool, lambda i: client().latest_change(), n)
+                )
                 subscriber.wait_for(3 * n)
                 loaded = list(subscriber.latencies_ms)
                 # Paced: one workitem at a time through its whole workflow.
@@ -230,7 +235,7 @@ def report(
     completed_found: int,
 ) -> str:
     now = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    claim, complete = phases[1], phases[2]
+    claim, complete, reference = phases[1], phases[2], phases[3]
     changes = (claim.calls + complete.calls) / (claim.wall_s + complete.wall_s)
     p95_loaded, p95_paced = percentile(loaded, 0.95), percentile(paced, 0.95)
     lines = [
@@ -249,6 +254,10 @@ def report(
         "| phase | calls | wall s | calls/s |",
         "|---|--:|--:|--:|",
         *(f"| {p.name} | {p.calls} | {p.wall_s:.2f} | {p.per_second:.0f} |" for p in phases),
+        "",
+        f"The reference row is a unary RPC that does almost nothing ({reference.name[11:]}), "
+        "the same threads and channels: the ceiling the gRPC stacks of client and server put on "
+        "any unary call on this machine.",
         "",
         "| event latency (ms) | events | p50 | p95 | max |",
         "|---|--:|--:|--:|--:|",

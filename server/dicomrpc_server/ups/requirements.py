@@ -14,6 +14,7 @@ sequence whole. Attributes the table does not name are kept as sent.
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -90,14 +91,14 @@ class Row:
     values: tuple[str, ...] = ()
     items: tuple[Row, ...] = ()
 
-    @property
+    @functools.cached_property
     def tag(self) -> int:
         """The tag as an integer."""
         tag = tag_for_keyword(self.keyword)
         assert tag is not None, self.keyword
         return tag
 
-    @property
+    @functools.cached_property
     def hex_tag(self) -> str:
         """The tag as 8 upper-case hexadecimal digits."""
         return f"{self.tag:08X}"
