@@ -198,8 +198,9 @@ def _stalled(server: RunningServer) -> None:
         active = Watcher(client)
         wait_subscribed(server, 2)
         uid = client.workitems.create(workitem()).workitem_uid
-        changes = 2000
-        label = as_dataset(dataset(ProcedureStepLabel="x" * 200))
+        changes = 800
+        # Each event carries the update (about 2.5 KB): far more than any transport buffer.
+        label = as_dataset(dataset(CommentsOnTheScheduledProcedureStep="x" * 2500))
         latencies = []
         for _ in range(changes):
             start = time.perf_counter()

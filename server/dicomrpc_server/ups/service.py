@@ -244,20 +244,19 @@ class WorkitemCore:
                 return Outcome(workitem_uid, state, int(step.status), message)
             new = dataset_pb2.Dataset()
             new.CopyFrom(stored)
+            set_text(new, STATE, "CS", requested.value)
+            set_text(new, MODIFIED, "DT", now_dt())
             if step.kind is Kind.CLAIM:
                 if not transaction_uid:
                     raise states.claim_needs_uid(workitem_uid)
                 set_text(new, TRANSACTION, "UI", transaction_uid)
-            else:
+            else:  # finishing: the lock, then the final state's requirements
                 states.check_lock(workitem_uid, state, text(stored, TRANSACTION), transaction_uid)
                 if requested is State.CANCELED:
                     _stamp_cancellation(new)
-                set_text(new, STATE, "CS", requested.value)
                 missing = final_state_missing(new, requested.value)
                 if missing:
                     raise states.final_state_unmet(workitem_uid, requested, missing)
-            set_text(new, STATE, "CS", requested.value)
-            set_text(new, MODIFIED, "DT", now_dt())
             terms = self.store.save(txn, workitem_uid, stored, new)
             self._event(
                 txn,
