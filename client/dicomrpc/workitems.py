@@ -143,7 +143,8 @@ class Workitems:
     ) -> WorkitemResult:
         """Set attributes (a sequence replaces the stored one whole).
 
-        An IN PROGRESS workitem needs its ``transaction_uid``; a SCHEDULED one none.
+        An IN PROGRESS workitem needs its ``transaction_uid``; a SCHEDULED one none. An update
+        leaves the state as it is, so the result's ``state`` is empty.
         """
         request = pb.UpdateWorkitemRequest(
             workitem_uid=workitem_uid,

@@ -79,25 +79,30 @@ DEFAULT_RETURNED: frozenset[str] = frozenset(
 )
 
 
+# (hex tag, tag, VR) of each key, and (sequence hex tag, leaf hex tag, leaf tag, VR, term
+# prefix) of each path: computed once, as terms are computed for every change.
+_KEY_TAGS = [(a.hex_tag, a.tag, a.vr) for a in MATCHING_KEYS]
+_PATH_TAGS = [
+    (n.sequence.hex_tag, n.leaf.hex_tag, n.leaf.tag, n.leaf.vr, n.term_kind) for n in NESTED_KEYS
+]
+
+
 def workitem_terms(dataset: dataset_pb2.Dataset) -> set[tuple[int, bytes]]:
     """The secondary-index entries of a workitem: (tag, term) of each matching key value."""
     attributes = dataset.attributes
     out: set[tuple[int, bytes]] = set()
-    for key in MATCHING_KEYS:
-        attribute = attributes.get(key.hex_tag)
+    for hex_tag, tag, vr in _KEY_TAGS:
+        attribute = attributes.get(hex_tag)
         if attribute is not None:
-            out.update((key.tag, term) for term in _terms(key.vr, attribute))
-    for nested in NESTED_KEYS:
-        sequence = attributes.get(nested.sequence.hex_tag)
+            out.update((tag, term) for term in _terms(vr, attribute))
+    for sequence_tag, leaf_tag, tag, vr, kind in _PATH_TAGS:
+        sequence = attributes.get(sequence_tag)
         if sequence is None:
             continue
         for item in sequence.sequence.items:
-            leaf = item.attributes.get(nested.leaf.hex_tag)
+            leaf = item.attributes.get(leaf_tag)
             if leaf is not None:
-                out.update(
-                    (nested.leaf.tag, nested.term_kind + term)
-                    for term in _terms(nested.leaf.vr, leaf)
-                )
+                out.update((tag, kind + term) for term in _terms(vr, leaf))
     return out
 
 
