@@ -16,6 +16,7 @@ from dicomrpc.datasets import to_json
 from dicomrpc.v1 import workitem_service_pb2 as pb
 from dicomrpc.v1 import workitem_service_pb2_grpc
 from dicomrpc.workitems import as_dataset
+from dicomrpc_server.ups.index import TermSet, match_terms, workitem_terms
 from tests.conftest import RunningServer, start_server
 from tests.upsgen import code, dataset, discontinued, performed, tag, workitem
 
@@ -233,3 +234,57 @@ def _stalled(server: RunningServer) -> None:
         assert [e.sequence for e in tail] == list(range(since + 1, changes + 3))
         rest.close()
     stalled_channel.close()
+
+
+QUERIES = [
+    {"ProcedureStepState": "SCHEDULED"},
+    {"ProcedureStepState": "IN PROGRESS"},
+    {"PatientName": "doe"},
+    {"PatientName": "Doe^J*"},
+    {"PatientName": "müller^anna"},
+    {"PatientID": "B"},
+    {"PatientID": "?"},
+    {"ScheduledProcedureStepStartDateTime": "20240201-20240331"},
+    {"ScheduledProcedureStepStartDateTime": "-20240115"},
+    {"ScheduledProcedureStepStartDateTime": "2024011509"},
+    {"InputReadinessState": "READY", "ProcedureStepState": "SCHEDULED"},
+    {"ScheduledStationNameCodeSequence.CodeValue": "ST2"},
+    {"ScheduledProcedureStepPriority": "HIGH,LOW"},
+    {"ProcedureStepLabel": "*review"},
+]
+
+
+@pytest.mark.parametrize("fuzzy", [False, True])
+def test_a_filter_matches_exactly_what_a_search_finds(
+    server: RunningServer, client: Client, fuzzy: bool
+) -> None:
+    w = client.workitems
+    uids = [
+        w.create(workitem(PatientName="Müller^Anna", PatientID="A")).workitem_uid,
+        w.create(
+            workitem(
+                PatientName="Doe^John",
+                PatientID="B",
+                ScheduledProcedureStepStartDateTime="20240301080000",
+                InputReadinessState="INCOMPLETE",
+                ScheduledProcedureStepPriority="HIGH",
+                ScheduledStationNameCodeSequence=[code("ST2", "Station 2")],
+            )
+        ).workitem_uid,
+        w.create(workitem(PatientName="Doe^Jane", PatientID="C")).workitem_uid,
+    ]
+    w.claim(uids[2])
+    store = server.archive.workitems.store
+    for query in QUERIES:
+        found = {
+            to_json(r)[tag("SOPInstanceUID")]["Value"][0] for r in w.search(query, fuzzy=fuzzy)
+        }
+        for uid in uids:
+            stored = store.get(uid)
+            assert stored is not None
+            terms = TermSet(uid.encode(), workitem_terms(stored))
+            assert terms.matches(match_terms(query), fuzzy) == (uid in found), (query, uid)
+    assert {to_json(r)[tag("PatientID")]["Value"][0] for r in w.search(QUERIES[2], fuzzy=True)} == {
+        "B",
+        "C",
+    }

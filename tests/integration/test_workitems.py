@@ -15,6 +15,8 @@ from pydicom.uid import generate_uid
 
 from dicomrpc import Client, DicomRpcError
 from dicomrpc.datasets import to_json
+from dicomrpc_server.dicom.attributes import Level
+from dicomrpc_server.query.terms import EXACT
 from tests.conftest import RunningServer, start_server
 from tests.upsgen import code, dataset, discontinued, performed, tag, workitem
 
@@ -496,9 +498,6 @@ def test_search_rejects_bad_requests(
 
 
 def test_search_uses_the_state_index(server: RunningServer, client: Client) -> None:
-    from dicomrpc_server.dicom.attributes import Level
-    from dicomrpc_server.query.terms import EXACT
-
     uid = client.workitems.create(workitem()).workitem_uid
     index = server.archive.index
     state_tag = 0x00741000
