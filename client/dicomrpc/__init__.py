@@ -17,6 +17,7 @@ from dicomrpc.results import (
     ReindexStatus,
     StoreResult,
 )
+from dicomrpc.workitems import Workitem, WorkitemEvent, WorkitemResult, Workitems, WorkitemWatch
 
 __version__ = "0.1.0"
 
@@ -33,4 +34,9 @@ __all__ = [
     "ReindexStatus",
     "StoreResult",
     "TlsConfig",
+    "Workitem",
+    "WorkitemEvent",
+    "WorkitemResult",
+    "WorkitemWatch",
+    "Workitems",
 ]

@@ -1,4 +1,7 @@
-"""The ``dicomrpc`` command line: serve; store, search, retrieve, frames, metadata, delete, feed."""
+"""The ``dicomrpc`` command line: serve, store, search, retrieve, frames, metadata, delete, ...
+
+The rest: ``feed`` (the change feed) and ``workitem`` (UPS, in :mod:`.workitem_commands`).
+"""
 
 from __future__ import annotations
 
@@ -20,6 +23,8 @@ from dicomrpc.datasets import to_json
 from dicomrpc.errors import DicomRpcError
 from dicomrpc.results import Change, InstanceResult, ReindexStatus
 from dicomrpc.sources import Item, expand
+from dicomrpc.workitem_commands import add_parser as add_workitem_parser
+from dicomrpc.workitem_commands import workitem_command
 
 DEFAULT_SERVER = "localhost:50051"
 # A store stream is closed after this many instances or bytes, so results arrive steadily.
@@ -99,6 +104,7 @@ def _parser() -> argparse.ArgumentParser:
 
     for command in (retrieve, frames, metadata, delete, feed, search):
         _add_server(command)
+    add_workitem_parser(sub, _add_server)
     return parser
 
 
@@ -414,6 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "feed": feed_command,
         "search": search_command,
         "query-tags": query_tags_command,
+        "workitem": workitem_command,
     }
     try:
         return commands[args.command](args)

@@ -24,6 +24,7 @@ from dicomrpc.v1 import (
 )
 from dicomrpc.v1 import retrieve_service_pb2 as rpb
 from dicomrpc.v1 import search_service_pb2 as spb
+from dicomrpc.workitems import Workitems
 
 MAX_MESSAGE = 64 * 1024 * 1024
 T = TypeVar("T")
@@ -97,6 +98,8 @@ class Client:
         self._retrieve = retrieve_service_pb2_grpc.RetrieveServiceStub(self.channel)
         self._management = management_service_pb2_grpc.ManagementServiceStub(self.channel)
         self._search = search_service_pb2_grpc.SearchServiceStub(self.channel)
+        self.workitems = Workitems(self.channel, self.config.metadata())
+        """Workitem (UPS) calls: ``client.workitems.claim(uid)`` and the others."""
 
     def __enter__(self) -> Client:
         return self

@@ -17,6 +17,7 @@ from dicomrpc_server.retrieve.service import RetrieveCore
 from dicomrpc_server.storage.blobs import LocalBlobStore
 from dicomrpc_server.storage.lmdb_index import LmdbIndex
 from dicomrpc_server.store.ingest import StoreCore
+from dicomrpc_server.ups.service import WorkitemCore
 from dicomrpc_server.workers import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class Archive:
         self.query_tags = ExtendedQueryTags(self.index)
         self.delete = DeleteCore(self.index, self.blobs)
         self.feed = ChangeFeed(self.index)
+        self.workitems = WorkitemCore(self.index, settings.subscriber_queue)
         self.retrieve = RetrieveCore(
             self.index,
             self.blobs,

@@ -39,6 +39,9 @@ class Settings:
         The most write operations the index writer groups into one commit.
     shutdown_grace_s
         How long a graceful shutdown lets in-flight calls finish.
+    subscriber_queue
+        The most workitem events a subscriber may have waiting; one that falls further behind
+        is ended (it resumes with ``since``), so a stalled subscriber never holds up the server.
     workers
         Processes that parse received instances and decode or encode pixel data (transcoding,
         rendering). One keeps the other core of a small machine for receiving, sending and
@@ -56,6 +59,7 @@ class Settings:
     lmdb_max_readers: int = 512
     commit_batch: int = 256
     shutdown_grace_s: float = 30.0
+    subscriber_queue: int = 1024
     workers: int = 1
 
     @classmethod

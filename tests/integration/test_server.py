@@ -14,16 +14,20 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf import message_factory
+from google.protobuf.descriptor import MethodDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from dicomrpc import Client, DicomRpcError, StoreResult
 from dicomrpc.sources import Item, expand
 from dicomrpc.v1 import (
+    management_service_pb2,
     retrieve_service_pb2,
     retrieve_service_pb2_grpc,
+    search_service_pb2,
+    store_service_pb2,
     workitem_service_pb2,
-    workitem_service_pb2_grpc,
 )
 from dicomrpc_server.archive import Archive
 from dicomrpc_server.config import Settings
@@ -55,14 +59,46 @@ def test_reflection_lists_every_service(server: RunningServer) -> None:
     } <= names
 
 
-def test_pending_rpcs_answer_unimplemented_with_details(server: RunningServer) -> None:
+@pytest.mark.parametrize(
+    "method",
+    [
+        method
+        for module in (
+            store_service_pb2,
+            retrieve_service_pb2,
+            search_service_pb2,
+            workitem_service_pb2,
+            management_service_pb2,
+        )
+        for service in module.DESCRIPTOR.services_by_name.values()
+        for method in service.methods
+    ],
+    ids=lambda m: m.full_name,
+)
+def test_every_rpc_of_the_api_is_served(server: RunningServer, method: MethodDescriptor) -> None:
+    """An empty request gets an answer or a specific error, never UNIMPLEMENTED."""
+    path = f"/{method.containing_service.full_name}/{method.name}"
+    request_type = message_factory.GetMessageClass(method.input_type)
+    response_type = message_factory.GetMessageClass(method.output_type)
     with grpc.insecure_channel(server.target) as channel:
-        stub = workitem_service_pb2_grpc.WorkitemServiceStub(channel)
-        with pytest.raises(grpc.RpcError) as caught:
-            stub.RetrieveWorkitem(workitem_service_pb2.RetrieveWorkitemRequest())
-    error = DicomRpcError.from_rpc_error(caught.value)
-    assert error.code == grpc.StatusCode.UNIMPLEMENTED
-    assert error.metadata["method"] == "dicomrpc.v1.WorkitemService.RetrieveWorkitem"
+        kinds = {
+            (False, False): channel.unary_unary,
+            (False, True): channel.unary_stream,
+            (True, False): channel.stream_unary,
+            (True, True): channel.stream_stream,
+        }
+        call = kinds[(method.client_streaming, method.server_streaming)](
+            path,
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=response_type.FromString,
+        )
+        request = iter([]) if method.client_streaming else request_type()
+        try:
+            answer = call(request, timeout=2)
+            if method.server_streaming:
+                next(iter(answer), None)
+        except grpc.RpcError as error:
+            assert error.code() != grpc.StatusCode.UNIMPLEMENTED, error.details()
 
 
 def test_cli_store_summarizes_and_fails_on_failures(server: RunningServer, tmp_path: Path) -> None:

@@ -14,11 +14,15 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 
 
 class Level(enum.IntEnum):
-    """The query/retrieve levels, in index key order."""
+    """The query/retrieve levels, in index key order, and the workitems (UPS) beside them.
+
+    The value is the first byte of a record's secondary-index keys.
+    """
 
     STUDY = 1
     SERIES = 2
     INSTANCE = 3
+    WORKITEM = 4
 
 
 @dataclass(frozen=True)

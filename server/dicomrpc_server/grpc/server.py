@@ -15,6 +15,8 @@ from dicomrpc.v1 import (
     search_service_pb2_grpc,
     store_service_pb2,
     store_service_pb2_grpc,
+    workitem_service_pb2,
+    workitem_service_pb2_grpc,
 )
 from dicomrpc_server.archive import Archive
 from dicomrpc_server.grpc.logging import AccessLogInterceptor
@@ -22,7 +24,7 @@ from dicomrpc_server.grpc.management import ManagementServicer
 from dicomrpc_server.grpc.retrieve import RetrieveServicer
 from dicomrpc_server.grpc.search import SearchServicer
 from dicomrpc_server.grpc.store import StoreServicer
-from dicomrpc_server.grpc.unimplemented import PENDING_SERVICES, unimplemented_handler
+from dicomrpc_server.grpc.workitems import WorkitemServicer
 
 ENVELOPE = 64 * 1024
 
@@ -59,8 +61,8 @@ class GrpcServer:
             ManagementServicer(settings, archive.delete, archive.feed, archive.query_tags),
             self.server,
         )
-        self.server.add_generic_rpc_handlers(
-            tuple(unimplemented_handler(s) for s in PENDING_SERVICES)
+        workitem_service_pb2_grpc.add_WorkitemServiceServicer_to_server(
+            WorkitemServicer(archive.workitems), self.server
         )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -69,7 +71,7 @@ class GrpcServer:
             retrieve_service_pb2.DESCRIPTOR.services_by_name["RetrieveService"].full_name,
             management_service_pb2.DESCRIPTOR.services_by_name["ManagementService"].full_name,
             search_service_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name,
-            *(s.full_name for s in PENDING_SERVICES),
+            workitem_service_pb2.DESCRIPTOR.services_by_name["WorkitemService"].full_name,
             health.SERVICE_NAME,
             reflection.SERVICE_NAME,
         ]

@@ -40,6 +40,10 @@ _WORDS = re.compile(r"[\^=\s,\-.]+")
 # Full dates, or (in ranges) a year or a month: "-2020" ends with 2020, "202003-" starts in March.
 _DATE = re.compile(r"\d{4}(?:\d{2}(?:\d{2})?)?")
 _TIME = re.compile(r"\d{2}(?::?\d{2}(?::?\d{2}(?:\.\d{1,6})?)?)?")
+# A date-time from the year down to fractions of a second (offsets are not matched).
+_DATETIME = re.compile(r"\d{4}(?:\d{2}(?:\d{2}(?:\d{2}(?:\d{2}(?:\d{2}(?:\.\d{1,6})?)?)?)?)?)?")
+_CHECKS = {"DA": _DATE, "TM": _TIME, "DT": _DATETIME}
+_FORMATS = {"DA": "YYYYMMDD", "TM": "HHMMSS", "DT": "YYYYMMDDHHMMSS"}
 
 MODALITIES = IndexedAttribute("ModalitiesInStudy", MODALITIES_IN_STUDY, "CS", Level.STUDY, True)
 _BY_NAME: dict[str, IndexedAttribute] = {}
@@ -83,11 +87,121 @@ class SearchPage:
 
 
 @dataclass(frozen=True)
-class _Term:
+class MatchTerm:
+    """One match term: an attribute and a value in DICOM matching syntax.
+
+    ``kind`` is set for an attribute inside a sequence: the index term prefix of that path.
+    """
+
     attribute: IndexedAttribute
     value: str
-    # Set for an attribute inside a sequence: the index term prefix of that path.
     kind: bytes = b""
+
+
+Scan = Callable[..., list[tuple[bytes, bytes]]]
+
+
+class TermMatcher:
+    """The matching rules of PS3.4 C.2.2.2 as ordered range scans over index terms.
+
+    ``scan`` is :meth:`LmdbIndex.scan_terms` (or anything with its signature and ordering):
+    every kind of record that keeps index terms is matched by these same rules.
+    """
+
+    def __init__(self, scan: Scan) -> None:
+        self.scan = scan
+
+    def match(self, term: MatchTerm, fuzzy: bool) -> set[bytes]:
+        """The primary keys of the records ``term`` matches."""
+        return self._matches(term, fuzzy)
+
+    def _entries(self, level: Level, tag: int, term: bytes) -> list[bytes]:
+        return [pk for _, pk in self.scan(level, tag, term, term + keys.SEP)]
+
+    def _matches(self, term: MatchTerm, fuzzy: bool) -> set[bytes]:
+        attribute, value = term.attribute, term.value
+        scan = self.scan
+        if term.kind:  # inside a sequence: exact matching only
+            if "*" in value or "?" in value:
+                raise invalid_argument(attribute.keyword, "wildcards do not apply in sequences")
+            exact = term.kind + EXACT + value.strip().encode()
+            return set(self._entries(attribute.level, attribute.tag, exact))
+        level, tag, vr = attribute.level, attribute.tag, attribute.vr
+        if vr == "UI":
+            if "*" in value or "?" in value:
+                raise invalid_argument(attribute.keyword, "wildcards do not apply to UIDs")
+            uids = [u.strip() for u in re.split(r"[,\\]", value) if u.strip()]
+            return {pk for uid in uids for pk in self._exact(level, tag, uid.encode())}
+        if vr in ("DA", "TM", "DT"):
+            return self._range(attribute, value)
+        if vr in ("IS", "US", "SS", "UL", "SL"):
+            try:
+                number = int(value)
+            except ValueError:
+                raise invalid_argument(attribute.keyword, f"{value!r} is not an integer") from None
+            number_term = integer_term(number)
+            return set(self._entries(level, tag, number_term))
+        if vr in ("DS", "FL", "FD"):
+            try:
+                decimal = decimal_term(vr, value)
+            except ValueError:
+                raise invalid_argument(attribute.keyword, f"{value!r} is not a number") from None
+            return set(self._entries(level, tag, decimal))
+        if vr == "PN":
+            folded = fold_person_name(value)
+            if fuzzy:
+                words = [w for w in _WORDS.split(folded) if w]
+                sets = [
+                    _pks(scan(level, tag, WORD + w.encode(), prefix=WORD + w.encode()))
+                    for w in words
+                ]
+                return set.intersection(*sets) if sets else set()
+            return self._pattern(attribute, folded)
+        return self._pattern(attribute, value.strip())
+
+    def _exact(self, level: Level, tag: int, value: bytes) -> set[bytes]:
+        """Keys of records whose attribute has exactly this (string) value."""
+        return set(self._entries(level, tag, EXACT + value))
+
+    def _pattern(self, attribute: IndexedAttribute, value: str) -> set[bytes]:
+        """Exact, or wildcard matching through the literal prefix of the pattern."""
+        scan = self.scan
+        if "*" not in value and "?" not in value:
+            return self._exact(attribute.level, attribute.tag, value.encode())
+        literal = re.split(r"[*?]", value, maxsplit=1)[0]
+        regex = re.compile(
+            "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in value),
+            re.DOTALL,
+        )
+        start = EXACT + literal.encode()
+        found = scan(attribute.level, attribute.tag, start, prefix=start)
+        return {pk for term, pk in found if regex.fullmatch(term[len(EXACT) :].decode())}
+
+    def _range(self, attribute: IndexedAttribute, value: str) -> set[bytes]:
+        """A date or time: one value, or an inclusive range with either end open."""
+        check = _CHECKS[attribute.vr]
+
+        def bound(text: str) -> bytes:
+            if not check.fullmatch(text):
+                kind = _FORMATS[attribute.vr]
+                raise invalid_argument(attribute.keyword, f"{value!r}: {text!r} is not {kind}")
+            return (pad_time(text) if attribute.vr == "TM" else text).encode()
+
+        scan = self.scan
+        if "-" not in value:
+            if attribute.vr == "DA" and len(value) != 8:
+                raise invalid_argument(attribute.keyword, f"{value!r} is not YYYYMMDD")
+            if attribute.vr == "DT":  # a single date-time matches everything it is a prefix of
+                start = EXACT + bound(value)
+                return _pks(self.scan(attribute.level, attribute.tag, start, prefix=start))
+            return self._exact(attribute.level, attribute.tag, bound(value))
+        if value.count("-") != 1 or value == "-":
+            raise invalid_argument(attribute.keyword, f"{value!r} is not a range a-b, -b or a-")
+        low, high = value.split("-")
+        start = EXACT + (bound(low) if low else b"")
+        # Inclusive: everything up to the end of the upper bound, a partial date included.
+        stop = EXACT + bound(high) + b"\xff" if high else EXACT + b"\xff"
+        return _pks(scan(attribute.level, attribute.tag, start, stop))
 
 
 class SearchCore:
@@ -95,6 +209,7 @@ class SearchCore:
 
     def __init__(self, index: LmdbIndex) -> None:
         self.index = index
+        self.matcher = TermMatcher(index.scan_terms)
 
     def search(self, request: SearchRequest) -> SearchPage:
         """Run a search; raise INVALID_ARGUMENT naming the parameter when it is malformed."""
@@ -109,7 +224,7 @@ class SearchCore:
         terms = [_term(name, value, level, extended) for name, value in request.match.items()]
         scope = _scope(level, request.study_uid, request.series_uid)
         constraints = [
-            self._lift(self._matches(t, request.fuzzy), t.attribute.level, level)
+            self._lift(self.matcher.match(t, request.fuzzy), t.attribute.level, level)
             for t in terms
             if t.value != ""
         ]
@@ -131,90 +246,6 @@ class SearchCore:
         results = [self._dataset(level, pk, returned, scoped=bool(scope)) for pk in page]
         token = _encode_token(page[-1]) if rest and page_size else ""
         return SearchPage(results, token)
-
-    # -- matching --------------------------------------------------------------------------
-
-    def _matches(self, term: _Term, fuzzy: bool) -> set[bytes]:
-        attribute, value = term.attribute, term.value
-        scan = self.index.scan_terms
-        if term.kind:  # inside a sequence: exact matching only
-            if "*" in value or "?" in value:
-                raise invalid_argument(attribute.keyword, "wildcards do not apply in sequences")
-            exact = term.kind + EXACT + value.strip().encode()
-            return set(self.index.term_entries(attribute.level, attribute.tag, exact))
-        level, tag, vr = attribute.level, attribute.tag, attribute.vr
-        if vr == "UI":
-            if "*" in value or "?" in value:
-                raise invalid_argument(attribute.keyword, "wildcards do not apply to UIDs")
-            uids = [u.strip() for u in re.split(r"[,\\]", value) if u.strip()]
-            return {pk for uid in uids for pk in self._exact(level, tag, uid.encode())}
-        if vr in ("DA", "TM"):
-            return self._range(attribute, value)
-        if vr in ("IS", "US", "SS", "UL", "SL"):
-            try:
-                number = int(value)
-            except ValueError:
-                raise invalid_argument(attribute.keyword, f"{value!r} is not an integer") from None
-            number_term = integer_term(number)
-            return set(self.index.term_entries(level, tag, number_term))
-        if vr in ("DS", "FL", "FD"):
-            try:
-                decimal = decimal_term(vr, value)
-            except ValueError:
-                raise invalid_argument(attribute.keyword, f"{value!r} is not a number") from None
-            return set(self.index.term_entries(level, tag, decimal))
-        if vr == "PN":
-            folded = fold_person_name(value)
-            if fuzzy:
-                words = [w for w in _WORDS.split(folded) if w]
-                sets = [
-                    _pks(scan(level, tag, WORD + w.encode(), prefix=WORD + w.encode()))
-                    for w in words
-                ]
-                return set.intersection(*sets) if sets else set()
-            return self._pattern(attribute, folded)
-        return self._pattern(attribute, value.strip())
-
-    def _exact(self, level: Level, tag: int, value: bytes) -> set[bytes]:
-        """Keys of records whose attribute has exactly this (string) value."""
-        return set(self.index.term_entries(level, tag, EXACT + value))
-
-    def _pattern(self, attribute: IndexedAttribute, value: str) -> set[bytes]:
-        """Exact, or wildcard matching through the literal prefix of the pattern."""
-        scan = self.index.scan_terms
-        if "*" not in value and "?" not in value:
-            return self._exact(attribute.level, attribute.tag, value.encode())
-        literal = re.split(r"[*?]", value, maxsplit=1)[0]
-        regex = re.compile(
-            "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in value),
-            re.DOTALL,
-        )
-        start = EXACT + literal.encode()
-        found = scan(attribute.level, attribute.tag, start, prefix=start)
-        return {pk for term, pk in found if regex.fullmatch(term[len(EXACT) :].decode())}
-
-    def _range(self, attribute: IndexedAttribute, value: str) -> set[bytes]:
-        """A date or time: one value, or an inclusive range with either end open."""
-        check = _DATE if attribute.vr == "DA" else _TIME
-
-        def bound(text: str) -> bytes:
-            if not check.fullmatch(text):
-                kind = "YYYYMMDD" if attribute.vr == "DA" else "HHMMSS"
-                raise invalid_argument(attribute.keyword, f"{value!r}: {text!r} is not {kind}")
-            return (pad_time(text) if attribute.vr == "TM" else text).encode()
-
-        scan = self.index.scan_terms
-        if "-" not in value:
-            if attribute.vr == "DA" and len(value) != 8:
-                raise invalid_argument(attribute.keyword, f"{value!r} is not YYYYMMDD")
-            return self._exact(attribute.level, attribute.tag, bound(value))
-        if value.count("-") != 1 or value == "-":
-            raise invalid_argument(attribute.keyword, f"{value!r} is not a range a-b, -b or a-")
-        low, high = value.split("-")
-        start = EXACT + (bound(low) if low else b"")
-        # Inclusive: everything up to the end of the upper bound, a partial date included.
-        stop = EXACT + bound(high) + b"\xff" if high else EXACT + b"\xff"
-        return _pks(scan(attribute.level, attribute.tag, start, stop))
 
     def _lift(self, found: set[bytes], source: Level, target: Level) -> set[bytes]:
         """Keys of the searched level under the records an attribute's level matched."""
@@ -288,14 +319,14 @@ class _Extended:
         )
 
 
-def _term(name: str, value: str, level: Level, extended: _Extended) -> _Term:
+def _term(name: str, value: str, level: Level, extended: _Extended) -> MatchTerm:
     if "." in name:
         nested = _NESTED.get(name) or _NESTED.get(name.upper())
         if nested is None:
             raise invalid_argument(name, "is not a searchable attribute path")
         if nested.leaf.level > level:
             raise invalid_argument(name, f"is a {nested.leaf.level.name.lower()}-level attribute")
-        return _Term(nested.leaf, value, nested.term_kind)
+        return MatchTerm(nested.leaf, value, nested.term_kind)
     tag = extended.get(name)
     if tag is not None and not tag.ready:
         raise ServiceError(
@@ -312,11 +343,11 @@ def _term(name: str, value: str, level: Level, extended: _Extended) -> _Term:
         raise invalid_argument(name, "is returned but not searchable")
     if attribute.level > level:
         raise invalid_argument(name, f"is a {attribute.level.name.lower()}-level attribute")
-    return _Term(attribute, value)
+    return MatchTerm(attribute, value)
 
 
 def _returned(
-    level: Level, terms: list[_Term], include: Sequence[str], extended: _Extended
+    level: Level, terms: list[MatchTerm], include: Sequence[str], extended: _Extended
 ) -> set[str]:
     """Tags to return: the level's defaults, the match keys, and the included fields."""
     everything = "all" in (f.lower() for f in include)

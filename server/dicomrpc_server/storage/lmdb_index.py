@@ -17,6 +17,8 @@ name           key                     value
 ``changes``    sequence                ``dicomrpc.v1.ChangeFeedEntry``: the change feed
 ``query_tags`` 8 hex digits            ``QueryTagRecord``: the extended query tags
 ``operations`` operation id            ``ReindexOperation``: background re-indexing progress
+``workitems``  workitem UID            ``dicomrpc.v1.Dataset``: a UPS (:mod:`..ups.store`)
+``wi_events``  sequence                a workitem event (:mod:`..ups.store`)
 =============  ======================  =========================================================
 
 Reads run on the caller's thread in short read transactions; writes go through the
@@ -57,6 +59,8 @@ _DB_NAMES = (
     "changes",
     "query_tags",
     "operations",
+    "workitems",
+    "wi_events",
 )
 MODALITIES_IN_STUDY = 0x00080061
 # LMDB keys are at most 511 bytes: level and tag (5), the term, NUL and a primary key (<= 194).
@@ -180,6 +184,10 @@ class LmdbIndex:
         self.writer = IndexWriter(
             self.env, before_commit=before_commit, grow=self._grow, max_batch=max_batch
         )
+
+    def database(self, name: str) -> lmdb._Database:
+        """The handle of a named sub-database, for the cores that keep records of their own."""
+        return self._db[name]
 
     # -- reads -------------------------------------------------------------------------------
 

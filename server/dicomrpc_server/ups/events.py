@@ -1,0 +1,163 @@
+"""Workitem subscriptions: live, filtered, resumable, and unable to stall the server.
+
+Every change writes its event in the same transaction (:mod:`.store`), numbered by a sequence.
+After each commit that wrote events, the index writer reads them once and hands them to the
+event loop of each subscriber, which offers them to the subscriptions that want them. Each
+subscription has a bounded queue: a subscriber that stops reading costs at most that much
+memory, and never slows a commit. When its queue overflows the subscription ends with
+RESOURCE_EXHAUSTED (``SUBSCRIBER_TOO_SLOW``), naming the sequence to resume from; the events
+it missed are still in the log, and a subscription with ``since`` replays them from there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+
+from dicomrpc.v1 import workitem_service_pb2 as pb
+from dicomrpc_server.errors import Code, ServiceError, invalid_argument
+from dicomrpc_server.query.engine import MatchTerm
+from dicomrpc_server.storage.writer import IndexWriter
+from dicomrpc_server.ups.index import TermSet, match_terms
+from dicomrpc_server.ups.store import WorkitemStore
+
+REPLAY_PAGE = 256
+Entry = tuple[pb.SubscribeWorkitemsResponse, list[tuple[int, bytes]]]
+
+
+@dataclass(eq=False)
+class Subscription:
+    """One subscriber: what it follows, its loop, and its bounded queue."""
+
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue[pb.SubscribeWorkitemsResponse]
+    workitem_uid: str
+    terms: list[MatchTerm] = field(default_factory=list)
+    overflowed: bool = False
+
+    def wants(self, event: pb.SubscribeWorkitemsResponse, terms: list[tuple[int, bytes]]) -> bool:
+        """Whether the event is about a workitem this subscription follows."""
+        if self.workitem_uid and event.workitem_uid != self.workitem_uid:
+            return False
+        if not self.terms:
+            return True
+        return TermSet(event.workitem_uid.encode("ascii"), terms).matches(self.terms, False)
+
+    def offer(self, event: pb.SubscribeWorkitemsResponse) -> None:
+        """Queue an event, or mark the subscription overflowed (on its own loop)."""
+        if self.overflowed:
+            return
+        try:
+            self.queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.overflowed = True
+
+
+class EventHub:
+    """Publishes committed workitem events to the subscriptions of every event loop.
+
+    Parameters
+    ----------
+    store
+        The workitem records (and event log).
+    writer
+        The index writer, whose commits are watched.
+    queue_size
+        The most events a subscription may have waiting before it is ended.
+    """
+
+    def __init__(self, store: WorkitemStore, writer: IndexWriter, queue_size: int) -> None:
+        self.store = store
+        self.queue_size = queue_size
+        self._subscriptions: set[Subscription] = set()
+        self._lock = threading.Lock()
+        self._published = store.last_sequence()
+        writer.add_listener(self._committed)
+
+    def _committed(self) -> None:
+        """After a commit (on the writer thread): read new events once, hand them to loops."""
+        if self.store.appended <= self._published:
+            return
+        if not self.subscriber_count:
+            self._published = self.store.last_sequence()
+            return
+        entries = self.store.events_after(self._published, 1 << 30)
+        if not entries:
+            return
+        self._published = entries[-1][0].sequence
+        with self._lock:
+            subscriptions = list(self._subscriptions)
+        for loop in {s.loop for s in subscriptions}:
+            loop.call_soon_threadsafe(self._fan_out, loop, entries)
+
+    def _fan_out(self, loop: asyncio.AbstractEventLoop, entries: list[Entry]) -> None:
+        with self._lock:
+            subscriptions = [s for s in self._subscriptions if s.loop is loop]
+        for subscription in subscriptions:
+            for event, terms in entries:
+                if subscription.wants(event, terms):
+                    subscription.offer(event)
+
+    async def follow(
+        self, workitem_uid: str, filter_: Mapping[str, str], since: int
+    ) -> AsyncIterator[pb.SubscribeWorkitemsResponse]:
+        """The events of one workitem, of all, or of those matching ``filter_``, in order.
+
+        With ``since`` the events after that sequence are replayed first; with 0 only events
+        after the call are sent. Ends with RESOURCE_EXHAUSTED when the subscriber falls more
+        than the queue size behind.
+        """
+        if since < 0:
+            raise invalid_argument("since", f"{since} is negative")
+        if workitem_uid and filter_:
+            raise invalid_argument("filter", "follows all workitems; leave workitem_uid empty")
+        subscription = Subscription(
+            asyncio.get_running_loop(),
+            asyncio.Queue(self.queue_size),
+            workitem_uid,
+            match_terms(filter_),
+        )
+        # Registered before the log is read: an event committed meanwhile is either in the
+        # replay or in the queue (or both, and then skipped by its sequence).
+        with self._lock:
+            self._subscriptions.add(subscription)
+        try:
+            cursor = since if since else self.store.last_sequence()
+            while True:
+                page = self.store.events_after(cursor, REPLAY_PAGE)
+                for event, terms in page:
+                    cursor = event.sequence
+                    if subscription.wants(event, terms):
+                        yield event
+                if len(page) < REPLAY_PAGE:
+                    break
+            while True:
+                if subscription.overflowed and subscription.queue.empty():
+                    raise too_slow(self.queue_size, cursor)
+                event = await subscription.queue.get()
+                if event.sequence <= cursor:
+                    continue
+                cursor = event.sequence
+                yield event
+        finally:
+            with self._lock:
+                self._subscriptions.discard(subscription)
+
+    @property
+    def subscriber_count(self) -> int:
+        """How many subscriptions are open."""
+        with self._lock:
+            return len(self._subscriptions)
+
+
+def too_slow(queue_size: int, cursor: int) -> ServiceError:
+    """The error ending a subscription whose queue overflowed."""
+    return ServiceError(
+        Code.RESOURCE_EXHAUSTED,
+        "SUBSCRIBER_TOO_SLOW",
+        f"the subscriber fell more than {queue_size} events behind and was ended; "
+        f"subscribe again with since={cursor} to resume without loss",
+        metadata={"since": str(cursor), "queue_size": str(queue_size)},
+    )

@@ -1,0 +1,143 @@
+"""The LMDB records of workitems: the data set, its index terms, and the event log.
+
+=================  ============  ===============================================================
+sub-database       key           value
+=================  ============  ===============================================================
+``workitems``      workitem UID  ``dicomrpc.v1.Dataset``: the UPS, with its state and its
+                                 Transaction UID (the lock) as attributes
+``terms``          level 4/...   secondary-index entries of the matching keys (:mod:`.index`)
+``wi_events``      sequence      an event (:func:`encode_event`)
+=================  ============  ===============================================================
+
+Reads run in short read transactions on the caller's thread. Writes are functions of an open
+write transaction, run by the index writer: a change, its index terms and its event commit
+together or not at all, and the writer's single thread serializes every change of a workitem
+(so a claim sees the state the previous claim left).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from typing import TypeVar
+
+import lmdb
+
+from dicomrpc.v1 import dataset_pb2
+from dicomrpc.v1 import workitem_service_pb2 as pb
+from dicomrpc_server.dicom.attributes import Level
+from dicomrpc_server.storage import keys
+from dicomrpc_server.storage.lmdb_index import LmdbIndex
+from dicomrpc_server.ups.index import decode_terms, encode_terms, workitem_terms
+
+T = TypeVar("T")
+Terms = set[tuple[int, bytes]]
+
+
+def encode_event(event: pb.SubscribeWorkitemsResponse, terms: Terms) -> bytes:
+    """An event record: the event's length, the event, then the workitem's terms after it."""
+    body = event.SerializeToString()
+    return struct.pack(">I", len(body)) + body + encode_terms(terms)
+
+
+def decode_event(data: bytes) -> tuple[pb.SubscribeWorkitemsResponse, list[tuple[int, bytes]]]:
+    """The event and terms :func:`encode_event` wrote."""
+    (length,) = struct.unpack_from(">I", data)
+    event = pb.SubscribeWorkitemsResponse.FromString(data[4 : 4 + length])
+    return event, decode_terms(data[4 + length :])
+
+
+class WorkitemStore:
+    """Reads and writes the workitem records of an :class:`LmdbIndex`."""
+
+    def __init__(self, index: LmdbIndex) -> None:
+        self.index = index
+        self._items = index.database("workitems")
+        self._events = index.database("wi_events")
+        self._terms = index.database("terms")
+        # The newest sequence written (possibly not yet committed): set on the writer thread,
+        # read after commits to tell whether there is anything to publish.
+        self.appended = self.last_sequence()
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def get(self, uid: str) -> dataset_pb2.Dataset | None:
+        """A workitem as stored (with its lock), or ``None``."""
+        with self.index.read() as txn:
+            raw = txn.get(uid.encode("ascii"), db=self._items)
+            return None if raw is None else dataset_pb2.Dataset.FromString(bytes(raw))
+
+    def get_many(self, uids: list[bytes]) -> list[dataset_pb2.Dataset]:
+        """Several workitems, read in one transaction (missing ones skipped)."""
+        out = []
+        with self.index.read() as txn:
+            for uid in uids:
+                raw = txn.get(uid, db=self._items)
+                if raw is not None:
+                    out.append(dataset_pb2.Dataset.FromString(bytes(raw)))
+        return out
+
+    def uids(self) -> list[bytes]:
+        """Every workitem UID, in order."""
+        with self.index.read() as txn:
+            return [bytes(k) for k in txn.cursor(db=self._items).iternext(values=False)]
+
+    def last_sequence(self) -> int:
+        """The sequence of the newest committed event (0 when there is none)."""
+        with self.index.read() as txn:
+            cursor = txn.cursor(db=self._events)
+            return struct.unpack(">Q", bytes(cursor.key()))[0] if cursor.last() else 0
+
+    def events_after(
+        self, after: int, limit: int
+    ) -> list[tuple[pb.SubscribeWorkitemsResponse, list[tuple[int, bytes]]]]:
+        """Up to ``limit`` events with a sequence above ``after``, in order, with their terms."""
+        out = []
+        with self.index.read() as txn:
+            cursor = txn.cursor(db=self._events)
+            if cursor.set_range(keys.sequence_key(after + 1)):
+                for _, value in cursor:
+                    out.append(decode_event(bytes(value)))
+                    if len(out) >= limit:
+                        break
+        return out
+
+    # -- writes (on the index writer thread, inside its transaction) ------------------------
+
+    async def run(self, fn: Callable[[lmdb.Transaction], T]) -> T:
+        """Run ``fn(txn)`` in a write transaction and wait for its commit."""
+        return await self.index.writer.run(fn)
+
+    def load(self, txn: lmdb.Transaction, uid: str) -> dataset_pb2.Dataset | None:
+        """A workitem as the transaction sees it, or ``None``."""
+        raw = txn.get(uid.encode("ascii"), db=self._items)
+        return None if raw is None else dataset_pb2.Dataset.FromString(bytes(raw))
+
+    def save(
+        self,
+        txn: lmdb.Transaction,
+        uid: str,
+        old: dataset_pb2.Dataset | None,
+        new: dataset_pb2.Dataset,
+    ) -> Terms:
+        """Write a workitem and move its index terms from ``old``'s to ``new``'s; return them."""
+        pk = uid.encode("ascii")
+        old_terms = workitem_terms(old) if old is not None else set()
+        new_terms = workitem_terms(new)
+        for tag, term in old_terms - new_terms:
+            txn.delete(keys.term_key(Level.WORKITEM, tag, term, pk), db=self._terms)
+        for tag, term in new_terms - old_terms:
+            txn.put(keys.term_key(Level.WORKITEM, tag, term, pk), b"", db=self._terms)
+        txn.put(pk, new.SerializeToString(), db=self._items)
+        return new_terms
+
+    def append_event(
+        self, txn: lmdb.Transaction, event: pb.SubscribeWorkitemsResponse, terms: Terms
+    ) -> int:
+        """Give ``event`` the next sequence number and write it; return the sequence."""
+        cursor = txn.cursor(db=self._events)
+        last = struct.unpack(">Q", bytes(cursor.key()))[0] if cursor.last() else 0
+        event.sequence = last + 1
+        txn.put(keys.sequence_key(event.sequence), encode_event(event, terms), db=self._events)
+        self.appended = max(self.appended, event.sequence)
+        return event.sequence
