@@ -15,6 +15,7 @@ import unicodedata
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +50,7 @@ PATIENT_IDS = ["P1", "P2", "p1", "P10"]
 BIRTH_DATES = ["19700101", "19851231", "20000229"]
 ACCESSIONS = ["A1", "A2", "a1", "AB1"]
 STUDY_DATES = ["20190101", "20190615", "20200101", "20200229", "20201231", "20210704"]
-STUDY_TIMES = ["0930", "093000", "101112", "1530", "235959", "10"]
+STUDY_TIMES = ["0930", "093000", "093015.5", "101112", "1530", "235959", "10"]
 DESCRIPTIONS = ["Chest", "CHEST", "Chest CT", "Head Neck"]
 STUDY_IDS = ["1", "2", "S1"]
 MODALITIES = ["CT", "MR", "US"]
@@ -209,17 +210,31 @@ def match_date(query: str, value: str) -> bool:
     return (not low or low <= value) and (not high or value <= high)
 
 
-def pad_tm(value: str) -> str:
-    main = value.partition(".")[0].replace(":", "")
-    return main + "000000"[len(main) :]
+def time_span(value: str) -> tuple[Fraction, Fraction]:
+    """The first and last instant (in seconds) a TM value stands for: "1015" is a minute."""
+    main, _, frac = value.partition(".")
+    digits = main.replace(":", "")
+    hours, minutes, seconds = int(digits[:2]), int(digits[2:4] or 0), int(digits[4:6] or 0)
+    start = Fraction(hours * 3600 + minutes * 60 + seconds) + Fraction(
+        int(frac or 0), 10 ** len(frac)
+    )
+    precision = {2: 3600, 4: 60}.get(len(digits), Fraction(1, 10 ** len(frac)))
+    return start, start + precision - Fraction(1, 10**6)
+
+
+def order_key(value: str) -> str:
+    """Dates as they are, times padded to HHMMSS: an order for drawing ranges."""
+    main, _, frac = value.partition(".")
+    return main + "000000"[len(main) :] + "." + frac
 
 
 def match_time(query: str, value: str) -> bool:
+    v = time_span(value)[0]
     if "-" not in query:
-        return pad_tm(query) == pad_tm(value)
+        first, last = time_span(query)
+        return first <= v <= last
     low, high = query.split("-")
-    v = pad_tm(value)
-    return (not low or pad_tm(low) <= v) and (not high or v <= pad_tm(high))
+    return (not low or time_span(low)[0] <= v) and (not high or v <= time_span(high)[1])
 
 
 def match_int(query: str, value: int) -> bool:
@@ -470,7 +485,7 @@ def uid_queries(draw: st.DrawFn, keyword: str) -> str:
 @st.composite
 def range_queries(draw: st.DrawFn, pool: list[str]) -> str:
     kind = draw(st.sampled_from(["single", "closed", "below", "above"]))
-    a, b = sorted(draw(st.lists(st.sampled_from(pool), min_size=2, max_size=2)), key=pad_tm)
+    a, b = sorted(draw(st.lists(st.sampled_from(pool), min_size=2, max_size=2)), key=order_key)
     if kind == "single":
         return a
     if kind == "closed":

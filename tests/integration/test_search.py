@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 
 import grpc
+import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
@@ -181,3 +183,29 @@ def test_exact_matching_inside_sequences(client: Client) -> None:
     with pytest.raises(DicomRpcError) as caught:
         client.search_studies({"ReferencedRequestSequence.AccessionNumber": "REQ*"})
     assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_time_matches_every_instant_it_stands_for(client: Client) -> None:
+    """ "1015" is a minute and "101530" a second: a single time or a range bound covers it all."""
+    times = ["1015", "101530", "101500.25", "101559.999999", "1016", "095959.9"]
+    studies = {}
+    for time_value in times:
+        data = ct_instance()
+        ds = pydicom.dcmread(io.BytesIO(data))
+        ds.StudyTime = time_value
+        out = io.BytesIO()
+        ds.save_as(out, enforce_file_format=True)
+        client.store([out.getvalue()])
+        studies[ds.StudyInstanceUID] = time_value
+    cases = {
+        "1015": {"1015", "101530", "101500.25", "101559.999999"},
+        "101500": {"1015", "101500.25"},
+        "101500.2": {"101500.25"},
+        "10": {"1015", "101530", "101500.25", "101559.999999", "1016"},
+        "-1015": {"1015", "101530", "101500.25", "101559.999999", "095959.9"},
+        "1016-": {"1016"},
+        "0959-101500": {"1015", "101500.25", "095959.9"},
+    }
+    for query, expected in cases.items():
+        found = client.search_studies({"StudyTime": query}).as_json()
+        assert {studies[d["0020000D"]["Value"][0]] for d in found} == expected, query

@@ -181,11 +181,11 @@ class TermMatcher:
         """A date or time: one value, or an inclusive range with either end open."""
         check = _CHECKS[attribute.vr]
 
-        def bound(text: str) -> bytes:
+        def bound(text: str, end: bool = False) -> bytes:
             if not check.fullmatch(text):
                 kind = _FORMATS[attribute.vr]
                 raise invalid_argument(attribute.keyword, f"{value!r}: {text!r} is not {kind}")
-            return (pad_time(text) if attribute.vr == "TM" else text).encode()
+            return (pad_time(text, end) if attribute.vr == "TM" else text).encode()
 
         scan = self.scan
         if "-" not in value:
@@ -194,13 +194,16 @@ class TermMatcher:
             if attribute.vr == "DT":  # a single date-time matches everything it is a prefix of
                 start = EXACT + bound(value)
                 return _pks(self.scan(attribute.level, attribute.tag, start, prefix=start))
+            if attribute.vr == "TM":  # a time stands for its whole minute, second, ...
+                start, stop = EXACT + bound(value), EXACT + bound(value, end=True) + b"\xff"
+                return _pks(scan(attribute.level, attribute.tag, start, stop))
             return self._exact(attribute.level, attribute.tag, bound(value))
         if value.count("-") != 1 or value == "-":
             raise invalid_argument(attribute.keyword, f"{value!r} is not a range a-b, -b or a-")
         low, high = value.split("-")
         start = EXACT + (bound(low) if low else b"")
-        # Inclusive: everything up to the end of the upper bound, a partial date included.
-        stop = EXACT + bound(high) + b"\xff" if high else EXACT + b"\xff"
+        # Inclusive: everything up to the end of the upper bound, a partial date or time included.
+        stop = EXACT + bound(high, end=True) + b"\xff" if high else EXACT + b"\xff"
         return _pks(scan(attribute.level, attribute.tag, start, stop))
 
 

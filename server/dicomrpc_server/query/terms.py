@@ -63,10 +63,16 @@ def decimal_term(vr: str, value: object) -> bytes:
     return EXACT + repr(number).encode()
 
 
-def pad_time(value: str) -> str:
-    """Pad a TM value to HHMMSS.ffffff so that partial times sort correctly."""
+def pad_time(value: str, end: bool = False) -> str:
+    """Pad a TM value to HHMMSS.ffffff so that partial times sort correctly.
+
+    With ``end``, the last instant the value stands for: ``"1015"`` (a minute) ends at
+    ``"101559.999999"``, ``"101530"`` (a second) at ``"101530.999999"``.
+    """
     main, _, frac = value.partition(".")
     main = main.replace(":", "")
+    if end:
+        return (main + "595959"[len(main) :]) + "." + (frac + "999999")[:6]
     return (main + "000000"[len(main) :]) + "." + (frac + "000000")[:6]
 
 
