@@ -35,9 +35,11 @@ different value every time (a patient, a name, a month, a series), default limit
 - ModalitiesInStudy + StudyDate of one month (studies);
 - the instances of one 100-instance series.
 
-Each query's count is checked against the generator's (the returned count is the match count
-capped at the limit). The same engine is also timed in-process (``SearchCore.search``, no gRPC)
-at the largest size, to show where the time goes.
+All servers run at once and the queries are timed in rounds, each round timing a slice of
+every kind on every server, the first server rotating, so that a drift of the shared machine
+touches all alike. Each query's count is checked against the generator's (the returned count
+is the match count capped at the limit). The same engine is also timed in-process
+(``SearchCore.search``, no gRPC) at the largest size, to show where the time goes.
 
 Orthanc (the Debian package with its DICOMweb plugin) gets Part 10 files of the first
 ``--orthanc-count`` instances of the same corpus (16x16 pixels) by STOW-RS, once (its storage is
@@ -50,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import http.client
 import json
@@ -593,6 +596,12 @@ class Query:
         return min(self.matches, LIMIT)
 
 
+def _query_string(match: dict[str, str]) -> str:
+    """A QIDO query string; ``*`` and ``^`` left as they are (Orthanc matches nothing when
+    they arrive percent-encoded)."""
+    return urllib.parse.urlencode(match, safe="*^")
+
+
 def _month_range(year: int, month: int) -> tuple[str, str]:
     last = (dt.date(year + month // 12, month % 12 + 1, 1) - dt.timedelta(days=1)).day
     return f"{year}{month:02d}01", f"{year}{month:02d}{last:02d}"
@@ -618,7 +627,7 @@ def queries(studies: list[StudyPlan], count: int, seed: int) -> dict[str, list[Q
                 "patient_id",
                 {"PatientID": study.patient_id},
                 False,
-                urllib.parse.urlencode({"PatientID": study.patient_id}),
+                _query_string({"PatientID": study.patient_id}),
                 by_patient[study.patient_id],
             )
         )
@@ -631,7 +640,7 @@ def queries(studies: list[StudyPlan], count: int, seed: int) -> dict[str, list[Q
                 "fuzzy_name",
                 {"PatientName": f"{prefix} {given}"},
                 True,
-                urllib.parse.urlencode({"PatientName": f"{prefix}*^{given}*"}),
+                _query_string({"PatientName": f"{prefix}*^{given}*"}),
                 matches,
             )
         )
@@ -643,7 +652,7 @@ def queries(studies: list[StudyPlan], count: int, seed: int) -> dict[str, list[Q
                 "month",
                 {"StudyDate": f"{low}-{high}"},
                 False,
-                urllib.parse.urlencode({"StudyDate": f"{low}-{high}"}),
+                _query_string({"StudyDate": f"{low}-{high}"}),
                 len(in_month),
             )
         )
@@ -653,9 +662,7 @@ def queries(studies: list[StudyPlan], count: int, seed: int) -> dict[str, list[Q
                 "modality_month",
                 {"ModalitiesInStudy": modality, "StudyDate": f"{low}-{high}"},
                 False,
-                urllib.parse.urlencode(
-                    {"ModalitiesInStudy": modality, "StudyDate": f"{low}-{high}"}
-                ),
+                _query_string({"ModalitiesInStudy": modality, "StudyDate": f"{low}-{high}"}),
                 sum(modality in s.modalities for s in in_month),
             )
         )
@@ -731,35 +738,54 @@ class Timing:
         return self.percentile(95)
 
 
-def time_kind(ask: Callable[[Query], tuple[int, float]], items: list[Query], warmup: int) -> Timing:
-    """Warm up on the first ``warmup`` queries, then time the rest one by one; check counts.
-
-    ``ask`` returns the number of results and the seconds the request took (each side decides
-    what belongs to the request: the SDK's answer is parsed, Orthanc's body only read).
-    """
-    for q in items[:warmup]:
-        ask(q)
-    timing = Timing()
-    for q in items[warmup:]:
-        got, elapsed = ask(q)
-        timing.samples_ms.append(elapsed * 1000)
-        timing.returned.append(got)
-        timing.matched.append(q.matches)
-        if got != q.returned:
-            timing.wrong += 1
-            timing.first_wrong = (
-                timing.first_wrong or f"{q.match or q.series}: {got} != {q.returned}"
-            )
-    return timing
+Ask = Callable[["Query"], tuple[int, float]]
 
 
-def _timed(ask: Callable[[Query], int]) -> Callable[[Query], tuple[int, float]]:
+def _timed(ask: Callable[[Query], int]) -> Ask:
+    """``ask`` returning the number of results, with the seconds the call took."""
+
     def timed(q: Query) -> tuple[int, float]:
         started = time.perf_counter()
         got = ask(q)
         return got, time.perf_counter() - started
 
     return timed
+
+
+def measure(
+    sides: dict[str, tuple[Ask, dict[str, list[Query]]]], warmup: int, rounds: int
+) -> dict[str, dict[str, Timing]]:
+    """Warm every side up, then time its queries in rounds; check every count.
+
+    A side is a server (or the in-process engine) and its queries; the first ``warmup`` of
+    each kind only warm up. Each round runs a slice of every kind's queries on every side, the
+    side that goes first rotating, so that a drift of the shared machine touches all alike.
+    ``ask`` returns the number of results and the seconds the request took (each side decides
+    what belongs to the request: the SDK's answer is parsed, Orthanc's body only read).
+    """
+    for ask, sample in sides.values():
+        for items in sample.values():
+            for q in items[:warmup]:
+                ask(q)
+    out = {name: {kind: Timing() for kind in QUERY_NAMES} for name in sides}
+    names = list(sides)
+    for round_ in range(rounds):
+        shift = round_ % len(names)
+        for kind in QUERY_NAMES:
+            for name in names[shift:] + names[:shift]:
+                ask, sample = sides[name]
+                timing = out[name][kind]
+                for q in sample[kind][warmup:][round_::rounds]:
+                    got, elapsed = ask(q)
+                    timing.samples_ms.append(elapsed * 1000)
+                    timing.returned.append(got)
+                    timing.matched.append(q.matches)
+                    if got != q.returned:
+                        timing.wrong += 1
+                        timing.first_wrong = timing.first_wrong or (
+                            f"{q.match or q.series}: {got} != {q.returned}"
+                        )
+    return out
 
 
 def verify_in_process(index_dir: Path, sample: dict[str, list[Query]], per_kind: int) -> int:
@@ -779,33 +805,29 @@ def verify_in_process(index_dir: Path, sample: dict[str, list[Query]], per_kind:
     return checked
 
 
-def time_in_process(
-    index_dir: Path, sample: dict[str, list[Query]], warmup: int
-) -> dict[str, Timing]:
+@contextlib.contextmanager
+def engine_side(index_dir: Path) -> Iterator[Ask]:
+    """The search engine on the index, in this process (no gRPC)."""
     index = _open_index(index_dir)
     try:
         core = SearchCore(index)
-        ask = _timed(lambda q: ask_core(core, q))
-        return {kind: time_kind(ask, items, warmup) for kind, items in sample.items()}
+        yield _timed(lambda q: ask_core(core, q))
     finally:
         index.close()
 
 
-def time_dicomrpc(
-    built: Built, sample: dict[str, list[Query]], warmup: int
-) -> tuple[dict[str, Timing], float]:
-    """Every query kind through the gRPC server on the built index; (timings, start-up s)."""
+@contextlib.contextmanager
+def dicomrpc_side(built: Built) -> Iterator[tuple[Ask, float]]:
+    """``dicomrpc serve`` on the built index and an SDK client; (ask, start-up s)."""
     log = WORK / f"search-dicomrpc-{built.size}.log"
     started = time.perf_counter()
     with dicomrpc_server(built.data_dir, log) as (target, _pid):
         startup = time.perf_counter() - started
         client = connect_grpc(target)
         try:
-            ask = _timed(lambda q: ask_dicomrpc(client, q))
-            out = {kind: time_kind(ask, items, warmup) for kind, items in sample.items()}
+            yield _timed(lambda q: ask_dicomrpc(client, q)), startup
         finally:
             client.close()
-    return out, startup
 
 
 @dataclass
@@ -838,21 +860,20 @@ def orthanc_files(studies: list[StudyPlan], size: int) -> list[Path]:
     return sorted(files)
 
 
-def run_orthanc(
-    studies: list[StudyPlan], size: int, sample: dict[str, list[Query]], warmup: int
-) -> OrthancRun:
-    """Load Orthanc once (its storage is kept), then time every query kind."""
+@contextlib.contextmanager
+def orthanc_side(studies: list[StudyPlan], size: int) -> Iterator[tuple[Ask, float]]:
+    """Orthanc holding the first ``size`` instances, loaded once (its storage is kept);
+    yields (ask, seconds the load took)."""
     files = orthanc_files(studies, size)
     run_dir = WORK / f"search-orthanc-{size}"
     marker = run_dir / "loaded.json"
-    load_s: float | None = None
     if not marker.exists() and run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     log = WORK / f"search-orthanc-{size}.log"
     with orthanc_server(run_dir, log) as (port, _pid):
         if marker.exists():
-            load_s = json.loads(marker.read_text())["load_s"]
+            load_s = float(json.loads(marker.read_text())["load_s"])
         else:
             print(f"loading {len(files)} instances into Orthanc (STOW-RS) ...", flush=True)
             started = time.perf_counter()
@@ -861,18 +882,17 @@ def run_orthanc(
             marker.write_text(json.dumps({"load_s": load_s, "size": size}))
             print(f"  {len(files) / load_s:.0f} instances/s", flush=True)
         connection = connect_http(port)
+
+        def ask(q: Query) -> tuple[int, float]:
+            started = time.perf_counter()
+            body = ask_orthanc(connection, q)
+            elapsed = time.perf_counter() - started
+            return (len(json.loads(body)) if body else 0), elapsed
+
         try:
-
-            def ask(q: Query) -> tuple[int, float]:
-                started = time.perf_counter()
-                body = ask_orthanc(connection, q)
-                elapsed = time.perf_counter() - started
-                return (len(json.loads(body)) if body else 0), elapsed
-
-            timings = {kind: time_kind(ask, items, warmup) for kind, items in sample.items()}
+            yield ask, load_s
         finally:
             connection.close()
-    return OrthancRun(size, load_s, timings)
 
 
 # --------------------------------------------------------------------------------------------
@@ -909,6 +929,7 @@ class Results:
     checked: dict[int, int]
     queries_per_kind: int
     warmup: int
+    rounds: int
 
 
 def goals(r: Results) -> list[str]:
@@ -1053,8 +1074,11 @@ def report(r: Results, args: argparse.Namespace) -> str:
         f"{LIMIT}. Every answer's count was checked against the generator's. The engine column: "
         "the same queries on `SearchCore.search` in-process (no gRPC, no server).",
         orthanc_line,
-        "- p50 / p95 over all timed queries of a kind; client and server share the machine's 2 "
-        "CPUs.",
+        f"- Every server (one per size, and Orthanc) runs at once; after the warm-up the timed "
+        f"queries run in {r.rounds} rounds, each round timing a slice of every kind on every "
+        "server and on the engine, the first one rotating, so that the load of the shared "
+        "machine touches all alike. p50 / p95 over all timed queries of a kind; client and "
+        "servers share the machine's 2 CPUs (with other work running on it).",
         "",
         *lines,
         "",
@@ -1093,6 +1117,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--orthanc-count", type=int, help="instances loaded into Orthanc (50000)")
     parser.add_argument("--queries", type=int, help="timed queries per kind (300; quick 40)")
     parser.add_argument("--warmup", type=int, default=20, help="warm-up queries per kind (20)")
+    parser.add_argument("--rounds", type=int, default=5, help="timing rounds (5)")
     parser.add_argument("--no-orthanc", action="store_true", help="skip Orthanc")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args(argv)
@@ -1116,8 +1141,6 @@ def main(argv: list[str] | None = None) -> int:
     print("direct records match prepare() of the same instance", flush=True)
     orthanc_missing = "skipped (--no-orthanc)" if args.no_orthanc else ensure_orthanc()
     built: dict[int, Built] = {}
-    ours: dict[int, dict[str, Timing]] = {}
-    startup: dict[int, float] = {}
     checked: dict[int, int] = {}
     samples: dict[int, dict[str, list[Query]]] = {}
     for size in args.sizes:
@@ -1126,29 +1149,45 @@ def main(argv: list[str] | None = None) -> int:
         samples[size] = queries(studies, args.queries + args.warmup, SEED + size)
         checked[size] = verify_in_process(built[size].data_dir / "index", samples[size], 10)
         print(f"{size}: {checked[size]} sample queries match the corpus in-process", flush=True)
-        ours[size], startup[size] = time_dicomrpc(built[size], samples[size], args.warmup)
-        for kind, t in ours[size].items():
-            print(f"  {size} {QUERY_NAMES[kind]}: {_ms(t)} ms, {_answer(t)}", flush=True)
     big = max(args.sizes)
-    engine = time_in_process(built[big].data_dir / "index", samples[big], args.warmup)
-    orthanc: OrthancRun | None = None
-    if orthanc_missing is None:
-        size = args.orthanc_count
-        try:
-            orthanc = run_orthanc(plan(size), size, samples[size], args.warmup)
-        except (ServerError, RuntimeError, OSError) as error:
-            orthanc_missing = f"{type(error).__name__}: {error}"
+    startup: dict[int, float] = {}
+    load_s: float | None = None
+    with contextlib.ExitStack() as stack:
+        sides: dict[str, tuple[Ask, dict[str, list[Query]]]] = {}
+        for size in args.sizes:
+            ask, startup[size] = stack.enter_context(dicomrpc_side(built[size]))
+            sides[f"dicomrpc {size}"] = (ask, samples[size])
+        if orthanc_missing is None:
+            size = args.orthanc_count
+            try:
+                ask, load_s = stack.enter_context(orthanc_side(plan(size), size))
+                sides["orthanc"] = (ask, samples[size])
+            except (ServerError, RuntimeError, OSError) as error:
+                orthanc_missing = f"{type(error).__name__}: {error}"
+        sides["engine"] = (
+            stack.enter_context(engine_side(built[big].data_dir / "index")),
+            samples[big],
+        )
+        print(f"timing {', '.join(sides)} in {args.rounds} rounds ...", flush=True)
+        timings = measure(sides, args.warmup, args.rounds)
+    for name, kinds in timings.items():
+        for kind, t in kinds.items():
+            print(f"  {name} {QUERY_NAMES[kind]}: {_ms(t)} ms, {_answer(t)}", flush=True)
+    orthanc = (
+        OrthancRun(args.orthanc_count, load_s, timings["orthanc"]) if "orthanc" in timings else None
+    )
     results = Results(
         args.sizes,
         built,
-        ours,
+        {size: timings[f"dicomrpc {size}"] for size in args.sizes},
         startup,
-        engine,
+        timings["engine"],
         orthanc,
         orthanc_missing,
         checked,
         args.queries,
         args.warmup,
+        args.rounds,
     )
     section = report(results, args)
     print()
