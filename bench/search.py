@@ -881,18 +881,26 @@ def orthanc_side(studies: list[StudyPlan], size: int) -> Iterator[tuple[Ask, flo
             load_s = time.perf_counter() - started
             marker.write_text(json.dumps({"load_s": load_s, "size": size}))
             print(f"  {len(files) / load_s:.0f} instances/s", flush=True)
-        connection = connect_http(port)
+        connection = [connect_http(port)]
 
         def ask(q: Query) -> tuple[int, float]:
-            started = time.perf_counter()
-            body = ask_orthanc(connection, q)
+            try:
+                started = time.perf_counter()
+                body = ask_orthanc(connection[0], q)
+            except (ConnectionError, http.client.RemoteDisconnected):
+                # Orthanc closes a connection idle for a second (KeepAliveTimeout), which the
+                # rounds do while the other servers are measured: reconnect, time it again.
+                connection[0].close()
+                connection[0] = connect_http(port)
+                started = time.perf_counter()
+                body = ask_orthanc(connection[0], q)
             elapsed = time.perf_counter() - started
             return (len(json.loads(body)) if body else 0), elapsed
 
         try:
             yield ask, load_s
         finally:
-            connection.close()
+            connection[0].close()
 
 
 # --------------------------------------------------------------------------------------------
