@@ -209,3 +209,32 @@ def test_a_time_matches_every_instant_it_stands_for(client: Client) -> None:
     for query, expected in cases.items():
         found = client.search_studies({"StudyTime": query}).as_json()
         assert {studies[d["0020000D"]["Value"][0]] for d in found} == expected, query
+
+
+@pytest.mark.parametrize("cap", [1000, 2])
+def test_common_values_are_checked_on_the_candidates(
+    client: Client, monkeypatch: pytest.MonkeyPatch, cap: int
+) -> None:
+    """A common value (more entries than the other terms found) is checked key by key; the
+    answer is the same whichever terms are scanned whole."""
+    monkeypatch.setattr("dicomrpc_server.query.engine.SCAN_CAP", cap)
+    studies = {}
+    for i in range(12):
+        study = generate_uid()
+        client.store([ct_instance(study=study, patient_id=f"P{i % 4}", number=i)])
+        studies[study] = f"P{i % 4}"
+    cases = [
+        {"ModalitiesInStudy": "CT", "PatientID": "P1"},
+        {"PatientID": "P1", "ModalitiesInStudy": "CT"},
+        {"ModalitiesInStudy": "CT", "PatientID": "P1", "StudyDate": "20240101-"},
+        {"ModalitiesInStudy": "CT", "PatientName": "doe", "PatientID": "P2"},
+        {"ModalitiesInStudy": "MR", "PatientID": "P1"},
+    ]
+    for match in cases:
+        wanted = {s for s, p in studies.items() if p == match["PatientID"]}
+        if match["ModalitiesInStudy"] == "MR":
+            wanted = set()
+        found = client.search_studies(match, fuzzy=True).as_json()
+        assert {d["0020000D"]["Value"][0] for d in found} == wanted, match
+        instances = client.search_instances(match, fuzzy=True).as_json()
+        assert {d["0020000D"]["Value"][0] for d in instances} == wanted, match

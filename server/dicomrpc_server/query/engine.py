@@ -36,6 +36,8 @@ from dicomrpc_server.storage.lmdb_index import MODALITIES_IN_STUDY, LmdbIndex
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
+# Entries a term matched by value is scanned for before it is checked key by key instead.
+SCAN_CAP = 1000
 _WORDS = re.compile(r"[\^=\s,\-.]+")
 # Full dates, or (in ranges) a year or a month: "-2020" ends with 2020, "202003-" starts in March.
 _DATE = re.compile(r"\d{4}(?:\d{2}(?:\d{2})?)?")
@@ -118,56 +120,68 @@ class TermMatcher:
     def _entries(self, level: Level, tag: int, term: bytes) -> list[bytes]:
         return [pk for _, pk in self.scan(level, tag, term, term + keys.SEP)]
 
-    def _matches(self, term: MatchTerm, fuzzy: bool) -> set[bytes]:
+    def exact_terms(self, term: MatchTerm, fuzzy: bool) -> list[bytes] | None:
+        """The index terms whose entries together are the match, when it matches by value.
+
+        None for ranges, wildcards and fuzzy names, which are matched by scanning a range of
+        terms. Raises INVALID_ARGUMENT, naming the attribute, for a malformed value.
+        """
         attribute, value = term.attribute, term.value
-        scan = self.scan
+        wildcard = "*" in value or "?" in value
         if term.kind:  # inside a sequence: exact matching only
-            if "*" in value or "?" in value:
+            if wildcard:
                 raise invalid_argument(attribute.keyword, "wildcards do not apply in sequences")
-            exact = term.kind + EXACT + value.strip().encode()
-            return set(self._entries(attribute.level, attribute.tag, exact))
-        level, tag, vr = attribute.level, attribute.tag, attribute.vr
+            return [term.kind + EXACT + value.strip().encode()]
+        vr = attribute.vr
         if vr == "UI":
-            if "*" in value or "?" in value:
+            if wildcard:
                 raise invalid_argument(attribute.keyword, "wildcards do not apply to UIDs")
             uids = [u.strip() for u in re.split(r"[,\\]", value) if u.strip()]
-            return {pk for uid in uids for pk in self._exact(level, tag, uid.encode())}
+            return [EXACT + uid.encode() for uid in uids]
+        if vr == "DA" and "-" not in value:
+            if len(value) != 8 or not _DATE.fullmatch(value):
+                raise invalid_argument(attribute.keyword, f"{value!r} is not YYYYMMDD")
+            return [EXACT + value.encode()]
         if vr in ("DA", "TM", "DT"):
-            return self._range(attribute, value)
+            return None
         if vr in ("IS", "US", "SS", "UL", "SL"):
             try:
-                number = int(value)
+                return [integer_term(int(value))]
             except ValueError:
                 raise invalid_argument(attribute.keyword, f"{value!r} is not an integer") from None
-            number_term = integer_term(number)
-            return set(self._entries(level, tag, number_term))
         if vr in ("DS", "FL", "FD"):
             try:
-                decimal = decimal_term(vr, value)
+                return [decimal_term(vr, value)]
             except ValueError:
                 raise invalid_argument(attribute.keyword, f"{value!r} is not a number") from None
-            return set(self._entries(level, tag, decimal))
+        if vr == "PN":
+            folded = fold_person_name(value)
+            return None if fuzzy or wildcard else [EXACT + folded.encode()]
+        return None if wildcard else [EXACT + value.strip().encode()]
+
+    def _matches(self, term: MatchTerm, fuzzy: bool) -> set[bytes]:
+        attribute, value = term.attribute, term.value
+        level, tag, vr = attribute.level, attribute.tag, attribute.vr
+        exact = self.exact_terms(term, fuzzy)
+        if exact is not None:
+            return {pk for t in exact for pk in self._entries(level, tag, t)}
+        if vr in ("DA", "TM", "DT"):
+            return self._range(attribute, value)
         if vr == "PN":
             folded = fold_person_name(value)
             if fuzzy:
                 words = [w for w in _WORDS.split(folded) if w]
                 sets = [
-                    _pks(scan(level, tag, WORD + w.encode(), prefix=WORD + w.encode()))
+                    _pks(self.scan(level, tag, WORD + w.encode(), prefix=WORD + w.encode()))
                     for w in words
                 ]
                 return set.intersection(*sets) if sets else set()
             return self._pattern(attribute, folded)
         return self._pattern(attribute, value.strip())
 
-    def _exact(self, level: Level, tag: int, value: bytes) -> set[bytes]:
-        """Keys of records whose attribute has exactly this (string) value."""
-        return set(self._entries(level, tag, EXACT + value))
-
     def _pattern(self, attribute: IndexedAttribute, value: str) -> set[bytes]:
-        """Exact, or wildcard matching through the literal prefix of the pattern."""
+        """Wildcard matching, through the literal prefix of the pattern."""
         scan = self.scan
-        if "*" not in value and "?" not in value:
-            return self._exact(attribute.level, attribute.tag, value.encode())
         literal = re.split(r"[*?]", value, maxsplit=1)[0]
         regex = re.compile(
             "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in value),
@@ -188,16 +202,13 @@ class TermMatcher:
             return (pad_time(text, end) if attribute.vr == "TM" else text).encode()
 
         scan = self.scan
-        if "-" not in value:
-            if attribute.vr == "DA" and len(value) != 8:
-                raise invalid_argument(attribute.keyword, f"{value!r} is not YYYYMMDD")
+        if "-" not in value:  # one date is matched by value (see exact_terms)
+            start = EXACT + bound(value)
             if attribute.vr == "DT":  # a single date-time matches everything it is a prefix of
-                start = EXACT + bound(value)
-                return _pks(self.scan(attribute.level, attribute.tag, start, prefix=start))
-            if attribute.vr == "TM":  # a time stands for its whole minute, second, ...
-                start, stop = EXACT + bound(value), EXACT + bound(value, end=True) + b"\xff"
-                return _pks(scan(attribute.level, attribute.tag, start, stop))
-            return self._exact(attribute.level, attribute.tag, bound(value))
+                return _pks(scan(attribute.level, attribute.tag, start, prefix=start))
+            # A single time stands for its whole minute, second, ...
+            stop = EXACT + bound(value, end=True) + b"\xff"
+            return _pks(scan(attribute.level, attribute.tag, start, stop))
         if value.count("-") != 1 or value == "-":
             raise invalid_argument(attribute.keyword, f"{value!r} is not a range a-b, -b or a-")
         low, high = value.split("-")
@@ -226,16 +237,9 @@ class SearchCore:
         extended = _Extended(self.index.query_tags())
         terms = [_term(name, value, level, extended) for name, value in request.match.items()]
         scope = _scope(level, request.study_uid, request.series_uid)
-        constraints = [
-            self._lift(self.matcher.match(t, request.fuzzy), t.attribute.level, level)
-            for t in terms
-            if t.value != ""
-        ]
-        if constraints:
-            constraints.sort(key=len)
-            found = set(constraints[0])
-            for other in constraints[1:]:
-                found &= other
+        matched = [t for t in terms if t.value != ""]
+        if matched:
+            found = self._intersect(matched, level, request.fuzzy)
             primary_keys = sorted(pk for pk in found if pk.startswith(scope))
         else:
             primary_keys = self.index.record_keys(level, scope)
@@ -249,6 +253,58 @@ class SearchCore:
         results = [self._dataset(level, pk, returned, scoped=bool(scope)) for pk in page]
         token = _encode_token(page[-1]) if rest and page_size else ""
         return SearchPage(results, token)
+
+    def _intersect(self, terms: list[MatchTerm], level: Level, fuzzy: bool) -> set[bytes]:
+        """Keys of the searched level that every term matches, the most selective first.
+
+        Ranges, wildcards and fuzzy names are scanned whole. A term matched by value is scanned
+        only up to the size of the smallest set found so far: one with more entries (a common
+        Modality, say) is instead checked key by key on the candidates, so that its cost grows
+        with the answer rather than with the archive.
+        """
+        found: set[bytes] | None = None
+        by_value: list[tuple[MatchTerm, list[bytes]]] = []
+        for term in terms:
+            exact = self.matcher.exact_terms(term, fuzzy)
+            if exact is None:
+                lifted = self._lift(self.matcher.match(term, fuzzy), term.attribute.level, level)
+                found = lifted if found is None else found & lifted
+            else:
+                by_value.append((term, exact))
+        deferred: list[tuple[MatchTerm, list[bytes]]] = []
+        for term, exact in by_value:
+            cap = len(found) if found is not None else SCAN_CAP
+            entries = self._entries_upto(term, exact, cap)
+            if entries is None:
+                deferred.append((term, exact))
+                continue
+            lifted = self._lift(entries, term.attribute.level, level)
+            found = lifted if found is None else found & lifted
+        if found is None:  # every term has more entries than the cap: take the first whole
+            term, exact = deferred.pop(0)
+            entries = self._entries_upto(term, exact, None)
+            assert entries is not None
+            found = self._lift(entries, term.attribute.level, level)
+        for term, exact in deferred:
+            attribute = term.attribute
+            found = self.index.having_terms(attribute.level, attribute.tag, exact, found)
+        return found
+
+    def _entries_upto(
+        self, term: MatchTerm, exact: list[bytes], cap: int | None
+    ) -> set[bytes] | None:
+        """The keys having one of ``exact``, or None when there are more than ``cap``."""
+        attribute = term.attribute
+        out: set[bytes] = set()
+        for value in exact:
+            limit = None if cap is None else cap + 1 - len(out)
+            found = self.index.scan_terms(
+                attribute.level, attribute.tag, value, value + keys.SEP, limit=limit
+            )
+            out.update(pk for _, pk in found)
+            if cap is not None and len(out) > cap:
+                return None
+        return out
 
     def _lift(self, found: set[bytes], source: Level, target: Level) -> set[bytes]:
         """Keys of the searched level under the records an attribute's level matched."""

@@ -279,12 +279,19 @@ class LmdbIndex:
         return out
 
     def scan_terms(
-        self, level: Level, tag: int, start: bytes, stop: bytes | None = None, prefix: bytes = b""
+        self,
+        level: Level,
+        tag: int,
+        start: bytes,
+        stop: bytes | None = None,
+        prefix: bytes = b"",
+        limit: int | None = None,
     ) -> list[tuple[bytes, bytes]]:
         """(term, primary key) pairs of one attribute, in term order, from ``start``.
 
         The scan ends before the first term that is ``>= stop`` or does not start with
-        ``prefix``: exact values, prefixes and ranges are all one ordered range scan.
+        ``prefix``, or after ``limit`` pairs: exact values, prefixes and ranges are all one
+        ordered range scan.
         """
         base = keys.term_prefix(level, tag, b"")
         out: list[tuple[bytes, bytes]] = []
@@ -300,6 +307,33 @@ class LmdbIndex:
                 if (stop is not None and term >= stop) or not term.startswith(prefix):
                     break
                 out.append((term, pk))
+                if limit is not None and len(out) >= limit:
+                    break
+        return out
+
+    def having_terms(
+        self, level: Level, tag: int, terms: list[bytes], candidates: set[bytes]
+    ) -> set[bytes]:
+        """The candidates whose record at ``level`` has one of ``terms`` for ``tag``.
+
+        Candidates are keys of that level or below (an instance is checked through its
+        study's entries for a study attribute): one point lookup per distinct record.
+        """
+        out: set[bytes] = set()
+        owners: dict[bytes, bool] = {}
+        db = self._db["terms"]
+        with self.read() as txn:
+            for pk in candidates:
+                owner = keys.SEP.join(pk.split(keys.SEP)[: int(level)])
+                has = owners.get(owner)
+                if has is None:
+                    has = any(
+                        txn.get(keys.term_key(level, tag, term, owner), db=db) is not None
+                        for term in terms
+                    )
+                    owners[owner] = has
+                if has:
+                    out.add(pk)
         return out
 
     def term_entries(self, level: Level, tag: int, term: bytes) -> list[bytes]:
