@@ -250,7 +250,7 @@ class SearchCore:
         size = page_size or limit
         page, rest = primary_keys[:size], primary_keys[size:]
         returned = _returned(level, terms, request.include_fields, extended)
-        results = [self._dataset(level, pk, returned, scoped=bool(scope)) for pk in page]
+        results = self._datasets(level, page, returned, scoped=bool(scope))
         token = _encode_token(page[-1]) if rest and page_size else ""
         return SearchPage(results, token)
 
@@ -317,24 +317,39 @@ class SearchCore:
 
     # -- results ---------------------------------------------------------------------------
 
-    def _dataset(
-        self, level: Level, pk: bytes, returned: set[str], scoped: bool
-    ) -> dataset_pb2.Dataset:
-        out = dataset_pb2.Dataset()
-        parts = pk.split(keys.SEP)
+    def _datasets(
+        self, level: Level, page: list[bytes], returned: set[str], scoped: bool
+    ) -> list[dataset_pb2.Dataset]:
+        """The results of a page: each record's returned attributes, with its parents'.
+
+        The records of the page and of their parents are read in one read transaction per
+        level, and each parent once for all its children on the page.
+        """
+        split = [pk.split(keys.SEP) for pk in page]
         chain = [Level.STUDY, Level.SERIES, Level.INSTANCE][: int(level)]
+        parts: list[dict[bytes, dataset_pb2.Dataset]] = []
         for depth, part_level in enumerate(chain, start=1):
-            raw = self.index.records(part_level, [keys.SEP.join(parts[:depth])])
-            if not raw:
-                continue
-            record = _RECORDS[part_level](raw[0])
-            attributes = record.attributes.attributes  # type: ignore[attr-defined]
+            wanted = sorted({keys.SEP.join(p[:depth]) for p in split})
             own = part_level == level or not scoped or part_level != Level.STUDY
-            for tag, attribute in attributes.items():
-                if tag in returned and (own or tag == "0020000D"):
-                    out.attributes[tag].CopyFrom(attribute)
-            _counts(out, part_level, record, level)
-        return out
+            found: dict[bytes, dataset_pb2.Dataset] = {}
+            for key, raw in self.index.record_map(part_level, wanted).items():
+                record = _RECORDS[part_level](raw)
+                piece = dataset_pb2.Dataset()
+                for tag, attribute in record.attributes.attributes.items():  # type: ignore[attr-defined]
+                    if tag in returned and (own or tag == "0020000D"):
+                        piece.attributes[tag].CopyFrom(attribute)
+                _counts(piece, part_level, record, level)
+                found[key] = piece
+            parts.append(found)
+        results = []
+        for p in split:
+            out = dataset_pb2.Dataset()
+            for depth, found in enumerate(parts, start=1):
+                part = found.get(keys.SEP.join(p[:depth]))
+                if part is not None:
+                    out.MergeFrom(part)
+            results.append(out)
+        return results
 
 
 def _counts(out: dataset_pb2.Dataset, part_level: Level, record: object, level: Level) -> None:

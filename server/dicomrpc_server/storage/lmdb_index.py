@@ -353,6 +353,17 @@ class LmdbIndex:
                     out.append(key)
         return out
 
+    def record_map(self, level: Level, primary_keys: list[bytes]) -> dict[bytes, bytes]:
+        """The serialized records of a level by key, read in one transaction (missing skipped)."""
+        out = {}
+        with self.read() as txn:
+            db = self._db[_LEVEL_DB[level]]
+            for pk in primary_keys:
+                raw = _get(txn, pk, db)
+                if raw is not None:
+                    out[pk] = raw
+        return out
+
     def records(self, level: Level, primary_keys: list[bytes]) -> list[bytes]:
         """The serialized records of a level for these keys (missing ones skipped)."""
         out = []
