@@ -222,7 +222,7 @@ def test_metadata_and_bulk_data_equal_grpc(
     absolute_bulk_data_uris(expected, web.base_url)
     assert web.retrieve_study_metadata(study) == expected
     assert web.retrieve_series_metadata(study, series) == expected
-    (instance,) = (web.retrieve_instance_metadata(study, series, sop),)
+    instance = web.retrieve_instance_metadata(study, series, sop)
     assert instance == expected[0]
     uri = instance["7FE00010"]["BulkDataURI"]
     assert uri.startswith(web.base_url)

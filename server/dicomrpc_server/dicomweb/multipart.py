@@ -84,6 +84,7 @@ class MultipartReader:
     def __init__(self, boundary: str) -> None:
         # The body is read as if it began with CRLF, so the first delimiter is found like the
         # others (RFC 2046: a delimiter is CRLF "--" boundary; the first may start the body).
+        self.boundary = boundary
         self._delimiter = b"\r\n--" + boundary.encode("latin-1")
         self._buffer = bytearray(b"\r\n")
         self._state = self._PREAMBLE
@@ -170,11 +171,6 @@ class MultipartReader:
             self._state = self._AFTER_DELIMITER
             return True
         return False
-
-    def close(self) -> None:
-        """The body ended; a body that never began a part is malformed."""
-        if self.parts == 0:
-            raise malformed("no part was found (is the boundary right?)")
 
 
 def _parse_headers(block: bytes, number: int) -> dict[str, str]:

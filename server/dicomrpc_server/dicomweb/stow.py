@@ -83,6 +83,8 @@ async def _receive(
         return error
     except ClientDisconnect:
         return malformed(f"the client disconnected inside part {reader.parts}")
+    if reader.parts == 0:
+        return malformed(f"no part was found (is the boundary {reader.boundary!r} right?)")
     if not reader.complete:
         where = f"inside part {reader.parts}" if reader.in_part else "after the last part"
         return malformed(f"the body ended {where}, without the close delimiter")
@@ -104,8 +106,6 @@ async def store_instances(request: Request) -> Response:
         complete_parts = reader.parts - (1 if cut_part else 0)
         if problem is not None and complete_parts == 0:
             raise problem
-        if problem is None:
-            reader.close()
         results = await store.finish()
     except (ServiceError, asyncio.CancelledError):
         await store.cancel()
