@@ -35,6 +35,7 @@ proto: install
 bench: install
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/retrieve.py
+	$(BIN)/python bench/dicomweb.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info bench/.work
