@@ -66,9 +66,22 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 async def serve(settings: Settings) -> None:
     """Serve until a signal asks to stop, then shut down gracefully."""
     archive = Archive(settings)
+    # Installed before the start-up lines are printed: a script may signal as soon as it reads
+    # them.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     server = GrpcServer(archive)
+    try:
+        http = HttpServer(archive) if settings.http_port >= 0 else None
+    except OSError as exc:
+        archive.close()
+        raise SystemExit(
+            f"dicomrpc: cannot serve DICOMweb on {settings.host}:{settings.http_port}: {exc} "
+            "(choose another --http-port, or -1 for none)"
+        ) from None
     await server.start()
-    http = HttpServer(archive) if settings.http_port >= 0 else None
     if http is not None:
         await http.start()
     counts = archive.index.counts()
@@ -87,10 +100,6 @@ async def serve(settings: Settings) -> None:
         counts.series,
         counts.instances,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down: finishing in-flight calls (up to %.0f s)", settings.shutdown_grace_s)
     if http is not None:

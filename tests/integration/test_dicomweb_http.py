@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import socket
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +18,7 @@ import httpx
 import pytest
 from pydicom.uid import generate_uid
 
-from tests.conftest import RunningServer, start_server
+from tests.conftest import RunningServer, spawn_server, start_server
 from tests.dicomgen import ct_instance
 
 BOUNDARY = "test-boundary-1234"
@@ -160,8 +165,6 @@ def test_client_cut_off_mid_part_stores_only_complete_parts(
 
 
 def _wait_for(condition: Any, timeout: float = 30.0) -> None:
-    import time
-
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "condition not reached"
@@ -320,7 +323,9 @@ def test_one_access_log_line_per_request(
     study, _, _ = _stored(http)
     http.get(f"/studies/{study}/metadata")
     http.get("/studies", params={"limit": "x"})
-    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "dicomrpc.access"]
+    # The line is written once the response is sent, so it may trail the client a little.
+    _wait_for(lambda: len(_access_lines(caplog)) >= 3, timeout=5)
+    lines = _access_lines(caplog)
     assert [(line["http"], line["status"]) for line in lines] == [
         ("POST", 200),
         ("GET", 200),
@@ -328,3 +333,74 @@ def test_one_access_log_line_per_request(
     ]
     assert lines[0]["bytes_in"] > 0 and lines[1]["bytes_out"] > 0
     assert lines[1]["path"] == f"/dicomweb/studies/{study}/metadata"
+
+
+def _access_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    return [json.loads(r.getMessage()) for r in caplog.records if r.name == "dicomrpc.access"]
+
+
+def test_sigterm_lets_an_in_flight_stow_finish_then_stops(tmp_path: Path) -> None:
+    proc = spawn_server(tmp_path / "data")
+    sent = threading.Semaphore(0)
+
+    def slow_body() -> Iterator[bytes]:
+        for i in range(10):
+            yield multipart([ct_instance(number=i)], close=False)
+            sent.release()
+            time.sleep(0.1)
+        yield f"--{BOUNDARY}--\r\n".encode()
+
+    answers: list[httpx.Response] = []
+
+    def post() -> None:
+        with httpx.Client(base_url=proc.dicomweb_url, timeout=60) as http:
+            answers.append(
+                http.post("/studies", content=slow_body(), headers={"Content-Type": STOW_TYPE})
+            )
+
+    writer = threading.Thread(target=post)
+    writer.start()
+    for _ in range(3):
+        assert sent.acquire(timeout=30)
+    proc.process.send_signal(signal.SIGTERM)
+    writer.join(60)
+    assert proc.process.wait(60) == 0
+    assert proc.process.stdout is not None
+    proc.process.stdout.close()
+    assert answers and answers[0].status_code == 200
+    assert len(answers[0].json()["00081199"]["Value"]) == 10
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(proc.dicomweb_url + "/studies", timeout=5)
+
+
+def test_http_can_be_turned_off(tmp_path: Path) -> None:
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dicomrpc.cli",
+            "serve",
+            "--data",
+            str(tmp_path / "data"),
+            "--grpc-port",
+            "0",
+            "--http-port",
+            "-1",
+            "--log-level",
+            "WARNING",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        assert "serving gRPC on" in process.stdout.readline()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+        assert "DICOMweb" not in process.stdout.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+        assert process.stdout is not None
+        process.stdout.close()
