@@ -274,7 +274,8 @@ def report(
         f"- Retrieve: the study {args.retrieves} times in a row as stored (WADO-RS "
         "`transfer-syntax=*`, body read into a reused 1 MiB buffer, multipart framing counted; "
         "gRPC: the raw `RetrieveStudy` stub, chunk bytes counted).",
-        f"- {args.rounds} rounds, each on a fresh server; the table shows the median (every "
+        f"- {args.rounds} rounds, each on a fresh server (dicomrpc's DICOMweb and gRPC runs "
+        "alternate within a round; Orthanc's rounds follow); the table shows the median (every "
         "round under (rounds)) and the largest peak RSS of the server's process tree.",
         "",
         "| server and interface | STOW / store instances/s | (rounds) | study retrieve MB/s "
@@ -346,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(section)
     if not args.no_write:
-        write_section(section)
+        write_section(section, SECTION)
         print(f"wrote {RESULTS.relative_to(ROOT)}")
     return 0 if not results.notes else 1
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator
 from io import BytesIO
-from pathlib import Path
 from typing import Any
 
 import pydicom
@@ -261,6 +260,15 @@ def test_rendered(stored: list[pydicom.Dataset], web: DICOMwebClient, grpc_clien
     assert frame == grpc_client.rendered(*uids)[1]
 
 
+def test_compressed_frames_as_image_media_types(
+    stored: list[pydicom.Dataset], web: DICOMwebClient, grpc_client: Client
+) -> None:
+    j2k = _read("examples_jpeg2k.dcm")  # stored as JPEG 2000 lossless
+    uids = (j2k.StudyInstanceUID, j2k.SeriesInstanceUID, j2k.SOPInstanceUID)
+    got = web.retrieve_instance_frames(*uids, frame_numbers=[1], media_types=("image/jp2",))
+    assert got == [grpc_client.frames(*uids, [1])[0].data]
+
+
 def test_delete_instance_series_study(
     stored: list[pydicom.Dataset], web: DICOMwebClient, grpc_client: Client
 ) -> None:
@@ -277,8 +285,3 @@ def test_delete_instance_series_study(
     assert web.search_for_studies(search_filters={"StudyInstanceUID": study}) == []
     with pytest.raises(DicomRpcError):
         grpc_client.metadata(study)
-
-
-def test_paths_of_stored_files_exist() -> None:
-    assert all((ROOT / name).is_file() for name in ACCEPTED)
-    assert Path(ROOT).is_dir()
