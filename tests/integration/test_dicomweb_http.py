@@ -20,6 +20,7 @@ from pydicom.uid import generate_uid
 
 from tests.conftest import RunningServer, spawn_server, start_server
 from tests.dicomgen import ct_instance
+from tests.integration.test_store_pydicom_data import EXPECTED, ROOT
 
 BOUNDARY = "test-boundary-1234"
 STOW_TYPE = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
@@ -404,3 +405,21 @@ def test_http_can_be_turned_off(tmp_path: Path) -> None:
             process.kill()
         assert process.stdout is not None
         process.stdout.close()
+
+
+def test_stow_of_every_pydicom_file_answers_as_grpc_does(
+    server: RunningServer, http: httpx.Client
+) -> None:
+    """The outcome table of the gRPC store test, through one STOW-RS request."""
+    files = sorted(p for p in ROOT.rglob("*") if p.is_file())
+    names = [p.relative_to(ROOT).as_posix() for p in files]
+    response = stow(http, [p.read_bytes() for p in files])
+    assert response.status_code == 202
+    body = response.json()
+    expected = [EXPECTED[name] for name in names]
+    failed = [code for outcome, code in expected if outcome == "failed"]
+    warned = [code for outcome, code in expected if outcome != "failed"]
+    assert [f["00081197"]["Value"][0] for f in _sequence(body, "00081198")] == failed
+    stored = _sequence(body, "00081199")
+    assert [s.get("00081196", {}).get("Value", [0])[0] for s in stored] == warned
+    assert server.archive.index.counts().instances == len(warned)

@@ -159,18 +159,26 @@ class MultipartReader:
         if self._state == self._BODY:
             at = buffer.find(delimiter)
             if at < 0:
+                # Everything but a possible start of the delimiter goes out now.
                 keep = len(delimiter) - 1
                 if len(buffer) > keep:
-                    events.append(PartData(bytes(buffer[:-keep])))
-                    del buffer[:-keep]
+                    events.append(PartData(_take(buffer, len(buffer) - keep)))
                 return False
             if at:
-                events.append(PartData(bytes(buffer[:at])))
-            del buffer[: at + len(delimiter)]
+                events.append(PartData(_take(buffer, at)))
+            del buffer[: len(delimiter)]
             events.append(PartEnd())
             self._state = self._AFTER_DELIMITER
             return True
         return False
+
+
+def _take(buffer: bytearray, count: int) -> bytes:
+    """Remove the first ``count`` bytes of ``buffer`` and return them (copied once)."""
+    with memoryview(buffer) as view:
+        taken = view[:count].tobytes()
+    del buffer[:count]
+    return taken
 
 
 def _parse_headers(block: bytes, number: int) -> dict[str, str]:

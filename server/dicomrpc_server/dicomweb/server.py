@@ -13,6 +13,25 @@ from dicomrpc_server.archive import Archive
 from dicomrpc_server.dicomweb.app import create_app
 
 
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket whose protocol is set, so that asyncio turns Nagle off.
+
+    asyncio sets ``TCP_NODELAY`` only on sockets whose ``proto`` is ``IPPROTO_TCP``;
+    ``socket.create_server`` leaves it 0, and its connections would then hold a response's last
+    small segment until the client's delayed ACK (40 ms per response on Linux).
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(512)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 class _Server(uvicorn.Server):
     """uvicorn without its own signal handlers.
 
@@ -35,7 +54,7 @@ class HttpServer:
 
     def __init__(self, archive: Archive) -> None:
         settings = archive.settings
-        self._socket = socket.create_server((settings.host, settings.http_port), backlog=512)
+        self._socket = _listen(settings.host, settings.http_port)
         self.port: int = self._socket.getsockname()[1]
         config = uvicorn.Config(
             create_app(archive),
