@@ -51,6 +51,12 @@ def not_acceptable(description: str) -> ServiceError:
     return invalid_argument(ACCEPT_FIELD, description)
 
 
+def warning_header(message: str) -> str:
+    """A ``Warning`` header value (RFC 7234 §5.5) carrying ``message`` as ASCII."""
+    text = message.replace("\\", "\\\\").replace('"', '\\"')
+    return f'299 dicomrpc "{text}"'.encode("ascii", "replace").decode("ascii")
+
+
 def error_response(error: ServiceError) -> Response:
     """The response of a failed request: the status, a JSON body and a Warning header.
 
@@ -70,9 +76,9 @@ def error_response(error: ServiceError) -> Response:
         body["violations"] = [
             {"field": v.field, "description": v.description} for v in error.violations
         ]
-    text = error.message.replace("\\", "\\\\").replace('"', '\\"')
-    warning = f'299 dicomrpc "{text}"'.encode("ascii", "replace").decode("ascii")
-    return JSONResponse(body, status_code=http_status(error), headers={"Warning": warning})
+    return JSONResponse(
+        body, status_code=http_status(error), headers={"Warning": warning_header(error.message)}
+    )
 
 
 async def handle_service_error(request: Request, exc: Exception) -> Response:

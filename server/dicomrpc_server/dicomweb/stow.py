@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from dicomrpc_server.dicomweb.context import archive_of, service_root
-from dicomrpc_server.dicomweb.errors import unsupported_media_type
+from dicomrpc_server.dicomweb.errors import unsupported_media_type, warning_header
 from dicomrpc_server.dicomweb.media import DICOM, DICOM_JSON, MULTIPART, parse_media_type
 from dicomrpc_server.dicomweb.multipart import (
     MultipartReader,
@@ -114,8 +114,7 @@ async def store_instances(request: Request) -> Response:
     headers: dict[str, str] = {}
     if problem is not None:
         status = 202 if status == 200 else status
-        text = problem.message.replace('"', "'")
-        headers["Warning"] = f'299 dicomrpc "{text}"'.encode("ascii", "replace").decode("ascii")
+        headers["Warning"] = warning_header(problem.message)
     body = response_dataset(service_root(request), study, results, cut_part)
     return JSONResponse(body, status_code=status, media_type=DICOM_JSON, headers=headers)
 
