@@ -234,13 +234,23 @@ async def retrieve_bulk_data(request: Request) -> Response:
     multipart = choose_bulk_data(request.headers.get("accept"))
     core = _core(request)
     instance = core.instances(study, series, sop)[0]
-    data = await core.bulk_data(instance, request.path_params["path"])
+    value = await core.bulk_data(instance, request.path_params["path"], core.chunk_bytes)
     if not multipart:
-        return Response(data, media_type=OCTET_STREAM)
+        return StreamingResponse(
+            value.chunks,
+            media_type=OCTET_STREAM,
+            headers={"Content-Length": str(value.size)},
+        )
     boundary = new_boundary()
-    headers = {"Content-Type": OCTET_STREAM, "Content-Length": str(len(data))}
-    body = part_header(boundary, headers) + data + closing(boundary)
-    return Response(body, media_type=content_type(OCTET_STREAM, boundary))
+    headers = {"Content-Type": OCTET_STREAM, "Content-Length": str(value.size)}
+
+    async def body() -> AsyncIterator[bytes]:
+        yield part_header(boundary, headers)
+        async for data in value.chunks:
+            yield data
+        yield closing(boundary)
+
+    return StreamingResponse(body(), media_type=content_type(OCTET_STREAM, boundary))
 
 
 _STUDY = "/studies/{study}"
