@@ -423,3 +423,10 @@ def test_stow_of_every_pydicom_file_answers_as_grpc_does(
     stored = _sequence(body, "00081199")
     assert [s.get("00081196", {}).get("Value", [0])[0] for s in stored] == warned
     assert server.archive.index.counts().instances == len(warned)
+
+
+def test_stow_to_an_invalid_study_uid_is_400(server: RunningServer, http: httpx.Client) -> None:
+    response = stow(http, [ct_instance()], path="/studies/not%20a%20uid")
+    assert response.status_code == 400
+    assert response.json()["violations"][0]["field"] == "study"
+    assert server.archive.index.counts().instances == 0

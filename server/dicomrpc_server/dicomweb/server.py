@@ -60,6 +60,8 @@ class HttpServer:
             create_app(archive),
             lifespan="off",
             log_config=None,
+            # uvicorn's own start and stop lines repeat what ``serve`` logs; its errors remain.
+            log_level="warning",
             access_log=False,
             server_header=False,
             timeout_graceful_shutdown=int(settings.shutdown_grace_s),
