@@ -2,24 +2,28 @@
 
 Query parameters translate one to one onto a search core request: ``includefield``,
 ``limit``, ``offset`` and ``fuzzymatching`` are the request's options, every other parameter
-is a match term (by keyword or tag) that the core checks and names when it is bad.
+is a match term (by keyword or tag) that the core checks and names when it is bad. Each result
+is the core's, plus its RetrieveURL on this gateway.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from dicomrpc.datasets import to_json
-from dicomrpc_server.dicomweb.context import archive_of
+from dicomrpc_server.dicomweb.context import archive_of, service_root
 from dicomrpc_server.dicomweb.media import choose_json
 from dicomrpc_server.errors import invalid_argument
 from dicomrpc_server.query.engine import SearchRequest
 
 _OPTIONS = ("includefield", "limit", "offset", "fuzzymatching")
+STUDY_UID, SERIES_UID, SOP_UID = "0020000D", "0020000E", "00080018"
 
 
 def _integer(name: str, value: str) -> int:
@@ -66,8 +70,38 @@ async def _search(request: Request, level: str) -> Response:
     page = archive_of(request).search.search(search_request(request, level))
     if not page.results:
         return Response(status_code=204)
-    body = json.dumps([to_json(ds) for ds in page.results], separators=(",", ":")).encode()
+    root = service_root(request)
+    results = []
+    for dataset in page.results:
+        obj = to_json(dataset)
+        url = _retrieve_url(obj, level, request.path_params)
+        if url:
+            obj["00081190"] = {"vr": "UR", "Value": [f"{root}/{url}"]}
+        results.append(obj)
+    body = json.dumps(results, separators=(",", ":")).encode()
     return Response(body, media_type=media_type)
+
+
+def _first(obj: dict[str, Any], tag: str) -> str:
+    values = obj.get(tag, {}).get("Value", [])
+    return str(values[0]) if values else ""
+
+
+def _retrieve_url(obj: dict[str, Any], level: str, path: Mapping[str, str]) -> str:
+    """The WADO-RS path of a result (PS3.18 §10.6.3.3: its RetrieveURL), when its UIDs are known.
+
+    A result may leave out the UIDs its scope already names (a series search in a study), so
+    the path's UIDs stand in for them.
+    """
+    study = _first(obj, STUDY_UID) or path.get("study", "")
+    url = f"studies/{study}" if study else ""
+    if level in ("series", "instance"):
+        series = _first(obj, SERIES_UID) or path.get("series", "")
+        url = f"{url}/series/{series}" if url and series else ""
+    if level == "instance":
+        sop = _first(obj, SOP_UID)
+        url = f"{url}/instances/{sop}" if url and sop else ""
+    return url
 
 
 async def search_studies(request: Request) -> Response:
