@@ -37,6 +37,7 @@ bench: install
 	$(BIN)/python bench/retrieve.py
 	$(BIN)/python bench/workitems.py
 	$(BIN)/python bench/search.py
+	$(BIN)/python bench/dicomweb.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info bench/.work

@@ -388,8 +388,11 @@ def _dicomrpc_command() -> list[str]:
 
 
 @contextlib.contextmanager
-def dicomrpc_server(data_dir: Path, log: Path) -> Iterator[tuple[str, int]]:
-    """Run ``dicomrpc serve`` on ``data_dir`` and a free port; yield (target, pid)."""
+def dicomrpc_server(data_dir: Path, log: Path, http_port: int = -1) -> Iterator[tuple[str, int]]:
+    """Run ``dicomrpc serve`` on ``data_dir`` and a free port; yield (target, pid).
+
+    DICOMweb is off unless ``http_port`` names a port for it.
+    """
     port = free_port()
     command = [
         *_dicomrpc_command(),
@@ -400,6 +403,8 @@ def dicomrpc_server(data_dir: Path, log: Path) -> Iterator[tuple[str, int]]:
         "127.0.0.1",
         "--grpc-port",
         str(port),
+        "--http-port",
+        str(http_port),
     ]
     with open(log, "wb") as err:
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err, cwd=ROOT)

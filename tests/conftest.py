@@ -17,6 +17,8 @@ import pytest
 from dicomrpc import Client
 from dicomrpc_server.archive import Archive
 from dicomrpc_server.config import Settings
+from dicomrpc_server.dicomweb.context import PREFIX
+from dicomrpc_server.dicomweb.server import HttpServer
 from dicomrpc_server.grpc.server import GrpcServer
 
 
@@ -30,8 +32,14 @@ class RunningServer:
     loop: asyncio.AbstractEventLoop
     thread: threading.Thread
     grpc: GrpcServer
+    http: HttpServer
+
+    @property
+    def dicomweb_url(self) -> str:
+        return f"http://127.0.0.1:{self.http.port}{PREFIX}"
 
     def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.http.stop(), self.loop).result(30)
         asyncio.run_coroutine_threadsafe(self.grpc.stop(5), self.loop).result(30)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(30)
@@ -39,11 +47,12 @@ class RunningServer:
 
 
 def start_server(data_dir: Path, **overrides: object) -> RunningServer:
+    overrides.setdefault("http_port", 0)
     settings = Settings(data_dir=data_dir, grpc_port=0, **overrides)  # type: ignore[arg-type]
     archive = Archive(settings)
     loop = asyncio.new_event_loop()
     ready = threading.Event()
-    holder: dict[str, GrpcServer] = {}
+    holder: dict[str, GrpcServer | HttpServer] = {}
 
     def run() -> None:
         asyncio.set_event_loop(loop)
@@ -51,7 +60,9 @@ def start_server(data_dir: Path, **overrides: object) -> RunningServer:
         async def boot() -> None:
             server = GrpcServer(archive)
             await server.start()
-            holder["server"] = server
+            http = HttpServer(archive)
+            await http.start()
+            holder["server"], holder["http"] = server, http
             ready.set()
 
         loop.run_until_complete(boot())
@@ -61,8 +72,9 @@ def start_server(data_dir: Path, **overrides: object) -> RunningServer:
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     assert ready.wait(30), "server did not start"
-    server = holder["server"]
-    return RunningServer(settings, archive, f"127.0.0.1:{server.port}", loop, thread, server)
+    server, http = holder["server"], holder["http"]
+    assert isinstance(server, GrpcServer) and isinstance(http, HttpServer)
+    return RunningServer(settings, archive, f"127.0.0.1:{server.port}", loop, thread, server, http)
 
 
 @pytest.fixture
@@ -84,6 +96,7 @@ class ServerProcess:
 
     process: subprocess.Popen[str]
     target: str
+    dicomweb_url: str
 
 
 def spawn_server(data_dir: Path) -> ServerProcess:
@@ -98,6 +111,8 @@ def spawn_server(data_dir: Path) -> ServerProcess:
             str(data_dir),
             "--grpc-port",
             "0",
+            "--http-port",
+            "0",
             "--log-level",
             "WARNING",
         ],
@@ -110,4 +125,7 @@ def spawn_server(data_dir: Path) -> ServerProcess:
     line = process.stdout.readline()
     match = re.search(r"serving gRPC on (\S+)", line)
     assert match, f"server did not start: {line!r}"
-    return ServerProcess(process, match.group(1))
+    http_line = process.stdout.readline()
+    http_match = re.search(r"serving DICOMweb on (\S+)", http_line)
+    assert http_match, f"server did not start DICOMweb: {http_line!r}"
+    return ServerProcess(process, match.group(1), http_match.group(1))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,11 @@ class Settings:
         The address the servers bind to.
     grpc_port
         The gRPC port; 0 picks a free one.
+    http_port
+        The DICOMweb (HTTP) port; 0 picks a free one, -1 serves no HTTP.
+    cors_origins
+        The browser origins (``https://viewer.example``, or ``*``) allowed to call the DICOMweb
+        gateway from scripts, as a viewer such as OHIF does; empty allows none.
     max_instance_bytes
         The largest instance accepted; a larger one fails while it streams in.
     max_chunk_bytes
@@ -51,6 +57,8 @@ class Settings:
     data_dir: Path = Path("data")
     host: str = "127.0.0.1"
     grpc_port: int = 50051
+    http_port: int = 8042
+    cors_origins: tuple[str, ...] = ()
     max_instance_bytes: int = 4 * GIB
     max_chunk_bytes: int = 4 * MIB
     chunk_bytes: int = 1 * MIB
@@ -66,10 +74,12 @@ class Settings:
     def from_env(cls, **overrides: object) -> Settings:
         """Build settings from ``DICOMRPC_*`` environment variables, then ``overrides``."""
         env: dict[str, object] = {}
-        mapping: dict[str, tuple[str, type]] = {
+        mapping: dict[str, tuple[str, Callable[[str], object]]] = {
             "DICOMRPC_DATA": ("data_dir", Path),
             "DICOMRPC_HOST": ("host", str),
             "DICOMRPC_GRPC_PORT": ("grpc_port", int),
+            "DICOMRPC_HTTP_PORT": ("http_port", int),
+            "DICOMRPC_CORS_ORIGINS": ("cors_origins", split_origins),
             "DICOMRPC_MAX_INSTANCE_BYTES": ("max_instance_bytes", int),
             "DICOMRPC_MAX_CHUNK_BYTES": ("max_chunk_bytes", int),
             "DICOMRPC_LMDB_MAP_SIZE": ("lmdb_map_size", int),
@@ -81,3 +91,8 @@ class Settings:
                 env[name] = kind(os.environ[var])
         env.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**env)  # type: ignore[arg-type]
+
+
+def split_origins(text: str) -> tuple[str, ...]:
+    """The origins of a comma-separated list (``DICOMRPC_CORS_ORIGINS``, ``--cors-origins``)."""
+    return tuple(origin.strip() for origin in text.split(",") if origin.strip())

@@ -11,7 +11,9 @@ from pathlib import Path
 
 from dicomrpc_server import __version__
 from dicomrpc_server.archive import Archive
-from dicomrpc_server.config import Settings
+from dicomrpc_server.config import Settings, split_origins
+from dicomrpc_server.dicomweb.context import PREFIX
+from dicomrpc_server.dicomweb.server import HttpServer
 from dicomrpc_server.grpc.server import GrpcServer
 
 log = logging.getLogger("dicomrpc.server")
@@ -23,6 +25,17 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", help="address to bind (env DICOMRPC_HOST, 127.0.0.1)")
     parser.add_argument(
         "--grpc-port", type=int, help="gRPC port, 0 for any (env DICOMRPC_GRPC_PORT, 50051)"
+    )
+    parser.add_argument(
+        "--http-port",
+        type=int,
+        help="DICOMweb (HTTP) port, 0 for any, -1 for none (env DICOMRPC_HTTP_PORT, 8042)",
+    )
+    parser.add_argument(
+        "--cors-origins",
+        type=split_origins,
+        help="comma-separated browser origins allowed to call DICOMweb, or '*' "
+        "(env DICOMRPC_CORS_ORIGINS, none)",
     )
     parser.add_argument(
         "--max-instance-bytes",
@@ -43,6 +56,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         data_dir=args.data,
         host=args.host,
         grpc_port=args.grpc_port,
+        http_port=args.http_port,
+        cors_origins=args.cors_origins,
         max_instance_bytes=args.max_instance_bytes,
         workers=args.workers,
     )
@@ -51,11 +66,33 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 async def serve(settings: Settings) -> None:
     """Serve until a signal asks to stop, then shut down gracefully."""
     archive = Archive(settings)
+    # Installed before the start-up lines are printed: a script may signal as soon as it reads
+    # them.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     server = GrpcServer(archive)
+    try:
+        http = HttpServer(archive) if settings.http_port >= 0 else None
+    except OSError as exc:
+        archive.close()
+        raise SystemExit(
+            f"dicomrpc: cannot serve DICOMweb on {settings.host}:{settings.http_port}: {exc} "
+            "(choose another --http-port, or -1 for none)"
+        ) from None
     await server.start()
+    if http is not None:
+        await http.start()
     counts = archive.index.counts()
     # Printed for scripts and tests that start the server on port 0.
     print(f"dicomrpc {__version__} serving gRPC on {settings.host}:{server.port}", flush=True)
+    if http is not None:
+        print(
+            f"dicomrpc {__version__} serving DICOMweb on "
+            f"http://{settings.host}:{http.port}{PREFIX}",
+            flush=True,
+        )
     log.info(
         "data %s: %d studies, %d series, %d instances",
         settings.data_dir,
@@ -63,13 +100,12 @@ async def serve(settings: Settings) -> None:
         counts.series,
         counts.instances,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down: finishing in-flight calls (up to %.0f s)", settings.shutdown_grace_s)
-    await server.stop(settings.shutdown_grace_s)
+    if http is not None:
+        await asyncio.gather(http.stop(), server.stop(settings.shutdown_grace_s))
+    else:
+        await server.stop(settings.shutdown_grace_s)
     archive.close()
     log.info("stopped")
 

@@ -140,14 +140,13 @@ class RetrieveServicer(retrieve_service_pb2_grpc.RetrieveServiceServicer):
     ) -> AsyncIterator[pb.RetrieveMetadataResponse]:
         core = self._core
         try:
-            if if_none_match:
-                tag = core.metadata_etag(study, series, sop)
-                if tag == if_none_match:
-                    yield pb.RetrieveMetadataResponse(etag=tag, not_modified=True)
-                    return
-            tag, datasets = core.metadata(study, series, sop)
+            matches = [if_none_match] if if_none_match else []
+            tag, datasets = core.metadata_unless(matches, study, series, sop)
         except ServiceError as error:
             await abort(context, error)
+            return
+        if datasets is None:
+            yield pb.RetrieveMetadataResponse(etag=tag, not_modified=True)
             return
         first = True
         for start in range(0, max(len(datasets), 1), METADATA_BATCH):

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
 
 from dicomrpc.v1 import store_service_pb2 as pb
 from dicomrpc.v1 import store_service_pb2_grpc
-from dicomrpc_server.dicom.uids import UidCheck, check_uid
-from dicomrpc_server.errors import Code, ServiceError, invalid_argument
+from dicomrpc_server.errors import ServiceError
 from dicomrpc_server.grpc.errors import abort
-from dicomrpc_server.store.ingest import Ingest, InstanceResult, Outcome, StoreCore, StoreStream
-
-# Instances of one stream being checked and committed while the next one streams in.
-PIPELINE_DEPTH = 4
+from dicomrpc_server.store.ingest import InstanceResult, Outcome, StoreCore
+from dicomrpc_server.store.request import (
+    StoreRequest,
+    StoreStatus,
+    check_study_restriction,
+    overall_status,
+)
 
 _OUTCOMES = {
     Outcome.STORED: pb.INSTANCE_STORE_OUTCOME_STORED,
@@ -46,18 +47,17 @@ def _result_message(result: InstanceResult) -> pb.InstanceStoreResult:
         ],
     )
     if result.failure is not None:
-        message.failure_reason = result.failure.dicom_status or 272
+        message.failure_reason = result.failure_reason
         message.failure_reason_name = result.failure.reason
         message.failure_message = result.failure.message
     return message
 
 
-def overall_status(results: list[InstanceResult]) -> pb.StoreStatus.ValueType:
-    """All stored, some, or none (including an empty stream)."""
-    stored = sum(r.outcome is not Outcome.FAILED for r in results)
-    if results and stored == len(results):
-        return pb.STORE_STATUS_ALL_STORED
-    return pb.STORE_STATUS_PARTIALLY_STORED if stored else pb.STORE_STATUS_NONE_STORED
+_STATUSES = {
+    StoreStatus.ALL_STORED: pb.STORE_STATUS_ALL_STORED,
+    StoreStatus.PARTIALLY_STORED: pb.STORE_STATUS_PARTIALLY_STORED,
+    StoreStatus.NONE_STORED: pb.STORE_STATUS_NONE_STORED,
+}
 
 
 class StoreServicer(store_service_pb2_grpc.StoreServiceServicer):
@@ -72,58 +72,28 @@ class StoreServicer(store_service_pb2_grpc.StoreServiceServicer):
         context: grpc.aio.ServicerContext,
     ) -> pb.StoreInstancesResponse:
         """Store every instance of the stream; answer with their results in order."""
-        tasks: list[asyncio.Task[InstanceResult]] = []
-        current: Ingest | None = None
-        stream: StoreStream | None = None
+        store: StoreRequest | None = None
         try:
             async for request in request_iterator:
-                if stream is None:
-                    restriction = request.study_instance_uid
-                    verdict, why = check_uid(restriction) if restriction else (UidCheck.VALID, "")
-                    if verdict is UidCheck.INVALID:
-                        raise invalid_argument("study_instance_uid", f"{restriction!r} {why}")
-                    stream = StoreStream(restriction)
+                if store is None:
+                    check_study_restriction(request.study_instance_uid, "study_instance_uid")
+                    store = StoreRequest(self._core, request.study_instance_uid)
                 kind = request.WhichOneof("payload")
                 if kind == "instance":
-                    if current is not None:
-                        tasks.append(asyncio.create_task(current.finish()))
-                    await _bound(tasks)
                     header = request.instance
-                    current = self._core.begin(stream, header.client_reference, header.size_bytes)
+                    await store.begin(header.client_reference, header.size_bytes)
                 elif kind == "data":
-                    if current is None:
-                        raise ServiceError(
-                            Code.INVALID_ARGUMENT,
-                            "STREAM_PROTOCOL_VIOLATION",
-                            "data was sent before any instance header",
-                        )
-                    current.write(request.data)
-            if current is not None:
-                tasks.append(asyncio.create_task(current.finish()))
-                current = None
-            results = list(await asyncio.gather(*tasks))
+                    store.write(request.data)
+            results = await store.finish() if store is not None else []
         except ServiceError as error:
-            await _cancel(current, tasks)
+            if store is not None:
+                await store.cancel()
             await abort(context, error)
         except BaseException:
-            await _cancel(current, tasks)
+            if store is not None:
+                await store.cancel()
             raise
         return pb.StoreInstancesResponse(
-            results=[_result_message(r) for r in results], status=overall_status(results)
+            results=[_result_message(r) for r in results],
+            status=_STATUSES[overall_status(results)],
         )
-
-
-async def _bound(tasks: list[asyncio.Task[InstanceResult]]) -> None:
-    """Wait until fewer than PIPELINE_DEPTH instances of this stream are in progress."""
-    running = [t for t in tasks if not t.done()]
-    while len(running) >= PIPELINE_DEPTH:
-        await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-        running = [t for t in running if not t.done()]
-
-
-async def _cancel(current: Ingest | None, tasks: list[asyncio.Task[InstanceResult]]) -> None:
-    if current is not None:
-        current.abandon()
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -19,6 +19,7 @@ import numpy as np
 
 from dicomrpc.v1 import dataset_pb2
 from dicomrpc_server.errors import Code, ServiceError, invalid_argument
+from dicomrpc_server.retrieve.bulkdata import ByteRange, check_tag_path, locate_bulk_data
 from dicomrpc_server.retrieve.render import RenderOptions, render
 from dicomrpc_server.retrieve.scope import StoredInstance, not_found, resolve
 from dicomrpc_server.retrieve.transcode import (
@@ -266,6 +267,57 @@ class RetrieveCore:
     def metadata_etag(self, study: str, series: str = "", sop: str = "") -> str:
         """The ETag alone, to answer a matching ``if_none_match`` without reading metadata."""
         return etag(resolve(self.index, study, series, sop))
+
+    def metadata_unless(
+        self, if_none_match: Collection[str], study: str, series: str = "", sop: str = ""
+    ) -> tuple[str, list[dataset_pb2.Dataset] | None]:
+        """The ETag and metadata, or the ETag and ``None`` when it is one of ``if_none_match``.
+
+        ``*`` matches any ETag (RFC 9110 §13.1.2). The metadata is read only when it is sent.
+        """
+        if if_none_match:
+            tag = self.metadata_etag(study, series, sop)
+            if tag in if_none_match or "*" in if_none_match:
+                return tag, None
+        return self.metadata(study, series, sop)
+
+    # -- bulk data -------------------------------------------------------------------------
+
+    async def bulk_data(self, instance: StoredInstance, tag_path: str, chunk: int) -> Outgoing:
+        """The value of the element a metadata bulk data URI names (``tag_path``).
+
+        A value stored as one byte range streams from the file a chunk at a time; the size is
+        known before the first byte.
+        """
+        check_tag_path(tag_path)
+        record = instance.record
+        found = await self.workers.run(
+            locate_bulk_data,
+            self.blobs.path(record.blob_id),
+            tag_path,
+            record.transfer_syntax_uid,
+        )
+        if isinstance(found, bytes):
+            return Outgoing(record.transfer_syntax_uid, len(found), _slices(found, chunk))
+        return Outgoing(
+            record.transfer_syntax_uid, found.length, self._read_range(instance, found, chunk)
+        )
+
+    async def _read_range(
+        self, instance: StoredInstance, where: ByteRange, chunk: int
+    ) -> AsyncIterator[bytes]:
+        try:
+            fp = self.blobs.open(instance.record.blob_id)
+        except FileNotFoundError as exc:
+            raise not_found(f"the file of instance {instance.sop_uid}") from exc
+        try:
+            fp.seek(where.offset)
+            left = where.length
+            while left > 0 and (data := await asyncio.to_thread(fp.read, min(chunk, left))):
+                left -= len(data)
+                yield data
+        finally:
+            fp.close()
 
 
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"

@@ -52,6 +52,13 @@ class InstanceResult:
     transfer_syntax_uid: str = ""
 
     @property
+    def failure_reason(self) -> int:
+        """The DICOM FailureReason of a failed instance (272 when the error has none), else 0."""
+        if self.failure is None:
+            return 0
+        return self.failure.dicom_status or 272
+
+    @property
     def retrieve_location(self) -> str:
         """The DICOMweb path of a stored instance, else empty."""
         if self.outcome is Outcome.FAILED:

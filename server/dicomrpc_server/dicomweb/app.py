@@ -1,0 +1,53 @@
+"""The DICOMweb ASGI application: every resource's routes under ``/dicomweb``, on one archive.
+
+Routes come from one module per resource, each exposing ``ROUTES``; a new resource (UPS-RS
+``/workitems``) is one more module added to :data:`RESOURCE_ROUTES`. Middleware, outermost
+first: the access log (so it sees every response, errors and CORS answers included), then CORS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.routing import BaseRoute, Mount
+
+from dicomrpc_server.archive import Archive
+from dicomrpc_server.dicomweb import delete, qido, stow, wado
+from dicomrpc_server.dicomweb.context import PREFIX
+from dicomrpc_server.dicomweb.errors import handle_service_error
+from dicomrpc_server.dicomweb.logging import AccessLogMiddleware
+from dicomrpc_server.errors import ServiceError
+
+RESOURCE_ROUTES: list[Sequence[BaseRoute]] = [stow.ROUTES, qido.ROUTES, wado.ROUTES, delete.ROUTES]
+
+# What a browser viewer sends and reads across origins.
+_CORS_HEADERS = ["Accept", "Content-Type", "If-None-Match", "Authorization"]
+_EXPOSED_HEADERS = ["ETag", "Warning", "Content-Length", "Content-Type", "Location"]
+
+
+def create_app(archive: Archive) -> Starlette:
+    """The gateway application serving ``archive``."""
+    routes = [route for resource in RESOURCE_ROUTES for route in resource]
+    middleware = [Middleware(AccessLogMiddleware)]
+    origins = list(archive.settings.cors_origins)
+    if origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=origins,
+                allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
+                allow_headers=_CORS_HEADERS,
+                expose_headers=_EXPOSED_HEADERS,
+                max_age=600,
+            )
+        )
+    app = Starlette(
+        routes=[Mount(PREFIX, routes=routes)],
+        middleware=middleware,
+        exception_handlers={ServiceError: handle_service_error},
+    )
+    app.state.archive = archive
+    return app

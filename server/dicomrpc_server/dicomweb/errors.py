@@ -1,0 +1,87 @@
+"""The one mapping from core errors to HTTP responses.
+
+Core errors carry a canonical code (named as gRPC names them); the gateway maps that code to an
+HTTP status here and nowhere else. Two statuses belong to HTTP alone and are told apart by the
+request field at fault: a ``Content-Type`` the gateway cannot read (415) and an ``Accept`` it
+cannot satisfy (406).
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from dicomrpc_server.errors import Code, ServiceError, invalid_argument
+
+CONTENT_TYPE_FIELD = "Content-Type"
+ACCEPT_FIELD = "Accept"
+
+_STATUSES: dict[Code, int] = {
+    Code.INVALID_ARGUMENT: 400,
+    Code.OUT_OF_RANGE: 400,
+    Code.NOT_FOUND: 404,
+    Code.ALREADY_EXISTS: 409,
+    Code.FAILED_PRECONDITION: 409,
+    Code.RESOURCE_EXHAUSTED: 413,
+    Code.UNAUTHENTICATED: 401,
+    Code.PERMISSION_DENIED: 403,
+    Code.UNAVAILABLE: 503,
+    Code.UNIMPLEMENTED: 501,
+    Code.INTERNAL: 500,
+}
+
+
+def http_status(error: ServiceError) -> int:
+    """The HTTP status of a core error."""
+    fields = {v.field for v in error.violations}
+    if error.code is Code.INVALID_ARGUMENT and CONTENT_TYPE_FIELD in fields:
+        return 415
+    if ACCEPT_FIELD in fields or error.reason == "TRANSFER_SYNTAX_UNSUPPORTED":
+        return 406
+    return _STATUSES[error.code]
+
+
+def unsupported_media_type(description: str) -> ServiceError:
+    """The error of a request body in a media type the gateway does not take (415)."""
+    return invalid_argument(CONTENT_TYPE_FIELD, description)
+
+
+def not_acceptable(description: str) -> ServiceError:
+    """The error of an Accept header that names nothing the gateway can send (406)."""
+    return invalid_argument(ACCEPT_FIELD, description)
+
+
+def warning_header(message: str) -> str:
+    """A ``Warning`` header value (RFC 7234 §5.5) carrying ``message`` as ASCII."""
+    text = message.replace("\\", "\\\\").replace('"', '\\"')
+    return f'299 dicomrpc "{text}"'.encode("ascii", "replace").decode("ascii")
+
+
+def error_response(error: ServiceError) -> Response:
+    """The response of a failed request: the status, a JSON body and a Warning header.
+
+    The body repeats every detail the gRPC status carries (reason, DICOM status, metadata,
+    field violations); the ``Warning`` header (PS3.18 §8.1.2.1) carries the message for
+    clients that only look at headers.
+    """
+    body: dict[str, object] = {
+        "code": error.code.value,
+        "reason": error.reason,
+        "message": error.message,
+        "metadata": dict(error.metadata),
+    }
+    if error.dicom_status is not None:
+        body["dicomStatus"] = error.dicom_status
+    if error.violations:
+        body["violations"] = [
+            {"field": v.field, "description": v.description} for v in error.violations
+        ]
+    return JSONResponse(
+        body, status_code=http_status(error), headers={"Warning": warning_header(error.message)}
+    )
+
+
+async def handle_service_error(request: Request, exc: Exception) -> Response:
+    """Starlette's exception handler for :class:`ServiceError`."""
+    assert isinstance(exc, ServiceError)
+    return error_response(exc)

@@ -1,0 +1,64 @@
+"""One structured log line per HTTP request: method, path, status, bytes in and out, ms.
+
+The same line the gRPC adapter writes per RPC, on the same logger, so one log carries both.
+It is written when the response has been sent (or the request failed), so a streamed body's
+time and size are whole.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+log = logging.getLogger("dicomrpc.access")
+
+
+class AccessLogMiddleware:
+    """ASGI middleware that logs every HTTP request once it ends."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Count what the request moves while the application serves it."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        tally: dict[str, Any] = {"status": 0, "bytes_in": 0, "bytes_out": 0}
+
+        async def counting_receive() -> Message:
+            message = await receive()
+            if message["type"] == "http.request":
+                tally["bytes_in"] += len(message.get("body", b""))
+            return message
+
+        async def counting_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                tally["status"] = message["status"]
+            elif message["type"] == "http.response.body":
+                tally["bytes_out"] += len(message.get("body", b""))
+            await send(message)
+
+        error = ""
+        try:
+            await self.app(scope, counting_receive, counting_send)
+        except BaseException as exc:
+            error = type(exc).__name__
+            raise
+        finally:
+            record = {
+                "http": scope["method"],
+                "path": scope["path"],
+                "status": tally["status"] or (500 if error else 0),
+                "bytes_in": tally["bytes_in"],
+                "bytes_out": tally["bytes_out"],
+                "ms": round((time.perf_counter() - start) * 1000, 2),
+            }
+            if error:
+                record["error"] = error
+            log.info(json.dumps(record, separators=(",", ":")))

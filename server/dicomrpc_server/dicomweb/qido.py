@@ -1,0 +1,129 @@
+"""QIDO-RS: studies, series and instances by their attributes (PS3.18 §10.6).
+
+Query parameters translate one to one onto a search core request: ``includefield``,
+``limit``, ``offset`` and ``fuzzymatching`` are the request's options, every other parameter
+is a match term (by keyword or tag) that the core checks and names when it is bad. Each result
+is the core's, plus its RetrieveURL on this gateway.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from dicomrpc.datasets import to_json
+from dicomrpc_server.dicomweb.context import archive_of, service_root
+from dicomrpc_server.dicomweb.media import choose_json
+from dicomrpc_server.errors import invalid_argument
+from dicomrpc_server.query.engine import SearchRequest
+
+_OPTIONS = ("includefield", "limit", "offset", "fuzzymatching")
+STUDY_UID, SERIES_UID, SOP_UID = "0020000D", "0020000E", "00080018"
+
+
+def _integer(name: str, value: str) -> int:
+    if not value.isdigit():
+        raise invalid_argument(name, f"{value!r} is not a non-negative whole number")
+    return int(value)
+
+
+def _boolean(name: str, value: str) -> bool:
+    if value.lower() not in ("true", "false"):
+        raise invalid_argument(name, f"{value!r} is not true or false")
+    return value.lower() == "true"
+
+
+def search_request(request: Request, level: str) -> SearchRequest:
+    """The search core request a QIDO URL asks for."""
+    match: dict[str, str] = {}
+    include: list[str] = []
+    options: dict[str, str] = {}
+    for name, value in request.query_params.multi_items():
+        key = name.lower()
+        if key == "includefield":
+            include.extend(field.strip() for field in value.split(",") if field.strip())
+        elif key in _OPTIONS:
+            options[key] = value
+        elif name in match:
+            raise invalid_argument(name, "is given more than once")
+        else:
+            match[name] = value
+    return SearchRequest(
+        level=level,
+        match=match,
+        include_fields=include,
+        fuzzy=_boolean("fuzzymatching", options.get("fuzzymatching", "false")),
+        limit=_integer("limit", options.get("limit", "0")),
+        offset=_integer("offset", options.get("offset", "0")),
+        study_uid=request.path_params.get("study", ""),
+        series_uid=request.path_params.get("series", ""),
+    )
+
+
+async def _search(request: Request, level: str) -> Response:
+    media_type = choose_json(request.headers.get("accept"))
+    page = archive_of(request).search.search(search_request(request, level))
+    if not page.results:
+        return Response(status_code=204)
+    root = service_root(request)
+    results = []
+    for dataset in page.results:
+        obj = to_json(dataset)
+        url = _retrieve_url(obj, level, request.path_params)
+        if url:
+            obj["00081190"] = {"vr": "UR", "Value": [f"{root}/{url}"]}
+        results.append(obj)
+    body = json.dumps(results, separators=(",", ":")).encode()
+    return Response(body, media_type=media_type)
+
+
+def _first(obj: dict[str, Any], tag: str) -> str:
+    values = obj.get(tag, {}).get("Value", [])
+    return str(values[0]) if values else ""
+
+
+def _retrieve_url(obj: dict[str, Any], level: str, path: Mapping[str, str]) -> str:
+    """The WADO-RS path of a result (PS3.18 §10.6.3.3: its RetrieveURL), when its UIDs are known.
+
+    A result may leave out the UIDs its scope already names (a series search in a study), so
+    the path's UIDs stand in for them.
+    """
+    study = _first(obj, STUDY_UID) or path.get("study", "")
+    url = f"studies/{study}" if study else ""
+    if level in ("series", "instance"):
+        series = _first(obj, SERIES_UID) or path.get("series", "")
+        url = f"{url}/series/{series}" if url and series else ""
+    if level == "instance":
+        sop = _first(obj, SOP_UID)
+        url = f"{url}/instances/{sop}" if url and sop else ""
+    return url
+
+
+async def search_studies(request: Request) -> Response:
+    """Search studies."""
+    return await _search(request, "study")
+
+
+async def search_series(request: Request) -> Response:
+    """Search series, everywhere or in one study."""
+    return await _search(request, "series")
+
+
+async def search_instances(request: Request) -> Response:
+    """Search instances, everywhere, in a study or in a series."""
+    return await _search(request, "instance")
+
+
+ROUTES = [
+    Route("/studies", search_studies, methods=["GET"]),
+    Route("/series", search_series, methods=["GET"]),
+    Route("/instances", search_instances, methods=["GET"]),
+    Route("/studies/{study}/series", search_series, methods=["GET"]),
+    Route("/studies/{study}/instances", search_instances, methods=["GET"]),
+    Route("/studies/{study}/series/{series}/instances", search_instances, methods=["GET"]),
+]

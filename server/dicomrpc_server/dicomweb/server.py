@@ -1,0 +1,85 @@
+"""The HTTP server: uvicorn serving the gateway in the gRPC server's process and event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Iterator
+
+import uvicorn
+
+from dicomrpc_server.archive import Archive
+from dicomrpc_server.dicomweb.app import create_app
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket whose protocol is set, so that asyncio turns Nagle off.
+
+    asyncio sets ``TCP_NODELAY`` only on sockets whose ``proto`` is ``IPPROTO_TCP``;
+    ``socket.create_server`` leaves it 0, and its connections would then hold a response's last
+    small segment until the client's delayed ACK (40 ms per response on Linux).
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(512)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handlers.
+
+    ``dicomrpc serve`` owns the process's signals and stops both servers in order.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class HttpServer:
+    """The archive's DICOMweb endpoint.
+
+    Parameters
+    ----------
+    archive
+        The opened archive (the one the gRPC server serves).
+    """
+
+    def __init__(self, archive: Archive) -> None:
+        settings = archive.settings
+        self._socket = _listen(settings.host, settings.http_port)
+        self.port: int = self._socket.getsockname()[1]
+        config = uvicorn.Config(
+            create_app(archive),
+            lifespan="off",
+            log_config=None,
+            # uvicorn's own start and stop lines repeat what ``serve`` logs; its errors remain.
+            log_level="warning",
+            access_log=False,
+            server_header=False,
+            timeout_graceful_shutdown=int(settings.shutdown_grace_s),
+        )
+        self._server = _Server(config)
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Start serving on the bound socket; return once connections are accepted."""
+        self._task = asyncio.create_task(self._server.serve(sockets=[self._socket]))
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()  # raises what stopped it
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        """Stop taking requests; in-flight ones finish within the configured grace."""
+        self._server.should_exit = True
+        if self._task is not None:
+            await self._task
+        self._socket.close()

@@ -1,0 +1,182 @@
+"""STOW-RS: ``POST /studies[/{study}]`` with a multipart/related body of DICOM instances.
+
+Each part goes to the store core as it arrives (the body is never held whole), through the same
+:class:`~dicomrpc_server.store.request.StoreRequest` the gRPC adapter drives; this module only
+translates parts into instances and results into the PS3.18 response data set.
+
+A body that ends or breaks inside a part (a client cut off, a missing close delimiter) stores
+none of that part: the instances of the complete parts before it are stored and reported, and
+the incomplete one is reported as failed (272). A body without one complete part fails with 400.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from dicomrpc_server.dicomweb.context import archive_of, service_root
+from dicomrpc_server.dicomweb.errors import unsupported_media_type, warning_header
+from dicomrpc_server.dicomweb.media import DICOM, DICOM_JSON, MULTIPART, parse_media_type
+from dicomrpc_server.dicomweb.multipart import (
+    MultipartReader,
+    PartData,
+    PartStart,
+    malformed,
+)
+from dicomrpc_server.errors import ServiceError
+from dicomrpc_server.store.ingest import InstanceResult, Outcome
+from dicomrpc_server.store.request import (
+    StoreRequest,
+    StoreStatus,
+    check_study_restriction,
+    overall_status,
+)
+
+_HTTP_STATUS = {
+    StoreStatus.ALL_STORED: 200,
+    StoreStatus.PARTIALLY_STORED: 202,
+    StoreStatus.NONE_STORED: 409,
+}
+PROCESSING_FAILURE = 272
+
+
+def _boundary(request: Request) -> str:
+    """The boundary of a STOW body, after checking that it is multipart/related DICOM."""
+    header = request.headers.get("content-type", "")
+    media = parse_media_type(header)
+    if media.type != MULTIPART:
+        raise unsupported_media_type(
+            f'{header!r} is not accepted; send multipart/related; type="{DICOM}"'
+        )
+    part_type = media.params.get("type", DICOM).lower()
+    if part_type != DICOM:
+        raise unsupported_media_type(
+            f"parts of type {part_type!r} are not accepted; send {DICOM} instances"
+        )
+    boundary = media.params.get("boundary", "")
+    if not boundary:
+        raise malformed("the Content-Type has no boundary parameter")
+    return boundary
+
+
+def _declared_size(headers: dict[str, str]) -> int:
+    value = headers.get("content-length", "")
+    return int(value) if value.isdigit() else 0
+
+
+async def _receive(
+    request: Request, reader: MultipartReader, store: StoreRequest
+) -> ServiceError | None:
+    """Feed the body to the store, part by part; return what broke it, if anything did."""
+    try:
+        async for chunk in request.stream():
+            for event in reader.feed(chunk):
+                if isinstance(event, PartStart):
+                    await store.begin(f"part {reader.parts}", _declared_size(event.headers))
+                elif isinstance(event, PartData):
+                    store.write(event.data)
+    except ServiceError as error:
+        return error
+    except ClientDisconnect:
+        return malformed(f"the client disconnected inside part {reader.parts}")
+    if reader.parts == 0:
+        return malformed(f"no part was found (is the boundary {reader.boundary!r} right?)")
+    if not reader.complete:
+        where = f"inside part {reader.parts}" if reader.in_part else "after the last part"
+        return malformed(f"the body ended {where}, without the close delimiter")
+    return None
+
+
+async def store_instances(request: Request) -> Response:
+    """Store every instance of the body; answer with the PS3.18 store response."""
+    study = request.path_params.get("study", "")
+    boundary = _boundary(request)
+    check_study_restriction(study, "study")
+    store = StoreRequest(archive_of(request).store, study)
+    reader = MultipartReader(boundary)
+    try:
+        problem = await _receive(request, reader, store)
+        cut_part = reader.parts if reader.in_part else 0
+        if cut_part:
+            store.drop_current()
+        complete_parts = reader.parts - (1 if cut_part else 0)
+        if problem is not None and complete_parts == 0:
+            raise problem
+        results = await store.finish()
+    except (ServiceError, asyncio.CancelledError):
+        await store.cancel()
+        raise
+    status = _HTTP_STATUS[overall_status(results)]
+    headers: dict[str, str] = {}
+    if problem is not None:
+        status = 202 if status == 200 else status
+        headers["Warning"] = warning_header(problem.message)
+    body = response_dataset(service_root(request), study, results, cut_part)
+    return JSONResponse(body, status_code=status, media_type=DICOM_JSON, headers=headers)
+
+
+def _element(vr: str, *values: Any) -> dict[str, Any]:
+    present = [v for v in values if v not in ("", None)]
+    return {"vr": vr, "Value": present} if present else {"vr": vr}
+
+
+def response_dataset(
+    root: str, study: str, results: list[InstanceResult], cut_part: int = 0
+) -> dict[str, Any]:
+    """The store response (PS3.18 §10.5.3): stored and failed instances, warnings, URLs."""
+    referenced: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
+    for result in results:
+        item = {
+            "00081150": _element("UI", result.sop_class_uid),
+            "00081155": _element("UI", result.sop_uid),
+        }
+        if result.outcome is Outcome.FAILED:
+            assert result.failure is not None
+            item["00081197"] = _element("US", result.failure_reason)
+            item["00000902"] = _element("LO", result.failure.message[:64])
+            failed.append(item)
+            continue
+        item["00081190"] = _element("UR", f"{root}/{result.retrieve_location}")
+        if result.outcome is Outcome.STORED_WITH_WARNINGS:
+            item["00081196"] = _element("US", result.warning_reason or 1)
+            item["00741048"] = {
+                "vr": "SQ",
+                "Value": [
+                    {"00000902": _element("LO", _comment(p.keyword or p.tag, p.comment))}
+                    for p in result.problems
+                ],
+            }
+        referenced.append(item)
+    if cut_part:
+        failed.append(
+            {
+                "00081197": _element("US", PROCESSING_FAILURE),
+                "00000902": _element("LO", f"part {cut_part} is incomplete"),
+            }
+        )
+    body: dict[str, Any] = {}
+    studies = {r.study_uid for r in results if r.outcome is not Outcome.FAILED}
+    if study or len(studies) == 1:
+        body["00081190"] = _element("UR", f"{root}/studies/{study or studies.pop()}")
+    if failed:
+        body["00081198"] = {"vr": "SQ", "Value": failed}
+    if referenced:
+        body["00081199"] = {"vr": "SQ", "Value": referenced}
+    return body
+
+
+def _comment(name: str, comment: str) -> str:
+    """An ErrorComment (LO: at most 64 characters) naming the attribute first."""
+    text = f"{name}: {comment}" if name else comment
+    return text[:64]
+
+
+ROUTES = [
+    Route("/studies", store_instances, methods=["POST"]),
+    Route("/studies/{study}", store_instances, methods=["POST"]),
+]

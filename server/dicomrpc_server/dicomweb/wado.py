@@ -1,0 +1,271 @@
+"""WADO-RS: instances, frames, rendered images, metadata and bulk data of what is stored.
+
+Everything that can fail (nothing stored, a syntax that cannot be produced, a frame outside the
+instance) fails before the response starts, so an error is always a clean HTTP status; then the
+bytes stream from the retrieve core chunk by chunk, at the pace the client reads.
+
+Every transcoding allows lossy targets: PS3.18's default (Explicit VR Little Endian) is never
+lossy, so a lossy syntax is only ever produced when the Accept header names it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from dicomrpc.datasets import to_json
+from dicomrpc_server.dicomweb.context import archive_of, service_root
+from dicomrpc_server.dicomweb.media import (
+    AS_STORED,
+    DICOM,
+    OCTET_STREAM,
+    choose_bulk_data,
+    choose_frames,
+    choose_instances,
+    choose_json,
+    choose_rendered,
+)
+from dicomrpc_server.dicomweb.multipart import closing, content_type, new_boundary, part_header
+from dicomrpc_server.errors import invalid_argument
+from dicomrpc_server.retrieve.render import RenderOptions
+from dicomrpc_server.retrieve.scope import StoredInstance
+from dicomrpc_server.retrieve.service import RetrieveCore
+
+ALLOW_LOSSY = True
+
+
+def _uids(request: Request) -> tuple[str, str, str]:
+    params = request.path_params
+    return params["study"], params.get("series", ""), params.get("instance", "")
+
+
+def _core(request: Request) -> RetrieveCore:
+    return archive_of(request).retrieve
+
+
+# -- instances -----------------------------------------------------------------------------
+
+
+async def retrieve_instances(request: Request) -> Response:
+    """A study, series or instance: multipart ``application/dicom``, or one single part."""
+    study, series, sop = _uids(request)
+    choice = choose_instances(request.headers.get("accept"), single_allowed=bool(sop))
+    core = _core(request)
+    syntax = choice.transfer_syntax
+    found = core.instances(study, series, sop, syntax, ALLOW_LOSSY)
+    if not choice.multipart:
+        outgoing = await core.outgoing(found[0], syntax, ALLOW_LOSSY, core.chunk_bytes)
+        return StreamingResponse(
+            outgoing.chunks,
+            media_type=f"{DICOM}; transfer-syntax={outgoing.transfer_syntax_uid}",
+            headers={"Content-Length": str(outgoing.size)},
+        )
+    boundary = new_boundary()
+    params = {} if syntax == AS_STORED else {"transfer-syntax": syntax}
+    return StreamingResponse(
+        _instance_parts(core, found, syntax, boundary),
+        media_type=content_type(DICOM, boundary, **params),
+    )
+
+
+async def _instance_parts(
+    core: RetrieveCore, found: list[StoredInstance], syntax: str, boundary: str
+) -> AsyncIterator[bytes]:
+    for number, instance in enumerate(found):
+        outgoing = await core.outgoing(instance, syntax, ALLOW_LOSSY, core.chunk_bytes)
+        headers = {
+            "Content-Type": f"{DICOM}; transfer-syntax={outgoing.transfer_syntax_uid}",
+            "Content-Length": str(outgoing.size),
+        }
+        yield (b"\r\n" if number else b"") + part_header(boundary, headers)
+        async for data in outgoing.chunks:
+            yield data
+    yield closing(boundary)
+
+
+# -- frames --------------------------------------------------------------------------------
+
+
+def _frame_list(text: str) -> list[int]:
+    numbers = []
+    for item in text.split(","):
+        if not item.strip().isdigit():
+            raise invalid_argument(
+                "frames", f"{text!r} is not a comma-separated list of frame numbers"
+            )
+        numbers.append(int(item))
+    return numbers
+
+
+async def retrieve_frames(request: Request) -> Response:
+    """Frames of one instance: raw (``application/octet-stream``) or compressed image parts."""
+    study, series, sop = _uids(request)
+    choice = choose_frames(request.headers.get("accept"))
+    core = _core(request)
+    numbers = core.frame_numbers(_frame_list(request.path_params["frames"]), [])
+    instance = core.instances(study, series, sop)[0]
+    table = core.check_frames(instance, numbers, choice.transfer_syntax, ALLOW_LOSSY)
+    syntax, frames = await core.frames(
+        instance, numbers, table, choice.transfer_syntax, ALLOW_LOSSY
+    )
+    boundary = new_boundary()
+    part_type = f"{choice.part_type}; transfer-syntax={syntax}"
+
+    async def parts() -> AsyncIterator[bytes]:
+        first = True
+        async for _number, data in frames:
+            headers = {"Content-Type": part_type, "Content-Length": str(len(data))}
+            yield (b"" if first else b"\r\n") + part_header(boundary, headers)
+            yield data
+            first = False
+        yield closing(boundary)
+
+    return StreamingResponse(
+        parts(), media_type=content_type(choice.part_type, boundary, **{"transfer-syntax": syntax})
+    )
+
+
+# -- rendered ------------------------------------------------------------------------------
+
+
+def _int_param(request: Request, name: str) -> int:
+    value = request.query_params.get(name, "")
+    if not value:
+        return 0
+    if not value.isdigit():
+        raise invalid_argument(name, f"{value!r} is not a whole number")
+    return int(value)
+
+
+def _window(request: Request) -> tuple[float, float] | None:
+    value = request.query_params.get("window", "")
+    if not value:
+        return None
+    parts = value.split(",")
+    try:
+        center, width = float(parts[0]), float(parts[1])
+    except (ValueError, IndexError):
+        raise invalid_argument("window", f"{value!r} is not center,width[,function]") from None
+    if len(parts) > 2 and parts[2].strip().lower() not in ("", "linear"):
+        raise invalid_argument("window", f"function {parts[2]!r} is not supported (linear)")
+    return center, width
+
+
+def _max_size(request: Request) -> int:
+    value = request.query_params.get("viewport", "")
+    if not value:
+        return 0
+    sizes = value.split(",")
+    if not all(s.strip().isdigit() for s in sizes[:2]):
+        raise invalid_argument("viewport", f"{value!r} is not width,height")
+    return max(int(s) for s in sizes[:2])
+
+
+async def retrieve_rendered(request: Request) -> Response:
+    """One frame (the first, or the one named) rendered as JPEG or PNG."""
+    study, series, sop = _uids(request)
+    media_type = choose_rendered(request.headers.get("accept"))
+    frame = 0
+    if "frame" in request.path_params:
+        frame = _frame_list(request.path_params["frame"])[0]
+    options = RenderOptions(
+        frame_number=frame,
+        media_type=media_type,
+        quality=_int_param(request, "quality"),
+        window=_window(request),
+        max_size=_max_size(request),
+    )
+    core = _core(request)
+    instance = core.instances(study, series, sop)[0]
+    media_type, image = await core.rendered(instance, options)
+    return Response(image, media_type=media_type)
+
+
+# -- metadata ------------------------------------------------------------------------------
+
+
+def _if_none_match(request: Request) -> list[str]:
+    header = request.headers.get("if-none-match", "")
+    return [tag.strip().removeprefix("W/") for tag in header.split(",") if tag.strip()]
+
+
+def absolute_bulk_data_uris(obj: Any, root: str) -> None:
+    """Make the bulk data URIs of a DICOM JSON object absolute, on the gateway's root."""
+    if isinstance(obj, dict):
+        uri = obj.get("BulkDataURI")
+        if isinstance(uri, str) and "://" not in uri:
+            obj["BulkDataURI"] = f"{root}/{uri}"
+        for value in obj.values():
+            if isinstance(value, dict | list):
+                absolute_bulk_data_uris(value, root)
+    elif isinstance(obj, list):
+        for item in obj:
+            absolute_bulk_data_uris(item, root)
+
+
+async def retrieve_metadata(request: Request) -> Response:
+    """The metadata of a study, series or instance as DICOM JSON, with an ETag."""
+    study, series, sop = _uids(request)
+    media_type = choose_json(request.headers.get("accept"))
+    tag, datasets = _core(request).metadata_unless(_if_none_match(request), study, series, sop)
+    if datasets is None:
+        return Response(status_code=304, headers={"ETag": tag})
+    root = service_root(request)
+    objects = []
+    for dataset in datasets:
+        obj = to_json(dataset)
+        absolute_bulk_data_uris(obj, root)
+        objects.append(obj)
+    body = json.dumps(objects, separators=(",", ":")).encode()
+    return Response(body, media_type=media_type, headers={"ETag": tag})
+
+
+# -- bulk data -----------------------------------------------------------------------------
+
+
+async def retrieve_bulk_data(request: Request) -> Response:
+    """The value a bulk data URI names, as an ``application/octet-stream`` part."""
+    study, series, sop = _uids(request)
+    multipart = choose_bulk_data(request.headers.get("accept"))
+    core = _core(request)
+    instance = core.instances(study, series, sop)[0]
+    value = await core.bulk_data(instance, request.path_params["path"], core.chunk_bytes)
+    if not multipart:
+        return StreamingResponse(
+            value.chunks,
+            media_type=OCTET_STREAM,
+            headers={"Content-Length": str(value.size)},
+        )
+    boundary = new_boundary()
+    headers = {"Content-Type": OCTET_STREAM, "Content-Length": str(value.size)}
+
+    async def body() -> AsyncIterator[bytes]:
+        yield part_header(boundary, headers)
+        async for data in value.chunks:
+            yield data
+        yield closing(boundary)
+
+    return StreamingResponse(body(), media_type=content_type(OCTET_STREAM, boundary))
+
+
+_STUDY = "/studies/{study}"
+_SERIES = _STUDY + "/series/{series}"
+_INSTANCE = _SERIES + "/instances/{instance}"
+
+ROUTES = [
+    Route(_STUDY, retrieve_instances, methods=["GET"]),
+    Route(_SERIES, retrieve_instances, methods=["GET"]),
+    Route(_INSTANCE, retrieve_instances, methods=["GET"]),
+    Route(_STUDY + "/metadata", retrieve_metadata, methods=["GET"]),
+    Route(_SERIES + "/metadata", retrieve_metadata, methods=["GET"]),
+    Route(_INSTANCE + "/metadata", retrieve_metadata, methods=["GET"]),
+    Route(_INSTANCE + "/frames/{frames}", retrieve_frames, methods=["GET"]),
+    Route(_INSTANCE + "/rendered", retrieve_rendered, methods=["GET"]),
+    Route(_INSTANCE + "/frames/{frame}/rendered", retrieve_rendered, methods=["GET"]),
+    Route(_INSTANCE + "/bulkdata/{path}", retrieve_bulk_data, methods=["GET"]),
+]
