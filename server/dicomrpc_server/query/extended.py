@@ -20,7 +20,7 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 
 from dicomrpc.v1 import dataset_pb2
 from dicomrpc_server.dicom.attributes import ALL_ATTRIBUTES, Level
-from dicomrpc_server.errors import invalid_argument
+from dicomrpc_server.errors import Code, ServiceError, invalid_argument
 from dicomrpc_server.storage import records_pb2
 
 # The VRs whose values make short, ordered index terms (as the QIDO matching rules need them).
@@ -89,6 +89,16 @@ def define(requested: RequestedTag, field: str) -> records_pb2.QueryTagRecord:
         vr=vr,
         private_creator=requested.private_creator.strip(),
         level=level,
+    )
+
+
+def unknown_operation(operation_id: str) -> ServiceError:
+    """The NOT_FOUND of a re-indexing operation id this archive never issued."""
+    return ServiceError(
+        Code.NOT_FOUND,
+        "RESOURCE_NOT_FOUND",
+        f"re-indexing operation {operation_id!r} does not exist",
+        metadata={"operation_id": operation_id},
     )
 
 

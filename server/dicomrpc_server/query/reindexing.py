@@ -16,7 +16,12 @@ import uuid
 from collections.abc import Sequence
 
 from dicomrpc_server.errors import Code, ServiceError, invalid_argument
-from dicomrpc_server.query.extended import RequestedTag, canonical_hex, define
+from dicomrpc_server.query.extended import (
+    RequestedTag,
+    canonical_hex,
+    define,
+    unknown_operation,
+)
 from dicomrpc_server.storage import records_pb2
 from dicomrpc_server.storage.lmdb_index import LmdbIndex
 
@@ -86,12 +91,7 @@ class ExtendedQueryTags:
         """The progress of a re-indexing operation (NOT_FOUND for an unknown id)."""
         operation = self.index.operation(operation_id)
         if operation is None:
-            raise ServiceError(
-                Code.NOT_FOUND,
-                "RESOURCE_NOT_FOUND",
-                f"re-indexing operation {operation_id!r} does not exist",
-                metadata={"operation_id": operation_id},
-            )
+            raise unknown_operation(operation_id)
         return operation
 
     def resume(self) -> None:

@@ -39,7 +39,7 @@ import lmdb
 from dicomrpc.v1 import dataset_pb2, management_service_pb2
 from dicomrpc_server.dicom.attributes import ATTRIBUTES_BY_LEVEL, NESTED_ATTRIBUTES, Level
 from dicomrpc_server.errors import Code, ServiceError
-from dicomrpc_server.query.extended import extract
+from dicomrpc_server.query.extended import extract, unknown_operation
 from dicomrpc_server.query.terms import EXACT, NUMBER, value_terms
 from dicomrpc_server.storage import keys, records_pb2
 from dicomrpc_server.storage.protocols import IndexCounts, NewInstance
@@ -665,12 +665,7 @@ class LmdbIndex:
             db = self._db
             raw = _get(txn, operation_id.encode("utf-8"), db["operations"])
             if raw is None:
-                raise ServiceError(
-                    Code.NOT_FOUND,
-                    "RESOURCE_NOT_FOUND",
-                    f"re-indexing operation {operation_id} does not exist",
-                    metadata={"operation_id": operation_id},
-                )
+                raise unknown_operation(operation_id)
             operation = records_pb2.ReindexOperation.FromString(raw)
             if operation.done:
                 return operation

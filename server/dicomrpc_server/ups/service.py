@@ -235,13 +235,9 @@ class WorkitemCore:
         def write(txn: lmdb.Transaction) -> Outcome:
             stored, state = self._load(txn, workitem_uid)
             step = states.TRANSITIONS[(state, requested)]
-            if step.kind is Kind.REFUSE:
-                assert step.status is not None
-                raise states.refusal(step.status, workitem_uid, state)
-            if step.kind is Kind.ALREADY:
-                assert step.status is not None
-                message = f"workitem {workitem_uid} {states.meaning(step.status, state)}"
-                return Outcome(workitem_uid, state, int(step.status), message)
+            already = _refused_or_already(step, workitem_uid, state)
+            if already is not None:
+                return already
             new = dataset_pb2.Dataset()
             new.CopyFrom(stored)
             set_text(new, STATE, "CS", requested.value)
@@ -283,13 +279,9 @@ class WorkitemCore:
         def write(txn: lmdb.Transaction) -> Outcome:
             stored, state = self._load(txn, workitem_uid)
             step = states.CANCEL_REQUESTS[state]
-            if step.kind is Kind.REFUSE:
-                assert step.status is not None
-                raise states.refusal(step.status, workitem_uid, state)
-            if step.kind is Kind.ALREADY:
-                assert step.status is not None
-                message = f"workitem {workitem_uid} {states.meaning(step.status, state)}"
-                return Outcome(workitem_uid, state, int(step.status), message)
+            already = _refused_or_already(step, workitem_uid, state)
+            if already is not None:
+                return already
             new = dataset_pb2.Dataset()
             new.CopyFrom(stored)
             _record_request(new, reason, contact_name, contact_uri)
@@ -349,6 +341,18 @@ class WorkitemCore:
         event.time.FromMicroseconds(time.time_ns() // 1000)
         event.event.CopyFrom(public(attributes))
         self.store.append_event(txn, event, terms)
+
+
+def _refused_or_already(step: states.Step, uid: str, state: State) -> Outcome | None:
+    """Raise the refusal of a refused step; the warning outcome of a step already taken."""
+    if step.kind is Kind.REFUSE:
+        assert step.status is not None
+        raise states.refusal(step.status, uid, state)
+    if step.kind is Kind.ALREADY:
+        assert step.status is not None
+        message = f"workitem {uid} {states.meaning(step.status, state)}"
+        return Outcome(uid, state, int(step.status), message)
+    return None
 
 
 def _state_report(workitem: dataset_pb2.Dataset) -> dataset_pb2.Dataset:
