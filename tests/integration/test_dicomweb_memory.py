@@ -16,10 +16,10 @@ import httpx
 import numpy as np
 import psutil
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from pydicom.uid import generate_uid
 
 from tests.conftest import spawn_server
+from tests.dicomgen import big_image
 from tests.integration.test_retrieve_memory import _PeakRss
 
 MB = 1024 * 1024
@@ -30,17 +30,7 @@ BOUNDARY = "memory-test-boundary"
 
 
 def _instance(study: str, series: str, number: int, pixels: bytes) -> bytes:
-    ds = Dataset()
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-    ds.PatientID, ds.Modality, ds.InstanceNumber = "BIG", "OT", number
-    ds.Rows = ds.Columns = SIDE
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.PixelData = pixels
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = big_image(study, series, number, SIDE, pixels)
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True)
     return out.getvalue()

@@ -11,12 +11,12 @@ import grpc
 import numpy as np
 import psutil
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from pydicom.uid import generate_uid
 
 from dicomrpc import Client
 from dicomrpc.v1 import retrieve_service_pb2, retrieve_service_pb2_grpc
 from tests.conftest import spawn_server
+from tests.dicomgen import big_image
 
 MB = 1024 * 1024
 INSTANCES = 256
@@ -29,17 +29,7 @@ def _write_study(folder: Path, study: str) -> None:
     series = generate_uid()
     pixels = np.arange(SIDE * SIDE, dtype=np.uint16).tobytes()
     for i in range(INSTANCES):
-        ds = Dataset()
-        ds.SOPClassUID = SecondaryCaptureImageStorage
-        ds.SOPInstanceUID = generate_uid()
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-        ds.PatientID, ds.Modality, ds.InstanceNumber = "BIG", "OT", i + 1
-        ds.Rows = ds.Columns = SIDE
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-        ds.PixelData = pixels
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = big_image(study, series, i + 1, SIDE, pixels)
         ds.save_as(folder / f"{i}.dcm", enforce_file_format=True)
 
 
