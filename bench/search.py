@@ -90,13 +90,18 @@ from retrieve import ACCEPT_JSON, connect_grpc, connect_http, load_orthanc
 from dicomrpc import Client
 from dicomrpc.datasets import from_pydicom
 from dicomrpc.v1 import dataset_pb2
-from dicomrpc_server.dicom.attributes import ATTRIBUTES_BY_LEVEL, Level
+from dicomrpc_server.dicom.attributes import Level
 from dicomrpc_server.query.engine import MAX_LIMIT, SearchCore, SearchRequest
 from dicomrpc_server.query.terms import fold_person_name
 from dicomrpc_server.storage import records_pb2
 from dicomrpc_server.storage.lmdb_index import LmdbIndex
 from dicomrpc_server.storage.protocols import NewInstance
-from dicomrpc_server.store.prepare import BULK_DATA_THRESHOLD, instance_path, prepare
+from dicomrpc_server.store.prepare import (
+    BULK_DATA_THRESHOLD,
+    instance_path,
+    level_subset,
+    prepare,
+)
 
 SECTION = "## Search"
 SEED = 20240601
@@ -331,14 +336,6 @@ def iter_instances(studies: list[StudyPlan]) -> Iterator[tuple[StudyPlan, Series
 # --------------------------------------------------------------------------------------------
 
 
-def _subset(metadata: dataset_pb2.Dataset, level: Level) -> dataset_pb2.Dataset:
-    out = dataset_pb2.Dataset()
-    for attribute in ATTRIBUTES_BY_LEVEL[level]:
-        if attribute.hex_tag in metadata.attributes:
-            out.attributes[attribute.hex_tag].CopyFrom(metadata.attributes[attribute.hex_tag])
-    return out
-
-
 def _metadata(ds: Dataset) -> dataset_pb2.Dataset:
     """The metadata prepare() records for a dataset (pixel data as a bulk data URI)."""
     base = instance_path(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
@@ -372,12 +369,12 @@ class SeriesTemplate:
             del common.attributes[tag]
         self.metadata = common.SerializeToString()
         self.study_attributes = records_pb2.StudyRecord(
-            attributes=_subset(metadata, Level.STUDY)
+            attributes=level_subset(metadata, Level.STUDY)
         ).SerializeToString()
         self.series_attributes = records_pb2.SeriesRecord(
-            attributes=_subset(metadata, Level.SERIES)
+            attributes=level_subset(metadata, Level.SERIES)
         ).SerializeToString()
-        self.instance_attributes = _subset(metadata, Level.INSTANCE)
+        self.instance_attributes = level_subset(metadata, Level.INSTANCE)
 
     def new_instance(self, number: int, blob_id: str) -> NewInstance:
         study, series = self.study, self.series

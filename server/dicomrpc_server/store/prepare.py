@@ -82,7 +82,7 @@ def _prepare(path: Path) -> PreparedInstance:
         transfer_syntax_uid=parsed.structure.transfer_syntax_uid,
         sop_class_uid=validated.sop_class_uid,
         number_of_frames=number_of_frames(parsed.dataset) if pixel is not None else 0,
-        attributes=_subset(metadata, Level.INSTANCE),
+        attributes=level_subset(metadata, Level.INSTANCE),
         modality=_first_string(metadata, "00080060"),
         unindexed_tags=unindexed,
     )
@@ -92,10 +92,10 @@ def _prepare(path: Path) -> PreparedInstance:
         sop_uid=validated.sop_uid,
         record=record,
         study_attributes=records_pb2.StudyRecord(
-            attributes=_subset(metadata, Level.STUDY), unindexed_tags=unindexed
+            attributes=level_subset(metadata, Level.STUDY), unindexed_tags=unindexed
         ),
         series_attributes=records_pb2.SeriesRecord(
-            attributes=_subset(metadata, Level.SERIES), unindexed_tags=unindexed
+            attributes=level_subset(metadata, Level.SERIES), unindexed_tags=unindexed
         ),
         metadata=metadata.SerializeToString(),
         frames=frames,
@@ -103,7 +103,7 @@ def _prepare(path: Path) -> PreparedInstance:
     return PreparedInstance(validated, new, parsed.structure.transfer_syntax_uid)
 
 
-def _subset(metadata: dataset_pb2.Dataset, level: Level) -> dataset_pb2.Dataset:
+def level_subset(metadata: dataset_pb2.Dataset, level: Level) -> dataset_pb2.Dataset:
     """The attributes of ``metadata`` that a level's record keeps."""
     out = dataset_pb2.Dataset()
     for attribute in ATTRIBUTES_BY_LEVEL[level]:
