@@ -13,10 +13,11 @@ Against a real ``dicomrpc serve`` (a child process, fresh data directory, gRPC o
   created with their performed procedure, so completing is one state change);
 - reference: a unary RPC doing almost nothing (``GetLatestChange``), the same way, to show
   what the gRPC stacks alone allow on the machine;
-- event latency: one subscriber follows every event while the claims and completes run; the
-  latency of an event is the time it arrived minus the time the server stamped it, in the
-  transaction that made the change (so it includes the commit and its fsync). It is reported
-  under that full load and for a paced run (one change at a time, as a worklist sees them).
+- event latency: one subscriber, in a process of its own, follows every event while the claims
+  and completes run; the latency of an event is the time it arrived minus the time the server
+  stamped it, in the transaction that made the change (so it includes the commit and its
+  fsync). It is reported under that full load and for a paced run (one change at a time, as a
+  worklist sees them).
 
 There is no Orthanc column: Orthanc has no UPS. Every change of every workitem is checked:
 each must end COMPLETED and the subscriber must have seen every event once, in order.
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import multiprocessing as mp
 import platform
 import sys
 import tempfile
@@ -34,6 +36,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +46,7 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.uid import generate_uid
 
 sys.path.insert(0, str(ROOT / "client"))
-from dicomrpc import Client, WorkitemEvent
+from dicomrpc import Client
 
 SECTION = "## Workitems"
 GOAL_CHANGES_PER_S = 1000.0
@@ -118,34 +121,65 @@ class Phase:
         return self.calls / self.wall_s if self.wall_s else 0.0
 
 
+@dataclass(frozen=True)
+class Seen:
+    """One event as the subscriber saw it."""
+
+    sequence: int
+    workitem_uid: str
+    state: str
+    latency_ms: float
+    arrival: float
+
+
+def _follow(target: str, conn: Connection) -> None:
+    """The subscriber process: follow every event, then send back what it saw."""
+    seen: list[tuple[int, str, str, float, float]] = []
+    with Client(target) as client:
+        watch = client.workitems.watch()
+
+        def read() -> None:
+            for event in watch:
+                now = dt.datetime.now(dt.UTC)
+                latency = (now - event.time).total_seconds() * 1000
+                seen.append(
+                    (event.sequence, event.workitem_uid, event.state, latency, now.timestamp())
+                )
+
+        thread = threading.Thread(target=read, daemon=True)
+        thread.start()
+        conn.send("ready")
+        expected = conn.recv()
+        deadline = time.monotonic() + 60
+        while len(seen) < expected and time.monotonic() < deadline:
+            time.sleep(0.01)
+        watch.close()
+        thread.join(10)
+    conn.send(seen)
+
+
 class Subscriber:
-    """Follows every event on its own thread; records each one's delivery latency."""
+    """Follows every event in a process of its own, as a worklist client would.
+
+    A subscriber in the process that makes the changes would compete with its client threads
+    for that process's interpreter lock and slow them; in its own process it costs the
+    server what a real subscriber costs, and no more.
+    """
 
     def __init__(self, target: str) -> None:
-        self.client = Client(target)
-        self.events: list[WorkitemEvent] = []
-        self.latencies_ms: list[float] = []
-        self.arrivals: list[float] = []
-        self._watch = self.client.workitems.watch()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        context = mp.get_context("spawn")
+        self._conn, child = context.Pipe()
+        self._process = context.Process(target=_follow, args=(target, child), daemon=True)
+        self._process.start()
+        if self._conn.recv() != "ready":
+            raise RuntimeError("the subscriber did not start")
 
-    def _run(self) -> None:
-        for event in self._watch:
-            now = dt.datetime.now(dt.UTC)
-            self.latencies_ms.append((now - event.time).total_seconds() * 1000)
-            self.arrivals.append(now.timestamp())
-            self.events.append(event)
-
-    def wait_for(self, count: int, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.events) < count and time.monotonic() < deadline:
-            time.sleep(0.01)
-
-    def close(self) -> None:
-        self._watch.close()
-        self._thread.join(10)
-        self.client.close()
+    def collect(self, count: int) -> list[Seen]:
+        """Wait for ``count`` events (60 s at most); every event seen, in arrival order."""
+        self._conn.send(count)
+        seen = [Seen(*record) for record in self._conn.recv()]
+        self._process.join(30)
+        return seen
 
 
 def timed(name: str, pool: ThreadPoolExecutor, fn: Callable[[int], object], n: int) -> Phase:
@@ -173,8 +207,6 @@ def run(args: argparse.Namespace) -> str:
             for concurrency in args.clients:
                 phases += _phases(target, concurrency, args.count, len(uids), uids)
             total = len(uids)
-            subscriber.wait_for(3 * total)
-            loaded = list(subscriber.latencies_ms)
             # Paced: one workitem at a time through its whole workflow, each change's
             # acknowledgement time kept to compare with its event's arrival.
             acked: dict[tuple[str, str], float] = {}
@@ -188,20 +220,17 @@ def run(args: argparse.Namespace) -> str:
                     w.change_state(uid, "COMPLETED", txn)
                     acked[(uid, "COMPLETED")] = time.time()
                     time.sleep(0.005)
-                subscriber.wait_for(3 * (total + args.paced))
-                paced = subscriber.latencies_ms[3 * total :]
-                after_ack = [
-                    (arrived - acked[(e.workitem_uid, e.state)]) * 1000
-                    for e, arrived in zip(
-                        subscriber.events[3 * total :],
-                        subscriber.arrivals[3 * total :],
-                        strict=True,
-                    )
-                ]
-                subscriber.close()
+                seen = subscriber.collect(3 * (total + args.paced))
                 completed = len(w.search({"ProcedureStepState": "COMPLETED"}, limit=1000))
                 states = {w.get(uid).state for uid in uids[:: max(1, total // 200)]}
-    sequences = [e.sequence for e in subscriber.events]
+    loaded = [s.latency_ms for s in seen[: 3 * total]]
+    paced = [s.latency_ms for s in seen[3 * total :]]
+    after_ack = [
+        (s.arrival - acked[(s.workitem_uid, s.state)]) * 1000
+        for s in seen[3 * total :]
+        if (s.workitem_uid, s.state) in acked
+    ]
+    sequences = [s.sequence for s in seen]
     expected = 3 * (total + args.paced)
     problems = []
     if sequences != list(range(1, expected + 1)):
@@ -302,7 +331,8 @@ def report(
         f"- Software: Python {platform.python_version()}, grpcio {grpc.__version__}",
         f"- {args.count} workitems per concurrency, created, claimed and completed by {threads} "
         "client threads (one channel each) against `dicomrpc serve` on loopback; one "
-        "subscriber following every event throughout. Client, subscriber and server share the "
+        "subscriber (its own process) following every event throughout. Client, subscriber and "
+        "server share the "
         "machine's CPUs. No Orthanc column: Orthanc has no UPS.",
         "",
         "| phase | calls | wall s | calls/s |",
