@@ -4,8 +4,8 @@ Core errors carry a canonical code (named as gRPC names them); the gateway maps 
 HTTP status here and nowhere else. Two statuses belong to HTTP alone and are told apart by the
 request field at fault: a ``Content-Type`` the gateway cannot read (415) and an ``Accept`` it
 cannot satisfy (406). One workitem status is split by HTTP where gRPC has one code: a 0xC301
-(Transaction UID not correct) is 400 when the UID is missing and 409 when it is wrong
-(PS3.18 Tables 11.6.3-1 and 11.7.3-1), told apart by the error's ``transaction_uid_problem``.
+(Transaction UID not correct) is 400 when the UID is missing (a bad request) and 409 when it
+is wrong (a conflict with the workitem's lock), told apart by its ``transaction_uid_problem``.
 """
 
 from __future__ import annotations
