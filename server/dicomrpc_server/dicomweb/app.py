@@ -1,7 +1,7 @@
 """The DICOMweb ASGI application: every resource's routes under ``/dicomweb``, on one archive.
 
-Routes come from one module per resource, each exposing ``ROUTES``; a new resource (UPS-RS
-``/workitems``) is one more module added to :data:`RESOURCE_ROUTES`. Middleware, outermost
+Routes come from one module per resource, each exposing ``ROUTES``; a new resource is one
+more module added to :data:`RESOURCE_ROUTES`. Middleware, outermost
 first: the access log (so it sees every response, errors and CORS answers included), then CORS.
 """
 
@@ -15,13 +15,19 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import BaseRoute, Mount
 
 from dicomrpc_server.archive import Archive
-from dicomrpc_server.dicomweb import delete, qido, stow, wado
+from dicomrpc_server.dicomweb import delete, qido, stow, wado, workitems
 from dicomrpc_server.dicomweb.context import PREFIX
 from dicomrpc_server.dicomweb.errors import handle_service_error
 from dicomrpc_server.dicomweb.logging import AccessLogMiddleware
 from dicomrpc_server.errors import ServiceError
 
-RESOURCE_ROUTES: list[Sequence[BaseRoute]] = [stow.ROUTES, qido.ROUTES, wado.ROUTES, delete.ROUTES]
+RESOURCE_ROUTES: list[Sequence[BaseRoute]] = [
+    stow.ROUTES,
+    qido.ROUTES,
+    wado.ROUTES,
+    delete.ROUTES,
+    workitems.ROUTES,
+]
 
 # What a browser viewer sends and reads across origins.
 _CORS_HEADERS = ["Accept", "Content-Type", "If-None-Match", "Authorization"]

@@ -3,7 +3,9 @@
 Core errors carry a canonical code (named as gRPC names them); the gateway maps that code to an
 HTTP status here and nowhere else. Two statuses belong to HTTP alone and are told apart by the
 request field at fault: a ``Content-Type`` the gateway cannot read (415) and an ``Accept`` it
-cannot satisfy (406).
+cannot satisfy (406). One workitem status is split by HTTP where gRPC has one code: a 0xC301
+(Transaction UID not correct) is 400 when the UID is missing (a bad request) and 409 when it
+is wrong (a conflict with the workitem's lock), told apart by its ``transaction_uid_problem``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from dicomrpc_server.errors import Code, ServiceError, invalid_argument
+from dicomrpc_server.ups.states import TRANSACTION_UID_PROBLEM
 
 CONTENT_TYPE_FIELD = "Content-Type"
 ACCEPT_FIELD = "Accept"
@@ -38,6 +41,8 @@ def http_status(error: ServiceError) -> int:
         return 415
     if ACCEPT_FIELD in fields or error.reason == "TRANSFER_SYNTAX_UNSUPPORTED":
         return 406
+    if error.metadata.get(TRANSACTION_UID_PROBLEM) == "missing":
+        return 400
     return _STATUSES[error.code]
 
 

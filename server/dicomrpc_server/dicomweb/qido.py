@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.requests import Request
@@ -38,8 +39,22 @@ def _boolean(name: str, value: str) -> bool:
     return value.lower() == "true"
 
 
-def search_request(request: Request, level: str) -> SearchRequest:
-    """The search core request a QIDO URL asks for."""
+@dataclass(frozen=True)
+class QueryParameters:
+    """The query parameters of a search URL: match terms, returned attributes and the page.
+
+    QIDO-RS and UPS-RS search (PS3.18 §8.3.4) share them, so both resources read them here.
+    """
+
+    match: dict[str, str]
+    include_fields: list[str]
+    fuzzy: bool
+    limit: int
+    offset: int
+
+
+def query_parameters(request: Request) -> QueryParameters:
+    """The search parameters of a request's query string; a bad one is named (400)."""
     match: dict[str, str] = {}
     include: list[str] = []
     options: dict[str, str] = {}
@@ -53,13 +68,25 @@ def search_request(request: Request, level: str) -> SearchRequest:
             raise invalid_argument(name, "is given more than once")
         else:
             match[name] = value
-    return SearchRequest(
-        level=level,
+    return QueryParameters(
         match=match,
         include_fields=include,
         fuzzy=_boolean("fuzzymatching", options.get("fuzzymatching", "false")),
         limit=_integer("limit", options.get("limit", "0")),
         offset=_integer("offset", options.get("offset", "0")),
+    )
+
+
+def search_request(request: Request, level: str) -> SearchRequest:
+    """The search core request a QIDO URL asks for."""
+    params = query_parameters(request)
+    return SearchRequest(
+        level=level,
+        match=params.match,
+        include_fields=params.include_fields,
+        fuzzy=params.fuzzy,
+        limit=params.limit,
+        offset=params.offset,
         study_uid=request.path_params.get("study", ""),
         series_uid=request.path_params.get("series", ""),
     )

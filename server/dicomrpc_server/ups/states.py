@@ -16,6 +16,9 @@ from dataclasses import dataclass
 
 from dicomrpc_server.errors import Code, FieldViolation, ServiceError
 
+# The ErrorInfo metadata key of a 0xC301 that says whether the UID was missing or wrong.
+TRANSACTION_UID_PROBLEM = "transaction_uid_problem"
+
 
 class State(enum.Enum):
     """The states of a UPS, valued as ProcedureStepState (0074,1000) spells them."""
@@ -156,7 +159,7 @@ def check_lock(uid: str, state: State, lock: str, given: str) -> None:
         "WORKITEM_TRANSACTION_UID_INVALID",
         f"workitem {uid} is {state.value}: the Transaction UID is {problem} (0xC301)",
         dicom_status=int(Status.TRANSACTION_UID_INCORRECT),
-        metadata={"workitem_uid": uid, "state": state.value, "transaction_uid_problem": problem},
+        metadata={"workitem_uid": uid, "state": state.value, TRANSACTION_UID_PROBLEM: problem},
     )
 
 
@@ -170,7 +173,7 @@ def claim_needs_uid(uid: str) -> ServiceError:
         metadata={
             "workitem_uid": uid,
             "state": State.SCHEDULED.value,
-            "transaction_uid_problem": "missing",
+            TRANSACTION_UID_PROBLEM: "missing",
         },
     )
 
