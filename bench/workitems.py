@@ -26,6 +26,7 @@ each must end COMPLETED and the subscriber must have seen every event once, in o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import multiprocessing as mp
 import platform
@@ -41,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import psutil
 from ingest import ROOT, WORK, dicomrpc_server, machine, write_section
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.uid import generate_uid
@@ -115,10 +117,21 @@ class Phase:
     name: str
     calls: int
     wall_s: float
+    server_cpu_s: float = 0.0
 
     @property
     def per_second(self) -> float:
         return self.calls / self.wall_s if self.wall_s else 0.0
+
+    @property
+    def server_ms_per_call(self) -> float:
+        """Server CPU (all its threads and workers) per call, in ms."""
+        return self.server_cpu_s / self.calls * 1000 if self.calls else 0.0
+
+    @property
+    def server_cores(self) -> float:
+        """How many CPUs the server kept busy on average."""
+        return self.server_cpu_s / self.wall_s if self.wall_s else 0.0
 
 
 @dataclass(frozen=True)
@@ -182,10 +195,27 @@ class Subscriber:
         return seen
 
 
-def timed(name: str, pool: ThreadPoolExecutor, fn: Callable[[int], object], n: int) -> Phase:
+def _cpu_s(process: psutil.Process) -> float:
+    """CPU seconds of a process and its children (the worker processes)."""
+    total = 0.0
+    for p in [process, *process.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = p.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def timed(
+    name: str,
+    pool: ThreadPoolExecutor,
+    fn: Callable[[int], object],
+    n: int,
+    server: psutil.Process,
+) -> Phase:
+    cpu = _cpu_s(server)
     start = time.perf_counter()
     list(pool.map(fn, range(n)))
-    return Phase(name, n, time.perf_counter() - start)
+    return Phase(name, n, time.perf_counter() - start, _cpu_s(server) - cpu)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -199,13 +229,14 @@ def run(args: argparse.Namespace) -> str:
     WORK.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=WORK) as tmp:
         data, log = Path(tmp) / "data", Path(tmp) / "server.log"
-        with dicomrpc_server(data, log) as (target, _pid):
+        with dicomrpc_server(data, log) as (target, pid):
+            server = psutil.Process(pid)
             subscriber = Subscriber(target)
             time.sleep(0.5)
             phases: list[Phase] = []
             uids: list[str] = []
             for concurrency in args.clients:
-                phases += _phases(target, concurrency, args.count, len(uids), uids)
+                phases += _phases(target, server, concurrency, args.count, len(uids), uids)
             total = len(uids)
             # Paced: one workitem at a time through its whole workflow, each change's
             # acknowledgement time kept to compare with its event's arrival.
@@ -241,7 +272,9 @@ def run(args: argparse.Namespace) -> str:
     return report(args, phases, latencies, problems, completed)
 
 
-def _phases(target: str, concurrency: int, n: int, first: int, uids: list[str]) -> list[Phase]:
+def _phases(
+    target: str, server: psutil.Process, concurrency: int, n: int, first: int, uids: list[str]
+) -> list[Phase]:
     """Create, claim and complete ``n`` workitems from ``concurrency`` threads; time each."""
     clients = [Client(target) for _ in range(concurrency)]
     local = threading.local()
@@ -268,13 +301,19 @@ def _phases(target: str, concurrency: int, n: int, first: int, uids: list[str]) 
 
     label = f"{concurrency} threads"
     with ThreadPoolExecutor(concurrency) as pool:
-        timed("warm-up", pool, lambda i: client().workitems.search(limit=1), 2 * concurrency)
+        timed(
+            "warm-up", pool, lambda i: client().workitems.search(limit=1), 2 * concurrency, server
+        )
         phases = [
-            timed(f"create, {label}", pool, create, n),
-            timed(f"claim, {label}", pool, claim, n),
-            timed(f"complete, {label}", pool, complete, n),
+            timed(f"create, {label}", pool, create, n, server),
+            timed(f"claim, {label}", pool, claim, n, server),
+            timed(f"complete, {label}", pool, complete, n, server),
             timed(
-                f"reference: GetLatestChange, {label}", pool, lambda i: client().latest_change(), n
+                f"reference: GetLatestChange, {label}",
+                pool,
+                lambda i: client().latest_change(),
+                n,
+                server,
             ),
         ]
     for c in clients:
@@ -335,15 +374,22 @@ def report(
         "server share the "
         "machine's CPUs. No Orthanc column: Orthanc has no UPS.",
         "",
-        "| phase | calls | wall s | calls/s |",
-        "|---|--:|--:|--:|",
-        *(f"| {p.name} | {p.calls} | {p.wall_s:.2f} | {p.per_second:.0f} |" for p in phases),
+        "| phase | calls | wall s | calls/s | server CPU ms per call | server CPUs busy |",
+        "|---|--:|--:|--:|--:|--:|",
+        *(
+            f"| {p.name} | {p.calls} | {p.wall_s:.2f} | {p.per_second:.0f} "
+            f"| {p.server_ms_per_call:.2f} | {p.server_cores:.2f} |"
+            for p in phases
+        ),
         "",
         "The reference rows are a unary RPC that does almost nothing (GetLatestChange) on the "
         "same threads and channels: the ceiling the gRPC stacks of client and server put on any "
-        "unary call here. A change is bound by its commit instead: each commit fsyncs (twice, "
-        "data then meta page), and the index writer groups the changes that wait into one "
-        "commit, so more concurrent performers mean more changes per commit.",
+        "unary call here. Server CPU is that of the server process and its workers during the "
+        "phase. The server's Python threads (the event loop and the index writer) share one "
+        "interpreter lock, so about 1.0 CPU busy means a phase is bound by the server's CPU per "
+        "call (gRPC's per-call work, the access log line, the change itself), not by its "
+        "commits: the index writer groups the changes that wait into one commit (two fsyncs), "
+        "so more concurrent performers mean more changes per commit.",
         "",
         "| event latency (ms) | events | p50 | p95 | max |",
         "|---|--:|--:|--:|--:|",

@@ -106,7 +106,14 @@ def _stream_response(inner: Any, method: str, streaming_request: bool) -> Any:
 
 
 class AccessLogInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Logs every call once it ends, whatever its shape and outcome."""
+    """Logs every call once it ends, whatever its shape and outcome.
+
+    A method's wrapped handler is made once and kept: the registered handlers do not change
+    while the server runs, and building one per call is a cost every call would pay.
+    """
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, Any] = {}
 
     async def intercept_service(
         self,
@@ -114,19 +121,27 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler_call_details: Any,
     ) -> Any:
         """Wrap the method's handler so that its end is logged."""
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
         method = handler_call_details.method
-        serializers = (handler.request_deserializer, handler.response_serializer)
-        if handler.unary_unary:
-            wrapped = _unary_response(handler.unary_unary, method, False)
-            return grpc.unary_unary_rpc_method_handler(wrapped, *serializers)
-        if handler.stream_unary:
-            wrapped = _unary_response(handler.stream_unary, method, True)
-            return grpc.stream_unary_rpc_method_handler(wrapped, *serializers)
-        if handler.unary_stream:
-            wrapped = _stream_response(handler.unary_stream, method, False)
-            return grpc.unary_stream_rpc_method_handler(wrapped, *serializers)
-        wrapped = _stream_response(handler.stream_stream, method, True)
-        return grpc.stream_stream_rpc_method_handler(wrapped, *serializers)
+        wrapped = self._wrapped.get(method)
+        if wrapped is None:
+            handler = await continuation(handler_call_details)
+            if handler is None:
+                return handler
+            wrapped = self._wrapped[method] = _wrap(handler, method)
+        return wrapped
+
+
+def _wrap(handler: Any, method: str) -> Any:
+    """A method handler that does what ``handler`` does, and logs the call's end."""
+    serializers = (handler.request_deserializer, handler.response_serializer)
+    if handler.unary_unary:
+        wrapped = _unary_response(handler.unary_unary, method, False)
+        return grpc.unary_unary_rpc_method_handler(wrapped, *serializers)
+    if handler.stream_unary:
+        wrapped = _unary_response(handler.stream_unary, method, True)
+        return grpc.stream_unary_rpc_method_handler(wrapped, *serializers)
+    if handler.unary_stream:
+        wrapped = _stream_response(handler.unary_stream, method, False)
+        return grpc.unary_stream_rpc_method_handler(wrapped, *serializers)
+    wrapped = _stream_response(handler.stream_stream, method, True)
+    return grpc.stream_stream_rpc_method_handler(wrapped, *serializers)

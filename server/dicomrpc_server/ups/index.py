@@ -87,15 +87,31 @@ _PATH_TAGS = [
 ]
 
 
-def workitem_terms(dataset: dataset_pb2.Dataset) -> set[tuple[int, bytes]]:
-    """The secondary-index entries of a workitem: (tag, term) of each matching key value."""
+# The attributes whose values make index terms: the keys, and the sequences of the paths.
+INDEXED_TAGS: frozenset[str] = frozenset(
+    [h for h, _, _ in _KEY_TAGS] + [sequence for sequence, *_ in _PATH_TAGS]
+)
+
+
+def workitem_terms(
+    dataset: dataset_pb2.Dataset, only: frozenset[str] | set[str] = INDEXED_TAGS
+) -> set[tuple[int, bytes]]:
+    """The secondary-index entries of a workitem: (tag, term) of each matching key value.
+
+    ``only`` restricts them to the entries of some of :data:`INDEXED_TAGS` (those a change
+    touched, say).
+    """
     attributes = dataset.attributes
     out: set[tuple[int, bytes]] = set()
     for hex_tag, tag, vr in _KEY_TAGS:
+        if hex_tag not in only:
+            continue
         attribute = attributes.get(hex_tag)
         if attribute is not None:
             out.update((tag, term) for term in _terms(vr, attribute))
     for sequence_tag, leaf_tag, tag, vr, kind in _PATH_TAGS:
+        if sequence_tag not in only:
+            continue
         sequence = attributes.get(sequence_tag)
         if sequence is None:
             continue

@@ -28,7 +28,7 @@ from dicomrpc.v1 import workitem_service_pb2 as pb
 from dicomrpc_server.dicom.attributes import Level
 from dicomrpc_server.storage import keys
 from dicomrpc_server.storage.lmdb_index import LmdbIndex
-from dicomrpc_server.ups.index import decode_terms, encode_terms, workitem_terms
+from dicomrpc_server.ups.index import INDEXED_TAGS, decode_terms, encode_terms, workitem_terms
 
 T = TypeVar("T")
 Terms = set[tuple[int, bytes]]
@@ -120,13 +120,22 @@ class WorkitemStore:
         old: dataset_pb2.Dataset | None,
         new: dataset_pb2.Dataset,
     ) -> Terms:
-        """Write a workitem and move its index terms from ``old``'s to ``new``'s; return them."""
+        """Write a workitem and move its index terms from ``old``'s to ``new``'s; return them.
+
+        Only the indexed attributes the change touched have their entries moved: a state
+        change rewrites the entries of ProcedureStepState, not those of every key.
+        """
         pk = uid.encode("ascii")
-        old_terms = workitem_terms(old) if old is not None else set()
         new_terms = workitem_terms(new)
-        for tag, term in old_terms - new_terms:
+        if old is None:
+            old_part, new_part = set(), new_terms
+        else:
+            before, after = old.attributes, new.attributes
+            changed = {t for t in INDEXED_TAGS if before.get(t) != after.get(t)}
+            old_part, new_part = workitem_terms(old, changed), workitem_terms(new, changed)
+        for tag, term in old_part - new_part:
             txn.delete(keys.term_key(Level.WORKITEM, tag, term, pk), db=self._terms)
-        for tag, term in new_terms - old_terms:
+        for tag, term in new_part - old_part:
             txn.put(keys.term_key(Level.WORKITEM, tag, term, pk), b"", db=self._terms)
         txn.put(pk, new.SerializeToString(), db=self._items)
         return new_terms
