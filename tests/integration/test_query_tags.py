@@ -19,6 +19,7 @@ from dicomrpc import Client, DicomRpcError
 from dicomrpc_server.dicom.attributes import Level
 from dicomrpc_server.query.terms import EXACT
 from dicomrpc_server.storage import records_pb2
+from dicomrpc_server.storage.lmdb_index import MAX_QUERY_TAGS
 from tests.conftest import RunningServer, start_server
 from tests.dicomgen import ct_instance
 
@@ -252,6 +253,10 @@ def test_deleting_instances_removes_their_extended_entries(
         ({"tag": "00091001", "vr": "LO", "level": "study"}, "needs its private_creator"),
         ({"tag": "00091001", "private_creator": "X", "level": "study"}, "needs its vr"),
         ({"tag": "00090010", "vr": "LO", "private_creator": "X", "level": "study"}, "creator"),
+        (
+            {"tag": "00091001", "vr": "LO", "private_creator": "X" * 65, "level": "study"},
+            "64 characters",
+        ),
     ],
 )
 def test_bad_tags_are_refused_naming_why(client: Client, spec: dict[str, str], why: str) -> None:
@@ -316,3 +321,15 @@ def test_a_tag_added_again_waits_for_its_own_reindexing(
     assert [t.ready for t in client.query_tags()] == [False]
     _run(server, index.reindex_batch("second", 500))
     assert [t.ready for t in client.query_tags()] == [True]
+
+
+def test_the_number_of_tags_is_bounded(client: Client) -> None:
+    many = [
+        {"tag": f"0009{0x1000 + i:04X}", "vr": "LO", "private_creator": "ACME", "level": "study"}
+        for i in range(MAX_QUERY_TAGS)
+    ]
+    client.add_query_tags(many)
+    with pytest.raises(DicomRpcError) as caught:
+        client.add_query_tags(["SeriesDescription"])
+    assert caught.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert len(client.query_tags()) == MAX_QUERY_TAGS

@@ -56,6 +56,8 @@ def define(requested: RequestedTag, field: str) -> records_pb2.QueryTagRecord:
             raise invalid_argument(field, f"{hex_tag} is a private creator or group length")
         if not requested.private_creator.strip():
             raise invalid_argument(field, f"private tag {hex_tag} needs its private_creator")
+        if len(requested.private_creator.strip()) > 64:
+            raise invalid_argument(field, "a private creator is a LO value: 64 characters at most")
         if not vr:
             raise invalid_argument(field, f"private tag {hex_tag} needs its vr")
         keyword = ""

@@ -63,6 +63,8 @@ _DB_NAMES = (
     "wi_events",
 )
 MODALITIES_IN_STUDY = 0x00080061
+# Extended query tags are indexed on every store: their number is bounded.
+MAX_QUERY_TAGS = 128
 # LMDB keys are at most 511 bytes: level and tag (5), the term, NUL and a primary key (<= 194).
 MAX_TERM_BYTES = 256
 Record = records_pb2.StudyRecord | records_pb2.SeriesRecord | records_pb2.InstanceRecord
@@ -636,6 +638,15 @@ class LmdbIndex:
 
         def add(txn: lmdb.Transaction) -> records_pb2.ReindexOperation:
             db = self._db
+            registered = txn.stat(db["query_tags"])["entries"]
+            if registered + len(tags) > MAX_QUERY_TAGS:
+                raise ServiceError(
+                    Code.RESOURCE_EXHAUSTED,
+                    "LIMIT_EXCEEDED",
+                    f"{registered} extended query tags are registered; {len(tags)} more would "
+                    f"pass this archive's limit of {MAX_QUERY_TAGS} (every store indexes them all)",
+                    metadata={"limit": "max_query_tags", "value": str(MAX_QUERY_TAGS)},
+                )
             for tag in tags:
                 if _get(txn, tag.hex_tag.encode("ascii"), db["query_tags"]) is not None:
                     raise ServiceError(
