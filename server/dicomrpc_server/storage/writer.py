@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import queue
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import lmdb
@@ -26,8 +27,12 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class _Op:
+    """A queued write, and where its outcome goes: a thread's future or a loop's waiter."""
+
     fn: Callable[[lmdb.Transaction], Any]
-    future: concurrent.futures.Future[Any] = field(default_factory=concurrent.futures.Future)
+    future: concurrent.futures.Future[Any] | None = None
+    loop: asyncio.AbstractEventLoop | None = None
+    waiter: asyncio.Future[Any] | None = None
 
 
 class IndexWriter:
@@ -73,13 +78,22 @@ class IndexWriter:
         """Queue ``fn(txn)``; the future resolves once its transaction has committed."""
         if self._closed:
             raise RuntimeError("the index writer is closed")
-        op = _Op(fn)
-        self._queue.put(op)
-        return op.future
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._queue.put(_Op(fn, future=future))
+        return future
 
     async def run(self, fn: Callable[[lmdb.Transaction], T]) -> T:
-        """Queue ``fn(txn)`` and wait, without blocking the event loop, for its commit."""
-        return await asyncio.wrap_future(self.submit(fn))
+        """Queue ``fn(txn)`` and wait, without blocking the event loop, for its commit.
+
+        A caller that is cancelled stops waiting; the write itself still commits (a store
+        whose file is already persisted is indexed rather than left as an orphan).
+        """
+        if self._closed:
+            raise RuntimeError("the index writer is closed")
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[T] = loop.create_future()
+        self._queue.put(_Op(fn, loop=loop, waiter=waiter))
+        return await waiter
 
     def close(self) -> None:
         """Commit what is queued, then stop the thread."""
@@ -127,15 +141,42 @@ class IndexWriter:
                 continue
             except Exception as exc:
                 log.exception("index commit failed")
-                for op in batch:
-                    op.future.set_exception(exc)
+                _settle(batch, [(False, exc)] * len(batch))
                 return
             break
         self.commits += 1
-        for op, (ok, value) in zip(batch, outcomes, strict=True):
-            if ok:
-                op.future.set_result(value)
-            else:
-                op.future.set_exception(value)
+        _settle(batch, outcomes)
         for listener in self._listeners:
             listener()
+
+
+def _settle(batch: list[_Op], outcomes: list[tuple[bool, Any]]) -> None:
+    """Hand each operation its outcome: one event-loop callback per loop for the whole batch.
+
+    A waiter or future whose caller was cancelled meanwhile is left as it is: the writer
+    never fails because nobody waits any more.
+    """
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
+    for op, (ok, value) in zip(batch, outcomes, strict=True):
+        if op.future is not None:
+            with contextlib.suppress(concurrent.futures.InvalidStateError):
+                if ok:
+                    op.future.set_result(value)
+                else:
+                    op.future.set_exception(value)
+        elif op.loop is not None and op.waiter is not None:
+            by_loop.setdefault(op.loop, []).append((op.waiter, ok, value))
+    for loop, settled in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody to tell
+            loop.call_soon_threadsafe(_resolve, settled)
+
+
+def _resolve(settled: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    """Set the waiters of a batch, on their event loop's thread."""
+    for waiter, ok, value in settled:
+        if waiter.done():  # cancelled
+            continue
+        if ok:
+            waiter.set_result(value)
+        else:
+            waiter.set_exception(value)
