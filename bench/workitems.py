@@ -51,6 +51,7 @@ sys.path.insert(0, str(ROOT / "client"))
 from dicomrpc import Client
 
 SECTION = "## Workitems"
+ALONE = ", no subscriber"
 GOAL_CHANGES_PER_S = 1000.0
 GOAL_EVENT_P95_MS = 10.0
 
@@ -227,6 +228,14 @@ def percentile(values: list[float], q: float) -> float:
 
 def run(args: argparse.Namespace) -> str:
     WORK.mkdir(parents=True, exist_ok=True)
+    # First the same work with nobody subscribed, on a server of its own: what the changes
+    # cost alone, beside what one subscriber following all of them adds.
+    alone: list[Phase] = []
+    with tempfile.TemporaryDirectory(dir=WORK) as tmp:
+        data, log = Path(tmp) / "data", Path(tmp) / "server.log"
+        with dicomrpc_server(data, log) as (target, pid):
+            concurrency = max(args.clients)
+            alone = _phases(target, psutil.Process(pid), concurrency, args.count, 0, [], ALONE)
     with tempfile.TemporaryDirectory(dir=WORK) as tmp:
         data, log = Path(tmp) / "data", Path(tmp) / "server.log"
         with dicomrpc_server(data, log) as (target, pid):
@@ -269,11 +278,17 @@ def run(args: argparse.Namespace) -> str:
     if states != {"COMPLETED"}:
         problems.append(f"sampled workitem states: {sorted(states)}")
     latencies = Latencies(loaded, paced, after_ack)
-    return report(args, phases, latencies, problems, completed)
+    return report(args, alone + phases, latencies, problems, completed)
 
 
 def _phases(
-    target: str, server: psutil.Process, concurrency: int, n: int, first: int, uids: list[str]
+    target: str,
+    server: psutil.Process,
+    concurrency: int,
+    n: int,
+    first: int,
+    uids: list[str],
+    suffix: str = "",
 ) -> list[Phase]:
     """Create, claim and complete ``n`` workitems from ``concurrency`` threads; time each."""
     clients = [Client(target) for _ in range(concurrency)]
@@ -299,7 +314,7 @@ def _phases(
     def complete(i: int) -> None:
         client().workitems.change_state(mine[i], "COMPLETED", locks[i])
 
-    label = f"{concurrency} threads"
+    label = f"{concurrency} threads{suffix}"
     with ThreadPoolExecutor(concurrency) as pool:
         timed(
             "warm-up", pool, lambda i: client().workitems.search(limit=1), 2 * concurrency, server
@@ -347,15 +362,17 @@ def report(
 ) -> str:
     now = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     rates = []
-    for concurrency in args.clients:
+    labels = [(f"{c} threads", "") for c in args.clients]
+    labels.append((f"{max(args.clients)} threads{ALONE}", " (no subscriber)"))
+    for label, note in labels:
         claim, complete = (
-            next(p for p in phases if p.name == f"{kind}, {concurrency} threads")
+            next(p for p in phases if p.name == f"{kind}, {label}")
             for kind in ("claim", "complete")
         )
-        rates.append(
-            (concurrency, (claim.calls + complete.calls) / (claim.wall_s + complete.wall_s))
-        )
-    best = max(rate for _, rate in rates)
+        rate = (claim.calls + complete.calls) / (claim.wall_s + complete.wall_s)
+        rates.append((label.replace(ALONE, "") + note, rate))
+    best = max(rate for label, rate in rates if "no subscriber" not in label)
+    alone_rate = rates[-1][1]
     p95_loaded = percentile(latencies.loaded, 0.95)
     p95_paced = percentile(latencies.paced, 0.95)
     p95_ack = percentile(latencies.after_ack, 0.95)
@@ -371,8 +388,8 @@ def report(
         f"- {args.count} workitems per concurrency, created, claimed and completed by {threads} "
         "client threads (one channel each) against `dicomrpc serve` on loopback; one "
         "subscriber (its own process) following every event throughout. Client, subscriber and "
-        "server share the "
-        "machine's CPUs. No Orthanc column: Orthanc has no UPS.",
+        "server share the machine's CPUs. The rows marked no subscriber are the same work on "
+        "a server of their own that nobody follows. No Orthanc column: Orthanc has no UPS.",
         "",
         "| phase | calls | wall s | calls/s | server CPU ms per call | server CPUs busy |",
         "|---|--:|--:|--:|--:|--:|",
@@ -408,11 +425,13 @@ def report(
         f"< {GOAL_EVENT_P95_MS:.0f} ms.",
         "",
         *(
-            f"- State changes (claim + complete), {c} threads: **{rate:.0f}/s**"
-            for c, rate in rates
+            f"- State changes (claim + complete), {label}: **{rate:.0f}/s**"
+            for label, rate in rates
         ),
-        f"- Best: {best:.0f}/s — goal ≥ {GOAL_CHANGES_PER_S:.0f}/s: "
-        f"{'met' if best >= GOAL_CHANGES_PER_S else 'NOT met'}.",
+        f"- Best with a subscriber following every event: {best:.0f}/s — goal ≥ "
+        f"{GOAL_CHANGES_PER_S:.0f}/s: {'met' if best >= GOAL_CHANGES_PER_S else 'NOT met'}; "
+        f"with no subscriber: {alone_rate:.0f}/s — "
+        f"{'met' if alone_rate >= GOAL_CHANGES_PER_S else 'NOT met'}.",
         f"- Event p95, stamped → arrival: **{p95_loaded:.1f} ms** under load, "
         f"**{p95_paced:.1f} ms** paced — goal: "
         f"{'met' if p95_loaded < GOAL_EVENT_P95_MS else 'NOT met'} under load, "
