@@ -253,15 +253,7 @@ class WorkitemCore:
                 missing = final_state_missing(new, requested.value)
                 if missing:
                     raise states.final_state_unmet(workitem_uid, requested, missing)
-            terms = self.store.save(txn, workitem_uid, stored, new)
-            self._event(
-                txn,
-                pb.WORKITEM_EVENT_TYPE_STATE_REPORT,
-                workitem_uid,
-                new,
-                terms,
-                _state_report(new),
-            )
+            self._save_state(txn, workitem_uid, stored, new)
             return Outcome(workitem_uid, requested)
 
         return await self.store.run(write)
@@ -290,15 +282,7 @@ class WorkitemCore:
                 _stamp_cancellation(new)
                 _discontinue(new)
                 set_text(new, STATE, "CS", State.CANCELED.value)
-                terms = self.store.save(txn, workitem_uid, stored, new)
-                self._event(
-                    txn,
-                    pb.WORKITEM_EVENT_TYPE_STATE_REPORT,
-                    workitem_uid,
-                    new,
-                    terms,
-                    _state_report(new),
-                )
+                self._save_state(txn, workitem_uid, stored, new)
                 return Outcome(workitem_uid, State.CANCELED)
             terms = self.store.save(txn, workitem_uid, stored, new)
             request = _cancel_request(reason, contact_name, contact_uri)
@@ -324,6 +308,17 @@ class WorkitemCore:
         if stored is None:
             raise states.not_found(uid)
         return stored, state_of(stored)
+
+    def _save_state(
+        self,
+        txn: lmdb.Transaction,
+        uid: str,
+        stored: dataset_pb2.Dataset,
+        new: dataset_pb2.Dataset,
+    ) -> None:
+        """Write a workitem whose state changed, with the state report event it makes."""
+        terms = self.store.save(txn, uid, stored, new)
+        self._event(txn, pb.WORKITEM_EVENT_TYPE_STATE_REPORT, uid, new, terms, _state_report(new))
 
     def _event(
         self,
