@@ -34,7 +34,7 @@ from dicomrpc_server.dicomweb.multipart import closing, content_type, new_bounda
 from dicomrpc_server.errors import invalid_argument
 from dicomrpc_server.retrieve.render import RenderOptions
 from dicomrpc_server.retrieve.scope import StoredInstance
-from dicomrpc_server.retrieve.service import RetrieveCore
+from dicomrpc_server.retrieve.service import RetrieveCore, read_ahead
 
 ALLOW_LOSSY = True
 
@@ -68,7 +68,7 @@ async def retrieve_instances(request: Request) -> Response:
     boundary = new_boundary()
     params = {} if syntax == AS_STORED else {"transfer-syntax": syntax}
     return StreamingResponse(
-        _instance_parts(core, found, syntax, boundary),
+        read_ahead(_instance_parts(core, found, syntax, boundary)),
         media_type=content_type(DICOM, boundary, **params),
     )
 

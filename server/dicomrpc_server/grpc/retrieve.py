@@ -11,7 +11,7 @@ from dicomrpc_server.errors import ServiceError
 from dicomrpc_server.grpc.errors import abort
 from dicomrpc_server.retrieve.render import RenderOptions
 from dicomrpc_server.retrieve.scope import StoredInstance
-from dicomrpc_server.retrieve.service import Outgoing, RetrieveCore, clamp_chunk
+from dicomrpc_server.retrieve.service import Outgoing, RetrieveCore, clamp_chunk, read_ahead
 
 # Metadata datasets per response message.
 METADATA_BATCH = 64
@@ -40,15 +40,19 @@ class RetrieveServicer(retrieve_service_pb2_grpc.RetrieveServiceServicer):
             await abort(context, error)
             return
         chunk = clamp_chunk(options.chunk_size, core.chunk_bytes)
-        for instance in found:
-            try:
+
+        async def messages() -> AsyncIterator[pb.RetrieveInstancesResponse]:
+            for instance in found:
                 outgoing = await core.outgoing(instance, target, lossy, chunk)
                 yield pb.RetrieveInstancesResponse(instance=_header(instance, outgoing))
                 async for data in outgoing.chunks:
                     yield pb.RetrieveInstancesResponse(data=data)
-            except ServiceError as error:  # deleted or undecodable: end with a clear status
-                await abort(context, error)
-                return
+
+        try:
+            async for message in read_ahead(messages()):
+                yield message
+        except ServiceError as error:  # deleted or undecodable: end with a clear status
+            await abort(context, error)
 
     def RetrieveStudy(
         self, request: pb.RetrieveStudyRequest, context: Any

@@ -9,11 +9,12 @@ hold one instance (or the requested frames) at a time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import numpy as np
 
@@ -48,6 +49,48 @@ class Outgoing:
 def clamp_chunk(requested: int, default: int) -> int:
     """The chunk size to use: the request's, within 64 KiB .. 1 MiB, else the default."""
     return min(max(requested, MIN_CHUNK), MAX_CHUNK) if requested > 0 else default
+
+
+T = TypeVar("T")
+# Messages (chunks of at most 1 MiB, or headers) read before the transport asks for them.
+READ_AHEAD = 4
+
+
+async def read_ahead(source: AsyncIterator[T], depth: int = READ_AHEAD) -> AsyncIterator[T]:
+    """The items of ``source``, read up to ``depth`` ahead of the consumer by a task.
+
+    Reading the next chunk from disk while the transport sends the current one keeps both
+    busy; the bound keeps a slow reader's stream to a few chunks of memory. An error of the
+    source is raised where the consumer reaches it; a consumer that stops cancels the reads.
+    """
+    queue: asyncio.Queue[tuple[bool, Any]] = asyncio.Queue(depth)
+
+    async def produce() -> None:
+        try:
+            async for item in source:
+                await queue.put((True, item))
+        except Exception as exc:  # handed to the consumer, in order
+            await queue.put((False, exc))
+            return
+        finally:
+            close = getattr(source, "aclose", None)
+            if close is not None:  # its files are closed now, not when it is collected
+                await close()
+        await queue.put((False, None))
+
+    task = asyncio.get_running_loop().create_task(produce())
+    try:
+        while True:
+            ok, item = await queue.get()
+            if not ok:
+                if item is not None:
+                    raise item
+                return
+            yield item
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def as_stored(requested: str, stored: str) -> bool:
