@@ -7,6 +7,7 @@ import io
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -333,3 +334,36 @@ def test_the_number_of_tags_is_bounded(client: Client) -> None:
         client.add_query_tags(["SeriesDescription"])
     assert caught.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert len(client.query_tags()) == MAX_QUERY_TAGS
+
+
+def test_a_removal_cut_short_is_finished_at_the_next_start(tmp_path: Path) -> None:
+    server = start_server(tmp_path / "data")
+    try:
+        with Client(server.target) as client:
+            client.store([_instance(edit=_described(f"Chest {i}"), number=i) for i in range(5)])
+            _, operation = client.add_query_tags(["SeriesDescription"])
+            client.wait_for_reindex(operation, timeout_s=30)
+        index = server.archive.index
+        # One entry removed, then the server stops: the state a crash mid-removal leaves.
+        assert _run(server, index.drop_query_tag("0008103E", 1)) is False
+        with Client(server.target) as client:
+            assert client.query_tags() == []
+            with pytest.raises(DicomRpcError) as caught:
+                client.add_query_tags(["SeriesDescription"])
+            assert caught.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    finally:
+        server.stop()
+    server = start_server(tmp_path / "data")
+    try:
+        index = server.archive.index
+        deadline = time.monotonic() + 30
+        while index.pending_drops() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert index.pending_drops() == []
+        assert not index.scan_terms(Level.SERIES, 0x0008103E, b"", prefix=b"")
+        with Client(server.target) as client:
+            _, operation = client.add_query_tags(["SeriesDescription"])
+            client.wait_for_reindex(operation, timeout_s=30)
+            assert len(_series_uids(client, {"SeriesDescription": "Chest*"})) == 5
+    finally:
+        server.stop()

@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 from dicomrpc_server.errors import Code, ServiceError, invalid_argument
 from dicomrpc_server.query.extended import (
@@ -84,6 +85,9 @@ class ExtendedQueryTags:
                 f"{name} is not an extended query tag",
                 metadata={"tag": hex_tag},
             )
+        await self._drop(hex_tag)
+
+    async def _drop(self, hex_tag: str) -> None:
         while not await self.index.drop_query_tag(hex_tag, DROP_BATCH):
             pass
 
@@ -95,7 +99,13 @@ class ExtendedQueryTags:
         return operation
 
     def resume(self) -> None:
-        """Restart the operations a stopped server left unfinished (call on a running loop)."""
+        """Finish what a stopped server left unfinished: removals, then re-indexings.
+
+        Call on a running loop.
+        """
+        for hex_tag in self.index.pending_drops():
+            log.info("finishing the removal of extended query tag %s", hex_tag)
+            self._spawn(f"drop {hex_tag}", self._drop(hex_tag))
         for operation in self.index.operations():
             if not operation.done:
                 log.info(
@@ -114,11 +124,14 @@ class ExtendedQueryTags:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def _start(self, operation_id: str) -> None:
-        if operation_id in self._tasks:
-            return
-        task = asyncio.get_running_loop().create_task(self._walk(operation_id))
-        self._tasks[operation_id] = task
-        task.add_done_callback(lambda _: self._tasks.pop(operation_id, None))
+        if operation_id not in self._tasks:
+            self._spawn(operation_id, self._walk(operation_id))
+
+    def _spawn(self, key: str, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` as a task kept under ``key`` until it ends (and cancelled by stop)."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks[key] = task
+        task.add_done_callback(lambda _: self._tasks.pop(key, None))
 
     async def _walk(self, operation_id: str) -> None:
         try:

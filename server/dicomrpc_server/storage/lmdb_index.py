@@ -63,6 +63,8 @@ _DB_NAMES = (
     "wi_events",
 )
 MODALITIES_IN_STUDY = 0x00080061
+# "meta" keys of query tags being removed (the removal resumes at start-up).
+_DROPPING = b"dropping\x00"
 # Extended query tags are indexed on every store: their number is bounded.
 MAX_QUERY_TAGS = 128
 # LMDB keys are at most 511 bytes: level and tag (5), the term, NUL and a primary key (<= 194).
@@ -448,6 +450,19 @@ class LmdbIndex:
             cursor = txn.cursor(db=self._db["operations"])
             return [records_pb2.ReindexOperation.FromString(bytes(v)) for _, v in cursor]
 
+    def pending_drops(self) -> list[str]:
+        """The query tags whose removal a stopped server left unfinished (8 hex digits each)."""
+        with self.read() as txn:
+            cursor = txn.cursor(db=self._db["meta"])
+            found = []
+            if cursor.set_range(_DROPPING):
+                for raw_key in cursor.iternext(values=False):
+                    key = bytes(raw_key)
+                    if not key.startswith(_DROPPING):
+                        break
+                    found.append(key[len(_DROPPING) :].decode("ascii"))
+            return found
+
     def _query_tags(self, txn: lmdb.Transaction) -> list[records_pb2.QueryTagRecord]:
         cursor = txn.cursor(db=self._db["query_tags"])
         return [records_pb2.QueryTagRecord.FromString(bytes(v)) for _, v in cursor]
@@ -638,6 +653,15 @@ class LmdbIndex:
 
         def add(txn: lmdb.Transaction) -> records_pb2.ReindexOperation:
             db = self._db
+            for tag in tags:
+                if _get(txn, _DROPPING + tag.hex_tag.encode("ascii"), db["meta"]) is not None:
+                    raise ServiceError(
+                        Code.FAILED_PRECONDITION,
+                        "INVALID_REQUEST",
+                        f"extended query tag {tag.keyword or tag.hex_tag} is still being "
+                        "removed; add it again once that is done",
+                        metadata={"tag": tag.hex_tag},
+                    )
             registered = txn.stat(db["query_tags"])["entries"]
             if registered + len(tags) > MAX_QUERY_TAGS:
                 raise ServiceError(
@@ -766,9 +790,9 @@ class LmdbIndex:
             if raw is not None:
                 tag = records_pb2.QueryTagRecord.FromString(raw)
                 txn.delete(key, db=db["query_tags"])
-                txn.put(b"dropping\x00" + key, raw, db=db["meta"])
+                txn.put(_DROPPING + key, raw, db=db["meta"])
             else:
-                raw = _get(txn, b"dropping\x00" + key, db["meta"])
+                raw = _get(txn, _DROPPING + key, db["meta"])
                 if raw is None:
                     return True
                 tag = records_pb2.QueryTagRecord.FromString(raw)
@@ -784,7 +808,7 @@ class LmdbIndex:
                 if _kept_by_level(tag.hex_tag) is None:
                     self._strip(txn, level, pk, tag.hex_tag)
             if removed < limit:
-                txn.delete(b"dropping\x00" + key, db=db["meta"])
+                txn.delete(_DROPPING + key, db=db["meta"])
                 return True
             return False
 
