@@ -217,7 +217,7 @@ def test_deleting_a_tag_removes_its_index_entries(server: RunningServer, client:
     client.delete_query_tag("00091001")
     assert client.query_tags() == []
     assert not index.scan_terms(Level.SERIES, 0x00091001, start, prefix=start)
-    for raw in index.records(Level.SERIES, index.record_keys(Level.SERIES)):
+    for raw in index.record_map(Level.SERIES, index.record_keys(Level.SERIES)).values():
         assert "00091001" not in records_pb2.SeriesRecord.FromString(raw).attributes.attributes
     with pytest.raises(DicomRpcError) as caught:
         client.search_series({"00091001": "lung"})

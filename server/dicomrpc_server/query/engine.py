@@ -271,8 +271,12 @@ class SearchCore:
                 found = lifted if found is None else found & lifted
             else:
                 by_value.append((term, exact))
+            if found is not None and not found:
+                return found  # nothing can match any more: the other terms need no scan
         deferred: list[tuple[MatchTerm, list[bytes]]] = []
         for term, exact in by_value:
+            if found is not None and not found:
+                return found
             cap = len(found) if found is not None else SCAN_CAP
             entries = self._entries_upto(term, exact, cap)
             if entries is None:

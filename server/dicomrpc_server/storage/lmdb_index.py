@@ -368,16 +368,6 @@ class LmdbIndex:
                     out[pk] = raw
         return out
 
-    def records(self, level: Level, primary_keys: list[bytes]) -> list[bytes]:
-        """The serialized records of a level for these keys (missing ones skipped)."""
-        out = []
-        with self.read() as txn:
-            for pk in primary_keys:
-                raw = _get(txn, pk, self._db[_LEVEL_DB[level]])
-                if raw is not None:
-                    out.append(raw)
-        return out
-
     def get_metadata_many(self, keys_: list[tuple[str, str, str]]) -> list[dataset_pb2.Dataset]:
         """The pre-computed metadata of several instances, read in one transaction."""
         out = []
@@ -705,7 +695,8 @@ class LmdbIndex:
             if operation.done:
                 return operation
             # A tag removed and added again belongs to its new operation, not to this one.
-            tags = [t for t in self._query_tags(txn) if t.operation_id == operation_id]
+            extended = self._query_tags(txn)
+            tags = [t for t in extended if t.operation_id == operation_id]
             cursor = txn.cursor(db=db["instances"])
             found = (
                 cursor.set_range(operation.cursor + b"\x00") if operation.cursor else cursor.first()
@@ -715,7 +706,7 @@ class LmdbIndex:
                 walked.append(bytes(cursor.key()))
                 found = cursor.next()
             if tags:
-                self._reindex(txn, walked, tags)
+                self._reindex(txn, walked, tags, extended)
             operation.processed_instances += len(walked)
             if walked:
                 operation.cursor = walked[-1]
@@ -736,10 +727,13 @@ class LmdbIndex:
         txn: lmdb.Transaction,
         instance_keys: list[bytes],
         tags: list[records_pb2.QueryTagRecord],
+        extended: list[records_pb2.QueryTagRecord],
     ) -> None:
-        """Copy the tags' values from each instance's metadata into its records, and index them."""
+        """Copy the tags' values from each instance's metadata into its records, and index them.
+
+        ``extended`` is every registered tag (``tags`` among them), as read in this transaction.
+        """
         db = self._db
-        extended = self._query_tags(txn)
         levels = sorted({Level(t.level) for t in tags})
         loaded: dict[tuple[Level, bytes], tuple[Record, Record]] = {}
         for ikey in instance_keys:
@@ -800,12 +794,13 @@ class LmdbIndex:
             prefix = keys.term_prefix(level, int(hex_tag, 16), b"")
             cursor = txn.cursor(db=db["terms"])
             removed = 0
+            strip = _kept_by_level(tag.hex_tag) is None  # else the level keeps it anyway
             found = cursor.set_range(prefix)
             while found and removed < limit and bytes(cursor.key()).startswith(prefix):
                 pk = _split_term(bytes(cursor.key())[len(prefix) :])[1]
                 found = cursor.delete()
                 removed += 1
-                if _kept_by_level(tag.hex_tag) is None:
+                if strip:
                     self._strip(txn, level, pk, tag.hex_tag)
             if removed < limit:
                 txn.delete(_DROPPING + key, db=db["meta"])
