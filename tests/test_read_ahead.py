@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from dicomrpc_server.errors import ServiceError, invalid_argument
+from dicomrpc_server.retrieve import service
 from dicomrpc_server.retrieve.service import read_ahead
 
 
@@ -74,3 +77,36 @@ def test_a_consumer_that_stops_closes_the_source() -> None:
 
     asyncio.run(consume())
     assert source.closed and source.produced < 10
+
+
+@pytest.mark.parametrize("nowait", [True, False])
+def test_read_at_reads_cached_and_uncached_bytes_alike(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nowait: bool
+) -> None:
+    """Reads served from the page cache at once and reads sent to a thread give equal bytes."""
+    if not nowait:
+        monkeypatch.setattr(service, "_NOWAIT", 0)
+    data = os.urandom(3 * 1024 * 1024 + 5)
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    with open(path, "rb") as fp:
+        os.fsync(fp.fileno())
+        if hasattr(os, "posix_fadvise"):  # out of the page cache: a non-waiting read fails
+            os.posix_fadvise(fp.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        buffer = bytearray(1024 * 1024)
+
+        async def read_all(offset: int, end: int) -> bytes:
+            parts = []
+            while offset < end:
+                part = await service.read_at(
+                    fp.fileno(), buffer, min(len(buffer), end - offset), offset
+                )
+                if not part:
+                    break
+                parts.append(part)
+                offset += len(part)
+            return b"".join(parts)
+
+        assert asyncio.run(read_all(0, len(data))) == data
+        assert asyncio.run(read_all(1000, 2_500_000)) == data[1000:2_500_000]
+        assert asyncio.run(read_all(len(data) - 3, len(data) + 100)) == data[-3:]

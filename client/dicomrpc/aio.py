@@ -7,12 +7,12 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from dicomrpc.client import ClientConfig
+from dicomrpc.client import STORE_INSTANCES, ClientConfig
 from dicomrpc.errors import DicomRpcError
 from dicomrpc.results import StoreResult
 from dicomrpc.sources import Item, Sources, expand, requests
 from dicomrpc.v1 import store_service_pb2 as pb
-from dicomrpc.v1 import store_service_pb2_grpc
+from dicomrpc.wire import serialize
 
 
 class AsyncClient:
@@ -31,7 +31,11 @@ class AsyncClient:
             )
         else:
             self.channel = grpc.aio.insecure_channel(target, self.config.channel_options())
-        self._store = store_service_pb2_grpc.StoreServiceStub(self.channel)
+        self._store_instances = self.channel.stream_unary(
+            STORE_INSTANCES,
+            request_serializer=serialize,
+            response_deserializer=pb.StoreInstancesResponse.FromString,
+        )
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -56,7 +60,7 @@ class AsyncClient:
         """
         items = await asyncio.to_thread(expand, sources)
 
-        async def stream(items: list[Item]) -> AsyncIterator[pb.StoreInstancesRequest]:
+        async def stream(items: list[Item]) -> AsyncIterator[pb.StoreInstancesRequest | bytes]:
             iterator = requests(items, study_instance_uid, self.config.chunk_size)
             while True:
                 request = await asyncio.to_thread(next, iterator, None)
@@ -65,7 +69,7 @@ class AsyncClient:
                 yield request
 
         try:
-            response = await self._store.StoreInstances(
+            response = await self._store_instances(
                 stream(items), timeout=timeout, metadata=self.config.metadata()
             )
         except grpc.RpcError as error:

@@ -24,7 +24,14 @@ from dicomrpc.v1 import (
 )
 from dicomrpc.v1 import retrieve_service_pb2 as rpb
 from dicomrpc.v1 import search_service_pb2 as spb
+from dicomrpc.v1 import store_service_pb2 as spb_store
+from dicomrpc.wire import chunk_or_message, serialize
 from dicomrpc.workitems import Workitems
+
+STORE_INSTANCES = "/dicomrpc.v1.StoreService/StoreInstances"
+RETRIEVE_SERVICE = "/dicomrpc.v1.RetrieveService"
+INSTANCE_DATA = rpb.RetrieveInstancesResponse.DATA_FIELD_NUMBER
+FRAME_DATA = rpb.RetrieveFramesResponse.DATA_FIELD_NUMBER
 
 MAX_MESSAGE = 64 * 1024 * 1024
 T = TypeVar("T")
@@ -96,6 +103,26 @@ class Client:
             self.channel = grpc.insecure_channel(target, self.config.channel_options())
         self._store = store_service_pb2_grpc.StoreServiceStub(self.channel)
         self._retrieve = retrieve_service_pb2_grpc.RetrieveServiceStub(self.channel)
+        # The calls that move bytes send and receive chunks without protobuf's copies.
+        self._store_instances = self.channel.stream_unary(
+            STORE_INSTANCES,
+            request_serializer=serialize,
+            response_deserializer=spb_store.StoreInstancesResponse.FromString,
+        )
+        chunked = chunk_or_message(rpb.RetrieveInstancesResponse, INSTANCE_DATA)
+        self._retrieve_bytes = {
+            name: self.channel.unary_stream(
+                f"{RETRIEVE_SERVICE}/{name}",
+                request_serializer=serialize,
+                response_deserializer=chunked,
+            )
+            for name in ("RetrieveStudy", "RetrieveSeries", "RetrieveInstance")
+        }
+        self._retrieve_frames = self.channel.unary_stream(
+            f"{RETRIEVE_SERVICE}/RetrieveFrames",
+            request_serializer=serialize,
+            response_deserializer=chunk_or_message(rpb.RetrieveFramesResponse, FRAME_DATA),
+        )
         self._management = management_service_pb2_grpc.ManagementServiceStub(self.channel)
         self._search = search_service_pb2_grpc.SearchServiceStub(self.channel)
         self.workitems = Workitems(self.channel, self.config.metadata())
@@ -145,7 +172,7 @@ class Client:
         """
         stream = requests(iter_items(sources), study_instance_uid, self.config.chunk_size, on_bytes)
         try:
-            response = self._store.StoreInstances(
+            response = self._store_instances(
                 stream, timeout=timeout, metadata=self.config.metadata()
             )
         except grpc.RpcError as error:
@@ -185,7 +212,7 @@ class Client:
         sop: str | None,
         transfer_syntax: str,
         allow_lossy: bool = False,
-    ) -> Iterator[rpb.RetrieveInstancesResponse]:
+    ) -> Iterator[rpb.RetrieveInstancesResponse | memoryview]:
         options = rpb.TransferOptions(
             transfer_syntax_uid=transfer_syntax,
             allow_lossy=allow_lossy,
@@ -196,9 +223,9 @@ class Client:
                 study,
                 series,
                 sop,
-                (self._retrieve.RetrieveInstance, rpb.RetrieveInstanceRequest),
-                (self._retrieve.RetrieveSeries, rpb.RetrieveSeriesRequest),
-                (self._retrieve.RetrieveStudy, rpb.RetrieveStudyRequest),
+                (self._retrieve_bytes["RetrieveInstance"], rpb.RetrieveInstanceRequest),
+                (self._retrieve_bytes["RetrieveSeries"], rpb.RetrieveSeriesRequest),
+                (self._retrieve_bytes["RetrieveStudy"], rpb.RetrieveStudyRequest),
                 options=options,
             )
         )
@@ -273,7 +300,7 @@ class Client:
                 transfer_syntax_uid=transfer_syntax, allow_lossy=allow_lossy
             ),
         )
-        stream = self._retrieve.RetrieveFrames(request, metadata=self.config.metadata())
+        stream = self._retrieve_frames(request, metadata=self.config.metadata())
         return list(retrieval.frames(_errors(stream)))
 
     def metadata(

@@ -83,9 +83,11 @@ class MetadataResult:
 def _grouped(responses: Iterable[Any], header_field: str) -> Iterator[tuple[Any, bytes]]:
     """Pair each header message of a stream with the bytes of the chunks that follow it."""
     header: Any = None
-    parts: list[bytes] = []
+    parts: list[bytes | memoryview] = []
     for message in responses:
-        if message.WhichOneof("payload") == header_field:
+        if isinstance(message, memoryview):  # a bare chunk (see dicomrpc.wire)
+            parts.append(message)
+        elif message.WhichOneof("payload") == header_field:
             if header is not None:
                 yield header, b"".join(parts)
             header, parts = getattr(message, header_field), []
@@ -95,7 +97,9 @@ def _grouped(responses: Iterable[Any], header_field: str) -> Iterator[tuple[Any,
         yield header, b"".join(parts)
 
 
-def instances(responses: Iterable[pb.RetrieveInstancesResponse]) -> Iterator[RetrievedInstance]:
+def instances(
+    responses: Iterable[pb.RetrieveInstancesResponse | memoryview],
+) -> Iterator[RetrievedInstance]:
     """Group an instance stream into instances (each held whole: use `save` for large ones)."""
     for h, data in _grouped(responses, "instance"):
         yield RetrievedInstance(
@@ -115,7 +119,7 @@ def file_name(uid: str) -> str:
 
 
 def save(
-    responses: Iterable[pb.RetrieveInstancesResponse],
+    responses: Iterable[pb.RetrieveInstancesResponse | memoryview],
     dest: Path,
     on_bytes: Callable[[int], None] | None = None,
 ) -> Iterator[Path]:
@@ -123,7 +127,9 @@ def save(
     fp = None
     try:
         for message in responses:
-            if message.WhichOneof("payload") == "instance":
+            if isinstance(message, memoryview):  # a bare chunk (see dicomrpc.wire)
+                data: bytes | memoryview = message
+            elif message.WhichOneof("payload") == "instance":
                 if fp is not None:
                     fp.close()
                     yield Path(fp.name)
@@ -131,10 +137,13 @@ def save(
                 folder = dest / file_name(h.study_instance_uid) / file_name(h.series_instance_uid)
                 folder.mkdir(parents=True, exist_ok=True)
                 fp = open(folder / f"{file_name(h.sop_instance_uid)}.dcm", "wb")  # noqa: SIM115
-            elif fp is not None:
-                fp.write(message.data)
+                continue
+            else:
+                data = message.data
+            if fp is not None:
+                fp.write(data)
                 if on_bytes is not None:
-                    on_bytes(len(message.data))
+                    on_bytes(len(data))
         if fp is not None:
             fp.close()
             yield Path(fp.name)
@@ -144,7 +153,7 @@ def save(
             fp.close()
 
 
-def frames(responses: Iterable[pb.RetrieveFramesResponse]) -> Iterator[Frame]:
+def frames(responses: Iterable[pb.RetrieveFramesResponse | memoryview]) -> Iterator[Frame]:
     """Group a frame stream into frames."""
     for h, data in _grouped(responses, "frame"):
         yield Frame(

@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import BinaryIO, TypeAlias, cast
 
 from dicomrpc.v1 import store_service_pb2 as pb
+from dicomrpc.wire import encode_chunk
 
 Source: TypeAlias = "str | os.PathLike[str] | bytes | bytearray | memoryview | BinaryIO"
 Sources: TypeAlias = "Source | Iterable[Source]"
 DEFAULT_CHUNK = 1024 * 1024
+DATA_FIELD = pb.StoreInstancesRequest.DATA_FIELD_NUMBER
 
 
 @dataclass(frozen=True)
@@ -72,8 +74,12 @@ def requests(
     study_instance_uid: str | None = None,
     chunk_size: int = DEFAULT_CHUNK,
     on_bytes: Callable[[Item, int], None] | None = None,
-) -> Iterator[pb.StoreInstancesRequest]:
-    """The request stream of a store: per item a header, then its bytes in chunks."""
+) -> Iterator[pb.StoreInstancesRequest | bytes]:
+    """The request stream of a store: per item a header, then its bytes in chunks.
+
+    Chunks come already serialized (see :mod:`dicomrpc.wire`): send the stream with
+    :func:`dicomrpc.wire.serialize` as the request serializer.
+    """
     first = True
     for item in items:
         header = pb.StoreInstancesRequest(
@@ -86,7 +92,7 @@ def requests(
         fp = item.open()
         try:
             while chunk := fp.read(chunk_size):
-                yield pb.StoreInstancesRequest(data=chunk)
+                yield encode_chunk(DATA_FIELD, chunk)
                 if on_bytes is not None:
                     on_bytes(item, len(chunk))
         finally:

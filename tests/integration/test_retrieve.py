@@ -14,6 +14,7 @@ from pydicom.uid import generate_uid
 
 from dicomrpc import Client, DicomRpcError
 from dicomrpc.datasets import to_json
+from dicomrpc.retrieval import RetrievedInstance
 from dicomrpc.v1 import retrieve_service_pb2, retrieve_service_pb2_grpc
 from tests.conftest import RunningServer
 from tests.dicomgen import ct_instance
@@ -257,3 +258,43 @@ def test_cli_retrieve_frames_metadata(
         [*base, "metadata", "1.2.3.4", *server_arg], capture_output=True, text=True, timeout=60
     )
     assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
+
+
+def test_a_client_generated_from_the_protos_alone_stores_and_retrieves(
+    server: RunningServer, client: Client
+) -> None:
+    """The hand-encoded chunks of the SDK and server are plain protobuf to anyone else."""
+    from dicomrpc.v1 import store_service_pb2, store_service_pb2_grpc
+
+    study = generate_uid()
+    data = ct_instance(study=study, rows=300, columns=300)  # several 64 KiB chunks
+    requests = [
+        store_service_pb2.StoreInstancesRequest(
+            study_instance_uid=study,
+            instance=store_service_pb2.InstanceUpload(size_bytes=len(data)),
+        ),
+        # A chunk that also repeats the study restriction is a message, not a bare chunk.
+        store_service_pb2.StoreInstancesRequest(study_instance_uid=study, data=data[:1000]),
+        *(
+            store_service_pb2.StoreInstancesRequest(data=data[i : i + 65536])
+            for i in range(1000, len(data), 65536)
+        ),
+    ]
+    with grpc.insecure_channel(server.target) as channel:
+        response = store_service_pb2_grpc.StoreServiceStub(channel).StoreInstances(iter(requests))
+        assert response.status == store_service_pb2.STORE_STATUS_ALL_STORED
+        stub = retrieve_service_pb2_grpc.RetrieveServiceStub(channel)
+        messages = list(
+            stub.RetrieveStudy(
+                retrieve_service_pb2.RetrieveStudyRequest(
+                    study_instance_uid=study,
+                    options=retrieve_service_pb2.TransferOptions(chunk_size=65536),
+                )
+            )
+        )
+    assert messages[0].WhichOneof("payload") == "instance"
+    chunks = [m.data for m in messages[1:]]
+    assert all(m.WhichOneof("payload") == "data" for m in messages[1:]) and len(chunks) > 2
+    assert b"".join(chunks)[128:] == data[128:]
+    (through_sdk,) = client.retrieve(study)
+    assert isinstance(through_sdk, RetrievedInstance) and through_sdk.data == b"".join(chunks)

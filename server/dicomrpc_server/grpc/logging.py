@@ -46,10 +46,9 @@ class _Tally:
 
 
 def _size(message: Any) -> int:
-    """A message's size; for a byte chunk, its payload (``ByteSize`` would encode it again)."""
-    data = getattr(message, "data", None)
-    if isinstance(data, bytes) and data:
-        return len(data)
+    """A message's size: a chunk's encoded length, else the message's (which encodes it)."""
+    if isinstance(message, (bytes, memoryview)):
+        return len(message)
     return int(message.ByteSize()) if hasattr(message, "ByteSize") else 0
 
 

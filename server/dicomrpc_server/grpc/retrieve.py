@@ -6,20 +6,27 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from dicomrpc.v1 import retrieve_service_pb2 as pb
-from dicomrpc.v1 import retrieve_service_pb2_grpc
+from dicomrpc.wire import encode_chunk
 from dicomrpc_server.errors import ServiceError
 from dicomrpc_server.grpc.errors import abort
 from dicomrpc_server.retrieve.render import RenderOptions
 from dicomrpc_server.retrieve.scope import StoredInstance
 from dicomrpc_server.retrieve.service import Outgoing, RetrieveCore, clamp_chunk, read_ahead
 
+# Chunks are sent encoded by hand (see dicomrpc.wire): the messages' bytes fields.
+_INSTANCE_DATA = pb.RetrieveInstancesResponse.DATA_FIELD_NUMBER
+_FRAME_DATA = pb.RetrieveFramesResponse.DATA_FIELD_NUMBER
 # Metadata datasets per response message.
 METADATA_BATCH = 64
 _MEDIA_TYPES = {pb.RENDERED_FORMAT_JPEG: "image/jpeg", pb.RENDERED_FORMAT_PNG: "image/png"}
 
 
-class RetrieveServicer(retrieve_service_pb2_grpc.RetrieveServiceServicer):
-    """Streams what is stored: every instance as a header then its bytes in chunks."""
+class RetrieveServicer:
+    """Streams what is stored: every instance as a header then its bytes in chunks.
+
+    Registered by :func:`~dicomrpc_server.grpc.wire.add_chunked_servicer`, so its streams may
+    yield chunks already encoded (``bytes``) besides messages.
+    """
 
     def __init__(self, core: RetrieveCore) -> None:
         self._core = core
@@ -31,7 +38,7 @@ class RetrieveServicer(retrieve_service_pb2_grpc.RetrieveServiceServicer):
         study: str,
         series: str = "",
         sop: str = "",
-    ) -> AsyncIterator[pb.RetrieveInstancesResponse]:
+    ) -> AsyncIterator[pb.RetrieveInstancesResponse | bytes]:
         core = self._core
         target, lossy = options.transfer_syntax_uid, options.allow_lossy
         try:
@@ -41,12 +48,12 @@ class RetrieveServicer(retrieve_service_pb2_grpc.RetrieveServiceServicer):
             return
         chunk = clamp_chunk(options.chunk_size, core.chunk_bytes)
 
-        async def messages() -> AsyncIterator[pb.RetrieveInstancesResponse]:
+        async def messages() -> AsyncIterator[pb.RetrieveInstancesResponse | bytes]:
             for instance in found:
                 outgoing = await core.outgoing(instance, target, lossy, chunk)
                 yield pb.RetrieveInstancesResponse(instance=_header(instance, outgoing))
                 async for data in outgoing.chunks:
-                    yield pb.RetrieveInstancesResponse(data=data)
+                    yield encode_chunk(_INSTANCE_DATA, data)
 
         try:
             async for message in read_ahead(messages()):
@@ -56,13 +63,13 @@ class RetrieveServicer(retrieve_service_pb2_grpc.RetrieveServiceServicer):
 
     def RetrieveStudy(
         self, request: pb.RetrieveStudyRequest, context: Any
-    ) -> AsyncIterator[pb.RetrieveInstancesResponse]:
+    ) -> AsyncIterator[pb.RetrieveInstancesResponse | bytes]:
         """Stream every instance of a study."""
         return self._instances(context, request.options, request.study_instance_uid)
 
     def RetrieveSeries(
         self, request: pb.RetrieveSeriesRequest, context: Any
-    ) -> AsyncIterator[pb.RetrieveInstancesResponse]:
+    ) -> AsyncIterator[pb.RetrieveInstancesResponse | bytes]:
         """Stream every instance of a series."""
         return self._instances(
             context, request.options, request.study_instance_uid, request.series_instance_uid
@@ -70,7 +77,7 @@ class RetrieveServicer(retrieve_service_pb2_grpc.RetrieveServiceServicer):
 
     def RetrieveInstance(
         self, request: pb.RetrieveInstanceRequest, context: Any
-    ) -> AsyncIterator[pb.RetrieveInstancesResponse]:
+    ) -> AsyncIterator[pb.RetrieveInstancesResponse | bytes]:
         """Stream one instance."""
         return self._instances(
             context,
@@ -82,7 +89,7 @@ class RetrieveServicer(retrieve_service_pb2_grpc.RetrieveServiceServicer):
 
     async def RetrieveFrames(
         self, request: pb.RetrieveFramesRequest, context: Any
-    ) -> AsyncIterator[pb.RetrieveFramesResponse]:
+    ) -> AsyncIterator[pb.RetrieveFramesResponse | bytes]:
         """Stream frames of one instance: each a header then its bytes."""
         core = self._core
         target, lossy = request.options.transfer_syntax_uid, request.options.allow_lossy
@@ -108,8 +115,9 @@ class RetrieveServicer(retrieve_service_pb2_grpc.RetrieveServiceServicer):
                 frame_number=number, transfer_syntax_uid=syntax, size_bytes=len(data), **shape
             )
             yield pb.RetrieveFramesResponse(frame=header)
+            view = memoryview(data)
             for start in range(0, len(data), chunk):
-                yield pb.RetrieveFramesResponse(data=data[start : start + chunk])
+                yield encode_chunk(_FRAME_DATA, view[start : start + chunk])
 
     async def RetrieveRendered(
         self, request: pb.RetrieveRenderedRequest, context: Any

@@ -10,11 +10,9 @@ from dicomrpc.v1 import (
     management_service_pb2,
     management_service_pb2_grpc,
     retrieve_service_pb2,
-    retrieve_service_pb2_grpc,
     search_service_pb2,
     search_service_pb2_grpc,
     store_service_pb2,
-    store_service_pb2_grpc,
     workitem_service_pb2,
     workitem_service_pb2_grpc,
 )
@@ -23,7 +21,8 @@ from dicomrpc_server.grpc.logging import AccessLogInterceptor
 from dicomrpc_server.grpc.management import ManagementServicer
 from dicomrpc_server.grpc.retrieve import RetrieveServicer
 from dicomrpc_server.grpc.search import SearchServicer
-from dicomrpc_server.grpc.store import StoreServicer
+from dicomrpc_server.grpc.store import STORE_CHUNK_FIELD, StoreServicer
+from dicomrpc_server.grpc.wire import add_chunked_servicer
 from dicomrpc_server.grpc.workitems import WorkitemServicer
 
 ENVELOPE = 64 * 1024
@@ -48,11 +47,19 @@ class GrpcServer:
                 ("grpc.max_send_message_length", 64 * 1024 * 1024),
             ],
         )
-        store_service_pb2_grpc.add_StoreServiceServicer_to_server(
-            StoreServicer(archive.store), self.server
+        # The two services that move bytes take and give chunks without protobuf's copies.
+        add_chunked_servicer(
+            self.server,
+            StoreServicer(archive.store),
+            store_service_pb2.DESCRIPTOR.services_by_name["StoreService"],
+            store_service_pb2,
+            {"StoreInstances": STORE_CHUNK_FIELD},
         )
-        retrieve_service_pb2_grpc.add_RetrieveServiceServicer_to_server(
-            RetrieveServicer(archive.retrieve), self.server
+        add_chunked_servicer(
+            self.server,
+            RetrieveServicer(archive.retrieve),
+            retrieve_service_pb2.DESCRIPTOR.services_by_name["RetrieveService"],
+            retrieve_service_pb2,
         )
         search_service_pb2_grpc.add_SearchServiceServicer_to_server(
             SearchServicer(archive.search), self.server

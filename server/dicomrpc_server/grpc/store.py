@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 import grpc
 
 from dicomrpc.v1 import store_service_pb2 as pb
-from dicomrpc.v1 import store_service_pb2_grpc
 from dicomrpc_server.errors import ServiceError
 from dicomrpc_server.grpc.errors import abort
 from dicomrpc_server.store.ingest import InstanceResult, Outcome, StoreCore
@@ -17,6 +16,9 @@ from dicomrpc_server.store.request import (
     check_study_restriction,
     overall_status,
 )
+
+# The field of StoreInstancesRequest holding instance bytes, received as memoryviews.
+STORE_CHUNK_FIELD = pb.StoreInstancesRequest.DATA_FIELD_NUMBER
 
 _OUTCOMES = {
     Outcome.STORED: pb.INSTANCE_STORE_OUTCOME_STORED,
@@ -60,21 +62,30 @@ _STATUSES = {
 }
 
 
-class StoreServicer(store_service_pb2_grpc.StoreServiceServicer):
-    """Receives instance streams; one bad instance never fails the others."""
+class StoreServicer:
+    """Receives instance streams; one bad instance never fails the others.
+
+    Registered by :func:`~dicomrpc_server.grpc.wire.add_chunked_servicer`: a message that is
+    only a chunk of bytes arrives as a memoryview of what gRPC received, not a parsed copy.
+    """
 
     def __init__(self, core: StoreCore) -> None:
         self._core = core
 
     async def StoreInstances(
         self,
-        request_iterator: AsyncIterator[pb.StoreInstancesRequest],
+        request_iterator: AsyncIterator[pb.StoreInstancesRequest | memoryview],
         context: grpc.aio.ServicerContext,
     ) -> pb.StoreInstancesResponse:
         """Store every instance of the stream; answer with their results in order."""
         store: StoreRequest | None = None
         try:
             async for request in request_iterator:
+                if isinstance(request, memoryview):  # a bare chunk (see dicomrpc.wire)
+                    if store is None:
+                        store = StoreRequest(self._core)
+                    store.write(request)
+                    continue
                 if store is None:
                     check_study_restriction(request.study_instance_uid, "study_instance_uid")
                     store = StoreRequest(self._core, request.study_instance_uid)

@@ -39,7 +39,7 @@ class LocalUpload:
         self.size = 0
         self._fp: BinaryIO | None = open(path, "xb")  # noqa: SIM115 - closed in close()
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         """Append bytes, replacing any that fall in the preamble by zeros."""
         assert self._fp is not None, "upload already closed"
         view = memoryview(data)

@@ -21,7 +21,7 @@ class Upload(Protocol):
     path: Path
     size: int
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         """Append bytes (the first 128, the preamble, are written as zeros)."""
 
     def close(self) -> None:

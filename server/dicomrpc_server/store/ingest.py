@@ -144,7 +144,7 @@ class Ingest:
         self._checked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         stream.last_checked = self._checked
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         """Append a chunk; past the size limit the bytes are dropped and the file removed."""
         self._received += len(data)
         if self._upload is None:

@@ -65,7 +65,7 @@ class StoreRequest:
         await self._bound()
         self._current = self._core.begin(self._stream, client_reference, declared_size)
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         """Append bytes to the current instance."""
         if self._current is None:
             raise ServiceError(
