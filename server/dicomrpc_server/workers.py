@@ -3,7 +3,9 @@
 pydicom is pure Python, so under one GIL parsing would serialize with receiving and sending.
 Worker processes run it in parallel. They are spawned, not forked, so no child inherits the
 open LMDB environment. Codecs are native code fed with data from outside: if one crashes a
-worker, the pool is replaced and only the request that crashed it fails.
+worker, the pool is replaced and only the request that crashed it fails. A server killed outright
+(SIGKILL, the out-of-memory killer) cannot stop its workers, so each worker ends itself when its
+server is gone.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import asyncio
 import functools
 import logging
 import multiprocessing
+import os
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -22,6 +26,24 @@ from dicomrpc_server.errors import Code, ServiceError
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
+
+# How often a worker checks that its server is still there.
+PARENT_POLL_S = 0.5
+
+
+def exit_with(parent: int) -> None:
+    """Run in each worker as it starts: end the worker once ``parent`` (the server) is gone.
+
+    An idle worker waits for work on a pipe the worker itself also holds open, so it would never
+    see the server die: without this watch, every killed server left its workers behind.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_S)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-server", daemon=True).start()
 
 
 def warm_up() -> None:
@@ -47,7 +69,10 @@ class WorkerPool:
 
     def _start(self) -> ProcessPoolExecutor:
         pool = ProcessPoolExecutor(
-            max_workers=self.count, mp_context=multiprocessing.get_context("spawn")
+            max_workers=self.count,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=exit_with,
+            initargs=(os.getpid(),),
         )
         # Start the workers now and let them import the codecs, so the first request does not
         # wait for a process to start.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import signal
 import threading
@@ -11,6 +12,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from pydicom.uid import generate_uid
 
 from dicomrpc import Client, DicomRpcError
@@ -88,6 +90,43 @@ def test_sigkill_mid_stream_leaves_a_consistent_store(tmp_path: Path) -> None:
         assert acknowledged <= sops
     finally:
         archive.close()
+
+
+def _stat(pid: int) -> tuple[str, int]:
+    """A process's state letter and parent ("Z" once it has exited; "", 0 when it is gone)."""
+    try:
+        # "pid (comm) state ppid ...", where comm may hold spaces and parentheses.
+        state, ppid = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[:2]
+    except (OSError, ValueError):
+        return "", 0
+    return state, int(ppid)
+
+
+def _running(pids: set[int]) -> set[int]:
+    return {pid for pid in pids if _stat(pid)[0] not in ("", "Z")}
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
+def test_a_killed_server_leaves_no_process_behind(tmp_path: Path) -> None:
+    proc = spawn_server(tmp_path / "data")
+    try:
+        # Its worker process (and the resource tracker multiprocessing starts with it).
+        everyone = {int(e.name) for e in os.scandir("/proc") if e.name.isdigit()}
+        children = _running({pid for pid in everyone if _stat(pid)[1] == proc.process.pid})
+        assert children
+    finally:
+        proc.process.send_signal(signal.SIGKILL)
+        proc.process.wait(30)
+        assert proc.process.stdout is not None
+        proc.process.stdout.close()
+    deadline = time.monotonic() + 15
+    try:
+        while _running(children) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _running(children), "its worker processes outlived it"
+    finally:
+        for pid in _running(children):  # so that a failure leaves none behind either
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_eight_clients_overlapping_sets_store_each_instance_once(server: RunningServer) -> None:

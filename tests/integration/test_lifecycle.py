@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
+import signal
 import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -22,7 +25,7 @@ from dicomrpc_server.config import Settings
 from dicomrpc_server.dicom.attributes import Level
 from dicomrpc_server.query.terms import EXACT
 from dicomrpc_server.store.ingest import StoreStream
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, ServerProcess, spawn_server
 from tests.dicomgen import ct_instance
 
 
@@ -149,6 +152,171 @@ def test_crash_between_commit_and_file_removal_leaves_no_orphan(tmp_path: Path) 
         assert restarted.index.counts().instances == 0
     finally:
         restarted.close()
+
+
+# Big enough that removing its files takes a while (some 0.3 s on a small VM, where the kill
+# lands within the first few files), small enough to store through the SDK in a few seconds.
+KILLED_STUDY_SIZE = 1000
+KILL_ATTEMPTS = 5
+
+
+def _tiny_study(size: int) -> tuple[str, dict[str, bytes]]:
+    """A study of ``size`` tiny instances (by SOP Instance UID), copied from one generated file.
+
+    Writing each with pydicom would take seconds; the copies differ only in their SOP Instance
+    UID, swapped in as bytes for one of the same length, so no length field changes.
+    """
+    study, series, root = generate_uid(), generate_uid(), generate_uid(prefix=None)
+    template_sop = f"{root}.100000"
+    template = ct_instance(study=study, series=series, sop=template_sop, rows=2, columns=2)
+    sops = [f"{root}.{100_000 + i}" for i in range(size)]
+    return study, {sop: template.replace(template_sop.encode(), sop.encode()) for sop in sops}
+
+
+def _blob_files(data_dir: Path) -> set[str]:
+    """The blob ids of the files on disk, read from the directories, not from the index."""
+    return {
+        name.removesuffix(".dcm")
+        for shard in os.scandir(data_dir / "blobs")
+        for name in os.listdir(shard.path)
+        if name.endswith(".dcm")
+    }
+
+
+@dataclass
+class _Kill:
+    """What one attempt left on disk when the server died during a study's deletion."""
+
+    other_files: set[str]
+    study_files: set[str]
+    left: set[str]
+    reply: int | DicomRpcError | None
+
+    @property
+    def landed(self) -> bool:
+        """Whether the kill fell while the files were being removed (some gone, some not)."""
+        return 0 < len(self.left) < len(self.study_files)
+
+
+def _stop(proc: ServerProcess, sig: signal.Signals) -> None:
+    if proc.process.poll() is None:
+        proc.process.send_signal(sig)
+    proc.process.wait(60)
+    assert proc.process.stdout is not None
+    proc.process.stdout.close()
+
+
+def _delete_and_kill_while_removing(
+    data_dir: Path, study: str, instances: list[bytes], others: list[bytes]
+) -> _Kill:
+    """Store, then delete the study and SIGKILL the server as soon as its files start to go.
+
+    Files go only after the index commit, so the first one missing means the commit is done.
+    """
+    proc = spawn_server(data_dir)
+    try:
+        with Client(proc.target) as client:
+            assert len(client.store(others).stored) == len(others)
+            other_files = _blob_files(data_dir)
+            assert len(client.store(instances).stored) == len(instances)
+        study_files = _blob_files(data_dir) - other_files
+        assert len(study_files) == len(instances)
+        # No shard is created during a delete: list them once, and count in a tight loop
+        # (os.listdir of a shard, no stat), so the kill follows the first removal closely.
+        shards = [entry.path for entry in os.scandir(data_dir / "blobs") if entry.is_dir()]
+        stored = len(other_files) + len(study_files)
+        reply: list[int | DicomRpcError] = []
+
+        def delete() -> None:
+            with Client(proc.target) as client:
+                try:
+                    reply.append(client.delete_study(study))
+                except DicomRpcError as error:  # the kill cuts the call: expected
+                    reply.append(error)
+
+        deleter = threading.Thread(target=delete)
+        deleter.start()
+        deadline = time.monotonic() + 60
+        while (
+            sum(len(os.listdir(shard)) for shard in shards) == stored
+            and deleter.is_alive()
+            and time.monotonic() < deadline
+        ):
+            pass
+        proc.process.send_signal(signal.SIGKILL)
+        proc.process.wait(60)
+        deleter.join(60)
+        on_disk = _blob_files(data_dir)
+        assert other_files <= on_disk, "a file of another study went with the deletion"
+        return _Kill(other_files, study_files, on_disk & study_files, reply[0] if reply else None)
+    finally:
+        _stop(proc, signal.SIGKILL)
+
+
+def test_sigkill_between_commit_and_file_removal_then_restart_leaves_no_orphan(
+    tmp_path: Path,
+) -> None:
+    # The requirement's own check, on a real process: SIGKILL between the index commit of a
+    # delete and the end of its file removal, then a restart on the same data directory.
+    study, instances = _tiny_study(KILLED_STUDY_SIZE)
+    other, other_series = generate_uid(), generate_uid()
+    others = [
+        ct_instance(study=other, series=other_series, patient_id="PAT-2", number=i)
+        for i in range(3)
+    ]
+    misses: list[str] = []
+    for attempt in range(KILL_ATTEMPTS):
+        data_dir = tmp_path / f"attempt-{attempt}" / "data"
+        kill = _delete_and_kill_while_removing(data_dir, study, list(instances.values()), others)
+        if kill.landed:
+            break
+        # The removal finished before the kill landed (or had not started): try again afresh.
+        misses.append(
+            f"{len(kill.left)} of {len(kill.study_files)} files left, reply {kill.reply!r}"
+        )
+    else:
+        pytest.fail(f"no kill landed between commit and file removal: {misses}")
+    assert isinstance(kill.reply, DicomRpcError), "the delete answered although killed"
+
+    restarted = spawn_server(data_dir)
+    try:
+        # Start-up recovery ran before the server said it was serving: the orphans are gone,
+        # and nothing else.
+        assert _blob_files(data_dir) == kill.other_files
+        with Client(restarted.target) as client:
+            found = client.search_studies().as_json()
+            assert [s["0020000D"]["Value"] for s in found] == [[other]]
+            assert client.search_instances(study=study).datasets == []
+            with pytest.raises(DicomRpcError) as caught:
+                client.retrieve(study)
+            assert caught.value.code == grpc.StatusCode.NOT_FOUND
+            kept = client.retrieve(other)
+            assert sorted(i.data[128:] for i in kept) == sorted(d[128:] for d in others)
+            changes = []
+            while batch := client.read_changes(changes[-1].sequence if changes else 0, 1000):
+                changes += batch
+    finally:
+        _stop(restarted, signal.SIGTERM)
+
+    # The deletions were committed, all in one transaction, and logged in the feed.
+    assert [c.sequence for c in changes] == list(range(1, len(changes) + 1))
+    deleted = [c for c in changes if c.action == "deleted"]
+    created = {c.sop_instance_uid: c for c in changes if c.action == "created"}
+    assert len(changes) == len(created) + len(deleted) == len(others) + 2 * KILLED_STUDY_SIZE
+    assert {sop for sop, c in created.items() if c.study_instance_uid == study} == set(instances)
+    assert sorted(c.sop_instance_uid for c in deleted) == sorted(instances)
+    assert {c.state for c in deleted} == {"deleted"}
+    assert {c.state for c in created.values() if c.study_instance_uid == other} == {"current"}
+    assert len({c.time for c in deleted}) == 1  # one delete, one commit: one time stamp
+
+    archive = Archive(Settings(data_dir=data_dir))
+    try:
+        assert archive.index.get_study(study) is None
+        counts = archive.index.counts()
+        assert (counts.studies, counts.series, counts.instances) == (1, 1, len(others))
+        assert archive.index.blob_ids() == kill.other_files == set(archive.blobs.blob_ids())
+    finally:
+        archive.close()
 
 
 def test_feed_replays_to_the_present(server: RunningServer, client: Client) -> None:
