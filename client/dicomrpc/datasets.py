@@ -45,7 +45,7 @@ from __future__ import annotations
 import base64
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 
 import pydicom
@@ -53,6 +53,7 @@ from pydicom.dataelem import DataElement, RawDataElement, empty_value_for_VR
 from pydicom.tag import Tag
 from pydicom.valuerep import PersonName
 
+from dicomrpc import rawvalues
 from dicomrpc.v1 import dataset_pb2
 
 __all__ = [
@@ -439,11 +440,14 @@ def from_pydicom(
 ) -> dataset_pb2.Dataset:
     """Convert a pydicom data set to a ``Dataset`` message.
 
-    Each element goes through pydicom's ``DataElement.to_json_dict``, so the result equals
-    ``from_json(ds.to_json_dict(...))`` with the same bulk data settings. Sequences are walked
-    here rather than by pydicom to know the tag path of nested elements, and inline binary
-    values are taken from the element as bytes instead of through base64 and back. The file
-    meta information (group 0002) is not part of `ds` and not converted, as in pydicom.
+    The result equals ``from_json(ds.to_json_dict(...))`` with the same bulk data settings.
+    Elements pydicom has not converted yet (as ``dcmread`` leaves them) are, in the common cases,
+    decoded from their bytes by :mod:`dicomrpc.rawvalues`, which gives the same values and the
+    same warnings at a tenth of the cost; the others go through pydicom's
+    ``DataElement.to_json_dict``. Sequences are walked here rather than by pydicom to know the
+    tag path of nested elements, and inline binary values are taken from the element as bytes
+    instead of through base64 and back. The file meta information (group 0002) is not part of
+    `ds` and not converted, as in pydicom.
 
     Elements of files pydicom reads but cannot convert to JSON are handled one by one, in the
     known cases. pydicom keeps DS and IS text that is not a number as text (``NumberOfFrames``
@@ -480,12 +484,13 @@ def from_pydicom(
         If pydicom cannot decode or convert an element (other than the DS/IS case above); the
         message names its tag path.
     """
-    # CT_small.dcm (258 elements): ~5 ms after dcmread, ~2 ms if pydicom has decoded the elements.
+    # CT_small.dcm (258 elements): ~1 ms after dcmread, ~2.3 ms once pydicom has converted them.
     message = dataset_pb2.Dataset()
     # Without a URI callable, a threshold of 0 sends every non-empty binary value to the handler,
     # which lets pydicom skip the base64 encoding that would only be decoded again here.
     threshold = bulk_data_threshold if bulk_data_uri is not None else 0
-    _dataset_from_pydicom(message, ds, threshold, bulk_data_uri, "")
+    shortcuts = rawvalues.shortcuts_apply()
+    _dataset_from_pydicom(message, ds, threshold, bulk_data_uri, "", shortcuts)
     return message
 
 
@@ -499,6 +504,7 @@ def _dataset_from_pydicom(
     threshold: int,
     bulk_data_uri: Callable[[str], str] | None,
     prefix: str,
+    shortcuts: bool,
 ) -> None:
     handler: Callable[[DataElement], str]
     if bulk_data_uri is None:
@@ -510,8 +516,18 @@ def _dataset_from_pydicom(
             return uri(f"{prefix}{element.tag:08X}")
 
     attributes = target.attributes
-    for key in source.keys():  # noqa: SIM118 - Dataset iteration yields elements, not keys
+    encodings = rawvalues.character_sets(source) if shortcuts else None
+    # items() gives the elements as they are, raw (bytes) if pydicom has not converted them.
+    for key, stored in source.items():
         tag = f"{key:08X}"
+        if (
+            shortcuts
+            and isinstance(stored, RawDataElement)
+            and _attribute_from_raw(
+                attributes, tag, stored, encodings, threshold, bulk_data_uri, prefix
+            )
+        ):
+            continue
         try:
             element = source[key]
         except Exception as exc:
@@ -528,7 +544,7 @@ def _dataset_from_pydicom(
             base = f"{prefix}{tag}."
             for index, item in enumerate(element.value):
                 _dataset_from_pydicom(
-                    items.add(), item, threshold, bulk_data_uri, f"{base}{index}."
+                    items.add(), item, threshold, bulk_data_uri, f"{base}{index}.", shortcuts
                 )
             continue
         try:
@@ -552,6 +568,86 @@ def _dataset_from_pydicom(
                 ) from exc
         else:
             _attribute_from_json(attr, obj, prefix, tag)
+
+
+def _attribute_from_raw(
+    attributes: MutableMapping[str, dataset_pb2.Attribute],
+    tag: str,
+    raw: RawDataElement,
+    encodings: list[str] | None,
+    threshold: int,
+    bulk_data_uri: Callable[[str], str] | None,
+    prefix: str,
+) -> bool:
+    """Convert an element pydicom has not converted yet straight from its bytes, if possible.
+
+    The message is the one pydicom's ``DataElement.to_json_dict`` and `_attribute_from_json`
+    give, without the ``DataElement`` and pydicom's value objects in between (see
+    `dicomrpc.rawvalues`). Returns ``False``, having changed nothing, when the element is left
+    to pydicom.
+    """
+    vr = rawvalues.element_vr(raw)
+    if vr is None:
+        return False
+    if vr in rawvalues.BYTES_VRS:
+        value = raw.value
+        attr = attributes[tag]
+        if not value or raw.length == 0:
+            attr.vr = vr
+        elif bulk_data_uri is not None and len(value) > (threshold // 4) * 3:
+            try:
+                uri = bulk_data_uri(f"{prefix}{tag}")
+            except Exception as exc:
+                if isinstance(exc, Warning):
+                    raise
+                raise _LocatedError(
+                    f"{prefix}{tag} ({vr}): pydicom cannot convert the element: {exc}"
+                ) from exc
+            _attribute_from_json(attr, {"vr": vr, "BulkDataURI": uri}, prefix, tag)
+        else:
+            attr.vr = vr
+            attr.inline_binary = value
+        return True
+    if vr in rawvalues.TEXT_VRS:
+        texts = rawvalues.decode_text(raw, vr, encodings)
+        if texts is None:
+            return False
+        attr = attributes[tag]
+        attr.vr = vr
+        if not texts:
+            return True
+        # The lists are not empty: filling them sets the oneof member.
+        if vr == "PN":
+            names = attr.person_names.values
+            for text in texts:
+                names.add(alphabetic=text)
+        elif vr == "DS":
+            attr.numbers.values.extend([float(text) for text in texts])
+        elif vr == "IS":
+            numbers = attr.numbers
+            numbers.values.extend([float(int(text)) for text in texts])
+            numbers.integral_indexes.extend(range(len(texts)))
+        else:
+            attr.strings.values.extend(texts)
+        return True
+    if vr in _NUMBER_VRS:  # FL, FD
+        floats = rawvalues.decode_floats(raw, vr)
+        if floats is None:
+            return False
+        attr = attributes[tag]
+        attr.vr = vr
+        if floats:
+            attr.numbers.values.extend(floats)
+        return True
+    integers = rawvalues.decode_integers(raw, vr)
+    if integers is None:
+        return False
+    attr = attributes[tag]
+    attr.vr = vr
+    if integers:
+        target = attr.unsigned_integers if vr == "UV" else attr.integers
+        target.values.extend(integers)
+    return True
 
 
 def _carry_unconvertible(attr: dataset_pb2.Attribute, element: DataElement, exc: Exception) -> bool:

@@ -10,47 +10,52 @@ from __future__ import annotations
 
 import itertools
 import struct
-from typing import BinaryIO
+from pathlib import Path
 
-from pydicom.dataset import Dataset
-
+from dicomrpc_server.dicom.elements import ElementValues
 from dicomrpc_server.dicom.structure import PixelDataLocation
 from dicomrpc_server.storage import records_pb2
 
+_NUMBER_OF_FRAMES = 0x00280008
+_ROWS = 0x00280010
+_COLUMNS = 0x00280011
+_SAMPLES_PER_PIXEL = 0x00280002
+BITS_ALLOCATED = 0x00280100
+_EXTENDED_OFFSET_TABLE = 0x7FE00001
 # Markers a frame's codestream starts with: JPEG SOI, JPEG 2000 SOC+SIZ, JP2 signature box.
 _FRAME_STARTS = (b"\xff\xd8", b"\xff\x4f\xff\x51", b"\x00\x00\x00\x0cjP")
 
 
-def number_of_frames(dataset: Dataset) -> int:
+def number_of_frames(elements: ElementValues) -> int:
     """NumberOfFrames, or 1 when absent or invalid."""
     try:
-        value = int(dataset.get("NumberOfFrames", 1) or 1)
+        value = int(elements.value(_NUMBER_OF_FRAMES, 1) or 1)
     except (TypeError, ValueError):
         return 1
     return max(value, 1)
 
 
 def frame_table(
-    dataset: Dataset, pixel_data: PixelDataLocation, fp: BinaryIO
+    elements: ElementValues, pixel_data: PixelDataLocation, path: Path
 ) -> tuple[records_pb2.FrameTable, str]:
     """Build the frame table; return it and, when it is incomplete, why.
 
     Parameters
     ----------
-    dataset
-        The data set (for Rows, Columns, NumberOfFrames, the offset tables ...).
+    elements
+        The data set's values (Rows, Columns, NumberOfFrames, the offset tables ...).
     pixel_data
         The pixel data location from the structural walk.
-    fp
-        The file, read only for the first bytes of fragments when no offset table says
+    path
+        The file, opened only to read the first bytes of fragments when no offset table says
         where frames start.
     """
-    count = number_of_frames(dataset)
+    count = number_of_frames(elements)
     if pixel_data.length is not None:
-        return _native(dataset, pixel_data, count)
+        return _native(elements, pixel_data, count)
     table = records_pb2.FrameTable(encapsulated=True)
     fragments = pixel_data.fragments
-    starts = _frame_starts(dataset, pixel_data, count, fp)
+    starts = _frame_starts(elements, pixel_data, count, path)
     if starts is None:
         return table, (
             f"the {len(fragments)} fragments of the Pixel Data could not be mapped to "
@@ -66,15 +71,15 @@ def frame_table(
 
 
 def _native(
-    dataset: Dataset, pixel_data: PixelDataLocation, count: int
+    elements: ElementValues, pixel_data: PixelDataLocation, count: int
 ) -> tuple[records_pb2.FrameTable, str]:
     table = records_pb2.FrameTable(encapsulated=False)
-    try:
-        rows = int(dataset.Rows)
-        columns = int(dataset.Columns)
-        samples = int(dataset.get("SamplesPerPixel", 1) or 1)
-        bits = int(dataset.BitsAllocated)
-    except (AttributeError, TypeError, ValueError):
+    try:  # a missing element gives None, which int() refuses as it refuses a wrong value
+        rows = int(elements.value(_ROWS, None))
+        columns = int(elements.value(_COLUMNS, None))
+        samples = int(elements.value(_SAMPLES_PER_PIXEL, 1) or 1)
+        bits = int(elements.value(BITS_ALLOCATED, None))
+    except (TypeError, ValueError):
         return table, "Rows, Columns or BitsAllocated is missing or invalid"
     if pixel_data.tag == 0x7FE00008:
         bits = 32
@@ -102,7 +107,7 @@ def _native(
 
 
 def _frame_starts(
-    dataset: Dataset, pixel_data: PixelDataLocation, count: int, fp: BinaryIO
+    elements: ElementValues, pixel_data: PixelDataLocation, count: int, path: Path
 ) -> list[int] | None:
     """The index of the fragment each frame starts with, or ``None`` if unknown."""
     fragments = pixel_data.fragments
@@ -115,8 +120,8 @@ def _frame_starts(
     # Offsets of both tables are relative to the first fragment's item tag.
     item_offsets = [offset - 8 - (fragments[0][0] - 8) for offset, _ in fragments]
     offsets: list[int] = []
-    if "ExtendedOffsetTable" in dataset:
-        raw = dataset.ExtendedOffsetTable
+    if _EXTENDED_OFFSET_TABLE in elements:
+        raw = elements.value(_EXTENDED_OFFSET_TABLE, None)
         offsets = list(struct.unpack(f"<{len(raw) // 8}Q", raw))
     elif pixel_data.basic_offset_table:
         raw = pixel_data.basic_offset_table
@@ -127,11 +132,12 @@ def _frame_starts(
         found = [s for s in mapped if s is not None]
         return found if len(found) == len(mapped) == count else None
     starts = []
-    for index, (offset, _) in enumerate(fragments):
-        fp.seek(offset)
-        head = fp.read(6)
-        if any(head.startswith(marker) for marker in _FRAME_STARTS):
-            starts.append(index)
+    with open(path, "rb") as fp:
+        for index, (offset, _) in enumerate(fragments):
+            fp.seek(offset)
+            head = fp.read(6)
+            if any(head.startswith(marker) for marker in _FRAME_STARTS):
+                starts.append(index)
     if len(starts) == count and starts[0] == 0:
         return starts
     return None

@@ -26,6 +26,13 @@ PIXEL_DATA_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
 # Explicit VRs whose length field is 4 bytes, after 2 reserved bytes (PS3.5 Table 7.1-1).
 _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UR", b"UT", b"UN"})
 DEFLATED_SYNTAXES = frozenset({"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.1.99.1"})
+# Element headers by byte order: (group, element, length) in implicit VR, (group, element, VR,
+# 2-byte length) in explicit VR, and the 4-byte length that follows the long VRs.
+_IMPLICIT_HEADER = {e: struct.Struct(e + "HHI") for e in "<>"}
+_EXPLICIT_HEADER = {e: struct.Struct(e + "HH2sH") for e in "<>"}
+_LONG_LENGTH = {e: struct.Struct(e + "I") for e in "<>"}
+# How much of the file one read brings in: the element headers of a typical data set, at once.
+_CHUNK = 64 * 1024
 
 
 class MalformedFileError(ServiceError):
@@ -94,31 +101,64 @@ class FileStructure:
 
 
 class _Reader:
-    """Header-level reads over a file of known size, naming what is cut off."""
+    """Header-level reads over a file of known size, naming what is cut off.
+
+    The walk reads a few bytes per element and skips the values: reading the file in chunks and
+    keeping the position here (a skip only moves it) makes that one read per chunk instead of a
+    read and a seek per element, which a buffered file object would still pay in calls.
+    """
 
     def __init__(self, fp: BinaryIO, size: int) -> None:
         self.fp = fp
         self.size = size
+        self.pos = 0
+        self._chunk = b""
+        self._chunk_start = 0
 
-    def read(self, n: int, what: str) -> bytes:
-        pos = self.fp.tell()
-        data = self.fp.read(n)
+    def _window(self, n: int) -> tuple[bytes, int]:
+        """The chunk holding up to ``n`` bytes at the position, and the position's index in it."""
+        index = self.pos - self._chunk_start
+        if index < 0 or index + n > len(self._chunk):
+            self.fp.seek(self.pos)
+            self._chunk = self.fp.read(max(n, _CHUNK))
+            self._chunk_start = self.pos
+            index = 0
+        return self._chunk, index
+
+    def peek(self, n: int) -> bytes:
+        """Up to ``n`` bytes at the position, without moving it (fewer at the end of the file)."""
+        chunk, index = self._window(n)
+        return chunk[index : index + n]
+
+    def read(self, n: int, what: str, tag: int | None = None) -> bytes:
+        """Read ``n`` bytes of ``what`` (followed by the name of ``tag``, if given)."""
+        chunk, index = self._window(n)
+        data = chunk[index : index + n]
         if len(data) < n:
-            raise truncated(f"the file ends inside {what} at byte {pos} ({self.size} bytes sent)")
+            raise truncated(
+                f"the file ends inside {_what(what, tag)} at byte {self.pos} "
+                f"({self.size} bytes sent)"
+            )
+        self.pos += n
         return data
 
-    def skip(self, n: int, what: str) -> None:
-        pos = self.fp.tell()
-        if pos + n > self.size:
+    def skip(self, n: int, what: str, tag: int | None = None) -> None:
+        """Skip the ``n`` bytes of ``what`` (followed by the name of ``tag``, if given)."""
+        if self.pos + n > self.size:
             raise truncated(
-                f"{what} at byte {pos} announces {n} bytes but the file has only "
-                f"{self.size - pos} left ({self.size} bytes sent)"
+                f"{_what(what, tag)} at byte {self.pos} announces {n} bytes but the file has "
+                f"only {self.size - self.pos} left ({self.size} bytes sent)"
             )
-        self.fp.seek(n, 1)
+        self.pos += n
 
 
 def _tag_name(tag: int) -> str:
     return f"element ({tag >> 16:04X},{tag & 0xFFFF:04X})"
+
+
+def _what(what: str, tag: int | None) -> str:
+    # Error messages name the element; they are built only when an error is raised.
+    return what if tag is None else what + _tag_name(tag)
 
 
 def scan(fp: BinaryIO, size: int) -> FileStructure:
@@ -132,25 +172,26 @@ def scan(fp: BinaryIO, size: int) -> FileStructure:
         The file's size in bytes.
     """
     r = _Reader(fp, size)
-    fp.seek(0)
     if size < PREAMBLE_LENGTH + 4:
         raise MalformedFileError(
             f"not a DICOM Part 10 file: {size} bytes is shorter than the 128-byte preamble "
             "and the 'DICM' prefix"
         )
-    fp.seek(PREAMBLE_LENGTH)
-    if fp.read(4) != b"DICM":
+    r.pos = PREAMBLE_LENGTH
+    if r.peek(4) != b"DICM":
         raise MalformedFileError(
             "not a DICOM Part 10 file: no 'DICM' prefix at byte 128 (a bare data set without "
             "preamble and file meta information is not accepted)"
         )
+    r.pos += 4
     transfer_syntax = _scan_meta(r)
-    dataset_offset = fp.tell()
+    dataset_offset = r.pos
     if transfer_syntax in DEFLATED_SYNTAXES:
         # The data set is a raw deflate stream: walk the inflated bytes instead (offsets then
         # refer to the inflated data set, which is why no frame table is built from them).
         # Deflate is used for small non-image objects; the inflated copy is bounded by that.
         inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        fp.seek(dataset_offset)
         try:
             inflated = inflater.decompress(fp.read()) + inflater.flush()
         except zlib.error as exc:
@@ -166,8 +207,7 @@ def scan(fp: BinaryIO, size: int) -> FileStructure:
     little = transfer_syntax != "1.2.840.10008.1.2.2"
     # Some writers encode the data set in another VR encoding than the transfer syntax says;
     # readers (pydicom among them) detect it from the first element, and so does this walk.
-    first = fp.read(6)
-    fp.seek(dataset_offset)
+    first = r.peek(6)
     found_implicit = implicit
     if len(first) == 6:
         found_implicit = not (first[4:6].isalpha() and first[4:6].isupper())
@@ -189,25 +229,24 @@ def scan(fp: BinaryIO, size: int) -> FileStructure:
 def _scan_meta(r: _Reader) -> str:
     """Walk group 0002 (always explicit VR little endian); return its TransferSyntaxUID."""
     transfer_syntax = ""
-    while r.fp.tell() < r.size:
-        start = r.fp.tell()
-        head = r.fp.read(6)
+    while r.pos < r.size:
+        head = r.peek(6)
         if len(head) < 6 or struct.unpack("<H", head[:2])[0] != 0x0002:
-            r.fp.seek(start)
             break
+        r.pos += 6
         tag = (0x0002 << 16) | struct.unpack("<H", head[2:4])[0]
         vr = head[4:6]
         if vr in _LONG_VRS:
-            length = struct.unpack("<2xI", r.read(6, f"the header of {_tag_name(tag)}"))[0]
+            length = struct.unpack("<2xI", r.read(6, "the header of ", tag))[0]
         else:
-            length = struct.unpack("<H", r.read(2, f"the header of {_tag_name(tag)}"))[0]
+            length = struct.unpack("<H", r.read(2, "the header of ", tag))[0]
         if length == UNDEFINED_LENGTH:
             raise MalformedFileError(f"file meta {_tag_name(tag)} has an undefined length")
         if tag == 0x00020010:
-            value = r.read(length, f"the value of {_tag_name(tag)}")
+            value = r.read(length, "the value of ", tag)
             transfer_syntax = value.rstrip(b"\x00 ").decode("ascii", "replace")
         else:
-            r.skip(length, _tag_name(tag))
+            r.skip(length, "", tag)
     if not transfer_syntax:
         raise MalformedFileError(
             "the file meta information has no TransferSyntaxUID (0002,0010): the encoding of "
@@ -229,24 +268,23 @@ class _Walk:
     def _header(self, implicit: bool, endian: str) -> tuple[int, bytes, int]:
         """Read one element header; return (tag, vr, length)."""
         head = self.r.read(8, "an element header")
-        group, elem = struct.unpack(endian + "HH", head[:4])
+        if implicit:
+            group, elem, length = _IMPLICIT_HEADER[endian].unpack(head)
+            return (group << 16) | elem, b"", length
+        group, elem, vr, length = _EXPLICIT_HEADER[endian].unpack(head)
         tag = (group << 16) | elem
-        if implicit or group == 0xFFFE:
-            return tag, b"", struct.unpack(endian + "I", head[4:])[0]
-        vr = head[4:6]
+        if group == 0xFFFE:  # item and delimiter tags have no VR, and a 4-byte length
+            return tag, b"", _IMPLICIT_HEADER[endian].unpack(head)[2]
         if vr in _LONG_VRS:
-            (length,) = struct.unpack(
-                endian + "I", self.r.read(4, f"the header of {_tag_name(tag)}")
-            )
-            return tag, vr, length
-        return tag, vr, struct.unpack(endian + "H", head[6:8])[0]
+            (length,) = _LONG_LENGTH[endian].unpack(self.r.read(4, "the header of ", tag))
+        return tag, vr, length
 
     def dataset(self, until: int, depth: int, implicit: bool | None = None) -> None:
         """Walk elements up to byte ``until`` or an item delimiter."""
         implicit = self.implicit if implicit is None else implicit
         endian = self.endian
-        fp = self.r.fp
-        while fp.tell() < until:
+        r = self.r
+        while r.pos < until:
             tag, vr, length = self._header(implicit, endian)
             if tag == ITEM_DELIMITER:
                 return
@@ -263,15 +301,15 @@ class _Walk:
                 continue
             if depth == 0 and tag in PIXEL_DATA_TAGS:
                 self.pixel_data = PixelDataLocation(
-                    tag, fp.tell(), length, vr.decode("ascii", "replace")
+                    tag, r.pos, length, vr.decode("ascii", "replace")
                 )
-            self.r.skip(length, f"the value of {_tag_name(tag)}")
+            self.r.skip(length, "the value of ", tag)
 
     def _sequence(self, tag: int, depth: int, implicit: bool) -> None:
         """Walk the items of an undefined-length sequence up to its delimiter."""
         endian = "<" if implicit else self.endian
         while True:
-            head = self.r.read(8, f"an item header of {_tag_name(tag)}")
+            head = self.r.read(8, "an item header of ", tag)
             group, elem, length = struct.unpack(endian + "HHI", head)
             item_tag = (group << 16) | elem
             if item_tag == SEQUENCE_DELIMITER:
@@ -279,7 +317,7 @@ class _Walk:
             if item_tag != ITEM:
                 raise MalformedFileError(
                     f"{_tag_name(tag)}: expected an item (FFFE,E000) at byte "
-                    f"{self.r.fp.tell() - 8}, found {_tag_name(item_tag)}"
+                    f"{self.r.pos - 8}, found {_tag_name(item_tag)}"
                 )
             if length == UNDEFINED_LENGTH:
                 saved = self.endian
@@ -289,12 +327,12 @@ class _Walk:
                 finally:
                     self.endian = saved
             else:
-                self.r.skip(length, f"an item of {_tag_name(tag)}")
+                self.r.skip(length, "an item of ", tag)
 
     def _encapsulated(self, tag: int) -> PixelDataLocation:
         """Locate the Basic Offset Table and the fragments of encapsulated pixel data."""
-        fp = self.r.fp
-        location = PixelDataLocation(tag, fp.tell(), None)
+        r = self.r
+        location = PixelDataLocation(tag, r.pos, None)
         first = True
         while True:
             head = self.r.read(8, "an item header of the encapsulated Pixel Data")
@@ -304,12 +342,12 @@ class _Walk:
                 return location
             if item_tag != ITEM or length == UNDEFINED_LENGTH:
                 raise MalformedFileError(
-                    f"encapsulated Pixel Data: expected a fragment item at byte {fp.tell() - 8}, "
+                    f"encapsulated Pixel Data: expected a fragment item at byte {r.pos - 8}, "
                     f"found {_tag_name(item_tag)} of length {length:#x}"
                 )
             if first:
                 location.basic_offset_table = self.r.read(length, "the Basic Offset Table")
                 first = False
                 continue
-            location.fragments.append((fp.tell(), length))
+            location.fragments.append((r.pos, length))
             self.r.skip(length, "a Pixel Data fragment")

@@ -10,15 +10,15 @@ answered from a value that does not mean what it says.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 from pydicom import config
-from pydicom.dataset import Dataset
-from pydicom.multival import MultiValue
 from pydicom.uid import UID
 from pydicom.valuerep import validate_value
 
 from dicomrpc_server.dicom.attributes import ALL_ATTRIBUTES
+from dicomrpc_server.dicom.elements import ElementValues
 from dicomrpc_server.dicom.part10 import ParsedInstance
 from dicomrpc_server.dicom.uids import UidCheck, check_uid
 from dicomrpc_server.errors import Code, ServiceError
@@ -84,26 +84,19 @@ class ValidationFailed(ServiceError):
 
 # Checked (strictly) by validate() itself.
 _REQUIRED_KEYWORDS = frozenset(keyword for keyword, _ in _REQUIRED)
+_CHECKED_ATTRIBUTES = [a for a in ALL_ATTRIBUTES if a.keyword not in _REQUIRED_KEYWORDS]
 
 
-def _text(dataset: Dataset, keyword: str) -> str | None:
-    """The single string value of an attribute, ``None`` when absent."""
-    if keyword not in dataset:
-        return None
-    value = dataset[keyword].value
-    if isinstance(value, MultiValue):
-        return "\\".join(str(v) for v in value)
-    return "" if value is None else str(value).strip("\x00 ")
+def validate(parsed: ParsedInstance, elements: ElementValues) -> ValidatedInstance:
+    """Check a parsed instance; raise :class:`ValidationFailed` or return its warnings.
 
-
-def validate(parsed: ParsedInstance) -> ValidatedInstance:
-    """Check a parsed instance; raise :class:`ValidationFailed` or return its warnings."""
-    ds = parsed.dataset
+    ``elements`` are the values of ``parsed.dataset``.
+    """
     problems: list[AttributeProblem] = []
     uids: dict[str, str] = {}
     for keyword, tag in _REQUIRED:
         try:
-            value = _text(ds, keyword)
+            value = elements.text(tag)
         except Exception as exc:  # an undecodable value
             raise ValidationFailed(f"{keyword} ({tag:08X}) cannot be read: {exc}", keyword) from exc
         if value is None:
@@ -117,9 +110,9 @@ def validate(parsed: ParsedInstance) -> ValidatedInstance:
             )
         uids[keyword] = value
 
-    if "PatientID" not in ds:
+    if 0x00100020 not in elements:
         problems.append(AttributeProblem("00100020", "PatientID", "is absent", WARNING_ATTRIBUTES))
-    unindexed = _check_searchable(ds, problems)
+    unindexed = _check_searchable(elements, problems)
     _check_sop_class(parsed, uids, problems)
     if parsed.structure.encoding_mismatch:
         problems.append(
@@ -135,19 +128,20 @@ def validate(parsed: ParsedInstance) -> ValidatedInstance:
     )
 
 
-def _check_searchable(ds: Dataset, problems: list[AttributeProblem]) -> set[str]:
+def _check_searchable(elements: ElementValues, problems: list[AttributeProblem]) -> set[str]:
     """Validate every value the index would hold; return the tags to leave out of it."""
     unindexed: set[str] = set()
-    for attribute in ALL_ATTRIBUTES:
-        if attribute.tag not in ds or attribute.keyword in _REQUIRED_KEYWORDS:
-            continue
+    for attribute in _CHECKED_ATTRIBUTES:
         try:
-            value = ds[attribute.tag].value
-            values = list(value) if isinstance(value, MultiValue) else [value]
+            values = elements.values(attribute.tag)
+            if values is None:
+                continue
             for v in values:
                 if v is not None and v != "" and attribute.vr in _TEXT_VRS:
                     # IS, DS and PN values are objects whose str() is the text as stored.
-                    validate_value(attribute.vr, str(v), config.RAISE)
+                    why = _invalid(attribute.vr, str(v))
+                    if why is not None:
+                        raise ValueError(why)
         except Exception as exc:
             unindexed.add(attribute.hex_tag)
             problems.append(
@@ -161,18 +155,31 @@ def _check_searchable(ds: Dataset, problems: list[AttributeProblem]) -> set[str]
     return unindexed
 
 
+@functools.lru_cache(maxsize=4096)
+def _invalid(vr: str, text: str) -> str | None:
+    """Why pydicom finds ``text`` an invalid value of ``vr``, ``None`` if it is valid.
+
+    The verdicts are kept: searchable values repeat from one instance to the next (the study
+    date, the patient's name, the modality), and pydicom's checks depend on nothing else.
+    """
+    try:
+        validate_value(vr, text, config.RAISE)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 def _check_sop_class(
     parsed: ParsedInstance, uids: dict[str, str], problems: list[AttributeProblem]
 ) -> None:
     """Warn (45063) when the data set does not match its SOP class or its file meta."""
-    ds = parsed.dataset
-    meta = ds.file_meta
+    meta = ElementValues(parsed.dataset.file_meta)
     sop_class = uids["SOPClassUID"]
-    for meta_keyword, keyword in (
-        ("MediaStorageSOPClassUID", "SOPClassUID"),
-        ("MediaStorageSOPInstanceUID", "SOPInstanceUID"),
+    for meta_keyword, meta_tag, keyword in (
+        ("MediaStorageSOPClassUID", 0x00020002, "SOPClassUID"),
+        ("MediaStorageSOPInstanceUID", 0x00020003, "SOPInstanceUID"),
     ):
-        meta_value = _text(meta, meta_keyword)
+        meta_value = meta.text(meta_tag)
         if meta_value and meta_value != uids[keyword]:
             problems.append(
                 AttributeProblem(

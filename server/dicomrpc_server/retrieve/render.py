@@ -31,6 +31,7 @@ from pydicom.pixels.processing import (
 )
 from pydicom.pixels.utils import pixel_array
 
+from dicomrpc_server.dicom.elements import ElementValues
 from dicomrpc_server.dicom.frames import number_of_frames
 from dicomrpc_server.errors import Code, ServiceError, invalid_argument
 
@@ -144,7 +145,7 @@ def _render_image(path: Path, options: RenderOptions) -> Image.Image:
             f"instance {sop_uid} has no pixel data to render",
             metadata={"sop_instance_uid": sop_uid},
         )
-    count = number_of_frames(meta)
+    count = number_of_frames(ElementValues(meta))
     frame = options.frame_number or 1
     if not 1 <= frame <= count:
         raise ServiceError(

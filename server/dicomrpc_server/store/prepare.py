@@ -10,12 +10,11 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydicom.dataset import Dataset
-
 from dicomrpc.datasets import from_pydicom
 from dicomrpc.v1 import dataset_pb2
 from dicomrpc_server.dicom.attributes import ATTRIBUTES_BY_LEVEL, Level
-from dicomrpc_server.dicom.frames import frame_table, number_of_frames
+from dicomrpc_server.dicom.elements import ElementValues
+from dicomrpc_server.dicom.frames import BITS_ALLOCATED, frame_table, number_of_frames
 from dicomrpc_server.dicom.part10 import parse_file
 from dicomrpc_server.dicom.structure import DEFLATED_SYNTAXES
 from dicomrpc_server.dicom.validation import AttributeProblem, ValidatedInstance, validate
@@ -23,6 +22,10 @@ from dicomrpc_server.storage import records_pb2
 from dicomrpc_server.storage.protocols import NewInstance
 
 BULK_DATA_THRESHOLD = 1024
+_HEX_TAGS_BY_LEVEL = {
+    level: tuple(attribute.hex_tag for attribute in attributes)
+    for level, attributes in ATTRIBUTES_BY_LEVEL.items()
+}
 
 
 @dataclass
@@ -55,7 +58,8 @@ def prepare(path: Path) -> PreparedInstance:
 
 def _prepare(path: Path) -> PreparedInstance:
     parsed = parse_file(path)
-    validated = validate(parsed)
+    elements = ElementValues(parsed.dataset)
+    validated = validate(parsed, elements)
     base = instance_path(validated.study_uid, validated.series_uid, validated.sop_uid)
     metadata = from_pydicom(
         parsed.dataset,
@@ -67,13 +71,12 @@ def _prepare(path: Path) -> PreparedInstance:
     if pixel is not None:
         metadata.attributes[f"{pixel.tag:08X}"].CopyFrom(
             dataset_pb2.Attribute(
-                vr=pixel.vr or _pixel_vr(parsed.dataset, pixel.tag, pixel.length is None),
+                vr=pixel.vr or _pixel_vr(elements, pixel.tag, pixel.length is None),
                 bulk_data_uri=f"{base}/bulkdata/{pixel.tag:08X}",
             )
         )
         if parsed.structure.transfer_syntax_uid not in DEFLATED_SYNTAXES:
-            with open(path, "rb") as fp:
-                frames, why = frame_table(parsed.dataset, pixel, fp)
+            frames, why = frame_table(elements, pixel, path)
             if why:
                 validated.problems.append(AttributeProblem("7FE00010", "PixelData", why, 1))
     unindexed = sorted(validated.unindexed_tags)
@@ -81,22 +84,23 @@ def _prepare(path: Path) -> PreparedInstance:
         size_bytes=parsed.size,
         transfer_syntax_uid=parsed.structure.transfer_syntax_uid,
         sop_class_uid=validated.sop_class_uid,
-        number_of_frames=number_of_frames(parsed.dataset) if pixel is not None else 0,
-        attributes=level_subset(metadata, Level.INSTANCE),
+        number_of_frames=number_of_frames(elements) if pixel is not None else 0,
         modality=_first_string(metadata, "00080060"),
         unindexed_tags=unindexed,
     )
+    study = records_pb2.StudyRecord(unindexed_tags=unindexed)
+    series = records_pb2.SeriesRecord(unindexed_tags=unindexed)
+    # Filled in place: a subset passed to the constructor would be copied once more.
+    _copy_level(metadata, Level.INSTANCE, record.attributes)
+    _copy_level(metadata, Level.STUDY, study.attributes)
+    _copy_level(metadata, Level.SERIES, series.attributes)
     new = NewInstance(
         study_uid=validated.study_uid,
         series_uid=validated.series_uid,
         sop_uid=validated.sop_uid,
         record=record,
-        study_attributes=records_pb2.StudyRecord(
-            attributes=level_subset(metadata, Level.STUDY), unindexed_tags=unindexed
-        ),
-        series_attributes=records_pb2.SeriesRecord(
-            attributes=level_subset(metadata, Level.SERIES), unindexed_tags=unindexed
-        ),
+        study_attributes=study,
+        series_attributes=series,
         metadata=metadata.SerializeToString(),
         frames=frames,
     )
@@ -106,10 +110,23 @@ def _prepare(path: Path) -> PreparedInstance:
 def level_subset(metadata: dataset_pb2.Dataset, level: Level) -> dataset_pb2.Dataset:
     """The attributes of ``metadata`` that a level's record keeps."""
     out = dataset_pb2.Dataset()
-    for attribute in ATTRIBUTES_BY_LEVEL[level]:
-        if attribute.hex_tag in metadata.attributes:
-            out.attributes[attribute.hex_tag].CopyFrom(metadata.attributes[attribute.hex_tag])
+    _copy_level(metadata, level, out)
     return out
+
+
+def _copy_level(metadata: dataset_pb2.Dataset, level: Level, target: dataset_pb2.Dataset) -> None:
+    """Copy the attributes of ``metadata`` that a level's record keeps into ``target``.
+
+    ``target`` is set (present) even when none of them is there, as a subset passed to a
+    record's constructor would be.
+    """
+    target.SetInParent()
+    source = metadata.attributes
+    attributes = target.attributes
+    for hex_tag in _HEX_TAGS_BY_LEVEL[level]:
+        attribute = source.get(hex_tag)
+        if attribute is not None:
+            attributes[hex_tag].CopyFrom(attribute)
 
 
 def _first_string(metadata: dataset_pb2.Dataset, tag: str) -> str:
@@ -119,7 +136,7 @@ def _first_string(metadata: dataset_pb2.Dataset, tag: str) -> str:
     return attribute.strings.values[0]
 
 
-def _pixel_vr(dataset: Dataset, tag: int, encapsulated: bool) -> str:
+def _pixel_vr(elements: ElementValues, tag: int, encapsulated: bool) -> str:
     """The VR of a pixel data element written without one (implicit VR), as pydicom decides."""
     if tag == 0x7FE00008:
         return "OF"
@@ -127,7 +144,7 @@ def _pixel_vr(dataset: Dataset, tag: int, encapsulated: bool) -> str:
         return "OD"
     if encapsulated:
         return "OB"
-    try:
-        return "OW" if int(dataset.BitsAllocated) > 8 else "OB"
-    except (AttributeError, TypeError, ValueError):
+    try:  # a missing BitsAllocated gives None, which int() refuses
+        return "OW" if int(elements.value(BITS_ALLOCATED, None)) > 8 else "OB"
+    except (TypeError, ValueError):
         return "OW"
