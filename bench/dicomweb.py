@@ -26,7 +26,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
 import pydicom
 from ingest import (
     MB,
@@ -47,7 +46,6 @@ from ingest import (
 )
 
 from dicomrpc import Client
-from dicomrpc.v1 import retrieve_service_pb2, retrieve_service_pb2_grpc
 
 SECTION = "## DICOMweb"
 BOUNDARY = "bench-boundary-" + uuid.uuid4().hex
@@ -176,10 +174,8 @@ def _wado_study(port: int, path: str) -> int:
 
 
 def _grpc_study(target: str, study: str) -> int:
-    with grpc.insecure_channel(target) as channel:
-        stub = retrieve_service_pb2_grpc.RetrieveServiceStub(channel)
-        request = retrieve_service_pb2.RetrieveStudyRequest(study_instance_uid=study)
-        return sum(len(message.data) for message in stub.RetrieveStudy(request))
+    with Client(target) as client:
+        return sum(len(instance.data) for instance in client.iter_instances(study))
 
 
 def _timed_retrieve(pid: int, fetch: Callable[[], int], repeat: int) -> tuple[float, int, float]:
@@ -288,7 +284,7 @@ def report(
         "per client), into an empty data directory.",
         f"- Retrieve: the study {args.retrieves} times in a row as stored (WADO-RS "
         "`transfer-syntax=*`, body read into a reused 1 MiB buffer, multipart framing counted; "
-        "gRPC: the raw `RetrieveStudy` stub, chunk bytes counted).",
+        "gRPC: the SDK, `Client.iter_instances`).",
         f"- {args.rounds} rounds, each on a fresh server (dicomrpc's DICOMweb and gRPC runs "
         "alternate within a round; Orthanc's rounds follow); the table shows the median (every "
         "round under (rounds)) and the largest peak RSS of the server's process tree.",

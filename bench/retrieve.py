@@ -8,7 +8,8 @@ Usage (from the repository root)::
 What is measured, against both servers holding the same files:
 
 - study retrieve MB/s, 1 and 4 concurrent clients, on a 100-instance CT study (~50 MB): gRPC
-  ``RetrieveStudy`` through the raw stub (chunk bytes counted, never joined) against
+  ``RetrieveStudy`` through the SDK (``Client.iter_instances``, one instance in memory at a
+  time) against
   ``GET /dicom-web/studies/{uid}`` (body bytes counted as they stream);
 - study metadata latency, a 100-instance and a 500-instance study: ``Client.metadata()`` against
   ``GET /dicom-web/studies/{uid}/metadata`` (the body read, not parsed);
@@ -102,8 +103,6 @@ from pydicom.uid import (
 from pydicom.valuerep import VR
 
 from dicomrpc import Client, ClientConfig
-from dicomrpc.v1 import retrieve_service_pb2 as rpb
-from dicomrpc.v1 import retrieve_service_pb2_grpc
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "## Retrieve"
@@ -412,22 +411,15 @@ def load_orthanc(port: int, files: list[Path], batch: int = 10, big: int = 16 * 
 # --------------------------------------------------------------------------------------------
 
 
-def grpc_study_bytes(
-    stub: retrieve_service_pb2_grpc.RetrieveServiceStub, study: str, transfer_syntax: str = "*"
-) -> int:
-    """RetrieveStudy through the raw stub: the chunk bytes received, counted, not joined."""
-    request = rpb.RetrieveStudyRequest(
-        study_instance_uid=study,
-        options=rpb.TransferOptions(transfer_syntax_uid=transfer_syntax),
-    )
+def grpc_study_bytes(client: Client, study: str, transfer_syntax: str = "*") -> int:
+    """RetrieveStudy through the SDK (``Client.iter_instances``): the instances' bytes."""
     total = 0
-    for message in stub.RetrieveStudy(request):
-        if message.WhichOneof("payload") == "data":
-            total += len(message.data)
-        elif transfer_syntax != "*" and message.instance.transfer_syntax_uid != transfer_syntax:
+    for instance in client.iter_instances(study, transfer_syntax=transfer_syntax):
+        if transfer_syntax != "*" and instance.transfer_syntax_uid != transfer_syntax:
             raise RuntimeError(
-                f"RetrieveStudy sent {message.instance.transfer_syntax_uid}, not {transfer_syntax}"
+                f"RetrieveStudy sent {instance.transfer_syntax_uid}, not {transfer_syntax}"
             )
+        total += len(instance.data)
     return total
 
 
@@ -615,12 +607,11 @@ class Server:
 
 
 def dicomrpc_side(target: str, pid: int, mf: MultiFrame, j2k: MultiFrame) -> Server:
-    """Requests to dicomrpc: the raw stub for bytes, the SDK for metadata and frames."""
+    """Requests to dicomrpc, through the SDK."""
 
     def study_bytes(client: object, study: str) -> int:
         assert isinstance(client, Client)
-        stub = retrieve_service_pb2_grpc.RetrieveServiceStub(client.channel)
-        return grpc_study_bytes(stub, study)
+        return grpc_study_bytes(client, study)
 
     def metadata(client: object, study: str) -> None:
         assert isinstance(client, Client)
@@ -640,8 +631,7 @@ def dicomrpc_side(target: str, pid: int, mf: MultiFrame, j2k: MultiFrame) -> Ser
 
     def study_j2k(client: object, study: str) -> int:
         assert isinstance(client, Client)
-        stub = retrieve_service_pb2_grpc.RetrieveServiceStub(client.channel)
-        return grpc_study_bytes(stub, study, J2K)
+        return grpc_study_bytes(client, study, J2K)
 
     return Server(
         "dicomrpc",
@@ -1087,12 +1077,13 @@ def report(
         f"noise per pixel) and its JPEG 2000 lossless copy ({j2k.path.stat().st_size / MB:.0f} "
         "MB, one fragment per frame, encoded by pylibjpeg-openjpeg; same series, another SOP "
         "Instance UID).",
-        "- dicomrpc: study retrieve through the raw `RetrieveStudy` stub, chunk bytes counted "
-        "(transfer syntax `*`, server's 1 MiB chunks); metadata `Client.metadata(study)` "
+        "- dicomrpc: study retrieve through the SDK, `Client.iter_instances(study)` (gRPC "
+        "`RetrieveStudy`, transfer syntax `*`, 1 MiB chunks, each instance joined in memory "
+        "and dropped); metadata `Client.metadata(study)` "
         "(datasets parsed into protobuf messages); frames `Client.frames(..., [n])`, "
         f"transcoded ones with `transfer_syntax=` `{NATIVE}` (J2K → native) or `{J2K}` "
-        "(native → J2K lossless); study retrieve as JPEG 2000 through the raw stub with "
-        f'`TransferOptions(transfer_syntax_uid="{J2K}")`. One gRPC channel per client. '
+        "(native → J2K lossless); study retrieve as JPEG 2000 with "
+        f'`iter_instances(study, transfer_syntax="{J2K}")`. One gRPC channel per client. '
         "The server runs with its default of 1 worker process, which does all decoding and "
         "encoding.",
         "- Orthanc: WADO-RS, `GET /dicom-web/studies/{uid}` (`transfer-syntax=*`), "

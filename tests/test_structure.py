@@ -49,3 +49,23 @@ def test_cuts_inside_elements_fail(name: str) -> None:
 def test_not_part10() -> None:
     with pytest.raises(MalformedFileError, match="DICM"):
         scan(io.BytesIO(b"\x00" * 200), 200)
+
+
+def test_64_bit_integers_have_a_4_byte_length_in_explicit_vr() -> None:
+    """SV and UV (PS3.5 Table 7.1-1) are read with their 4-byte length, as pydicom writes them."""
+    from pydicom import dcmread
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    from tests.dicomgen import ct_instance
+
+    ds = dcmread(io.BytesIO(ct_instance(rows=4, columns=4)))
+    ds.add_new(0x00091010, "LO", "ACME")
+    ds.add_new(0x00091011, "SV", [-(2**40), 7])
+    ds.add_new(0x00091012, "UV", [2**63 + 5])
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    data = out.getvalue()
+    found = scan(io.BytesIO(data), len(data))
+    assert found.pixel_data is not None
+    assert data[found.pixel_data.value_offset :] == ds.PixelData

@@ -24,7 +24,9 @@ ITEM_DELIMITER = 0xFFFEE00D
 SEQUENCE_DELIMITER = 0xFFFEE0DD
 PIXEL_DATA_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
 # Explicit VRs whose length field is 4 bytes, after 2 reserved bytes (PS3.5 Table 7.1-1).
-_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UR", b"UT", b"UN"})
+_LONG_VRS = frozenset(
+    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+)
 DEFLATED_SYNTAXES = frozenset({"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.1.99.1"})
 # Element headers by byte order: (group, element, length) in implicit VR, (group, element, VR,
 # 2-byte length) in explicit VR, and the 4-byte length that follows the long VRs.
