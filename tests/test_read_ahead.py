@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -85,7 +86,7 @@ def test_read_at_reads_cached_and_uncached_bytes_alike(
 ) -> None:
     """Reads served from the page cache at once and reads sent to a thread give equal bytes."""
     if not nowait:
-        monkeypatch.setattr(service, "_NOWAIT", 0)
+        monkeypatch.setattr(service._nowait, "flag", 0)
     data = os.urandom(3 * 1024 * 1024 + 5)
     path = tmp_path / "blob"
     path.write_bytes(data)
@@ -110,3 +111,25 @@ def test_read_at_reads_cached_and_uncached_bytes_alike(
         assert asyncio.run(read_all(0, len(data))) == data
         assert asyncio.run(read_all(1000, 2_500_000)) == data[1000:2_500_000]
         assert asyncio.run(read_all(len(data) - 3, len(data) + 100)) == data[-3:]
+
+
+def test_read_at_falls_back_to_threads_where_nowait_reads_are_unsupported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kernel or file system that refuses RWF_NOWAIT turns it off; reads go on in threads."""
+    monkeypatch.setattr(service._nowait, "flag", getattr(os, "RWF_NOWAIT", 8))
+    refused: list[int] = []
+
+    def preadv(fd: int, buffers: list[memoryview], offset: int, flags: int = 0) -> int:
+        refused.append(flags)
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    monkeypatch.setattr(service.os, "preadv", preadv)
+    path = tmp_path / "blob"
+    path.write_bytes(b"0123456789" * 1000)
+    with open(path, "rb") as fp:
+        buffer = bytearray(4096)
+        first = asyncio.run(service.read_at(fp.fileno(), buffer, 4096, 0))
+        second = asyncio.run(service.read_at(fp.fileno(), buffer, 4096, 4096))
+    assert first + second == (b"0123456789" * 1000)[:8192]
+    assert len(refused) == 1 and service._nowait.flag == 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import os
 from collections.abc import AsyncIterator, Collection, Iterator
@@ -100,21 +101,37 @@ async def read_at(fd: int, buffer: bytearray, size: int, offset: int) -> bytes:
     Bytes in the page cache (what a retrieve of recently stored or read data mostly meets) are
     copied at once, through ``buffer`` (reused by the caller, at least ``size`` long): a thread
     round trip per chunk costs more than the copy. Only a read that would wait for the disk
-    goes to a thread.
+    goes to a thread, and every read does where the kernel or the file system cannot read
+    without waiting.
     """
-    if _NOWAIT:
+    if _nowait.flag:
         view = memoryview(buffer)[:size]
         try:
-            got = os.preadv(fd, [view], offset, _NOWAIT)
+            got = os.preadv(fd, [view], offset, _nowait.flag)
         except BlockingIOError:
+            got = 0
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            _nowait.flag = 0
             got = 0
         if got:
             return bytes(view[:got])
     return await asyncio.to_thread(os.pread, fd, size, offset)
 
 
-# Reads that fail rather than wait for the disk (Linux 4.14+); elsewhere every read is threaded.
-_NOWAIT: int = getattr(os, "RWF_NOWAIT", 0)
+@dataclass
+class _NoWait:
+    """The flag of reads that fail rather than wait for the disk, or 0 when unsupported.
+
+    ``RWF_NOWAIT`` exists from Linux 4.14 (buffered reads need a 5.x kernel on most file
+    systems); the first read refused for want of it turns it off.
+    """
+
+    flag: int
+
+
+_nowait = _NoWait(getattr(os, "RWF_NOWAIT", 0))
 
 
 def as_stored(requested: str, stored: str) -> bool:
