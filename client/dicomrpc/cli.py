@@ -15,11 +15,10 @@ import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from pydicom.datadict import keyword_for_tag
 from tqdm import tqdm
 
 from dicomrpc.client import Client
-from dicomrpc.datasets import to_json
+from dicomrpc.datasets import keyword, to_json
 from dicomrpc.errors import DicomRpcError
 from dicomrpc.results import Change, InstanceResult, ReindexStatus
 from dicomrpc.sources import Item, expand
@@ -37,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the archive server")
-    from dicomrpc_server.main import add_serve_arguments
+    from dicomrpc_server.config import add_serve_arguments
 
     add_serve_arguments(serve)
 
@@ -155,7 +154,7 @@ def search_command(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=1))
         return 0
     columns = _COLUMNS[args.level]
-    names = [keyword_for_tag(int(c, 16)) or c for c in columns]
+    names = [keyword(c) or c for c in columns]
     table = [names, *([_cell(row.get(c)) for c in columns] for row in rows)]
     widths = [max(len(r[i]) for r in table) for i in range(len(columns))]
     for row in table:
@@ -365,7 +364,7 @@ def query_tags_command(args: argparse.Namespace) -> int:
     with Client(args.server) as client:
         if args.action == "list":
             for tag in client.query_tags():
-                name = keyword_for_tag(int(tag.tag, 16)) or tag.private_creator
+                name = keyword(tag.tag) or tag.private_creator
                 state = "ready" if tag.ready else "re-indexing"
                 print(f"{tag.tag} {tag.vr} {tag.level:<8} {state:<11} {name}")
             return 0

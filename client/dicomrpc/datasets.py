@@ -46,15 +46,16 @@ import base64
 import json
 import re
 from collections.abc import Callable, Mapping, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pydicom
-from pydicom.dataelem import DataElement, RawDataElement, empty_value_for_VR
-from pydicom.tag import Tag
-from pydicom.valuerep import PersonName
-
-from dicomrpc import rawvalues
 from dicomrpc.v1 import dataset_pb2
+
+if TYPE_CHECKING:
+    import pydicom
+    from pydicom.dataelem import DataElement, RawDataElement
+
+# pydicom (and numpy with it) is imported by the functions that convert to or from it, not
+# here: a program that only stores, searches or retrieves, the CLI first, starts without it.
 
 __all__ = [
     "from_json",
@@ -484,6 +485,8 @@ def from_pydicom(
         If pydicom cannot decode or convert an element (other than the DS/IS case above); the
         message names its tag path.
     """
+    from dicomrpc import rawvalues
+
     # CT_small.dcm (258 elements): ~1 ms after dcmread, ~2.3 ms once pydicom has converted them.
     message = dataset_pb2.Dataset()
     # Without a URI callable, a threshold of 0 sends every non-empty binary value to the handler,
@@ -506,6 +509,10 @@ def _dataset_from_pydicom(
     prefix: str,
     shortcuts: bool,
 ) -> None:
+    from pydicom.dataelem import RawDataElement
+
+    from dicomrpc import rawvalues
+
     handler: Callable[[DataElement], str]
     if bulk_data_uri is None:
         handler = _inline_marker
@@ -586,6 +593,8 @@ def _attribute_from_raw(
     `dicomrpc.rawvalues`). Returns ``False``, having changed nothing, when the element is left
     to pydicom.
     """
+    from dicomrpc import rawvalues
+
     vr = rawvalues.element_vr(raw)
     if vr is None:
         return False
@@ -651,6 +660,8 @@ def _attribute_from_raw(
 
 
 def _carry_unconvertible(attr: dataset_pb2.Attribute, element: DataElement, exc: Exception) -> bool:
+    from pydicom.valuerep import PersonName
+
     # The values of an element that pydicom's to_json_dict raised `exc` on, in the known cases.
     vr = element.VR
     value = element.value
@@ -702,6 +713,10 @@ def to_pydicom(ds: dataset_pb2.Dataset) -> pydicom.Dataset:
     ValueError
         If the message is malformed or pydicom rejects a value.
     """
+    import pydicom
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
     text_numbers: list[_TextNumber] = []
     result = pydicom.Dataset.from_json(
         _dataset_to_json(ds, text_numbers, ()), bulk_data_uri_handler=_unresolved_bulk_data
@@ -716,4 +731,13 @@ def to_pydicom(ds: dataset_pb2.Dataset) -> pydicom.Dataset:
 
 
 def _unresolved_bulk_data(tag: str, vr: str, uri: str) -> Any:
+    from pydicom.dataelem import empty_value_for_VR
+
     return empty_value_for_VR(vr)
+
+
+def keyword(tag: str) -> str:
+    """The DICOM keyword of ``tag`` (8 hexadecimal digits), or "" for one the dictionary lacks."""
+    from pydicom.datadict import keyword_for_tag
+
+    return str(keyword_for_tag(int(tag, 16)))

@@ -14,10 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pydicom.datadict import keyword_for_tag
-
 from dicomrpc.client import Client
-from dicomrpc.datasets import from_json_text, to_json
+from dicomrpc.datasets import from_json_text, keyword, to_json
 from dicomrpc.v1 import dataset_pb2
 from dicomrpc.workitems import WorkitemResult
 
@@ -146,7 +144,7 @@ def _search(client: Client, args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(rows, indent=1))
         return
-    names = [keyword_for_tag(int(c, 16)) or c for c in _COLUMNS]
+    names = [keyword(c) or c for c in _COLUMNS]
     table = [names, *([_cell(row.get(c)) for c in _COLUMNS] for row in rows)]
     widths = [max(len(r[i]) for r in table) for i in range(len(_COLUMNS))]
     for row in table:

@@ -15,21 +15,23 @@ Transaction UID was ``missing`` or ``wrong``).
 from __future__ import annotations
 
 import datetime
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import grpc
-import pydicom
-from pydicom.uid import generate_uid
 
 from dicomrpc.datasets import from_json, from_pydicom, to_json
 from dicomrpc.errors import DicomRpcError
 from dicomrpc.v1 import dataset_pb2, workitem_service_pb2_grpc
 from dicomrpc.v1 import workitem_service_pb2 as pb
 
+if TYPE_CHECKING:
+    import pydicom
+
 T = TypeVar("T")
-DatasetLike = dataset_pb2.Dataset | Mapping[str, Any] | pydicom.Dataset
+DatasetLike: TypeAlias = "dataset_pb2.Dataset | Mapping[str, Any] | pydicom.Dataset"
 
 _STATES = {
     pb.WORKITEM_STATE_SCHEDULED: "SCHEDULED",
@@ -45,15 +47,20 @@ _EVENTS = {
 }
 
 
+def new_uid() -> str:
+    """A new UID from a random UUID, under the ``2.25`` root (PS3.5 B.2): no registration."""
+    return f"2.25.{uuid.uuid4().int}"
+
+
 def as_dataset(dataset: DatasetLike | None) -> dataset_pb2.Dataset:
     """A ``Dataset`` message from a message, a DICOM JSON mapping or a pydicom data set."""
     if dataset is None:
         return dataset_pb2.Dataset()
     if isinstance(dataset, dataset_pb2.Dataset):
         return dataset
-    if isinstance(dataset, pydicom.Dataset):
-        return from_pydicom(dataset)
-    return from_json(dataset)
+    if isinstance(dataset, Mapping):
+        return from_json(dataset)
+    return from_pydicom(dataset)  # a pydicom Dataset (not a Mapping)
 
 
 @dataclass(frozen=True)
@@ -176,7 +183,7 @@ class Workitems:
         A new Transaction UID is generated unless given. A workitem claimed by another
         performer fails with 0xC302.
         """
-        transaction_uid = transaction_uid or str(generate_uid())
+        transaction_uid = transaction_uid or new_uid()
         self.change_state(workitem_uid, "IN PROGRESS", transaction_uid)
         return transaction_uid
 

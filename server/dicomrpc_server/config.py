@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -96,3 +97,34 @@ class Settings:
 def split_origins(text: str) -> tuple[str, ...]:
     """The origins of a comma-separated list (``DICOMRPC_CORS_ORIGINS``, ``--cors-origins``)."""
     return tuple(origin.strip() for origin in text.split(",") if origin.strip())
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``serve`` options (each also settable by a ``DICOMRPC_*`` variable)."""
+    parser.add_argument("--data", type=Path, help="data directory (env DICOMRPC_DATA, ./data)")
+    parser.add_argument("--host", help="address to bind (env DICOMRPC_HOST, 127.0.0.1)")
+    parser.add_argument(
+        "--grpc-port", type=int, help="gRPC port, 0 for any (env DICOMRPC_GRPC_PORT, 50051)"
+    )
+    parser.add_argument(
+        "--http-port",
+        type=int,
+        help="DICOMweb (HTTP) port, 0 for any, -1 for none (env DICOMRPC_HTTP_PORT, 8042)",
+    )
+    parser.add_argument(
+        "--cors-origins",
+        type=split_origins,
+        help="comma-separated browser origins allowed to call DICOMweb, or '*' "
+        "(env DICOMRPC_CORS_ORIGINS, none)",
+    )
+    parser.add_argument(
+        "--max-instance-bytes",
+        type=int,
+        help="largest instance accepted (env DICOMRPC_MAX_INSTANCE_BYTES, 4 GiB)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="processes that parse, transcode and render (env DICOMRPC_WORKERS, 1)",
+    )
+    parser.add_argument("--log-level", default="INFO", help="logging level (INFO)")
