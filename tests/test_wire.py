@@ -64,3 +64,25 @@ def test_serialize_passes_encoded_chunks_and_serializes_messages() -> None:
     message = rpb.RetrieveInstancesResponse(instance=rpb.InstanceHeader(version=3))
     assert serialize(message) == message.SerializeToString()
     assert serialize(b"\x12\x00") == b"\x12\x00"
+
+
+def test_a_metadata_answer_from_stored_datasets_is_protobufs_own() -> None:
+    from dicomrpc.v1 import dataset_pb2
+    from dicomrpc.wire import encode_fields
+
+    datasets = [
+        dataset_pb2.Dataset(
+            attributes={
+                "00100010": dataset_pb2.Attribute(vr="PN"),
+                "00080018": dataset_pb2.Attribute(vr="UI"),
+            }
+        ),
+        dataset_pb2.Dataset(),  # an empty dataset is a field of length 0
+        dataset_pb2.Dataset(attributes={"7FE00010": dataset_pb2.Attribute(vr="OW")}),
+    ]
+    stored = [d.SerializeToString(deterministic=True) for d in datasets]
+    expected = rpb.RetrieveMetadataResponse(etag='"abc"', datasets=datasets)
+    encoded = encode_fields([(1, b'"abc"'), *((3, raw) for raw in stored)])
+    assert rpb.RetrieveMetadataResponse.FromString(encoded) == expected
+    assert encoded == expected.SerializeToString(deterministic=True)
+    assert encode_fields([]) == b""

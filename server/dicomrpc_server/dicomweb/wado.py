@@ -19,6 +19,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from dicomrpc.datasets import to_json
+from dicomrpc.v1 import dataset_pb2
 from dicomrpc_server.dicomweb.context import archive_of, service_root
 from dicomrpc_server.dicomweb.media import (
     AS_STORED,
@@ -218,7 +219,7 @@ async def retrieve_metadata(request: Request) -> Response:
     root = service_root(request)
     objects = []
     for dataset in datasets:
-        obj = to_json(dataset)
+        obj = to_json(dataset_pb2.Dataset.FromString(dataset))
         absolute_bulk_data_uris(obj, root)
         objects.append(obj)
     body = json.dumps(objects, separators=(",", ":")).encode()

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from dicomrpc.v1 import retrieve_service_pb2 as pb
-from dicomrpc.wire import encode_chunk
+from dicomrpc.wire import encode_chunk, encode_fields
 from dicomrpc_server.errors import ServiceError
 from dicomrpc_server.grpc.errors import abort
 from dicomrpc_server.retrieve.render import RenderOptions
@@ -16,6 +16,8 @@ from dicomrpc_server.retrieve.service import Outgoing, RetrieveCore, clamp_chunk
 # Chunks are sent encoded by hand (see dicomrpc.wire): the messages' bytes fields.
 _INSTANCE_DATA = pb.RetrieveInstancesResponse.DATA_FIELD_NUMBER
 _FRAME_DATA = pb.RetrieveFramesResponse.DATA_FIELD_NUMBER
+_ETAG = pb.RetrieveMetadataResponse.ETAG_FIELD_NUMBER
+_DATASETS = pb.RetrieveMetadataResponse.DATASETS_FIELD_NUMBER
 # Metadata datasets per response message.
 METADATA_BATCH = 64
 _MEDIA_TYPES = {pb.RENDERED_FORMAT_JPEG: "image/jpeg", pb.RENDERED_FORMAT_PNG: "image/png"}
@@ -149,7 +151,7 @@ class RetrieveServicer:
 
     async def _metadata(
         self, context: Any, if_none_match: str, study: str, series: str = "", sop: str = ""
-    ) -> AsyncIterator[pb.RetrieveMetadataResponse]:
+    ) -> AsyncIterator[pb.RetrieveMetadataResponse | bytes]:
         core = self._core
         try:
             matches = [if_none_match] if if_none_match else []
@@ -160,22 +162,21 @@ class RetrieveServicer:
         if datasets is None:
             yield pb.RetrieveMetadataResponse(etag=tag, not_modified=True)
             return
-        first = True
+        # The stored datasets go out as they are, without being parsed (see dicomrpc.wire).
         for start in range(0, max(len(datasets), 1), METADATA_BATCH):
-            yield pb.RetrieveMetadataResponse(
-                etag=tag if first else "", datasets=datasets[start : start + METADATA_BATCH]
-            )
-            first = False
+            fields = [(_ETAG, tag.encode())] if start == 0 and tag else []
+            fields += ((_DATASETS, d) for d in datasets[start : start + METADATA_BATCH])
+            yield encode_fields(fields)
 
     def RetrieveStudyMetadata(
         self, request: pb.RetrieveStudyMetadataRequest, context: Any
-    ) -> AsyncIterator[pb.RetrieveMetadataResponse]:
+    ) -> AsyncIterator[pb.RetrieveMetadataResponse | bytes]:
         """Stream the metadata of every instance of a study."""
         return self._metadata(context, request.if_none_match, request.study_instance_uid)
 
     def RetrieveSeriesMetadata(
         self, request: pb.RetrieveSeriesMetadataRequest, context: Any
-    ) -> AsyncIterator[pb.RetrieveMetadataResponse]:
+    ) -> AsyncIterator[pb.RetrieveMetadataResponse | bytes]:
         """Stream the metadata of every instance of a series."""
         return self._metadata(
             context, request.if_none_match, request.study_instance_uid, request.series_instance_uid
@@ -183,7 +184,7 @@ class RetrieveServicer:
 
     def RetrieveInstanceMetadata(
         self, request: pb.RetrieveInstanceMetadataRequest, context: Any
-    ) -> AsyncIterator[pb.RetrieveMetadataResponse]:
+    ) -> AsyncIterator[pb.RetrieveMetadataResponse | bytes]:
         """Stream the metadata of one instance."""
         return self._metadata(
             context,

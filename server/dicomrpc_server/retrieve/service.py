@@ -20,7 +20,6 @@ from typing import Any, BinaryIO, TypeVar
 
 import numpy as np
 
-from dicomrpc.v1 import dataset_pb2
 from dicomrpc_server.errors import Code, ServiceError, invalid_argument
 from dicomrpc_server.retrieve.bulkdata import ByteRange, check_tag_path, locate_bulk_data
 from dicomrpc_server.retrieve.render import RenderOptions, render
@@ -333,10 +332,12 @@ class RetrieveCore:
 
     # -- metadata --------------------------------------------------------------------------
 
-    def metadata(
-        self, study: str, series: str = "", sop: str = ""
-    ) -> tuple[str, list[dataset_pb2.Dataset]]:
-        """The ETag and the pre-computed metadata of what a request names."""
+    def metadata(self, study: str, series: str = "", sop: str = "") -> tuple[str, list[bytes]]:
+        """The ETag and the pre-computed metadata of what a request names.
+
+        The metadata are serialized ``Dataset`` messages, as stored: gRPC sends them without
+        parsing them, DICOMweb parses them to write DICOM JSON.
+        """
         found = resolve(self.index, study, series, sop)
         return etag(found), self.index.get_metadata_many(
             [(i.study_uid, i.series_uid, i.sop_uid) for i in found]
@@ -348,7 +349,7 @@ class RetrieveCore:
 
     def metadata_unless(
         self, if_none_match: Collection[str], study: str, series: str = "", sop: str = ""
-    ) -> tuple[str, list[dataset_pb2.Dataset] | None]:
+    ) -> tuple[str, list[bytes] | None]:
         """The ETag and metadata, or the ETag and ``None`` when it is one of ``if_none_match``.
 
         ``*`` matches any ETag (RFC 9110 §13.1.2). The metadata is read only when it is sent.

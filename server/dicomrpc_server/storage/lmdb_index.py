@@ -368,14 +368,17 @@ class LmdbIndex:
                     out[pk] = raw
         return out
 
-    def get_metadata_many(self, keys_: list[tuple[str, str, str]]) -> list[dataset_pb2.Dataset]:
-        """The pre-computed metadata of several instances, read in one transaction."""
+    def get_metadata_many(self, keys_: list[tuple[str, str, str]]) -> list[bytes]:
+        """The pre-computed metadata of several instances, read in one transaction.
+
+        Each is a serialized ``Dataset`` as stored, not parsed: gRPC sends it as it is.
+        """
         out = []
         with self.read() as txn:
             for study, series, sop in keys_:
                 raw = _get(txn, keys.instance_key(study, series, sop), self._db["metadata"])
                 if raw is not None:
-                    out.append(dataset_pb2.Dataset.FromString(raw))
+                    out.append(raw)
         return out
 
     def changes(self, after: int, limit: int) -> list[management_service_pb2.ChangeFeedEntry]:
