@@ -306,12 +306,15 @@ class ResourceSampler:
         self._interval = interval
         self._stop = threading.Event()
         self._cpu: dict[int, float] = {}
+        self._before: dict[int, float] = {}
         self.peak_rss = 0
         self.samples = 0
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
 
     def __enter__(self) -> ResourceSampler:
         self._sample()
+        # What the tree had spent before (starting up, importing): not the run's.
+        self._before = dict(self._cpu)
         self._thread.start()
         return self
 
@@ -322,8 +325,8 @@ class ResourceSampler:
 
     @property
     def cpu_seconds(self) -> float:
-        """The user + system CPU time of the tree, as last sampled."""
-        return sum(self._cpu.values())
+        """The user + system CPU time the tree spent since ``__enter__``, as last sampled."""
+        return sum(cpu - self._before.get(pid, 0.0) for pid, cpu in self._cpu.items())
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
@@ -1000,7 +1003,8 @@ def report(
         "of all runs. Each run starts its server on an empty data directory; the corpus is in "
         "the page cache.",
         "- MB = 2^20 bytes. Peak RSS: the server's process tree, sampled every 50 ms. "
-        "CPU s: user + system. Client and servers share the machine's CPUs.",
+        "CPU s: user + system during the run (not the servers' start-up). Client and servers share "
+        "the machine's CPUs.",
         "",
         table(results),
         "",
