@@ -20,7 +20,6 @@ from dicomrpc.v1 import (
     management_service_pb2_grpc,
     retrieve_service_pb2_grpc,
     search_service_pb2_grpc,
-    store_service_pb2_grpc,
 )
 from dicomrpc.v1 import retrieve_service_pb2 as rpb
 from dicomrpc.v1 import search_service_pb2 as spb
@@ -101,7 +100,6 @@ class Client:
             self.channel = grpc.secure_channel(target, credentials, self.config.channel_options())
         else:
             self.channel = grpc.insecure_channel(target, self.config.channel_options())
-        self._store = store_service_pb2_grpc.StoreServiceStub(self.channel)
         self._retrieve = retrieve_service_pb2_grpc.RetrieveServiceStub(self.channel)
         # The calls that move bytes send and receive chunks without protobuf's copies.
         self._store_instances = self.channel.stream_unary(

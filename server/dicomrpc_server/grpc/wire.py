@@ -23,7 +23,7 @@ def add_chunked_servicer(
     servicer: object,
     service: ServiceDescriptor,
     messages: ModuleType,
-    chunk_fields: Mapping[str, int] = {},
+    chunk_fields: Mapping[str, int] | None = None,
 ) -> None:
     """Register every method of ``service`` on ``server``, served by ``servicer``.
 
@@ -44,7 +44,7 @@ def add_chunked_servicer(
     handlers: dict[str, grpc.RpcMethodHandler] = {}
     for method in service.methods:
         request_type = getattr(messages, method.input_type.name)
-        field = chunk_fields.get(method.name)
+        field = (chunk_fields or {}).get(method.name)
         deserializer: Callable[[bytes], Any] = (
             request_type.FromString if field is None else chunk_or_message(request_type, field)
         )
