@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -97,6 +98,18 @@ class ServerProcess:
     process: subprocess.Popen[str]
     target: str
     dicomweb_url: str
+
+    def stop(self, sig: signal.Signals | None = signal.SIGTERM, timeout: float = 60) -> int:
+        """Stop the server with ``sig`` (``None``: it is already ending) and return its code.
+
+        Nothing is sent to a server that has ended; its output pipe is closed.
+        """
+        if sig is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+        code = self.process.wait(timeout)
+        assert self.process.stdout is not None
+        self.process.stdout.close()
+        return code
 
 
 def spawn_server(data_dir: Path) -> ServerProcess:

@@ -365,9 +365,7 @@ def test_sigterm_lets_an_in_flight_stow_finish_then_stops(tmp_path: Path) -> Non
         assert sent.acquire(timeout=30)
     proc.process.send_signal(signal.SIGTERM)
     writer.join(60)
-    assert proc.process.wait(60) == 0
-    assert proc.process.stdout is not None
-    proc.process.stdout.close()
+    assert proc.stop(None) == 0
     assert answers and answers[0].status_code == 200
     assert len(answers[0].json()["00081199"]["Value"]) == 10
     with pytest.raises(httpx.ConnectError):

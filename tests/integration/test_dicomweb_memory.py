@@ -94,7 +94,4 @@ def test_gigabyte_stow_and_retrieve_hold_bounded_memory(tmp_path: Path) -> None:
             f"retrieve grew the server by {retrieve_growth // MB} MiB"
         )
     finally:
-        proc.process.terminate()
-        proc.process.wait(30)
-        assert proc.process.stdout is not None
-        proc.process.stdout.close()
+        proc.stop()

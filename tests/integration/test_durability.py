@@ -76,10 +76,7 @@ def test_sigkill_mid_stream_leaves_a_consistent_store(tmp_path: Path) -> None:
     writers[1].start()
     for _ in range(80):
         assert sent.acquire(timeout=30)
-    proc.process.send_signal(signal.SIGKILL)
-    proc.process.wait(30)
-    assert proc.process.stdout is not None
-    proc.process.stdout.close()
+    proc.stop(signal.SIGKILL)
     stop.set()
     for w in writers:
         w.join(60)
@@ -115,10 +112,7 @@ def test_a_killed_server_leaves_no_process_behind(tmp_path: Path) -> None:
         children = _running({pid for pid in everyone if _stat(pid)[1] == proc.process.pid})
         assert children
     finally:
-        proc.process.send_signal(signal.SIGKILL)
-        proc.process.wait(30)
-        assert proc.process.stdout is not None
-        proc.process.stdout.close()
+        proc.stop(signal.SIGKILL)
     deadline = time.monotonic() + 15
     try:
         while _running(children) and time.monotonic() < deadline:

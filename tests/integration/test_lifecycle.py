@@ -25,7 +25,7 @@ from dicomrpc_server.config import Settings
 from dicomrpc_server.dicom.attributes import Level
 from dicomrpc_server.query.terms import EXACT
 from dicomrpc_server.store.ingest import StoreStream
-from tests.conftest import RunningServer, ServerProcess, spawn_server
+from tests.conftest import RunningServer, spawn_server
 from tests.dicomgen import ct_instance
 
 
@@ -198,14 +198,6 @@ class _Kill:
         return 0 < len(self.left) < len(self.study_files)
 
 
-def _stop(proc: ServerProcess, sig: signal.Signals) -> None:
-    if proc.process.poll() is None:
-        proc.process.send_signal(sig)
-    proc.process.wait(60)
-    assert proc.process.stdout is not None
-    proc.process.stdout.close()
-
-
 def _delete_and_kill_while_removing(
     data_dir: Path, study: str, instances: list[bytes], others: list[bytes]
 ) -> _Kill:
@@ -243,14 +235,13 @@ def _delete_and_kill_while_removing(
             and time.monotonic() < deadline
         ):
             pass
-        proc.process.send_signal(signal.SIGKILL)
-        proc.process.wait(60)
+        proc.stop(signal.SIGKILL)
         deleter.join(60)
         on_disk = _blob_files(data_dir)
         assert other_files <= on_disk, "a file of another study went with the deletion"
         return _Kill(other_files, study_files, on_disk & study_files, reply[0] if reply else None)
     finally:
-        _stop(proc, signal.SIGKILL)
+        proc.stop(signal.SIGKILL)
 
 
 def test_sigkill_between_commit_and_file_removal_then_restart_leaves_no_orphan(
@@ -296,7 +287,7 @@ def test_sigkill_between_commit_and_file_removal_then_restart_leaves_no_orphan(
             while batch := client.read_changes(changes[-1].sequence if changes else 0, 1000):
                 changes += batch
     finally:
-        _stop(restarted, signal.SIGTERM)
+        restarted.stop()
 
     # The deletions were committed, all in one transaction, and logged in the feed.
     assert [c.sequence for c in changes] == list(range(1, len(changes) + 1))
