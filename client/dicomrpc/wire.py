@@ -37,17 +37,17 @@ def _varint(value: int) -> bytes:
 
 def encode_chunk(field_number: int, data: bytes | bytearray | memoryview) -> bytes:
     """The serialized form of a message whose only field is bytes field ``field_number``."""
-    return b"".join((_varint(field_number << 3 | _LENGTH_DELIMITED), _varint(len(data)), data))
+    return encode_fields(((field_number, data),))
 
 
-def encode_fields(fields: Iterable[tuple[int, bytes]]) -> bytes:
+def encode_fields(fields: Iterable[tuple[int, bytes | bytearray | memoryview]]) -> bytes:
     """The serialized form of a message made of length-delimited fields, in the order given.
 
     A field is a string, bytes or (already serialized) message field; a repeated one is given
     once per value. This is how metadata answers send the stored, serialized datasets without
     parsing them first.
     """
-    parts: list[bytes] = []
+    parts: list[bytes | bytearray | memoryview] = []
     for field_number, value in fields:
         parts += (_varint(field_number << 3 | _LENGTH_DELIMITED), _varint(len(value)), value)
     return b"".join(parts)
