@@ -2,19 +2,36 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# The installs are reproducible: every package, its version and its hashes come from a lock
+# (requirements/*.lock, written by `make lock` from pyproject.toml).
+SERVER_STAMP := $(VENV)/.installed-server
+TEST_STAMP := $(VENV)/.installed-test
+LOCK_VENV := .venv-lock
+PIP_COMPILE := $(LOCK_VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe \
+	--strip-extras --no-emit-index-url --no-emit-find-links
 
-.PHONY: install serve test lint typecheck unit proto bench clean
+.PHONY: install install-server serve test lint typecheck unit proto bench lock clean
 
-install: $(STAMP)
+install: $(TEST_STAMP)
 
-$(STAMP): pyproject.toml
-	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
-	touch $(STAMP)
+install-server: $(SERVER_STAMP)
 
-serve: install
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# The server and its runtime dependencies only: what `make serve` needs.
+$(SERVER_STAMP): pyproject.toml requirements/server.lock | $(BIN)/python
+	$(BIN)/pip install --quiet --require-hashes -r requirements/server.lock
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+# The same plus the test, lint and type-checking tools.
+$(TEST_STAMP): pyproject.toml requirements/test.lock | $(BIN)/python
+	$(BIN)/pip install --quiet --require-hashes -r requirements/test.lock
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+serve: install-server
 	$(BIN)/dicomrpc serve --data ./data
 
 lint: install
@@ -39,5 +56,12 @@ bench: install
 	$(BIN)/python bench/search.py
 	$(BIN)/python bench/dicomweb.py
 
+# Re-resolve the locks after a change of pyproject.toml's dependencies (needs the registry).
+lock:
+	test -x $(LOCK_VENV)/bin/pip-compile || \
+		($(PYTHON) -m venv $(LOCK_VENV) && $(LOCK_VENV)/bin/pip install --quiet pip-tools)
+	$(PIP_COMPILE) -o requirements/server.lock pyproject.toml requirements/build.in
+	$(PIP_COMPILE) --extra test -o requirements/test.lock pyproject.toml requirements/build.in
+
 clean:
-	rm -rf $(VENV) build *.egg-info bench/.work
+	rm -rf $(VENV) $(LOCK_VENV) build *.egg-info bench/.work
