@@ -7,11 +7,11 @@ translates parts into instances and results into the PS3.18 response data set.
 A body that ends or breaks inside a part (a client cut off, a missing close delimiter) stores
 none of that part: the instances of the complete parts before it are stored and reported, and
 the incomplete one is reported as failed (272). A body without one complete part fails with 400.
+However the request ends, no upload of it is left behind (see ``StoreRequest``).
 """
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
@@ -96,9 +96,8 @@ async def store_instances(request: Request) -> Response:
     study = request.path_params.get("study", "")
     boundary = _boundary(request)
     check_study_restriction(study, "study")
-    store = StoreRequest(archive_of(request).store, study)
     reader = MultipartReader(boundary)
-    try:
+    async with StoreRequest(archive_of(request).store, study) as store:
         problem = await _receive(request, reader, store)
         cut_part = reader.parts if reader.in_part else 0
         if cut_part:
@@ -107,9 +106,6 @@ async def store_instances(request: Request) -> Response:
         if problem is not None and complete_parts == 0:
             raise problem
         results = await store.finish()
-    except (ServiceError, asyncio.CancelledError):
-        await store.cancel()
-        raise
     status = _HTTP_STATUS[overall_status(results)]
     headers: dict[str, str] = {}
     if problem is not None:

@@ -5,6 +5,10 @@ validated; it is fsynced and renamed into the blob store; one index transaction 
 instance is acknowledged only after that commit. A crash before the rename leaves an upload
 (cleared at start-up); between the rename and the commit, an orphan blob (swept at start-up);
 never an index entry without its file.
+
+Short of a crash, nothing is left behind: an instance owns its upload file from its first byte
+until it hands the file to its commit, and however it ends before that (failed, dropped, its
+request cancelled) the file is removed and its descriptor closed.
 """
 
 from __future__ import annotations
@@ -126,7 +130,12 @@ class StoreStream:
 
 
 class Ingest:
-    """One instance on its way in: feed it bytes with :meth:`write`, then :meth:`finish`."""
+    """One instance on its way in: feed it bytes with :meth:`write`, then :meth:`finish`.
+
+    The instance owns its upload file, created at its first byte, until it hands the file to
+    its commit. :meth:`abandon` removes the file wherever the instance ends; it may be called
+    any number of times, from any path, and :meth:`finish` always ends with it.
+    """
 
     def __init__(
         self, core: StoreCore, stream: StoreStream, client_reference: str, declared_size: int
@@ -138,7 +147,9 @@ class Ingest:
         self.result = InstanceResult(stream.count, client_reference)
         self._received = 0
         self._too_large = declared_size > core.settings.max_instance_bytes
-        self._upload: Upload | None = None if self._too_large else core.blobs.new_upload()
+        # Created at the first byte: an instance that never receives one holds no file.
+        self._upload: Upload | None = None
+        self._ended = False
         # Decided after the previous instance of the stream (see StoreStream).
         self._after = stream.last_checked
         self._checked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -147,20 +158,32 @@ class Ingest:
     def write(self, data: bytes | memoryview) -> None:
         """Append a chunk; past the size limit the bytes are dropped and the file removed."""
         self._received += len(data)
-        if self._upload is None:
+        if self._ended or self._too_large or not data:
             return
         if self._received > self._core.settings.max_instance_bytes:
             self._too_large = True
-            self._upload.discard()
-            self._upload = None
+            self._drop_upload()
             return
+        if self._upload is None:
+            self._upload = self._core.blobs.new_upload()
         self._upload.write(data)
 
     def abandon(self) -> None:
-        """Drop a partial instance (the stream was cancelled)."""
-        if self._upload is not None:
-            self._upload.discard()
-            self._upload = None
+        """End the instance here: remove its upload unless a commit owns it (idempotent)."""
+        self._ended = True
+        self._drop_upload()
+        if not self._checked.done():
+            self._checked.set_result(None)  # the next instance of the stream is not held up
+
+    def _drop_upload(self) -> None:
+        upload, self._upload = self._upload, None
+        if upload is None:
+            return
+        try:
+            upload.discard()
+        except OSError:
+            # Start-up recovery removes what is left under uploads/.
+            log.warning("could not remove the upload %s", upload.path, exc_info=True)
 
     async def finish(self) -> InstanceResult:
         """Check, persist and index the instance; return its result (never raises)."""
@@ -177,8 +200,6 @@ class Ingest:
             return self.result
         finally:
             self.abandon()
-            if not self._checked.done():
-                self._checked.set_result(None)
 
     async def _finish(self) -> InstanceResult:
         core = self._core
@@ -191,8 +212,6 @@ class Ingest:
                 272,
                 limit=str(limit),
             )
-        upload = self._upload
-        assert upload is not None
         if self._declared and self._received != self._declared:
             raise _failure(
                 "INSTANCE_TRUNCATED",
@@ -201,6 +220,8 @@ class Ingest:
             )
         if self._received == 0:
             raise _failure("INSTANCE_UNPARSABLE", "the instance has no bytes", 272)
+        upload = self._upload
+        assert upload is not None
         upload.close()
         prepared = await core.workers.run(prepare, upload.path)
         validated = prepared.validated
@@ -248,7 +269,8 @@ class Ingest:
         commit = asyncio.ensure_future(self._commit(upload, prepared))
         core._in_flight[sop] = (self._stream, commit)
         self._checked.set_result(None)
-        self._upload = None  # from here on the upload belongs to the commit task
+        # From here on the upload belongs to the commit task.
+        self._upload = None
         # Shielded: once the file is being persisted, a cancelled stream must not leave the
         # file and the index disagreeing; the commit finishes either way.
         version = await asyncio.shield(commit)
@@ -262,16 +284,17 @@ class Ingest:
     async def _commit(self, upload: Upload, prepared: PreparedInstance) -> int:
         core = self._core
         loop = asyncio.get_running_loop()
-        blob_id = ""
         try:
-            blob_id = await loop.run_in_executor(None, core.blobs.persist, upload)
-            prepared.new.record.blob_id = blob_id
-            return await core.index.add_instance(prepared.new)
-        except BaseException:
-            if blob_id:
-                core.blobs.delete(blob_id)
-            else:
+            try:
+                blob_id = await loop.run_in_executor(None, core.blobs.persist, upload)
+            except BaseException:
                 upload.discard()
-            raise
+                raise
+            prepared.new.record.blob_id = blob_id
+            try:
+                return await core.index.add_instance(prepared.new)
+            except BaseException:
+                core.blobs.delete(blob_id)
+                raise
         finally:
             core._in_flight.pop(prepared.validated.sop_uid, None)
