@@ -1,10 +1,10 @@
 """A store that ends any way but by finishing leaves nothing behind: no upload, no descriptor.
 
 Each test drives many stores into one way of ending (cancelled, past their deadline, one message
-over the server's limit, a STOW body cut off or malformed) against a server in a child
-process, waits until each really holds an upload file, and then checks that the server's
-``uploads/`` folder empties and its open descriptors come back to where they were, while the
-instances stored before are untouched.
+over the server's limit, a STOW body cut off or malformed, a server stopping) against a server
+in a child process, waits until each really holds an upload file, and then checks that the
+server's ``uploads/`` folder empties and its open descriptors come back to where they were,
+while the instances stored before are untouched.
 """
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import signal
 import socket
+import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -29,6 +31,8 @@ from dicomrpc import Client
 from dicomrpc.client import STORE_INSTANCES
 from dicomrpc.v1 import store_service_pb2 as pb
 from dicomrpc.wire import serialize
+from dicomrpc_server.archive import Archive
+from dicomrpc_server.config import Settings
 from tests.conftest import ServerProcess, spawn_server
 from tests.dicomgen import ct_instance
 
@@ -240,3 +244,44 @@ def test_stow_bodies_malformed_midway_store_the_parts_before(archived: Archived)
 
 def _is_stored(client: Client, sop: str) -> bool:
     return bool(client.search_instances(SOPInstanceUID=sop).datasets)
+
+
+def _blob_files(data: Path) -> set[str]:
+    return {f.stem for f in (data / "blobs").glob("*/*.dcm")}
+
+
+@pytest.mark.timeout(300)
+def test_a_server_stopping_mid_stream_leaves_nothing(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    archived = _with_instances(spawn_server(data, "--shutdown-grace", "1"), data)
+    ended: dict[str, Counter[grpc.StatusCode]] = {}
+
+    def stall() -> None:
+        target = archived.proc.target
+        ended["codes"] = asyncio.run(_stalled_stores(target, 50, _uploads_of(archived)))
+
+    thread = threading.Thread(target=stall)
+    thread.start()
+    instance = ct_instance(rows=256, columns=256)
+    address, head = _stow_head(archived.proc.dicomweb_url, len(_part(instance)) + 64)
+    sockets = [socket.create_connection(address) for _ in range(10)]
+    try:
+        for sock in sockets:
+            sock.sendall(head + _part(instance[: len(instance) // 2]))
+        assert _wait_until(lambda: len(archived.uploads) == 60), (
+            f"the server holds {len(archived.uploads)} of 60 uploads"
+        )
+        assert archived.proc.stop(signal.SIGTERM) == 0
+    finally:
+        for sock in sockets:
+            sock.close()
+        thread.join(60)
+    assert sum(ended["codes"].values()) == 50
+    assert archived.uploads == [], f"{len(archived.uploads)} upload files were left behind"
+    on_disk = _blob_files(data)
+    reopened = Archive(Settings(data_dir=data))
+    try:
+        assert reopened.index.blob_ids() == on_disk
+        assert reopened.index.counts().instances == len(archived.stored)
+    finally:
+        reopened.close()
