@@ -8,7 +8,8 @@ never an index entry without its file.
 
 Short of a crash, nothing is left behind: an instance owns its upload file from its first byte
 until it hands the file to its commit, and however it ends before that (failed, dropped, its
-request cancelled) the file is removed and its descriptor closed.
+request cancelled) the file is removed and its descriptor closed. A write that finds no space
+fails that instance alone, with ``STORAGE_FULL`` (see :mod:`dicomrpc_server.storage.space`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dicomrpc_server.dicom.validation import AttributeProblem
 from dicomrpc_server.errors import Code, ServiceError
 from dicomrpc_server.storage.lmdb_index import instance_exists_error
 from dicomrpc_server.storage.protocols import BlobStore, Index, Upload
+from dicomrpc_server.storage.space import space_errno, storage_full
 from dicomrpc_server.store.prepare import PreparedInstance, instance_path, prepare
 from dicomrpc_server.workers import WorkerPool
 
@@ -113,6 +115,16 @@ class StoreCore:
         stream.count += 1
         return ingest
 
+    def storage_error(self, exc: Exception, step: str) -> ServiceError:
+        """The failure of an instance whose file or index write failed with ``exc``."""
+        if space_errno(exc) is not None:
+            log.warning("%s: %s", step, exc)
+            return storage_full(exc, self.settings.data_dir, step)
+        log.error("%s failed", step, exc_info=exc)
+        return _failure(
+            "STORAGE_FAILURE", f"the instance could not be stored: {step} failed: {exc}", 272
+        )
+
 
 class StoreStream:
     """One store request: its study restriction, and the order its instances are decided in.
@@ -149,6 +161,8 @@ class Ingest:
         self._too_large = declared_size > core.settings.max_instance_bytes
         # Created at the first byte: an instance that never receives one holds no file.
         self._upload: Upload | None = None
+        # Why the bytes are dropped since a write of them failed (no space, say).
+        self._write_failure: ServiceError | None = None
         self._ended = False
         # Decided after the previous instance of the stream (see StoreStream).
         self._after = stream.last_checked
@@ -156,17 +170,25 @@ class Ingest:
         stream.last_checked = self._checked
 
     def write(self, data: bytes | memoryview) -> None:
-        """Append a chunk; past the size limit the bytes are dropped and the file removed."""
+        """Append a chunk; past the size limit, or once a write failed, bytes are dropped.
+
+        Either way the file is removed at once and the instance fails when it is finished;
+        the request's other instances go on.
+        """
         self._received += len(data)
-        if self._ended or self._too_large or not data:
+        if self._ended or self._too_large or self._write_failure is not None or not data:
             return
         if self._received > self._core.settings.max_instance_bytes:
             self._too_large = True
             self._drop_upload()
             return
-        if self._upload is None:
-            self._upload = self._core.blobs.new_upload()
-        self._upload.write(data)
+        try:
+            if self._upload is None:
+                self._upload = self._core.blobs.new_upload()
+            self._upload.write(data)
+        except OSError as exc:
+            self._write_failure = self._core.storage_error(exc, "writing the instance's file")
+            self._drop_upload()
 
     def abandon(self) -> None:
         """End the instance here: remove its upload unless a commit owns it (idempotent)."""
@@ -193,6 +215,9 @@ class Ingest:
             self.result.failure = exc
             return self.result
         except Exception as exc:
+            if space_errno(exc) is not None:
+                self.result.failure = self._core.storage_error(exc, "storing the instance")
+                return self.result
             log.exception("storing instance %d failed", self.result.index)
             self.result.failure = _failure(
                 "STORAGE_FAILURE", f"the instance could not be stored: {exc}", 272
@@ -212,6 +237,8 @@ class Ingest:
                 272,
                 limit=str(limit),
             )
+        if self._write_failure is not None:
+            raise self._write_failure
         if self._declared and self._received != self._declared:
             raise _failure(
                 "INSTANCE_TRUNCATED",
@@ -222,7 +249,10 @@ class Ingest:
             raise _failure("INSTANCE_UNPARSABLE", "the instance has no bytes", 272)
         upload = self._upload
         assert upload is not None
-        upload.close()
+        try:
+            upload.close()  # buffered bytes are written now: this too may find no space
+        except OSError as exc:
+            raise core.storage_error(exc, "writing the instance's file") from exc
         prepared = await core.workers.run(prepare, upload.path)
         validated = prepared.validated
         result = self.result
@@ -287,8 +317,10 @@ class Ingest:
         try:
             try:
                 blob_id = await loop.run_in_executor(None, core.blobs.persist, upload)
-            except BaseException:
+            except BaseException as exc:
                 upload.discard()
+                if isinstance(exc, OSError):
+                    raise core.storage_error(exc, "making the instance's file durable") from exc
                 raise
             prepared.new.record.blob_id = blob_id
             try:

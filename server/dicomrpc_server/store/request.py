@@ -14,6 +14,7 @@ from types import TracebackType
 
 from dicomrpc_server.dicom.uids import UidCheck, check_uid
 from dicomrpc_server.errors import Code, ServiceError, invalid_argument
+from dicomrpc_server.storage.space import STORAGE_FULL
 from dicomrpc_server.store.ingest import Ingest, InstanceResult, Outcome, StoreCore, StoreStream
 
 # Instances of one request being checked and committed while the next one streams in.
@@ -34,6 +35,20 @@ def overall_status(results: list[InstanceResult]) -> StoreStatus:
     if results and stored == len(results):
         return StoreStatus.ALL_STORED
     return StoreStatus.PARTIALLY_STORED if stored else StoreStatus.NONE_STORED
+
+
+def storage_full_refusal(results: list[InstanceResult]) -> ServiceError | None:
+    """The lack of space that refused a request none of whose instances was stored, if any.
+
+    Such a request is answered as refused by the archive as a whole (STOW-RS: 507), so that a
+    client retries once space is freed rather than reading a fault in its data.
+    """
+    if overall_status(results) is not StoreStatus.NONE_STORED:
+        return None
+    for result in results:
+        if result.failure is not None and result.failure.reason == STORAGE_FULL:
+            return result.failure
+    return None
 
 
 def check_study_restriction(study_uid: str, field_name: str) -> None:
