@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,10 +112,15 @@ class ServerProcess:
         return code
 
 
-def spawn_server(data_dir: Path) -> ServerProcess:
+def spawn_server(data_dir: Path, *serve_args: str, prefix: Sequence[str] = ()) -> ServerProcess:
+    """Start ``dicomrpc serve`` on ``data_dir`` in a child process.
+
+    ``prefix`` runs it under another command, which must exec it (the process is the server).
+    """
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     process = subprocess.Popen(
         [
+            *prefix,
             sys.executable,
             "-m",
             "dicomrpc.cli",
@@ -128,6 +133,7 @@ def spawn_server(data_dir: Path) -> ServerProcess:
             "0",
             "--log-level",
             "WARNING",
+            *serve_args,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,

@@ -45,7 +45,8 @@ class Settings:
     commit_batch
         The most write operations the index writer groups into one commit.
     shutdown_grace_s
-        How long a graceful shutdown lets in-flight calls finish.
+        How long a graceful shutdown lets in-flight calls finish; calls still running then are
+        cancelled, and what they were storing is removed.
     subscriber_queue
         The most workitem events a subscriber may have waiting; one that falls further behind
         is ended (it resumes with ``since``), so a stalled subscriber never holds up the server.
@@ -86,6 +87,7 @@ class Settings:
             "DICOMRPC_LMDB_MAP_SIZE": ("lmdb_map_size", int),
             "DICOMRPC_MAX_FRAMES_PER_REQUEST": ("max_frames_per_request", int),
             "DICOMRPC_WORKERS": ("workers", int),
+            "DICOMRPC_SHUTDOWN_GRACE_S": ("shutdown_grace_s", float),
         }
         for var, (name, kind) in mapping.items():
             if var in os.environ:
@@ -126,5 +128,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--workers",
         type=int,
         help="processes that parse, transcode and render (env DICOMRPC_WORKERS, 1)",
+    )
+    parser.add_argument(
+        "--shutdown-grace",
+        type=float,
+        help="seconds a shutdown lets in-flight calls finish before cancelling them "
+        "(env DICOMRPC_SHUTDOWN_GRACE_S, 30)",
     )
     parser.add_argument("--log-level", default="INFO", help="logging level (INFO)")

@@ -6,6 +6,8 @@ request field at fault: a ``Content-Type`` the gateway cannot read (415) and an 
 cannot satisfy (406). One workitem status is split by HTTP where gRPC has one code: a 0xC301
 (Transaction UID not correct) is 400 when the UID is missing (a bad request) and 409 when it
 is wrong (a conflict with the workitem's lock), told apart by its ``transaction_uid_problem``.
+A lack of space (RESOURCE_EXHAUSTED with reason ``STORAGE_FULL``) is 507 Insufficient Storage
+(RFC 4918 §11.5), where another exhausted resource is a request too large (413).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from dicomrpc_server.errors import Code, ServiceError, invalid_argument
+from dicomrpc_server.storage.space import STORAGE_FULL
 from dicomrpc_server.ups.states import TRANSACTION_UID_PROBLEM
 
 CONTENT_TYPE_FIELD = "Content-Type"
@@ -43,6 +46,8 @@ def http_status(error: ServiceError) -> int:
         return 406
     if error.metadata.get(TRANSACTION_UID_PROBLEM) == "missing":
         return 400
+    if error.reason == STORAGE_FULL:
+        return 507
     return _STATUSES[error.code]
 
 

@@ -7,11 +7,13 @@ translates parts into instances and results into the PS3.18 response data set.
 A body that ends or breaks inside a part (a client cut off, a missing close delimiter) stores
 none of that part: the instances of the complete parts before it are stored and reported, and
 the incomplete one is reported as failed (272). A body without one complete part fails with 400.
+However the request ends, no upload of it is left behind (see ``StoreRequest``). A request none
+of whose instances was stored, one or more for lack of space (FailureReason 0xA700), answers 507
+(RFC 4918 §11.5) with the usual response data set.
 """
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
@@ -19,7 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from dicomrpc_server.dicomweb.context import archive_of, service_root
-from dicomrpc_server.dicomweb.errors import unsupported_media_type, warning_header
+from dicomrpc_server.dicomweb.errors import http_status, unsupported_media_type, warning_header
 from dicomrpc_server.dicomweb.media import DICOM, DICOM_JSON, MULTIPART, parse_media_type
 from dicomrpc_server.dicomweb.multipart import (
     MultipartReader,
@@ -34,6 +36,7 @@ from dicomrpc_server.store.request import (
     StoreStatus,
     check_study_restriction,
     overall_status,
+    storage_full_refusal,
 )
 
 _HTTP_STATUS = {
@@ -96,9 +99,8 @@ async def store_instances(request: Request) -> Response:
     study = request.path_params.get("study", "")
     boundary = _boundary(request)
     check_study_restriction(study, "study")
-    store = StoreRequest(archive_of(request).store, study)
     reader = MultipartReader(boundary)
-    try:
+    async with StoreRequest(archive_of(request).store, study) as store:
         problem = await _receive(request, reader, store)
         cut_part = reader.parts if reader.in_part else 0
         if cut_part:
@@ -107,14 +109,15 @@ async def store_instances(request: Request) -> Response:
         if problem is not None and complete_parts == 0:
             raise problem
         results = await store.finish()
-    except (ServiceError, asyncio.CancelledError):
-        await store.cancel()
-        raise
     status = _HTTP_STATUS[overall_status(results)]
     headers: dict[str, str] = {}
     if problem is not None:
         status = 202 if status == 200 else status
         headers["Warning"] = warning_header(problem.message)
+    refusal = storage_full_refusal(results)
+    if refusal is not None:
+        status = http_status(refusal)
+        headers["Warning"] = warning_header(refusal.message)
     body = response_dataset(service_root(request), study, results, cut_part)
     return JSONResponse(body, status_code=status, media_type=DICOM_JSON, headers=headers)
 

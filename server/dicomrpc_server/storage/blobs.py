@@ -14,6 +14,7 @@ of many instances costs one directory fsync, not one per instance.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import uuid
@@ -51,14 +52,15 @@ class LocalUpload:
         self.size += len(data)
 
     def close(self) -> None:
-        """Flush and close the file (idempotent)."""
-        if self._fp is not None:
-            self._fp.close()
-            self._fp = None
+        """Flush and close the file (idempotent; a flush that fails still closes it)."""
+        fp, self._fp = self._fp, None
+        if fp is not None:
+            fp.close()
 
     def discard(self) -> None:
-        """Close and remove the partial file."""
-        self.close()
+        """Close and remove the partial file, even when its last bytes find no space."""
+        with contextlib.suppress(OSError):  # they are being thrown away
+            self.close()
         self.path.unlink(missing_ok=True)
 
 

@@ -28,7 +28,7 @@ class Upload(Protocol):
         """Flush and close the file: every byte written is in it (idempotent)."""
 
     def discard(self) -> None:
-        """Remove the partial file."""
+        """Remove the partial file, even when its last bytes cannot be written (a full disk)."""
 
 
 class BlobStore(Protocol):

@@ -5,6 +5,11 @@ validated; it is fsynced and renamed into the blob store; one index transaction 
 instance is acknowledged only after that commit. A crash before the rename leaves an upload
 (cleared at start-up); between the rename and the commit, an orphan blob (swept at start-up);
 never an index entry without its file.
+
+Short of a crash, nothing is left behind: an instance owns its upload file from its first byte
+until it hands the file to its commit, and however it ends before that (failed, dropped, its
+request cancelled) the file is removed and its descriptor closed. A write that finds no space
+fails that instance alone, with ``STORAGE_FULL`` (see :mod:`dicomrpc_server.storage.space`).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from dicomrpc_server.dicom.validation import AttributeProblem
 from dicomrpc_server.errors import Code, ServiceError
 from dicomrpc_server.storage.lmdb_index import instance_exists_error
 from dicomrpc_server.storage.protocols import BlobStore, Index, Upload
+from dicomrpc_server.storage.space import space_errno, storage_full
 from dicomrpc_server.store.prepare import PreparedInstance, instance_path, prepare
 from dicomrpc_server.workers import WorkerPool
 
@@ -109,6 +115,16 @@ class StoreCore:
         stream.count += 1
         return ingest
 
+    def storage_error(self, exc: Exception, step: str) -> ServiceError:
+        """The failure of an instance whose file or index write failed with ``exc``."""
+        if space_errno(exc) is not None:
+            log.warning("%s: %s", step, exc)
+            return storage_full(exc, self.settings.data_dir, step)
+        log.error("%s failed", step, exc_info=exc)
+        return _failure(
+            "STORAGE_FAILURE", f"the instance could not be stored: {step} failed: {exc}", 272
+        )
+
 
 class StoreStream:
     """One store request: its study restriction, and the order its instances are decided in.
@@ -126,7 +142,12 @@ class StoreStream:
 
 
 class Ingest:
-    """One instance on its way in: feed it bytes with :meth:`write`, then :meth:`finish`."""
+    """One instance on its way in: feed it bytes with :meth:`write`, then :meth:`finish`.
+
+    The instance owns its upload file, created at its first byte, until it hands the file to
+    its commit. :meth:`abandon` removes the file wherever the instance ends; it may be called
+    any number of times, from any path, and :meth:`finish` always ends with it.
+    """
 
     def __init__(
         self, core: StoreCore, stream: StoreStream, client_reference: str, declared_size: int
@@ -138,29 +159,53 @@ class Ingest:
         self.result = InstanceResult(stream.count, client_reference)
         self._received = 0
         self._too_large = declared_size > core.settings.max_instance_bytes
-        self._upload: Upload | None = None if self._too_large else core.blobs.new_upload()
+        # Created at the first byte: an instance that never receives one holds no file.
+        self._upload: Upload | None = None
+        # Why the bytes are dropped since a write of them failed (no space, say).
+        self._write_failure: ServiceError | None = None
+        self._ended = False
         # Decided after the previous instance of the stream (see StoreStream).
         self._after = stream.last_checked
         self._checked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         stream.last_checked = self._checked
 
     def write(self, data: bytes | memoryview) -> None:
-        """Append a chunk; past the size limit the bytes are dropped and the file removed."""
+        """Append a chunk; past the size limit, or once a write failed, bytes are dropped.
+
+        Either way the file is removed at once and the instance fails when it is finished;
+        the request's other instances go on.
+        """
         self._received += len(data)
-        if self._upload is None:
+        if self._ended or self._too_large or self._write_failure is not None or not data:
             return
         if self._received > self._core.settings.max_instance_bytes:
             self._too_large = True
-            self._upload.discard()
-            self._upload = None
+            self._drop_upload()
             return
-        self._upload.write(data)
+        try:
+            if self._upload is None:
+                self._upload = self._core.blobs.new_upload()
+            self._upload.write(data)
+        except OSError as exc:
+            self._write_failure = self._core.storage_error(exc, "writing the instance's file")
+            self._drop_upload()
 
     def abandon(self) -> None:
-        """Drop a partial instance (the stream was cancelled)."""
-        if self._upload is not None:
-            self._upload.discard()
-            self._upload = None
+        """End the instance here: remove its upload unless a commit owns it (idempotent)."""
+        self._ended = True
+        self._drop_upload()
+        if not self._checked.done():
+            self._checked.set_result(None)  # the next instance of the stream is not held up
+
+    def _drop_upload(self) -> None:
+        upload, self._upload = self._upload, None
+        if upload is None:
+            return
+        try:
+            upload.discard()
+        except OSError:
+            # Start-up recovery removes what is left under uploads/.
+            log.warning("could not remove the upload %s", upload.path, exc_info=True)
 
     async def finish(self) -> InstanceResult:
         """Check, persist and index the instance; return its result (never raises)."""
@@ -170,6 +215,9 @@ class Ingest:
             self.result.failure = exc
             return self.result
         except Exception as exc:
+            if space_errno(exc) is not None:
+                self.result.failure = self._core.storage_error(exc, "storing the instance")
+                return self.result
             log.exception("storing instance %d failed", self.result.index)
             self.result.failure = _failure(
                 "STORAGE_FAILURE", f"the instance could not be stored: {exc}", 272
@@ -177,8 +225,6 @@ class Ingest:
             return self.result
         finally:
             self.abandon()
-            if not self._checked.done():
-                self._checked.set_result(None)
 
     async def _finish(self) -> InstanceResult:
         core = self._core
@@ -191,8 +237,8 @@ class Ingest:
                 272,
                 limit=str(limit),
             )
-        upload = self._upload
-        assert upload is not None
+        if self._write_failure is not None:
+            raise self._write_failure
         if self._declared and self._received != self._declared:
             raise _failure(
                 "INSTANCE_TRUNCATED",
@@ -201,7 +247,12 @@ class Ingest:
             )
         if self._received == 0:
             raise _failure("INSTANCE_UNPARSABLE", "the instance has no bytes", 272)
-        upload.close()
+        upload = self._upload
+        assert upload is not None
+        try:
+            upload.close()  # buffered bytes are written now: this too may find no space
+        except OSError as exc:
+            raise core.storage_error(exc, "writing the instance's file") from exc
         prepared = await core.workers.run(prepare, upload.path)
         validated = prepared.validated
         result = self.result
@@ -248,7 +299,8 @@ class Ingest:
         commit = asyncio.ensure_future(self._commit(upload, prepared))
         core._in_flight[sop] = (self._stream, commit)
         self._checked.set_result(None)
-        self._upload = None  # from here on the upload belongs to the commit task
+        # From here on the upload belongs to the commit task.
+        self._upload = None
         # Shielded: once the file is being persisted, a cancelled stream must not leave the
         # file and the index disagreeing; the commit finishes either way.
         version = await asyncio.shield(commit)
@@ -262,16 +314,19 @@ class Ingest:
     async def _commit(self, upload: Upload, prepared: PreparedInstance) -> int:
         core = self._core
         loop = asyncio.get_running_loop()
-        blob_id = ""
         try:
-            blob_id = await loop.run_in_executor(None, core.blobs.persist, upload)
-            prepared.new.record.blob_id = blob_id
-            return await core.index.add_instance(prepared.new)
-        except BaseException:
-            if blob_id:
-                core.blobs.delete(blob_id)
-            else:
+            try:
+                blob_id = await loop.run_in_executor(None, core.blobs.persist, upload)
+            except BaseException as exc:
                 upload.discard()
-            raise
+                if isinstance(exc, OSError):
+                    raise core.storage_error(exc, "making the instance's file durable") from exc
+                raise
+            prepared.new.record.blob_id = blob_id
+            try:
+                return await core.index.add_instance(prepared.new)
+            except BaseException:
+                core.blobs.delete(blob_id)
+                raise
         finally:
             core._in_flight.pop(prepared.validated.sop_uid, None)
