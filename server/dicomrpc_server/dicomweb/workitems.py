@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from dicomrpc.datasets import from_json, to_json
+from dicomrpc.datasets import from_json, parse_json, to_json
 from dicomrpc.v1 import dataset_pb2
 from dicomrpc_server.dicomweb.context import archive_of, service_root
 from dicomrpc_server.dicomweb.errors import unsupported_media_type, warning_header
@@ -114,7 +114,7 @@ async def _body(request: Request, required: bool = True) -> dataset_pb2.Dataset 
     if parse_media_type(header).type not in _BODY_TYPES:
         raise unsupported_media_type(f"{header!r} is not accepted; send {DICOM_JSON}")
     try:
-        obj = json.loads(bytes(content))
+        obj = parse_json(bytes(content))
     except ValueError as exc:
         raise invalid_argument("body", f"is not JSON: {exc}") from None
     if isinstance(obj, list):

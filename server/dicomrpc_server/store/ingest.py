@@ -78,7 +78,7 @@ class StoreCore:
     Parameters
     ----------
     settings
-        Limits (maximum instance size).
+        Limits (maximum instance size, sequence nesting depth).
     blobs
         Where files go.
     index
@@ -202,7 +202,7 @@ class Ingest:
         if self._received == 0:
             raise _failure("INSTANCE_UNPARSABLE", "the instance has no bytes", 272)
         upload.close()
-        prepared = await core.workers.run(prepare, upload.path)
+        prepared = await core.workers.run(prepare, upload.path, core.settings.max_sequence_depth)
         validated = prepared.validated
         result = self.result
         result.study_uid, result.series_uid = validated.study_uid, validated.series_uid

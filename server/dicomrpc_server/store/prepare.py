@@ -10,11 +10,12 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from dicomrpc.datasets import from_pydicom
+from dicomrpc.datasets import MAX_SEQUENCE_DEPTH, NestingTooDeep, from_pydicom
 from dicomrpc.v1 import dataset_pb2
 from dicomrpc_server.dicom.attributes import ATTRIBUTES_BY_LEVEL, Level
 from dicomrpc_server.dicom.elements import ElementValues
 from dicomrpc_server.dicom.frames import BITS_ALLOCATED, frame_table, number_of_frames
+from dicomrpc_server.dicom.nesting import too_deep
 from dicomrpc_server.dicom.part10 import parse_file
 from dicomrpc_server.dicom.structure import DEFLATED_SYNTAXES
 from dicomrpc_server.dicom.validation import AttributeProblem, ValidatedInstance, validate
@@ -42,30 +43,36 @@ def instance_path(study: str, series: str, sop: str) -> str:
     return f"studies/{study}/series/{series}/instances/{sop}"
 
 
-def prepare(path: Path) -> PreparedInstance:
+def prepare(path: Path, max_depth: int = MAX_SEQUENCE_DEPTH) -> PreparedInstance:
     """Parse, validate and describe the file at ``path`` (raises ``ServiceError``).
 
     What pydicom notices and works around (its warnings) is reported with the instance's
-    warnings rather than lost in the server's log.
+    warnings rather than lost in the server's log. Sequences nested more than ``max_depth``
+    levels deep fail the instance (``LIMIT_EXCEEDED``, 272): its metadata could not be read
+    back.
     """
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        prepared = _prepare(path)
+        prepared = _prepare(path, max_depth)
     for message in dict.fromkeys(str(w.message) for w in caught):
         prepared.validated.problems.append(AttributeProblem("", "", message, 1))
     return prepared
 
 
-def _prepare(path: Path) -> PreparedInstance:
-    parsed = parse_file(path)
+def _prepare(path: Path, max_depth: int) -> PreparedInstance:
+    parsed = parse_file(path, max_depth)
     elements = ElementValues(parsed.dataset)
     validated = validate(parsed, elements)
     base = instance_path(validated.study_uid, validated.series_uid, validated.sop_uid)
-    metadata = from_pydicom(
-        parsed.dataset,
-        bulk_data_threshold=BULK_DATA_THRESHOLD,
-        bulk_data_uri=lambda tag_path: f"{base}/bulkdata/{tag_path}",
-    )
+    try:
+        metadata = from_pydicom(
+            parsed.dataset,
+            bulk_data_threshold=BULK_DATA_THRESHOLD,
+            bulk_data_uri=lambda tag_path: f"{base}/bulkdata/{tag_path}",
+            max_depth=max_depth,
+        )
+    except NestingTooDeep as exc:
+        raise too_deep(exc) from None
     pixel = parsed.structure.pixel_data
     frames = None
     if pixel is not None:

@@ -21,6 +21,7 @@ from pydicom.uid import generate_uid
 
 from dicomrpc.v1 import dataset_pb2
 from dicomrpc.v1 import workitem_service_pb2 as pb
+from dicomrpc_server.dicom.nesting import check_depth
 from dicomrpc_server.dicom.uids import UidCheck, check_uid
 from dicomrpc_server.errors import Code, FieldViolation, ServiceError, invalid_argument
 from dicomrpc_server.query.engine import DEFAULT_LIMIT, MAX_LIMIT, TermMatcher
@@ -109,9 +110,12 @@ class WorkitemCore:
         The archive's LMDB index.
     queue_size
         The most events a subscriber may have waiting before its subscription is ended.
+    max_sequence_depth
+        The most levels sequences may nest in a data set to create or update.
     """
 
-    def __init__(self, index: LmdbIndex, queue_size: int) -> None:
+    def __init__(self, index: LmdbIndex, queue_size: int, max_sequence_depth: int) -> None:
+        self.max_sequence_depth = max_sequence_depth
         self.store = WorkitemStore(index)
         self.events = EventHub(self.store, index.writer, queue_size)
         self._matcher = TermMatcher(index.scan_terms)
@@ -125,6 +129,7 @@ class WorkitemCore:
         not meet the create requirements, 0xC309 when it is not SCHEDULED, and 0x0111
         (ALREADY_EXISTS) when the UID is taken.
         """
+        check_depth(dataset, self.max_sequence_depth)
         new = dataset_pb2.Dataset()
         new.CopyFrom(dataset)
         uid = _workitem_uid(workitem_uid, text(new, SOP_INSTANCE))
@@ -197,6 +202,7 @@ class WorkitemCore:
         """
         if not dataset.attributes:
             raise invalid_argument("dataset", "is empty: name the attributes to set")
+        check_depth(dataset, self.max_sequence_depth)
         _raise_violations(check(dataset, Operation.UPDATE), "update", workitem_uid)
 
         def write(txn: lmdb.Transaction) -> Outcome:
