@@ -96,6 +96,7 @@ async def store_instances(request: Request) -> Response:
     study = request.path_params.get("study", "")
     boundary = _boundary(request)
     check_study_restriction(study, "study")
+    root = service_root(request)  # before anything is stored: a bad Host is refused first
     store = StoreRequest(archive_of(request).store, study)
     reader = MultipartReader(boundary)
     try:
@@ -115,7 +116,7 @@ async def store_instances(request: Request) -> Response:
     if problem is not None:
         status = 202 if status == 200 else status
         headers["Warning"] = warning_header(problem.message)
-    body = response_dataset(service_root(request), study, results, cut_part)
+    body = response_dataset(root, study, results, cut_part)
     return JSONResponse(body, status_code=status, media_type=DICOM_JSON, headers=headers)
 
 
