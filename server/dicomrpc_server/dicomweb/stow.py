@@ -28,6 +28,7 @@ from dicomrpc_server.dicomweb.multipart import (
     malformed,
 )
 from dicomrpc_server.errors import ServiceError
+from dicomrpc_server.paths import study_path
 from dicomrpc_server.store.ingest import InstanceResult, Outcome
 from dicomrpc_server.store.request import (
     StoreRequest,
@@ -163,7 +164,7 @@ def response_dataset(
     body: dict[str, Any] = {}
     studies = {r.study_uid for r in results if r.outcome is not Outcome.FAILED}
     if study or len(studies) == 1:
-        body["00081190"] = _element("UR", f"{root}/studies/{study or studies.pop()}")
+        body["00081190"] = _element("UR", f"{root}/{study_path(study or studies.pop())}")
     if failed:
         body["00081198"] = {"vr": "SQ", "Value": failed}
     if referenced:

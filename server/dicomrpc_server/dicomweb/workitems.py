@@ -31,6 +31,7 @@ from dicomrpc_server.dicomweb.errors import unsupported_media_type, warning_head
 from dicomrpc_server.dicomweb.media import DICOM_JSON, choose_json, parse_media_type
 from dicomrpc_server.dicomweb.qido import query_parameters
 from dicomrpc_server.errors import Code, ServiceError, invalid_argument
+from dicomrpc_server.paths import workitem_path
 from dicomrpc_server.ups.service import (
     CONTACT_NAME,
     CONTACT_URI,
@@ -156,7 +157,7 @@ async def create_workitem(request: Request) -> Response:
     root = service_root(request)  # before the workitem is created: a bad Host is refused first
     dataset = await _required_body(request)
     outcome = await _core(request).create(dataset, uid)
-    location = f"{root}/workitems/{outcome.workitem_uid}"
+    location = f"{root}/{workitem_path(outcome.workitem_uid)}"
     headers = {"Location": location, **_headers(outcome)}
     return Response(status_code=201, headers=headers)
 

@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from dicomrpc_server.config import Settings
 from dicomrpc_server.dicom.validation import AttributeProblem
 from dicomrpc_server.errors import Code, ServiceError
+from dicomrpc_server.paths import instance_path
 from dicomrpc_server.storage.lmdb_index import instance_exists_error
 from dicomrpc_server.storage.protocols import BlobStore, Index, Upload
-from dicomrpc_server.store.prepare import PreparedInstance, instance_path, prepare
+from dicomrpc_server.store.prepare import PreparedInstance, prepare
 from dicomrpc_server.workers import WorkerPool
 
 log = logging.getLogger(__name__)

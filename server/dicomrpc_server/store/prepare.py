@@ -19,6 +19,7 @@ from dicomrpc_server.dicom.nesting import too_deep
 from dicomrpc_server.dicom.part10 import parse_file
 from dicomrpc_server.dicom.structure import DEFLATED_SYNTAXES
 from dicomrpc_server.dicom.validation import AttributeProblem, ValidatedInstance, validate
+from dicomrpc_server.paths import bulk_data_path, instance_path
 from dicomrpc_server.storage import records_pb2
 from dicomrpc_server.storage.protocols import NewInstance
 
@@ -36,11 +37,6 @@ class PreparedInstance:
     validated: ValidatedInstance
     new: NewInstance
     transfer_syntax_uid: str
-
-
-def instance_path(study: str, series: str, sop: str) -> str:
-    """The DICOMweb path of an instance, relative to the service root."""
-    return f"studies/{study}/series/{series}/instances/{sop}"
 
 
 def prepare(path: Path, max_depth: int = MAX_SEQUENCE_DEPTH) -> PreparedInstance:
@@ -68,7 +64,7 @@ def _prepare(path: Path, max_depth: int) -> PreparedInstance:
         metadata = from_pydicom(
             parsed.dataset,
             bulk_data_threshold=BULK_DATA_THRESHOLD,
-            bulk_data_uri=lambda tag_path: f"{base}/bulkdata/{tag_path}",
+            bulk_data_uri=lambda tag_path: bulk_data_path(base, tag_path),
             max_depth=max_depth,
         )
     except NestingTooDeep as exc:
@@ -79,7 +75,7 @@ def _prepare(path: Path, max_depth: int) -> PreparedInstance:
         metadata.attributes[f"{pixel.tag:08X}"].CopyFrom(
             dataset_pb2.Attribute(
                 vr=pixel.vr or _pixel_vr(elements, pixel.tag, pixel.length is None),
-                bulk_data_uri=f"{base}/bulkdata/{pixel.tag:08X}",
+                bulk_data_uri=bulk_data_path(base, f"{pixel.tag:08X}"),
             )
         )
         if parsed.structure.transfer_syntax_uid not in DEFLATED_SYNTAXES:
