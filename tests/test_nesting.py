@@ -181,6 +181,7 @@ def test_the_server_error_names_the_attribute_by_keyword() -> None:
     assert named_path("0040A730.0.00081115.3.00091010") == (
         "ContentSequence[0].ReferencedSeriesSequence[3].00091010"
     )
+    assert named_path("not a tag.0.0040A730") == "not a tag[0].ContentSequence"
     with pytest.raises(ServiceError) as caught:
         check_depth(nested_message(3), 2)
     error = caught.value

@@ -69,6 +69,7 @@ __all__ = [
     "from_json",
     "from_json_text",
     "from_pydicom",
+    "parse_json",
     "to_json",
     "to_json_text",
     "to_pydicom",
@@ -896,7 +897,13 @@ def _unresolved_bulk_data(tag: str, vr: str, uri: str) -> Any:
 
 
 def keyword(tag: str) -> str:
-    """The DICOM keyword of ``tag`` (8 hexadecimal digits), or "" for one the dictionary lacks."""
+    """The DICOM keyword of ``tag`` (8 hexadecimal digits), or "" for one the dictionary lacks.
+
+    A string that is not a tag (a ``Dataset`` message built by hand may key an attribute with
+    anything) has no keyword either.
+    """
     from pydicom.datadict import keyword_for_tag
 
+    if re.fullmatch(r"[0-9A-Fa-f]{8}", tag) is None:
+        return ""
     return str(keyword_for_tag(int(tag, 16)))

@@ -6,8 +6,8 @@ RetrieveURLs (store results, search results), bulk data URIs (metadata) and work
 component anyway (RFC 3986 §2.1, with nothing kept as a delimiter) means that no value the
 archive puts in a path can ever add a segment, a query or a fragment to it.
 
-Paths are relative to the DICOMweb service root (PS3.18 §8.2): the gRPC API returns them as they
-are, and the gateway prefixes its root.
+Paths are relative to the DICOMweb service root: the gRPC API returns them as they are, and the
+gateway prefixes its root.
 """
 
 from __future__ import annotations
