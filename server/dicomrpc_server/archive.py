@@ -44,7 +44,9 @@ class Archive:
         self.query_tags = ExtendedQueryTags(self.index)
         self.delete = DeleteCore(self.index, self.blobs)
         self.feed = ChangeFeed(self.index)
-        self.workitems = WorkitemCore(self.index, settings.subscriber_queue)
+        self.workitems = WorkitemCore(
+            self.index, settings.subscriber_queue, settings.max_sequence_depth
+        )
         self.retrieve = RetrieveCore(
             self.index,
             self.blobs,

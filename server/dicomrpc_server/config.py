@@ -8,6 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from dicomrpc.datasets import MAX_SEQUENCE_DEPTH
+
 KIB = 1024
 MIB = 1024 * KIB
 GIB = 1024 * MIB
@@ -54,6 +56,12 @@ class Settings:
         Processes that parse received instances and decode or encode pixel data (transcoding,
         rendering). One keeps the other core of a small machine for receiving, sending and
         committing; more pay off with more cores.
+    max_sequence_depth
+        The most levels sequences may nest in a stored instance or a workitem (a top-level
+        sequence is level 1); deeper ones are refused. The default leaves room below
+        ``dicomrpc.datasets.MAX_SEQUENCE_DEPTH`` (23), the most every read path can carry
+        (protobuf parsers stop at 100 nested messages), for API messages that wrap data sets
+        further; more than that ceiling is refused at start-up.
     """
 
     data_dir: Path = Path("data")
@@ -71,6 +79,16 @@ class Settings:
     shutdown_grace_s: float = 30.0
     subscriber_queue: int = 1024
     workers: int = 1
+    max_sequence_depth: int = 16
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_sequence_depth <= MAX_SEQUENCE_DEPTH:
+            raise ValueError(
+                f"max_sequence_depth (--max-sequence-depth, DICOMRPC_MAX_SEQUENCE_DEPTH) is "
+                f"{self.max_sequence_depth}; it must be 1 to {MAX_SEQUENCE_DEPTH}: deeper data "
+                "sets could be stored but not read back (protobuf parsers stop at 100 nested "
+                "messages)"
+            )
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -88,6 +106,7 @@ class Settings:
             "DICOMRPC_MAX_FRAMES_PER_REQUEST": ("max_frames_per_request", int),
             "DICOMRPC_WORKERS": ("workers", int),
             "DICOMRPC_SHUTDOWN_GRACE_S": ("shutdown_grace_s", float),
+            "DICOMRPC_MAX_SEQUENCE_DEPTH": ("max_sequence_depth", int),
         }
         for var, (name, kind) in mapping.items():
             if var in os.environ:
@@ -134,5 +153,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         help="seconds a shutdown lets in-flight calls finish before cancelling them "
         "(env DICOMRPC_SHUTDOWN_GRACE_S, 30)",
+    )
+    parser.add_argument(
+        "--max-sequence-depth",
+        type=int,
+        help=f"most levels sequences may nest in a stored instance or workitem, 1 to "
+        f"{MAX_SEQUENCE_DEPTH} (env DICOMRPC_MAX_SEQUENCE_DEPTH, 16)",
     )
     parser.add_argument("--log-level", default="INFO", help="logging level (INFO)")

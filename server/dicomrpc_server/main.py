@@ -29,6 +29,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         max_instance_bytes=args.max_instance_bytes,
         workers=args.workers,
         shutdown_grace_s=args.shutdown_grace,
+        max_sequence_depth=args.max_sequence_depth,
     )
 
 
@@ -86,5 +87,9 @@ def run(args: argparse.Namespace) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
-    asyncio.run(serve(settings_from_args(args)))
+    try:
+        settings = settings_from_args(args)
+    except ValueError as exc:  # a setting out of range, or a variable that is not a number
+        raise SystemExit(f"dicomrpc: {exc}") from None
+    asyncio.run(serve(settings))
     return 0

@@ -14,6 +14,7 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
+from dicomrpc.datasets import MAX_SEQUENCE_DEPTH
 from dicomrpc_server.dicom.structure import FileStructure, MalformedFileError, scan
 
 # Values longer than this are not read at parse time (pydicom reads them on access).
@@ -39,17 +40,22 @@ class ParsedInstance:
     size: int
 
 
-def parse_file(path: Path) -> ParsedInstance:
+def parse_file(path: Path, max_depth: int = MAX_SEQUENCE_DEPTH) -> ParsedInstance:
     """Check and read the Part 10 file at ``path``.
+
+    ``max_depth`` is the most levels its sequences of undefined length may nest (see
+    :func:`~.structure.scan`).
 
     Raises
     ------
     MalformedFileError
         When the file is not Part 10, is truncated, or cannot be read (DICOM status 272).
+    ServiceError
+        ``LIMIT_EXCEEDED`` (272) when its sequences nest deeper than ``max_depth``.
     """
     size = path.stat().st_size
     with open(path, "rb", buffering=64 * 1024) as fp:
-        structure = scan(fp, size)
+        structure = scan(fp, size, max_depth)
         fp.seek(0)
         try:
             dataset = dcmread(

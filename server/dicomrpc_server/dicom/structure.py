@@ -5,6 +5,11 @@ back as a shorter data set without complaint. An archive must refuse such a file
 know where the Pixel Data (and each of its fragments) lies so that a frame can later be served
 with one seek and one read. This walk reads only element headers and skips values by seeking, so
 its cost is the number of elements, not the size of the file.
+
+The walk also refuses sequences of undefined length nested deeper than the server's limit
+(:mod:`.nesting`) before pydicom, which reads such sequences recursively, is given the file.
+Sequences of defined length are skipped here; the conversion of the data set checks those
+(``dicomrpc.datasets.from_pydicom``), reading one level at a time.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import zlib
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from dicomrpc.datasets import MAX_SEQUENCE_DEPTH, NestingTooDeep
+from dicomrpc_server.dicom.nesting import too_deep
 from dicomrpc_server.errors import Code, ServiceError
 
 PREAMBLE_LENGTH = 128
@@ -163,7 +170,7 @@ def _what(what: str, tag: int | None) -> str:
     return what if tag is None else what + _tag_name(tag)
 
 
-def scan(fp: BinaryIO, size: int) -> FileStructure:
+def scan(fp: BinaryIO, size: int, max_depth: int = MAX_SEQUENCE_DEPTH) -> FileStructure:
     """Walk a Part 10 file from its preamble; raise :class:`MalformedFileError` when it is not one.
 
     Parameters
@@ -172,6 +179,8 @@ def scan(fp: BinaryIO, size: int) -> FileStructure:
         The file, positioned anywhere; it is read from the start.
     size
         The file's size in bytes.
+    max_depth
+        The most levels sequences of undefined length may nest (``LIMIT_EXCEEDED`` beyond).
     """
     r = _Reader(fp, size)
     if size < PREAMBLE_LENGTH + 4:
@@ -200,7 +209,7 @@ def scan(fp: BinaryIO, size: int) -> FileStructure:
             raise MalformedFileError(f"the deflated data set cannot be inflated: {exc}") from exc
         if not inflater.eof:
             raise truncated("the deflated data set ends before its deflate stream does")
-        walk = _Walk(_Reader(io.BytesIO(inflated), len(inflated)), False, True)
+        walk = _Walk(_Reader(io.BytesIO(inflated), len(inflated)), False, True, max_depth)
         walk.dataset(until=len(inflated), depth=0)
         return FileStructure(
             transfer_syntax, dataset_offset, walk.pixel_data, walk.elements_after_pixel_data
@@ -217,7 +226,7 @@ def scan(fp: BinaryIO, size: int) -> FileStructure:
     if found_implicit != implicit:
         said, found = ("implicit", "explicit") if implicit else ("explicit", "implicit")
         mismatch = f"the data set is encoded with {found} VR but its transfer syntax says {said}"
-    walk = _Walk(r, found_implicit, little)
+    walk = _Walk(r, found_implicit, little, max_depth)
     walk.dataset(until=size, depth=0)
     return FileStructure(
         transfer_syntax,
@@ -260,12 +269,15 @@ def _scan_meta(r: _Reader) -> str:
 class _Walk:
     """The recursive walk over a data set's elements."""
 
-    def __init__(self, r: _Reader, implicit: bool, little: bool) -> None:
+    def __init__(self, r: _Reader, implicit: bool, little: bool, max_depth: int) -> None:
         self.r = r
         self.implicit = implicit
         self.endian = "<" if little else ">"
+        self.max_depth = max_depth
         self.pixel_data: PixelDataLocation | None = None
         self.elements_after_pixel_data = False
+        # "tag.item" of each item the walk is in, to name a sequence nested too deeply.
+        self._path: list[str] = []
 
     def _header(self, implicit: bool, endian: str) -> tuple[int, bytes, int]:
         """Read one element header; return (tag, vr, length)."""
@@ -298,6 +310,11 @@ class _Walk:
                     self.pixel_data.vr = vr.decode("ascii", "replace")
                 else:
                     # A sequence; an UN of undefined length holds implicit VR little endian.
+                    # Encapsulated pixel data in an item (an icon) is walked as one, but is not
+                    # a sequence of the data set.
+                    if depth >= self.max_depth and tag not in PIXEL_DATA_TAGS:
+                        path = ".".join([*self._path, f"{tag:08X}"])
+                        raise too_deep(NestingTooDeep(path, self.max_depth))
                     nested_implicit = implicit or vr == b"UN"
                     self._sequence(tag, depth, nested_implicit)
                 continue
@@ -310,6 +327,7 @@ class _Walk:
     def _sequence(self, tag: int, depth: int, implicit: bool) -> None:
         """Walk the items of an undefined-length sequence up to its delimiter."""
         endian = "<" if implicit else self.endian
+        index = 0
         while True:
             head = self.r.read(8, "an item header of ", tag)
             group, elem, length = struct.unpack(endian + "HHI", head)
@@ -324,12 +342,15 @@ class _Walk:
             if length == UNDEFINED_LENGTH:
                 saved = self.endian
                 self.endian = endian
+                self._path.append(f"{tag:08X}.{index}")
                 try:
                     self.dataset(until=self.r.size + 1, depth=depth + 1, implicit=implicit)
                 finally:
                     self.endian = saved
+                    self._path.pop()
             else:
                 self.r.skip(length, "an item of ", tag)
+            index += 1
 
     def _encapsulated(self, tag: int) -> PixelDataLocation:
         """Locate the Basic Offset Table and the fragments of encapsulated pixel data."""

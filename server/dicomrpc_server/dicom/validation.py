@@ -1,7 +1,9 @@
 """What an instance must have to be stored, and what is only worth a warning.
 
 Strict where it must be: the four UIDs that place an instance in the archive (study, series,
-SOP instance, SOP class) must be present and safe keys, or the instance fails with 43264.
+SOP instance, SOP class) must be present and safe keys (:mod:`.uids`), or the instance fails
+with 43264 naming the attribute; its sequences may nest no deeper than the server's limit
+(:mod:`.nesting`), or it fails with 272.
 Lenient where it can be: any other problem (a malformed date, a value too long for its VR, a
 file meta that disagrees with the data set) is stored as sent and reported as a warning naming
 the attribute; an invalid searchable value is left out of the index so that no search is
@@ -20,7 +22,7 @@ from pydicom.valuerep import validate_value
 from dicomrpc_server.dicom.attributes import ALL_ATTRIBUTES
 from dicomrpc_server.dicom.elements import ElementValues
 from dicomrpc_server.dicom.part10 import ParsedInstance
-from dicomrpc_server.dicom.uids import UidCheck, check_uid
+from dicomrpc_server.dicom.uids import UidCheck, check_uid, shown
 from dicomrpc_server.errors import Code, ServiceError
 
 WARNING_SOP_CLASS_MISMATCH = 45063
@@ -103,10 +105,10 @@ def validate(parsed: ParsedInstance, elements: ElementValues) -> ValidatedInstan
             raise ValidationFailed(f"{keyword} ({tag:08X}) is missing", keyword)
         verdict, why = check_uid(value)
         if verdict is UidCheck.INVALID:
-            raise ValidationFailed(f"{keyword} ({tag:08X}) {value!r} {why}", keyword)
+            raise ValidationFailed(f"{keyword} ({tag:08X}) {shown(value)} {why}", keyword)
         if verdict is UidCheck.NONCONFORMANT:
             problems.append(
-                AttributeProblem(f"{tag:08X}", keyword, f"{value!r} {why}", WARNING_ATTRIBUTES)
+                AttributeProblem(f"{tag:08X}", keyword, f"{shown(value)} {why}", WARNING_ATTRIBUTES)
             )
         uids[keyword] = value
 

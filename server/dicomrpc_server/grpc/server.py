@@ -17,6 +17,7 @@ from dicomrpc.v1 import (
     workitem_service_pb2_grpc,
 )
 from dicomrpc_server.archive import Archive
+from dicomrpc_server.grpc.decoding import DecodingInterceptor
 from dicomrpc_server.grpc.logging import AccessLogInterceptor
 from dicomrpc_server.grpc.management import ManagementServicer
 from dicomrpc_server.grpc.retrieve import RetrieveServicer
@@ -41,7 +42,8 @@ class GrpcServer:
         settings = archive.settings
         self.archive = archive
         self.server = grpc.aio.server(
-            interceptors=[AccessLogInterceptor()],
+            # The access log wraps the rest, so that a request refused as unparsable is logged.
+            interceptors=[AccessLogInterceptor(), DecodingInterceptor()],
             options=[
                 ("grpc.max_receive_message_length", settings.max_chunk_bytes + ENVELOPE),
                 ("grpc.max_send_message_length", 64 * 1024 * 1024),

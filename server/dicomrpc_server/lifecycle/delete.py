@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 
-from dicomrpc_server.errors import invalid_argument
+from dicomrpc_server.retrieve.scope import check_scope
 from dicomrpc_server.storage.blobs import LocalBlobStore
 from dicomrpc_server.storage.lmdb_index import LmdbIndex
 
@@ -24,11 +24,12 @@ class DeleteCore:
         self.blobs = blobs
 
     async def delete(self, study: str, series: str = "", sop: str = "") -> int:
-        """Delete a study, series or instance; return how many instances went."""
-        if not study:
-            raise invalid_argument("study_instance_uid", "is required")
-        if sop and not series:
-            raise invalid_argument("series_instance_uid", "is required with sop_instance_uid")
+        """Delete a study, series or instance; return how many instances went.
+
+        The UIDs are checked first: one holding the index's key separator (NUL) would name a
+        key range the request never meant.
+        """
+        check_scope(study, series, sop)
         blob_ids = await self.index.delete(study, series, sop)
         await asyncio.to_thread(self._remove, blob_ids)
         return len(blob_ids)

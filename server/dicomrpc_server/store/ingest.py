@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 from dicomrpc_server.config import Settings
 from dicomrpc_server.dicom.validation import AttributeProblem
 from dicomrpc_server.errors import Code, ServiceError
+from dicomrpc_server.paths import instance_path
 from dicomrpc_server.storage.lmdb_index import instance_exists_error
 from dicomrpc_server.storage.protocols import BlobStore, Index, Upload
 from dicomrpc_server.storage.space import space_errno, storage_full
-from dicomrpc_server.store.prepare import PreparedInstance, instance_path, prepare
+from dicomrpc_server.store.prepare import PreparedInstance, prepare
 from dicomrpc_server.workers import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ class StoreCore:
     Parameters
     ----------
     settings
-        Limits (maximum instance size).
+        Limits (maximum instance size, sequence nesting depth).
     blobs
         Where files go.
     index
@@ -253,7 +254,7 @@ class Ingest:
             upload.close()  # buffered bytes are written now: this too may find no space
         except OSError as exc:
             raise core.storage_error(exc, "writing the instance's file") from exc
-        prepared = await core.workers.run(prepare, upload.path)
+        prepared = await core.workers.run(prepare, upload.path, core.settings.max_sequence_depth)
         validated = prepared.validated
         result = self.result
         result.study_uid, result.series_uid = validated.study_uid, validated.series_uid

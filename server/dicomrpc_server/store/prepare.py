@@ -10,14 +10,16 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from dicomrpc.datasets import from_pydicom
+from dicomrpc.datasets import MAX_SEQUENCE_DEPTH, NestingTooDeep, from_pydicom
 from dicomrpc.v1 import dataset_pb2
 from dicomrpc_server.dicom.attributes import ATTRIBUTES_BY_LEVEL, Level
 from dicomrpc_server.dicom.elements import ElementValues
 from dicomrpc_server.dicom.frames import BITS_ALLOCATED, frame_table, number_of_frames
+from dicomrpc_server.dicom.nesting import too_deep
 from dicomrpc_server.dicom.part10 import parse_file
 from dicomrpc_server.dicom.structure import DEFLATED_SYNTAXES
 from dicomrpc_server.dicom.validation import AttributeProblem, ValidatedInstance, validate
+from dicomrpc_server.paths import bulk_data_path, instance_path
 from dicomrpc_server.storage import records_pb2
 from dicomrpc_server.storage.protocols import NewInstance
 
@@ -37,42 +39,43 @@ class PreparedInstance:
     transfer_syntax_uid: str
 
 
-def instance_path(study: str, series: str, sop: str) -> str:
-    """The DICOMweb path of an instance, relative to the service root."""
-    return f"studies/{study}/series/{series}/instances/{sop}"
-
-
-def prepare(path: Path) -> PreparedInstance:
+def prepare(path: Path, max_depth: int = MAX_SEQUENCE_DEPTH) -> PreparedInstance:
     """Parse, validate and describe the file at ``path`` (raises ``ServiceError``).
 
     What pydicom notices and works around (its warnings) is reported with the instance's
-    warnings rather than lost in the server's log.
+    warnings rather than lost in the server's log. Sequences nested more than ``max_depth``
+    levels deep fail the instance (``LIMIT_EXCEEDED``, 272): its metadata could not be read
+    back.
     """
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        prepared = _prepare(path)
+        prepared = _prepare(path, max_depth)
     for message in dict.fromkeys(str(w.message) for w in caught):
         prepared.validated.problems.append(AttributeProblem("", "", message, 1))
     return prepared
 
 
-def _prepare(path: Path) -> PreparedInstance:
-    parsed = parse_file(path)
+def _prepare(path: Path, max_depth: int) -> PreparedInstance:
+    parsed = parse_file(path, max_depth)
     elements = ElementValues(parsed.dataset)
     validated = validate(parsed, elements)
     base = instance_path(validated.study_uid, validated.series_uid, validated.sop_uid)
-    metadata = from_pydicom(
-        parsed.dataset,
-        bulk_data_threshold=BULK_DATA_THRESHOLD,
-        bulk_data_uri=lambda tag_path: f"{base}/bulkdata/{tag_path}",
-    )
+    try:
+        metadata = from_pydicom(
+            parsed.dataset,
+            bulk_data_threshold=BULK_DATA_THRESHOLD,
+            bulk_data_uri=lambda tag_path: bulk_data_path(base, tag_path),
+            max_depth=max_depth,
+        )
+    except NestingTooDeep as exc:
+        raise too_deep(exc) from None
     pixel = parsed.structure.pixel_data
     frames = None
     if pixel is not None:
         metadata.attributes[f"{pixel.tag:08X}"].CopyFrom(
             dataset_pb2.Attribute(
                 vr=pixel.vr or _pixel_vr(elements, pixel.tag, pixel.length is None),
-                bulk_data_uri=f"{base}/bulkdata/{pixel.tag:08X}",
+                bulk_data_uri=bulk_data_path(base, f"{pixel.tag:08X}"),
             )
         )
         if parsed.structure.transfer_syntax_uid not in DEFLATED_SYNTAXES:

@@ -9,6 +9,12 @@ the server fills what it maintains itself (SOP Class/Instance UID, state, modifi
 date-time, cancellation date-time) before it checks a final state. Items of a sequence are held
 to their rows' ``create`` rule in both a create and an update, because an update replaces a
 sequence whole. Attributes the table does not name are kept as sent.
+
+Besides the table, every UID of a workitem data set must be a safe key
+(:mod:`dicomrpc_server.dicom.uids`), at any depth: the SOP Instance UID becomes the record's key
+and its URL, the Transaction UID its lock, the Study Instance UID an index term, and a workitem
+carries no other channel to warn about a UID that could not be used as one (see
+:func:`uid_violations`).
 """
 
 from __future__ import annotations
@@ -20,7 +26,9 @@ from dataclasses import dataclass
 
 from pydicom.datadict import tag_for_keyword
 
+from dicomrpc.datasets import keyword
 from dicomrpc.v1 import dataset_pb2
+from dicomrpc_server.dicom.uids import uid_error
 from dicomrpc_server.errors import FieldViolation
 from dicomrpc_server.ups.values import has_value
 
@@ -303,3 +311,26 @@ def _missing(
             continue
         for number, item in enumerate(attribute.sequence.items):
             yield from _missing(item, nested, needed, f"{name}[{number}].")
+
+
+def uid_violations(dataset: dataset_pb2.Dataset) -> list[FieldViolation]:
+    """Every UI value of ``dataset``, at any depth, that is not a safe key, named by its path.
+
+    The data set's nesting is checked first (:mod:`dicomrpc_server.dicom.nesting`), so the
+    recursion here is bounded.
+    """
+    return list(_uid_violations(dataset, ""))
+
+
+def _uid_violations(dataset: dataset_pb2.Dataset, path: str) -> Iterable[FieldViolation]:
+    for tag, attribute in sorted(dataset.attributes.items()):
+        name = path + (keyword(tag) or tag)
+        kind = attribute.WhichOneof("value")
+        if kind == "sequence":
+            for number, item in enumerate(attribute.sequence.items):
+                yield from _uid_violations(item, f"{name}[{number}].")
+        elif attribute.vr == "UI" and kind == "strings":
+            for value in attribute.strings.values:
+                error = uid_error(name, value)
+                if error is not None:
+                    yield error.violations[0]
