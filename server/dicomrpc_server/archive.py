@@ -1,4 +1,4 @@
-"""The archive: the data folder locked, storage opened, crash leftovers swept, services built.
+"""The archive: the data folder locked, storage opened and checked, core services built.
 
 This is the composition root both adapters (gRPC and DICOMweb) are given; it holds no rules of
 its own.
@@ -17,6 +17,13 @@ from dicomrpc_server.retrieve.service import RetrieveCore
 from dicomrpc_server.storage.blobs import LocalBlobStore
 from dicomrpc_server.storage.folder_lock import DataFolderLock
 from dicomrpc_server.storage.lmdb_index import LmdbIndex
+from dicomrpc_server.storage.recovery import (
+    INDEX_DIR,
+    Listing,
+    RecoveryReport,
+    check_before_open,
+    recover,
+)
 from dicomrpc_server.store.ingest import StoreCore
 from dicomrpc_server.ups.service import WorkitemCore
 from dicomrpc_server.workers import WorkerPool
@@ -28,7 +35,8 @@ class Archive:
     """Opens the storage in ``settings.data_dir`` and builds the core services.
 
     The data folder is locked for the archive's lifetime (one owner: see
-    :mod:`~dicomrpc_server.storage.folder_lock`).
+    :mod:`~dicomrpc_server.storage.folder_lock`) and checked against its index before anything
+    is served (:mod:`~dicomrpc_server.storage.recovery`).
 
     Parameters
     ----------
@@ -40,7 +48,7 @@ class Archive:
     Raises
     ------
     StartupError
-        When the folder is in use.
+        When the folder is in use, or its index is missing, behind its files or being rebuilt.
     """
 
     def __init__(self, settings: Settings, holder: str = "dicomrpc serve") -> None:
@@ -49,14 +57,26 @@ class Archive:
         self.lock = DataFolderLock(settings.data_dir, holder)
         try:
             self.blobs = LocalBlobStore(settings.data_dir)
+            listing = Listing.of(self.blobs)
+            check_before_open(settings.data_dir, listing)
             self.index = LmdbIndex(
-                settings.data_dir / "index",
+                settings.data_dir / INDEX_DIR,
                 map_size=settings.lmdb_map_size,
                 max_readers=settings.lmdb_max_readers,
                 max_batch=settings.commit_batch,
                 before_commit=self.blobs.sync,
             )
-            self.recover()
+            try:
+                self.recovery: RecoveryReport = recover(
+                    settings.data_dir,
+                    self.blobs,
+                    self.index,
+                    listing,
+                    quarantine_unindexed=settings.quarantine_unindexed,
+                )
+            except BaseException:
+                self.index.close()
+                raise
         except BaseException:
             self.lock.release()
             raise
@@ -74,24 +94,6 @@ class Archive:
             self.workers,
             settings.max_frames_per_request,
         )
-
-    def recover(self) -> tuple[int, int]:
-        """Remove what a crash left: unfinished uploads, and files the index does not reference.
-
-        Returns the number of uploads and orphan files removed.
-        """
-        uploads = self.blobs.clear_uploads()
-        referenced = self.index.blob_ids()
-        orphans = 0
-        for blob_id in list(self.blobs.blob_ids()):
-            if blob_id not in referenced:
-                self.blobs.delete(blob_id)
-                orphans += 1
-        if uploads or orphans:
-            log.warning(
-                "recovery removed %d unfinished uploads and %d orphan files", uploads, orphans
-            )
-        return uploads, orphans
 
     def close(self) -> None:
         """Let queued work finish, close the index, then let another process have the folder."""

@@ -53,6 +53,10 @@ class Settings:
         Processes that parse received instances and decode or encode pixel data (transcoding,
         rendering). One keeps the other core of a small machine for receiving, sending and
         committing; more pay off with more cores.
+    quarantine_unindexed
+        At start-up, move instance files the index does not name (the index is older than the
+        files) to ``<data>/quarantine/`` and serve without them, instead of refusing to start.
+        Off by default: ``dicomrpc rebuild-index`` indexes them instead.
     """
 
     data_dir: Path = Path("data")
@@ -70,6 +74,7 @@ class Settings:
     shutdown_grace_s: float = 30.0
     subscriber_queue: int = 1024
     workers: int = 1
+    quarantine_unindexed: bool = False
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -86,6 +91,7 @@ class Settings:
             "DICOMRPC_LMDB_MAP_SIZE": ("lmdb_map_size", int),
             "DICOMRPC_MAX_FRAMES_PER_REQUEST": ("max_frames_per_request", int),
             "DICOMRPC_WORKERS": ("workers", int),
+            "DICOMRPC_QUARANTINE_UNINDEXED": ("quarantine_unindexed", parse_flag),
         }
         for var, (name, kind) in mapping.items():
             if var in os.environ:
@@ -97,6 +103,16 @@ class Settings:
 def split_origins(text: str) -> tuple[str, ...]:
     """The origins of a comma-separated list (``DICOMRPC_CORS_ORIGINS``, ``--cors-origins``)."""
     return tuple(origin.strip() for origin in text.split(",") if origin.strip())
+
+
+def parse_flag(text: str) -> bool:
+    """A yes/no environment variable: 1, true, yes or on (any case) is yes; 0, false, no, off."""
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{text!r} is not a yes/no value (use 1 or 0)")
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -126,5 +142,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--workers",
         type=int,
         help="processes that parse, transcode and render (env DICOMRPC_WORKERS, 1)",
+    )
+    parser.add_argument(
+        "--quarantine-unindexed",
+        action="store_true",
+        default=None,
+        help="move instance files the index does not name to <data>/quarantine/ and start, "
+        "instead of refusing to (env DICOMRPC_QUARANTINE_UNINDEXED=1)",
     )
     parser.add_argument("--log-level", default="INFO", help="logging level (INFO)")

@@ -29,6 +29,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         cors_origins=args.cors_origins,
         max_instance_bytes=args.max_instance_bytes,
         workers=args.workers,
+        quarantine_unindexed=args.quarantine_unindexed,
     )
 
 

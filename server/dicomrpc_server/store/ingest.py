@@ -1,10 +1,12 @@
 """The store pipeline for one instance: receive, check, persist, index, answer.
 
-Order makes a crash harmless (SPEC §1): bytes stream to an upload file; the file is parsed and
-validated; it is fsynced and renamed into the blob store; one index transaction records it. An
-instance is acknowledged only after that commit. A crash before the rename leaves an upload
-(cleared at start-up); between the rename and the commit, an orphan blob (swept at start-up);
-never an index entry without its file.
+Order makes a crash harmless: bytes stream to an upload file named by the instance's future
+blob id; the file is parsed and validated; it is fsynced; the index writer gives it its final
+name in the blob store and then commits the one transaction that records it; the upload name is
+removed. An instance is acknowledged only after that commit. A crash before the commit leaves
+an upload the index does not name (removed at start-up, with its final name if it had one);
+after it, a blob the index names (kept); never an index entry without its file
+(:mod:`dicomrpc_server.storage.blobs`, :mod:`dicomrpc_server.storage.recovery`).
 """
 
 from __future__ import annotations
@@ -262,16 +264,19 @@ class Ingest:
     async def _commit(self, upload: Upload, prepared: PreparedInstance) -> int:
         core = self._core
         loop = asyncio.get_running_loop()
-        blob_id = ""
         try:
-            blob_id = await loop.run_in_executor(None, core.blobs.persist, upload)
-            prepared.new.record.blob_id = blob_id
-            return await core.index.add_instance(prepared.new)
+            prepared.new.record.blob_id = await loop.run_in_executor(
+                None, core.blobs.persist, upload
+            )
+            version = await core.index.add_instance(prepared.new)
+        except asyncio.CancelledError:
+            # The loop is going away; the commit may still happen. The files stay for start-up
+            # to judge: kept if the index names them, removed if it does not.
+            raise
         except BaseException:
-            if blob_id:
-                core.blobs.delete(blob_id)
-            else:
-                upload.discard()
+            core.blobs.discard(upload)
             raise
         finally:
             core._in_flight.pop(prepared.validated.sop_uid, None)
+        core.blobs.committed(upload)
+        return version
