@@ -151,3 +151,15 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "instead of refusing to (env DICOMRPC_QUARANTINE_UNINDEXED=1)",
     )
     parser.add_argument("--log-level", default="INFO", help="logging level (INFO)")
+
+
+def add_rebuild_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``rebuild-index`` options."""
+    parser.add_argument("--data", type=Path, help="data directory (env DICOMRPC_DATA, ./data)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="processes that parse the files (one per core)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--log-level", default="WARNING", help="logging level (WARNING)")

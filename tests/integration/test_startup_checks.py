@@ -55,6 +55,9 @@ def test_a_second_server_on_the_data_folder_fails_naming_the_first(tmp_path: Pat
             f"pid {first.process.pid} on host" in second.stderr
         )
         assert "stop it or choose another --data" in second.stderr
+        rebuild = dicomrpc("rebuild-index", "--data", str(data_dir))
+        assert rebuild.returncode == 1
+        assert f"in use by dicomrpc serve pid {first.process.pid}" in rebuild.stderr
         with Client(first.target) as client:  # the first one serves on, undisturbed
             assert len(client.store(ct_instance()).stored) == 1
     finally:

@@ -253,6 +253,11 @@ class LmdbIndex:
         with self.read() as txn:
             return _get(txn, b"version", self._db["meta"]) is not None
 
+    def get_meta(self, name: bytes) -> bytes | None:
+        """A value of the ``meta`` sub-database (settings and state of the index itself)."""
+        with self.read() as txn:
+            return _get(txn, name, self._db["meta"])
+
     def counts(self) -> IndexCounts:
         """The number of studies, series and instances."""
         with self.read() as txn:
@@ -486,9 +491,14 @@ class LmdbIndex:
 
     async def add_instance(self, new: NewInstance) -> int:
         """Index a persisted instance in one write transaction; return its version."""
-        return await self.writer.run(lambda txn: self._add_instance(txn, new))
+        return await self.writer.run(lambda txn: self.add_instance_in(txn, new))
 
-    def _add_instance(self, txn: lmdb.Transaction, new: NewInstance) -> int:
+    def add_instance_in(self, txn: lmdb.Transaction, new: NewInstance) -> int:
+        """Index a persisted instance in an open write transaction; return its version.
+
+        The record's ``stored_at_us`` is kept when set (a rebuild gives the file's time), else
+        it is now.
+        """
         db = self._db
         ikey = keys.instance_key(new.study_uid, new.series_uid, new.sop_uid)
         if _get(txn, ikey, db["instances"]) is not None:
@@ -503,7 +513,7 @@ class LmdbIndex:
         now_us = time.time_ns() // 1000
         record = new.record
         record.version = version
-        record.stored_at_us = now_us
+        record.stored_at_us = record.stored_at_us or now_us
         txn.put(ikey, record.SerializeToString(), db=db["instances"])
         txn.put(new.sop_uid.encode("ascii"), ikey, db=db["sops"])
         txn.put(record.blob_id.encode("ascii"), ikey, db=db["blobs"])
