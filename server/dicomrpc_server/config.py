@@ -62,6 +62,10 @@ class Settings:
         ``dicomrpc.datasets.MAX_SEQUENCE_DEPTH`` (23), the most every read path can carry
         (protobuf parsers stop at 100 nested messages), for API messages that wrap data sets
         further; more than that ceiling is refused at start-up.
+    quarantine_unindexed
+        At start-up, move instance files the index does not name (the index is older than the
+        files) to ``<data>/quarantine/`` and serve without them, instead of refusing to start.
+        Off by default: ``dicomrpc rebuild-index`` indexes them instead.
     """
 
     data_dir: Path = Path("data")
@@ -80,6 +84,7 @@ class Settings:
     subscriber_queue: int = 1024
     workers: int = 1
     max_sequence_depth: int = 16
+    quarantine_unindexed: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_sequence_depth <= MAX_SEQUENCE_DEPTH:
@@ -107,6 +112,7 @@ class Settings:
             "DICOMRPC_WORKERS": ("workers", int),
             "DICOMRPC_SHUTDOWN_GRACE_S": ("shutdown_grace_s", float),
             "DICOMRPC_MAX_SEQUENCE_DEPTH": ("max_sequence_depth", int),
+            "DICOMRPC_QUARANTINE_UNINDEXED": ("quarantine_unindexed", parse_flag),
         }
         for var, (name, kind) in mapping.items():
             if var in os.environ:
@@ -118,6 +124,16 @@ class Settings:
 def split_origins(text: str) -> tuple[str, ...]:
     """The origins of a comma-separated list (``DICOMRPC_CORS_ORIGINS``, ``--cors-origins``)."""
     return tuple(origin.strip() for origin in text.split(",") if origin.strip())
+
+
+def parse_flag(text: str) -> bool:
+    """A yes/no environment variable: 1, true, yes or on (any case) is yes; 0, false, no, off."""
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{text!r} is not a yes/no value (use 1 or 0)")
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -160,4 +176,23 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"most levels sequences may nest in a stored instance or workitem, 1 to "
         f"{MAX_SEQUENCE_DEPTH} (env DICOMRPC_MAX_SEQUENCE_DEPTH, 16)",
     )
+    parser.add_argument(
+        "--quarantine-unindexed",
+        action="store_true",
+        default=None,
+        help="move instance files the index does not name to <data>/quarantine/ and start, "
+        "instead of refusing to (env DICOMRPC_QUARANTINE_UNINDEXED=1)",
+    )
     parser.add_argument("--log-level", default="INFO", help="logging level (INFO)")
+
+
+def add_rebuild_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``rebuild-index`` options."""
+    parser.add_argument("--data", type=Path, help="data directory (env DICOMRPC_DATA, ./data)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="processes that parse the files (one per core)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--log-level", default="WARNING", help="logging level (WARNING)")

@@ -13,6 +13,7 @@ from dicomrpc_server.archive import Archive
 from dicomrpc_server.config import Settings
 from dicomrpc_server.dicomweb.context import PREFIX
 from dicomrpc_server.dicomweb.server import HttpServer
+from dicomrpc_server.errors import StartupError
 from dicomrpc_server.grpc.server import GrpcServer
 
 log = logging.getLogger("dicomrpc.server")
@@ -30,11 +31,18 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         workers=args.workers,
         shutdown_grace_s=args.shutdown_grace,
         max_sequence_depth=args.max_sequence_depth,
+        quarantine_unindexed=args.quarantine_unindexed,
     )
 
 
 async def serve(settings: Settings) -> None:
-    """Serve until a signal asks to stop, then shut down gracefully."""
+    """Serve until a signal asks to stop, then shut down gracefully.
+
+    Raises
+    ------
+    StartupError
+        When the archive cannot be opened or a port cannot be bound (nothing is served).
+    """
     archive = Archive(settings)
     # Installed before the start-up lines are printed: a script may signal as soon as it reads
     # them.
@@ -42,15 +50,16 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    server = GrpcServer(archive)
+    grpc_server: GrpcServer | None = None
     try:
+        grpc_server = GrpcServer(archive)
         http = HttpServer(archive) if settings.http_port >= 0 else None
-    except OSError as exc:
+    except BaseException:
+        if grpc_server is not None:
+            await grpc_server.server.stop(None)
         archive.close()
-        raise SystemExit(
-            f"dicomrpc: cannot serve DICOMweb on {settings.host}:{settings.http_port}: {exc} "
-            "(choose another --http-port, or -1 for none)"
-        ) from None
+        raise
+    server = grpc_server
     await server.start()
     if http is not None:
         await http.start()
@@ -91,5 +100,9 @@ def run(args: argparse.Namespace) -> int:
         settings = settings_from_args(args)
     except ValueError as exc:  # a setting out of range, or a variable that is not a number
         raise SystemExit(f"dicomrpc: {exc}") from None
-    asyncio.run(serve(settings))
+    try:
+        asyncio.run(serve(settings))
+    except StartupError as exc:
+        print(f"dicomrpc: {exc}", file=sys.stderr)
+        return 1
     return 0

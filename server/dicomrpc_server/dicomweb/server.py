@@ -11,6 +11,7 @@ import uvicorn
 
 from dicomrpc_server.archive import Archive
 from dicomrpc_server.dicomweb.app import create_app
+from dicomrpc_server.ports import port_unavailable
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -54,7 +55,12 @@ class HttpServer:
 
     def __init__(self, archive: Archive) -> None:
         settings = archive.settings
-        self._socket = _listen(settings.host, settings.http_port)
+        try:
+            self._socket = _listen(settings.host, settings.http_port)
+        except OSError as exc:
+            raise port_unavailable(
+                "DICOMweb", settings.host, settings.http_port, "--http-port (-1 for none)", exc
+            ) from None
         self.port: int = self._socket.getsockname()[1]
         config = uvicorn.Config(
             create_app(archive),

@@ -25,6 +25,7 @@ from dicomrpc_server.grpc.search import SearchServicer
 from dicomrpc_server.grpc.store import STORE_CHUNK_FIELD, StoreServicer
 from dicomrpc_server.grpc.wire import add_chunked_servicer
 from dicomrpc_server.grpc.workitems import WorkitemServicer
+from dicomrpc_server.ports import port_unavailable
 
 ENVELOPE = 64 * 1024
 
@@ -47,6 +48,9 @@ class GrpcServer:
             options=[
                 ("grpc.max_receive_message_length", settings.max_chunk_bytes + ENVELOPE),
                 ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                # gRPC sets SO_REUSEPORT by default: a second server on the port would then
+                # share it, the kernel spreading connections between two archives.
+                ("grpc.so_reuseport", 0),
             ],
         )
         # The two services that move bytes take and give chunks without protobuf's copies.
@@ -86,7 +90,12 @@ class GrpcServer:
         ]
         reflection.enable_server_reflection(names, self.server)
         self._names = names
-        self.port = self.server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+        try:
+            self.port = self.server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+        except RuntimeError:
+            raise port_unavailable(
+                "gRPC", settings.host, settings.grpc_port, "--grpc-port"
+            ) from None
 
     async def start(self) -> None:
         """Start serving and report every service as SERVING."""

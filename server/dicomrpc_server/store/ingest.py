@@ -1,10 +1,12 @@
 """The store pipeline for one instance: receive, check, persist, index, answer.
 
-Order makes a crash harmless (SPEC §1): bytes stream to an upload file; the file is parsed and
-validated; it is fsynced and renamed into the blob store; one index transaction records it. An
-instance is acknowledged only after that commit. A crash before the rename leaves an upload
-(cleared at start-up); between the rename and the commit, an orphan blob (swept at start-up);
-never an index entry without its file.
+Order makes a crash harmless: bytes stream to an upload file named by the instance's future
+blob id; the file is parsed and validated; it is fsynced; the index writer gives it its final
+name in the blob store and then commits the one transaction that records it; the upload name is
+removed. An instance is acknowledged only after that commit. A crash before the commit leaves
+an upload the index does not name (removed at start-up, with its final name if it had one);
+after it, a blob the index names (kept); never an index entry without its file
+(:mod:`dicomrpc_server.storage.blobs`, :mod:`dicomrpc_server.storage.recovery`).
 
 Short of a crash, nothing is left behind: an instance owns its upload file from its first byte
 until it hands the file to its commit, and however it ends before that (failed, dropped, its
@@ -316,18 +318,20 @@ class Ingest:
         core = self._core
         loop = asyncio.get_running_loop()
         try:
-            try:
-                blob_id = await loop.run_in_executor(None, core.blobs.persist, upload)
-            except BaseException as exc:
-                upload.discard()
-                if isinstance(exc, OSError):
-                    raise core.storage_error(exc, "making the instance's file durable") from exc
-                raise
-            prepared.new.record.blob_id = blob_id
-            try:
-                return await core.index.add_instance(prepared.new)
-            except BaseException:
-                core.blobs.delete(blob_id)
-                raise
+            prepared.new.record.blob_id = await loop.run_in_executor(
+                None, core.blobs.persist, upload
+            )
+            version = await core.index.add_instance(prepared.new)
+        except asyncio.CancelledError:
+            # The loop is going away; the commit may still happen. The files stay for start-up
+            # to judge: kept if the index names them, removed if it does not.
+            raise
+        except BaseException as exc:
+            core.blobs.discard(upload)
+            if isinstance(exc, OSError):  # making the file durable found no space, say
+                raise core.storage_error(exc, "making the instance's file durable") from exc
+            raise
         finally:
             core._in_flight.pop(prepared.validated.sop_uid, None)
+        core.blobs.committed(upload)
+        return version
