@@ -28,6 +28,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         cors_origins=args.cors_origins,
         max_instance_bytes=args.max_instance_bytes,
         workers=args.workers,
+        codec_workers=args.codec_workers,
+        codec_timeout_s=args.codec_timeout_s,
+        max_frame_pixels=args.max_frame_pixels,
+        codec_memory_bytes=args.codec_memory_bytes,
     )
 
 

@@ -20,12 +20,14 @@ from typing import Any, BinaryIO, TypeVar
 
 import numpy as np
 
+from dicomrpc_server.config import Settings
 from dicomrpc_server.errors import Code, ServiceError, invalid_argument
 from dicomrpc_server.retrieve.bulkdata import ByteRange, check_tag_path, locate_bulk_data
 from dicomrpc_server.retrieve.render import RenderOptions, render
 from dicomrpc_server.retrieve.scope import StoredInstance, not_found, resolve
 from dicomrpc_server.retrieve.transcode import (
     check_transcodable,
+    syntax_name,
     transcode_frames,
     transcode_instance,
 )
@@ -153,7 +155,8 @@ class RetrieveCore:
     chunk_bytes
         The default chunk size.
     workers
-        The worker processes that decode and encode pixel data.
+        The worker processes that decode and encode pixel data (with their time and memory
+        limits).
     max_frames
         The most frames one request may ask for.
     """
@@ -164,7 +167,7 @@ class RetrieveCore:
         blobs: LocalBlobStore,
         chunk_bytes: int,
         workers: WorkerPool,
-        max_frames: int = 10_000,
+        max_frames: int = Settings.max_frames_per_request,
     ) -> None:
         self.index = index
         self.blobs = blobs
@@ -201,6 +204,8 @@ class RetrieveCore:
             transcode_instance,
             self.blobs.path(record.blob_id),
             transfer_syntax,
+            what=f"transcoding instance {instance.sop_uid} from "
+            f"{syntax_name(record.transfer_syntax_uid)} to {syntax_name(transfer_syntax)}",
             allow_lossy=allow_lossy,
         )
         return Outgoing(transfer_syntax, len(data), _slices(data, chunk))
@@ -280,7 +285,13 @@ class RetrieveCore:
             EXPLICIT_VR_LITTLE_ENDIAN if as_stored(transfer_syntax, stored) else transfer_syntax
         )
         data = await self.workers.run(
-            _frames_list, self.blobs.path(instance.record.blob_id), numbers, target, allow_lossy
+            _frames_list,
+            self.blobs.path(instance.record.blob_id),
+            numbers,
+            target,
+            allow_lossy,
+            what=f"decoding {_frames_named(numbers)} of instance {instance.sop_uid} "
+            f"({syntax_name(stored)}) to {syntax_name(target)}",
         )
 
         async def decoded() -> AsyncIterator[tuple[int, bytes]]:
@@ -327,8 +338,15 @@ class RetrieveCore:
                 f"instance {instance.sop_uid} has no pixel data to render",
                 metadata={"sop_instance_uid": instance.sop_uid},
             )
-        check_frame_range([options.frame_number or 1], instance.record.number_of_frames)
-        return await self.workers.run(render, self.blobs.path(instance.record.blob_id), options)
+        record = instance.record
+        check_frame_range([options.frame_number or 1], record.number_of_frames)
+        return await self.workers.run(
+            render,
+            self.blobs.path(record.blob_id),
+            options,
+            what=f"rendering frame {options.frame_number or 1} of instance {instance.sop_uid} "
+            f"({syntax_name(record.transfer_syntax_uid)})",
+        )
 
     # -- metadata --------------------------------------------------------------------------
 
@@ -375,6 +393,7 @@ class RetrieveCore:
             self.blobs.path(record.blob_id),
             tag_path,
             record.transfer_syntax_uid,
+            what=f"reading bulk data {tag_path} of instance {instance.sop_uid}",
         )
         if isinstance(found, bytes):
             return Outgoing(record.transfer_syntax_uid, len(found), _slices(found, chunk))
@@ -419,6 +438,15 @@ def check_frame_range(numbers: list[int], count: int) -> None:
 def _frames_list(path: Path, numbers: list[int], target: str, allow_lossy: bool) -> list[bytes]:
     """Decode (and re-encode) frames in a worker process; the frames asked for, in order."""
     return list(transcode_frames(path, numbers, target, allow_lossy=allow_lossy))
+
+
+def _frames_named(numbers: list[int]) -> str:
+    """``frame 3``, ``frames 1, 2, 5`` or ``12 frames (1 to 40)``, for messages."""
+    if len(numbers) == 1:
+        return f"frame {numbers[0]}"
+    if len(numbers) <= 5:
+        return "frames " + ", ".join(map(str, numbers))
+    return f"{len(numbers)} frames ({min(numbers)} to {max(numbers)})"
 
 
 def etag(instances: list[StoredInstance]) -> str:

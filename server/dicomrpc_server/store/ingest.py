@@ -84,7 +84,8 @@ class StoreCore:
     index
         Where they are recorded.
     workers
-        The worker processes parsing runs in, off the event loop.
+        The worker processes parsing runs in, off the event loop (a pool of its own: no decode
+        ever holds up a store).
     """
 
     def __init__(
@@ -202,7 +203,11 @@ class Ingest:
         if self._received == 0:
             raise _failure("INSTANCE_UNPARSABLE", "the instance has no bytes", 272)
         upload.close()
-        prepared = await core.workers.run(prepare, upload.path)
+        prepared = await core.workers.run(
+            prepare,
+            upload.path,
+            what=f"parsing the instance {self.result.client_reference or ''}".rstrip(),
+        )
         validated = prepared.validated
         result = self.result
         result.study_uid, result.series_uid = validated.study_uid, validated.series_uid
