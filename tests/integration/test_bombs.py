@@ -18,6 +18,7 @@ from dicomrpc import Client, DicomRpcError
 from dicomrpc.results import InstanceResult
 from tests.bombgen import (
     MIB,
+    deflate_bomb,
     image_dataset,
     native,
     one_kib_instance,
@@ -62,6 +63,45 @@ def small_instances(tmp_path: Path) -> Iterator[RunningServer]:
     running = start_server(tmp_path / "data", max_instance_bytes=64 * MIB)
     yield running
     running.stop()
+
+
+# -- deflate -----------------------------------------------------------------------------
+
+
+def test_a_deflate_bomb_is_refused_as_soon_as_it_inflates_past_the_limit(
+    small_instances: RunningServer,
+) -> None:
+    """Today a 510 KB file inflated to 512 MiB, twice, in the worker."""
+    bomb = deflate_bomb()  # 16384 x 16384 x 16 bits of zeros: 512 MiB
+    assert len(bomb) < 600_000
+    with Client(small_instances.target) as client:
+        assert _store_one(client, one_kib_instance()).stored  # the workers are up
+        before = _peak_rss()
+        result = _store_one(client, bomb)
+        after = _peak_rss()
+    assert (result.outcome, result.failure_reason) == ("failed", 272)
+    assert result.failure_reason_name == "INSTANCE_TOO_LARGE"
+    assert f"inflates to more than {64 * MIB} bytes" in result.failure_message
+    assert "max_instance_bytes" in result.failure_message
+    assert _growth(before, after) < 100 * MIB
+    assert list(small_instances.archive.blobs.uploads_dir.iterdir()) == []
+
+
+@pytest.mark.timeout(300)
+def test_a_deflate_bomb_within_the_limit_is_stored_with_bounded_memory(
+    server: RunningServer, client: Client
+) -> None:
+    """Inflated once, as a stream, to a file: never to memory, never a second time."""
+    bomb = deflate_bomb()
+    assert _store_one(client, one_kib_instance()).stored
+    before = _peak_rss()
+    result = _store_one(client, bomb)
+    after = _peak_rss()
+    assert result.outcome == "stored", result.failure_message
+    assert _growth(before, after) < 100 * MIB
+    assert list(server.archive.blobs.uploads_dir.iterdir()) == []
+    (instance,) = client.retrieve(*_uids(result))
+    assert instance.data[128:] == bomb[128:]  # type: ignore[union-attr]
 
 
 # -- time limits and separate pools ------------------------------------------------------

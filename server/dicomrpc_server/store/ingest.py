@@ -78,7 +78,7 @@ class StoreCore:
     Parameters
     ----------
     settings
-        Limits (maximum instance size).
+        Limits (instance size, inflated size).
     blobs
         Where files go.
     index
@@ -203,10 +203,12 @@ class Ingest:
         if self._received == 0:
             raise _failure("INSTANCE_UNPARSABLE", "the instance has no bytes", 272)
         upload.close()
+        settings = core.settings
         prepared = await core.workers.run(
             prepare,
             upload.path,
             what=f"parsing the instance {self.result.client_reference or ''}".rstrip(),
+            max_inflated=settings.max_instance_bytes,
         )
         validated = prepared.validated
         result = self.result

@@ -12,10 +12,11 @@ from pathlib import Path
 
 from dicomrpc.datasets import from_pydicom
 from dicomrpc.v1 import dataset_pb2
+from dicomrpc_server.config import Settings
 from dicomrpc_server.dicom.attributes import ATTRIBUTES_BY_LEVEL, Level
 from dicomrpc_server.dicom.elements import ElementValues
 from dicomrpc_server.dicom.frames import BITS_ALLOCATED, frame_table, number_of_frames
-from dicomrpc_server.dicom.part10 import parse_file
+from dicomrpc_server.dicom.part10 import ParsedInstance, parse_file
 from dicomrpc_server.dicom.structure import DEFLATED_SYNTAXES
 from dicomrpc_server.dicom.validation import AttributeProblem, ValidatedInstance, validate
 from dicomrpc_server.storage import records_pb2
@@ -42,22 +43,30 @@ def instance_path(study: str, series: str, sop: str) -> str:
     return f"studies/{study}/series/{series}/instances/{sop}"
 
 
-def prepare(path: Path) -> PreparedInstance:
+def prepare(
+    path: Path,
+    *,
+    max_inflated: int = Settings.max_instance_bytes,
+) -> PreparedInstance:
     """Parse, validate and describe the file at ``path`` (raises ``ServiceError``).
 
-    What pydicom notices and works around (its warnings) is reported with the instance's
-    warnings rather than lost in the server's log.
+    A deflated data set may inflate to at most ``max_inflated`` bytes. What pydicom notices
+    and works around (its warnings) is reported with the instance's warnings rather than lost
+    in the server's log.
     """
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        prepared = _prepare(path)
+        parsed = parse_file(path, max_inflated=max_inflated)
+        try:
+            prepared = _prepare(path, parsed)
+        finally:
+            parsed.close()
     for message in dict.fromkeys(str(w.message) for w in caught):
         prepared.validated.problems.append(AttributeProblem("", "", message, 1))
     return prepared
 
 
-def _prepare(path: Path) -> PreparedInstance:
-    parsed = parse_file(path)
+def _prepare(path: Path, parsed: ParsedInstance) -> PreparedInstance:
     elements = ElementValues(parsed.dataset)
     validated = validate(parsed, elements)
     base = instance_path(validated.study_uid, validated.series_uid, validated.sop_uid)
