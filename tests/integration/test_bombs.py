@@ -5,6 +5,7 @@ Each hostile file is built small in the test; each test names the behaviour it r
 
 from __future__ import annotations
 
+import struct
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from dicomrpc.results import InstanceResult
 from tests.bombgen import (
     MIB,
     deflate_bomb,
+    encapsulated,
     image_dataset,
     native,
     one_kib_instance,
@@ -102,6 +104,134 @@ def test_a_deflate_bomb_within_the_limit_is_stored_with_bounded_memory(
     assert list(server.archive.blobs.uploads_dir.iterdir()) == []
     (instance,) = client.retrieve(*_uids(result))
     assert instance.data[128:] == bomb[128:]  # type: ignore[union-attr]
+
+
+# -- the Image Pixel module against the Pixel Data -----------------------------------------
+
+
+def test_rows_and_columns_zero_with_two_million_frames_are_refused(
+    server: RunningServer, client: Client
+) -> None:
+    """Today this built a 42 MB frame table, and each frame request cost a second and 310 MB."""
+    result = _store_one(client, native(image_dataset(0, 0, frames=2_000_000), b""))
+    assert (result.outcome, result.failure_reason) == ("failed", 43264)
+    assert result.failure_reason_name == "INSTANCE_VALIDATION_FAILED"
+    assert result.failure_message == "Rows (00280010) is 0, but the instance has Pixel Data"
+    assert server.archive.index.counts().instances == 0
+
+
+def _without(name: str, rows: int = 4, columns: int = 4) -> bytes:
+    ds = image_dataset(rows, columns)
+    delattr(ds, name)
+    return native(ds, bytes(rows * columns))
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (
+            native(image_dataset(4, 4, frames=10), bytes(16)),
+            "Pixel Data (7FE00010) holds 16 bytes, less than the 160 bytes of the 10 frames of "
+            "4 x 4 pixels, 1 sample of 8 bits that NumberOfFrames, Rows, Columns, "
+            "SamplesPerPixel and BitsAllocated declare",
+        ),
+        (
+            native(image_dataset(4, 4, bits=16), bytes(16)),
+            "Pixel Data (7FE00010) holds 16 bytes, less than the 32 bytes",
+        ),
+        (_without("Columns"), "Columns (00280011) is missing, but the instance has Pixel Data"),
+        (_without("BitsAllocated"), "BitsAllocated (00280100) is missing"),
+        (
+            encapsulated(image_dataset(8, 8, frames=5), [b"\x00" * 6, b"\x00" * 6], RLE),
+            "NumberOfFrames (00280008) is 5, but the encapsulated Pixel Data has 2 fragments "
+            "and it has no offset table: every frame needs at least one fragment (PS3.5 A.4)",
+        ),
+        (
+            encapsulated(image_dataset(8, 8), [], RLE),
+            "the encapsulated Pixel Data (7FE00010) has no fragment, so no frame",
+        ),
+    ],
+)
+def test_an_image_pixel_module_that_disagrees_with_the_pixel_data_is_refused(
+    client: Client, data: bytes, message: str
+) -> None:
+    result = _store_one(client, data)
+    assert (result.outcome, result.failure_reason) == ("failed", 43264)
+    assert result.failure_message.startswith(message), result.failure_message
+
+
+def test_a_frame_over_the_pixel_limit_is_refused(tmp_path: Path) -> None:
+    running = start_server(tmp_path / "data", max_frame_pixels=4000)
+    try:
+        with Client(running.target) as client:
+            result = _store_one(client, native(image_dataset(64, 100), bytes(6400)))
+            assert _store_one(client, native(image_dataset(40, 100), bytes(4000))).stored
+    finally:
+        running.stop()
+    assert (result.outcome, result.failure_reason) == ("failed", 43264)
+    assert result.failure_message == (
+        "Rows x Columns (64 x 100 = 6400 pixels) is more than this server's limit of 4000 "
+        "pixels per frame (max_frame_pixels)"
+    )
+
+
+def test_real_world_layouts_stay_storable(client: Client) -> None:
+    # An odd value padded to an even length (PS3.5 8.1.1).
+    padded = _store_one(client, native(image_dataset(3, 3), bytes(9)))
+    assert padded.outcome == "stored"
+    # More bytes than the frames need: kept, with a warning naming Pixel Data.
+    longer = _store_one(client, native(image_dataset(4, 4), bytes(64)))
+    assert longer.outcome == "stored_with_warnings"
+    assert [w.comment for w in longer.warnings if w.keyword == "PixelData"] == [
+        "holds 64 bytes, more than the 16 bytes of its 1 frame: the rest is kept but never "
+        "served as a frame"
+    ]
+    # One frame spanning many fragments; fewer fragments than frames when an offset table
+    # lists every frame.
+    spanning = _store_one(client, encapsulated(image_dataset(8, 8), [b"\x01" * 8] * 3, RLE))
+    assert spanning.stored
+    ds = image_dataset(8, 8, frames=3)
+    ds.ExtendedOffsetTable = struct.pack("<3Q", 0, 8, 16)
+    ds.ExtendedOffsetTableLengths = struct.pack("<3Q", 8, 8, 8)
+    assert _store_one(client, encapsulated(ds, [b"\x01" * 8, b"\x02" * 16], RLE)).stored
+
+
+def test_one_bit_frames_that_do_not_start_on_a_byte_are_served(client: Client) -> None:
+    """3 x 3 pixels of 1 bit: 9 bits a frame, packed least significant bit first (PS3.5 8.1.1)."""
+    rng = np.random.default_rng(7)
+    bits = rng.integers(0, 2, 5 * 9, dtype=np.uint8)
+    packed = np.packbits(bits, bitorder="little").tobytes()
+    result = _store_one(client, native(image_dataset(3, 3, frames=5, bits=1), packed))
+    assert result.stored
+    frames = client.frames(*_uids(result), [1, 2, 3, 4, 5])
+    for number, frame in enumerate(frames, 1):
+        expected = np.packbits(bits[(number - 1) * 9 : number * 9], bitorder="little").tobytes()
+        assert frame.data == expected
+
+
+def test_a_table_of_50000_frames_is_read_without_a_message_per_frame(
+    server: RunningServer, client: Client
+) -> None:
+    """A frame request reads a table of packed offsets, not 50,000 parsed messages."""
+    count = 50_000
+    pixels = np.arange(count * 4, dtype=np.uint32).astype(np.uint8)
+    result = _store_one(client, native(image_dataset(2, 2, frames=count), pixels.tobytes()))
+    assert result.stored
+    table = server.archive.index.get_frames(*_uids(result))
+    assert table is not None and len(table.frames) == 0 and table.ByteSize() < 64
+    frames = client.frames(*_uids(result), [1, 25_000, count])
+    assert [f.data for f in frames] == [
+        pixels[(n - 1) * 4 : n * 4].tobytes() for n in (1, 25_000, count)
+    ]
+    # Encapsulated: two packed arrays, 20 bytes a frame, read by slicing.
+    fragments = [struct.pack("<I", n) for n in range(count)]
+    ds = image_dataset(2, 2, frames=count)
+    result = _store_one(client, encapsulated(ds, fragments, RLE))
+    assert result.stored
+    table = server.archive.index.get_frames(*_uids(result))
+    assert table is not None and len(table.frames) == 0 and table.ByteSize() < 21 * count
+    got = client.frames(*_uids(result), [2, count], transfer_syntax="*")
+    assert [f.data for f in got] == [fragments[1], fragments[count - 1]]
 
 
 # -- time limits and separate pools ------------------------------------------------------

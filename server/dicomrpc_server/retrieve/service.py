@@ -21,6 +21,7 @@ from typing import Any, BinaryIO, TypeVar
 import numpy as np
 
 from dicomrpc_server.config import Settings
+from dicomrpc_server.dicom.frames import frame_count, frame_ranges
 from dicomrpc_server.errors import Code, ServiceError, invalid_argument
 from dicomrpc_server.retrieve.bulkdata import ByteRange, check_tag_path, locate_bulk_data
 from dicomrpc_server.retrieve.render import RenderOptions, render
@@ -260,7 +261,7 @@ class RetrieveCore:
             check_transcodable(stored, transfer_syntax, allow_lossy=allow_lossy)
             return None
         table = self.index.get_frames(instance.study_uid, instance.series_uid, instance.sop_uid)
-        if table is None or len(table.frames) != record.number_of_frames:
+        if table is None or frame_count(table) != record.number_of_frames:
             # No byte ranges to serve (a deflated data set, or fragments that could not be
             # mapped to frames): the frames are decoded and sent as raw pixel bytes.
             check_transcodable(stored, EXPLICIT_VR_LITTLE_ENDIAN, allow_lossy=False)
@@ -309,14 +310,18 @@ class RetrieveCore:
 
     def read_frame(self, fp: BinaryIO, table: records_pb2.FrameTable, number: int) -> bytes:
         """One frame's bytes: one seek and read per range (per fragment when encapsulated)."""
-        location = table.frames[number - 1]
+        ranges, bit_offset = frame_ranges(table, number)
         parts = []
-        for offset, length in zip(location.offsets, location.lengths, strict=True):
+        for offset, length in ranges:
             fp.seek(offset)
             parts.append(fp.read(length))
         data = b"".join(parts)
-        if table.bit_offsets and table.bit_offsets[number - 1]:
-            data = _realign_bits(data, table.bit_offsets[number - 1])
+        if bit_offset:
+            data = _realign_bits(data, bit_offset)
+        tail = table.frame_bits % 8 if not table.encapsulated else 0
+        if tail:  # the bits past the frame in its last byte belong to the next one: zeroed
+            data = data[: (table.frame_bits + 7) // 8]
+            data = data[:-1] + bytes([data[-1] & ((1 << tail) - 1)])
         return data
 
     def iter_frames(

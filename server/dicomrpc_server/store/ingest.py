@@ -78,7 +78,7 @@ class StoreCore:
     Parameters
     ----------
     settings
-        Limits (instance size, inflated size).
+        Limits (instance size, inflated size, pixels per frame).
     blobs
         Where files go.
     index
@@ -209,6 +209,7 @@ class Ingest:
             upload.path,
             what=f"parsing the instance {self.result.client_reference or ''}".rstrip(),
             max_inflated=settings.max_instance_bytes,
+            max_frame_pixels=settings.max_frame_pixels,
         )
         validated = prepared.validated
         result = self.result

@@ -47,18 +47,19 @@ def prepare(
     path: Path,
     *,
     max_inflated: int = Settings.max_instance_bytes,
+    max_frame_pixels: int = Settings.max_frame_pixels,
 ) -> PreparedInstance:
     """Parse, validate and describe the file at ``path`` (raises ``ServiceError``).
 
-    A deflated data set may inflate to at most ``max_inflated`` bytes. What pydicom notices
-    and works around (its warnings) is reported with the instance's warnings rather than lost
-    in the server's log.
+    A deflated data set may inflate to at most ``max_inflated`` bytes, a frame have at most
+    ``max_frame_pixels`` pixels. What pydicom notices and works around (its warnings) is
+    reported with the instance's warnings rather than lost in the server's log.
     """
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         parsed = parse_file(path, max_inflated=max_inflated)
         try:
-            prepared = _prepare(path, parsed)
+            prepared = _prepare(path, parsed, max_frame_pixels)
         finally:
             parsed.close()
     for message in dict.fromkeys(str(w.message) for w in caught):
@@ -66,9 +67,9 @@ def prepare(
     return prepared
 
 
-def _prepare(path: Path, parsed: ParsedInstance) -> PreparedInstance:
+def _prepare(path: Path, parsed: ParsedInstance, max_frame_pixels: int) -> PreparedInstance:
     elements = ElementValues(parsed.dataset)
-    validated = validate(parsed, elements)
+    validated = validate(parsed, elements, max_frame_pixels=max_frame_pixels)
     base = instance_path(validated.study_uid, validated.series_uid, validated.sop_uid)
     metadata = from_pydicom(
         parsed.dataset,
