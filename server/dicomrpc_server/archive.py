@@ -60,6 +60,7 @@ class Archive:
             settings.chunk_bytes,
             self.codec_workers,
             settings.max_frames_per_request,
+            settings.max_frame_pixels,
         )
 
     def recover(self) -> tuple[int, int]:

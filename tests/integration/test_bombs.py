@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import httpx
 import numpy as np
 import psutil
 import pytest
@@ -21,6 +22,7 @@ from tests.bombgen import (
     MIB,
     deflate_bomb,
     encapsulated,
+    forged_j2k_instance,
     image_dataset,
     native,
     one_kib_instance,
@@ -232,6 +234,41 @@ def test_a_table_of_50000_frames_is_read_without_a_message_per_frame(
     assert table is not None and len(table.frames) == 0 and table.ByteSize() < 21 * count
     got = client.frames(*_uids(result), [2, count], transfer_syntax="*")
     assert [f.data for f in got] == [fragments[1], fragments[count - 1]]
+
+
+# -- decoding within the header's limits -------------------------------------------------
+
+
+def test_a_forged_jpeg_2000_size_is_refused_before_any_codec_sees_it(
+    server: RunningServer, client: Client
+) -> None:
+    """Today 3 KB with a forged SIZ marker took 9.4 GB and 29 s of a codec worker."""
+    forged = forged_j2k_instance(40000, 40000)
+    assert len(forged) < 8000
+    result = _store_one(client, forged)
+    assert result.stored  # the codestream is not read at store
+    uids = _uids(result)
+    assert _store_one(client, one_kib_instance()).stored
+    before = _peak_rss()
+    for call in (
+        lambda: client.frames(*uids, [1], transfer_syntax=EXPLICIT_LE),
+        lambda: client.rendered(*uids),
+        lambda: client.retrieve(*uids, transfer_syntax=EXPLICIT_LE),
+    ):
+        with pytest.raises(DicomRpcError) as caught:
+            call()
+        assert caught.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert caught.value.reason == "FRAME_HEADER_MISMATCH"
+        assert f"frame 1 of instance {uids[2]}" in caught.value.message
+        assert "40000 rows where Rows is 64" in caught.value.message
+    study, series, sop = uids
+    with httpx.Client(base_url=server.dicomweb_url, timeout=60) as http:
+        response = http.get(f"/studies/{study}/series/{series}/instances/{sop}/frames/1")
+    assert response.status_code == 409
+    assert response.json()["reason"] == "FRAME_HEADER_MISMATCH"
+    assert _growth(before, _peak_rss()) < 100 * MIB
+    (frame,) = client.frames(*uids, [1])  # as stored: nothing is decoded
+    assert len(frame.data) > 1000
 
 
 # -- time limits and separate pools ------------------------------------------------------

@@ -78,6 +78,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """A subscriber or follower read too slowly and its bounded queue overflowed."""
     INTERNAL_FAILURE: _ErrorReason.ValueType  # 27
     """An unexpected internal failure; the server log has the details."""
+    FRAME_HEADER_MISMATCH: _ErrorReason.ValueType  # 28
+    """A compressed frame's own header (JPEG, JPEG-LS, JPEG 2000 or HTJ2K, RLE) disagrees with
+    the instance's Rows, Columns, Samples per Pixel or Bits Allocated, or declares more pixels
+    than the server decodes; the frame was not decoded.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Stable, machine-readable reasons carried in `google.rpc.ErrorInfo.reason` (domain "dicomrpc")
@@ -143,4 +148,9 @@ SUBSCRIBER_TOO_SLOW: ErrorReason.ValueType  # 26
 """A subscriber or follower read too slowly and its bounded queue overflowed."""
 INTERNAL_FAILURE: ErrorReason.ValueType  # 27
 """An unexpected internal failure; the server log has the details."""
+FRAME_HEADER_MISMATCH: ErrorReason.ValueType  # 28
+"""A compressed frame's own header (JPEG, JPEG-LS, JPEG 2000 or HTJ2K, RLE) disagrees with
+the instance's Rows, Columns, Samples per Pixel or Bits Allocated, or declares more pixels
+than the server decodes; the frame was not decoded.
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

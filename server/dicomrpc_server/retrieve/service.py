@@ -160,6 +160,8 @@ class RetrieveCore:
         limits).
     max_frames
         The most frames one request may ask for.
+    max_frame_pixels
+        The most pixels a frame may have to be decoded.
     """
 
     def __init__(
@@ -169,12 +171,14 @@ class RetrieveCore:
         chunk_bytes: int,
         workers: WorkerPool,
         max_frames: int = Settings.max_frames_per_request,
+        max_frame_pixels: int = Settings.max_frame_pixels,
     ) -> None:
         self.index = index
         self.blobs = blobs
         self.chunk_bytes = chunk_bytes
         self.workers = workers
         self.max_frames = max_frames
+        self.max_frame_pixels = max_frame_pixels
 
     def instances(
         self,
@@ -208,6 +212,7 @@ class RetrieveCore:
             what=f"transcoding instance {instance.sop_uid} from "
             f"{syntax_name(record.transfer_syntax_uid)} to {syntax_name(transfer_syntax)}",
             allow_lossy=allow_lossy,
+            max_frame_pixels=self.max_frame_pixels,
         )
         return Outgoing(transfer_syntax, len(data), _slices(data, chunk))
 
@@ -291,6 +296,7 @@ class RetrieveCore:
             numbers,
             target,
             allow_lossy,
+            self.max_frame_pixels,
             what=f"decoding {_frames_named(numbers)} of instance {instance.sop_uid} "
             f"({syntax_name(stored)}) to {syntax_name(target)}",
         )
@@ -349,6 +355,7 @@ class RetrieveCore:
             render,
             self.blobs.path(record.blob_id),
             options,
+            self.max_frame_pixels,
             what=f"rendering frame {options.frame_number or 1} of instance {instance.sop_uid} "
             f"({syntax_name(record.transfer_syntax_uid)})",
         )
@@ -440,9 +447,15 @@ def check_frame_range(numbers: list[int], count: int) -> None:
         )
 
 
-def _frames_list(path: Path, numbers: list[int], target: str, allow_lossy: bool) -> list[bytes]:
+def _frames_list(
+    path: Path, numbers: list[int], target: str, allow_lossy: bool, max_frame_pixels: int
+) -> list[bytes]:
     """Decode (and re-encode) frames in a worker process; the frames asked for, in order."""
-    return list(transcode_frames(path, numbers, target, allow_lossy=allow_lossy))
+    return list(
+        transcode_frames(
+            path, numbers, target, allow_lossy=allow_lossy, max_frame_pixels=max_frame_pixels
+        )
+    )
 
 
 def _frames_named(numbers: list[int]) -> str:
