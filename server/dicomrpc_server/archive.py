@@ -26,7 +26,7 @@ from dicomrpc_server.storage.recovery import (
 )
 from dicomrpc_server.store.ingest import StoreCore
 from dicomrpc_server.ups.service import WorkitemCore
-from dicomrpc_server.workers import WorkerPool
+from dicomrpc_server.workers import CODEC_MODULES, PARSE_MODULES, WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +80,17 @@ class Archive:
         except BaseException:
             self.lock.release()
             raise
-        self.workers = WorkerPool(settings.workers)
-        self.store = StoreCore(settings, self.blobs, self.index, self.workers)
+        # Two pools, so that a slow decode (a large or forged frame) never delays a store.
+        self.parse_workers = WorkerPool(settings.workers, name="parse", modules=PARSE_MODULES)
+        self.codec_workers = WorkerPool(
+            settings.codec_workers,
+            name="codec",
+            timeout_s=settings.codec_timeout_s,
+            memory_limit=settings.codec_memory_limit,
+            modules=CODEC_MODULES,
+            lazy=True,
+        )
+        self.store = StoreCore(settings, self.blobs, self.index, self.parse_workers)
         self.search = SearchCore(self.index)
         self.query_tags = ExtendedQueryTags(self.index)
         self.delete = DeleteCore(self.index, self.blobs)
@@ -93,12 +102,14 @@ class Archive:
             self.index,
             self.blobs,
             settings.chunk_bytes,
-            self.workers,
+            self.codec_workers,
             settings.max_frames_per_request,
+            settings.max_frame_pixels,
         )
 
     def close(self) -> None:
         """Let queued work finish, close the index, then let another process have the folder."""
-        self.workers.shutdown()
+        self.parse_workers.shutdown()
+        self.codec_workers.shutdown()
         self.index.close()
         self.lock.release()

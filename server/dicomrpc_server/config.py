@@ -53,9 +53,28 @@ class Settings:
         The most workitem events a subscriber may have waiting; one that falls further behind
         is ended (it resumes with ``since``), so a stalled subscriber never holds up the server.
     workers
-        Processes that parse received instances and decode or encode pixel data (transcoding,
-        rendering). One keeps the other core of a small machine for receiving, sending and
-        committing; more pay off with more cores.
+        Processes that parse received instances. They do nothing else, so a store never waits
+        behind a decode; one is enough for a small machine, more pay off with more cores.
+    codec_workers
+        Processes that decode and encode pixel data (transcoding, rendering, decoded frames)
+        and locate bulk data: a pool of their own, so that a slow decode delays other decodes
+        but never a store.
+    codec_timeout_s
+        The longest one codec job (one transcoding, rendering or set of decoded frames) may
+        run; past it the worker process is killed and replaced, and the caller is answered
+        RESOURCE_EXHAUSTED (``LIMIT_EXCEEDED``). A forged codestream can keep a codec busy
+        for minutes on a few kilobytes. Transcoding a whole instance is one job: very large
+        multi-frame instances may need more.
+    max_frame_pixels
+        The most pixels (Rows x Columns) one frame may have. A larger frame is refused at
+        store (43264) and never decoded; the default (2^28, 16384 x 16384) leaves room for
+        whole-slide tiles and large mammograms.
+    codec_memory_bytes
+        The data (heap) size limit of each codec worker process (``RLIMIT_DATA``), a backstop
+        for a codec that allocates what its input declares: past it the job fails with
+        RESOURCE_EXHAUSTED instead of exhausting the machine. 0 derives it from
+        ``max_frame_pixels``: 16 bytes per pixel (four samples of 32 bits, what a JPEG 2000
+        decoder holds) plus 1 GiB for the interpreter and the codecs; -1 sets no limit.
     max_sequence_depth
         The most levels sequences may nest in a stored instance or a workitem (a top-level
         sequence is level 1); deeper ones are refused. The default leaves room below
@@ -85,6 +104,10 @@ class Settings:
     workers: int = 1
     max_sequence_depth: int = 16
     quarantine_unindexed: bool = False
+    codec_workers: int = 1
+    codec_timeout_s: float = 120.0
+    max_frame_pixels: int = 1 << 28
+    codec_memory_bytes: int = 0
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_sequence_depth <= MAX_SEQUENCE_DEPTH:
@@ -113,12 +136,25 @@ class Settings:
             "DICOMRPC_SHUTDOWN_GRACE_S": ("shutdown_grace_s", float),
             "DICOMRPC_MAX_SEQUENCE_DEPTH": ("max_sequence_depth", int),
             "DICOMRPC_QUARANTINE_UNINDEXED": ("quarantine_unindexed", parse_flag),
+            "DICOMRPC_CODEC_WORKERS": ("codec_workers", int),
+            "DICOMRPC_CODEC_TIMEOUT_S": ("codec_timeout_s", float),
+            "DICOMRPC_MAX_FRAME_PIXELS": ("max_frame_pixels", int),
+            "DICOMRPC_CODEC_MEMORY_BYTES": ("codec_memory_bytes", int),
         }
         for var, (name, kind) in mapping.items():
             if var in os.environ:
                 env[name] = kind(os.environ[var])
         env.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**env)  # type: ignore[arg-type]
+
+    @property
+    def codec_memory_limit(self) -> int | None:
+        """The data size limit of a codec worker in bytes, or ``None`` for no limit."""
+        if self.codec_memory_bytes < 0:
+            return None
+        if self.codec_memory_bytes == 0:
+            return 16 * self.max_frame_pixels + GIB
+        return self.codec_memory_bytes
 
 
 def split_origins(text: str) -> tuple[str, ...]:
@@ -162,7 +198,29 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--workers",
         type=int,
-        help="processes that parse, transcode and render (env DICOMRPC_WORKERS, 1)",
+        help="processes that parse received instances (env DICOMRPC_WORKERS, 1)",
+    )
+    parser.add_argument(
+        "--codec-workers",
+        type=int,
+        help="processes that decode, transcode and render (env DICOMRPC_CODEC_WORKERS, 1)",
+    )
+    parser.add_argument(
+        "--codec-timeout-s",
+        type=float,
+        help="longest one decode, transcode or render may run, in seconds "
+        "(env DICOMRPC_CODEC_TIMEOUT_S, 120)",
+    )
+    parser.add_argument(
+        "--max-frame-pixels",
+        type=int,
+        help="most pixels (Rows x Columns) of one frame (env DICOMRPC_MAX_FRAME_PIXELS, 2^28)",
+    )
+    parser.add_argument(
+        "--codec-memory-bytes",
+        type=int,
+        help="data size limit of each codec worker; 0 derives it from --max-frame-pixels, "
+        "-1 sets none (env DICOMRPC_CODEC_MEMORY_BYTES, 0)",
     )
     parser.add_argument(
         "--shutdown-grace",

@@ -32,6 +32,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         shutdown_grace_s=args.shutdown_grace,
         max_sequence_depth=args.max_sequence_depth,
         quarantine_unindexed=args.quarantine_unindexed,
+        codec_workers=args.codec_workers,
+        codec_timeout_s=args.codec_timeout_s,
+        max_frame_pixels=args.max_frame_pixels,
+        codec_memory_bytes=args.codec_memory_bytes,
     )
 
 

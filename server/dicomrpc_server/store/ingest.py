@@ -87,13 +87,14 @@ class StoreCore:
     Parameters
     ----------
     settings
-        Limits (maximum instance size, sequence nesting depth).
+        Limits (instance size, inflated size, pixels per frame, sequence nesting depth).
     blobs
         Where files go.
     index
         Where they are recorded.
     workers
-        The worker processes parsing runs in, off the event loop.
+        The worker processes parsing runs in, off the event loop (a pool of its own: no decode
+        ever holds up a store).
     """
 
     def __init__(
@@ -256,7 +257,15 @@ class Ingest:
             upload.close()  # buffered bytes are written now: this too may find no space
         except OSError as exc:
             raise core.storage_error(exc, "writing the instance's file") from exc
-        prepared = await core.workers.run(prepare, upload.path, core.settings.max_sequence_depth)
+        settings = core.settings
+        prepared = await core.workers.run(
+            prepare,
+            upload.path,
+            settings.max_sequence_depth,
+            what=f"parsing the instance {self.result.client_reference or ''}".rstrip(),
+            max_inflated=settings.max_instance_bytes,
+            max_frame_pixels=settings.max_frame_pixels,
+        )
         validated = prepared.validated
         result = self.result
         result.study_uid, result.series_uid = validated.study_uid, validated.series_uid
