@@ -536,3 +536,19 @@ def test_workitems_survive_a_restart(tmp_path: Path) -> None:
     assert [e.sequence for e, _ in before] == [1, 2]
     assert [e.sequence for e, _ in after] == [1, 2, 3, 4]  # the update, then COMPLETED
     assert [e.type for e, _ in after[:2]] == [e.type for e, _ in before]
+
+
+def test_a_value_too_long_for_an_index_key_is_kept_but_not_indexed(shared: Client) -> None:
+    """LMDB keys hold at most 511 bytes: a 600-character label is stored and read back, the
+    workitem found by its other keys, claimed and updated; a search for that label finds none."""
+    label = "x" * 600
+    patient = generate_uid()[-20:]
+    created = shared.workitems.create(workitem(ProcedureStepLabel=label, PatientID=patient))
+    uid = created.workitem_uid
+    assert to_json(shared.workitems.get(uid).dataset)[tag("ProcedureStepLabel")]["Value"] == [label]
+    found = shared.workitems.search({"PatientID": patient}, include=["ProcedureStepLabel"])
+    assert [to_json(d)[tag("ProcedureStepLabel")]["Value"] for d in found] == [[label]]
+    assert shared.workitems.search({"ProcedureStepLabel": label}) == []
+    shared.workitems.claim(uid, LOCK)
+    shared.workitems.update(uid, dataset(ProcedureStepLabel=label + "y"), LOCK)
+    assert shared.workitems.get(uid).state == "IN PROGRESS"

@@ -71,8 +71,6 @@ MODALITIES_IN_STUDY = 0x00080061
 _DROPPING = b"dropping\x00"
 # Extended query tags are indexed on every store: their number is bounded.
 MAX_QUERY_TAGS = 128
-# LMDB keys are at most 511 bytes: level and tag (5), the term, NUL and a primary key (<= 194).
-MAX_TERM_BYTES = 256
 Record = records_pb2.StudyRecord | records_pb2.SeriesRecord | records_pb2.InstanceRecord
 _LEVEL_DB = {Level.STUDY: "studies", Level.SERIES: "series", Level.INSTANCE: "instances"}
 _RECORD_TYPES: dict[Level, type[Record]] = {
@@ -979,7 +977,7 @@ def _terms(
             terms = value_terms(query_tag.vr, attribute_values(attributes[hex_tag]))
         except ValueError:
             continue
-        out.update((int(hex_tag, 16), t) for t in terms if len(t) <= MAX_TERM_BYTES)
+        out.update((int(hex_tag, 16), t) for t in terms)
     if isinstance(record, records_pb2.StudyRecord):
         for modality, count in record.modality_counts.items():
             if count > 0:
