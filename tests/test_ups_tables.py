@@ -22,7 +22,7 @@ from dicomrpc_server.ups.requirements import (
     final_state_missing,
     uid_violations,
 )
-from tests.upsgen import code, dataset, workitem
+from tests.upsgen import code, dataset, tag, workitem
 
 
 def _rows(rows: tuple[Row, ...]) -> list[Row]:
@@ -109,3 +109,14 @@ def test_every_uid_of_a_workitem_must_be_a_safe_key_at_any_depth() -> None:
         "InputInformationSequence[0].ReferencedSOPInstanceUID",
         "not a tag",
     ]
+
+
+def test_a_workitem_holds_only_dicom_attributes() -> None:
+    ds = from_json(workitem(InputInformationSequence=[dataset(ReferencedSOPInstanceUID="1.2")]))
+    ds.attributes["zz"].vr = "LO"
+    item = ds.attributes[tag("InputInformationSequence")].sequence.items[0]
+    item.attributes["00100010"].vr = "XX"
+    fields = {v.field: v.description for v in uid_violations(ds)}
+    assert set(fields) == {"InputInformationSequence[0].PatientName", "zz"}
+    assert "8 hexadecimal digits" in fields["zz"]
+    assert "'XX'" in fields["InputInformationSequence[0].PatientName"]

@@ -14,7 +14,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 from dicomrpc import Client, DicomRpcError
-from dicomrpc.datasets import to_json
+from dicomrpc.datasets import from_json, to_json
 from dicomrpc_server.dicom.attributes import Level
 from dicomrpc_server.query.terms import EXACT
 from tests.conftest import RunningServer, start_server
@@ -552,3 +552,15 @@ def test_a_value_too_long_for_an_index_key_is_kept_but_not_indexed(shared: Clien
     shared.workitems.claim(uid, LOCK)
     shared.workitems.update(uid, dataset(ProcedureStepLabel=label + "y"), LOCK)
     assert shared.workitems.get(uid).state == "IN PROGRESS"
+
+
+def test_a_data_set_keyed_by_what_is_not_a_tag_is_refused(shared: Client) -> None:
+    """Over gRPC a data set is a message: its keys and VRs are checked as the JSON reader's."""
+    ds = from_json(workitem())
+    ds.attributes["zz"].vr = "LO"
+    ds.attributes["zz"].strings.values.append("x")
+    with pytest.raises(DicomRpcError) as caught:
+        shared.workitems.create(ds)
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.reason == "WORKITEM_ATTRIBUTES_INVALID"
+    assert "zz" in str(caught.value)

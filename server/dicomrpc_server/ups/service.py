@@ -412,14 +412,14 @@ def _workitem_uid(given: str, in_dataset: str) -> str:
 
 
 def _check_uids(dataset: dataset_pb2.Dataset, operation: Operation, workitem_uid: str) -> None:
-    """Refuse a data set holding a UID no request may name (see ``uid_violations``)."""
+    """Refuse a data set holding what no workitem may (see ``uid_violations``)."""
     violations = uid_violations(dataset)
     if violations:
         summary = "; ".join(f"{v.field} {v.description}" for v in violations)
         raise ServiceError(
             Code.INVALID_ARGUMENT,
             "WORKITEM_ATTRIBUTES_INVALID",
-            f"the {operation.value} data set holds UIDs no request may name: {summary}",
+            f"the {operation.value} data set holds what no workitem may: {summary}",
             dicom_status=0x0106,  # Invalid Attribute Value (PS3.7 C.4)
             metadata={"workitem_uid": workitem_uid, "operation": operation.value},
             violations=tuple(violations),
