@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -17,7 +19,8 @@ from dicomrpc.v1 import (
     workitem_service_pb2_grpc,
 )
 from dicomrpc_server.archive import Archive
-from dicomrpc_server.grpc.logging import AccessLogInterceptor
+from dicomrpc_server.grpc.interception import CallObserver, ObservingInterceptor
+from dicomrpc_server.grpc.logging import AccessLog
 from dicomrpc_server.grpc.management import ManagementServicer
 from dicomrpc_server.grpc.retrieve import RetrieveServicer
 from dicomrpc_server.grpc.search import SearchServicer
@@ -35,13 +38,19 @@ class GrpcServer:
     ----------
     archive
         The opened archive.
+    interceptors
+        Interceptors run inside the access log (an authentication check, say): a call one of
+        them refuses is still logged.
     """
 
-    def __init__(self, archive: Archive) -> None:
+    def __init__(
+        self, archive: Archive, interceptors: Sequence[grpc.aio.ServerInterceptor] = ()
+    ) -> None:
         settings = archive.settings
         self.archive = archive
+        observers: list[CallObserver] = [AccessLog()]
         self.server = grpc.aio.server(
-            interceptors=[AccessLogInterceptor()],
+            interceptors=[ObservingInterceptor(observers), *interceptors],
             options=[
                 ("grpc.max_receive_message_length", settings.max_chunk_bytes + ENVELOPE),
                 ("grpc.max_send_message_length", 64 * 1024 * 1024),
