@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 
+from dicomrpc_server.audit.auditor import Auditor
 from dicomrpc_server.config import Settings
 from dicomrpc_server.lifecycle.delete import DeleteCore
 from dicomrpc_server.lifecycle.feed import ChangeFeed
@@ -28,6 +29,8 @@ class Archive:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        # First: a server asked to audit does not open its storage without its audit trail.
+        self.auditor = Auditor(settings)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.blobs = LocalBlobStore(settings.data_dir)
         self.index = LmdbIndex(
@@ -72,6 +75,7 @@ class Archive:
         return uploads, orphans
 
     def close(self) -> None:
-        """Let queued work finish, then close the index."""
+        """Let queued work finish, then close the index and write what the audit trail holds."""
         self.workers.shutdown()
         self.index.close()
+        self.auditor.close()

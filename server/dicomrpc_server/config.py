@@ -54,6 +54,19 @@ class Settings:
         Processes that parse received instances and decode or encode pixel data (transcoding,
         rendering). One keeps the other core of a small machine for receiving, sending and
         committing; more pay off with more cores.
+    audit_log
+        The file the audit trail is appended to as JSON lines, one record per access to
+        patient data and per refused call; None writes none. Reopened on SIGHUP.
+    audit_syslog
+        ``HOST:PORT`` of a syslog receiver (an ATNA audit record repository) sent each record
+        as a DICOM audit message (PS3.15 A.5) in RFC 5424 syslog; empty sends none.
+    audit_syslog_protocol
+        ``udp`` (one datagram per message) or ``tcp`` (RFC 6587 octet counting).
+    audit_source_id
+        The AuditSourceID the messages name this archive by; empty means the host name.
+    audit_queue
+        The most audit records waiting for each output; past it the oldest are dropped (and
+        counted in a warning), so that a slow or dead output never slows a call.
     """
 
     data_dir: Path = Path("data")
@@ -71,6 +84,11 @@ class Settings:
     shutdown_grace_s: float = 30.0
     subscriber_queue: int = 1024
     workers: int = 1
+    audit_log: Path | None = None
+    audit_syslog: str = ""
+    audit_syslog_protocol: str = "udp"
+    audit_source_id: str = ""
+    audit_queue: int = 10_000
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -88,6 +106,11 @@ class Settings:
             "DICOMRPC_MAX_FRAMES_PER_REQUEST": ("max_frames_per_request", int),
             "DICOMRPC_WORKERS": ("workers", int),
             "DICOMRPC_SHUTDOWN_GRACE_S": ("shutdown_grace_s", float),
+            "DICOMRPC_AUDIT_LOG": ("audit_log", Path),
+            "DICOMRPC_AUDIT_SYSLOG": ("audit_syslog", str),
+            "DICOMRPC_AUDIT_SYSLOG_PROTOCOL": ("audit_syslog_protocol", str),
+            "DICOMRPC_AUDIT_SOURCE_ID": ("audit_source_id", str),
+            "DICOMRPC_AUDIT_QUEUE": ("audit_queue", int),
         }
         for var, (name, kind) in mapping.items():
             if var in os.environ:
@@ -134,5 +157,31 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         help="seconds a shutdown lets in-flight calls finish before cancelling them "
         "(env DICOMRPC_SHUTDOWN_GRACE_S, 30)",
+    )
+    parser.add_argument(
+        "--audit-log",
+        type=Path,
+        help="append the audit trail to FILE as JSON lines (env DICOMRPC_AUDIT_LOG, none)",
+    )
+    parser.add_argument(
+        "--audit-syslog",
+        metavar="HOST:PORT",
+        help="send the audit trail as DICOM audit messages (PS3.15 A.5) over syslog "
+        "(env DICOMRPC_AUDIT_SYSLOG, none)",
+    )
+    parser.add_argument(
+        "--audit-syslog-protocol",
+        choices=["udp", "tcp"],
+        help="the audit syslog transport (env DICOMRPC_AUDIT_SYSLOG_PROTOCOL, udp)",
+    )
+    parser.add_argument(
+        "--audit-source-id",
+        help="the AuditSourceID of the audit messages (env DICOMRPC_AUDIT_SOURCE_ID, host name)",
+    )
+    parser.add_argument(
+        "--audit-queue",
+        type=int,
+        help="audit records kept per output while it is slow or down "
+        "(env DICOMRPC_AUDIT_QUEUE, 10000)",
     )
     parser.add_argument("--log-level", default="INFO", help="logging level (INFO)")

@@ -29,18 +29,28 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         max_instance_bytes=args.max_instance_bytes,
         workers=args.workers,
         shutdown_grace_s=args.shutdown_grace,
+        audit_log=args.audit_log,
+        audit_syslog=args.audit_syslog,
+        audit_syslog_protocol=args.audit_syslog_protocol,
+        audit_source_id=args.audit_source_id,
+        audit_queue=args.audit_queue,
     )
 
 
 async def serve(settings: Settings) -> None:
     """Serve until a signal asks to stop, then shut down gracefully."""
-    archive = Archive(settings)
+    try:
+        archive = Archive(settings)
+    except ValueError as exc:  # a setting that cannot be used, named in the message
+        raise SystemExit(f"dicomrpc: {exc}") from None
     # Installed before the start-up lines are printed: a script may signal as soon as it reads
     # them.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    # Rotation tools send SIGHUP once they have moved the audit log away.
+    loop.add_signal_handler(signal.SIGHUP, archive.auditor.reopen)
     server = GrpcServer(archive)
     try:
         http = HttpServer(archive) if settings.http_port >= 0 else None

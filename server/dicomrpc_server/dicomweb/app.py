@@ -2,7 +2,9 @@
 
 Routes come from one module per resource, each exposing ``ROUTES``; a new resource is one
 more module added to :data:`RESOURCE_ROUTES`. Middleware, outermost
-first: the access log (so it sees every response, errors and CORS answers included), then CORS.
+first: the audit hook (when the archive audits; so it sees every request that middleware inside
+it refuses), the access log (so it sees every response, errors and CORS answers included), then
+CORS, then any middleware given to :func:`create_app` (an authentication check, say).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from starlette.routing import BaseRoute, Mount
 
 from dicomrpc_server.archive import Archive
 from dicomrpc_server.dicomweb import delete, qido, stow, wado, workitems
+from dicomrpc_server.dicomweb.audit import AuditMiddleware
 from dicomrpc_server.dicomweb.context import PREFIX
 from dicomrpc_server.dicomweb.errors import handle_service_error
 from dicomrpc_server.dicomweb.logging import AccessLogMiddleware
@@ -34,10 +37,13 @@ _CORS_HEADERS = ["Accept", "Content-Type", "If-None-Match", "Authorization"]
 _EXPOSED_HEADERS = ["ETag", "Warning", "Content-Length", "Content-Type", "Location"]
 
 
-def create_app(archive: Archive) -> Starlette:
-    """The gateway application serving ``archive``."""
+def create_app(archive: Archive, inner: Sequence[Middleware] = ()) -> Starlette:
+    """The gateway application serving ``archive``, with ``inner`` middleware inside the rest."""
     routes = [route for resource in RESOURCE_ROUTES for route in resource]
-    middleware = [Middleware(AccessLogMiddleware)]
+    middleware = []
+    if archive.auditor.enabled:
+        middleware.append(Middleware(AuditMiddleware, auditor=archive.auditor))
+    middleware.append(Middleware(AccessLogMiddleware))
     origins = list(archive.settings.cors_origins)
     if origins:
         middleware.append(
@@ -50,6 +56,7 @@ def create_app(archive: Archive) -> Starlette:
                 max_age=600,
             )
         )
+    middleware.extend(inner)
     app = Starlette(
         routes=[Mount(PREFIX, routes=routes)],
         middleware=middleware,

@@ -19,6 +19,7 @@ from dicomrpc.v1 import (
     workitem_service_pb2_grpc,
 )
 from dicomrpc_server.archive import Archive
+from dicomrpc_server.grpc.audit import AuditObserver
 from dicomrpc_server.grpc.interception import CallObserver, ObservingInterceptor
 from dicomrpc_server.grpc.logging import AccessLog
 from dicomrpc_server.grpc.management import ManagementServicer
@@ -39,8 +40,8 @@ class GrpcServer:
     archive
         The opened archive.
     interceptors
-        Interceptors run inside the access log (an authentication check, say): a call one of
-        them refuses is still logged.
+        Interceptors run inside the access log and the audit hook (an authentication check,
+        say): a call one of them refuses is still logged and audited.
     """
 
     def __init__(
@@ -49,6 +50,8 @@ class GrpcServer:
         settings = archive.settings
         self.archive = archive
         observers: list[CallObserver] = [AccessLog()]
+        if archive.auditor.enabled:
+            observers.append(AuditObserver(archive.auditor))
         self.server = grpc.aio.server(
             interceptors=[ObservingInterceptor(observers), *interceptors],
             options=[
