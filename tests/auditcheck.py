@@ -78,6 +78,18 @@ class Message:
             if o.find("ParticipantObjectIDTypeCode").get("csd-code") == id_type  # type: ignore[union-attr]
         ]
 
+    def patient(self) -> tuple[str, str] | None:
+        """The patient participant object's ID and name (PS3.15 A.5.3.7), if there is one."""
+        patients = self.objects("2")
+        assert len(patients) <= 1, "these messages include a single patient"
+        if not patients:
+            return None
+        patient = patients[0]
+        assert patient.get("ParticipantObjectTypeCode") == "1"
+        assert patient.get("ParticipantObjectTypeCodeRole") == "1"
+        name = patient.find("ParticipantObjectName")
+        return patient.get("ParticipantObjectID", ""), "" if name is None else name.text or ""
+
     def studies(self) -> list[str]:
         return [o.get("ParticipantObjectID", "") for o in self.objects(STUDY_UID_TYPE)]
 
@@ -119,6 +131,7 @@ def check_message(xml: bytes, event: str) -> Message:
         assert {SOURCE, DESTINATION} <= roles, "A.5.3.7 and A.5.3.10 name source and destination"
     if event in ("transferred", "accessed", "study-deleted"):
         assert message.studies(), "these events name the studies (110180)"
+        message.patient()
     if event == "query":
         message.query()
     for study in message.objects(STUDY_UID_TYPE):

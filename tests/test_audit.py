@@ -30,6 +30,7 @@ from dicomrpc_server.audit.records import (
     FailedInstance,
     InstanceRef,
     Outcome,
+    Patient,
 )
 from dicomrpc_server.audit.sink import AuditSink
 from dicomrpc_server.audit.syslog import frame, parse_address
@@ -204,6 +205,36 @@ def test_a_store_lists_sop_classes_per_study_and_splits_failures() -> None:
     assert "3.3.1.1 (0xA700)" in wrong.description
 
 
+def test_each_patient_is_a_message_of_its_own() -> None:
+    stored = (
+        InstanceRef("1.1", "1.1.1", "1.1.1.1", CT),
+        InstanceRef("2.2", "2.2.1", "2.2.1.1", CT),
+        InstanceRef("3.3", "3.3.1", "3.3.1.1", CT),
+    )
+    patients = (("1.1", Patient("P-1", "Doe^Jane")), ("3.3", Patient("P-1", "Doe^Jane")))
+    patients += (("2.2", Patient("P-2")),)
+    first, second = (
+        check_message(xml, "transferred")
+        for xml in atna.messages(record(Action.STORE, instances=stored, patients=patients), SOURCE)
+    )
+    assert (first.studies(), second.studies()) == (["1.1", "3.3"], ["2.2"])
+    assert (first.patient(), second.patient()) == (("P-1", "Doe^Jane"), ("P-2", "P-2"))
+    assert record(Action.STORE, instances=stored, patients=patients).to_json()["patients"] == [
+        "P-1",
+        "P-2",
+    ]
+
+
+def test_characters_xml_cannot_carry_never_break_a_message() -> None:
+    odd = "1.2.3\x00\x1b<&>\"'"
+    failed = Outcome("NOT_FOUND", "STUDY_NOT_FOUND", f"no study {odd}")
+    (xml,) = atna.messages(
+        record(Action.DELETE, instances=(InstanceRef(odd),), outcome=failed), SOURCE
+    )
+    message = check_message(xml, "study-deleted")
+    assert message.studies() == ["1.2.3??<&>\"'"]
+
+
 def test_server_failures_are_serious() -> None:
     failed = record(Action.RETRIEVE, instances=NAMED, outcome=Outcome("INTERNAL"))
     (xml,) = atna.messages(failed, SOURCE)
@@ -224,6 +255,7 @@ def test_json_record_has_every_key() -> None:
         "action": "store",
         "adapter": "grpc",
         "endpoint": "/dicomrpc.v1.Service/Method",
+        "patients": [],
         "studies": [STUDY],
         "series": [SERIES],
         "instances": [SOP],

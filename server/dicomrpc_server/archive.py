@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 
 from dicomrpc_server.audit.auditor import Auditor
+from dicomrpc_server.audit.records import Patient
 from dicomrpc_server.config import Settings
 from dicomrpc_server.lifecycle.delete import DeleteCore
 from dicomrpc_server.lifecycle.feed import ChangeFeed
@@ -19,9 +20,12 @@ from dicomrpc_server.storage.blobs import LocalBlobStore
 from dicomrpc_server.storage.lmdb_index import LmdbIndex
 from dicomrpc_server.store.ingest import StoreCore
 from dicomrpc_server.ups.service import WorkitemCore
+from dicomrpc_server.ups.values import text
 from dicomrpc_server.workers import WorkerPool
 
 log = logging.getLogger(__name__)
+
+PATIENT_ID, PATIENT_NAME = "00100020", "00100010"
 
 
 class Archive:
@@ -29,8 +33,6 @@ class Archive:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        # First: a server asked to audit does not open its storage without its audit trail.
-        self.auditor = Auditor(settings)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.blobs = LocalBlobStore(settings.data_dir)
         self.index = LmdbIndex(
@@ -40,6 +42,9 @@ class Archive:
             max_batch=settings.commit_batch,
             before_commit=self.blobs.sync,
         )
+        # Before recovery changes anything: a server asked to audit does not run without its
+        # audit trail.
+        self.auditor = Auditor(settings, self.patient_of)
         self.recover()
         self.workers = WorkerPool(settings.workers)
         self.store = StoreCore(settings, self.blobs, self.index, self.workers)
@@ -55,6 +60,16 @@ class Archive:
             self.workers,
             settings.max_frames_per_request,
         )
+
+    def patient_of(self, study: str) -> Patient | None:
+        """The patient of a stored study (from its index record), or None: unknown or no ID."""
+        record = self.index.get_study(study)
+        patient_id = "" if record is None else text(record.attributes, PATIENT_ID)
+        if record is None or not patient_id:
+            return None
+        name = record.attributes.attributes.get(PATIENT_NAME)
+        names = name.person_names.values if name is not None else ()
+        return Patient(patient_id, names[0].alphabetic if names else "")
 
     def recover(self) -> tuple[int, int]:
         """Remove what a crash left: unfinished uploads, and files the index does not reference.

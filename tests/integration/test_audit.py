@@ -343,15 +343,18 @@ def test_both_adapters_write_the_same_records_to_both_outputs(
         assert (store["outcome"], store["code"]) == ("success", "OK")
         assert store["studies"] == [study]
         assert sorted(store["instances"]) == sorted([calls["sop0"], calls["sop1"]])
+        assert store["patients"] == ["PAT-1"]
         stored = event_of(messages, "transferred", action_code="C", studies=[study])
         assert stored.outcome == "0" and stored.pri == 85
+        assert stored.patient() == ("PAT-1", "Doe^John")
         assert stored.sop_classes(study) == {CTImageStorage: 2}
         assert stored.requestor().get("NetworkAccessPointID") == "127.0.0.1"
 
         # A retrieve, metadata, a search.
         retrieve = find(mine, action="retrieve")
         assert (retrieve["studies"], retrieve["outcome"]) == ([study], "success")
-        event_of(messages, "transferred", action_code="R", studies=[study])
+        sent = event_of(messages, "transferred", action_code="R", studies=[study])
+        assert sent.patient() == ("PAT-1", "Doe^John")
         metadata = [r for r in mine if r["action"] == "metadata"]
         assert len(metadata) == (3 if adapter == "grpc" else 1)
         assert all(r["studies"] for r in metadata)
@@ -368,8 +371,10 @@ def test_both_adapters_write_the_same_records_to_both_outputs(
         denied = next(r for r in deletes if r["code"] == "PERMISSION_DENIED")
         assert (denied["reason"], denied["studies"]) == ("SCOPE_MISSING", [study])
         assert denied["message"] == DENIED.message
+        assert denied["patients"] == ["PAT-1"]
         refusal = event_of(messages, "study-deleted", studies=[study])
         assert refusal.outcome == "4" and refusal.pri == 84
+        assert refusal.patient() == ("PAT-1", "Doe^John")
         assert "PERMISSION_DENIED" in refusal.description
 
         # A workitem created, then claimed.

@@ -21,22 +21,33 @@ Each action maps to the PS3.15 A.5.3 event that describes it:
 Administrative calls (extended query tags) touch no patient data and have no A.5.3 event: they
 are written to the JSON lines only.
 
-A store that stored some instances and failed others is two messages, one per outcome, as the
-EventOutcomeIndicator of A.5.2 requires ("not a single message with mixed results").
+The events that name studies also name their patient (Person, Patient, its Patient ID), as
+A.5.3.6 to A.5.3.8 ask, when the index knows it; they may only include a single patient, so a
+record touching several patients' studies is one message per patient. A store that stored some
+instances and failed others is two messages, one per outcome, as the EventOutcomeIndicator of
+A.5.2 requires ("not a single message with mixed results").
 """
 
 from __future__ import annotations
 
 import base64
 import os
+import re
 import socket
-import xml.etree.ElementTree as ET
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import urlencode
+from xml.sax.saxutils import escape, quoteattr
 
-from dicomrpc_server.audit.records import SUCCESS, Action, AuditRecord, InstanceRef, Outcome
+from dicomrpc_server.audit.records import (
+    SUCCESS,
+    Action,
+    AuditRecord,
+    InstanceRef,
+    Outcome,
+    Patient,
+)
 
 # Coded values: (code, coding scheme, meaning), PS3.16 DCM unless named otherwise.
 Code = tuple[str, str, str]
@@ -49,7 +60,8 @@ SOURCE_ROLE: Code = ("110153", "DCM", "Source Role ID")
 DESTINATION_ROLE: Code = ("110152", "DCM", "Destination Role ID")
 STUDY_INSTANCE_UID: Code = ("110180", "DCM", "Study Instance UID")
 SOP_CLASS_UID: Code = ("110181", "DCM", "SOP Class UID")
-# PS3.15 A.5.1.2.4 Participant Object ID Type Code: 12, URI.
+# PS3.15 A.5.1.2.4 Participant Object ID Type Codes: 2, Patient Number; 12, URI.
+PATIENT_NUMBER: Code = ("2", "RFC-3881", "Patient Number")
 URI: Code = ("12", "RFC-3881", "URI")
 
 # The SOP Classes whose web and RPC forms the searches are (PS3.4 Annex C and CC).
@@ -60,7 +72,9 @@ UPS_WATCH = "1.2.840.10008.5.1.4.34.6.2"
 # PS3.15 A.5.1 AuditSourceTypeCode 4: application server process tier.
 APPLICATION_SERVER = "4"
 # ParticipantObjectTypeCode and ParticipantObjectTypeCodeRole (PS3.15 A.5.1.2.2).
+PERSON = "1"
 SYSTEM_OBJECT = "2"
+ROLE_PATIENT = "1"
 ROLE_REPORT = "3"
 ROLE_JOB = "20"
 ROLE_QUERY = "24"
@@ -152,7 +166,12 @@ def outcome_indicator(outcome: Outcome) -> str:
 
 
 def messages(record: AuditRecord, source: AuditSource) -> list[bytes]:
-    """The audit messages of ``record`` (none for an action without an A.5.3 event)."""
+    """The audit messages of ``record`` (none for an action without an A.5.3 event).
+
+    The events that name studies name their patient too, and "shall only include information
+    about a single patient" (PS3.15 A.5.3.6 to A.5.3.8): a record whose studies belong to
+    several patients is one message per patient.
+    """
     if record.action is Action.DELETE:
         whole_study = all(not i.series for i in record.instances)
         event = _DELETE_STUDY if whole_study else _DELETE_PART
@@ -160,13 +179,27 @@ def messages(record: AuditRecord, source: AuditSource) -> list[bytes]:
         event = _EVENTS[record.action]
     else:
         return []
-    if record.action is not Action.STORE or not record.failed:
-        return [_message(record, record.outcome, record.instances, event, source)]
-    # A store with failures: the stored instances in one message, the failed in another.
-    result = []
-    if record.instances:
-        result.append(_message(record, SUCCESS, record.instances, event, source))
-    failed = tuple(InstanceRef(f.study, "", f.sop, f.sop_class) for f in record.failed if f.study)
+    parts: list[tuple[Outcome, tuple[InstanceRef, ...]]] = [(record.outcome, record.instances)]
+    if record.action is Action.STORE and record.failed:
+        # The stored instances in one message, the failed in another (A.5.2).
+        parts = [(SUCCESS, record.instances)] if record.instances else []
+        parts.append((_store_failure(record), _failed_refs(record)))
+    if event.event_id in (QUERY, PROCEDURE_RECORD):
+        return [_message(record, o, refs, None, event, source) for o, refs in parts]
+    patients = dict(record.patients)
+    return [
+        _message(record, outcome, group, patient, event, source)
+        for outcome, refs in parts
+        for patient, group in _by_patient(refs, patients)
+    ]
+
+
+def _failed_refs(record: AuditRecord) -> tuple[InstanceRef, ...]:
+    return tuple(InstanceRef(f.study, "", f.sop, f.sop_class) for f in record.failed if f.study)
+
+
+def _store_failure(record: AuditRecord) -> Outcome:
+    """The outcome of a store's failed instances, naming them (the first few) and why."""
     named = ", ".join(
         f"{f.sop or '(unreadable)'} (0x{f.failure_reason:04X})"
         for f in record.failed[:_FAILED_NAMED]
@@ -175,16 +208,46 @@ def messages(record: AuditRecord, source: AuditSource) -> list[bytes]:
     text = f"{len(record.failed)} instances were not stored: {named}" + (
         f" and {more} more" if more > 0 else ""
     )
-    outcome = Outcome(code="FAILED_PRECONDITION", reason="INSTANCES_NOT_STORED", message=text)
-    result.append(_message(record, outcome, failed, event, source))
-    return result
+    return Outcome(code="FAILED_PRECONDITION", reason="INSTANCES_NOT_STORED", message=text)
 
 
-def _coded(parent: ET.Element, tag: str, code: Code) -> ET.Element:
+def _by_patient(
+    refs: tuple[InstanceRef, ...], patients: dict[str, Patient]
+) -> list[tuple[Patient | None, tuple[InstanceRef, ...]]]:
+    """``refs`` grouped by the patient of their study (None: not known), in first-seen order."""
+    groups: dict[str, tuple[Patient | None, list[InstanceRef]]] = {}
+    for ref in refs:
+        patient = patients.get(ref.study)
+        key = "" if patient is None else f"id:{patient.id}"
+        groups.setdefault(key, (patient, []))[1].append(ref)
+    if not groups:
+        return [(None, ())]
+    return [(patient, tuple(group)) for patient, group in groups.values()]
+
+
+# Characters XML 1.0 cannot carry (§2.2): replaced, so that a UID or a message read from a
+# request can never make a message unreadable.
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _clean(text: str) -> str:
+    return _NOT_XML.sub("?", text)
+
+
+def _element(tag: str, attributes: dict[str, str], *children: str, text: str = "") -> str:
+    """One XML element, its attributes quoted and its text escaped.
+
+    Messages are built as text: on the audit threads, ElementTree's cost was the largest part
+    of writing a record, and it competes with the calls for the interpreter.
+    """
+    opened = tag + "".join(f" {k}={quoteattr(_clean(v))}" for k, v in attributes.items())
+    inner = "".join(children) + escape(_clean(text))
+    return f"<{opened}>{inner}</{tag}>" if inner else f"<{opened}/>"
+
+
+def _coded(tag: str, code: Code) -> str:
     value, scheme, meaning = code
-    return ET.SubElement(
-        parent, tag, {"csd-code": value, "codeSystemName": scheme, "originalText": meaning}
-    )
+    return _element(tag, {"csd-code": value, "codeSystemName": scheme, "originalText": meaning})
 
 
 def _host(address: str) -> str:
@@ -199,41 +262,48 @@ def _message(
     record: AuditRecord,
     outcome: Outcome,
     instances: tuple[InstanceRef, ...],
+    patient: Patient | None,
     event: _Event,
     source: AuditSource,
 ) -> bytes:
-    root = ET.Element("AuditMessage")
-    identification = ET.SubElement(
-        root,
-        "EventIdentification",
-        {
-            "EventActionCode": event.action_code,
-            "EventDateTime": record.time.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-            "EventOutcomeIndicator": outcome_indicator(outcome),
-        },
-    )
-    _coded(identification, "EventID", event.event_id)
+    description = ""
     if not outcome.success:
-        description = ET.SubElement(identification, "EventOutcomeDescription")
-        description.text = " ".join(
-            part for part in (outcome.code, outcome.reason, outcome.message) if part
-        )
-    _caller(root, record, event)
-    _archive(root, record, event, source)
-    ET.SubElement(root, "AuditSourceIdentification", {"AuditSourceID": source.source_id})
-    ET.SubElement(root[-1], "AuditSourceTypeCode", {"csd-code": APPLICATION_SERVER})
+        text = " ".join(part for part in (outcome.code, outcome.reason, outcome.message) if part)
+        description = _element("EventOutcomeDescription", {}, text=text)
+    parts = [
+        _element(
+            "EventIdentification",
+            {
+                "EventActionCode": event.action_code,
+                "EventDateTime": record.time.isoformat(timespec="milliseconds").replace(
+                    "+00:00", "Z"
+                ),
+                "EventOutcomeIndicator": outcome_indicator(outcome),
+            },
+            _coded("EventID", event.event_id),
+            description,
+        ),
+        _caller(record, event),
+        _archive(record, event, source),
+        _element(
+            "AuditSourceIdentification",
+            {"AuditSourceID": source.source_id},
+            _element("AuditSourceTypeCode", {"csd-code": APPLICATION_SERVER}),
+        ),
+    ]
     if event.event_id != QUERY:
-        for study, refs in _by_study(instances).items():
-            _study(root, record.action, study, refs)
+        parts += [_study(record.action, s, refs) for s, refs in _by_study(instances).items()]
+    if patient is not None:
+        parts.append(_patient(patient))
     if record.workitem:
-        _workitem(root, record.workitem)
+        parts.append(_workitem(record.workitem))
     if event.event_id == QUERY:
-        _query(root, record)
-    text: bytes = ET.tostring(root, encoding="utf-8", xml_declaration=True)
-    return text
+        parts.append(_query(record))
+    xml = '<?xml version="1.0" encoding="UTF-8"?>' + _element("AuditMessage", {}, *parts)
+    return xml.encode()
 
 
-def _caller(root: ET.Element, record: AuditRecord, event: _Event) -> None:
+def _caller(record: AuditRecord, event: _Event) -> str:
     """The requestor: the caller's identity (its address when anonymous), from its address.
 
     PS3.15 A.5.2.1: the UserID identifies the user on this system; an anonymous caller is
@@ -248,15 +318,14 @@ def _caller(root: ET.Element, record: AuditRecord, event: _Event) -> None:
     }
     if host:
         attributes |= {"NetworkAccessPointID": host, "NetworkAccessPointTypeCode": "2"}
-    participant = ET.SubElement(root, "ActiveParticipant", attributes)
-    if event.caller_role is not None:
-        _coded(participant, "RoleIDCode", event.caller_role)
+    role = "" if event.caller_role is None else _coded("RoleIDCode", event.caller_role)
+    return _element("ActiveParticipant", attributes, role)
 
 
-def _archive(root: ET.Element, record: AuditRecord, event: _Event, source: AuditSource) -> None:
+def _archive(record: AuditRecord, event: _Event, source: AuditSource) -> str:
     """The archive: the endpoint called, this process, this host; never the requestor."""
-    participant = ET.SubElement(
-        root,
+    role = "" if event.archive_role is None else _coded("RoleIDCode", event.archive_role)
+    return _element(
         "ActiveParticipant",
         {
             "UserID": record.endpoint,
@@ -265,9 +334,8 @@ def _archive(root: ET.Element, record: AuditRecord, event: _Event, source: Audit
             "NetworkAccessPointID": source.host,
             "NetworkAccessPointTypeCode": "1",
         },
+        role,
     )
-    if event.archive_role is not None:
-        _coded(participant, "RoleIDCode", event.archive_role)
 
 
 def _by_study(instances: Iterable[InstanceRef]) -> dict[str, list[InstanceRef]]:
@@ -278,7 +346,7 @@ def _by_study(instances: Iterable[InstanceRef]) -> dict[str, list[InstanceRef]]:
     return grouped
 
 
-def _study(root: ET.Element, action: Action, study: str, refs: list[InstanceRef]) -> None:
+def _study(action: Action, study: str, refs: list[InstanceRef]) -> str:
     """A study participant object (ParticipantObjectIDTypeCode 110180).
 
     Its ParticipantObjectDescription lists the SOP Classes with their instance counts where
@@ -293,59 +361,74 @@ def _study(root: ET.Element, action: Action, study: str, refs: list[InstanceRef]
         attributes["ParticipantObjectDataLifeCycle"] = LIFE_ORIGINATION
     elif action is Action.DELETE:
         attributes["ParticipantObjectDataLifeCycle"] = LIFE_ERASURE
-    participant = ET.SubElement(root, "ParticipantObjectIdentification", attributes)
-    _coded(participant, "ParticipantObjectIDTypeCode", STUDY_INSTANCE_UID)
-    ET.SubElement(participant, "ParticipantObjectName").text = study
     by_class: dict[str, list[str]] = defaultdict(list)
     for ref in refs:
         if ref.sop:
             by_class[ref.sop_class].append(ref.sop)
-    if not by_class:
-        return
-    description = ET.SubElement(participant, "ParticipantObjectDescription")
+    classes = []
     for sop_class, sops in by_class.items():
-        element = ET.SubElement(description, "SOPClass", {"NumberOfInstances": str(len(sops))})
+        counted = {"NumberOfInstances": str(len(sops))}
         if sop_class:
-            element.set("UID", sop_class)
-        if action is not Action.STORE:  # a request names few instances; a store may be huge
-            for sop in sops:
-                ET.SubElement(element, "Instance", {"UID": sop})
+            counted["UID"] = sop_class
+        # A request names few instances, each listed; a store may hold thousands, counted.
+        listed = [] if action is Action.STORE else [_element("Instance", {"UID": s}) for s in sops]
+        classes.append(_element("SOPClass", counted, *listed))
+    description = _element("ParticipantObjectDescription", {}, *classes) if classes else ""
+    return _element(
+        "ParticipantObjectIdentification",
+        attributes,
+        _coded("ParticipantObjectIDTypeCode", STUDY_INSTANCE_UID),
+        _element("ParticipantObjectName", {}, text=study),
+        description,
+    )
 
 
-def _workitem(root: ET.Element, uid: str) -> None:
+def _patient(patient: Patient) -> str:
+    """The patient participant object: Person, Patient, its Patient ID (PS3.15 A.5.3.7)."""
+    return _element(
+        "ParticipantObjectIdentification",
+        {
+            "ParticipantObjectID": patient.id,
+            "ParticipantObjectTypeCode": PERSON,
+            "ParticipantObjectTypeCodeRole": ROLE_PATIENT,
+        },
+        _coded("ParticipantObjectIDTypeCode", PATIENT_NUMBER),
+        _element("ParticipantObjectName", {}, text=patient.name or patient.id),
+    )
+
+
+def _workitem(uid: str) -> str:
     """The workitem (a UPS instance) as a participant object: its URI, named by its UID."""
-    participant = ET.SubElement(
-        root,
+    return _element(
         "ParticipantObjectIdentification",
         {
             "ParticipantObjectID": f"workitems/{uid}",
             "ParticipantObjectTypeCode": SYSTEM_OBJECT,
             "ParticipantObjectTypeCodeRole": ROLE_JOB,
         },
+        _coded("ParticipantObjectIDTypeCode", URI),
+        _element("ParticipantObjectName", {}, text=uid),
     )
-    _coded(participant, "ParticipantObjectIDTypeCode", URI)
-    ET.SubElement(participant, "ParticipantObjectName").text = uid
 
 
-def _query(root: ET.Element, record: AuditRecord) -> None:
+def _query(record: AuditRecord) -> str:
     """The query (PS3.15 A.5.3.10): the SOP Class queried, the query itself in base64.
 
     A change feed read is a query of no SOP Class (A.5.3.10 note 2): it is identified by the
     endpoint's URI instead.
     """
     sop_class = _QUERY_SOP_CLASSES.get(record.action)
-    participant = ET.SubElement(
-        root,
+    terms = list(record.query)
+    terms += [("StudyInstanceUID", s) for s in record.studies]
+    terms += [("SeriesInstanceUID", i.series) for i in record.instances if i.series]
+    text = base64.b64encode(urlencode(terms).encode()).decode()
+    return _element(
         "ParticipantObjectIdentification",
         {
             "ParticipantObjectID": sop_class or record.endpoint,
             "ParticipantObjectTypeCode": SYSTEM_OBJECT,
             "ParticipantObjectTypeCodeRole": ROLE_REPORT if sop_class else ROLE_QUERY,
         },
+        _coded("ParticipantObjectIDTypeCode", SOP_CLASS_UID if sop_class else URI),
+        _element("ParticipantObjectQuery", {}, text=text),
     )
-    _coded(participant, "ParticipantObjectIDTypeCode", SOP_CLASS_UID if sop_class else URI)
-    terms = list(record.query)
-    terms += [("StudyInstanceUID", s) for s in record.studies]
-    terms += [("SeriesInstanceUID", i.series) for i in record.instances if i.series]
-    text = urlencode(terms).encode()
-    ET.SubElement(participant, "ParticipantObjectQuery").text = base64.b64encode(text).decode()

@@ -8,10 +8,11 @@ auditor is disabled and the hooks are not installed at all.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable
 
 from dicomrpc_server.audit.atna import AuditSource
 from dicomrpc_server.audit.jsonl import JsonLinesOutput
-from dicomrpc_server.audit.records import AuditRecord
+from dicomrpc_server.audit.records import AuditRecord, Patient
 from dicomrpc_server.audit.sink import AuditSink
 from dicomrpc_server.audit.syslog import SyslogOutput, parse_address
 from dicomrpc_server.config import Settings
@@ -25,9 +26,20 @@ class Auditor:
     Raises ``ValueError`` naming the setting for a syslog address or protocol that cannot be
     used or an audit log that cannot be opened: a server asked to audit does not start without
     its audit trail.
+
+    Parameters
+    ----------
+    settings
+        The outputs to write to.
+    patients
+        The patient of a stored study, or None when it is not stored: records name the patients
+        whose studies they touch, as PS3.15 A.5.3 asks.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self, settings: Settings, patients: Callable[[str], Patient | None] | None = None
+    ) -> None:
+        self._patients = patients
         self.sinks: list[AuditSink] = []
         self._logs: list[JsonLinesOutput] = []
         if settings.audit_log is not None:
@@ -49,6 +61,21 @@ class Auditor:
     def enabled(self) -> bool:
         """True when there is somewhere to write records."""
         return bool(self.sinks)
+
+    def patients_of(self, studies: Iterable[str]) -> tuple[tuple[str, Patient], ...]:
+        """The known patients of ``studies``; a lookup that fails never fails the call."""
+        if self._patients is None:
+            return ()
+        found = []
+        for study in dict.fromkeys(s for s in studies if s):
+            try:
+                patient = self._patients(study)
+            except Exception:
+                log.exception("the patient of study %s could not be read for the audit", study)
+                continue
+            if patient is not None:
+                found.append((study, patient))
+        return tuple(found)
 
     def audit(self, record: AuditRecord) -> None:
         """Queue ``record`` for every output; never waits for one."""

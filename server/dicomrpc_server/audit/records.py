@@ -64,6 +64,14 @@ class FailedInstance:
 
 
 @dataclass(frozen=True)
+class Patient:
+    """The patient of a study, as the index holds it (PatientID, PatientName)."""
+
+    id: str
+    name: str = ""
+
+
+@dataclass(frozen=True)
 class Outcome:
     """How a call ended: ``OK``, or the canonical code with its reason and message.
 
@@ -116,6 +124,10 @@ class AuditRecord:
         A search's or a feed read's parameters, as sent.
     failed
         The instances of a store that were not stored.
+    patients
+        The patient of each study of the record whose patient is known, as ``(study,
+        patient)``: read from the index before a call that names a study runs (a delete
+        removes it), and after a store.
     """
 
     time: datetime
@@ -128,6 +140,7 @@ class AuditRecord:
     workitem: str = ""
     query: tuple[tuple[str, str], ...] = ()
     failed: tuple[FailedInstance, ...] = field(default=())
+    patients: tuple[tuple[str, Patient], ...] = ()
 
     @property
     def studies(self) -> list[str]:
@@ -144,6 +157,7 @@ class AuditRecord:
             "action": self.action.value,
             "adapter": self.adapter,
             "endpoint": self.endpoint,
+            "patients": _unique(patient.id for _, patient in self.patients),
             "studies": self.studies,
             "series": _unique(i.series for i in self.instances),
             "instances": _unique(i.sop for i in self.instances),

@@ -27,7 +27,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dicomrpc_server.access.caller import Caller
 from dicomrpc_server.audit.auditor import Auditor
-from dicomrpc_server.audit.records import AuditRecord, FailedInstance, InstanceRef, Outcome
+from dicomrpc_server.audit.records import (
+    AuditRecord,
+    FailedInstance,
+    InstanceRef,
+    Outcome,
+    Patient,
+)
 from dicomrpc_server.audit.table import HTTP, Entry
 from dicomrpc_server.dicomweb.context import PREFIX
 
@@ -163,12 +169,14 @@ def _outcome(response: _Response, body: Any, error: BaseException | None) -> Out
 
 
 def _record(
+    auditor: Auditor,
     scope: Scope,
     entry: Entry,
     params: dict[str, str],
     caller: Caller,
     response: _Response,
     error: BaseException | None,
+    patients: tuple[tuple[str, Patient], ...],
 ) -> AuditRecord:
     body = response.json() if response.body else None
     instances: tuple[InstanceRef, ...] = ()
@@ -186,6 +194,7 @@ def _record(
         query = _merged(parse_qsl(text, keep_blank_values=True))
     if entry.results and isinstance(body, dict):
         instances, failed = _stored(body)
+        patients = auditor.patients_of(i.study for i in instances)
     if entry.results and not workitem and 200 <= response.status < 300:
         location = response.header(b"location")
         workitem = location.rstrip("/").rpartition("/")[2] if "/workitems/" in location else ""
@@ -200,6 +209,7 @@ def _record(
         workitem=workitem,
         query=query,
         failed=failed,
+        patients=patients,
     )
 
 
@@ -226,6 +236,8 @@ class AuditMiddleware:
             return
         entry, params = found
         caller = caller_of(scope)
+        # Read before the request runs: a delete removes what names the patient.
+        patients = self._auditor.patients_of([params.get("study", "")]) if entry.uids else ()
         response = _Response(keep_body=entry.results)
 
         async def watching_send(message: Message) -> None:
@@ -240,6 +252,9 @@ class AuditMiddleware:
             raise
         finally:
             try:
-                self._auditor.audit(_record(scope, entry, params, caller, response, error))
+                record = _record(
+                    self._auditor, scope, entry, params, caller, response, error, patients
+                )
+                self._auditor.audit(record)
             except Exception:
                 log.exception("the audit record of %s %s failed", scope["method"], scope["path"])

@@ -19,7 +19,13 @@ from google.rpc import error_details_pb2, status_pb2
 from dicomrpc.v1 import store_service_pb2
 from dicomrpc_server.access.caller import Caller
 from dicomrpc_server.audit.auditor import Auditor
-from dicomrpc_server.audit.records import AuditRecord, FailedInstance, InstanceRef, Outcome
+from dicomrpc_server.audit.records import (
+    AuditRecord,
+    FailedInstance,
+    InstanceRef,
+    Outcome,
+    Patient,
+)
 from dicomrpc_server.audit.table import GRPC, Entry
 from dicomrpc_server.grpc.logging import status_name
 
@@ -119,7 +125,11 @@ def _stored(
 
 
 class _AuditWatch:
-    """One audited call: its first request, its response, then its record."""
+    """One audited call: its first request, its response, then its record.
+
+    The patient of a study the request names is read when the request arrives, before the
+    handler runs: a delete removes what names it.
+    """
 
     def __init__(self, auditor: Auditor, method: str, entry: Entry, caller: Caller) -> None:
         self._auditor = auditor
@@ -128,10 +138,13 @@ class _AuditWatch:
         self._caller = caller
         self._request: Any = None
         self._response: Any = None
+        self._patients: tuple[tuple[str, Patient], ...] = ()
 
     def request(self, message: Any) -> None:
         if self._request is None and not isinstance(message, memoryview):
             self._request = message
+            if self._entry.uids:
+                self._patients = self._auditor.patients_of([getattr(message, _STUDY, "")])
 
     def response(self, message: Any) -> None:
         if self._entry.results:
@@ -154,8 +167,10 @@ class _AuditWatch:
             workitem = str(getattr(request, _WORKITEM, ""))
         if request is not None and entry.query:
             query = _query(request)
+        patients = self._patients
         if entry.results and isinstance(response, store_service_pb2.StoreInstancesResponse):
             instances, failed = _stored(response)
+            patients = self._auditor.patients_of(i.study for i in instances)
         elif entry.results and response is not None and not workitem:
             workitem = str(getattr(response, _WORKITEM, ""))
         self._auditor.audit(
@@ -170,6 +185,7 @@ class _AuditWatch:
                 workitem=workitem,
                 query=tuple(query),
                 failed=failed,
+                patients=patients,
             )
         )
 
