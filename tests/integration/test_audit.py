@@ -487,6 +487,10 @@ def test_serve_flags_audit_and_sighup_reopens_the_log(tmp_path: Path, udp: UdpRe
     [
         (["--audit-syslog", "nowhere"], "--audit-syslog 'nowhere' is not HOST:PORT"),
         (["--audit-log", "/proc/audit.jsonl"], "--audit-log /proc/audit.jsonl: cannot be opened"),
+        (
+            ["--audit-syslog", "127.0.0.1:514", "--audit-queue", "0"],
+            "--audit-queue 0: the queue must hold at least 1 record",
+        ),
     ],
 )
 def test_an_audit_setting_that_cannot_be_used_stops_the_start(

@@ -56,7 +56,7 @@ class AuditSink:
 
     def __init__(self, output: Output, capacity: int, warn_interval: float = 10.0) -> None:
         if capacity < 1:
-            raise ValueError(f"the audit queue must hold at least 1 record, not {capacity}")
+            raise ValueError(f"--audit-queue {capacity}: the queue must hold at least 1 record")
         self.output = output
         self.capacity = capacity
         self.dropped = 0
