@@ -13,7 +13,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import pytest
+from starlette.middleware import Middleware
 
 from dicomrpc import Client
 from dicomrpc_server.archive import Archive
@@ -47,7 +49,14 @@ class RunningServer:
         self.archive.close()
 
 
-def start_server(data_dir: Path, **overrides: object) -> RunningServer:
+def start_server(
+    data_dir: Path,
+    *,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    middleware: Sequence[Middleware] = (),
+    **overrides: object,
+) -> RunningServer:
+    """Serve ``data_dir``; ``interceptors`` and ``middleware`` run inside the server's own."""
     overrides.setdefault("http_port", 0)
     settings = Settings(data_dir=data_dir, grpc_port=0, **overrides)  # type: ignore[arg-type]
     archive = Archive(settings)
@@ -59,9 +68,9 @@ def start_server(data_dir: Path, **overrides: object) -> RunningServer:
         asyncio.set_event_loop(loop)
 
         async def boot() -> None:
-            server = GrpcServer(archive)
+            server = GrpcServer(archive, interceptors)
             await server.start()
-            http = HttpServer(archive)
+            http = HttpServer(archive, middleware)
             await http.start()
             holder["server"], holder["http"] = server, http
             ready.set()

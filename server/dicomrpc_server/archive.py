@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 
+from dicomrpc_server.audit.auditor import Auditor
+from dicomrpc_server.audit.records import Patient
 from dicomrpc_server.config import Settings
 from dicomrpc_server.lifecycle.delete import DeleteCore
 from dicomrpc_server.lifecycle.feed import ChangeFeed
@@ -26,9 +28,12 @@ from dicomrpc_server.storage.recovery import (
 )
 from dicomrpc_server.store.ingest import StoreCore
 from dicomrpc_server.ups.service import WorkitemCore
+from dicomrpc_server.ups.values import text
 from dicomrpc_server.workers import CODEC_MODULES, PARSE_MODULES, WorkerPool
 
 log = logging.getLogger(__name__)
+
+PATIENT_ID, PATIENT_NAME = "00100020", "00100010"
 
 
 class Archive:
@@ -56,6 +61,13 @@ class Archive:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.lock = DataFolderLock(settings.data_dir, holder)
         try:
+            # Before recovery changes anything: a server asked to audit does not run without
+            # its audit trail.
+            self.auditor = Auditor(settings, self.patient_of)
+        except BaseException:
+            self.lock.release()
+            raise
+        try:
             self.blobs = LocalBlobStore(settings.data_dir)
             listing = Listing.of(self.blobs)
             check_before_open(settings.data_dir, listing)
@@ -78,6 +90,7 @@ class Archive:
                 self.index.close()
                 raise
         except BaseException:
+            self.auditor.close()
             self.lock.release()
             raise
         # Two pools, so that a slow decode (a large or forged frame) never delays a store.
@@ -107,9 +120,20 @@ class Archive:
             settings.max_frame_pixels,
         )
 
+    def patient_of(self, study: str) -> Patient | None:
+        """The patient of a stored study (from its index record), or None: unknown or no ID."""
+        record = self.index.get_study(study)
+        patient_id = "" if record is None else text(record.attributes, PATIENT_ID)
+        if record is None or not patient_id:
+            return None
+        name = record.attributes.attributes.get(PATIENT_NAME)
+        names = name.person_names.values if name is not None else ()
+        return Patient(patient_id, names[0].alphabetic if names else "")
+
     def close(self) -> None:
-        """Let queued work finish, close the index, then let another process have the folder."""
+        """Finish queued work, close the index and the audit trail, then free the folder."""
         self.parse_workers.shutdown()
         self.codec_workers.shutdown()
         self.index.close()
+        self.auditor.close()
         self.lock.release()

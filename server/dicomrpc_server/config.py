@@ -85,6 +85,19 @@ class Settings:
         At start-up, move instance files the index does not name (the index is older than the
         files) to ``<data>/quarantine/`` and serve without them, instead of refusing to start.
         Off by default: ``dicomrpc rebuild-index`` indexes them instead.
+    audit_log
+        The file the audit trail is appended to as JSON lines, one record per access to
+        patient data and per refused call; None writes none. Reopened on SIGHUP.
+    audit_syslog
+        ``HOST:PORT`` of a syslog receiver (an ATNA audit record repository) sent each record
+        as a DICOM audit message (PS3.15 A.5) in RFC 5424 syslog; empty sends none.
+    audit_syslog_protocol
+        ``udp`` (one datagram per message) or ``tcp`` (RFC 6587 octet counting).
+    audit_source_id
+        The AuditSourceID the messages name this archive by; empty means the host name.
+    audit_queue
+        The most audit records waiting for each output; past it the oldest are dropped (and
+        counted in a warning), so that a slow or dead output never slows a call.
     """
 
     data_dir: Path = Path("data")
@@ -108,6 +121,11 @@ class Settings:
     codec_timeout_s: float = 120.0
     max_frame_pixels: int = 1 << 28
     codec_memory_bytes: int = 0
+    audit_log: Path | None = None
+    audit_syslog: str = ""
+    audit_syslog_protocol: str = "udp"
+    audit_source_id: str = ""
+    audit_queue: int = 10_000
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_sequence_depth <= MAX_SEQUENCE_DEPTH:
@@ -140,6 +158,11 @@ class Settings:
             "DICOMRPC_CODEC_TIMEOUT_S": ("codec_timeout_s", float),
             "DICOMRPC_MAX_FRAME_PIXELS": ("max_frame_pixels", int),
             "DICOMRPC_CODEC_MEMORY_BYTES": ("codec_memory_bytes", int),
+            "DICOMRPC_AUDIT_LOG": ("audit_log", Path),
+            "DICOMRPC_AUDIT_SYSLOG": ("audit_syslog", str),
+            "DICOMRPC_AUDIT_SYSLOG_PROTOCOL": ("audit_syslog_protocol", str),
+            "DICOMRPC_AUDIT_SOURCE_ID": ("audit_source_id", str),
+            "DICOMRPC_AUDIT_QUEUE": ("audit_queue", int),
         }
         for var, (name, kind) in mapping.items():
             if var in os.environ:
@@ -240,6 +263,32 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="move instance files the index does not name to <data>/quarantine/ and start, "
         "instead of refusing to (env DICOMRPC_QUARANTINE_UNINDEXED=1)",
+    )
+    parser.add_argument(
+        "--audit-log",
+        type=Path,
+        help="append the audit trail to FILE as JSON lines (env DICOMRPC_AUDIT_LOG, none)",
+    )
+    parser.add_argument(
+        "--audit-syslog",
+        metavar="HOST:PORT",
+        help="send the audit trail as DICOM audit messages (PS3.15 A.5) over syslog "
+        "(env DICOMRPC_AUDIT_SYSLOG, none)",
+    )
+    parser.add_argument(
+        "--audit-syslog-protocol",
+        choices=["udp", "tcp"],
+        help="the audit syslog transport (env DICOMRPC_AUDIT_SYSLOG_PROTOCOL, udp)",
+    )
+    parser.add_argument(
+        "--audit-source-id",
+        help="the AuditSourceID of the audit messages (env DICOMRPC_AUDIT_SOURCE_ID, host name)",
+    )
+    parser.add_argument(
+        "--audit-queue",
+        type=int,
+        help="audit records kept per output while it is slow or down "
+        "(env DICOMRPC_AUDIT_QUEUE, 10000)",
     )
     parser.add_argument("--log-level", default="INFO", help="logging level (INFO)")
 

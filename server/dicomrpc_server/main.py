@@ -36,6 +36,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         codec_timeout_s=args.codec_timeout_s,
         max_frame_pixels=args.max_frame_pixels,
         codec_memory_bytes=args.codec_memory_bytes,
+        audit_log=args.audit_log,
+        audit_syslog=args.audit_syslog,
+        audit_syslog_protocol=args.audit_syslog_protocol,
+        audit_source_id=args.audit_source_id,
+        audit_queue=args.audit_queue,
     )
 
 
@@ -47,13 +52,18 @@ async def serve(settings: Settings) -> None:
     StartupError
         When the archive cannot be opened or a port cannot be bound (nothing is served).
     """
-    archive = Archive(settings)
+    try:
+        archive = Archive(settings)
+    except ValueError as exc:  # a setting that cannot be used, named in the message
+        raise SystemExit(f"dicomrpc: {exc}") from None
     # Installed before the start-up lines are printed: a script may signal as soon as it reads
     # them.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    # Rotation tools send SIGHUP once they have moved the audit log away.
+    loop.add_signal_handler(signal.SIGHUP, archive.auditor.reopen)
     grpc_server: GrpcServer | None = None
     try:
         grpc_server = GrpcServer(archive)

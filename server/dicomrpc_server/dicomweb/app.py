@@ -3,8 +3,10 @@
 Routes come from one module per resource, each exposing ``ROUTES``; a new resource is one
 more module added to :data:`RESOURCE_ROUTES`. Every route is wrapped by :func:`.url.checked`,
 which checks the request URL (the UIDs of its path, the encoding of its query) before the
-route reads it. Middleware, outermost
-first: the access log (so it sees every response, errors and CORS answers included), then CORS.
+route reads it. Middleware, outermost first: the audit hook (when the archive audits; so it
+sees every request that middleware inside it refuses), the access log (so it sees every
+response, errors and CORS answers included), then CORS, then any middleware given to
+:func:`create_app` (an authentication check, say).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from starlette.routing import BaseRoute, Mount
 
 from dicomrpc_server.archive import Archive
 from dicomrpc_server.dicomweb import delete, qido, stow, wado, workitems
+from dicomrpc_server.dicomweb.audit import AuditMiddleware
 from dicomrpc_server.dicomweb.context import PREFIX
 from dicomrpc_server.dicomweb.errors import handle_service_error
 from dicomrpc_server.dicomweb.logging import AccessLogMiddleware
@@ -37,10 +40,13 @@ _CORS_HEADERS = ["Accept", "Content-Type", "If-None-Match", "Authorization"]
 _EXPOSED_HEADERS = ["ETag", "Warning", "Content-Length", "Content-Type", "Location"]
 
 
-def create_app(archive: Archive) -> Starlette:
-    """The gateway application serving ``archive``."""
+def create_app(archive: Archive, inner: Sequence[Middleware] = ()) -> Starlette:
+    """The gateway application serving ``archive``, with ``inner`` middleware inside the rest."""
     routes = [checked(route) for resource in RESOURCE_ROUTES for route in resource]
-    middleware = [Middleware(AccessLogMiddleware)]
+    middleware = []
+    if archive.auditor.enabled:
+        middleware.append(Middleware(AuditMiddleware, auditor=archive.auditor))
+    middleware.append(Middleware(AccessLogMiddleware))
     origins = list(archive.settings.cors_origins)
     if origins:
         middleware.append(
@@ -53,6 +59,7 @@ def create_app(archive: Archive) -> Starlette:
                 max_age=600,
             )
         )
+    middleware.extend(inner)
     app = Starlette(
         routes=[Mount(PREFIX, routes=routes)],
         middleware=middleware,

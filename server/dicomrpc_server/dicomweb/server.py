@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import uvicorn
+from starlette.middleware import Middleware
 
 from dicomrpc_server.archive import Archive
 from dicomrpc_server.dicomweb.app import create_app
@@ -51,9 +52,12 @@ class HttpServer:
     ----------
     archive
         The opened archive (the one the gRPC server serves).
+    middleware
+        Middleware run inside the audit hook and the access log (an authentication check,
+        say): a request one of them refuses is still logged and audited.
     """
 
-    def __init__(self, archive: Archive) -> None:
+    def __init__(self, archive: Archive, middleware: Sequence[Middleware] = ()) -> None:
         settings = archive.settings
         try:
             self._socket = _listen(settings.host, settings.http_port)
@@ -63,7 +67,7 @@ class HttpServer:
             ) from None
         self.port: int = self._socket.getsockname()[1]
         config = uvicorn.Config(
-            create_app(archive),
+            create_app(archive, middleware),
             lifespan="off",
             log_config=None,
             # uvicorn's own start and stop lines repeat what ``serve`` logs; its errors remain.

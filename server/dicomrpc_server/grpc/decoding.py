@@ -88,11 +88,12 @@ def _stream_response(inner: Any, streaming_request: bool) -> Any:
 class DecodingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Turns a request parse failure into INVALID_ARGUMENT, for every method shape.
 
-    A method's wrapped handler is made once and kept, as the access log's is.
+    The continuation is called for every call, so that interceptors inside this one run for
+    every call; the wrapped handler is kept while the continuation answers with the same one.
     """
 
     def __init__(self) -> None:
-        self._wrapped: dict[str, Any] = {}
+        self._wrapped: dict[str, tuple[Any, Any]] = {}
 
     async def intercept_service(
         self,
@@ -101,12 +102,15 @@ class DecodingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     ) -> Any:
         """Wrap the method's handler: its request parser, and its behaviour."""
         method = handler_call_details.method
-        wrapped = self._wrapped.get(method)
-        if wrapped is None:
-            handler = await continuation(handler_call_details)
-            if handler is None:
-                return handler
-            wrapped = self._wrapped[method] = _wrap(handler)
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        kept = self._wrapped.get(method)
+        if kept is not None and kept[0] is handler:
+            return kept[1]
+        wrapped = _wrap(handler)
+        if kept is None:
+            self._wrapped[method] = (handler, wrapped)
         return wrapped
 
 

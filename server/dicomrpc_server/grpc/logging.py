@@ -1,7 +1,8 @@
 """One structured log line per RPC: method, status, bytes in and out, milliseconds.
 
-The interceptor wraps the behaviour of every method shape. For a streaming response it wraps
-the response iterator, not the call, so that the time and bytes cover the whole stream.
+The access log is an observer of :class:`~.interception.ObservingInterceptor`, which shows it
+every message of every call and the call's end, so that the time and bytes of a stream cover
+the whole stream.
 """
 
 from __future__ import annotations
@@ -10,12 +11,28 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 
 log = logging.getLogger("dicomrpc.access")
+
+
+def _size(message: Any) -> int:
+    """A message's size: a chunk's encoded length, else the message's (which encodes it)."""
+    if isinstance(message, (bytes, memoryview)):
+        return len(message)
+    return int(message.ByteSize()) if hasattr(message, "ByteSize") else 0
+
+
+def status_name(context: Any, error: BaseException | None) -> str:
+    """The name of the status a call ended with (``OK``, ``NOT_FOUND``, ``CANCELLED``...)."""
+    code = context.code() if hasattr(context, "code") else None
+    if code is not None and code != grpc.StatusCode.OK:
+        return str(getattr(code, "name", code))
+    if isinstance(error, asyncio.CancelledError):
+        return "CANCELLED"
+    return "UNKNOWN" if error is not None else "OK"
 
 
 class _Tally:
@@ -27,17 +44,16 @@ class _Tally:
         self.bytes_in = 0
         self.bytes_out = 0
 
-    def emit(self, context: Any, error: BaseException | None) -> None:
-        code = context.code() if hasattr(context, "code") else None
-        if code is not None and code != grpc.StatusCode.OK:
-            name = getattr(code, "name", str(code))
-        elif isinstance(error, asyncio.CancelledError):
-            name = "CANCELLED"
-        else:
-            name = "UNKNOWN" if error is not None else "OK"
+    def request(self, message: Any) -> None:
+        self.bytes_in += _size(message)
+
+    def response(self, message: Any) -> None:
+        self.bytes_out += _size(message)
+
+    def end(self, context: Any, error: BaseException | None) -> None:
         record = {
             "rpc": self.method,
-            "code": name,
+            "code": status_name(context, error),
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
             "ms": round((time.perf_counter() - self.start) * 1000, 2),
@@ -45,102 +61,9 @@ class _Tally:
         log.info(json.dumps(record, separators=(",", ":")))
 
 
-def _size(message: Any) -> int:
-    """A message's size: a chunk's encoded length, else the message's (which encodes it)."""
-    if isinstance(message, (bytes, memoryview)):
-        return len(message)
-    return int(message.ByteSize()) if hasattr(message, "ByteSize") else 0
+class AccessLog:
+    """Logs every call once it ends, whatever its shape and outcome."""
 
-
-async def _count(requests: AsyncIterator[Any], tally: _Tally) -> AsyncIterator[Any]:
-    async for request in requests:
-        tally.bytes_in += _size(request)
-        yield request
-
-
-def _request(request: Any, tally: _Tally, streaming: bool) -> Any:
-    """Count a unary request now, or a request stream as it is read."""
-    if streaming:
-        return _count(request, tally)
-    tally.bytes_in = _size(request)
-    return request
-
-
-def _unary_response(inner: Any, method: str, streaming_request: bool) -> Any:
-    async def behaviour(request: Any, context: Any) -> Any:
-        tally = _Tally(method)
-        error: BaseException | None = None
-        try:
-            response = await inner(_request(request, tally, streaming_request), context)
-            tally.bytes_out = _size(response)
-            return response
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            tally.emit(context, error)
-
-    return behaviour
-
-
-def _stream_response(inner: Any, method: str, streaming_request: bool) -> Any:
-    async def behaviour(request: Any, context: Any) -> AsyncIterator[Any]:
-        tally = _Tally(method)
-        error: BaseException | None = None
-        try:
-            result = inner(_request(request, tally, streaming_request), context)
-            if hasattr(result, "__aiter__"):
-                async for response in result:
-                    tally.bytes_out += _size(response)
-                    yield response
-            else:  # a coroutine handler (one that only aborts, say)
-                await result
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            tally.emit(context, error)
-
-    return behaviour
-
-
-class AccessLogInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Logs every call once it ends, whatever its shape and outcome.
-
-    A method's wrapped handler is made once and kept: the registered handlers do not change
-    while the server runs, and building one per call is a cost every call would pay.
-    """
-
-    def __init__(self) -> None:
-        self._wrapped: dict[str, Any] = {}
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[Any], Awaitable[Any]],
-        handler_call_details: Any,
-    ) -> Any:
-        """Wrap the method's handler so that its end is logged."""
-        method = handler_call_details.method
-        wrapped = self._wrapped.get(method)
-        if wrapped is None:
-            handler = await continuation(handler_call_details)
-            if handler is None:
-                return handler
-            wrapped = self._wrapped[method] = _wrap(handler, method)
-        return wrapped
-
-
-def _wrap(handler: Any, method: str) -> Any:
-    """A method handler that does what ``handler`` does, and logs the call's end."""
-    serializers = (handler.request_deserializer, handler.response_serializer)
-    if handler.unary_unary:
-        wrapped = _unary_response(handler.unary_unary, method, False)
-        return grpc.unary_unary_rpc_method_handler(wrapped, *serializers)
-    if handler.stream_unary:
-        wrapped = _unary_response(handler.stream_unary, method, True)
-        return grpc.stream_unary_rpc_method_handler(wrapped, *serializers)
-    if handler.unary_stream:
-        wrapped = _stream_response(handler.unary_stream, method, False)
-        return grpc.unary_stream_rpc_method_handler(wrapped, *serializers)
-    wrapped = _stream_response(handler.stream_stream, method, True)
-    return grpc.stream_stream_rpc_method_handler(wrapped, *serializers)
+    def watch(self, method: str, context: Any) -> _Tally:
+        """Count the call's bytes and time."""
+        return _Tally(method)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -17,8 +19,10 @@ from dicomrpc.v1 import (
     workitem_service_pb2_grpc,
 )
 from dicomrpc_server.archive import Archive
+from dicomrpc_server.grpc.audit import AuditObserver
 from dicomrpc_server.grpc.decoding import DecodingInterceptor
-from dicomrpc_server.grpc.logging import AccessLogInterceptor
+from dicomrpc_server.grpc.interception import CallObserver, ObservingInterceptor
+from dicomrpc_server.grpc.logging import AccessLog
 from dicomrpc_server.grpc.management import ManagementServicer
 from dicomrpc_server.grpc.retrieve import RetrieveServicer
 from dicomrpc_server.grpc.search import SearchServicer
@@ -37,14 +41,24 @@ class GrpcServer:
     ----------
     archive
         The opened archive.
+    interceptors
+        Interceptors run inside the access log and the audit hook (an authentication check,
+        say): a call one of them refuses is still logged and audited.
     """
 
-    def __init__(self, archive: Archive) -> None:
+    def __init__(
+        self, archive: Archive, interceptors: Sequence[grpc.aio.ServerInterceptor] = ()
+    ) -> None:
         settings = archive.settings
         self.archive = archive
+        observers: list[CallObserver] = [AccessLog()]
+        if archive.auditor.enabled:
+            observers.append(AuditObserver(archive.auditor))
         self.server = grpc.aio.server(
-            # The access log wraps the rest, so that a request refused as unparsable is logged.
-            interceptors=[AccessLogInterceptor(), DecodingInterceptor()],
+            # The access log and the audit see every call, refused ones included; a request that
+            # cannot be parsed is refused as such only once the interceptors given (an
+            # authentication check) have let the call through.
+            interceptors=[ObservingInterceptor(observers), *interceptors, DecodingInterceptor()],
             options=[
                 ("grpc.max_receive_message_length", settings.max_chunk_bytes + ENVELOPE),
                 ("grpc.max_send_message_length", 64 * 1024 * 1024),
