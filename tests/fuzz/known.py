@@ -81,6 +81,15 @@ KNOWN_OPEN: tuple[Known, ...] = (
         ("arrays-1100-deep.json", "sequences-200-deep.json"),
     ),
     Known(
+        "dicom_json",
+        r"^BytesLengthException at dicomrpc/datasets\.py:to_pydicom",
+        NEW,
+        "to_pydicom raises pydicom's BytesLengthException (not ValueError, as documented) for "
+        "a UN value whose length does not fit the dictionary VR of its tag "
+        '({"00280010":{"vr":"UN","InlineBinary":"YWJj"}}): MetadataResult.as_pydicom fails so',
+        ("un-rows-of-3-bytes.json",),
+    ),
+    Known(
         "qido",
         r"^UnicodeEncodeError at storage/keys\.py",
         UIDS,
