@@ -262,6 +262,7 @@ def test_qido_204_and_400_name_the_parameter(http: httpx.Client) -> None:
     for params, name in [
         ({"limit": "abc"}, "limit"),
         ({"limit": "5000"}, "limit"),
+        ({"limit": "\u00b2"}, "limit"),  # '²' passes str.isdigit(), not int(): it was a 500
         ({"NotAnAttribute": "1"}, "NotAnAttribute"),
         ({"StudyDate": "yesterday"}, "StudyDate"),
         ({"fuzzymatching": "maybe"}, "fuzzymatching"),

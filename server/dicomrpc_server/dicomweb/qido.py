@@ -25,13 +25,20 @@ from dicomrpc_server.paths import instance_path, series_path, study_path
 from dicomrpc_server.query.engine import SearchRequest
 
 _OPTIONS = ("includefield", "limit", "offset", "fuzzymatching")
+_MAX_DIGITS = 18
 STUDY_UID, SERIES_UID, SOP_UID = "0020000D", "0020000E", "00080018"
 
 
 def _integer(name: str, value: str) -> int:
-    if not value.isdigit():
-        raise invalid_argument(name, f"{value!r} is not a non-negative whole number")
-    return int(value)
+    # ASCII digits only: str.isdigit() also takes '²' and other scripts' digits, which int()
+    # then refuses. More than 18 digits is past any index (and int() refuses 4300).
+    shown = repr(value) if len(value) <= 40 else f"{value[:40]!r}..."
+    if not (value.isascii() and value.isdigit()):
+        raise invalid_argument(name, f"{shown} is not a non-negative whole number")
+    digits = value.lstrip("0")
+    if len(digits) > _MAX_DIGITS:
+        raise invalid_argument(name, f"{shown} has {len(digits)} digits, more than {_MAX_DIGITS}")
+    return int(digits or "0")
 
 
 def _boolean(name: str, value: str) -> bool:

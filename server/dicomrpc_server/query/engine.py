@@ -31,6 +31,7 @@ from dicomrpc_server.query.terms import (
     fold_person_name,
     integer_term,
     pad_time,
+    parse_integer,
 )
 from dicomrpc_server.storage import keys, records_pb2
 from dicomrpc_server.storage.lmdb_index import MODALITIES_IN_STUDY, LmdbIndex
@@ -40,11 +41,14 @@ MAX_LIMIT = 1000
 # Entries a term matched by value is scanned for before it is checked key by key instead.
 SCAN_CAP = 1000
 _WORDS = re.compile(r"[\^=\s,\-.]+")
+# Dates and times are ASCII digits (PS3.5 Table 6.2-1); re.ASCII keeps other scripts' out of \d.
 # Full dates, or (in ranges) a year or a month: "-2020" ends with 2020, "202003-" starts in March.
-_DATE = re.compile(r"\d{4}(?:\d{2}(?:\d{2})?)?")
-_TIME = re.compile(r"\d{2}(?::?\d{2}(?::?\d{2}(?:\.\d{1,6})?)?)?")
+_DATE = re.compile(r"\d{4}(?:\d{2}(?:\d{2})?)?", re.ASCII)
+_TIME = re.compile(r"\d{2}(?::?\d{2}(?::?\d{2}(?:\.\d{1,6})?)?)?", re.ASCII)
 # A date-time from the year down to fractions of a second (offsets are not matched).
-_DATETIME = re.compile(r"\d{4}(?:\d{2}(?:\d{2}(?:\d{2}(?:\d{2}(?:\d{2}(?:\.\d{1,6})?)?)?)?)?)?")
+_DATETIME = re.compile(
+    r"\d{4}(?:\d{2}(?:\d{2}(?:\d{2}(?:\d{2}(?:\d{2}(?:\.\d{1,6})?)?)?)?)?)?", re.ASCII
+)
 _CHECKS = {"DA": _DATE, "TM": _TIME, "DT": _DATETIME}
 _FORMATS = {"DA": "YYYYMMDD", "TM": "HHMMSS", "DT": "YYYYMMDDHHMMSS"}
 
@@ -94,11 +98,18 @@ class MatchTerm:
     """One match term: an attribute and a value in DICOM matching syntax.
 
     ``kind`` is set for an attribute inside a sequence: the index term prefix of that path.
+    A value holding NUL is refused (INVALID_ARGUMENT): an index key ends its term with NUL
+    (``storage/keys.py``), so such a value would be matched as its part before the NUL by
+    the index and as a whole by an event filter; no searchable value holds one.
     """
 
     attribute: IndexedAttribute
     value: str
     kind: bytes = b""
+
+    def __post_init__(self) -> None:
+        if "\x00" in self.value:
+            raise invalid_argument(self.attribute.keyword, f"{self.value!r} holds a NUL character")
 
 
 Scan = Callable[..., list[tuple[bytes, bytes]]]
@@ -144,16 +155,13 @@ class TermMatcher:
             return [EXACT + value.encode()]
         if vr in ("DA", "TM", "DT"):
             return None
-        if vr in ("IS", "US", "SS", "UL", "SL"):
-            try:
-                return [integer_term(int(value))]
-            except ValueError:
-                raise invalid_argument(attribute.keyword, f"{value!r} is not an integer") from None
-        if vr in ("DS", "FL", "FD"):
-            try:
+        try:
+            if vr in ("IS", "US", "SS", "UL", "SL"):
+                return [integer_term(parse_integer(value))]
+            if vr in ("DS", "FL", "FD"):
                 return [decimal_term(vr, value)]
-            except ValueError:
-                raise invalid_argument(attribute.keyword, f"{value!r} is not a number") from None
+        except ValueError as exc:
+            raise invalid_argument(attribute.keyword, str(exc)) from None
         if vr == "PN":
             folded = fold_person_name(value)
             return None if fuzzy or wildcard else [EXACT + folded.encode()]
@@ -183,13 +191,10 @@ class TermMatcher:
         """Wildcard matching, through the literal prefix of the pattern."""
         scan = self.scan
         literal = re.split(r"[*?]", value, maxsplit=1)[0]
-        regex = re.compile(
-            "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in value),
-            re.DOTALL,
-        )
+        matches = wildcard_matcher(value)
         start = EXACT + literal.encode()
         found = scan(attribute.level, attribute.tag, start, prefix=start)
-        return {pk for term, pk in found if regex.fullmatch(term[len(EXACT) :].decode())}
+        return {pk for term, pk in found if matches(term[len(EXACT) :].decode())}
 
     def _range(self, attribute: IndexedAttribute, value: str) -> set[bytes]:
         """A date or time: one value, or an inclusive range with either end open."""
@@ -233,6 +238,40 @@ def check_term(name: str, term: MatchTerm) -> MatchTerm:
         for uid in uid_list(term.value):
             check_request_uid(name, uid)
     return term
+
+
+def wildcard_matcher(pattern: str) -> Callable[[str], bool]:
+    """A test of whole values against a pattern with PS3.4 C.2.2.2.4 wildcards.
+
+    ``*`` stands for any run of characters, ``?`` for any one character. The pieces between
+    the stars are found in order, each at its leftmost place after the one before (which is
+    where a match can always put it), the last one at the end: the cost grows with the
+    pattern's length times the value's. A regular expression with one ``.*`` per ``*`` would
+    backtrack instead, and a few dozen of them take hours on a short value.
+    """
+    texts = pattern.split("*")
+    pieces = [
+        re.compile("".join("." if c == "?" else re.escape(c) for c in t), re.DOTALL) for t in texts
+    ]
+    if len(pieces) == 1:
+        return lambda value: pieces[0].fullmatch(value) is not None
+    first, last, last_length = pieces[0], pieces[-1], len(texts[-1])
+    middle = [piece for piece, text in zip(pieces[1:-1], texts[1:-1], strict=True) if text]
+
+    def matches(value: str) -> bool:
+        found = first.match(value)
+        if found is None:
+            return False
+        at = found.end()
+        for piece in middle:
+            found = piece.search(value, at)
+            if found is None:
+                return False
+            at = found.end()
+        end = len(value) - last_length
+        return end >= at and last.fullmatch(value, end) is not None
+
+    return matches
 
 
 class SearchCore:

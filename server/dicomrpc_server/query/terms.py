@@ -9,6 +9,12 @@ found exactly when the matching rules of PS3.4 C.2.2.2 say it should be:
 - IS, US and other integers: an order-preserving 8-byte encoding, for ranges;
 - DS, FL, FD: one canonical text per number, so that ``5`` finds ``5.0``;
 - DA, TM, DT: the text itself, which sorts in time order once TM/DT are padded.
+
+Numbers are read as DICOM writes them (PS3.5 Table 6.2-1: ASCII digits, a sign, a decimal
+point and an exponent, padded with spaces), not as Python reads them: ``int()`` and
+``float()`` also take other scripts' digits and ``_`` separators, which no DICOM value holds.
+An integer outside the signed 64-bit range has no term (its encoding would wrap around onto
+another number), nor has an FL value beyond single precision.
 """
 
 from __future__ import annotations
@@ -21,8 +27,13 @@ from collections.abc import Iterable
 EXACT = b"="
 WORD = b"w"
 NUMBER = b"#"
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 _WORD_SPLIT = re.compile(r"[\^=\s,\-.]+")
+_INTEGER = re.compile(r" *[+-]?[0-9]+ *")
+_DECIMAL = re.compile(r" *[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)? *")
+# FL and FD values may also be infinite or not a number (written as Python writes them).
+_SPECIAL = re.compile(r" *[+-]?(?:inf|infinity|nan) *", re.IGNORECASE)
 
 # LMDB keys are at most 511 bytes: level and tag (5), the term, NUL and a primary key (<= 194).
 MAX_TERM_BYTES = 256
@@ -50,19 +61,55 @@ def person_name_terms(name: str) -> list[bytes]:
     return terms
 
 
+def parse_integer(text: str) -> int:
+    """An integer written as DICOM writes one (IS), within the signed 64-bit range.
+
+    Raises
+    ------
+    ValueError
+        Naming the text, when it is not such an integer.
+    """
+    if not _INTEGER.fullmatch(text):
+        raise ValueError(f"{text!r} is not an integer")
+    value = int(text)
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise ValueError(f"{text!r} is outside the signed 64-bit range")
+    return value
+
+
+def parse_decimal(text: str) -> float:
+    """A number written as DICOM writes one (DS), or an infinite or NaN FL / FD value.
+
+    Raises
+    ------
+    ValueError
+        Naming the text, when it is not such a number.
+    """
+    if not (_DECIMAL.fullmatch(text) or _SPECIAL.fullmatch(text)):
+        raise ValueError(f"{text!r} is not a number")
+    return float(text)
+
+
 def integer_term(value: int) -> bytes:
-    """An order-preserving encoding of a signed 64-bit integer."""
-    return NUMBER + struct.pack(">Q", (value + (1 << 63)) & 0xFFFFFFFFFFFFFFFF)
+    """An order-preserving encoding of a signed 64-bit integer (ValueError outside it)."""
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise ValueError(f"{value} is outside the signed 64-bit range")
+    return NUMBER + struct.pack(">Q", value - INT64_MIN)
 
 
 def decimal_term(vr: str, value: object) -> bytes:
     """A DS, FL or FD value as one canonical text: ``5``, ``5.0`` and ``5.00`` are one number.
 
-    FL values are rounded to single precision first, as the file holds them.
+    FL values are rounded to single precision first, as the file holds them; ``-0`` is ``0``
+    (adding ``0.0`` clears the sign of a zero). Raises ``ValueError`` for text that is not a
+    number and for an FL value beyond single precision.
     """
-    number = float(str(value))
+    number = parse_decimal(str(value)) + 0.0
     if vr == "FL":
-        number = struct.unpack("<f", struct.pack("<f", number))[0]
+        try:
+            number = struct.unpack("<f", struct.pack("<f", number))[0]
+        except OverflowError:
+            raise ValueError(f"{value!r} is outside the range of FL values") from None
     return EXACT + repr(number).encode()
 
 
@@ -100,7 +147,7 @@ def _value_terms(vr: str, values: Iterable[object]) -> list[bytes]:
         if vr == "PN":
             terms += person_name_terms(str(value))
         elif vr in ("IS", "US", "SS", "UL", "SL", "SV", "UV"):
-            terms.append(integer_term(int(str(value))))
+            terms.append(integer_term(parse_integer(str(value))))
         elif vr in ("DS", "FL", "FD"):
             terms.append(decimal_term(vr, value))
         elif vr == "TM":
