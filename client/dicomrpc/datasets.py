@@ -875,12 +875,16 @@ def to_pydicom(ds: dataset_pb2.Dataset) -> pydicom.Dataset:
     """
     import pydicom
     from pydicom.dataelem import RawDataElement
+    from pydicom.errors import BytesLengthException
     from pydicom.tag import Tag
 
     text_numbers: list[_TextNumber] = []
-    result = pydicom.Dataset.from_json(
-        _dataset_to_json(ds, text_numbers, ()), bulk_data_uri_handler=_unresolved_bulk_data
-    )
+    try:
+        result = pydicom.Dataset.from_json(
+            _dataset_to_json(ds, text_numbers, ()), bulk_data_uri_handler=_unresolved_bulk_data
+        )
+    except BytesLengthException as exc:  # a UN value that does not fit its dictionary VR
+        raise ValueError(str(exc)) from exc
     for steps, tag, vr, text in text_numbers:
         target = result
         for sequence_tag, index in steps:

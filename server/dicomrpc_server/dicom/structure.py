@@ -35,6 +35,14 @@ PIXEL_DATA_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
 _LONG_VRS = frozenset(
     {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 )
+# Every VR PS3.5 Table 6.2-1 defines: an explicit VR header holding anything else is malformed
+# (its length field cannot even be read with certainty).
+_VRS = _LONG_VRS | frozenset(
+    {
+        *(b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT"),
+        *(b"PN", b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"),
+    }
+)
 DEFLATED_SYNTAXES = frozenset({"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.1.99.1"})
 # Element headers by byte order: (group, element, length) in implicit VR, (group, element, VR,
 # 2-byte length) in explicit VR, and the 4-byte length that follows the long VRs.
@@ -70,6 +78,14 @@ class InflatedTooLargeError(ServiceError):
             dicom_status=272,
             metadata={"limit": str(limit), "deflated_bytes_read": str(deflated)},
         )
+
+
+def unknown_vr(tag: int, vr: bytes, at: int, where: str = "") -> MalformedFileError:
+    """Build the error of an explicit VR header whose VR PS3.5 does not define."""
+    return MalformedFileError(
+        f"{where}{_tag_name(tag)} at byte {at} has VR {vr.decode('latin-1')!r}, which DICOM "
+        "does not define (PS3.5 Table 6.2-1)"
+    )
 
 
 @dataclass
@@ -330,6 +346,8 @@ def _scan_meta(r: _Reader) -> str:
         r.pos += 6
         tag = (0x0002 << 16) | struct.unpack("<H", head[2:4])[0]
         vr = head[4:6]
+        if vr not in _VRS:
+            raise unknown_vr(tag, vr, r.pos - 6, "file meta ")
         if vr in _LONG_VRS:
             length = struct.unpack("<2xI", r.read(6, "the header of ", tag))[0]
         else:
@@ -372,6 +390,8 @@ class _Walk:
         tag = (group << 16) | elem
         if group == 0xFFFE:  # item and delimiter tags have no VR, and a 4-byte length
             return tag, b"", _IMPLICIT_HEADER[endian].unpack(head)[2]
+        if vr not in _VRS:
+            raise unknown_vr(tag, vr, self.r.pos - 8)
         if vr in _LONG_VRS:
             (length,) = _LONG_LENGTH[endian].unpack(self.r.read(4, "the header of ", tag))
         return tag, vr, length

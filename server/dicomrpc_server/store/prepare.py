@@ -18,7 +18,7 @@ from dicomrpc_server.dicom.elements import ElementValues
 from dicomrpc_server.dicom.frames import BITS_ALLOCATED, frame_table, number_of_frames
 from dicomrpc_server.dicom.nesting import too_deep
 from dicomrpc_server.dicom.part10 import ParsedInstance, parse_file
-from dicomrpc_server.dicom.structure import DEFLATED_SYNTAXES
+from dicomrpc_server.dicom.structure import DEFLATED_SYNTAXES, MalformedFileError
 from dicomrpc_server.dicom.validation import AttributeProblem, ValidatedInstance, validate
 from dicomrpc_server.paths import bulk_data_path, instance_path
 from dicomrpc_server.storage import records_pb2
@@ -82,6 +82,10 @@ def _prepare(
         )
     except NestingTooDeep as exc:
         raise too_deep(exc) from None
+    except (ValueError, NotImplementedError) as exc:
+        # An element pydicom cannot decode (an unknown VR inside a sequence of defined length,
+        # which the structural walk skips): the file is not readable DICOM (272).
+        raise MalformedFileError(f"the data set could not be read: {exc}") from None
     pixel = parsed.structure.pixel_data
     frames = None
     if pixel is not None:
