@@ -288,3 +288,21 @@ def test_a_filter_matches_exactly_what_a_search_finds(
         "B",
         "C",
     }
+
+
+def test_a_value_holding_a_nul_is_matched_by_neither_search_nor_filter(
+    server: RunningServer, client: Client
+) -> None:
+    """NUL separates an index key's parts: ``P<NUL>X`` is not indexed, so a search and an event
+    filter (which matches the same terms) agree that ``P*`` does not find it."""
+    watcher = Watcher(client, filter={"PatientID": "P*"})
+    wait_subscribed(server, 1)
+    nul = client.workitems.create(workitem(PatientID="P\x00X")).workitem_uid
+    sentinel = client.workitems.create(workitem(PatientID="PZ")).workitem_uid
+    (event,) = watcher.take(1)
+    assert event.workitem_uid == sentinel
+    assert watcher.quiet()
+    found = client.workitems.search({"PatientID": "P*"})
+    assert [to_json(d)[tag("SOPInstanceUID")]["Value"] for d in found] == [[sentinel]]
+    assert to_json(client.workitems.get(nul).dataset)[tag("PatientID")]["Value"] == ["P\x00X"]
+    watcher.close()

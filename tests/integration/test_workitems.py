@@ -564,12 +564,3 @@ def test_a_data_set_keyed_by_what_is_not_a_tag_is_refused(shared: Client) -> Non
     assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert caught.value.reason == "WORKITEM_ATTRIBUTES_INVALID"
     assert "zz" in str(caught.value)
-
-
-def test_a_value_holding_a_nul_is_kept_but_not_indexed(shared: Client) -> None:
-    """NUL separates an index key's parts: such a value must not be split into a false term."""
-    patient = "P\x00" + generate_uid()[-12:]
-    uid = shared.workitems.create(workitem(PatientID=patient)).workitem_uid
-    assert to_json(shared.workitems.get(uid).dataset)[tag("PatientID")]["Value"] == [patient]
-    assert shared.workitems.search({"PatientID": "P"}) == []
-    assert shared.workitems.search({"PatientID": "P*"}) == []
