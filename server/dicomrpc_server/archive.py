@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 
+from dicomrpc_server.access.authenticator import Authenticator
+from dicomrpc_server.access.setup import check as check_access
 from dicomrpc_server.config import Settings
 from dicomrpc_server.lifecycle.delete import DeleteCore
 from dicomrpc_server.lifecycle.feed import ChangeFeed
@@ -24,10 +26,18 @@ log = logging.getLogger(__name__)
 
 
 class Archive:
-    """Opens the storage in ``settings.data_dir`` and builds the core services."""
+    """Opens the storage in ``settings.data_dir`` and builds the core services.
+
+    Raises
+    ------
+    AccessSetupError
+        When the access settings are refused (checked before any storage is opened).
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.tls = check_access(settings)
+        self.access = Authenticator(settings)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.blobs = LocalBlobStore(settings.data_dir)
         self.index = LmdbIndex(

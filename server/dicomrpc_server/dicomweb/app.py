@@ -2,7 +2,9 @@
 
 Routes come from one module per resource, each exposing ``ROUTES``; a new resource is one
 more module added to :data:`RESOURCE_ROUTES`. Middleware, outermost
-first: the access log (so it sees every response, errors and CORS answers included), then CORS.
+first: the access log (so it sees every response, errors and CORS answers included), the
+``Host`` check (421), CORS (so preflights are answered without credentials and refusals carry
+CORS headers a browser needs to read them), then access control (401, 403) before routing.
 """
 
 from __future__ import annotations
@@ -14,10 +16,13 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import BaseRoute, Mount
 
+from dicomrpc_server.access.hosts import HostPolicy
 from dicomrpc_server.archive import Archive
 from dicomrpc_server.dicomweb import delete, qido, stow, wado, workitems
+from dicomrpc_server.dicomweb.auth import AccessMiddleware
 from dicomrpc_server.dicomweb.context import PREFIX
 from dicomrpc_server.dicomweb.errors import handle_service_error
+from dicomrpc_server.dicomweb.hosts import HostMiddleware
 from dicomrpc_server.dicomweb.logging import AccessLogMiddleware
 from dicomrpc_server.errors import ServiceError
 
@@ -37,7 +42,10 @@ _EXPOSED_HEADERS = ["ETag", "Warning", "Content-Length", "Content-Type", "Locati
 def create_app(archive: Archive) -> Starlette:
     """The gateway application serving ``archive``."""
     routes = [route for resource in RESOURCE_ROUTES for route in resource]
-    middleware = [Middleware(AccessLogMiddleware)]
+    middleware = [
+        Middleware(AccessLogMiddleware),
+        Middleware(HostMiddleware, policy=HostPolicy(archive.settings)),
+    ]
     origins = list(archive.settings.cors_origins)
     if origins:
         middleware.append(
@@ -50,6 +58,7 @@ def create_app(archive: Archive) -> Starlette:
                 max_age=600,
             )
         )
+    middleware.append(Middleware(AccessMiddleware, authenticator=archive.access, routes=routes))
     app = Starlette(
         routes=[Mount(PREFIX, routes=routes)],
         middleware=middleware,

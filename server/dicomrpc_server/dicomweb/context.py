@@ -16,13 +16,17 @@ def archive_of(request: Request) -> Archive:
 
 
 def service_root(request: Request) -> str:
-    """The absolute URL of the DICOMweb service root, as the client addressed it.
+    """The absolute URL of the DICOMweb service root: ``--public-url``, or as addressed.
 
-    Retrieve URLs and bulk data URIs are built on it, so that they resolve for the client
-    whatever host name or port it used. Some clients (``requests`` as dicomweb-client drives
-    it) send a Host header without the port they connected to; the port the request came in on
-    is added then, unless it is the scheme's default.
+    Retrieve URLs, bulk data URIs and Locations are built on it, so that they resolve for the
+    client whatever host name or port it used (behind a proxy, the public URL). Some clients
+    (``requests`` as dicomweb-client drives it) send a Host header without the port they
+    connected to; the port the request came in on is added then, unless it is the scheme's
+    default.
     """
+    public = archive_of(request).settings.public_url
+    if public:
+        return public.rstrip("/")
     url = request.url
     netloc = url.netloc
     server = request.scope.get("server")

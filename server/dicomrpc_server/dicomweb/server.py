@@ -1,14 +1,21 @@
-"""The HTTP server: uvicorn serving the gateway in the gRPC server's process and event loop."""
+"""The HTTP server: uvicorn serving the gateway in the gRPC server's process and event loop.
+
+It serves TLS (and mutual TLS) when the settings give certificates.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import socket
+import ssl
 from collections.abc import Iterator
+from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from dicomrpc_server.access.certificates import subject_of
 from dicomrpc_server.archive import Archive
 from dicomrpc_server.dicomweb.app import create_app
 
@@ -43,6 +50,44 @@ class _Server(uvicorn.Server):
         yield
 
 
+class _ClientCertificateProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP protocol, telling the application who the client certificate names.
+
+    uvicorn verifies the certificate (mutual TLS) but does not pass it on; this adds the ASGI
+    TLS extension's ``client_cert_name`` (the RFC 4514 subject) to every request's scope.
+    """
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        ssl_object = transport.get_extra_info("ssl_object")
+        certificate = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+        self._tls: dict[object, object] = {
+            "client_cert_name": subject_of(certificate) if certificate else None
+        }
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.scope["extensions"] = {**self.scope.get("extensions", {}), "tls": self._tls}
+
+
+def _tls_options(archive: Archive) -> dict[str, Any]:
+    """The uvicorn TLS options for the archive's certificates (none without TLS)."""
+    tls = archive.tls
+    if tls is None:
+        return {}
+    options: dict[str, Any] = {
+        "ssl_certfile": str(tls.cert_path),
+        "ssl_keyfile": str(tls.key_path),
+    }
+    if tls.client_ca_path is not None:
+        options.update(
+            ssl_ca_certs=str(tls.client_ca_path),
+            ssl_cert_reqs=ssl.CERT_REQUIRED,
+            http=_ClientCertificateProtocol,
+        )
+    return options
+
+
 class HttpServer:
     """The archive's DICOMweb endpoint.
 
@@ -56,6 +101,7 @@ class HttpServer:
         settings = archive.settings
         self._socket = _listen(settings.host, settings.http_port)
         self.port: int = self._socket.getsockname()[1]
+        self.scheme = "https" if archive.tls is not None else "http"
         config = uvicorn.Config(
             create_app(archive),
             lifespan="off",
@@ -65,6 +111,7 @@ class HttpServer:
             access_log=False,
             server_header=False,
             timeout_graceful_shutdown=int(settings.shutdown_grace_s),
+            **_tls_options(archive),
         )
         self._server = _Server(config)
         self._task: asyncio.Task[None] | None = None

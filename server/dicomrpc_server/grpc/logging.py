@@ -1,4 +1,4 @@
-"""One structured log line per RPC: method, status, bytes in and out, milliseconds.
+"""One structured log line per RPC: method, status, caller, bytes in and out, milliseconds.
 
 The interceptor wraps the behaviour of every method shape. For a streaming response it wraps
 the response iterator, not the call, so that the time and bytes cover the whole stream.
@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+
+from dicomrpc_server.grpc.auth import current_caller
 
 log = logging.getLogger("dicomrpc.access")
 
@@ -35,9 +37,11 @@ class _Tally:
             name = "CANCELLED"
         else:
             name = "UNKNOWN" if error is not None else "OK"
+        caller = current_caller()
         record = {
             "rpc": self.method,
             "code": name,
+            "caller": caller.identity if caller is not None else "",
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
             "ms": round((time.perf_counter() - self.start) * 1000, 2),

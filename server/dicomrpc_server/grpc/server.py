@@ -1,4 +1,4 @@
-"""The gRPC server: servicers, health checking, reflection, limits and graceful shutdown."""
+"""The gRPC server: servicers, health, reflection, limits, access control, TLS, shutdown."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from dicomrpc.v1 import (
     workitem_service_pb2_grpc,
 )
 from dicomrpc_server.archive import Archive
+from dicomrpc_server.grpc.auth import AccessInterceptor
 from dicomrpc_server.grpc.logging import AccessLogInterceptor
 from dicomrpc_server.grpc.management import ManagementServicer
 from dicomrpc_server.grpc.retrieve import RetrieveServicer
@@ -41,7 +42,11 @@ class GrpcServer:
         settings = archive.settings
         self.archive = archive
         self.server = grpc.aio.server(
-            interceptors=[AccessLogInterceptor()],
+            # The access log outermost, so that it logs refused calls too.
+            interceptors=[
+                AccessLogInterceptor(),
+                AccessInterceptor(archive.access, archive.tls is not None and archive.tls.mutual),
+            ],
             options=[
                 ("grpc.max_receive_message_length", settings.max_chunk_bytes + ENVELOPE),
                 ("grpc.max_send_message_length", 64 * 1024 * 1024),
@@ -84,7 +89,17 @@ class GrpcServer:
         ]
         reflection.enable_server_reflection(names, self.server)
         self._names = names
-        self.port = self.server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+        address = f"{settings.host}:{settings.grpc_port}"
+        tls = archive.tls
+        if tls is None:
+            self.port = self.server.add_insecure_port(address)
+        else:
+            credentials = grpc.ssl_server_credentials(
+                [(tls.private_key, tls.certificate_chain)],
+                root_certificates=tls.client_ca,
+                require_client_auth=tls.client_ca is not None,
+            )
+            self.port = self.server.add_secure_port(address, credentials)
 
     async def start(self) -> None:
         """Start serving and report every service as SERVING."""
