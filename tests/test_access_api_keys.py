@@ -5,10 +5,13 @@ from __future__ import annotations
 import hashlib
 import re
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from dicomrpc_server.access import api_keys
 from dicomrpc_server.access.api_keys import ApiKeyFile, create, parse, revoke
 
 
@@ -88,3 +91,28 @@ def test_the_file_is_looked_at_no_more_than_once_per_interval(tmp_path: Path) ->
 def test_a_missing_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"cannot read the API key file .*missing"):
         ApiKeyFile(tmp_path / "missing")
+
+
+def test_the_cli_prints_the_key_once_and_lists_and_revokes(tmp_path: Path) -> None:
+    path = tmp_path / "keys"
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "dicomrpc.cli", "api-key", *args, "--file", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    made = cli("create", "pacs-sync", "--scopes", "dicom.read,dicom.write")
+    assert made.returncode == 0, made.stderr
+    key = made.stdout.strip()
+    assert key.startswith(api_keys.KEY_PREFIX)
+    assert "shown this once" in made.stderr
+    assert ApiKeyFile(path).find(key) is not None
+    assert cli("list").stdout.splitlines() == ["pacs-sync dicom.read,dicom.write"]
+    refused = cli("create", "x", "--scopes", "dicom.all")
+    assert refused.returncode == 2 and "unknown scopes dicom.all" in refused.stderr
+    assert cli("revoke", "pacs-sync").returncode == 0
+    assert cli("revoke", "pacs-sync").returncode == 1
+    assert ApiKeyFile(path).find(key) is None
