@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import grpc
 
 from dicomrpc import retrieval
-from dicomrpc.credentials import TokenInterceptor, TokenProvider, TokenSource
+from dicomrpc.credentials import TokenChannel, TokenProvider, TokenSource
 from dicomrpc.errors import DicomRpcError
 from dicomrpc.results import Capabilities, Change, QueryTag, ReindexStatus, StoreResult
 from dicomrpc.sources import DEFAULT_CHUNK, Item, Sources, iter_items, requests
@@ -166,9 +166,7 @@ class Client:
         else:
             channel = grpc.insecure_channel(target, options)
         source = self.config.token_source()
-        self.channel = (
-            grpc.intercept_channel(channel, TokenInterceptor(source)) if source else channel
-        )
+        self.channel = TokenChannel(channel, source) if source else channel
         self._retrieve = retrieve_service_pb2_grpc.RetrieveServiceStub(self.channel)
         # The calls that move bytes send and receive chunks without protobuf's copies.
         self._store_instances = self.channel.stream_unary(
