@@ -137,10 +137,11 @@ def test_the_certificate_subject_names_the_caller_on_both_adapters(
     mutual = TlsConfig.from_files(ca=pki.ca_pem, cert=pki.client_cert, key=pki.client_key)
     context = ssl.create_default_context(cafile=str(pki.ca_pem))
     context.load_cert_chain(str(pki.client_cert), str(pki.client_key))
-    with caplog.at_level("INFO", logger="dicomrpc.access"):
-        with Client(mtls_server.target, tls=mutual) as client:
-            client.search_studies()
-        httpx.get(mtls_server.dicomweb_url + "/studies", verify=context)
+    # Set for the whole test: an HTTP line is written once the response is sent.
+    caplog.set_level("INFO", logger="dicomrpc.access")
+    with Client(mtls_server.target, tls=mutual) as client:
+        client.search_studies()
+    httpx.get(mtls_server.dicomweb_url + "/studies", verify=context)
     grpc_line = access_record(caplog, {"rpc": "/dicomrpc.v1.SearchService/SearchStudies"})
     http_line = access_record(caplog, {"path": "/dicomweb/studies"})
     assert grpc_line["caller"] == http_line["caller"] == pki.client_subject

@@ -85,27 +85,25 @@ class Authenticator:
     """
 
     def __init__(self, settings: Settings) -> None:
-        try:
-            self._build(settings)
-        except ValueError as exc:
-            raise AccessSetupError(str(exc)) from None
-
-    def _build(self, settings: Settings) -> None:
         roles: Mapping[str, frozenset[str]] = {
             role: frozenset(scopes) for role, scopes in settings.auth_roles
         }
+        try:
+            keys = KeySet(settings.auth_jwks) if settings.auth_jwks else None
+            self.api_keys = ApiKeyFile(settings.auth_api_keys) if settings.auth_api_keys else None
+        except ValueError as exc:
+            raise AccessSetupError(str(exc)) from None
         self.tokens = (
             TokenVerifier(
-                KeySet(settings.auth_jwks),
+                keys,
                 settings.auth_issuer,
                 settings.auth_audience,
                 settings.auth_clock_skew_s,
                 roles,
             )
-            if settings.auth_jwks
+            if keys is not None
             else None
         )
-        self.api_keys = ApiKeyFile(settings.auth_api_keys) if settings.auth_api_keys else None
         self.enabled = self.tokens is not None or self.api_keys is not None
         """Whether calls need credentials."""
 
@@ -119,7 +117,7 @@ class Authenticator:
         try:
             caller = await self.authenticate(credentials)
         except ServiceError as error:
-            return Admission(Caller("", ANONYMOUS, NO_SCOPES, credentials.address), error)
+            return Admission(Caller(ANONYMOUS, ANONYMOUS, NO_SCOPES, credentials.address), error)
         if scope is None:
             return Admission(
                 caller,
