@@ -23,6 +23,7 @@ def test_a_loopback_server_refuses_other_host_names(server: RunningServer) -> No
         rebound = http.get("/studies", headers={"Host": f"evil.example:{server.http.port}"})
         assert rebound.status_code == 421
         assert "does not answer to the host 'evil.example:" in rebound.json()["message"]
+        assert rebound.json()["metadata"] == {"field": "Host", "host_problem": "misdirected"}
         deleted = http.delete(f"/studies/{generate_uid()}", headers={"Host": "evil.example"})
         assert deleted.status_code == 421
         for host in ("127.0.0.1", f"localhost:{server.http.port}", "[::1]"):

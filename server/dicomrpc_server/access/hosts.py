@@ -13,9 +13,11 @@ import urllib.parse
 
 from dicomrpc_server.access.setup import is_loopback
 from dicomrpc_server.config import Settings
-from dicomrpc_server.errors import ServiceError, invalid_argument
+from dicomrpc_server.errors import Code, FieldViolation, ServiceError
 
 HOST_FIELD = "Host"
+MISDIRECTED = "misdirected"
+"""The ``host_problem`` of a request for a host this server does not go by (HTTP 421)."""
 
 
 def host_name(host: str) -> str:
@@ -74,6 +76,11 @@ class HostPolicy:
             expected = "an IP address (it listens on all); give --public-url to serve a name"
         else:
             expected = f"the address it listens on, {self.bound}; give --public-url to serve a name"
-        return invalid_argument(
-            HOST_FIELD, f"this server does not answer to the host {host!r}: it goes by {expected}"
+        description = f"this server does not answer to the host {host!r}: it goes by {expected}"
+        return ServiceError(
+            Code.INVALID_ARGUMENT,
+            "INVALID_REQUEST",
+            f"{HOST_FIELD}: {description}",
+            metadata={"field": HOST_FIELD, "host_problem": MISDIRECTED},
+            violations=(FieldViolation(HOST_FIELD, description),),
         )

@@ -19,7 +19,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from dicomrpc_server.access.hosts import HOST_FIELD
+from dicomrpc_server.access.hosts import MISDIRECTED
 from dicomrpc_server.access.tokens import TOKEN_PROBLEM
 from dicomrpc_server.errors import Code, ServiceError, invalid_argument
 from dicomrpc_server.storage.space import STORAGE_FULL
@@ -48,7 +48,7 @@ def http_status(error: ServiceError) -> int:
     fields = {v.field for v in error.violations}
     if error.code is Code.INVALID_ARGUMENT and CONTENT_TYPE_FIELD in fields:
         return 415
-    if error.code is Code.INVALID_ARGUMENT and HOST_FIELD in fields:
+    if error.metadata.get("host_problem") == MISDIRECTED:
         return 421
     if ACCEPT_FIELD in fields or error.reason == "TRANSFER_SYNTAX_UNSUPPORTED":
         return 406
