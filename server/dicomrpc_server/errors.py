@@ -95,3 +95,25 @@ def invalid_argument(field_name: str, description: str) -> ServiceError:
         violations=(FieldViolation(field_name, description),),
         metadata={"field": field_name},
     )
+
+
+class StartupError(Exception):
+    """The archive cannot be opened or served: the message says what was found and what to do.
+
+    Raised at start-up only (a data folder in use, an index missing or behind its files, a port
+    taken); ``dicomrpc serve`` prints the message and exits without serving.
+
+    Parameters
+    ----------
+    reason
+        A stable UPPER_SNAKE name: ``DATA_FOLDER_IN_USE``, ``INDEX_MISSING``,
+        ``UNINDEXED_FILES``, ``REBUILD_UNFINISHED``, ``PORT_IN_USE``, ``PORT_UNAVAILABLE``,
+        ``PLAINTEXT_REFUSED`` or ``ACCESS_SETTINGS_INVALID``.
+    message
+        Sentences for the operator, naming the folder, file counts or port at fault.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message

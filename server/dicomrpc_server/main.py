@@ -9,11 +9,12 @@ import signal
 import sys
 
 from dicomrpc_server import __version__
-from dicomrpc_server.access.setup import AccessSetupError, describe, is_loopback
+from dicomrpc_server.access.setup import describe, is_loopback
 from dicomrpc_server.archive import Archive
 from dicomrpc_server.config import Settings
 from dicomrpc_server.dicomweb.context import PREFIX
 from dicomrpc_server.dicomweb.server import HttpServer
+from dicomrpc_server.errors import StartupError
 from dicomrpc_server.grpc.server import GrpcServer
 
 log = logging.getLogger("dicomrpc.server")
@@ -30,6 +31,12 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         max_instance_bytes=args.max_instance_bytes,
         workers=args.workers,
         shutdown_grace_s=args.shutdown_grace,
+        max_sequence_depth=args.max_sequence_depth,
+        quarantine_unindexed=args.quarantine_unindexed,
+        codec_workers=args.codec_workers,
+        codec_timeout_s=args.codec_timeout_s,
+        max_frame_pixels=args.max_frame_pixels,
+        codec_memory_bytes=args.codec_memory_bytes,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca,
@@ -45,26 +52,31 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 async def serve(settings: Settings) -> None:
-    """Serve until a signal asks to stop, then shut down gracefully."""
-    try:
-        archive = Archive(settings)
-    except AccessSetupError as exc:
-        raise SystemExit(f"dicomrpc: {exc}") from None
+    """Serve until a signal asks to stop, then shut down gracefully.
+
+    Raises
+    ------
+    StartupError
+        When the archive cannot be opened, the access settings are refused or a port cannot
+        be bound (nothing is served).
+    """
+    archive = Archive(settings)
     # Installed before the start-up lines are printed: a script may signal as soon as it reads
     # them.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    server = GrpcServer(archive)
+    grpc_server: GrpcServer | None = None
     try:
+        grpc_server = GrpcServer(archive)
         http = HttpServer(archive) if settings.http_port >= 0 else None
-    except OSError as exc:
+    except BaseException:
+        if grpc_server is not None:
+            await grpc_server.server.stop(None)
         archive.close()
-        raise SystemExit(
-            f"dicomrpc: cannot serve DICOMweb on {settings.host}:{settings.http_port}: {exc} "
-            "(choose another --http-port, or -1 for none)"
-        ) from None
+        raise
+    server = grpc_server
     await server.start()
     if http is not None:
         await http.start()
@@ -106,5 +118,13 @@ def run(args: argparse.Namespace) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
-    asyncio.run(serve(settings_from_args(args)))
+    try:
+        settings = settings_from_args(args)
+    except ValueError as exc:  # a setting out of range, or a variable that is not a number
+        raise SystemExit(f"dicomrpc: {exc}") from None
+    try:
+        asyncio.run(serve(settings))
+    except StartupError as exc:
+        print(f"dicomrpc: {exc}", file=sys.stderr)
+        return 1
     return 0

@@ -9,15 +9,27 @@ server on loopback without authentication.
 from __future__ import annotations
 
 import ipaddress
+import re
 import urllib.parse
 
 from dicomrpc_server.access.setup import is_loopback
 from dicomrpc_server.config import Settings
-from dicomrpc_server.errors import Code, FieldViolation, ServiceError
+from dicomrpc_server.errors import Code, FieldViolation, ServiceError, invalid_argument
 
 HOST_FIELD = "Host"
+# A host name, IPv4 or bracketed IPv6 address, and an optional port (RFC 3986 §3.2.2): all a
+# Host header may carry into the URLs built on it. Percent-encoded and sub-delimiter host names
+# are left out; no resolver takes them.
+_AUTHORITY = re.compile(r"(?:[A-Za-z0-9._~-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
 MISDIRECTED = "misdirected"
 """The ``host_problem`` of a request for a host this server does not go by (HTTP 421)."""
+
+
+def malformed_host(host: str) -> ServiceError | None:
+    """The error of a ``Host`` value that is not a host and port (400), or ``None``."""
+    if _AUTHORITY.fullmatch(host):
+        return None
+    return invalid_argument(HOST_FIELD, f"{host!r} is not a host name or address and a port")
 
 
 def host_name(host: str) -> str:
@@ -67,6 +79,16 @@ class HostPolicy:
         if self.bound in ("0.0.0.0", "::", ""):
             return _is_address(name) or is_loopback(name)
         return name == self.bound
+
+    def check(self, host: str | None) -> ServiceError | None:
+        """The error of a request with this ``Host`` (``None``: none sent), or ``None``.
+
+        A value that is not a host and port is a bad request (400); a host this server does not
+        go by is misdirected (421).
+        """
+        if host is not None and (malformed := malformed_host(host)) is not None:
+            return malformed
+        return None if self.allows(host) else self.refusal(host or "")
 
     def refusal(self, host: str) -> ServiceError:
         """The error of a request whose ``Host`` this server does not go by (HTTP 421)."""

@@ -14,12 +14,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dicomrpc_server.config import Settings
+from dicomrpc_server.errors import StartupError
 
 log = logging.getLogger(__name__)
 
 
-class AccessSetupError(ValueError):
-    """An access setting the server cannot start with; the message says what to change."""
+class AccessSetupError(StartupError):
+    """An access setting the server cannot start with; the message says what to change.
+
+    Reasons: ``PLAINTEXT_REFUSED`` (no TLS on an address other than loopback, without
+    ``--insecure``) and ``ACCESS_SETTINGS_INVALID`` (a TLS or auth option missing its partner,
+    a file that cannot be read or used).
+    """
+
+    def __init__(self, message: str, reason: str = "ACCESS_SETTINGS_INVALID") -> None:
+        super().__init__(reason, message)
 
 
 def is_loopback(host: str) -> bool:
@@ -143,7 +152,8 @@ def check(settings: Settings) -> ServerTls | None:
             f"refusing to serve on {settings.host}, which is not a loopback address, without "
             "TLS: anyone on the network could read the traffic, tokens and patient data "
             "included. Give --tls-cert and --tls-key, or --insecure to serve plaintext anyway "
-            "(behind a TLS-terminating proxy, say)"
+            "(behind a TLS-terminating proxy, say)",
+            "PLAINTEXT_REFUSED",
         )
     jwt_options = {
         "--auth-jwks": settings.auth_jwks,

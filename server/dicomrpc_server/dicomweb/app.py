@@ -1,10 +1,12 @@
 """The DICOMweb ASGI application: every resource's routes under ``/dicomweb``, on one archive.
 
 Routes come from one module per resource, each exposing ``ROUTES``; a new resource is one
-more module added to :data:`RESOURCE_ROUTES`. Middleware, outermost
-first: the access log (so it sees every response, errors and CORS answers included), the
-``Host`` check (421), CORS (so preflights are answered without credentials and refusals carry
-CORS headers a browser needs to read them), then access control (401, 403) before routing.
+more module added to :data:`RESOURCE_ROUTES`. Every route is wrapped by :func:`.url.checked`,
+which checks the request URL (the UIDs of its path, the encoding of its query) before the
+route reads it. Middleware, outermost first: the access log (so it sees every response, errors
+and CORS answers included), the ``Host`` check (400, 421), CORS (so preflights are answered
+without credentials and refusals carry CORS headers a browser needs to read them), then access
+control (401, 403) before routing.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dicomrpc_server.dicomweb.context import PREFIX
 from dicomrpc_server.dicomweb.errors import handle_service_error
 from dicomrpc_server.dicomweb.hosts import HostMiddleware
 from dicomrpc_server.dicomweb.logging import AccessLogMiddleware
+from dicomrpc_server.dicomweb.url import checked
 from dicomrpc_server.errors import ServiceError
 
 RESOURCE_ROUTES: list[Sequence[BaseRoute]] = [
@@ -41,7 +44,7 @@ _EXPOSED_HEADERS = ["ETag", "Warning", "Content-Length", "Content-Type", "Locati
 
 def create_app(archive: Archive) -> Starlette:
     """The gateway application serving ``archive``."""
-    routes = [route for resource in RESOURCE_ROUTES for route in resource]
+    routes = [checked(route) for resource in RESOURCE_ROUTES for route in resource]
     middleware = [
         Middleware(AccessLogMiddleware),
         Middleware(HostMiddleware, policy=HostPolicy(archive.settings)),

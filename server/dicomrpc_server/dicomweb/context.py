@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from starlette.requests import Request
 
+from dicomrpc_server.access.hosts import malformed_host
 from dicomrpc_server.archive import Archive
 
 PREFIX = "/dicomweb"
@@ -22,8 +23,12 @@ def service_root(request: Request) -> str:
     client whatever host name or port it used (behind a proxy, the public URL). Some clients
     (``requests`` as dicomweb-client drives it) send a Host header without the port they
     connected to; the port the request came in on is added then, unless it is the scheme's
-    default.
+    default. A Host header that is not a host and port is refused (400): it would become part
+    of every URL the response holds.
     """
+    host = request.headers.get("host")
+    if host is not None and (error := malformed_host(host)) is not None:
+        raise error
     public = archive_of(request).settings.public_url
     if public:
         return public.rstrip("/")

@@ -16,6 +16,8 @@ caller that lacks it (403).
 
 from __future__ import annotations
 
+import re
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -24,6 +26,10 @@ from dicomrpc_server.access.tokens import TOKEN_PROBLEM
 from dicomrpc_server.errors import Code, ServiceError, invalid_argument
 from dicomrpc_server.storage.space import STORAGE_FULL
 from dicomrpc_server.ups.states import TRANSACTION_UID_PROBLEM
+
+# What a header value cannot hold (RFC 9110 §5.5): control characters, and here anything
+# outside printable ASCII.
+_NOT_HEADER_TEXT = re.compile(r"[^\x20-\x7e]")
 
 CONTENT_TYPE_FIELD = "Content-Type"
 ACCEPT_FIELD = "Accept"
@@ -70,9 +76,13 @@ def not_acceptable(description: str) -> ServiceError:
 
 
 def warning_header(message: str) -> str:
-    """A ``Warning`` header value (RFC 7234 §5.5) carrying ``message`` as ASCII."""
+    """A ``Warning`` header value (RFC 7234 §5.5) carrying ``message`` as printable ASCII.
+
+    Other characters become '?': a message may quote what a request sent, and a control
+    character in a header would make the server drop the response.
+    """
     text = message.replace("\\", "\\\\").replace('"', '\\"')
-    return f'299 dicomrpc "{text}"'.encode("ascii", "replace").decode("ascii")
+    return _NOT_HEADER_TEXT.sub("?", f'299 dicomrpc "{text}"')
 
 
 def _quoted(text: str) -> str:

@@ -1,4 +1,4 @@
-"""The ``Host`` check of every DICOMweb request: 421 for a host the server does not go by."""
+"""The ``Host`` check of every DICOMweb request: 400 if not a host and port, 421 if not ours."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ class HostMiddleware:
         if scope["type"] == "http":
             host = next((v for k, v in scope["headers"] if k == b"host"), None)
             text = host.decode("latin-1") if host is not None else None
-            if not self._policy.allows(text):
-                await error_response(self._policy.refusal(text or ""))(scope, receive, send)
+            error = self._policy.check(text)
+            if error is not None:
+                await error_response(error)(scope, receive, send)
                 return
         await self.app(scope, receive, send)

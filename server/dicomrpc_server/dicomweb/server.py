@@ -18,6 +18,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from dicomrpc_server.access.certificates import subject_of
 from dicomrpc_server.archive import Archive
 from dicomrpc_server.dicomweb.app import create_app
+from dicomrpc_server.ports import port_unavailable
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -99,7 +100,12 @@ class HttpServer:
 
     def __init__(self, archive: Archive) -> None:
         settings = archive.settings
-        self._socket = _listen(settings.host, settings.http_port)
+        try:
+            self._socket = _listen(settings.host, settings.http_port)
+        except OSError as exc:
+            raise port_unavailable(
+                "DICOMweb", settings.host, settings.http_port, "--http-port (-1 for none)", exc
+            ) from None
         self.port: int = self._socket.getsockname()[1]
         self.scheme = "https" if archive.tls is not None else "http"
         config = uvicorn.Config(

@@ -30,6 +30,7 @@ from dicomrpc_server.dicomweb.multipart import (
     malformed,
 )
 from dicomrpc_server.errors import ServiceError
+from dicomrpc_server.paths import study_path
 from dicomrpc_server.store.ingest import InstanceResult, Outcome
 from dicomrpc_server.store.request import (
     StoreRequest,
@@ -99,6 +100,7 @@ async def store_instances(request: Request) -> Response:
     study = request.path_params.get("study", "")
     boundary = _boundary(request)
     check_study_restriction(study, "study")
+    root = service_root(request)  # before anything is stored: a bad Host is refused first
     reader = MultipartReader(boundary)
     async with StoreRequest(archive_of(request).store, study) as store:
         problem = await _receive(request, reader, store)
@@ -118,7 +120,7 @@ async def store_instances(request: Request) -> Response:
     if refusal is not None:
         status = http_status(refusal)
         headers["Warning"] = warning_header(refusal.message)
-    body = response_dataset(service_root(request), study, results, cut_part)
+    body = response_dataset(root, study, results, cut_part)
     return JSONResponse(body, status_code=status, media_type=DICOM_JSON, headers=headers)
 
 
@@ -165,7 +167,7 @@ def response_dataset(
     body: dict[str, Any] = {}
     studies = {r.study_uid for r in results if r.outcome is not Outcome.FAILED}
     if study or len(studies) == 1:
-        body["00081190"] = _element("UR", f"{root}/studies/{study or studies.pop()}")
+        body["00081190"] = _element("UR", f"{root}/{study_path(study or studies.pop())}")
     if failed:
         body["00081198"] = {"vr": "SQ", "Value": failed}
     if referenced:

@@ -18,6 +18,7 @@ from dicomrpc.v1 import (
 )
 from dicomrpc_server.archive import Archive
 from dicomrpc_server.grpc.auth import AccessInterceptor
+from dicomrpc_server.grpc.decoding import DecodingInterceptor
 from dicomrpc_server.grpc.logging import AccessLogInterceptor
 from dicomrpc_server.grpc.management import ManagementServicer
 from dicomrpc_server.grpc.retrieve import RetrieveServicer
@@ -25,6 +26,7 @@ from dicomrpc_server.grpc.search import SearchServicer
 from dicomrpc_server.grpc.store import STORE_CHUNK_FIELD, StoreServicer
 from dicomrpc_server.grpc.wire import add_chunked_servicer
 from dicomrpc_server.grpc.workitems import WorkitemServicer
+from dicomrpc_server.ports import port_unavailable
 
 ENVELOPE = 64 * 1024
 
@@ -42,14 +44,19 @@ class GrpcServer:
         settings = archive.settings
         self.archive = archive
         self.server = grpc.aio.server(
-            # The access log outermost, so that it logs refused calls too.
+            # The access log wraps the rest, so that a request refused for its credentials or as
+            # unparsable is logged; access control answers before a request's content counts.
             interceptors=[
                 AccessLogInterceptor(),
                 AccessInterceptor(archive.access, archive.tls is not None and archive.tls.mutual),
+                DecodingInterceptor(),
             ],
             options=[
                 ("grpc.max_receive_message_length", settings.max_chunk_bytes + ENVELOPE),
                 ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                # gRPC sets SO_REUSEPORT by default: a second server on the port would then
+                # share it, the kernel spreading connections between two archives.
+                ("grpc.so_reuseport", 0),
             ],
         )
         # The two services that move bytes take and give chunks without protobuf's copies.
@@ -91,15 +98,20 @@ class GrpcServer:
         self._names = names
         address = f"{settings.host}:{settings.grpc_port}"
         tls = archive.tls
-        if tls is None:
-            self.port = self.server.add_insecure_port(address)
-        else:
-            credentials = grpc.ssl_server_credentials(
-                [(tls.private_key, tls.certificate_chain)],
-                root_certificates=tls.client_ca,
-                require_client_auth=tls.client_ca is not None,
-            )
-            self.port = self.server.add_secure_port(address, credentials)
+        try:
+            if tls is None:
+                self.port = self.server.add_insecure_port(address)
+            else:
+                credentials = grpc.ssl_server_credentials(
+                    [(tls.private_key, tls.certificate_chain)],
+                    root_certificates=tls.client_ca,
+                    require_client_auth=tls.client_ca is not None,
+                )
+                self.port = self.server.add_secure_port(address, credentials)
+        except RuntimeError:
+            raise port_unavailable(
+                "gRPC", settings.host, settings.grpc_port, "--grpc-port"
+            ) from None
 
     async def start(self) -> None:
         """Start serving and report every service as SERVING."""

@@ -1,10 +1,12 @@
 """The store pipeline for one instance: receive, check, persist, index, answer.
 
-Order makes a crash harmless (SPEC §1): bytes stream to an upload file; the file is parsed and
-validated; it is fsynced and renamed into the blob store; one index transaction records it. An
-instance is acknowledged only after that commit. A crash before the rename leaves an upload
-(cleared at start-up); between the rename and the commit, an orphan blob (swept at start-up);
-never an index entry without its file.
+Order makes a crash harmless: bytes stream to an upload file named by the instance's future
+blob id; the file is parsed and validated; it is fsynced; the index writer gives it its final
+name in the blob store and then commits the one transaction that records it; the upload name is
+removed. An instance is acknowledged only after that commit. A crash before the commit leaves
+an upload the index does not name (removed at start-up, with its final name if it had one);
+after it, a blob the index names (kept); never an index entry without its file
+(:mod:`dicomrpc_server.storage.blobs`, :mod:`dicomrpc_server.storage.recovery`).
 
 Short of a crash, nothing is left behind: an instance owns its upload file from its first byte
 until it hands the file to its commit, and however it ends before that (failed, dropped, its
@@ -22,10 +24,11 @@ from dataclasses import dataclass, field
 from dicomrpc_server.config import Settings
 from dicomrpc_server.dicom.validation import AttributeProblem
 from dicomrpc_server.errors import Code, ServiceError
+from dicomrpc_server.paths import instance_path
 from dicomrpc_server.storage.lmdb_index import instance_exists_error
 from dicomrpc_server.storage.protocols import BlobStore, Index, Upload
 from dicomrpc_server.storage.space import space_errno, storage_full
-from dicomrpc_server.store.prepare import PreparedInstance, instance_path, prepare
+from dicomrpc_server.store.prepare import PreparedInstance, prepare
 from dicomrpc_server.workers import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -84,13 +87,14 @@ class StoreCore:
     Parameters
     ----------
     settings
-        Limits (maximum instance size).
+        Limits (instance size, inflated size, pixels per frame, sequence nesting depth).
     blobs
         Where files go.
     index
         Where they are recorded.
     workers
-        The worker processes parsing runs in, off the event loop.
+        The worker processes parsing runs in, off the event loop (a pool of its own: no decode
+        ever holds up a store).
     """
 
     def __init__(
@@ -253,7 +257,15 @@ class Ingest:
             upload.close()  # buffered bytes are written now: this too may find no space
         except OSError as exc:
             raise core.storage_error(exc, "writing the instance's file") from exc
-        prepared = await core.workers.run(prepare, upload.path)
+        settings = core.settings
+        prepared = await core.workers.run(
+            prepare,
+            upload.path,
+            settings.max_sequence_depth,
+            what=f"parsing the instance {self.result.client_reference or ''}".rstrip(),
+            max_inflated=settings.max_instance_bytes,
+            max_frame_pixels=settings.max_frame_pixels,
+        )
         validated = prepared.validated
         result = self.result
         result.study_uid, result.series_uid = validated.study_uid, validated.series_uid
@@ -315,18 +327,20 @@ class Ingest:
         core = self._core
         loop = asyncio.get_running_loop()
         try:
-            try:
-                blob_id = await loop.run_in_executor(None, core.blobs.persist, upload)
-            except BaseException as exc:
-                upload.discard()
-                if isinstance(exc, OSError):
-                    raise core.storage_error(exc, "making the instance's file durable") from exc
-                raise
-            prepared.new.record.blob_id = blob_id
-            try:
-                return await core.index.add_instance(prepared.new)
-            except BaseException:
-                core.blobs.delete(blob_id)
-                raise
+            prepared.new.record.blob_id = await loop.run_in_executor(
+                None, core.blobs.persist, upload
+            )
+            version = await core.index.add_instance(prepared.new)
+        except asyncio.CancelledError:
+            # The loop is going away; the commit may still happen. The files stay for start-up
+            # to judge: kept if the index names them, removed if it does not.
+            raise
+        except BaseException as exc:
+            core.blobs.discard(upload)
+            if isinstance(exc, OSError):  # making the file durable found no space, say
+                raise core.storage_error(exc, "making the instance's file durable") from exc
+            raise
         finally:
             core._in_flight.pop(prepared.validated.sop_uid, None)
+        core.blobs.committed(upload)
+        return version
