@@ -103,13 +103,13 @@ def test_https_serves_httpx_and_dicomweb_client(tls_server: RunningServer, pki: 
     )
     assert found.status_code == 200
     assert found.json()[0]["00081190"]["Value"][0].startswith("https://127.0.0.1:")
-    session = requests.Session()
-    session.verify = str(pki.ca_pem)
-    web = DICOMwebClient(tls_server.dicomweb_url, session=session)
-    assert [
-        s["0020000D"]["Value"][0]
-        for s in web.search_for_studies(search_filters={"StudyInstanceUID": study})
-    ] == [study]
+    # Sessions are closed here: a TLS connection left open would hold the server's stop until
+    # its close_notify times out.
+    with requests.Session() as session:
+        session.verify = str(pki.ca_pem)
+        web = DICOMwebClient(tls_server.dicomweb_url, session=session)
+        found_studies = web.search_for_studies(search_filters={"StudyInstanceUID": study})
+    assert [s["0020000D"]["Value"][0] for s in found_studies] == [study]
 
 
 def test_mutual_tls_needs_a_client_certificate(mtls_server: RunningServer, pki: Pki) -> None:
@@ -124,10 +124,10 @@ def test_mutual_tls_needs_a_client_certificate(mtls_server: RunningServer, pki: 
         httpx.get(mtls_server.dicomweb_url + "/studies", verify=context)
     context.load_cert_chain(str(pki.client_cert), str(pki.client_key))
     assert httpx.get(mtls_server.dicomweb_url + "/studies", verify=context).status_code == 204
-    session = requests.Session()
-    session.verify = str(pki.ca_pem)
-    session.cert = (str(pki.client_cert), str(pki.client_key))
-    assert DICOMwebClient(mtls_server.dicomweb_url, session=session).search_for_studies() == []
+    with requests.Session() as session:
+        session.verify = str(pki.ca_pem)
+        session.cert = (str(pki.client_cert), str(pki.client_key))
+        assert DICOMwebClient(mtls_server.dicomweb_url, session=session).search_for_studies() == []
 
 
 def test_the_certificate_subject_names_the_caller_on_both_adapters(
@@ -229,3 +229,15 @@ def test_the_server_refuses_plaintext_beyond_loopback(tmp_path: Path) -> None:
     assert "refusing to serve on 0.0.0.0" in refused.stderr
     assert "--insecure" in refused.stderr
     assert not (tmp_path / "data").exists()  # refused before anything was opened
+
+
+def test_an_idle_tls_client_does_not_hold_the_servers_stop(pki: Pki, tmp_path: Path) -> None:
+    """A pooled connection nobody reads would make a TLS close wait 30 s for its close_notify;
+    an idle connection is aborted instead, so the stop (bounded at 30 s) completes."""
+    running = start_server(
+        tmp_path / "data", tls_cert=pki.server_cert, tls_key=pki.server_key, shutdown_grace_s=60
+    )
+    with requests.Session() as idle:
+        idle.verify = str(pki.ca_pem)
+        assert idle.get(running.dicomweb_url + "/studies").status_code == 204
+        running.stop()  # raises TimeoutError after 30 s if the idle connection holds it

@@ -51,8 +51,24 @@ class _Server(uvicorn.Server):
         yield
 
 
-class _ClientCertificateProtocol(HttpToolsProtocol):
-    """uvicorn's HTTP protocol, telling the application who the client certificate names.
+class _TlsProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP protocol, ending idle TLS connections at once when the server stops.
+
+    Closing a TLS connection sends a close_notify and waits for the client's (asyncio waits
+    30 s): a client that keeps an idle connection open without reading it, as HTTP clients
+    with a connection pool do, held the server's stop that long. An idle connection has
+    nothing in flight, so it is aborted instead; a request being served still finishes.
+    """
+
+    def shutdown(self) -> None:
+        if self.cycle is None or self.cycle.response_complete:
+            self.transport.abort()
+        else:
+            super().shutdown()
+
+
+class _ClientCertificateProtocol(_TlsProtocol):
+    """The TLS protocol, telling the application who the client certificate names.
 
     uvicorn verifies the certificate (mutual TLS) but does not pass it on; this adds the ASGI
     TLS extension's ``client_cert_name`` (the RFC 4514 subject) to every request's scope.
@@ -79,6 +95,7 @@ def _tls_options(archive: Archive) -> dict[str, Any]:
     options: dict[str, Any] = {
         "ssl_certfile": str(tls.cert_path),
         "ssl_keyfile": str(tls.key_path),
+        "http": _TlsProtocol,
     }
     if tls.client_ca_path is not None:
         options.update(
