@@ -38,7 +38,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO
@@ -391,10 +391,12 @@ def _dicomrpc_command() -> list[str]:
 
 
 @contextlib.contextmanager
-def dicomrpc_server(data_dir: Path, log: Path, http_port: int = -1) -> Iterator[tuple[str, int]]:
+def dicomrpc_server(
+    data_dir: Path, log: Path, http_port: int = -1, serve_args: Sequence[str] = ()
+) -> Iterator[tuple[str, int]]:
     """Run ``dicomrpc serve`` on ``data_dir`` and a free port; yield (target, pid).
 
-    DICOMweb is off unless ``http_port`` names a port for it.
+    DICOMweb is off unless ``http_port`` names a port for it; ``serve_args`` are more options.
     """
     port = free_port()
     command = [
@@ -408,6 +410,7 @@ def dicomrpc_server(data_dir: Path, log: Path, http_port: int = -1) -> Iterator[
         str(port),
         "--http-port",
         str(http_port),
+        *serve_args,
     ]
     with open(log, "wb") as err:
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err, cwd=ROOT)

@@ -39,7 +39,7 @@ class RunningServer:
 
     @property
     def dicomweb_url(self) -> str:
-        return f"http://127.0.0.1:{self.http.port}{PREFIX}"
+        return f"{self.http.scheme}://127.0.0.1:{self.http.port}{PREFIX}"
 
     def stop(self) -> None:
         asyncio.run_coroutine_threadsafe(self.http.stop(), self.loop).result(30)

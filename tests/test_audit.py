@@ -38,7 +38,7 @@ from dicomrpc_server.audit.table import GRPC, GRPC_EXEMPT, GRPC_EXEMPT_SERVICES,
 from dicomrpc_server.dicomweb.app import RESOURCE_ROUTES
 from dicomrpc_server.dicomweb.audit import match_route
 from dicomrpc_server.dicomweb.context import PREFIX
-from dicomrpc_server.grpc.audit import peer_address
+from dicomrpc_server.grpc.auth import peer_address
 from tests.auditcheck import check_message, parse_syslog, split_octet_counted
 
 SOURCE = atna.AuditSource("archive-1", "host-1", 4242)

@@ -7,7 +7,8 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from dicomrpc.client import STORE_INSTANCES, ClientConfig
+from dicomrpc.client import STORE_INSTANCES, ClientConfig, TlsConfig, configured
+from dicomrpc.credentials import TokenProvider, aio_interceptors
 from dicomrpc.errors import DicomRpcError
 from dicomrpc.results import StoreResult
 from dicomrpc.sources import Item, Sources, expand, requests
@@ -16,21 +17,33 @@ from dicomrpc.wire import serialize
 
 
 class AsyncClient:
-    """An asyncio connection to a dicomrpc server (use as ``async with``)."""
+    """An asyncio connection to a dicomrpc server (use as ``async with``).
 
-    def __init__(self, target: str = "localhost:50051", config: ClientConfig | None = None) -> None:
+    ``token``, ``token_provider`` (which may be async) and ``tls`` are those of
+    :class:`~dicomrpc.Client`.
+    """
+
+    def __init__(
+        self,
+        target: str = "localhost:50051",
+        config: ClientConfig | None = None,
+        *,
+        token: str | None = None,
+        token_provider: TokenProvider | None = None,
+        tls: TlsConfig | None = None,
+    ) -> None:
         self.target = target
-        self.config = config or ClientConfig()
+        self.config = configured(config, token, token_provider, tls)
+        options = self.config.channel_options()
+        source = self.config.token_source()
+        interceptors = aio_interceptors(source) if source else None
         tls = self.config.tls
         if tls is not None:
-            credentials = grpc.ssl_channel_credentials(
-                tls.root_certificates, tls.private_key, tls.certificate_chain
-            )
             self.channel = grpc.aio.secure_channel(
-                target, credentials, self.config.channel_options()
+                target, tls.credentials(), options, interceptors=interceptors
             )
         else:
-            self.channel = grpc.aio.insecure_channel(target, self.config.channel_options())
+            self.channel = grpc.aio.insecure_channel(target, options, interceptors=interceptors)
         self._store_instances = self.channel.stream_unary(
             STORE_INSTANCES,
             request_serializer=serialize,
@@ -69,9 +82,7 @@ class AsyncClient:
                 yield request
 
         try:
-            response = await self._store_instances(
-                stream(items), timeout=timeout, metadata=self.config.metadata()
-            )
+            response = await self._store_instances(stream(items), timeout=timeout)
         except grpc.RpcError as error:
             raise DicomRpcError.from_rpc_error(error) from None
         return StoreResult.from_message(response)

@@ -1,6 +1,8 @@
 """The ``dicomrpc`` command line: serve, store, search, retrieve, frames, metadata, delete, ...
 
-The rest: ``feed`` (the change feed) and ``workitem`` (UPS, in :mod:`.workitem_commands`).
+The rest: ``feed`` (the change feed), ``workitem`` (UPS, in :mod:`.workitem_commands`) and
+``api-key`` (the server's API key file). Every client command takes the options of
+:mod:`.connection`: the server, a token and TLS.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from dicomrpc.client import Client
+from dicomrpc.connection import add_connection_arguments, connect
 from dicomrpc.datasets import keyword, to_json
 from dicomrpc.errors import DicomRpcError
 from dicomrpc.results import Change, InstanceResult, ReindexStatus
@@ -25,7 +28,6 @@ from dicomrpc.sources import Item, expand
 from dicomrpc.workitem_commands import add_parser as add_workitem_parser
 from dicomrpc.workitem_commands import workitem_command
 
-DEFAULT_SERVER = "localhost:50051"
 # A store stream is closed after this many instances or bytes, so results arrive steadily.
 BATCH_INSTANCES = 64
 BATCH_BYTES = 256 * 1024 * 1024
@@ -47,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     store = sub.add_parser("store", help="store DICOM files and folders (recursive)")
     store.add_argument("paths", nargs="+", help="files or folders")
     store.add_argument("--study", help="restrict to one StudyInstanceUID (others fail, 43265)")
-    _add_server(store)
+    add_connection_arguments(store)
     store.add_argument("--concurrency", type=int, default=4, help="parallel streams (4)")
     store.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -103,12 +105,65 @@ def _parser() -> argparse.ArgumentParser:
     status = tags_sub.add_parser("status", help="show a re-indexing operation's progress")
     status.add_argument("operation_id")
     for command in tags_sub.choices.values():
-        _add_server(command)
+        add_connection_arguments(command)
+
+    _add_api_key_parser(sub)
 
     for command in (retrieve, frames, metadata, delete, feed, search):
-        _add_server(command)
-    add_workitem_parser(sub, _add_server)
+        add_connection_arguments(command)
+    add_workitem_parser(sub, add_connection_arguments)
     return parser
+
+
+def _add_api_key_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    keys = sub.add_parser("api-key", help="create, list or revoke API keys (in the key file)")
+    actions = keys.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", help="draw a key, add its line, print the key once")
+    create.add_argument("name", help="the key's name: the identity of those who present it")
+    create.add_argument(
+        "--scopes",
+        required=True,
+        help="comma-separated: dicom.read, dicom.write, dicom.delete, workitems.read, "
+        "workitems.write, admin",
+    )
+    actions.add_parser("list", help="list the keys' names and scopes")
+    revoke = actions.add_parser("revoke", help="remove a key's line")
+    revoke.add_argument("name")
+    for action in actions.choices.values():
+        action.add_argument(
+            "--file",
+            type=Path,
+            default=os.environ.get("DICOMRPC_AUTH_API_KEYS"),
+            required="DICOMRPC_AUTH_API_KEYS" not in os.environ,
+            help="the key file of 'serve --auth-api-keys' (env DICOMRPC_AUTH_API_KEYS)",
+        )
+
+
+def api_key_command(args: argparse.Namespace) -> int:
+    """Create (printing the key, once), list or revoke API keys of a key file."""
+    from dicomrpc_server.access import api_keys
+
+    path = Path(args.file)
+    try:
+        if args.action == "create":
+            scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
+            key = api_keys.create(path, args.name, scopes)
+            print(key)
+            print(
+                f"added {args.name} ({', '.join(sorted(set(scopes)))}) to {path}; the key is "
+                "shown this once and stored nowhere",
+                file=sys.stderr,
+            )
+        elif args.action == "list":
+            for entry in api_keys.ApiKeyFile(path).keys:
+                print(f"{entry.name} {','.join(sorted(entry.scopes))}")
+        elif not api_keys.revoke(path, args.name):
+            print(f"dicomrpc api-key: no key named {args.name!r} in {path}", file=sys.stderr)
+            return 1
+    except (OSError, ValueError) as error:
+        print(f"dicomrpc api-key: {error}", file=sys.stderr)
+        return 2
+    return 0
 
 
 _DELETE_ARITY = {"study": 1, "series": 2, "instance": 3}
@@ -146,7 +201,7 @@ def search_command(args: argparse.Namespace) -> int:
         "limit": args.limit,
         "offset": args.offset,
     }
-    with Client(args.server) as client:
+    with connect(args) as client:
         if args.level == "studies":
             result = client.search_studies(match, **options)
         elif args.level == "series":
@@ -180,7 +235,7 @@ def delete_command(args: argparse.Namespace) -> int:
         if answer.strip().lower() not in ("y", "yes"):
             print("not deleted (confirm, or pass --yes)", file=sys.stderr)
             return 1
-    with Client(args.server) as client:
+    with connect(args) as client:
         if args.level == "study":
             count = client.delete_study(*args.uids)
         elif args.level == "series":
@@ -193,7 +248,7 @@ def delete_command(args: argparse.Namespace) -> int:
 
 def feed_command(args: argparse.Namespace) -> int:
     """Print change feed entries, one per line; with ``--follow``, until interrupted."""
-    with Client(args.server) as client:
+    with connect(args) as client:
         if args.follow:
             changes: Iterable[Change] = client.watch_changes(args.since)
         else:
@@ -223,14 +278,6 @@ def _add_uids(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("instance", nargs="?", help="SOPInstanceUID")
 
 
-def _add_server(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--server",
-        default=os.environ.get("DICOMRPC_SERVER", DEFAULT_SERVER),
-        help=f"server address (env DICOMRPC_SERVER, {DEFAULT_SERVER})",
-    )
-
-
 def retrieve_command(args: argparse.Namespace) -> int:
     """Write the instances of a study, series or instance under ``--out``."""
     bar = tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc="retrieving", disable=args.quiet)
@@ -238,7 +285,7 @@ def retrieve_command(args: argparse.Namespace) -> int:
     def progress(n: int) -> None:
         bar.update(n)
 
-    with Client(args.server) as client:
+    with connect(args) as client:
         paths = client.retrieve(
             args.study,
             args.series,
@@ -257,7 +304,7 @@ def frames_command(args: argparse.Namespace) -> int:
     """Write each requested frame's bytes to ``--out/frame-<n>.bin``."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    with Client(args.server) as client:
+    with connect(args) as client:
         frames = client.frames(args.study, args.series, args.instance, args.numbers)
     for frame in frames:
         path = out / f"frame-{frame.number}.bin"
@@ -268,7 +315,7 @@ def frames_command(args: argparse.Namespace) -> int:
 
 def metadata_command(args: argparse.Namespace) -> int:
     """Print the metadata as a DICOM JSON array (PS3.18 F.2)."""
-    with Client(args.server) as client:
+    with connect(args) as client:
         result = client.metadata(args.study, args.series, args.instance)
     print(json.dumps([to_json(d) for d in result.datasets], indent=1))
     return 0
@@ -333,7 +380,7 @@ def store_command(args: argparse.Namespace) -> int:
                 results.extend(outcome.instances)
                 bar.set_postfix(instances=len(results), refresh=False)
 
-    with Client(args.server) as client:
+    with connect(args) as client:
         threads = [
             threading.Thread(target=worker, args=(client,), daemon=True)
             for _ in range(max(1, args.concurrency))
@@ -365,7 +412,7 @@ def store_command(args: argparse.Namespace) -> int:
 
 def query_tags_command(args: argparse.Namespace) -> int:
     """Add, list or delete extended query tags, or show a re-indexing's progress."""
-    with Client(args.server) as client:
+    with connect(args) as client:
         if args.action == "list":
             for tag in client.query_tags():
                 name = keyword(tag.tag) or tag.private_creator
@@ -428,6 +475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "search": search_command,
         "query-tags": query_tags_command,
         "workitem": workitem_command,
+        "api-key": api_key_command,
     }
     try:
         return commands[args.command](args)

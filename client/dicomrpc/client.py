@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -12,6 +13,7 @@ from typing import Any, TypeVar
 import grpc
 
 from dicomrpc import retrieval
+from dicomrpc.credentials import TokenChannel, TokenProvider, TokenSource
 from dicomrpc.errors import DicomRpcError
 from dicomrpc.results import Capabilities, Change, QueryTag, ReindexStatus, StoreResult
 from dicomrpc.sources import DEFAULT_CHUNK, Item, Sources, iter_items, requests
@@ -38,11 +40,39 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class TlsConfig:
-    """TLS settings: the CA to trust and, for mTLS, the client's certificate and key (PEM)."""
+    """TLS settings: the CA to trust and, for mTLS, the client's certificate and key (PEM).
+
+    With no CA the system's trusted CAs verify the server.
+    """
 
     root_certificates: bytes | None = None
     certificate_chain: bytes | None = None
     private_key: bytes | None = None
+
+    @classmethod
+    def from_files(
+        cls,
+        ca: str | os.PathLike[str] | None = None,
+        cert: str | os.PathLike[str] | None = None,
+        key: str | os.PathLike[str] | None = None,
+    ) -> TlsConfig:
+        """Read PEM files: the CA of the server's certificate, the client's own and its key.
+
+        The client certificate and key are for mutual TLS.
+        """
+        if (cert is None) != (key is None):
+            raise ValueError("a client certificate needs its key, and a key its certificate")
+        return cls(
+            Path(ca).read_bytes() if ca else None,
+            Path(cert).read_bytes() if cert else None,
+            Path(key).read_bytes() if key else None,
+        )
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        """The gRPC channel credentials of these settings."""
+        return grpc.ssl_channel_credentials(
+            self.root_certificates, self.private_key, self.certificate_chain
+        )
 
 
 @dataclass(frozen=True)
@@ -56,7 +86,10 @@ class ClientConfig:
     tls
         TLS settings, or ``None`` for a plaintext channel.
     token
-        A bearer token sent with every call, or ``None``.
+        A bearer token sent with every call (an access token or an API key), or ``None``.
+    token_provider
+        A callable returning a bearer token, called again before the token expires and when
+        the server refuses it (see :mod:`dicomrpc.credentials`); async for ``AsyncClient``.
     options
         Extra gRPC channel options.
     """
@@ -65,6 +98,29 @@ class ClientConfig:
     tls: TlsConfig | None = None
     token: str | None = None
     options: tuple[tuple[str, object], ...] = field(default_factory=tuple)
+    token_provider: TokenProvider | None = None
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> ClientConfig:
+        """Settings from the environment, then ``overrides``.
+
+        ``DICOMRPC_TOKEN``; ``DICOMRPC_TLS_CA``, ``DICOMRPC_TLS_CERT``, ``DICOMRPC_TLS_KEY``
+        (PEM files), or ``DICOMRPC_TLS=1`` for TLS verified by the system's trusted CAs.
+        """
+        values: dict[str, Any] = {}
+        if os.environ.get("DICOMRPC_TOKEN"):
+            values["token"] = os.environ["DICOMRPC_TOKEN"]
+        files = [os.environ.get(f"DICOMRPC_TLS_{name}") or None for name in ("CA", "CERT", "KEY")]
+        if any(files) or os.environ.get("DICOMRPC_TLS", "").lower() in ("1", "true", "yes"):
+            values["tls"] = TlsConfig.from_files(*files)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def token_source(self) -> TokenSource | None:
+        """Where calls get their token, or ``None`` when they send none."""
+        if self.token is None and self.token_provider is None:
+            return None
+        return TokenSource(self.token, self.token_provider)
 
     def channel_options(self) -> list[tuple[str, object]]:
         """The channel options: message limits, then the caller's."""
@@ -73,10 +129,6 @@ class ClientConfig:
             ("grpc.max_send_message_length", MAX_MESSAGE),
             *self.options,
         ]
-
-    def metadata(self) -> tuple[tuple[str, str], ...]:
-        """Call metadata (the bearer token)."""
-        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
 
 
 class Client:
@@ -87,19 +139,34 @@ class Client:
     >>> client = Client("localhost:50051")  # doctest: +SKIP
     >>> result = client.store(["study/"])  # doctest: +SKIP
     >>> [r.sop_instance_uid for r in result.stored]  # doctest: +SKIP
+
+    A secured server, with a token from a provider and TLS::
+
+        Client("pacs.example:50051", token_provider=get_token,
+               tls=TlsConfig.from_files(ca="ca.pem"))
+
+    ``token``, ``token_provider`` and ``tls`` replace those of ``config``.
     """
 
-    def __init__(self, target: str = "localhost:50051", config: ClientConfig | None = None) -> None:
+    def __init__(
+        self,
+        target: str = "localhost:50051",
+        config: ClientConfig | None = None,
+        *,
+        token: str | None = None,
+        token_provider: TokenProvider | None = None,
+        tls: TlsConfig | None = None,
+    ) -> None:
         self.target = target
-        self.config = config or ClientConfig()
+        self.config = configured(config, token, token_provider, tls)
+        options = self.config.channel_options()
         tls = self.config.tls
         if tls is not None:
-            credentials = grpc.ssl_channel_credentials(
-                tls.root_certificates, tls.private_key, tls.certificate_chain
-            )
-            self.channel = grpc.secure_channel(target, credentials, self.config.channel_options())
+            channel = grpc.secure_channel(target, tls.credentials(), options)
         else:
-            self.channel = grpc.insecure_channel(target, self.config.channel_options())
+            channel = grpc.insecure_channel(target, options)
+        source = self.config.token_source()
+        self.channel = TokenChannel(channel, source) if source else channel
         self._retrieve = retrieve_service_pb2_grpc.RetrieveServiceStub(self.channel)
         # The calls that move bytes send and receive chunks without protobuf's copies.
         self._store_instances = self.channel.stream_unary(
@@ -123,7 +190,7 @@ class Client:
         )
         self._management = management_service_pb2_grpc.ManagementServiceStub(self.channel)
         self._search = search_service_pb2_grpc.SearchServiceStub(self.channel)
-        self.workitems = Workitems(self.channel, self.config.metadata())
+        self.workitems = Workitems(self.channel)
         """Workitem (UPS) calls: ``client.workitems.claim(uid)`` and the others."""
 
     def __enter__(self) -> Client:
@@ -170,9 +237,7 @@ class Client:
         """
         stream = requests(iter_items(sources), study_instance_uid, self.config.chunk_size, on_bytes)
         try:
-            response = self._store_instances(
-                stream, timeout=timeout, metadata=self.config.metadata()
-            )
+            response = self._store_instances(stream, timeout=timeout)
         except grpc.RpcError as error:
             raise DicomRpcError.from_rpc_error(error) from None
         return StoreResult.from_message(response)
@@ -199,9 +264,7 @@ class Client:
         else:
             method, request = study_level
             uids = {}
-        return method(
-            request(study_instance_uid=study, **uids, **fields), metadata=self.config.metadata()
-        )
+        return method(request(study_instance_uid=study, **uids, **fields))
 
     def _instance_stream(
         self,
@@ -298,7 +361,7 @@ class Client:
                 transfer_syntax_uid=transfer_syntax, allow_lossy=allow_lossy
             ),
         )
-        stream = self._retrieve_frames(request, metadata=self.config.metadata())
+        stream = self._retrieve_frames(request)
         return list(retrieval.frames(_errors(stream)))
 
     def metadata(
@@ -355,9 +418,7 @@ class Client:
         )
         if window is not None:
             request.window.center, request.window.width = window
-        parts = list(
-            _errors(self._retrieve.RetrieveRendered(request, metadata=self.config.metadata()))
-        )
+        parts = list(_errors(self._retrieve.RetrieveRendered(request)))
         return (parts[0].media_type if parts else media_type), b"".join(p.data for p in parts)
 
     # -- search ---------------------------------------------------------------------------
@@ -451,7 +512,7 @@ class Client:
 
     def _unary(self, method: Callable[..., T], request: object) -> T:
         try:
-            return method(request, metadata=self.config.metadata())
+            return method(request)
         except grpc.RpcError as error:
             raise DicomRpcError.from_rpc_error(error) from None
 
@@ -488,9 +549,7 @@ class Client:
 
     def watch_changes(self, since: int = 0) -> Iterator[Change]:
         """Every change after ``since``, then each new one as it happens (until closed)."""
-        stream = self._management.WatchChangeFeed(
-            mpb.WatchChangeFeedRequest(since=since), metadata=self.config.metadata()
-        )
+        stream = self._management.WatchChangeFeed(mpb.WatchChangeFeedRequest(since=since))
         try:
             for message in _errors(stream):
                 yield Change.from_message(message.entry)
@@ -500,9 +559,7 @@ class Client:
     def capabilities(self) -> Capabilities:
         """What the server supports: storable syntaxes, transcodings and limits."""
         try:
-            response = self._management.GetCapabilities(
-                mpb.GetCapabilitiesRequest(), metadata=self.config.metadata()
-            )
+            response = self._management.GetCapabilities(mpb.GetCapabilitiesRequest())
         except grpc.RpcError as error:
             raise DicomRpcError.from_rpc_error(error) from None
         return Capabilities.from_message(response)
@@ -584,6 +641,22 @@ class Client:
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"re-indexing {operation_id} is not done after {timeout_s} s")
             time.sleep(poll_s)
+
+
+def configured(
+    config: ClientConfig | None,
+    token: str | None,
+    token_provider: TokenProvider | None,
+    tls: TlsConfig | None,
+) -> ClientConfig:
+    """``config`` (default: none) with the credentials given beside it in their place."""
+    config = config or ClientConfig()
+    overrides: dict[str, Any] = {}
+    if token is not None or token_provider is not None:
+        overrides.update(token=token, token_provider=token_provider)
+    if tls is not None:
+        overrides["tls"] = tls
+    return dataclasses.replace(config, **overrides) if overrides else config
 
 
 _QUERY_TAG_LEVELS = {

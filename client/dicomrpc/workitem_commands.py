@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from dicomrpc.client import Client
+from dicomrpc.connection import connect
 from dicomrpc.datasets import from_json_text, keyword, to_json
 from dicomrpc.v1 import dataset_pb2
 from dicomrpc.workitems import WorkitemResult
@@ -108,7 +109,7 @@ def _cell(element: dict[str, Any] | None) -> str:
 
 def workitem_command(args: argparse.Namespace) -> int:
     """Run one ``dicomrpc workitem`` subcommand."""
-    with Client(args.server) as client:
+    with connect(args) as client:
         w = client.workitems
         if args.action == "create":
             _report(w.create(_read(args.dataset), args.uid))

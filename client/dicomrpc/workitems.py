@@ -121,13 +121,12 @@ class WorkitemEvent:
 class Workitems:
     """The workitem calls of a client (``client.workitems``)."""
 
-    def __init__(self, channel: grpc.Channel, metadata: tuple[tuple[str, str], ...]) -> None:
+    def __init__(self, channel: grpc.Channel) -> None:
         self._stub = workitem_service_pb2_grpc.WorkitemServiceStub(channel)
-        self._metadata = metadata
 
     def _call(self, method: Callable[..., T], request: object) -> T:
         try:
-            return method(request, metadata=self._metadata)
+            return method(request)
         except grpc.RpcError as error:
             raise DicomRpcError.from_rpc_error(error) from None
 
@@ -260,7 +259,7 @@ class Workitems:
         request = pb.SubscribeWorkitemsRequest(
             workitem_uid=workitem_uid, filter=dict(filter or {}), since=since
         )
-        return WorkitemWatch(self._stub.SubscribeWorkitems(request, metadata=self._metadata))
+        return WorkitemWatch(self._stub.SubscribeWorkitems(request))
 
 
 class WorkitemWatch:

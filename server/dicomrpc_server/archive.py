@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 
+from dicomrpc_server.access.authenticator import Authenticator
+from dicomrpc_server.access.setup import check as check_access
 from dicomrpc_server.audit.auditor import Auditor
 from dicomrpc_server.audit.records import Patient
 from dicomrpc_server.config import Settings
@@ -53,11 +55,15 @@ class Archive:
     Raises
     ------
     StartupError
-        When the folder is in use, or its index is missing, behind its files or being rebuilt.
+        When the folder is in use, or its index is missing, behind its files or being rebuilt;
+        an ``AccessSetupError`` when the access settings are refused (checked before the
+        folder is touched).
     """
 
     def __init__(self, settings: Settings, holder: str = "dicomrpc serve") -> None:
         self.settings = settings
+        self.tls = check_access(settings)
+        self.access = Authenticator(settings)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.lock = DataFolderLock(settings.data_dir, holder)
         try:

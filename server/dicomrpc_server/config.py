@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dicomrpc.datasets import MAX_SEQUENCE_DEPTH
+from dicomrpc_server.access.scopes import SCOPES
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -98,6 +99,36 @@ class Settings:
     audit_queue
         The most audit records waiting for each output; past it the oldest are dropped (and
         counted in a warning), so that a slow or dead output never slows a call.
+    tls_cert, tls_key
+        A PEM certificate (chain) and its private key: gRPC and HTTP are served over TLS.
+    tls_client_ca
+        PEM certificates of the CAs whose client certificates are accepted: every connection
+        must present one (mutual TLS), and its subject names the caller when no token does.
+    insecure
+        Serve in plaintext on an address other than loopback. Without it the server refuses
+        to start there without TLS: tokens and patient data would cross the network in clear.
+    auth_jwks
+        The JSON Web Key Set (a file, or an ``https://`` URL) whose keys sign the access tokens
+        (OAuth 2.0 / OpenID Connect JWTs, RS256 or ES256). With ``auth_issuer`` and
+        ``auth_audience`` it turns authentication on.
+    auth_issuer
+        The ``iss`` every token must carry (the issuer's URL, as its metadata names it).
+    auth_audience
+        The ``aud`` every token must include (this API's identifier at the issuer).
+    auth_api_keys
+        The API key file (``NAME SCOPES SHA256`` lines, ``dicomrpc api-key create``); it also
+        turns authentication on. Re-read when it changes.
+    auth_roles
+        ``(role, scopes)`` pairs: a token whose ``roles`` claim holds the role gets the scopes
+        (app roles, as Entra ID issues them).
+    auth_clock_skew_s
+        How far the server's clock may disagree with the issuer's when ``exp`` and ``nbf`` are
+        checked.
+    public_url
+        The DICOMweb service root as clients reach it (``https://pacs.example/dicomweb``): the
+        base of every RetrieveURL, BulkDataURI and Location, and the one host name (besides
+        loopback) a request's ``Host`` may name. Without it the ``Host`` must name the bound
+        address (or ``localhost`` on loopback), which closes DNS rebinding.
     """
 
     data_dir: Path = Path("data")
@@ -126,6 +157,17 @@ class Settings:
     audit_syslog_protocol: str = "udp"
     audit_source_id: str = ""
     audit_queue: int = 10_000
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    insecure: bool = False
+    auth_jwks: str = ""
+    auth_issuer: str = ""
+    auth_audience: str = ""
+    auth_api_keys: Path | None = None
+    auth_roles: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    auth_clock_skew_s: float = 30.0
+    public_url: str = ""
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_sequence_depth <= MAX_SEQUENCE_DEPTH:
@@ -163,6 +205,17 @@ class Settings:
             "DICOMRPC_AUDIT_SYSLOG_PROTOCOL": ("audit_syslog_protocol", str),
             "DICOMRPC_AUDIT_SOURCE_ID": ("audit_source_id", str),
             "DICOMRPC_AUDIT_QUEUE": ("audit_queue", int),
+            "DICOMRPC_TLS_CERT": ("tls_cert", Path),
+            "DICOMRPC_TLS_KEY": ("tls_key", Path),
+            "DICOMRPC_TLS_CLIENT_CA": ("tls_client_ca", Path),
+            "DICOMRPC_INSECURE": ("insecure", parse_flag),
+            "DICOMRPC_AUTH_JWKS": ("auth_jwks", str),
+            "DICOMRPC_AUTH_ISSUER": ("auth_issuer", str),
+            "DICOMRPC_AUTH_AUDIENCE": ("auth_audience", str),
+            "DICOMRPC_AUTH_API_KEYS": ("auth_api_keys", Path),
+            "DICOMRPC_AUTH_ROLES": ("auth_roles", parse_roles),
+            "DICOMRPC_AUTH_CLOCK_SKEW_S": ("auth_clock_skew_s", float),
+            "DICOMRPC_PUBLIC_URL": ("public_url", str),
         }
         for var, (name, kind) in mapping.items():
             if var in os.environ:
@@ -193,6 +246,32 @@ def parse_flag(text: str) -> bool:
     if value in ("", "0", "false", "no", "off"):
         return False
     raise ValueError(f"{text!r} is not a yes/no value (use 1 or 0)")
+
+
+def parse_role(text: str) -> tuple[str, tuple[str, ...]]:
+    """One ``ROLE=SCOPE,SCOPE`` mapping (``--auth-role``), its scopes checked.
+
+    Raises
+    ------
+    ValueError
+        Naming the text when it has no ``=`` or names a scope that does not exist.
+    """
+    role, sep, scopes_text = text.partition("=")
+    scopes = tuple(s.strip() for s in scopes_text.split(",") if s.strip())
+    if not sep or not role.strip() or not scopes:
+        raise ValueError(f"role mapping {text!r} is not ROLE=SCOPE[,SCOPE...]")
+    unknown = sorted(set(scopes) - SCOPES)
+    if unknown:
+        raise ValueError(
+            f"role mapping {text!r} names unknown scopes {', '.join(unknown)} "
+            f"(scopes: {', '.join(sorted(SCOPES))})"
+        )
+    return role.strip(), scopes
+
+
+def parse_roles(text: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """The role mappings of ``DICOMRPC_AUTH_ROLES``: ``ROLE=SCOPE,SCOPE;ROLE=SCOPE``."""
+    return tuple(parse_role(part) for part in text.split(";") if part.strip())
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -290,7 +369,70 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="audit records kept per output while it is slow or down "
         "(env DICOMRPC_AUDIT_QUEUE, 10000)",
     )
+    _add_access_arguments(parser)
     parser.add_argument("--log-level", default="INFO", help="logging level (INFO)")
+
+
+def _role(text: str) -> tuple[str, tuple[str, ...]]:
+    try:
+        return parse_role(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_access_arguments(parser: argparse.ArgumentParser) -> None:
+    """The TLS, authentication and public URL options of ``serve``."""
+    group = parser.add_argument_group("security")
+    group.add_argument(
+        "--tls-cert", type=Path, help="PEM certificate chain: serve TLS (env DICOMRPC_TLS_CERT)"
+    )
+    group.add_argument(
+        "--tls-key", type=Path, help="PEM private key of --tls-cert (env DICOMRPC_TLS_KEY)"
+    )
+    group.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        help="PEM CA certificates: require client certificates signed by them, mutual TLS "
+        "(env DICOMRPC_TLS_CLIENT_CA)",
+    )
+    group.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="allow plaintext on an address other than loopback (env DICOMRPC_INSECURE)",
+    )
+    group.add_argument(
+        "--auth-jwks",
+        metavar="FILE_OR_URL",
+        help="JSON Web Key Set of the token issuer: require bearer tokens (env DICOMRPC_AUTH_JWKS)",
+    )
+    group.add_argument("--auth-issuer", help="the tokens' iss (env DICOMRPC_AUTH_ISSUER)")
+    group.add_argument("--auth-audience", help="the tokens' aud (env DICOMRPC_AUTH_AUDIENCE)")
+    group.add_argument(
+        "--auth-api-keys",
+        type=Path,
+        metavar="FILE",
+        help="API key file of 'dicomrpc api-key create' (env DICOMRPC_AUTH_API_KEYS)",
+    )
+    group.add_argument(
+        "--auth-role",
+        type=_role,
+        action="append",
+        metavar="ROLE=SCOPE,...",
+        help="grant scopes to a token role, repeatable (env DICOMRPC_AUTH_ROLES, "
+        "'ROLE=SCOPE,...;ROLE=...')",
+    )
+    group.add_argument(
+        "--auth-clock-skew",
+        type=float,
+        metavar="SECONDS",
+        help="clock skew allowed on exp and nbf (env DICOMRPC_AUTH_CLOCK_SKEW_S, 30)",
+    )
+    group.add_argument(
+        "--public-url",
+        help="the DICOMweb root as clients reach it, e.g. https://pacs.example/dicomweb: base "
+        "of returned URLs, the only Host accepted (env DICOMRPC_PUBLIC_URL)",
+    )
 
 
 def add_rebuild_arguments(parser: argparse.ArgumentParser) -> None:

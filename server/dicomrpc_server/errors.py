@@ -107,7 +107,8 @@ class StartupError(Exception):
     ----------
     reason
         A stable UPPER_SNAKE name: ``DATA_FOLDER_IN_USE``, ``INDEX_MISSING``,
-        ``UNINDEXED_FILES``, ``REBUILD_UNFINISHED``, ``PORT_IN_USE`` or ``PORT_UNAVAILABLE``.
+        ``UNINDEXED_FILES``, ``REBUILD_UNFINISHED``, ``PORT_IN_USE``, ``PORT_UNAVAILABLE``,
+        ``PLAINTEXT_REFUSED`` or ``ACCESS_SETTINGS_INVALID``.
     message
         Sentences for the operator, naming the folder, file counts or port at fault.
     """

@@ -9,6 +9,7 @@ import signal
 import sys
 
 from dicomrpc_server import __version__
+from dicomrpc_server.access.setup import describe, is_loopback
 from dicomrpc_server.archive import Archive
 from dicomrpc_server.config import Settings
 from dicomrpc_server.dicomweb.context import PREFIX
@@ -41,6 +42,17 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         audit_syslog_protocol=args.audit_syslog_protocol,
         audit_source_id=args.audit_source_id,
         audit_queue=args.audit_queue,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        insecure=args.insecure,
+        auth_jwks=args.auth_jwks,
+        auth_issuer=args.auth_issuer,
+        auth_audience=args.auth_audience,
+        auth_api_keys=args.auth_api_keys,
+        auth_roles=tuple(args.auth_role) if args.auth_role else None,
+        auth_clock_skew_s=args.auth_clock_skew,
+        public_url=args.public_url,
     )
 
 
@@ -50,7 +62,8 @@ async def serve(settings: Settings) -> None:
     Raises
     ------
     StartupError
-        When the archive cannot be opened or a port cannot be bound (nothing is served).
+        When the archive cannot be opened, the access settings are refused or a port cannot
+        be bound (nothing is served).
     """
     try:
         archive = Archive(settings)
@@ -83,9 +96,14 @@ async def serve(settings: Settings) -> None:
     if http is not None:
         print(
             f"dicomrpc {__version__} serving DICOMweb on "
-            f"http://{settings.host}:{http.port}{PREFIX}",
+            f"{http.scheme}://{settings.host}:{http.port}{PREFIX}",
             flush=True,
         )
+    access = describe(settings)
+    if is_loopback(settings.host) or settings.auth_jwks or settings.auth_api_keys:
+        log.info("access: %s", access)
+    else:
+        log.warning("access: %s", access)
     log.info(
         "data %s: %d studies, %d series, %d instances",
         settings.data_dir,

@@ -25,7 +25,7 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from dicomrpc_server.access.caller import Caller
+from dicomrpc_server.access.caller import ANONYMOUS, Caller
 from dicomrpc_server.audit.auditor import Auditor
 from dicomrpc_server.audit.records import (
     AuditRecord,
@@ -35,11 +35,12 @@ from dicomrpc_server.audit.records import (
     Patient,
 )
 from dicomrpc_server.audit.table import HTTP, Entry
+from dicomrpc_server.dicomweb.auth import address_of
+from dicomrpc_server.dicomweb.auth import caller_of as authenticated_caller
 from dicomrpc_server.dicomweb.context import PREFIX
 
 log = logging.getLogger("dicomrpc.audit")
 
-ANONYMOUS = "anonymous"
 # The most response bytes read for an outcome or a store's results (a STOW response names
 # each instance in about 300 bytes).
 _BODY_LIMIT = 32 * 1024 * 1024
@@ -70,13 +71,15 @@ _ROUTES = [
 
 
 def caller_of(scope: Scope) -> Caller:
-    """Who is calling: until callers authenticate, an anonymous caller at the client's address."""
-    client = scope.get("client")
-    address = ""
-    if client:
-        host, port = client[0], client[1]
-        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return Caller(ANONYMOUS, ANONYMOUS, frozenset(), address)
+    """Who is calling, as the access check admitted or refused them.
+
+    The check sets it while the request runs; a request it never saw is an anonymous caller at
+    the client's address.
+    """
+    caller = authenticated_caller(scope)
+    if caller is not None:
+        return caller
+    return Caller(ANONYMOUS, ANONYMOUS, frozenset(), address_of(scope))
 
 
 def match_route(method: str, path: str) -> tuple[Entry, dict[str, str]] | None:
@@ -235,7 +238,6 @@ class AuditMiddleware:
             await self.app(scope, receive, send)
             return
         entry, params = found
-        caller = caller_of(scope)
         # Read before the request runs: a delete removes what names the patient.
         patients = self._auditor.patients_of([params.get("study", "")]) if entry.uids else ()
         response = _Response(keep_body=entry.results)
@@ -253,7 +255,7 @@ class AuditMiddleware:
         finally:
             try:
                 record = _record(
-                    self._auditor, scope, entry, params, caller, response, error, patients
+                    self._auditor, scope, entry, params, caller_of(scope), response, error, patients
                 )
                 self._auditor.audit(record)
             except Exception:

@@ -7,7 +7,11 @@ cannot satisfy (406). One workitem status is split by HTTP where gRPC has one co
 (Transaction UID not correct) is 400 when the UID is missing (a bad request) and 409 when it
 is wrong (a conflict with the workitem's lock), told apart by its ``transaction_uid_problem``.
 A lack of space (RESOURCE_EXHAUSTED with reason ``STORAGE_FULL``) is 507 Insufficient Storage
-(RFC 4918 §11.5), where another exhausted resource is a request too large (413).
+(RFC 4918 §11.5), where another exhausted resource is a request too large (413). A ``Host`` the
+server does not go by is 421 Misdirected Request (RFC 9110 §15.5.20). Refused credentials
+carry the ``WWW-Authenticate`` challenge of RFC 6750 §3: none named for a request without
+any (§3.1), ``invalid_token`` for a bad one (401), ``insufficient_scope`` with the scope for a
+caller that lacks it (403).
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import re
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from dicomrpc_server.access.hosts import MISDIRECTED
+from dicomrpc_server.access.tokens import TOKEN_PROBLEM
 from dicomrpc_server.errors import Code, ServiceError, invalid_argument
 from dicomrpc_server.storage.space import STORAGE_FULL
 from dicomrpc_server.ups.states import TRANSACTION_UID_PROBLEM
@@ -48,6 +54,8 @@ def http_status(error: ServiceError) -> int:
     fields = {v.field for v in error.violations}
     if error.code is Code.INVALID_ARGUMENT and CONTENT_TYPE_FIELD in fields:
         return 415
+    if error.metadata.get("host_problem") == MISDIRECTED:
+        return 421
     if ACCEPT_FIELD in fields or error.reason == "TRANSFER_SYNTAX_UNSUPPORTED":
         return 406
     if error.metadata.get(TRANSACTION_UID_PROBLEM) == "missing":
@@ -77,6 +85,28 @@ def warning_header(message: str) -> str:
     return _NOT_HEADER_TEXT.sub("?", f'299 dicomrpc "{text}"')
 
 
+def _quoted(text: str) -> str:
+    """An RFC 9110 quoted-string of ``text`` in ASCII."""
+    return warning_header(text).removeprefix("299 dicomrpc ")
+
+
+def challenge(error: ServiceError) -> str | None:
+    """The ``WWW-Authenticate`` value of a refused request (RFC 6750 §3), or ``None``."""
+    if error.code is Code.UNAUTHENTICATED:
+        if error.metadata.get(TOKEN_PROBLEM) == "missing":
+            return 'Bearer realm="dicomrpc"'
+        return (
+            f'Bearer realm="dicomrpc", error="invalid_token", '
+            f"error_description={_quoted(error.message)}"
+        )
+    if error.code is Code.PERMISSION_DENIED and "scope" in error.metadata:
+        return (
+            f'Bearer realm="dicomrpc", error="insufficient_scope", '
+            f"scope={_quoted(error.metadata['scope'])}"
+        )
+    return None
+
+
 def error_response(error: ServiceError) -> Response:
     """The response of a failed request: the status, a JSON body and a Warning header.
 
@@ -96,9 +126,11 @@ def error_response(error: ServiceError) -> Response:
         body["violations"] = [
             {"field": v.field, "description": v.description} for v in error.violations
         ]
-    return JSONResponse(
-        body, status_code=http_status(error), headers={"Warning": warning_header(error.message)}
-    )
+    headers = {"Warning": warning_header(error.message)}
+    authenticate = challenge(error)
+    if authenticate is not None:
+        headers["WWW-Authenticate"] = authenticate
+    return JSONResponse(body, status_code=http_status(error), headers=headers)
 
 
 async def handle_service_error(request: Request, exc: Exception) -> Response:

@@ -1,4 +1,4 @@
-"""One structured log line per HTTP request: method, path, status, bytes in and out, ms.
+"""One structured log line per HTTP request: method, path, status, caller, bytes in and out, ms.
 
 The same line the gRPC adapter writes per RPC, on the same logger, so one log carries both.
 It is written when the response has been sent (or the request failed), so a streamed body's
@@ -13,6 +13,8 @@ import time
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from dicomrpc_server.dicomweb.auth import caller_of
 
 log = logging.getLogger("dicomrpc.access")
 
@@ -51,10 +53,12 @@ class AccessLogMiddleware:
             error = type(exc).__name__
             raise
         finally:
+            caller = caller_of(scope)
             record = {
                 "http": scope["method"],
                 "path": scope["path"],
                 "status": tally["status"] or (500 if error else 0),
+                "caller": caller.identity if caller is not None else "",
                 "bytes_in": tally["bytes_in"],
                 "bytes_out": tally["bytes_out"],
                 "ms": round((time.perf_counter() - start) * 1000, 2),

@@ -1,15 +1,22 @@
-"""The HTTP server: uvicorn serving the gateway in the gRPC server's process and event loop."""
+"""The HTTP server: uvicorn serving the gateway in the gRPC server's process and event loop.
+
+It serves TLS (and mutual TLS) when the settings give certificates.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import socket
+import ssl
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import uvicorn
 from starlette.middleware import Middleware
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from dicomrpc_server.access.certificates import subject_of
 from dicomrpc_server.archive import Archive
 from dicomrpc_server.dicomweb.app import create_app
 from dicomrpc_server.ports import port_unavailable
@@ -45,6 +52,61 @@ class _Server(uvicorn.Server):
         yield
 
 
+class _TlsProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP protocol, ending idle TLS connections at once when the server stops.
+
+    Closing a TLS connection sends a close_notify and waits for the client's (asyncio waits
+    30 s): a client that keeps an idle connection open without reading it, as HTTP clients
+    with a connection pool do, held the server's stop that long. An idle connection has
+    nothing in flight, so it is aborted instead; a request being served still finishes.
+    """
+
+    def shutdown(self) -> None:
+        if self.cycle is None or self.cycle.response_complete:
+            self.transport.abort()
+        else:
+            super().shutdown()
+
+
+class _ClientCertificateProtocol(_TlsProtocol):
+    """The TLS protocol, telling the application who the client certificate names.
+
+    uvicorn verifies the certificate (mutual TLS) but does not pass it on; this adds the ASGI
+    TLS extension's ``client_cert_name`` (the RFC 4514 subject) to every request's scope.
+    """
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        ssl_object = transport.get_extra_info("ssl_object")
+        certificate = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+        self._tls: dict[object, object] = {
+            "client_cert_name": subject_of(certificate) if certificate else None
+        }
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.scope["extensions"] = {**self.scope.get("extensions", {}), "tls": self._tls}
+
+
+def _tls_options(archive: Archive) -> dict[str, Any]:
+    """The uvicorn TLS options for the archive's certificates (none without TLS)."""
+    tls = archive.tls
+    if tls is None:
+        return {}
+    options: dict[str, Any] = {
+        "ssl_certfile": str(tls.cert_path),
+        "ssl_keyfile": str(tls.key_path),
+        "http": _TlsProtocol,
+    }
+    if tls.client_ca_path is not None:
+        options.update(
+            ssl_ca_certs=str(tls.client_ca_path),
+            ssl_cert_reqs=ssl.CERT_REQUIRED,
+            http=_ClientCertificateProtocol,
+        )
+    return options
+
+
 class HttpServer:
     """The archive's DICOMweb endpoint.
 
@@ -66,6 +128,7 @@ class HttpServer:
                 "DICOMweb", settings.host, settings.http_port, "--http-port (-1 for none)", exc
             ) from None
         self.port: int = self._socket.getsockname()[1]
+        self.scheme = "https" if archive.tls is not None else "http"
         config = uvicorn.Config(
             create_app(archive, middleware),
             lifespan="off",
@@ -75,6 +138,7 @@ class HttpServer:
             access_log=False,
             server_header=False,
             timeout_graceful_shutdown=int(settings.shutdown_grace_s),
+            **_tls_options(archive),
         )
         self._server = _Server(config)
         self._task: asyncio.Task[None] | None = None

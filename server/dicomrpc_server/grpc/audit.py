@@ -10,14 +10,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import unquote
 
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 
 from dicomrpc.v1 import store_service_pb2
-from dicomrpc_server.access.caller import Caller
+from dicomrpc_server.access.caller import ANONYMOUS, Caller
 from dicomrpc_server.audit.auditor import Auditor
 from dicomrpc_server.audit.records import (
     AuditRecord,
@@ -27,9 +26,9 @@ from dicomrpc_server.audit.records import (
     Patient,
 )
 from dicomrpc_server.audit.table import GRPC, Entry
+from dicomrpc_server.grpc.auth import current_caller, peer_address
 from dicomrpc_server.grpc.logging import status_name
 
-ANONYMOUS = "anonymous"
 # The request fields that name what a call reads or changes.
 _STUDY, _SERIES, _SOP, _WORKITEM = (
     "study_instance_uid",
@@ -41,16 +40,15 @@ _UID_FIELDS = frozenset({_STUDY, _SERIES, _SOP, _WORKITEM})
 _STATUS_DETAILS = "grpc-status-details-bin"
 
 
-def peer_address(peer: str) -> str:
-    """The ``ip:port`` of a gRPC peer string (``ipv4:1.2.3.4:5``, ``ipv6:%5B::1%5D:5``)."""
-    kind, _, address = peer.partition(":")
-    if kind in ("ipv4", "ipv6") and address:
-        return unquote(address)
-    return peer
-
-
 def caller_of(context: Any) -> Caller:
-    """Who is calling: until callers authenticate, an anonymous caller at the peer's address."""
+    """Who is calling, as the access check admitted or refused them.
+
+    The check sets it while the call runs; a call it never saw is an anonymous caller at
+    the peer's address.
+    """
+    caller = current_caller()
+    if caller is not None:
+        return caller
     return Caller(ANONYMOUS, ANONYMOUS, frozenset(), peer_address(str(context.peer())))
 
 
@@ -131,11 +129,10 @@ class _AuditWatch:
     handler runs: a delete removes what names it.
     """
 
-    def __init__(self, auditor: Auditor, method: str, entry: Entry, caller: Caller) -> None:
+    def __init__(self, auditor: Auditor, method: str, entry: Entry) -> None:
         self._auditor = auditor
         self._method = method
         self._entry = entry
-        self._caller = caller
         self._request: Any = None
         self._response: Any = None
         self._patients: tuple[tuple[str, Patient], ...] = ()
@@ -176,7 +173,7 @@ class _AuditWatch:
         self._auditor.audit(
             AuditRecord(
                 time=datetime.now(UTC),
-                caller=self._caller,
+                caller=caller_of(context),
                 action=entry.action,
                 adapter="grpc",
                 endpoint=self._method,
@@ -207,4 +204,4 @@ class AuditObserver:
         entry = GRPC.get(method)
         if entry is None:
             return None
-        return _AuditWatch(self._auditor, method, entry, caller_of(context))
+        return _AuditWatch(self._auditor, method, entry)

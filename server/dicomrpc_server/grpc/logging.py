@@ -1,4 +1,4 @@
-"""One structured log line per RPC: method, status, bytes in and out, milliseconds.
+"""One structured log line per RPC: method, status, caller, bytes in and out, milliseconds.
 
 The access log is an observer of :class:`~.interception.ObservingInterceptor`, which shows it
 every message of every call and the call's end, so that the time and bytes of a stream cover
@@ -14,6 +14,8 @@ import time
 from typing import Any
 
 import grpc
+
+from dicomrpc_server.grpc.auth import current_caller
 
 log = logging.getLogger("dicomrpc.access")
 
@@ -51,9 +53,11 @@ class _Tally:
         self.bytes_out += _size(message)
 
     def end(self, context: Any, error: BaseException | None) -> None:
+        caller = current_caller()
         record = {
             "rpc": self.method,
             "code": status_name(context, error),
+            "caller": caller.identity if caller is not None else "",
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
             "ms": round((time.perf_counter() - self.start) * 1000, 2),

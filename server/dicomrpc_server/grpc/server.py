@@ -1,4 +1,4 @@
-"""The gRPC server: servicers, health checking, reflection, limits and graceful shutdown."""
+"""The gRPC server: servicers, health, reflection, limits, access control, TLS, shutdown."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from dicomrpc.v1 import (
 )
 from dicomrpc_server.archive import Archive
 from dicomrpc_server.grpc.audit import AuditObserver
+from dicomrpc_server.grpc.auth import AccessInterceptor
 from dicomrpc_server.grpc.decoding import DecodingInterceptor
 from dicomrpc_server.grpc.interception import CallObserver, ObservingInterceptor
 from dicomrpc_server.grpc.logging import AccessLog
@@ -55,10 +56,15 @@ class GrpcServer:
         if archive.auditor.enabled:
             observers.append(AuditObserver(archive.auditor))
         self.server = grpc.aio.server(
-            # The access log and the audit see every call, refused ones included; a request that
-            # cannot be parsed is refused as such only once the interceptors given (an
-            # authentication check) have let the call through.
-            interceptors=[ObservingInterceptor(observers), *interceptors, DecodingInterceptor()],
+            # The access log and the audit see every call, refused ones included; access control
+            # answers before a request's content counts (a request that cannot be parsed is
+            # refused as such only once the call is let through).
+            interceptors=[
+                ObservingInterceptor(observers),
+                AccessInterceptor(archive.access, archive.tls is not None and archive.tls.mutual),
+                *interceptors,
+                DecodingInterceptor(),
+            ],
             options=[
                 ("grpc.max_receive_message_length", settings.max_chunk_bytes + ENVELOPE),
                 ("grpc.max_send_message_length", 64 * 1024 * 1024),
@@ -104,8 +110,18 @@ class GrpcServer:
         ]
         reflection.enable_server_reflection(names, self.server)
         self._names = names
+        address = f"{settings.host}:{settings.grpc_port}"
+        tls = archive.tls
         try:
-            self.port = self.server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+            if tls is None:
+                self.port = self.server.add_insecure_port(address)
+            else:
+                credentials = grpc.ssl_server_credentials(
+                    [(tls.private_key, tls.certificate_chain)],
+                    root_certificates=tls.client_ca,
+                    require_client_auth=tls.client_ca is not None,
+                )
+                self.port = self.server.add_secure_port(address, credentials)
         except RuntimeError:
             raise port_unavailable(
                 "gRPC", settings.host, settings.grpc_port, "--grpc-port"

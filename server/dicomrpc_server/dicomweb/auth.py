@@ -1,0 +1,113 @@
+"""Access control of every DICOMweb request: credentials from the request, refusals as HTTP.
+
+The middleware sits inside CORS (so preflights are answered and refusals carry CORS headers)
+and before routing, so no route can be left out: it finds the route a request is for, reads
+its ``Authorization`` header, the client certificate's subject (mutual TLS, the ASGI TLS
+extension) and the peer, asks the
+:class:`~dicomrpc_server.access.authenticator.Authenticator` with the route's entry in
+:data:`~dicomrpc_server.access.scopes.ROUTE_SCOPES`, and answers 401 or 403 before the
+route's handler runs, or runs it with the caller in the request's state.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from starlette.requests import HTTPConnection
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from dicomrpc_server.access.authenticator import Authenticator, Credentials
+from dicomrpc_server.access.caller import Caller
+from dicomrpc_server.access.scopes import AUTHENTICATED, route_scope
+from dicomrpc_server.dicomweb.context import PREFIX
+from dicomrpc_server.dicomweb.errors import error_response
+
+CALLER_KEY = "caller"
+
+
+def caller_of(request: HTTPConnection | Scope) -> Caller | None:
+    """The caller of a DICOMweb request (a Starlette request or an ASGI scope).
+
+    Set by the access middleware on every request it admits or refuses; ``None`` for a
+    request it did not see.
+    """
+    scope: Mapping[str, Any] = request.scope if isinstance(request, HTTPConnection) else request
+    caller: Caller | None = scope.get("state", {}).get(CALLER_KEY)
+    return caller
+
+
+def address_of(scope: Scope) -> str:
+    """``host:port`` of the peer (an IPv6 host in brackets)."""
+    client = scope.get("client")
+    if not client:
+        return ""
+    host, port = client[0], client[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def credentials_of(scope: Scope) -> Credentials:
+    """What a request presents: its ``Authorization`` header, certificate subject and peer."""
+    authorization = None
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            authorization = value.decode("latin-1")
+            break
+    tls = scope.get("extensions", {}).get("tls") or {}
+    subject = tls.get("client_cert_name") or ""
+    return Credentials(authorization, subject, address_of(scope))
+
+
+class AccessMiddleware:
+    """Admits or refuses every request before it is routed.
+
+    Parameters
+    ----------
+    app
+        The application (the router) it guards.
+    authenticator
+        The archive's authenticator.
+    routes
+        The gateway's routes (relative to ``/dicomweb``), to find the template of a path.
+    """
+
+    def __init__(
+        self, app: ASGIApp, authenticator: Authenticator, routes: Iterable[BaseRoute]
+    ) -> None:
+        self.app = app
+        self._authenticator = authenticator
+        self._routes: list[tuple[re.Pattern[str], frozenset[str], str]] = [
+            (route.path_regex, frozenset(route.methods or ()), route.path)
+            for route in routes
+            if isinstance(route, Route)
+        ]
+
+    def _operation(self, method: str, path: str) -> tuple[str | None, str]:
+        """The scope a request needs and its name (``GET /studies/{study}``).
+
+        A path that matches no route (or none with this method) needs only authentication:
+        the router answers it 404 or 405, which tells nothing about the archive's content.
+        """
+        if path.startswith(PREFIX):
+            relative = path[len(PREFIX) :]
+            for regex, methods, template in self._routes:
+                if method in methods and regex.match(relative):
+                    return route_scope(method, template), f"{method} {PREFIX}{template}"
+        return AUTHENTICATED, f"{method} {path}"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer 401 or 403 for a refused request; serve an admitted one with its caller."""
+        if scope["type"] != "http" or scope["method"] == "OPTIONS":
+            # A CORS preflight never carries credentials (the CORS middleware, outside this
+            # one, answers it); other OPTIONS requests reach the router, which serves none.
+            await self.app(scope, receive, send)
+            return
+        needed, operation = self._operation(scope["method"], scope["path"])
+        admission = await self._authenticator.admit(credentials_of(scope), needed, operation)
+        scope.setdefault("state", {})[CALLER_KEY] = admission.caller
+        if admission.error is not None:
+            await error_response(admission.error)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
