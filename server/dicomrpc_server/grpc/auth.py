@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import contextvars
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
-
-import grpc
 
 from dicomrpc_server.access.authenticator import Authenticator, Credentials
 from dicomrpc_server.access.caller import Caller
 from dicomrpc_server.access.certificates import subject_of
 from dicomrpc_server.access.scopes import rpc_scope
 from dicomrpc_server.grpc.errors import abort
+from dicomrpc_server.grpc.interception import WrappingInterceptor, rewrap
 
 _CALLER: contextvars.ContextVar[Caller | None] = contextvars.ContextVar(
     "dicomrpc_caller", default=None
@@ -58,7 +57,7 @@ def credentials_of(context: Any, client_certificates: bool) -> Credentials:
     return Credentials(authorization, subject, peer_address(context.peer()))
 
 
-class AccessInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class AccessInterceptor(WrappingInterceptor):
     """Admits or refuses every call before its handler runs.
 
     Parameters
@@ -70,24 +69,9 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """
 
     def __init__(self, authenticator: Authenticator, client_certificates: bool) -> None:
+        super().__init__()
         self._authenticator = authenticator
         self._client_certificates = client_certificates
-        self._wrapped: dict[str, Any] = {}
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[Any], Awaitable[Any]],
-        handler_call_details: Any,
-    ) -> Any:
-        """Wrap the method's handler so that the call is admitted first."""
-        method = handler_call_details.method
-        wrapped = self._wrapped.get(method)
-        if wrapped is None:
-            handler = await continuation(handler_call_details)
-            if handler is None:
-                return handler
-            wrapped = self._wrapped[method] = self._wrap(handler, method)
-        return wrapped
 
     async def _admit(self, context: Any, method: str) -> None:
         """Set the call's caller; abort the call when it is refused."""
@@ -97,19 +81,18 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if admission.error is not None:
             await abort(context, admission.error)
 
-    def _wrap(self, handler: Any, method: str) -> Any:
+    def wrap(self, handler: Any, method: str) -> Any:
         """A handler of the same shape that admits the call, then does what ``handler`` does."""
-        serializers = (handler.request_deserializer, handler.response_serializer)
         admit = self._admit
 
-        def unary_response(inner: Any) -> Any:
+        def unary_response(inner: Any, streaming_request: bool) -> Any:
             async def behaviour(request: Any, context: Any) -> Any:
                 await admit(context, method)
                 return await inner(request, context)
 
             return behaviour
 
-        def stream_response(inner: Any) -> Any:
+        def stream_response(inner: Any, streaming_request: bool) -> Any:
             async def behaviour(request: Any, context: Any) -> AsyncIterator[Any]:
                 await admit(context, method)
                 result = inner(request, context)
@@ -121,18 +104,4 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
             return behaviour
 
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                unary_response(handler.unary_unary), *serializers
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                unary_response(handler.stream_unary), *serializers
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                stream_response(handler.unary_stream), *serializers
-            )
-        return grpc.stream_stream_rpc_method_handler(
-            stream_response(handler.stream_stream), *serializers
-        )
+        return rewrap(handler, unary_response, stream_response, handler.request_deserializer)

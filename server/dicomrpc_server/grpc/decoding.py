@@ -10,15 +10,15 @@ one mapping in :mod:`.errors`) wherever the servicer would have received it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import grpc
 from google.protobuf.message import DecodeError
 
 from dicomrpc.datasets import MAX_SEQUENCE_DEPTH
 from dicomrpc_server.errors import ServiceError, invalid_argument
 from dicomrpc_server.grpc.errors import abort
+from dicomrpc_server.grpc.interception import WrappingInterceptor, rewrap
 
 
 class _Undecodable:
@@ -85,45 +85,11 @@ def _stream_response(inner: Any, streaming_request: bool) -> Any:
     return behaviour
 
 
-class DecodingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Turns a request parse failure into INVALID_ARGUMENT, for every method shape.
+class DecodingInterceptor(WrappingInterceptor):
+    """Turns a request parse failure into INVALID_ARGUMENT, for every method shape."""
 
-    The continuation is called for every call, so that interceptors inside this one run for
-    every call; the wrapped handler is kept while the continuation answers with the same one.
-    """
-
-    def __init__(self) -> None:
-        self._wrapped: dict[str, tuple[Any, Any]] = {}
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[Any], Awaitable[Any]],
-        handler_call_details: Any,
-    ) -> Any:
+    def wrap(self, handler: Any, method: str) -> Any:
         """Wrap the method's handler: its request parser, and its behaviour."""
-        method = handler_call_details.method
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        kept = self._wrapped.get(method)
-        if kept is not None and kept[0] is handler:
-            return kept[1]
-        wrapped = _wrap(handler)
-        if kept is None:
-            self._wrapped[method] = (handler, wrapped)
-        return wrapped
-
-
-def _wrap(handler: Any) -> Any:
-    parsers = (_parser(handler.request_deserializer), handler.response_serializer)
-    if handler.unary_unary:
-        behaviour = _unary_response(handler.unary_unary, False)
-        return grpc.unary_unary_rpc_method_handler(behaviour, *parsers)
-    if handler.stream_unary:
-        behaviour = _unary_response(handler.stream_unary, True)
-        return grpc.stream_unary_rpc_method_handler(behaviour, *parsers)
-    if handler.unary_stream:
-        behaviour = _stream_response(handler.unary_stream, False)
-        return grpc.unary_stream_rpc_method_handler(behaviour, *parsers)
-    behaviour = _stream_response(handler.stream_stream, True)
-    return grpc.stream_stream_rpc_method_handler(behaviour, *parsers)
+        return rewrap(
+            handler, _unary_response, _stream_response, _parser(handler.request_deserializer)
+        )

@@ -120,17 +120,38 @@ def _stream_response(
     return behaviour
 
 
-class ObservingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Shows every call to the observers, whatever its shape and outcome.
+Behaviour = Callable[[Any, bool], Any]
 
-    Parameters
-    ----------
-    observers
-        Who watches the calls, in order.
+
+def rewrap(handler: Any, unary: Behaviour, stream: Behaviour, deserializer: Any) -> Any:
+    """A method handler of ``handler``'s shape whose behaviour wraps ``handler``'s.
+
+    ``unary(inner, streaming_request)`` makes the behaviour of a method with a unary response,
+    ``stream(inner, streaming_request)`` that of one with a streamed response; ``deserializer``
+    parses its requests (``handler.request_deserializer`` to keep it).
+    """
+    serializers = (deserializer, handler.response_serializer)
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary, False), *serializers)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(unary(handler.stream_unary, True), *serializers)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(
+            stream(handler.unary_stream, False), *serializers
+        )
+    return grpc.stream_stream_rpc_method_handler(stream(handler.stream_stream, True), *serializers)
+
+
+class WrappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """An interceptor that wraps the handler the rest of the chain chose for each call.
+
+    The continuation is called for every call, so that interceptors placed after this one (and
+    so inside it: an authentication check, say) run for every call and may refuse any of them.
+    The wrapped handler is kept while the continuation answers with the same handler, as it
+    does for every call it lets through: building one per call is a cost every call would pay.
     """
 
-    def __init__(self, observers: Sequence[CallObserver]) -> None:
-        self._observers = tuple(observers)
+    def __init__(self) -> None:
         self._wrapped: dict[str, tuple[Any, Any]] = {}
 
     async def intercept_service(
@@ -146,23 +167,35 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         kept = self._wrapped.get(method)
         if kept is not None and kept[0] is handler:
             return kept[1]
-        wrapped = _wrap(handler, method, self._observers)
+        wrapped = self.wrap(handler, method)
         if kept is None:
             self._wrapped[method] = (handler, wrapped)
         return wrapped
 
+    def wrap(self, handler: Any, method: str) -> Any:
+        """A handler of ``handler``'s shape for calls of ``method``."""
+        raise NotImplementedError
 
-def _wrap(handler: Any, method: str, observers: Sequence[CallObserver]) -> Any:
-    """A method handler that does what ``handler`` does, shown to the observers."""
-    serializers = (handler.request_deserializer, handler.response_serializer)
-    if handler.unary_unary:
-        wrapped = _unary_response(handler.unary_unary, method, False, observers)
-        return grpc.unary_unary_rpc_method_handler(wrapped, *serializers)
-    if handler.stream_unary:
-        wrapped = _unary_response(handler.stream_unary, method, True, observers)
-        return grpc.stream_unary_rpc_method_handler(wrapped, *serializers)
-    if handler.unary_stream:
-        wrapped = _stream_response(handler.unary_stream, method, False, observers)
-        return grpc.unary_stream_rpc_method_handler(wrapped, *serializers)
-    wrapped = _stream_response(handler.stream_stream, method, True, observers)
-    return grpc.stream_stream_rpc_method_handler(wrapped, *serializers)
+
+class ObservingInterceptor(WrappingInterceptor):
+    """Shows every call to the observers, whatever its shape and outcome.
+
+    Parameters
+    ----------
+    observers
+        Who watches the calls, in order.
+    """
+
+    def __init__(self, observers: Sequence[CallObserver]) -> None:
+        super().__init__()
+        self._observers = tuple(observers)
+
+    def wrap(self, handler: Any, method: str) -> Any:
+        """A method handler that does what ``handler`` does, shown to the observers."""
+        observers = self._observers
+        return rewrap(
+            handler,
+            lambda inner, streaming: _unary_response(inner, method, streaming, observers),
+            lambda inner, streaming: _stream_response(inner, method, streaming, observers),
+            handler.request_deserializer,
+        )
