@@ -81,7 +81,7 @@ def test_a_value_holding_nul_is_refused_everywhere(archive: TempArchive) -> None
     assert caught.value.violations[0].field == "InputReadinessState"
     with pytest.raises(ServiceError) as caught:
         match_terms({"ScheduledStationNameCodeSequence.CodeValue": "ST1\x00"})  # a filter
-    assert caught.value.violations[0].field == "CodeValue"
+    assert caught.value.violations[0].field == "ScheduledStationNameCodeSequence.CodeValue"
 
 
 @pytest.mark.parametrize(

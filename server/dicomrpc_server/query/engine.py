@@ -98,18 +98,11 @@ class MatchTerm:
     """One match term: an attribute and a value in DICOM matching syntax.
 
     ``kind`` is set for an attribute inside a sequence: the index term prefix of that path.
-    A value holding NUL is refused (INVALID_ARGUMENT): an index key ends its term with NUL
-    (``storage/keys.py``), so such a value would be matched as its part before the NUL by
-    the index and as a whole by an event filter; no searchable value holds one.
     """
 
     attribute: IndexedAttribute
     value: str
     kind: bytes = b""
-
-    def __post_init__(self) -> None:
-        if "\x00" in self.value:
-            raise invalid_argument(self.attribute.keyword, f"{self.value!r} holds a NUL character")
 
 
 Scan = Callable[..., list[tuple[bytes, bytes]]]
@@ -229,11 +222,15 @@ def uid_list(value: str) -> list[str]:
 
 
 def check_term(name: str, term: MatchTerm) -> MatchTerm:
-    """Refuse a UI match value naming a UID no request may name; ``name`` is the key as sent.
+    """Refuse a match value no index term can answer; ``name`` is the key as sent.
 
-    Each UID of a list is checked: searches on studies, series, instances and workitems, and
-    workitem subscription filters, all build their terms through here.
+    Searches on studies, series, instances and workitems, and workitem subscription filters,
+    all build their terms through here. A value holding NUL is refused: an index key ends its
+    term with NUL (``storage/keys.py``), and no indexed value holds one. Each UID of a UI
+    value's list must be one a request may name.
     """
+    if "\x00" in term.value:
+        raise invalid_argument(name, f"{term.value!r} holds a NUL character")
     if term.attribute.vr == "UI" and "*" not in term.value and "?" not in term.value:
         for uid in uid_list(term.value):
             check_request_uid(name, uid)

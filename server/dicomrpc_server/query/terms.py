@@ -131,20 +131,20 @@ def value_terms(vr: str, values: Iterable[object]) -> list[bytes]:
 
     A term longer than :data:`MAX_TERM_BYTES` is left out: an index key holds the term and a
     primary key within LMDB's 511 bytes, and no value of a searchable VR is that long unless
-    it is malformed. So is a term holding a NUL, the separator of an index key's parts (no
-    text VR allows that control character, PS3.5 6.1.3). Either value stays in the data, and
-    cannot be found by value.
+    it is malformed. So is a text value holding a NUL, which a search could not name (a match
+    value holding one is refused) and no text VR allows (PS3.5 6.1.3). Either value stays in
+    the data, and cannot be found by value.
     """
     terms = _value_terms(vr, values)
-    if any(len(term) > MAX_TERM_BYTES or b"\x00" in term for term in terms):
-        terms = [term for term in terms if len(term) <= MAX_TERM_BYTES and b"\x00" not in term]
+    if any(len(term) > MAX_TERM_BYTES for term in terms):
+        terms = [term for term in terms if len(term) <= MAX_TERM_BYTES]
     return terms
 
 
 def _value_terms(vr: str, values: Iterable[object]) -> list[bytes]:
     terms: list[bytes] = []
     for value in values:
-        if value is None or value == "":
+        if value is None or value == "" or (isinstance(value, str) and "\x00" in value):
             continue
         if vr == "PN":
             terms += person_name_terms(str(value))
