@@ -9,9 +9,10 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -112,7 +113,17 @@ class ServerProcess:
         return code
 
 
-def spawn_server(data_dir: Path) -> ServerProcess:
+def spawn_server(
+    data_dir: Path,
+    *args: str,
+    log: IO[bytes] | None = None,
+    preexec_fn: Callable[[], None] | None = None,
+) -> ServerProcess:
+    """A server process on ``data_dir`` with ``args`` (more ``serve`` options).
+
+    ``log`` receives its standard error (discarded by default); ``preexec_fn`` runs in the
+    child before the server starts (to lower a resource limit, say).
+    """
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     process = subprocess.Popen(
         [
@@ -128,11 +139,13 @@ def spawn_server(data_dir: Path) -> ServerProcess:
             "0",
             "--log-level",
             "WARNING",
+            *args,
         ],
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL if log is None else log,
         text=True,
         env=env,
+        preexec_fn=preexec_fn,
     )
     assert process.stdout is not None
     line = process.stdout.readline()

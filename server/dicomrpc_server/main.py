@@ -11,6 +11,7 @@ import sys
 from dicomrpc_server import __version__
 from dicomrpc_server.archive import Archive
 from dicomrpc_server.config import Settings
+from dicomrpc_server.dicomweb.connections import raise_descriptor_limit
 from dicomrpc_server.dicomweb.context import PREFIX
 from dicomrpc_server.dicomweb.server import HttpServer
 from dicomrpc_server.grpc.server import GrpcServer
@@ -28,11 +29,21 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         cors_origins=args.cors_origins,
         max_instance_bytes=args.max_instance_bytes,
         workers=args.workers,
+        http_max_connections=args.http_max_connections,
+        http_header_timeout_s=args.http_header_timeout,
+        http_body_timeout_s=args.http_body_timeout,
+        http_keep_alive_s=args.http_keep_alive,
+        http_max_header_bytes=args.http_max_header_bytes,
+        http_max_url_bytes=args.http_max_url_bytes,
+        http_max_stow_parts=args.http_max_stow_parts,
     )
 
 
 async def serve(settings: Settings) -> None:
     """Serve until a signal asks to stop, then shut down gracefully."""
+    # Connections and files share the process's descriptors: take all the system allows
+    # (the HTTP connection cap is then set within them, see dicomweb/connections.py).
+    raise_descriptor_limit()
     archive = Archive(settings)
     # Installed before the start-up lines are printed: a script may signal as soon as it reads
     # them.
@@ -85,5 +96,9 @@ def run(args: argparse.Namespace) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
-    asyncio.run(serve(settings_from_args(args)))
+    try:
+        settings = settings_from_args(args)
+    except ValueError as exc:  # a DICOMRPC_* variable that does not parse
+        raise SystemExit(f"dicomrpc serve: {exc}") from None
+    asyncio.run(serve(settings))
     return 0

@@ -2,7 +2,8 @@
 
 Routes come from one module per resource, each exposing ``ROUTES``; a new resource is one
 more module added to :data:`RESOURCE_ROUTES`. Middleware, outermost
-first: the access log (so it sees every response, errors and CORS answers included), then CORS.
+first: the access log (so it sees every response, errors and CORS answers included), the body
+read timeout, then CORS.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from starlette.routing import BaseRoute, Mount
 
 from dicomrpc_server.archive import Archive
 from dicomrpc_server.dicomweb import delete, qido, stow, wado, workitems
+from dicomrpc_server.dicomweb.body_timeout import BodyTimeoutMiddleware
 from dicomrpc_server.dicomweb.context import PREFIX
 from dicomrpc_server.dicomweb.errors import handle_service_error
 from dicomrpc_server.dicomweb.logging import AccessLogMiddleware
@@ -37,7 +39,10 @@ _EXPOSED_HEADERS = ["ETag", "Warning", "Content-Length", "Content-Type", "Locati
 def create_app(archive: Archive) -> Starlette:
     """The gateway application serving ``archive``."""
     routes = [route for resource in RESOURCE_ROUTES for route in resource]
-    middleware = [Middleware(AccessLogMiddleware)]
+    middleware = [
+        Middleware(AccessLogMiddleware),
+        Middleware(BodyTimeoutMiddleware, seconds=archive.settings.http_body_timeout_s),
+    ]
     origins = list(archive.settings.cors_origins)
     if origins:
         middleware.append(

@@ -6,9 +6,15 @@ request field at fault: a ``Content-Type`` the gateway cannot read (415) and an 
 cannot satisfy (406). One workitem status is split by HTTP where gRPC has one code: a 0xC301
 (Transaction UID not correct) is 400 when the UID is missing (a bad request) and 409 when it
 is wrong (a conflict with the workitem's lock), told apart by its ``transaction_uid_problem``.
+HTTP also has statuses of its own for two limits of the request head: a request target over
+``http_max_url_bytes`` is 414 (RFC 9110 §15.5.15), a head over ``http_max_header_bytes`` is 431
+(RFC 6585 §5); a request that does not arrive in time is 408 (RFC 9110 §15.5.9).
 """
 
 from __future__ import annotations
+
+import http
+import json
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -26,16 +32,20 @@ _STATUSES: dict[Code, int] = {
     Code.ALREADY_EXISTS: 409,
     Code.FAILED_PRECONDITION: 409,
     Code.RESOURCE_EXHAUSTED: 413,
+    Code.DEADLINE_EXCEEDED: 408,
     Code.UNAUTHENTICATED: 401,
     Code.PERMISSION_DENIED: 403,
     Code.UNAVAILABLE: 503,
     Code.UNIMPLEMENTED: 501,
     Code.INTERNAL: 500,
 }
+_LIMIT_STATUSES = {"http_max_url_bytes": 414, "http_max_header_bytes": 431}
 
 
 def http_status(error: ServiceError) -> int:
     """The HTTP status of a core error."""
+    if error.reason == "LIMIT_EXCEEDED" and error.metadata.get("limit") in _LIMIT_STATUSES:
+        return _LIMIT_STATUSES[error.metadata["limit"]]
     fields = {v.field for v in error.violations}
     if error.code is Code.INVALID_ARGUMENT and CONTENT_TYPE_FIELD in fields:
         return 415
@@ -62,13 +72,8 @@ def warning_header(message: str) -> str:
     return f'299 dicomrpc "{text}"'.encode("ascii", "replace").decode("ascii")
 
 
-def error_response(error: ServiceError) -> Response:
-    """The response of a failed request: the status, a JSON body and a Warning header.
-
-    The body repeats every detail the gRPC status carries (reason, DICOM status, metadata,
-    field violations); the ``Warning`` header (PS3.18 §8.1.2.1) carries the message for
-    clients that only look at headers.
-    """
+def error_body(error: ServiceError) -> dict[str, object]:
+    """The JSON body of a failed request: every detail the gRPC status carries."""
     body: dict[str, object] = {
         "code": error.code.value,
         "reason": error.reason,
@@ -81,9 +86,39 @@ def error_response(error: ServiceError) -> Response:
         body["violations"] = [
             {"field": v.field, "description": v.description} for v in error.violations
         ]
+    return body
+
+
+def error_response(error: ServiceError) -> Response:
+    """The response of a failed request: the status, a JSON body and a Warning header.
+
+    The body (:func:`error_body`) repeats every detail the gRPC status carries (reason, DICOM
+    status, metadata, field violations); the ``Warning`` header (PS3.18 §8.1.2.1) carries the
+    message for clients that only look at headers.
+    """
     return JSONResponse(
-        body, status_code=http_status(error), headers={"Warning": warning_header(error.message)}
+        error_body(error),
+        status_code=http_status(error),
+        headers={"Warning": warning_header(error.message)},
     )
+
+
+def closing_error_response(error: ServiceError) -> bytes:
+    """The bytes of :func:`error_response` with ``Connection: close``, for the connection itself.
+
+    What answers a request refused before any application sees it (a head too large or too
+    slow, a connection over the cap) writes these to the socket and closes it.
+    """
+    status = http_status(error)
+    body = json.dumps(error_body(error), separators=(",", ":")).encode()
+    head = (
+        f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n"
+        "content-type: application/json\r\n"
+        f"content-length: {len(body)}\r\n"
+        f"warning: {warning_header(error.message)}\r\n"
+        "connection: close\r\n\r\n"
+    )
+    return head.encode("ascii") + body
 
 
 async def handle_service_error(request: Request, exc: Exception) -> Response:

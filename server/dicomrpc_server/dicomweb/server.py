@@ -1,9 +1,17 @@
-"""The HTTP server: uvicorn serving the gateway in the gRPC server's process and event loop."""
+"""The HTTP server: uvicorn serving the gateway in the gRPC server's process and event loop.
+
+uvicorn runs the application, but connections are accepted by :class:`.connections.Acceptor`
+(uvicorn is handed no socket of its own) and spoken to by :class:`.protocol.GatewayProtocol`:
+together they hold the connection cap, the head limits and the timeouts the README's Limits
+lists, with uvicorn's own idle keep-alive timeout.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import resource
 import socket
 from collections.abc import Iterator
 
@@ -11,6 +19,19 @@ import uvicorn
 
 from dicomrpc_server.archive import Archive
 from dicomrpc_server.dicomweb.app import create_app
+from dicomrpc_server.dicomweb.connections import (
+    Acceptor,
+    ConnectionGate,
+    Tally,
+    connection_cap,
+    open_descriptors,
+)
+from dicomrpc_server.dicomweb.protocol import GatewayProtocol
+
+log = logging.getLogger("dicomrpc.http")
+
+# Connections the kernel holds for the gateway while it is not accepting (at its cap).
+BACKLOG = 512
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -25,7 +46,7 @@ def _listen(host: str, port: int) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
-        sock.listen(512)
+        sock.listen(BACKLOG)
     except OSError:
         sock.close()
         raise
@@ -54,8 +75,23 @@ class HttpServer:
 
     def __init__(self, archive: Archive) -> None:
         settings = archive.settings
+        self.settings = settings
         self._socket = _listen(settings.host, settings.http_port)
         self.port: int = self._socket.getsockname()[1]
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        in_use = open_descriptors()
+        cap = connection_cap(settings.http_max_connections, soft, in_use)
+        if cap < settings.http_max_connections:
+            log.warning(
+                "HTTP serves at most %d connections at once, not %d: the process may open %d "
+                "descriptors (%d are open), and files and gRPC need theirs; raise the limit "
+                "(ulimit -n, systemd LimitNOFILE=) to serve more",
+                cap,
+                settings.http_max_connections,
+                soft,
+                in_use,
+            )
+        self.gate = ConnectionGate(cap, Tally())
         config = uvicorn.Config(
             create_app(archive),
             lifespan="off",
@@ -64,22 +100,42 @@ class HttpServer:
             log_level="warning",
             access_log=False,
             server_header=False,
+            ws="none",
+            timeout_keep_alive=settings.http_keep_alive_s,
             timeout_graceful_shutdown=int(settings.shutdown_grace_s),
         )
         self._server = _Server(config)
         self._task: asyncio.Task[None] | None = None
+        self._acceptor: Acceptor | None = None
 
     async def start(self) -> None:
         """Start serving on the bound socket; return once connections are accepted."""
-        self._task = asyncio.create_task(self._server.serve(sockets=[self._socket]))
+        # No socket for uvicorn: it runs the application, the acceptor feeds it connections.
+        self._task = asyncio.create_task(self._server.serve(sockets=[]))
         while not self._server.started:
             if self._task.done():
                 self._task.result()  # raises what stopped it
             await asyncio.sleep(0.01)
+        server, settings, gate = self._server, self.settings, self.gate
+
+        def protocol() -> GatewayProtocol:
+            return GatewayProtocol(
+                server.config,
+                server.server_state,
+                server.lifespan.state,
+                settings=settings,
+                gate=gate,
+            )
+
+        self._acceptor = Acceptor(self._socket, protocol, gate)
+        self._acceptor.start()
 
     async def stop(self) -> None:
         """Stop taking requests; in-flight ones finish within the configured grace."""
+        if self._acceptor is not None:
+            self._acceptor.stop()
         self._server.should_exit = True
         if self._task is not None:
             await self._task
+        self.gate.tally.flush()
         self._socket.close()

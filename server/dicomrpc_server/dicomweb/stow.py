@@ -4,9 +4,14 @@ Each part goes to the store core as it arrives (the body is never held whole), t
 :class:`~dicomrpc_server.store.request.StoreRequest` the gRPC adapter drives; this module only
 translates parts into instances and results into the PS3.18 response data set.
 
-A body that ends or breaks inside a part (a client cut off, a missing close delimiter) stores
-none of that part: the instances of the complete parts before it are stored and reported, and
-the incomplete one is reported as failed (272). A body without one complete part fails with 400.
+A body that ends or breaks inside a part (a client cut off, a missing close delimiter, a body
+that stops arriving for ``http_body_timeout_s``) stores none of that part: the instances of the
+complete parts before it are stored and reported, and the incomplete one is reported as failed
+(272). A body without one complete part fails with 400 (408 when it stopped arriving).
+
+A body of more than ``http_max_stow_parts`` parts is answered 413 when the part past the limit
+begins: the parts before it are stored as usual (the error's metadata counts the instances
+stored), nothing of the rest is read.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from dicomrpc_server.dicomweb.multipart import (
     PartStart,
     malformed,
 )
-from dicomrpc_server.errors import ServiceError
+from dicomrpc_server.errors import ServiceError, limit_exceeded
 from dicomrpc_server.store.ingest import InstanceResult, Outcome
 from dicomrpc_server.store.request import (
     StoreRequest,
@@ -68,15 +73,27 @@ def _declared_size(headers: dict[str, str]) -> int:
     return int(value) if value.isdigit() else 0
 
 
+class _TooManyParts(Exception):
+    """The body has more parts than a request may carry."""
+
+
 async def _receive(
-    request: Request, reader: MultipartReader, store: StoreRequest
+    request: Request, reader: MultipartReader, store: StoreRequest, max_parts: int
 ) -> ServiceError | None:
-    """Feed the body to the store, part by part; return what broke it, if anything did."""
+    """Feed the body to the store, part by part; return what broke it, if anything did.
+
+    Raises :class:`_TooManyParts` when a part past ``max_parts`` begins (nothing of it is
+    stored).
+    """
+    number = 0  # the part an event belongs to (the reader has counted a whole chunk's parts)
     try:
         async for chunk in request.stream():
             for event in reader.feed(chunk):
                 if isinstance(event, PartStart):
-                    await store.begin(f"part {reader.parts}", _declared_size(event.headers))
+                    number += 1
+                    if number > max_parts:
+                        raise _TooManyParts
+                    await store.begin(f"part {number}", _declared_size(event.headers))
                 elif isinstance(event, PartData):
                     store.write(event.data)
     except ServiceError as error:
@@ -91,15 +108,33 @@ async def _receive(
     return None
 
 
+def _too_many_parts(limit: int, results: list[InstanceResult]) -> ServiceError:
+    stored = sum(r.outcome is not Outcome.FAILED for r in results)
+    return limit_exceeded(
+        "http_max_stow_parts",
+        limit,
+        f"the body has more than {limit} parts, the most one request may carry on this "
+        f"server: the first {limit} were processed ({stored} instances stored), the rest was "
+        "not read; send the others in another request",
+        stored=str(stored),
+        processed=str(len(results)),
+    )
+
+
 async def store_instances(request: Request) -> Response:
     """Store every instance of the body; answer with the PS3.18 store response."""
     study = request.path_params.get("study", "")
     boundary = _boundary(request)
     check_study_restriction(study, "study")
-    store = StoreRequest(archive_of(request).store, study)
+    archive = archive_of(request)
+    max_parts = archive.settings.http_max_stow_parts
+    store = StoreRequest(archive.store, study)
     reader = MultipartReader(boundary)
     try:
-        problem = await _receive(request, reader, store)
+        try:
+            problem = await _receive(request, reader, store, max_parts)
+        except _TooManyParts:
+            raise _too_many_parts(max_parts, await store.finish()) from None
         cut_part = reader.parts if reader.in_part else 0
         if cut_part:
             store.drop_current()
