@@ -264,6 +264,19 @@ def test_a_stow_over_the_part_limit_is_413_naming_it(tmp_path: Path) -> None:
         assert limited.archive.index.counts().instances == 7
 
 
+def test_a_stow_of_many_tiny_parts_takes_linear_time(tmp_path: Path) -> None:
+    with serving(tmp_path, http_max_stow_parts=60_000) as limited:
+        # 59,999 empty parts: each is refused as not DICOM. Bounded by pytest's timeout: with a
+        # cost per part that grew with the parts before it, this took minutes.
+        count = 59_999
+        body = b"".join(f"--{BOUNDARY}\r\n\r\n\r\n".encode() for _ in range(count))
+        body += f"--{BOUNDARY}--\r\n".encode()
+        with httpx.Client(base_url=limited.dicomweb_url, timeout=120) as client:
+            response = client.post("/studies", content=body, headers={"Content-Type": STOW_TYPE})
+        assert response.status_code == 409
+        assert len(response.json()["00081198"]["Value"]) == count
+
+
 # -- connections -------------------------------------------------------------------------------
 
 
