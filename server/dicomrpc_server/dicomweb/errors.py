@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import http
 import json
+import re
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -40,6 +41,11 @@ _STATUSES: dict[Code, int] = {
     Code.INTERNAL: 500,
 }
 _LIMIT_STATUSES = {"http_max_url_bytes": 414, "http_max_header_bytes": 431}
+
+# A Warning header's text: what it keeps of a message (RFC 9111 §5.5 sets no bound; proxies and
+# clients cap header lines at a few KiB, and the JSON body has the message whole).
+MAX_WARNING_TEXT = 512
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f]+")
 
 
 def http_status(error: ServiceError) -> int:
@@ -67,9 +73,20 @@ def not_acceptable(description: str) -> ServiceError:
 
 
 def warning_header(message: str) -> str:
-    """A ``Warning`` header value (RFC 7234 §5.5) carrying ``message`` as ASCII."""
-    text = message.replace("\\", "\\\\").replace('"', '\\"')
-    return f'299 dicomrpc "{text}"'.encode("ascii", "replace").decode("ascii")
+    """A ``Warning`` header value (RFC 9111 §5.5) carrying ``message``, safe to send.
+
+    Messages come from data and from codecs (a decoder's error may span lines): control
+    characters (CR and LF above all, which would end the header) become spaces, runs of white
+    space one space, characters outside ASCII ``?``; the text is cut to
+    :data:`MAX_WARNING_TEXT` characters and written as a quoted-string, with ``"`` and ``\\``
+    escaped.
+    """
+    text = " ".join(_CONTROLS.sub(" ", message).split())
+    if len(text) > MAX_WARNING_TEXT:
+        text = text[: MAX_WARNING_TEXT - 3] + "..."
+    text = text.encode("ascii", "replace").decode("ascii")
+    text = text.replace("\\", "\\\\").replace('"', '\\"')
+    return f'299 dicomrpc "{text}"'
 
 
 def error_body(error: ServiceError) -> dict[str, object]:
