@@ -17,15 +17,23 @@ stored), nothing of the rest is read.
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from dicomrpc_server.dicomweb.context import archive_of, service_root
 from dicomrpc_server.dicomweb.errors import unsupported_media_type, warning_header
-from dicomrpc_server.dicomweb.media import DICOM, DICOM_JSON, MULTIPART, parse_media_type
+from dicomrpc_server.dicomweb.media import (
+    DICOM,
+    DICOM_JSON,
+    MULTIPART,
+    negotiated,
+    parse_media_type,
+)
 from dicomrpc_server.dicomweb.multipart import (
     MultipartReader,
     PartData,
@@ -47,12 +55,14 @@ _HTTP_STATUS = {
     StoreStatus.NONE_STORED: 409,
 }
 PROCESSING_FAILURE = 272
+# Results written into the response on the event loop; more are written in a thread.
+INLINE_RESULTS = 100
 
 
-def _boundary(request: Request) -> str:
+async def _boundary(request: Request) -> str:
     """The boundary of a STOW body, after checking that it is multipart/related DICOM."""
     header = request.headers.get("content-type", "")
-    media = parse_media_type(header)
+    media = await negotiated(parse_media_type, header)
     if media.type != MULTIPART:
         raise unsupported_media_type(
             f'{header!r} is not accepted; send multipart/related; type="{DICOM}"'
@@ -124,7 +134,7 @@ def _too_many_parts(limit: int, results: list[InstanceResult]) -> ServiceError:
 async def store_instances(request: Request) -> Response:
     """Store every instance of the body; answer with the PS3.18 store response."""
     study = request.path_params.get("study", "")
-    boundary = _boundary(request)
+    boundary = await _boundary(request)
     check_study_restriction(study, "study")
     archive = archive_of(request)
     max_parts = archive.settings.http_max_stow_parts
@@ -150,8 +160,16 @@ async def store_instances(request: Request) -> Response:
     if problem is not None:
         status = 202 if status == 200 else status
         headers["Warning"] = warning_header(problem.message)
-    body = response_dataset(service_root(request), study, results, cut_part)
-    return JSONResponse(body, status_code=status, media_type=DICOM_JSON, headers=headers)
+    build = functools.partial(_response_body, service_root(request), study, results, cut_part)
+    # Writing the response takes time in proportion to the instances: many are written in a
+    # thread, so that the event loop serves other requests meanwhile.
+    body = await asyncio.to_thread(build) if len(results) > INLINE_RESULTS else build()
+    return Response(body, status_code=status, media_type=DICOM_JSON, headers=headers)
+
+
+def _response_body(root: str, study: str, results: list[InstanceResult], cut_part: int) -> bytes:
+    dataset = response_dataset(root, study, results, cut_part)
+    return json.dumps(dataset, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
 
 
 def _element(vr: str, *values: Any) -> dict[str, Any]:

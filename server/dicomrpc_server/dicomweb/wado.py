@@ -10,8 +10,9 @@ lossy, so a lossy syntax is only ever produced when the Accept header names it.
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from typing import Any
 
 from starlette.requests import Request
@@ -30,6 +31,7 @@ from dicomrpc_server.dicomweb.media import (
     choose_instances,
     choose_json,
     choose_rendered,
+    negotiated,
 )
 from dicomrpc_server.dicomweb.multipart import closing, content_type, new_boundary, part_header
 from dicomrpc_server.errors import invalid_argument
@@ -55,7 +57,9 @@ def _core(request: Request) -> RetrieveCore:
 async def retrieve_instances(request: Request) -> Response:
     """A study, series or instance: multipart ``application/dicom``, or one single part."""
     study, series, sop = _uids(request)
-    choice = choose_instances(request.headers.get("accept"), single_allowed=bool(sop))
+    choice = await negotiated(
+        choose_instances, request.headers.get("accept"), single_allowed=bool(sop)
+    )
     core = _core(request)
     syntax = choice.transfer_syntax
     found = core.instances(study, series, sop, syntax, ALLOW_LOSSY)
@@ -106,7 +110,7 @@ def _frame_list(text: str) -> list[int]:
 async def retrieve_frames(request: Request) -> Response:
     """Frames of one instance: raw (``application/octet-stream``) or compressed image parts."""
     study, series, sop = _uids(request)
-    choice = choose_frames(request.headers.get("accept"))
+    choice = await negotiated(choose_frames, request.headers.get("accept"))
     core = _core(request)
     numbers = core.frame_numbers(_frame_list(request.path_params["frames"]), [])
     instance = core.instances(study, series, sop)[0]
@@ -170,7 +174,7 @@ def _max_size(request: Request) -> int:
 async def retrieve_rendered(request: Request) -> Response:
     """One frame (the first, or the one named) rendered as JPEG or PNG."""
     study, series, sop = _uids(request)
-    media_type = choose_rendered(request.headers.get("accept"))
+    media_type = await negotiated(choose_rendered, request.headers.get("accept"))
     frame = 0
     if "frame" in request.path_params:
         frame = _frame_list(request.path_params["frame"])[0]
@@ -210,20 +214,46 @@ def absolute_bulk_data_uris(obj: Any, root: str) -> None:
 
 
 async def retrieve_metadata(request: Request) -> Response:
-    """The metadata of a study, series or instance as DICOM JSON, with an ETag."""
+    """The metadata of a study, series or instance as DICOM JSON, with an ETag.
+
+    Reading the metadata and writing it as DICOM JSON take time in proportion to its elements
+    (a study may have hundreds of thousands): both run in a thread, so that the event loop
+    serves other requests meanwhile.
+    """
     study, series, sop = _uids(request)
-    media_type = choose_json(request.headers.get("accept"))
-    tag, datasets = _core(request).metadata_unless(_if_none_match(request), study, series, sop)
-    if datasets is None:
+    media_type = await negotiated(choose_json, request.headers.get("accept"))
+    tag, body = await asyncio.to_thread(
+        _metadata_json,
+        _core(request),
+        _if_none_match(request),
+        service_root(request),
+        study,
+        series,
+        sop,
+    )
+    if body is None:
         return Response(status_code=304, headers={"ETag": tag})
-    root = service_root(request)
+    return Response(body, media_type=media_type, headers={"ETag": tag})
+
+
+def _metadata_json(
+    core: RetrieveCore,
+    if_none_match: Collection[str],
+    root: str,
+    study: str,
+    series: str,
+    sop: str,
+) -> tuple[str, bytes | None]:
+    """The ETag and the DICOM JSON of the metadata (``None`` when the ETag matches)."""
+    tag, datasets = core.metadata_unless(if_none_match, study, series, sop)
+    if datasets is None:
+        return tag, None
     objects = []
     for dataset in datasets:
         obj = to_json(dataset_pb2.Dataset.FromString(dataset))
         absolute_bulk_data_uris(obj, root)
         objects.append(obj)
-    body = json.dumps(objects, separators=(",", ":")).encode()
-    return Response(body, media_type=media_type, headers={"ETag": tag})
+    return tag, json.dumps(objects, separators=(",", ":")).encode()
 
 
 # -- bulk data -----------------------------------------------------------------------------
@@ -232,7 +262,7 @@ async def retrieve_metadata(request: Request) -> Response:
 async def retrieve_bulk_data(request: Request) -> Response:
     """The value a bulk data URI names, as an ``application/octet-stream`` part."""
     study, series, sop = _uids(request)
-    multipart = choose_bulk_data(request.headers.get("accept"))
+    multipart = await negotiated(choose_bulk_data, request.headers.get("accept"))
     core = _core(request)
     instance = core.instances(study, series, sop)[0]
     value = await core.bulk_data(instance, request.path_params["path"], core.chunk_bytes)

@@ -15,6 +15,7 @@ PS3.18 examples write it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 from urllib.parse import unquote_plus
@@ -27,7 +28,7 @@ from dicomrpc.datasets import from_json, to_json
 from dicomrpc.v1 import dataset_pb2
 from dicomrpc_server.dicomweb.context import archive_of, service_root
 from dicomrpc_server.dicomweb.errors import unsupported_media_type, warning_header
-from dicomrpc_server.dicomweb.media import DICOM_JSON, choose_json, parse_media_type
+from dicomrpc_server.dicomweb.media import DICOM_JSON, choose_json, negotiated, parse_media_type
 from dicomrpc_server.dicomweb.qido import query_parameters
 from dicomrpc_server.errors import Code, ServiceError, invalid_argument
 from dicomrpc_server.ups.service import (
@@ -111,7 +112,7 @@ async def _body(request: Request, required: bool = True) -> dataset_pb2.Dataset 
     if not content.strip() and not required:
         return None
     header = request.headers.get("content-type", "")
-    if parse_media_type(header).type not in _BODY_TYPES:
+    if (await negotiated(parse_media_type, header)).type not in _BODY_TYPES:
         raise unsupported_media_type(f"{header!r} is not accepted; send {DICOM_JSON}")
     try:
         obj = json.loads(bytes(content))
@@ -160,7 +161,7 @@ async def create_workitem(request: Request) -> Response:
 
 async def retrieve_workitem(request: Request) -> Response:
     """A workitem as DICOM JSON, never with its Transaction UID (PS3.18 §11.5)."""
-    media_type = choose_json(request.headers.get("accept"))
+    media_type = await negotiated(choose_json, request.headers.get("accept"))
     dataset, _ = _core(request).retrieve(request.path_params["workitem"])
     return _json_response([to_json(dataset)], media_type)
 
@@ -205,7 +206,7 @@ async def request_cancellation(request: Request) -> Response:
 
 async def search_workitems(request: Request) -> Response:
     """Search workitems: a DICOM JSON array, or 204 when nothing matches (PS3.18 §11.9)."""
-    media_type = choose_json(request.headers.get("accept"))
+    media_type = await negotiated(choose_json, request.headers.get("accept"))
     params = query_parameters(request)
     query = WorkitemQuery(
         match=params.match,
@@ -214,10 +215,19 @@ async def search_workitems(request: Request) -> Response:
         limit=params.limit,
         offset=params.offset,
     )
-    results = _core(request).search(query)
-    if not results:
+    core = _core(request)
+
+    def page() -> bytes | None:
+        results = core.search(query)
+        if not results:
+            return None
+        return json.dumps([to_json(d) for d in results], separators=(",", ":")).encode()
+
+    # Matching and writing a page of up to a thousand workitems: off the event loop.
+    body = await asyncio.to_thread(page)
+    if body is None:
         return Response(status_code=204)
-    return _json_response([to_json(dataset) for dataset in results], media_type)
+    return Response(body, media_type=media_type)
 
 
 ROUTES = [
