@@ -1,8 +1,11 @@
-"""Responses that fail: a codec message in a Warning header."""
+"""Responses that fail: a codec message in a Warning header, a multipart retrieve cut midway."""
 
 from __future__ import annotations
 
 import io
+import json
+import logging
+import uuid
 from collections.abc import Iterator
 
 import httpx
@@ -11,11 +14,13 @@ import pytest
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEGBaseline8Bit, generate_uid
 
+from dicomrpc import Client, DicomRpcError
 from tests.conftest import RunningServer
 from tests.dicomgen import ct_instance
 from tests.integration.test_dicomweb_http import STOW_TYPE, multipart
 
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
+MULTIPART_DICOM = 'multipart/related; type="application/dicom"'
 
 
 def undecodable_jpeg(study: str, series: str, sop: str) -> bytes:
@@ -60,3 +65,66 @@ def test_a_codec_message_with_a_newline_makes_a_proper_warning_header(
         assert warning.startswith('299 dicomrpc "') and warning.endswith('"')
         assert "cannot be" in warning
         assert "\n" in response.json()["message"]  # the body keeps the message whole
+
+
+def _study_of_three(http: httpx.Client, undecodable_last: bool = False) -> tuple[str, list[bytes]]:
+    """A stored study of three instances in one series, sent in this order (their UIDs sort)."""
+    study, series, prefix = generate_uid(), generate_uid(), f"2.25.{uuid.uuid4().int}"
+    sops = [f"{prefix}.{n}" for n in (1, 2, 3)]
+    instances = [ct_instance(study, series, sop, rows=64, columns=64) for sop in sops]
+    if undecodable_last:
+        instances[2] = undecodable_jpeg(study, series, sops[2])
+    _store(http, instances)
+    return study, instances
+
+
+def _read_cut(http: httpx.Client, url: str, accept: str) -> bytes:
+    """Read a response that must end in an error; return what arrived before it."""
+    received = bytearray()
+    with http.stream("GET", url, headers={"Accept": accept}) as response:
+        assert response.status_code == 200
+        with pytest.raises(httpx.RemoteProtocolError):
+            for data in response.iter_raw():
+                received += data
+    return bytes(received)
+
+
+def test_a_transcode_that_fails_midway_cuts_the_response(
+    http: httpx.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="dicomrpc.access")
+    study, instances = _study_of_three(http, undecodable_last=True)
+    # The first two are sent as stored; the third needs a decode, which fails after the
+    # response started.
+    received = _read_cut(
+        http, f"/studies/{study}", f"{MULTIPART_DICOM}; transfer-syntax={EXPLICIT_VR_LE}"
+    )
+    assert instances[0] in received and instances[1] in received
+    assert not received.rstrip().endswith(b"--")  # no close delimiter
+    cut = [json.loads(r.getMessage()) for r in caplog.records if r.name == "dicomrpc.access"]
+    assert cut[-1]["cut"] is True
+    assert cut[-1]["error"] == "TRANSFER_SYNTAX_UNSUPPORTED"
+
+
+def test_a_file_cut_short_cuts_the_response(server: RunningServer, http: httpx.Client) -> None:
+    study, instances = _study_of_three(http)
+    found = server.archive.retrieve.instances(study)
+    last = server.archive.blobs.path(found[2].record.blob_id)
+    last.write_bytes(last.read_bytes()[:1000])
+    received = _read_cut(http, f"/studies/{study}", f"{MULTIPART_DICOM}; transfer-syntax=*")
+    assert instances[1] in received
+    # gRPC says so as well, rather than ending the instance early.
+    with Client(server.target) as client, pytest.raises(DicomRpcError) as caught:
+        list(client.iter_instances(study))
+    assert "ends after 1000 of the" in str(caught.value)
+
+
+def test_a_first_part_that_fails_is_answered_with_its_status(http: httpx.Client) -> None:
+    study, series, sop = generate_uid(), generate_uid(), generate_uid()
+    _store(http, [undecodable_jpeg(study, series, sop)])
+    response = http.get(
+        f"/studies/{study}",
+        headers={"Accept": f"{MULTIPART_DICOM}; transfer-syntax={EXPLICIT_VR_LE}"},
+    )
+    assert response.status_code == 406
+    assert response.json()["reason"] == "TRANSFER_SYNTAX_UNSUPPORTED"

@@ -1,8 +1,13 @@
 """WADO-RS: instances, frames, rendered images, metadata and bulk data of what is stored.
 
-Everything that can fail (nothing stored, a syntax that cannot be produced, a frame outside the
-instance) fails before the response starts, so an error is always a clean HTTP status; then the
-bytes stream from the retrieve core chunk by chunk, at the pace the client reads.
+Everything that can be checked up front (nothing stored, a syntax that cannot be produced, a
+frame outside the instance) fails before the response starts, and so does the first part (its
+file opened, or its instance transcoded): those errors are clean HTTP statuses. Then the bytes
+stream from the retrieve core chunk by chunk, at the pace the client reads. A failure after
+that (a file removed meanwhile, the seventh of ten instances that cannot be decoded) cannot be
+answered any more: the response is cut, without its close delimiter and without the last
+chunk of its chunked encoding, so the client sees an incomplete body rather than a short
+well-formed one (see :mod:`.logging`, which logs it).
 
 Every transcoding allows lossy targets: PS3.18's default (Explicit VR Little Endian) is never
 lossy, so a lossy syntax is only ever produced when the Accept header names it.
@@ -54,6 +59,24 @@ def _core(request: Request) -> RetrieveCore:
 # -- instances -----------------------------------------------------------------------------
 
 
+async def started(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """``body``, whose first bytes are produced now: what stops it from starting raises here.
+
+    A handler awaits this before it returns its response, so that an error of the first part
+    is answered with its own status instead of cutting a response already under way.
+    """
+    first = await anext(body, None)
+
+    async def resumed() -> AsyncIterator[bytes]:
+        if first is None:
+            return
+        yield first
+        async for data in body:
+            yield data
+
+    return resumed()
+
+
 async def retrieve_instances(request: Request) -> Response:
     """A study, series or instance: multipart ``application/dicom``, or one single part."""
     study, series, sop = _uids(request)
@@ -66,14 +89,14 @@ async def retrieve_instances(request: Request) -> Response:
     if not choice.multipart:
         outgoing = await core.outgoing(found[0], syntax, ALLOW_LOSSY, core.chunk_bytes)
         return StreamingResponse(
-            outgoing.chunks,
+            await started(outgoing.chunks),
             media_type=f"{DICOM}; transfer-syntax={outgoing.transfer_syntax_uid}",
             headers={"Content-Length": str(outgoing.size)},
         )
     boundary = new_boundary()
     params = {} if syntax == AS_STORED else {"transfer-syntax": syntax}
     return StreamingResponse(
-        read_ahead(_instance_parts(core, found, syntax, boundary)),
+        await started(read_ahead(_instance_parts(core, found, syntax, boundary))),
         media_type=content_type(DICOM, boundary, **params),
     )
 
@@ -131,7 +154,8 @@ async def retrieve_frames(request: Request) -> Response:
         yield closing(boundary)
 
     return StreamingResponse(
-        parts(), media_type=content_type(choice.part_type, boundary, **{"transfer-syntax": syntax})
+        await started(parts()),
+        media_type=content_type(choice.part_type, boundary, **{"transfer-syntax": syntax}),
     )
 
 
@@ -268,7 +292,7 @@ async def retrieve_bulk_data(request: Request) -> Response:
     value = await core.bulk_data(instance, request.path_params["path"], core.chunk_bytes)
     if not multipart:
         return StreamingResponse(
-            value.chunks,
+            await started(value.chunks),
             media_type=OCTET_STREAM,
             headers={"Content-Length": str(value.size)},
         )
@@ -281,7 +305,7 @@ async def retrieve_bulk_data(request: Request) -> Response:
             yield data
         yield closing(boundary)
 
-    return StreamingResponse(body(), media_type=content_type(OCTET_STREAM, boundary))
+    return StreamingResponse(await started(body()), media_type=content_type(OCTET_STREAM, boundary))
 
 
 _STUDY = "/studies/{study}"
