@@ -9,7 +9,6 @@ is the core's, plus its RetrieveURL on this gateway.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +18,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from dicomrpc.datasets import to_json
+from dicomrpc_server.dicomweb import dicom_json
 from dicomrpc_server.dicomweb.context import archive_of, service_root
 from dicomrpc_server.dicomweb.media import choose_json, negotiated
 from dicomrpc_server.errors import invalid_argument
@@ -126,7 +126,7 @@ def _results_json(
         if url:
             obj["00081190"] = {"vr": "UR", "Value": [f"{root}/{url}"]}
         results.append(obj)
-    return json.dumps(results, separators=(",", ":")).encode()
+    return dicom_json.encode(results)
 
 
 def _first(obj: dict[str, Any], tag: str) -> str:

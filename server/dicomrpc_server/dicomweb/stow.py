@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from dicomrpc_server.dicomweb import dicom_json
 from dicomrpc_server.dicomweb.context import archive_of, service_root
 from dicomrpc_server.dicomweb.errors import unsupported_media_type, warning_header
 from dicomrpc_server.dicomweb.media import (
@@ -169,7 +169,7 @@ async def store_instances(request: Request) -> Response:
 
 def _response_body(root: str, study: str, results: list[InstanceResult], cut_part: int) -> bytes:
     dataset = response_dataset(root, study, results, cut_part)
-    return json.dumps(dataset, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+    return dicom_json.encode(dataset, ensure_ascii=False, allow_nan=False)
 
 
 def _element(vr: str, *values: Any) -> dict[str, Any]:

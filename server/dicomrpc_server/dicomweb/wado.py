@@ -16,7 +16,6 @@ lossy, so a lossy syntax is only ever produced when the Accept header names it.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Collection
 from typing import Any
 
@@ -26,6 +25,7 @@ from starlette.routing import Route
 
 from dicomrpc.datasets import to_json
 from dicomrpc.v1 import dataset_pb2
+from dicomrpc_server.dicomweb import dicom_json
 from dicomrpc_server.dicomweb.context import archive_of, service_root
 from dicomrpc_server.dicomweb.media import (
     AS_STORED,
@@ -277,7 +277,7 @@ def _metadata_json(
         obj = to_json(dataset_pb2.Dataset.FromString(dataset))
         absolute_bulk_data_uris(obj, root)
         objects.append(obj)
-    return tag, json.dumps(objects, separators=(",", ":")).encode()
+    return tag, dicom_json.encode(objects)
 
 
 # -- bulk data -----------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from starlette.routing import Route
 
 from dicomrpc.datasets import from_json, to_json
 from dicomrpc.v1 import dataset_pb2
+from dicomrpc_server.dicomweb import dicom_json
 from dicomrpc_server.dicomweb.context import archive_of, service_root
 from dicomrpc_server.dicomweb.errors import unsupported_media_type, warning_header
 from dicomrpc_server.dicomweb.media import DICOM_JSON, choose_json, negotiated, parse_media_type
@@ -67,8 +68,8 @@ def _headers(outcome: Outcome) -> dict[str, str]:
     return {"Warning": warning_header(message)}
 
 
-def _json_response(body: Any, media_type: str) -> Response:
-    return Response(json.dumps(body, separators=(",", ":")).encode(), media_type=media_type)
+def _json_response(body: list[dict[str, Any]], media_type: str) -> Response:
+    return Response(dicom_json.encode(body), media_type=media_type)
 
 
 # -- request parts -------------------------------------------------------------------------
@@ -221,7 +222,7 @@ async def search_workitems(request: Request) -> Response:
         results = core.search(query)
         if not results:
             return None
-        return json.dumps([to_json(d) for d in results], separators=(",", ":")).encode()
+        return dicom_json.encode([to_json(d) for d in results])
 
     # Matching and writing a page of up to a thousand workitems: off the event loop.
     body = await asyncio.to_thread(page)
