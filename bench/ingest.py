@@ -391,10 +391,13 @@ def _dicomrpc_command() -> list[str]:
 
 
 @contextlib.contextmanager
-def dicomrpc_server(data_dir: Path, log: Path, http_port: int = -1) -> Iterator[tuple[str, int]]:
+def dicomrpc_server(
+    data_dir: Path, log: Path, http_port: int = -1, options: tuple[str, ...] = ()
+) -> Iterator[tuple[str, int]]:
     """Run ``dicomrpc serve`` on ``data_dir`` and a free port; yield (target, pid).
 
-    DICOMweb is off unless ``http_port`` names a port for it.
+    DICOMweb is off unless ``http_port`` names a port for it; ``options`` are more ``serve``
+    options.
     """
     port = free_port()
     command = [
@@ -408,6 +411,7 @@ def dicomrpc_server(data_dir: Path, log: Path, http_port: int = -1) -> Iterator[
         str(port),
         "--http-port",
         str(http_port),
+        *options,
     ]
     with open(log, "wb") as err:
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err, cwd=ROOT)
