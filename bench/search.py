@@ -91,17 +91,13 @@ from dicomrpc import Client
 from dicomrpc.datasets import from_pydicom
 from dicomrpc.v1 import dataset_pb2
 from dicomrpc_server.dicom.attributes import Level
+from dicomrpc_server.paths import bulk_data_path, instance_path
 from dicomrpc_server.query.engine import MAX_LIMIT, SearchCore, SearchRequest
 from dicomrpc_server.query.terms import fold_person_name
 from dicomrpc_server.storage import records_pb2
 from dicomrpc_server.storage.lmdb_index import LmdbIndex
 from dicomrpc_server.storage.protocols import NewInstance
-from dicomrpc_server.store.prepare import (
-    BULK_DATA_THRESHOLD,
-    instance_path,
-    level_subset,
-    prepare,
-)
+from dicomrpc_server.store.prepare import BULK_DATA_THRESHOLD, level_subset, prepare
 
 SECTION = "## Search"
 SEED = 20240601
@@ -342,10 +338,10 @@ def _metadata(ds: Dataset) -> dataset_pb2.Dataset:
     metadata = from_pydicom(
         ds,
         bulk_data_threshold=BULK_DATA_THRESHOLD,
-        bulk_data_uri=lambda tag_path: f"{base}/bulkdata/{tag_path}",
+        bulk_data_uri=lambda tag_path: bulk_data_path(base, tag_path),
     )
     metadata.attributes["7FE00010"].CopyFrom(
-        dataset_pb2.Attribute(vr="OW", bulk_data_uri=f"{base}/bulkdata/7FE00010")
+        dataset_pb2.Attribute(vr="OW", bulk_data_uri=bulk_data_path(base, "7FE00010"))
     )
     return metadata
 
@@ -391,7 +387,7 @@ class SeriesTemplate:
         attributes.CopyFrom(self.instance_attributes)
         attributes.MergeFrom(patch)
         patch.attributes["7FE00010"].CopyFrom(
-            dataset_pb2.Attribute(vr="OW", bulk_data_uri=f"{base}/bulkdata/7FE00010")
+            dataset_pb2.Attribute(vr="OW", bulk_data_uri=bulk_data_path(base, "7FE00010"))
         )
         record = records_pb2.InstanceRecord(
             blob_id=blob_id,

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -115,18 +115,21 @@ class ServerProcess:
 
 def spawn_server(
     data_dir: Path,
-    *args: str,
+    *serve_args: str,
+    prefix: Sequence[str] = (),
     log: IO[bytes] | None = None,
     preexec_fn: Callable[[], None] | None = None,
 ) -> ServerProcess:
-    """A server process on ``data_dir`` with ``args`` (more ``serve`` options).
+    """Start ``dicomrpc serve`` on ``data_dir`` in a child process, with ``serve_args``.
 
+    ``prefix`` runs it under another command, which must exec it (the process is the server);
     ``log`` receives its standard error (discarded by default); ``preexec_fn`` runs in the
     child before the server starts (to lower a resource limit, say).
     """
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     process = subprocess.Popen(
         [
+            *prefix,
             sys.executable,
             "-m",
             "dicomrpc.cli",
@@ -139,7 +142,7 @@ def spawn_server(
             "0",
             "--log-level",
             "WARNING",
-            *args,
+            *serve_args,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL if log is None else log,

@@ -6,10 +6,13 @@ import io
 import warnings
 
 import numpy as np
+from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
 from pydicom.uid import (
     CTImageStorage,
     ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
     SecondaryCaptureImageStorage,
     generate_uid,
 )
@@ -97,3 +100,38 @@ def big_image(study: str, series: str, number: int, side: int, pixels: bytes) ->
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     return ds
+
+
+def nested_instance(
+    depth: int,
+    study: str | None = None,
+    series: str | None = None,
+    *,
+    top: str = "ContentSequence",
+    implicit: bool = False,
+    undefined_length: bool = False,
+    marker: str = "Deep^Leaf",
+) -> bytes:
+    """A CT image whose ``top`` sequence nests ``depth`` levels (ContentSequence below the first),
+    the innermost item holding PatientName ``marker``; ``depth`` 0 puts the name at the top."""
+    ds = dcmread(io.BytesIO(ct_instance(study, series)))
+    if depth:
+        innermost = Dataset()
+        innermost.PatientName = marker
+        item = innermost
+        for level in range(depth, 0, -1):
+            parent = Dataset()
+            keyword = top if level == 1 else "ContentSequence"
+            setattr(parent, keyword, Sequence([item]))
+            if undefined_length:
+                parent[keyword].is_undefined_length = True
+                item.is_undefined_length_sequence_item = True
+            item = parent
+        for element in item:
+            ds.add(element)
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+    out = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()

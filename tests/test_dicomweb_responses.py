@@ -39,7 +39,7 @@ def _quoted_text(header: str) -> str:
 def test_a_multi_line_codec_message_becomes_one_line() -> None:
     message = 'cannot decode:\r\n  gdcm: "bad"\n\tpillow: C:\\path\x00\x1b[0m'
     assert (
-        _quoted_text(warning_header(message)) == 'cannot decode: gdcm: "bad" pillow: C:\\path [0m'
+        _quoted_text(warning_header(message)) == 'cannot decode: gdcm: "bad" pillow: C:\\path??[0m'
     )
 
 

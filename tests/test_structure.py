@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import io
+import tracemalloc
+import zlib
 
 import pytest
 from pydicom.data import get_testdata_file
 
-from dicomrpc_server.dicom.structure import MalformedFileError, scan
+from dicomrpc_server.dicom.structure import (
+    InflatedTooLargeError,
+    MalformedFileError,
+    inflate,
+    scan,
+)
 
 
 def _element_ends(data: bytes) -> set[int]:
@@ -69,3 +76,50 @@ def test_64_bit_integers_have_a_4_byte_length_in_explicit_vr() -> None:
     found = scan(io.BytesIO(data), len(data))
     assert found.pixel_data is not None
     assert data[found.pixel_data.value_offset :] == ds.PixelData
+
+
+class _Sink:
+    """A file that counts what is written to it and keeps none of it."""
+
+    def __init__(self) -> None:
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.size += len(data)
+        return len(data)
+
+
+def _deflated_zeros(size: int) -> bytes:
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    zeros = bytes(1 << 20)
+    parts = [deflater.compress(zeros) for _ in range(size >> 20)]
+    return b"".join([*parts, deflater.flush()])
+
+
+def test_inflating_stops_at_the_limit_holding_one_chunk() -> None:
+    stream = _deflated_zeros(256 << 20)  # 256 KB that inflate to 256 MiB
+    sink = _Sink()
+    tracemalloc.start()
+    try:
+        with pytest.raises(InflatedTooLargeError) as caught:
+            inflate(io.BytesIO(stream), sink, 8 << 20)  # type: ignore[arg-type]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert sink.size <= 8 << 20
+    assert peak < 2 << 20  # a chunk in, a chunk out, whatever the inflated size
+    assert caught.value.reason == "INSTANCE_TOO_LARGE" and caught.value.dicom_status == 272
+    assert "inflates to more than 8388608 bytes" in caught.value.message
+    assert caught.value.metadata["limit"] == str(8 << 20)
+
+
+def test_inflating_within_the_limit_gives_every_byte() -> None:
+    data = bytes(range(256)) * 5000
+    deflater = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+    stream = deflater.compress(data) + deflater.flush()
+    out = io.BytesIO()
+    assert inflate(io.BytesIO(stream + b"\x00"), out, len(data)) == len(data)
+    assert out.getvalue() == data
+    with pytest.raises(MalformedFileError) as caught:
+        inflate(io.BytesIO(stream[:-10]), io.BytesIO(), len(data))
+    assert caught.value.reason == "INSTANCE_TRUNCATED"

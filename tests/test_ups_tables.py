@@ -20,8 +20,9 @@ from dicomrpc_server.ups.requirements import (
     Rule,
     check,
     final_state_missing,
+    uid_violations,
 )
-from tests.upsgen import code, workitem
+from tests.upsgen import code, dataset, tag, workitem
 
 
 def _rows(rows: tuple[Row, ...]) -> list[Row]:
@@ -90,3 +91,32 @@ def test_one_workitem_matches_as_the_index_would() -> None:
     assert matcher.match(state, False) == {b"1.2.3"}
     assert state.attribute.level is Level.WORKITEM
     assert match_terms({"PatientID": ""}) == []  # universal matching
+
+
+def test_every_uid_of_a_workitem_must_be_a_safe_key_at_any_depth() -> None:
+    assert uid_violations(from_json(workitem(StudyInstanceUID="1.2.03"))) == []  # lenient
+    ds = from_json(
+        workitem(
+            SOPInstanceUID="1.2/3",
+            InputInformationSequence=[dataset(ReferencedSOPInstanceUID=["1.2", "..", ""])],
+        )
+    )
+    ds.attributes["not a tag"].vr = "UI"  # a message built by hand keys with anything
+    ds.attributes["not a tag"].strings.values.append("1.2#3")
+    fields = [v.field for v in uid_violations(ds)]
+    assert fields == [
+        "SOPInstanceUID",
+        "InputInformationSequence[0].ReferencedSOPInstanceUID",
+        "not a tag",
+    ]
+
+
+def test_a_workitem_holds_only_dicom_attributes() -> None:
+    ds = from_json(workitem(InputInformationSequence=[dataset(ReferencedSOPInstanceUID="1.2")]))
+    ds.attributes["zz"].vr = "LO"
+    item = ds.attributes[tag("InputInformationSequence")].sequence.items[0]
+    item.attributes["00100010"].vr = "XX"
+    fields = {v.field: v.description for v in uid_violations(ds)}
+    assert set(fields) == {"InputInformationSequence[0].PatientName", "zz"}
+    assert "8 hexadecimal digits" in fields["zz"]
+    assert "'XX'" in fields["InputInformationSequence[0].PatientName"]

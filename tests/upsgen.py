@@ -96,3 +96,12 @@ def discontinued() -> dict[str, Any]:
         ],
     )
     return dataset(ProcedureStepProgressInformationSequence=[item])
+
+
+def nested_items(depth: int, marker: str = "deep") -> list[dict[str, Any]]:
+    """The items of a top-level sequence nesting ``depth`` levels in all (the top one included):
+    ContentSequence below it, the innermost item holding a TextValue ``marker``."""
+    item: dict[str, Any] = dataset(TextValue=marker)
+    for _ in range(depth - 1):
+        item = dataset(ContentSequence=[item])
+    return [item]

@@ -36,9 +36,13 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the archive server")
-    from dicomrpc_server.config import add_serve_arguments
+    from dicomrpc_server.config import add_rebuild_arguments, add_serve_arguments
 
     add_serve_arguments(serve)
+    rebuild = sub.add_parser(
+        "rebuild-index", help="rebuild a data folder's index from its instance files"
+    )
+    add_rebuild_arguments(rebuild)
 
     store = sub.add_parser("store", help="store DICOM files and folders (recursive)")
     store.add_argument("paths", nargs="+", help="files or folders")
@@ -410,6 +414,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from dicomrpc_server.main import run
 
         return run(args)
+    if args.command == "rebuild-index":
+        from dicomrpc_server.rebuild import run as rebuild
+
+        return rebuild(args)
     commands = {
         "store": store_command,
         "retrieve": retrieve_command,

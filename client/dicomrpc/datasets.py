@@ -38,6 +38,11 @@ JSON the message cannot carry raises `ValueError` naming the attribute: ``null``
 integers or as a sequence item, integers in DS/IS/FL/FD that a double cannot hold exactly,
 booleans, objects where values belong, and keys other than ``vr``/``Value``/``InlineBinary``/
 ``BulkDataURI``.
+
+Nesting has a ceiling: a data set whose sequences nest more than `MAX_SEQUENCE_DEPTH` levels
+deep cannot be read back from the wire (see there), so the conversions into a message refuse it
+with `NestingTooDeep` (a `ValueError`) instead of building a message no reader can parse;
+``max_depth`` lowers the limit.
 """
 
 from __future__ import annotations
@@ -58,9 +63,13 @@ if TYPE_CHECKING:
 # here: a program that only stores, searches or retrieves, the CLI first, starts without it.
 
 __all__ = [
+    "MAX_SEQUENCE_DEPTH",
+    "NestingTooDeep",
+    "check_sequence_depth",
     "from_json",
     "from_json_text",
     "from_pydicom",
+    "parse_json",
     "to_json",
     "to_json_text",
     "to_pydicom",
@@ -83,15 +92,93 @@ _Step = tuple[int, int]
 _TextNumber = tuple[tuple[_Step, ...], int, str, str]
 
 
+# The deepest sequence nesting a ``Dataset`` message can carry through every message of the API.
+# Protobuf parsers (upb under Python, C++, Java) refuse a message nested more than 100 messages
+# deep. A data set costs one level, and each sequence level four more (the attributes map
+# entry, the Attribute, its SequenceItems, the item's Dataset); an attribute of the innermost
+# item costs up to four (map entry, Attribute, PersonNameValues, PersonName); one message wraps
+# the data set in every response, event and index record (RetrieveMetadataResponse, a search
+# response, SubscribeWorkitemsResponse, StudyRecord, ...). 23 levels parse everywhere, 24 do
+# not (tests/test_nesting.py measures it). Python's json module and pydicom read far deeper.
+MAX_SEQUENCE_DEPTH = 23
+
+
 class _LocatedError(ValueError):
     """A conversion error whose message already names the attribute."""
+
+
+class NestingTooDeep(_LocatedError):
+    """A data set whose sequences nest deeper than a limit.
+
+    Attributes
+    ----------
+    path : str
+        The tag path of the first sequence past the limit, ``"0040A730.0.0040A730"`` (sequence
+        tag, item index, and so on), as bulk data paths are written.
+    tag : str
+        That sequence's tag (8 hexadecimal digits).
+    limit : int
+        The most sequence levels allowed.
+    """
+
+    def __init__(self, path: str, limit: int) -> None:
+        self.path = path
+        self.tag = path.rsplit(".", 1)[-1]
+        self.limit = limit
+        super().__init__(
+            f"{path}: sequences nest more than {limit} levels deep"
+            + (
+                f" ({MAX_SEQUENCE_DEPTH}, the most a Dataset message can carry)"
+                if limit == MAX_SEQUENCE_DEPTH
+                else ""
+            )
+        )
+
+
+def check_sequence_depth(ds: dataset_pb2.Dataset, limit: int = MAX_SEQUENCE_DEPTH) -> None:
+    """Raise `NestingTooDeep` when a sequence of `ds` lies more than `limit` levels deep.
+
+    A top-level SQ attribute (with items or not) is level 1, an SQ in one of its items level 2,
+    and so on. The walk is iterative, so any message that was parsed can be checked.
+
+    Parameters
+    ----------
+    ds : dataset_pb2.Dataset
+        The data set.
+    limit : int, optional
+        The most sequence levels allowed.
+
+    Raises
+    ------
+    NestingTooDeep
+        Naming the first sequence (in tag order) past the limit.
+    """
+    stack: list[tuple[dataset_pb2.Dataset, int, str]] = [(ds, 0, "")]
+    while stack:
+        current, level, prefix = stack.pop()
+        nested = []
+        for tag, attr in sorted(current.attributes.items()):
+            if attr.vr != "SQ" and attr.WhichOneof("value") != "sequence":
+                continue
+            if level >= limit:
+                raise NestingTooDeep(f"{prefix}{tag}", limit)
+            nested.append((tag, attr))
+        # Pushed in reverse: the items are walked in tag order, as the data set is written.
+        for tag, attr in reversed(nested):
+            items = attr.sequence.items
+            stack.extend(
+                (items[index], level + 1, f"{prefix}{tag}.{index}.")
+                for index in reversed(range(len(items)))
+            )
 
 
 # --------------------------------------------------------------------------------------------
 # DICOM JSON -> message
 
 
-def from_json(obj: Mapping[str, Any]) -> dataset_pb2.Dataset:
+def from_json(
+    obj: Mapping[str, Any], *, max_depth: int = MAX_SEQUENCE_DEPTH
+) -> dataset_pb2.Dataset:
     """Convert a DICOM JSON data set to a ``Dataset`` message.
 
     Parameters
@@ -100,6 +187,9 @@ def from_json(obj: Mapping[str, Any]) -> dataset_pb2.Dataset:
         A data set in the DICOM JSON model, as produced by ``json.loads`` or by pydicom's
         ``Dataset.to_json_dict()``: tags of 8 upper-case hexadecimal digits mapped to objects
         with ``"vr"`` and at most one of ``"Value"``, ``"InlineBinary"`` and ``"BulkDataURI"``.
+    max_depth : int, optional
+        The most sequence levels `obj` may nest (see `check_sequence_depth`); the default is
+        the most a message can carry.
 
     Returns
     -------
@@ -112,19 +202,54 @@ def from_json(obj: Mapping[str, Any]) -> dataset_pb2.Dataset:
     ValueError
         If `obj` is not valid DICOM JSON or holds a value the message cannot carry exactly; the
         message names the attribute, as a tag path such as ``"00540016.0.00181072"``.
+        `NestingTooDeep` when its sequences nest deeper than `max_depth`.
     """
     message = dataset_pb2.Dataset()
-    _dataset_from_json(message, obj, "")
+    _dataset_from_json(message, obj, "", 0, max_depth)
     return message
 
 
-def from_json_text(text: str | bytes) -> dataset_pb2.Dataset:
+def parse_json(text: str | bytes) -> Any:
+    """``json.loads``, with JSON nested too deeply for Python's parser refused as `ValueError`.
+
+    Python's ``json`` module raises `RecursionError` for arrays and objects nested some
+    thousand levels deep; no data set a message can carry nests a tenth as deep.
+
+    Parameters
+    ----------
+    text : str or bytes
+        JSON text.
+
+    Returns
+    -------
+    Any
+        The parsed value.
+
+    Raises
+    ------
+    ValueError
+        If `text` is not JSON (`json.JSONDecodeError`) or nests too deeply to parse.
+    """
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError(
+            "the JSON nests arrays and objects too deeply to be read (a data set may nest at "
+            f"most {MAX_SEQUENCE_DEPTH} sequence levels)"
+        ) from None
+
+
+def from_json_text(
+    text: str | bytes, *, max_depth: int = MAX_SEQUENCE_DEPTH
+) -> dataset_pb2.Dataset:
     """Parse DICOM JSON text and convert it with `from_json`.
 
     Parameters
     ----------
     text : str or bytes
         A DICOM JSON data set (one JSON object).
+    max_depth : int, optional
+        The most sequence levels it may nest, as for `from_json`.
 
     Returns
     -------
@@ -134,16 +259,18 @@ def from_json_text(text: str | bytes) -> dataset_pb2.Dataset:
     Raises
     ------
     ValueError
-        If `text` is not JSON (`json.JSONDecodeError` is a `ValueError`), not an object, or not
-        valid DICOM JSON.
+        If `text` is not JSON (`json.JSONDecodeError` is a `ValueError`), nests too deeply to
+        parse (see `parse_json`), is not an object, or is not valid DICOM JSON.
     """
-    obj = json.loads(text)
+    obj = parse_json(text)
     if not isinstance(obj, dict):
         raise ValueError(f"a DICOM JSON data set is a JSON object, not {type(obj).__name__}")
-    return from_json(obj)
+    return from_json(obj, max_depth=max_depth)
 
 
-def _dataset_from_json(target: dataset_pb2.Dataset, obj: Any, prefix: str) -> None:
+def _dataset_from_json(
+    target: dataset_pb2.Dataset, obj: Any, prefix: str, level: int, limit: int
+) -> None:
     if not isinstance(obj, Mapping):
         where = prefix.rstrip(".") or "data set"
         raise _LocatedError(f"{where}: a data set is a JSON object, not {type(obj).__name__}")
@@ -153,22 +280,30 @@ def _dataset_from_json(target: dataset_pb2.Dataset, obj: Any, prefix: str) -> No
             raise _LocatedError(f"{prefix}{tag!r}: a tag is 8 upper-case hexadecimal digits")
         if not isinstance(element, Mapping):
             raise _LocatedError(f"{prefix}{tag}: an attribute is a JSON object")
-        _attribute_from_json(attributes[tag], element, prefix, tag)
+        _attribute_from_json(attributes[tag], element, prefix, tag, level, limit)
 
 
 def _attribute_from_json(
-    attr: dataset_pb2.Attribute, element: Mapping[str, Any], prefix: str, tag: str
+    attr: dataset_pb2.Attribute,
+    element: Mapping[str, Any],
+    prefix: str,
+    tag: str,
+    level: int = 0,
+    limit: int = MAX_SEQUENCE_DEPTH,
 ) -> None:
+    # `level`: how many sequences enclose the data set holding the attribute.
     vr = element.get("vr")
     if not isinstance(vr, str):
         raise _LocatedError(f"{prefix}{tag}: missing or invalid 'vr'")
+    if vr == "SQ" and level >= limit:
+        raise NestingTooDeep(f"{prefix}{tag}", limit)
     attr.vr = vr
     try:
         if len(element) == 1:
             return
         if len(element) == 2:
             if "Value" in element:
-                _values_from_json(attr, vr, element["Value"], prefix, tag)
+                _values_from_json(attr, vr, element["Value"], prefix, tag, level, limit)
                 return
             if "InlineBinary" in element:
                 text = _single_text(element["InlineBinary"])
@@ -197,7 +332,13 @@ def _single_text(value: Any) -> str:
 
 
 def _values_from_json(
-    attr: dataset_pb2.Attribute, vr: str, values: Any, prefix: str, tag: str
+    attr: dataset_pb2.Attribute,
+    vr: str,
+    values: Any,
+    prefix: str,
+    tag: str,
+    level: int,
+    limit: int,
 ) -> None:
     if not isinstance(values, list | tuple):
         raise ValueError(f"'Value' is a JSON array, not {type(values).__name__}")
@@ -215,7 +356,7 @@ def _values_from_json(
         items = sequence.items
         base = f"{prefix}{tag}."
         for index, item in enumerate(values):
-            _dataset_from_json(items.add(), item, f"{base}{index}.")
+            _dataset_from_json(items.add(), item, f"{base}{index}.", level + 1, limit)
     elif vr == "UV":
         _integers_from_json(attr.unsigned_integers, values, text_allowed=True)
     elif all(value is None or isinstance(value, str) for value in values):
@@ -438,6 +579,7 @@ def from_pydicom(
     *,
     bulk_data_threshold: int = 1024,
     bulk_data_uri: Callable[[str], str] | None = None,
+    max_depth: int = MAX_SEQUENCE_DEPTH,
 ) -> dataset_pb2.Dataset:
     """Convert a pydicom data set to a ``Dataset`` message.
 
@@ -473,6 +615,10 @@ def from_pydicom(
         ``"00540016.0.00181072"`` (sequence tag, item index, tag, and so on) in sequence items,
         and returns its bulk data URI. Without it every binary value is carried inline,
         whatever its size.
+    max_depth : int, optional
+        The most sequence levels `ds` may nest (see `check_sequence_depth`); the default is the
+        most a message can carry. Sequences are converted level by level and the limit is
+        checked before a level is read, so pydicom never parses far past it.
 
     Returns
     -------
@@ -483,7 +629,8 @@ def from_pydicom(
     ------
     ValueError
         If pydicom cannot decode or convert an element (other than the DS/IS case above); the
-        message names its tag path.
+        message names its tag path. `NestingTooDeep` when the sequences nest deeper than
+        `max_depth` (or so deep that pydicom's recursive reader gives up).
     """
     from dicomrpc import rawvalues
 
@@ -493,7 +640,7 @@ def from_pydicom(
     # which lets pydicom skip the base64 encoding that would only be decoded again here.
     threshold = bulk_data_threshold if bulk_data_uri is not None else 0
     shortcuts = rawvalues.shortcuts_apply()
-    _dataset_from_pydicom(message, ds, threshold, bulk_data_uri, "", shortcuts)
+    _dataset_from_pydicom(message, ds, threshold, bulk_data_uri, "", shortcuts, 0, max_depth)
     return message
 
 
@@ -508,6 +655,8 @@ def _dataset_from_pydicom(
     bulk_data_uri: Callable[[str], str] | None,
     prefix: str,
     shortcuts: bool,
+    level: int,
+    limit: int,
 ) -> None:
     from pydicom.dataelem import RawDataElement
 
@@ -540,10 +689,14 @@ def _dataset_from_pydicom(
         except Exception as exc:
             if isinstance(exc, Warning):  # a pydicom warning turned into an error by a filter
                 raise
+            if isinstance(exc, RecursionError):  # sequences nested hundreds of levels deep
+                raise NestingTooDeep(f"{prefix}{tag}", limit) from exc
             raise _LocatedError(f"{prefix}{tag}: pydicom cannot decode the element: {exc}") from exc
         attr = attributes[tag]
         vr = element.VR
         if vr == "SQ":
+            if level >= limit:
+                raise NestingTooDeep(f"{prefix}{tag}", limit)
             attr.vr = vr
             sequence = attr.sequence
             sequence.SetInParent()
@@ -551,7 +704,14 @@ def _dataset_from_pydicom(
             base = f"{prefix}{tag}."
             for index, item in enumerate(element.value):
                 _dataset_from_pydicom(
-                    items.add(), item, threshold, bulk_data_uri, f"{base}{index}.", shortcuts
+                    items.add(),
+                    item,
+                    threshold,
+                    bulk_data_uri,
+                    f"{base}{index}.",
+                    shortcuts,
+                    level + 1,
+                    limit,
                 )
             continue
         try:
@@ -574,7 +734,7 @@ def _dataset_from_pydicom(
                     f"{prefix}{tag} ({vr}): binary value is {type(value).__name__}"
                 ) from exc
         else:
-            _attribute_from_json(attr, obj, prefix, tag)
+            _attribute_from_json(attr, obj, prefix, tag)  # never an SQ: those are walked above
 
 
 def _attribute_from_raw(
@@ -737,7 +897,13 @@ def _unresolved_bulk_data(tag: str, vr: str, uri: str) -> Any:
 
 
 def keyword(tag: str) -> str:
-    """The DICOM keyword of ``tag`` (8 hexadecimal digits), or "" for one the dictionary lacks."""
+    """The DICOM keyword of ``tag`` (8 hexadecimal digits), or "" for one the dictionary lacks.
+
+    A string that is not a tag (a ``Dataset`` message built by hand may key an attribute with
+    anything) has no keyword either.
+    """
     from pydicom.datadict import keyword_for_tag
 
+    if re.fullmatch(r"[0-9A-Fa-f]{8}", tag) is None:
+        return ""
     return str(keyword_for_tag(int(tag, 16)))

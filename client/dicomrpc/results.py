@@ -35,8 +35,8 @@ class InstanceResult:
     """What became of one instance of a store.
 
     ``outcome`` is ``"stored"``, ``"stored_with_warnings"`` or ``"failed"``; a failure has its
-    DICOM ``failure_reason`` (272, 43264, 43265, 45070, 45071), its stable
-    ``failure_reason_name`` and a ``failure_message``.
+    DICOM ``failure_reason`` (272, 43264, 43265, 45070, 45071, or 0xA700 when the archive's
+    storage is full), its stable ``failure_reason_name`` and a ``failure_message``.
     """
 
     index: int

@@ -1,4 +1,4 @@
-"""The archive: storage opened, crash leftovers swept, core services built.
+"""The archive: the data folder locked, storage opened and checked, core services built.
 
 This is the composition root both adapters (gRPC and DICOMweb) are given; it holds no rules of
 its own.
@@ -15,63 +15,101 @@ from dicomrpc_server.query.engine import SearchCore
 from dicomrpc_server.query.reindexing import ExtendedQueryTags
 from dicomrpc_server.retrieve.service import RetrieveCore
 from dicomrpc_server.storage.blobs import LocalBlobStore
+from dicomrpc_server.storage.folder_lock import DataFolderLock
 from dicomrpc_server.storage.lmdb_index import LmdbIndex
+from dicomrpc_server.storage.recovery import (
+    INDEX_DIR,
+    Listing,
+    RecoveryReport,
+    check_before_open,
+    recover,
+)
 from dicomrpc_server.store.ingest import StoreCore
 from dicomrpc_server.ups.service import WorkitemCore
-from dicomrpc_server.workers import WorkerPool
+from dicomrpc_server.workers import CODEC_MODULES, PARSE_MODULES, WorkerPool
 
 log = logging.getLogger(__name__)
 
 
 class Archive:
-    """Opens the storage in ``settings.data_dir`` and builds the core services."""
+    """Opens the storage in ``settings.data_dir`` and builds the core services.
 
-    def __init__(self, settings: Settings) -> None:
+    The data folder is locked for the archive's lifetime (one owner: see
+    :mod:`~dicomrpc_server.storage.folder_lock`) and checked against its index before anything
+    is served (:mod:`~dicomrpc_server.storage.recovery`).
+
+    Parameters
+    ----------
+    settings
+        The settings; ``data_dir`` is created when missing.
+    holder
+        What opens the folder, named to a second process that tries to.
+
+    Raises
+    ------
+    StartupError
+        When the folder is in use, or its index is missing, behind its files or being rebuilt.
+    """
+
+    def __init__(self, settings: Settings, holder: str = "dicomrpc serve") -> None:
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        self.blobs = LocalBlobStore(settings.data_dir)
-        self.index = LmdbIndex(
-            settings.data_dir / "index",
-            map_size=settings.lmdb_map_size,
-            max_readers=settings.lmdb_max_readers,
-            max_batch=settings.commit_batch,
-            before_commit=self.blobs.sync,
+        self.lock = DataFolderLock(settings.data_dir, holder)
+        try:
+            self.blobs = LocalBlobStore(settings.data_dir)
+            listing = Listing.of(self.blobs)
+            check_before_open(settings.data_dir, listing)
+            self.index = LmdbIndex(
+                settings.data_dir / INDEX_DIR,
+                map_size=settings.lmdb_map_size,
+                max_readers=settings.lmdb_max_readers,
+                max_batch=settings.commit_batch,
+                before_commit=self.blobs.sync,
+            )
+            try:
+                self.recovery: RecoveryReport = recover(
+                    settings.data_dir,
+                    self.blobs,
+                    self.index,
+                    listing,
+                    quarantine_unindexed=settings.quarantine_unindexed,
+                )
+            except BaseException:
+                self.index.close()
+                raise
+        except BaseException:
+            self.lock.release()
+            raise
+        # Two pools, so that a slow decode (a large or forged frame) never delays a store.
+        self.parse_workers = WorkerPool(settings.workers, name="parse", modules=PARSE_MODULES)
+        self.codec_workers = WorkerPool(
+            settings.codec_workers,
+            name="codec",
+            timeout_s=settings.codec_timeout_s,
+            memory_limit=settings.codec_memory_limit,
+            modules=CODEC_MODULES,
+            lazy=True,
         )
-        self.recover()
-        self.workers = WorkerPool(settings.workers)
-        self.store = StoreCore(settings, self.blobs, self.index, self.workers)
+        self.store = StoreCore(settings, self.blobs, self.index, self.parse_workers)
         self.search = SearchCore(self.index)
         self.query_tags = ExtendedQueryTags(self.index)
         self.delete = DeleteCore(self.index, self.blobs)
         self.feed = ChangeFeed(self.index)
-        self.workitems = WorkitemCore(self.index, settings.subscriber_queue)
+        self.workitems = WorkitemCore(
+            self.index, settings.subscriber_queue, settings.max_sequence_depth
+        )
         self.retrieve = RetrieveCore(
             self.index,
             self.blobs,
             settings.chunk_bytes,
-            self.workers,
+            self.codec_workers,
             settings.max_frames_per_request,
+            settings.max_frame_pixels,
         )
 
-    def recover(self) -> tuple[int, int]:
-        """Remove what a crash left: unfinished uploads, and files the index does not reference.
-
-        Returns the number of uploads and orphan files removed.
-        """
-        uploads = self.blobs.clear_uploads()
-        referenced = self.index.blob_ids()
-        orphans = 0
-        for blob_id in list(self.blobs.blob_ids()):
-            if blob_id not in referenced:
-                self.blobs.delete(blob_id)
-                orphans += 1
-        if uploads or orphans:
-            log.warning(
-                "recovery removed %d unfinished uploads and %d orphan files", uploads, orphans
-            )
-        return uploads, orphans
-
     def close(self) -> None:
-        """Let queued work finish, then close the index."""
-        self.workers.shutdown()
+        """Let queued work finish, close the index, then let another process have the folder."""
+        self.parse_workers.shutdown()
+        self.codec_workers.shutdown()
         self.index.close()
+        self.lock.release()

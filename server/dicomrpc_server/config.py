@@ -8,6 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from dicomrpc.datasets import MAX_SEQUENCE_DEPTH
+
 KIB = 1024
 MIB = 1024 * KIB
 GIB = 1024 * MIB
@@ -45,14 +47,44 @@ class Settings:
     commit_batch
         The most write operations the index writer groups into one commit.
     shutdown_grace_s
-        How long a graceful shutdown lets in-flight calls finish.
+        How long a graceful shutdown lets in-flight calls finish; calls still running then are
+        cancelled, and what they were storing is removed.
     subscriber_queue
         The most workitem events a subscriber may have waiting; one that falls further behind
         is ended (it resumes with ``since``), so a stalled subscriber never holds up the server.
     workers
-        Processes that parse received instances and decode or encode pixel data (transcoding,
-        rendering). One keeps the other core of a small machine for receiving, sending and
-        committing; more pay off with more cores.
+        Processes that parse received instances. They do nothing else, so a store never waits
+        behind a decode; one is enough for a small machine, more pay off with more cores.
+    codec_workers
+        Processes that decode and encode pixel data (transcoding, rendering, decoded frames)
+        and locate bulk data: a pool of their own, so that a slow decode delays other decodes
+        but never a store.
+    codec_timeout_s
+        The longest one codec job (one transcoding, rendering or set of decoded frames) may
+        run; past it the worker process is killed and replaced, and the caller is answered
+        RESOURCE_EXHAUSTED (``LIMIT_EXCEEDED``). A forged codestream can keep a codec busy
+        for minutes on a few kilobytes. Transcoding a whole instance is one job: very large
+        multi-frame instances may need more.
+    max_frame_pixels
+        The most pixels (Rows x Columns) one frame may have. A larger frame is refused at
+        store (43264) and never decoded; the default (2^28, 16384 x 16384) leaves room for
+        whole-slide tiles and large mammograms.
+    codec_memory_bytes
+        The data (heap) size limit of each codec worker process (``RLIMIT_DATA``), a backstop
+        for a codec that allocates what its input declares: past it the job fails with
+        RESOURCE_EXHAUSTED instead of exhausting the machine. 0 derives it from
+        ``max_frame_pixels``: 16 bytes per pixel (four samples of 32 bits, what a JPEG 2000
+        decoder holds) plus 1 GiB for the interpreter and the codecs; -1 sets no limit.
+    max_sequence_depth
+        The most levels sequences may nest in a stored instance or a workitem (a top-level
+        sequence is level 1); deeper ones are refused. The default leaves room below
+        ``dicomrpc.datasets.MAX_SEQUENCE_DEPTH`` (23), the most every read path can carry
+        (protobuf parsers stop at 100 nested messages), for API messages that wrap data sets
+        further; more than that ceiling is refused at start-up.
+    quarantine_unindexed
+        At start-up, move instance files the index does not name (the index is older than the
+        files) to ``<data>/quarantine/`` and serve without them, instead of refusing to start.
+        Off by default: ``dicomrpc rebuild-index`` indexes them instead.
     http_max_connections
         The most HTTP connections served at once. One over it is answered 503 and closed; the
         gateway lowers it at start-up to what the descriptor limit leaves (see the README's
@@ -90,6 +122,12 @@ class Settings:
     shutdown_grace_s: float = 30.0
     subscriber_queue: int = 1024
     workers: int = 1
+    max_sequence_depth: int = 16
+    quarantine_unindexed: bool = False
+    codec_workers: int = 1
+    codec_timeout_s: float = 120.0
+    max_frame_pixels: int = 1 << 28
+    codec_memory_bytes: int = 0
     http_max_connections: int = 1000
     http_header_timeout_s: float = 10.0
     http_body_timeout_s: float = 30.0
@@ -97,6 +135,15 @@ class Settings:
     http_max_header_bytes: int = 64 * KIB
     http_max_url_bytes: int = 16 * KIB
     http_max_stow_parts: int = 10_000
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_sequence_depth <= MAX_SEQUENCE_DEPTH:
+            raise ValueError(
+                f"max_sequence_depth (--max-sequence-depth, DICOMRPC_MAX_SEQUENCE_DEPTH) is "
+                f"{self.max_sequence_depth}; it must be 1 to {MAX_SEQUENCE_DEPTH}: deeper data "
+                "sets could be stored but not read back (protobuf parsers stop at 100 nested "
+                "messages)"
+            )
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -113,6 +160,13 @@ class Settings:
             "DICOMRPC_LMDB_MAP_SIZE": ("lmdb_map_size", int),
             "DICOMRPC_MAX_FRAMES_PER_REQUEST": ("max_frames_per_request", int),
             "DICOMRPC_WORKERS": ("workers", int),
+            "DICOMRPC_SHUTDOWN_GRACE_S": ("shutdown_grace_s", float),
+            "DICOMRPC_MAX_SEQUENCE_DEPTH": ("max_sequence_depth", int),
+            "DICOMRPC_QUARANTINE_UNINDEXED": ("quarantine_unindexed", parse_flag),
+            "DICOMRPC_CODEC_WORKERS": ("codec_workers", int),
+            "DICOMRPC_CODEC_TIMEOUT_S": ("codec_timeout_s", float),
+            "DICOMRPC_MAX_FRAME_PIXELS": ("max_frame_pixels", int),
+            "DICOMRPC_CODEC_MEMORY_BYTES": ("codec_memory_bytes", int),
             "DICOMRPC_HTTP_MAX_CONNECTIONS": ("http_max_connections", positive_int),
             "DICOMRPC_HTTP_HEADER_TIMEOUT": ("http_header_timeout_s", positive_float),
             "DICOMRPC_HTTP_BODY_TIMEOUT": ("http_body_timeout_s", positive_float),
@@ -130,10 +184,29 @@ class Settings:
         env.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**env)  # type: ignore[arg-type]
 
+    @property
+    def codec_memory_limit(self) -> int | None:
+        """The data size limit of a codec worker in bytes, or ``None`` for no limit."""
+        if self.codec_memory_bytes < 0:
+            return None
+        if self.codec_memory_bytes == 0:
+            return 16 * self.max_frame_pixels + GIB
+        return self.codec_memory_bytes
+
 
 def split_origins(text: str) -> tuple[str, ...]:
     """The origins of a comma-separated list (``DICOMRPC_CORS_ORIGINS``, ``--cors-origins``)."""
     return tuple(origin.strip() for origin in text.split(",") if origin.strip())
+
+
+def parse_flag(text: str) -> bool:
+    """A yes/no environment variable: 1, true, yes or on (any case) is yes; 0, false, no, off."""
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{text!r} is not a yes/no value (use 1 or 0)")
 
 
 def positive_int(text: str) -> int:
@@ -197,7 +270,48 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--workers",
         type=int,
-        help="processes that parse, transcode and render (env DICOMRPC_WORKERS, 1)",
+        help="processes that parse received instances (env DICOMRPC_WORKERS, 1)",
+    )
+    parser.add_argument(
+        "--codec-workers",
+        type=int,
+        help="processes that decode, transcode and render (env DICOMRPC_CODEC_WORKERS, 1)",
+    )
+    parser.add_argument(
+        "--codec-timeout-s",
+        type=float,
+        help="longest one decode, transcode or render may run, in seconds "
+        "(env DICOMRPC_CODEC_TIMEOUT_S, 120)",
+    )
+    parser.add_argument(
+        "--max-frame-pixels",
+        type=int,
+        help="most pixels (Rows x Columns) of one frame (env DICOMRPC_MAX_FRAME_PIXELS, 2^28)",
+    )
+    parser.add_argument(
+        "--codec-memory-bytes",
+        type=int,
+        help="data size limit of each codec worker; 0 derives it from --max-frame-pixels, "
+        "-1 sets none (env DICOMRPC_CODEC_MEMORY_BYTES, 0)",
+    )
+    parser.add_argument(
+        "--shutdown-grace",
+        type=float,
+        help="seconds a shutdown lets in-flight calls finish before cancelling them "
+        "(env DICOMRPC_SHUTDOWN_GRACE_S, 30)",
+    )
+    parser.add_argument(
+        "--max-sequence-depth",
+        type=int,
+        help=f"most levels sequences may nest in a stored instance or workitem, 1 to "
+        f"{MAX_SEQUENCE_DEPTH} (env DICOMRPC_MAX_SEQUENCE_DEPTH, 16)",
+    )
+    parser.add_argument(
+        "--quarantine-unindexed",
+        action="store_true",
+        default=None,
+        help="move instance files the index does not name to <data>/quarantine/ and start, "
+        "instead of refusing to (env DICOMRPC_QUARANTINE_UNINDEXED=1)",
     )
     limits = parser.add_argument_group("HTTP limits (see the README's Limits)")
     limits.add_argument(
@@ -241,3 +355,15 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "(env DICOMRPC_HTTP_MAX_STOW_PARTS, 10000)",
     )
     parser.add_argument("--log-level", default="INFO", help="logging level (INFO)")
+
+
+def add_rebuild_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``rebuild-index`` options."""
+    parser.add_argument("--data", type=Path, help="data directory (env DICOMRPC_DATA, ./data)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="processes that parse the files (one per core)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--log-level", default="WARNING", help="logging level (WARNING)")

@@ -113,3 +113,24 @@ def limit_exceeded(
     """
     metadata = {"limit": limit, "value": str(value), **details}
     return ServiceError(code, "LIMIT_EXCEEDED", message, metadata=metadata)
+
+
+class StartupError(Exception):
+    """The archive cannot be opened or served: the message says what was found and what to do.
+
+    Raised at start-up only (a data folder in use, an index missing or behind its files, a port
+    taken); ``dicomrpc serve`` prints the message and exits without serving.
+
+    Parameters
+    ----------
+    reason
+        A stable UPPER_SNAKE name: ``DATA_FOLDER_IN_USE``, ``INDEX_MISSING``,
+        ``UNINDEXED_FILES``, ``REBUILD_UNFINISHED``, ``PORT_IN_USE`` or ``PORT_UNAVAILABLE``.
+    message
+        Sentences for the operator, naming the folder, file counts or port at fault.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message

@@ -14,6 +14,7 @@ from dicomrpc_server.config import Settings
 from dicomrpc_server.dicomweb.connections import raise_descriptor_limit
 from dicomrpc_server.dicomweb.context import PREFIX
 from dicomrpc_server.dicomweb.server import HttpServer
+from dicomrpc_server.errors import StartupError
 from dicomrpc_server.grpc.server import GrpcServer
 
 log = logging.getLogger("dicomrpc.server")
@@ -31,6 +32,13 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         cors_origins=args.cors_origins,
         max_instance_bytes=args.max_instance_bytes,
         workers=args.workers,
+        shutdown_grace_s=args.shutdown_grace,
+        max_sequence_depth=args.max_sequence_depth,
+        quarantine_unindexed=args.quarantine_unindexed,
+        codec_workers=args.codec_workers,
+        codec_timeout_s=args.codec_timeout_s,
+        max_frame_pixels=args.max_frame_pixels,
+        codec_memory_bytes=args.codec_memory_bytes,
         http_max_connections=args.http_max_connections,
         http_header_timeout_s=args.http_header_timeout,
         http_body_timeout_s=args.http_body_timeout,
@@ -42,7 +50,13 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 async def serve(settings: Settings) -> None:
-    """Serve until a signal asks to stop, then shut down gracefully."""
+    """Serve until a signal asks to stop, then shut down gracefully.
+
+    Raises
+    ------
+    StartupError
+        When the archive cannot be opened or a port cannot be bound (nothing is served).
+    """
     # Connections and files share the process's descriptors: take all the system allows
     # (the HTTP connection cap is then set within them, see dicomweb/connections.py).
     raise_descriptor_limit()
@@ -58,15 +72,16 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    server = GrpcServer(archive)
+    grpc_server: GrpcServer | None = None
     try:
+        grpc_server = GrpcServer(archive)
         http = HttpServer(archive) if settings.http_port >= 0 else None
-    except OSError as exc:
+    except BaseException:
+        if grpc_server is not None:
+            await grpc_server.server.stop(None)
         archive.close()
-        raise SystemExit(
-            f"dicomrpc: cannot serve DICOMweb on {settings.host}:{settings.http_port}: {exc} "
-            "(choose another --http-port, or -1 for none)"
-        ) from None
+        raise
+    server = grpc_server
     await server.start()
     if http is not None:
         await http.start()
@@ -105,7 +120,11 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         settings = settings_from_args(args)
-    except ValueError as exc:  # a DICOMRPC_* variable that does not parse
-        raise SystemExit(f"dicomrpc serve: {exc}") from None
-    asyncio.run(serve(settings))
+    except ValueError as exc:  # a setting out of range, or a variable that is not a number
+        raise SystemExit(f"dicomrpc: {exc}") from None
+    try:
+        asyncio.run(serve(settings))
+    except StartupError as exc:
+        print(f"dicomrpc: {exc}", file=sys.stderr)
+        return 1
     return 0

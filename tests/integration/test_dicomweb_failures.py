@@ -28,7 +28,11 @@ def undecodable_jpeg(study: str, series: str, sop: str) -> bytes:
     ds = pydicom.dcmread(io.BytesIO(ct_instance(study, series, sop)))
     ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
-    ds.PixelData = encapsulate([b"\xff\xd8 not a JPEG\r\nat all" + b"\x00" * 20])
+    # A JPEG header that holds (SOI, a baseline SOF of the instance's 16 x 16 x 8 bits, a scan)
+    # and no tables: every decoder fails on it, each with its own reason.
+    sof = b"\xff\xc0\x00\x0b\x08\x00\x10\x00\x10\x01\x01\x11\x00"
+    sos = b"\xff\xda\x00\x08\x01\x01\x00\x00\x3f\x00"
+    ds.PixelData = encapsulate([b"\xff\xd8" + sof + sos + b"\x12\x34" * 16 + b"\xff\xd9"])
     ds["PixelData"].VR = "OB"
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True)

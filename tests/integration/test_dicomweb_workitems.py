@@ -173,7 +173,9 @@ def test_create_without_a_uid_generates_one(http: httpx.Client, grpc_client: Cli
     [
         ("?1.2.3&1.2.4", "AffectedSOPInstanceUID"),
         ("?workitem=1.2.3", "workitem"),
-        ("?1." + "2" * 70, "workitem_uid"),  # longer than a UI value may be
+        ("?1." + "2" * 70, "AffectedSOPInstanceUID"),  # longer than a UI value may be
+        ("?AffectedSOPInstanceUID=1.2%2500", "AffectedSOPInstanceUID"),
+        ("?affectedsopinstanceuid=..", "affectedsopinstanceuid"),
     ],
 )
 def test_create_uid_parameter_errors_name_it(http: httpx.Client, query: str, field: str) -> None:

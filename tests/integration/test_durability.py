@@ -24,8 +24,13 @@ from tests.dicomgen import ct_instance
 
 
 def _consistent(data_dir: Path) -> tuple[Archive, set[str]]:
-    """Reopen the archive (start-up recovery runs) and check files and index agree."""
+    """Reopen the archive (start-up recovery runs) and check files and index agree.
+
+    Start-up did not refuse: what the crash left was provably garbage or committed.
+    """
     archive = Archive(Settings(data_dir=data_dir))
+    assert archive.recovery.quarantined == 0 and archive.recovery.missing == 0
+    assert not (data_dir / "quarantine").exists()
     referenced = archive.index.blob_ids()
     on_disk = set(archive.blobs.blob_ids())
     assert on_disk == referenced, "orphan files or index entries without a file"

@@ -14,7 +14,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 from dicomrpc import Client, DicomRpcError
-from dicomrpc.datasets import to_json
+from dicomrpc.datasets import from_json, to_json
 from dicomrpc_server.dicom.attributes import Level
 from dicomrpc_server.query.terms import EXACT
 from tests.conftest import RunningServer, start_server
@@ -536,3 +536,31 @@ def test_workitems_survive_a_restart(tmp_path: Path) -> None:
     assert [e.sequence for e, _ in before] == [1, 2]
     assert [e.sequence for e, _ in after] == [1, 2, 3, 4]  # the update, then COMPLETED
     assert [e.type for e, _ in after[:2]] == [e.type for e, _ in before]
+
+
+def test_a_value_too_long_for_an_index_key_is_kept_but_not_indexed(shared: Client) -> None:
+    """LMDB keys hold at most 511 bytes: a 600-character label is stored and read back, the
+    workitem found by its other keys, claimed and updated; a search for that label finds none."""
+    label = "x" * 600
+    patient = generate_uid()[-20:]
+    created = shared.workitems.create(workitem(ProcedureStepLabel=label, PatientID=patient))
+    uid = created.workitem_uid
+    assert to_json(shared.workitems.get(uid).dataset)[tag("ProcedureStepLabel")]["Value"] == [label]
+    found = shared.workitems.search({"PatientID": patient}, include=["ProcedureStepLabel"])
+    assert [to_json(d)[tag("ProcedureStepLabel")]["Value"] for d in found] == [[label]]
+    assert shared.workitems.search({"ProcedureStepLabel": label}) == []
+    shared.workitems.claim(uid, LOCK)
+    shared.workitems.update(uid, dataset(ProcedureStepLabel=label + "y"), LOCK)
+    assert shared.workitems.get(uid).state == "IN PROGRESS"
+
+
+def test_a_data_set_keyed_by_what_is_not_a_tag_is_refused(shared: Client) -> None:
+    """Over gRPC a data set is a message: its keys and VRs are checked as the JSON reader's."""
+    ds = from_json(workitem())
+    ds.attributes["zz"].vr = "LO"
+    ds.attributes["zz"].strings.values.append("x")
+    with pytest.raises(DicomRpcError) as caught:
+        shared.workitems.create(ds)
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.reason == "WORKITEM_ATTRIBUTES_INVALID"
+    assert "zz" in str(caught.value)

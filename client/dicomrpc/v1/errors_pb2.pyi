@@ -78,6 +78,16 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """A subscriber or follower read too slowly and its bounded queue overflowed."""
     INTERNAL_FAILURE: _ErrorReason.ValueType  # 27
     """An unexpected internal failure; the server log has the details."""
+    STORAGE_FULL: _ErrorReason.ValueType  # 28
+    """The archive's storage has no space for the write (a full file system, a quota, a file too
+    large): RESOURCE_EXHAUSTED, DICOM status 0xA700 (Refused: Out of Resources), HTTP 507.
+    Metadata "errno" and "free_bytes"; the same request may succeed once space is freed.
+    """
+    FRAME_HEADER_MISMATCH: _ErrorReason.ValueType  # 29
+    """A compressed frame's own header (JPEG, JPEG-LS, JPEG 2000 or HTJ2K, RLE) disagrees with
+    the instance's Rows, Columns, Samples per Pixel or Bits Allocated, or declares more pixels
+    than the server decodes; the frame was not decoded.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Stable, machine-readable reasons carried in `google.rpc.ErrorInfo.reason` (domain "dicomrpc")
@@ -143,4 +153,14 @@ SUBSCRIBER_TOO_SLOW: ErrorReason.ValueType  # 26
 """A subscriber or follower read too slowly and its bounded queue overflowed."""
 INTERNAL_FAILURE: ErrorReason.ValueType  # 27
 """An unexpected internal failure; the server log has the details."""
+STORAGE_FULL: ErrorReason.ValueType  # 28
+"""The archive's storage has no space for the write (a full file system, a quota, a file too
+large): RESOURCE_EXHAUSTED, DICOM status 0xA700 (Refused: Out of Resources), HTTP 507.
+Metadata "errno" and "free_bytes"; the same request may succeed once space is freed.
+"""
+FRAME_HEADER_MISMATCH: ErrorReason.ValueType  # 29
+"""A compressed frame's own header (JPEG, JPEG-LS, JPEG 2000 or HTJ2K, RLE) disagrees with
+the instance's Rows, Columns, Samples per Pixel or Bits Allocated, or declares more pixels
+than the server decodes; the frame was not decoded.
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

@@ -208,7 +208,9 @@ class InstanceStoreResult(_message.Message):
     "studies/{study}/series/{series}/instances/{instance}".
     """
     failure_reason: _builtins.int
-    """For a failed instance, the DICOM failure reason (272, 43264, 43265, 45070 or 45071)."""
+    """For a failed instance, the DICOM failure reason (272, 43264, 43265, 45070, 45071, or 42752:
+    0xA700, out of resources, when the archive's storage is full).
+    """
     failure_reason_name: _builtins.str
     """For a failed instance, the stable reason name (an `ErrorReason` value name)."""
     failure_message: _builtins.str

@@ -1,9 +1,13 @@
 """The frame offset table: where each frame of an instance lies in its file.
 
 With it, Retrieve serves a frame with one seek and one read per fragment, whatever the size of
-the instance. Native frames are slices of the pixel data value; encapsulated frames are mapped
-to fragments by the Extended Offset Table, the Basic Offset Table, one fragment per frame, or
-(when the encoder wrote none of those) by the codestream start marker each frame begins with.
+the instance. Native frames are slices of the pixel data value, computed from its offset and
+the frame size; encapsulated frames are mapped to fragments by the Extended Offset Table, the
+Basic Offset Table, one fragment per frame, or (when the encoder wrote none of those) by the
+codestream start marker each frame begins with.
+
+The table holds no message per frame: it is read for every frame request, and a whole-slide
+image has tens of thousands of frames, so finding one frame must not mean parsing them all.
 """
 
 from __future__ import annotations
@@ -13,26 +17,27 @@ import struct
 from pathlib import Path
 
 from dicomrpc_server.dicom.elements import ElementValues
+from dicomrpc_server.dicom.pixeldata import (
+    BITS_ALLOCATED,
+    EXTENDED_OFFSET_TABLE,
+    GeometryError,
+    declared_frames,
+    frame_geometry,
+)
 from dicomrpc_server.dicom.structure import PixelDataLocation
 from dicomrpc_server.storage import records_pb2
 
-_NUMBER_OF_FRAMES = 0x00280008
-_ROWS = 0x00280010
-_COLUMNS = 0x00280011
-_SAMPLES_PER_PIXEL = 0x00280002
-BITS_ALLOCATED = 0x00280100
-_EXTENDED_OFFSET_TABLE = 0x7FE00001
+__all__ = ["BITS_ALLOCATED", "frame_count", "frame_ranges", "frame_table", "number_of_frames"]
+
 # Markers a frame's codestream starts with: JPEG SOI, JPEG 2000 SOC+SIZ, JP2 signature box.
 _FRAME_STARTS = (b"\xff\xd8", b"\xff\x4f\xff\x51", b"\x00\x00\x00\x0cjP")
+_START = struct.Struct("<I")
+_FRAGMENT = struct.Struct("<QQ")
 
 
 def number_of_frames(elements: ElementValues) -> int:
     """NumberOfFrames, or 1 when absent or invalid."""
-    try:
-        value = int(elements.value(_NUMBER_OF_FRAMES, 1) or 1)
-    except (TypeError, ValueError):
-        return 1
-    return max(value, 1)
+    return declared_frames(elements)[0]
 
 
 def frame_table(
@@ -61,12 +66,11 @@ def frame_table(
             f"the {len(fragments)} fragments of the Pixel Data could not be mapped to "
             f"{count} frames"
         )
-    bounds = [*starts, len(fragments)]
-    for first, end in itertools.pairwise(bounds):
-        table.frames.add(
-            offsets=[fragments[i][0] for i in range(first, end)],
-            lengths=[fragments[i][1] for i in range(first, end)],
-        )
+    table.frame_count = count
+    table.frame_starts = struct.pack(f"<{count}I", *starts)
+    table.fragments = struct.pack(
+        f"<{2 * len(fragments)}Q", *itertools.chain.from_iterable(fragments)
+    )
     return table, ""
 
 
@@ -74,36 +78,53 @@ def _native(
     elements: ElementValues, pixel_data: PixelDataLocation, count: int
 ) -> tuple[records_pb2.FrameTable, str]:
     table = records_pb2.FrameTable(encapsulated=False)
-    try:  # a missing element gives None, which int() refuses as it refuses a wrong value
-        rows = int(elements.value(_ROWS, None))
-        columns = int(elements.value(_COLUMNS, None))
-        samples = int(elements.value(_SAMPLES_PER_PIXEL, 1) or 1)
-        bits = int(elements.value(BITS_ALLOCATED, None))
-    except (TypeError, ValueError):
-        return table, "Rows, Columns or BitsAllocated is missing or invalid"
-    if pixel_data.tag == 0x7FE00008:
-        bits = 32
-    elif pixel_data.tag == 0x7FE00009:
-        bits = 64
-    frame_bits = rows * columns * samples * bits
+    try:
+        geometry = frame_geometry(elements, pixel_data.tag)
+    except GeometryError as exc:
+        return table, str(exc)
+    frame_bits = geometry.frame_bits
     assert pixel_data.length is not None
-    available_bits = pixel_data.length * 8
-    for i in range(count):
-        start_bit = i * frame_bits
-        if start_bit + frame_bits > available_bits:
-            return table, (
-                f"the Pixel Data holds {pixel_data.length} bytes, less than {count} frames of "
-                f"{rows}x{columns}x{samples} samples of {bits} bits"
-            )
-        first_byte, bit_offset = divmod(start_bit, 8)
-        table.frames.add(
-            offsets=[pixel_data.value_offset + first_byte],
-            lengths=[(bit_offset + frame_bits + 7) // 8],
+    if count * frame_bits > pixel_data.length * 8:
+        return table, (
+            f"the Pixel Data holds {pixel_data.length} bytes, less than {count} frames of "
+            f"{geometry.rows}x{geometry.columns}x{geometry.samples_per_pixel} samples of "
+            f"{geometry.bits_allocated} bits"
         )
-        table.bit_offsets.append(bit_offset)
-    if not any(table.bit_offsets):
-        del table.bit_offsets[:]
+    table.frame_count = count
+    table.native_offset = pixel_data.value_offset
+    table.frame_bits = frame_bits
     return table, ""
+
+
+def frame_count(table: records_pb2.FrameTable) -> int:
+    """The number of frames a table locates."""
+    return len(table.frames) if table.frames else table.frame_count
+
+
+def frame_ranges(table: records_pb2.FrameTable, number: int) -> tuple[list[tuple[int, int]], int]:
+    """Where frame ``number`` (1-based, within the table) lies.
+
+    Returns
+    -------
+    tuple[list[tuple[int, int]], int]
+        The ``(offset, length)`` byte ranges of the frame in the file (one for native data,
+        one per fragment when encapsulated), and the bit of the first byte the frame starts
+        at (not 0 only for native data of Bits Allocated 1, whose frames need not start on a
+        byte boundary).
+    """
+    if table.frames:  # a table written one message per frame
+        location = table.frames[number - 1]
+        bit = table.bit_offsets[number - 1] if table.bit_offsets else 0
+        return list(zip(location.offsets, location.lengths, strict=True)), bit
+    if not table.encapsulated:
+        first_byte, bit = divmod((number - 1) * table.frame_bits, 8)
+        return [(table.native_offset + first_byte, (bit + table.frame_bits + 7) // 8)], bit
+    starts, fragments = table.frame_starts, table.fragments
+    (first,) = _START.unpack_from(starts, 4 * (number - 1))
+    end = _START.unpack_from(starts, 4 * number)[0] if number < table.frame_count else None
+    if end is None:
+        end = len(fragments) // _FRAGMENT.size
+    return [_FRAGMENT.unpack_from(fragments, _FRAGMENT.size * i) for i in range(first, end)], 0
 
 
 def _frame_starts(
@@ -120,8 +141,8 @@ def _frame_starts(
     # Offsets of both tables are relative to the first fragment's item tag.
     item_offsets = [offset - 8 - (fragments[0][0] - 8) for offset, _ in fragments]
     offsets: list[int] = []
-    if _EXTENDED_OFFSET_TABLE in elements:
-        raw = elements.value(_EXTENDED_OFFSET_TABLE, None)
+    if EXTENDED_OFFSET_TABLE in elements:
+        raw = elements.value(EXTENDED_OFFSET_TABLE, None)
         offsets = list(struct.unpack(f"<{len(raw) // 8}Q", raw))
     elif pixel_data.basic_offset_table:
         raw = pixel_data.basic_offset_table

@@ -5,16 +5,24 @@ back as a shorter data set without complaint. An archive must refuse such a file
 know where the Pixel Data (and each of its fragments) lies so that a frame can later be served
 with one seek and one read. This walk reads only element headers and skips values by seeking, so
 its cost is the number of elements, not the size of the file.
+
+The walk also refuses sequences of undefined length nested deeper than the server's limit
+(:mod:`.nesting`) before pydicom, which reads such sequences recursively, is given the file.
+Sequences of defined length are skipped here; the conversion of the data set checks those
+(``dicomrpc.datasets.from_pydicom``), reading one level at a time.
 """
 
 from __future__ import annotations
 
-import io
 import struct
+import tempfile
 import zlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import BinaryIO
 
+from dicomrpc.datasets import MAX_SEQUENCE_DEPTH, NestingTooDeep
+from dicomrpc_server.dicom.nesting import too_deep
 from dicomrpc_server.errors import Code, ServiceError
 
 PREAMBLE_LENGTH = 128
@@ -47,6 +55,21 @@ class MalformedFileError(ServiceError):
 def truncated(message: str) -> MalformedFileError:
     """Build the error of a file that ends before an element it announces."""
     return MalformedFileError(message, reason="INSTANCE_TRUNCATED")
+
+
+class InflatedTooLargeError(ServiceError):
+    """A deflated data set inflates to more than the instance size limit (DICOM status 272)."""
+
+    def __init__(self, limit: int, deflated: int) -> None:
+        super().__init__(
+            Code.INVALID_ARGUMENT,
+            "INSTANCE_TOO_LARGE",
+            f"the deflated data set inflates to more than {limit} bytes, the server's limit "
+            f"for an instance (max_instance_bytes): its first {deflated} bytes already do, "
+            "and inflating stopped there",
+            dicom_status=272,
+            metadata={"limit": str(limit), "deflated_bytes_read": str(deflated)},
+        )
 
 
 @dataclass
@@ -163,7 +186,57 @@ def _what(what: str, tag: int | None) -> str:
     return what if tag is None else what + _tag_name(tag)
 
 
-def scan(fp: BinaryIO, size: int) -> FileStructure:
+def inflate(fp: BinaryIO, out: BinaryIO, limit: int) -> int:
+    """Inflate the raw deflate stream at the position of ``fp`` into ``out``; return its size.
+
+    PS3.5 A.5: the data set of a Deflated transfer syntax is one deflate stream (no zlib
+    header). It is inflated as a stream, a chunk in and at most a chunk out at a time, and
+    given up as soon as more than ``limit`` bytes come out: a few hundred kilobytes can
+    inflate to gigabytes, and none of that is ever held in memory.
+
+    Raises
+    ------
+    InflatedTooLargeError
+        When the data set inflates to more than ``limit`` bytes.
+    MalformedFileError
+        When the stream is corrupt, or ends before its final block.
+    """
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    total = 0
+    start = fp.tell()
+
+    def emit(piece: bytes) -> None:
+        nonlocal total
+        total += len(piece)
+        if total > limit:
+            raise InflatedTooLargeError(limit, fp.tell() - start)
+        out.write(piece)
+
+    try:
+        while not inflater.eof:
+            data = fp.read(_CHUNK)
+            if not data:
+                # The input has ended: what zlib still holds of it (less than its window).
+                emit(inflater.flush())
+                break
+            while data and not inflater.eof:
+                emit(inflater.decompress(data, _CHUNK))
+                data = inflater.unconsumed_tail
+    except zlib.error as exc:
+        raise MalformedFileError(f"the deflated data set cannot be inflated: {exc}") from exc
+    if not inflater.eof:
+        raise truncated("the deflated data set ends before its deflate stream does")
+    return total
+
+
+def scan(
+    fp: BinaryIO,
+    size: int,
+    max_depth: int = MAX_SEQUENCE_DEPTH,
+    *,
+    inflate_into: Path | None = None,
+    max_inflated: int = 4 << 30,
+) -> FileStructure:
     """Walk a Part 10 file from its preamble; raise :class:`MalformedFileError` when it is not one.
 
     Parameters
@@ -172,6 +245,14 @@ def scan(fp: BinaryIO, size: int) -> FileStructure:
         The file, positioned anywhere; it is read from the start.
     size
         The file's size in bytes.
+    max_depth
+        The most levels sequences of undefined length may nest (``LIMIT_EXCEEDED`` beyond).
+    inflate_into
+        The file a deflated data set is inflated into (created, or replaced), which then
+        holds the data set the offsets of the result refer to; ``None`` inflates into a
+        temporary file removed afterwards.
+    max_inflated
+        The most bytes a deflated data set may inflate to (:func:`inflate`).
     """
     r = _Reader(fp, size)
     if size < PREAMBLE_LENGTH + 4:
@@ -191,20 +272,13 @@ def scan(fp: BinaryIO, size: int) -> FileStructure:
     if transfer_syntax in DEFLATED_SYNTAXES:
         # The data set is a raw deflate stream: walk the inflated bytes instead (offsets then
         # refer to the inflated data set, which is why no frame table is built from them).
-        # Deflate is used for small non-image objects; the inflated copy is bounded by that.
-        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
         fp.seek(dataset_offset)
-        try:
-            inflated = inflater.decompress(fp.read()) + inflater.flush()
-        except zlib.error as exc:
-            raise MalformedFileError(f"the deflated data set cannot be inflated: {exc}") from exc
-        if not inflater.eof:
-            raise truncated("the deflated data set ends before its deflate stream does")
-        walk = _Walk(_Reader(io.BytesIO(inflated), len(inflated)), False, True)
-        walk.dataset(until=len(inflated), depth=0)
-        return FileStructure(
-            transfer_syntax, dataset_offset, walk.pixel_data, walk.elements_after_pixel_data
-        )
+        with (
+            tempfile.TemporaryFile() if inflate_into is None else open(inflate_into, "w+b")
+        ) as spool:
+            return _scan_inflated(
+                fp, spool, max_inflated, transfer_syntax, dataset_offset, max_depth
+            )
     implicit = transfer_syntax == "1.2.840.10008.1.2"
     little = transfer_syntax != "1.2.840.10008.1.2.2"
     # Some writers encode the data set in another VR encoding than the transfer syntax says;
@@ -217,7 +291,7 @@ def scan(fp: BinaryIO, size: int) -> FileStructure:
     if found_implicit != implicit:
         said, found = ("implicit", "explicit") if implicit else ("explicit", "implicit")
         mismatch = f"the data set is encoded with {found} VR but its transfer syntax says {said}"
-    walk = _Walk(r, found_implicit, little)
+    walk = _Walk(r, found_implicit, little, max_depth)
     walk.dataset(until=size, depth=0)
     return FileStructure(
         transfer_syntax,
@@ -225,6 +299,24 @@ def scan(fp: BinaryIO, size: int) -> FileStructure:
         walk.pixel_data,
         walk.elements_after_pixel_data,
         mismatch,
+    )
+
+
+def _scan_inflated(
+    fp: BinaryIO,
+    spool: BinaryIO,
+    limit: int,
+    transfer_syntax: str,
+    dataset_offset: int,
+    max_depth: int,
+) -> FileStructure:
+    """Inflate the data set at the position of ``fp`` into ``spool`` and walk it there."""
+    inflated = inflate(fp, spool, limit)
+    spool.flush()
+    walk = _Walk(_Reader(spool, inflated), False, True, max_depth)
+    walk.dataset(until=inflated, depth=0)
+    return FileStructure(
+        transfer_syntax, dataset_offset, walk.pixel_data, walk.elements_after_pixel_data
     )
 
 
@@ -260,12 +352,15 @@ def _scan_meta(r: _Reader) -> str:
 class _Walk:
     """The recursive walk over a data set's elements."""
 
-    def __init__(self, r: _Reader, implicit: bool, little: bool) -> None:
+    def __init__(self, r: _Reader, implicit: bool, little: bool, max_depth: int) -> None:
         self.r = r
         self.implicit = implicit
         self.endian = "<" if little else ">"
+        self.max_depth = max_depth
         self.pixel_data: PixelDataLocation | None = None
         self.elements_after_pixel_data = False
+        # "tag.item" of each item the walk is in, to name a sequence nested too deeply.
+        self._path: list[str] = []
 
     def _header(self, implicit: bool, endian: str) -> tuple[int, bytes, int]:
         """Read one element header; return (tag, vr, length)."""
@@ -298,6 +393,11 @@ class _Walk:
                     self.pixel_data.vr = vr.decode("ascii", "replace")
                 else:
                     # A sequence; an UN of undefined length holds implicit VR little endian.
+                    # Encapsulated pixel data in an item (an icon) is walked as one, but is not
+                    # a sequence of the data set.
+                    if depth >= self.max_depth and tag not in PIXEL_DATA_TAGS:
+                        path = ".".join([*self._path, f"{tag:08X}"])
+                        raise too_deep(NestingTooDeep(path, self.max_depth))
                     nested_implicit = implicit or vr == b"UN"
                     self._sequence(tag, depth, nested_implicit)
                 continue
@@ -310,6 +410,7 @@ class _Walk:
     def _sequence(self, tag: int, depth: int, implicit: bool) -> None:
         """Walk the items of an undefined-length sequence up to its delimiter."""
         endian = "<" if implicit else self.endian
+        index = 0
         while True:
             head = self.r.read(8, "an item header of ", tag)
             group, elem, length = struct.unpack(endian + "HHI", head)
@@ -324,12 +425,15 @@ class _Walk:
             if length == UNDEFINED_LENGTH:
                 saved = self.endian
                 self.endian = endian
+                self._path.append(f"{tag:08X}.{index}")
                 try:
                     self.dataset(until=self.r.size + 1, depth=depth + 1, implicit=implicit)
                 finally:
                     self.endian = saved
+                    self._path.pop()
             else:
                 self.r.skip(length, "an item of ", tag)
+            index += 1
 
     def _encapsulated(self, tag: int) -> PixelDataLocation:
         """Locate the Basic Offset Table and the fragments of encapsulated pixel data."""

@@ -1,9 +1,10 @@
 """The DICOMweb ASGI application: every resource's routes under ``/dicomweb``, on one archive.
 
 Routes come from one module per resource, each exposing ``ROUTES``; a new resource is one
-more module added to :data:`RESOURCE_ROUTES`. Middleware, outermost
-first: the access log (so it sees every response, errors and CORS answers included), the body
-read timeout, then CORS.
+more module added to :data:`RESOURCE_ROUTES`. Every route is wrapped by :func:`.url.checked`,
+which checks the request URL (the UIDs of its path, the encoding of its query) before the
+route reads it. Middleware, outermost first: the access log (so it sees every response, errors
+and CORS answers included), the body read timeout, then CORS.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from dicomrpc_server.dicomweb.body_timeout import BodyTimeoutMiddleware
 from dicomrpc_server.dicomweb.context import PREFIX
 from dicomrpc_server.dicomweb.errors import handle_service_error
 from dicomrpc_server.dicomweb.logging import AccessLogMiddleware
+from dicomrpc_server.dicomweb.url import checked
 from dicomrpc_server.errors import ServiceError
 
 RESOURCE_ROUTES: list[Sequence[BaseRoute]] = [
@@ -38,7 +40,7 @@ _EXPOSED_HEADERS = ["ETag", "Warning", "Content-Length", "Content-Type", "Locati
 
 def create_app(archive: Archive) -> Starlette:
     """The gateway application serving ``archive``."""
-    routes = [route for resource in RESOURCE_ROUTES for route in resource]
+    routes = [checked(route) for resource in RESOURCE_ROUTES for route in resource]
     middleware = [
         Middleware(AccessLogMiddleware),
         Middleware(BodyTimeoutMiddleware, seconds=archive.settings.http_body_timeout_s),

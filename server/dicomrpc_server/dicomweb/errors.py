@@ -6,6 +6,8 @@ request field at fault: a ``Content-Type`` the gateway cannot read (415) and an 
 cannot satisfy (406). One workitem status is split by HTTP where gRPC has one code: a 0xC301
 (Transaction UID not correct) is 400 when the UID is missing (a bad request) and 409 when it
 is wrong (a conflict with the workitem's lock), told apart by its ``transaction_uid_problem``.
+A lack of space (RESOURCE_EXHAUSTED with reason ``STORAGE_FULL``) is 507 Insufficient Storage
+(RFC 4918 §11.5), where another exhausted resource is a request too large (413).
 HTTP also has statuses of its own for two limits of the request head: a request target over
 ``http_max_url_bytes`` is 414 (RFC 9110 §15.5.15), a head over ``http_max_header_bytes`` is 431
 (RFC 6585 §5); a request that does not arrive in time is 408 (RFC 9110 §15.5.9).
@@ -21,7 +23,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from dicomrpc_server.errors import Code, ServiceError, invalid_argument
+from dicomrpc_server.storage.space import STORAGE_FULL
 from dicomrpc_server.ups.states import TRANSACTION_UID_PROBLEM
+
+# What a header value cannot hold (RFC 9110 §5.5): control characters, and here anything
+# outside printable ASCII.
+_NOT_HEADER_TEXT = re.compile(r"[^\x20-\x7e]")
 
 CONTENT_TYPE_FIELD = "Content-Type"
 ACCEPT_FIELD = "Accept"
@@ -45,7 +52,6 @@ _LIMIT_STATUSES = {"http_max_url_bytes": 414, "http_max_header_bytes": 431}
 # A Warning header's text: what it keeps of a message (RFC 9111 §5.5 sets no bound; proxies and
 # clients cap header lines at a few KiB, and the JSON body has the message whole).
 MAX_WARNING_TEXT = 512
-_CONTROLS = re.compile(r"[\x00-\x1f\x7f]+")
 
 
 def http_status(error: ServiceError) -> int:
@@ -59,6 +65,8 @@ def http_status(error: ServiceError) -> int:
         return 406
     if error.metadata.get(TRANSACTION_UID_PROBLEM) == "missing":
         return 400
+    if error.reason == STORAGE_FULL:
+        return 507
     return _STATUSES[error.code]
 
 
@@ -73,18 +81,17 @@ def not_acceptable(description: str) -> ServiceError:
 
 
 def warning_header(message: str) -> str:
-    """A ``Warning`` header value (RFC 9111 §5.5) carrying ``message``, safe to send.
+    """A ``Warning`` header value (RFC 9111 §5.5) carrying ``message`` as printable ASCII.
 
-    Messages come from data and from codecs (a decoder's error may span lines): control
-    characters (CR and LF above all, which would end the header) become spaces, runs of white
-    space one space, characters outside ASCII ``?``; the text is cut to
-    :data:`MAX_WARNING_TEXT` characters and written as a quoted-string, with ``"`` and ``\\``
-    escaped.
+    Messages come from requests, data and codecs (a decoder's error may span lines), and a
+    control character in a header would make the server drop the response: white space (line
+    breaks included) becomes one space, any other character outside printable ASCII ``?``; the
+    text is cut to :data:`MAX_WARNING_TEXT` characters and written as a quoted-string, with
+    ``"`` and ``\\`` escaped.
     """
-    text = " ".join(_CONTROLS.sub(" ", message).split())
+    text = _NOT_HEADER_TEXT.sub("?", " ".join(message.split()))
     if len(text) > MAX_WARNING_TEXT:
         text = text[: MAX_WARNING_TEXT - 3] + "..."
-    text = text.encode("ascii", "replace").decode("ascii")
     text = text.replace("\\", "\\\\").replace('"', '\\"')
     return f'299 dicomrpc "{text}"'
 

@@ -22,6 +22,7 @@ from dicomrpc_server.dicomweb import dicom_json
 from dicomrpc_server.dicomweb.context import archive_of, service_root
 from dicomrpc_server.dicomweb.media import choose_json, negotiated
 from dicomrpc_server.errors import invalid_argument
+from dicomrpc_server.paths import instance_path, series_path, study_path
 from dicomrpc_server.query.engine import SearchCore, SearchRequest
 
 _OPTIONS = ("includefield", "limit", "offset", "fuzzymatching")
@@ -141,14 +142,17 @@ def _retrieve_url(obj: dict[str, Any], level: str, path: Mapping[str, str]) -> s
     the path's UIDs stand in for them.
     """
     study = _first(obj, STUDY_UID) or path.get("study", "")
-    url = f"studies/{study}" if study else ""
-    if level in ("series", "instance"):
-        series = _first(obj, SERIES_UID) or path.get("series", "")
-        url = f"{url}/series/{series}" if url and series else ""
-    if level == "instance":
-        sop = _first(obj, SOP_UID)
-        url = f"{url}/instances/{sop}" if url and sop else ""
-    return url
+    series = _first(obj, SERIES_UID) or path.get("series", "")
+    sop = _first(obj, SOP_UID)
+    if not study:
+        return ""
+    if level == "study":
+        return study_path(study)
+    if not series:
+        return ""
+    if level == "series":
+        return series_path(study, series)
+    return instance_path(study, series, sop) if sop else ""
 
 
 async def search_studies(request: Request) -> Response:

@@ -27,6 +27,7 @@ from dicomrpc_server.dicomweb.connections import (
     open_descriptors,
 )
 from dicomrpc_server.dicomweb.protocol import GatewayProtocol
+from dicomrpc_server.ports import port_unavailable
 
 log = logging.getLogger("dicomrpc.http")
 
@@ -76,7 +77,12 @@ class HttpServer:
     def __init__(self, archive: Archive) -> None:
         settings = archive.settings
         self.settings = settings
-        self._socket = _listen(settings.host, settings.http_port)
+        try:
+            self._socket = _listen(settings.host, settings.http_port)
+        except OSError as exc:
+            raise port_unavailable(
+                "DICOMweb", settings.host, settings.http_port, "--http-port (-1 for none)", exc
+            ) from None
         self.port: int = self._socket.getsockname()[1]
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         in_use = open_descriptors()

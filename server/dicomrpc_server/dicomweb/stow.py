@@ -8,6 +8,9 @@ A body that ends or breaks inside a part (a client cut off, a missing close deli
 that stops arriving for ``http_body_timeout_s``) stores none of that part: the instances of the
 complete parts before it are stored and reported, and the incomplete one is reported as failed
 (272). A body without one complete part fails with 400 (408 when it stopped arriving).
+However the request ends, no upload of it is left behind (see ``StoreRequest``). A request none
+of whose instances was stored, one or more for lack of space (FailureReason 0xA700), answers 507
+(RFC 4918 §11.5) with the usual response data set.
 
 A body of more than ``http_max_stow_parts`` parts is answered 413 when the part past the limit
 begins: the parts before it are stored as usual (the error's metadata counts the instances
@@ -26,7 +29,7 @@ from starlette.routing import Route
 
 from dicomrpc_server.dicomweb import dicom_json
 from dicomrpc_server.dicomweb.context import archive_of, service_root
-from dicomrpc_server.dicomweb.errors import unsupported_media_type, warning_header
+from dicomrpc_server.dicomweb.errors import http_status, unsupported_media_type, warning_header
 from dicomrpc_server.dicomweb.media import (
     DICOM,
     DICOM_JSON,
@@ -41,12 +44,14 @@ from dicomrpc_server.dicomweb.multipart import (
     malformed,
 )
 from dicomrpc_server.errors import ServiceError, limit_exceeded
+from dicomrpc_server.paths import study_path
 from dicomrpc_server.store.ingest import InstanceResult, Outcome
 from dicomrpc_server.store.request import (
     StoreRequest,
     StoreStatus,
     check_study_restriction,
     overall_status,
+    storage_full_refusal,
 )
 
 _HTTP_STATUS = {
@@ -136,11 +141,11 @@ async def store_instances(request: Request) -> Response:
     study = request.path_params.get("study", "")
     boundary = await _boundary(request)
     check_study_restriction(study, "study")
+    root = service_root(request)  # before anything is stored: a bad Host is refused first
     archive = archive_of(request)
     max_parts = archive.settings.http_max_stow_parts
-    store = StoreRequest(archive.store, study)
     reader = MultipartReader(boundary)
-    try:
+    async with StoreRequest(archive.store, study) as store:
         try:
             problem = await _receive(request, reader, store, max_parts)
         except _TooManyParts:
@@ -152,15 +157,16 @@ async def store_instances(request: Request) -> Response:
         if problem is not None and complete_parts == 0:
             raise problem
         results = await store.finish()
-    except (ServiceError, asyncio.CancelledError):
-        await store.cancel()
-        raise
     status = _HTTP_STATUS[overall_status(results)]
     headers: dict[str, str] = {}
     if problem is not None:
         status = 202 if status == 200 else status
         headers["Warning"] = warning_header(problem.message)
-    build = functools.partial(_response_body, service_root(request), study, results, cut_part)
+    refusal = storage_full_refusal(results)
+    if refusal is not None:
+        status = http_status(refusal)
+        headers["Warning"] = warning_header(refusal.message)
+    build = functools.partial(_response_body, root, study, results, cut_part)
     # Writing the response takes time in proportion to the instances: many are written in a
     # thread, so that the event loop serves other requests meanwhile.
     body = await asyncio.to_thread(build) if len(results) > INLINE_RESULTS else build()
@@ -215,7 +221,7 @@ def response_dataset(
     body: dict[str, Any] = {}
     studies = {r.study_uid for r in results if r.outcome is not Outcome.FAILED}
     if study or len(studies) == 1:
-        body["00081190"] = _element("UR", f"{root}/studies/{study or studies.pop()}")
+        body["00081190"] = _element("UR", f"{root}/{study_path(study or studies.pop())}")
     if failed:
         body["00081198"] = {"vr": "SQ", "Value": failed}
     if referenced:

@@ -16,7 +16,6 @@ PS3.18 examples write it.
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -24,14 +23,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from dicomrpc.datasets import from_json, to_json
+from dicomrpc.datasets import from_json, parse_json, to_json
 from dicomrpc.v1 import dataset_pb2
+from dicomrpc_server.dicom.uids import check_request_uid
 from dicomrpc_server.dicomweb import dicom_json
 from dicomrpc_server.dicomweb.context import archive_of, service_root
 from dicomrpc_server.dicomweb.errors import unsupported_media_type, warning_header
 from dicomrpc_server.dicomweb.media import DICOM_JSON, choose_json, negotiated, parse_media_type
 from dicomrpc_server.dicomweb.qido import query_parameters
 from dicomrpc_server.errors import Code, ServiceError, invalid_argument
+from dicomrpc_server.paths import workitem_path
 from dicomrpc_server.ups.service import (
     CONTACT_NAME,
     CONTACT_URI,
@@ -56,10 +57,6 @@ def _core(request: Request) -> WorkitemCore:
     return archive_of(request).workitems
 
 
-def _workitem_url(request: Request, uid: str) -> str:
-    return f"{service_root(request)}/workitems/{uid}"
-
-
 def _headers(outcome: Outcome) -> dict[str, str]:
     """The ``Warning`` header of a change the core made with a warning status (PS3.18 §11)."""
     if not outcome.warning_status:
@@ -79,22 +76,26 @@ def _uid_parameter(request: Request, names: tuple[str, ...], field: str) -> str:
     """The UID a query string carries, bare (``?{uid}``) or as one of ``names`` (any case).
 
     Any other parameter, or two UIDs, is refused: a UID silently dropped would create a
-    workitem under another UID, or update without the lock the client meant to give.
+    workitem under another UID, or update without the lock the client meant to give. A UID no
+    request may name is refused under its key (``field`` for the bare form).
     """
-    found: list[str] = []
+    found: list[tuple[str, str]] = []
     for item in filter(None, request.url.query.split("&")):
         name, equals, value = item.partition("=")
         if not equals:
-            found.append(unquote_plus(name))
+            found.append((field, unquote_plus(name)))
         elif unquote_plus(name).lower() in names:
-            found.append(unquote_plus(value))
+            found.append((unquote_plus(name), unquote_plus(value)))
         else:
             raise invalid_argument(
                 unquote_plus(name), f"is not a parameter of this resource; give the {field}"
             )
     if len(found) > 1:
         raise invalid_argument(field, f"is given {len(found)} times")
-    return found[0].strip() if found else ""
+    if not found:
+        return ""
+    key, uid = found[0]
+    return check_request_uid(key, uid.strip())
 
 
 async def _body(request: Request, required: bool = True) -> dataset_pb2.Dataset | None:
@@ -116,7 +117,7 @@ async def _body(request: Request, required: bool = True) -> dataset_pb2.Dataset 
     if (await negotiated(parse_media_type, header)).type not in _BODY_TYPES:
         raise unsupported_media_type(f"{header!r} is not accepted; send {DICOM_JSON}")
     try:
-        obj = json.loads(bytes(content))
+        obj = parse_json(bytes(content))
     except ValueError as exc:
         raise invalid_argument("body", f"is not JSON: {exc}") from None
     if isinstance(obj, list):
@@ -154,9 +155,11 @@ def _requested_state(dataset: dataset_pb2.Dataset) -> State:
 async def create_workitem(request: Request) -> Response:
     """Create a SCHEDULED workitem: 201 with its ``Location`` (PS3.18 §11.4)."""
     uid = _uid_parameter(request, (_CREATE_UID,), "AffectedSOPInstanceUID")
+    root = service_root(request)  # before the workitem is created: a bad Host is refused first
     dataset = await _required_body(request)
     outcome = await _core(request).create(dataset, uid)
-    headers = {"Location": _workitem_url(request, outcome.workitem_uid), **_headers(outcome)}
+    location = f"{root}/{workitem_path(outcome.workitem_uid)}"
+    headers = {"Location": location, **_headers(outcome)}
     return Response(status_code=201, headers=headers)
 
 
@@ -183,8 +186,9 @@ async def change_state(request: Request) -> Response:
     """
     dataset = await _required_body(request)
     requested = _requested_state(dataset)
+    transaction = check_request_uid("TransactionUID", text(dataset, TRANSACTION))
     outcome = await _core(request).change_state(
-        request.path_params["workitem"], requested, text(dataset, TRANSACTION)
+        request.path_params["workitem"], requested, transaction
     )
     return Response(status_code=200, headers=_headers(outcome))
 

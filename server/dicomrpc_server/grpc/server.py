@@ -17,6 +17,7 @@ from dicomrpc.v1 import (
     workitem_service_pb2_grpc,
 )
 from dicomrpc_server.archive import Archive
+from dicomrpc_server.grpc.decoding import DecodingInterceptor
 from dicomrpc_server.grpc.logging import AccessLogInterceptor
 from dicomrpc_server.grpc.management import ManagementServicer
 from dicomrpc_server.grpc.retrieve import RetrieveServicer
@@ -24,6 +25,7 @@ from dicomrpc_server.grpc.search import SearchServicer
 from dicomrpc_server.grpc.store import STORE_CHUNK_FIELD, StoreServicer
 from dicomrpc_server.grpc.wire import add_chunked_servicer
 from dicomrpc_server.grpc.workitems import WorkitemServicer
+from dicomrpc_server.ports import port_unavailable
 
 ENVELOPE = 64 * 1024
 
@@ -41,10 +43,14 @@ class GrpcServer:
         settings = archive.settings
         self.archive = archive
         self.server = grpc.aio.server(
-            interceptors=[AccessLogInterceptor()],
+            # The access log wraps the rest, so that a request refused as unparsable is logged.
+            interceptors=[AccessLogInterceptor(), DecodingInterceptor()],
             options=[
                 ("grpc.max_receive_message_length", settings.max_chunk_bytes + ENVELOPE),
                 ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                # gRPC sets SO_REUSEPORT by default: a second server on the port would then
+                # share it, the kernel spreading connections between two archives.
+                ("grpc.so_reuseport", 0),
             ],
         )
         # The two services that move bytes take and give chunks without protobuf's copies.
@@ -84,7 +90,12 @@ class GrpcServer:
         ]
         reflection.enable_server_reflection(names, self.server)
         self._names = names
-        self.port = self.server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+        try:
+            self.port = self.server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+        except RuntimeError:
+            raise port_unavailable(
+                "gRPC", settings.host, settings.grpc_port, "--grpc-port"
+            ) from None
 
     async def start(self) -> None:
         """Start serving and report every service as SERVING."""

@@ -78,33 +78,41 @@ class StoreServicer:
         context: grpc.aio.ServicerContext,
     ) -> pb.StoreInstancesResponse:
         """Store every instance of the stream; answer with their results in order."""
-        store: StoreRequest | None = None
         try:
-            async for request in request_iterator:
-                if isinstance(request, memoryview):  # a bare chunk (see dicomrpc.wire)
-                    if store is None:
-                        store = StoreRequest(self._core)
-                    store.write(request)
-                    continue
-                if store is None:
-                    check_study_restriction(request.study_instance_uid, "study_instance_uid")
-                    store = StoreRequest(self._core, request.study_instance_uid)
-                kind = request.WhichOneof("payload")
-                if kind == "instance":
-                    header = request.instance
-                    await store.begin(header.client_reference, header.size_bytes)
-                elif kind == "data":
-                    store.write(request.data)
-            results = await store.finish() if store is not None else []
+            results = await self._store(request_iterator)
         except ServiceError as error:
-            if store is not None:
-                await store.cancel()
             await abort(context, error)
-        except BaseException:
-            if store is not None:
-                await store.cancel()
-            raise
         return pb.StoreInstancesResponse(
             results=[_result_message(r) for r in results],
             status=_STATUSES[overall_status(results)],
         )
+
+    async def _store(
+        self, requests: AsyncIterator[pb.StoreInstancesRequest | memoryview]
+    ) -> list[InstanceResult]:
+        """Feed the stream to one StoreRequest, which removes what it holds however it ends.
+
+        grpc.aio ends the request iterator as if the client had finished when the call is
+        cancelled, runs past its deadline or receives a message over the size limit, and
+        cancels this task a moment later: the request's cleanup is what leaves nothing behind.
+        """
+        messages = aiter(requests)
+        first = await anext(messages, None)
+        if first is None:
+            return []
+        study = "" if isinstance(first, memoryview) else first.study_instance_uid
+        check_study_restriction(study, "study_instance_uid")
+        async with StoreRequest(self._core, study) as store:
+            request: pb.StoreInstancesRequest | memoryview | None = first
+            while request is not None:
+                if isinstance(request, memoryview):  # a bare chunk (see dicomrpc.wire)
+                    store.write(request)
+                else:
+                    kind = request.WhichOneof("payload")
+                    if kind == "instance":
+                        header = request.instance
+                        await store.begin(header.client_reference, header.size_bytes)
+                    elif kind == "data":
+                        store.write(request.data)
+                request = await anext(messages, None)
+            return await store.finish()

@@ -1,17 +1,18 @@
 """Deleting studies, series and instances: index first, atomically; files after.
 
 Readers never see half a deletion: every index entry of what is deleted goes in one write
-transaction. Files are removed only after that commit, so a crash in between leaves orphan
-files (which start-up sweeps) and never an index entry without its file. A retrieve already
-streaming a deleted instance keeps its open file and finishes; one that has not opened it yet
-ends with NOT_FOUND.
+transaction, which also records the files to remove (pending removals). Files are removed only
+after that commit, then the records are cleared, so a crash in between leaves files start-up can
+prove are garbage and removes (:mod:`dicomrpc_server.storage.recovery`), and never an index
+entry without its file. A retrieve already streaming a deleted instance keeps its open file and
+finishes; one that has not opened it yet ends with NOT_FOUND.
 """
 
 from __future__ import annotations
 
 import asyncio
 
-from dicomrpc_server.errors import invalid_argument
+from dicomrpc_server.retrieve.scope import check_scope
 from dicomrpc_server.storage.blobs import LocalBlobStore
 from dicomrpc_server.storage.lmdb_index import LmdbIndex
 
@@ -24,15 +25,13 @@ class DeleteCore:
         self.blobs = blobs
 
     async def delete(self, study: str, series: str = "", sop: str = "") -> int:
-        """Delete a study, series or instance; return how many instances went."""
-        if not study:
-            raise invalid_argument("study_instance_uid", "is required")
-        if sop and not series:
-            raise invalid_argument("series_instance_uid", "is required with sop_instance_uid")
-        blob_ids = await self.index.delete(study, series, sop)
-        await asyncio.to_thread(self._remove, blob_ids)
-        return len(blob_ids)
+        """Delete a study, series or instance; return how many instances went.
 
-    def _remove(self, blob_ids: list[str]) -> None:
-        for blob_id in blob_ids:
-            self.blobs.delete(blob_id)
+        The UIDs are checked first: one holding the index's key separator (NUL) would name a
+        key range the request never meant.
+        """
+        check_scope(study, series, sop)
+        blob_ids = await self.index.delete(study, series, sop)
+        await asyncio.to_thread(self.blobs.remove, blob_ids)
+        self.index.forget_removals(blob_ids)
+        return len(blob_ids)

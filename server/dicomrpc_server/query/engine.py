@@ -22,6 +22,7 @@ from dicomrpc_server.dicom.attributes import (
     Level,
     NestedAttribute,
 )
+from dicomrpc_server.dicom.uids import check_request_uid
 from dicomrpc_server.errors import Code, ServiceError, invalid_argument
 from dicomrpc_server.query.terms import (
     EXACT,
@@ -136,8 +137,7 @@ class TermMatcher:
         if vr == "UI":
             if wildcard:
                 raise invalid_argument(attribute.keyword, "wildcards do not apply to UIDs")
-            uids = [u.strip() for u in re.split(r"[,\\]", value) if u.strip()]
-            return [EXACT + uid.encode() for uid in uids]
+            return [EXACT + uid.encode() for uid in uid_list(value)]
         if vr == "DA" and "-" not in value:
             if len(value) != 8 or not _DATE.fullmatch(value):
                 raise invalid_argument(attribute.keyword, f"{value!r} is not YYYYMMDD")
@@ -216,6 +216,23 @@ class TermMatcher:
         # Inclusive: everything up to the end of the upper bound, a partial date or time included.
         stop = EXACT + bound(high, end=True) + b"\xff" if high else EXACT + b"\xff"
         return _pks(scan(attribute.level, attribute.tag, start, stop))
+
+
+def uid_list(value: str) -> list[str]:
+    """The UIDs of a UI match value: one, or a list separated by ',' or '\\'."""
+    return [u.strip() for u in re.split(r"[,\\]", value) if u.strip()]
+
+
+def check_term(name: str, term: MatchTerm) -> MatchTerm:
+    """Refuse a UI match value naming a UID no request may name; ``name`` is the key as sent.
+
+    Each UID of a list is checked: searches on studies, series, instances and workitems, and
+    workitem subscription filters, all build their terms through here.
+    """
+    if term.attribute.vr == "UI" and "*" not in term.value and "?" not in term.value:
+        for uid in uid_list(term.value):
+            check_request_uid(name, uid)
+    return term
 
 
 class SearchCore:
@@ -404,7 +421,7 @@ def _term(name: str, value: str, level: Level, extended: _Extended) -> MatchTerm
             raise invalid_argument(name, "is not a searchable attribute path")
         if nested.leaf.level > level:
             raise invalid_argument(name, f"is a {nested.leaf.level.name.lower()}-level attribute")
-        return MatchTerm(nested.leaf, value, nested.term_kind)
+        return check_term(name, MatchTerm(nested.leaf, value, nested.term_kind))
     tag = extended.get(name)
     if tag is not None and not tag.ready:
         raise ServiceError(
@@ -421,7 +438,7 @@ def _term(name: str, value: str, level: Level, extended: _Extended) -> MatchTerm
         raise invalid_argument(name, "is returned but not searchable")
     if attribute.level > level:
         raise invalid_argument(name, f"is a {attribute.level.name.lower()}-level attribute")
-    return MatchTerm(attribute, value)
+    return check_term(name, MatchTerm(attribute, value))
 
 
 def _returned(
@@ -448,6 +465,8 @@ def _returned(
 
 
 def _scope(level: Level, study: str, series: str) -> bytes:
+    check_request_uid("study_instance_uid", study)
+    check_request_uid("series_instance_uid", series)
     if series and not study:
         raise invalid_argument("series_instance_uid", "needs study_instance_uid")
     if series and level != Level.INSTANCE:

@@ -24,6 +24,9 @@ NUMBER = b"#"
 
 _WORD_SPLIT = re.compile(r"[\^=\s,\-.]+")
 
+# LMDB keys are at most 511 bytes: level and tag (5), the term, NUL and a primary key (<= 194).
+MAX_TERM_BYTES = 256
+
 
 def fold(text: str) -> str:
     """Fold case and strip accents: ``'Müller'`` → ``'muller'``."""
@@ -77,7 +80,19 @@ def pad_time(value: str, end: bool = False) -> str:
 
 
 def value_terms(vr: str, values: Iterable[object]) -> list[bytes]:
-    """The index terms of an attribute's values (each value of a multi-valued attribute)."""
+    """The index terms of an attribute's values (each value of a multi-valued attribute).
+
+    A term longer than :data:`MAX_TERM_BYTES` is left out: an index key holds the term and a
+    primary key within LMDB's 511 bytes, and no value of a searchable VR is that long unless
+    it is malformed (it stays in the data, and cannot be found by value).
+    """
+    terms = _value_terms(vr, values)
+    if any(len(term) > MAX_TERM_BYTES for term in terms):
+        terms = [term for term in terms if len(term) <= MAX_TERM_BYTES]
+    return terms
+
+
+def _value_terms(vr: str, values: Iterable[object]) -> list[bytes]:
     terms: list[bytes] = []
     for value in values:
         if value is None or value == "":

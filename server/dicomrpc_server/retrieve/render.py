@@ -21,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 import pydicom
 from PIL import Image
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.pixels.processing import (
@@ -31,9 +32,16 @@ from pydicom.pixels.processing import (
 )
 from pydicom.pixels.utils import pixel_array
 
+from dicomrpc_server.config import Settings
 from dicomrpc_server.dicom.elements import ElementValues
 from dicomrpc_server.dicom.frames import number_of_frames
+from dicomrpc_server.dicom.pixeldata import GeometryError
 from dicomrpc_server.errors import Code, ServiceError, invalid_argument
+from dicomrpc_server.retrieve.transcode import (
+    NATIVE_SYNTAXES,
+    check_encoded_frame,
+    within_limits,
+)
 
 __all__ = ["RenderOptions", "render"]
 
@@ -82,7 +90,9 @@ class RenderOptions:
     max_size: int = 0
 
 
-def render(path: Path, options: RenderOptions) -> tuple[str, bytes]:
+def render(
+    path: Path, options: RenderOptions, max_frame_pixels: int = Settings.max_frame_pixels
+) -> tuple[str, bytes]:
     """Render one frame of the instance stored at `path`.
 
     Parameters
@@ -91,6 +101,8 @@ def render(path: Path, options: RenderOptions) -> tuple[str, bytes]:
         The stored DICOM file.
     options
         What to render and how.
+    max_frame_pixels
+        The most pixels a frame may have to be decoded.
 
     Returns
     -------
@@ -103,14 +115,16 @@ def render(path: Path, options: RenderOptions) -> tuple[str, bytes]:
         INVALID_ARGUMENT (``INVALID_REQUEST``) for a bad option; NOT_FOUND (``NO_PIXEL_DATA``)
         for an instance without pixel data; OUT_OF_RANGE (``FRAME_OUT_OF_RANGE``) for a frame
         the instance does not have; FAILED_PRECONDITION (``TRANSFER_SYNTAX_UNSUPPORTED``) when
-        the pixel data cannot be decoded.
+        the pixel data cannot be decoded; FAILED_PRECONDITION (``FRAME_HEADER_MISMATCH``) when
+        a compressed frame's header disagrees with the data set; RESOURCE_EXHAUSTED
+        (``LIMIT_EXCEEDED``) for a frame of more than ``max_frame_pixels`` pixels.
     """
     media_type = _check_options(options)
     # pydicom warns about many harmless oddities of real files; the caller wants an image, and
     # the test suite runs with warnings as errors.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        image = _render_image(path, options)
+        image = _render_image(path, options, max_frame_pixels)
     return media_type, _encode(_fit(image, options.max_size), media_type, options.quality or 100)
 
 
@@ -134,7 +148,7 @@ def _check_options(options: RenderOptions) -> str:
     return media_type
 
 
-def _render_image(path: Path, options: RenderOptions) -> Image.Image:
+def _render_image(path: Path, options: RenderOptions, max_pixels: int) -> Image.Image:
     """Read, decode and transform one frame into an 8-bit Pillow image of the stored size."""
     meta = pydicom.dcmread(path, defer_size=DEFER_SIZE)
     sop_uid = str(meta.get("SOPInstanceUID", ""))
@@ -155,6 +169,7 @@ def _render_image(path: Path, options: RenderOptions) -> Image.Image:
             f"frame{'s' if count != 1 else ''}",
             metadata={"frames": str(frame), "number_of_frames": str(count)},
         )
+    _check_frame(path, frame - 1, meta, sop_uid, max_pixels)
     pixels = _decode(path, frame - 1, meta, sop_uid)
     photometric = str(meta.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     if photometric == "PALETTE COLOR":
@@ -169,6 +184,29 @@ def _render_image(path: Path, options: RenderOptions) -> Image.Image:
     if photometric == "MONOCHROME1":
         gray = 255.0 - gray
     return Image.fromarray(_to_uint8(gray))
+
+
+def _check_frame(path: Path, index: int, meta: Dataset, sop_uid: str, max_pixels: int) -> None:
+    """Hold frame `index` (0-based) to the data set's header and the pixel limit, undecoded."""
+    file_meta = getattr(meta, "file_meta", None)
+    syntax = str(file_meta.get("TransferSyntaxUID", "")) if file_meta is not None else ""
+    try:
+        geometry = within_limits(meta, max_pixels)
+        if syntax in NATIVE_SYNTAXES or 0x7FE00010 not in meta:
+            return
+        raw = meta.get_item(0x7FE00010, keep_deferred=True)
+        at = None
+        if isinstance(raw, RawDataElement) and raw.value is None and raw.value_tell is not None:
+            at = (path, raw.value_tell)  # deferred: the frame is read from the file
+        check_encoded_frame(meta, syntax, index, geometry, max_pixels, at)
+    except (GeometryError, ValueError, IndexError, EOFError) as exc:
+        raise ServiceError(
+            Code.FAILED_PRECONDITION,
+            "TRANSFER_SYNTAX_UNSUPPORTED",
+            f"frame {index + 1} of instance {sop_uid} ({syntax or 'unknown transfer syntax'}) "
+            f"cannot be rendered: {exc}",
+            metadata={"sop_instance_uid": sop_uid, "stored_transfer_syntax_uid": syntax},
+        ) from exc
 
 
 def _decode(path: Path, index: int, meta: Dataset, sop_uid: str) -> npt.NDArray[Any]:

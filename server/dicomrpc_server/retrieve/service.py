@@ -20,12 +20,15 @@ from typing import Any, BinaryIO, TypeVar
 
 import numpy as np
 
+from dicomrpc_server.config import Settings
+from dicomrpc_server.dicom.frames import frame_count, frame_ranges
 from dicomrpc_server.errors import Code, ServiceError, invalid_argument
 from dicomrpc_server.retrieve.bulkdata import ByteRange, check_tag_path, locate_bulk_data
 from dicomrpc_server.retrieve.render import RenderOptions, render
 from dicomrpc_server.retrieve.scope import StoredInstance, not_found, resolve
 from dicomrpc_server.retrieve.transcode import (
     check_transcodable,
+    syntax_name,
     transcode_frames,
     transcode_instance,
 )
@@ -153,9 +156,12 @@ class RetrieveCore:
     chunk_bytes
         The default chunk size.
     workers
-        The worker processes that decode and encode pixel data.
+        The worker processes that decode and encode pixel data (with their time and memory
+        limits).
     max_frames
         The most frames one request may ask for.
+    max_frame_pixels
+        The most pixels a frame may have to be decoded.
     """
 
     def __init__(
@@ -164,13 +170,15 @@ class RetrieveCore:
         blobs: LocalBlobStore,
         chunk_bytes: int,
         workers: WorkerPool,
-        max_frames: int = 10_000,
+        max_frames: int = Settings.max_frames_per_request,
+        max_frame_pixels: int = Settings.max_frame_pixels,
     ) -> None:
         self.index = index
         self.blobs = blobs
         self.chunk_bytes = chunk_bytes
         self.workers = workers
         self.max_frames = max_frames
+        self.max_frame_pixels = max_frame_pixels
 
     def instances(
         self,
@@ -201,7 +209,10 @@ class RetrieveCore:
             transcode_instance,
             self.blobs.path(record.blob_id),
             transfer_syntax,
+            what=f"transcoding instance {instance.sop_uid} from "
+            f"{syntax_name(record.transfer_syntax_uid)} to {syntax_name(transfer_syntax)}",
             allow_lossy=allow_lossy,
+            max_frame_pixels=self.max_frame_pixels,
         )
         return Outgoing(transfer_syntax, len(data), _slices(data, chunk))
 
@@ -255,7 +266,7 @@ class RetrieveCore:
             check_transcodable(stored, transfer_syntax, allow_lossy=allow_lossy)
             return None
         table = self.index.get_frames(instance.study_uid, instance.series_uid, instance.sop_uid)
-        if table is None or len(table.frames) != record.number_of_frames:
+        if table is None or frame_count(table) != record.number_of_frames:
             # No byte ranges to serve (a deflated data set, or fragments that could not be
             # mapped to frames): the frames are decoded and sent as raw pixel bytes.
             check_transcodable(stored, EXPLICIT_VR_LITTLE_ENDIAN, allow_lossy=False)
@@ -280,7 +291,14 @@ class RetrieveCore:
             EXPLICIT_VR_LITTLE_ENDIAN if as_stored(transfer_syntax, stored) else transfer_syntax
         )
         data = await self.workers.run(
-            _frames_list, self.blobs.path(instance.record.blob_id), numbers, target, allow_lossy
+            _frames_list,
+            self.blobs.path(instance.record.blob_id),
+            numbers,
+            target,
+            allow_lossy,
+            self.max_frame_pixels,
+            what=f"decoding {_frames_named(numbers)} of instance {instance.sop_uid} "
+            f"({syntax_name(stored)}) to {syntax_name(target)}",
         )
 
         async def decoded() -> AsyncIterator[tuple[int, bytes]]:
@@ -298,14 +316,18 @@ class RetrieveCore:
 
     def read_frame(self, fp: BinaryIO, table: records_pb2.FrameTable, number: int) -> bytes:
         """One frame's bytes: one seek and read per range (per fragment when encapsulated)."""
-        location = table.frames[number - 1]
+        ranges, bit_offset = frame_ranges(table, number)
         parts = []
-        for offset, length in zip(location.offsets, location.lengths, strict=True):
+        for offset, length in ranges:
             fp.seek(offset)
             parts.append(fp.read(length))
         data = b"".join(parts)
-        if table.bit_offsets and table.bit_offsets[number - 1]:
-            data = _realign_bits(data, table.bit_offsets[number - 1])
+        if bit_offset:
+            data = _realign_bits(data, bit_offset)
+        tail = table.frame_bits % 8 if not table.encapsulated else 0
+        if tail:  # the bits past the frame in its last byte belong to the next one: zeroed
+            data = data[: (table.frame_bits + 7) // 8]
+            data = data[:-1] + bytes([data[-1] & ((1 << tail) - 1)])
         return data
 
     def iter_frames(
@@ -327,8 +349,16 @@ class RetrieveCore:
                 f"instance {instance.sop_uid} has no pixel data to render",
                 metadata={"sop_instance_uid": instance.sop_uid},
             )
-        check_frame_range([options.frame_number or 1], instance.record.number_of_frames)
-        return await self.workers.run(render, self.blobs.path(instance.record.blob_id), options)
+        record = instance.record
+        check_frame_range([options.frame_number or 1], record.number_of_frames)
+        return await self.workers.run(
+            render,
+            self.blobs.path(record.blob_id),
+            options,
+            self.max_frame_pixels,
+            what=f"rendering frame {options.frame_number or 1} of instance {instance.sop_uid} "
+            f"({syntax_name(record.transfer_syntax_uid)})",
+        )
 
     # -- metadata --------------------------------------------------------------------------
 
@@ -375,6 +405,7 @@ class RetrieveCore:
             self.blobs.path(record.blob_id),
             tag_path,
             record.transfer_syntax_uid,
+            what=f"reading bulk data {tag_path} of instance {instance.sop_uid}",
         )
         if isinstance(found, bytes):
             return Outgoing(record.transfer_syntax_uid, len(found), _slices(found, chunk))
@@ -429,9 +460,24 @@ def check_frame_range(numbers: list[int], count: int) -> None:
         )
 
 
-def _frames_list(path: Path, numbers: list[int], target: str, allow_lossy: bool) -> list[bytes]:
+def _frames_list(
+    path: Path, numbers: list[int], target: str, allow_lossy: bool, max_frame_pixels: int
+) -> list[bytes]:
     """Decode (and re-encode) frames in a worker process; the frames asked for, in order."""
-    return list(transcode_frames(path, numbers, target, allow_lossy=allow_lossy))
+    return list(
+        transcode_frames(
+            path, numbers, target, allow_lossy=allow_lossy, max_frame_pixels=max_frame_pixels
+        )
+    )
+
+
+def _frames_named(numbers: list[int]) -> str:
+    """``frame 3``, ``frames 1, 2, 5`` or ``12 frames (1 to 40)``, for messages."""
+    if len(numbers) == 1:
+        return f"frame {numbers[0]}"
+    if len(numbers) <= 5:
+        return "frames " + ", ".join(map(str, numbers))
+    return f"{len(numbers)} frames ({min(numbers)} to {max(numbers)})"
 
 
 def etag(instances: list[StoredInstance]) -> str:

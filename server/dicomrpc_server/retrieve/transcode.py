@@ -28,6 +28,9 @@ How it works:
   instance that was asked for, in the representation asked for.
 * Lossy targets are refused unless the caller explicitly allows them; when a lossy target is
   produced, Lossy Image Compression (0028,2110), its ratio and method are recorded.
+* No frame is decoded beyond the limits its header sets: Rows x Columns at most
+  ``max_frame_pixels``, and a compressed frame's own codestream header must declare what the
+  data set does (:mod:`dicomrpc_server.dicom.codestreams`) before a codec is given it.
 * pydicom's warnings are caught inside each function, so none escapes to the caller.
 """
 
@@ -55,6 +58,10 @@ from pydicom.pixels.utils import as_pixel_options, get_nr_frames, pack_bits
 from pydicom.uid import UID
 from pydicom.valuerep import VR
 
+from dicomrpc_server.config import Settings
+from dicomrpc_server.dicom.codestreams import check_frame, encoded_frame
+from dicomrpc_server.dicom.elements import ElementValues
+from dicomrpc_server.dicom.pixeldata import FrameGeometry, frame_geometry, too_many_pixels
 from dicomrpc_server.errors import Code, ServiceError
 
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
@@ -196,6 +203,7 @@ _J2K_MIN_SIZE = 32
 # Value sizes of the VRs whose values pydicom keeps as bytes and does not byte-swap.
 _WORD_SIZES: dict[str, int] = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
 _PIXEL_DATA_TAG = 0x7FE00010
+PIXEL_DATA_TAGS = (_PIXEL_DATA_TAG, 0x7FE00008, 0x7FE00009)
 _PIXEL_DATA_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
 # Elements that describe encapsulated pixel data only.
@@ -612,19 +620,79 @@ def _decode_from_file(
     return arr, props
 
 
+def within_limits(ds: Dataset, max_pixels: int) -> FrameGeometry:
+    """The frame size ``ds`` declares, refused when over ``max_pixels`` pixels.
+
+    Raises
+    ------
+    ServiceError
+        RESOURCE_EXHAUSTED (``LIMIT_EXCEEDED``) naming ``max_frame_pixels``.
+    GeometryError
+        When Rows, Columns or Bits Allocated is missing or invalid.
+    """
+    elements = ElementValues(ds)
+    tag = next((t for t in PIXEL_DATA_TAGS if t in elements), PIXEL_DATA_TAGS[0])
+    geometry = frame_geometry(elements, tag)
+    why = too_many_pixels(geometry, max_pixels)
+    if why:
+        raise ServiceError(
+            Code.RESOURCE_EXHAUSTED,
+            "LIMIT_EXCEEDED",
+            f"instance {ds.get('SOPInstanceUID', '')} is not decoded: {why}",
+            metadata={"limit": "max_frame_pixels", "value": str(max_pixels)},
+        )
+    return geometry
+
+
+def check_encoded_frame(
+    ds: Dataset,
+    source_uid: str,
+    index: int,
+    geometry: FrameGeometry,
+    max_pixels: int,
+    at: tuple[Path, int] | None = None,
+) -> None:
+    """Hold frame ``index`` (0-based) of encapsulated data to its header before decoding it.
+
+    The frame is found as pydicom's decoders find it: in ``ds.PixelData``, or in the file
+    ``at[0]`` whose Pixel Data value starts at byte ``at[1]``.
+    """
+    count = get_nr_frames(ds, warn=False)
+    offsets = None
+    if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds:
+        offsets = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
+    if at is None:
+        frame = encoded_frame(ds.PixelData, index, count, offsets)
+    else:
+        with open(os.fspath(at[0]), "rb") as fp:
+            fp.seek(at[1])
+            frame = encoded_frame(fp, index, count, offsets)
+    what = f"frame {index + 1} of instance {ds.get('SOPInstanceUID', '')}"
+    check_frame(frame, source_uid, geometry, max_pixels, what)
+
+
 def _iter_decoded(
-    ds: Dataset, source_uid: str, indices: list[int] | None, pixels: _PixelValue | None = None
+    ds: Dataset,
+    source_uid: str,
+    indices: list[int] | None,
+    pixels: _PixelValue | None = None,
+    max_pixels: int = Settings.max_frame_pixels,
 ) -> Iterator[tuple[NDArray[Any], PixelDescription]]:
     """Each frame at ``indices`` (0-based; all when None), decoded as ``pixel_array`` does.
 
     With ``pixels`` the frames are read from the file, not from ``ds`` (which then holds no
-    Pixel Data).
+    Pixel Data). No frame over ``max_pixels`` pixels is decoded, nor a compressed one whose
+    header disagrees with the data set.
     """
     plugin = _decoding_plugin(source_uid) or ""
     decoder = get_decoder(UID(source_uid))
+    geometry = within_limits(ds, max_pixels)
     if indices is None:
         indices = list(range(get_nr_frames(ds, warn=False)))
     for index in indices:
+        if source_uid not in NATIVE_SYNTAXES:
+            at = None if pixels is None else (pixels.path, pixels.offset)
+            check_encoded_frame(ds, source_uid, index, geometry, max_pixels, at)
         # One frame at a time with as_array: iter_array fails on read-only buffers when it
         # corrects the sign of JPEG 2000 samples (pydicom 3.0).
         if pixels is not None:
@@ -793,7 +861,7 @@ def _set_image_pixel(ds: Dataset, desc: PixelDescription, photometric: str, fram
         ds.NumberOfFrames = frames
 
 
-def _repixel(ds: FileDataset, source_uid: str, target_uid: str) -> bytes:
+def _repixel(ds: FileDataset, source_uid: str, target_uid: str, max_pixels: int) -> bytes:
     """Decode every frame and write them in ``target_uid`` (native or encapsulated)."""
     for keyword in _ENCAPSULATION_KEYWORDS:
         if keyword in ds:
@@ -803,7 +871,7 @@ def _repixel(ds: FileDataset, source_uid: str, target_uid: str) -> bytes:
     photometric = ""
     raw_size = 0
     encapsulated = target_uid not in NATIVE_SYNTAXES
-    for arr, frame_desc in _iter_decoded(ds, source_uid, None):
+    for arr, frame_desc in _iter_decoded(ds, source_uid, None, max_pixels=max_pixels):
         desc = frame_desc
         raw_size += arr.nbytes
         if encapsulated:
@@ -842,7 +910,13 @@ def _has_pixels(ds: Dataset) -> bool:
     return any(keyword in ds for keyword in _PIXEL_DATA_KEYWORDS)
 
 
-def transcode_instance(path: Path, target_uid: str, *, allow_lossy: bool) -> bytes:
+def transcode_instance(
+    path: Path,
+    target_uid: str,
+    *,
+    allow_lossy: bool,
+    max_frame_pixels: int = Settings.max_frame_pixels,
+) -> bytes:
     """The whole Part 10 file at ``path`` re-encoded in ``target_uid``.
 
     Parameters
@@ -853,6 +927,8 @@ def transcode_instance(path: Path, target_uid: str, *, allow_lossy: bool) -> byt
         The transfer syntax asked for.
     allow_lossy
         Whether a lossy target is acceptable.
+    max_frame_pixels
+        The most pixels a frame may have to be decoded.
 
     Returns
     -------
@@ -864,7 +940,10 @@ def transcode_instance(path: Path, target_uid: str, *, allow_lossy: bool) -> byt
     ------
     ServiceError
         FAILED_PRECONDITION (``TRANSFER_SYNTAX_UNSUPPORTED``) when the syntax cannot be
-        produced, is lossy and not allowed, or the pixel data cannot be transcoded.
+        produced, is lossy and not allowed, or the pixel data cannot be transcoded;
+        FAILED_PRECONDITION (``FRAME_HEADER_MISMATCH``) when a compressed frame's header
+        disagrees with the data set; RESOURCE_EXHAUSTED (``LIMIT_EXCEEDED``) when a frame
+        has more than ``max_frame_pixels`` pixels.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -880,7 +959,7 @@ def transcode_instance(path: Path, target_uid: str, *, allow_lossy: bool) -> byt
                 if _has_pixels(ds) and target_uid not in NATIVE_SYNTAXES:
                     raise ValueError("float pixel data cannot be compressed")
                 return _native_to_native(ds, EXPLICIT_VR_LITTLE_ENDIAN, target_uid)
-            return _repixel(ds, source_uid, target_uid)
+            return _repixel(ds, source_uid, target_uid, max_frame_pixels)
         except ServiceError:
             raise
         except Exception as exc:
@@ -959,7 +1038,12 @@ def _native_file_source(
 
 
 def transcode_frames(
-    path: Path, numbers: list[int], target_uid: str, *, allow_lossy: bool
+    path: Path,
+    numbers: list[int],
+    target_uid: str,
+    *,
+    allow_lossy: bool,
+    max_frame_pixels: int = Settings.max_frame_pixels,
 ) -> Iterator[bytes]:
     """Each requested frame of the instance at ``path``, in ``target_uid``.
 
@@ -977,6 +1061,8 @@ def transcode_frames(
         The transfer syntax asked for.
     allow_lossy
         Whether a lossy target is acceptable.
+    max_frame_pixels
+        The most pixels a frame may have to be decoded.
 
     Returns
     -------
@@ -988,8 +1074,8 @@ def transcode_frames(
     Raises
     ------
     ServiceError
-        FAILED_PRECONDITION (``TRANSFER_SYNTAX_UNSUPPORTED``) as :func:`transcode_instance`,
-        FAILED_PRECONDITION (``NO_PIXEL_DATA``) or OUT_OF_RANGE (``FRAME_OUT_OF_RANGE``).
+        As :func:`transcode_instance`; FAILED_PRECONDITION (``NO_PIXEL_DATA``) or
+        OUT_OF_RANGE (``FRAME_OUT_OF_RANGE``).
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -1016,19 +1102,26 @@ def transcode_frames(
             if numbers and cut is not None:
                 first = cut(numbers[0])
             elif numbers:
-                first = _decode_frame(ds, source_uid, target_uid, numbers[0], pixels)
+                first = _decode_frame(
+                    ds, source_uid, target_uid, numbers[0], pixels, max_frame_pixels
+                )
         except ServiceError:
             raise
         except Exception as exc:
             raise _undecodable(source_uid, target_uid, exc) from exc
-    return _frames_after(ds, source_uid, target_uid, numbers, first, cut, pixels)
+    return _frames_after(ds, source_uid, target_uid, numbers, first, cut, pixels, max_frame_pixels)
 
 
 def _decode_frame(
-    ds: Dataset, source_uid: str, target_uid: str, number: int, pixels: _PixelValue | None
+    ds: Dataset,
+    source_uid: str,
+    target_uid: str,
+    number: int,
+    pixels: _PixelValue | None,
+    max_pixels: int,
 ) -> bytes:
     """One frame decoded and, for an encapsulated target, re-encoded."""
-    for arr, desc in _iter_decoded(ds, source_uid, [number - 1], pixels):
+    for arr, desc in _iter_decoded(ds, source_uid, [number - 1], pixels, max_pixels):
         if target_uid in NATIVE_SYNTAXES:
             return _native_bytes(arr, desc, target_uid == EXPLICIT_VR_BIG_ENDIAN)
         return _encode_frame(target_uid, arr, desc)[0]
@@ -1043,6 +1136,7 @@ def _frames_after(
     first: bytes,
     cut: Callable[[int], bytes] | None,
     pixels: _PixelValue | None,
+    max_pixels: int,
 ) -> Iterator[bytes]:
     """Yield the first frame (already made), then make and yield the others one by one."""
     if not numbers:
@@ -1055,8 +1149,10 @@ def _frames_after(
                 data = (
                     cut(number)
                     if cut is not None
-                    else _decode_frame(ds, source_uid, target_uid, number, pixels)
+                    else _decode_frame(ds, source_uid, target_uid, number, pixels, max_pixels)
                 )
+            except ServiceError:
+                raise
             except Exception as exc:
                 raise _undecodable(source_uid, target_uid, exc) from exc
         yield data

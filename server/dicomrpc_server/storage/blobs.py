@@ -2,22 +2,35 @@
 
 Layout under the data directory::
 
-    uploads/<random>.part              files being received (removed at start-up)
+    uploads/<blob id>.part             files being received, named by the blob id they will have
     blobs/<8 hex>/<8 hex><24 hex>.dcm  stored instances, named by a random id (never by a UID)
 
-An upload becomes a blob by fsync then rename; the rename is made durable by fsyncing its
-directory, which :meth:`LocalBlobStore.sync` does for all renames since the last call, once per
-index commit (group commit) rather than once per file. New blobs go to one current directory
-(its name is the first 8 hex digits of their ids) until it holds ``SHARD_SIZE`` files, so a commit
-of many instances costs one directory fsync, not one per instance.
+A file is stored in three steps, so that start-up can prove which files are garbage:
+
+1. :meth:`LocalBlobStore.persist` fsyncs the upload (its bytes are on stable storage).
+2. :meth:`LocalBlobStore.sync`, which the index writer calls in every write transaction just
+   before it commits, fsyncs ``uploads/`` (the upload's name is durable), hard-links each
+   persisted upload to its final name in ``blobs/`` and fsyncs those directories. Then the index
+   commit names the blob.
+3. :meth:`LocalBlobStore.committed` removes the upload's name once the commit is done.
+
+The final name exists before the index can name it, so readers always open ``blobs/``; an
+upload name beside a blob marks a commit that was about to happen. After a crash, a blob whose
+upload name remains and that the index does not name was never acknowledged (garbage), and a
+blob without an upload name that the index does not name is one the index lost (kept, and
+reported: see :mod:`.recovery`). New blobs go to one current directory (its name is the first 8
+hex digits of their ids) until it holds ``SHARD_SIZE`` files, so a commit of many instances
+costs one directory fsync there, not one per instance.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -25,6 +38,10 @@ from dicomrpc_server.storage.protocols import Upload
 
 PREAMBLE_LENGTH = 128
 SHARD_SIZE = 10_000
+UPLOAD_SUFFIX = ".part"
+BLOB_SUFFIX = ".dcm"
+
+log = logging.getLogger(__name__)
 
 
 class LocalUpload:
@@ -34,8 +51,9 @@ class LocalUpload:
     instance and a program), so the archive never keeps what was sent there.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, blob_id: str) -> None:
         self.path = path
+        self.blob_id = blob_id
         self.size = 0
         self._fp: BinaryIO | None = open(path, "xb")  # noqa: SIM115 - closed in close()
 
@@ -51,14 +69,15 @@ class LocalUpload:
         self.size += len(data)
 
     def close(self) -> None:
-        """Flush and close the file (idempotent)."""
-        if self._fp is not None:
-            self._fp.close()
-            self._fp = None
+        """Flush and close the file (idempotent; a flush that fails still closes it)."""
+        fp, self._fp = self._fp, None
+        if fp is not None:
+            fp.close()
 
     def discard(self) -> None:
-        """Close and remove the partial file."""
-        self.close()
+        """Close and remove the partial file, even when its last bytes find no space."""
+        with contextlib.suppress(OSError):  # they are being thrown away
+            self.close()
         self.path.unlink(missing_ok=True)
 
 
@@ -70,19 +89,26 @@ class LocalBlobStore:
         self.blobs_dir = root / "blobs"
         self.uploads_dir.mkdir(parents=True, exist_ok=True)
         self.blobs_dir.mkdir(parents=True, exist_ok=True)
-        _fsync_dir(root)
-        self._dirty: set[Path] = set()
+        fsync_dir(root)
+        # Persisted uploads waiting for their final name, linked by the next sync().
+        self._staged: list[LocalUpload] = []
         self._lock = threading.Lock()
+        self._linking = threading.Lock()
         self._shard = ""
         self._shard_count = SHARD_SIZE
 
     def new_upload(self) -> LocalUpload:
-        """Start receiving a file under ``uploads/``."""
-        return LocalUpload(self.uploads_dir / f"{uuid.uuid4().hex}.part")
+        """Start receiving a file under ``uploads/``, named by the blob id it will have."""
+        blob_id = self._next_blob_id()
+        return LocalUpload(self.upload_path(blob_id), blob_id)
 
     def path(self, blob_id: str) -> Path:
         """The file of a blob id."""
-        return self.blobs_dir / blob_id[:8] / f"{blob_id}.dcm"
+        return self.blobs_dir / blob_id[:8] / f"{blob_id}{BLOB_SUFFIX}"
+
+    def upload_path(self, blob_id: str) -> Path:
+        """The upload name of a blob id (present while its index commit is under way)."""
+        return self.uploads_dir / f"{blob_id}{UPLOAD_SUFFIX}"
 
     def _next_blob_id(self) -> str:
         """A new random blob id in the current shard (a new shard every SHARD_SIZE blobs)."""
@@ -90,59 +116,142 @@ class LocalBlobStore:
             if self._shard_count >= SHARD_SIZE:
                 self._shard = uuid.uuid4().hex[:8]
                 (self.blobs_dir / self._shard).mkdir()
-                _fsync_dir(self.blobs_dir)
+                fsync_dir(self.blobs_dir)
                 self._shard_count = 0
             self._shard_count += 1
             return self._shard + uuid.uuid4().hex[:24]
 
     def persist(self, upload: Upload) -> str:
-        """Fsync the upload and rename it into ``blobs/``; return its new blob id."""
+        """Fsync the upload; it gets its final name at the next :meth:`sync`. Return its id."""
+        assert isinstance(upload, LocalUpload)
         upload.close()
         fd = os.open(upload.path, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
-        blob_id = self._next_blob_id()
-        target = self.path(blob_id)
-        os.rename(upload.path, target)
         with self._lock:
-            self._dirty.add(target.parent)
-        return blob_id
+            self._staged.append(upload)
+        return upload.blob_id
 
     def sync(self) -> None:
-        """Fsync every directory that received a blob since the last call."""
+        """Give every persisted upload its final name, durably (before an index commit).
+
+        ``uploads/`` is fsynced first, so that a final name is never durable without the upload
+        name that marks it as not yet committed.
+        """
         with self._lock:
-            dirty, self._dirty = self._dirty, set()
-        for directory in dirty:
-            _fsync_dir(directory)
+            staged, self._staged = self._staged, []
+        if not staged:
+            return
+        fsync_dir(self.uploads_dir)
+        directories: set[Path] = set()
+        with self._linking:
+            for i, upload in enumerate(staged):
+                target = self.path(upload.blob_id)
+                try:
+                    _link(upload.path, target)
+                except FileNotFoundError:
+                    # Discarded meanwhile (its store failed): it has nothing left to name.
+                    log.warning("upload %s was removed before it was stored", upload.path.name)
+                    continue
+                except BaseException:
+                    with self._lock:  # the next commit tries again
+                        self._staged[:0] = staged[i:]
+                    raise
+                directories.add(target.parent)
+        for directory in directories:
+            fsync_dir(directory)
+
+    def committed(self, upload: Upload) -> None:
+        """Remove the upload name of a blob the index now names (it keeps its final name)."""
+        upload.path.unlink(missing_ok=True)
+
+    def discard(self, upload: Upload) -> None:
+        """Remove a persisted upload whose commit failed, under both of its names."""
+        assert isinstance(upload, LocalUpload)
+        with self._lock:
+            if upload in self._staged:
+                self._staged.remove(upload)
+        target = self.path(upload.blob_id)
+        with self._linking:  # not while sync() may be linking it
+            if same_file(upload.path, target):
+                target.unlink(missing_ok=True)
+            upload.discard()
 
     def open(self, blob_id: str) -> BinaryIO:
         """Open a stored file for reading."""
         return open(self.path(blob_id), "rb")
 
-    def delete(self, blob_id: str) -> None:
-        """Remove a stored file; a missing one is not an error."""
-        self.path(blob_id).unlink(missing_ok=True)
+    def remove(self, blob_ids: Iterable[str]) -> None:
+        """Remove stored files (and any upload name left beside one), durably.
+
+        The directories are fsynced before this returns: the index may then forget that the
+        files were to be removed, and they never come back after a crash.
+        """
+        directories: set[Path] = set()
+        for blob_id in blob_ids:
+            path = self.path(blob_id)
+            if _unlink(path):
+                directories.add(path.parent)
+            if _unlink(self.upload_path(blob_id)):
+                directories.add(self.uploads_dir)
+        for directory in directories:
+            fsync_dir(directory)
 
     def blob_ids(self) -> Iterator[str]:
         """Every stored blob id."""
-        for shard in sorted(self.blobs_dir.iterdir()):
+        for blob_id, _, _ in self.blob_entries():
+            yield blob_id
+
+    def blob_entries(self) -> Iterator[tuple[str, str, Path]]:
+        """Every stored file as (blob id, shard folder name, path), a listing per shard.
+
+        A file's id is its name; its shard folder is where it is, which is the first 8 digits
+        of the id unless the file was copied in elsewhere.
+        """
+        for shard in sorted(os.scandir(self.blobs_dir), key=lambda e: e.name):
             if shard.is_dir():
-                for entry in os.scandir(shard):
-                    if entry.name.endswith(".dcm"):
-                        yield entry.name[: -len(".dcm")]
+                for entry in os.scandir(shard.path):
+                    if entry.name.endswith(BLOB_SUFFIX):
+                        yield entry.name[: -len(BLOB_SUFFIX)], shard.name, Path(entry.path)
 
-    def clear_uploads(self) -> int:
-        """Remove uploads a previous process left behind."""
-        count = 0
-        for entry in self.uploads_dir.iterdir():
-            entry.unlink(missing_ok=True)
-            count += 1
-        return count
+    def upload_files(self) -> dict[str, Path]:
+        """Every file under ``uploads/``, by its name without ``.part``."""
+        return {
+            entry.name.removesuffix(UPLOAD_SUFFIX): Path(entry.path)
+            for entry in os.scandir(self.uploads_dir)
+        }
 
 
-def _fsync_dir(path: Path) -> None:
+def _link(source: Path, target: Path) -> None:
+    """Give ``source`` the name ``target`` too (done already when it is the same file)."""
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        if not same_file(source, target):
+            raise
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether two names are links to one file (False when either is missing)."""
+    try:
+        return os.path.samefile(a, b)
+    except FileNotFoundError:
+        return False
+
+
+def _unlink(path: Path) -> bool:
+    """Remove a name; return whether there was one."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the entries of a directory (names created, renamed or removed) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)

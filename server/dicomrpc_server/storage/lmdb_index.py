@@ -11,6 +11,8 @@ name           key                     value
 ``instances``  study/series/sop        ``InstanceRecord``
 ``sops``       sop                     study/series/sop: the UID map
 ``blobs``      blob id                 study/series/sop: which files the index references
+``removals``   blob id                 study/series/sop: files of deleted instances still to be
+                                       removed (recorded by the delete, cleared once removed)
 ``metadata``   study/series/sop        ``dicomrpc.v1.Dataset``: pre-computed metadata
 ``frames``     study/series/sop        ``FrameTable``: the byte ranges of every frame
 ``terms``      level/tag/term/pk       empty: secondary indexes, scanned with ``set_range``
@@ -27,6 +29,7 @@ Reads run on the caller's thread in short read transactions; writes go through t
 
 from __future__ import annotations
 
+import concurrent.futures
 import struct
 import threading
 import time
@@ -53,6 +56,7 @@ _DB_NAMES = (
     "instances",
     "sops",
     "blobs",
+    "removals",
     "metadata",
     "frames",
     "terms",
@@ -67,8 +71,6 @@ MODALITIES_IN_STUDY = 0x00080061
 _DROPPING = b"dropping\x00"
 # Extended query tags are indexed on every store: their number is bounded.
 MAX_QUERY_TAGS = 128
-# LMDB keys are at most 511 bytes: level and tag (5), the term, NUL and a primary key (<= 194).
-MAX_TERM_BYTES = 256
 Record = records_pb2.StudyRecord | records_pb2.SeriesRecord | records_pb2.InstanceRecord
 _LEVEL_DB = {Level.STUDY: "studies", Level.SERIES: "series", Level.INSTANCE: "instances"}
 _RECORD_TYPES: dict[Level, type[Record]] = {
@@ -228,6 +230,31 @@ class LmdbIndex:
                 bytes(k).decode("ascii")
                 for k in txn.cursor(db=self._db["blobs"]).iternext(values=False)
             }
+
+    def blob_instance(self, blob_id: str) -> tuple[str, str, str] | None:
+        """The (study, series, SOP instance) UIDs of the instance a blob holds, or ``None``."""
+        with self.read() as txn:
+            raw = _get(txn, blob_id.encode("ascii"), self._db["blobs"])
+        if raw is None:
+            return None
+        study, series, sop = keys.split_key(raw)
+        return study, series, sop
+
+    def pending_removals(self) -> list[str]:
+        """Blob ids of deleted instances whose files may not be removed yet."""
+        with self.read() as txn:
+            cursor = txn.cursor(db=self._db["removals"])
+            return [bytes(k).decode("ascii") for k in cursor.iternext(values=False)]
+
+    def held_instances(self) -> bool:
+        """Whether an instance was ever indexed here (an index made empty by deletes was)."""
+        with self.read() as txn:
+            return _get(txn, b"version", self._db["meta"]) is not None
+
+    def get_meta(self, name: bytes) -> bytes | None:
+        """A value of the ``meta`` sub-database (settings and state of the index itself)."""
+        with self.read() as txn:
+            return _get(txn, name, self._db["meta"])
 
     def counts(self) -> IndexCounts:
         """The number of studies, series and instances."""
@@ -462,9 +489,14 @@ class LmdbIndex:
 
     async def add_instance(self, new: NewInstance) -> int:
         """Index a persisted instance in one write transaction; return its version."""
-        return await self.writer.run(lambda txn: self._add_instance(txn, new))
+        return await self.writer.run(lambda txn: self.add_instance_in(txn, new))
 
-    def _add_instance(self, txn: lmdb.Transaction, new: NewInstance) -> int:
+    def add_instance_in(self, txn: lmdb.Transaction, new: NewInstance) -> int:
+        """Index a persisted instance in an open write transaction; return its version.
+
+        The record's ``stored_at_us`` is kept when set (a rebuild gives the file's time), else
+        it is now.
+        """
         db = self._db
         ikey = keys.instance_key(new.study_uid, new.series_uid, new.sop_uid)
         if _get(txn, ikey, db["instances"]) is not None:
@@ -479,7 +511,7 @@ class LmdbIndex:
         now_us = time.time_ns() // 1000
         record = new.record
         record.version = version
-        record.stored_at_us = now_us
+        record.stored_at_us = record.stored_at_us or now_us
         txn.put(ikey, record.SerializeToString(), db=db["instances"])
         txn.put(new.sop_uid.encode("ascii"), ikey, db=db["sops"])
         txn.put(record.blob_id.encode("ascii"), ikey, db=db["blobs"])
@@ -528,11 +560,25 @@ class LmdbIndex:
     async def delete(self, study: str, series: str = "", sop: str = "") -> list[str]:
         """Remove a study, series or instance from the index in one write transaction.
 
-        Returns the blob ids of the files to remove once the transaction has committed (a crash
-        before they are removed leaves orphans, which start-up sweeps). Raises NOT_FOUND when
-        nothing matches.
+        Returns the blob ids of the files to remove once the transaction has committed. The
+        same transaction records them as pending removals, so that a crash before they are gone
+        leaves files start-up can prove are garbage; :meth:`forget_removals` clears the records
+        once they are. Raises NOT_FOUND when nothing matches.
         """
         return await self.writer.run(lambda txn: self._delete(txn, study, series, sop))
+
+    def forget_removals(self, blob_ids: list[str]) -> concurrent.futures.Future[None]:
+        """Clear the pending-removal records of files now removed (committed with later writes).
+
+        Returns the future of the write; nobody needs to wait for it: a record that outlives a
+        crash only makes start-up remove a file that is gone already.
+        """
+
+        def forget(txn: lmdb.Transaction) -> None:
+            for blob_id in blob_ids:
+                txn.delete(blob_id.encode("ascii"), db=self._db["removals"])
+
+        return self.writer.submit(forget)
 
     def _delete(self, txn: lmdb.Transaction, study: str, series: str, sop: str) -> list[str]:
         db = self._db
@@ -584,6 +630,7 @@ class LmdbIndex:
                 txn.delete(ikey, db=db[name])
             txn.delete(sop_uid.encode("ascii"), db=db["sops"])
             txn.delete(record.blob_id.encode("ascii"), db=db["blobs"])
+            txn.put(record.blob_id.encode("ascii"), ikey, db=db["removals"])
             blob_ids.append(record.blob_id)
             removed_per_series[series_uid] = removed_per_series.get(series_uid, 0) + 1
             if record.modality:
@@ -930,7 +977,7 @@ def _terms(
             terms = value_terms(query_tag.vr, attribute_values(attributes[hex_tag]))
         except ValueError:
             continue
-        out.update((int(hex_tag, 16), t) for t in terms if len(t) <= MAX_TERM_BYTES)
+        out.update((int(hex_tag, 16), t) for t in terms)
     if isinstance(record, records_pb2.StudyRecord):
         for modality, count in record.modality_counts.items():
             if count > 0:

@@ -7,7 +7,7 @@ so that no service changes when a deployment outgrows one machine.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -19,6 +19,7 @@ class Upload(Protocol):
     """A file being received, not yet part of the archive."""
 
     path: Path
+    blob_id: str
     size: int
 
     def write(self, data: bytes | memoryview) -> None:
@@ -28,36 +29,39 @@ class Upload(Protocol):
         """Flush and close the file: every byte written is in it (idempotent)."""
 
     def discard(self) -> None:
-        """Remove the partial file."""
+        """Remove the partial file, even when its last bytes cannot be written (a full disk)."""
 
 
 class BlobStore(Protocol):
     """Write-once storage of instance files."""
 
     def new_upload(self) -> Upload:
-        """Start receiving a file."""
+        """Start receiving a file; its blob id is chosen now."""
 
     def persist(self, upload: Upload) -> str:
-        """Make an upload durable under a new blob id; return the id.
+        """Make an upload's bytes durable; return its blob id.
 
-        The file's bytes are on stable storage when this returns; its name becomes durable at
-        the next :meth:`sync`, which the index writer calls before every commit.
+        The file gets its final name, durably, at the next :meth:`sync`, which the index writer
+        calls before every commit: the index never names a blob that cannot be opened.
         """
 
     def sync(self) -> None:
-        """Make every name created by :meth:`persist` so far durable."""
+        """Give every upload persisted so far its final name, durably."""
+
+    def committed(self, upload: Upload) -> None:
+        """Drop what marked an upload as not yet committed, once the index names its blob."""
+
+    def discard(self, upload: Upload) -> None:
+        """Remove a persisted upload whose index commit failed."""
 
     def open(self, blob_id: str) -> BinaryIO:
         """Open a stored file for reading."""
 
-    def delete(self, blob_id: str) -> None:
-        """Remove a stored file (missing is not an error)."""
+    def remove(self, blob_ids: Iterable[str]) -> None:
+        """Remove stored files durably (missing is not an error)."""
 
     def blob_ids(self) -> Iterator[str]:
-        """Every stored blob id, for the start-up orphan sweep."""
-
-    def clear_uploads(self) -> int:
-        """Remove uploads left by a previous process; return how many."""
+        """Every stored blob id, for the start-up checks."""
 
 
 @dataclass
@@ -116,7 +120,7 @@ class Index(Protocol):
         """Whether an index entry points at this blob."""
 
     def blob_ids(self) -> set[str]:
-        """Every blob id the index references (for the start-up orphan sweep)."""
+        """Every blob id the index references (for the start-up checks)."""
 
     def counts(self) -> IndexCounts:
         """The number of studies, series and instances."""

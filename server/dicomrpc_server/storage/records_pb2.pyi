@@ -191,23 +191,49 @@ Global___StudyRecord: _TypeAlias = StudyRecord  # noqa: Y015
 
 @_typing.final
 class FrameTable(_message.Message):
-    """Where each frame of an instance lies in its file (sub-database "frames")."""
+    """Where each frame of an instance lies in its file (sub-database "frames").
+
+    Read for every frame request, so reading it costs no work per frame: native frames are
+    computed from the value's offset and the frame size, encapsulated ones are looked up in two
+    packed arrays. Tables written with `frames` (one message per frame) are still read.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     ENCAPSULATED_FIELD_NUMBER: _builtins.int
     FRAMES_FIELD_NUMBER: _builtins.int
     BIT_OFFSETS_FIELD_NUMBER: _builtins.int
+    FRAME_COUNT_FIELD_NUMBER: _builtins.int
+    NATIVE_OFFSET_FIELD_NUMBER: _builtins.int
+    FRAME_BITS_FIELD_NUMBER: _builtins.int
+    FRAME_STARTS_FIELD_NUMBER: _builtins.int
+    FRAGMENTS_FIELD_NUMBER: _builtins.int
     encapsulated: _builtins.bool
     """True when the pixel data is encapsulated (compressed)."""
+    frame_count: _builtins.int
+    """The number of frames."""
+    native_offset: _builtins.int
+    """Native data: the file offset of the Pixel Data value. Frame n (1-based) starts at bit
+    (n - 1) * frame_bits of it.
+    """
+    frame_bits: _builtins.int
+    """Native data: the size of one frame in bits."""
+    frame_starts: _builtins.bytes
+    """Encapsulated data: the index in `fragments` of each frame's first fragment, one
+    little-endian uint32 per frame; frame n spans its first fragment up to the next frame's.
+    """
+    fragments: _builtins.bytes
+    """Encapsulated data: the file offset and length of each fragment's value, two
+    little-endian uint64 per fragment.
+    """
     @_builtins.property
     def frames(self) -> _containers.RepeatedCompositeFieldContainer[Global___FrameLocation]:
-        """The frames, in order."""
+        """The frames, in order (tables written before `frame_count`; no longer written)."""
 
     @_builtins.property
     def bit_offsets(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """For native BitsAllocated 1 data: the bit offset of the first frame within its first byte
-        of each frame, as frames need not start on a byte boundary.
+        """With `frames`, for native BitsAllocated 1 data: the bit offset of each frame within its
+        first byte, as frames need not start on a byte boundary.
         """
 
     def __init__(
@@ -216,10 +242,15 @@ class FrameTable(_message.Message):
         encapsulated: _builtins.bool = ...,
         frames: _abc.Iterable[Global___FrameLocation] | None = ...,
         bit_offsets: _abc.Iterable[_builtins.int] | None = ...,
+        frame_count: _builtins.int = ...,
+        native_offset: _builtins.int = ...,
+        frame_bits: _builtins.int = ...,
+        frame_starts: _builtins.bytes = ...,
+        fragments: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bit_offsets", b"bit_offsets", "encapsulated", b"encapsulated", "frames", b"frames"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bit_offsets", b"bit_offsets", "encapsulated", b"encapsulated", "fragments", b"fragments", "frame_bits", b"frame_bits", "frame_count", b"frame_count", "frame_starts", b"frame_starts", "frames", b"frames", "native_offset", b"native_offset"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -4,7 +4,9 @@ LMDB allows one write transaction at a time, bound to the thread that began it. 
 writes through one thread makes that rule structural, and lets the writer group whatever
 operations are queued into one transaction: one commit (one fsync) acknowledges them all, so
 durability costs little under concurrent load (group commit). Each operation runs in a nested
-transaction, so one that fails is rolled back alone and the others still commit.
+transaction, so one that fails is rolled back alone and the others still commit. A commit that
+finds no space is rolled back whole, as LMDB leaves it, and each of its operations fails with
+``STORAGE_FULL`` (see :mod:`.space`), the answer every write that finds no space gets.
 """
 
 from __future__ import annotations
@@ -17,9 +19,12 @@ import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import lmdb
+
+from dicomrpc_server.storage.space import cut_short_by_space, space_errno, storage_full
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -140,8 +145,16 @@ class IndexWriter:
                 self._grow()
                 continue
             except Exception as exc:
-                log.exception("index commit failed")
-                _settle(batch, [(False, exc)] * len(batch))
+                failure: Exception = exc
+                volume = Path(self._env.path())
+                if space_errno(exc) is not None or cut_short_by_space(
+                    exc, volume, self._env.stat()["psize"]
+                ):
+                    log.warning("index commit failed: %s", exc)
+                    failure = storage_full(exc, volume, "writing the index")
+                else:
+                    log.exception("index commit failed")
+                _settle(batch, [(False, failure)] * len(batch))
                 return
             break
         self.commits += 1

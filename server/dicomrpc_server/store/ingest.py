@@ -1,10 +1,17 @@
 """The store pipeline for one instance: receive, check, persist, index, answer.
 
-Order makes a crash harmless (SPEC §1): bytes stream to an upload file; the file is parsed and
-validated; it is fsynced and renamed into the blob store; one index transaction records it. An
-instance is acknowledged only after that commit. A crash before the rename leaves an upload
-(cleared at start-up); between the rename and the commit, an orphan blob (swept at start-up);
-never an index entry without its file.
+Order makes a crash harmless: bytes stream to an upload file named by the instance's future
+blob id; the file is parsed and validated; it is fsynced; the index writer gives it its final
+name in the blob store and then commits the one transaction that records it; the upload name is
+removed. An instance is acknowledged only after that commit. A crash before the commit leaves
+an upload the index does not name (removed at start-up, with its final name if it had one);
+after it, a blob the index names (kept); never an index entry without its file
+(:mod:`dicomrpc_server.storage.blobs`, :mod:`dicomrpc_server.storage.recovery`).
+
+Short of a crash, nothing is left behind: an instance owns its upload file from its first byte
+until it hands the file to its commit, and however it ends before that (failed, dropped, its
+request cancelled) the file is removed and its descriptor closed. A write that finds no space
+fails that instance alone, with ``STORAGE_FULL`` (see :mod:`dicomrpc_server.storage.space`).
 """
 
 from __future__ import annotations
@@ -17,9 +24,11 @@ from dataclasses import dataclass, field
 from dicomrpc_server.config import Settings
 from dicomrpc_server.dicom.validation import AttributeProblem
 from dicomrpc_server.errors import Code, ServiceError
+from dicomrpc_server.paths import instance_path
 from dicomrpc_server.storage.lmdb_index import instance_exists_error
 from dicomrpc_server.storage.protocols import BlobStore, Index, Upload
-from dicomrpc_server.store.prepare import PreparedInstance, instance_path, prepare
+from dicomrpc_server.storage.space import space_errno, storage_full
+from dicomrpc_server.store.prepare import PreparedInstance, prepare
 from dicomrpc_server.workers import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -78,13 +87,14 @@ class StoreCore:
     Parameters
     ----------
     settings
-        Limits (maximum instance size).
+        Limits (instance size, inflated size, pixels per frame, sequence nesting depth).
     blobs
         Where files go.
     index
         Where they are recorded.
     workers
-        The worker processes parsing runs in, off the event loop.
+        The worker processes parsing runs in, off the event loop (a pool of its own: no decode
+        ever holds up a store).
     """
 
     def __init__(
@@ -109,6 +119,16 @@ class StoreCore:
         stream.count += 1
         return ingest
 
+    def storage_error(self, exc: Exception, step: str) -> ServiceError:
+        """The failure of an instance whose file or index write failed with ``exc``."""
+        if space_errno(exc) is not None:
+            log.warning("%s: %s", step, exc)
+            return storage_full(exc, self.settings.data_dir, step)
+        log.error("%s failed", step, exc_info=exc)
+        return _failure(
+            "STORAGE_FAILURE", f"the instance could not be stored: {step} failed: {exc}", 272
+        )
+
 
 class StoreStream:
     """One store request: its study restriction, and the order its instances are decided in.
@@ -126,7 +146,12 @@ class StoreStream:
 
 
 class Ingest:
-    """One instance on its way in: feed it bytes with :meth:`write`, then :meth:`finish`."""
+    """One instance on its way in: feed it bytes with :meth:`write`, then :meth:`finish`.
+
+    The instance owns its upload file, created at its first byte, until it hands the file to
+    its commit. :meth:`abandon` removes the file wherever the instance ends; it may be called
+    any number of times, from any path, and :meth:`finish` always ends with it.
+    """
 
     def __init__(
         self, core: StoreCore, stream: StoreStream, client_reference: str, declared_size: int
@@ -138,29 +163,53 @@ class Ingest:
         self.result = InstanceResult(stream.count, client_reference)
         self._received = 0
         self._too_large = declared_size > core.settings.max_instance_bytes
-        self._upload: Upload | None = None if self._too_large else core.blobs.new_upload()
+        # Created at the first byte: an instance that never receives one holds no file.
+        self._upload: Upload | None = None
+        # Why the bytes are dropped since a write of them failed (no space, say).
+        self._write_failure: ServiceError | None = None
+        self._ended = False
         # Decided after the previous instance of the stream (see StoreStream).
         self._after = stream.last_checked
         self._checked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         stream.last_checked = self._checked
 
     def write(self, data: bytes | memoryview) -> None:
-        """Append a chunk; past the size limit the bytes are dropped and the file removed."""
+        """Append a chunk; past the size limit, or once a write failed, bytes are dropped.
+
+        Either way the file is removed at once and the instance fails when it is finished;
+        the request's other instances go on.
+        """
         self._received += len(data)
-        if self._upload is None:
+        if self._ended or self._too_large or self._write_failure is not None or not data:
             return
         if self._received > self._core.settings.max_instance_bytes:
             self._too_large = True
-            self._upload.discard()
-            self._upload = None
+            self._drop_upload()
             return
-        self._upload.write(data)
+        try:
+            if self._upload is None:
+                self._upload = self._core.blobs.new_upload()
+            self._upload.write(data)
+        except OSError as exc:
+            self._write_failure = self._core.storage_error(exc, "writing the instance's file")
+            self._drop_upload()
 
     def abandon(self) -> None:
-        """Drop a partial instance (the stream was cancelled)."""
-        if self._upload is not None:
-            self._upload.discard()
-            self._upload = None
+        """End the instance here: remove its upload unless a commit owns it (idempotent)."""
+        self._ended = True
+        self._drop_upload()
+        if not self._checked.done():
+            self._checked.set_result(None)  # the next instance of the stream is not held up
+
+    def _drop_upload(self) -> None:
+        upload, self._upload = self._upload, None
+        if upload is None:
+            return
+        try:
+            upload.discard()
+        except OSError:
+            # Start-up recovery removes what is left under uploads/.
+            log.warning("could not remove the upload %s", upload.path, exc_info=True)
 
     async def finish(self) -> InstanceResult:
         """Check, persist and index the instance; return its result (never raises)."""
@@ -170,6 +219,9 @@ class Ingest:
             self.result.failure = exc
             return self.result
         except Exception as exc:
+            if space_errno(exc) is not None:
+                self.result.failure = self._core.storage_error(exc, "storing the instance")
+                return self.result
             log.exception("storing instance %d failed", self.result.index)
             self.result.failure = _failure(
                 "STORAGE_FAILURE", f"the instance could not be stored: {exc}", 272
@@ -177,8 +229,6 @@ class Ingest:
             return self.result
         finally:
             self.abandon()
-            if not self._checked.done():
-                self._checked.set_result(None)
 
     async def _finish(self) -> InstanceResult:
         core = self._core
@@ -191,8 +241,8 @@ class Ingest:
                 272,
                 limit=str(limit),
             )
-        upload = self._upload
-        assert upload is not None
+        if self._write_failure is not None:
+            raise self._write_failure
         if self._declared and self._received != self._declared:
             raise _failure(
                 "INSTANCE_TRUNCATED",
@@ -201,8 +251,21 @@ class Ingest:
             )
         if self._received == 0:
             raise _failure("INSTANCE_UNPARSABLE", "the instance has no bytes", 272)
-        upload.close()
-        prepared = await core.workers.run(prepare, upload.path)
+        upload = self._upload
+        assert upload is not None
+        try:
+            upload.close()  # buffered bytes are written now: this too may find no space
+        except OSError as exc:
+            raise core.storage_error(exc, "writing the instance's file") from exc
+        settings = core.settings
+        prepared = await core.workers.run(
+            prepare,
+            upload.path,
+            settings.max_sequence_depth,
+            what=f"parsing the instance {self.result.client_reference or ''}".rstrip(),
+            max_inflated=settings.max_instance_bytes,
+            max_frame_pixels=settings.max_frame_pixels,
+        )
         validated = prepared.validated
         result = self.result
         result.study_uid, result.series_uid = validated.study_uid, validated.series_uid
@@ -248,7 +311,8 @@ class Ingest:
         commit = asyncio.ensure_future(self._commit(upload, prepared))
         core._in_flight[sop] = (self._stream, commit)
         self._checked.set_result(None)
-        self._upload = None  # from here on the upload belongs to the commit task
+        # From here on the upload belongs to the commit task.
+        self._upload = None
         # Shielded: once the file is being persisted, a cancelled stream must not leave the
         # file and the index disagreeing; the commit finishes either way.
         version = await asyncio.shield(commit)
@@ -262,16 +326,21 @@ class Ingest:
     async def _commit(self, upload: Upload, prepared: PreparedInstance) -> int:
         core = self._core
         loop = asyncio.get_running_loop()
-        blob_id = ""
         try:
-            blob_id = await loop.run_in_executor(None, core.blobs.persist, upload)
-            prepared.new.record.blob_id = blob_id
-            return await core.index.add_instance(prepared.new)
-        except BaseException:
-            if blob_id:
-                core.blobs.delete(blob_id)
-            else:
-                upload.discard()
+            prepared.new.record.blob_id = await loop.run_in_executor(
+                None, core.blobs.persist, upload
+            )
+            version = await core.index.add_instance(prepared.new)
+        except asyncio.CancelledError:
+            # The loop is going away; the commit may still happen. The files stay for start-up
+            # to judge: kept if the index names them, removed if it does not.
+            raise
+        except BaseException as exc:
+            core.blobs.discard(upload)
+            if isinstance(exc, OSError):  # making the file durable found no space, say
+                raise core.storage_error(exc, "making the instance's file durable") from exc
             raise
         finally:
             core._in_flight.pop(prepared.validated.sop_uid, None)
+        core.blobs.committed(upload)
+        return version

@@ -10,14 +10,17 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from dicomrpc.datasets import from_pydicom
+from dicomrpc.datasets import MAX_SEQUENCE_DEPTH, NestingTooDeep, from_pydicom
 from dicomrpc.v1 import dataset_pb2
+from dicomrpc_server.config import Settings
 from dicomrpc_server.dicom.attributes import ATTRIBUTES_BY_LEVEL, Level
 from dicomrpc_server.dicom.elements import ElementValues
 from dicomrpc_server.dicom.frames import BITS_ALLOCATED, frame_table, number_of_frames
-from dicomrpc_server.dicom.part10 import parse_file
+from dicomrpc_server.dicom.nesting import too_deep
+from dicomrpc_server.dicom.part10 import ParsedInstance, parse_file
 from dicomrpc_server.dicom.structure import DEFLATED_SYNTAXES
 from dicomrpc_server.dicom.validation import AttributeProblem, ValidatedInstance, validate
+from dicomrpc_server.paths import bulk_data_path, instance_path
 from dicomrpc_server.storage import records_pb2
 from dicomrpc_server.storage.protocols import NewInstance
 
@@ -37,42 +40,55 @@ class PreparedInstance:
     transfer_syntax_uid: str
 
 
-def instance_path(study: str, series: str, sop: str) -> str:
-    """The DICOMweb path of an instance, relative to the service root."""
-    return f"studies/{study}/series/{series}/instances/{sop}"
-
-
-def prepare(path: Path) -> PreparedInstance:
+def prepare(
+    path: Path,
+    max_depth: int = MAX_SEQUENCE_DEPTH,
+    *,
+    max_inflated: int = Settings.max_instance_bytes,
+    max_frame_pixels: int = Settings.max_frame_pixels,
+) -> PreparedInstance:
     """Parse, validate and describe the file at ``path`` (raises ``ServiceError``).
 
-    What pydicom notices and works around (its warnings) is reported with the instance's
-    warnings rather than lost in the server's log.
+    A deflated data set may inflate to at most ``max_inflated`` bytes, a frame have at most
+    ``max_frame_pixels`` pixels. Sequences nested more than ``max_depth`` levels deep fail the
+    instance (``LIMIT_EXCEEDED``, 272): its metadata could not be read back. What pydicom
+    notices and works around (its warnings) is reported with the instance's warnings rather
+    than lost in the server's log.
     """
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        prepared = _prepare(path)
+        parsed = parse_file(path, max_depth, max_inflated=max_inflated)
+        try:
+            prepared = _prepare(path, parsed, max_depth, max_frame_pixels)
+        finally:
+            parsed.close()
     for message in dict.fromkeys(str(w.message) for w in caught):
         prepared.validated.problems.append(AttributeProblem("", "", message, 1))
     return prepared
 
 
-def _prepare(path: Path) -> PreparedInstance:
-    parsed = parse_file(path)
+def _prepare(
+    path: Path, parsed: ParsedInstance, max_depth: int, max_frame_pixels: int
+) -> PreparedInstance:
     elements = ElementValues(parsed.dataset)
-    validated = validate(parsed, elements)
+    validated = validate(parsed, elements, max_frame_pixels=max_frame_pixels)
     base = instance_path(validated.study_uid, validated.series_uid, validated.sop_uid)
-    metadata = from_pydicom(
-        parsed.dataset,
-        bulk_data_threshold=BULK_DATA_THRESHOLD,
-        bulk_data_uri=lambda tag_path: f"{base}/bulkdata/{tag_path}",
-    )
+    try:
+        metadata = from_pydicom(
+            parsed.dataset,
+            bulk_data_threshold=BULK_DATA_THRESHOLD,
+            bulk_data_uri=lambda tag_path: bulk_data_path(base, tag_path),
+            max_depth=max_depth,
+        )
+    except NestingTooDeep as exc:
+        raise too_deep(exc) from None
     pixel = parsed.structure.pixel_data
     frames = None
     if pixel is not None:
         metadata.attributes[f"{pixel.tag:08X}"].CopyFrom(
             dataset_pb2.Attribute(
                 vr=pixel.vr or _pixel_vr(elements, pixel.tag, pixel.length is None),
-                bulk_data_uri=f"{base}/bulkdata/{pixel.tag:08X}",
+                bulk_data_uri=bulk_data_path(base, f"{pixel.tag:08X}"),
             )
         )
         if parsed.structure.transfer_syntax_uid not in DEFLATED_SYNTAXES:

@@ -2,16 +2,19 @@
 
 An adapter only translates its transport into :meth:`StoreRequest.begin` (a new instance),
 :meth:`StoreRequest.write` (its next bytes) and :meth:`StoreRequest.finish` (the request
-ended); the pipelining, the order of results and the overall status live here, once.
+ended), inside ``async with StoreRequest(...)``; the pipelining, the order of results, the
+overall status and the cleanup of a request that ends any other way live here, once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+from types import TracebackType
 
 from dicomrpc_server.dicom.uids import UidCheck, check_uid
 from dicomrpc_server.errors import Code, ServiceError, invalid_argument
+from dicomrpc_server.storage.space import STORAGE_FULL
 from dicomrpc_server.store.ingest import Ingest, InstanceResult, Outcome, StoreCore, StoreStream
 
 # Instances of one request being checked and committed while the next one streams in.
@@ -34,6 +37,20 @@ def overall_status(results: list[InstanceResult]) -> StoreStatus:
     return StoreStatus.PARTIALLY_STORED if stored else StoreStatus.NONE_STORED
 
 
+def storage_full_refusal(results: list[InstanceResult]) -> ServiceError | None:
+    """The lack of space that refused a request none of whose instances was stored, if any.
+
+    Such a request is answered as refused by the archive as a whole (STOW-RS: 507), so that a
+    client retries once space is freed rather than reading a fault in its data.
+    """
+    if overall_status(results) is not StoreStatus.NONE_STORED:
+        return None
+    for result in results:
+        if result.failure is not None and result.failure.reason == STORAGE_FULL:
+            return result.failure
+    return None
+
+
 def check_study_restriction(study_uid: str, field_name: str) -> None:
     """Refuse a study restriction that is not a safe UID (a questionable one is accepted)."""
     if study_uid:
@@ -44,6 +61,10 @@ def check_study_restriction(study_uid: str, field_name: str) -> None:
 
 class StoreRequest:
     """The instances of one request, pipelined: one receives while earlier ones are stored.
+
+    Use it as ``async with``: leaving the block by any way but a :meth:`finish` that returned
+    (an error, a cancellation, a deadline, a client gone) runs :meth:`close`, which removes
+    every upload the request still holds.
 
     Parameters
     ----------
@@ -56,17 +77,30 @@ class StoreRequest:
     def __init__(self, core: StoreCore, study_restriction: str = "") -> None:
         self._core = core
         self._stream = StoreStream(study_restriction)
+        self._ingests: list[Ingest] = []
         self._tasks: list[asyncio.Task[InstanceResult]] = []
         # The tasks not yet done: what the pipeline bound counts, without walking every task
         # of the request (a request may carry tens of thousands of instances).
         self._running: set[asyncio.Task[InstanceResult]] = set()
         self._current: Ingest | None = None
 
+    async def __aenter__(self) -> StoreRequest:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
     async def begin(self, client_reference: str = "", declared_size: int = 0) -> None:
         """Start the next instance (the previous one, if any, is complete)."""
         self._close_current()
         await self._bound()
         self._current = self._core.begin(self._stream, client_reference, declared_size)
+        self._ingests.append(self._current)
 
     def write(self, data: bytes | memoryview) -> None:
         """Append bytes to the current instance."""
@@ -89,16 +123,24 @@ class StoreRequest:
         self._close_current()
         return list(await asyncio.gather(*self._tasks))
 
-    async def cancel(self) -> None:
-        """The request failed or was cancelled: drop the partial instance, stop the others.
+    async def close(self) -> None:
+        """End the request however it went: remove every upload no commit owns.
 
-        An instance already being committed finishes (its commit is shielded), so the files
-        and the index never disagree.
+        After a :meth:`finish` that returned there is nothing left to do. Otherwise the
+        instance being received is dropped and those queued behind it are stopped. The files
+        are removed before the first await: an instance whose task was cancelled before it
+        ever ran never runs its own cleanup (a client that cancels makes the request end, then
+        its task be cancelled, just as the last instance was queued), and this coroutine may
+        itself be cancelled again while it waits. An instance already being committed
+        finishes (its commit is shielded), so the files and the index never disagree.
         """
         self.drop_current()
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for ingest in self._ingests:
+            ingest.abandon()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def _close_current(self) -> None:
         if self._current is not None:

@@ -20,7 +20,7 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from dicomrpc.v1 import dataset_pb2
 from dicomrpc_server.dicom.attributes import IndexedAttribute, Level, NestedAttribute
 from dicomrpc_server.errors import invalid_argument
-from dicomrpc_server.query.engine import MatchTerm, TermMatcher
+from dicomrpc_server.query.engine import MatchTerm, TermMatcher, check_term
 from dicomrpc_server.query.terms import value_terms
 from dicomrpc_server.storage.lmdb_index import attribute_values
 
@@ -137,13 +137,13 @@ def match_terms(match: Mapping[str, str]) -> list[MatchTerm]:
             nested = _NESTED_BY_NAME.get(name)
             if nested is None:
                 raise invalid_argument(name, "is not a workitem matching key path")
-            out.append(MatchTerm(nested.leaf, value, nested.term_kind))
+            out.append(check_term(name, MatchTerm(nested.leaf, value, nested.term_kind)))
             continue
         attribute = _BY_NAME.get(name) or _BY_NAME.get(name.upper())
         if attribute is None:
             known = ", ".join(a.keyword for a in MATCHING_KEYS)
             raise invalid_argument(name, f"is not a workitem matching key ({known}, or paths)")
-        out.append(MatchTerm(attribute, value))
+        out.append(check_term(name, MatchTerm(attribute, value)))
     return [t for t in out if t.value != ""]
 
 

@@ -9,20 +9,34 @@ the server fills what it maintains itself (SOP Class/Instance UID, state, modifi
 date-time, cancellation date-time) before it checks a final state. Items of a sequence are held
 to their rows' ``create`` rule in both a create and an update, because an update replaces a
 sequence whole. Attributes the table does not name are kept as sent.
+
+Besides the table, every UID of a workitem data set must be a safe key
+(:mod:`dicomrpc_server.dicom.uids`), at any depth: the SOP Instance UID becomes the record's key
+and its URL, the Transaction UID its lock, the Study Instance UID an index term, and a workitem
+carries no other channel to warn about a UID that could not be used as one (see
+:func:`uid_violations`), and every attribute must be a DICOM attribute: keyed by a tag, with a
+VR the standard defines.
 """
 
 from __future__ import annotations
 
 import enum
 import functools
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from pydicom.datadict import tag_for_keyword
+from pydicom.valuerep import VR
 
+from dicomrpc.datasets import keyword
 from dicomrpc.v1 import dataset_pb2
+from dicomrpc_server.dicom.uids import uid_error
 from dicomrpc_server.errors import FieldViolation
 from dicomrpc_server.ups.values import has_value
+
+_TAG_KEY = re.compile(r"[0-9A-Fa-f]{8}")
+_VRS = frozenset(vr.value for vr in VR if len(vr.value) == 2)
 
 
 class Rule(enum.Enum):
@@ -303,3 +317,39 @@ def _missing(
             continue
         for number, item in enumerate(attribute.sequence.items):
             yield from _missing(item, nested, needed, f"{name}[{number}].")
+
+
+def uid_violations(dataset: dataset_pb2.Dataset) -> list[FieldViolation]:
+    """Every attribute of ``dataset``, at any depth, that a workitem may not hold, by its path.
+
+    That is a UI value that is not a safe key, and an attribute that is not a DICOM attribute
+    at all: a key other than a tag's 8 hexadecimal digits (PS3.18 F.2.1.1), or a VR that
+    PS3.5 Table 6.2-1 does not define. The JSON gateway refuses those when it reads a body;
+    over gRPC a data set is a message whose map keys and VR strings could be anything.
+    The data set's nesting is checked first (:mod:`dicomrpc_server.dicom.nesting`), so the
+    recursion here is bounded.
+    """
+    return list(_uid_violations(dataset, ""))
+
+
+def _uid_violations(dataset: dataset_pb2.Dataset, path: str) -> Iterable[FieldViolation]:
+    for tag, attribute in sorted(dataset.attributes.items()):
+        if not _TAG_KEY.fullmatch(tag):
+            yield FieldViolation(
+                path + repr(tag)[1:-1][:20],
+                "is not a tag: attributes are keyed by 8 hexadecimal digits (PS3.18 F.2.1.1)",
+            )
+            continue
+        name = path + (keyword(tag) or tag)
+        if attribute.vr not in _VRS:
+            yield FieldViolation(name, f"has VR {attribute.vr[:8]!r}, which DICOM does not define")
+            continue
+        kind = attribute.WhichOneof("value")
+        if kind == "sequence":
+            for number, item in enumerate(attribute.sequence.items):
+                yield from _uid_violations(item, f"{name}[{number}].")
+        elif attribute.vr == "UI" and kind == "strings":
+            for value in attribute.strings.values:
+                error = uid_error(name, value)
+                if error is not None:
+                    yield error.violations[0]

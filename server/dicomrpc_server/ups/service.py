@@ -8,6 +8,12 @@ see one SCHEDULED and fifteen IN PROGRESS (0xC302), and no update is lost to ano
 
 The Transaction UID is kept in the stored data set (it is the workitem's lock) and taken out
 of everything that leaves the core: retrieve, search results and events.
+
+Every UID an operation is given is checked before it reaches the index
+(:mod:`dicomrpc_server.dicom.uids`), named as the API names it; a data set to create or update
+is checked for its sequence nesting (:mod:`dicomrpc_server.dicom.nesting`) and its UIDs
+(:func:`~dicomrpc_server.ups.requirements.uid_violations`), so that whatever is stored can be
+read back by every operation.
 """
 
 from __future__ import annotations
@@ -21,14 +27,21 @@ from pydicom.uid import generate_uid
 
 from dicomrpc.v1 import dataset_pb2
 from dicomrpc.v1 import workitem_service_pb2 as pb
-from dicomrpc_server.dicom.uids import UidCheck, check_uid
+from dicomrpc_server.dicom.nesting import check_depth
+from dicomrpc_server.dicom.uids import check_request_uid
 from dicomrpc_server.errors import Code, FieldViolation, ServiceError, invalid_argument
 from dicomrpc_server.query.engine import DEFAULT_LIMIT, MAX_LIMIT, TermMatcher
 from dicomrpc_server.storage.lmdb_index import LmdbIndex
 from dicomrpc_server.ups import states
 from dicomrpc_server.ups.events import EventHub
 from dicomrpc_server.ups.index import match_terms, returned_tags
-from dicomrpc_server.ups.requirements import BY_KEYWORD, Operation, check, final_state_missing
+from dicomrpc_server.ups.requirements import (
+    BY_KEYWORD,
+    Operation,
+    check,
+    final_state_missing,
+    uid_violations,
+)
 from dicomrpc_server.ups.states import Kind, State, Status
 from dicomrpc_server.ups.store import Terms, WorkitemStore
 from dicomrpc_server.ups.values import first_item, now_dt, set_text, text
@@ -109,9 +122,12 @@ class WorkitemCore:
         The archive's LMDB index.
     queue_size
         The most events a subscriber may have waiting before its subscription is ended.
+    max_sequence_depth
+        The most levels sequences may nest in a data set to create or update.
     """
 
-    def __init__(self, index: LmdbIndex, queue_size: int) -> None:
+    def __init__(self, index: LmdbIndex, queue_size: int, max_sequence_depth: int) -> None:
+        self.max_sequence_depth = max_sequence_depth
         self.store = WorkitemStore(index)
         self.events = EventHub(self.store, index.writer, queue_size)
         self._matcher = TermMatcher(index.scan_terms)
@@ -125,6 +141,9 @@ class WorkitemCore:
         not meet the create requirements, 0xC309 when it is not SCHEDULED, and 0x0111
         (ALREADY_EXISTS) when the UID is taken.
         """
+        check_request_uid("workitem_uid", workitem_uid)
+        check_depth(dataset, self.max_sequence_depth)
+        _check_uids(dataset, Operation.CREATE, workitem_uid)
         new = dataset_pb2.Dataset()
         new.CopyFrom(dataset)
         uid = _workitem_uid(workitem_uid, text(new, SOP_INSTANCE))
@@ -164,6 +183,7 @@ class WorkitemCore:
 
     def retrieve(self, workitem_uid: str) -> tuple[dataset_pb2.Dataset, State]:
         """A workitem's data set (without its Transaction UID) and state; 0xC307 if missing."""
+        check_request_uid("workitem_uid", workitem_uid)
         stored = self.store.get(workitem_uid) if workitem_uid else None
         if stored is None:
             raise states.not_found(workitem_uid)
@@ -195,8 +215,12 @@ class WorkitemCore:
         A sequence replaces the stored one whole. The state, the Transaction UID and the
         attributes the create fixed cannot be changed (INVALID_ARGUMENT).
         """
+        check_request_uid("workitem_uid", workitem_uid)
+        check_request_uid("transaction_uid", transaction_uid)
         if not dataset.attributes:
             raise invalid_argument("dataset", "is empty: name the attributes to set")
+        check_depth(dataset, self.max_sequence_depth)
+        _check_uids(dataset, Operation.UPDATE, workitem_uid)
         _raise_violations(check(dataset, Operation.UPDATE), "update", workitem_uid)
 
         def write(txn: lmdb.Transaction) -> Outcome:
@@ -227,10 +251,8 @@ class WorkitemCore:
         self, workitem_uid: str, requested: State, transaction_uid: str
     ) -> Outcome:
         """Claim (IN PROGRESS, with a new Transaction UID), complete or cancel a workitem."""
-        if transaction_uid and check_uid(transaction_uid)[0] is UidCheck.INVALID:
-            raise invalid_argument(
-                "transaction_uid", f"{transaction_uid!r} {check_uid(transaction_uid)[1]}"
-            )
+        check_request_uid("workitem_uid", workitem_uid)
+        check_request_uid("transaction_uid", transaction_uid)
 
         def write(txn: lmdb.Transaction) -> Outcome:
             stored, state = self._load(txn, workitem_uid)
@@ -267,6 +289,7 @@ class WorkitemCore:
         and sent to subscribers; an IN PROGRESS workitem stays as it is until its performer
         decides. A COMPLETED one answers 0xC311, a CANCELED one the warning 0xB304.
         """
+        check_request_uid("workitem_uid", workitem_uid)
 
         def write(txn: lmdb.Transaction) -> Outcome:
             stored, state = self._load(txn, workitem_uid)
@@ -297,6 +320,8 @@ class WorkitemCore:
         self, workitem_uid: str, filter_: Mapping[str, str], since: int
     ) -> AsyncIterator[pb.SubscribeWorkitemsResponse]:
         """Subscribe to events (see :meth:`EventHub.follow`)."""
+        check_request_uid("workitem_uid", workitem_uid)
+        match_terms(filter_)  # a bad filter is refused before the workitem is looked up
         if workitem_uid and self.store.get(workitem_uid) is None:
             raise states.not_found(workitem_uid)
         return self.events.follow(workitem_uid, filter_, since)
@@ -383,13 +408,22 @@ def _workitem_uid(given: str, in_dataset: str) -> str:
             metadata={"workitem_uid": given, "sop_instance_uid": in_dataset},
             violations=(FieldViolation("SOPInstanceUID", f"differs from {given}"),),
         )
-    uid = given or in_dataset
-    if not uid:
-        return str(generate_uid())
-    verdict, why = check_uid(uid)
-    if verdict is UidCheck.INVALID:
-        raise invalid_argument("workitem_uid", f"{uid!r} {why}")
-    return uid
+    return given or in_dataset or str(generate_uid())
+
+
+def _check_uids(dataset: dataset_pb2.Dataset, operation: Operation, workitem_uid: str) -> None:
+    """Refuse a data set holding what no workitem may (see ``uid_violations``)."""
+    violations = uid_violations(dataset)
+    if violations:
+        summary = "; ".join(f"{v.field} {v.description}" for v in violations)
+        raise ServiceError(
+            Code.INVALID_ARGUMENT,
+            "WORKITEM_ATTRIBUTES_INVALID",
+            f"the {operation.value} data set holds what no workitem may: {summary}",
+            dicom_status=0x0106,  # Invalid Attribute Value (PS3.7 C.4)
+            metadata={"workitem_uid": workitem_uid, "operation": operation.value},
+            violations=tuple(violations),
+        )
 
 
 def _raise_violations(violations: list[FieldViolation], operation: str, uid: str) -> None:

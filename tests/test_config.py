@@ -1,0 +1,34 @@
+"""The limits are settings: flags, ``DICOMRPC_*`` variables and derived defaults."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from dicomrpc_server.config import GIB, Settings, add_serve_arguments
+from dicomrpc_server.main import settings_from_args
+
+
+def _parse(*argv: str) -> Settings:
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    return settings_from_args(parser.parse_args(list(argv)))
+
+
+def test_codec_limits_from_flags_and_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DICOMRPC_CODEC_TIMEOUT_S", "7.5")
+    monkeypatch.setenv("DICOMRPC_MAX_FRAME_PIXELS", "1000000")
+    settings = _parse("--codec-workers", "3", "--codec-memory-bytes", str(2 * GIB))
+    assert settings.codec_workers == 3
+    assert settings.codec_timeout_s == 7.5
+    assert settings.max_frame_pixels == 1_000_000
+    assert settings.codec_memory_limit == 2 * GIB
+    assert _parse("--codec-timeout-s", "2", "--workers", "2").codec_timeout_s == 2.0
+
+
+def test_the_codec_memory_limit_follows_the_pixel_limit() -> None:
+    assert Settings().max_frame_pixels == 1 << 28
+    assert Settings().codec_memory_limit == 16 * (1 << 28) + GIB  # 5 GiB
+    assert Settings(max_frame_pixels=1 << 20).codec_memory_limit == 16 * (1 << 20) + GIB
+    assert Settings(codec_memory_bytes=-1).codec_memory_limit is None
