@@ -237,6 +237,29 @@ def test_an_answer_before_the_body_is_read_ends_the_connection(server: RunningSe
     assert status == 415
 
 
+def test_a_body_that_follows_an_early_answer_keeps_the_connection(server: RunningServer) -> None:
+    with _connect(server) as sock:
+        sock.sendall(_head(method="POST", **{"Content-Type": "text/plain", "Content-Length": "2"}))
+        first = _read_response(sock)
+        sock.sendall(b"{}")  # the body, after the answer: read and dropped
+        sock.sendall(_head())
+        second = _read_response(sock)
+    assert (first[0], second[0]) == (415, 204)
+
+
+def _read_response(sock: socket.socket) -> Response:
+    """One response of a kept-alive connection (its body is as long as Content-Length says)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, "the connection was closed"
+        data += chunk
+    status, headers, body = _parse(data)
+    while len(body) < int(headers.get("content-length", "0")):
+        body += sock.recv(65536)
+    return status, headers, body
+
+
 def test_a_stow_over_the_part_limit_is_413_naming_it(tmp_path: Path) -> None:
     with serving(tmp_path, http_max_stow_parts=5) as limited:
         study = generate_uid()

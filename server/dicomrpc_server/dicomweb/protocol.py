@@ -15,8 +15,8 @@ connection:
 - the connection cap (:class:`~.connections.ConnectionGate`): a connection beyond it closes
   the connection idle the longest, or is answered 503 when none is idle;
 - a response sent before its request body was read whole (an error found in the headers, a
-  STOW-RS over its part limit, a body read timeout) ends the connection rather than reading
-  and dropping the rest of the body.
+  STOW-RS over its part limit, a body read timeout) leaves the rest of the body to be read and
+  dropped for at most :data:`LINGER_S`; a body not over by then ends the connection.
 
 A refusal is the gateway's JSON error (:func:`~.errors.closing_error_response`), written on
 the connection itself, which is then closed after a lingering read of at most :data:`LINGER_S`
@@ -86,6 +86,7 @@ class GatewayProtocol(HttpToolsProtocol):
         self._began = False  # a request has begun and not been received whole
         self._head_bytes = 0
         self._body_done = True
+        self._draining: asyncio.TimerHandle | None = None  # the rest of a body, answered early
         self._ending = False
 
     # -- the connection ----------------------------------------------------------------------
@@ -121,10 +122,10 @@ class GatewayProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Release the connection's place; uvicorn then ends its request, if any."""
-        for timer in (self._head_timer, self._linger_timer):
+        for timer in (self._head_timer, self._linger_timer, self._draining):
             if timer is not None:
                 timer.cancel()
-        self._head_timer = self._linger_timer = None
+        self._head_timer = self._linger_timer = self._draining = None
         self.gate.busy(self)
         self.gate.release(self._served)
         super().connection_lost(exc)
@@ -178,10 +179,16 @@ class GatewayProtocol(HttpToolsProtocol):
                 )
 
     def on_response_complete(self) -> None:
-        """End the connection if the request's body was not read whole; else keep it alive."""
+        """Keep the connection alive once the request's body is read whole.
+
+        A response sent before the body was read leaves the rest of it to be read and dropped:
+        for at most :data:`LINGER_S`, after which the connection ends (a client may be sending
+        gigabytes nobody will read, or nothing at all).
+        """
         if not self._body_done and not self.transport.is_closing():
-            self.server_state.total_requests += 1
-            self._end()
+            if self._draining is None:
+                self.flow.resume_reading()
+                self._draining = self.loop.call_later(LINGER_S, self._end)
             return
         super().on_response_complete()
         if not self.transport.is_closing() and not self.pipeline and not self._began:
@@ -226,6 +233,10 @@ class GatewayProtocol(HttpToolsProtocol):
         self._reading_head = True
         self._began = False
         super().on_message_complete()
+        if self._draining is not None:  # the rest of a body answered early: read whole
+            self._draining.cancel()
+            self._draining = None
+            self.on_response_complete()
 
     # -- refusals ----------------------------------------------------------------------------
 
@@ -275,9 +286,10 @@ class GatewayProtocol(HttpToolsProtocol):
             return
         self._ending = True
         self.gate.busy(self)
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+        for timer in (self._head_timer, self._draining):
+            if timer is not None:
+                timer.cancel()
+        self._head_timer = self._draining = None
         self._unset_keepalive_if_required()
         transport = self.transport
         if transport.is_closing():
