@@ -56,6 +56,7 @@ bench: install
 	$(BIN)/python bench/search.py
 	$(BIN)/python bench/dicomweb.py
 	$(BIN)/python bench/auth.py
+	$(BIN)/python bench/isolation.py
 
 # Re-resolve the locks after a change of pyproject.toml's dependencies (needs the registry).
 lock:

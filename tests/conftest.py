@@ -9,9 +9,10 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import grpc
 import pytest
@@ -121,10 +122,18 @@ class ServerProcess:
         return code
 
 
-def spawn_server(data_dir: Path, *serve_args: str, prefix: Sequence[str] = ()) -> ServerProcess:
-    """Start ``dicomrpc serve`` on ``data_dir`` in a child process.
+def spawn_server(
+    data_dir: Path,
+    *serve_args: str,
+    prefix: Sequence[str] = (),
+    log: IO[bytes] | None = None,
+    preexec_fn: Callable[[], None] | None = None,
+) -> ServerProcess:
+    """Start ``dicomrpc serve`` on ``data_dir`` in a child process, with ``serve_args``.
 
-    ``prefix`` runs it under another command, which must exec it (the process is the server).
+    ``prefix`` runs it under another command, which must exec it (the process is the server);
+    ``log`` receives its standard error (discarded by default); ``preexec_fn`` runs in the
+    child before the server starts (to lower a resource limit, say).
     """
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     process = subprocess.Popen(
@@ -145,9 +154,10 @@ def spawn_server(data_dir: Path, *serve_args: str, prefix: Sequence[str] = ()) -
             *serve_args,
         ],
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL if log is None else log,
         text=True,
         env=env,
+        preexec_fn=preexec_fn,
     )
     assert process.stdout is not None
     line = process.stdout.readline()

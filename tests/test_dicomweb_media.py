@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dicomrpc_server.dicomweb.errors import http_status
 from dicomrpc_server.dicomweb.media import (
+    INLINE_HEADER,
+    _split,
     choose_bulk_data,
     choose_frames,
     choose_instances,
     choose_json,
     choose_rendered,
+    negotiated,
     parse_accept,
     parse_media_type,
 )
@@ -69,3 +77,41 @@ def test_nothing_producible_is_406(choose: object) -> None:
     with pytest.raises(ServiceError) as caught:
         choose()  # type: ignore[operator]
     assert http_status(caught.value) == 406
+
+
+def _split_by_characters(text: str, separator: str) -> list[str]:
+    """The splitting the parser did before, one character at a time: the reference."""
+    parts: list[str] = []
+    current: list[str] = []
+    quoted = False
+    for char in text:
+        if char == '"':
+            quoted = not quoted
+        if char == separator and not quoted:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return parts
+
+
+@given(st.text(alphabet='ab"=;, /*'), st.sampled_from([",", ";"]))
+def test_splitting_outside_quotes_matches_the_reference(text: str, separator: str) -> None:
+    assert _split(text, separator) == _split_by_characters(text, separator)
+
+
+async def _negotiated_in(header: str) -> tuple[str, str]:
+    loop_thread = threading.current_thread().name
+
+    def choose(value: str) -> str:
+        return threading.current_thread().name
+
+    return loop_thread, await negotiated(choose, header)
+
+
+def test_a_long_header_is_parsed_off_the_event_loop() -> None:
+    loop_thread, short = asyncio.run(_negotiated_in("application/dicom+json"))
+    assert short == loop_thread
+    loop_thread, long = asyncio.run(_negotiated_in("a/b, " * INLINE_HEADER))
+    assert long != loop_thread

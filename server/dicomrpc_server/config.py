@@ -129,6 +129,26 @@ class Settings:
         base of every RetrieveURL, BulkDataURI and Location, and the one host name (besides
         loopback) a request's ``Host`` may name. Without it the ``Host`` must name the bound
         address (or ``localhost`` on loopback), which closes DNS rebinding.
+    http_max_connections
+        The most HTTP connections served at once. One over it is answered 503 and closed; the
+        gateway lowers it at start-up to what the descriptor limit leaves (see the README's
+        Limits), so that idle sockets never starve gRPC or file opens.
+    http_header_timeout_s
+        How long a request's whole head (request line and headers) may take to arrive, from the
+        connection (or the request's first byte on a reused one); then 408 and the connection
+        closes. A client trickling its headers (slowloris) holds nothing longer than this.
+    http_body_timeout_s
+        The longest wait for the next bytes of a request body the server is reading; then 408
+        (a STOW keeps the complete instances before it and removes the partial one).
+    http_keep_alive_s
+        How long an idle connection is kept open between requests (whole seconds).
+    http_max_header_bytes
+        The largest request head (request line and headers); a larger one is answered 431
+        before it is parsed whole.
+    http_max_url_bytes
+        The longest request target (path and query); a longer one is answered 414.
+    http_max_stow_parts
+        The most parts (instances) one STOW-RS request may carry; the next one is answered 413.
     """
 
     data_dir: Path = Path("data")
@@ -168,6 +188,13 @@ class Settings:
     auth_roles: tuple[tuple[str, tuple[str, ...]], ...] = ()
     auth_clock_skew_s: float = 30.0
     public_url: str = ""
+    http_max_connections: int = 1000
+    http_header_timeout_s: float = 10.0
+    http_body_timeout_s: float = 30.0
+    http_keep_alive_s: int = 5
+    http_max_header_bytes: int = 64 * KIB
+    http_max_url_bytes: int = 16 * KIB
+    http_max_stow_parts: int = 10_000
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_sequence_depth <= MAX_SEQUENCE_DEPTH:
@@ -216,10 +243,20 @@ class Settings:
             "DICOMRPC_AUTH_ROLES": ("auth_roles", parse_roles),
             "DICOMRPC_AUTH_CLOCK_SKEW_S": ("auth_clock_skew_s", float),
             "DICOMRPC_PUBLIC_URL": ("public_url", str),
+            "DICOMRPC_HTTP_MAX_CONNECTIONS": ("http_max_connections", positive_int),
+            "DICOMRPC_HTTP_HEADER_TIMEOUT": ("http_header_timeout_s", positive_float),
+            "DICOMRPC_HTTP_BODY_TIMEOUT": ("http_body_timeout_s", positive_float),
+            "DICOMRPC_HTTP_KEEP_ALIVE": ("http_keep_alive_s", positive_int),
+            "DICOMRPC_HTTP_MAX_HEADER_BYTES": ("http_max_header_bytes", positive_int),
+            "DICOMRPC_HTTP_MAX_URL_BYTES": ("http_max_url_bytes", positive_int),
+            "DICOMRPC_HTTP_MAX_STOW_PARTS": ("http_max_stow_parts", positive_int),
         }
         for var, (name, kind) in mapping.items():
             if var in os.environ:
-                env[name] = kind(os.environ[var])
+                try:
+                    env[name] = kind(os.environ[var])
+                except ValueError as exc:
+                    raise ValueError(f"{var}: {exc}") from None
         env.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**env)  # type: ignore[arg-type]
 
@@ -272,6 +309,41 @@ def parse_role(text: str) -> tuple[str, tuple[str, ...]]:
 def parse_roles(text: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
     """The role mappings of ``DICOMRPC_AUTH_ROLES``: ``ROLE=SCOPE,SCOPE;ROLE=SCOPE``."""
     return tuple(parse_role(part) for part in text.split(";") if part.strip())
+
+
+def positive_int(text: str) -> int:
+    """A whole number above zero (a limit or a count), from a flag or a variable."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise ValueError(f"{text!r} is not above zero")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A number of seconds above zero, from a flag or a variable."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"{text!r} is not a finite number above zero")
+    return value
+
+
+def _flag_type(parse: Callable[[str], object]) -> Callable[[str], object]:
+    """``parse`` for argparse: a ValueError becomes a usage error that quotes its message."""
+
+    def checked(text: str) -> object:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    checked.__name__ = parse.__name__
+    return checked
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -370,6 +442,47 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "(env DICOMRPC_AUDIT_QUEUE, 10000)",
     )
     _add_access_arguments(parser)
+    limits = parser.add_argument_group("HTTP limits (see the README's Limits)")
+    limits.add_argument(
+        "--http-max-connections",
+        type=_flag_type(positive_int),
+        help="HTTP connections served at once, more are answered 503 "
+        "(env DICOMRPC_HTTP_MAX_CONNECTIONS, 1000, lowered to fit the descriptor limit)",
+    )
+    limits.add_argument(
+        "--http-header-timeout",
+        type=_flag_type(positive_float),
+        help="seconds for a request's whole head to arrive, then 408 "
+        "(env DICOMRPC_HTTP_HEADER_TIMEOUT, 10)",
+    )
+    limits.add_argument(
+        "--http-body-timeout",
+        type=_flag_type(positive_float),
+        help="seconds to wait for the next bytes of a request body, then 408 "
+        "(env DICOMRPC_HTTP_BODY_TIMEOUT, 30)",
+    )
+    limits.add_argument(
+        "--http-keep-alive",
+        type=_flag_type(positive_int),
+        help="seconds an idle connection stays open between requests "
+        "(env DICOMRPC_HTTP_KEEP_ALIVE, 5)",
+    )
+    limits.add_argument(
+        "--http-max-header-bytes",
+        type=_flag_type(positive_int),
+        help="largest request head, then 431 (env DICOMRPC_HTTP_MAX_HEADER_BYTES, 65536)",
+    )
+    limits.add_argument(
+        "--http-max-url-bytes",
+        type=_flag_type(positive_int),
+        help="longest request target, then 414 (env DICOMRPC_HTTP_MAX_URL_BYTES, 16384)",
+    )
+    limits.add_argument(
+        "--http-max-stow-parts",
+        type=_flag_type(positive_int),
+        help="most instances in one STOW-RS request, then 413 "
+        "(env DICOMRPC_HTTP_MAX_STOW_PARTS, 10000)",
+    )
     parser.add_argument("--log-level", default="INFO", help="logging level (INFO)")
 
 

@@ -22,6 +22,7 @@ class Code(enum.Enum):
     FAILED_PRECONDITION = "FAILED_PRECONDITION"
     OUT_OF_RANGE = "OUT_OF_RANGE"
     RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
     UNAUTHENTICATED = "UNAUTHENTICATED"
     PERMISSION_DENIED = "PERMISSION_DENIED"
     UNAVAILABLE = "UNAVAILABLE"
@@ -95,6 +96,23 @@ def invalid_argument(field_name: str, description: str) -> ServiceError:
         violations=(FieldViolation(field_name, description),),
         metadata={"field": field_name},
     )
+
+
+def limit_exceeded(
+    limit: str,
+    value: object,
+    message: str,
+    code: Code = Code.RESOURCE_EXHAUSTED,
+    **details: str,
+) -> ServiceError:
+    """Build the error of a request beyond a configured limit.
+
+    ``limit`` is the name of the setting (``Settings`` field) and ``value`` its value: both go
+    in the metadata, with ``details``, so a client can tell which limit it met without parsing
+    the message.
+    """
+    metadata = {"limit": limit, "value": str(value), **details}
+    return ServiceError(code, "LIMIT_EXCEEDED", message, metadata=metadata)
 
 
 class StartupError(Exception):

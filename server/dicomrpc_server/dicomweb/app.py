@@ -5,9 +5,10 @@ more module added to :data:`RESOURCE_ROUTES`. Every route is wrapped by :func:`.
 which checks the request URL (the UIDs of its path, the encoding of its query) before the
 route reads it. Middleware, outermost first: the audit hook (when the archive audits; so it
 sees every request that middleware inside it refuses), the access log (so it sees every
-response, errors and CORS answers included), the ``Host`` check (400, 421), CORS (so preflights
-are answered without credentials and refusals carry CORS headers a browser needs to read them),
-access control (401, 403) before routing, then any middleware given to :func:`create_app`.
+response, errors and CORS answers included), the body read timeout, the ``Host`` check (400,
+421), CORS (so preflights are answered without credentials and refusals carry CORS headers a
+browser needs to read them), access control (401, 403) before routing, then any middleware
+given to :func:`create_app`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dicomrpc_server.archive import Archive
 from dicomrpc_server.dicomweb import delete, qido, stow, wado, workitems
 from dicomrpc_server.dicomweb.audit import AuditMiddleware
 from dicomrpc_server.dicomweb.auth import AccessMiddleware
+from dicomrpc_server.dicomweb.body_timeout import BodyTimeoutMiddleware
 from dicomrpc_server.dicomweb.context import PREFIX
 from dicomrpc_server.dicomweb.errors import handle_service_error
 from dicomrpc_server.dicomweb.hosts import HostMiddleware
@@ -51,6 +53,9 @@ def create_app(archive: Archive, inner: Sequence[Middleware] = ()) -> Starlette:
     if archive.auditor.enabled:
         middleware.append(Middleware(AuditMiddleware, auditor=archive.auditor))
     middleware.append(Middleware(AccessLogMiddleware))
+    middleware.append(
+        Middleware(BodyTimeoutMiddleware, seconds=archive.settings.http_body_timeout_s)
+    )
     middleware.append(Middleware(HostMiddleware, policy=HostPolicy(archive.settings)))
     origins = list(archive.settings.cors_origins)
     if origins:

@@ -12,10 +12,15 @@ server does not go by is 421 Misdirected Request (RFC 9110 §15.5.20). Refused c
 carry the ``WWW-Authenticate`` challenge of RFC 6750 §3: none named for a request without
 any (§3.1), ``invalid_token`` for a bad one (401), ``insufficient_scope`` with the scope for a
 caller that lacks it (403).
+HTTP also has statuses of its own for two limits of the request head: a request target over
+``http_max_url_bytes`` is 414 (RFC 9110 §15.5.15), a head over ``http_max_header_bytes`` is 431
+(RFC 6585 §5); a request that does not arrive in time is 408 (RFC 9110 §15.5.9).
 """
 
 from __future__ import annotations
 
+import http
+import json
 import re
 
 from starlette.requests import Request
@@ -41,16 +46,24 @@ _STATUSES: dict[Code, int] = {
     Code.ALREADY_EXISTS: 409,
     Code.FAILED_PRECONDITION: 409,
     Code.RESOURCE_EXHAUSTED: 413,
+    Code.DEADLINE_EXCEEDED: 408,
     Code.UNAUTHENTICATED: 401,
     Code.PERMISSION_DENIED: 403,
     Code.UNAVAILABLE: 503,
     Code.UNIMPLEMENTED: 501,
     Code.INTERNAL: 500,
 }
+_LIMIT_STATUSES = {"http_max_url_bytes": 414, "http_max_header_bytes": 431}
+
+# A Warning header's text: what it keeps of a message (RFC 9111 §5.5 sets no bound; proxies and
+# clients cap header lines at a few KiB, and the JSON body has the message whole).
+MAX_WARNING_TEXT = 512
 
 
 def http_status(error: ServiceError) -> int:
     """The HTTP status of a core error."""
+    if error.reason == "LIMIT_EXCEEDED" and error.metadata.get("limit") in _LIMIT_STATUSES:
+        return _LIMIT_STATUSES[error.metadata["limit"]]
     fields = {v.field for v in error.violations}
     if error.code is Code.INVALID_ARGUMENT and CONTENT_TYPE_FIELD in fields:
         return 415
@@ -76,13 +89,19 @@ def not_acceptable(description: str) -> ServiceError:
 
 
 def warning_header(message: str) -> str:
-    """A ``Warning`` header value (RFC 7234 §5.5) carrying ``message`` as printable ASCII.
+    """A ``Warning`` header value (RFC 9111 §5.5) carrying ``message`` as printable ASCII.
 
-    Other characters become '?': a message may quote what a request sent, and a control
-    character in a header would make the server drop the response.
+    Messages come from requests, data and codecs (a decoder's error may span lines), and a
+    control character in a header would make the server drop the response: white space (line
+    breaks included) becomes one space, any other character outside printable ASCII ``?``; the
+    text is cut to :data:`MAX_WARNING_TEXT` characters and written as a quoted-string, with
+    ``"`` and ``\\`` escaped.
     """
-    text = message.replace("\\", "\\\\").replace('"', '\\"')
-    return _NOT_HEADER_TEXT.sub("?", f'299 dicomrpc "{text}"')
+    text = _NOT_HEADER_TEXT.sub("?", " ".join(message.split()))
+    if len(text) > MAX_WARNING_TEXT:
+        text = text[: MAX_WARNING_TEXT - 3] + "..."
+    text = text.replace("\\", "\\\\").replace('"', '\\"')
+    return f'299 dicomrpc "{text}"'
 
 
 def _quoted(text: str) -> str:
@@ -107,13 +126,8 @@ def challenge(error: ServiceError) -> str | None:
     return None
 
 
-def error_response(error: ServiceError) -> Response:
-    """The response of a failed request: the status, a JSON body and a Warning header.
-
-    The body repeats every detail the gRPC status carries (reason, DICOM status, metadata,
-    field violations); the ``Warning`` header (PS3.18 §8.1.2.1) carries the message for
-    clients that only look at headers.
-    """
+def error_body(error: ServiceError) -> dict[str, object]:
+    """The JSON body of a failed request: every detail the gRPC status carries."""
     body: dict[str, object] = {
         "code": error.code.value,
         "reason": error.reason,
@@ -126,11 +140,40 @@ def error_response(error: ServiceError) -> Response:
         body["violations"] = [
             {"field": v.field, "description": v.description} for v in error.violations
         ]
+    return body
+
+
+def error_response(error: ServiceError) -> Response:
+    """The response of a failed request: the status, a JSON body and a Warning header.
+
+    The body (:func:`error_body`) repeats every detail the gRPC status carries (reason, DICOM
+    status, metadata, field violations); the ``Warning`` header (PS3.18 §8.1.2.1) carries the
+    message for clients that only look at headers; a refused credential adds the
+    ``WWW-Authenticate`` challenge.
+    """
     headers = {"Warning": warning_header(error.message)}
     authenticate = challenge(error)
     if authenticate is not None:
         headers["WWW-Authenticate"] = authenticate
-    return JSONResponse(body, status_code=http_status(error), headers=headers)
+    return JSONResponse(error_body(error), status_code=http_status(error), headers=headers)
+
+
+def closing_error_response(error: ServiceError) -> bytes:
+    """The bytes of :func:`error_response` with ``Connection: close``, for the connection itself.
+
+    What answers a request refused before any application sees it (a head too large or too
+    slow, a connection over the cap) writes these to the socket and closes it.
+    """
+    status = http_status(error)
+    body = json.dumps(error_body(error), separators=(",", ":")).encode()
+    head = (
+        f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n"
+        "content-type: application/json\r\n"
+        f"content-length: {len(body)}\r\n"
+        f"warning: {warning_header(error.message)}\r\n"
+        "connection: close\r\n\r\n"
+    )
+    return head.encode("ascii") + body
 
 
 async def handle_service_error(request: Request, exc: Exception) -> Response:

@@ -3,6 +3,12 @@
 The same line the gRPC adapter writes per RPC, on the same logger, so one log carries both.
 It is written when the response has been sent (or the request failed), so a streamed body's
 time and size are whole.
+
+A streamed response that fails after it started (an instance file removed meanwhile, a
+transcode that fails on the seventh of ten instances) can no longer carry a status. Its line
+is a warning with ``"cut": true`` and the error's reason and message; the request then ends
+without completing the response, and uvicorn closes the connection without the last chunk of
+the chunked body, so the client sees an incomplete body and not a short, well-formed one.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dicomrpc_server.dicomweb.auth import caller_of
+from dicomrpc_server.errors import ServiceError
 
 log = logging.getLogger("dicomrpc.access")
 
@@ -47,14 +54,17 @@ class AccessLogMiddleware:
             await send(message)
 
         error = ""
+        cut: ServiceError | None = None
         try:
             await self.app(scope, counting_receive, counting_send)
         except BaseException as exc:
             error = type(exc).__name__
-            raise
+            cut = _service_error(exc) if tally["status"] else None
+            if cut is None:
+                raise
         finally:
             caller = caller_of(scope)
-            record = {
+            record: dict[str, Any] = {
                 "http": scope["method"],
                 "path": scope["path"],
                 "status": tally["status"] or (500 if error else 0),
@@ -63,6 +73,24 @@ class AccessLogMiddleware:
                 "bytes_out": tally["bytes_out"],
                 "ms": round((time.perf_counter() - start) * 1000, 2),
             }
-            if error:
-                record["error"] = error
-            log.info(json.dumps(record, separators=(",", ":")))
+            if cut is not None:
+                record.update(cut=True, error=cut.reason, message=cut.message)
+                log.warning(json.dumps(record, separators=(",", ":")))
+            else:
+                if error:
+                    record["error"] = error
+                log.info(json.dumps(record, separators=(",", ":")))
+
+
+def _service_error(exc: BaseException) -> ServiceError | None:
+    """The core error behind ``exc``: itself, or what Starlette wrapped.
+
+    Starlette re-raises an error its handlers map as a ``RuntimeError`` (from the error) when
+    the response had already started.
+    """
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ServiceError):
+            return seen
+        seen = seen.__cause__
+    return None

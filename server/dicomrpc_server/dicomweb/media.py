@@ -4,11 +4,20 @@ Each resource has its own choice function. They walk the Accept header's media r
 most to the least preferred (by ``q``, then order) and take the first one they can produce; a
 header that names nothing producible fails with 406, naming what was asked for and what is
 offered.
+
+Parsing takes time in proportion to the header, which may be as long as the request head limit
+allows: handlers call a choice function (or :func:`parse_media_type`) through
+:func:`negotiated`, which parses a long header in a thread so that the event loop serves other
+requests meanwhile.
 """
 
 from __future__ import annotations
 
+import asyncio
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Concatenate, ParamSpec, TypeVar
 
 from dicomrpc_server.dicomweb.errors import not_acceptable
 from dicomrpc_server.errors import ServiceError
@@ -43,19 +52,37 @@ class MediaType:
     q: float = 1.0
 
 
+# A quoted string (to its closing quote, or the end), a run of other text, or a separator.
+_TOKENS = {sep: re.compile(rf'"[^"]*"?|[^"{sep}]+|{sep}') for sep in ",;"}
+# Headers up to this length are parsed on the event loop (well under a millisecond).
+INLINE_HEADER = 1024
+
+P = ParamSpec("P")
+T = TypeVar("T")
+H = TypeVar("H", str, str | None)
+
+
+async def negotiated(
+    parse: Callable[Concatenate[H, P], T], header: H, *args: P.args, **kwargs: P.kwargs
+) -> T:
+    """``parse(header, ...)``, in a thread when the header is long."""
+    if header is None or len(header) <= INLINE_HEADER:
+        return parse(header, *args, **kwargs)
+    return await asyncio.to_thread(parse, header, *args, **kwargs)
+
+
 def _split(text: str, separator: str) -> list[str]:
-    """Split on ``separator`` outside double quotes."""
+    """Split on ``separator`` (``,`` or ``;``) outside double quotes, in linear time."""
+    if '"' not in text:
+        return text.split(separator)
     parts: list[str] = []
     current: list[str] = []
-    quoted = False
-    for char in text:
-        if char == '"':
-            quoted = not quoted
-        if char == separator and not quoted:
+    for token in _TOKENS[separator].findall(text):
+        if token == separator:
             parts.append("".join(current))
             current = []
         else:
-            current.append(char)
+            current.append(token)
     parts.append("".join(current))
     return parts
 

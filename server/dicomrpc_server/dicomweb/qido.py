@@ -8,7 +8,7 @@ is the core's, plus its RetrieveURL on this gateway.
 
 from __future__ import annotations
 
-import json
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -18,11 +18,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from dicomrpc.datasets import to_json
+from dicomrpc_server.dicomweb import dicom_json
 from dicomrpc_server.dicomweb.context import archive_of, service_root
-from dicomrpc_server.dicomweb.media import choose_json
+from dicomrpc_server.dicomweb.media import choose_json, negotiated
 from dicomrpc_server.errors import invalid_argument
 from dicomrpc_server.paths import instance_path, series_path, study_path
-from dicomrpc_server.query.engine import SearchRequest
+from dicomrpc_server.query.engine import SearchCore, SearchRequest
 
 _OPTIONS = ("includefield", "limit", "offset", "fuzzymatching")
 _MAX_DIGITS = 18
@@ -101,20 +102,39 @@ def search_request(request: Request, level: str) -> SearchRequest:
 
 
 async def _search(request: Request, level: str) -> Response:
-    media_type = choose_json(request.headers.get("accept"))
-    page = archive_of(request).search.search(search_request(request, level))
-    if not page.results:
+    """Run a search and write its page, both in a thread.
+
+    Matching scans index ranges and a page may hold a thousand results: the time grows with
+    the archive and the page, so the event loop serves other requests meanwhile.
+    """
+    media_type = await negotiated(choose_json, request.headers.get("accept"))
+    body = await asyncio.to_thread(
+        _results_json,
+        archive_of(request).search,
+        search_request(request, level),
+        service_root(request),
+        dict(request.path_params),
+    )
+    if body is None:
         return Response(status_code=204)
-    root = service_root(request)
+    return Response(body, media_type=media_type)
+
+
+def _results_json(
+    core: SearchCore, search: SearchRequest, root: str, path: Mapping[str, str]
+) -> bytes | None:
+    """The page of a search as DICOM JSON, each result with its RetrieveURL (None if empty)."""
+    page = core.search(search)
+    if not page.results:
+        return None
     results = []
     for dataset in page.results:
         obj = to_json(dataset)
-        url = _retrieve_url(obj, level, request.path_params)
+        url = _retrieve_url(obj, search.level, path)
         if url:
             obj["00081190"] = {"vr": "UR", "Value": [f"{root}/{url}"]}
         results.append(obj)
-    body = json.dumps(results, separators=(",", ":")).encode()
-    return Response(body, media_type=media_type)
+    return dicom_json.encode(results)
 
 
 def _first(obj: dict[str, Any], tag: str) -> str:

@@ -1,5 +1,10 @@
 """The HTTP server: uvicorn serving the gateway in the gRPC server's process and event loop.
 
+uvicorn runs the application, but connections are accepted by :class:`.connections.Acceptor`
+(uvicorn is handed no socket of its own) and spoken to by :class:`.protocol.GatewayProtocol`:
+together they hold the connection cap, the head limits and the timeouts the README's Limits
+lists, with uvicorn's own idle keep-alive timeout.
+
 It serves TLS (and mutual TLS) when the settings give certificates.
 """
 
@@ -7,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import resource
 import socket
 import ssl
 from collections.abc import Iterator, Sequence
@@ -14,12 +21,24 @@ from typing import Any
 
 import uvicorn
 from starlette.middleware import Middleware
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from dicomrpc_server.access.certificates import subject_of
 from dicomrpc_server.archive import Archive
 from dicomrpc_server.dicomweb.app import create_app
+from dicomrpc_server.dicomweb.connections import (
+    Acceptor,
+    ConnectionGate,
+    Tally,
+    connection_cap,
+    open_descriptors,
+)
+from dicomrpc_server.dicomweb.protocol import GatewayProtocol
 from dicomrpc_server.ports import port_unavailable
+
+log = logging.getLogger("dicomrpc.http")
+
+# Connections the kernel holds for the gateway while it is not accepting (at its cap).
+BACKLOG = 512
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -34,7 +53,7 @@ def _listen(host: str, port: int) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
-        sock.listen(512)
+        sock.listen(BACKLOG)
     except OSError:
         sock.close()
         raise
@@ -52,8 +71,8 @@ class _Server(uvicorn.Server):
         yield
 
 
-class _TlsProtocol(HttpToolsProtocol):
-    """uvicorn's HTTP protocol, ending idle TLS connections at once when the server stops.
+class _TlsProtocol(GatewayProtocol):
+    """The gateway's protocol, ending idle TLS connections at once when the server stops.
 
     Closing a TLS connection sends a close_notify and waits for the client's (asyncio waits
     30 s): a client that keeps an idle connection open without reading it, as HTTP clients
@@ -89,22 +108,32 @@ class _ClientCertificateProtocol(_TlsProtocol):
 
 
 def _tls_options(archive: Archive) -> dict[str, Any]:
-    """The uvicorn TLS options for the archive's certificates (none without TLS)."""
+    """The uvicorn TLS options for the archive's certificates (none without TLS).
+
+    uvicorn builds the TLS context from them (``config.ssl``); the acceptor wraps each
+    connection in it.
+    """
     tls = archive.tls
     if tls is None:
         return {}
     options: dict[str, Any] = {
         "ssl_certfile": str(tls.cert_path),
         "ssl_keyfile": str(tls.key_path),
-        "http": _TlsProtocol,
     }
     if tls.client_ca_path is not None:
-        options.update(
-            ssl_ca_certs=str(tls.client_ca_path),
-            ssl_cert_reqs=ssl.CERT_REQUIRED,
-            http=_ClientCertificateProtocol,
-        )
+        options.update(ssl_ca_certs=str(tls.client_ca_path), ssl_cert_reqs=ssl.CERT_REQUIRED)
     return options
+
+
+def _protocol_class(archive: Archive) -> type[GatewayProtocol]:
+    """The protocol of each connection.
+
+    With TLS, one that ends idle connections at a stop; with client certificates, one that
+    also names the certificate's subject.
+    """
+    if archive.tls is None:
+        return GatewayProtocol
+    return _TlsProtocol if archive.tls.client_ca_path is None else _ClientCertificateProtocol
 
 
 class HttpServer:
@@ -121,6 +150,7 @@ class HttpServer:
 
     def __init__(self, archive: Archive, middleware: Sequence[Middleware] = ()) -> None:
         settings = archive.settings
+        self.settings = settings
         try:
             self._socket = _listen(settings.host, settings.http_port)
         except OSError as exc:
@@ -129,6 +159,21 @@ class HttpServer:
             ) from None
         self.port: int = self._socket.getsockname()[1]
         self.scheme = "https" if archive.tls is not None else "http"
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        in_use = open_descriptors()
+        cap = connection_cap(settings.http_max_connections, soft, in_use)
+        if cap < settings.http_max_connections:
+            log.warning(
+                "HTTP serves at most %d connections at once, not %d: the process may open %d "
+                "descriptors (%d are open), and files and gRPC need theirs; raise the limit "
+                "(ulimit -n, systemd LimitNOFILE=) to serve more",
+                cap,
+                settings.http_max_connections,
+                soft,
+                in_use,
+            )
+        self.gate = ConnectionGate(cap, Tally())
+        self._protocol = _protocol_class(archive)
         config = uvicorn.Config(
             create_app(archive, middleware),
             lifespan="off",
@@ -137,23 +182,49 @@ class HttpServer:
             log_level="warning",
             access_log=False,
             server_header=False,
+            ws="none",
+            timeout_keep_alive=settings.http_keep_alive_s,
             timeout_graceful_shutdown=int(settings.shutdown_grace_s),
             **_tls_options(archive),
         )
         self._server = _Server(config)
         self._task: asyncio.Task[None] | None = None
+        self._acceptor: Acceptor | None = None
 
     async def start(self) -> None:
         """Start serving on the bound socket; return once connections are accepted."""
-        self._task = asyncio.create_task(self._server.serve(sockets=[self._socket]))
+        # No socket for uvicorn: it runs the application, the acceptor feeds it connections.
+        self._task = asyncio.create_task(self._server.serve(sockets=[]))
         while not self._server.started:
             if self._task.done():
                 self._task.result()  # raises what stopped it
             await asyncio.sleep(0.01)
+        server, settings, gate, kind = self._server, self.settings, self.gate, self._protocol
+
+        def protocol() -> GatewayProtocol:
+            return kind(
+                server.config,
+                server.server_state,
+                server.lifespan.state,
+                settings=settings,
+                gate=gate,
+            )
+
+        self._acceptor = Acceptor(
+            self._socket,
+            protocol,
+            gate,
+            tls=server.config.ssl,
+            handshake_timeout_s=settings.http_header_timeout_s,
+        )
+        self._acceptor.start()
 
     async def stop(self) -> None:
         """Stop taking requests; in-flight ones finish within the configured grace."""
+        if self._acceptor is not None:
+            self._acceptor.stop()
         self._server.should_exit = True
         if self._task is not None:
             await self._task
+        self.gate.tally.flush()
         self._socket.close()

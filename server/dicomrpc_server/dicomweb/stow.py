@@ -4,32 +4,46 @@ Each part goes to the store core as it arrives (the body is never held whole), t
 :class:`~dicomrpc_server.store.request.StoreRequest` the gRPC adapter drives; this module only
 translates parts into instances and results into the PS3.18 response data set.
 
-A body that ends or breaks inside a part (a client cut off, a missing close delimiter) stores
-none of that part: the instances of the complete parts before it are stored and reported, and
-the incomplete one is reported as failed (272). A body without one complete part fails with 400.
+A body that ends or breaks inside a part (a client cut off, a missing close delimiter, a body
+that stops arriving for ``http_body_timeout_s``) stores none of that part: the instances of the
+complete parts before it are stored and reported, and the incomplete one is reported as failed
+(272). A body without one complete part fails with 400 (408 when it stopped arriving).
 However the request ends, no upload of it is left behind (see ``StoreRequest``). A request none
 of whose instances was stored, one or more for lack of space (FailureReason 0xA700), answers 507
 (RFC 4918 §11.5) with the usual response data set.
+
+A body of more than ``http_max_stow_parts`` parts is answered 413 when the part past the limit
+begins: the parts before it are stored as usual (the error's metadata counts the instances
+stored), nothing of the rest is read.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
+from dicomrpc_server.dicomweb import dicom_json
 from dicomrpc_server.dicomweb.context import archive_of, service_root
 from dicomrpc_server.dicomweb.errors import http_status, unsupported_media_type, warning_header
-from dicomrpc_server.dicomweb.media import DICOM, DICOM_JSON, MULTIPART, parse_media_type
+from dicomrpc_server.dicomweb.media import (
+    DICOM,
+    DICOM_JSON,
+    MULTIPART,
+    negotiated,
+    parse_media_type,
+)
 from dicomrpc_server.dicomweb.multipart import (
     MultipartReader,
     PartData,
     PartStart,
     malformed,
 )
-from dicomrpc_server.errors import ServiceError
+from dicomrpc_server.errors import ServiceError, limit_exceeded
 from dicomrpc_server.paths import study_path
 from dicomrpc_server.store.ingest import InstanceResult, Outcome
 from dicomrpc_server.store.request import (
@@ -46,12 +60,14 @@ _HTTP_STATUS = {
     StoreStatus.NONE_STORED: 409,
 }
 PROCESSING_FAILURE = 272
+# Results written into the response on the event loop; more are written in a thread.
+INLINE_RESULTS = 100
 
 
-def _boundary(request: Request) -> str:
+async def _boundary(request: Request) -> str:
     """The boundary of a STOW body, after checking that it is multipart/related DICOM."""
     header = request.headers.get("content-type", "")
-    media = parse_media_type(header)
+    media = await negotiated(parse_media_type, header)
     if media.type != MULTIPART:
         raise unsupported_media_type(
             f'{header!r} is not accepted; send multipart/related; type="{DICOM}"'
@@ -72,15 +88,27 @@ def _declared_size(headers: dict[str, str]) -> int:
     return int(value) if value.isdigit() else 0
 
 
+class _TooManyParts(Exception):
+    """The body has more parts than a request may carry."""
+
+
 async def _receive(
-    request: Request, reader: MultipartReader, store: StoreRequest
+    request: Request, reader: MultipartReader, store: StoreRequest, max_parts: int
 ) -> ServiceError | None:
-    """Feed the body to the store, part by part; return what broke it, if anything did."""
+    """Feed the body to the store, part by part; return what broke it, if anything did.
+
+    Raises :class:`_TooManyParts` when a part past ``max_parts`` begins (nothing of it is
+    stored).
+    """
+    number = 0  # the part an event belongs to (the reader has counted a whole chunk's parts)
     try:
         async for chunk in request.stream():
             for event in reader.feed(chunk):
                 if isinstance(event, PartStart):
-                    await store.begin(f"part {reader.parts}", _declared_size(event.headers))
+                    number += 1
+                    if number > max_parts:
+                        raise _TooManyParts
+                    await store.begin(f"part {number}", _declared_size(event.headers))
                 elif isinstance(event, PartData):
                     store.write(event.data)
     except ServiceError as error:
@@ -95,15 +123,33 @@ async def _receive(
     return None
 
 
+def _too_many_parts(limit: int, results: list[InstanceResult]) -> ServiceError:
+    stored = sum(r.outcome is not Outcome.FAILED for r in results)
+    return limit_exceeded(
+        "http_max_stow_parts",
+        limit,
+        f"the body has more than {limit} parts, the most one request may carry on this "
+        f"server: the first {limit} were processed ({stored} instances stored), the rest was "
+        "not read; send the others in another request",
+        stored=str(stored),
+        processed=str(len(results)),
+    )
+
+
 async def store_instances(request: Request) -> Response:
     """Store every instance of the body; answer with the PS3.18 store response."""
     study = request.path_params.get("study", "")
-    boundary = _boundary(request)
+    boundary = await _boundary(request)
     check_study_restriction(study, "study")
     root = service_root(request)  # before anything is stored: a bad Host is refused first
+    archive = archive_of(request)
+    max_parts = archive.settings.http_max_stow_parts
     reader = MultipartReader(boundary)
-    async with StoreRequest(archive_of(request).store, study) as store:
-        problem = await _receive(request, reader, store)
+    async with StoreRequest(archive.store, study) as store:
+        try:
+            problem = await _receive(request, reader, store, max_parts)
+        except _TooManyParts:
+            raise _too_many_parts(max_parts, await store.finish()) from None
         cut_part = reader.parts if reader.in_part else 0
         if cut_part:
             store.drop_current()
@@ -120,8 +166,16 @@ async def store_instances(request: Request) -> Response:
     if refusal is not None:
         status = http_status(refusal)
         headers["Warning"] = warning_header(refusal.message)
-    body = response_dataset(root, study, results, cut_part)
-    return JSONResponse(body, status_code=status, media_type=DICOM_JSON, headers=headers)
+    build = functools.partial(_response_body, root, study, results, cut_part)
+    # Writing the response takes time in proportion to the instances: many are written in a
+    # thread, so that the event loop serves other requests meanwhile.
+    body = await asyncio.to_thread(build) if len(results) > INLINE_RESULTS else build()
+    return Response(body, status_code=status, media_type=DICOM_JSON, headers=headers)
+
+
+def _response_body(root: str, study: str, results: list[InstanceResult], cut_part: int) -> bytes:
+    dataset = response_dataset(root, study, results, cut_part)
+    return dicom_json.encode(dataset, ensure_ascii=False, allow_nan=False)
 
 
 def _element(vr: str, *values: Any) -> dict[str, Any]:

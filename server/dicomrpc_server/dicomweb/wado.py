@@ -1,8 +1,13 @@
 """WADO-RS: instances, frames, rendered images, metadata and bulk data of what is stored.
 
-Everything that can fail (nothing stored, a syntax that cannot be produced, a frame outside the
-instance) fails before the response starts, so an error is always a clean HTTP status; then the
-bytes stream from the retrieve core chunk by chunk, at the pace the client reads.
+Everything that can be checked up front (nothing stored, a syntax that cannot be produced, a
+frame outside the instance) fails before the response starts, and so does the first part (its
+file opened, or its instance transcoded): those errors are clean HTTP statuses. Then the bytes
+stream from the retrieve core chunk by chunk, at the pace the client reads. A failure after
+that (a file removed meanwhile, the seventh of ten instances that cannot be decoded) cannot be
+answered any more: the response is cut, without its close delimiter and without the last
+chunk of its chunked encoding, so the client sees an incomplete body rather than a short
+well-formed one (see :mod:`.logging`, which logs it).
 
 Every transcoding allows lossy targets: PS3.18's default (Explicit VR Little Endian) is never
 lossy, so a lossy syntax is only ever produced when the Accept header names it.
@@ -10,8 +15,8 @@ lossy, so a lossy syntax is only ever produced when the Accept header names it.
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Collection
 from typing import Any
 
 from starlette.requests import Request
@@ -20,6 +25,7 @@ from starlette.routing import Route
 
 from dicomrpc.datasets import to_json
 from dicomrpc.v1 import dataset_pb2
+from dicomrpc_server.dicomweb import dicom_json
 from dicomrpc_server.dicomweb.context import archive_of, service_root
 from dicomrpc_server.dicomweb.media import (
     AS_STORED,
@@ -30,6 +36,7 @@ from dicomrpc_server.dicomweb.media import (
     choose_instances,
     choose_json,
     choose_rendered,
+    negotiated,
 )
 from dicomrpc_server.dicomweb.multipart import closing, content_type, new_boundary, part_header
 from dicomrpc_server.errors import invalid_argument
@@ -52,24 +59,44 @@ def _core(request: Request) -> RetrieveCore:
 # -- instances -----------------------------------------------------------------------------
 
 
+async def started(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """``body``, whose first bytes are produced now: what stops it from starting raises here.
+
+    A handler awaits this before it returns its response, so that an error of the first part
+    is answered with its own status instead of cutting a response already under way.
+    """
+    first = await anext(body, None)
+
+    async def resumed() -> AsyncIterator[bytes]:
+        if first is None:
+            return
+        yield first
+        async for data in body:
+            yield data
+
+    return resumed()
+
+
 async def retrieve_instances(request: Request) -> Response:
     """A study, series or instance: multipart ``application/dicom``, or one single part."""
     study, series, sop = _uids(request)
-    choice = choose_instances(request.headers.get("accept"), single_allowed=bool(sop))
+    choice = await negotiated(
+        choose_instances, request.headers.get("accept"), single_allowed=bool(sop)
+    )
     core = _core(request)
     syntax = choice.transfer_syntax
     found = core.instances(study, series, sop, syntax, ALLOW_LOSSY)
     if not choice.multipart:
         outgoing = await core.outgoing(found[0], syntax, ALLOW_LOSSY, core.chunk_bytes)
         return StreamingResponse(
-            outgoing.chunks,
+            await started(outgoing.chunks),
             media_type=f"{DICOM}; transfer-syntax={outgoing.transfer_syntax_uid}",
             headers={"Content-Length": str(outgoing.size)},
         )
     boundary = new_boundary()
     params = {} if syntax == AS_STORED else {"transfer-syntax": syntax}
     return StreamingResponse(
-        read_ahead(_instance_parts(core, found, syntax, boundary)),
+        await started(read_ahead(_instance_parts(core, found, syntax, boundary))),
         media_type=content_type(DICOM, boundary, **params),
     )
 
@@ -106,7 +133,7 @@ def _frame_list(text: str) -> list[int]:
 async def retrieve_frames(request: Request) -> Response:
     """Frames of one instance: raw (``application/octet-stream``) or compressed image parts."""
     study, series, sop = _uids(request)
-    choice = choose_frames(request.headers.get("accept"))
+    choice = await negotiated(choose_frames, request.headers.get("accept"))
     core = _core(request)
     numbers = core.frame_numbers(_frame_list(request.path_params["frames"]), [])
     instance = core.instances(study, series, sop)[0]
@@ -127,7 +154,8 @@ async def retrieve_frames(request: Request) -> Response:
         yield closing(boundary)
 
     return StreamingResponse(
-        parts(), media_type=content_type(choice.part_type, boundary, **{"transfer-syntax": syntax})
+        await started(parts()),
+        media_type=content_type(choice.part_type, boundary, **{"transfer-syntax": syntax}),
     )
 
 
@@ -170,7 +198,7 @@ def _max_size(request: Request) -> int:
 async def retrieve_rendered(request: Request) -> Response:
     """One frame (the first, or the one named) rendered as JPEG or PNG."""
     study, series, sop = _uids(request)
-    media_type = choose_rendered(request.headers.get("accept"))
+    media_type = await negotiated(choose_rendered, request.headers.get("accept"))
     frame = 0
     if "frame" in request.path_params:
         frame = _frame_list(request.path_params["frame"])[0]
@@ -210,20 +238,46 @@ def absolute_bulk_data_uris(obj: Any, root: str) -> None:
 
 
 async def retrieve_metadata(request: Request) -> Response:
-    """The metadata of a study, series or instance as DICOM JSON, with an ETag."""
+    """The metadata of a study, series or instance as DICOM JSON, with an ETag.
+
+    Reading the metadata and writing it as DICOM JSON take time in proportion to its elements
+    (a study may have hundreds of thousands): both run in a thread, so that the event loop
+    serves other requests meanwhile.
+    """
     study, series, sop = _uids(request)
-    media_type = choose_json(request.headers.get("accept"))
-    tag, datasets = _core(request).metadata_unless(_if_none_match(request), study, series, sop)
-    if datasets is None:
+    media_type = await negotiated(choose_json, request.headers.get("accept"))
+    tag, body = await asyncio.to_thread(
+        _metadata_json,
+        _core(request),
+        _if_none_match(request),
+        service_root(request),
+        study,
+        series,
+        sop,
+    )
+    if body is None:
         return Response(status_code=304, headers={"ETag": tag})
-    root = service_root(request)
+    return Response(body, media_type=media_type, headers={"ETag": tag})
+
+
+def _metadata_json(
+    core: RetrieveCore,
+    if_none_match: Collection[str],
+    root: str,
+    study: str,
+    series: str,
+    sop: str,
+) -> tuple[str, bytes | None]:
+    """The ETag and the DICOM JSON of the metadata (``None`` when the ETag matches)."""
+    tag, datasets = core.metadata_unless(if_none_match, study, series, sop)
+    if datasets is None:
+        return tag, None
     objects = []
     for dataset in datasets:
         obj = to_json(dataset_pb2.Dataset.FromString(dataset))
         absolute_bulk_data_uris(obj, root)
         objects.append(obj)
-    body = json.dumps(objects, separators=(",", ":")).encode()
-    return Response(body, media_type=media_type, headers={"ETag": tag})
+    return tag, dicom_json.encode(objects)
 
 
 # -- bulk data -----------------------------------------------------------------------------
@@ -232,13 +286,13 @@ async def retrieve_metadata(request: Request) -> Response:
 async def retrieve_bulk_data(request: Request) -> Response:
     """The value a bulk data URI names, as an ``application/octet-stream`` part."""
     study, series, sop = _uids(request)
-    multipart = choose_bulk_data(request.headers.get("accept"))
+    multipart = await negotiated(choose_bulk_data, request.headers.get("accept"))
     core = _core(request)
     instance = core.instances(study, series, sop)[0]
     value = await core.bulk_data(instance, request.path_params["path"], core.chunk_bytes)
     if not multipart:
         return StreamingResponse(
-            value.chunks,
+            await started(value.chunks),
             media_type=OCTET_STREAM,
             headers={"Content-Length": str(value.size)},
         )
@@ -251,7 +305,7 @@ async def retrieve_bulk_data(request: Request) -> Response:
             yield data
         yield closing(boundary)
 
-    return StreamingResponse(body(), media_type=content_type(OCTET_STREAM, boundary))
+    return StreamingResponse(await started(body()), media_type=content_type(OCTET_STREAM, boundary))
 
 
 _STUDY = "/studies/{study}"

@@ -15,7 +15,7 @@ PS3.18 examples write it.
 
 from __future__ import annotations
 
-import json
+import asyncio
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -26,9 +26,10 @@ from starlette.routing import Route
 from dicomrpc.datasets import from_json, parse_json, to_json
 from dicomrpc.v1 import dataset_pb2
 from dicomrpc_server.dicom.uids import check_request_uid
+from dicomrpc_server.dicomweb import dicom_json
 from dicomrpc_server.dicomweb.context import archive_of, service_root
 from dicomrpc_server.dicomweb.errors import unsupported_media_type, warning_header
-from dicomrpc_server.dicomweb.media import DICOM_JSON, choose_json, parse_media_type
+from dicomrpc_server.dicomweb.media import DICOM_JSON, choose_json, negotiated, parse_media_type
 from dicomrpc_server.dicomweb.qido import query_parameters
 from dicomrpc_server.errors import Code, ServiceError, invalid_argument
 from dicomrpc_server.paths import workitem_path
@@ -64,8 +65,8 @@ def _headers(outcome: Outcome) -> dict[str, str]:
     return {"Warning": warning_header(message)}
 
 
-def _json_response(body: Any, media_type: str) -> Response:
-    return Response(json.dumps(body, separators=(",", ":")).encode(), media_type=media_type)
+def _json_response(body: list[dict[str, Any]], media_type: str) -> Response:
+    return Response(dicom_json.encode(body), media_type=media_type)
 
 
 # -- request parts -------------------------------------------------------------------------
@@ -113,7 +114,7 @@ async def _body(request: Request, required: bool = True) -> dataset_pb2.Dataset 
     if not content.strip() and not required:
         return None
     header = request.headers.get("content-type", "")
-    if parse_media_type(header).type not in _BODY_TYPES:
+    if (await negotiated(parse_media_type, header)).type not in _BODY_TYPES:
         raise unsupported_media_type(f"{header!r} is not accepted; send {DICOM_JSON}")
     try:
         obj = parse_json(bytes(content))
@@ -164,7 +165,7 @@ async def create_workitem(request: Request) -> Response:
 
 async def retrieve_workitem(request: Request) -> Response:
     """A workitem as DICOM JSON, never with its Transaction UID (PS3.18 §11.5)."""
-    media_type = choose_json(request.headers.get("accept"))
+    media_type = await negotiated(choose_json, request.headers.get("accept"))
     dataset, _ = _core(request).retrieve(request.path_params["workitem"])
     return _json_response([to_json(dataset)], media_type)
 
@@ -210,7 +211,7 @@ async def request_cancellation(request: Request) -> Response:
 
 async def search_workitems(request: Request) -> Response:
     """Search workitems: a DICOM JSON array, or 204 when nothing matches (PS3.18 §11.9)."""
-    media_type = choose_json(request.headers.get("accept"))
+    media_type = await negotiated(choose_json, request.headers.get("accept"))
     params = query_parameters(request)
     query = WorkitemQuery(
         match=params.match,
@@ -219,10 +220,19 @@ async def search_workitems(request: Request) -> Response:
         limit=params.limit,
         offset=params.offset,
     )
-    results = _core(request).search(query)
-    if not results:
+    core = _core(request)
+
+    def page() -> bytes | None:
+        results = core.search(query)
+        if not results:
+            return None
+        return dicom_json.encode([to_json(d) for d in results])
+
+    # Matching and writing a page of up to a thousand workitems: off the event loop.
+    body = await asyncio.to_thread(page)
+    if body is None:
         return Response(status_code=204)
-    return _json_response([to_json(dataset) for dataset in results], media_type)
+    return Response(body, media_type=media_type)
 
 
 ROUTES = [

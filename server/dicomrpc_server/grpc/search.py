@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from dicomrpc.v1 import search_service_pb2 as pb
@@ -33,8 +34,10 @@ class SearchServicer(search_service_pb2_grpc.SearchServiceServicer):
         self._core = core
 
     async def _search(self, context: Any, request: SearchRequest) -> SearchPage:
+        # Matching and building a page take time that grows with the archive and the page:
+        # off the event loop, so that other calls are served meanwhile.
         try:
-            return self._core.search(request)
+            return await asyncio.to_thread(self._core.search, request)
         except ServiceError as error:
             await abort(context, error)
 

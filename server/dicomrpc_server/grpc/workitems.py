@@ -6,6 +6,7 @@ through :func:`~dicomrpc_server.grpc.errors.abort`).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -115,8 +116,8 @@ class WorkitemServicer(workitem_service_pb2_grpc.WorkitemServiceServicer):
             limit=request.limit,
             offset=request.offset,
         )
-        try:
-            results = self._core.search(query)
+        try:  # the page grows with the archive: off the event loop
+            results = await asyncio.to_thread(self._core.search, query)
         except ServiceError as error:
             await abort(context, error)
         return pb.SearchWorkitemsResponse(results=results)

@@ -416,6 +416,11 @@ class RetrieveCore:
     async def _read_range(
         self, instance: StoredInstance, where: ByteRange, chunk: int
     ) -> AsyncIterator[bytes]:
+        """The bytes of ``where`` in the instance's file; an error if the file ends before.
+
+        The size was announced before the first byte (a part's Content-Length, a stream's
+        header): a file cut short must fail the stream, not end it early as if complete.
+        """
         try:
             fp = self.blobs.open(instance.record.blob_id)
         except FileNotFoundError as exc:
@@ -428,6 +433,14 @@ class RetrieveCore:
             ):
                 offset += len(data)
                 yield data
+            if offset < end:
+                raise ServiceError(
+                    Code.INTERNAL,
+                    "INTERNAL_FAILURE",
+                    f"the file of instance {instance.sop_uid} ends after "
+                    f"{offset - where.offset} of the {where.length} bytes to send",
+                    metadata={"sop_instance_uid": instance.sop_uid},
+                )
         finally:
             fp.close()
 

@@ -79,6 +79,9 @@ class StoreRequest:
         self._stream = StoreStream(study_restriction)
         self._ingests: list[Ingest] = []
         self._tasks: list[asyncio.Task[InstanceResult]] = []
+        # The tasks not yet done: what the pipeline bound counts, without walking every task
+        # of the request (a request may carry tens of thousands of instances).
+        self._running: set[asyncio.Task[InstanceResult]] = set()
         self._current: Ingest | None = None
 
     async def __aenter__(self) -> StoreRequest:
@@ -141,12 +144,13 @@ class StoreRequest:
 
     def _close_current(self) -> None:
         if self._current is not None:
-            self._tasks.append(asyncio.create_task(self._current.finish()))
+            task = asyncio.create_task(self._current.finish())
+            self._tasks.append(task)
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
             self._current = None
 
     async def _bound(self) -> None:
         """Wait until fewer than PIPELINE_DEPTH instances of this request are in progress."""
-        running = [t for t in self._tasks if not t.done()]
-        while len(running) >= PIPELINE_DEPTH:
-            await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-            running = [t for t in running if not t.done()]
+        while len(self._running) >= PIPELINE_DEPTH:
+            await asyncio.wait(self._running, return_when=asyncio.FIRST_COMPLETED)
