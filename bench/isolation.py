@@ -282,7 +282,7 @@ def _crowd(
     Idle ones are opened once and held; trickling ones are opened again when cut, as a
     slowloris client does. Each cut is reported as (the status answered, or 0 for a close, 0).
     """
-    head = b"GET /dicomweb/studies HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 1000
+    head = b"GET /dicomweb/studies HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 1000
     sockets: dict[socket.socket, int] = {}
     watch = selectors.DefaultSelector()
 

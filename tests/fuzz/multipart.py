@@ -15,6 +15,7 @@ import random
 import atheris
 from starlette.requests import Request
 
+from dicomrpc_server.dicomweb.media import parse_media_type
 from dicomrpc_server.dicomweb.multipart import (
     MultipartReader,
     PartData,
@@ -25,7 +26,7 @@ from dicomrpc_server.dicomweb.multipart import (
     part_header,
     part_separator,
 )
-from dicomrpc_server.dicomweb.stow import _boundary
+from dicomrpc_server.dicomweb.stow import boundary_of
 from dicomrpc_server.errors import ServiceError
 from tests import dicomgen
 from tests.fuzz.bugs import CRASH, Bug
@@ -96,8 +97,9 @@ def TestOneInput(data: bytes) -> None:
     header = fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, MAX_CONTENT_TYPE))
     body = fdp.ConsumeBytes(fdp.remaining_bytes())
     scope = {"type": "http", "method": "POST", "headers": [(b"content-type", header)]}
+    text = Request(scope).headers.get("content-type", "")  # decoded as the gateway does
     try:
-        boundary = _boundary(Request(scope))
+        boundary = boundary_of(text, parse_media_type(text))
     except ServiceError:
         return
     try:
@@ -146,6 +148,8 @@ def read(boundary: str, chunks: list[bytes]) -> Outcome:
         # What was handed over before the error depends on the chunks, as it may: only
         # the error itself must not.
         return [], False, reader.parts, error.message
+    if reader.error is not None:  # raised by a next feed, after the last chunk's parts
+        return [], False, reader.parts, reader.error.message
     return events, reader.complete, reader.parts, ""
 
 

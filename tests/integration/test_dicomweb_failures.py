@@ -132,3 +132,30 @@ def test_a_first_part_that_fails_is_answered_with_its_status(http: httpx.Client)
     )
     assert response.status_code == 406
     assert response.json()["reason"] == "TRANSFER_SYNTAX_UNSUPPORTED"
+
+
+def test_a_body_malformed_after_a_complete_part_still_reports_that_part(
+    http: httpx.Client, client: Client
+) -> None:
+    """The fault and the parts before it arrive in one chunk: those parts are stored and
+    reported, and the fault is the answer's warning (not a bare 409 with an empty body)."""
+    study, series, sop = generate_uid(), generate_uid(), generate_uid()
+    good = ct_instance(study, series, sop)
+    body = (
+        b"--b\r\nContent-Type: application/dicom\r\n\r\n"
+        + good
+        + b"\r\n--b\r\nContent-Type: application/dicom\r\n\r\nxyz\r\n--b not a delimiter\r\n"
+    )
+    response = http.post(
+        "/studies",
+        content=body,
+        headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=b'},
+    )
+    assert response.status_code == 202, response.text
+    stored = response.json()["00081199"]["Value"]
+    assert [s["00081155"]["Value"] for s in stored] == [[sop]]
+    assert (
+        "not a delimiter" in response.headers["Warning"]
+        or "delimiter" in response.headers["Warning"]
+    )
+    assert len(client.metadata(study).datasets) == 1

@@ -139,7 +139,7 @@ def test_a_16_mib_accept_header_is_431(server: RunningServer) -> None:
     def send(sock: socket.socket) -> None:
         piece = b"application/dicom+json, " * 2730  # 64 KiB
         try:
-            sock.sendall(b"GET /dicomweb/studies HTTP/1.1\r\nHost: x\r\nAccept: ")
+            sock.sendall(b"GET /dicomweb/studies HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: ")
             while sent[0] < total:
                 sock.sendall(piece)
                 sent[0] += len(piece)
@@ -327,7 +327,7 @@ def test_at_the_cap_with_every_connection_busy_a_new_one_gets_503(tmp_path: Path
         assert response.status_code == 503
         assert response.json()["metadata"] == {"limit": "http_max_connections", "value": "3"}
         for sock in busy:  # the busy ones are served as usual
-            sock.sendall(b"Host: x\r\nConnection: close\r\n\r\n")
+            sock.sendall(b"Host: 127.0.0.1\r\nConnection: close\r\n\r\n")
             assert _parse(_read_until_closed(sock))[0] == 204
             sock.close()
 

@@ -14,6 +14,9 @@ from dicomrpc_server.errors import ServiceError, invalid_argument
 
 # The most header bytes one part may carry.
 MAX_PART_HEADERS = 16 * 1024
+# The most bytes (transport padding, RFC 2046 §5.1.1) a delimiter line may carry after the
+# boundary.
+MAX_DELIMITER_LINE = 1024
 
 
 def new_boundary() -> str:
@@ -89,6 +92,8 @@ class MultipartReader:
         self._buffer = bytearray(b"\r\n")
         self._state = self._PREAMBLE
         self.parts = 0
+        # What made the body malformed after the last feed's events (raised by the next feed).
+        self.error: ServiceError | None = None
 
     @property
     def complete(self) -> bool:
@@ -101,13 +106,28 @@ class MultipartReader:
         return self._state == self._BODY
 
     def feed(self, data: bytes) -> list[Event]:
-        """Take the next bytes of the body; return what they complete, in order."""
+        """Take the next bytes of the body; return what they complete, in order.
+
+        Raises
+        ------
+        ServiceError
+            When the body is malformed. The parts the same bytes completed before the fault
+            are returned first: the error is then kept in :attr:`error` and raised by the
+            next call, so that whatever the chunking, every part before it is handed over.
+        """
+        if self.error is not None:
+            raise self.error
         if self._state == self._DONE:
             return []  # the epilogue is ignored
         self._buffer += data
         events: list[Event] = []
-        while self._step(events):
-            pass
+        try:
+            while self._step(events):
+                pass
+        except ServiceError as error:
+            if not events:
+                raise
+            self.error = error
         return events
 
     def _step(self, events: list[Event]) -> bool:
@@ -129,10 +149,10 @@ class MultipartReader:
                 buffer.clear()
                 return False
             end = buffer.find(b"\r\n")
-            if end < 0:
-                if len(buffer) > 1024:
-                    raise malformed("a boundary delimiter is not followed by a line end")
+            if end < 0 and len(buffer) <= MAX_DELIMITER_LINE:
                 return False
+            if end < 0 or end > MAX_DELIMITER_LINE:  # however the bytes arrived
+                raise malformed("a boundary delimiter is not followed by a line end")
             if buffer[:end].strip(b" \t"):
                 raise malformed("a boundary delimiter is followed by other text on its line")
             del buffer[: end + 2]
@@ -144,12 +164,12 @@ class MultipartReader:
                 del buffer[:2]
             else:
                 end = buffer.find(b"\r\n\r\n")
-                if end < 0:
-                    if len(buffer) > MAX_PART_HEADERS:
-                        raise malformed(
-                            f"part {self.parts + 1} has over {MAX_PART_HEADERS} header bytes"
-                        )
+                if end < 0 and len(buffer) <= MAX_PART_HEADERS:
                     return False
+                if end < 0 or end > MAX_PART_HEADERS:  # however the bytes arrived
+                    raise malformed(
+                        f"part {self.parts + 1} has over {MAX_PART_HEADERS} header bytes"
+                    )
                 headers = _parse_headers(bytes(buffer[:end]), self.parts + 1)
                 del buffer[: end + 4]
             self.parts += 1

@@ -34,6 +34,7 @@ from dicomrpc_server.dicomweb.media import (
     DICOM,
     DICOM_JSON,
     MULTIPART,
+    MediaType,
     negotiated,
     parse_media_type,
 )
@@ -67,7 +68,11 @@ INLINE_RESULTS = 100
 async def _boundary(request: Request) -> str:
     """The boundary of a STOW body, after checking that it is multipart/related DICOM."""
     header = request.headers.get("content-type", "")
-    media = await negotiated(parse_media_type, header)
+    return boundary_of(header, await negotiated(parse_media_type, header))
+
+
+def boundary_of(header: str, media: MediaType) -> str:
+    """The boundary of a STOW ``Content-Type`` (``media``, parsed from ``header``)."""
     if media.type != MULTIPART:
         raise unsupported_media_type(
             f'{header!r} is not accepted; send multipart/related; type="{DICOM}"'
@@ -115,6 +120,8 @@ async def _receive(
         return error
     except ClientDisconnect:
         return malformed(f"the client disconnected inside part {reader.parts}")
+    if reader.error is not None:  # after the parts the last chunk completed
+        return reader.error
     if reader.parts == 0:
         return malformed(f"no part was found (is the boundary {reader.boundary!r} right?)")
     if not reader.complete:
