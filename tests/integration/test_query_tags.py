@@ -367,3 +367,12 @@ def test_a_removal_cut_short_is_finished_at_the_next_start(tmp_path: Path) -> No
             assert len(_series_uids(client, {"SeriesDescription": "Chest*"})) == 5
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("operation_id", ["", "x" * 600, "\x00"])
+def test_an_operation_id_that_cannot_be_a_key_is_not_found(
+    client: Client, operation_id: str
+) -> None:
+    with pytest.raises(DicomRpcError) as caught:
+        client.reindex_status(operation_id)
+    assert caught.value.code == grpc.StatusCode.NOT_FOUND

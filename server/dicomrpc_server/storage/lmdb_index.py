@@ -459,9 +459,15 @@ class LmdbIndex:
             return self._query_tags(txn)
 
     def operation(self, operation_id: str) -> records_pb2.ReindexOperation | None:
-        """A re-indexing operation, or None when there is no such operation."""
+        """A re-indexing operation, or None when there is no such operation.
+
+        An id that could not be a key (empty, or longer than LMDB's 511 bytes) names none.
+        """
+        key = operation_id.encode("utf-8")
+        if not 0 < len(key) <= 511:
+            return None
         with self.read() as txn:
-            raw = _get(txn, operation_id.encode("utf-8"), self._db["operations"])
+            raw = _get(txn, key, self._db["operations"])
         return records_pb2.ReindexOperation.FromString(raw) if raw else None
 
     def operations(self) -> list[records_pb2.ReindexOperation]:
