@@ -1,4 +1,4 @@
-"""The HTTP status of every workitem error the core raises (SPEC §5), from the one mapping."""
+"""The HTTP status of every workitem error the core raises (PS3.18 §11), from the one mapping."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""UPS-RS over raw HTTP: the workflow, both URI templates, every status of the SPEC §5 table,
+"""UPS-RS over raw HTTP: the workflow, both URI templates, every status of PS3.18 §11's tables,
 search, and a Transaction UID that never leaves the server."""
 
 from __future__ import annotations
@@ -201,7 +201,7 @@ def test_update_transaction_parameter_forms(
     assert_failed(wrong, 409, 0xC301)
 
 
-# -- the status table (SPEC §5) ----------------------------------------------------------------
+# -- the status table (PS3.18 §11) ----------------------------------------------------------------
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """Which attributes each level of the index keeps, and which of them it can search.
 
 Study, series and instance records hold the attributes a search returns (``includefield=all``);
-the searchable subset also gets secondary index entries. The lists follow SPEC §4 and the
-QIDO-RS defaults of PS3.18 Table 10.6.1-5.
+the searchable subset also gets secondary index entries. The lists follow the README's search
+section and the QIDO-RS defaults of PS3.18 Table 10.6.1-5.
 """
 
 from __future__ import annotations

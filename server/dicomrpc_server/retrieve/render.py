@@ -1,6 +1,6 @@
 """Rendered frames: one frame of a stored instance as a JPEG or PNG, for thumbnails and quick looks.
 
-``RetrieveRendered`` (SPEC §3, PS3.18 rendered resources) lets a caller see an image without a
+``RetrieveRendered`` (PS3.18 rendered resources) lets a caller see an image without a
 DICOM toolkit: this module decodes only the frame asked for, runs it through the grayscale
 pipeline of PS3.4 Annex N (modality LUT, then the VOI window or LUT, then MONOCHROME1
 inversion) or the colour one (YBR to RGB, palette lookup), scales it to the viewport and encodes

@@ -1,7 +1,7 @@
 """The two interfaces the services see: where instance files live, and the index over them.
 
 The embedded default is a directory of files plus LMDB (:mod:`.blobs`, :mod:`.lmdb_index`); a
-shared PostgreSQL index and S3-compatible object storage (SPEC §11) implement the same protocols
+shared PostgreSQL index and S3-compatible object storage implement the same protocols
 so that no service changes when a deployment outgrows one machine.
 """
 
