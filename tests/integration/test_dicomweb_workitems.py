@@ -15,7 +15,7 @@ from pydicom.uid import generate_uid
 from dicomrpc import Client
 from dicomrpc.datasets import to_json
 from dicomrpc_server.dicomweb.errors import warning_header
-from tests.conftest import RunningServer, start_server
+from tests.conftest import RunningServer
 from tests.integration.test_workitems import LOCK, OTHER, in_state
 from tests.upsgen import code, dataset, discontinued, performed, tag, workitem
 
@@ -23,20 +23,6 @@ DICOM_JSON = "application/dicom+json"
 JSON_HEADERS = {"Content-Type": DICOM_JSON}
 TRANSACTION_UID = tag("TransactionUID")
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
-
-
-@pytest.fixture(scope="module")
-def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    """One server for the module: each test makes workitems of its own."""
-    server = start_server(tmp_path_factory.mktemp("upsrs") / "data")
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def http(running: RunningServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=running.dicomweb_url, timeout=60) as client:
-        yield client
 
 
 @pytest.fixture(scope="module")

@@ -25,25 +25,6 @@ CEILING = 23  # the most levels a Dataset message carries through every API mess
 DICOM_JSON = {"Content-Type": "application/dicom+json"}
 
 
-@pytest.fixture(scope="module")
-def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    server = start_server(tmp_path_factory.mktemp("nesting") / "data")
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def client(running: RunningServer) -> Iterator[Client]:
-    with Client(running.target) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def http(running: RunningServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=running.dicomweb_url, timeout=60) as c:
-        yield c
-
-
 def innermost(obj: dict[str, object], depth: int, top: str = "0040A730") -> dict[str, object]:
     """The innermost item of a DICOM JSON data set nested by nested_instance / nested_items."""
     item = obj
@@ -52,6 +33,12 @@ def innermost(obj: dict[str, object], depth: int, top: str = "0040A730") -> dict
         assert isinstance(sequence, dict)
         item = sequence["Value"][0]
     return item
+
+
+@pytest.fixture(scope="module")
+def client(running: RunningServer) -> Iterator[Client]:
+    with Client(running.target) as c:
+        yield c
 
 
 def test_a_data_set_26_levels_deep_is_refused_at_stow_and_the_archive_is_unchanged(

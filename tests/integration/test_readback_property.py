@@ -28,7 +28,7 @@ from dicomrpc import Client, DicomRpcError
 from dicomrpc.datasets import from_pydicom, to_json
 from dicomrpc.workitems import WorkitemEvent
 from dicomrpc_server.store.prepare import BULK_DATA_THRESHOLD
-from tests.conftest import RunningServer, start_server
+from tests.conftest import RunningServer
 from tests.dicomgen import ct_instance
 from tests.integration.test_dicomweb_http import STOW_TYPE, multipart
 from tests.upsgen import dataset, discontinued, performed, tag, workitem
@@ -62,21 +62,8 @@ SETTINGS = settings(
 
 
 @pytest.fixture(scope="module")
-def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    server = start_server(tmp_path_factory.mktemp("readback") / "data")
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def client(running: RunningServer) -> Iterator[Client]:
     with Client(running.target) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def http(running: RunningServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=running.dicomweb_url, timeout=60) as c:
         yield c
 
 

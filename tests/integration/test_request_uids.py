@@ -31,7 +31,7 @@ from dicomrpc.v1 import (
 )
 from dicomrpc.wire import serialize
 from dicomrpc_server.dicomweb.app import create_app
-from tests.conftest import RunningServer, start_server
+from tests.conftest import RunningServer
 from tests.dicomgen import ct_instance
 from tests.integration.test_dicomweb_http import STOW_TYPE, multipart
 from tests.upsgen import dataset, tag, workitem
@@ -79,21 +79,8 @@ class Stored:
 
 
 @pytest.fixture(scope="module")
-def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    server = start_server(tmp_path_factory.mktemp("uids") / "data")
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def client(running: RunningServer) -> Iterator[Client]:
     with Client(running.target) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def http(running: RunningServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=running.dicomweb_url, timeout=60) as c:
         yield c
 
 
