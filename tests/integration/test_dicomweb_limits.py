@@ -65,6 +65,13 @@ def _parse(raw: bytes) -> Response:
     return status, headers, body
 
 
+def _status_lines(raw: bytes) -> int:
+    """How many responses ``raw`` holds (lines that begin as a status line does)."""
+    return sum(
+        1 for line in raw.split(b"\r\n") if line[:9] == b"HTTP/1.1 " and line[9:12].isdigit()
+    )
+
+
 def _head(path: str = "/dicomweb/studies", method: str = "GET", **headers: str) -> bytes:
     lines = [
         f"{method} {path} HTTP/1.1",
@@ -169,6 +176,57 @@ def test_a_request_that_is_not_http_is_400_as_json(server: RunningServer) -> Non
         status, _, body = _parse(_read_until_closed(sock))
     assert status == 400
     assert json.loads(body)["violations"][0]["field"] == "request"
+
+
+def test_a_request_line_without_a_version_is_400_and_what_follows_is_not_parsed(
+    server: RunningServer,
+) -> None:
+    # No "HTTP/1.1": the parser takes the line for a whole HTTP/0.9 request, and what follows
+    # for the next request (here not a valid one). One clear answer, and the connection ends.
+    with _connect(server) as sock:
+        sock.sendall(b"PATCH /dicomweb/studies/--b\r\nContent-Type: application/dicom\r\n\r\n")
+        sock.sendall(b"\x00" * 5000)
+        raw = _read_until_closed(sock)
+    status, _, body = _parse(raw)
+    assert status == 400
+    assert "HTTP version" in json.loads(body)["violations"][0]["description"]
+    assert _status_lines(raw) == 1
+
+
+def test_an_invalid_request_after_a_valid_one_still_gets_the_first_answered(
+    server: RunningServer,
+) -> None:
+    # A pipelined request that cannot be parsed arrives while the first one is answered: the
+    # first answer is sent whole, then the connection ends (a lingering close, not a reset).
+    with _connect(server) as sock:
+        sock.sendall(_head("/dicomweb/studies?limit=1") + b"\x00 not a request\r\n\r\n" * 200)
+        raw = _read_until_closed(sock)
+    assert raw, "the connection was closed without an answer"
+    status, _, _ = _parse(raw)
+    assert status in (200, 204)
+    assert _status_lines(raw) == 1
+
+
+def test_a_body_that_is_not_http_is_400_while_its_request_waits_for_it(
+    server: RunningServer,
+) -> None:
+    # A chunked STOW-RS whose chunk size is not a number: the request has begun (the store
+    # reads its body) and has no answer yet; it ends with the parser's error as its answer.
+    head = _head(
+        "/dicomweb/studies",
+        method="POST",
+        **{"Content-Type": 'multipart/related; type="application/dicom"; boundary=b'},
+        **{"Transfer-Encoding": "chunked"},
+    )
+    with _connect(server) as sock:
+        sock.sendall(head + b"4\r\n--b\r\n")
+        time.sleep(0.3)  # the store is under way, waiting for the rest
+        sock.sendall(b"zz\r\nnot a chunk\r\n")
+        raw = _read_until_closed(sock)
+    status, _, body = _parse(raw)
+    assert status == 400
+    assert "not a valid HTTP/1.1 request" in json.loads(body)["violations"][0]["description"]
+    assert _status_lines(raw) == 1
 
 
 def test_an_idle_keep_alive_connection_is_closed(tmp_path: Path) -> None:

@@ -88,6 +88,7 @@ class GatewayProtocol(HttpToolsProtocol):
         self._body_done = True
         self._draining: asyncio.TimerHandle | None = None  # the rest of a body, answered early
         self._ending = False
+        self._after_answer = False  # input no longer parsed; the connection ends after the answer
 
     # -- the connection ----------------------------------------------------------------------
 
@@ -132,7 +133,7 @@ class GatewayProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         """Parse what arrived, refusing a head that grows past its limit."""
-        if self._ending:
+        if self._ending or self._after_answer:
             return  # a lingering close: what the client still sends is dropped
         view = memoryview(data)
         if self._reading_head:
@@ -185,6 +186,9 @@ class GatewayProtocol(HttpToolsProtocol):
         for at most :data:`LINGER_S`, after which the connection ends (a client may be sending
         gigabytes nobody will read, or nothing at all).
         """
+        if self._after_answer:
+            self._end()
+            return
         if not self._body_done and not self.transport.is_closing():
             if self._draining is None:
                 self.flow.resume_reading()
@@ -224,6 +228,16 @@ class GatewayProtocol(HttpToolsProtocol):
             self._head_timer = None
         self._reading_head = False
         self._head_bytes = 0
+        if self.parser.get_http_version() == "0.9":
+            # A request line without a version, which httptools takes for a whole HTTP/0.9
+            # request and the lines after it for the next request.
+            error = invalid_argument(
+                "request",
+                "has no HTTP version: the request line must end with HTTP/1.1 "
+                "(HTTP/0.9 is not served)",
+            )
+            self._refusal = (error, "no HTTP version")
+            raise _Refused
         self._body_done = False
         super().on_headers_complete()
 
@@ -269,13 +283,21 @@ class GatewayProtocol(HttpToolsProtocol):
     def _refuse(self, error: ServiceError, why: str, linger_s: float = LINGER_S) -> None:
         """Answer ``error`` on the connection itself, then end it.
 
-        A response already under way for an earlier request (a pipelining client) cannot be
-        followed by another: the connection is closed without one.
+        While a request is being answered (the refusal is of a request pipelined after it, or
+        the answer began before the body was read), that answer is sent whole first and the
+        connection ends after it, with nothing more parsed. A body that turns out not to be
+        HTTP before its request is answered ends the request: the application is told the
+        client has gone (what it still sends is dropped) and ``error`` is the answer.
         """
         self.gate.tally.note(f"{http_status(error)} ({why})")
-        if self.cycle is not None and not self.cycle.response_complete:
-            self.transport.close()
-            return
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            if cycle.response_started or self._body_done:
+                self._after_answer = True
+                self.flow.resume_reading()
+                return
+            cycle.disconnected = True
+            cycle.message_event.set()
         if not self.transport.is_closing():
             self.transport.write(closing_error_response(error))
         self._end(linger_s)
