@@ -17,7 +17,16 @@ from pydicom.multival import MultiValue
 
 from dicomrpc import rawvalues
 
-__all__ = ["ElementValues"]
+__all__ = ["ElementValues", "UnreadableValue"]
+
+
+class UnreadableValue(ValueError):
+    """An element's value pydicom cannot decode: a length its VR does not allow, say.
+
+    One error for every way pydicom's conversion fails (``BytesLengthException``,
+    ``NotImplementedError`` for a VR it has no converter for, ...), so that a caller checking a
+    value catches a ``ValueError`` as for any other invalid value.
+    """
 
 
 class ElementValues:
@@ -51,7 +60,10 @@ class ElementValues:
         return None if vr is None else (element, vr)
 
     def _pydicom_value(self, tag: int) -> Any:
-        element = self.dataset[tag]
+        try:
+            element = self.dataset[tag]
+        except Exception as exc:  # pydicom's conversion of the raw element
+            raise UnreadableValue(f"({tag:08X}) cannot be read: {exc}") from exc
         self._elements[tag] = element
         return element.value
 

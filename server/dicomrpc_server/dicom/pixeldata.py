@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dicomrpc_server.dicom.elements import ElementValues
+from dicomrpc_server.dicom.elements import ElementValues, UnreadableValue
 
 SAMPLES_PER_PIXEL = 0x00280002
 PHOTOMETRIC_INTERPRETATION = 0x00280004
@@ -87,6 +87,9 @@ def _positive(elements: ElementValues, keyword: str, tag: int, default: int | No
         return default
     try:
         value = elements.value(tag, None)
+    except UnreadableValue as exc:
+        raise GeometryError(keyword, tag, f"cannot be read: {exc.__cause__}") from None
+    try:
         number = int(value[0] if isinstance(value, list) else value)
     except (TypeError, ValueError, IndexError):
         raise GeometryError(keyword, tag, "is not an integer") from None
