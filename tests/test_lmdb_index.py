@@ -1,15 +1,20 @@
-"""The LMDB index on its own: map growth, group commit, schema guard."""
+"""The LMDB index on its own: map growth, group commit, schema guard, the change log's records."""
 
 from __future__ import annotations
 
 import asyncio
+import io
 from pathlib import Path
 
 import pytest
+from pydicom import dcmread
 
+from dicomrpc.v1 import management_service_pb2 as pb
 from dicomrpc_server.archive import Archive
 from dicomrpc_server.config import Settings
+from dicomrpc_server.storage import keys
 from dicomrpc_server.storage.lmdb_index import LmdbIndex
+from dicomrpc_server.storage.protocols import ChangeAction, ChangeState
 from dicomrpc_server.store.ingest import StoreStream
 from tests.dicomgen import ct_instance
 
@@ -63,3 +68,43 @@ def test_schema_version_is_checked(tmp_path: Path) -> None:
             max_batch=8,
             before_commit=lambda: None,
         )
+
+
+def test_a_change_log_written_as_api_entries_reads_the_same(tmp_path: Path) -> None:
+    # Earlier versions stored the API's ChangeFeedEntry in the log; the index's own record has
+    # its field numbers and types, so such a log reads as it was written.
+    archive = Archive(Settings(data_dir=tmp_path / "data"))
+    try:
+        first, second = ct_instance(seed=1), ct_instance(seed=2)
+        _store_all(archive, [first, second])
+        gone = dcmread(io.BytesIO(second))
+        uids = (gone.StudyInstanceUID, gone.SeriesInstanceUID, gone.SOPInstanceUID)
+        assert asyncio.run(archive.delete.delete(*uids)) == 1
+        index = archive.index
+        changes = index.changes(0, 100)
+        assert [(c.action, c.state) for c in changes] == [
+            (ChangeAction.CREATED, ChangeState.CURRENT),
+            (ChangeAction.CREATED, ChangeState.DELETED),
+            (ChangeAction.DELETED, ChangeState.DELETED),
+        ]
+        assert (changes[2].study_uid, changes[2].series_uid, changes[2].sop_uid) == uids
+        assert all(c.time_us > 0 for c in changes)
+        with index.env.begin(write=True) as txn:
+            for change in changes:
+                entry = pb.ChangeFeedEntry(
+                    sequence=change.sequence,
+                    action=pb.CHANGE_ACTION_CREATED
+                    if change.action is ChangeAction.CREATED
+                    else pb.CHANGE_ACTION_DELETED,
+                    study_instance_uid=change.study_uid,
+                    series_instance_uid=change.series_uid,
+                    sop_instance_uid=change.sop_uid,
+                    version=change.version,
+                )
+                entry.time.FromMicroseconds(change.time_us)
+                key = keys.sequence_key(change.sequence)
+                txn.put(key, entry.SerializeToString(), db=index._db["changes"])
+        assert index.changes(0, 100) == changes
+        assert index.latest_change() == changes[-1]
+    finally:
+        archive.close()

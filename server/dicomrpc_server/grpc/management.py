@@ -20,6 +20,7 @@ from dicomrpc_server.query.extended import RequestedTag
 from dicomrpc_server.query.reindexing import ExtendedQueryTags
 from dicomrpc_server.retrieve.transcode import capabilities
 from dicomrpc_server.storage import records_pb2
+from dicomrpc_server.storage.protocols import Change, ChangeAction, ChangeState
 
 
 def get_capabilities(settings: Settings) -> pb.GetCapabilitiesResponse:
@@ -96,14 +97,16 @@ class ManagementServicer(management_service_pb2_grpc.ManagementServiceServicer):
             entries = self._feed.read(request.offset, request.limit)
         except ServiceError as error:
             await abort(context, error)
-        return pb.ReadChangeFeedResponse(entries=entries)
+        return pb.ReadChangeFeedResponse(entries=[change_entry(e) for e in entries])
 
     async def GetLatestChange(
         self, request: pb.GetLatestChangeRequest, context: Any
     ) -> pb.GetLatestChangeResponse:
         """Return the newest entry (unset for an empty feed)."""
         latest = self._feed.latest()
-        return pb.GetLatestChangeResponse(entry=latest) if latest else pb.GetLatestChangeResponse()
+        if latest is None:
+            return pb.GetLatestChangeResponse()
+        return pb.GetLatestChangeResponse(entry=change_entry(latest))
 
     async def WatchChangeFeed(
         self, request: pb.WatchChangeFeedRequest, context: Any
@@ -111,7 +114,7 @@ class ManagementServicer(management_service_pb2_grpc.ManagementServiceServicer):
         """Replay the feed after ``since``, then follow it live."""
         try:
             async for entry in self._feed.follow(request.since):
-                yield pb.WatchChangeFeedResponse(entry=entry)
+                yield pb.WatchChangeFeedResponse(entry=change_entry(entry))
         except ServiceError as error:
             await abort(context, error)
 
@@ -178,3 +181,29 @@ def _query_tag(tag: records_pb2.QueryTagRecord) -> pb.ExtendedQueryTag:
         level=cast(pb.QueryTagLevel.ValueType, tag.level),
         status=pb.QUERY_TAG_STATUS_READY if tag.ready else pb.QUERY_TAG_STATUS_REINDEXING,
     )
+
+
+_ACTIONS = {
+    ChangeAction.CREATED: pb.CHANGE_ACTION_CREATED,
+    ChangeAction.DELETED: pb.CHANGE_ACTION_DELETED,
+}
+_STATES = {
+    ChangeState.CURRENT: pb.CHANGE_STATE_CURRENT,
+    ChangeState.REPLACED: pb.CHANGE_STATE_REPLACED,
+    ChangeState.DELETED: pb.CHANGE_STATE_DELETED,
+}
+
+
+def change_entry(change: Change) -> pb.ChangeFeedEntry:
+    """The API's entry for a change of the log."""
+    entry = pb.ChangeFeedEntry(
+        sequence=change.sequence,
+        action=_ACTIONS[change.action],
+        study_instance_uid=change.study_uid,
+        series_instance_uid=change.series_uid,
+        sop_instance_uid=change.sop_uid,
+        version=change.version,
+        state=_STATES[change.state],
+    )
+    entry.time.FromMicroseconds(change.time_us)
+    return entry

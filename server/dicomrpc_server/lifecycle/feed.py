@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from dicomrpc.v1 import management_service_pb2 as pb
 from dicomrpc_server.errors import invalid_argument
 from dicomrpc_server.storage.lmdb_index import LmdbIndex
+from dicomrpc_server.storage.protocols import Change
 
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
@@ -34,7 +34,7 @@ class ChangeFeed:
         for loop, future in list(self._waiters):
             loop.call_soon_threadsafe(_resolve, future)
 
-    def read(self, offset: int, limit: int) -> list[pb.ChangeFeedEntry]:
+    def read(self, offset: int, limit: int) -> list[Change]:
         """Entries with a sequence above ``offset``, at most ``limit`` (0 means 100)."""
         if offset < 0:
             raise invalid_argument("offset", f"{offset} is negative")
@@ -42,11 +42,11 @@ class ChangeFeed:
             raise invalid_argument("limit", f"{limit} is outside 0..{MAX_LIMIT}")
         return self.index.changes(offset, limit or DEFAULT_LIMIT)
 
-    def latest(self) -> pb.ChangeFeedEntry | None:
+    def latest(self) -> Change | None:
         """The newest entry, or ``None`` for an empty feed."""
         return self.index.latest_change()
 
-    async def follow(self, since: int) -> AsyncIterator[pb.ChangeFeedEntry]:
+    async def follow(self, since: int) -> AsyncIterator[Change]:
         """Every entry after ``since``, in order, then each new one as it is committed."""
         if since < 0:
             raise invalid_argument("since", f"{since} is negative")

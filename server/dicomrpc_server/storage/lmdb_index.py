@@ -16,7 +16,7 @@ name           key                     value
 ``metadata``   study/series/sop        ``dicomrpc.v1.Dataset``: pre-computed metadata
 ``frames``     study/series/sop        ``FrameTable``: the byte ranges of every frame
 ``terms``      level/tag/term/pk       empty: secondary indexes, scanned with ``set_range``
-``changes``    sequence                ``dicomrpc.v1.ChangeFeedEntry``: the change feed
+``changes``    sequence                ``ChangeRecord``: the change feed
 ``query_tags`` 8 hex digits            ``QueryTagRecord``: the extended query tags
 ``operations`` operation id            ``ReindexOperation``: background re-indexing progress
 ``workitems``  workitem UID            ``dicomrpc.v1.Dataset``: a UPS (:mod:`..ups.store`)
@@ -39,13 +39,19 @@ from pathlib import Path
 
 import lmdb
 
-from dicomrpc.v1 import dataset_pb2, management_service_pb2
+from dicomrpc.v1 import dataset_pb2
 from dicomrpc_server.dicom.attributes import ATTRIBUTES_BY_LEVEL, NESTED_ATTRIBUTES, Level
 from dicomrpc_server.errors import Code, ServiceError
 from dicomrpc_server.query.extended import extract, unknown_operation
 from dicomrpc_server.query.terms import EXACT, NUMBER, value_terms
 from dicomrpc_server.storage import keys, records_pb2
-from dicomrpc_server.storage.protocols import IndexCounts, NewInstance
+from dicomrpc_server.storage.protocols import (
+    Change,
+    ChangeAction,
+    ChangeState,
+    IndexCounts,
+    NewInstance,
+)
 from dicomrpc_server.storage.writer import IndexWriter
 
 SCHEMA_VERSION = 1
@@ -73,6 +79,10 @@ _DROPPING = b"dropping\x00"
 MAX_QUERY_TAGS = 128
 Record = records_pb2.StudyRecord | records_pb2.SeriesRecord | records_pb2.InstanceRecord
 _LEVEL_DB = {Level.STUDY: "studies", Level.SERIES: "series", Level.INSTANCE: "instances"}
+_ACTIONS = {
+    records_pb2.CHANGE_KIND_CREATED: ChangeAction.CREATED,
+    records_pb2.CHANGE_KIND_DELETED: ChangeAction.DELETED,
+}
 _RECORD_TYPES: dict[Level, type[Record]] = {
     Level.STUDY: records_pb2.StudyRecord,
     Level.SERIES: records_pb2.SeriesRecord,
@@ -408,40 +418,47 @@ class LmdbIndex:
                     out.append(raw)
         return out
 
-    def changes(self, after: int, limit: int) -> list[management_service_pb2.ChangeFeedEntry]:
-        """Change feed entries with a sequence above ``after``, at most ``limit``.
+    def changes(self, after: int, limit: int) -> list[Change]:
+        """Change log entries with a sequence above ``after``, at most ``limit``.
 
         Each entry's state says whether the instance is still as the entry left it: current,
         replaced by a later version, or deleted.
         """
-        pb = management_service_pb2
         out = []
         with self.read() as txn:
             cursor = txn.cursor(db=self._db["changes"])
             if cursor.set_range(keys.sequence_key(after + 1)):
                 for _, value in cursor:
-                    entry = pb.ChangeFeedEntry.FromString(bytes(value))
-                    raw = _get(
-                        txn,
-                        keys.instance_key(
-                            entry.study_instance_uid,
-                            entry.series_instance_uid,
-                            entry.sop_instance_uid,
-                        ),
-                        self._db["instances"],
+                    record = records_pb2.ChangeRecord.FromString(bytes(value))
+                    uids = (
+                        record.study_instance_uid,
+                        record.series_instance_uid,
+                        record.sop_instance_uid,
                     )
+                    raw = _get(txn, keys.instance_key(*uids), self._db["instances"])
                     if raw is None:
-                        entry.state = pb.CHANGE_STATE_DELETED
-                    elif records_pb2.InstanceRecord.FromString(raw).version == entry.version:
-                        entry.state = pb.CHANGE_STATE_CURRENT
+                        state = ChangeState.DELETED
+                    elif records_pb2.InstanceRecord.FromString(raw).version == record.version:
+                        state = ChangeState.CURRENT
                     else:
-                        entry.state = pb.CHANGE_STATE_REPLACED
-                    out.append(entry)
+                        state = ChangeState.REPLACED
+                    out.append(
+                        Change(
+                            sequence=record.sequence,
+                            action=_ACTIONS[record.kind],
+                            study_uid=uids[0],
+                            series_uid=uids[1],
+                            sop_uid=uids[2],
+                            version=record.version,
+                            time_us=record.time.ToMicroseconds(),
+                            state=state,
+                        )
+                    )
                     if len(out) >= limit:
                         break
         return out
 
-    def latest_change(self) -> management_service_pb2.ChangeFeedEntry | None:
+    def latest_change(self) -> Change | None:
         """The newest change feed entry, or ``None`` when the feed is empty."""
         with self.read() as txn:
             cursor = txn.cursor(db=self._db["changes"])
@@ -556,7 +573,7 @@ class LmdbIndex:
 
         self._append_change(
             txn,
-            management_service_pb2.CHANGE_ACTION_CREATED,
+            records_pb2.CHANGE_KIND_CREATED,
             (new.study_uid, new.series_uid, new.sop_uid),
             version,
             now_us,
@@ -643,7 +660,7 @@ class LmdbIndex:
                 modalities[record.modality] = modalities.get(record.modality, 0) + 1
             self._append_change(
                 txn,
-                management_service_pb2.CHANGE_ACTION_DELETED,
+                records_pb2.CHANGE_KIND_DELETED,
                 (study_uid, series_uid, sop_uid),
                 record.version,
                 now_us,
@@ -888,22 +905,22 @@ class LmdbIndex:
     def _append_change(
         self,
         txn: lmdb.Transaction,
-        action: management_service_pb2.ChangeAction.ValueType,
+        kind: records_pb2.ChangeKind.ValueType,
         uids: tuple[str, str, str],
         version: int,
         now_us: int,
     ) -> None:
         sequence = self._next(txn, b"change")
-        entry = management_service_pb2.ChangeFeedEntry(
+        record = records_pb2.ChangeRecord(
             sequence=sequence,
-            action=action,
+            kind=kind,
             study_instance_uid=uids[0],
             series_instance_uid=uids[1],
             sop_instance_uid=uids[2],
             version=version,
         )
-        entry.time.FromMicroseconds(now_us)
-        txn.put(keys.sequence_key(sequence), entry.SerializeToString(), db=self._db["changes"])
+        record.time.FromMicroseconds(now_us)
+        txn.put(keys.sequence_key(sequence), record.SerializeToString(), db=self._db["changes"])
 
     def _next(self, txn: lmdb.Transaction, counter: bytes) -> int:
         raw = _get(txn, counter, self._db["meta"])

@@ -7,6 +7,7 @@ so that no service changes when a deployment outgrows one machine.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,6 +91,35 @@ class NewInstance:
     series_attributes: records_pb2.SeriesRecord
     metadata: bytes
     frames: records_pb2.FrameTable | None
+
+
+class ChangeAction(enum.Enum):
+    """What a change did to its instance."""
+
+    CREATED = "created"
+    DELETED = "deleted"
+
+
+class ChangeState(enum.Enum):
+    """Whether an instance is still as a change left it."""
+
+    CURRENT = "current"  # it is: the change is the instance's latest
+    REPLACED = "replaced"  # a later store replaced it with another version
+    DELETED = "deleted"  # it has been deleted since
+
+
+@dataclass(frozen=True)
+class Change:
+    """One entry of the change log, as the feed serves it (the index keeps its own record)."""
+
+    sequence: int
+    action: ChangeAction
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    version: int
+    time_us: int
+    state: ChangeState
 
 
 @dataclass(frozen=True)

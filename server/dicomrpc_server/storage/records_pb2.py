@@ -23,9 +23,10 @@ _sym_db = _symbol_database.Default()
 
 
 from dicomrpc.v1 import dataset_pb2 as dicomrpc_dot_v1_dot_dataset__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%dicomrpc_server/storage/records.proto\x12\x17\x64icomrpc_server.storage\x1a\x19\x64icomrpc/v1/dataset.proto\"\xfe\x01\n\x0eInstanceRecord\x12\x0f\n\x07\x62lob_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x12\x1b\n\x13transfer_syntax_uid\x18\x04 \x01(\t\x12\x15\n\rsop_class_uid\x18\x05 \x01(\t\x12\x14\n\x0cstored_at_us\x18\x06 \x01(\x03\x12\x18\n\x10number_of_frames\x18\x07 \x01(\x05\x12(\n\nattributes\x18\x08 \x01(\x0b\x32\x14.dicomrpc.v1.Dataset\x12\x10\n\x08modality\x18\t \x01(\t\x12\x16\n\x0eunindexed_tags\x18\n \x03(\t\"y\n\x0cSeriesRecord\x12(\n\nattributes\x18\x01 \x01(\x0b\x32\x14.dicomrpc.v1.Dataset\x12\x16\n\x0einstance_count\x18\x02 \x01(\x03\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x16\n\x0eunindexed_tags\x18\x04 \x03(\t\"\x98\x02\n\x0bStudyRecord\x12(\n\nattributes\x18\x01 \x01(\x0b\x32\x14.dicomrpc.v1.Dataset\x12\x14\n\x0cseries_count\x18\x02 \x01(\x03\x12\x16\n\x0einstance_count\x18\x03 \x01(\x03\x12Q\n\x0fmodality_counts\x18\x04 \x03(\x0b\x32\x38.dicomrpc_server.storage.StudyRecord.ModalityCountsEntry\x12\x0f\n\x07version\x18\x05 \x01(\x03\x12\x16\n\x0eunindexed_tags\x18\x06 \x03(\t\x1a\x35\n\x13ModalityCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\xd8\x01\n\nFrameTable\x12\x14\n\x0c\x65ncapsulated\x18\x01 \x01(\x08\x12\x36\n\x06\x66rames\x18\x02 \x03(\x0b\x32&.dicomrpc_server.storage.FrameLocation\x12\x13\n\x0b\x62it_offsets\x18\x03 \x03(\r\x12\x13\n\x0b\x66rame_count\x18\x04 \x01(\r\x12\x15\n\rnative_offset\x18\x05 \x01(\x06\x12\x12\n\nframe_bits\x18\x06 \x01(\x04\x12\x14\n\x0c\x66rame_starts\x18\x07 \x01(\x0c\x12\x11\n\tfragments\x18\x08 \x01(\x0c\"1\n\rFrameLocation\x12\x0f\n\x07offsets\x18\x01 \x03(\x06\x12\x0f\n\x07lengths\x18\x02 \x03(\x06\"\x8b\x01\n\x0eQueryTagRecord\x12\x0f\n\x07hex_tag\x18\x01 \x01(\t\x12\x0f\n\x07keyword\x18\x02 \x01(\t\x12\n\n\x02vr\x18\x03 \x01(\t\x12\x17\n\x0fprivate_creator\x18\x04 \x01(\t\x12\r\n\x05level\x18\x05 \x01(\x05\x12\r\n\x05ready\x18\x06 \x01(\x08\x12\x14\n\x0coperation_id\x18\x07 \x01(\t\"\x8e\x01\n\x10ReindexOperation\x12\x14\n\x0coperation_id\x18\x01 \x01(\t\x12\x10\n\x08hex_tags\x18\x02 \x03(\t\x12\x1b\n\x13processed_instances\x18\x03 \x01(\x03\x12\x17\n\x0ftotal_instances\x18\x04 \x01(\x03\x12\x0e\n\x06\x63ursor\x18\x05 \x01(\x0c\x12\x0c\n\x04\x64one\x18\x06 \x01(\x08\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%dicomrpc_server/storage/records.proto\x12\x17\x64icomrpc_server.storage\x1a\x19\x64icomrpc/v1/dataset.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfe\x01\n\x0eInstanceRecord\x12\x0f\n\x07\x62lob_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x12\x1b\n\x13transfer_syntax_uid\x18\x04 \x01(\t\x12\x15\n\rsop_class_uid\x18\x05 \x01(\t\x12\x14\n\x0cstored_at_us\x18\x06 \x01(\x03\x12\x18\n\x10number_of_frames\x18\x07 \x01(\x05\x12(\n\nattributes\x18\x08 \x01(\x0b\x32\x14.dicomrpc.v1.Dataset\x12\x10\n\x08modality\x18\t \x01(\t\x12\x16\n\x0eunindexed_tags\x18\n \x03(\t\"y\n\x0cSeriesRecord\x12(\n\nattributes\x18\x01 \x01(\x0b\x32\x14.dicomrpc.v1.Dataset\x12\x16\n\x0einstance_count\x18\x02 \x01(\x03\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x16\n\x0eunindexed_tags\x18\x04 \x03(\t\"\x98\x02\n\x0bStudyRecord\x12(\n\nattributes\x18\x01 \x01(\x0b\x32\x14.dicomrpc.v1.Dataset\x12\x14\n\x0cseries_count\x18\x02 \x01(\x03\x12\x16\n\x0einstance_count\x18\x03 \x01(\x03\x12Q\n\x0fmodality_counts\x18\x04 \x03(\x0b\x32\x38.dicomrpc_server.storage.StudyRecord.ModalityCountsEntry\x12\x0f\n\x07version\x18\x05 \x01(\x03\x12\x16\n\x0eunindexed_tags\x18\x06 \x03(\t\x1a\x35\n\x13ModalityCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\xd8\x01\n\nFrameTable\x12\x14\n\x0c\x65ncapsulated\x18\x01 \x01(\x08\x12\x36\n\x06\x66rames\x18\x02 \x03(\x0b\x32&.dicomrpc_server.storage.FrameLocation\x12\x13\n\x0b\x62it_offsets\x18\x03 \x03(\r\x12\x13\n\x0b\x66rame_count\x18\x04 \x01(\r\x12\x15\n\rnative_offset\x18\x05 \x01(\x06\x12\x12\n\nframe_bits\x18\x06 \x01(\x04\x12\x14\n\x0c\x66rame_starts\x18\x07 \x01(\x0c\x12\x11\n\tfragments\x18\x08 \x01(\x0c\"1\n\rFrameLocation\x12\x0f\n\x07offsets\x18\x01 \x03(\x06\x12\x0f\n\x07lengths\x18\x02 \x03(\x06\"\x8b\x01\n\x0eQueryTagRecord\x12\x0f\n\x07hex_tag\x18\x01 \x01(\t\x12\x0f\n\x07keyword\x18\x02 \x01(\t\x12\n\n\x02vr\x18\x03 \x01(\t\x12\x17\n\x0fprivate_creator\x18\x04 \x01(\t\x12\r\n\x05level\x18\x05 \x01(\x05\x12\r\n\x05ready\x18\x06 \x01(\x08\x12\x14\n\x0coperation_id\x18\x07 \x01(\t\"\x8e\x01\n\x10ReindexOperation\x12\x14\n\x0coperation_id\x18\x01 \x01(\t\x12\x10\n\x08hex_tags\x18\x02 \x03(\t\x12\x1b\n\x13processed_instances\x18\x03 \x01(\x03\x12\x17\n\x0ftotal_instances\x18\x04 \x01(\x03\x12\x0e\n\x06\x63ursor\x18\x05 \x01(\x0c\x12\x0c\n\x04\x64one\x18\x06 \x01(\x08\"\xe1\x01\n\x0c\x43hangeRecord\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x31\n\x04kind\x18\x02 \x01(\x0e\x32#.dicomrpc_server.storage.ChangeKind\x12\x1a\n\x12study_instance_uid\x18\x03 \x01(\t\x12\x1b\n\x13series_instance_uid\x18\x04 \x01(\t\x12\x18\n\x10sop_instance_uid\x18\x05 \x01(\t\x12\x0f\n\x07version\x18\x06 \x01(\x03\x12(\n\x04time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*[\n\nChangeKind\x12\x1b\n\x17\x43HANGE_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43HANGE_KIND_CREATED\x10\x01\x12\x17\n\x13\x43HANGE_KIND_DELETED\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,20 +35,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_STUDYRECORD_MODALITYCOUNTSENTRY']._loaded_options = None
   _globals['_STUDYRECORD_MODALITYCOUNTSENTRY']._serialized_options = b'8\001'
-  _globals['_INSTANCERECORD']._serialized_start=94
-  _globals['_INSTANCERECORD']._serialized_end=348
-  _globals['_SERIESRECORD']._serialized_start=350
-  _globals['_SERIESRECORD']._serialized_end=471
-  _globals['_STUDYRECORD']._serialized_start=474
-  _globals['_STUDYRECORD']._serialized_end=754
-  _globals['_STUDYRECORD_MODALITYCOUNTSENTRY']._serialized_start=701
-  _globals['_STUDYRECORD_MODALITYCOUNTSENTRY']._serialized_end=754
-  _globals['_FRAMETABLE']._serialized_start=757
-  _globals['_FRAMETABLE']._serialized_end=973
-  _globals['_FRAMELOCATION']._serialized_start=975
-  _globals['_FRAMELOCATION']._serialized_end=1024
-  _globals['_QUERYTAGRECORD']._serialized_start=1027
-  _globals['_QUERYTAGRECORD']._serialized_end=1166
-  _globals['_REINDEXOPERATION']._serialized_start=1169
-  _globals['_REINDEXOPERATION']._serialized_end=1311
+  _globals['_CHANGEKIND']._serialized_start=1574
+  _globals['_CHANGEKIND']._serialized_end=1665
+  _globals['_INSTANCERECORD']._serialized_start=127
+  _globals['_INSTANCERECORD']._serialized_end=381
+  _globals['_SERIESRECORD']._serialized_start=383
+  _globals['_SERIESRECORD']._serialized_end=504
+  _globals['_STUDYRECORD']._serialized_start=507
+  _globals['_STUDYRECORD']._serialized_end=787
+  _globals['_STUDYRECORD_MODALITYCOUNTSENTRY']._serialized_start=734
+  _globals['_STUDYRECORD_MODALITYCOUNTSENTRY']._serialized_end=787
+  _globals['_FRAMETABLE']._serialized_start=790
+  _globals['_FRAMETABLE']._serialized_end=1006
+  _globals['_FRAMELOCATION']._serialized_start=1008
+  _globals['_FRAMELOCATION']._serialized_end=1057
+  _globals['_QUERYTAGRECORD']._serialized_start=1060
+  _globals['_QUERYTAGRECORD']._serialized_end=1199
+  _globals['_REINDEXOPERATION']._serialized_start=1202
+  _globals['_REINDEXOPERATION']._serialized_end=1344
+  _globals['_CHANGERECORD']._serialized_start=1347
+  _globals['_CHANGERECORD']._serialized_end=1572
 # @@protoc_insertion_point(module_scope)

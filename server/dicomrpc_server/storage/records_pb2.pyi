@@ -9,7 +9,9 @@ from collections import abc as _abc
 from dicomrpc.v1 import dataset_pb2 as _dataset_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -20,6 +22,30 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _ChangeKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ChangeKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ChangeKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CHANGE_KIND_UNSPECIFIED: _ChangeKind.ValueType  # 0
+    """Not written."""
+    CHANGE_KIND_CREATED: _ChangeKind.ValueType  # 1
+    """The instance was stored (or stored again, as a new version)."""
+    CHANGE_KIND_DELETED: _ChangeKind.ValueType  # 2
+    """The instance was deleted."""
+
+class ChangeKind(_ChangeKind, metaclass=_ChangeKindEnumTypeWrapper):
+    """What a change did to its instance."""
+
+CHANGE_KIND_UNSPECIFIED: ChangeKind.ValueType  # 0
+"""Not written."""
+CHANGE_KIND_CREATED: ChangeKind.ValueType  # 1
+"""The instance was stored (or stored again, as a new version)."""
+CHANGE_KIND_DELETED: ChangeKind.ValueType  # 2
+"""The instance was deleted."""
+Global___ChangeKind: _TypeAlias = ChangeKind  # noqa: Y015
 
 @_typing.final
 class InstanceRecord(_message.Message):
@@ -375,3 +401,55 @@ class ReindexOperation(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReindexOperation: _TypeAlias = ReindexOperation  # noqa: Y015
+
+@_typing.final
+class ChangeRecord(_message.Message):
+    """One entry of the change log (sub-database "changes", key: its sequence, 8 bytes big-endian).
+    Written in the transaction of the change it records. Its field numbers and types are those of
+    the API's ChangeFeedEntry, which earlier versions stored here, so a log they wrote reads as
+    these records; the API message may change without rewriting the log.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    STUDY_INSTANCE_UID_FIELD_NUMBER: _builtins.int
+    SERIES_INSTANCE_UID_FIELD_NUMBER: _builtins.int
+    SOP_INSTANCE_UID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """The entry's place in the log, from 1, without gaps."""
+    kind: Global___ChangeKind.ValueType
+    """What the change did."""
+    study_instance_uid: _builtins.str
+    """The instance's study."""
+    series_instance_uid: _builtins.str
+    """The instance's series."""
+    sop_instance_uid: _builtins.str
+    """The instance."""
+    version: _builtins.int
+    """The instance's version the change created or deleted."""
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """When the change was committed."""
+
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+        kind: Global___ChangeKind.ValueType = ...,
+        study_instance_uid: _builtins.str = ...,
+        series_instance_uid: _builtins.str = ...,
+        sop_instance_uid: _builtins.str = ...,
+        version: _builtins.int = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "sequence", b"sequence", "series_instance_uid", b"series_instance_uid", "sop_instance_uid", b"sop_instance_uid", "study_instance_uid", b"study_instance_uid", "time", b"time", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChangeRecord: _TypeAlias = ChangeRecord  # noqa: Y015
