@@ -93,7 +93,14 @@ class Settings:
         ``HOST:PORT`` of a syslog receiver (an ATNA audit record repository) sent each record
         as a DICOM audit message (PS3.15 A.5) in RFC 5424 syslog; empty sends none.
     audit_syslog_protocol
-        ``udp`` (one datagram per message) or ``tcp`` (RFC 6587 octet counting).
+        ``udp`` (one datagram per message), ``tcp`` (RFC 6587 octet counting) or ``tls``
+        (the same over TLS, RFC 5425: the transport IHE ATNA requires).
+    audit_syslog_ca
+        With ``tls``: the CA certificates (PEM) the receiver's certificate must chain to; None
+        trusts the system's CAs.
+    audit_syslog_cert, audit_syslog_key
+        With ``tls``: this archive's client certificate and its key (PEM), for a receiver that
+        authenticates the nodes that send to it (ATNA node authentication); None sends none.
     audit_source_id
         The AuditSourceID the messages name this archive by; empty means the host name.
     audit_queue
@@ -175,6 +182,9 @@ class Settings:
     audit_log: Path | None = None
     audit_syslog: str = ""
     audit_syslog_protocol: str = "udp"
+    audit_syslog_ca: Path | None = None
+    audit_syslog_cert: Path | None = None
+    audit_syslog_key: Path | None = None
     audit_source_id: str = ""
     audit_queue: int = 10_000
     tls_cert: Path | None = None
@@ -230,6 +240,9 @@ class Settings:
             "DICOMRPC_AUDIT_LOG": ("audit_log", Path),
             "DICOMRPC_AUDIT_SYSLOG": ("audit_syslog", str),
             "DICOMRPC_AUDIT_SYSLOG_PROTOCOL": ("audit_syslog_protocol", str),
+            "DICOMRPC_AUDIT_SYSLOG_CA": ("audit_syslog_ca", Path),
+            "DICOMRPC_AUDIT_SYSLOG_CERT": ("audit_syslog_cert", Path),
+            "DICOMRPC_AUDIT_SYSLOG_KEY": ("audit_syslog_key", Path),
             "DICOMRPC_AUDIT_SOURCE_ID": ("audit_source_id", str),
             "DICOMRPC_AUDIT_QUEUE": ("audit_queue", int),
             "DICOMRPC_TLS_CERT": ("tls_cert", Path),
@@ -428,8 +441,29 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--audit-syslog-protocol",
-        choices=["udp", "tcp"],
-        help="the audit syslog transport (env DICOMRPC_AUDIT_SYSLOG_PROTOCOL, udp)",
+        choices=["udp", "tcp", "tls"],
+        help="the audit syslog transport; tls is RFC 5425, as IHE ATNA requires "
+        "(env DICOMRPC_AUDIT_SYSLOG_PROTOCOL, udp)",
+    )
+    parser.add_argument(
+        "--audit-syslog-ca",
+        type=Path,
+        metavar="FILE",
+        help="with tls: CA certificates (PEM) the receiver's certificate must chain to "
+        "(env DICOMRPC_AUDIT_SYSLOG_CA, the system's CAs)",
+    )
+    parser.add_argument(
+        "--audit-syslog-cert",
+        type=Path,
+        metavar="FILE",
+        help="with tls: this archive's client certificate (PEM) for the receiver "
+        "(env DICOMRPC_AUDIT_SYSLOG_CERT, none)",
+    )
+    parser.add_argument(
+        "--audit-syslog-key",
+        type=Path,
+        metavar="FILE",
+        help="the key of --audit-syslog-cert (PEM, unencrypted) (env DICOMRPC_AUDIT_SYSLOG_KEY)",
     )
     parser.add_argument(
         "--audit-source-id",

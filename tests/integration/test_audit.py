@@ -1,8 +1,9 @@
-"""The audit trail of a real server: JSON lines and ATNA syslog over UDP and TCP, both adapters.
+"""The audit trail of a real server: JSON lines and ATNA syslog over UDP, TCP and TLS, both
+adapters.
 
-Each test starts syslog receivers of its own (a UDP socket, a TCP listener), a server auditing to
-them and to a file, makes calls over gRPC and DICOMweb, and checks the records: the JSON lines
-parsed, every audit message validated against PS3.15 A.5 (``tests/auditcheck.py``).
+Each test starts syslog receivers of its own (a UDP socket, a TCP or TLS listener), a server
+auditing to them and to a file, makes calls over gRPC and DICOMweb, and checks the records: the
+JSON lines parsed, every audit message validated against PS3.15 A.5 (``tests/auditcheck.py``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import logging
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -32,6 +34,7 @@ from dicomrpc_server.dicomweb.errors import error_response
 from dicomrpc_server.errors import Code, ServiceError
 from dicomrpc_server.grpc.errors import abort
 from tests.auditcheck import Message, check_message, parse_syslog, split_octet_counted
+from tests.authgen import Pki, make_pki
 from tests.conftest import RunningServer, spawn_server, start_server
 from tests.dicomgen import ct_instance
 from tests.integration.test_dicomweb_http import STOW_TYPE, multipart
@@ -109,9 +112,18 @@ class UdpReceiver:
 
 
 class TcpReceiver:
-    """A listener that reads octet-counted syslog frames, or (``stalled``) never reads."""
+    """A listener that reads octet-counted syslog frames, or (``stalled``) never reads.
 
-    def __init__(self, port: int = 0, stalled: bool = False) -> None:
+    With ``tls``, each connection is a TLS one (RFC 5425) served with that context: the
+    subjects of the client certificates presented are kept, and handshakes that fail counted.
+    """
+
+    def __init__(
+        self, port: int = 0, stalled: bool = False, tls: ssl.SSLContext | None = None
+    ) -> None:
+        self.tls = tls
+        self.client_subjects: list[Any] = []
+        self.failed_handshakes = 0
         self.listener = socket.create_server(("127.0.0.1", port), reuse_port=False)
         self.listener.settimeout(0.2)
         self.port = self.listener.getsockname()[1]
@@ -130,6 +142,16 @@ class TcpReceiver:
                 connection, _ = self.listener.accept()
             except (TimeoutError, OSError):
                 continue
+            if self.tls is not None:
+                try:
+                    connection.settimeout(5)
+                    connection = self.tls.wrap_socket(connection, server_side=True)
+                except (OSError, ssl.SSLError):
+                    self.failed_handshakes += 1
+                    connection.close()
+                    continue
+                certificate = connection.getpeercert()
+                self.client_subjects.append(certificate.get("subject") if certificate else None)
             self.accepted += 1
             self._connections.append(connection)
             if not self.stalled:
@@ -482,6 +504,73 @@ def test_serve_flags_audit_and_sighup_reopens_the_log(tmp_path: Path, udp: UdpRe
         assert source is not None and source.get("AuditSourceID") == "archive-7"
 
 
+def _tls_receiver(pki: Pki, client_ca: bool) -> TcpReceiver:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pki.server_cert, pki.server_key)
+    if client_ca:
+        context.load_verify_locations(cafile=pki.ca_pem)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return TcpReceiver(tls=context)
+
+
+def test_records_reach_a_tls_receiver_that_authenticates_the_archive(tmp_path: Path) -> None:
+    # RFC 5425, as IHE ATNA requires: the archive checks the receiver's certificate against
+    # --audit-syslog-ca and presents its own, which the receiver requires.
+    pki = make_pki(tmp_path / "pki", client="archive-node")
+    receiver = _tls_receiver(pki, client_ca=True)
+    server = audited_server(
+        tmp_path,
+        receiver.port,
+        "tls",
+        audit_syslog_ca=pki.ca_pem,
+        audit_syslog_cert=pki.client_cert,
+        audit_syslog_key=pki.client_key,
+    )
+    try:
+        with Client(server.target) as client:
+            for _ in range(3):
+                client.latest_change()
+            wait_for(lambda: len(receiver.messages()) == 3, "three messages over TLS")
+            assert receiver.accepted == 1  # one connection kept for every message
+            receiver._connections[0].close()  # the receiver ends it: the next send reconnects
+            time.sleep(0.2)
+            client.latest_change()
+            wait_for(lambda: len(receiver.messages()) == 4, "a message on a new connection")
+    finally:
+        server.stop()
+        receiver.close()
+    assert receiver.accepted == 2
+    assert (("commonName", "archive-node"),) in receiver.client_subjects[0]
+    for _, xml in atna(receiver.messages()):
+        check_message(xml, "query")
+
+
+def test_a_tls_receiver_the_ca_does_not_vouch_for_gets_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    pki = make_pki(tmp_path / "pki")
+    other = make_pki(tmp_path / "other")  # a CA that did not issue the receiver's certificate
+    receiver = _tls_receiver(pki, client_ca=False)
+    server = audited_server(tmp_path, receiver.port, "tls", audit_syslog_ca=other.ca_pem)
+    try:
+        with Client(server.target) as client, caplog.at_level(logging.WARNING, "dicomrpc.audit"):
+            client.latest_change()
+            wait_for(
+                lambda: any("cannot be written" in r.getMessage() for r in caplog.records),
+                "the outage warning",
+            )
+            assert "CERTIFICATE_VERIFY_FAILED" in caplog.text
+    finally:
+        server.stop()
+        receiver.close()
+    assert receiver.messages() == []
+    assert receiver.failed_handshakes >= 1
+    assert len(json_lines(tmp_path / "audit" / "audit.jsonl")) == 1  # the file still has it
+
+
+TLS_SYSLOG = ["--audit-syslog", "127.0.0.1:6514", "--audit-syslog-protocol", "tls"]
+
+
 @pytest.mark.parametrize(
     ("flags", "error"),
     [
@@ -490,6 +579,19 @@ def test_serve_flags_audit_and_sighup_reopens_the_log(tmp_path: Path, udp: UdpRe
         (
             ["--audit-syslog", "127.0.0.1:514", "--audit-queue", "0"],
             "--audit-queue 0: the queue must hold at least 1 record",
+        ),
+        (
+            ["--audit-syslog", "127.0.0.1:514", "--audit-syslog-ca", "/etc/hostname"],
+            "--audit-syslog-ca, --audit-syslog-cert and --audit-syslog-key are for "
+            "--audit-syslog-protocol tls, not udp",
+        ),
+        (
+            [*TLS_SYSLOG, "--audit-syslog-ca", "/nonexistent/ca.pem"],
+            "--audit-syslog-ca /nonexistent/ca.pem: cannot be used",
+        ),
+        (
+            [*TLS_SYSLOG, "--audit-syslog-cert", "/etc/hostname"],
+            "--audit-syslog-cert and --audit-syslog-key go together",
         ),
     ],
 )

@@ -14,7 +14,7 @@ from dicomrpc_server.audit.atna import AuditSource
 from dicomrpc_server.audit.jsonl import JsonLinesOutput
 from dicomrpc_server.audit.records import AuditRecord, Patient
 from dicomrpc_server.audit.sink import AuditSink
-from dicomrpc_server.audit.syslog import SyslogOutput, parse_address
+from dicomrpc_server.audit.syslog import SyslogOutput, parse_address, tls_context
 from dicomrpc_server.config import Settings
 
 log = logging.getLogger("dicomrpc.audit")
@@ -54,7 +54,19 @@ class Auditor:
         if settings.audit_syslog:
             host, port = parse_address(settings.audit_syslog)
             source = AuditSource.local(settings.audit_source_id)
-            syslog = SyslogOutput(host, port, settings.audit_syslog_protocol, source)
+            protocol = settings.audit_syslog_protocol
+            files = (
+                settings.audit_syslog_ca,
+                settings.audit_syslog_cert,
+                settings.audit_syslog_key,
+            )
+            if protocol != "tls" and any(f is not None for f in files):
+                raise ValueError(
+                    "--audit-syslog-ca, --audit-syslog-cert and --audit-syslog-key are for "
+                    f"--audit-syslog-protocol tls, not {protocol}"
+                )
+            tls = tls_context(*files) if protocol == "tls" else None
+            syslog = SyslogOutput(host, port, protocol, source, tls=tls)
             self.sinks.append(AuditSink(syslog, settings.audit_queue))
 
     @property

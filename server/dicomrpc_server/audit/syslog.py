@@ -5,7 +5,9 @@ ATNA's Record Audit Event transaction sends them: ``<PRI>1 TIMESTAMP HOST APP PR
 then a UTF-8 byte order mark and the XML. PRI uses facility 10 (security/authorization) with
 severity 5 (notice) for a success and 4 (warning) for a failure; MSGID is ``IHE+RFC-3881``.
 Over UDP each message is one datagram (RFC 5426); over TCP each is preceded by its length in
-octets and a space (RFC 6587 octet counting, the framing of RFC 5425).
+octets and a space (RFC 6587 octet counting); over TLS (RFC 5425, the transport ATNA requires)
+the same frames travel in a TLS connection that checks the receiver's certificate and may
+present this archive's own.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import errno
 import logging
 import select
 import socket
+import ssl
 from datetime import UTC, datetime
+from pathlib import Path
 
 from dicomrpc_server.audit import atna
 from dicomrpc_server.audit.records import AuditRecord
@@ -27,7 +31,7 @@ SEVERITY_NOTICE = 5
 APP_NAME = "dicomrpc"
 MSG_ID = "IHE+RFC-3881"
 BOM = b"\xef\xbb\xbf"
-PROTOCOLS = ("udp", "tcp")
+PROTOCOLS = ("udp", "tcp", "tls")
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -39,6 +43,35 @@ def parse_address(text: str) -> tuple[str, int]:
     if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"--audit-syslog {text!r} is not HOST:PORT (a port from 1 to 65535)")
     return host.strip("[]"), int(port)
+
+
+def tls_context(ca: Path | None, cert: Path | None, key: Path | None) -> ssl.SSLContext:
+    """The client side of a TLS syslog connection (RFC 5425).
+
+    The receiver's certificate must chain to ``ca`` (the system's CAs when None) and name the
+    host it is reached by; ``cert`` and ``key`` are this archive's certificate, for a receiver
+    that authenticates its senders. Raises ``ValueError`` naming the flag of a file that cannot
+    be used.
+    """
+    if (cert is None) != (key is None):
+        raise ValueError("--audit-syslog-cert and --audit-syslog-key go together")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # the certificate and host name checked
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        if ca is None:
+            context.load_default_certs()
+        else:
+            context.load_verify_locations(cafile=ca)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"--audit-syslog-ca {ca}: cannot be used ({exc})") from None
+    if cert is not None:
+        try:
+            context.load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(
+                f"--audit-syslog-cert {cert} / --audit-syslog-key {key}: cannot be used ({exc})"
+            ) from None
+    return context
 
 
 def _field(text: str, limit: int) -> str:
@@ -69,11 +102,13 @@ class SyslogOutput:
     host, port
         The receiver.
     protocol
-        ``udp`` or ``tcp``.
+        ``udp``, ``tcp`` or ``tls``.
     source
         This archive, as the messages name it.
     timeout
-        How long a TCP connect or send may wait for the receiver.
+        How long a TCP connect, TLS handshake or send may wait for the receiver.
+    tls
+        With ``tls``: the client context (:func:`tls_context`; the system's CAs when None).
     """
 
     def __init__(
@@ -83,9 +118,13 @@ class SyslogOutput:
         protocol: str,
         source: atna.AuditSource,
         timeout: float = 5.0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         if protocol not in PROTOCOLS:
-            raise ValueError(f"--audit-syslog-protocol {protocol!r} is not udp or tcp")
+            raise ValueError(f"--audit-syslog-protocol {protocol!r} is not udp, tcp or tls")
+        if protocol == "tls" and tls is None:
+            tls = tls_context(None, None, None)
+        self._tls = tls if protocol == "tls" else None
         self.host, self.port, self.protocol = host, port, protocol
         self.name = f"audit syslog {protocol}://{host}:{port}"
         self._source = source
@@ -102,9 +141,15 @@ class SyslogOutput:
         """Nothing is held back: every message is sent as it is written."""
 
     def _connect(self) -> socket.socket:
-        if self.protocol == "tcp":
+        if self.protocol != "udp":
             sock = socket.create_connection((self.host, self.port), timeout=self._timeout)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self._tls is not None:
+                try:
+                    sock = self._tls.wrap_socket(sock, server_hostname=self.host)
+                except OSError:
+                    sock.close()
+                    raise
         else:
             family, kind, proto, _, address = socket.getaddrinfo(
                 self.host, self.port, type=socket.SOCK_DGRAM
@@ -122,10 +167,22 @@ class SyslogOutput:
         accepted by the kernel and lost, where this reconnects (or reports the outage) first.
         """
         readable, _, _ = select.select([sock], [], [], 0)
-        return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+        if not readable:
+            return False
+        if not isinstance(sock, ssl.SSLSocket):
+            return sock.recv(1, socket.MSG_PEEK) == b""
+        # TLS cannot peek. A receiver sends no data: what is readable is its close, or a record
+        # that carries none (a TLS 1.3 session ticket), which reading consumes.
+        sock.setblocking(False)
+        try:
+            return sock.recv(1) == b""
+        except ssl.SSLWantReadError:
+            return False
+        finally:
+            sock.settimeout(self._timeout)
 
     def _send(self, data: bytes) -> None:
-        if self._socket is not None and self.protocol == "tcp":
+        if self._socket is not None and self.protocol != "udp":
             try:
                 if self._closed_by_peer(self._socket):
                     self.close()
@@ -134,7 +191,7 @@ class SyslogOutput:
         if self._socket is None:
             self._socket = self._connect()
         try:
-            if self.protocol == "tcp":
+            if self.protocol != "udp":
                 self._socket.sendall(f"{len(data)} ".encode() + data)
             else:
                 self._socket.send(data)
