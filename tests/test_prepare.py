@@ -36,3 +36,17 @@ def test_an_image_pixel_value_of_the_wrong_length_is_refused_naming_it(
     assert (error.reason, error.dicom_status) == ("INSTANCE_VALIDATION_FAILED", 0xA900)
     assert error.metadata == {"attribute": "Columns"}
     assert error.message.startswith(f"Columns (00280011) {why}: ")
+
+
+def test_a_file_meta_value_pydicom_cannot_decode_is_272(tmp_path: Path) -> None:
+    # MediaStorageSOPClassUID declared UL: 26 bytes are no whole number of 4-byte values.
+    data = ct_instance()
+    meta = b"\x02\x00\x02\x00UI"
+    assert data.count(meta) == 1
+    path = tmp_path / "bad.dcm"
+    path.write_bytes(data.replace(meta, b"\x02\x00\x02\x00UL"))
+    with pytest.raises(ServiceError) as caught:
+        prepare(path)
+    error = caught.value
+    assert error.dicom_status == 272
+    assert "(00020002) cannot be read" in error.message

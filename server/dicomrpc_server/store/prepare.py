@@ -14,7 +14,7 @@ from dicomrpc.datasets import MAX_SEQUENCE_DEPTH, NestingTooDeep, from_pydicom
 from dicomrpc.v1 import dataset_pb2
 from dicomrpc_server.config import Settings
 from dicomrpc_server.dicom.attributes import ATTRIBUTES_BY_LEVEL, Level
-from dicomrpc_server.dicom.elements import ElementValues
+from dicomrpc_server.dicom.elements import ElementValues, UnreadableValue
 from dicomrpc_server.dicom.frames import BITS_ALLOCATED, frame_table, number_of_frames
 from dicomrpc_server.dicom.nesting import too_deep
 from dicomrpc_server.dicom.part10 import ParsedInstance, parse_file
@@ -60,6 +60,10 @@ def prepare(
         parsed = parse_file(path, max_depth, max_inflated=max_inflated)
         try:
             prepared = _prepare(path, parsed, max_depth, max_frame_pixels)
+        except UnreadableValue as exc:
+            # A value that validation or the records read and pydicom cannot decode (and that
+            # no check named more precisely): the file is not readable DICOM (272).
+            raise MalformedFileError(f"the data set could not be read: {exc}") from None
         finally:
             parsed.close()
     for message in dict.fromkeys(str(w.message) for w in caught):
