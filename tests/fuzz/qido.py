@@ -25,7 +25,7 @@ from dicomrpc_server.errors import ServiceError
 from dicomrpc_server.query.engine import DEFAULT_LIMIT, SearchCore, SearchRequest
 from tests.fuzz.archive import EXTENDED_TAGS, SERIES, STUDY, TempArchive
 from tests.fuzz.bugs import CRASH, Bug
-from tests.fuzz.seeds import FdpSeed
+from tests.fuzz.seeds import QUERY_TOKENS, FdpSeed
 
 LEVELS = ("study", "series", "instance", "patient")
 MAX_SCOPE = 80
@@ -62,17 +62,7 @@ DICTIONARY = (
     *(n.path.encode() for n in NESTED_ATTRIBUTES),
     *(t.tag.encode() for t in EXTENDED_TAGS),
     b"ModalitiesInStudy",
-    b"includefield=",
-    b"limit=",
-    b"offset=",
-    b"fuzzymatching=true",
-    b"&",
-    b"=",
-    b"*",
-    b"?",
-    b"-",
-    b"%5C",
-    b"%00",
+    *QUERY_TOKENS,
     b"%C3%A9",
     b"%FF",
     b"%2C",

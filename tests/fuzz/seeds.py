@@ -12,6 +12,22 @@ from pathlib import Path
 
 from tests import dicomgen
 
+QUERY_TOKENS = (
+    b"includefield=",
+    b"limit=",
+    b"offset=",
+    b"fuzzymatching=true",
+    b"&",
+    b"=",
+    b"*",
+    b"?",
+    b"-",
+    b"%5C",
+    b"%00",
+)
+"""Dictionary entries of the query-string harnesses: the parameters of every search, the
+separators, wildcards and range dash, and escapes that must be refused or matched literally."""
+
 
 class FdpSeed:
     """Builds an input that ``atheris.FuzzedDataProvider`` reads back as the values given.

@@ -23,7 +23,7 @@ from dicomrpc_server.ups.index import workitem_terms as terms_of
 from dicomrpc_server.ups.service import WorkitemQuery
 from tests.fuzz.archive import TempArchive, workitems
 from tests.fuzz.bugs import CRASH, Bug
-from tests.fuzz.seeds import FdpSeed
+from tests.fuzz.seeds import QUERY_TOKENS, FdpSeed
 
 SOP_INSTANCE_UID = "00080018"
 QUERIES = {
@@ -47,17 +47,7 @@ DICTIONARY = (
     *(k.path.encode() for k in NESTED_KEYS),
     b"SCHEDULED",
     b"IN PROGRESS",
-    b"includefield=",
-    b"limit=",
-    b"offset=",
-    b"fuzzymatching=true",
-    b"&",
-    b"=",
-    b"*",
-    b"?",
-    b"-",
-    b"%5C",
-    b"%00",
+    *QUERY_TOKENS,
     b"%C2%B2",
 )
 

@@ -25,8 +25,12 @@ class UnreadableValue(ValueError):
 
     One error for every way pydicom's conversion fails (``BytesLengthException``,
     ``NotImplementedError`` for a VR it has no converter for, ...), so that a caller checking a
-    value catches a ``ValueError`` as for any other invalid value.
+    value catches a ``ValueError`` as for any other invalid value. ``reason`` is pydicom's.
     """
+
+    def __init__(self, tag: int, reason: str) -> None:
+        super().__init__(f"({tag:08X}) cannot be read: {reason}")
+        self.reason = reason
 
 
 class ElementValues:
@@ -63,7 +67,7 @@ class ElementValues:
         try:
             element = self.dataset[tag]
         except Exception as exc:  # pydicom's conversion of the raw element
-            raise UnreadableValue(f"({tag:08X}) cannot be read: {exc}") from exc
+            raise UnreadableValue(tag, str(exc)) from exc
         self._elements[tag] = element
         return element.value
 

@@ -88,7 +88,7 @@ def _positive(elements: ElementValues, keyword: str, tag: int, default: int | No
     try:
         value = elements.value(tag, None)
     except UnreadableValue as exc:
-        raise GeometryError(keyword, tag, f"cannot be read: {exc.__cause__}") from None
+        raise GeometryError(keyword, tag, f"cannot be read: {exc.reason}") from None
     try:
         number = int(value[0] if isinstance(value, list) else value)
     except (TypeError, ValueError, IndexError):
