@@ -57,6 +57,7 @@ bench: install
 	$(BIN)/python bench/dicomweb.py
 	$(BIN)/python bench/auth.py
 	$(BIN)/python bench/isolation.py
+	$(BIN)/python bench/scale.py
 
 # Re-resolve the locks after a change of pyproject.toml's dependencies (needs the registry).
 lock:

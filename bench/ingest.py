@@ -571,11 +571,18 @@ def _run_workers(
 
 
 def run_dicomrpc(
-    data: Corpus, streams: int, batch: int, profile: Path | None = None, gil_only: bool = True
+    data: Corpus,
+    streams: int,
+    batch: int,
+    profile: Path | None = None,
+    gil_only: bool = True,
+    serve_args: Sequence[str] = (),
+    label: str = "dicomrpc",
 ) -> RunResult:
-    """Ingest the corpus into a fresh dicomrpc with ``streams`` concurrent store streams."""
+    """Ingest the corpus into a fresh dicomrpc with ``streams`` concurrent store streams
+    (``serve_args``: more ``dicomrpc serve`` options, ``--processes 2`` say)."""
     result = RunResult(
-        f"dicomrpc, {streams} stream{'s' * (streams > 1)}", streams, len(data.files), data.megabytes
+        f"{label}, {streams} stream{'s' * (streams > 1)}", streams, len(data.files), data.megabytes
     )
     run_dir = Path(tempfile.mkdtemp(prefix="dicomrpc-", dir=WORK))
     log = WORK / f"dicomrpc-{streams}.log"
@@ -613,7 +620,7 @@ def run_dicomrpc(
 
     try:
         warm_cache(data.files)
-        with dicomrpc_server(run_dir / "data", log) as (target, pid):
+        with dicomrpc_server(run_dir / "data", log, serve_args=serve_args) as (target, pid):
             spy = _start_py_spy(pid, profile, gil_only) if profile else None
             try:
                 with ResourceSampler(pid) as sampler:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,14 @@ from dicomrpc_server.storage.writer import IndexWriter
 @pytest.fixture
 def writer(tmp_path: Path) -> Iterator[tuple[IndexWriter, lmdb.Environment]]:
     env = lmdb.open(str(tmp_path / "index"), max_dbs=2)
-    w = IndexWriter(env, before_commit=lambda: None, grow=lambda: None, max_batch=64)
+    w = IndexWriter(
+        env,
+        before_commit=lambda: None,
+        grow=lambda: None,
+        adopt=lambda: None,
+        hold=contextlib.nullcontext,
+        max_batch=64,
+    )
     yield w, env
     w.close()
     env.close()

@@ -6,7 +6,11 @@ its own.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import uuid
+from dataclasses import dataclass
 
 from dicomrpc_server.access.authenticator import Authenticator
 from dicomrpc_server.access.setup import check as check_access
@@ -20,6 +24,7 @@ from dicomrpc_server.query.reindexing import ExtendedQueryTags
 from dicomrpc_server.retrieve.service import RetrieveCore
 from dicomrpc_server.storage.blobs import LocalBlobStore
 from dicomrpc_server.storage.folder_lock import DataFolderLock
+from dicomrpc_server.storage.key_locks import KeyLocks
 from dicomrpc_server.storage.lmdb_index import LmdbIndex
 from dicomrpc_server.storage.recovery import (
     INDEX_DIR,
@@ -27,6 +32,8 @@ from dicomrpc_server.storage.recovery import (
     RecoveryReport,
     check_before_open,
     recover,
+    recover_departed,
+    uploads_lock,
 )
 from dicomrpc_server.store.ingest import StoreCore
 from dicomrpc_server.ups.service import WorkitemCore
@@ -36,6 +43,24 @@ from dicomrpc_server.workers import CODEC_MODULES, PARSE_MODULES, WorkerPool
 log = logging.getLogger(__name__)
 
 PATIENT_ID, PATIENT_NAME = "00100020", "00100010"
+RUN_DIR = "run"
+
+
+@dataclass(frozen=True)
+class GroupMember:
+    """How one process of a group (``dicomrpc serve --processes N``) opens the archive.
+
+    The group's supervisor has locked the folder and run the start-up checks and recovery
+    before starting its processes; each process shares the lock through an inherited
+    descriptor, keeps its uploads in a folder of its own and hears the others' commits.
+
+    Attributes
+    ----------
+    lock_fd
+        The data folder's locked descriptor, inherited from the supervisor.
+    """
+
+    lock_fd: int
 
 
 class Archive:
@@ -51,6 +76,8 @@ class Archive:
         The settings; ``data_dir`` is created when missing.
     holder
         What opens the folder, named to a second process that tries to.
+    member
+        Set in the processes of a group: the folder is then already locked and checked.
 
     Raises
     ------
@@ -60,43 +87,38 @@ class Archive:
         folder is touched).
     """
 
-    def __init__(self, settings: Settings, holder: str = "dicomrpc serve") -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        holder: str = "dicomrpc serve",
+        member: GroupMember | None = None,
+    ) -> None:
         self.settings = settings
         self.tls = check_access(settings)
         self.access = Authenticator(settings)
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        self.lock = DataFolderLock(settings.data_dir, holder)
+        data_dir = settings.data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        if member is None:
+            self.lock = DataFolderLock(data_dir, holder)
+        else:
+            self.lock = DataFolderLock.inherited(data_dir, member.lock_fd)
+        self.locks = KeyLocks(data_dir / RUN_DIR / "locks")
         try:
             # Before recovery changes anything: a server asked to audit does not run without
             # its audit trail.
             self.auditor = Auditor(settings, self.patient_of)
         except BaseException:
+            self.locks.close()
             self.lock.release()
             raise
         try:
-            self.blobs = LocalBlobStore(settings.data_dir)
-            listing = Listing.of(self.blobs)
-            check_before_open(settings.data_dir, listing)
-            self.index = LmdbIndex(
-                settings.data_dir / INDEX_DIR,
-                map_size=settings.lmdb_map_size,
-                max_readers=settings.lmdb_max_readers,
-                max_batch=settings.commit_batch,
-                before_commit=self.blobs.sync,
-            )
-            try:
-                self.recovery: RecoveryReport = recover(
-                    settings.data_dir,
-                    self.blobs,
-                    self.index,
-                    listing,
-                    quarantine_unindexed=settings.quarantine_unindexed,
-                )
-            except BaseException:
-                self.index.close()
-                raise
+            if member is None:
+                self._open_alone()
+            else:
+                self._open_in_group()
         except BaseException:
             self.auditor.close()
+            self.locks.close()
             self.lock.release()
             raise
         # Two pools, so that a slow decode (a large or forged frame) never delays a store.
@@ -109,9 +131,9 @@ class Archive:
             modules=CODEC_MODULES,
             lazy=True,
         )
-        self.store = StoreCore(settings, self.blobs, self.index, self.parse_workers)
+        self.store = StoreCore(settings, self.blobs, self.index, self.parse_workers, self.locks)
         self.search = SearchCore(self.index)
-        self.query_tags = ExtendedQueryTags(self.index)
+        self.query_tags = ExtendedQueryTags(self.index, self.locks)
         self.delete = DeleteCore(self.index, self.blobs)
         self.feed = ChangeFeed(self.index)
         self.workitems = WorkitemCore(
@@ -125,6 +147,31 @@ class Archive:
             settings.max_frames_per_request,
             settings.max_frame_pixels,
         )
+
+    def _open_alone(self) -> None:
+        """Open storage as the folder's only process: check it, and recover from a crash."""
+        self.blobs = LocalBlobStore(self.settings.data_dir)
+        self.index, self.recovery = _check_and_recover(self.settings, self.blobs)
+
+    def _open_in_group(self) -> None:
+        """Open storage as one of a group's processes.
+
+        It gets an uploads folder of its own, held by a lock, and settles what group
+        processes that exited left.
+        """
+        settings = self.settings
+        uploads = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._uploads_lock = uploads_lock(settings.data_dir / "uploads" / uploads)
+        self.locks.acquire(self._uploads_lock)  # before the folder exists: never taken as left
+        self.blobs = LocalBlobStore(settings.data_dir, uploads=uploads)
+        self.index = _open_index(settings, self.blobs, wakeups=True)
+        try:
+            self.recovery = recover_departed(self.blobs, self.index, self.locks)
+        except BaseException:
+            self.index.close()
+            raise
+
+    recovery: RecoveryReport
 
     def patient_of(self, study: str) -> Patient | None:
         """The patient of a stored study (from its index record), or None: unknown or no ID."""
@@ -141,5 +188,58 @@ class Archive:
         self.parse_workers.shutdown()
         self.codec_workers.shutdown()
         self.index.close()
+        if self.blobs.uploads_dir != self.blobs.uploads_root:
+            # Every store has finished: the folder is empty, unless a store was interrupted
+            # (the next process to start settles what it holds).
+            with contextlib.suppress(OSError):
+                self.blobs.uploads_dir.rmdir()
         self.auditor.close()
+        self.locks.close()
         self.lock.release()
+
+
+def recover_folder(settings: Settings) -> RecoveryReport:
+    """Check a data folder this process has locked, and recover it from a crash.
+
+    What an archive opened alone does before it serves; a group's supervisor does it once
+    before it starts the group's processes. The index is closed again.
+
+    Raises
+    ------
+    StartupError
+        As :class:`Archive` does, when the index is missing, behind its files or being rebuilt.
+    """
+    index, report = _check_and_recover(settings, LocalBlobStore(settings.data_dir))
+    index.close()
+    return report
+
+
+def _check_and_recover(
+    settings: Settings, blobs: LocalBlobStore
+) -> tuple[LmdbIndex, RecoveryReport]:
+    listing = Listing.of(blobs)
+    check_before_open(settings.data_dir, listing)
+    index = _open_index(settings, blobs, wakeups=False)
+    try:
+        report = recover(
+            settings.data_dir,
+            blobs,
+            index,
+            listing,
+            quarantine_unindexed=settings.quarantine_unindexed,
+        )
+    except BaseException:
+        index.close()
+        raise
+    return index, report
+
+
+def _open_index(settings: Settings, blobs: LocalBlobStore, *, wakeups: bool) -> LmdbIndex:
+    return LmdbIndex(
+        settings.data_dir / INDEX_DIR,
+        map_size=settings.lmdb_map_size,
+        max_readers=settings.lmdb_max_readers,
+        max_batch=settings.commit_batch,
+        before_commit=blobs.sync,
+        wakeups=settings.data_dir / RUN_DIR / "wakeups" if wakeups else None,
+    )

@@ -14,6 +14,8 @@ from dicomrpc_server.access.scopes import SCOPES
 KIB = 1024
 MIB = 1024 * KIB
 GIB = 1024 * MIB
+# The most server processes of one group (--processes).
+MAX_PROCESSES = 64
 
 
 @dataclass(frozen=True)
@@ -156,6 +158,13 @@ class Settings:
         The longest request target (path and query); a longer one is answered 414.
     http_max_stow_parts
         The most parts (instances) one STOW-RS request may carry; the next one is answered 413.
+    processes
+        How many server processes serve the archive on the same ports and data folder
+        (``dicomrpc serve --processes N``); 1 serves it from this process alone.
+    reuse_port
+        Set for the processes of a group, which bind the ports the group's supervisor
+        reserved (``SO_REUSEPORT``); never set by users: one server alone refuses a port that
+        another uses.
     """
 
     data_dir: Path = Path("data")
@@ -205,8 +214,15 @@ class Settings:
     http_max_header_bytes: int = 64 * KIB
     http_max_url_bytes: int = 16 * KIB
     http_max_stow_parts: int = 10_000
+    processes: int = 1
+    reuse_port: bool = False
 
     def __post_init__(self) -> None:
+        if not 1 <= self.processes <= MAX_PROCESSES:
+            raise ValueError(
+                f"processes (--processes, DICOMRPC_PROCESSES) is {self.processes}; it must be "
+                f"1 to {MAX_PROCESSES}"
+            )
         if not 1 <= self.max_sequence_depth <= MAX_SEQUENCE_DEPTH:
             raise ValueError(
                 f"max_sequence_depth (--max-sequence-depth, DICOMRPC_MAX_SEQUENCE_DEPTH) is "
@@ -263,6 +279,7 @@ class Settings:
             "DICOMRPC_HTTP_MAX_HEADER_BYTES": ("http_max_header_bytes", positive_int),
             "DICOMRPC_HTTP_MAX_URL_BYTES": ("http_max_url_bytes", positive_int),
             "DICOMRPC_HTTP_MAX_STOW_PARTS": ("http_max_stow_parts", positive_int),
+            "DICOMRPC_PROCESSES": ("processes", int),
         }
         for var, (name, kind) in mapping.items():
             if var in os.environ:
@@ -383,9 +400,15 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="largest instance accepted (env DICOMRPC_MAX_INSTANCE_BYTES, 4 GiB)",
     )
     parser.add_argument(
+        "--processes",
+        type=int,
+        help="server processes sharing the ports and the data folder (env DICOMRPC_PROCESSES, 1)",
+    )
+    parser.add_argument(
         "--workers",
         type=int,
-        help="processes that parse received instances (env DICOMRPC_WORKERS, 1)",
+        help="processes that parse received instances, per server process "
+        "(env DICOMRPC_WORKERS, 1)",
     )
     parser.add_argument(
         "--codec-workers",

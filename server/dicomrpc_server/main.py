@@ -5,18 +5,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 
 from dicomrpc_server import __version__
 from dicomrpc_server.access.setup import describe, is_loopback
-from dicomrpc_server.archive import Archive
+from dicomrpc_server.archive import Archive, GroupMember
 from dicomrpc_server.config import Settings
 from dicomrpc_server.dicomweb.connections import raise_descriptor_limit
 from dicomrpc_server.dicomweb.context import PREFIX
 from dicomrpc_server.dicomweb.server import HttpServer
 from dicomrpc_server.errors import StartupError
 from dicomrpc_server.grpc.server import GrpcServer
+from dicomrpc_server.processes import serve_group
 
 log = logging.getLogger("dicomrpc.server")
 
@@ -33,6 +35,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         cors_origins=args.cors_origins,
         max_instance_bytes=args.max_instance_bytes,
         workers=args.workers,
+        processes=args.processes,
         shutdown_grace_s=args.shutdown_grace,
         max_sequence_depth=args.max_sequence_depth,
         quarantine_unindexed=args.quarantine_unindexed,
@@ -69,8 +72,14 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     )
 
 
-async def serve(settings: Settings) -> None:
+async def serve(
+    settings: Settings, member: GroupMember | None = None, ready_fd: int | None = None
+) -> None:
     """Serve until a signal asks to stop, then shut down gracefully.
+
+    With ``settings.processes`` above 1 this process supervises that many server processes
+    (:mod:`.processes`), each of which runs this function as a group ``member``: it then
+    writes to ``ready_fd`` once it serves instead of printing the start-up lines.
 
     Raises
     ------
@@ -78,6 +87,9 @@ async def serve(settings: Settings) -> None:
         When the archive cannot be opened, the access settings are refused or a port cannot
         be bound (nothing is served).
     """
+    if settings.processes > 1 and member is None:
+        await serve_group(settings)
+        return
     # Connections and files share the process's descriptors: take all the system allows
     # (the HTTP connection cap is then set within them, see dicomweb/connections.py).
     raise_descriptor_limit()
@@ -87,7 +99,7 @@ async def serve(settings: Settings) -> None:
     # search meanwhile (bench/RESULTS.md, Isolation), for a few per cent of the large one's CPU.
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     try:
-        archive = Archive(settings)
+        archive = Archive(settings, member=member)
     except ValueError as exc:  # a setting that cannot be used, named in the message
         raise SystemExit(f"dicomrpc: {exc}") from None
     # Installed before the start-up lines are printed: a script may signal as soon as it reads
@@ -112,6 +124,13 @@ async def serve(settings: Settings) -> None:
     if http is not None:
         await http.start()
     counts = archive.index.counts()
+    if ready_fd is not None:
+        os.write(ready_fd, b"ready\n")
+        os.close(ready_fd)
+        log.info("serving gRPC on port %d", server.port)
+        await stop.wait()
+        await _shut_down(settings, archive, server, http)
+        return
     # Printed for scripts and tests that start the server on port 0.
     print(f"dicomrpc {__version__} serving gRPC on {settings.host}:{server.port}", flush=True)
     if http is not None:
@@ -133,6 +152,12 @@ async def serve(settings: Settings) -> None:
         counts.instances,
     )
     await stop.wait()
+    await _shut_down(settings, archive, server, http)
+
+
+async def _shut_down(
+    settings: Settings, archive: Archive, server: GrpcServer, http: HttpServer | None
+) -> None:
     log.info("shutting down: finishing in-flight calls (up to %.0f s)", settings.shutdown_grace_s)
     if http is not None:
         await asyncio.gather(http.stop(), server.stop(settings.shutdown_grace_s))

@@ -3,7 +3,9 @@
 Both listeners bind without ``SO_REUSEPORT``, so that a port already in use fails at start-up
 instead of being shared with another server (the kernel would spread connections between two
 archives). ``SO_REUSEADDR`` stays on: a restarted server rebinds at once although connections
-of the previous one linger in TIME_WAIT.
+of the previous one linger in TIME_WAIT. The processes of one group (``--processes N``) share
+their ports: the supervisor reserves each (:func:`reserve_port`) and they bind it with
+``SO_REUSEPORT``.
 """
 
 from __future__ import annotations
@@ -46,3 +48,32 @@ def _bind_error(host: str, port: int) -> OSError | None:
     except OSError as exc:
         return exc
     return None
+
+
+def reserve_port(service: str, host: str, port: int, flag: str) -> socket.socket:
+    """Hold a port for a group's processes: bound with ``SO_REUSEPORT``, never listening.
+
+    It takes no connection, while the processes, bound the same way, take them all.
+
+    The port is first bound as a single server binds it: one another program uses is refused
+    rather than shared. A port of 0 is chosen here, once, for every process of the group.
+
+    Raises
+    ------
+    StartupError
+        ``PORT_IN_USE`` or ``PORT_UNAVAILABLE``, naming the port and ``flag``.
+    """
+    if port != 0:
+        error = _bind_error(host, port)
+        if error is not None:
+            raise port_unavailable(service, host, port, flag, error)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise port_unavailable(service, host, port, flag, exc) from None
+    return sock

@@ -41,17 +41,20 @@ log = logging.getLogger("dicomrpc.http")
 BACKLOG = 512
 
 
-def _listen(host: str, port: int) -> socket.socket:
+def _listen(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     """A listening TCP socket whose protocol is set, so that asyncio turns Nagle off.
 
     asyncio sets ``TCP_NODELAY`` only on sockets whose ``proto`` is ``IPPROTO_TCP``;
     ``socket.create_server`` leaves it 0, and its connections would then hold a response's last
-    small segment until the client's delayed ACK (40 ms per response on Linux).
+    small segment until the client's delayed ACK (40 ms per response on Linux). With
+    ``reuse_port`` (the processes of a group) the kernel spreads connections between them.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
         sock.listen(BACKLOG)
     except OSError:
@@ -152,7 +155,7 @@ class HttpServer:
         settings = archive.settings
         self.settings = settings
         try:
-            self._socket = _listen(settings.host, settings.http_port)
+            self._socket = _listen(settings.host, settings.http_port, settings.reuse_port)
         except OSError as exc:
             raise port_unavailable(
                 "DICOMweb", settings.host, settings.http_port, "--http-port (-1 for none)", exc

@@ -69,8 +69,9 @@ class GrpcServer:
                 ("grpc.max_receive_message_length", settings.max_chunk_bytes + ENVELOPE),
                 ("grpc.max_send_message_length", 64 * 1024 * 1024),
                 # gRPC sets SO_REUSEPORT by default: a second server on the port would then
-                # share it, the kernel spreading connections between two archives.
-                ("grpc.so_reuseport", 0),
+                # share it, the kernel spreading connections between two archives. Only the
+                # processes of one group share their ports (see processes.py).
+                ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
             ],
         )
         # The two services that move bytes take and give chunks without protobuf's copies.

@@ -1,7 +1,8 @@
 """The change feed: an ordered, persistent log of created and deleted instances.
 
 Entries are written in the same transaction as the change they record, so the feed and the
-archive never disagree. Followers read the log itself from LMDB, from where they are: a slow
+archive never disagree. Followers read the log itself from LMDB, from where they are, woken by
+every commit, this process's or another's (see :mod:`~dicomrpc_server.storage.wakeups`): a slow
 follower costs no server memory (there is no queue to overflow), and one that reconnects with
 ``since`` resumes exactly where it stopped.
 """
@@ -27,10 +28,10 @@ class ChangeFeed:
     def __init__(self, index: LmdbIndex) -> None:
         self.index = index
         self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = set()
-        index.writer.add_listener(self._committed)
+        index.on_commit(self._committed)
 
     def _committed(self) -> None:
-        """Wake every follower (called on the index writer thread after each commit)."""
+        """Wake every follower (after each commit, on the writer or the wake-up thread)."""
         for loop, future in list(self._waiters):
             loop.call_soon_threadsafe(_resolve, future)
 

@@ -6,14 +6,20 @@ that stores and deletes interleave with it and a batch is never half applied. Th
 cursor is committed with each batch: a server restarted mid-way resumes the walk
 (:meth:`ExtendedQueryTags.resume`). Searches on a tag answer FAILED_PRECONDITION until its
 operation is done.
+
+With several processes on one archive, each walk holds a lock named by its operation
+(:mod:`~dicomrpc_server.storage.key_locks`): one process walks it, and every process looks for
+unfinished operations nobody walks every few seconds, so that a walk whose process died is
+taken over where its last batch left it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import uuid
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from dicomrpc_server.errors import Code, ServiceError, invalid_argument
@@ -24,12 +30,15 @@ from dicomrpc_server.query.extended import (
     unknown_operation,
 )
 from dicomrpc_server.storage import records_pb2
+from dicomrpc_server.storage.key_locks import KeyLocks
 from dicomrpc_server.storage.lmdb_index import LmdbIndex
 
 log = logging.getLogger(__name__)
 
 REINDEX_BATCH = 500
 DROP_BATCH = 5000
+# How often unfinished work that no process is doing is looked for.
+TAKEOVER_S = 2.0
 
 
 class ExtendedQueryTags:
@@ -39,15 +48,19 @@ class ExtendedQueryTags:
     ----------
     index
         The index the tags live in.
+    locks
+        The locks shared with the other processes serving the archive.
     batch
         Instances re-indexed per write transaction: small enough that stores waiting behind a
         batch wait milliseconds, large enough that the walk is not dominated by commits.
     """
 
-    def __init__(self, index: LmdbIndex, batch: int = REINDEX_BATCH) -> None:
+    def __init__(self, index: LmdbIndex, locks: KeyLocks, batch: int = REINDEX_BATCH) -> None:
         self.index = index
+        self.locks = locks
         self.batch = batch
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._watch: asyncio.Task[None] | None = None
 
     async def add(
         self, requested: Sequence[RequestedTag]
@@ -101,37 +114,72 @@ class ExtendedQueryTags:
     def resume(self) -> None:
         """Finish what a stopped server left unfinished: removals, then re-indexings.
 
-        Call on a running loop.
+        Then keep looking for unfinished work that no process is doing. Call on a running loop.
         """
+        self._take_over(quiet=False)
+        if self._watch is None:
+            self._watch = asyncio.get_running_loop().create_task(self._keep_watch())
+
+    async def _keep_watch(self) -> None:
+        while True:
+            await asyncio.sleep(TAKEOVER_S)
+            try:
+                self._take_over(quiet=True)
+            except Exception:  # the index being closed under it, say: the next look retries
+                log.exception("looking for unfinished re-indexing failed")
+
+    def _take_over(self, *, quiet: bool) -> None:
+        """Start every unfinished removal and re-indexing that no process is doing."""
         for hex_tag in self.index.pending_drops():
-            log.info("finishing the removal of extended query tag %s", hex_tag)
-            self._spawn(f"drop {hex_tag}", self._drop(hex_tag))
+            key = f"drop {hex_tag}"
+            if key not in self._tasks and self._spawn(key, functools.partial(self._drop, hex_tag)):
+                log.info("finishing the removal of extended query tag %s", hex_tag)
         for operation in self.index.operations():
-            if not operation.done:
+            if not operation.done and self._start(operation.operation_id) and not quiet:
                 log.info(
                     "resuming re-indexing %s at %d of %d instances",
                     operation.operation_id,
                     operation.processed_instances,
                     operation.total_instances,
                 )
-                self._start(operation.operation_id)
 
     async def stop(self) -> None:
         """Stop the walks between batches; what they committed stays, and resumes on start."""
         tasks = list(self._tasks.values())
+        if self._watch is not None:
+            tasks.append(self._watch)
+            self._watch = None
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _start(self, operation_id: str) -> None:
-        if operation_id not in self._tasks:
-            self._spawn(operation_id, self._walk(operation_id))
+    def _start(self, operation_id: str) -> bool:
+        """Walk an operation unless a walk of it runs here or in another process.
 
-    def _spawn(self, key: str, work: Coroutine[Any, Any, None]) -> None:
-        """Run ``work`` as a task kept under ``key`` until it ends (and cancelled by stop)."""
-        task = asyncio.get_running_loop().create_task(work)
+        Returns whether a walk was started.
+        """
+        if operation_id in self._tasks:
+            return False
+        return self._spawn(operation_id, lambda: self._walk(operation_id))
+
+    def _spawn(self, key: str, work: Callable[[], Coroutine[Any, Any, None]]) -> bool:
+        """Run ``work()`` as a task kept under ``key`` until it ends (or stop cancels it).
+
+        The task holds the lock named by ``key`` meanwhile; nothing is started when another
+        process holds it. Returns whether the task was started.
+        """
+        lock = f"reindex {key}"
+        if not self.locks.acquire(lock):
+            return False
+        task = asyncio.get_running_loop().create_task(work())
         self._tasks[key] = task
-        task.add_done_callback(lambda _: self._tasks.pop(key, None))
+
+        def finished(_: asyncio.Task[None]) -> None:
+            self._tasks.pop(key, None)
+            self.locks.release(lock)
+
+        task.add_done_callback(finished)
+        return True
 
     async def _walk(self, operation_id: str) -> None:
         try:

@@ -3,6 +3,7 @@
 Layout under the data directory::
 
     uploads/<blob id>.part             files being received, named by the blob id they will have
+    uploads/<process>/<blob id>.part   the same, of one of several processes serving the folder
     blobs/<8 hex>/<8 hex><24 hex>.dcm  stored instances, named by a random id (never by a UID)
 
 A file is stored in three steps, so that start-up can prove which files are garbage:
@@ -82,14 +83,27 @@ class LocalUpload:
 
 
 class LocalBlobStore:
-    """The default :class:`~dicomrpc_server.storage.protocols.BlobStore`: a directory tree."""
+    """The default :class:`~dicomrpc_server.storage.protocols.BlobStore`: a directory tree.
 
-    def __init__(self, root: Path) -> None:
-        self.uploads_dir = root / "uploads"
+    Parameters
+    ----------
+    root
+        The data folder.
+    uploads
+        The name of this process's own folder under ``uploads/`` when several processes
+        serve the folder (each judges only its own uploads, and those of processes that have
+        exited); empty for the one process that owns the folder alone.
+    """
+
+    def __init__(self, root: Path, uploads: str = "") -> None:
+        self.uploads_root = root / "uploads"
+        self.uploads_dir = self.uploads_root / uploads if uploads else self.uploads_root
         self.blobs_dir = root / "blobs"
         self.uploads_dir.mkdir(parents=True, exist_ok=True)
         self.blobs_dir.mkdir(parents=True, exist_ok=True)
         fsync_dir(root)
+        if uploads:
+            fsync_dir(self.uploads_root)
         # Persisted uploads waiting for their final name, linked by the next sync().
         self._staged: list[LocalUpload] = []
         self._lock = threading.Lock()
@@ -217,11 +231,24 @@ class LocalBlobStore:
                         yield entry.name[: -len(BLOB_SUFFIX)], shard.name, Path(entry.path)
 
     def upload_files(self) -> dict[str, Path]:
-        """Every file under ``uploads/``, by its name without ``.part``."""
-        return {
-            entry.name.removesuffix(UPLOAD_SUFFIX): Path(entry.path)
-            for entry in os.scandir(self.uploads_dir)
-        }
+        """Every file under ``uploads/`` and its process folders, by name without ``.part``."""
+        return upload_files(self.uploads_root, recurse=True)
+
+    def process_folders(self) -> list[Path]:
+        """The process folders under ``uploads/`` (this process's own included)."""
+        return [Path(e.path) for e in os.scandir(self.uploads_root) if e.is_dir()]
+
+
+def upload_files(folder: Path, *, recurse: bool = False) -> dict[str, Path]:
+    """The files of an uploads folder by name without ``.part`` (and its subfolders')."""
+    found: dict[str, Path] = {}
+    for entry in os.scandir(folder):
+        if entry.is_dir(follow_symlinks=False):
+            if recurse:
+                found.update(upload_files(Path(entry.path)))
+        else:
+            found[entry.name.removesuffix(UPLOAD_SUFFIX)] = Path(entry.path)
+    return found
 
 
 def _link(source: Path, target: Path) -> None:

@@ -5,6 +5,11 @@ recovery that removes what a crash left): a second server on the same folder wou
 first one's uploads and commit beside it. ``flock`` on ``<data>/dicomrpc.lock`` enforces one
 owner; the kernel releases it when the owner exits, however it exits, so a stale lock never
 blocks a restart. The owner writes who it is into the file, so that the refusal names it.
+
+Several processes serve one folder only as a group (``dicomrpc serve --processes N``): the
+supervisor takes the lock and its processes inherit the locked descriptor (a ``flock`` belongs
+to the open file, shared by every descriptor inherited from it), so the folder stays locked
+for as long as any of them lives, and is free once all have exited.
 """
 
 from __future__ import annotations
@@ -64,13 +69,46 @@ class DataFolderLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
         self._fd: int | None = fd
+        # Shared with the other processes of a group: closing leaves it to them.
+        self._shared = False
+
+    @classmethod
+    def inherited(cls, data_dir: Path, fd: int) -> DataFolderLock:
+        """The lock of a group's supervisor, through the descriptor this process inherited.
+
+        Raises
+        ------
+        StartupError
+            ``DATA_FOLDER_NOT_LOCKED`` when the descriptor is not that of the folder's lock.
+        """
+        lock = cls.__new__(cls)
+        lock.path = data_dir / LOCK_NAME
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(lock.path))
+        except OSError:
+            same = False
+        if not same:
+            raise StartupError(
+                "DATA_FOLDER_NOT_LOCKED",
+                f"descriptor {fd} is not the lock of data folder {data_dir}",
+            )
+        lock._fd = fd
+        lock._shared = True
+        return lock
+
+    def fileno(self) -> int:
+        """The locked descriptor, for the processes of a group to inherit."""
+        if self._fd is None:
+            raise ValueError("the lock is released")
+        return self._fd
 
     def release(self) -> None:
         """Let another process open the folder (idempotent)."""
         if self._fd is not None:
             fd, self._fd = self._fd, None
-            with contextlib.suppress(OSError):
-                fcntl.flock(fd, fcntl.LOCK_UN)
+            if not self._shared:
+                with contextlib.suppress(OSError):
+                    fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
 
 

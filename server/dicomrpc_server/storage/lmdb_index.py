@@ -25,6 +25,12 @@ name           key                     value
 
 Reads run on the caller's thread in short read transactions; writes go through the
 :class:`~.writer.IndexWriter`.
+
+Several processes may open one environment (``dicomrpc serve --processes N``): LMDB serializes
+their write transactions, the counters and sequences are read and advanced inside them, and a
+map enlarged by one process is adopted by the others when their next transaction finds it
+resized (``MDB_MAP_RESIZED``). Commit listeners hear the other processes' commits through
+:mod:`.wakeups`.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ from dicomrpc_server.storage.protocols import (
     IndexCounts,
     NewInstance,
 )
+from dicomrpc_server.storage.wakeups import Wakeups
 from dicomrpc_server.storage.writer import IndexWriter
 
 SCHEMA_VERSION = 1
@@ -164,6 +171,9 @@ class LmdbIndex:
         The most writes grouped into one commit.
     before_commit
         Called inside every write transaction before it commits (the blob store's sync).
+    wakeups
+        The folder of the wake-up pipes when other processes share the environment (see
+        :mod:`.wakeups`); ``None`` when this process is its only user.
     """
 
     def __init__(
@@ -174,6 +184,7 @@ class LmdbIndex:
         max_readers: int,
         max_batch: int,
         before_commit: Callable[[], None],
+        wakeups: Path | None = None,
     ) -> None:
         path.mkdir(parents=True, exist_ok=True)
         self.env = lmdb.open(
@@ -198,8 +209,30 @@ class LmdbIndex:
                     f"this server reads {SCHEMA_VERSION}"
                 )
         self.writer = IndexWriter(
-            self.env, before_commit=before_commit, grow=self._grow, max_batch=max_batch
+            self.env,
+            before_commit=before_commit,
+            grow=self._grow,
+            adopt=self._adopt,
+            hold=self._gate.reading,
+            max_batch=max_batch,
         )
+        self._listeners: list[Callable[[], None]] = []
+        self.wakeups = None if wakeups is None else Wakeups(wakeups, self._committed_elsewhere)
+        if self.wakeups is not None:
+            self.writer.add_listener(self.wakeups.notify)
+
+    def on_commit(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` after every commit, this process's or another's.
+
+        It runs on the index writer's thread or the wake-up thread, possibly both at once: it
+        must not block, and it reads what changed from the index, never from the call.
+        """
+        self._listeners.append(listener)
+        self.writer.add_listener(listener)
+
+    def _committed_elsewhere(self) -> None:
+        for listener in self._listeners:
+            listener()
 
     def database(self, name: str) -> lmdb._Database:
         """The handle of a named sub-database, for the cores that keep records of their own."""
@@ -210,8 +243,17 @@ class LmdbIndex:
     @contextmanager
     def read(self) -> Iterator[lmdb.Transaction]:
         """A short read transaction; copy what you need out of it before yielding to a client."""
-        with self._gate.reading(), self.env.begin(buffers=False) as txn:
-            yield txn
+        while True:
+            with self._gate.reading():
+                try:
+                    txn = self.env.begin(buffers=False)
+                except lmdb.MapResizedError:  # another process enlarged the map
+                    pass
+                else:
+                    with txn:
+                        yield txn
+                    return
+            self._adopt()
 
     def get_instance(self, study: str, series: str, sop: str) -> records_pb2.InstanceRecord | None:
         """The record of an instance, or ``None``."""
@@ -954,9 +996,16 @@ class LmdbIndex:
             new_size = self.env.info()["map_size"] * 2
             self.env.set_mapsize(new_size)
 
+    def _adopt(self) -> None:
+        """Take the map size another process set (LMDB's ``mdb_env_set_mapsize(env, 0)``)."""
+        with self._gate.exclusive():
+            self.env.set_mapsize(0)
+
     def close(self) -> None:
-        """Commit queued writes, then close the environment."""
+        """Commit queued writes, stop the wake-ups, then close the environment."""
         self.writer.close()
+        if self.wakeups is not None:
+            self.wakeups.close()
         self.env.close()
 
 

@@ -16,17 +16,25 @@ behind its files, uncommitted-looking blobs are treated the same way. It also re
 files but no index, and while a rebuild is unfinished. Index entries whose file is missing are
 logged, never removed. The cost is one listing of each directory and one scan of the index's
 blob names.
+
+With several processes on one folder (``dicomrpc serve --processes N``) this runs once, before
+any of them starts; each process then keeps its uploads in a folder of its own, holding a lock
+named by it, and a process that starts later (one replacing a process that died) settles the
+uploads of every process folder whose lock nobody holds (:func:`recover_departed`): their
+owners have exited, so what they left is judged exactly as a crash's leftovers are.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dicomrpc_server.errors import StartupError
-from dicomrpc_server.storage.blobs import LocalBlobStore, fsync_dir, same_file
+from dicomrpc_server.storage.blobs import LocalBlobStore, fsync_dir, same_file, upload_files
+from dicomrpc_server.storage.key_locks import KeyLocks
 from dicomrpc_server.storage.lmdb_index import LmdbIndex
 from dicomrpc_server.storage.quarantine import Suspect, quarantine
 
@@ -188,11 +196,81 @@ def settle(findings: Findings, store: LocalBlobStore, index: LmdbIndex | None) -
         else:
             upload.unlink(missing_ok=True)
             report.partial_uploads += 1
-    if listing.uploads:
-        touched.add(store.uploads_dir)
+        touched.add(upload.parent)
     for directory in touched:
         fsync_dir(directory)
     return report
+
+
+def uploads_lock(folder: Path) -> str:
+    """The name of the lock a process holds for as long as it uses its uploads folder."""
+    return f"uploads {folder.name}"
+
+
+def remove_process_folders(store: LocalBlobStore) -> None:
+    """Remove the empty process folders under ``uploads/`` (their processes have all exited)."""
+    removed = False
+    for folder in store.process_folders():
+        if folder != store.uploads_dir:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty: something there was kept
+                continue
+            removed = True
+    if removed:
+        fsync_dir(store.uploads_root)
+
+
+def recover_departed(store: LocalBlobStore, index: LmdbIndex, locks: KeyLocks) -> RecoveryReport:
+    """Settle the uploads of processes that exited while others go on serving the folder.
+
+    A process folder whose lock can be taken has no living owner: its uploads are judged as
+    start-up judges a crash's (an index lookup each, not a listing of the archive), then the
+    folder is removed. Files of deleted instances still listed for removal are removed too.
+    """
+    report = RecoveryReport()
+    for folder in store.process_folders():
+        if folder == store.uploads_dir or not locks.acquire(uploads_lock(folder)):
+            continue
+        try:
+            uploads = upload_files(folder)
+            names = {name for name in uploads if index.has_blob(name)}
+            blobs = {name for name in uploads if store.path(name).exists()}
+            findings = examine_uploads(Listing(store, blobs, uploads, {}), names)
+            settled = settle(findings, store, index)
+            with contextlib.suppress(OSError):  # something there was kept
+                folder.rmdir()
+                fsync_dir(store.uploads_root)
+        finally:
+            locks.release(uploads_lock(folder))
+        report.partial_uploads += settled.partial_uploads
+        report.unfinished_commits += settled.unfinished_commits
+        report.rolled_forward += settled.rolled_forward
+    removals = index.pending_removals()
+    if removals:
+        store.remove(removals)
+        index.forget_removals(removals).result()
+        report.removals = len(removals)
+    if report.partial_uploads or report.unfinished_commits or report.rolled_forward:
+        log.warning(
+            "settling the uploads of exited processes removed %d partial uploads and %d files "
+            "of unfinished stores, and completed %d stores",
+            report.partial_uploads,
+            report.unfinished_commits,
+            report.rolled_forward,
+        )
+    return report
+
+
+def examine_uploads(listing: Listing, names: set[str]) -> Findings:
+    """The findings of a few uploads, whose blob names the index was asked for one by one."""
+    findings = Findings(listing, names=names, removals=set(), held=True)
+    for blob_id in listing.blobs - names:
+        if same_file(listing.uploads[blob_id], listing.path(blob_id)):
+            findings.twins.add(blob_id)
+        else:
+            findings.lost.add(blob_id)
+    return findings
 
 
 def recover(
@@ -226,6 +304,7 @@ def recover(
             f"--quarantine-unindexed`, which moves them to {data_dir / 'quarantine'}/",
         )
     report = settle(findings, store, index)
+    remove_process_folders(store)
     if unindexed:
         report.quarantine = quarantine(
             data_dir,

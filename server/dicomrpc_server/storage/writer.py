@@ -18,6 +18,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -52,6 +53,12 @@ class IndexWriter:
         which makes the files the transaction indexes durable first).
     grow
         Called with no transaction open when the map is full; it must enlarge the map.
+    adopt
+        Called with no transaction open when another process has enlarged the map; it must
+        take the new size.
+    hold
+        Held around each write transaction: what keeps the map from being resized meanwhile
+        by another thread of this process.
     max_batch
         The most operations grouped into one commit.
     """
@@ -62,11 +69,15 @@ class IndexWriter:
         *,
         before_commit: Callable[[], None],
         grow: Callable[[], None],
+        adopt: Callable[[], None],
+        hold: Callable[[], AbstractContextManager[None]],
         max_batch: int,
     ) -> None:
         self._env = env
         self._before_commit = before_commit
         self._grow = grow
+        self._adopt = adopt
+        self._hold = hold
         self._max_batch = max_batch
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name="index-writer", daemon=True)
@@ -131,7 +142,7 @@ class IndexWriter:
         while True:
             outcomes: list[tuple[bool, Any]] = []
             try:
-                with self._env.begin(write=True) as txn:
+                with self._hold(), self._env.begin(write=True) as txn:
                     for op in batch:
                         try:
                             with self._env.begin(write=True, parent=txn) as child:
@@ -143,6 +154,9 @@ class IndexWriter:
                     self._before_commit()
             except lmdb.MapFullError:
                 self._grow()
+                continue
+            except lmdb.MapResizedError:  # another process enlarged the map
+                self._adopt()
                 continue
             except Exception as exc:
                 failure: Exception = exc

@@ -25,6 +25,7 @@ from dicomrpc_server.config import Settings
 from dicomrpc_server.dicom.validation import AttributeProblem
 from dicomrpc_server.errors import Code, ServiceError
 from dicomrpc_server.paths import instance_path
+from dicomrpc_server.storage.key_locks import KeyLocks
 from dicomrpc_server.storage.lmdb_index import instance_exists_error
 from dicomrpc_server.storage.protocols import BlobStore, Index, Upload
 from dicomrpc_server.storage.space import space_errno, storage_full
@@ -75,6 +76,11 @@ class InstanceResult:
         return instance_path(self.study_uid, self.series_uid, self.sop_uid)
 
 
+def _lock_name(sop: str) -> str:
+    """The name of the lock an instance being stored holds."""
+    return f"store {sop}"
+
+
 def _failure(reason: str, message: str, status: int, **metadata: str) -> ServiceError:
     return ServiceError(
         Code.INVALID_ARGUMENT, reason, message, dicom_status=status, metadata=metadata
@@ -95,17 +101,27 @@ class StoreCore:
     workers
         The worker processes parsing runs in, off the event loop (a pool of its own: no decode
         ever holds up a store).
+    locks
+        The locks shared with the other processes serving the archive: an instance being
+        stored holds one named by its SOP instance UID until its commit is done.
     """
 
     def __init__(
-        self, settings: Settings, blobs: BlobStore, index: Index, workers: WorkerPool
+        self,
+        settings: Settings,
+        blobs: BlobStore,
+        index: Index,
+        workers: WorkerPool,
+        locks: KeyLocks,
     ) -> None:
         self.settings = settings
         self.blobs = blobs
         self.index = index
         self.workers = workers
-        # SOP instance UIDs being persisted right now, with the stream storing each and its
-        # commit: a second store of one of them from another stream is 45071.
+        self.locks = locks
+        # SOP instance UIDs being persisted right now by this process, with the stream storing
+        # each and its commit: a second store of one of them from another stream is 45071, as
+        # is one while another process holds the instance's lock.
         self._in_flight: dict[str, tuple[StoreStream, asyncio.Future[int]]] = {}
 
     def begin(
@@ -288,7 +304,7 @@ class Ingest:
             # then finds it stored (45070), as if they had been sent one after the other.
             await asyncio.wait([earlier[1]])
             earlier = core._in_flight.get(sop)
-        if earlier is not None:
+        if earlier is not None or not core.locks.acquire(_lock_name(sop)):
             raise ServiceError(
                 Code.ALREADY_EXISTS,
                 "INSTANCE_STORE_CONFLICT",
@@ -296,8 +312,15 @@ class Ingest:
                 dicom_status=45071,
                 metadata={"sop_instance_uid": sop},
             )
-        where = core.index.locate_sop(sop)
+        # Looked up once the lock is held: a store in another process that held it before
+        # has committed, and is found here.
+        try:
+            where = core.index.locate_sop(sop)
+        except BaseException:
+            core.locks.release(_lock_name(sop))
+            raise
         if where is not None:
+            core.locks.release(_lock_name(sop))
             raise instance_exists_error(
                 validated.study_uid,
                 validated.series_uid,
@@ -342,5 +365,6 @@ class Ingest:
             raise
         finally:
             core._in_flight.pop(prepared.validated.sop_uid, None)
+            core.locks.release(_lock_name(prepared.validated.sop_uid))
         core.blobs.committed(upload)
         return version

@@ -1,8 +1,9 @@
 """Workitem subscriptions: live, filtered, resumable, and unable to stall the server.
 
 Every change writes its event in the same transaction (:mod:`.store`), numbered by a sequence.
-After each commit that wrote events, the index writer reads them once and hands them to the
-event loop of each subscriber, which offers them to the subscriptions that want them. Each
+After each commit that wrote events, this process's or another's (see
+:mod:`~dicomrpc_server.storage.wakeups`), the hub reads them once and hands them to the event
+loop of each subscriber, which offers them to the subscriptions that want them. Each
 subscription has a bounded queue: a subscriber that stops reading costs at most that much
 memory, and never slows a commit. When its queue overflows the subscription ends with
 RESOURCE_EXHAUSTED (``SUBSCRIBER_TOO_SLOW``), naming the sequence to resume from; the events
@@ -19,7 +20,6 @@ from dataclasses import dataclass, field
 from dicomrpc.v1 import workitem_service_pb2 as pb
 from dicomrpc_server.errors import Code, ServiceError, invalid_argument
 from dicomrpc_server.query.engine import MatchTerm
-from dicomrpc_server.storage.writer import IndexWriter
 from dicomrpc_server.ups.index import TermSet, match_terms
 from dicomrpc_server.ups.store import WorkitemStore
 
@@ -61,36 +61,37 @@ class EventHub:
     Parameters
     ----------
     store
-        The workitem records (and event log).
-    writer
-        The index writer, whose commits are watched.
+        The workitem records (and event log), whose index's commits are watched.
     queue_size
         The most events a subscription may have waiting before it is ended.
     """
 
-    def __init__(self, store: WorkitemStore, writer: IndexWriter, queue_size: int) -> None:
+    def __init__(self, store: WorkitemStore, queue_size: int) -> None:
         self.store = store
         self.queue_size = queue_size
         self._subscriptions: set[Subscription] = set()
         self._lock = threading.Lock()
+        # Held while events are read and handed on: commits here and wake-ups from other
+        # processes call in from two threads, and each event must be handed on once, in order.
+        self._publishing = threading.Lock()
         self._published = store.last_sequence()
-        writer.add_listener(self._committed)
+        store.index.on_commit(self._committed)
 
     def _committed(self) -> None:
-        """After a commit (on the writer thread): read new events once, hand them to loops."""
-        if self.store.appended <= self._published:
-            return
-        if not self.subscriber_count:
-            self._published = self.store.last_sequence()
-            return
-        entries = self.store.events_after(self._published, 1 << 30)
-        if not entries:
-            return
-        self._published = entries[-1][0].sequence
-        with self._lock:
-            subscriptions = list(self._subscriptions)
-        for loop in {s.loop for s in subscriptions}:
-            loop.call_soon_threadsafe(self._fan_out, loop, entries)
+        """After a commit (this process's or another's): read new events once, hand them on."""
+        with self._publishing:
+            if not self.subscriber_count:
+                # Nobody to tell; a subscription reads the log itself from where it starts.
+                self._published = self.store.last_sequence()
+                return
+            entries = self.store.events_after(self._published, 1 << 30)
+            if not entries:
+                return
+            self._published = entries[-1][0].sequence
+            with self._lock:
+                subscriptions = list(self._subscriptions)
+            for loop in {s.loop for s in subscriptions}:
+                loop.call_soon_threadsafe(self._fan_out, loop, entries)
 
     def _fan_out(self, loop: asyncio.AbstractEventLoop, entries: list[Entry]) -> None:
         with self._lock:

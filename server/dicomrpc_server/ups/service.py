@@ -129,7 +129,7 @@ class WorkitemCore:
     def __init__(self, index: LmdbIndex, queue_size: int, max_sequence_depth: int) -> None:
         self.max_sequence_depth = max_sequence_depth
         self.store = WorkitemStore(index)
-        self.events = EventHub(self.store, index.writer, queue_size)
+        self.events = EventHub(self.store, queue_size)
         self._matcher = TermMatcher(index.scan_terms)
 
     # -- create and read -------------------------------------------------------------------

@@ -55,9 +55,6 @@ class WorkitemStore:
         self._items = index.database("workitems")
         self._events = index.database("wi_events")
         self._terms = index.database("terms")
-        # The newest sequence written (possibly not yet committed): set on the writer thread,
-        # read after commits to tell whether there is anything to publish.
-        self.appended = self.last_sequence()
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -148,5 +145,4 @@ class WorkitemStore:
         last = struct.unpack(">Q", bytes(cursor.key()))[0] if cursor.last() else 0
         event.sequence = last + 1
         txn.put(keys.sequence_key(event.sequence), encode_event(event, terms), db=self._events)
-        self.appended = max(self.appended, event.sequence)
         return event.sequence
