@@ -37,6 +37,7 @@ from dicomrpc_server.storage.recovery import (
 )
 from dicomrpc_server.store.ingest import StoreCore
 from dicomrpc_server.ups.service import WorkitemCore
+from dicomrpc_server.ups.store import WorkitemStore
 from dicomrpc_server.ups.values import text
 from dicomrpc_server.workers import CODEC_MODULES, PARSE_MODULES, WorkerPool
 
@@ -137,7 +138,7 @@ class Archive:
         self.delete = DeleteCore(self.index, self.blobs)
         self.feed = ChangeFeed(self.index)
         self.workitems = WorkitemCore(
-            self.index, settings.subscriber_queue, settings.max_sequence_depth
+            WorkitemStore(self.index), settings.subscriber_queue, settings.max_sequence_depth
         )
         self.retrieve = RetrieveCore(
             self.index,

@@ -21,10 +21,9 @@ from dicomrpc.v1 import workitem_service_pb2 as pb
 from dicomrpc_server.errors import Code, ServiceError, invalid_argument
 from dicomrpc_server.query.engine import MatchTerm
 from dicomrpc_server.ups.index import TermSet, match_terms
-from dicomrpc_server.ups.store import WorkitemStore
+from dicomrpc_server.ups.records import Event, WorkitemRecords
 
 REPLAY_PAGE = 256
-Entry = tuple[pb.SubscribeWorkitemsResponse, list[tuple[int, bytes]]]
 
 
 @dataclass(eq=False)
@@ -66,7 +65,7 @@ class EventHub:
         The most events a subscription may have waiting before it is ended.
     """
 
-    def __init__(self, store: WorkitemStore, queue_size: int) -> None:
+    def __init__(self, store: WorkitemRecords, queue_size: int) -> None:
         self.store = store
         self.queue_size = queue_size
         self._subscriptions: set[Subscription] = set()
@@ -75,7 +74,7 @@ class EventHub:
         # processes call in from two threads, and each event must be handed on once, in order.
         self._publishing = threading.Lock()
         self._published = store.last_sequence()
-        store.index.on_commit(self._committed)
+        store.on_commit(self._committed)
 
     def _committed(self) -> None:
         """After a commit (this process's or another's): read new events once, hand them on."""
@@ -93,7 +92,7 @@ class EventHub:
             for loop in {s.loop for s in subscriptions}:
                 loop.call_soon_threadsafe(self._fan_out, loop, entries)
 
-    def _fan_out(self, loop: asyncio.AbstractEventLoop, entries: list[Entry]) -> None:
+    def _fan_out(self, loop: asyncio.AbstractEventLoop, entries: list[Event]) -> None:
         with self._lock:
             subscriptions = [s for s in self._subscriptions if s.loop is loop]
         for subscription in subscriptions:

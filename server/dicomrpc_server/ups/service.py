@@ -1,10 +1,11 @@
 """WorkitemCore: the UPS operations of PS3.4 Annex CC, for every adapter to translate.
 
-Each change is one function of a write transaction, run by the index writer: it reads the
-workitem, looks its step up in the :mod:`.states` tables, checks the :mod:`.requirements`
-table, writes the new data set with its index terms and appends its event. Because the writer
-runs these one after another in commit order, sixteen performers racing to claim a workitem
-see one SCHEDULED and fifteen IN PROGRESS (0xC302), and no update is lost to another.
+Each change is one decision about one workitem, applied atomically by the workitem role
+(:meth:`~dicomrpc_server.ups.records.WorkitemRecords.mutate`): given the workitem as stored, it
+looks its step up in the :mod:`.states` tables, checks the :mod:`.requirements` table, and
+returns the new data set and its event. Because no other change of that workitem comes in
+between, sixteen performers racing to claim a workitem see one SCHEDULED and fifteen IN
+PROGRESS (0xC302), and no update is lost to another.
 
 The Transaction UID is kept in the stored data set (it is the workitem's lock) and taken out
 of everything that leaves the core: retrieve, search results and events.
@@ -21,8 +22,8 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
-import lmdb
 from pydicom.uid import generate_uid
 
 from dicomrpc.v1 import dataset_pb2
@@ -30,11 +31,11 @@ from dicomrpc.v1 import workitem_service_pb2 as pb
 from dicomrpc_server.dicom.nesting import check_depth
 from dicomrpc_server.dicom.uids import check_request_uid
 from dicomrpc_server.errors import Code, FieldViolation, ServiceError, invalid_argument
-from dicomrpc_server.query.engine import DEFAULT_LIMIT, MAX_LIMIT, TermMatcher
-from dicomrpc_server.storage.lmdb_index import LmdbIndex
+from dicomrpc_server.query.engine import DEFAULT_LIMIT, MAX_LIMIT
 from dicomrpc_server.ups import states
 from dicomrpc_server.ups.events import EventHub
 from dicomrpc_server.ups.index import match_terms, returned_tags
+from dicomrpc_server.ups.records import Mutation, WorkitemRecords
 from dicomrpc_server.ups.requirements import (
     BY_KEYWORD,
     Operation,
@@ -43,9 +44,9 @@ from dicomrpc_server.ups.requirements import (
     uid_violations,
 )
 from dicomrpc_server.ups.states import Kind, State, Status
-from dicomrpc_server.ups.store import Terms, WorkitemStore
 from dicomrpc_server.ups.values import first_item, now_dt, set_text, text
 
+T = TypeVar("T")
 UPS_PUSH_SOP_CLASS = "1.2.840.10008.5.1.4.34.6.1"
 # Procedure Discontinuation Reasons (CID 9300): what a cancellation the archive performs records.
 UNSPECIFIED_DISCONTINUATION = ("110513", "DCM", "Discontinued for unspecified reason")
@@ -118,19 +119,18 @@ class WorkitemCore:
 
     Parameters
     ----------
-    index
-        The archive's LMDB index.
+    store
+        Where workitems are kept (the workitem role).
     queue_size
         The most events a subscriber may have waiting before its subscription is ended.
     max_sequence_depth
         The most levels sequences may nest in a data set to create or update.
     """
 
-    def __init__(self, index: LmdbIndex, queue_size: int, max_sequence_depth: int) -> None:
+    def __init__(self, store: WorkitemRecords, queue_size: int, max_sequence_depth: int) -> None:
         self.max_sequence_depth = max_sequence_depth
-        self.store = WorkitemStore(index)
-        self.events = EventHub(self.store, queue_size)
-        self._matcher = TermMatcher(index.scan_terms)
+        self.store = store
+        self.events = EventHub(store, queue_size)
 
     # -- create and read -------------------------------------------------------------------
 
@@ -168,15 +168,12 @@ class WorkitemCore:
         set_text(new, MODIFIED, "DT", now_dt())
         new.attributes.pop(TRANSACTION, None)
 
-        def write(txn: lmdb.Transaction) -> None:
-            if self.store.load(txn, uid) is not None:
+        def decide(stored: dataset_pb2.Dataset | None) -> Mutation[None]:
+            if stored is not None:
                 raise states.already_exists(uid)
-            terms = self.store.save(txn, uid, None, new)
-            self._event(
-                txn, pb.WORKITEM_EVENT_TYPE_STATE_REPORT, uid, new, terms, _state_report(new)
-            )
+            return _state_changed(None, uid, new)
 
-        await self.store.run(write)
+        await self.store.mutate(uid, decide)
         if warning:
             return Outcome(uid, State.SCHEDULED, int(Status.CREATED_WITH_MODIFICATIONS), warning)
         return Outcome(uid, State.SCHEDULED)
@@ -197,13 +194,8 @@ class WorkitemCore:
             raise invalid_argument("offset", f"{query.offset} is negative")
         terms = match_terms(query.match)
         returned = returned_tags(terms, query.include_fields)
-        if terms:
-            found = sorted((self._matcher.match(term, query.fuzzy) for term in terms), key=len)
-            uids = sorted(set.intersection(*found))
-        else:
-            uids = self.store.uids()
-        page = uids[query.offset : query.offset + (query.limit or DEFAULT_LIMIT)]
-        return [public(stored, returned) for stored in self.store.get_many(page)]
+        page = self.store.search(terms, query.fuzzy, query.offset, query.limit or DEFAULT_LIMIT)
+        return [public(stored, returned) for stored in page]
 
     # -- changes ---------------------------------------------------------------------------
 
@@ -223,8 +215,8 @@ class WorkitemCore:
         _check_uids(dataset, Operation.UPDATE, workitem_uid)
         _raise_violations(check(dataset, Operation.UPDATE), "update", workitem_uid)
 
-        def write(txn: lmdb.Transaction) -> Outcome:
-            stored, state = self._load(txn, workitem_uid)
+        def decide(found: dataset_pb2.Dataset | None) -> Mutation[Outcome]:
+            stored, state = _existing(found, workitem_uid)
             step = states.UPDATES[state]
             if step.kind is Kind.REFUSE:
                 assert step.status is not None
@@ -236,16 +228,16 @@ class WorkitemCore:
             for tag, attribute in dataset.attributes.items():
                 new.attributes[tag].CopyFrom(attribute)
             set_text(new, MODIFIED, "DT", now_dt())
-            terms = self.store.save(txn, workitem_uid, stored, new)
             kind = (
                 pb.WORKITEM_EVENT_TYPE_ASSIGNED
                 if PERFORMERS in dataset.attributes
                 else pb.WORKITEM_EVENT_TYPE_UPDATED
             )
-            self._event(txn, kind, workitem_uid, new, terms, dataset)
-            return Outcome(workitem_uid, state)
+            return Mutation(
+                Outcome(workitem_uid, state), new, _event(kind, workitem_uid, new, dataset)
+            )
 
-        return await self.store.run(write)
+        return await self.store.mutate(workitem_uid, decide)
 
     async def change_state(
         self, workitem_uid: str, requested: State, transaction_uid: str
@@ -254,12 +246,12 @@ class WorkitemCore:
         check_request_uid("workitem_uid", workitem_uid)
         check_request_uid("transaction_uid", transaction_uid)
 
-        def write(txn: lmdb.Transaction) -> Outcome:
-            stored, state = self._load(txn, workitem_uid)
+        def decide(found: dataset_pb2.Dataset | None) -> Mutation[Outcome]:
+            stored, state = _existing(found, workitem_uid)
             step = states.TRANSITIONS[(state, requested)]
             already = _refused_or_already(step, workitem_uid, state)
             if already is not None:
-                return already
+                return Mutation(already)
             new = dataset_pb2.Dataset()
             new.CopyFrom(stored)
             set_text(new, STATE, "CS", requested.value)
@@ -275,10 +267,9 @@ class WorkitemCore:
                 missing = final_state_missing(new, requested.value)
                 if missing:
                     raise states.final_state_unmet(workitem_uid, requested, missing)
-            self._save_state(txn, workitem_uid, stored, new)
-            return Outcome(workitem_uid, requested)
+            return _state_changed(Outcome(workitem_uid, requested), workitem_uid, new)
 
-        return await self.store.run(write)
+        return await self.store.mutate(workitem_uid, decide)
 
     async def request_cancellation(
         self, workitem_uid: str, reason: str = "", contact_name: str = "", contact_uri: str = ""
@@ -291,12 +282,12 @@ class WorkitemCore:
         """
         check_request_uid("workitem_uid", workitem_uid)
 
-        def write(txn: lmdb.Transaction) -> Outcome:
-            stored, state = self._load(txn, workitem_uid)
+        def decide(found: dataset_pb2.Dataset | None) -> Mutation[Outcome]:
+            stored, state = _existing(found, workitem_uid)
             step = states.CANCEL_REQUESTS[state]
             already = _refused_or_already(step, workitem_uid, state)
             if already is not None:
-                return already
+                return Mutation(already)
             new = dataset_pb2.Dataset()
             new.CopyFrom(stored)
             _record_request(new, reason, contact_name, contact_uri)
@@ -305,16 +296,12 @@ class WorkitemCore:
                 _stamp_cancellation(new)
                 _discontinue(new)
                 set_text(new, STATE, "CS", State.CANCELED.value)
-                self._save_state(txn, workitem_uid, stored, new)
-                return Outcome(workitem_uid, State.CANCELED)
-            terms = self.store.save(txn, workitem_uid, stored, new)
+                return _state_changed(Outcome(workitem_uid, State.CANCELED), workitem_uid, new)
             request = _cancel_request(reason, contact_name, contact_uri)
-            self._event(
-                txn, pb.WORKITEM_EVENT_TYPE_CANCEL_REQUESTED, workitem_uid, new, terms, request
-            )
-            return Outcome(workitem_uid, state)
+            event = _event(pb.WORKITEM_EVENT_TYPE_CANCEL_REQUESTED, workitem_uid, new, request)
+            return Mutation(Outcome(workitem_uid, state), new, event)
 
-        return await self.store.run(write)
+        return await self.store.mutate(workitem_uid, decide)
 
     def follow(
         self, workitem_uid: str, filter_: Mapping[str, str], since: int
@@ -326,41 +313,34 @@ class WorkitemCore:
             raise states.not_found(workitem_uid)
         return self.events.follow(workitem_uid, filter_, since)
 
-    # -- helpers ---------------------------------------------------------------------------
 
-    def _load(self, txn: lmdb.Transaction, uid: str) -> tuple[dataset_pb2.Dataset, State]:
-        stored = self.store.load(txn, uid) if uid else None
-        if stored is None:
-            raise states.not_found(uid)
-        return stored, state_of(stored)
+def _existing(stored: dataset_pb2.Dataset | None, uid: str) -> tuple[dataset_pb2.Dataset, State]:
+    """A workitem as stored and its state; 0xC307 when there is none."""
+    if stored is None or not uid:
+        raise states.not_found(uid)
+    return stored, state_of(stored)
 
-    def _save_state(
-        self,
-        txn: lmdb.Transaction,
-        uid: str,
-        stored: dataset_pb2.Dataset,
-        new: dataset_pb2.Dataset,
-    ) -> None:
-        """Write a workitem whose state changed, with the state report event it makes."""
-        terms = self.store.save(txn, uid, stored, new)
-        self._event(txn, pb.WORKITEM_EVENT_TYPE_STATE_REPORT, uid, new, terms, _state_report(new))
 
-    def _event(
-        self,
-        txn: lmdb.Transaction,
-        kind: pb.WorkitemEventType.ValueType,
-        uid: str,
-        workitem: dataset_pb2.Dataset,
-        terms: Terms,
-        attributes: dataset_pb2.Dataset,
-    ) -> None:
-        """Append the event of a change, carrying ``attributes`` (never the lock)."""
-        event = pb.SubscribeWorkitemsResponse(
-            type=kind, workitem_uid=uid, state=state_message(state_of(workitem))
-        )
-        event.time.FromMicroseconds(time.time_ns() // 1000)
-        event.event.CopyFrom(public(attributes))
-        self.store.append_event(txn, event, terms)
+def _state_changed(result: T, uid: str, new: dataset_pb2.Dataset) -> Mutation[T]:
+    """The mutation of a workitem whose state changed (or was created): a state report."""
+    return Mutation(
+        result, new, _event(pb.WORKITEM_EVENT_TYPE_STATE_REPORT, uid, new, _state_report(new))
+    )
+
+
+def _event(
+    kind: pb.WorkitemEventType.ValueType,
+    uid: str,
+    workitem: dataset_pb2.Dataset,
+    attributes: dataset_pb2.Dataset,
+) -> pb.SubscribeWorkitemsResponse:
+    """The event of a change, carrying ``attributes`` (never the lock)."""
+    event = pb.SubscribeWorkitemsResponse(
+        type=kind, workitem_uid=uid, state=state_message(state_of(workitem))
+    )
+    event.time.FromMicroseconds(time.time_ns() // 1000)
+    event.event.CopyFrom(public(attributes))
+    return event
 
 
 def _refused_or_already(step: states.Step, uid: str, state: State) -> Outcome | None:

@@ -9,10 +9,15 @@ sub-database       key           value
 ``wi_events``      sequence      an event (:func:`encode_event`)
 =================  ============  ===============================================================
 
-Reads run in short read transactions on the caller's thread. Writes are functions of an open
-write transaction, run by the index writer: a change, its index terms and its event commit
-together or not at all, and the writer's single thread serializes every change of a workitem
-(so a claim sees the state the previous claim left).
+Reads run in short read transactions on the caller's thread. A change is one
+:meth:`WorkitemStore.mutate`: the index writer reads the workitem, the caller's decision turns
+it into the new data set and its event, and the data set, its index terms and the event commit
+together or not at all. LMDB runs one write transaction at a time, across processes too, so
+every change of a workitem sees the one before it (a claim sees the state the previous claim
+left).
+
+This is the LMDB implementation of the workitem role
+(:class:`~dicomrpc_server.ups.records.WorkitemRecords`), which is all the workitem core sees.
 """
 
 from __future__ import annotations
@@ -26,9 +31,11 @@ import lmdb
 from dicomrpc.v1 import dataset_pb2
 from dicomrpc.v1 import workitem_service_pb2 as pb
 from dicomrpc_server.dicom.attributes import Level
+from dicomrpc_server.query.engine import MatchTerm, TermMatcher
 from dicomrpc_server.storage import keys
 from dicomrpc_server.storage.lmdb_index import LmdbIndex
 from dicomrpc_server.ups.index import INDEXED_TAGS, decode_terms, encode_terms, workitem_terms
+from dicomrpc_server.ups.records import Event, Mutation
 
 T = TypeVar("T")
 Terms = set[tuple[int, bytes]]
@@ -55,6 +62,11 @@ class WorkitemStore:
         self._items = index.database("workitems")
         self._events = index.database("wi_events")
         self._terms = index.database("terms")
+        self._matcher = TermMatcher(index.scan_terms)
+
+    def on_commit(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` after every commit (see :meth:`LmdbIndex.on_commit`)."""
+        self.index.on_commit(listener)
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -85,9 +97,18 @@ class WorkitemStore:
             cursor = txn.cursor(db=self._events)
             return struct.unpack(">Q", bytes(cursor.key()))[0] if cursor.last() else 0
 
-    def events_after(
-        self, after: int, limit: int
-    ) -> list[tuple[pb.SubscribeWorkitemsResponse, list[tuple[int, bytes]]]]:
+    def search(
+        self, terms: list[MatchTerm], fuzzy: bool, offset: int, limit: int
+    ) -> list[dataset_pb2.Dataset]:
+        """The workitems matching every term, in UID order, ``limit`` from ``offset``."""
+        if terms:
+            found = sorted((self._matcher.match(term, fuzzy) for term in terms), key=len)
+            uids = sorted(set.intersection(*found))
+        else:
+            uids = self.uids()
+        return self.get_many(uids[offset : offset + limit])
+
+    def events_after(self, after: int, limit: int) -> list[Event]:
         """Up to ``limit`` events with a sequence above ``after``, in order, with their terms."""
         out = []
         with self.index.read() as txn:
@@ -99,18 +120,38 @@ class WorkitemStore:
                         break
         return out
 
-    # -- writes (on the index writer thread, inside its transaction) ------------------------
+    # -- writes ------------------------------------------------------------------------------
 
-    async def run(self, fn: Callable[[lmdb.Transaction], T]) -> T:
-        """Run ``fn(txn)`` in a write transaction and wait for its commit."""
-        return await self.index.writer.run(fn)
+    async def mutate(
+        self, uid: str, decide: Callable[[dataset_pb2.Dataset | None], Mutation[T]]
+    ) -> T:
+        """Change one workitem atomically; return what ``decide`` returned as the result.
 
-    def load(self, txn: lmdb.Transaction, uid: str) -> dataset_pb2.Dataset | None:
-        """A workitem as the transaction sees it, or ``None``."""
+        ``decide`` is given the workitem as stored (``None`` when there is none) on the index
+        writer's thread, inside the write transaction; it returns the new data set and its
+        event, or no data set to write nothing. What it raises fails the change, and nothing of
+        it is written.
+        """
+
+        def write(txn: lmdb.Transaction) -> T:
+            stored = self._load(txn, uid)
+            mutation = decide(stored)
+            if mutation.workitem is not None:
+                terms = self._save(txn, uid, stored, mutation.workitem)
+                if mutation.event is not None:
+                    self._append_event(txn, mutation.event, terms)
+            return mutation.result
+
+        return await self.index.writer.run(write)
+
+    def _load(self, txn: lmdb.Transaction, uid: str) -> dataset_pb2.Dataset | None:
+        """A workitem as the transaction sees it, or ``None`` (an empty UID names none)."""
+        if not uid:
+            return None
         raw = txn.get(uid.encode("ascii"), db=self._items)
         return None if raw is None else dataset_pb2.Dataset.FromString(bytes(raw))
 
-    def save(
+    def _save(
         self,
         txn: lmdb.Transaction,
         uid: str,
@@ -137,7 +178,7 @@ class WorkitemStore:
         txn.put(pk, new.SerializeToString(), db=self._items)
         return new_terms
 
-    def append_event(
+    def _append_event(
         self, txn: lmdb.Transaction, event: pb.SubscribeWorkitemsResponse, terms: Terms
     ) -> int:
         """Give ``event`` the next sequence number and write it; return the sequence."""

@@ -1,0 +1,137 @@
+"""The workitem role's contract (:class:`~dicomrpc_server.ups.records.WorkitemRecords`), run
+against every implementation: a change is atomic, one at a time per workitem, and its event is
+logged in order; a refused change writes nothing; search pages its matches."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from dicomrpc.v1 import dataset_pb2
+from dicomrpc.v1 import workitem_service_pb2 as pb
+from dicomrpc_server.errors import ServiceError, invalid_argument
+from dicomrpc_server.storage.lmdb_index import LmdbIndex
+from dicomrpc_server.ups.index import match_terms
+from dicomrpc_server.ups.records import Mutation, WorkitemRecords
+from dicomrpc_server.ups.store import WorkitemStore
+from dicomrpc_server.ups.values import set_text, text
+
+PATIENT_ID = "00100020"
+LABEL = "00741204"  # ProcedureStepLabel
+
+
+def _lmdb(path: Path) -> tuple[WorkitemRecords, Callable[[], None]]:
+    index = LmdbIndex(
+        path / "index", map_size=1 << 24, max_readers=64, max_batch=64, before_commit=lambda: None
+    )
+    return WorkitemStore(index), index.close
+
+
+@pytest.fixture(params=[_lmdb], ids=["lmdb"])
+def records(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[WorkitemRecords]:
+    store, close = request.param(tmp_path)
+    yield store
+    close()
+
+
+def _item(patient: str, label: str = "0") -> dataset_pb2.Dataset:
+    ds = dataset_pb2.Dataset()
+    set_text(ds, PATIENT_ID, "LO", patient)
+    set_text(ds, LABEL, "LO", label)
+    return ds
+
+
+def _event(uid: str) -> pb.SubscribeWorkitemsResponse:
+    return pb.SubscribeWorkitemsResponse(type=pb.WORKITEM_EVENT_TYPE_UPDATED, workitem_uid=uid)
+
+
+def _create(records: WorkitemRecords, uid: str, patient: str) -> None:
+    def decide(stored: dataset_pb2.Dataset | None) -> Mutation[None]:
+        assert stored is None
+        return Mutation(None, _item(patient), _event(uid))
+
+    asyncio.run(records.mutate(uid, decide))
+
+
+def test_a_change_is_written_with_its_event(records: WorkitemRecords) -> None:
+    heard = threading.Event()
+    records.on_commit(heard.set)
+    _create(records, "1.2.1", "A")
+    stored = records.get("1.2.1")
+    assert stored is not None and text(stored, PATIENT_ID) == "A"
+    assert records.last_sequence() == 1
+    ((event, terms),) = records.events_after(0, 10)
+    assert event.sequence == 1 and event.workitem_uid == "1.2.1" and terms
+    assert heard.wait(5)
+
+
+def test_a_refused_change_writes_nothing(records: WorkitemRecords) -> None:
+    _create(records, "1.2.1", "A")
+
+    def refuse(stored: dataset_pb2.Dataset | None) -> Mutation[None]:
+        assert stored is not None
+        set_text(stored, PATIENT_ID, "LO", "changed before refusing")
+        raise invalid_argument("dataset", "refused")
+
+    with pytest.raises(ServiceError):
+        asyncio.run(records.mutate("1.2.1", refuse))
+    stored = records.get("1.2.1")
+    assert stored is not None and text(stored, PATIENT_ID) == "A"
+    assert records.last_sequence() == 1
+
+
+def test_a_decision_to_change_nothing_returns_its_result(records: WorkitemRecords) -> None:
+    _create(records, "1.2.1", "A")
+    assert asyncio.run(records.mutate("1.2.1", lambda stored: Mutation("as asked"))) == "as asked"
+    assert records.last_sequence() == 1
+
+
+def test_changes_of_one_workitem_never_lose_one_another(records: WorkitemRecords) -> None:
+    """Each decision sees the data set the previous one wrote: 200 concurrent increments."""
+    _create(records, "1.2.1", "A")
+
+    def increment(stored: dataset_pb2.Dataset | None) -> Mutation[int]:
+        assert stored is not None
+        count = int(text(stored, LABEL)) + 1
+        new = dataset_pb2.Dataset()
+        new.CopyFrom(stored)
+        set_text(new, LABEL, "LO", str(count))
+        return Mutation(count, new, _event("1.2.1"))
+
+    async def race() -> list[int]:
+        return list(await asyncio.gather(*(records.mutate("1.2.1", increment) for _ in range(200))))
+
+    results = asyncio.run(race())
+    assert sorted(results) == list(range(1, 201))
+    stored = records.get("1.2.1")
+    assert stored is not None and text(stored, LABEL) == "200"
+    sequences = [e.sequence for e, _ in records.events_after(0, 1000)]
+    assert sequences == list(range(1, 202))
+
+
+def test_an_empty_uid_names_no_workitem(records: WorkitemRecords) -> None:
+    seen: list[dataset_pb2.Dataset | None] = []
+
+    def look(stored: dataset_pb2.Dataset | None) -> Mutation[None]:
+        seen.append(stored)
+        return Mutation(None)
+
+    asyncio.run(records.mutate("", look))
+    assert seen == [None]
+
+
+def test_search_pages_its_matches(records: WorkitemRecords) -> None:
+    for n in range(9):
+        _create(records, f"1.2.{n}", "A" if n % 3 else "B")
+    everything = records.search([], False, 0, 100)
+    assert [text(d, PATIENT_ID) for d in everything].count("B") == 3
+    terms = match_terms({"PatientID": "A"})
+    first = records.search(terms, False, 0, 4)
+    rest = records.search(terms, False, 4, 4)
+    assert len(first) == 4 and len(rest) == 2
+    assert all(text(d, PATIENT_ID) == "A" for d in first + rest)
+    assert records.events_after(3, 2)[0][0].sequence == 4
