@@ -13,8 +13,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 from dicomrpc_server.errors import invalid_argument
-from dicomrpc_server.storage.lmdb_index import LmdbIndex
-from dicomrpc_server.storage.protocols import Change
+from dicomrpc_server.storage.protocols import Change, ChangeLog
 
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
@@ -25,7 +24,7 @@ POLL_S = 5.0
 class ChangeFeed:
     """Reads and follows the change log."""
 
-    def __init__(self, index: LmdbIndex) -> None:
+    def __init__(self, index: ChangeLog) -> None:
         self.index = index
         self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = set()
         index.on_commit(self._committed)

@@ -1,4 +1,4 @@
-"""The two interfaces the services see: where instance files live, and the index over them.
+"""The roles the services see: where instance files live, the index over them, its change log.
 
 The embedded default is a directory of files plus LMDB (:mod:`.blobs`, :mod:`.lmdb_index`); a
 shared PostgreSQL index and S3-compatible object storage implement the same protocols
@@ -8,7 +8,7 @@ so that no service changes when a deployment outgrows one machine.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -157,3 +157,33 @@ class Index(Protocol):
 
     def close(self) -> None:
         """Finish pending writes and close."""
+
+
+class ChangeLog(Protocol):
+    """The change log: every created and deleted instance, in commit order.
+
+    An entry is appended in the same transaction as the change it records; readers move from
+    a sequence number and never past one that may still commit.
+    """
+
+    def changes(self, after: int, limit: int) -> list[Change]:
+        """Entries with a sequence above ``after``, in order, at most ``limit``."""
+
+    def latest_change(self) -> Change | None:
+        """The newest entry, or ``None`` for an empty log."""
+
+    def on_commit(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` after every commit, this process's or another's."""
+
+
+class Deletions(Protocol):
+    """Removing instances from the index: atomically, recording the files to remove."""
+
+    async def delete(self, study: str, series: str = "", sop: str = "") -> list[str]:
+        """Remove a study, series or instance from the index; return its files' blob ids.
+
+        The blob ids are recorded as pending removals in the same transaction.
+        """
+
+    def forget_removals(self, blob_ids: list[str]) -> object:
+        """Clear the pending-removal records of files now removed (nobody waits for it)."""
