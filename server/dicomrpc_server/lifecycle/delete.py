@@ -13,14 +13,14 @@ from __future__ import annotations
 import asyncio
 
 from dicomrpc_server.retrieve.scope import check_scope
-from dicomrpc_server.storage.blobs import LocalBlobStore
 from dicomrpc_server.storage.lmdb_index import LmdbIndex
+from dicomrpc_server.storage.protocols import BlobStore
 
 
 class DeleteCore:
     """Removes what a request names from the index, then from the blob store."""
 
-    def __init__(self, index: LmdbIndex, blobs: LocalBlobStore) -> None:
+    def __init__(self, index: LmdbIndex, blobs: BlobStore) -> None:
         self.index = index
         self.blobs = blobs
 
