@@ -21,6 +21,7 @@ from dicomrpc_server.retrieve.service import RetrieveCore
 from dicomrpc_server.storage.blobs import LocalBlobStore
 from dicomrpc_server.storage.folder_lock import DataFolderLock
 from dicomrpc_server.storage.lmdb_index import LmdbIndex
+from dicomrpc_server.storage.protocols import BlobStore
 from dicomrpc_server.storage.recovery import (
     INDEX_DIR,
     Listing,
@@ -28,6 +29,8 @@ from dicomrpc_server.storage.recovery import (
     check_before_open,
     recover,
 )
+from dicomrpc_server.storage.s3 import S3Recovery
+from dicomrpc_server.storage.s3_startup import check_folder_store, open_s3_storage
 from dicomrpc_server.store.ingest import StoreCore
 from dicomrpc_server.ups.service import WorkitemCore
 from dicomrpc_server.ups.values import text
@@ -73,28 +76,34 @@ class Archive:
         except BaseException:
             self.lock.release()
             raise
+        self.blobs: BlobStore
+        self.recovery: RecoveryReport | S3Recovery
         try:
-            self.blobs = LocalBlobStore(settings.data_dir)
-            listing = Listing.of(self.blobs)
-            check_before_open(settings.data_dir, listing)
-            self.index = LmdbIndex(
-                settings.data_dir / INDEX_DIR,
-                map_size=settings.lmdb_map_size,
-                max_readers=settings.lmdb_max_readers,
-                max_batch=settings.commit_batch,
-                before_commit=self.blobs.sync,
-            )
-            try:
-                self.recovery: RecoveryReport = recover(
-                    settings.data_dir,
-                    self.blobs,
-                    self.index,
-                    listing,
-                    quarantine_unindexed=settings.quarantine_unindexed,
+            if settings.blobs:  # objects in S3: see storage/s3_startup.py
+                self.blobs, self.index, self.recovery = open_s3_storage(settings)
+            else:
+                check_folder_store(settings.data_dir)
+                self.blobs = blobs = LocalBlobStore(settings.data_dir)
+                listing = Listing.of(blobs)
+                check_before_open(settings.data_dir, listing)
+                self.index = LmdbIndex(
+                    settings.data_dir / INDEX_DIR,
+                    map_size=settings.lmdb_map_size,
+                    max_readers=settings.lmdb_max_readers,
+                    max_batch=settings.commit_batch,
+                    before_commit=blobs.sync,
                 )
-            except BaseException:
-                self.index.close()
-                raise
+                try:
+                    self.recovery = recover(
+                        settings.data_dir,
+                        blobs,
+                        self.index,
+                        listing,
+                        quarantine_unindexed=settings.quarantine_unindexed,
+                    )
+                except BaseException:
+                    self.index.close()
+                    raise
         except BaseException:
             self.auditor.close()
             self.lock.release()
