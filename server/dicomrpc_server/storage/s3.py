@@ -33,7 +33,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 from urllib.parse import urlsplit
 
 import boto3
@@ -121,8 +121,7 @@ class S3Location:
 
     def open_file(self, blob_id: str) -> BinaryIO:
         """A seekable, buffered file object over the blob's object (ranged GETs)."""
-        raw = _ObjectFile(S3Reader(self.client(), self.bucket, self.key(blob_id)))
-        return io.BufferedReader(raw, READ_BUFFER)
+        return cast(BinaryIO, _ObjectFile(S3Reader(self.client(), self.bucket, self.key(blob_id))))
 
 
 # One client per location and process: worker processes build theirs on their first job.
@@ -207,11 +206,19 @@ class S3Reader:
 
 
 class _ObjectFile(io.RawIOBase):
-    """A seekable raw file over an object, for pydicom and the codecs in worker processes."""
+    """A seekable file over an object, for pydicom and the codecs in worker processes.
+
+    Small reads are served from a window of :data:`READ_BUFFER` bytes fetched in one GET
+    (pydicom reads a data set a few bytes at a time). It is deliberately not an
+    ``io.BufferedReader``: pydicom takes one of those for a local file and reopens it by name
+    to read deferred values, where this one must be read from itself.
+    """
 
     def __init__(self, reader: S3Reader) -> None:
         self._reader = reader
         self._position = 0
+        self._window = b""
+        self._window_start = 0
         reader.size  # noqa: B018 - a missing object fails here, as open() of a file would
 
     def readable(self) -> bool:
@@ -239,7 +246,17 @@ class _ObjectFile(io.RawIOBase):
 
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
-        data = self._reader.pread(len(view), self._position)
+        wanted = len(view)
+        at = self._position - self._window_start
+        if not 0 <= at < len(self._window):
+            if wanted >= READ_BUFFER:  # a large read goes straight to the object
+                data = self._reader.pread(wanted, self._position)
+                view[: len(data)] = data
+                self._position += len(data)
+                return len(data)
+            self._window = self._reader.pread(READ_BUFFER, self._position)
+            self._window_start, at = self._position, 0
+        data = self._window[at : at + wanted]
         view[: len(data)] = data
         self._position += len(data)
         return len(data)
