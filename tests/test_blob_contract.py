@@ -170,6 +170,11 @@ def test_a_reference_is_picklable_and_opens_as_a_seekable_file(store: BlobStore)
         assert fp.read() == data[-3:]
         fp.seek(0)
         assert fp.read(200) == expected(data)[:200]
+        # A read that starts in what was read ahead and runs past it is not cut short.
+        assert fp.read(400_000) == data[200:400_200]
+        fp.seek(len(data) - 100)
+        assert fp.read(1000) == data[-100:]
+        assert fp.read(10) == b""
 
 
 def test_a_worker_process_reads_a_blob_by_reference(store: BlobStore) -> None:

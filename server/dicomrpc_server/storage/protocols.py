@@ -1,8 +1,11 @@
-"""The two interfaces the services see: where instance files live, and the index over them.
+"""The interfaces the services see: where instance files live, and the index over them.
 
-The embedded default is a directory of files plus LMDB (:mod:`.blobs`, :mod:`.lmdb_index`); a
-shared PostgreSQL index and S3-compatible object storage implement the same protocols
-so that no service changes when a deployment outgrows one machine.
+The embedded default is a directory of files plus LMDB (:mod:`.blobs`, :mod:`.lmdb_index`);
+S3-compatible object storage (:mod:`.s3`) implements the same blob store role, and a shared
+PostgreSQL index is to implement the index's, so that no service changes when a deployment
+outgrows one machine. The blob store gives ranged reads and no local path: the services never
+assume a file system under the blobs (``tests/test_blob_contract.py`` holds every store to
+one contract).
 """
 
 from __future__ import annotations

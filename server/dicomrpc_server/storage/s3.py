@@ -245,21 +245,30 @@ class _ObjectFile(io.RawIOBase):
         return position
 
     def readinto(self, buffer: Any) -> int:
+        """Fill ``buffer``; fewer bytes only at the end of the object.
+
+        Callers such as pydicom take a short read for the end of the file, so a read that
+        starts in the window and runs past it goes on from the object.
+        """
         view = memoryview(buffer).cast("B")
-        wanted = len(view)
-        at = self._position - self._window_start
-        if not 0 <= at < len(self._window):
-            if wanted >= READ_BUFFER:  # a large read goes straight to the object
+        filled = 0
+        while filled < len(view):
+            wanted = len(view) - filled
+            at = self._position - self._window_start
+            if 0 <= at < len(self._window):
+                data = self._window[at : at + wanted]
+            elif wanted >= READ_BUFFER:  # a large read goes straight to the object
                 data = self._reader.pread(wanted, self._position)
-                view[: len(data)] = data
-                self._position += len(data)
-                return len(data)
-            self._window = self._reader.pread(READ_BUFFER, self._position)
-            self._window_start, at = self._position, 0
-        data = self._window[at : at + wanted]
-        view[: len(data)] = data
-        self._position += len(data)
-        return len(data)
+            else:
+                self._window = self._reader.pread(READ_BUFFER, self._position)
+                self._window_start = self._position
+                data = self._window[:wanted]
+            if not data:
+                break
+            view[filled : filled + len(data)] = data
+            filled += len(data)
+            self._position += len(data)
+        return filled
 
 
 class S3BlobStore:
