@@ -39,6 +39,7 @@ from urllib.parse import urlsplit
 import boto3
 import botocore.config
 import botocore.exceptions
+from boto3.exceptions import Boto3Error
 from boto3.s3.transfer import TransferConfig
 
 from dicomrpc_server.errors import StartupError
@@ -280,6 +281,9 @@ class S3BlobStore:
         The bucket and prefix (and endpoint, region).
     data_dir
         The data folder: uploads spool to, and their markers are kept in, ``s3-uploads/``.
+    uploads_dir
+        Another folder for them (one per process when several serve one data folder: start-up
+        recovery settles every marker of its folder).
     multipart_bytes, part_bytes
         Uploads of more than ``multipart_bytes`` go in parts of ``part_bytes`` (S3 takes parts
         of 5 MiB and more, all but the last).
@@ -290,11 +294,12 @@ class S3BlobStore:
         location: S3Location,
         data_dir: Path,
         *,
+        uploads_dir: Path | None = None,
         multipart_bytes: int = MULTIPART_BYTES,
         part_bytes: int = PART_BYTES,
     ) -> None:
         self.location = location
-        self.uploads_dir = data_dir / UPLOADS_DIR
+        self.uploads_dir = uploads_dir or data_dir / UPLOADS_DIR
         self.uploads_dir.mkdir(parents=True, exist_ok=True)
         fsync_dir(data_dir)
         self._client = location.client()
@@ -340,13 +345,22 @@ class S3BlobStore:
             fp.flush()
             os.fsync(fp.fileno())
         fsync_dir(self.uploads_dir)
-        self._client.upload_file(
-            str(upload.path),
-            self.location.bucket,
-            self.location.key(upload.blob_id),
-            ExtraArgs={"ContentType": "application/dicom"},
-            Config=self._transfer,
-        )
+        key = self.location.key(upload.blob_id)
+        try:
+            self._client.upload_file(
+                str(upload.path),
+                self.location.bucket,
+                key,
+                ExtraArgs={"ContentType": "application/dicom"},
+                Config=self._transfer,
+            )
+        except (
+            Boto3Error,
+            botocore.exceptions.BotoCoreError,
+            botocore.exceptions.ClientError,
+        ) as exc:
+            # An OSError, as a failed write to a file is: the store answers STORAGE_FAILURE.
+            raise OSError(f"uploading s3://{self.location.bucket}/{key}: {exc}") from exc
         upload.path.unlink(missing_ok=True)
         return upload.blob_id
 
@@ -361,8 +375,13 @@ class S3BlobStore:
     def discard(self, upload: Upload) -> None:
         """Remove a persisted upload whose commit failed: its object, then spool and marker."""
         assert isinstance(upload, LocalUpload)
-        self.remove([upload.blob_id])
         upload.discard()
+        try:
+            self.remove([upload.blob_id])
+        except (OSError, botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
+            # The marker stays: start-up removes the object, which the index does not name.
+            log.warning("could not remove the object of failed upload %s", upload.blob_id)
+            return
         self._marker(upload.blob_id).unlink(missing_ok=True)
 
     # -- reading ---------------------------------------------------------------------------
