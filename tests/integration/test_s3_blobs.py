@@ -8,6 +8,7 @@ mid-ingest restarts with every indexed instance readable and its leftovers remov
 
 from __future__ import annotations
 
+import io
 import signal
 import threading
 import time
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
@@ -201,8 +203,6 @@ def test_a_server_killed_mid_ingest_restarts_with_every_indexed_instance_readabl
     template = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
 
     def instances() -> Iterator[bytes]:
-        import io
-
         for _ in range(400):
             ds = template.copy()
             ds.SOPInstanceUID = pydicom.uid.generate_uid()
@@ -247,3 +247,46 @@ def test_a_server_killed_mid_ingest_restarts_with_every_indexed_instance_readabl
     assert count == len(named) >= 40
     assert s3.keys(bucket) == {f"{PREFIX}/{blob_id}.dcm" for blob_id in named}
     assert not any((data / "s3-uploads").iterdir())
+
+
+def test_a_server_killed_during_an_upload_leaves_no_object_the_index_does_not_name(
+    tmp_path: Path, s3: S3Emulator
+) -> None:
+    """Killed while a large instance uploads (its marker durable, its object unfinished)."""
+    bucket = s3.new_bucket()
+    args = ("--blobs", f"s3://{bucket}/{PREFIX}", "--s3-endpoint", s3.endpoint)
+    data = tmp_path / "data"
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.Rows = ds.Columns = 256
+    ds.NumberOfFrames = 400  # 52 MB: a multipart upload
+    ds.PixelData = np.zeros(400 * 256 * 256, dtype=np.uint16).tobytes()
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    server = spawn_server(data, *args)
+
+    def store() -> None:
+        with Client(server.target) as client, pytest.raises(DicomRpcError):
+            client.store([buffer.getvalue()])
+
+    thread = threading.Thread(target=store)
+    thread.start()
+    uploads = data / "s3-uploads"
+    deadline = time.monotonic() + 60
+    while not (markers := [p for p in uploads.iterdir() if p.suffix == ".pending"]):
+        assert time.monotonic() < deadline, "the upload never started"
+        time.sleep(0.005)
+    server.stop(signal.SIGKILL)
+    thread.join(60)
+    blob_id = markers[0].stem
+    server = spawn_server(data, *args)
+    assert server.stop() == 0
+    assert not any(uploads.iterdir())
+    index = LmdbIndex(
+        data / "index", map_size=1 << 30, max_readers=8, max_batch=8, before_commit=lambda: None
+    )
+    try:
+        named = index.blob_ids()
+    finally:
+        index.close()
+    assert blob_id not in named  # killed before its commit
+    assert s3.keys(bucket) == set()  # so its object, finished or not, is gone
