@@ -7,9 +7,12 @@ from pathlib import Path
 import pytest
 
 from dicomrpc_server.config import Settings
-from dicomrpc_server.errors import StartupError
+from dicomrpc_server.errors import Code, ServiceError, StartupError
+from dicomrpc_server.rebuild import rebuild_index
 from dicomrpc_server.storage.s3 import S3BlobStore, S3Location
+from dicomrpc_server.storage.sources import open_source
 from tests.conftest import S3Emulator
+from tests.test_blob_contract import read_all
 
 
 @pytest.mark.parametrize(
@@ -56,3 +59,28 @@ def test_an_unreachable_bucket_fails_start_up_and_an_upload_fails_as_storage(
     store.discard(upload)
     # The spool file goes; the marker stays, for start-up to remove an object that may exist.
     assert [p.name for p in store.uploads_dir.iterdir()] == [f"{upload.blob_id}.pending"]
+
+
+def test_a_store_that_cannot_be_read_is_unavailable_not_missing(
+    tmp_path: Path, s3: S3Emulator
+) -> None:
+    store = S3BlobStore(S3Location("no-such-bucket", "p", s3.endpoint), tmp_path)
+    blob_id = "0123456789abcdef0123456789abcdef"
+    with pytest.raises(ServiceError) as caught:
+        store.open(blob_id).pread(10, 0)
+    assert caught.value.code is Code.UNAVAILABLE
+    assert caught.value.reason == "SERVER_UNAVAILABLE"
+    assert "no-such-bucket" in caught.value.message
+    with pytest.raises(ServiceError, match="no-such-bucket"):
+        read_all(store.open(blob_id), 0, 10, 10)
+    # A HEAD answer has no body to tell a missing bucket from a missing object (start-up checks
+    # the bucket).
+    with pytest.raises(FileNotFoundError):
+        open_source(store.ref(blob_id))
+
+
+def test_rebuild_index_refuses_a_data_folder_whose_files_are_objects(tmp_path: Path) -> None:
+    (tmp_path / "blob-store").write_text("s3://bucket/prefix\n")
+    with pytest.raises(StartupError, match="objects in s3://bucket/prefix") as caught:
+        rebuild_index(tmp_path, workers=1, progress=False)
+    assert caught.value.reason == "REBUILD_UNSUPPORTED"

@@ -223,13 +223,13 @@ def _decode(fp: BinaryIO, index: int, meta: Dataset, sop_uid: str) -> npt.NDArra
         if syntax == DEFLATED:
             raise NotImplementedError("a deflated dataset is inflated by dcmread")
         arr = pixel_array(fp, index=index)
-    except OSError:
+    except (OSError, ServiceError):
         raise
     except Exception:  # decoders and their plugins raise many kinds of error
         try:
             fp.seek(0)
             arr = pixel_array(pydicom.dcmread(fp), index=index)
-        except OSError:
+        except (OSError, ServiceError):
             raise
         except Exception as exc:
             raise ServiceError(

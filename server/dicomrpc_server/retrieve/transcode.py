@@ -428,6 +428,8 @@ def _read(source: Source) -> FileDataset:
     try:
         with open_source(source) as fp:
             ds = dcmread(fp)
+    except ServiceError:  # the blob store could not be read
+        raise
     except Exception as exc:
         raise ServiceError(
             Code.FAILED_PRECONDITION,
@@ -516,6 +518,8 @@ def _read_for_frames(source: Source) -> tuple[FileDataset, _PixelValue | None]:
                 pixels = None
             else:
                 pixels = _locate_pixels(ds, source, fp)
+    except ServiceError:
+        raise
     except Exception as exc:
         raise ServiceError(
             Code.FAILED_PRECONDITION,

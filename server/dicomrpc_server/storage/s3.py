@@ -42,7 +42,7 @@ import botocore.exceptions
 from boto3.exceptions import Boto3Error
 from boto3.s3.transfer import TransferConfig
 
-from dicomrpc_server.errors import StartupError
+from dicomrpc_server.errors import Code, ServiceError, StartupError
 from dicomrpc_server.storage.blobs import LocalUpload, fsync_dir
 from dicomrpc_server.storage.protocols import BlobRef, Index, Upload
 
@@ -60,6 +60,8 @@ READ_BUFFER = 256 * 1024
 # The most keys one DeleteObjects request may name (the S3 API's limit).
 DELETE_BATCH = 1000
 _MISSING = {"NoSuchKey", "404", "NotFound"}
+# What boto3 raises: an error answer, or no answer (connection, timeout, a body cut short).
+_S3_ERRORS = (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError)
 
 
 @dataclass(frozen=True)
@@ -153,15 +155,22 @@ class S3Reader:
         if self._size is None:
             try:
                 head = self._client.head_object(Bucket=self._bucket, Key=self._key)
-            except botocore.exceptions.ClientError as exc:
+            except _S3_ERRORS as exc:
                 raise self._translate(exc) from exc
             self._size = int(head["ContentLength"])
         return self._size
 
-    def _translate(self, exc: botocore.exceptions.ClientError) -> Exception:
-        if _error_code(exc) in _MISSING:
-            return FileNotFoundError(f"no object s3://{self._bucket}/{self._key}")
-        return OSError(f"reading s3://{self._bucket}/{self._key}: {exc}")
+    def _translate(self, exc: Exception) -> Exception:
+        """``FileNotFoundError`` for a missing object, UNAVAILABLE for any other failure."""
+        where = f"s3://{self._bucket}/{self._key}"
+        if isinstance(exc, botocore.exceptions.ClientError) and _error_code(exc) in _MISSING:
+            return FileNotFoundError(f"no object {where}")
+        return ServiceError(
+            Code.UNAVAILABLE,
+            "SERVER_UNAVAILABLE",
+            f"the blob store cannot be read ({where}): {exc}; retrying may succeed",
+            metadata={"object": where},
+        )
 
     def _get(self, offset: int, length: int) -> Any:
         """The streaming body of bytes ``offset .. offset + length``, or None past the end."""
@@ -169,8 +178,11 @@ class S3Reader:
             response = self._client.get_object(
                 Bucket=self._bucket, Key=self._key, Range=f"bytes={offset}-{offset + length - 1}"
             )
-        except botocore.exceptions.ClientError as exc:
-            if _error_code(exc) == "InvalidRange":  # at or past the end
+        except _S3_ERRORS as exc:
+            if (
+                isinstance(exc, botocore.exceptions.ClientError)
+                and _error_code(exc) == "InvalidRange"
+            ):  # at or past the end
                 return None
             raise self._translate(exc) from exc
         total = str(response.get("ContentRange", "")).rpartition("/")[2]
@@ -185,8 +197,11 @@ class S3Reader:
         body = self._get(offset, size)
         if body is None:
             return b""
-        with contextlib.closing(body):
-            data: bytes = body.read()
+        try:
+            with contextlib.closing(body):
+                data: bytes = body.read()
+        except _S3_ERRORS as exc:  # the connection failed while the body was read
+            raise self._translate(exc) from exc
         return data
 
     async def chunks(self, offset: int, length: int, chunk: int) -> AsyncIterator[bytes]:
@@ -197,10 +212,17 @@ class S3Reader:
         if body is None:
             return
         try:
-            while data := await asyncio.to_thread(body.read, chunk):
+            while data := await asyncio.to_thread(self._read_body, body, chunk):
                 yield data
         finally:
             body.close()
+
+    def _read_body(self, body: Any, size: int) -> bytes:
+        try:
+            data: bytes = body.read(size)
+        except _S3_ERRORS as exc:
+            raise self._translate(exc) from exc
+        return data
 
     def close(self) -> None:
         """Nothing to release: every GET's body is closed when it has been read."""
@@ -311,7 +333,7 @@ class S3BlobStore:
         """Fail at start-up, naming the bucket, when it cannot be reached or does not exist."""
         try:
             self._client.head_bucket(Bucket=self.location.bucket)
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        except _S3_ERRORS as exc:
             raise StartupError(
                 "BLOB_STORE_UNAVAILABLE",
                 f"the S3 bucket of --blobs {self.location.url} cannot be used "
@@ -378,7 +400,7 @@ class S3BlobStore:
         upload.discard()
         try:
             self.remove([upload.blob_id])
-        except (OSError, botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
+        except (OSError, *_S3_ERRORS):
             # The marker stays: start-up removes the object, which the index does not name.
             log.warning("could not remove the object of failed upload %s", upload.blob_id)
             return
