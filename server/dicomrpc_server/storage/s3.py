@@ -111,8 +111,12 @@ class S3Location:
             if found is None:
                 options: dict[str, Any] = {"retries": {"max_attempts": 5, "mode": "standard"}}
                 options["max_pool_connections"] = 32
-                if self.endpoint:  # S3-compatible services on a host name or address of their own
+                if self.endpoint:
+                    # S3-compatible services answer on a host name or address of their own, and
+                    # many take no checksum trailers on uploads: send them only where required.
                     options["s3"] = {"addressing_style": "path"}
+                    options["request_checksum_calculation"] = "when_required"
+                    options["response_checksum_validation"] = "when_required"
                 found = boto3.session.Session().client(
                     "s3",
                     endpoint_url=self.endpoint or None,
