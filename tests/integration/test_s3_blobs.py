@@ -162,6 +162,7 @@ def test_a_folder_indexed_against_one_store_is_not_served_from_another(
     folder.stop()
     with pytest.raises(StartupError, match="index of files kept in the folder"):
         start_server(tmp_path / "folder", blobs=url, s3_endpoint=s3.endpoint)
+    assert not (tmp_path / "folder" / "s3-uploads").exists()  # nothing was changed
 
 
 def test_start_up_removes_only_what_is_provably_garbage(tmp_path: Path, s3: S3Emulator) -> None:

@@ -52,11 +52,11 @@ def check_folder_store(data_dir: Path) -> None:
         )
 
 
-def _record(data_dir: Path, location: S3Location) -> None:
-    """Record, durably, that the index names objects of ``location``; refuse another store."""
+def _check_record(data_dir: Path, location: S3Location) -> bool:
+    """Refuse a data folder indexed against another store; whether ``location`` is recorded."""
     recorded = recorded_store(data_dir)
     if recorded == location.url:
-        return
+        return True
     if recorded is not None:
         raise StartupError(
             "BLOB_STORE_CHANGED",
@@ -69,6 +69,11 @@ def _record(data_dir: Path, location: S3Location) -> None:
             f"data folder {data_dir} has an index of files kept in the folder; it cannot be "
             f"served with --blobs {location.url}. Use a new data folder for an S3 store",
         )
+    return False
+
+
+def _record(data_dir: Path, location: S3Location) -> None:
+    """Record, durably, that the index names objects of ``location``."""
     path = data_dir / STORE_FILE
     temporary = path.with_suffix(".tmp")
     with open(temporary, "w") as fp:
@@ -107,9 +112,11 @@ def open_s3_storage(settings: Settings) -> tuple[S3BlobStore, LmdbIndex, S3Recov
             f"a rebuild of the index of data folder {data_dir} is unfinished "
             f"({data_dir / REBUILDING_DIR} exists)",
         )
+    recorded = _check_record(data_dir, location)
     store = S3BlobStore(location, data_dir)
     store.check()
-    _record(data_dir, location)
+    if not recorded:
+        _record(data_dir, location)
     index = LmdbIndex(
         data_dir / INDEX_DIR,
         map_size=settings.lmdb_map_size,
