@@ -6,13 +6,16 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import grpc
 import pytest
@@ -167,3 +170,71 @@ def spawn_server(
     http_match = re.search(r"serving DICOMweb on (\S+)", http_line)
     assert http_match, f"server did not start DICOMweb: {http_line!r}"
     return ServerProcess(process, match.group(1), http_match.group(1))
+
+
+@dataclass(frozen=True)
+class S3Emulator:
+    """The ``moto_server`` S3 emulator on loopback, and the credentials it is called with."""
+
+    endpoint: str
+
+    def client(self) -> Any:
+        import boto3
+
+        return boto3.session.Session().client("s3", endpoint_url=self.endpoint)
+
+    def new_bucket(self) -> str:
+        name = f"dicomrpc-{uuid.uuid4().hex[:12]}"
+        self.client().create_bucket(Bucket=name)
+        return name
+
+    def keys(self, bucket: str) -> set[str]:
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket)
+        return {item["Key"] for page in pages for item in page.get("Contents", ())}
+
+
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[S3Emulator]:
+    """An S3 emulator for the session: moto's standalone server on a free loopback port.
+
+    The AWS_* variables it is called with are set for the session (spawned servers inherit
+    them); moto is an emulator, the folder store stays the reference the S3 tests compare to.
+    """
+    saved = {name: os.environ.get(name) for name in S3_ENV}
+    os.environ.update(S3_ENV)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    moto = Path(sys.executable).parent / "moto_server"
+    process = subprocess.Popen(
+        [str(moto), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                assert process.poll() is None, "moto_server ended at start"
+                assert time.monotonic() < deadline, "moto_server did not start"
+                time.sleep(0.1)
+        yield S3Emulator(endpoint)
+    finally:
+        process.terminate()
+        process.wait(30)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

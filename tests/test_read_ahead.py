@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from dicomrpc_server.errors import ServiceError, invalid_argument
-from dicomrpc_server.retrieve import service
 from dicomrpc_server.retrieve.service import read_ahead
+from dicomrpc_server.storage import file_reader as service
 
 
 class Source:

@@ -26,6 +26,7 @@ from dicomrpc_server.storage.blobs import LocalBlobStore
 from dicomrpc_server.storage.folder_lock import DataFolderLock
 from dicomrpc_server.storage.key_locks import KeyLocks
 from dicomrpc_server.storage.lmdb_index import LmdbIndex
+from dicomrpc_server.storage.protocols import BlobStore
 from dicomrpc_server.storage.recovery import (
     INDEX_DIR,
     Listing,
@@ -35,6 +36,8 @@ from dicomrpc_server.storage.recovery import (
     recover_departed,
     uploads_lock,
 )
+from dicomrpc_server.storage.s3 import S3Recovery
+from dicomrpc_server.storage.s3_startup import check_folder_store, open_s3_storage
 from dicomrpc_server.store.ingest import StoreCore
 from dicomrpc_server.ups.service import WorkitemCore
 from dicomrpc_server.ups.store import WorkitemStore
@@ -112,8 +115,13 @@ class Archive:
             self.locks.close()
             self.lock.release()
             raise
+        self.blobs: BlobStore
+        self.recovery: RecoveryReport | S3Recovery
         try:
-            if member is None:
+            if settings.blobs:  # objects in S3: see storage/s3_startup.py
+                self.blobs, self.index, self.recovery = open_s3_storage(settings)
+            elif member is None:
+                check_folder_store(settings.data_dir)
                 self._open_alone()
             else:
                 self._open_in_group()
@@ -151,8 +159,8 @@ class Archive:
 
     def _open_alone(self) -> None:
         """Open storage as the folder's only process: check it, and recover from a crash."""
-        self.blobs = LocalBlobStore(self.settings.data_dir)
-        self.index, self.recovery = _check_and_recover(self.settings, self.blobs)
+        self.blobs = blobs = LocalBlobStore(self.settings.data_dir)
+        self.index, self.recovery = _check_and_recover(self.settings, blobs)
 
     def _open_in_group(self) -> None:
         """Open storage as one of a group's processes.
@@ -164,15 +172,13 @@ class Archive:
         uploads = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._uploads_lock = uploads_lock(settings.data_dir / "uploads" / uploads)
         self.locks.acquire(self._uploads_lock)  # before the folder exists: never taken as left
-        self.blobs = LocalBlobStore(settings.data_dir, uploads=uploads)
-        self.index = _open_index(settings, self.blobs, wakeups=True)
+        self.blobs = blobs = LocalBlobStore(settings.data_dir, uploads=uploads)
+        self.index = _open_index(settings, blobs, wakeups=True)
         try:
-            self.recovery = recover_departed(self.blobs, self.index, self.locks)
+            self.recovery = recover_departed(blobs, self.index, self.locks)
         except BaseException:
             self.index.close()
             raise
-
-    recovery: RecoveryReport
 
     def patient_of(self, study: str) -> Patient | None:
         """The patient of a stored study (from its index record), or None: unknown or no ID."""
@@ -189,11 +195,12 @@ class Archive:
         self.parse_workers.shutdown()
         self.codec_workers.shutdown()
         self.index.close()
-        if self.blobs.uploads_dir != self.blobs.uploads_root:
+        blobs = self.blobs
+        if isinstance(blobs, LocalBlobStore) and blobs.uploads_dir != blobs.uploads_root:
             # Every store has finished: the folder is empty, unless a store was interrupted
             # (the next process to start settles what it holds).
             with contextlib.suppress(OSError):
-                self.blobs.uploads_dir.rmdir()
+                blobs.uploads_dir.rmdir()
         self.auditor.close()
         self.locks.close()
         self.lock.release()
@@ -210,6 +217,7 @@ def recover_folder(settings: Settings) -> RecoveryReport:
     StartupError
         As :class:`Archive` does, when the index is missing, behind its files or being rebuilt.
     """
+    check_folder_store(settings.data_dir)
     index, report = _check_and_recover(settings, LocalBlobStore(settings.data_dir))
     index.close()
     return report

@@ -26,6 +26,12 @@ class Settings:
     ----------
     data_dir
         Where instance files and the LMDB index live.
+    blobs
+        Where instance files live instead, when not in ``data_dir``: ``s3://bucket/prefix``
+        stores them as objects in S3-compatible storage (uploads still spool, and their
+        markers stay, in ``data_dir``). Empty: the folder store in ``data_dir``.
+    s3_endpoint
+        The S3 endpoint URL (an S3-compatible service); empty: AWS's, from the region.
     host
         The address the servers bind to.
     grpc_port
@@ -168,6 +174,8 @@ class Settings:
     """
 
     data_dir: Path = Path("data")
+    blobs: str = ""
+    s3_endpoint: str = ""
     host: str = "127.0.0.1"
     grpc_port: int = 50051
     http_port: int = 8042
@@ -223,6 +231,16 @@ class Settings:
                 f"processes (--processes, DICOMRPC_PROCESSES) is {self.processes}; it must be "
                 f"1 to {MAX_PROCESSES}"
             )
+        if self.blobs and self.processes > 1:
+            raise ValueError(
+                "processes (--processes, DICOMRPC_PROCESSES) above 1 need the instance files in "
+                "the data folder: with --blobs s3://... serve from one process"
+            )
+        if self.blobs and not self.blobs.startswith("s3://"):
+            raise ValueError(
+                f"blobs (--blobs, DICOMRPC_BLOBS) is {self.blobs!r}; it takes s3://bucket/prefix "
+                "(instance files are otherwise kept in the data folder)"
+            )
         if not 1 <= self.max_sequence_depth <= MAX_SEQUENCE_DEPTH:
             raise ValueError(
                 f"max_sequence_depth (--max-sequence-depth, DICOMRPC_MAX_SEQUENCE_DEPTH) is "
@@ -237,6 +255,8 @@ class Settings:
         env: dict[str, object] = {}
         mapping: dict[str, tuple[str, Callable[[str], object]]] = {
             "DICOMRPC_DATA": ("data_dir", Path),
+            "DICOMRPC_BLOBS": ("blobs", str),
+            "DICOMRPC_S3_ENDPOINT": ("s3_endpoint", str),
             "DICOMRPC_HOST": ("host", str),
             "DICOMRPC_GRPC_PORT": ("grpc_port", int),
             "DICOMRPC_HTTP_PORT": ("http_port", int),
@@ -379,6 +399,17 @@ def _flag_type(parse: Callable[[str], object]) -> Callable[[str], object]:
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``serve`` options (each also settable by a ``DICOMRPC_*`` variable)."""
     parser.add_argument("--data", type=Path, help="data directory (env DICOMRPC_DATA, ./data)")
+    parser.add_argument(
+        "--blobs",
+        metavar="s3://BUCKET/PREFIX",
+        help="store instance files as objects in S3-compatible storage; credentials and region "
+        "from the AWS_* variables (env DICOMRPC_BLOBS, the data directory)",
+    )
+    parser.add_argument(
+        "--s3-endpoint",
+        metavar="URL",
+        help="endpoint of the S3-compatible service (env DICOMRPC_S3_ENDPOINT, AWS's)",
+    )
     parser.add_argument("--host", help="address to bind (env DICOMRPC_HOST, 127.0.0.1)")
     parser.add_argument(
         "--grpc-port", type=int, help="gRPC port, 0 for any (env DICOMRPC_GRPC_PORT, 50051)"

@@ -29,6 +29,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     """Settings from the environment, then the command line."""
     return Settings.from_env(
         data_dir=args.data,
+        blobs=args.blobs,
+        s3_endpoint=args.s3_endpoint,
         host=args.host,
         grpc_port=args.grpc_port,
         http_port=args.http_port,

@@ -61,6 +61,7 @@ from dicomrpc_server.storage.recovery import (
     examine,
     settle,
 )
+from dicomrpc_server.storage.s3_startup import FOLDER_STORE, recorded_store
 from dicomrpc_server.store.prepare import PreparedInstance, prepare
 from dicomrpc_server.workers import WorkerPool
 
@@ -115,10 +116,19 @@ def rebuild_index(data_dir: Path, *, workers: int, progress: bool = True) -> Reb
     Raises
     ------
     StartupError
-        When the folder does not exist or is in use (``DATA_FOLDER_IN_USE``).
+        When the folder does not exist or is in use (``DATA_FOLDER_IN_USE``), or its files
+        are S3 objects (``REBUILD_UNSUPPORTED``).
     """
     if not data_dir.is_dir():
         raise StartupError("DATA_FOLDER_MISSING", f"data folder {data_dir} does not exist")
+    stored_in = recorded_store(data_dir)
+    if stored_in is not None and stored_in != FOLDER_STORE:
+        raise StartupError(
+            "REBUILD_UNSUPPORTED",
+            f"the instance files of data folder {data_dir} are objects in {stored_in}, and "
+            "rebuild-index reads files in the data folder: it cannot rebuild this index. "
+            "Nothing was changed",
+        )
     lock = DataFolderLock(data_dir, "dicomrpc rebuild-index")
     try:
         return asyncio.run(_Rebuild(data_dir, workers, progress).run())

@@ -14,7 +14,6 @@ from __future__ import annotations
 import re
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import pydicom
 from pydicom.dataelem import RawDataElement
@@ -23,6 +22,7 @@ from pydicom.dataset import Dataset
 from dicomrpc_server.dicom.structure import DEFLATED_SYNTAXES
 from dicomrpc_server.errors import invalid_argument
 from dicomrpc_server.retrieve.scope import not_found
+from dicomrpc_server.storage.sources import Source, open_source
 
 _PATH = re.compile(r"[0-9A-Fa-f]{8}(?:\.\d+\.[0-9A-Fa-f]{8})*")
 # Values longer than this are located, not read, when the file is parsed.
@@ -48,13 +48,13 @@ def check_tag_path(tag_path: str) -> list[str]:
     return tag_path.split(".")
 
 
-def locate_bulk_data(path: Path, tag_path: str, transfer_syntax_uid: str) -> ByteRange | bytes:
-    """Where the binary element at ``tag_path`` is in the file at ``path``, or its value."""
+def locate_bulk_data(source: Source, tag_path: str, transfer_syntax_uid: str) -> ByteRange | bytes:
+    """Where the binary element at ``tag_path`` is in the file ``source``, or its value."""
     parts = check_tag_path(tag_path)
     deflated = transfer_syntax_uid in DEFLATED_SYNTAXES
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), open_source(source) as fp:
         warnings.simplefilter("ignore")
-        dataset: Dataset = pydicom.dcmread(path, defer_size=None if deflated else DEFER_BYTES)
+        dataset: Dataset = pydicom.dcmread(fp, defer_size=None if deflated else DEFER_BYTES)
         for at in range(0, len(parts) - 1, 2):
             tag, item = int(parts[at], 16), int(parts[at + 1])
             element = dataset.get(tag)

@@ -14,8 +14,7 @@ import io
 import math
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Final
+from typing import Any, BinaryIO, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -42,6 +41,7 @@ from dicomrpc_server.retrieve.transcode import (
     check_encoded_frame,
     within_limits,
 )
+from dicomrpc_server.storage.sources import Source, open_source
 
 __all__ = ["RenderOptions", "render"]
 
@@ -91,14 +91,14 @@ class RenderOptions:
 
 
 def render(
-    path: Path, options: RenderOptions, max_frame_pixels: int = Settings.max_frame_pixels
+    source: Source, options: RenderOptions, max_frame_pixels: int = Settings.max_frame_pixels
 ) -> tuple[str, bytes]:
-    """Render one frame of the instance stored at `path`.
+    """Render one frame of the instance stored in `source`.
 
     Parameters
     ----------
-    path
-        The stored DICOM file.
+    source
+        The stored DICOM file: a path, or a blob of the archive's store.
     options
         What to render and how.
     max_frame_pixels
@@ -124,7 +124,8 @@ def render(
     # the test suite runs with warnings as errors.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        image = _render_image(path, options, max_frame_pixels)
+        with open_source(source) as fp:  # open while deferred values may be read
+            image = _render_image(fp, options, max_frame_pixels)
     return media_type, _encode(_fit(image, options.max_size), media_type, options.quality or 100)
 
 
@@ -148,9 +149,9 @@ def _check_options(options: RenderOptions) -> str:
     return media_type
 
 
-def _render_image(path: Path, options: RenderOptions, max_pixels: int) -> Image.Image:
+def _render_image(fp: BinaryIO, options: RenderOptions, max_pixels: int) -> Image.Image:
     """Read, decode and transform one frame into an 8-bit Pillow image of the stored size."""
-    meta = pydicom.dcmread(path, defer_size=DEFER_SIZE)
+    meta = pydicom.dcmread(fp, defer_size=DEFER_SIZE)
     sop_uid = str(meta.get("SOPInstanceUID", ""))
     if not any(tag in meta for tag in PIXEL_DATA_TAGS):
         raise ServiceError(
@@ -169,8 +170,8 @@ def _render_image(path: Path, options: RenderOptions, max_pixels: int) -> Image.
             f"frame{'s' if count != 1 else ''}",
             metadata={"frames": str(frame), "number_of_frames": str(count)},
         )
-    _check_frame(path, frame - 1, meta, sop_uid, max_pixels)
-    pixels = _decode(path, frame - 1, meta, sop_uid)
+    _check_frame(fp, frame - 1, meta, sop_uid, max_pixels)
+    pixels = _decode(fp, frame - 1, meta, sop_uid)
     photometric = str(meta.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     if photometric == "PALETTE COLOR":
         return Image.fromarray(_palette(pixels, meta))
@@ -186,7 +187,7 @@ def _render_image(path: Path, options: RenderOptions, max_pixels: int) -> Image.
     return Image.fromarray(_to_uint8(gray))
 
 
-def _check_frame(path: Path, index: int, meta: Dataset, sop_uid: str, max_pixels: int) -> None:
+def _check_frame(fp: BinaryIO, index: int, meta: Dataset, sop_uid: str, max_pixels: int) -> None:
     """Hold frame `index` (0-based) to the data set's header and the pixel limit, undecoded."""
     file_meta = getattr(meta, "file_meta", None)
     syntax = str(file_meta.get("TransferSyntaxUID", "")) if file_meta is not None else ""
@@ -197,7 +198,7 @@ def _check_frame(path: Path, index: int, meta: Dataset, sop_uid: str, max_pixels
         raw = meta.get_item(0x7FE00010, keep_deferred=True)
         at = None
         if isinstance(raw, RawDataElement) and raw.value is None and raw.value_tell is not None:
-            at = (path, raw.value_tell)  # deferred: the frame is read from the file
+            at = (fp, raw.value_tell)  # deferred: the frame is read from the file
         check_encoded_frame(meta, syntax, index, geometry, max_pixels, at)
     except (GeometryError, ValueError, IndexError, EOFError) as exc:
         raise ServiceError(
@@ -209,25 +210,26 @@ def _check_frame(path: Path, index: int, meta: Dataset, sop_uid: str, max_pixels
         ) from exc
 
 
-def _decode(path: Path, index: int, meta: Dataset, sop_uid: str) -> npt.NDArray[Any]:
+def _decode(fp: BinaryIO, index: int, meta: Dataset, sop_uid: str) -> npt.NDArray[Any]:
     """Decode frame `index` (0-based) alone, as (rows, columns[, samples]).
 
-    The file is read from its path, so only that frame's bytes are decoded and held. Files that
-    route cannot read (a deflated dataset, an unusual encapsulation) are read whole and decoded
-    from the dataset instead; what fails both ways cannot be rendered.
+    The frame is read from the file object, so only that frame's bytes are decoded and held.
+    Files that route cannot read (a deflated dataset, an unusual encapsulation) are read whole
+    and decoded from the dataset instead; what fails both ways cannot be rendered.
     """
     file_meta = getattr(meta, "file_meta", None)
     syntax = str(file_meta.get("TransferSyntaxUID", "")) if file_meta is not None else ""
     try:
         if syntax == DEFLATED:
             raise NotImplementedError("a deflated dataset is inflated by dcmread")
-        arr = pixel_array(path, index=index)
-    except OSError:
+        arr = pixel_array(fp, index=index)
+    except (OSError, ServiceError):
         raise
     except Exception:  # decoders and their plugins raise many kinds of error
         try:
-            arr = pixel_array(pydicom.dcmread(path), index=index)
-        except OSError:
+            fp.seek(0)
+            arr = pixel_array(pydicom.dcmread(fp), index=index)
+        except (OSError, ServiceError):
             raise
         except Exception as exc:
             raise ServiceError(

@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import hashlib
-import os
 from collections.abc import AsyncIterator, Collection, Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -33,8 +30,8 @@ from dicomrpc_server.retrieve.transcode import (
     transcode_instance,
 )
 from dicomrpc_server.storage import records_pb2
-from dicomrpc_server.storage.blobs import LocalBlobStore
 from dicomrpc_server.storage.lmdb_index import LmdbIndex
+from dicomrpc_server.storage.protocols import BlobReader, BlobRef, BlobStore
 from dicomrpc_server.workers import WorkerPool
 
 MIN_CHUNK = 64 * 1024
@@ -97,45 +94,6 @@ async def read_ahead(source: AsyncIterator[T], depth: int = READ_AHEAD) -> Async
             await task
 
 
-async def read_at(fd: int, buffer: bytearray, size: int, offset: int) -> bytes:
-    """Up to ``size`` bytes of ``fd`` at ``offset``, without blocking the event loop.
-
-    Bytes in the page cache (what a retrieve of recently stored or read data mostly meets) are
-    copied at once, through ``buffer`` (reused by the caller, at least ``size`` long): a thread
-    round trip per chunk costs more than the copy. Only a read that would wait for the disk
-    goes to a thread, and every read does where the kernel or the file system cannot read
-    without waiting.
-    """
-    if _nowait.flag:
-        view = memoryview(buffer)[:size]
-        try:
-            got = os.preadv(fd, [view], offset, _nowait.flag)
-        except BlockingIOError:
-            got = 0
-        except OSError as exc:
-            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-                raise
-            _nowait.flag = 0
-            got = 0
-        if got:
-            return bytes(view[:got])
-    return await asyncio.to_thread(os.pread, fd, size, offset)
-
-
-@dataclass
-class _NoWait:
-    """The flag of reads that fail rather than wait for the disk, or 0 when unsupported.
-
-    ``RWF_NOWAIT`` exists from Linux 4.14 (buffered reads need a 5.x kernel on most file
-    systems); the first read refused for want of it turns it off.
-    """
-
-    flag: int
-
-
-_nowait = _NoWait(getattr(os, "RWF_NOWAIT", 0))
-
-
 def as_stored(requested: str, stored: str) -> bool:
     """Whether a requested transfer syntax means the stored bytes, untouched."""
     return requested in ("", "*", stored)
@@ -152,7 +110,8 @@ class RetrieveCore:
     Parameters
     ----------
     index, blobs
-        The storage.
+        The storage. Blobs are read through the blob store's readers (positional reads, no
+        local path); worker processes get a :class:`BlobRef` and open the blob themselves.
     chunk_bytes
         The default chunk size.
     workers
@@ -167,7 +126,7 @@ class RetrieveCore:
     def __init__(
         self,
         index: LmdbIndex,
-        blobs: LocalBlobStore,
+        blobs: BlobStore,
         chunk_bytes: int,
         workers: WorkerPool,
         max_frames: int = Settings.max_frames_per_request,
@@ -207,7 +166,7 @@ class RetrieveCore:
             )
         data = await self.workers.run(
             transcode_instance,
-            self.blobs.path(record.blob_id),
+            self.blobs.ref(record.blob_id),
             transfer_syntax,
             what=f"transcoding instance {instance.sop_uid} from "
             f"{syntax_name(record.transfer_syntax_uid)} to {syntax_name(transfer_syntax)}",
@@ -292,7 +251,7 @@ class RetrieveCore:
         )
         data = await self.workers.run(
             _frames_list,
-            self.blobs.path(instance.record.blob_id),
+            self.blobs.ref(instance.record.blob_id),
             numbers,
             target,
             allow_lossy,
@@ -314,13 +273,15 @@ class RetrieveCore:
         while (item := await asyncio.to_thread(next, frames, None)) is not None:
             yield item
 
-    def read_frame(self, fp: BinaryIO, table: records_pb2.FrameTable, number: int) -> bytes:
-        """One frame's bytes: one seek and read per range (per fragment when encapsulated)."""
+    def read_frame(self, reader: BlobReader, table: records_pb2.FrameTable, number: int) -> bytes:
+        """One frame's bytes: one positional read, or one per range of distant fragments.
+
+        The fragments of an encapsulated frame mostly follow one another, 8 bytes of item
+        header apart: they are read as one span and cut, one request to an object store
+        rather than one per fragment.
+        """
         ranges, bit_offset = frame_ranges(table, number)
-        parts = []
-        for offset, length in ranges:
-            fp.seek(offset)
-            parts.append(fp.read(length))
+        parts = [span[start : start + length] for span, start, length in _spans(reader, ranges)]
         data = b"".join(parts)
         if bit_offset:
             data = _realign_bits(data, bit_offset)
@@ -334,9 +295,12 @@ class RetrieveCore:
         self, instance: StoredInstance, table: records_pb2.FrameTable, numbers: list[int]
     ) -> Iterator[tuple[int, bytes]]:
         """Each requested frame's bytes, in order (blocking reads: run it in a thread)."""
-        with self.blobs.open(instance.record.blob_id) as fp:
+        reader = self.blobs.open(instance.record.blob_id)
+        try:
             for number in numbers:
-                yield number, self.read_frame(fp, table, number)
+                yield number, self.read_frame(reader, table, number)
+        finally:
+            reader.close()
 
     # -- rendered --------------------------------------------------------------------------
 
@@ -353,7 +317,7 @@ class RetrieveCore:
         check_frame_range([options.frame_number or 1], record.number_of_frames)
         return await self.workers.run(
             render,
-            self.blobs.path(record.blob_id),
+            self.blobs.ref(record.blob_id),
             options,
             self.max_frame_pixels,
             what=f"rendering frame {options.frame_number or 1} of instance {instance.sop_uid} "
@@ -402,7 +366,7 @@ class RetrieveCore:
         record = instance.record
         found = await self.workers.run(
             locate_bulk_data,
-            self.blobs.path(record.blob_id),
+            self.blobs.ref(record.blob_id),
             tag_path,
             record.transfer_syntax_uid,
             what=f"reading bulk data {tag_path} of instance {instance.sop_uid}",
@@ -421,28 +385,30 @@ class RetrieveCore:
         The size was announced before the first byte (a part's Content-Length, a stream's
         header): a file cut short must fail the stream, not end it early as if complete.
         """
+        sent = 0
         try:
-            fp = self.blobs.open(instance.record.blob_id)
+            reader = self.blobs.open(instance.record.blob_id)
         except FileNotFoundError as exc:
             raise not_found(f"the file of instance {instance.sop_uid}") from exc
         try:
-            offset, end = where.offset, where.offset + where.length
-            buffer = bytearray(min(chunk, where.length))
-            while offset < end and (
-                data := await read_at(fp.fileno(), buffer, min(chunk, end - offset), offset)
-            ):
-                offset += len(data)
-                yield data
-            if offset < end:
+            try:
+                async for data in reader.chunks(where.offset, where.length, chunk):
+                    sent += len(data)
+                    yield data
+            except FileNotFoundError as exc:  # a store that looks for the blob at its first read
+                if sent:
+                    raise
+                raise not_found(f"the file of instance {instance.sop_uid}") from exc
+            if sent < where.length:
                 raise ServiceError(
                     Code.INTERNAL,
                     "INTERNAL_FAILURE",
                     f"the file of instance {instance.sop_uid} ends after "
-                    f"{offset - where.offset} of the {where.length} bytes to send",
+                    f"{sent} of the {where.length} bytes to send",
                     metadata={"sop_instance_uid": instance.sop_uid},
                 )
         finally:
-            fp.close()
+            reader.close()
 
 
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
@@ -461,14 +427,37 @@ def check_frame_range(numbers: list[int], count: int) -> None:
 
 
 def _frames_list(
-    path: Path, numbers: list[int], target: str, allow_lossy: bool, max_frame_pixels: int
+    source: BlobRef, numbers: list[int], target: str, allow_lossy: bool, max_frame_pixels: int
 ) -> list[bytes]:
     """Decode (and re-encode) frames in a worker process; the frames asked for, in order."""
     return list(
         transcode_frames(
-            path, numbers, target, allow_lossy=allow_lossy, max_frame_pixels=max_frame_pixels
+            source, numbers, target, allow_lossy=allow_lossy, max_frame_pixels=max_frame_pixels
         )
     )
+
+
+# Fragments of one frame further apart than this are read separately.
+MAX_GAP = 64 * 1024
+
+
+def _spans(reader: BlobReader, ranges: list[tuple[int, int]]) -> Iterator[tuple[bytes, int, int]]:
+    """Read ``ranges`` (in file order) in as few reads as their gaps allow.
+
+    Yields each range as (the bytes of the read holding it, its start in them, its length).
+    """
+    i = 0
+    while i < len(ranges):
+        first = ranges[i][0]
+        end = first + ranges[i][1]
+        j = i + 1
+        while j < len(ranges) and 0 <= ranges[j][0] - end <= MAX_GAP:
+            end = ranges[j][0] + ranges[j][1]
+            j += 1
+        span = reader.pread(end - first, first)
+        for offset, length in ranges[i:j]:
+            yield span, offset - first, length
+        i = j
 
 
 def _frames_named(numbers: list[int]) -> str:

@@ -38,13 +38,12 @@ from __future__ import annotations
 
 import functools
 import io
-import os
 import struct
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from numpy.typing import NDArray
@@ -63,6 +62,14 @@ from dicomrpc_server.dicom.codestreams import check_frame, encoded_frame
 from dicomrpc_server.dicom.elements import ElementValues
 from dicomrpc_server.dicom.pixeldata import FrameGeometry, frame_geometry, too_many_pixels
 from dicomrpc_server.errors import Code, ServiceError
+from dicomrpc_server.storage.protocols import BlobRef
+from dicomrpc_server.storage.sources import (
+    Source,
+    file_size,
+    open_source,
+    read_source,
+    source_name,
+)
 
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
@@ -416,15 +423,18 @@ def check_transcodable(source_uid: str, target_uid: str, *, allow_lossy: bool) -
 # -- reading and writing -------------------------------------------------------------------
 
 
-def _read(path: Path) -> FileDataset:
-    """The Part 10 file at ``path``, every element parsed."""
+def _read(source: Source) -> FileDataset:
+    """The Part 10 file ``source``, every element parsed."""
     try:
-        ds = dcmread(path)
+        with open_source(source) as fp:
+            ds = dcmread(fp)
+    except ServiceError:  # the blob store could not be read
+        raise
     except Exception as exc:
         raise ServiceError(
             Code.FAILED_PRECONDITION,
             "TRANSFER_SYNTAX_UNSUPPORTED",
-            f"the stored file {path.name} cannot be parsed for transcoding: {exc}",
+            f"the stored file {source_name(source)} cannot be parsed for transcoding: {exc}",
         ) from exc
     return ds
 
@@ -437,7 +447,7 @@ class _PixelValue:
     fully parsed data set would give the element.
     """
 
-    path: Path
+    source: Source
     offset: int
     length: int | None
     vr: str
@@ -457,7 +467,7 @@ class _Sized:
 _PIXEL_VRS = (b"OB", b"OW", b"UN")
 
 
-def _locate_pixels(ds: FileDataset, path: Path, fp: Any) -> _PixelValue | None:
+def _locate_pixels(ds: FileDataset, source: Source, fp: Any) -> _PixelValue | None:
     """The Pixel Data value that ``fp`` (stopped before the pixels) is at, if regular.
 
     None when the file must be parsed whole instead: no Pixel Data (or Float Pixel Data
@@ -488,40 +498,42 @@ def _locate_pixels(ds: FileDataset, path: Path, fp: Any) -> _PixelValue | None:
     offset = int(fp.tell())
     native = _stored_syntax(ds) in NATIVE_SYNTAXES
     if length == 0xFFFFFFFF:
-        return None if native else _PixelValue(path, offset, None, vr)
-    if not native or offset + length > os.fstat(fp.fileno()).st_size:
+        return None if native else _PixelValue(source, offset, None, vr)
+    if not native or offset + length > file_size(fp):
         return None
-    return _PixelValue(path, offset, length, vr)
+    return _PixelValue(source, offset, length, vr)
 
 
-def _read_for_frames(path: Path) -> tuple[FileDataset, _PixelValue | None]:
-    """The data set at ``path`` without reading its pixels, and where the pixels lie.
+def _read_for_frames(source: Source) -> tuple[FileDataset, _PixelValue | None]:
+    """The data set in ``source`` without reading its pixels, and where the pixels lie.
 
     Only the elements before Pixel Data are parsed. When the pixels cannot be read from the
     file directly (deflated files, no Pixel Data, anything irregular) the file is parsed
     whole, as :func:`_read` does, and the second value is None.
     """
     try:
-        with open(os.fspath(path), "rb") as fp:
+        with open_source(source) as fp:
             ds = dcmread(fp, stop_before_pixels=True)
             if _stored_syntax(ds) == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
                 pixels = None
             else:
-                pixels = _locate_pixels(ds, path, fp)
+                pixels = _locate_pixels(ds, source, fp)
+    except ServiceError:
+        raise
     except Exception as exc:
         raise ServiceError(
             Code.FAILED_PRECONDITION,
             "TRANSFER_SYNTAX_UNSUPPORTED",
-            f"the stored file {path.name} cannot be parsed for transcoding: {exc}",
+            f"the stored file {source_name(source)} cannot be parsed for transcoding: {exc}",
         ) from exc
     if pixels is None:
-        return _read(path), None
+        return _read(source), None
     return ds, pixels
 
 
-def _read_range(path: Path, start: int, length: int) -> bytes:
-    """``length`` bytes of the file at ``path`` from ``start`` (fewer at its end)."""
-    with open(os.fspath(path), "rb") as fp:
+def _read_range(source: Source, start: int, length: int) -> bytes:
+    """``length`` bytes of ``source`` from ``start`` (fewer at its end)."""
+    with open_source(source) as fp:
         fp.seek(start)
         return fp.read(max(length, 0))
 
@@ -613,7 +625,7 @@ def _decode_from_file(
         runner.set_source(_Sized(pixels.length))  # type: ignore[arg-type]
         runner.set_options(**options)
         runner.validate()
-    with open(os.fspath(pixels.path), "rb") as fp:
+    with open_source(pixels.source) as fp:
         fp.seek(pixels.offset)
         decoder = get_decoder(UID(source_uid))
         arr, props = decoder.as_array(fp, index=index, decoding_plugin=plugin, **options)
@@ -650,12 +662,13 @@ def check_encoded_frame(
     index: int,
     geometry: FrameGeometry,
     max_pixels: int,
-    at: tuple[Path, int] | None = None,
+    at: tuple[Source | BinaryIO, int] | None = None,
 ) -> None:
     """Hold frame ``index`` (0-based) of encapsulated data to its header before decoding it.
 
     The frame is found as pydicom's decoders find it: in ``ds.PixelData``, or in the file
-    ``at[0]`` whose Pixel Data value starts at byte ``at[1]``.
+    ``at[0]`` (a source, or a file object already open on it) whose Pixel Data value starts
+    at byte ``at[1]``.
     """
     count = get_nr_frames(ds, warn=False)
     offsets = None
@@ -663,10 +676,13 @@ def check_encoded_frame(
         offsets = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
     if at is None:
         frame = encoded_frame(ds.PixelData, index, count, offsets)
-    else:
-        with open(os.fspath(at[0]), "rb") as fp:
+    elif isinstance(at[0], Path | BlobRef):
+        with open_source(at[0]) as fp:
             fp.seek(at[1])
             frame = encoded_frame(fp, index, count, offsets)
+    else:
+        at[0].seek(at[1])
+        frame = encoded_frame(at[0], index, count, offsets)
     what = f"frame {index + 1} of instance {ds.get('SOPInstanceUID', '')}"
     check_frame(frame, source_uid, geometry, max_pixels, what)
 
@@ -691,7 +707,7 @@ def _iter_decoded(
         indices = list(range(get_nr_frames(ds, warn=False)))
     for index in indices:
         if source_uid not in NATIVE_SYNTAXES:
-            at = None if pixels is None else (pixels.path, pixels.offset)
+            at = None if pixels is None else (pixels.source, pixels.offset)
             check_encoded_frame(ds, source_uid, index, geometry, max_pixels, at)
         # One frame at a time with as_array: iter_array fails on read-only buffers when it
         # corrects the sign of JPEG 2000 samples (pydicom 3.0).
@@ -911,18 +927,18 @@ def _has_pixels(ds: Dataset) -> bool:
 
 
 def transcode_instance(
-    path: Path,
+    source: Source,
     target_uid: str,
     *,
     allow_lossy: bool,
     max_frame_pixels: int = Settings.max_frame_pixels,
 ) -> bytes:
-    """The whole Part 10 file at ``path`` re-encoded in ``target_uid``.
+    """The whole Part 10 file ``source`` re-encoded in ``target_uid``.
 
     Parameters
     ----------
-    path
-        The stored Part 10 file.
+    source
+        The stored Part 10 file: a path, or a blob of the archive's store.
     target_uid
         The transfer syntax asked for.
     allow_lossy
@@ -947,11 +963,11 @@ def transcode_instance(
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ds = _read(path)
+        ds = _read(source)
         source_uid = _stored_syntax(ds)
         check_transcodable(source_uid, target_uid, allow_lossy=allow_lossy)
         if source_uid == target_uid:
-            return path.read_bytes()
+            return read_source(source)
         try:
             if source_uid in NATIVE_SYNTAXES and target_uid in NATIVE_SYNTAXES:
                 return _native_to_native(ds, source_uid, target_uid)
@@ -1028,7 +1044,7 @@ def _native_file_source(
         stop = min(max(number * size, start), total)
         first = start - start % word
         last = min(stop + (-stop) % word, total)
-        data = _read_range(pixels.path, pixels.offset + first, last - first)
+        data = _read_range(pixels.source, pixels.offset + first, last - first)
         if word > 1:
             data = _swap(data, word)
         chunk = data[start - first : stop - first]
@@ -1038,14 +1054,14 @@ def _native_file_source(
 
 
 def transcode_frames(
-    path: Path,
+    source: Source,
     numbers: list[int],
     target_uid: str,
     *,
     allow_lossy: bool,
     max_frame_pixels: int = Settings.max_frame_pixels,
 ) -> Iterator[bytes]:
-    """Each requested frame of the instance at ``path``, in ``target_uid``.
+    """Each requested frame of the instance ``source``, in ``target_uid``.
 
     Everything that can be checked is checked on the call, before the iterator is returned:
     the syntax, the frame numbers and the first frame's transcoding, so a failure never
@@ -1053,8 +1069,8 @@ def transcode_frames(
 
     Parameters
     ----------
-    path
-        The stored Part 10 file.
+    source
+        The stored Part 10 file: a path, or a blob of the archive's store.
     numbers
         1-based frame numbers, in the order wanted.
     target_uid
@@ -1079,14 +1095,14 @@ def transcode_frames(
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ds, pixels = _read_for_frames(path)
+        ds, pixels = _read_for_frames(source)
         source_uid = _stored_syntax(ds)
         check_transcodable(source_uid, target_uid, allow_lossy=allow_lossy)
         if pixels is None and "PixelData" not in ds:
             raise ServiceError(
                 Code.FAILED_PRECONDITION,
                 "NO_PIXEL_DATA",
-                f"the instance in {path.name} has no pixel data",
+                f"the instance in {source_name(source)} has no pixel data",
                 metadata={"transfer_syntax_uid": target_uid},
             )
         count = get_nr_frames(ds, warn=False)

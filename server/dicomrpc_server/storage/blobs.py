@@ -35,7 +35,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from dicomrpc_server.storage.protocols import Upload
+from dicomrpc_server.storage.file_reader import FileReader, FolderSpec
+from dicomrpc_server.storage.protocols import BlobRef, Upload
 
 PREAMBLE_LENGTH = 128
 SHARD_SIZE = 10_000
@@ -193,9 +194,13 @@ class LocalBlobStore:
                 target.unlink(missing_ok=True)
             upload.discard()
 
-    def open(self, blob_id: str) -> BinaryIO:
-        """Open a stored file for reading."""
-        return open(self.path(blob_id), "rb")
+    def open(self, blob_id: str) -> FileReader:
+        """Open a stored file for reading: positional reads on its descriptor."""
+        return FileReader(self.path(blob_id))
+
+    def ref(self, blob_id: str) -> BlobRef:
+        """A reference worker processes open the file by (they share the file system)."""
+        return BlobRef(FolderSpec(self.blobs_dir, BLOB_SUFFIX), blob_id)
 
     def remove(self, blob_ids: Iterable[str]) -> None:
         """Remove stored files (and any upload name left beside one), durably.

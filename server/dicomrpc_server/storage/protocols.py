@@ -1,14 +1,17 @@
 """The roles the services see: where instance files live, the index over them, its change log.
 
-The embedded default is a directory of files plus LMDB (:mod:`.blobs`, :mod:`.lmdb_index`); a
-shared PostgreSQL index and S3-compatible object storage implement the same protocols
-so that no service changes when a deployment outgrows one machine.
+The embedded default is a directory of files plus LMDB (:mod:`.blobs`, :mod:`.lmdb_index`);
+S3-compatible object storage (:mod:`.s3`) implements the same blob store role, and a shared
+PostgreSQL index is to implement the index's, so that no service changes when a deployment
+outgrows one machine. The blob store gives ranged reads and no local path: the services never
+assume a file system under the blobs (``tests/test_blob_contract.py`` holds every store to
+one contract).
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -33,8 +36,66 @@ class Upload(Protocol):
         """Remove the partial file, even when its last bytes cannot be written (a full disk)."""
 
 
+class BlobReader(Protocol):
+    """One stored blob opened for reading: positional reads, no local path.
+
+    A reader holds what its store needs to read (a file descriptor, a response): close it when
+    done. Reads past the end return fewer bytes (none at the end), as ``pread`` does.
+    """
+
+    @property
+    def size(self) -> int:
+        """The blob's size in bytes (blocking where the store must ask for it)."""
+
+    def pread(self, size: int, offset: int) -> bytes:
+        """Up to ``size`` bytes at ``offset`` (blocking: call it from a thread)."""
+
+    def chunks(self, offset: int, length: int, chunk: int) -> AsyncIterator[bytes]:
+        """The bytes of ``offset .. offset + length`` in chunks of at most ``chunk`` bytes.
+
+        Read as the consumer asks, without blocking the event loop; it stops early at the end
+        of the blob (the caller, who announced a size, tells a short blob from a complete one).
+        """
+
+    def close(self) -> None:
+        """Release what the reader holds (idempotent)."""
+
+
+class BlobSpec(Protocol):
+    """What a process needs to open a store's blobs: picklable, so worker processes get it.
+
+    Codec workers are separate processes: they are sent a :class:`BlobRef` (this spec and a
+    blob id) and open the blob themselves, reading only what they need.
+    """
+
+    def open_file(self, blob_id: str) -> BinaryIO:
+        """A seekable binary file object over a stored blob (``FileNotFoundError`` if none)."""
+
+
+@dataclass(frozen=True)
+class BlobRef:
+    """A stored blob as a worker process finds it: its store's spec and its id (picklable)."""
+
+    spec: BlobSpec
+    blob_id: str
+
+    @property
+    def name(self) -> str:
+        """The blob as messages name it."""
+        return self.blob_id
+
+    def open(self) -> BinaryIO:
+        """Open the blob for reading, through its store."""
+        return self.spec.open_file(self.blob_id)
+
+
 class BlobStore(Protocol):
-    """Write-once storage of instance files."""
+    """Write-once storage of instance files: a folder, a shared folder, S3.
+
+    Writes go through a local upload (a spool file the parse workers read), are made durable
+    by :meth:`persist` and named by the index only after that; reads go through
+    :meth:`open` (a :class:`BlobReader`) or, in a worker process, :meth:`ref`.
+    """
 
     def new_upload(self) -> Upload:
         """Start receiving a file; its blob id is chosen now."""
@@ -42,8 +103,9 @@ class BlobStore(Protocol):
     def persist(self, upload: Upload) -> str:
         """Make an upload's bytes durable; return its blob id.
 
-        The file gets its final name, durably, at the next :meth:`sync`, which the index writer
-        calls before every commit: the index never names a blob that cannot be opened.
+        Its blob can be opened, durably, at the latest after the next :meth:`sync`, which the
+        index writer calls before every commit: the index never names a blob that cannot be
+        opened.
         """
 
     def sync(self) -> None:
@@ -55,14 +117,21 @@ class BlobStore(Protocol):
     def discard(self, upload: Upload) -> None:
         """Remove a persisted upload whose index commit failed."""
 
-    def open(self, blob_id: str) -> BinaryIO:
-        """Open a stored file for reading."""
+    def open(self, blob_id: str) -> BlobReader:
+        """Open a stored blob for reading, without blocking for long (called on the loop).
+
+        Raises ``FileNotFoundError`` when there is no such blob: here, or, for a store that
+        cannot look without a round trip (S3), at the reader's first read.
+        """
+
+    def ref(self, blob_id: str) -> BlobRef:
+        """A picklable reference to a stored blob, for worker processes."""
 
     def remove(self, blob_ids: Iterable[str]) -> None:
-        """Remove stored files durably (missing is not an error)."""
+        """Remove stored blobs durably (missing is not an error)."""
 
     def blob_ids(self) -> Iterator[str]:
-        """Every stored blob id, for the start-up checks."""
+        """Every stored blob id, for the start-up checks and maintenance."""
 
 
 @dataclass

@@ -1,0 +1,135 @@
+"""Opening an archive whose instance files are S3 objects: checks, index, recovery.
+
+The data folder still holds the index (and the spooled uploads with their markers); it records
+which blob store its index names blobs in (``blob-store``), so that a folder indexed against
+one store is never served against another: an index naming objects served from the folder
+store, or the reverse, would answer every retrieve with a missing file, and recovery would
+judge one store's leftovers by the other's names.
+
+What start-up does differs from the folder store's on purpose (see :mod:`.s3`): it settles this
+data folder's markers and pending removals and never lists the bucket, which other nodes may
+share. So ``--quarantine-unindexed`` has nothing to act on and is refused, and
+``dicomrpc rebuild-index`` (which reads the instance files of the data folder) refuses a
+folder whose files are in S3.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from dicomrpc_server.config import Settings
+from dicomrpc_server.errors import StartupError
+from dicomrpc_server.storage.blobs import fsync_dir
+from dicomrpc_server.storage.lmdb_index import LmdbIndex
+from dicomrpc_server.storage.s3 import S3BlobStore, S3Location, S3Recovery
+
+STORE_FILE = "blob-store"
+INDEX_DIR = "index"
+REBUILDING_DIR = "index.rebuilding"
+FOLDER_STORE = "folder"
+
+
+def recorded_store(data_dir: Path) -> str | None:
+    """The blob store a data folder's index names blobs in (``s3://...``), or None: unrecorded.
+
+    A folder without the record has only ever been served with its files in the folder.
+    """
+    try:
+        return (data_dir / STORE_FILE).read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def check_folder_store(data_dir: Path) -> None:
+    """Refuse to serve a data folder from its own files when its index names S3 objects."""
+    recorded = recorded_store(data_dir)
+    if recorded is not None and recorded != FOLDER_STORE:
+        raise StartupError(
+            "BLOB_STORE_CHANGED",
+            f"the index of data folder {data_dir} names instance files stored in {recorded}; "
+            f"serve it with `--blobs {recorded}` (and its --s3-endpoint). Nothing was changed",
+        )
+
+
+def _check_record(data_dir: Path, location: S3Location) -> bool:
+    """Refuse a data folder indexed against another store; whether ``location`` is recorded."""
+    recorded = recorded_store(data_dir)
+    if recorded == location.url:
+        return True
+    if recorded is not None:
+        raise StartupError(
+            "BLOB_STORE_CHANGED",
+            f"the index of data folder {data_dir} names instance files stored in {recorded}, "
+            f"not in {location.url}. Nothing was changed",
+        )
+    if (data_dir / INDEX_DIR / "data.mdb").exists():
+        raise StartupError(
+            "BLOB_STORE_CHANGED",
+            f"data folder {data_dir} has an index of files kept in the folder; it cannot be "
+            f"served with --blobs {location.url}. Use a new data folder for an S3 store",
+        )
+    return False
+
+
+def _record(data_dir: Path, location: S3Location) -> None:
+    """Record, durably, that the index names objects of ``location``."""
+    path = data_dir / STORE_FILE
+    temporary = path.with_suffix(".tmp")
+    with open(temporary, "w") as fp:
+        fp.write(location.url + "\n")
+        fp.flush()
+        os.fsync(fp.fileno())
+    os.replace(temporary, path)
+    fsync_dir(data_dir)
+
+
+def open_s3_storage(settings: Settings) -> tuple[S3BlobStore, LmdbIndex, S3Recovery]:
+    """Open the S3 store of ``settings.blobs`` and the index in the data folder, and recover.
+
+    Raises
+    ------
+    StartupError
+        ``QUARANTINE_UNSUPPORTED`` (``--quarantine-unindexed`` with S3), ``REBUILD_UNFINISHED``,
+        ``BLOB_STORE_CHANGED`` (a data folder indexed against another store) or
+        ``BLOB_STORE_UNAVAILABLE`` (the bucket cannot be reached); nothing is changed then.
+    """
+    data_dir = settings.data_dir
+    try:
+        location = S3Location.parse(settings.blobs, settings.s3_endpoint)
+    except ValueError as exc:
+        raise StartupError("BLOB_STORE_INVALID", str(exc)) from None
+    if settings.quarantine_unindexed:
+        raise StartupError(
+            "QUARANTINE_UNSUPPORTED",
+            "--quarantine-unindexed acts on files of the data folder; with --blobs "
+            f"{location.url} start-up never lists the bucket (other nodes may share it) and "
+            "keeps every object it cannot prove to be garbage. Start without it",
+        )
+    if (data_dir / REBUILDING_DIR).exists():
+        raise StartupError(
+            "REBUILD_UNFINISHED",
+            f"a rebuild of the index of data folder {data_dir} is unfinished "
+            f"({data_dir / REBUILDING_DIR} exists)",
+        )
+    recorded = _check_record(data_dir, location)
+    store = S3BlobStore(location, data_dir)
+    store.check()
+    if not recorded:
+        _record(data_dir, location)
+    index = LmdbIndex(
+        data_dir / INDEX_DIR,
+        map_size=settings.lmdb_map_size,
+        max_readers=settings.lmdb_max_readers,
+        max_batch=settings.commit_batch,
+        before_commit=store.sync,
+    )
+    try:
+        removals = sorted(index.pending_removals())
+        report = store.recover(index, removals)
+        if removals:
+            index.forget_removals(removals).result()
+    except BaseException:
+        index.close()
+        raise
+    return store, index, report
