@@ -108,9 +108,7 @@ class RetrieveServicer:
             await abort(context, error)
             return
         chunk = clamp_chunk(request.options.chunk_size, core.chunk_bytes)
-        metadata = core.index.get_metadata(
-            instance.study_uid, instance.series_uid, instance.sop_uid
-        )
+        metadata = core.frame_metadata(instance)
         shape = _frame_shape(metadata)
         async for number, data in frames:
             header = pb.FrameHeader(

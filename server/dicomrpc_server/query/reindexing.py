@@ -31,7 +31,7 @@ from dicomrpc_server.query.extended import (
 )
 from dicomrpc_server.storage import records_pb2
 from dicomrpc_server.storage.key_locks import KeyLocks
-from dicomrpc_server.storage.lmdb_index import LmdbIndex
+from dicomrpc_server.storage.protocols import QueryTagRecords
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class ExtendedQueryTags:
         batch wait milliseconds, large enough that the walk is not dominated by commits.
     """
 
-    def __init__(self, index: LmdbIndex, locks: KeyLocks, batch: int = REINDEX_BATCH) -> None:
+    def __init__(self, index: QueryTagRecords, locks: KeyLocks, batch: int = REINDEX_BATCH) -> None:
         self.index = index
         self.locks = locks
         self.batch = batch

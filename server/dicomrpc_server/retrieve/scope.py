@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from dicomrpc_server.dicom.uids import check_request_uid
 from dicomrpc_server.errors import Code, ServiceError, invalid_argument
 from dicomrpc_server.storage import records_pb2
-from dicomrpc_server.storage.lmdb_index import LmdbIndex
+from dicomrpc_server.storage.protocols import InstanceReads
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,9 @@ def check_scope(study: str, series: str = "", sop: str = "") -> None:
     check_request_uid("sop_instance_uid", sop)
 
 
-def resolve(index: LmdbIndex, study: str, series: str = "", sop: str = "") -> list[StoredInstance]:
+def resolve(
+    index: InstanceReads, study: str, series: str = "", sop: str = ""
+) -> list[StoredInstance]:
     """The stored instances a request names, in key order; NOT_FOUND when there are none."""
     check_scope(study, series, sop)
     if sop:

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from dicomrpc.v1 import dataset_pb2
 from dicomrpc_server.config import Settings
 from dicomrpc_server.dicom.frames import frame_count, frame_ranges
 from dicomrpc_server.errors import Code, ServiceError, invalid_argument
@@ -30,8 +31,7 @@ from dicomrpc_server.retrieve.transcode import (
     transcode_instance,
 )
 from dicomrpc_server.storage import records_pb2
-from dicomrpc_server.storage.lmdb_index import LmdbIndex
-from dicomrpc_server.storage.protocols import BlobReader, BlobRef, BlobStore
+from dicomrpc_server.storage.protocols import BlobReader, BlobRef, BlobStore, InstanceReads
 from dicomrpc_server.workers import WorkerPool
 
 MIN_CHUNK = 64 * 1024
@@ -125,7 +125,7 @@ class RetrieveCore:
 
     def __init__(
         self,
-        index: LmdbIndex,
+        index: InstanceReads,
         blobs: BlobStore,
         chunk_bytes: int,
         workers: WorkerPool,
@@ -206,6 +206,10 @@ class RetrieveCore:
         for first, last in ranges:
             out.extend(range(first, last + 1))
         return out
+
+    def frame_metadata(self, instance: StoredInstance) -> dataset_pb2.Dataset | None:
+        """The pre-computed metadata of an instance, for its frames' shape (``None``: none)."""
+        return self.index.get_metadata(instance.study_uid, instance.series_uid, instance.sop_uid)
 
     def check_frames(
         self, instance: StoredInstance, numbers: list[int], transfer_syntax: str, allow_lossy: bool

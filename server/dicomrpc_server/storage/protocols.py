@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from dicomrpc.v1 import dataset_pb2
 from dicomrpc_server.storage import records_pb2
 
 
@@ -256,3 +257,51 @@ class Deletions(Protocol):
 
     def forget_removals(self, blob_ids: list[str]) -> object:
         """Clear the pending-removal records of files now removed (nobody waits for it)."""
+
+
+class InstanceReads(Protocol):
+    """What a retrieve reads of the index: records, frame tables and pre-computed metadata."""
+
+    def get_instance(self, study: str, series: str, sop: str) -> records_pb2.InstanceRecord | None:
+        """The record of an instance, or ``None``."""
+
+    def list_instances(
+        self, study: str, series: str | None = None
+    ) -> list[tuple[str, str, str, records_pb2.InstanceRecord]]:
+        """The instances of a study (or of one of its series), in key order, with records."""
+
+    def get_frames(self, study: str, series: str, sop: str) -> records_pb2.FrameTable | None:
+        """The frame offset table of an instance, or ``None`` without pixel data."""
+
+    def get_metadata(self, study: str, series: str, sop: str) -> dataset_pb2.Dataset | None:
+        """The pre-computed metadata of an instance, or ``None``."""
+
+    def get_metadata_many(self, keys_: list[tuple[str, str, str]]) -> list[bytes]:
+        """The pre-computed metadata of instances (serialized ``Dataset``), in the given order."""
+
+
+class QueryTagRecords(Protocol):
+    """Extended query tags and the background work that indexes stored instances for them."""
+
+    def query_tags(self) -> list[records_pb2.QueryTagRecord]:
+        """Every extended query tag, ready or not."""
+
+    def operation(self, operation_id: str) -> records_pb2.ReindexOperation | None:
+        """A re-indexing operation, or ``None``."""
+
+    def operations(self) -> list[records_pb2.ReindexOperation]:
+        """Every re-indexing operation."""
+
+    def pending_drops(self) -> list[str]:
+        """The tags unregistered whose index entries are still being removed."""
+
+    async def add_query_tags(
+        self, tags: list[records_pb2.QueryTagRecord], operation: records_pb2.ReindexOperation
+    ) -> records_pb2.ReindexOperation:
+        """Register new tags (not ready) and the operation that re-indexes for them."""
+
+    async def reindex_batch(self, operation_id: str, limit: int) -> records_pb2.ReindexOperation:
+        """Index up to ``limit`` more instances for an operation, its cursor saved with them."""
+
+    async def drop_query_tag(self, hex_tag: str, limit: int) -> bool:
+        """Remove a tag, ``limit`` index entries per call; True once all are gone."""
