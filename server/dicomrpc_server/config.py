@@ -156,6 +156,22 @@ class Settings:
         The longest request target (path and query); a longer one is answered 414.
     http_max_stow_parts
         The most parts (instances) one STOW-RS request may carry; the next one is answered 413.
+    dimse_port
+        The DIMSE (DICOM upper layer, PS3.8) port; 0 picks a free one, -1 serves no DIMSE.
+    ae_title
+        The archive's AE title: the called AE title a requester must name (PS3.8 §7.1.1.4).
+    dimse_allow
+        ``(AE title, host)`` pairs of the requesters allowed to associate; any other is
+        rejected (calling AE title not recognised). Empty allows any AE title from loopback
+        only: a DIMSE requester presents no credential but its title.
+    dimse_max_associations
+        The most associations served at once; one more is rejected (local limit exceeded).
+    dimse_max_pdu_bytes
+        The largest P-DATA PDU the archive receives (Maximum Length, PS3.8 §D.1); 0 is none.
+    dimse_timeout_s
+        How long an association request, a DIMSE message or a response to one may take.
+    dimse_idle_timeout_s
+        How long an association may stay silent before the archive aborts it (ARTIM).
     """
 
     data_dir: Path = Path("data")
@@ -205,8 +221,18 @@ class Settings:
     http_max_header_bytes: int = 64 * KIB
     http_max_url_bytes: int = 16 * KIB
     http_max_stow_parts: int = 10_000
+    dimse_port: int = 11112
+    ae_title: str = "DICOMRPC"
+    dimse_allow: tuple[tuple[str, str], ...] = ()
+    dimse_max_associations: int = 16
+    dimse_max_pdu_bytes: int = 256 * KIB
+    dimse_timeout_s: float = 30.0
+    dimse_idle_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
+        check_ae_title(self.ae_title)
+        if self.dimse_max_pdu_bytes < 0:
+            raise ValueError(f"dimse_max_pdu_bytes is {self.dimse_max_pdu_bytes}; 0 or more")
         if not 1 <= self.max_sequence_depth <= MAX_SEQUENCE_DEPTH:
             raise ValueError(
                 f"max_sequence_depth (--max-sequence-depth, DICOMRPC_MAX_SEQUENCE_DEPTH) is "
@@ -263,6 +289,13 @@ class Settings:
             "DICOMRPC_HTTP_MAX_HEADER_BYTES": ("http_max_header_bytes", positive_int),
             "DICOMRPC_HTTP_MAX_URL_BYTES": ("http_max_url_bytes", positive_int),
             "DICOMRPC_HTTP_MAX_STOW_PARTS": ("http_max_stow_parts", positive_int),
+            "DICOMRPC_DIMSE_PORT": ("dimse_port", int),
+            "DICOMRPC_AE_TITLE": ("ae_title", check_ae_title),
+            "DICOMRPC_DIMSE_ALLOW": ("dimse_allow", parse_allow_list),
+            "DICOMRPC_DIMSE_MAX_ASSOCIATIONS": ("dimse_max_associations", positive_int),
+            "DICOMRPC_DIMSE_MAX_PDU_BYTES": ("dimse_max_pdu_bytes", int),
+            "DICOMRPC_DIMSE_TIMEOUT": ("dimse_timeout_s", positive_float),
+            "DICOMRPC_DIMSE_IDLE_TIMEOUT": ("dimse_idle_timeout_s", positive_float),
         }
         for var, (name, kind) in mapping.items():
             if var in os.environ:
@@ -322,6 +355,38 @@ def parse_role(text: str) -> tuple[str, tuple[str, ...]]:
 def parse_roles(text: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
     """The role mappings of ``DICOMRPC_AUTH_ROLES``: ``ROLE=SCOPE,SCOPE;ROLE=SCOPE``."""
     return tuple(parse_role(part) for part in text.split(";") if part.strip())
+
+
+def check_ae_title(text: str) -> str:
+    """An AE title as PS3.5 Table 6.2-1 allows it, without its insignificant spaces.
+
+    1 to 16 characters of printable ASCII but backslash, not only spaces.
+    """
+    title = text.strip()
+    if not 1 <= len(title) <= 16 or not all(" " <= c <= "~" and c != "\\" for c in title):
+        raise ValueError(
+            f"AE title {text!r} is not 1 to 16 printable ASCII characters (no backslash)"
+        )
+    return title
+
+
+def parse_allow(text: str) -> tuple[str, str]:
+    """One ``AE@HOST`` (``--dimse-allow``): a requester's AE title and the address it calls from.
+
+    Raises
+    ------
+    ValueError
+        Naming the text when it is not ``AE@HOST`` or the AE title is not one.
+    """
+    title, sep, host = text.rpartition("@")
+    if not sep or not title.strip() or not host.strip():
+        raise ValueError(f"DIMSE requester {text!r} is not AE@HOST")
+    return check_ae_title(title), host.strip().strip("[]")
+
+
+def parse_allow_list(text: str) -> tuple[tuple[str, str], ...]:
+    """The requesters of ``DICOMRPC_DIMSE_ALLOW``: ``AE@HOST`` separated by commas."""
+    return tuple(parse_allow(part) for part in text.split(",") if part.strip())
 
 
 def positive_int(text: str) -> int:
@@ -517,7 +582,52 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="most instances in one STOW-RS request, then 413 "
         "(env DICOMRPC_HTTP_MAX_STOW_PARTS, 10000)",
     )
+    _add_dimse_arguments(parser)
     parser.add_argument("--log-level", default="INFO", help="logging level (INFO)")
+
+
+def _add_dimse_arguments(parser: argparse.ArgumentParser) -> None:
+    """The DIMSE options of ``serve`` (see the README's DIMSE section)."""
+    group = parser.add_argument_group("DIMSE (C-ECHO, C-STORE, C-FIND, C-GET)")
+    group.add_argument(
+        "--dimse-port",
+        type=int,
+        help="DIMSE port, 0 for any, -1 for none (env DICOMRPC_DIMSE_PORT, 11112)",
+    )
+    group.add_argument(
+        "--ae-title",
+        type=_flag_type(check_ae_title),
+        help="the archive's AE title (env DICOMRPC_AE_TITLE, DICOMRPC)",
+    )
+    group.add_argument(
+        "--dimse-allow",
+        type=_flag_type(parse_allow),
+        action="append",
+        metavar="AE@HOST",
+        help="a requester allowed to associate, repeatable; none allows any AE title from "
+        "loopback only (env DICOMRPC_DIMSE_ALLOW, 'AE@HOST,...')",
+    )
+    group.add_argument(
+        "--dimse-max-associations",
+        type=_flag_type(positive_int),
+        help="associations served at once (env DICOMRPC_DIMSE_MAX_ASSOCIATIONS, 16)",
+    )
+    group.add_argument(
+        "--dimse-max-pdu-bytes",
+        type=int,
+        help="largest PDU received, 0 for no limit (env DICOMRPC_DIMSE_MAX_PDU_BYTES, 262144)",
+    )
+    group.add_argument(
+        "--dimse-timeout",
+        type=_flag_type(positive_float),
+        help="seconds for an association request or a DIMSE message "
+        "(env DICOMRPC_DIMSE_TIMEOUT, 30)",
+    )
+    group.add_argument(
+        "--dimse-idle-timeout",
+        type=_flag_type(positive_float),
+        help="seconds an association may stay silent (env DICOMRPC_DIMSE_IDLE_TIMEOUT, 60)",
+    )
 
 
 def _role(text: str) -> tuple[str, tuple[str, ...]]:

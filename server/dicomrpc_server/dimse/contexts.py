@@ -1,0 +1,60 @@
+"""The presentation contexts the archive accepts (PS3.8 §7.1.1.13, PS3.7 Annex D.3.3.4).
+
+Storage: every storage SOP class pynetdicom knows, in every transfer syntax of the
+transcoding catalogue (the native ones and each compressed one the archive stores, decodes or
+writes), so that a modality sends what it holds without converting it. The requester may act
+as the storage SCP on a storage context (SCP/SCU role selection, PS3.7 D.3.3.4): that is how
+C-GET returns instances on the same association. Verification and the Patient and Study Root
+Query/Retrieve FIND and GET models take the native syntaxes only: their identifiers are
+small data sets.
+"""
+
+from __future__ import annotations
+
+from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext
+
+from dicomrpc_server.retrieve.transcode import NATIVE_SYNTAXES, SHORT_NAMES
+
+# PS3.4 Annex A.4 (Verification) and C.6 (the information models' SOP classes).
+VERIFICATION = "1.2.840.10008.1.1"
+PATIENT_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"
+PATIENT_ROOT_GET = "1.2.840.10008.5.1.4.1.2.1.3"
+STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
+
+FIND_MODELS = (PATIENT_ROOT_FIND, STUDY_ROOT_FIND)
+GET_MODELS = (PATIENT_ROOT_GET, STUDY_ROOT_GET)
+PATIENT_ROOT_MODELS = frozenset({PATIENT_ROOT_FIND, PATIENT_ROOT_GET})
+
+# Native first: a requester offering several in one context gets the first it offers that
+# is here, and explicit little endian is the one every peer reads.
+STORAGE_SYNTAXES: tuple[str, ...] = (
+    "1.2.840.10008.1.2.1",
+    *(uid for uid in SHORT_NAMES if uid != "1.2.840.10008.1.2.1"),
+)
+STORAGE_SOP_CLASSES: tuple[str, ...] = tuple(
+    str(cx.abstract_syntax) for cx in AllStoragePresentationContexts
+)
+
+
+def _context(
+    abstract_syntax: str, syntaxes: tuple[str, ...], requester_scp: bool
+) -> PresentationContext:
+    context = PresentationContext()
+    context.abstract_syntax = abstract_syntax
+    context.transfer_syntax = list(syntaxes)
+    if requester_scp:
+        # Accept a requester's proposal to be the storage SCP (a C-GET requester's), while a
+        # plain storage SCU (no role selection item) keeps the default roles.
+        context.scu_role = False
+        context.scp_role = True
+    return context
+
+
+def supported_contexts() -> list[PresentationContext]:
+    """Every presentation context an association may negotiate."""
+    native = tuple(NATIVE_SYNTAXES)
+    contexts = [_context(VERIFICATION, native, False)]
+    contexts.extend(_context(uid, native, False) for uid in (*FIND_MODELS, *GET_MODELS))
+    contexts.extend(_context(uid, STORAGE_SYNTAXES, True) for uid in STORAGE_SOP_CLASSES)
+    return contexts

@@ -1,0 +1,86 @@
+"""C-STORE SCP (PS3.4 Annex B): each received instance stored through the store core.
+
+The data set arrives as the requester encoded it, in the transfer syntax of its presentation
+context; with the File Meta Information pynetdicom derives from the request (the affected SOP
+Class and Instance UIDs, the context's transfer syntax) it is the Part 10 file a gRPC or
+STOW-RS client would send, and goes through the same :class:`StoreRequest`: the same checks,
+the same outcome, the same change-feed entry. Nothing of the data set is decoded here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import cast
+
+from pydicom.dataset import Dataset
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.events import Event
+
+from dicomrpc_server.dimse import statuses
+from dicomrpc_server.dimse.requesters import describe_requester
+from dicomrpc_server.store.ingest import InstanceResult, StoreCore
+from dicomrpc_server.store.request import StoreRequest
+
+log = logging.getLogger("dicomrpc.dimse")
+
+
+class StoreHandler:
+    """The EVT_C_STORE handler: runs on an association's thread, stores on the archive's loop.
+
+    Parameters
+    ----------
+    core
+        The store core.
+    loop
+        The archive's event loop: the store core's tasks, futures and index writer belong to
+        it, so the work is handed over (``run_coroutine_threadsafe``), never run on a loop of
+        this thread's own.
+    """
+
+    def __init__(self, core: StoreCore, loop: asyncio.AbstractEventLoop) -> None:
+        self._core = core
+        self._loop = loop
+
+    def __call__(self, event: Event) -> Dataset:
+        """Store the instance of one C-STORE request; answer its status."""
+        started = time.monotonic()
+        request = cast(C_STORE, event.request)
+        sop_uid = str(request.AffectedSOPInstanceUID or "")
+        try:
+            data = event.encoded_dataset(include_meta=True)
+        except Exception as exc:  # a File Meta value pynetdicom cannot encode, say
+            return _answer(event, sop_uid, statuses.CANNOT_UNDERSTAND, str(exc), started)
+        result = asyncio.run_coroutine_threadsafe(self.store(data, sop_uid), self._loop).result()
+        message = ""
+        if result.failure is not None:
+            message = result.failure.message
+        elif result.problems:
+            message = result.problems[0].comment
+        return _answer(event, sop_uid, statuses.store_status(result), message, started)
+
+    async def store(self, data: bytes, sop_uid: str) -> InstanceResult:
+        """Store one instance's Part 10 bytes as a request of its own; return its result."""
+        async with StoreRequest(self._core) as store:
+            await store.begin(sop_uid, len(data))
+            store.write(data)
+            (result,) = await store.finish()
+        return result
+
+
+def _answer(event: Event, sop_uid: str, status: int, message: str, started: float) -> Dataset:
+    """The C-STORE response's status (and Error Comment), logged as one line."""
+    log.info(
+        "C-STORE %s from %s: 0x%04X in %.0f ms%s",
+        sop_uid,
+        describe_requester(event.assoc),
+        status,
+        (time.monotonic() - started) * 1000,
+        f" ({message})" if message else "",
+    )
+    answer = Dataset()
+    answer.Status = status
+    if message and status != statuses.SUCCESS:
+        answer.ErrorComment = statuses.comment(message)
+    return answer

@@ -1,0 +1,70 @@
+"""dcmtk's network tools (Debian's ``dcmtk``) as the DIMSE tests drive them.
+
+The tests skip when the tools are missing, unless ``DICOMRPC_REQUIRE_DCMTK=1`` (set by
+``.ci/run``), which makes a missing tool a failure: CI must never pass by skipping them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+TOOLS = ("echoscu", "storescu", "findscu", "getscu")
+AE_TITLE = "DICOMRPC"
+TIMEOUT_S = 120
+
+# The -x option that makes storescu propose a file's own transfer syntax (besides the
+# uncompressed ones), by transfer syntax UID; files in other syntaxes are sent uncompressed.
+PROPOSE = {
+    "1.2.840.10008.1.2.1.99": "-xd",
+    "1.2.840.10008.1.2.4.50": "-xy",
+    "1.2.840.10008.1.2.4.51": "-xx",
+    "1.2.840.10008.1.2.4.70": "-xs",
+    "1.2.840.10008.1.2.4.80": "-xt",
+    "1.2.840.10008.1.2.4.81": "-xu",
+    "1.2.840.10008.1.2.4.90": "-xv",
+    "1.2.840.10008.1.2.4.91": "-xw",
+    "1.2.840.10008.1.2.5": "-xr",
+}
+
+
+def require_dcmtk() -> None:
+    """Skip the calling test without dcmtk's tools (fail instead when CI requires them)."""
+    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+    if not missing:
+        return
+    message = f"dcmtk's {', '.join(missing)} not installed (apt-get install dcmtk)"
+    if os.environ.get("DICOMRPC_REQUIRE_DCMTK") == "1":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def run(tool: str, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    """Run a dcmtk tool; its output (both streams) is in ``stdout``."""
+    return subprocess.run(
+        [tool, *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=TIMEOUT_S,
+        # Without it dcmtk waits ~40 ms on each small message (Nagle's algorithm).
+        env=dict(os.environ, TCP_NODELAY="1"),
+    )
+
+
+def peer(port: int, *options: str) -> list[str]:
+    """The common arguments: the archive's AE title, loopback and ``port``."""
+    return ["-aec", AE_TITLE, *options, "127.0.0.1", str(port)]
+
+
+_STATUS = re.compile(r"DIMSE Status\s*:\s*0x([0-9A-Fa-f]{4})")
+
+
+def statuses(output: str) -> list[int]:
+    """The DIMSE statuses of the responses a tool printed (with ``-d``), in order."""
+    return [int(code, 16) for code in _STATUS.findall(output)]
