@@ -62,9 +62,15 @@ def peer(port: int, *options: str) -> list[str]:
     return ["-aec", AE_TITLE, *options, "127.0.0.1", str(port)]
 
 
-_STATUS = re.compile(r"DIMSE Status\s*:\s*0x([0-9A-Fa-f]{4})")
+_STATUS = re.compile(
+    r"Message Type\s*:\s*(C-[A-Z]+ RSP).*?DIMSE Status\s*:\s*0x([0-9A-Fa-f]{4})", re.DOTALL
+)
 
 
-def statuses(output: str) -> list[int]:
-    """The DIMSE statuses of the responses a tool printed (with ``-d``), in order."""
-    return [int(code, 16) for code in _STATUS.findall(output)]
+def statuses(output: str, kind: str = "") -> list[int]:
+    """The statuses of the responses a tool printed (with ``-d``), in order.
+
+    ``kind`` keeps one kind of response (``C-GET RSP``: not the C-STORE responses getscu
+    sends back).
+    """
+    return [int(code, 16) for found, code in _STATUS.findall(output) if kind in ("", found)]

@@ -13,7 +13,12 @@ from __future__ import annotations
 
 from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext
 
-from dicomrpc_server.retrieve.transcode import NATIVE_SYNTAXES, SHORT_NAMES
+from dicomrpc_server.retrieve.transcode import (
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    NATIVE_SYNTAXES,
+    SHORT_NAMES,
+    is_lossy,
+)
 
 # PS3.4 Annex A.4 (Verification) and C.6 (the information models' SOP classes).
 VERIFICATION = "1.2.840.10008.1.1"
@@ -26,11 +31,17 @@ FIND_MODELS = (PATIENT_ROOT_FIND, STUDY_ROOT_FIND)
 GET_MODELS = (PATIENT_ROOT_GET, STUDY_ROOT_GET)
 PATIENT_ROOT_MODELS = frozenset({PATIENT_ROOT_FIND, PATIENT_ROOT_GET})
 
-# Native first: a requester offering several in one context gets the first it offers that
-# is here, and explicit little endian is the one every peer reads.
+# The acceptor picks the syntax of each proposed context, by its own order of preference
+# (pynetdicom takes the first of these the requester proposed). Lossless compressed syntaxes
+# first: a modality that holds compressed images and offers them keeps them compressed, and a
+# C-GET requester that takes them gets them so. Then the native ones, explicit little endian
+# first. Lossy ones last: a requester offering both an uncompressed and a lossy syntax is
+# never asked to compress lossily.
 STORAGE_SYNTAXES: tuple[str, ...] = (
-    "1.2.840.10008.1.2.1",
-    *(uid for uid in SHORT_NAMES if uid != "1.2.840.10008.1.2.1"),
+    *(uid for uid in SHORT_NAMES if uid not in NATIVE_SYNTAXES and not is_lossy(uid)),
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    *(uid for uid in NATIVE_SYNTAXES if uid != EXPLICIT_VR_LITTLE_ENDIAN),
+    *(uid for uid in SHORT_NAMES if is_lossy(uid)),
 )
 STORAGE_SOP_CLASSES: tuple[str, ...] = tuple(
     str(cx.abstract_syntax) for cx in AllStoragePresentationContexts
