@@ -21,6 +21,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, build_role, evt
 
 from dicomrpc import Client
+from dicomrpc.datasets import to_pydicom
 from tests import dcmtk
 from tests.conftest import RunningServer, start_server
 
@@ -195,3 +196,24 @@ def test_an_instance_no_accepted_syntax_can_carry_is_a_failed_sub_operation(
     final, failed = responses[-1]
     assert final.Status == 0xA702 and final.NumberOfFailedSuboperations == 1
     assert failed.FailedSOPInstanceUIDList == stored.SOPInstanceUID
+
+
+def test_patient_level_retrieves_every_study_of_the_patient(
+    archive: RunningServer, client: Client, tmp_path: Path
+) -> None:
+    dcmtk.require_dcmtk()
+    patient = str(_read(STUDY_FILES[0]).PatientID)
+    out = tmp_path / "patient"
+    out.mkdir()
+    result = dcmtk.run(
+        "getscu",
+        *("-P", "-od", str(out), "-k", "QueryRetrieveLevel=PATIENT", "-k", f"PatientID={patient}"),
+        *dcmtk.peer(archive.dimse_port),
+    )
+    studies = {
+        str(ds.StudyInstanceUID)
+        for ds in map(to_pydicom, client.search_studies(PatientID=patient).datasets)
+    }
+    expected = {i.sop_instance_uid for study in studies for i in client.retrieve(study)}
+    assert len(studies) > 1 and len(expected) == len(STUDY_FILES), result.stdout
+    assert {str(_read(p).SOPInstanceUID) for p in out.iterdir()} == expected

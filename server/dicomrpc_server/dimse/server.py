@@ -76,6 +76,11 @@ class DimseServer:
         # per operation instead (its warnings and errors still show).
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 
+    @property
+    def associations(self) -> int:
+        """How many associations are being served now."""
+        return sum(1 for assoc in self._ae.active_associations if assoc.is_acceptor)
+
     def _ssl_context(self) -> ssl.SSLContext | None:
         tls = self.archive.tls
         if tls is None:
