@@ -102,6 +102,7 @@ def test_an_idle_association_is_aborted(archive: RunningServer) -> None:
 def test_a_corrupt_data_set_is_answered_cannot_understand(
     archive: RunningServer, tmp_path: Path
 ) -> None:
+    dcmtk.require_dcmtk()
     # Valid File Meta Information, then bytes that are no data set: an element announcing
     # far more bytes than follow. pynetdicom sends a file's data set without parsing it.
     path = tmp_path / "corrupt.dcm"
