@@ -9,12 +9,14 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-TOOLS = ("echoscu", "storescu", "findscu", "getscu")
+TOOLS = ("echoscu", "storescu", "findscu", "getscu", "movescu", "storescp")
 AE_TITLE = "DICOMRPC"
 TIMEOUT_S = 120
 
@@ -74,3 +76,41 @@ def statuses(output: str, kind: str = "") -> list[int]:
     sends back).
     """
     return [int(code, 16) for found, code in _STATUS.findall(output) if kind in ("", found)]
+
+
+class StoreScp:
+    """dcmtk's storescp, as a C-MOVE destination: it writes what it receives to ``folder``."""
+
+    def __init__(self, folder: Path, ae_title: str, *options: str) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder
+        self.ae_title = ae_title
+        self.process = subprocess.Popen(
+            ["storescp", "-aet", ae_title, "-od", str(folder), *options, str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            # Without it each instance stalls ~40 ms (Nagle's algorithm on the responses).
+            env=dict(os.environ, TCP_NODELAY="1"),
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    self.stop()
+                    raise RuntimeError("storescp did not start") from None
+                time.sleep(0.05)
+
+    @property
+    def peer(self) -> tuple[str, str, str, int]:
+        """This destination as ``Settings.dimse_peers`` names it."""
+        return ("test-destination", self.ae_title, "127.0.0.1", self.port)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(30)

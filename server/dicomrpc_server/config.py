@@ -164,6 +164,9 @@ class Settings:
         ``(AE title, host)`` pairs of the requesters allowed to associate; any other is
         rejected (calling AE title not recognised). Empty allows any AE title from loopback
         only: a DIMSE requester presents no credential but its title.
+    dimse_peers
+        ``(name, AE title, host, port)`` of the DIMSE peers C-MOVE may send to, found by the
+        move destination's AE title; a destination not named here is unknown (0xA801).
     dimse_max_associations
         The most associations served at once; one more is rejected (local limit exceeded).
     dimse_max_pdu_bytes
@@ -224,6 +227,7 @@ class Settings:
     dimse_port: int = 11112
     ae_title: str = "DICOMRPC"
     dimse_allow: tuple[tuple[str, str], ...] = ()
+    dimse_peers: tuple[tuple[str, str, str, int], ...] = ()
     dimse_max_associations: int = 16
     dimse_max_pdu_bytes: int = 256 * KIB
     dimse_timeout_s: float = 30.0
@@ -292,6 +296,7 @@ class Settings:
             "DICOMRPC_DIMSE_PORT": ("dimse_port", int),
             "DICOMRPC_AE_TITLE": ("ae_title", check_ae_title),
             "DICOMRPC_DIMSE_ALLOW": ("dimse_allow", parse_allow_list),
+            "DICOMRPC_DIMSE_PEERS": ("dimse_peers", parse_peer_list),
             "DICOMRPC_DIMSE_MAX_ASSOCIATIONS": ("dimse_max_associations", positive_int),
             "DICOMRPC_DIMSE_MAX_PDU_BYTES": ("dimse_max_pdu_bytes", int),
             "DICOMRPC_DIMSE_TIMEOUT": ("dimse_timeout_s", positive_float),
@@ -387,6 +392,33 @@ def parse_allow(text: str) -> tuple[str, str]:
 def parse_allow_list(text: str) -> tuple[tuple[str, str], ...]:
     """The requesters of ``DICOMRPC_DIMSE_ALLOW``: ``AE@HOST`` separated by commas."""
     return tuple(parse_allow(part) for part in text.split(",") if part.strip())
+
+
+def parse_peer(text: str) -> tuple[str, str, str, int]:
+    """One ``NAME=AE@HOST:PORT`` (``--dimse-peer``): a C-MOVE destination and where it listens.
+
+    Raises
+    ------
+    ValueError
+        Naming the text when it is not ``NAME=AE@HOST:PORT``, or its AE title or port is bad.
+    """
+    name, sep, rest = text.partition("=")
+    where, colon, port_text = rest.rpartition(":")
+    title, at, host = where.rpartition("@")
+    if not (sep and colon and at and name.strip() and host.strip()):
+        raise ValueError(f"DIMSE peer {text!r} is not NAME=AE@HOST:PORT")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError(f"DIMSE peer {text!r}: {port_text!r} is not a port") from None
+    if not 1 <= port <= 65535:
+        raise ValueError(f"DIMSE peer {text!r}: port {port} is not 1 to 65535")
+    return name.strip(), check_ae_title(title), host.strip().strip("[]"), port
+
+
+def parse_peer_list(text: str) -> tuple[tuple[str, str, str, int], ...]:
+    """The peers of ``DICOMRPC_DIMSE_PEERS``: ``NAME=AE@HOST:PORT`` separated by commas."""
+    return tuple(parse_peer(part) for part in text.split(",") if part.strip())
 
 
 def positive_int(text: str) -> int:
@@ -588,7 +620,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _add_dimse_arguments(parser: argparse.ArgumentParser) -> None:
     """The DIMSE options of ``serve`` (see the README's DIMSE section)."""
-    group = parser.add_argument_group("DIMSE (C-ECHO, C-STORE, C-FIND, C-GET)")
+    group = parser.add_argument_group("DIMSE (C-ECHO, C-STORE, C-FIND, C-GET, C-MOVE)")
     group.add_argument(
         "--dimse-port",
         type=int,
@@ -606,6 +638,14 @@ def _add_dimse_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="AE@HOST",
         help="a requester allowed to associate, repeatable; none allows any AE title from "
         "loopback only (env DICOMRPC_DIMSE_ALLOW, 'AE@HOST,...')",
+    )
+    group.add_argument(
+        "--dimse-peer",
+        type=_flag_type(parse_peer),
+        action="append",
+        metavar="NAME=AE@HOST:PORT",
+        help="a C-MOVE destination, repeatable (env DICOMRPC_DIMSE_PEERS, "
+        "'NAME=AE@HOST:PORT,...'; none)",
     )
     group.add_argument(
         "--dimse-max-associations",

@@ -70,6 +70,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         dimse_port=args.dimse_port,
         ae_title=args.ae_title,
         dimse_allow=tuple(args.dimse_allow) if args.dimse_allow else None,
+        dimse_peers=tuple(args.dimse_peer) if args.dimse_peer else None,
         dimse_max_associations=args.dimse_max_associations,
         dimse_max_pdu_bytes=args.dimse_max_pdu_bytes,
         dimse_timeout_s=args.dimse_timeout,

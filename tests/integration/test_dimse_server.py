@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from dicomrpc_server.config import Settings, add_serve_arguments, parse_allow
+from dicomrpc_server.config import Settings, add_serve_arguments, parse_allow, parse_peer
 from dicomrpc_server.main import settings_from_args
 from tests import dcmtk
 from tests.conftest import RunningServer, spawn_server, start_server
@@ -92,12 +92,17 @@ def test_the_dimse_flags_and_variables_make_settings(monkeypatch: pytest.MonkeyP
             *("serve", "--dimse-port", "104", "--ae-title", " PACS "),
             *("--dimse-allow", "CT1@10.0.0.5", "--dimse-allow", "MR@mr.example"),
             *("--dimse-max-associations", "3", "--dimse-timeout", "5"),
+            *("--dimse-peer", "ws=WS1@10.0.0.9:104", "--dimse-peer", "pacs=OLD@[::1]:11113"),
         ]
     )
     settings = settings_from_args(args)
     assert settings.dimse_port == 104 and settings.ae_title == "PACS"
     assert settings.dimse_allow == (("CT1", "10.0.0.5"), ("MR", "mr.example"))
     assert settings.dimse_max_associations == 3 and settings.dimse_timeout_s == 5
+    assert settings.dimse_peers == (("ws", "WS1", "10.0.0.9", 104), ("pacs", "OLD", "::1", 11113))
+    for bad in ("WS1@host:104", "ws=WS1@host", "ws=WS1@host:0", "ws=@host:104", "ws=WS1@:104"):
+        with pytest.raises(ValueError):
+            parse_peer(bad)
     monkeypatch.setenv("DICOMRPC_DIMSE_ALLOW", "A@127.0.0.1, B@::1")
     assert Settings.from_env().dimse_allow == (("A", "127.0.0.1"), ("B", "::1"))
     for bad in ("CT1", "@host", "ABCDEFGHIJKLMNOPQ@host", "A\\B@host"):

@@ -77,10 +77,6 @@ class FindHandler:
         model = str(event.request.AffectedSOPClassUID)
         try:
             identifier = event.identifier
-        except Exception as exc:  # an identifier pydicom cannot decode
-            yield failure(statuses.CANNOT_UNDERSTAND, f"the identifier cannot be read: {exc}"), None
-            return
-        try:
             level = level_of(identifier, model in PATIENT_ROOT_MODELS, FIND_LEVELS)
             query = read_query(identifier, level, self._core)
             results = find_results(self._core, query)
@@ -91,5 +87,9 @@ class FindHandler:
                 yield statuses.PENDING, response(query, found, self._ae_title)
         except ServiceError as error:
             yield failure(statuses.query_failure_status(error), error.message), None
+            return
+        except Exception as exc:  # an identifier (or a value in it) pydicom cannot decode
+            log.warning("C-FIND from %s failed", describe_requester(event.assoc), exc_info=True)
+            yield failure(statuses.CANNOT_UNDERSTAND, f"the query cannot be answered: {exc}"), None
             return
         yield statuses.SUCCESS, None

@@ -24,11 +24,13 @@ from dicomrpc_server.dimse import statuses
 from dicomrpc_server.dimse.contexts import supported_contexts
 from dicomrpc_server.dimse.find import FindHandler
 from dicomrpc_server.dimse.get import GetHandler
+from dicomrpc_server.dimse.move import MoveHandler, Peer
 from dicomrpc_server.dimse.requesters import (
     REJECT_CALLING_AE,
     RequesterCheck,
     describe_requester,
 )
+from dicomrpc_server.dimse.sending import InstanceSource
 from dicomrpc_server.dimse.store import StoreHandler
 from dicomrpc_server.ports import port_unavailable
 
@@ -39,7 +41,7 @@ _DRAIN_POLL_S = 0.05
 
 
 class DimseServer:
-    """The archive's DIMSE service class provider: C-ECHO, C-STORE, C-FIND and C-GET.
+    """The archive's DIMSE service class provider: C-ECHO, C-STORE, C-FIND, C-GET, C-MOVE.
 
     Parameters
     ----------
@@ -102,6 +104,8 @@ class DimseServer:
         """
         archive, settings = self.archive, self.archive.settings
         loop = asyncio.get_running_loop()
+        source = InstanceSource(archive.retrieve, archive.search, loop)
+        peers = [Peer(*peer) for peer in settings.dimse_peers]
         handlers: list[EventHandlerType] = [
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ESTABLISHED, self._on_established),
@@ -110,7 +114,8 @@ class DimseServer:
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, StoreHandler(archive.store, loop)),
             (evt.EVT_C_FIND, FindHandler(archive.search, self.ae_title)),
-            (evt.EVT_C_GET, GetHandler(archive.retrieve, archive.search, loop)),
+            (evt.EVT_C_GET, GetHandler(source)),
+            (evt.EVT_C_MOVE, MoveHandler(source, peers)),
         ]
         try:
             self._server = self._ae.start_server(
