@@ -8,6 +8,8 @@ file gets over gRPC.
 
 from __future__ import annotations
 
+import os
+import subprocess
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +21,7 @@ from pydicom import dcmread
 from dicomrpc import Client
 from tests import dcmtk
 from tests.conftest import RunningServer, start_server
+from tests.dicomgen import ct_instance
 
 ROOT = Path(pydicom.data.__file__).parent / "test_files"
 
@@ -82,9 +85,9 @@ DIFFERENT: dict[str, tuple[int, str]] = {
 }
 
 
-@pytest.fixture(scope="module")
-def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    server = start_server(tmp_path_factory.mktemp("dimse_store") / "data", dimse_port=0)
+@pytest.fixture
+def archive(tmp_path: Path) -> Iterator[RunningServer]:
+    server = start_server(tmp_path / "data", dimse_port=0)
     yield server
     server.stop()
 
@@ -153,3 +156,33 @@ def test_every_pydicom_file_gets_the_status_of_its_grpc_outcome(
     with Client(archive.target) as client:
         changes = client.read_changes(limit=1000)
     assert [c.action for c in changes] == ["created"] * len(stored)
+
+
+def test_associations_store_side_by_side(archive: RunningServer, tmp_path: Path) -> None:
+    dcmtk.require_dcmtk()
+    study = "1.2.826.0.1.3680043.8.498.77"
+    folders = []
+    for worker in range(4):
+        folder = tmp_path / f"w{worker}"
+        folder.mkdir()
+        for n in range(15):
+            data = ct_instance(study=study, number=worker * 100 + n, rows=32, columns=32)
+            (folder / f"{n}.dcm").write_bytes(data)
+        folders.append(folder)
+    before = archive.archive.index.counts().instances
+    processes = [
+        subprocess.Popen(
+            ["storescu", "-d", "+sd", *dcmtk.peer(archive.dimse_port), str(folder)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=dict(os.environ, TCP_NODELAY="1"),
+        )
+        for folder in folders
+    ]
+    outputs = [p.communicate(timeout=dcmtk.TIMEOUT_S)[0] for p in processes]
+    for output in outputs:
+        assert dcmtk.statuses(output) == [0x0000] * 15, output[-2000:]
+    assert archive.archive.index.counts().instances == before + 60
+    with Client(archive.target) as client:
+        assert len(client.retrieve(study)) == 60
