@@ -16,6 +16,7 @@ from pydicom.dataset import Dataset
 from pynetdicom.events import Event
 
 from dicomrpc_server.dimse import statuses
+from dicomrpc_server.dimse.audit import DimseAudit
 from dicomrpc_server.dimse.contexts import PATIENT_ROOT_MODELS
 from dicomrpc_server.dimse.identifiers import find_results, level_of, read_query, response
 from dicomrpc_server.dimse.requesters import describe_requester
@@ -46,11 +47,14 @@ class FindHandler:
         The search core.
     ae_title
         The archive's AE title, returned as Retrieve AE Title (0008,0054) when asked for.
+    audit
+        The audit hook: one record per query.
     """
 
-    def __init__(self, core: SearchCore, ae_title: str) -> None:
+    def __init__(self, core: SearchCore, ae_title: str, audit: DimseAudit) -> None:
         self._core = core
         self._ae_title = ae_title
+        self._audit = audit
 
     def __call__(self, event: Event) -> Iterator[Answer]:
         """Yield a pending response per match, then the final status."""
@@ -75,17 +79,20 @@ class FindHandler:
 
     def _answers(self, event: Event) -> Iterator[Answer]:
         model = str(event.request.AffectedSOPClassUID)
+        level = ""
         try:
             identifier = event.identifier
             level = level_of(identifier, model in PATIENT_ROOT_MODELS, FIND_LEVELS)
             query = read_query(identifier, level, self._core)
             results = find_results(self._core, query)
+            self._audit.searched(event.assoc, model, level, query.match, None)
             for found in results:
                 if event.is_cancelled:
                     yield statuses.CANCEL, None
                     return
                 yield statuses.PENDING, response(query, found, self._ae_title)
         except ServiceError as error:
+            self._audit.searched(event.assoc, model, level, {}, error)
             yield failure(statuses.query_failure_status(error), error.message), None
             return
         except Exception as exc:  # an identifier (or a value in it) pydicom cannot decode

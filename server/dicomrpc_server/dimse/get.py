@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pynetdicom.events import Event
 
 from dicomrpc_server.dimse import statuses
+from dicomrpc_server.dimse.audit import DimseAudit
 from dicomrpc_server.dimse.contexts import PATIENT_ROOT_MODELS
 from dicomrpc_server.dimse.find import Answer, failure
 from dicomrpc_server.dimse.identifiers import level_of
@@ -29,10 +30,13 @@ class GetHandler:
     ----------
     source
         Resolves the identifier and reads the instances.
+    audit
+        The audit hook: one record per retrieve.
     """
 
-    def __init__(self, source: InstanceSource) -> None:
+    def __init__(self, source: InstanceSource, audit: DimseAudit) -> None:
         self._source = source
+        self._audit = audit
 
     def __call__(self, event: Event) -> Iterator[int | Answer]:
         """Yield the number of sub-operations, then each instance to send, then the end."""
@@ -58,6 +62,7 @@ class GetHandler:
             level = level_of(identifier, model in PATIENT_ROOT_MODELS, RETRIEVE_LEVELS)
             found = self._source.resolve(identifier, level)
         except ServiceError as error:
+            self._audit.retrieved(event.assoc, f"C-GET {model}", [], error)
             yield 1
             yield failure(statuses.query_failure_status(error), error.message), None
             return
@@ -75,6 +80,7 @@ class GetHandler:
                 None,
             )
             return
+        self._audit.retrieved(event.assoc, f"C-GET {model}", found, None)
         yield len(found)
         for instance in found:
             if event.is_cancelled:

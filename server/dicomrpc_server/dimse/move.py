@@ -22,6 +22,7 @@ from pynetdicom.dimse_primitives import C_MOVE
 from pynetdicom.events import Event
 
 from dicomrpc_server.dimse import statuses
+from dicomrpc_server.dimse.audit import DimseAudit
 from dicomrpc_server.dimse.contexts import PATIENT_ROOT_MODELS, move_contexts
 from dicomrpc_server.dimse.find import Answer, failure
 from dicomrpc_server.dimse.identifiers import level_of
@@ -67,11 +68,14 @@ class MoveHandler:
         Resolves the identifier and reads the instances.
     peers
         The registered destinations.
+    audit
+        The audit hook: one record per retrieve.
     """
 
-    def __init__(self, source: InstanceSource, peers: Iterable[Peer]) -> None:
+    def __init__(self, source: InstanceSource, peers: Iterable[Peer], audit: DimseAudit) -> None:
         self._source = source
         self._peers = {peer.ae_title: peer for peer in peers}
+        self._audit = audit
 
     def __call__(self, event: Event) -> Iterator[Destination | int | Answer]:
         """Yield the destination, the number of sub-operations, each instance, the end."""
@@ -103,11 +107,14 @@ class MoveHandler:
         model = str(event.request.AffectedSOPClassUID)
         found: list[StoredInstance] = []
         refusal: Dataset | None = None
+        endpoint = f"C-MOVE {model} to {destination}"
         try:
             identifier = event.identifier
             level = level_of(identifier, model in PATIENT_ROOT_MODELS, RETRIEVE_LEVELS)
             found = self._source.resolve(identifier, level)
+            self._audit.retrieved(event.assoc, endpoint, found, None)
         except ServiceError as error:
+            self._audit.retrieved(event.assoc, endpoint, [], error)
             refusal = failure(statuses.query_failure_status(error), error.message)
         except Exception as exc:  # an identifier pydicom cannot decode
             refusal = failure(statuses.CANNOT_UNDERSTAND, f"the identifier cannot be read: {exc}")

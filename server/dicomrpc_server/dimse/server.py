@@ -21,6 +21,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from dicomrpc_server.archive import Archive
 from dicomrpc_server.dimse import statuses
+from dicomrpc_server.dimse.audit import DimseAudit
 from dicomrpc_server.dimse.contexts import supported_contexts
 from dicomrpc_server.dimse.find import FindHandler
 from dicomrpc_server.dimse.get import GetHandler
@@ -56,6 +57,7 @@ class DimseServer:
         settings = archive.settings
         self.ae_title = settings.ae_title
         self._requesters = RequesterCheck(settings.dimse_allow)
+        self._audit = DimseAudit(archive.auditor)
         ae = AE(ae_title=settings.ae_title)
         # One by one: the ``supported_contexts`` setter would drop the roles.
         for context in supported_contexts():
@@ -106,16 +108,18 @@ class DimseServer:
         loop = asyncio.get_running_loop()
         source = InstanceSource(archive.retrieve, archive.search, loop)
         peers = [Peer(*peer) for peer in settings.dimse_peers]
+        audit = self._audit
         handlers: list[EventHandlerType] = [
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ESTABLISHED, self._on_established),
             (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_ABORTED, self._on_aborted),
             (evt.EVT_C_ECHO, self._on_echo),
-            (evt.EVT_C_STORE, StoreHandler(archive.store, loop)),
-            (evt.EVT_C_FIND, FindHandler(archive.search, self.ae_title)),
-            (evt.EVT_C_GET, GetHandler(source)),
-            (evt.EVT_C_MOVE, MoveHandler(source, peers)),
+            (evt.EVT_CONN_CLOSE, self._on_closed),
+            (evt.EVT_C_STORE, StoreHandler(archive.store, loop, audit)),
+            (evt.EVT_C_FIND, FindHandler(archive.search, self.ae_title, audit)),
+            (evt.EVT_C_GET, GetHandler(source, audit)),
+            (evt.EVT_C_MOVE, MoveHandler(source, peers, audit)),
         ]
         try:
             self._server = self._ae.start_server(
@@ -189,6 +193,10 @@ class DimseServer:
             called,
             self._ae.maximum_associations,
         )
+
+    def _on_closed(self, event: Event) -> None:
+        """The connection is gone: what the association stored goes to the audit trail."""
+        self._audit.ended(event.assoc)
 
     def _on_aborted(self, event: Event) -> None:
         log.info("association from %s aborted", describe_requester(event.assoc))

@@ -19,6 +19,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 
 from dicomrpc_server.dimse import statuses
+from dicomrpc_server.dimse.audit import DimseAudit
 from dicomrpc_server.dimse.requesters import describe_requester
 from dicomrpc_server.store.ingest import InstanceResult, StoreCore
 from dicomrpc_server.store.request import StoreRequest
@@ -37,11 +38,14 @@ class StoreHandler:
         The archive's event loop: the store core's tasks, futures and index writer belong to
         it, so the work is handed over (``run_coroutine_threadsafe``), never run on a loop of
         this thread's own.
+    audit
+        The audit hook, told each instance's result.
     """
 
-    def __init__(self, core: StoreCore, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, core: StoreCore, loop: asyncio.AbstractEventLoop, audit: DimseAudit) -> None:
         self._core = core
         self._loop = loop
+        self._audit = audit
 
     def __call__(self, event: Event) -> Dataset:
         """Store the instance of one C-STORE request; answer its status."""
@@ -53,6 +57,7 @@ class StoreHandler:
         except Exception as exc:  # a File Meta value pynetdicom cannot encode, say
             return _answer(event, sop_uid, statuses.CANNOT_UNDERSTAND, str(exc), started)
         result = asyncio.run_coroutine_threadsafe(self.store(data, sop_uid), self._loop).result()
+        self._audit.stored(event.assoc, result)
         message = ""
         if result.failure is not None:
             message = result.failure.message
