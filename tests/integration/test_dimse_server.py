@@ -9,10 +9,12 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pynetdicom import AE
 
 from dicomrpc_server.config import Settings, add_serve_arguments, parse_allow, parse_peer
 from dicomrpc_server.main import settings_from_args
@@ -134,3 +136,24 @@ def test_only_an_allowed_ae_from_its_host_may_associate(guarded: RunningServer) 
         refused = dcmtk.run("echoscu", "-aet", title, "-aec", "DICOMRPC", "127.0.0.1", port)
         assert refused.returncode != 0
         assert "Calling AE Title Not Recognized" in refused.stdout, refused.stdout
+
+
+def test_sigterm_lets_an_open_association_finish_then_aborts_it(tmp_path: Path) -> None:
+    server = spawn_server(tmp_path / "data", "--dimse-port", "0", "--shutdown-grace", "2")
+    assert server.process.stdout is not None
+    port = int(server.process.stdout.readline().split(" as ")[0].rsplit(":", 1)[1])
+    ae = AE(ae_title="LINGER")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    assoc = ae.associate("127.0.0.1", port, ae_title="DICOMRPC")
+    assert assoc.is_established
+    started = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    assert assoc.is_established
+    assert assoc.send_c_echo().Status == 0x0000  # still served during the grace period
+    assert server.stop(None) == 0
+    assert 2 <= time.monotonic() - started < 20
+    deadline = time.monotonic() + 5
+    while assoc.is_established and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert assoc.is_aborted

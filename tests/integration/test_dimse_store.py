@@ -20,8 +20,11 @@ from pydicom import dcmread
 
 from dicomrpc import Client
 from tests import dcmtk
-from tests.conftest import RunningServer, start_server
+from tests.conftest import RunningServer, spawn_server, start_server
 from tests.dicomgen import ct_instance
+from tests.integration.test_storage_full import SmallDisk, _fill, small_disk
+
+__all__ = ["small_disk"]  # the fixture, shared with the gRPC full-disk tests
 
 ROOT = Path(pydicom.data.__file__).parent / "test_files"
 
@@ -186,3 +189,23 @@ def test_associations_store_side_by_side(archive: RunningServer, tmp_path: Path)
     assert archive.archive.index.counts().instances == before + 60
     with Client(archive.target) as client:
         assert len(client.retrieve(study)) == 60
+
+
+@pytest.mark.timeout(300)
+def test_a_full_disk_is_refused_out_of_resources(small_disk: SmallDisk) -> None:
+    dcmtk.require_dcmtk()
+    proc = spawn_server(small_disk.mount / "data", "--dimse-port", "0", prefix=small_disk.prefix)
+    try:
+        assert proc.process.stdout is not None
+        port = int(proc.process.stdout.readline().split(" as ")[0].rsplit(":", 1)[1])
+        instance = small_disk.mount.parent / "instance.dcm"
+        instance.write_bytes(ct_instance(rows=256, columns=256))
+        _fill(small_disk.view(proc) / "filler")
+        result = dcmtk.run("storescu", "-d", "-R", *dcmtk.peer(port), instance)
+        assert dcmtk.statuses(result.stdout) == [0xA700], result.stdout[-2000:]
+        assert "ErrorComment" in result.stdout and "storage is full" in result.stdout
+        (small_disk.view(proc) / "filler").unlink()
+        result = dcmtk.run("storescu", "-d", "-R", *dcmtk.peer(port), instance)
+        assert dcmtk.statuses(result.stdout) == [0x0000]
+    finally:
+        assert proc.stop() == 0
