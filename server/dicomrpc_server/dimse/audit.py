@@ -25,6 +25,7 @@ from dicomrpc_server.audit.records import (
     InstanceRef,
     Outcome,
 )
+from dicomrpc_server.dimse.requesters import calling_ae_title, requester_address
 from dicomrpc_server.errors import ServiceError
 from dicomrpc_server.retrieve.scope import StoredInstance
 from dicomrpc_server.store.ingest import InstanceResult
@@ -35,13 +36,8 @@ ADAPTER = "dimse"
 
 def caller_of(assoc: Association) -> Caller:
     """The requester: its calling AE title, unproven, at its address."""
-    remote = assoc.requestor
-    title = str(remote.ae_title).strip()
-    if not title and remote.primitive is not None:
-        title = str(remote.primitive.calling_ae_title).strip()
-    host = str(remote.address)
-    address = f"[{host}]:{remote.port}" if ":" in host else f"{host}:{remote.port}"
-    return Caller(title or ANONYMOUS, ANONYMOUS, frozenset(), address)
+    title = calling_ae_title(assoc)
+    return Caller(title or ANONYMOUS, ANONYMOUS, frozenset(), requester_address(assoc))
 
 
 def outcome_of(error: ServiceError | None) -> Outcome:

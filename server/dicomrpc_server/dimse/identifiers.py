@@ -77,7 +77,7 @@ def level_of(identifier: Dataset, patient_root: bool, levels: tuple[str, ...]) -
 def match_value(element: DataElement) -> str:
     """A key's value in the search core's matching syntax ("" for universal matching)."""
     value = element.value
-    if value is None or value == "":
+    if value is None or value in ("", b""):
         return ""
     if isinstance(value, MultiValue):  # a UID list, or several values the core matches as one
         text = "\\".join(str(v) for v in value)
@@ -109,9 +109,8 @@ def read_query(identifier: Dataset, level: str, core: SearchCore) -> FindQuery:
         if element.VR == "SQ":
             match.update(_sequence_terms(element, search_level, core))
             continue
-        value = match_value(element)
         name = _hex(tag)
-        if value and core.matchable(name, search_level):
+        if core.matchable(name, search_level) and (value := match_value(element)):
             match[name] = value
     return FindQuery(level, match, identifier)
 
@@ -125,9 +124,8 @@ def _sequence_terms(element: DataElement, level: str, core: SearchCore) -> dict[
     for leaf in items[0]:
         if leaf.VR == "SQ":
             continue
-        value = match_value(leaf)
         name = f"{_hex(element.tag)}.{_hex(leaf.tag)}"
-        if value and core.matchable(name, level):
+        if core.matchable(name, level) and (value := match_value(leaf)):
             terms[name] = value
     return terms
 

@@ -68,10 +68,21 @@ class RequesterCheck:
         )
 
 
-def describe_requester(assoc: Association) -> str:
-    """``AE@address:port`` of an association's requester, for the log."""
+def calling_ae_title(assoc: Association) -> str:
+    """The requester's AE title (before negotiation, as its request names it)."""
     remote = assoc.requestor
     title = str(remote.ae_title).strip()
-    if not title and remote.primitive is not None:  # before negotiation: as requested
+    if not title and remote.primitive is not None:
         title = str(remote.primitive.calling_ae_title).strip()
-    return f"{title}@{remote.address}:{remote.port}"
+    return title
+
+
+def requester_address(assoc: Association) -> str:
+    """``host:port`` of an association's requester (an IPv6 host in brackets)."""
+    host, port = str(assoc.requestor.address), assoc.requestor.port
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def describe_requester(assoc: Association) -> str:
+    """``AE@host:port`` of an association's requester, for the log."""
+    return f"{calling_ae_title(assoc)}@{requester_address(assoc)}"
