@@ -8,6 +8,7 @@ file gets over gRPC.
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import warnings
@@ -209,3 +210,25 @@ def test_a_full_disk_is_refused_out_of_resources(small_disk: SmallDisk) -> None:
         assert dcmtk.statuses(result.stdout) == [0x0000]
     finally:
         assert proc.stop() == 0
+
+
+def test_a_large_instance_is_stored_byte_for_byte(archive: RunningServer, tmp_path: Path) -> None:
+    dcmtk.require_dcmtk()
+    path = tmp_path / "large.dcm"
+    path.write_bytes(ct_instance(rows=1024, columns=1536))  # 3 MiB: several chunks
+    assert path.stat().st_size > 3 * archive.settings.chunk_bytes
+    result = dcmtk.run("storescu", "-d", "-R", *dcmtk.peer(archive.dimse_port), path)
+    assert dcmtk.statuses(result.stdout) == [0x0000]
+    sent = dcmread(path)
+    with Client(archive.target) as client:
+        (got,) = client.retrieve(
+            str(sent.StudyInstanceUID), str(sent.SeriesInstanceUID), str(sent.SOPInstanceUID)
+        )
+    # Everything after the File Meta Information is what storescu read from the file.
+    offset = 132 + 12 + int(sent.file_meta.FileMetaInformationGroupLength)
+    received = dcmread(io.BytesIO(got.data))
+    assert got.data[128:132] == b"DICM"
+    assert (
+        got.data[132 + 12 + int(received.file_meta.FileMetaInformationGroupLength) :]
+        == (path.read_bytes()[offset:])
+    )

@@ -4,18 +4,24 @@ The data set arrives as the requester encoded it, in the transfer syntax of its 
 context; with the File Meta Information pynetdicom derives from the request (the affected SOP
 Class and Instance UIDs, the context's transfer syntax) it is the Part 10 file a gRPC or
 STOW-RS client would send, and goes through the same :class:`StoreRequest`: the same checks,
-the same outcome, the same change-feed entry. Nothing of the data set is decoded here.
+the same outcome, the same change-feed entry. Nothing of the data set is decoded or copied
+here: it is written to the store core a chunk at a time, as a gRPC stream's chunks are, so that
+a large instance never holds the event loop for long.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import logging
 import time
+from collections.abc import Sequence
 from typing import cast
 
 from pydicom.dataset import Dataset
 from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.events import Event
 
 from dicomrpc_server.dimse import statuses
@@ -53,10 +59,20 @@ class StoreHandler:
         request = cast(C_STORE, event.request)
         sop_uid = str(request.AffectedSOPInstanceUID or "")
         try:
-            data = event.encoded_dataset(include_meta=True)
+            # What Event.encoded_dataset() joins into one copy: the preamble and file meta,
+            # then the data set as received (PS3.10 §7.1).
+            header = b"\x00" * 128 + b"DICM" + encode_file_meta(event.file_meta)
+            received = cast(io.BytesIO, request.DataSet).getbuffer()
         except Exception as exc:  # a File Meta value pynetdicom cannot encode, say
             return _answer(event, sop_uid, statuses.CANNOT_UNDERSTAND, str(exc), started)
-        result = asyncio.run_coroutine_threadsafe(self.store(data, sop_uid), self._loop).result()
+        try:
+            stored = self.store([header, received], sop_uid)
+            result = asyncio.run_coroutine_threadsafe(stored, self._loop).result()
+        finally:
+            # pynetdicom may reuse the buffer once the view is gone; a view still held by a
+            # traceback frees it when collected.
+            with contextlib.suppress(BufferError):
+                received.release()
         self._audit.stored(event.assoc, result)
         message = ""
         if result.failure is not None:
@@ -65,11 +81,16 @@ class StoreHandler:
             message = result.problems[0].comment
         return _answer(event, sop_uid, statuses.store_status(result), message, started)
 
-    async def store(self, data: bytes, sop_uid: str) -> InstanceResult:
+    async def store(self, parts: Sequence[bytes | memoryview], sop_uid: str) -> InstanceResult:
         """Store one instance's Part 10 bytes as a request of its own; return its result."""
+        chunk = self._core.settings.chunk_bytes
         async with StoreRequest(self._core) as store:
-            await store.begin(sop_uid, len(data))
-            store.write(data)
+            await store.begin(sop_uid, sum(len(part) for part in parts))
+            for part in parts:
+                view = memoryview(part)
+                for start in range(0, len(view), chunk):
+                    store.write(view[start : start + chunk])
+                    await asyncio.sleep(0)  # other calls are served between the chunks
             (result,) = await store.finish()
         return result
 
