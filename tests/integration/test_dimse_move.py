@@ -115,3 +115,10 @@ def test_an_unregistered_destination_is_unknown(archive: RunningServer) -> None:
         archive, "NOBODY", {"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": study}
     )
     assert statuses == [0xA801]
+
+
+def test_nothing_to_move_is_success_and_a_bad_identifier_fails(archive: RunningServer) -> None:
+    keys = {"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": "1.2.3.4.5.6.7.8"}
+    assert movescu(archive, "DEST", keys)[0] == [0x0000]
+    keys = {"QueryRetrieveLevel": "WARD", "StudyInstanceUID": "1.2.3.4.5.6.7.8"}
+    assert movescu(archive, "DEST", keys)[0][-1] == 0xA900
