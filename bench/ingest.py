@@ -396,7 +396,8 @@ def dicomrpc_server(
 ) -> Iterator[tuple[str, int]]:
     """Run ``dicomrpc serve`` on ``data_dir`` and a free port; yield (target, pid).
 
-    DICOMweb is off unless ``http_port`` names a port for it; ``serve_args`` are more options.
+    DICOMweb is off unless ``http_port`` names a port for it, DIMSE unless ``serve_args`` name
+    a ``--dimse-port``; ``serve_args`` are more options.
     """
     port = free_port()
     command = [
@@ -410,6 +411,8 @@ def dicomrpc_server(
         str(port),
         "--http-port",
         str(http_port),
+        "--dimse-port",
+        "-1",
         *serve_args,
     ]
     with open(log, "wb") as err:

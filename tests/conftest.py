@@ -26,6 +26,7 @@ from dicomrpc_server.archive import Archive
 from dicomrpc_server.config import Settings
 from dicomrpc_server.dicomweb.context import PREFIX
 from dicomrpc_server.dicomweb.server import HttpServer
+from dicomrpc_server.dimse.server import DimseServer
 from dicomrpc_server.grpc.server import GrpcServer
 
 
@@ -40,12 +41,20 @@ class RunningServer:
     thread: threading.Thread
     grpc: GrpcServer
     http: HttpServer
+    dimse: DimseServer | None = None
 
     @property
     def dicomweb_url(self) -> str:
         return f"{self.http.scheme}://127.0.0.1:{self.http.port}{PREFIX}"
 
+    @property
+    def dimse_port(self) -> int:
+        assert self.dimse is not None, "start the server with dimse_port=0"
+        return self.dimse.port
+
     def stop(self) -> None:
+        if self.dimse is not None:
+            asyncio.run_coroutine_threadsafe(self.dimse.stop(5), self.loop).result(30)
         asyncio.run_coroutine_threadsafe(self.http.stop(), self.loop).result(30)
         asyncio.run_coroutine_threadsafe(self.grpc.stop(5), self.loop).result(30)
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -60,13 +69,17 @@ def start_server(
     middleware: Sequence[Middleware] = (),
     **overrides: object,
 ) -> RunningServer:
-    """Serve ``data_dir``; ``interceptors`` and ``middleware`` run inside the server's own."""
+    """Serve ``data_dir``; ``interceptors`` and ``middleware`` run inside the server's own.
+
+    DIMSE is served only when asked for (``dimse_port=0`` picks a free port).
+    """
     overrides.setdefault("http_port", 0)
+    overrides.setdefault("dimse_port", -1)
     settings = Settings(data_dir=data_dir, grpc_port=0, **overrides)  # type: ignore[arg-type]
     archive = Archive(settings)
     loop = asyncio.new_event_loop()
     ready = threading.Event()
-    holder: dict[str, GrpcServer | HttpServer] = {}
+    holder: dict[str, GrpcServer | HttpServer | DimseServer] = {}
 
     def run() -> None:
         asyncio.set_event_loop(loop)
@@ -77,6 +90,10 @@ def start_server(
             http = HttpServer(archive, middleware)
             await http.start()
             holder["server"], holder["http"] = server, http
+            if settings.dimse_port >= 0:
+                dimse = DimseServer(archive)
+                await dimse.start()
+                holder["dimse"] = dimse
             ready.set()
 
         loop.run_until_complete(boot())
@@ -86,9 +103,12 @@ def start_server(
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     assert ready.wait(30), "server did not start"
-    server, http = holder["server"], holder["http"]
+    server, http, dimse = holder["server"], holder["http"], holder.get("dimse")
     assert isinstance(server, GrpcServer) and isinstance(http, HttpServer)
-    return RunningServer(settings, archive, f"127.0.0.1:{server.port}", loop, thread, server, http)
+    assert dimse is None or isinstance(dimse, DimseServer)
+    return RunningServer(
+        settings, archive, f"127.0.0.1:{server.port}", loop, thread, server, http, dimse
+    )
 
 
 @pytest.fixture
@@ -134,6 +154,9 @@ def spawn_server(
 ) -> ServerProcess:
     """Start ``dicomrpc serve`` on ``data_dir`` in a child process, with ``serve_args``.
 
+    DIMSE is off unless ``serve_args`` name a ``--dimse-port`` (the later flag wins), so that
+    servers never contend for its default port.
+
     ``prefix`` runs it under another command, which must exec it (the process is the server);
     ``log`` receives its standard error (discarded by default); ``preexec_fn`` runs in the
     child before the server starts (to lower a resource limit, say).
@@ -154,6 +177,8 @@ def spawn_server(
             "0",
             "--log-level",
             "WARNING",
+            "--dimse-port",
+            "-1",
             *serve_args,
         ],
         stdout=subprocess.PIPE,

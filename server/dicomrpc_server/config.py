@@ -171,6 +171,25 @@ class Settings:
         Set for the processes of a group, which bind the ports the group's supervisor
         reserved (``SO_REUSEPORT``); never set by users: one server alone refuses a port that
         another uses.
+    dimse_port
+        The DIMSE (DICOM upper layer, PS3.8) port; 0 picks a free one, -1 serves no DIMSE.
+    ae_title
+        The archive's AE title: the called AE title a requester must name (PS3.8 §7.1.1.4).
+    dimse_allow
+        ``(AE title, host)`` pairs of the requesters allowed to associate; any other is
+        rejected (calling AE title not recognised). Empty allows any AE title from loopback
+        only: a DIMSE requester presents no credential but its title.
+    dimse_peers
+        ``(name, AE title, host, port)`` of the DIMSE peers C-MOVE may send to, found by the
+        move destination's AE title; a destination not named here is unknown (0xA801).
+    dimse_max_associations
+        The most associations served at once; one more is rejected (local limit exceeded).
+    dimse_max_pdu_bytes
+        The largest P-DATA PDU the archive receives (Maximum Length, PS3.8 §D.1); 0 is none.
+    dimse_timeout_s
+        How long an association request, a DIMSE message or a response to one may take.
+    dimse_idle_timeout_s
+        How long an association may stay silent before the archive aborts it (ARTIM).
     """
 
     data_dir: Path = Path("data")
@@ -224,6 +243,14 @@ class Settings:
     http_max_stow_parts: int = 10_000
     processes: int = 1
     reuse_port: bool = False
+    dimse_port: int = 11112
+    ae_title: str = "DICOMRPC"
+    dimse_allow: tuple[tuple[str, str], ...] = ()
+    dimse_peers: tuple[tuple[str, str, str, int], ...] = ()
+    dimse_max_associations: int = 16
+    dimse_max_pdu_bytes: int = 256 * KIB
+    dimse_timeout_s: float = 30.0
+    dimse_idle_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.processes <= MAX_PROCESSES:
@@ -241,6 +268,9 @@ class Settings:
                 f"blobs (--blobs, DICOMRPC_BLOBS) is {self.blobs!r}; it takes s3://bucket/prefix "
                 "(instance files are otherwise kept in the data folder)"
             )
+        check_ae_title(self.ae_title)
+        if self.dimse_max_pdu_bytes < 0:
+            raise ValueError(f"dimse_max_pdu_bytes is {self.dimse_max_pdu_bytes}; 0 or more")
         if not 1 <= self.max_sequence_depth <= MAX_SEQUENCE_DEPTH:
             raise ValueError(
                 f"max_sequence_depth (--max-sequence-depth, DICOMRPC_MAX_SEQUENCE_DEPTH) is "
@@ -300,6 +330,14 @@ class Settings:
             "DICOMRPC_HTTP_MAX_URL_BYTES": ("http_max_url_bytes", positive_int),
             "DICOMRPC_HTTP_MAX_STOW_PARTS": ("http_max_stow_parts", positive_int),
             "DICOMRPC_PROCESSES": ("processes", int),
+            "DICOMRPC_DIMSE_PORT": ("dimse_port", int),
+            "DICOMRPC_AE_TITLE": ("ae_title", check_ae_title),
+            "DICOMRPC_DIMSE_ALLOW": ("dimse_allow", parse_allow_list),
+            "DICOMRPC_DIMSE_PEERS": ("dimse_peers", parse_peer_list),
+            "DICOMRPC_DIMSE_MAX_ASSOCIATIONS": ("dimse_max_associations", positive_int),
+            "DICOMRPC_DIMSE_MAX_PDU_BYTES": ("dimse_max_pdu_bytes", int),
+            "DICOMRPC_DIMSE_TIMEOUT": ("dimse_timeout_s", positive_float),
+            "DICOMRPC_DIMSE_IDLE_TIMEOUT": ("dimse_idle_timeout_s", positive_float),
         }
         for var, (name, kind) in mapping.items():
             if var in os.environ:
@@ -359,6 +397,65 @@ def parse_role(text: str) -> tuple[str, tuple[str, ...]]:
 def parse_roles(text: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
     """The role mappings of ``DICOMRPC_AUTH_ROLES``: ``ROLE=SCOPE,SCOPE;ROLE=SCOPE``."""
     return tuple(parse_role(part) for part in text.split(";") if part.strip())
+
+
+def check_ae_title(text: str) -> str:
+    """An AE title as PS3.5 Table 6.2-1 allows it, without its insignificant spaces.
+
+    1 to 16 characters of printable ASCII but backslash, not only spaces.
+    """
+    title = text.strip()
+    if not 1 <= len(title) <= 16 or not all(" " <= c <= "~" and c != "\\" for c in title):
+        raise ValueError(
+            f"AE title {text!r} is not 1 to 16 printable ASCII characters (no backslash)"
+        )
+    return title
+
+
+def parse_allow(text: str) -> tuple[str, str]:
+    """One ``AE@HOST`` (``--dimse-allow``): a requester's AE title and the address it calls from.
+
+    Raises
+    ------
+    ValueError
+        Naming the text when it is not ``AE@HOST`` or the AE title is not one.
+    """
+    title, sep, host = text.rpartition("@")
+    if not sep or not title.strip() or not host.strip():
+        raise ValueError(f"DIMSE requester {text!r} is not AE@HOST")
+    return check_ae_title(title), host.strip().strip("[]")
+
+
+def parse_allow_list(text: str) -> tuple[tuple[str, str], ...]:
+    """The requesters of ``DICOMRPC_DIMSE_ALLOW``: ``AE@HOST`` separated by commas."""
+    return tuple(parse_allow(part) for part in text.split(",") if part.strip())
+
+
+def parse_peer(text: str) -> tuple[str, str, str, int]:
+    """One ``NAME=AE@HOST:PORT`` (``--dimse-peer``): a C-MOVE destination and where it listens.
+
+    Raises
+    ------
+    ValueError
+        Naming the text when it is not ``NAME=AE@HOST:PORT``, or its AE title or port is bad.
+    """
+    name, sep, rest = text.partition("=")
+    where, colon, port_text = rest.rpartition(":")
+    title, at, host = where.rpartition("@")
+    if not (sep and colon and at and name.strip() and host.strip()):
+        raise ValueError(f"DIMSE peer {text!r} is not NAME=AE@HOST:PORT")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError(f"DIMSE peer {text!r}: {port_text!r} is not a port") from None
+    if not 1 <= port <= 65535:
+        raise ValueError(f"DIMSE peer {text!r}: port {port} is not 1 to 65535")
+    return name.strip(), check_ae_title(title), host.strip().strip("[]"), port
+
+
+def parse_peer_list(text: str) -> tuple[tuple[str, str, str, int], ...]:
+    """The peers of ``DICOMRPC_DIMSE_PEERS``: ``NAME=AE@HOST:PORT`` separated by commas."""
+    return tuple(parse_peer(part) for part in text.split(",") if part.strip())
 
 
 def positive_int(text: str) -> int:
@@ -571,7 +668,60 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="most instances in one STOW-RS request, then 413 "
         "(env DICOMRPC_HTTP_MAX_STOW_PARTS, 10000)",
     )
+    _add_dimse_arguments(parser)
     parser.add_argument("--log-level", default="INFO", help="logging level (INFO)")
+
+
+def _add_dimse_arguments(parser: argparse.ArgumentParser) -> None:
+    """The DIMSE options of ``serve`` (see the README's DIMSE section)."""
+    group = parser.add_argument_group("DIMSE (C-ECHO, C-STORE, C-FIND, C-GET, C-MOVE)")
+    group.add_argument(
+        "--dimse-port",
+        type=int,
+        help="DIMSE port, 0 for any, -1 for none (env DICOMRPC_DIMSE_PORT, 11112)",
+    )
+    group.add_argument(
+        "--ae-title",
+        type=_flag_type(check_ae_title),
+        help="the archive's AE title (env DICOMRPC_AE_TITLE, DICOMRPC)",
+    )
+    group.add_argument(
+        "--dimse-allow",
+        type=_flag_type(parse_allow),
+        action="append",
+        metavar="AE@HOST",
+        help="a requester allowed to associate, repeatable; none allows any AE title from "
+        "loopback only (env DICOMRPC_DIMSE_ALLOW, 'AE@HOST,...')",
+    )
+    group.add_argument(
+        "--dimse-peer",
+        type=_flag_type(parse_peer),
+        action="append",
+        metavar="NAME=AE@HOST:PORT",
+        help="a C-MOVE destination, repeatable (env DICOMRPC_DIMSE_PEERS, "
+        "'NAME=AE@HOST:PORT,...'; none)",
+    )
+    group.add_argument(
+        "--dimse-max-associations",
+        type=_flag_type(positive_int),
+        help="associations served at once (env DICOMRPC_DIMSE_MAX_ASSOCIATIONS, 16)",
+    )
+    group.add_argument(
+        "--dimse-max-pdu-bytes",
+        type=int,
+        help="largest PDU received, 0 for no limit (env DICOMRPC_DIMSE_MAX_PDU_BYTES, 262144)",
+    )
+    group.add_argument(
+        "--dimse-timeout",
+        type=_flag_type(positive_float),
+        help="seconds for an association request or a DIMSE message "
+        "(env DICOMRPC_DIMSE_TIMEOUT, 30)",
+    )
+    group.add_argument(
+        "--dimse-idle-timeout",
+        type=_flag_type(positive_float),
+        help="seconds an association may stay silent (env DICOMRPC_DIMSE_IDLE_TIMEOUT, 60)",
+    )
 
 
 def _role(text: str) -> tuple[str, tuple[str, ...]]:

@@ -16,6 +16,7 @@ from dicomrpc_server.config import Settings
 from dicomrpc_server.dicomweb.connections import raise_descriptor_limit
 from dicomrpc_server.dicomweb.context import PREFIX
 from dicomrpc_server.dicomweb.server import HttpServer
+from dicomrpc_server.dimse.server import DimseServer
 from dicomrpc_server.errors import StartupError
 from dicomrpc_server.grpc.server import GrpcServer
 from dicomrpc_server.processes import serve_group
@@ -71,6 +72,14 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         http_max_header_bytes=args.http_max_header_bytes,
         http_max_url_bytes=args.http_max_url_bytes,
         http_max_stow_parts=args.http_max_stow_parts,
+        dimse_port=args.dimse_port,
+        ae_title=args.ae_title,
+        dimse_allow=tuple(args.dimse_allow) if args.dimse_allow else None,
+        dimse_peers=tuple(args.dimse_peer) if args.dimse_peer else None,
+        dimse_max_associations=args.dimse_max_associations,
+        dimse_max_pdu_bytes=args.dimse_max_pdu_bytes,
+        dimse_timeout_s=args.dimse_timeout,
+        dimse_idle_timeout_s=args.dimse_idle_timeout,
     )
 
 
@@ -113,9 +122,13 @@ async def serve(
     # Rotation tools send SIGHUP once they have moved the audit log away.
     loop.add_signal_handler(signal.SIGHUP, archive.auditor.reopen)
     grpc_server: GrpcServer | None = None
+    dimse: DimseServer | None = None
     try:
         grpc_server = GrpcServer(archive)
         http = HttpServer(archive) if settings.http_port >= 0 else None
+        if settings.dimse_port >= 0:
+            dimse = DimseServer(archive)
+            await dimse.start()
     except BaseException:
         if grpc_server is not None:
             await grpc_server.server.stop(None)
@@ -131,7 +144,7 @@ async def serve(
         os.close(ready_fd)
         log.info("serving gRPC on port %d", server.port)
         await stop.wait()
-        await _shut_down(settings, archive, server, http)
+        await _shut_down(settings, archive, server, http, dimse)
         return
     # Printed for scripts and tests that start the server on port 0.
     print(f"dicomrpc {__version__} serving gRPC on {settings.host}:{server.port}", flush=True)
@@ -139,6 +152,12 @@ async def serve(
         print(
             f"dicomrpc {__version__} serving DICOMweb on "
             f"{http.scheme}://{settings.host}:{http.port}{PREFIX}",
+            flush=True,
+        )
+    if dimse is not None:
+        print(
+            f"dicomrpc {__version__} serving DIMSE on {settings.host}:{dimse.port} "
+            f"as {settings.ae_title}",
             flush=True,
         )
     access = describe(settings)
@@ -154,17 +173,23 @@ async def serve(
         counts.instances,
     )
     await stop.wait()
-    await _shut_down(settings, archive, server, http)
+    await _shut_down(settings, archive, server, http, dimse)
 
 
 async def _shut_down(
-    settings: Settings, archive: Archive, server: GrpcServer, http: HttpServer | None
+    settings: Settings,
+    archive: Archive,
+    server: GrpcServer,
+    http: HttpServer | None,
+    dimse: DimseServer | None,
 ) -> None:
     log.info("shutting down: finishing in-flight calls (up to %.0f s)", settings.shutdown_grace_s)
+    stopping = [server.stop(settings.shutdown_grace_s)]
     if http is not None:
-        await asyncio.gather(http.stop(), server.stop(settings.shutdown_grace_s))
-    else:
-        await server.stop(settings.shutdown_grace_s)
+        stopping.append(http.stop())
+    if dimse is not None:
+        stopping.append(dimse.stop(settings.shutdown_grace_s))
+    await asyncio.gather(*stopping)
     archive.close()
     log.info("stopped")
 

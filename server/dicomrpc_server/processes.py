@@ -7,9 +7,9 @@ The process that runs ``dicomrpc serve`` becomes the group's supervisor:
 1. It locks the data folder (:mod:`~dicomrpc_server.storage.folder_lock`) and runs the start-up
    checks and crash recovery once, while no process of the group runs (only then can every
    upload left in the folder be proved garbage).
-2. It reserves the ports: each is first bound as a single server binds it, so that a port
-   another program uses is refused, then held by a socket with ``SO_REUSEPORT`` that never
-   listens (a port of 0 is chosen here, once, for every process).
+2. It reserves the ports (gRPC, DICOMweb, DIMSE): each is first bound as a single server binds
+   it, so that a port another program uses is refused, then held by a socket with
+   ``SO_REUSEPORT`` that never listens (a port of 0 is chosen here, once, for every process).
 3. It starts N processes, each inheriting the folder's locked descriptor, which bind the
    reserved ports with ``SO_REUSEPORT``: the kernel spreads new connections between them. Each
    opens the archive as a group member (:class:`~dicomrpc_server.archive.GroupMember`): the
@@ -278,6 +278,10 @@ async def serve_group(settings: Settings) -> None:
             )
             placeholders.append(http)
             ports["http_port"] = http.getsockname()[1]
+        if settings.dimse_port >= 0:
+            dimse = reserve_port("DIMSE", settings.host, settings.dimse_port, "--dimse-port")
+            placeholders.append(dimse)
+            ports["dimse_port"] = dimse.getsockname()[1]
         member_settings = dataclasses.replace(settings, processes=1, reuse_port=True, **ports)
         group = Group(member_settings, lock, settings.processes)
         stop = asyncio.Event()
@@ -292,6 +296,11 @@ async def serve_group(settings: Settings) -> None:
             print(
                 f"dicomrpc {__version__} serving DICOMweb on "
                 f"{scheme}://{settings.host}:{ports['http_port']}{PREFIX}"
+            )
+        if "dimse_port" in ports:
+            print(
+                f"dicomrpc {__version__} serving DIMSE on {settings.host}:{ports['dimse_port']} "
+                f"as {settings.ae_title}"
             )
         sys.stdout.flush()
         access = describe(settings)

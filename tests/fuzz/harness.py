@@ -95,6 +95,14 @@ HARNESSES: dict[str, Spec] = {
             "workitem query parser (query string → WorkitemQuery → terms; event filters)",
         ),
         Spec(
+            "dimse_find",
+            "tests.fuzz.dimse_find",
+            (*_OURS, "pydicom"),
+            16 * KIB,
+            20,
+            "C-FIND identifier (bytes → identifier → search → responses, dimse/identifiers.py)",
+        ),
+        Spec(
             "http",
             "tests.fuzz.http_gateway",
             _OURS,

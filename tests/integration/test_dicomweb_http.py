@@ -386,6 +386,8 @@ def test_http_can_be_turned_off(tmp_path: Path) -> None:
             "0",
             "--http-port",
             "-1",
+            "--dimse-port",
+            "-1",
             "--log-level",
             "WARNING",
         ],

@@ -11,6 +11,7 @@ import concurrent.futures
 import contextlib
 import os
 import queue
+import re
 import signal
 import socket
 import subprocess
@@ -31,7 +32,9 @@ from dicomrpc.retrieval import RetrievedInstance, SearchResult
 from dicomrpc_server.archive import Archive
 from dicomrpc_server.config import Settings
 from dicomrpc_server.storage.recovery import INDEX_DIR
+from tests import dcmtk
 from tests.conftest import ServerProcess, spawn_server
+from tests.dcmtk import require_dcmtk
 from tests.dicomgen import ct_instance
 from tests.upsgen import workitem
 
@@ -514,3 +517,31 @@ def test_a_group_killed_outright_leaves_a_consistent_folder(tmp_path: Path) -> N
         t.join(60)
     psutil.wait_procs(group, timeout=30)
     assert acknowledged and acknowledged <= _consistent(data_dir)
+
+
+def test_a_group_serves_dimse_from_every_process(tmp_path: Path) -> None:
+    """The DIMSE port is reserved by the supervisor and bound by both processes (a process
+    that could not bind it would stop the group): C-STOREs on many associations are stored."""
+    require_dcmtk()
+    server = spawn_server(tmp_path / "data", "--processes", "2", "--dimse-port", "0")
+    try:
+        assert server.process.stdout is not None
+        line = server.process.stdout.readline()
+        match = re.search(r"serving DIMSE on \S+:(\d+) as DICOMRPC", line)
+        assert match, line
+        port = int(match.group(1))
+        files = []
+        for n in range(12):
+            path = tmp_path / f"{n}.dcm"
+            path.write_bytes(ct_instance(seed=500 + n))
+            files.append(path)
+        assert len(members(server)) == 2
+        for path in files:  # an association each
+            result = dcmtk.run("storescu", *dcmtk.peer(port), str(path))
+            assert result.returncode == 0, result.stdout
+        with Client(server.target) as client:
+            assert len(client.search_instances(limit=100).datasets) == 12
+        echo = dcmtk.run("echoscu", *dcmtk.peer(port))
+        assert echo.returncode == 0, echo.stdout
+    finally:
+        assert server.stop() == 0

@@ -33,7 +33,7 @@ def dicomrpc(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[st
 
 def serve(data_dir: Path, *flags: str) -> subprocess.CompletedProcess[str]:
     """``dicomrpc serve`` expected to refuse (it would otherwise run until the timeout)."""
-    defaults = {"--grpc-port": "0", "--http-port": "0"}
+    defaults = {"--grpc-port": "0", "--http-port": "0", "--dimse-port": "-1"}
     for flag in flags:
         defaults.pop(flag, None)
     args = [arg for pair in defaults.items() for arg in pair]

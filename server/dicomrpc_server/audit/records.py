@@ -111,7 +111,7 @@ class AuditRecord:
     action
         What the call does.
     adapter
-        ``grpc`` or ``http``.
+        ``grpc``, ``http`` or ``dimse``.
     endpoint
         The RPC's full method name, or the HTTP method and path.
     outcome

@@ -307,6 +307,19 @@ class SearchCore:
         token = _encode_token(page[-1]) if rest and page_size else ""
         return SearchPage(results, token)
 
+    def matchable(self, name: str, level: str) -> bool:
+        """Whether ``name`` (a keyword, tag or sequence path) may be a match term at ``level``.
+
+        A search on any other attribute is refused (QIDO: 400); a C-FIND identifier names it
+        as a return key instead, as an SCP does with a key it cannot match on (PS3.4
+        C.4.1.2.2.2: optional keys).
+        """
+        try:
+            _term(name, "", _LEVELS[level], _Extended(self.index.query_tags()))
+        except ServiceError:
+            return False
+        return True
+
     def _intersect(self, terms: list[MatchTerm], level: Level, fuzzy: bool) -> set[bytes]:
         """Keys of the searched level that every term matches, the most selective first.
 

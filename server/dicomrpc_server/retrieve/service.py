@@ -207,6 +207,10 @@ class RetrieveCore:
             out.extend(range(first, last + 1))
         return out
 
+    def locate(self, sop: str) -> tuple[str, str] | None:
+        """The (study, series) holding a SOP instance UID, or ``None``."""
+        return self.index.locate_sop(sop)
+
     def frame_metadata(self, instance: StoredInstance) -> dataset_pb2.Dataset | None:
         """The pre-computed metadata of an instance, for its frames' shape (``None``: none)."""
         return self.index.get_metadata(instance.study_uid, instance.series_uid, instance.sop_uid)

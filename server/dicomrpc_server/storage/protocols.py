@@ -270,6 +270,9 @@ class InstanceReads(Protocol):
     ) -> list[tuple[str, str, str, records_pb2.InstanceRecord]]:
         """The instances of a study (or of one of its series), in key order, with records."""
 
+    def locate_sop(self, sop: str) -> tuple[str, str] | None:
+        """The (study, series) holding a SOP instance UID, or ``None``."""
+
     def get_frames(self, study: str, series: str, sop: str) -> records_pb2.FrameTable | None:
         """The frame offset table of an instance, or ``None`` without pixel data."""
 

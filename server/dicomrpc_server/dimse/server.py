@@ -1,0 +1,244 @@
+"""The DIMSE endpoint: a pynetdicom application entity on the archive's cores.
+
+pynetdicom accepts associations on a thread of its own and runs each association, and the
+handlers of its messages, on a thread per association. Handlers that need the archive's event
+loop (storing, reading, transcoding) hand their work to it; the loop is never blocked by a
+DIMSE peer, and a slow peer holds only its own thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+import threading
+import time
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE, evt
+from pynetdicom.events import Event, EventHandlerType
+from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.utils import make_target
+
+from dicomrpc_server.archive import Archive
+from dicomrpc_server.dimse import statuses
+from dicomrpc_server.dimse.audit import DimseAudit
+from dicomrpc_server.dimse.contexts import supported_contexts
+from dicomrpc_server.dimse.find import FindHandler
+from dicomrpc_server.dimse.get import GetHandler
+from dicomrpc_server.dimse.move import MoveHandler, Peer
+from dicomrpc_server.dimse.requesters import (
+    REJECT_CALLING_AE,
+    RequesterCheck,
+    describe_requester,
+)
+from dicomrpc_server.dimse.sending import InstanceSource
+from dicomrpc_server.dimse.store import StoreHandler
+from dicomrpc_server.ports import port_unavailable
+
+log = logging.getLogger("dicomrpc.dimse")
+
+
+class _SharedPortServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server, binding with ``SO_REUSEPORT`` as a group's processes do."""
+
+    def server_bind(self) -> None:
+        """Bind as pynetdicom does, the port shared with the group's other processes."""
+        assert self.socket is not None
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
+# How often a stopping server looks whether its associations have ended.
+_DRAIN_POLL_S = 0.05
+
+
+class DimseServer:
+    """The archive's DIMSE service class provider: C-ECHO, C-STORE, C-FIND, C-GET, C-MOVE.
+
+    Parameters
+    ----------
+    archive
+        The opened archive; its settings give the port, the AE title, the requesters allowed,
+        the limits and (when set) the TLS certificate, served as DICOM's TLS profile
+        (PS3.15 B.1).
+    """
+
+    def __init__(self, archive: Archive) -> None:
+        self.archive = archive
+        settings = archive.settings
+        self.ae_title = settings.ae_title
+        self._requesters = RequesterCheck(settings.dimse_allow)
+        self._audit = DimseAudit(archive.auditor)
+        ae = AE(ae_title=settings.ae_title)
+        # One by one: the ``supported_contexts`` setter would drop the roles.
+        for context in supported_contexts():
+            ae.add_supported_context(
+                str(context.abstract_syntax),
+                context.transfer_syntax,
+                scu_role=context.scu_role,
+                scp_role=context.scp_role,
+            )
+        ae.require_called_aet = True
+        ae.maximum_associations = settings.dimse_max_associations
+        ae.maximum_pdu_size = settings.dimse_max_pdu_bytes
+        ae.acse_timeout = settings.dimse_timeout_s
+        ae.dimse_timeout = settings.dimse_timeout_s
+        ae.network_timeout = settings.dimse_idle_timeout_s
+        self._ae = ae
+        self._server: ThreadedAssociationServer | None = None
+        self.port = 0
+        # pynetdicom narrates every PDU at INFO; the archive logs one line per association and
+        # per operation instead (its warnings and errors still show).
+        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+    @property
+    def associations(self) -> int:
+        """How many associations are being served now."""
+        return sum(1 for assoc in self._ae.active_associations if assoc.is_acceptor)
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        tls = self.archive.tls
+        if tls is None:
+            return None
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(tls.cert_path, tls.key_path)
+        if tls.client_ca_path is not None:
+            context.load_verify_locations(cafile=tls.client_ca_path)
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
+
+    async def start(self) -> None:
+        """Bind the port and start accepting associations.
+
+        Raises
+        ------
+        StartupError
+            When the port cannot be bound (``PORT_IN_USE`` or ``PORT_UNAVAILABLE``).
+        """
+        archive, settings = self.archive, self.archive.settings
+        loop = asyncio.get_running_loop()
+        source = InstanceSource(archive.retrieve, archive.search, loop)
+        peers = [Peer(*peer) for peer in settings.dimse_peers]
+        audit = self._audit
+        handlers: list[EventHandlerType] = [
+            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_ESTABLISHED, self._on_established),
+            (evt.EVT_REJECTED, self._on_rejected),
+            (evt.EVT_ABORTED, self._on_aborted),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_CONN_CLOSE, self._on_closed),
+            (evt.EVT_C_STORE, StoreHandler(archive.store, loop, audit)),
+            (evt.EVT_C_FIND, FindHandler(archive.search, self.ae_title, audit)),
+            (evt.EVT_C_GET, GetHandler(source, audit)),
+            (evt.EVT_C_MOVE, MoveHandler(source, peers, audit)),
+        ]
+        try:
+            if settings.reuse_port:  # a group's process: the supervisor reserved the port
+                self._server = self._serve_shared(handlers)
+            else:
+                self._server = self._ae.start_server(
+                    (settings.host, settings.dimse_port),
+                    block=False,
+                    evt_handlers=handlers,
+                    ssl_context=self._ssl_context(),
+                )
+        except OSError as exc:
+            raise port_unavailable(
+                "DIMSE", settings.host, settings.dimse_port, "--dimse-port", exc
+            ) from None
+        assert self._server is not None
+        self.port = int(self._server.server_address[1])
+
+    def _serve_shared(self, handlers: list[EventHandlerType]) -> ThreadedAssociationServer:
+        """Accept on a port the other processes of a group bind too (``SO_REUSEPORT``).
+
+        What ``AE.start_server(block=False)`` does otherwise, with that one socket option
+        (see processes.py).
+        """
+        settings = self.archive.settings
+        server = self._ae.make_server(
+            (settings.host, settings.dimse_port),
+            evt_handlers=handlers,
+            ssl_context=self._ssl_context(),
+            server_class=_SharedPortServer,
+        )
+        thread = threading.Thread(
+            target=make_target(server.serve_forever), name="dimse-acceptor", daemon=True
+        )
+        thread.start()
+        self._ae._servers.append(server)
+        return server
+
+    async def stop(self, grace: float) -> None:
+        """Stop accepting; let associations end for up to ``grace`` seconds, then abort them.
+
+        Runs in a thread: an association finishing a C-STORE needs the event loop meanwhile.
+        """
+        await asyncio.to_thread(self._stop, grace)
+
+    def _stop(self, grace: float) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        deadline = time.monotonic() + grace
+        while self._ae.active_associations and time.monotonic() < deadline:
+            time.sleep(_DRAIN_POLL_S)
+        for assoc in self._ae.active_associations:
+            log.warning("aborting the association of %s at shutdown", describe_requester(assoc))
+            assoc.abort()
+        for assoc in self._ae.active_associations:
+            if isinstance(assoc, threading.Thread):
+                assoc.join(grace or 1)
+
+    # -- association events ------------------------------------------------------------------
+
+    def _on_requested(self, event: Event) -> None:
+        """Reject a requester the allow list does not name, before anything is negotiated."""
+        assoc = event.assoc
+        primitive = assoc.requestor.primitive
+        calling = str(primitive.calling_ae_title).strip() if primitive is not None else ""
+        if not self._requesters.permits(calling, str(assoc.requestor.address)):
+            assoc.acse.send_reject(*REJECT_CALLING_AE)
+            # As pynetdicom's own rejections do: the rejection is sent before the connection
+            # closes (stopping the DUL waits for its queue to empty).
+            assoc.kill()
+            log.warning(
+                "association from %s rejected: not an allowed requester (--dimse-allow)",
+                describe_requester(assoc),
+            )
+
+    def _on_established(self, event: Event) -> None:
+        assoc = event.assoc
+        log.info(
+            "association from %s accepted: %d presentation contexts, max PDU %s",
+            describe_requester(assoc),
+            len(assoc.accepted_contexts),
+            assoc.requestor.maximum_length,
+        )
+
+    def _on_rejected(self, event: Event) -> None:
+        assoc = event.assoc
+        primitive = assoc.requestor.primitive
+        called = str(primitive.called_ae_title).strip() if primitive is not None else ""
+        log.warning(
+            "association from %s to %s rejected (AE title, or %d associations already)",
+            describe_requester(assoc),
+            called,
+            self._ae.maximum_associations,
+        )
+
+    def _on_closed(self, event: Event) -> None:
+        """The connection is gone: what the association stored goes to the audit trail."""
+        self._audit.ended(event.assoc)
+
+    def _on_aborted(self, event: Event) -> None:
+        log.info("association from %s aborted", describe_requester(event.assoc))
+
+    def _on_echo(self, event: Event) -> Dataset:
+        log.info("C-ECHO from %s: 0x0000", describe_requester(event.assoc))
+        answer = Dataset()
+        answer.Status = statuses.SUCCESS
+        return answer

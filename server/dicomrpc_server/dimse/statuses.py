@@ -1,0 +1,97 @@
+"""The one mapping from core outcomes and errors to DIMSE statuses (PS3.7 Annex C, PS3.4).
+
+C-STORE (PS3.4 Table B.2-1):
+
+========================================  ===================================================
+Core outcome                              DIMSE status
+========================================  ===================================================
+stored                                    0x0000 Success
+stored with warnings (attributes)         0xB000 Coercion of data elements
+stored, data set does not match SOP       0xB007 Data set does not match SOP Class (warning)
+class (45063)
+no space left (0xA700), instance over     0xA700 Refused: out of resources
+the size limit
+invalid or missing required attribute     0xA900 Error: data set does not match SOP Class
+(43264)
+unparsable, truncated (272)               0xC000 Error: cannot understand
+already stored (45070)                    0x0111 Duplicate SOP Instance (PS3.7 C.5.8)
+being stored by another association       0xA701 Refused: out of resources, a transient
+(45071)                                   refusal: sending it again later succeeds or meets
+                                          0x0111
+a file or index write failed              0x0110 Processing failure
+========================================  ===================================================
+
+C-FIND and C-GET (PS3.4 C.4.1.1.4, C.4.3.1.4): a request the search core refuses as invalid
+is 0xA900 (identifier does not match SOP Class); one that fails otherwise 0xC000 (unable to
+process).
+"""
+
+from __future__ import annotations
+
+from dicomrpc_server.dicom.validation import WARNING_SOP_CLASS_MISMATCH
+from dicomrpc_server.errors import Code, ServiceError
+from dicomrpc_server.storage.space import OUT_OF_RESOURCES
+from dicomrpc_server.store.ingest import InstanceResult, Outcome
+
+SUCCESS = 0x0000
+PENDING = 0xFF00
+CANCEL = 0xFE00
+COERCION = 0xB000
+SOP_CLASS_MISMATCH_WARNING = 0xB007
+REFUSED_OUT_OF_RESOURCES = 0xA700
+REFUSED_BUSY = 0xA701
+DOES_NOT_MATCH_SOP_CLASS = 0xA900
+CANNOT_UNDERSTAND = 0xC000
+PROCESSING_FAILURE = 0x0110
+DUPLICATE_SOP_INSTANCE = 0x0111
+
+# The core's DICOM statuses of a failed instance, by the status they become.
+_FAILURES: dict[int, int] = {
+    OUT_OF_RESOURCES: REFUSED_OUT_OF_RESOURCES,
+    43264: DOES_NOT_MATCH_SOP_CLASS,
+    45070: DUPLICATE_SOP_INSTANCE,
+    45071: REFUSED_BUSY,
+}
+# Failures with the processing-failure status 272 that are no fault of the data set.
+_RESOURCE_REASONS = frozenset({"INSTANCE_TOO_LARGE", "LIMIT_EXCEEDED"})
+_PROCESSING_REASONS = frozenset({"STORAGE_FAILURE", "INTERNAL_FAILURE"})
+
+# Error Comment (0000,0902) is LO: 64 characters at most (PS3.7 Table E.1-1).
+MAX_COMMENT = 64
+
+
+def store_status(result: InstanceResult) -> int:
+    """The C-STORE response status of one instance's result."""
+    if result.outcome is Outcome.STORED:
+        return SUCCESS
+    if result.outcome is Outcome.STORED_WITH_WARNINGS:
+        if result.warning_reason == WARNING_SOP_CLASS_MISMATCH:
+            return SOP_CLASS_MISMATCH_WARNING
+        return COERCION
+    failure = result.failure
+    assert failure is not None
+    return failure_status(failure)
+
+
+def failure_status(error: ServiceError) -> int:
+    """The C-STORE failure status of a core error."""
+    if error.reason in _RESOURCE_REASONS or error.code is Code.RESOURCE_EXHAUSTED:
+        return REFUSED_OUT_OF_RESOURCES
+    if error.reason in _PROCESSING_REASONS:
+        return PROCESSING_FAILURE
+    return _FAILURES.get(error.dicom_status or 0, CANNOT_UNDERSTAND)
+
+
+def query_failure_status(error: ServiceError) -> int:
+    """The C-FIND or C-GET failure status of a core error."""
+    if error.code is Code.RESOURCE_EXHAUSTED:
+        return REFUSED_OUT_OF_RESOURCES
+    if error.code in (Code.INVALID_ARGUMENT, Code.FAILED_PRECONDITION, Code.NOT_FOUND):
+        return DOES_NOT_MATCH_SOP_CLASS
+    return CANNOT_UNDERSTAND
+
+
+def comment(message: str) -> str:
+    """An Error Comment: the message on one line, in printable ASCII, cut to 64 characters."""
+    text = "".join(c if " " <= c <= "~" and c != "\\" else "?" for c in " ".join(message.split()))
+    return text if len(text) <= MAX_COMMENT else text[: MAX_COMMENT - 3] + "..."
