@@ -25,6 +25,7 @@ The process that runs ``dicomrpc serve`` becomes the group's supervisor:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import ctypes
 import dataclasses
@@ -117,6 +118,11 @@ class Group:
         self.lock = lock
         self.count = count
         self.members: dict[int, Member] = {}
+        # Each process has a thread waiting for its exit and, while it starts, one reading
+        # its readiness: a pool of their own, so that they never wait for one another.
+        self._threads = concurrent.futures.ThreadPoolExecutor(
+            max_workers=2 * count + 2, thread_name_prefix="group"
+        )
         self.stopping = False
         self._restarts: list[float] = []
         self.failed: str = ""
@@ -156,7 +162,7 @@ class Group:
         """Whether the process came to serve (False: it exited first)."""
         loop = asyncio.get_running_loop()
         try:
-            data = await loop.run_in_executor(None, os.read, member.ready_fd, 64)
+            data = await loop.run_in_executor(self._threads, os.read, member.ready_fd, 64)
         finally:
             os.close(member.ready_fd)
         return bool(data)
@@ -185,7 +191,8 @@ class Group:
         """Restart each process that exits until ``stop`` is set, or until restarts fail."""
         loop = asyncio.get_running_loop()
         waits: dict[int, asyncio.Future[Any]] = {
-            slot: loop.run_in_executor(None, m.process.wait) for slot, m in self.members.items()
+            slot: loop.run_in_executor(self._threads, m.process.wait)
+            for slot, m in self.members.items()
         }
         stopped: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
         try:
@@ -218,7 +225,7 @@ class Group:
                     if stop.is_set():
                         return
                     replacement = self.spawn(slot)
-                    waits[slot] = loop.run_in_executor(None, replacement.process.wait)
+                    waits[slot] = loop.run_in_executor(self._threads, replacement.process.wait)
                     if await self.wait_ready(replacement):
                         log.info("server process %d serves", replacement.pid)
         finally:
@@ -246,12 +253,13 @@ class Group:
         for member in self.members.values():
             try:
                 await asyncio.wait_for(
-                    loop.run_in_executor(None, member.process.wait), max(deadline, 1.0)
+                    loop.run_in_executor(self._threads, member.process.wait), max(deadline, 1.0)
                 )
             except TimeoutError:
                 log.error("server process %d did not stop in time: killed", member.pid)
                 member.process.kill()
-                await loop.run_in_executor(None, member.process.wait)
+                await loop.run_in_executor(self._threads, member.process.wait)
+        self._threads.shutdown(wait=False)
 
 
 async def serve_group(settings: Settings) -> None:
