@@ -36,8 +36,8 @@ from dicomrpc_server.storage.recovery import (
     recover_departed,
     uploads_lock,
 )
-from dicomrpc_server.storage.s3 import S3Recovery
-from dicomrpc_server.storage.s3_startup import check_folder_store, open_s3_storage
+from dicomrpc_server.storage.s3 import S3BlobStore, S3Recovery
+from dicomrpc_server.storage.s3_startup import GroupStorage, check_folder_store, open_s3_storage
 from dicomrpc_server.store.ingest import StoreCore
 from dicomrpc_server.ups.service import WorkitemCore
 from dicomrpc_server.ups.store import WorkitemStore
@@ -98,6 +98,7 @@ class Archive:
         member: GroupMember | None = None,
     ) -> None:
         self.settings = settings
+        self.member = member
         self.tls = check_access(settings)
         self.access = Authenticator(settings)
         data_dir = settings.data_dir
@@ -118,8 +119,12 @@ class Archive:
         self.blobs: BlobStore
         self.recovery: RecoveryReport | S3Recovery
         try:
-            if settings.blobs:  # objects in S3: see storage/s3_startup.py
+            if settings.blobs and member is None:  # objects in S3: see storage/s3_startup.py
                 self.blobs, self.index, self.recovery = open_s3_storage(settings)
+            elif settings.blobs:
+                uploads = self._own_uploads("s3-uploads")
+                group = GroupStorage(uploads, self.locks, settings.data_dir / RUN_DIR / "wakeups")
+                self.blobs, self.index, self.recovery = open_s3_storage(settings, group)
             elif member is None:
                 check_folder_store(settings.data_dir)
                 self._open_alone()
@@ -169,9 +174,7 @@ class Archive:
         processes that exited left.
         """
         settings = self.settings
-        uploads = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self._uploads_lock = uploads_lock(settings.data_dir / "uploads" / uploads)
-        self.locks.acquire(self._uploads_lock)  # before the folder exists: never taken as left
+        uploads = self._own_uploads("uploads")
         self.blobs = blobs = LocalBlobStore(settings.data_dir, uploads=uploads)
         self.index = _open_index(settings, blobs, wakeups=True)
         try:
@@ -179,6 +182,16 @@ class Archive:
         except BaseException:
             self.index.close()
             raise
+
+    def _own_uploads(self, parent: str) -> str:
+        """Name this process's uploads folder (under ``parent``) and hold its lock.
+
+        The lock is taken before the folder exists, so that no other process ever takes the
+        folder for one whose process has exited.
+        """
+        name = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.locks.acquire(uploads_lock(self.settings.data_dir / parent / name))
+        return name
 
     def patient_of(self, study: str) -> Patient | None:
         """The patient of a stored study (from its index record), or None: unknown or no ID."""
@@ -196,7 +209,7 @@ class Archive:
         self.codec_workers.shutdown()
         self.index.close()
         blobs = self.blobs
-        if isinstance(blobs, LocalBlobStore) and blobs.uploads_dir != blobs.uploads_root:
+        if self.member is not None and isinstance(blobs, LocalBlobStore | S3BlobStore):
             # Every store has finished: the folder is empty, unless a store was interrupted
             # (the next process to start settles what it holds).
             with contextlib.suppress(OSError):
@@ -206,7 +219,7 @@ class Archive:
         self.lock.release()
 
 
-def recover_folder(settings: Settings) -> RecoveryReport:
+def recover_folder(settings: Settings) -> RecoveryReport | S3Recovery:
     """Check a data folder this process has locked, and recover it from a crash.
 
     What an archive opened alone does before it serves; a group's supervisor does it once
@@ -217,6 +230,10 @@ def recover_folder(settings: Settings) -> RecoveryReport:
     StartupError
         As :class:`Archive` does, when the index is missing, behind its files or being rebuilt.
     """
+    if settings.blobs:
+        _, s3_index, s3_report = open_s3_storage(settings)
+        s3_index.close()
+        return s3_report
     check_folder_store(settings.data_dir)
     index, report = _check_and_recover(settings, LocalBlobStore(settings.data_dir))
     index.close()

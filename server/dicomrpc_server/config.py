@@ -258,11 +258,6 @@ class Settings:
                 f"processes (--processes, DICOMRPC_PROCESSES) is {self.processes}; it must be "
                 f"1 to {MAX_PROCESSES}"
             )
-        if self.blobs and self.processes > 1:
-            raise ValueError(
-                "processes (--processes, DICOMRPC_PROCESSES) above 1 need the instance files in "
-                "the data folder: with --blobs s3://... serve from one process"
-            )
         if self.blobs and not self.blobs.startswith("s3://"):
             raise ValueError(
                 f"blobs (--blobs, DICOMRPC_BLOBS) is {self.blobs!r}; it takes s3://bucket/prefix "

@@ -33,7 +33,7 @@ from dicomrpc_server.archive import Archive
 from dicomrpc_server.config import Settings
 from dicomrpc_server.storage.recovery import INDEX_DIR
 from tests import dcmtk
-from tests.conftest import ServerProcess, spawn_server
+from tests.conftest import S3Emulator, ServerProcess, spawn_server
 from tests.dcmtk import require_dcmtk
 from tests.dicomgen import ct_instance
 from tests.upsgen import workitem
@@ -543,5 +543,48 @@ def test_a_group_serves_dimse_from_every_process(tmp_path: Path) -> None:
             assert len(client.search_instances(limit=100).datasets) == 12
         echo = dcmtk.run("echoscu", *dcmtk.peer(port))
         assert echo.returncode == 0, echo.stdout
+    finally:
+        assert server.stop() == 0
+
+
+def test_a_group_on_s3_shares_the_bucket_and_settles_an_exited_process(
+    tmp_path: Path, s3: S3Emulator
+) -> None:
+    """Two processes on one S3 store: an instance stored through one is read back through the
+    other; a process killed outright is replaced, and what its folder held (an upload whose
+    commit never came) is settled: its object removed, the index's objects kept."""
+    bucket = s3.new_bucket()
+    data = tmp_path / "data"
+    server = spawn_server(
+        data, "--processes", "2", "--blobs", f"s3://{bucket}/p", "--s3-endpoint", s3.endpoint
+    )
+    try:
+        by_pid = pinned(server, 1)
+        (victim_pid, (a,)), (_, (b,)) = by_pid.items()
+        payload = ct_instance(seed=900)
+        stored = a.store([payload]).instances[0]
+        assert stored.outcome == "stored"
+        (back,) = b.retrieve(
+            stored.study_instance_uid, stored.series_instance_uid, stored.sop_instance_uid
+        )
+        assert isinstance(back, RetrievedInstance) and back.data[128:] == payload[128:]
+        # What a process killed between its upload and its commit leaves in its folder.
+        folder = next(
+            p for p in (data / "s3-uploads").iterdir() if p.name.startswith(f"{victim_pid}-")
+        )
+        orphan = "0123456789abcdef0123456789abcdef"
+        s3.client().put_object(Bucket=bucket, Key=f"p/{orphan}.dcm", Body=b"never indexed")
+        (folder / f"{orphan}.pending").write_bytes(b"")
+        psutil.Process(victim_pid).send_signal(signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while folder.exists() or len(members(server)) < 2:
+            assert time.monotonic() < deadline, "the exited process's folder was not settled"
+            time.sleep(0.2)
+        assert f"p/{orphan}.dcm" not in s3.keys(bucket)
+        assert len(s3.keys(bucket)) == 1  # the stored instance stays
+        for c in (a, b):
+            c.close()
+        with Client(server.target) as client:
+            assert client.store([ct_instance(seed=901)]).instances[0].outcome == "stored"
     finally:
         assert server.stop() == 0

@@ -308,8 +308,8 @@ class S3BlobStore:
     data_dir
         The data folder: uploads spool to, and their markers are kept in, ``s3-uploads/``.
     uploads_dir
-        Another folder for them (one per process when several serve one data folder: start-up
-        recovery settles every marker of its folder).
+        Another folder for them: one per process when several serve one data folder (each
+        settles only its own folder and those of processes that have exited).
     multipart_bytes, part_bytes
         Uploads of more than ``multipart_bytes`` go in parts of ``part_bytes`` (S3 takes parts
         of 5 MiB and more, all but the last).
@@ -463,7 +463,11 @@ class S3BlobStore:
         if pending_removals:
             self.remove(pending_removals)
             report.removals = len(pending_removals)
-        entries = {entry.name: Path(entry.path) for entry in os.scandir(self.uploads_dir)}
+        entries = {
+            entry.name: Path(entry.path)
+            for entry in os.scandir(self.uploads_dir)
+            if not entry.is_dir(follow_symlinks=False)
+        }
         markers = {
             name.removesuffix(MARKER_SUFFIX) for name in entries if name.endswith(MARKER_SUFFIX)
         }

@@ -15,14 +15,17 @@ folder whose files are in S3.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from dicomrpc_server.config import Settings
 from dicomrpc_server.errors import StartupError
 from dicomrpc_server.storage.blobs import fsync_dir
+from dicomrpc_server.storage.key_locks import KeyLocks
 from dicomrpc_server.storage.lmdb_index import LmdbIndex
-from dicomrpc_server.storage.s3 import S3BlobStore, S3Location, S3Recovery
+from dicomrpc_server.storage.s3 import UPLOADS_DIR, S3BlobStore, S3Location, S3Recovery
 
 STORE_FILE = "blob-store"
 INDEX_DIR = "index"
@@ -84,8 +87,14 @@ def _record(data_dir: Path, location: S3Location) -> None:
     fsync_dir(data_dir)
 
 
-def open_s3_storage(settings: Settings) -> tuple[S3BlobStore, LmdbIndex, S3Recovery]:
+def open_s3_storage(
+    settings: Settings, group: GroupStorage | None = None
+) -> tuple[S3BlobStore, LmdbIndex, S3Recovery]:
     """Open the S3 store of ``settings.blobs`` and the index in the data folder, and recover.
+
+    Alone, every marker and spool file is settled (those of a group's process folders too:
+    their processes have all exited). As one process of a group (``group``), its uploads go to
+    a folder of its own and only the folders of processes that have exited are settled.
 
     Raises
     ------
@@ -113,7 +122,9 @@ def open_s3_storage(settings: Settings) -> tuple[S3BlobStore, LmdbIndex, S3Recov
             f"({data_dir / REBUILDING_DIR} exists)",
         )
     recorded = _check_record(data_dir, location)
-    store = S3BlobStore(location, data_dir)
+    uploads_root = data_dir / UPLOADS_DIR
+    own = None if group is None else uploads_root / group.uploads
+    store = S3BlobStore(location, data_dir, uploads_dir=own)
     store.check()
     if not recorded:
         _record(data_dir, location)
@@ -123,13 +134,47 @@ def open_s3_storage(settings: Settings) -> tuple[S3BlobStore, LmdbIndex, S3Recov
         max_readers=settings.lmdb_max_readers,
         max_batch=settings.commit_batch,
         before_commit=store.sync,
+        wakeups=None if group is None else group.wakeups,
     )
     try:
         removals = sorted(index.pending_removals())
         report = store.recover(index, removals)
+        for folder in sorted(p for p in uploads_root.iterdir() if p.is_dir() and p != own):
+            name = f"uploads {folder.name}"
+            if group is not None and not group.locks.acquire(name):
+                continue  # its process lives
+            try:
+                settled = S3BlobStore(location, data_dir, uploads_dir=folder).recover(index, [])
+                with contextlib.suppress(OSError):  # something there was kept
+                    folder.rmdir()
+            finally:
+                if group is not None:
+                    group.locks.release(name)
+            report.partial_uploads += settled.partial_uploads
+            report.unfinished_commits += settled.unfinished_commits
+            report.completed += settled.completed
         if removals:
             index.forget_removals(removals).result()
     except BaseException:
         index.close()
         raise
     return store, index, report
+
+
+@dataclass(frozen=True)
+class GroupStorage:
+    """What one process of a group needs to open the S3 store beside the others.
+
+    Attributes
+    ----------
+    uploads
+        The name of its own uploads folder (under ``s3-uploads/``), whose lock it holds.
+    locks
+        The locks shared by the group's processes.
+    wakeups
+        The folder of the group's wake-up pipes.
+    """
+
+    uploads: str
+    locks: KeyLocks
+    wakeups: Path
