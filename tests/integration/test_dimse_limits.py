@@ -34,7 +34,7 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]
         dimse_port=0,
         dimse_max_pdu_bytes=MAX_PDU,
         dimse_idle_timeout_s=1.0,
-        # A connection that never sends an association request holds its slot this long.
+        # A connection that never sends an association request waits for it this long.
         dimse_timeout_s=2.0,
         max_instance_bytes=8192,
     )
@@ -80,6 +80,26 @@ def test_one_association_more_than_the_limit_is_rejected(crowded: RunningServer)
         held.release()
     settle(crowded)
     assert "Received Echo Response (Success)" in echo(crowded)
+
+
+def test_silent_connections_do_not_take_a_requesters_place(crowded: RunningServer) -> None:
+    """Connections that never request an association wait apart: with a limit of one
+    association, eight of them open, a requester is still served (and then one more is
+    refused as before: the limit counts requested associations)."""
+    dcmtk.require_dcmtk()
+    silent = [socket.create_connection(("127.0.0.1", crowded.dimse_port)) for _ in range(8)]
+    try:
+        time.sleep(0.3)  # accepted, each waiting for a request that never comes
+        assert "Received Echo Response (Success)" in echo(crowded)
+        held = _requester().associate("127.0.0.1", crowded.dimse_port, ae_title=dcmtk.AE_TITLE)
+        assert held.is_established
+        try:
+            assert "Local Limit Exceeded" in echo(crowded)
+        finally:
+            held.release()
+    finally:
+        for connection in silent:
+            connection.close()
 
 
 def test_the_pdu_size_limit_is_announced(archive: RunningServer) -> None:

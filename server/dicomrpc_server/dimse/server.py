@@ -14,9 +14,11 @@ import socket
 import ssl
 import threading
 import time
+from typing import Any
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
+from pynetdicom.association import Association
 from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.utils import make_target
@@ -39,9 +41,27 @@ from dicomrpc_server.ports import port_unavailable
 
 log = logging.getLogger("dicomrpc.dimse")
 
+# Connections that have not requested an association yet, at most, at once (see
+# DimseServer.takes_connection); pynetdicom's own association count is set out of reach.
+MAX_WAITING = 256
+UNCOUNTED = 1 << 30
+# A-ASSOCIATE-RJ: rejected-transient, by the service provider (presentation), local limit
+# exceeded (PS3.8 Table 9-21).
+REJECT_LOCAL_LIMIT = (0x02, 0x03, 0x02)
 
-class _SharedPortServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server, binding with ``SO_REUSEPORT`` as a group's processes do."""
+
+class _AcceptorServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server, asking the DIMSE server whether to take a connection."""
+
+    gate: DimseServer | None = None
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """Whether to serve a new connection (socketserver closes it otherwise)."""
+        return self.gate is None or self.gate.takes_connection(client_address)
+
+
+class _SharedPortServer(_AcceptorServer):
+    """The acceptor, binding with ``SO_REUSEPORT`` as a group's processes do."""
 
     def server_bind(self) -> None:
         """Bind as pynetdicom does, the port shared with the group's other processes."""
@@ -81,13 +101,19 @@ class DimseServer:
                 scp_role=context.scp_role,
             )
         ae.require_called_aet = True
-        ae.maximum_associations = settings.dimse_max_associations
+        # The association limit is kept here (see _on_requested), counting associations that
+        # have been requested; pynetdicom would count every connection from its acceptance.
+        ae.maximum_associations = UNCOUNTED
         ae.maximum_pdu_size = settings.dimse_max_pdu_bytes
         ae.acse_timeout = settings.dimse_timeout_s
         ae.dimse_timeout = settings.dimse_timeout_s
         ae.network_timeout = settings.dimse_idle_timeout_s
         self._ae = ae
         self._server: ThreadedAssociationServer | None = None
+        self._requested: set[Association] = set()
+        self._requested_lock = threading.Lock()
+        self._refused_connections = 0
+        self._refusal_logged = 0.0
         self.port = 0
         # pynetdicom narrates every PDU at INFO; the archive logs one line per association and
         # per operation instead (its warnings and errors still show).
@@ -135,15 +161,9 @@ class DimseServer:
             (evt.EVT_C_MOVE, MoveHandler(source, peers, audit)),
         ]
         try:
-            if settings.reuse_port:  # a group's process: the supervisor reserved the port
-                self._server = self._serve_shared(handlers)
-            else:
-                self._server = self._ae.start_server(
-                    (settings.host, settings.dimse_port),
-                    block=False,
-                    evt_handlers=handlers,
-                    ssl_context=self._ssl_context(),
-                )
+            # A group's processes share the port the supervisor reserved (see processes.py).
+            server_class = _SharedPortServer if settings.reuse_port else _AcceptorServer
+            self._server = self._serve(handlers, server_class)
         except OSError as exc:
             raise port_unavailable(
                 "DIMSE", settings.host, settings.dimse_port, "--dimse-port", exc
@@ -151,19 +171,19 @@ class DimseServer:
         assert self._server is not None
         self.port = int(self._server.server_address[1])
 
-    def _serve_shared(self, handlers: list[EventHandlerType]) -> ThreadedAssociationServer:
-        """Accept on a port the other processes of a group bind too (``SO_REUSEPORT``).
-
-        What ``AE.start_server(block=False)`` does otherwise, with that one socket option
-        (see processes.py).
-        """
+    def _serve(
+        self, handlers: list[EventHandlerType], server_class: type[_AcceptorServer]
+    ) -> ThreadedAssociationServer:
+        """Start accepting, as ``AE.start_server(block=False)`` does, with our server class."""
         settings = self.archive.settings
         server = self._ae.make_server(
             (settings.host, settings.dimse_port),
             evt_handlers=handlers,
             ssl_context=self._ssl_context(),
-            server_class=_SharedPortServer,
+            server_class=server_class,
         )
+        assert isinstance(server, _AcceptorServer)
+        server.gate = self
         thread = threading.Thread(
             target=make_target(server.serve_forever), name="dimse-acceptor", daemon=True
         )
@@ -209,6 +229,21 @@ class DimseServer:
                 "association from %s rejected: not an allowed requester (--dimse-allow)",
                 describe_requester(assoc),
             )
+            return
+        limit = self.archive.settings.dimse_max_associations
+        with self._requested_lock:
+            full = len(self._requested) >= limit
+            if not full:
+                self._requested.add(assoc)
+        if full:
+            assoc.acse.send_reject(*REJECT_LOCAL_LIMIT)
+            assoc.kill()
+            log.warning(
+                "association from %s rejected: %d associations are served already "
+                "(--dimse-max-associations)",
+                describe_requester(assoc),
+                limit,
+            )
 
     def _on_established(self, event: Event) -> None:
         assoc = event.assoc
@@ -232,7 +267,40 @@ class DimseServer:
 
     def _on_closed(self, event: Event) -> None:
         """The connection is gone: what the association stored goes to the audit trail."""
+        with self._requested_lock:
+            self._requested.discard(event.assoc)
         self._audit.ended(event.assoc)
+
+    def takes_connection(self, client_address: Any) -> bool:
+        """Whether a new connection is taken (it is closed at once otherwise).
+
+        A connection counts against the association limit only once it has requested an
+        association: one that sends nothing waits for its request (up to the ACSE timeout)
+        without taking a requester's place. So that such connections cannot pile up, at most
+        ``MAX_WAITING`` of them wait at once; one more is closed (logged at most once a
+        minute).
+        """
+        with self._requested_lock:
+            requested = set(self._requested)
+        waiting = sum(
+            1
+            for assoc in self._ae.active_associations
+            if assoc.is_acceptor and assoc not in requested
+        )
+        if waiting < MAX_WAITING:
+            return True
+        self._refused_connections += 1
+        now = time.monotonic()
+        if now - self._refusal_logged >= 60:
+            self._refusal_logged = now
+            log.warning(
+                "connection from %s closed: %d connections wait for their association request "
+                "(%d closed so far)",
+                client_address[0] if isinstance(client_address, tuple) else client_address,
+                waiting,
+                self._refused_connections,
+            )
+        return False
 
     def _on_aborted(self, event: Event) -> None:
         log.info("association from %s aborted", describe_requester(event.assoc))
