@@ -9,12 +9,10 @@ import os
 import signal
 import sys
 
-from dicomrpc_server import __version__
-from dicomrpc_server.access.setup import describe, is_loopback
+from dicomrpc_server.announce import announce
 from dicomrpc_server.archive import Archive, GroupMember
 from dicomrpc_server.config import Settings
 from dicomrpc_server.dicomweb.connections import raise_descriptor_limit
-from dicomrpc_server.dicomweb.context import PREFIX
 from dicomrpc_server.dicomweb.server import HttpServer
 from dicomrpc_server.dimse.server import DimseServer
 from dicomrpc_server.errors import StartupError
@@ -146,25 +144,12 @@ async def serve(
         await stop.wait()
         await _shut_down(settings, archive, server, http, dimse)
         return
-    # Printed for scripts and tests that start the server on port 0.
-    print(f"dicomrpc {__version__} serving gRPC on {settings.host}:{server.port}", flush=True)
-    if http is not None:
-        print(
-            f"dicomrpc {__version__} serving DICOMweb on "
-            f"{http.scheme}://{settings.host}:{http.port}{PREFIX}",
-            flush=True,
-        )
-    if dimse is not None:
-        print(
-            f"dicomrpc {__version__} serving DIMSE on {settings.host}:{dimse.port} "
-            f"as {settings.ae_title}",
-            flush=True,
-        )
-    access = describe(settings)
-    if is_loopback(settings.host) or settings.auth_jwks or settings.auth_api_keys:
-        log.info("access: %s", access)
-    else:
-        log.warning("access: %s", access)
+    announce(
+        settings,
+        server.port,
+        http.port if http is not None else -1,
+        dimse.port if dimse is not None else -1,
+    )
     log.info(
         "data %s: %d studies, %d series, %d instances",
         settings.data_dir,

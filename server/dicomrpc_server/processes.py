@@ -39,12 +39,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from dicomrpc_server import __version__
 from dicomrpc_server.access.setup import check as check_access
-from dicomrpc_server.access.setup import describe, is_loopback
+from dicomrpc_server.announce import announce
 from dicomrpc_server.archive import GroupMember, recover_folder
 from dicomrpc_server.config import Settings
-from dicomrpc_server.dicomweb.context import PREFIX
 from dicomrpc_server.errors import StartupError
 from dicomrpc_server.ports import reserve_port
 from dicomrpc_server.storage.folder_lock import DataFolderLock
@@ -298,24 +296,12 @@ async def serve_group(settings: Settings) -> None:
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, group.signal, signal.SIGHUP)
         await group.start()
-        print(f"dicomrpc {__version__} serving gRPC on {settings.host}:{ports['grpc_port']}")
-        if "http_port" in ports:
-            scheme = "https" if settings.tls_cert is not None else "http"
-            print(
-                f"dicomrpc {__version__} serving DICOMweb on "
-                f"{scheme}://{settings.host}:{ports['http_port']}{PREFIX}"
-            )
-        if "dimse_port" in ports:
-            print(
-                f"dicomrpc {__version__} serving DIMSE on {settings.host}:{ports['dimse_port']} "
-                f"as {settings.ae_title}"
-            )
-        sys.stdout.flush()
-        access = describe(settings)
-        if is_loopback(settings.host) or settings.auth_jwks or settings.auth_api_keys:
-            log.info("access: %s", access)
-        else:
-            log.warning("access: %s", access)
+        announce(
+            settings,
+            ports["grpc_port"],
+            ports.get("http_port", -1),
+            ports.get("dimse_port", -1),
+        )
         log.info(
             "%d server processes (%s) on data folder %s",
             settings.processes,
