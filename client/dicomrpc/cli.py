@@ -107,6 +107,17 @@ def _parser() -> argparse.ArgumentParser:
     for command in tags_sub.choices.values():
         add_connection_arguments(command)
 
+    peers = sub.add_parser("peers", help="the DIMSE peers the archive's C-MOVE may send to")
+    peers_sub = peers.add_subparsers(dest="action", required=True)
+    peers_sub.add_parser("list", help="list the peers (name, AE title, address, source)")
+    add_peer = peers_sub.add_parser("add", help="add a peer, or replace one added before")
+    add_peer.add_argument("name", help="the peer's name (letters, digits, '.-_')")
+    add_peer.add_argument("address", metavar="AE@HOST:PORT", help="its AE title and address")
+    remove_peer = peers_sub.add_parser("remove", help="remove a peer added with 'peers add'")
+    remove_peer.add_argument("name")
+    for command in peers_sub.choices.values():
+        add_connection_arguments(command)
+
     _add_api_key_parser(sub)
 
     for command in (retrieve, frames, metadata, delete, feed, search):
@@ -446,6 +457,26 @@ def query_tags_command(args: argparse.Namespace) -> int:
         return 0
 
 
+def peers_command(args: argparse.Namespace) -> int:
+    """List, add or remove the DIMSE peers C-MOVE may send to."""
+    with connect(args) as client:
+        if args.action == "list":
+            for peer in client.dimse_peers():
+                print(f"{peer.name} {peer.ae_title}@{peer.host}:{peer.port} {peer.source}")
+            return 0
+        if args.action == "remove":
+            client.remove_dimse_peer(args.name)
+            return 0
+        where, colon, port = args.address.rpartition(":")
+        title, at, host = where.rpartition("@")
+        if not (colon and at and port.isdigit()):
+            print(f"error: {args.address!r} is not AE@HOST:PORT", file=sys.stderr)
+            return 2
+        peer = client.add_dimse_peer(args.name, title, host, int(port))
+        print(f"{peer.name} {peer.ae_title}@{peer.host}:{peer.port} {peer.source}")
+        return 0
+
+
 def _print_status(status: ReindexStatus) -> None:
     state = "done" if status.done else "running"
     print(
@@ -474,6 +505,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "feed": feed_command,
         "search": search_command,
         "query-tags": query_tags_command,
+        "peers": peers_command,
         "workitem": workitem_command,
         "api-key": api_key_command,
     }

@@ -15,7 +15,14 @@ import grpc
 from dicomrpc import retrieval
 from dicomrpc.credentials import TokenChannel, TokenProvider, TokenSource
 from dicomrpc.errors import DicomRpcError
-from dicomrpc.results import Capabilities, Change, QueryTag, ReindexStatus, StoreResult
+from dicomrpc.results import (
+    Capabilities,
+    Change,
+    DimsePeer,
+    QueryTag,
+    ReindexStatus,
+    StoreResult,
+)
 from dicomrpc.sources import DEFAULT_CHUNK, Item, Sources, iter_items, requests
 from dicomrpc.v1 import management_service_pb2 as mpb
 from dicomrpc.v1 import (
@@ -555,6 +562,24 @@ class Client:
                 yield Change.from_message(message.entry)
         finally:
             stream.cancel()
+
+    def dimse_peers(self) -> list[DimsePeer]:
+        """The DIMSE peers the archive's C-MOVE may send to, by name."""
+        response = self._unary(self._management.ListDimsePeers, mpb.ListDimsePeersRequest())
+        return [DimsePeer.from_message(p) for p in response.peers]
+
+    def add_dimse_peer(self, name: str, ae_title: str, host: str, port: int) -> DimsePeer:
+        """Let the archive's C-MOVE send to ``ae_title`` at ``host:port``, as ``name``.
+
+        The peer is kept across restarts; adding a name again replaces that peer.
+        """
+        peer = mpb.DimsePeer(name=name, ae_title=ae_title, host=host, port=port)
+        response = self._unary(self._management.AddDimsePeer, mpb.AddDimsePeerRequest(peer=peer))
+        return DimsePeer.from_message(response.peer)
+
+    def remove_dimse_peer(self, name: str) -> None:
+        """Forget a peer added with :meth:`add_dimse_peer`."""
+        self._unary(self._management.RemoveDimsePeer, mpb.RemoveDimsePeerRequest(name=name))
 
     def capabilities(self) -> Capabilities:
         """What the server supports: storable syntaxes, transcodings and limits."""

@@ -226,6 +226,41 @@ class QueryTag:
         )
 
 
+_PEER_SOURCES = {
+    mpb.DIMSE_PEER_SOURCE_SETTINGS: "settings",
+    mpb.DIMSE_PEER_SOURCE_REGISTRY: "registry",
+}
+
+
+@dataclass(frozen=True)
+class DimsePeer:
+    """A DIMSE peer the archive's C-MOVE may send to.
+
+    Attributes
+    ----------
+    name
+        Its name in the registry.
+    ae_title
+        The AE title a C-MOVE names as its destination.
+    host, port
+        Where it listens.
+    source
+        ``"settings"`` (``--dimse-peer``: fixed while the server runs) or ``"registry"``
+        (added with :meth:`~dicomrpc.Client.add_dimse_peer`).
+    """
+
+    name: str
+    ae_title: str
+    host: str
+    port: int
+    source: str
+
+    @classmethod
+    def from_message(cls, m: mpb.DimsePeer) -> DimsePeer:
+        """Decode a ``DimsePeer``."""
+        return cls(m.name, m.ae_title, m.host, m.port, _PEER_SOURCES.get(m.source, ""))
+
+
 @dataclass(frozen=True)
 class ReindexStatus:
     """The progress of a re-indexing operation started by adding query tags."""

@@ -19,6 +19,7 @@ from dicomrpc_server.audit.records import Patient
 from dicomrpc_server.config import Settings
 from dicomrpc_server.lifecycle.delete import DeleteCore
 from dicomrpc_server.lifecycle.feed import ChangeFeed
+from dicomrpc_server.peers import PeerRegistry
 from dicomrpc_server.query.engine import SearchCore
 from dicomrpc_server.query.reindexing import ExtendedQueryTags
 from dicomrpc_server.retrieve.service import RetrieveCore
@@ -148,6 +149,7 @@ class Archive:
         self.store = StoreCore(settings, self.blobs, self.index, self.parse_workers, self.locks)
         self.search = SearchCore(self.index)
         self.query_tags = ExtendedQueryTags(self.index, self.locks)
+        self.peers = PeerRegistry(settings.dimse_peers, self.index)
         self.delete = DeleteCore(self.index, self.blobs)
         self.feed = ChangeFeed(self.index)
         self.workitems = WorkitemCore(

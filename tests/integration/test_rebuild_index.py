@@ -206,7 +206,9 @@ def test_a_killed_rebuild_resumes_and_a_third_run_has_nothing_to_do(tmp_path: Pa
     assert not list(data_dir.glob("index.replaced-*")), "there was no index to replace"
 
 
-def test_a_restored_backup_is_rebuilt_keeping_workitems_and_query_tags(tmp_path: Path) -> None:
+def test_a_restored_backup_is_rebuilt_keeping_workitems_tags_and_peers(
+    tmp_path: Path,
+) -> None:
     data_dir = tmp_path / "data"
     early, late = _tiny_study(5), _tiny_study(7)
     server = spawn_server(data_dir)
@@ -216,6 +218,7 @@ def test_a_restored_backup_is_rebuilt_keeping_workitems_and_query_tags(tmp_path:
             uid = client.workitems.create(workitem()).workitem_uid
             _, operation = client.add_query_tags(["Rows"], level="instance")
             client.wait_for_reindex(operation, timeout_s=60)
+            client.add_dimse_peer("viewer", "VIEWER", "127.0.0.1", 11112)
     finally:
         assert server.stop() == 0
     shutil.copytree(data_dir / "index", tmp_path / "backup")
@@ -250,6 +253,7 @@ def test_a_restored_backup_is_rebuilt_keeping_workitems_and_query_tags(tmp_path:
             assert client.workitems.get(uid).state == "SCHEDULED"
             [tag] = client.query_tags()
             assert tag.ready
+            assert [p.ae_title for p in client.dimse_peers()] == ["VIEWER"]
             found = client.search_instances({"Rows": "2"}, limit=1000).datasets
             assert len(found) == 12
     finally:

@@ -128,6 +128,30 @@ QUERY_TAG_STATUS_READY: QueryTagStatus.ValueType  # 2
 """The tag is indexed and searchable."""
 Global___QueryTagStatus: _TypeAlias = QueryTagStatus  # noqa: Y015
 
+class _DimsePeerSource:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DimsePeerSourceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DimsePeerSource.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DIMSE_PEER_SOURCE_UNSPECIFIED: _DimsePeerSource.ValueType  # 0
+    """Not set."""
+    DIMSE_PEER_SOURCE_SETTINGS: _DimsePeerSource.ValueType  # 1
+    """The server's settings (--dimse-peer): changed only by restarting with others."""
+    DIMSE_PEER_SOURCE_REGISTRY: _DimsePeerSource.ValueType  # 2
+    """Added with AddDimsePeer, kept in the archive until removed."""
+
+class DimsePeerSource(_DimsePeerSource, metaclass=_DimsePeerSourceEnumTypeWrapper):
+    """Where a DIMSE peer comes from."""
+
+DIMSE_PEER_SOURCE_UNSPECIFIED: DimsePeerSource.ValueType  # 0
+"""Not set."""
+DIMSE_PEER_SOURCE_SETTINGS: DimsePeerSource.ValueType  # 1
+"""The server's settings (--dimse-peer): changed only by restarting with others."""
+DIMSE_PEER_SOURCE_REGISTRY: DimsePeerSource.ValueType  # 2
+"""Added with AddDimsePeer, kept in the archive until removed."""
+Global___DimsePeerSource: _TypeAlias = DimsePeerSource  # noqa: Y015
+
 @_typing.final
 class DeleteStudyRequest(_message.Message):
     """Request of DeleteStudy."""
@@ -777,3 +801,169 @@ class GetCapabilitiesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetCapabilitiesResponse: _TypeAlias = GetCapabilitiesResponse  # noqa: Y015
+
+@_typing.final
+class DimsePeer(_message.Message):
+    """A DIMSE application entity C-MOVE may send instances to (PS3.4 C.4.2)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    AE_TITLE_FIELD_NUMBER: _builtins.int
+    HOST_FIELD_NUMBER: _builtins.int
+    PORT_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The peer's name in the registry (letters, digits, '.', '-', '_'; 1 to 64)."""
+    ae_title: _builtins.str
+    """Its AE title: the move destination a C-MOVE names (1 to 16 characters, PS3.5)."""
+    host: _builtins.str
+    """The host it listens on."""
+    port: _builtins.int
+    """The port it listens on (1 to 65535)."""
+    source: Global___DimsePeerSource.ValueType
+    """Where it comes from (output only)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        ae_title: _builtins.str = ...,
+        host: _builtins.str = ...,
+        port: _builtins.int = ...,
+        source: Global___DimsePeerSource.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ae_title", b"ae_title", "host", b"host", "name", b"name", "port", b"port", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DimsePeer: _TypeAlias = DimsePeer  # noqa: Y015
+
+@_typing.final
+class ListDimsePeersRequest(_message.Message):
+    """Request of ListDimsePeers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDimsePeersRequest: _TypeAlias = ListDimsePeersRequest  # noqa: Y015
+
+@_typing.final
+class ListDimsePeersResponse(_message.Message):
+    """Response of ListDimsePeers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PEERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def peers(self) -> _containers.RepeatedCompositeFieldContainer[Global___DimsePeer]:
+        """Every peer, by name."""
+
+    def __init__(
+        self,
+        *,
+        peers: _abc.Iterable[Global___DimsePeer] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["peers", b"peers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDimsePeersResponse: _TypeAlias = ListDimsePeersResponse  # noqa: Y015
+
+@_typing.final
+class AddDimsePeerRequest(_message.Message):
+    """Request of AddDimsePeer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PEER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def peer(self) -> Global___DimsePeer:
+        """The peer (its source is ignored)."""
+
+    def __init__(
+        self,
+        *,
+        peer: Global___DimsePeer | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["peer", b"peer"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["peer", b"peer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddDimsePeerRequest: _TypeAlias = AddDimsePeerRequest  # noqa: Y015
+
+@_typing.final
+class AddDimsePeerResponse(_message.Message):
+    """Response of AddDimsePeer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PEER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def peer(self) -> Global___DimsePeer:
+        """The peer as registered."""
+
+    def __init__(
+        self,
+        *,
+        peer: Global___DimsePeer | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["peer", b"peer"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["peer", b"peer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddDimsePeerResponse: _TypeAlias = AddDimsePeerResponse  # noqa: Y015
+
+@_typing.final
+class RemoveDimsePeerRequest(_message.Message):
+    """Request of RemoveDimsePeer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The name of the peer to remove."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveDimsePeerRequest: _TypeAlias = RemoveDimsePeerRequest  # noqa: Y015
+
+@_typing.final
+class RemoveDimsePeerResponse(_message.Message):
+    """Response of RemoveDimsePeer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveDimsePeerResponse: _TypeAlias = RemoveDimsePeerResponse  # noqa: Y015

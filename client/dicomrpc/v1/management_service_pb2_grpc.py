@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class ManagementServiceStub:
-    """Manages the archive: deletion, the change feed, extended query tags and capabilities.
+    """Manages the archive: deletion, the change feed, extended query tags, capabilities and the
+    DIMSE peers.
     """
 
     def __init__(self, channel):
@@ -90,10 +91,26 @@ class ManagementServiceStub:
                 request_serializer=dicomrpc_dot_v1_dot_management__service__pb2.GetCapabilitiesRequest.SerializeToString,
                 response_deserializer=dicomrpc_dot_v1_dot_management__service__pb2.GetCapabilitiesResponse.FromString,
                 _registered_method=True)
+        self.ListDimsePeers = channel.unary_unary(
+                '/dicomrpc.v1.ManagementService/ListDimsePeers',
+                request_serializer=dicomrpc_dot_v1_dot_management__service__pb2.ListDimsePeersRequest.SerializeToString,
+                response_deserializer=dicomrpc_dot_v1_dot_management__service__pb2.ListDimsePeersResponse.FromString,
+                _registered_method=True)
+        self.AddDimsePeer = channel.unary_unary(
+                '/dicomrpc.v1.ManagementService/AddDimsePeer',
+                request_serializer=dicomrpc_dot_v1_dot_management__service__pb2.AddDimsePeerRequest.SerializeToString,
+                response_deserializer=dicomrpc_dot_v1_dot_management__service__pb2.AddDimsePeerResponse.FromString,
+                _registered_method=True)
+        self.RemoveDimsePeer = channel.unary_unary(
+                '/dicomrpc.v1.ManagementService/RemoveDimsePeer',
+                request_serializer=dicomrpc_dot_v1_dot_management__service__pb2.RemoveDimsePeerRequest.SerializeToString,
+                response_deserializer=dicomrpc_dot_v1_dot_management__service__pb2.RemoveDimsePeerResponse.FromString,
+                _registered_method=True)
 
 
 class ManagementServiceServicer:
-    """Manages the archive: deletion, the change feed, extended query tags and capabilities.
+    """Manages the archive: deletion, the change feed, extended query tags, capabilities and the
+    DIMSE peers.
     """
 
     def DeleteStudy(self, request, context):
@@ -173,6 +190,27 @@ class ManagementServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListDimsePeers(self, request, context):
+        """Lists the DIMSE peers C-MOVE may send to: those of --dimse-peer and those added here.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddDimsePeer(self, request, context):
+        """Adds a DIMSE peer, or replaces the one of its name added earlier; kept across restarts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveDimsePeer(self, request, context):
+        """Removes a DIMSE peer added with AddDimsePeer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ManagementServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -231,6 +269,21 @@ def add_ManagementServiceServicer_to_server(servicer, server):
                     request_deserializer=dicomrpc_dot_v1_dot_management__service__pb2.GetCapabilitiesRequest.FromString,
                     response_serializer=dicomrpc_dot_v1_dot_management__service__pb2.GetCapabilitiesResponse.SerializeToString,
             ),
+            'ListDimsePeers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDimsePeers,
+                    request_deserializer=dicomrpc_dot_v1_dot_management__service__pb2.ListDimsePeersRequest.FromString,
+                    response_serializer=dicomrpc_dot_v1_dot_management__service__pb2.ListDimsePeersResponse.SerializeToString,
+            ),
+            'AddDimsePeer': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddDimsePeer,
+                    request_deserializer=dicomrpc_dot_v1_dot_management__service__pb2.AddDimsePeerRequest.FromString,
+                    response_serializer=dicomrpc_dot_v1_dot_management__service__pb2.AddDimsePeerResponse.SerializeToString,
+            ),
+            'RemoveDimsePeer': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveDimsePeer,
+                    request_deserializer=dicomrpc_dot_v1_dot_management__service__pb2.RemoveDimsePeerRequest.FromString,
+                    response_serializer=dicomrpc_dot_v1_dot_management__service__pb2.RemoveDimsePeerResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'dicomrpc.v1.ManagementService', rpc_method_handlers)
@@ -240,7 +293,8 @@ def add_ManagementServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ManagementService:
-    """Manages the archive: deletion, the change feed, extended query tags and capabilities.
+    """Manages the archive: deletion, the change feed, extended query tags, capabilities and the
+    DIMSE peers.
     """
 
     @staticmethod
@@ -530,6 +584,87 @@ class ManagementService:
             '/dicomrpc.v1.ManagementService/GetCapabilities',
             dicomrpc_dot_v1_dot_management__service__pb2.GetCapabilitiesRequest.SerializeToString,
             dicomrpc_dot_v1_dot_management__service__pb2.GetCapabilitiesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDimsePeers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dicomrpc.v1.ManagementService/ListDimsePeers',
+            dicomrpc_dot_v1_dot_management__service__pb2.ListDimsePeersRequest.SerializeToString,
+            dicomrpc_dot_v1_dot_management__service__pb2.ListDimsePeersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddDimsePeer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dicomrpc.v1.ManagementService/AddDimsePeer',
+            dicomrpc_dot_v1_dot_management__service__pb2.AddDimsePeerRequest.SerializeToString,
+            dicomrpc_dot_v1_dot_management__service__pb2.AddDimsePeerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveDimsePeer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dicomrpc.v1.ManagementService/RemoveDimsePeer',
+            dicomrpc_dot_v1_dot_management__service__pb2.RemoveDimsePeerRequest.SerializeToString,
+            dicomrpc_dot_v1_dot_management__service__pb2.RemoveDimsePeerResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -27,7 +27,9 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class ManagementServiceStub:
-    """Manages the archive: deletion, the change feed, extended query tags and capabilities."""
+    """Manages the archive: deletion, the change feed, extended query tags, capabilities and the
+    DIMSE peers.
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
@@ -55,10 +57,18 @@ class ManagementServiceStub:
     """Returns the progress of a background re-indexing."""
     GetCapabilities: _grpc.UnaryUnaryMultiCallable[_management_service_pb2.GetCapabilitiesRequest, _management_service_pb2.GetCapabilitiesResponse]
     """Describes what this server supports: transfer syntaxes, transcoding and limits."""
+    ListDimsePeers: _grpc.UnaryUnaryMultiCallable[_management_service_pb2.ListDimsePeersRequest, _management_service_pb2.ListDimsePeersResponse]
+    """Lists the DIMSE peers C-MOVE may send to: those of --dimse-peer and those added here."""
+    AddDimsePeer: _grpc.UnaryUnaryMultiCallable[_management_service_pb2.AddDimsePeerRequest, _management_service_pb2.AddDimsePeerResponse]
+    """Adds a DIMSE peer, or replaces the one of its name added earlier; kept across restarts."""
+    RemoveDimsePeer: _grpc.UnaryUnaryMultiCallable[_management_service_pb2.RemoveDimsePeerRequest, _management_service_pb2.RemoveDimsePeerResponse]
+    """Removes a DIMSE peer added with AddDimsePeer."""
 
 @_typing.type_check_only
 class ManagementServiceAsyncStub(ManagementServiceStub):
-    """Manages the archive: deletion, the change feed, extended query tags and capabilities."""
+    """Manages the archive: deletion, the change feed, extended query tags, capabilities and the
+    DIMSE peers.
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     DeleteStudy: _aio.UnaryUnaryMultiCallable[_management_service_pb2.DeleteStudyRequest, _management_service_pb2.DeleteStudyResponse]  # type: ignore[assignment]
@@ -83,9 +93,17 @@ class ManagementServiceAsyncStub(ManagementServiceStub):
     """Returns the progress of a background re-indexing."""
     GetCapabilities: _aio.UnaryUnaryMultiCallable[_management_service_pb2.GetCapabilitiesRequest, _management_service_pb2.GetCapabilitiesResponse]  # type: ignore[assignment]
     """Describes what this server supports: transfer syntaxes, transcoding and limits."""
+    ListDimsePeers: _aio.UnaryUnaryMultiCallable[_management_service_pb2.ListDimsePeersRequest, _management_service_pb2.ListDimsePeersResponse]  # type: ignore[assignment]
+    """Lists the DIMSE peers C-MOVE may send to: those of --dimse-peer and those added here."""
+    AddDimsePeer: _aio.UnaryUnaryMultiCallable[_management_service_pb2.AddDimsePeerRequest, _management_service_pb2.AddDimsePeerResponse]  # type: ignore[assignment]
+    """Adds a DIMSE peer, or replaces the one of its name added earlier; kept across restarts."""
+    RemoveDimsePeer: _aio.UnaryUnaryMultiCallable[_management_service_pb2.RemoveDimsePeerRequest, _management_service_pb2.RemoveDimsePeerResponse]  # type: ignore[assignment]
+    """Removes a DIMSE peer added with AddDimsePeer."""
 
 class ManagementServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Manages the archive: deletion, the change feed, extended query tags and capabilities."""
+    """Manages the archive: deletion, the change feed, extended query tags, capabilities and the
+    DIMSE peers.
+    """
 
     @_abc_1.abstractmethod
     def DeleteStudy(
@@ -174,5 +192,29 @@ class ManagementServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_management_service_pb2.GetCapabilitiesResponse, _abc.Awaitable[_management_service_pb2.GetCapabilitiesResponse]]:
         """Describes what this server supports: transfer syntaxes, transcoding and limits."""
+
+    @_abc_1.abstractmethod
+    def ListDimsePeers(
+        self,
+        request: _management_service_pb2.ListDimsePeersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_management_service_pb2.ListDimsePeersResponse, _abc.Awaitable[_management_service_pb2.ListDimsePeersResponse]]:
+        """Lists the DIMSE peers C-MOVE may send to: those of --dimse-peer and those added here."""
+
+    @_abc_1.abstractmethod
+    def AddDimsePeer(
+        self,
+        request: _management_service_pb2.AddDimsePeerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_management_service_pb2.AddDimsePeerResponse, _abc.Awaitable[_management_service_pb2.AddDimsePeerResponse]]:
+        """Adds a DIMSE peer, or replaces the one of its name added earlier; kept across restarts."""
+
+    @_abc_1.abstractmethod
+    def RemoveDimsePeer(
+        self,
+        request: _management_service_pb2.RemoveDimsePeerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_management_service_pb2.RemoveDimsePeerResponse, _abc.Awaitable[_management_service_pb2.RemoveDimsePeerResponse]]:
+        """Removes a DIMSE peer added with AddDimsePeer."""
 
 def add_ManagementServiceServicer_to_server(servicer: ManagementServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

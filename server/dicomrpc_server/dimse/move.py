@@ -1,7 +1,8 @@
 """C-MOVE SCP (PS3.4 C.4.2): the instances an identifier names, sent to a registered peer.
 
-The move destination is an AE title; the archive sends only to peers registered with
-``--dimse-peer NAME=AE@HOST:PORT`` (an unknown one is 0xA801), on an association of its own
+The move destination is an AE title; the archive sends only to a known peer (set with
+``--dimse-peer NAME=AE@HOST:PORT`` or added at run time, :mod:`dicomrpc_server.peers`; an
+unknown one is 0xA801), looked up at each C-MOVE, on an association of its own
 whose presentation contexts are built from the instances to send. Which instances, and in
 which syntax each goes, is :mod:`.sending`'s, shared with C-GET.
 """
@@ -11,8 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -29,19 +29,10 @@ from dicomrpc_server.dimse.identifiers import level_of
 from dicomrpc_server.dimse.requesters import describe_requester
 from dicomrpc_server.dimse.sending import MAX_SUBOPERATIONS, RETRIEVE_LEVELS, InstanceSource
 from dicomrpc_server.errors import ServiceError
+from dicomrpc_server.peers import PeerRegistry
 from dicomrpc_server.retrieve.scope import StoredInstance
 
 log = logging.getLogger("dicomrpc.dimse")
-
-
-@dataclass(frozen=True)
-class Peer:
-    """A C-MOVE destination: its registry name, AE title, host and port."""
-
-    name: str
-    ae_title: str
-    host: str
-    port: int
 
 
 Destination = tuple[str | None, int | None] | tuple[str, int, dict[str, Any]]
@@ -67,14 +58,14 @@ class MoveHandler:
     source
         Resolves the identifier and reads the instances.
     peers
-        The registered destinations.
+        The known destinations.
     audit
         The audit hook: one record per retrieve.
     """
 
-    def __init__(self, source: InstanceSource, peers: Iterable[Peer], audit: DimseAudit) -> None:
+    def __init__(self, source: InstanceSource, peers: PeerRegistry, audit: DimseAudit) -> None:
         self._source = source
-        self._peers = {peer.ae_title: peer for peer in peers}
+        self._peers = peers
         self._audit = audit
 
     def __call__(self, event: Event) -> Iterator[Destination | int | Answer]:
@@ -99,9 +90,9 @@ class MoveHandler:
             )
 
     def _answers(self, event: Event, destination: str) -> Iterator[Destination | int | Answer]:
-        peer = self._peers.get(destination)
+        peer = self._peers.find(destination)
         if peer is None:
-            log.warning("C-MOVE to %r: not a registered peer (--dimse-peer)", destination)
+            log.warning("C-MOVE to %r: not a known peer (dicomrpc peers list)", destination)
             yield None, None  # pynetdicom answers 0xA801, move destination unknown
             return
         model = str(event.request.AffectedSOPClassUID)

@@ -29,7 +29,7 @@ from dicomrpc_server.dimse.audit import DimseAudit
 from dicomrpc_server.dimse.contexts import supported_contexts
 from dicomrpc_server.dimse.find import FindHandler
 from dicomrpc_server.dimse.get import GetHandler
-from dicomrpc_server.dimse.move import MoveHandler, Peer
+from dicomrpc_server.dimse.move import MoveHandler
 from dicomrpc_server.dimse.requesters import (
     REJECT_CALLING_AE,
     RequesterCheck,
@@ -146,7 +146,6 @@ class DimseServer:
         archive, settings = self.archive, self.archive.settings
         loop = asyncio.get_running_loop()
         source = InstanceSource(archive.retrieve, archive.search, loop)
-        peers = [Peer(*peer) for peer in settings.dimse_peers]
         audit = self._audit
         handlers: list[EventHandlerType] = [
             (evt.EVT_REQUESTED, self._on_requested),
@@ -158,7 +157,7 @@ class DimseServer:
             (evt.EVT_C_STORE, StoreHandler(archive.store, loop, audit)),
             (evt.EVT_C_FIND, FindHandler(archive.search, self.ae_title, audit)),
             (evt.EVT_C_GET, GetHandler(source, audit)),
-            (evt.EVT_C_MOVE, MoveHandler(source, peers, audit)),
+            (evt.EVT_C_MOVE, MoveHandler(source, archive.peers, audit)),
         ]
         try:
             # A group's processes share the port the supervisor reserved (see processes.py).

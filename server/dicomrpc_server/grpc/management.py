@@ -1,4 +1,4 @@
-"""ManagementService: delete, the change feed, extended query tags and capabilities."""
+"""ManagementService: delete, the change feed, extended query tags, capabilities, DIMSE peers."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from dicomrpc_server.errors import ServiceError
 from dicomrpc_server.grpc.errors import abort
 from dicomrpc_server.lifecycle.delete import DeleteCore
 from dicomrpc_server.lifecycle.feed import ChangeFeed
+from dicomrpc_server.peers import Peer, PeerRegistry, PeerSource
 from dicomrpc_server.query.engine import MAX_LIMIT
 from dicomrpc_server.query.extended import RequestedTag
 from dicomrpc_server.query.reindexing import ExtendedQueryTags
@@ -41,7 +42,7 @@ def get_capabilities(settings: Settings) -> pb.GetCapabilitiesResponse:
 
 
 class ManagementServicer(management_service_pb2_grpc.ManagementServiceServicer):
-    """Translates ManagementService calls to the lifecycle and query-tag cores."""
+    """Translates ManagementService calls to the lifecycle, query-tag and peer cores."""
 
     def __init__(
         self,
@@ -49,11 +50,13 @@ class ManagementServicer(management_service_pb2_grpc.ManagementServiceServicer):
         delete: DeleteCore,
         feed: ChangeFeed,
         query_tags: ExtendedQueryTags,
+        peers: PeerRegistry,
     ) -> None:
         self._settings = settings
         self._delete = delete
         self._feed = feed
         self._query_tags = query_tags
+        self._peers = peers
 
     async def _deleted(self, context: Any, study: str, series: str = "", sop: str = "") -> int:
         try:
@@ -157,6 +160,33 @@ class ManagementServicer(management_service_pb2_grpc.ManagementServiceServicer):
             await abort(context, error)
         return pb.DeleteExtendedQueryTagResponse()
 
+    async def ListDimsePeers(
+        self, request: pb.ListDimsePeersRequest, context: Any
+    ) -> pb.ListDimsePeersResponse:
+        """List the DIMSE peers C-MOVE may send to."""
+        return pb.ListDimsePeersResponse(peers=[peer_message(p) for p in self._peers.list()])
+
+    async def AddDimsePeer(
+        self, request: pb.AddDimsePeerRequest, context: Any
+    ) -> pb.AddDimsePeerResponse:
+        """Add a DIMSE peer, or replace the registry peer of its name."""
+        given = request.peer
+        try:
+            peer = await self._peers.add(given.name, given.ae_title, given.host, given.port)
+        except ServiceError as error:
+            await abort(context, error)
+        return pb.AddDimsePeerResponse(peer=peer_message(peer))
+
+    async def RemoveDimsePeer(
+        self, request: pb.RemoveDimsePeerRequest, context: Any
+    ) -> pb.RemoveDimsePeerResponse:
+        """Remove a DIMSE peer added at run time."""
+        try:
+            await self._peers.remove(request.name)
+        except ServiceError as error:
+            await abort(context, error)
+        return pb.RemoveDimsePeerResponse()
+
     async def GetReindexStatus(
         self, request: pb.GetReindexStatusRequest, context: Any
     ) -> pb.GetReindexStatusResponse:
@@ -207,3 +237,20 @@ def change_entry(change: Change) -> pb.ChangeFeedEntry:
     )
     entry.time.FromMicroseconds(change.time_us)
     return entry
+
+
+_PEER_SOURCES = {
+    PeerSource.SETTINGS: pb.DIMSE_PEER_SOURCE_SETTINGS,
+    PeerSource.REGISTRY: pb.DIMSE_PEER_SOURCE_REGISTRY,
+}
+
+
+def peer_message(peer: Peer) -> pb.DimsePeer:
+    """The API message of a DIMSE peer."""
+    return pb.DimsePeer(
+        name=peer.name,
+        ae_title=peer.ae_title,
+        host=peer.host,
+        port=peer.port,
+        source=_PEER_SOURCES[peer.source],
+    )

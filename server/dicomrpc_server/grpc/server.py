@@ -92,7 +92,9 @@ class GrpcServer:
             SearchServicer(archive.search), self.server
         )
         management_service_pb2_grpc.add_ManagementServiceServicer_to_server(
-            ManagementServicer(settings, archive.delete, archive.feed, archive.query_tags),
+            ManagementServicer(
+                settings, archive.delete, archive.feed, archive.query_tags, archive.peers
+            ),
             self.server,
         )
         workitem_service_pb2_grpc.add_WorkitemServiceServicer_to_server(

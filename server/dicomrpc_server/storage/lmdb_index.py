@@ -21,6 +21,7 @@ name           key                     value
 ``operations`` operation id            ``ReindexOperation``: background re-indexing progress
 ``workitems``  workitem UID            ``dicomrpc.v1.Dataset``: a UPS (:mod:`..ups.store`)
 ``wi_events``  sequence                a workitem event (:mod:`..ups.store`)
+``peers``      peer name               ``DimsePeerRecord``: a DIMSE peer added at run time
 =============  ======================  =========================================================
 
 Reads run on the caller's thread in short read transactions; writes go through the
@@ -78,6 +79,7 @@ _DB_NAMES = (
     "operations",
     "workitems",
     "wi_events",
+    "peers",
 )
 MODALITIES_IN_STUDY = 0x00080061
 # "meta" keys of query tags being removed (the removal resumes at start-up).
@@ -990,6 +992,26 @@ class LmdbIndex:
         for tag, term in old_terms - new_terms:
             txn.delete(keys.term_key(level, tag, term, pk), db=self._db["terms"])
         self._put_terms(txn, level, pk, new_terms - old_terms)
+
+    # -- DIMSE peers ---------------------------------------------------------------------------
+
+    def dimse_peers(self) -> list[records_pb2.DimsePeerRecord]:
+        """Every DIMSE peer added at run time, by name."""
+        with self.read() as txn:
+            return [
+                records_pb2.DimsePeerRecord.FromString(bytes(value))
+                for _, value in txn.cursor(db=self._db["peers"])
+            ]
+
+    async def put_dimse_peer(self, record: records_pb2.DimsePeerRecord) -> None:
+        """Keep a DIMSE peer, replacing the one of its name."""
+        key, value = record.name.encode(), record.SerializeToString()
+        await self.writer.run(lambda txn: txn.put(key, value, db=self._db["peers"]))
+
+    async def delete_dimse_peer(self, name: str) -> bool:
+        """Forget a DIMSE peer; whether there was one."""
+        key = name.encode()
+        return bool(await self.writer.run(lambda txn: txn.delete(key, db=self._db["peers"])))
 
     def _grow(self) -> None:
         with self._gate.exclusive():

@@ -453,3 +453,37 @@ class ChangeRecord(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ChangeRecord: _TypeAlias = ChangeRecord  # noqa: Y015
+
+@_typing.final
+class DimsePeerRecord(_message.Message):
+    """A DIMSE peer added at run time (ManagementService.AddDimsePeer), keyed by its name."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    AE_TITLE_FIELD_NUMBER: _builtins.int
+    HOST_FIELD_NUMBER: _builtins.int
+    PORT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The peer's name."""
+    ae_title: _builtins.str
+    """Its AE title."""
+    host: _builtins.str
+    """The host it listens on."""
+    port: _builtins.int
+    """The port it listens on."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        ae_title: _builtins.str = ...,
+        host: _builtins.str = ...,
+        port: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ae_title", b"ae_title", "host", b"host", "name", b"name", "port", b"port"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DimsePeerRecord: _TypeAlias = DimsePeerRecord  # noqa: Y015
