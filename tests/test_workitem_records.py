@@ -52,7 +52,7 @@ def _event(uid: str) -> pb.SubscribeWorkitemsResponse:
 def _create(records: WorkitemRecords, uid: str, patient: str) -> None:
     def decide(stored: dataset_pb2.Dataset | None) -> Mutation[None]:
         assert stored is None
-        return Mutation(None, _item(patient), _event(uid))
+        return Mutation(None, _item(patient), (_event(uid),))
 
     asyncio.run(records.mutate(uid, decide))
 
@@ -100,7 +100,7 @@ def test_changes_of_one_workitem_never_lose_one_another(records: WorkitemRecords
         new = dataset_pb2.Dataset()
         new.CopyFrom(stored)
         set_text(new, LABEL, "LO", str(count))
-        return Mutation(count, new, _event("1.2.1"))
+        return Mutation(count, new, (_event("1.2.1"),))
 
     async def race() -> list[int]:
         return list(await asyncio.gather(*(records.mutate("1.2.1", increment) for _ in range(200))))

@@ -160,14 +160,26 @@ class Workitems:
         response = self._call(self._stub.UpdateWorkitem, request)
         return WorkitemResult(workitem_uid, "", response.warning_status, response.warning_message)
 
-    def change_state(self, workitem_uid: str, state: str, transaction_uid: str) -> WorkitemResult:
-        """Move a workitem to ``"IN PROGRESS"``, ``"COMPLETED"`` or ``"CANCELED"``."""
+    def change_state(
+        self,
+        workitem_uid: str,
+        state: str,
+        transaction_uid: str,
+        dataset: DatasetLike | None = None,
+    ) -> WorkitemResult:
+        """Move a workitem to ``"IN PROGRESS"``, ``"COMPLETED"`` or ``"CANCELED"``.
+
+        ``dataset`` (finishing only) is set in the same change: the attributes and the state
+        apply together, or, refused, not at all.
+        """
         codes = {name: code for code, name in _STATES.items()}
         if state not in codes:
             raise ValueError(f"{state!r} is not one of {', '.join(codes)}")
         request = pb.ChangeWorkitemStateRequest(
             workitem_uid=workitem_uid, state=codes[state], transaction_uid=transaction_uid
         )
+        if dataset is not None:
+            request.dataset.CopyFrom(as_dataset(dataset))
         response = self._call(self._stub.ChangeWorkitemState, request)
         return WorkitemResult(
             workitem_uid,
@@ -189,21 +201,21 @@ class Workitems:
     def complete(
         self, workitem_uid: str, transaction_uid: str, dataset: DatasetLike | None = None
     ) -> WorkitemResult:
-        """Complete a claimed workitem, setting ``dataset`` first (the performed procedure).
+        """Complete a claimed workitem, setting ``dataset`` in the same change.
 
-        Fails with 0xC304, naming what is missing, unless the final-state requirements hold.
+        ``dataset`` is the performed procedure. Fails with 0xC304, naming what is missing,
+        unless the final-state requirements hold; a refused completion changes nothing.
         """
-        if dataset is not None:
-            self.update(workitem_uid, dataset, transaction_uid)
-        return self.change_state(workitem_uid, "COMPLETED", transaction_uid)
+        return self.change_state(workitem_uid, "COMPLETED", transaction_uid, dataset)
 
     def cancel(
         self, workitem_uid: str, transaction_uid: str, dataset: DatasetLike | None = None
     ) -> WorkitemResult:
-        """Cancel a claimed workitem, setting ``dataset`` first (why it was discontinued)."""
-        if dataset is not None:
-            self.update(workitem_uid, dataset, transaction_uid)
-        return self.change_state(workitem_uid, "CANCELED", transaction_uid)
+        """Cancel a claimed workitem, setting ``dataset`` in the same change.
+
+        ``dataset`` says why it was discontinued; a refused cancel changes nothing.
+        """
+        return self.change_state(workitem_uid, "CANCELED", transaction_uid, dataset)
 
     def request_cancel(
         self, workitem_uid: str, reason: str = "", contact_name: str = "", contact_uri: str = ""

@@ -15,6 +15,7 @@ from pydicom.uid import generate_uid
 
 from dicomrpc import Client, DicomRpcError
 from dicomrpc.datasets import from_json, to_json
+from dicomrpc.v1 import workitem_service_pb2 as pb
 from dicomrpc_server.dicom.attributes import Level
 from dicomrpc_server.query.terms import EXACT
 from tests.conftest import RunningServer, start_server
@@ -228,6 +229,37 @@ def test_completed_needs_the_performed_procedure(shared: Client) -> None:
         "UnifiedProcedureStepPerformedProcedureSequence[0].PerformedProcedureStepEndDateTime"
     )
     assert shared.workitems.complete(uid, txn, performed()).state == "COMPLETED"
+
+
+def test_a_refused_completion_changes_nothing(server: RunningServer, client: Client) -> None:
+    """The performed procedure and the state change are one change: refused, the attributes
+    it carried are not set and no event is recorded; accepted, the update's event comes first,
+    then the state report."""
+    w = client.workitems
+    uid = w.create(workitem()).workitem_uid
+    txn = w.claim(uid)
+    store = server.archive.workitems.store
+    before = store.events_after(0, 100)
+    partial = performed()
+    item = partial[tag("UnifiedProcedureStepPerformedProcedureSequence")]["Value"][0]
+    del item[tag("PerformedProcedureStepEndDateTime")]
+    with pytest.raises(DicomRpcError) as caught:
+        w.complete(uid, txn, partial)
+    assert caught.value.dicom_status == 0xC304
+    stored = to_json(w.get(uid).dataset)
+    assert tag("UnifiedProcedureStepPerformedProcedureSequence") not in stored
+    assert store.events_after(0, 100) == before
+    with pytest.raises(DicomRpcError) as caught:  # attributes belong to finishing, not claiming
+        w.change_state(uid, "IN PROGRESS", generate_uid(), performed())
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert w.complete(uid, txn, performed()).state == "COMPLETED"
+    stored = to_json(w.get(uid).dataset)
+    assert tag("UnifiedProcedureStepPerformedProcedureSequence") in stored
+    new = [event for event, _ in store.events_after(before[-1][0].sequence, 100)]
+    assert [e.type for e in new] == [
+        pb.WORKITEM_EVENT_TYPE_UPDATED,
+        pb.WORKITEM_EVENT_TYPE_STATE_REPORT,
+    ]
 
 
 def test_canceled_needs_a_discontinuation_reason(shared: Client) -> None:

@@ -26,7 +26,7 @@ from dicomrpc.v1 import dataset_pb2 as dicomrpc_dot_v1_dot_dataset__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"dicomrpc/v1/workitem_service.proto\x12\x0b\x64icomrpc.v1\x1a\x19\x64icomrpc/v1/dataset.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"T\n\x15\x43reateWorkitemRequest\x12\x14\n\x0cworkitem_uid\x18\x01 \x01(\t\x12%\n\x07\x64\x61taset\x18\x02 \x01(\x0b\x32\x14.dicomrpc.v1.Dataset\"_\n\x16\x43reateWorkitemResponse\x12\x14\n\x0cworkitem_uid\x18\x01 \x01(\t\x12\x16\n\x0ewarning_status\x18\x02 \x01(\x05\x12\x17\n\x0fwarning_message\x18\x03 \x01(\t\"/\n\x17RetrieveWorkitemRequest\x12\x14\n\x0cworkitem_uid\x18\x01 \x01(\t\"l\n\x18RetrieveWorkitemResponse\x12%\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x14.dicomrpc.v1.Dataset\x12)\n\x05state\x18\x02 \x01(\x0e\x32\x1a.dicomrpc.v1.WorkitemState\"m\n\x15UpdateWorkitemRequest\x12\x14\n\x0cworkitem_uid\x18\x01 \x01(\t\x12\x17\n\x0ftransaction_uid\x18\x02 \x01(\t\x12%\n\x07\x64\x61taset\x18\x03 \x01(\x0b\x32\x14.dicomrpc.v1.Dataset\"I\n\x16UpdateWorkitemResponse\x12\x16\n\x0ewarning_status\x18\x01 \x01(\x05\x12\x17\n\x0fwarning_message\x18\x02 \x01(\t\"v\n\x1a\x43hangeWorkitemStateRequest\x12\x14\n\x0cworkitem_uid\x18\x01 \x01(\t\x12)\n\x05state\x18\x02 \x01(\x0e\x32\x1a.dicomrpc.v1.WorkitemState\x12\x17\n\x0ftransaction_uid\x18\x03 \x01(\t\"y\n\x1b\x43hangeWorkitemStateResponse\x12)\n\x05state\x18\x01 \x01(\x0e\x32\x1a.dicomrpc.v1.WorkitemState\x12\x16\n\x0ewarning_status\x18\x02 \x01(\x05\x12\x17\n\x0fwarning_message\x18\x03 \x01(\t\"}\n\"RequestWorkitemCancellationRequest\x12\x14\n\x0cworkitem_uid\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x1c\n\x14\x63ontact_display_name\x18\x03 \x01(\t\x12\x13\n\x0b\x63ontact_uri\x18\x04 \x01(\t\"h\n#RequestWorkitemCancellationResponse\x12)\n\x05state\x18\x01 \x01(\x0e\x32\x1a.dicomrpc.v1.WorkitemState\x12\x16\n\x0ewarning_status\x18\x02 \x01(\x05\"\xd4\x01\n\x16SearchWorkitemsRequest\x12=\n\x05match\x18\x01 \x03(\x0b\x32..dicomrpc.v1.SearchWorkitemsRequest.MatchEntry\x12\x16\n\x0einclude_fields\x18\x02 \x03(\t\x12\x16\n\x0e\x66uzzy_matching\x18\x03 \x01(\x08\x12\r\n\x05limit\x18\x04 \x01(\x05\x12\x0e\n\x06offset\x18\x05 \x01(\x05\x1a,\n\nMatchEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"@\n\x17SearchWorkitemsResponse\x12%\n\x07results\x18\x01 \x03(\x0b\x32\x14.dicomrpc.v1.Dataset\"\xb3\x01\n\x19SubscribeWorkitemsRequest\x12\x14\n\x0cworkitem_uid\x18\x01 \x01(\t\x12\x42\n\x06\x66ilter\x18\x02 \x03(\x0b\x32\x32.dicomrpc.v1.SubscribeWorkitemsRequest.FilterEntry\x12\r\n\x05since\x18\x03 \x01(\x03\x1a-\n\x0b\x46ilterEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xec\x01\n\x1aSubscribeWorkitemsResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12,\n\x04type\x18\x02 \x01(\x0e\x32\x1e.dicomrpc.v1.WorkitemEventType\x12\x14\n\x0cworkitem_uid\x18\x03 \x01(\t\x12)\n\x05state\x18\x04 \x01(\x0e\x32\x1a.dicomrpc.v1.WorkitemState\x12#\n\x05\x65vent\x18\x05 \x01(\x0b\x32\x14.dicomrpc.v1.Dataset\x12(\n\x04time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xa8\x01\n\rWorkitemState\x12\x1e\n\x1aWORKITEM_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18WORKITEM_STATE_SCHEDULED\x10\x01\x12\x1e\n\x1aWORKITEM_STATE_IN_PROGRESS\x10\x02\x12\x1c\n\x18WORKITEM_STATE_COMPLETED\x10\x03\x12\x1b\n\x17WORKITEM_STATE_CANCELED\x10\x04*\xcb\x01\n\x11WorkitemEventType\x12#\n\x1fWORKITEM_EVENT_TYPE_UNSPECIFIED\x10\x00\x12$\n WORKITEM_EVENT_TYPE_STATE_REPORT\x10\x01\x12(\n$WORKITEM_EVENT_TYPE_CANCEL_REQUESTED\x10\x02\x12 \n\x1cWORKITEM_EVENT_TYPE_ASSIGNED\x10\x03\x12\x1f\n\x1bWORKITEM_EVENT_TYPE_UPDATED\x10\x04\x32\xdc\x05\n\x0fWorkitemService\x12Y\n\x0e\x43reateWorkitem\x12\".dicomrpc.v1.CreateWorkitemRequest\x1a#.dicomrpc.v1.CreateWorkitemResponse\x12_\n\x10RetrieveWorkitem\x12$.dicomrpc.v1.RetrieveWorkitemRequest\x1a%.dicomrpc.v1.RetrieveWorkitemResponse\x12Y\n\x0eUpdateWorkitem\x12\".dicomrpc.v1.UpdateWorkitemRequest\x1a#.dicomrpc.v1.UpdateWorkitemResponse\x12h\n\x13\x43hangeWorkitemState\x12\'.dicomrpc.v1.ChangeWorkitemStateRequest\x1a(.dicomrpc.v1.ChangeWorkitemStateResponse\x12\x80\x01\n\x1bRequestWorkitemCancellation\x12/.dicomrpc.v1.RequestWorkitemCancellationRequest\x1a\x30.dicomrpc.v1.RequestWorkitemCancellationResponse\x12\\\n\x0fSearchWorkitems\x12#.dicomrpc.v1.SearchWorkitemsRequest\x1a$.dicomrpc.v1.SearchWorkitemsResponse\x12g\n\x12SubscribeWorkitems\x12&.dicomrpc.v1.SubscribeWorkitemsRequest\x1a\'.dicomrpc.v1.SubscribeWorkitemsResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"dicomrpc/v1/workitem_service.proto\x12\x0b\x64icomrpc.v1\x1a\x19\x64icomrpc/v1/dataset.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"T\n\x15\x43reateWorkitemRequest\x12\x14\n\x0cworkitem_uid\x18\x01 \x01(\t\x12%\n\x07\x64\x61taset\x18\x02 \x01(\x0b\x32\x14.dicomrpc.v1.Dataset\"_\n\x16\x43reateWorkitemResponse\x12\x14\n\x0cworkitem_uid\x18\x01 \x01(\t\x12\x16\n\x0ewarning_status\x18\x02 \x01(\x05\x12\x17\n\x0fwarning_message\x18\x03 \x01(\t\"/\n\x17RetrieveWorkitemRequest\x12\x14\n\x0cworkitem_uid\x18\x01 \x01(\t\"l\n\x18RetrieveWorkitemResponse\x12%\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x14.dicomrpc.v1.Dataset\x12)\n\x05state\x18\x02 \x01(\x0e\x32\x1a.dicomrpc.v1.WorkitemState\"m\n\x15UpdateWorkitemRequest\x12\x14\n\x0cworkitem_uid\x18\x01 \x01(\t\x12\x17\n\x0ftransaction_uid\x18\x02 \x01(\t\x12%\n\x07\x64\x61taset\x18\x03 \x01(\x0b\x32\x14.dicomrpc.v1.Dataset\"I\n\x16UpdateWorkitemResponse\x12\x16\n\x0ewarning_status\x18\x01 \x01(\x05\x12\x17\n\x0fwarning_message\x18\x02 \x01(\t\"\x9d\x01\n\x1a\x43hangeWorkitemStateRequest\x12\x14\n\x0cworkitem_uid\x18\x01 \x01(\t\x12)\n\x05state\x18\x02 \x01(\x0e\x32\x1a.dicomrpc.v1.WorkitemState\x12\x17\n\x0ftransaction_uid\x18\x03 \x01(\t\x12%\n\x07\x64\x61taset\x18\x04 \x01(\x0b\x32\x14.dicomrpc.v1.Dataset\"y\n\x1b\x43hangeWorkitemStateResponse\x12)\n\x05state\x18\x01 \x01(\x0e\x32\x1a.dicomrpc.v1.WorkitemState\x12\x16\n\x0ewarning_status\x18\x02 \x01(\x05\x12\x17\n\x0fwarning_message\x18\x03 \x01(\t\"}\n\"RequestWorkitemCancellationRequest\x12\x14\n\x0cworkitem_uid\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x1c\n\x14\x63ontact_display_name\x18\x03 \x01(\t\x12\x13\n\x0b\x63ontact_uri\x18\x04 \x01(\t\"h\n#RequestWorkitemCancellationResponse\x12)\n\x05state\x18\x01 \x01(\x0e\x32\x1a.dicomrpc.v1.WorkitemState\x12\x16\n\x0ewarning_status\x18\x02 \x01(\x05\"\xd4\x01\n\x16SearchWorkitemsRequest\x12=\n\x05match\x18\x01 \x03(\x0b\x32..dicomrpc.v1.SearchWorkitemsRequest.MatchEntry\x12\x16\n\x0einclude_fields\x18\x02 \x03(\t\x12\x16\n\x0e\x66uzzy_matching\x18\x03 \x01(\x08\x12\r\n\x05limit\x18\x04 \x01(\x05\x12\x0e\n\x06offset\x18\x05 \x01(\x05\x1a,\n\nMatchEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"@\n\x17SearchWorkitemsResponse\x12%\n\x07results\x18\x01 \x03(\x0b\x32\x14.dicomrpc.v1.Dataset\"\xb3\x01\n\x19SubscribeWorkitemsRequest\x12\x14\n\x0cworkitem_uid\x18\x01 \x01(\t\x12\x42\n\x06\x66ilter\x18\x02 \x03(\x0b\x32\x32.dicomrpc.v1.SubscribeWorkitemsRequest.FilterEntry\x12\r\n\x05since\x18\x03 \x01(\x03\x1a-\n\x0b\x46ilterEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xec\x01\n\x1aSubscribeWorkitemsResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12,\n\x04type\x18\x02 \x01(\x0e\x32\x1e.dicomrpc.v1.WorkitemEventType\x12\x14\n\x0cworkitem_uid\x18\x03 \x01(\t\x12)\n\x05state\x18\x04 \x01(\x0e\x32\x1a.dicomrpc.v1.WorkitemState\x12#\n\x05\x65vent\x18\x05 \x01(\x0b\x32\x14.dicomrpc.v1.Dataset\x12(\n\x04time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xa8\x01\n\rWorkitemState\x12\x1e\n\x1aWORKITEM_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18WORKITEM_STATE_SCHEDULED\x10\x01\x12\x1e\n\x1aWORKITEM_STATE_IN_PROGRESS\x10\x02\x12\x1c\n\x18WORKITEM_STATE_COMPLETED\x10\x03\x12\x1b\n\x17WORKITEM_STATE_CANCELED\x10\x04*\xcb\x01\n\x11WorkitemEventType\x12#\n\x1fWORKITEM_EVENT_TYPE_UNSPECIFIED\x10\x00\x12$\n WORKITEM_EVENT_TYPE_STATE_REPORT\x10\x01\x12(\n$WORKITEM_EVENT_TYPE_CANCEL_REQUESTED\x10\x02\x12 \n\x1cWORKITEM_EVENT_TYPE_ASSIGNED\x10\x03\x12\x1f\n\x1bWORKITEM_EVENT_TYPE_UPDATED\x10\x04\x32\xdc\x05\n\x0fWorkitemService\x12Y\n\x0e\x43reateWorkitem\x12\".dicomrpc.v1.CreateWorkitemRequest\x1a#.dicomrpc.v1.CreateWorkitemResponse\x12_\n\x10RetrieveWorkitem\x12$.dicomrpc.v1.RetrieveWorkitemRequest\x1a%.dicomrpc.v1.RetrieveWorkitemResponse\x12Y\n\x0eUpdateWorkitem\x12\".dicomrpc.v1.UpdateWorkitemRequest\x1a#.dicomrpc.v1.UpdateWorkitemResponse\x12h\n\x13\x43hangeWorkitemState\x12\'.dicomrpc.v1.ChangeWorkitemStateRequest\x1a(.dicomrpc.v1.ChangeWorkitemStateResponse\x12\x80\x01\n\x1bRequestWorkitemCancellation\x12/.dicomrpc.v1.RequestWorkitemCancellationRequest\x1a\x30.dicomrpc.v1.RequestWorkitemCancellationResponse\x12\\\n\x0fSearchWorkitems\x12#.dicomrpc.v1.SearchWorkitemsRequest\x1a$.dicomrpc.v1.SearchWorkitemsResponse\x12g\n\x12SubscribeWorkitems\x12&.dicomrpc.v1.SubscribeWorkitemsRequest\x1a\'.dicomrpc.v1.SubscribeWorkitemsResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,10 +37,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SEARCHWORKITEMSREQUEST_MATCHENTRY']._serialized_options = b'8\001'
   _globals['_SUBSCRIBEWORKITEMSREQUEST_FILTERENTRY']._loaded_options = None
   _globals['_SUBSCRIBEWORKITEMSREQUEST_FILTERENTRY']._serialized_options = b'8\001'
-  _globals['_WORKITEMSTATE']._serialized_start=1818
-  _globals['_WORKITEMSTATE']._serialized_end=1986
-  _globals['_WORKITEMEVENTTYPE']._serialized_start=1989
-  _globals['_WORKITEMEVENTTYPE']._serialized_end=2192
+  _globals['_WORKITEMSTATE']._serialized_start=1858
+  _globals['_WORKITEMSTATE']._serialized_end=2026
+  _globals['_WORKITEMEVENTTYPE']._serialized_start=2029
+  _globals['_WORKITEMEVENTTYPE']._serialized_end=2232
   _globals['_CREATEWORKITEMREQUEST']._serialized_start=111
   _globals['_CREATEWORKITEMREQUEST']._serialized_end=195
   _globals['_CREATEWORKITEMRESPONSE']._serialized_start=197
@@ -53,26 +53,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_UPDATEWORKITEMREQUEST']._serialized_end=562
   _globals['_UPDATEWORKITEMRESPONSE']._serialized_start=564
   _globals['_UPDATEWORKITEMRESPONSE']._serialized_end=637
-  _globals['_CHANGEWORKITEMSTATEREQUEST']._serialized_start=639
-  _globals['_CHANGEWORKITEMSTATEREQUEST']._serialized_end=757
-  _globals['_CHANGEWORKITEMSTATERESPONSE']._serialized_start=759
-  _globals['_CHANGEWORKITEMSTATERESPONSE']._serialized_end=880
-  _globals['_REQUESTWORKITEMCANCELLATIONREQUEST']._serialized_start=882
-  _globals['_REQUESTWORKITEMCANCELLATIONREQUEST']._serialized_end=1007
-  _globals['_REQUESTWORKITEMCANCELLATIONRESPONSE']._serialized_start=1009
-  _globals['_REQUESTWORKITEMCANCELLATIONRESPONSE']._serialized_end=1113
-  _globals['_SEARCHWORKITEMSREQUEST']._serialized_start=1116
-  _globals['_SEARCHWORKITEMSREQUEST']._serialized_end=1328
-  _globals['_SEARCHWORKITEMSREQUEST_MATCHENTRY']._serialized_start=1284
-  _globals['_SEARCHWORKITEMSREQUEST_MATCHENTRY']._serialized_end=1328
-  _globals['_SEARCHWORKITEMSRESPONSE']._serialized_start=1330
-  _globals['_SEARCHWORKITEMSRESPONSE']._serialized_end=1394
-  _globals['_SUBSCRIBEWORKITEMSREQUEST']._serialized_start=1397
-  _globals['_SUBSCRIBEWORKITEMSREQUEST']._serialized_end=1576
-  _globals['_SUBSCRIBEWORKITEMSREQUEST_FILTERENTRY']._serialized_start=1531
-  _globals['_SUBSCRIBEWORKITEMSREQUEST_FILTERENTRY']._serialized_end=1576
-  _globals['_SUBSCRIBEWORKITEMSRESPONSE']._serialized_start=1579
-  _globals['_SUBSCRIBEWORKITEMSRESPONSE']._serialized_end=1815
-  _globals['_WORKITEMSERVICE']._serialized_start=2195
-  _globals['_WORKITEMSERVICE']._serialized_end=2927
+  _globals['_CHANGEWORKITEMSTATEREQUEST']._serialized_start=640
+  _globals['_CHANGEWORKITEMSTATEREQUEST']._serialized_end=797
+  _globals['_CHANGEWORKITEMSTATERESPONSE']._serialized_start=799
+  _globals['_CHANGEWORKITEMSTATERESPONSE']._serialized_end=920
+  _globals['_REQUESTWORKITEMCANCELLATIONREQUEST']._serialized_start=922
+  _globals['_REQUESTWORKITEMCANCELLATIONREQUEST']._serialized_end=1047
+  _globals['_REQUESTWORKITEMCANCELLATIONRESPONSE']._serialized_start=1049
+  _globals['_REQUESTWORKITEMCANCELLATIONRESPONSE']._serialized_end=1153
+  _globals['_SEARCHWORKITEMSREQUEST']._serialized_start=1156
+  _globals['_SEARCHWORKITEMSREQUEST']._serialized_end=1368
+  _globals['_SEARCHWORKITEMSREQUEST_MATCHENTRY']._serialized_start=1324
+  _globals['_SEARCHWORKITEMSREQUEST_MATCHENTRY']._serialized_end=1368
+  _globals['_SEARCHWORKITEMSRESPONSE']._serialized_start=1370
+  _globals['_SEARCHWORKITEMSRESPONSE']._serialized_end=1434
+  _globals['_SUBSCRIBEWORKITEMSREQUEST']._serialized_start=1437
+  _globals['_SUBSCRIBEWORKITEMSREQUEST']._serialized_end=1616
+  _globals['_SUBSCRIBEWORKITEMSREQUEST_FILTERENTRY']._serialized_start=1571
+  _globals['_SUBSCRIBEWORKITEMSREQUEST_FILTERENTRY']._serialized_end=1616
+  _globals['_SUBSCRIBEWORKITEMSRESPONSE']._serialized_start=1619
+  _globals['_SUBSCRIBEWORKITEMSRESPONSE']._serialized_end=1855
+  _globals['_WORKITEMSERVICE']._serialized_start=2235
+  _globals['_WORKITEMSERVICE']._serialized_end=2967
 # @@protoc_insertion_point(module_scope)

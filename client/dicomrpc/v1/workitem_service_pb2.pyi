@@ -260,22 +260,31 @@ class ChangeWorkitemStateRequest(_message.Message):
     WORKITEM_UID_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     TRANSACTION_UID_FIELD_NUMBER: _builtins.int
+    DATASET_FIELD_NUMBER: _builtins.int
     workitem_uid: _builtins.str
     """The workitem UID."""
     state: Global___WorkitemState.ValueType
     """The requested state: IN PROGRESS, COMPLETED or CANCELED."""
     transaction_uid: _builtins.str
     """The Transaction UID: a new one to claim (IN PROGRESS), the current one to finish."""
+    @_builtins.property
+    def dataset(self) -> _dataset_pb2.Dataset:
+        """Attributes to set in the same change when finishing (COMPLETED or CANCELED): the
+        performed procedure, or why it was discontinued. The attributes and the state change
+        apply together or not at all: a refused change leaves the workitem as it was.
+        """
+
     def __init__(
         self,
         *,
         workitem_uid: _builtins.str = ...,
         state: Global___WorkitemState.ValueType = ...,
         transaction_uid: _builtins.str = ...,
+        dataset: _dataset_pb2.Dataset | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["state", b"state", "transaction_uid", b"transaction_uid", "workitem_uid", b"workitem_uid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "state", b"state", "transaction_uid", b"transaction_uid", "workitem_uid", b"workitem_uid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -78,7 +78,10 @@ class WorkitemServicer(workitem_service_pb2_grpc.WorkitemServiceServicer):
             if requested is None:
                 raise invalid_argument("state", "is required: IN PROGRESS, COMPLETED or CANCELED")
             outcome = await self._core.change_state(
-                request.workitem_uid, requested, request.transaction_uid
+                request.workitem_uid,
+                requested,
+                request.transaction_uid,
+                request.dataset if request.HasField("dataset") else None,
             )
         except ServiceError as error:
             await abort(context, error)

@@ -34,13 +34,13 @@ class Mutation(Generic[T]):
         What :meth:`WorkitemRecords.mutate` returns to the caller.
     workitem
         The new data set, or ``None`` to write nothing (the workitem is as asked already).
-    event
-        The event the change makes (its sequence is given when it is written), or ``None``.
+    events
+        The events the change makes, in order (each given its sequence when it is written).
     """
 
     result: T
     workitem: dataset_pb2.Dataset | None = None
-    event: pb.SubscribeWorkitemsResponse | None = None
+    events: tuple[pb.SubscribeWorkitemsResponse, ...] = ()
 
 
 class WorkitemRecords(Protocol):

@@ -234,17 +234,37 @@ class WorkitemCore:
                 else pb.WORKITEM_EVENT_TYPE_UPDATED
             )
             return Mutation(
-                Outcome(workitem_uid, state), new, _event(kind, workitem_uid, new, dataset)
+                Outcome(workitem_uid, state), new, (_event(kind, workitem_uid, new, dataset),)
             )
 
         return await self.store.mutate(workitem_uid, decide)
 
     async def change_state(
-        self, workitem_uid: str, requested: State, transaction_uid: str
+        self,
+        workitem_uid: str,
+        requested: State,
+        transaction_uid: str,
+        dataset: dataset_pb2.Dataset | None = None,
     ) -> Outcome:
-        """Claim (IN PROGRESS, with a new Transaction UID), complete or cancel a workitem."""
+        """Claim (IN PROGRESS, with a new Transaction UID), complete or cancel a workitem.
+
+        ``dataset`` (finishing only) is set in the same change, as an update would set it: the
+        final state's requirements are checked with it, and a refused change writes nothing,
+        neither the attributes nor the state. Its subscribers see the update's event, then the
+        state report, both of the workitem in its new state.
+        """
         check_request_uid("workitem_uid", workitem_uid)
         check_request_uid("transaction_uid", transaction_uid)
+        if dataset is not None and dataset.attributes:
+            if requested is State.IN_PROGRESS:
+                raise invalid_argument(
+                    "dataset", "is set when finishing a workitem, not when claiming it"
+                )
+            check_depth(dataset, self.max_sequence_depth)
+            _check_uids(dataset, Operation.UPDATE, workitem_uid)
+            _raise_violations(check(dataset, Operation.UPDATE), "update", workitem_uid)
+        else:
+            dataset = None
 
         def decide(found: dataset_pb2.Dataset | None) -> Mutation[Outcome]:
             stored, state = _existing(found, workitem_uid)
@@ -254,6 +274,9 @@ class WorkitemCore:
                 return Mutation(already)
             new = dataset_pb2.Dataset()
             new.CopyFrom(stored)
+            if dataset is not None:
+                for tag, attribute in dataset.attributes.items():
+                    new.attributes[tag].CopyFrom(attribute)
             set_text(new, STATE, "CS", requested.value)
             set_text(new, MODIFIED, "DT", now_dt())
             if step.kind is Kind.CLAIM:
@@ -267,7 +290,13 @@ class WorkitemCore:
                 missing = final_state_missing(new, requested.value)
                 if missing:
                     raise states.final_state_unmet(workitem_uid, requested, missing)
-            return _state_changed(Outcome(workitem_uid, requested), workitem_uid, new)
+            changed = _state_changed(Outcome(workitem_uid, requested), workitem_uid, new)
+            if dataset is None:
+                return changed
+            # One change: the update's event, then the state report, each of the workitem as
+            # the change left it (a subscription filter sees no moment between them).
+            updated = _event(pb.WORKITEM_EVENT_TYPE_UPDATED, workitem_uid, new, dataset)
+            return Mutation(changed.result, new, (updated, *changed.events))
 
         return await self.store.mutate(workitem_uid, decide)
 
@@ -299,7 +328,7 @@ class WorkitemCore:
                 return _state_changed(Outcome(workitem_uid, State.CANCELED), workitem_uid, new)
             request = _cancel_request(reason, contact_name, contact_uri)
             event = _event(pb.WORKITEM_EVENT_TYPE_CANCEL_REQUESTED, workitem_uid, new, request)
-            return Mutation(Outcome(workitem_uid, state), new, event)
+            return Mutation(Outcome(workitem_uid, state), new, (event,))
 
         return await self.store.mutate(workitem_uid, decide)
 
@@ -324,7 +353,7 @@ def _existing(stored: dataset_pb2.Dataset | None, uid: str) -> tuple[dataset_pb2
 def _state_changed(result: T, uid: str, new: dataset_pb2.Dataset) -> Mutation[T]:
     """The mutation of a workitem whose state changed (or was created): a state report."""
     return Mutation(
-        result, new, _event(pb.WORKITEM_EVENT_TYPE_STATE_REPORT, uid, new, _state_report(new))
+        result, new, (_event(pb.WORKITEM_EVENT_TYPE_STATE_REPORT, uid, new, _state_report(new)),)
     )
 
 

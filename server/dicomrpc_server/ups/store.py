@@ -138,8 +138,8 @@ class WorkitemStore:
             mutation = decide(stored)
             if mutation.workitem is not None:
                 terms = self._save(txn, uid, stored, mutation.workitem)
-                if mutation.event is not None:
-                    self._append_event(txn, mutation.event, terms)
+                for event in mutation.events:
+                    self._append_event(txn, event, terms)
             return mutation.result
 
         return await self.index.writer.run(write)
