@@ -121,7 +121,6 @@ class Group:
         self._threads = concurrent.futures.ThreadPoolExecutor(
             max_workers=2 * count + 2, thread_name_prefix="group"
         )
-        self.stopping = False
         self._restarts: list[float] = []
         self.failed: str = ""
 
@@ -244,7 +243,6 @@ class Group:
 
     async def stop(self) -> None:
         """Ask every process to stop (SIGTERM), then kill those that outlast the grace."""
-        self.stopping = True
         self.signal(signal.SIGTERM)
         deadline = self.settings.shutdown_grace_s + STOP_MARGIN_S
         loop = asyncio.get_running_loop()
