@@ -19,6 +19,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from dicomrpc import __version__
 from dicomrpc.client import Client
 from dicomrpc.connection import add_connection_arguments, connect
 from dicomrpc.datasets import keyword, to_json
@@ -35,6 +36,7 @@ BATCH_BYTES = 256 * 1024 * 1024
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dicomrpc", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"dicomrpc {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the archive server")
@@ -510,10 +512,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "api-key": api_key_command,
     }
     try:
-        return commands[args.command](args)
+        code = commands[args.command](args)
+        sys.stdout.flush()  # here, so that a reader gone early is caught below
+        return code
     except DicomRpcError as error:
         print(f"dicomrpc {args.command}: {error}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # The reader went away (``dicomrpc feed | head``): what is left has nowhere to go.
+        # Python flushes standard output once more at exit; point it at /dev/null first, so
+        # that the flush does not fail again (the recipe of the signal module's docs).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a pipeline's early reader
 
 
 if __name__ == "__main__":

@@ -151,7 +151,7 @@ async def serve(
         dimse.port if dimse is not None else -1,
     )
     log.info(
-        "data %s: %d studies, %d series, %d instances",
+        "data folder %s holds %d studies, %d series, %d instances",
         settings.data_dir,
         counts.studies,
         counts.series,

@@ -1,0 +1,37 @@
+"""The command line as a pipeline's first stage: ``--version``, and a reader that goes away
+early (``dicomrpc feed | head -1``) ends it quietly, without a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from dicomrpc import Client, __version__
+from tests.conftest import RunningServer
+from tests.dicomgen import ct_instance
+
+CLI = [sys.executable, "-m", "dicomrpc.cli"]
+
+
+def test_version() -> None:
+    done = subprocess.run([*CLI, "--version"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0
+    assert done.stdout.strip() == f"dicomrpc {__version__}"
+
+
+def test_a_reader_gone_early_ends_the_command_without_a_traceback(
+    server: RunningServer, client: Client
+) -> None:
+    assert client.store([ct_instance(seed=n) for n in range(3)]).status == "all_stored"
+    for json in ([], ["--json"]):
+        process = subprocess.Popen(
+            [*CLI, "feed", "--since", "0", *json, "--server", server.target],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert process.stdout is not None and process.stderr is not None
+        process.stdout.close()  # as `head` does once it has what it wants
+        errors = process.stderr.read().decode()
+        process.stderr.close()
+        assert process.wait(60) == 141, errors
+        assert "Traceback" not in errors and "BrokenPipeError" not in errors, errors
