@@ -36,6 +36,7 @@ from tests import dcmtk
 from tests.conftest import S3Emulator, ServerProcess, spawn_server
 from tests.dcmtk import require_dcmtk
 from tests.dicomgen import ct_instance
+from tests.integration.test_startup_checks import serve
 from tests.upsgen import workitem
 
 HOLD = """
@@ -280,43 +281,11 @@ def test_a_killed_process_is_replaced_and_its_uploads_settled(
 def test_the_group_shares_its_ports_with_nobody(group: ServerProcess, tmp_path: Path) -> None:
     port = server_port(group)
     # A server alone on the group's port is refused, not let in to share it.
-    other = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dicomrpc.cli",
-            "serve",
-            "--data",
-            str(tmp_path / "other"),
-            "--grpc-port",
-            str(port),
-            "--http-port",
-            "-1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    other = serve(tmp_path / "other", "--grpc-port", str(port), "--http-port", "-1")
     assert other.returncode == 1
     assert "PORT_IN_USE" in other.stderr or "in use" in other.stderr, other.stderr
     # And a second server on the group's folder is refused.
-    second = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dicomrpc.cli",
-            "serve",
-            "--data",
-            str(tmp_path / "data"),
-            "--grpc-port",
-            "0",
-            "--http-port",
-            "-1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    second = serve(tmp_path / "data", "--http-port", "-1")
     assert second.returncode == 1, second.stderr
     assert f"is in use by dicomrpc serve pid {group.process.pid}" in second.stderr
 
@@ -326,24 +295,8 @@ def test_a_group_refuses_a_port_in_use(tmp_path: Path) -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "dicomrpc.cli",
-                "serve",
-                "--data",
-                str(tmp_path / "data"),
-                "--processes",
-                "2",
-                "--grpc-port",
-                str(port),
-                "--http-port",
-                "-1",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
+        result = serve(
+            tmp_path / "data", "--processes", "2", "--grpc-port", str(port), "--http-port", "-1"
         )
     assert result.returncode == 1
     assert "PORT_IN_USE" in result.stderr or "in use" in result.stderr, result.stderr

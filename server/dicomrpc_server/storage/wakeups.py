@@ -72,7 +72,6 @@ class Wakeups:
         self._listed_at = 0.0
         self._send_lock = threading.Lock()
         self._closed = False
-        self.received = 0
         self._thread = threading.Thread(target=self._read, name="wakeups", daemon=True)
         self._thread.start()
 
@@ -131,7 +130,6 @@ class Wakeups:
                     return
                 if not data or _STOP in data:
                     return
-                self.received += 1
             try:
                 self._listener()
             except Exception:  # a listener's failure must not end the wake-ups
