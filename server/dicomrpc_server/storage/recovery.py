@@ -150,13 +150,19 @@ def examine(listing: Listing, index: LmdbIndex | None) -> Findings:
             removals=set(index.pending_removals()),
             held=index.held_instances(),
         )
+    _sort_unnamed(findings)
+    return findings
+
+
+def _sort_unnamed(findings: Findings) -> None:
+    """Sort the listed blobs the index does not name: twins of an upload, or lost."""
+    listing = findings.listing
     for blob_id in listing.blobs - findings.names - findings.removals:
         upload = listing.uploads.get(blob_id)
         if upload is not None and same_file(upload, listing.path(blob_id)):
             findings.twins.add(blob_id)
         else:
             findings.lost.add(blob_id)
-    return findings
 
 
 def settle(findings: Findings, store: LocalBlobStore, index: LmdbIndex | None) -> RecoveryReport:
@@ -265,11 +271,7 @@ def recover_departed(store: LocalBlobStore, index: LmdbIndex, locks: KeyLocks) -
 def examine_uploads(listing: Listing, names: set[str]) -> Findings:
     """The findings of a few uploads, whose blob names the index was asked for one by one."""
     findings = Findings(listing, names=names, removals=set(), held=True)
-    for blob_id in listing.blobs - names:
-        if same_file(listing.uploads[blob_id], listing.path(blob_id)):
-            findings.twins.add(blob_id)
-        else:
-            findings.lost.add(blob_id)
+    _sort_unnamed(findings)
     return findings
 
 
