@@ -33,8 +33,9 @@ FILES = [
     *(DATA / "charset_files" / name for name in ("chrGerm.dcm", "chrRuss.dcm", "chrGreek.dcm")),
 ]
 REQUESTED_STUDY = "1.2.826.0.1.3680043.8.498.1"
-# A series large enough that a cancel arrives long before its last instance is answered.
-LARGE_SERIES = ("1.2.826.0.1.3680043.8.498.2", "1.2.826.0.1.3680043.8.498.3", 300)
+# A series large enough that a cancel arrives long before its last instance is answered: the
+# archive paces its answers to the reader (dimse/pacing.py), and findscu cancels after the first.
+LARGE_SERIES = ("1.2.826.0.1.3680043.8.498.2", "1.2.826.0.1.3680043.8.498.3", 1500)
 
 
 def _with_request() -> bytes:

@@ -1,7 +1,8 @@
 """C-FIND SCP (PS3.4 C.4.1): Patient Root and Study Root queries answered by the search core.
 
-Matches stream as pending responses while the search pages through the index; a C-CANCEL
-is looked for before each one and ends the query with status Cancel (PS3.4 C.4.1.2.3).
+Matches stream as pending responses while the search pages through the index, paced to the
+peer's reading (dimse/pacing.py); a C-CANCEL is looked for before each one and ends the query
+with status Cancel (PS3.4 C.4.1.2.3).
 Searching reads the index only: it runs on the association's own thread, as gRPC runs it on
 a worker thread, and never on the archive's event loop.
 """
@@ -19,6 +20,7 @@ from dicomrpc_server.dimse import statuses
 from dicomrpc_server.dimse.audit import DimseAudit
 from dicomrpc_server.dimse.contexts import PATIENT_ROOT_MODELS
 from dicomrpc_server.dimse.identifiers import find_results, level_of, read_query, response
+from dicomrpc_server.dimse.pacing import make_way
 from dicomrpc_server.dimse.requesters import describe_requester
 from dicomrpc_server.errors import ServiceError
 from dicomrpc_server.query.engine import SearchCore
@@ -87,6 +89,7 @@ class FindHandler:
             results = find_results(self._core, query)
             self._audit.searched(event.assoc, model, level, query.match, None)
             for found in results:
+                make_way(event.assoc)
                 if event.is_cancelled:
                     yield statuses.CANCEL, None
                     return
