@@ -35,6 +35,7 @@ from dicomrpc_server.archive import Archive
 from dicomrpc_server.config import Settings
 from dicomrpc_server.errors import Code, ServiceError
 from dicomrpc_server.query.engine import SearchCore, SearchRequest
+from dicomrpc_server.query.lmdb_search import LmdbSearch
 from dicomrpc_server.store.ingest import StoreStream
 
 # --------------------------------------------------------------------------------------------
@@ -560,7 +561,7 @@ def test_search_matches_reference(
     archive = open_archive(tmp_path_factory.mktemp("search") / "data")
     try:
         store_corpus(archive, corpus)
-        core = SearchCore(archive.index)
+        core = SearchCore(archive.index, LmdbSearch(archive.index))
         for query in query_list:
             check(core, corpus, query)
     finally:
@@ -606,7 +607,7 @@ def paging_core(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SearchCore
     archive = open_archive(tmp_path_factory.mktemp("paging") / "data")
     try:
         store_corpus(archive, PAGING_CORPUS)
-        yield SearchCore(archive.index)
+        yield SearchCore(archive.index, LmdbSearch(archive.index))
     finally:
         archive.close()
 
@@ -692,7 +693,7 @@ def fuzzy_core(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SearchCore]
     archive = open_archive(tmp_path_factory.mktemp("fuzzy") / "data")
     try:
         store_corpus(archive, FUZZY_CORPUS)
-        yield SearchCore(archive.index)
+        yield SearchCore(archive.index, LmdbSearch(archive.index))
     finally:
         archive.close()
 
