@@ -2,14 +2,21 @@
 
 Every match term becomes ordered range scans over one attribute's index terms (exact values,
 prefixes for wildcards, ranges for dates and times, word prefixes for fuzzy names); the primary
-keys found are lifted to the level searched and intersected, smallest first. Only a search with
-no term at all walks the records of its level (within its scope). Results are in primary key
-order, and a page's cursor is the key of its last result.
+keys found are lifted to the level searched and intersected, smallest first. Results are in
+primary key order, and a page's cursor is the key of its last result.
+
+A search whose matches are many is paged without collecting them: with no term, the records
+of the level are read from the cursor; when every term is matched by value (an exact string,
+a UID list, a number, a single date ...) and each has more entries than
+:data:`~.engine.SCAN_CAP`, one term's entries, which are in primary key order for each of its
+values, are read from the cursor, lifted to the level searched and checked against the other
+terms, until the page is full. The first page and the hundredth then cost the same.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import heapq
+from collections.abc import Callable, Iterator
 
 from dicomrpc.v1 import dataset_pb2
 from dicomrpc_server.dicom.attributes import Level
@@ -18,6 +25,8 @@ from dicomrpc_server.query.engine import SCAN_CAP, MatchTerm, TermMatcher
 from dicomrpc_server.storage import keys, records_pb2
 from dicomrpc_server.storage.lmdb_index import LmdbIndex
 
+# Keys read per step when a search is streamed.
+STREAM_BATCH = 256
 _RECORDS: dict[Level, Callable[[bytes], object]] = {
     Level.STUDY: records_pb2.StudyRecord.FromString,
     Level.SERIES: records_pb2.SeriesRecord.FromString,
@@ -36,17 +45,113 @@ class LmdbSearch:
         """The page of ``plan``: matches in key order from ``plan.after``."""
         level = plan.level
         scope = _scope(level, plan.study_uid, plan.series_uid)
-        if plan.terms:
+        wanted = plan.offset + plan.size + 1  # one more tells whether a next page exists
+        streamed = self._stream(plan, scope, wanted)
+        if streamed is not None:
+            primary_keys = streamed[plan.offset :]
+        else:
             found = self._intersect(list(plan.terms), level, plan.fuzzy)
             primary_keys = sorted(pk for pk in found if pk.startswith(scope))
-        else:
-            primary_keys = self.index.record_keys(level, scope)
-        if plan.after:
-            primary_keys = [pk for pk in primary_keys if pk > plan.after]
-        primary_keys = primary_keys[plan.offset :]
+            if plan.after:
+                primary_keys = [pk for pk in primary_keys if pk > plan.after]
+            primary_keys = primary_keys[plan.offset :]
         page, rest = primary_keys[: plan.size], primary_keys[plan.size :]
         results = self._datasets(level, page, set(plan.returned), scoped=bool(scope))
         return BackendPage(results, page[-1] if rest else b"")
+
+    def _stream(self, plan: SearchPlan, scope: bytes, wanted: int) -> list[bytes] | None:
+        """Up to ``wanted`` matches after the cursor, read in key order; None: not streamable.
+
+        Streamed: a search without terms; and an unscoped one whose terms are all matched by
+        value and each have more than SCAN_CAP entries (fewer, and the set intersection costs
+        at most that many lookups).
+        """
+        if not plan.terms:
+            return self.index.record_keys(plan.level, scope, plan.after, wanted)
+        if scope:
+            return None
+        by_value: list[tuple[MatchTerm, list[bytes]]] = []
+        for term in plan.terms:
+            exact = self.matcher.exact_terms(term, plan.fuzzy)
+            if exact is None or self._entries_upto(term, exact, SCAN_CAP) is not None:
+                return None
+            by_value.append((term, exact))
+        # The deepest term drives (its entries lift to the fewest records per entry).
+        by_value.sort(key=lambda pair: -int(pair[0].attribute.level))
+        (driver, values), others = by_value[0], by_value[1:]
+        out: list[bytes] = []
+        batch: list[bytes] = []
+        for pk in self._driven(driver, values, plan.level, plan.after):
+            batch.append(pk)
+            if len(batch) >= STREAM_BATCH:
+                out.extend(self._having(others, batch))
+                batch = []
+                if len(out) >= wanted:
+                    break
+        else:
+            out.extend(self._having(others, batch))
+        return out[:wanted]
+
+    def _driven(
+        self, term: MatchTerm, values: list[bytes], level: Level, after: bytes
+    ) -> Iterator[bytes]:
+        """The keys of ``level`` whose record (or parent) has one of ``values``, above ``after``.
+
+        Each value's entries are in key order; several values (a UID list) are merged. A
+        parent's children follow it in key order, so lifting keeps the order.
+        """
+        attribute = term.attribute
+        depth = int(attribute.level)
+        start = keys.SEP.join(after.split(keys.SEP)[:depth]) if after else b""
+        streams = [self._entries_from(attribute.level, attribute.tag, v, start) for v in values]
+        owners = heapq.merge(*streams) if len(streams) > 1 else streams[0]
+        previous = None
+        for owner in owners:
+            if owner == previous:  # one record holding two of the values
+                continue
+            previous = owner
+            if attribute.level == level:
+                if owner > after:
+                    yield owner
+                continue
+            prefix = keys.child_prefix(owner)
+            below = after if after.startswith(prefix) else b""
+            while True:
+                children = self.index.record_keys(level, prefix, below, STREAM_BATCH)
+                for child in children:
+                    if child > after:
+                        yield child
+                if len(children) < STREAM_BATCH:
+                    break
+                below = children[-1]
+
+    def _entries_from(self, level: Level, tag: int, value: bytes, start: bytes) -> Iterator[bytes]:
+        """The keys having index term ``value``, from ``start`` on, in key order, in batches."""
+        stop = value + keys.SEP
+        position = start
+        seen = b""  # the last key of a batch, which the next batch starts with again
+        while True:
+            found = self.index.scan_terms(
+                level, tag, value + keys.SEP + position, stop, limit=STREAM_BATCH
+            )
+            for _, pk in found:
+                if pk != seen:
+                    yield pk
+            if len(found) < STREAM_BATCH:
+                return
+            position = seen = found[-1][1]
+
+    def _having(
+        self, terms: list[tuple[MatchTerm, list[bytes]]], batch: list[bytes]
+    ) -> list[bytes]:
+        """The keys of ``batch`` (in order) that every one of ``terms`` matches."""
+        kept = set(batch)
+        for term, exact in terms:
+            if not kept:
+                break
+            attribute = term.attribute
+            kept = self.index.having_terms(attribute.level, attribute.tag, exact, kept)
+        return [pk for pk in batch if pk in kept]
 
     def _intersect(self, terms: list[MatchTerm], level: Level, fuzzy: bool) -> set[bytes]:
         """Keys of the searched level that every term matches, the most selective first.
