@@ -41,6 +41,7 @@ synchronous_commit = off
 full_page_writes = off
 max_connections = 200
 shared_buffers = 32MB
+deadlock_timeout = 100ms
 """
 
 
