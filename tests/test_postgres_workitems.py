@@ -17,6 +17,7 @@ import pytest
 from dicomrpc.v1 import dataset_pb2
 from dicomrpc.v1 import workitem_service_pb2 as pb
 from dicomrpc_server.storage.postgres import PostgresBackend
+from dicomrpc_server.ups.events import EventHub
 from dicomrpc_server.ups.postgres_store import PostgresWorkitemStore
 from dicomrpc_server.ups.records import Mutation
 from dicomrpc_server.ups.values import set_text, text
@@ -178,3 +179,25 @@ def test_events_read_during_writes_on_both_nodes_come_once_in_order(
     assert dict(read) == {**{n + 1: uid for n, uid in enumerate(uids)}, **written}
     stored = [reader.get(uid) for uid in uids]
     assert sum(int(text(item, LABEL)) for item in stored if item is not None) == 6 * 40
+
+
+def test_a_subscriber_on_one_node_gets_the_events_committed_on_the_other(
+    nodes: tuple[PostgresWorkitemStore, PostgresWorkitemStore],
+) -> None:
+    """The event hub, unchanged, over the PostgreSQL records: wake-up, read, fan-out."""
+    hub = EventHub(nodes[1], queue_size=64)
+    uids = [f"1.2.840.55.{n}" for n in range(5)]
+
+    async def follow() -> list[str]:
+        received: list[str] = []
+        stream = hub.follow("", {}, 0)
+        first = asyncio.ensure_future(anext(stream))
+        await asyncio.sleep(0.2)  # subscribed (the generator runs up to its first wait)
+        await asyncio.to_thread(lambda: [_create(nodes[0], uid) for uid in uids])
+        received.append((await asyncio.wait_for(first, 10)).workitem_uid)
+        while len(received) < len(uids):
+            received.append((await asyncio.wait_for(anext(stream), 10)).workitem_uid)
+        await stream.aclose()
+        return received
+
+    assert asyncio.run(follow()) == uids

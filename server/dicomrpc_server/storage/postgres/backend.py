@@ -118,18 +118,21 @@ class PostgresBackend:
             self._pool = await asyncpg.create_pool(
                 self.dsn, min_size=1, max_size=self.pool_size, timeout=self.acquire_timeout_s
             )
+            try:
+                async with self._pool.acquire() as connection:
+                    applied = await migrate(connection, migrations)
+                self._signals = CommitSignals(self._connect, self._pool, poll_s=self._poll_s)
+                await self._signals.start()
+            except BaseException:
+                if self._signals is not None:
+                    self._signals.stop_listeners()
+                    await self._signals.close()
+                self._pool.terminate()
+                raise
         except UNREACHABLE as exc:
             raise StartupError(
                 "INDEX_UNAVAILABLE", f"the PostgreSQL index cannot be reached: {exc}"
             ) from exc
-        try:
-            async with self._pool.acquire() as connection:
-                applied = await migrate(connection, migrations)
-            self._signals = CommitSignals(self._connect, self._pool, poll_s=self._poll_s)
-            await self._signals.start()
-        except BaseException:
-            await self._pool.close()
-            raise
         return applied
 
     async def _connect(self) -> asyncpg.Connection:
