@@ -66,9 +66,10 @@ from dicomrpc_server.ups.records import Event, Mutation
 
 T = TypeVar("T")
 
-# The data set, the terms that changed, and the events, in one statement: each data-modifying
-# part runs whether the final INSERT uses it or not, and the counter is locked by the last part
-# written, held from here to the commit. $7 is the number of events (the counter moves by it).
+# The data set, the terms that changed, and the events, in one statement (one round trip): each
+# data-modifying part runs whether the final INSERT uses it or not. The counter row is locked
+# from this statement, the change's last, to its commit. $7 is the number of events (the
+# counter moves by it; without events it is not touched, and nothing is inserted).
 _WRITE = """
 WITH item AS (
     UPDATE workitems SET dataset = $2 WHERE uid = $1
