@@ -225,6 +225,18 @@ def search_command(args: argparse.Namespace) -> int:
             print(f"dicomrpc search: {term!r} is not KEY=VALUE", file=sys.stderr)
             return 2
         match[key] = value
+    if args.series and not args.study:
+        print("dicomrpc search: --series needs --study (the series' study UID)", file=sys.stderr)
+        return 2
+    if args.series and args.level != "instances":
+        print(
+            "dicomrpc search: --series scopes a search of instances "
+            "(dicomrpc search instances --study S --series X)",
+            file=sys.stderr,
+        )
+        return 2
+    if args.study and args.level == "studies":
+        match.setdefault("StudyInstanceUID", args.study)
     options = {
         "fuzzy": args.fuzzy,
         "include": args.include,

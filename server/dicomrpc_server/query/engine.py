@@ -53,6 +53,8 @@ _DATETIME = re.compile(
     r"\d{4}(?:\d{2}(?:\d{2}(?:\d{2}(?:\d{2}(?:\d{2}(?:\.\d{1,6})?)?)?)?)?)?", re.ASCII
 )
 _CHECKS = {"DA": _DATE, "TM": _TIME, "DT": _DATETIME}
+# An ISO 8601 date (2020-01-31), which DICOM writes 20200131: a dash there reads as a range.
+_DASHED_DATE = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
 _FORMATS = {"DA": "YYYYMMDD", "TM": "HHMMSS", "DT": "YYYYMMDDHHMMSS"}
 
 MODALITIES = IndexedAttribute("ModalitiesInStudy", MODALITIES_IN_STUDY, "CS", Level.STUDY, True)
@@ -140,6 +142,8 @@ class TermMatcher:
             if wildcard:
                 raise invalid_argument(attribute.keyword, "wildcards do not apply to UIDs")
             return [EXACT + uid.encode() for uid in uid_list(value)]
+        if vr == "DA" and _DASHED_DATE.fullmatch(value.strip()):
+            raise invalid_argument(attribute.keyword, _dashed(value))
         if vr == "DA" and "-" not in value:
             if len(value) != 8 or not _DATE.fullmatch(value):
                 raise invalid_argument(attribute.keyword, f"{value!r} is not YYYYMMDD")
@@ -206,12 +210,22 @@ class TermMatcher:
             stop = EXACT + bound(value, end=True) + b"\xff"
             return _pks(scan(attribute.level, attribute.tag, start, stop))
         if value.count("-") != 1 or value == "-":
+            if attribute.vr == "DA" and _DASHED_DATE.search(value):
+                raise invalid_argument(attribute.keyword, _dashed(value))
             raise invalid_argument(attribute.keyword, f"{value!r} is not a range a-b, -b or a-")
         low, high = value.split("-")
         start = EXACT + (bound(low) if low else b"")
         # Inclusive: everything up to the end of the upper bound, a partial date or time included.
         stop = EXACT + bound(high, end=True) + b"\xff" if high else EXACT + b"\xff"
         return _pks(scan(attribute.level, attribute.tag, start, stop))
+
+
+def _dashed(value: str) -> str:
+    """What to write instead of a date with dashes (ISO 8601), which DICOM does not take."""
+    return (
+        f"{value!r}: DICOM dates have no dashes; write YYYYMMDD (20200131), and a range as "
+        "20200101-20201231 (PS3.4 C.2.2.2.5)"
+    )
 
 
 def uid_list(value: str) -> list[str]:
@@ -355,7 +369,7 @@ def _term(name: str, value: str, level: Level, extended: _Extended) -> MatchTerm
         if nested is None:
             raise invalid_argument(name, "is not a searchable attribute path")
         if nested.leaf.level > level:
-            raise invalid_argument(name, f"is a {nested.leaf.level.name.lower()}-level attribute")
+            raise invalid_argument(name, _deeper(nested.leaf.level))
         return check_term(name, MatchTerm(nested.leaf, value, nested.term_kind))
     tag = extended.get(name)
     if tag is not None and not tag.ready:
@@ -370,10 +384,22 @@ def _term(name: str, value: str, level: Level, extended: _Extended) -> MatchTerm
     if attribute is None:
         raise invalid_argument(name, "is not a known searchable attribute")
     if not attribute.searchable:
-        raise invalid_argument(name, "is returned but not searchable")
+        raise invalid_argument(
+            name,
+            "is returned but not searchable; to search it, add it as an extended query tag "
+            "(ManagementService AddQueryTags, `dicomrpc query-tags add`)",
+        )
     if attribute.level > level:
-        raise invalid_argument(name, f"is a {attribute.level.name.lower()}-level attribute")
+        raise invalid_argument(name, _deeper(attribute.level))
     return check_term(name, MatchTerm(attribute, value))
+
+
+def _deeper(level: Level) -> str:
+    """Why an attribute of a lower level is no match term here, and where it is one."""
+    name = level.name.lower()
+    article = "an" if name[0] in "aeiou" else "a"
+    searched = {"study": "studies", "series": "series", "instance": "instances"}[name]
+    return f"is {article} {name}-level attribute: search {searched} to match it"
 
 
 def _returned(
