@@ -22,8 +22,8 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom import AE, build_role, evt
 from pynetdicom.association import Association
-from pynetdicom.events import Event
-from pynetdicom.sop_class import StorageCommitmentPushModel, Verification
+from pynetdicom.dimse_primitives import N_EVENT_REPORT
+from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicomrpc import Client
@@ -31,6 +31,8 @@ from tests.conftest import RunningServer, start_server
 
 DATA = Path(pydicom.data.__file__).parent / "test_files"
 CT, MR = DATA / "CT_small.dcm", DATA / "MR_small.dcm"
+STORAGE_COMMITMENT = "1.2.840.10008.1.20.1"
+VERIFICATION = "1.2.840.10008.1.1"
 WELL_KNOWN_INSTANCE = "1.2.840.10008.1.20.1.1"
 REQUESTER = "MODALITY"
 NO_SUCH_OBJECT_INSTANCE = 0x0112
@@ -56,7 +58,9 @@ class Reports:
 
     def __call__(self, event: Event) -> tuple[int, None]:
         request = event.request
-        self.received.put(Report(event.assoc, int(request.EventTypeID), event.event_information))
+        assert isinstance(request, N_EVENT_REPORT)
+        event_type = int(request.EventTypeID or 0)
+        self.received.put(Report(event.assoc, event_type, event.event_information))
         return 0x0000, None
 
     def next(self, timeout: float = REPORT_WAIT_S) -> Report:
@@ -79,11 +83,12 @@ class ReportScp:
 def scp() -> Iterator[ReportScp]:
     ae = AE(ae_title=REQUESTER)
     # Accept the archive's proposal to act as the Storage Commitment SCP (PS3.4 J.3.3.1.3).
-    ae.add_supported_context(StorageCommitmentPushModel, scu_role=False, scp_role=True)
+    ae.add_supported_context(STORAGE_COMMITMENT, scu_role=False, scp_role=True)
     reports = Reports()
     server = ae.start_server(
         ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_N_EVENT_REPORT, reports)]
     )
+    assert server is not None
     yield ReportScp(reports, server)
     server.shutdown()
 
@@ -125,10 +130,12 @@ def associate(
 ) -> Association:
     """A requester's association; ``roles`` proposes both roles for Storage Commitment."""
     ae = AE(ae_title=title)
-    ae.add_requested_context(StorageCommitmentPushModel)
-    ae.add_requested_context(Verification)
-    handlers = [(evt.EVT_N_EVENT_REPORT, reports)] if reports is not None else []
-    ext_neg = [build_role(StorageCommitmentPushModel, scu_role=True, scp_role=True)]
+    ae.add_requested_context(STORAGE_COMMITMENT)
+    ae.add_requested_context(VERIFICATION)
+    handlers: list[EventHandlerType] = []
+    if reports is not None:
+        handlers.append((evt.EVT_N_EVENT_REPORT, reports))
+    ext_neg: list[Any] = [build_role(STORAGE_COMMITMENT, scu_role=True, scp_role=True)]
     assoc = ae.associate(
         "127.0.0.1",
         archive.dimse_port,
@@ -145,6 +152,7 @@ def action(
     transaction: str | None,
     references: list[tuple[str, str]],
     action_type: int = 1,
+    instance: str = WELL_KNOWN_INSTANCE,
 ) -> int:
     """Send a Storage Commitment Request; the N-ACTION response's status."""
     info = Dataset()
@@ -161,9 +169,7 @@ def action(
             item.ReferencedSOPInstanceUID = sop_instance
         items.append(item)
     info.ReferencedSOPSequence = items
-    status, _ = assoc.send_n_action(
-        info, action_type, StorageCommitmentPushModel, WELL_KNOWN_INSTANCE
-    )
+    status, _ = assoc.send_n_action(info, action_type, STORAGE_COMMITMENT, instance)
     return int(status.Status)
 
 
@@ -262,7 +268,7 @@ def test_a_released_requester_gets_the_report_on_a_new_association(
     # The archive called the registered AE title, from its own, as the Storage Commitment SCP.
     assert str(report.assoc.requestor.ae_title) == "DICOMRPC"
     (context,) = report.assoc.accepted_contexts
-    assert context.abstract_syntax == StorageCommitmentPushModel
+    assert context.abstract_syntax == STORAGE_COMMITMENT
     assert (context.as_scu, context.as_scp) == (True, False)  # the receiver's roles
     (record,) = audit_records(archive, transaction)
     assert record["outcome"] == "success"
@@ -296,6 +302,7 @@ def test_a_malformed_request_is_refused_and_the_association_goes_on(
         assert action(assoc, transaction, []) == 0x0115  # nothing referenced
         assert action(assoc, transaction, [("", stored.ct[1])]) == 0x0115  # no class
         assert action(assoc, transaction, [stored.ct], action_type=2) == 0x0123
+        assert action(assoc, transaction, [stored.ct], instance="1.2.3") == 0x0112
         with pytest.raises(queue.Empty):
             reports.next(timeout=0.5)  # a refused request has no report
         assert action(assoc, transaction, [stored.ct]) == 0x0000

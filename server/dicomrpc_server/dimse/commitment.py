@@ -123,13 +123,15 @@ def read_request(event: Event) -> tuple[str, list[Reference]]:
     ------
     Refusal
         With the N-ACTION failure status (PS3.7 §10.1.4.1.10) of a request the archive does
-        not process: another action (0x0123), another SOP Instance than the well-known one
-        (0x0112), Action Information that cannot be read (0x0110), a missing or malformed
-        Transaction UID or Referenced SOP Sequence (0x0115 Invalid argument value), more
-        references than one report may list (0x0213).
+        not process: another SOP Class (0x0118), another action (0x0123), another SOP
+        Instance than the well-known one (0x0112), Action Information that cannot be read
+        (0x0110), a missing or malformed Transaction UID or Referenced SOP Sequence (0x0115
+        Invalid argument value), more references than one report may list (0x0213).
     """
     request = event.request
     assert isinstance(request, N_ACTION)
+    if str(request.RequestedSOPClassUID or "") != STORAGE_COMMITMENT:
+        raise Refusal(statuses.NO_SUCH_SOP_CLASS, f"the SOP class is {STORAGE_COMMITMENT}")
     if request.ActionTypeID != REQUEST_COMMITMENT:
         raise Refusal(statuses.NO_SUCH_ACTION, f"action type {request.ActionTypeID} is not 1")
     if str(request.RequestedSOPInstanceUID or "") != WELL_KNOWN_INSTANCE:
