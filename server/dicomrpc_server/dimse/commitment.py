@@ -41,6 +41,7 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass, field
+from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
@@ -313,10 +314,7 @@ class CommitmentHandler:
                 message,
             )
             return _status(statuses.RESOURCE_LIMITATION, message), None
-        # pynetdicom marks the reactor paused while a handler runs, so that a handler may send
-        # on its own association; the report is sent after this response, from another thread,
-        # which may only go on once the reactor has truly parked (see _report_here).
-        assoc._is_paused = False
+        _hold_reactor(assoc)
         thread.start()
         return _status(statuses.SUCCESS, ""), None
 
@@ -339,10 +337,13 @@ class CommitmentHandler:
 
     def _report(self, work: _Transaction) -> None:
         assoc = work.assoc
-        decision = decide(self._core, work.references)
-        info = event_information(work.transaction, decision, self._ae_title)
+        try:
+            decision = decide(self._core, work.references)
+            info = event_information(work.transaction, decision, self._ae_title)
+            answered = _report_here(assoc, info, decision.event_type, self._timeout_s)
+        finally:
+            _resume_reactor(assoc)
         where = "on the same association"
-        answered = _report_here(assoc, info, decision.event_type, self._timeout_s)
         if answered != statuses.SUCCESS:
             # Not taken there (ended, released, unanswered or refused): the requester's AE
             # title as the registry knows it gets it on an association of its own.
@@ -410,6 +411,27 @@ def _report_request(info: Dataset, event_type: int, syntax: str) -> N_EVENT_REPO
     return request
 
 
+def _hold_reactor(assoc: Association) -> None:
+    """Have the association's reactor park once the N-ACTION response is sent.
+
+    pynetdicom serves an association's requests on one thread, its reactor, which parks when
+    its checkpoint is cleared; pynetdicom's own ``send_*`` methods clear it and wait for
+    ``_is_paused`` before they send and wait for the answer, so that the reactor does not take
+    the peer's answer for a request of its own. Cleared here, in the handler, the reactor
+    parks right after sending the N-ACTION response, before it reads anything more of the
+    requester, until :func:`_resume_reactor`. pynetdicom sets ``_is_paused`` while a handler
+    runs (so that a handler may send); it is unset here, so that it means parked again, and
+    the report is sent only after the response.
+    """
+    assoc._reactor_checkpoint.clear()
+    assoc._is_paused = False
+
+
+def _resume_reactor(assoc: Association) -> None:
+    """Let the reactor serve the requester again (see :func:`_hold_reactor`)."""
+    assoc._reactor_checkpoint.set()
+
+
 def _ending(assoc: Association) -> bool:
     """Whether the requester asked to release or abort (its request not yet handled)."""
     return not assoc.is_established or isinstance(
@@ -422,12 +444,14 @@ def _report_here(
 ) -> int | None:
     """Send the report on the requester's association; its answer's status, or ``None``.
 
-    As pynetdicom's own ``send_*`` methods do, the association's reactor is parked first, so
-    that it does not take the requester's answer for a request of its own. Unlike
-    ``send_n_event_report``, a release or abort the requester sends meanwhile ends the wait at
-    once: the requester may release at any time after the N-ACTION response (PS3.4 J.3.2.1.2),
-    and a requester releasing ignores what it receives (PS3.8 §7.2.2); the report then goes
-    on a new association instead of waiting out the DIMSE timeout.
+    The reactor was held by the N-ACTION handler (:func:`_hold_reactor`); the report goes once
+    it has parked. A request the requester sends meanwhile (it may invoke one operation while
+    the archive invokes its own, PS3.7 D.3.3.3) is handed back to the reactor, in order, to be
+    served after. Unlike pynetdicom's ``send_n_event_report``, a release or abort the
+    requester sends meanwhile ends the wait at once: the requester may release at any time
+    after the N-ACTION response (PS3.4 J.3.2.1.2), and a requester releasing ignores what it
+    receives (PS3.8 §7.2.2); the report then goes on a new association instead of waiting out
+    the DIMSE timeout.
     """
     context = next(
         (cx for cx in assoc.accepted_contexts if cx.abstract_syntax == STORAGE_COMMITMENT), None
@@ -438,34 +462,40 @@ def _report_here(
     if request is None:
         return None
     deadline = time.monotonic() + timeout_s
-    checkpoint = assoc._reactor_checkpoint
-    checkpoint.clear()
-    try:
-        while not assoc._is_paused:
-            if not assoc.is_established or time.monotonic() > deadline:
-                return None
-            time.sleep(_PAUSE_POLL_S)
-        if _ending(assoc):
+    while not assoc._is_paused:
+        if not assoc.is_established or time.monotonic() > deadline:
             return None
-        assoc.dimse.send_msg(request, context.context_id)
+        time.sleep(_PAUSE_POLL_S)
+    if _ending(assoc):
+        return None
+    held: list[tuple[int | None, Any]] = []
+    assoc.dimse.send_msg(request, context.context_id)
+    try:
         while time.monotonic() < deadline:
-            _, answer = assoc.dimse.get_msg(block=False)
-            if isinstance(answer, N_EVENT_REPORT):
-                if answer.MessageIDBeingRespondedTo == _REPORT_MESSAGE_ID:
-                    return int(answer.Status) if answer.Status is not None else None
-            elif answer is not None:
-                log.warning(
-                    "%s sent %s while the archive waited for its answer to a commitment "
-                    "report: ignored",
-                    describe_requester(assoc),
-                    type(answer).__name__,
-                )
-            if _ending(assoc):
+            context_id, answer = assoc.dimse.get_msg(block=False)
+            if (
+                isinstance(answer, N_EVENT_REPORT)
+                and answer.MessageIDBeingRespondedTo == _REPORT_MESSAGE_ID
+            ):
+                return int(answer.Status) if answer.Status is not None else None
+            if answer is not None:
+                held.append((context_id, answer))
+            elif _ending(assoc):
                 return None
-            time.sleep(_ANSWER_POLL_S)
+            else:
+                time.sleep(_ANSWER_POLL_S)
         return None
     finally:
-        checkpoint.set()
+        if held:
+            _hand_back(assoc, held)
+
+
+def _hand_back(assoc: Association, held: list[tuple[int | None, Any]]) -> None:
+    """Put messages read while waiting back at the head of the reactor's queue, in order."""
+    waiting = assoc.dimse.msg_queue
+    with waiting.mutex:
+        waiting.queue.extendleft(reversed(held))
+        waiting.not_empty.notify()
 
 
 def _report_to(ae: AE, peer: Peer, info: Dataset, event_type: int) -> int | None:
