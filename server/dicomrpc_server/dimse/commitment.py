@@ -445,13 +445,14 @@ def _report_here(
     """Send the report on the requester's association; its answer's status, or ``None``.
 
     The reactor was held by the N-ACTION handler (:func:`_hold_reactor`); the report goes once
-    it has parked. A request the requester sends meanwhile (it may invoke one operation while
+    it has parked, unless the requester has already sent another request, which it would await
+    the answer to first. A request it sends after the report (it may invoke one operation while
     the archive invokes its own, PS3.7 D.3.3.3) is handed back to the reactor, in order, to be
-    served after. Unlike pynetdicom's ``send_n_event_report``, a release or abort the
-    requester sends meanwhile ends the wait at once: the requester may release at any time
-    after the N-ACTION response (PS3.4 J.3.2.1.2), and a requester releasing ignores what it
-    receives (PS3.8 §7.2.2); the report then goes on a new association instead of waiting out
-    the DIMSE timeout.
+    served after. Unlike pynetdicom's ``send_n_event_report``, a release or abort the requester
+    sends meanwhile ends the wait at once: the requester may release at any time after the
+    N-ACTION response (PS3.4 J.3.2.1.2), and a requester releasing ignores what it receives
+    (PS3.8 §7.2.2); the report then goes on a new association instead of waiting out the DIMSE
+    timeout.
     """
     context = next(
         (cx for cx in assoc.accepted_contexts if cx.abstract_syntax == STORAGE_COMMITMENT), None
@@ -466,7 +467,9 @@ def _report_here(
         if not assoc.is_established or time.monotonic() > deadline:
             return None
         time.sleep(_PAUSE_POLL_S)
-    if _ending(assoc):
+    if _ending(assoc) or not assoc.dimse.msg_queue.empty():
+        # Released, aborted, or busy with a request of its own that it awaits the answer to:
+        # the report goes on a new association rather than waiting on this one.
         return None
     held: list[tuple[int | None, Any]] = []
     assoc.dimse.send_msg(request, context.context_id)
