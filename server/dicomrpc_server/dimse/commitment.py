@@ -22,15 +22,18 @@ nothing of that UID                                   failed: 0x0112 No such obj
 
 Event Type 1 says every instance is committed, 2 that some failed (PS3.4 J.3.3.1.2). The
 report goes on the requester's own association while it is open (the SCP "may attempt" it,
-PS3.4 J.3.3.1.2 Note 1), otherwise, or when the requester does not answer it there, on a new
+PS3.4 J.3.3.1.2 Note 1), otherwise, or when the requester does not take it there, on a new
 association to the requester's AE title as the peer registry knows it
 (:mod:`dicomrpc_server.peers`), on which the archive proposes the SCP role (PS3.4 J.3.3.1.3
 Note; PS3.7 D.3.3.4). A requester the registry does not know gets no report; the log and the
 audit trail say so.
 
 The N-ACTION handler runs on the association's thread and only checks the request; the
-instances are decided and the report sent by a thread of the transaction's own, so that
-neither the association's reactor nor the archive's event loop waits for a slow peer.
+instances are decided (index reads, no event loop) and the report sent by a thread of the
+transaction's own. The association's reactor is held from the N-ACTION response until the
+report there is answered or given up, so that the report never overtakes the response and
+the reactor never takes the requester's answer for a request; the new association to a peer,
+which may be slow or unreachable, holds neither the requester's association nor the loop.
 """
 
 from __future__ import annotations
