@@ -5,8 +5,12 @@ transcoding catalogue (the native ones and each compressed one the archive store
 writes), so that a modality sends what it holds without converting it. The requester may act
 as the storage SCP on a storage context (SCP/SCU role selection, PS3.7 D.3.3.4): that is how
 C-GET returns instances on the same association. Verification and the Patient and Study Root
-Query/Retrieve FIND, GET and MOVE models take the native syntaxes only: their identifiers are
-small data sets.
+Query/Retrieve FIND, GET and MOVE models and Storage Commitment Push Model take the native
+syntaxes only: their identifiers and action information are small data sets. Storage
+Commitment keeps the default roles whatever the requester proposes (it is the SCU, the archive
+the SCP): those already let the archive send the N-EVENT-REPORT to it on its association
+(PS3.4 J.3.3.1.2); role selection is for the association the archive requests itself when the
+requester has left (PS3.4 J.3.3.1.3).
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ PATIENT_ROOT_GET = "1.2.840.10008.5.1.4.1.2.1.3"
 STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
 STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
+# PS3.4 Annex J.3 (Storage Commitment Push Model).
+STORAGE_COMMITMENT = "1.2.840.10008.1.20.1"
 
 FIND_MODELS = (PATIENT_ROOT_FIND, STUDY_ROOT_FIND)
 GET_MODELS = (PATIENT_ROOT_GET, STUDY_ROOT_GET)
@@ -97,7 +103,8 @@ def supported_contexts() -> list[PresentationContext]:
     native = tuple(NATIVE_SYNTAXES)
     contexts = [_context(VERIFICATION, native, False)]
     contexts.extend(
-        _context(uid, native, False) for uid in (*FIND_MODELS, *GET_MODELS, *MOVE_MODELS)
+        _context(uid, native, False)
+        for uid in (*FIND_MODELS, *GET_MODELS, *MOVE_MODELS, STORAGE_COMMITMENT)
     )
     contexts.extend(_context(uid, STORAGE_SYNTAXES, True) for uid in STORAGE_SOP_CLASSES)
     return contexts

@@ -26,6 +26,7 @@ from pynetdicom.utils import make_target
 from dicomrpc_server.archive import Archive
 from dicomrpc_server.dimse import statuses
 from dicomrpc_server.dimse.audit import DimseAudit
+from dicomrpc_server.dimse.commitment import CommitmentHandler
 from dicomrpc_server.dimse.contexts import supported_contexts
 from dicomrpc_server.dimse.find import FindHandler
 from dicomrpc_server.dimse.get import GetHandler
@@ -75,7 +76,7 @@ _DRAIN_POLL_S = 0.05
 
 
 class DimseServer:
-    """The archive's DIMSE service class provider: C-ECHO, C-STORE, C-FIND, C-GET, C-MOVE.
+    """The archive's DIMSE SCP: C-ECHO, C-STORE, C-FIND, C-GET, C-MOVE, Storage Commitment.
 
     Parameters
     ----------
@@ -110,6 +111,13 @@ class DimseServer:
         ae.network_timeout = settings.dimse_idle_timeout_s
         self._ae = ae
         self._server: ThreadedAssociationServer | None = None
+        self._commitment = CommitmentHandler(
+            archive.retrieve,
+            archive.peers,
+            settings.ae_title,
+            self._audit,
+            settings.dimse_timeout_s,
+        )
         self._requested: set[Association] = set()
         self._requested_lock = threading.Lock()
         self._refused_connections = 0
@@ -158,6 +166,7 @@ class DimseServer:
             (evt.EVT_C_FIND, FindHandler(archive.search, self.ae_title, audit)),
             (evt.EVT_C_GET, GetHandler(source, audit)),
             (evt.EVT_C_MOVE, MoveHandler(source, archive.peers, audit)),
+            (evt.EVT_N_ACTION, self._commitment),
         ]
         try:
             # A group's processes share the port the supervisor reserved (see processes.py).
@@ -211,6 +220,8 @@ class DimseServer:
         for assoc in self._ae.active_associations:
             if isinstance(assoc, threading.Thread):
                 assoc.join(grace or 1)
+        # The commitment reports still being sent, on new associations, get what is left.
+        self._commitment.wait(max(0.0, deadline - time.monotonic()))
 
     # -- association events ------------------------------------------------------------------
 

@@ -24,6 +24,11 @@ a file or index write failed              0x0110 Processing failure
 C-FIND and C-GET (PS3.4 C.4.1.1.4, C.4.3.1.4): a request the search core refuses as invalid
 is 0xA900 (identifier does not match SOP Class); one that fails otherwise 0xC000 (unable to
 process).
+
+Storage commitment (PS3.4 Annex J): the N-ACTION's statuses are those PS3.7 §10.1.4.1.10
+lists for N-ACTION (a missing or malformed argument is 0x0115, Invalid argument value: the
+list has no Missing Attribute); each failed instance of the N-EVENT-REPORT carries a Failure
+Reason of PS3.4 J.3.3 (0x0112, 0x0119, 0x0122).
 """
 
 from __future__ import annotations
@@ -44,6 +49,17 @@ DOES_NOT_MATCH_SOP_CLASS = 0xA900
 CANNOT_UNDERSTAND = 0xC000
 PROCESSING_FAILURE = 0x0110
 DUPLICATE_SOP_INSTANCE = 0x0111
+# N-ACTION failures (PS3.7 §10.1.4.1.10, Annex C).
+NO_SUCH_SOP_INSTANCE = 0x0112
+NO_SUCH_SOP_CLASS = 0x0118
+INVALID_ARGUMENT_VALUE = 0x0115
+NO_SUCH_ACTION = 0x0123
+RESOURCE_LIMITATION = 0x0213
+# Failure Reasons of a Storage Commitment result (PS3.4 J.3.3, Table J.3-2's Failed SOP
+# Sequence).
+NO_SUCH_OBJECT_INSTANCE = 0x0112
+CLASS_INSTANCE_CONFLICT = 0x0119
+SOP_CLASS_NOT_SUPPORTED = 0x0122
 
 # The core's DICOM statuses of a failed instance, by the status they become.
 _FAILURES: dict[int, int] = {
