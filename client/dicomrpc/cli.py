@@ -17,6 +17,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import grpc
 from tqdm import tqdm
 
 from dicomrpc import __version__
@@ -567,6 +568,18 @@ def _print_status(status: ReindexStatus) -> None:
     )
 
 
+def _explain(error: DicomRpcError, args: argparse.Namespace) -> str:
+    """The error, and for a server that cannot be reached, what that means."""
+    server = getattr(args, "server", "")
+    if error.code == grpc.StatusCode.UNAVAILABLE and "failed to connect" in error.message:
+        cause = error.message.rpartition(": ")[2] or "no connection"
+        return (
+            f"nothing answers at {server} ({cause}); is the archive running there? "
+            "(--server HOST:PORT, env DICOMRPC_SERVER)"
+        )
+    return str(error)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line."""
     args = _parser().parse_args(argv)
@@ -597,7 +610,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()  # here, so that a reader gone early is caught below
         return code
     except DicomRpcError as error:
-        print(f"dicomrpc {args.command}: {error}", file=sys.stderr)
+        print(f"dicomrpc {args.command}: {_explain(error, args)}", file=sys.stderr)
         return 1
     except BrokenPipeError:
         # The reader went away (``dicomrpc feed | head``): what is left has nowhere to go.

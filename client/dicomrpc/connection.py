@@ -20,7 +20,8 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--server",
         default=os.environ.get("DICOMRPC_SERVER", DEFAULT_SERVER),
-        help=f"server address (env DICOMRPC_SERVER, {DEFAULT_SERVER})",
+        help=f"gRPC address HOST:PORT, grpc:// or grpcs:// (TLS) (env DICOMRPC_SERVER, "
+        f"{DEFAULT_SERVER})",
     )
     parser.add_argument(
         "--token", help="bearer token: an access token or an API key (env DICOMRPC_TOKEN)"
@@ -60,7 +61,37 @@ def connect(args: argparse.Namespace) -> Client:
         When a TLS file cannot be read, or a certificate comes without its key.
     """
     try:
+        target, tls = server_target(args.server)
+        if tls:
+            args.tls = True
         config = client_config(args)
     except (OSError, ValueError) as exc:
         raise SystemExit(f"dicomrpc {args.command}: {exc}") from None
-    return Client(args.server, config)
+    return Client(target, config)
+
+
+def server_target(server: str) -> tuple[str, bool]:
+    """The gRPC target of ``--server`` and whether its form asks for TLS.
+
+    ``HOST:PORT`` as gRPC writes it, or ``grpc://HOST:PORT`` (``grpcs://`` for TLS). An
+    ``http(s)://`` URL is refused with an explanation: it is most often the DICOMweb address,
+    which is served on another port.
+
+    Raises
+    ------
+    ValueError
+        For an address of another form.
+    """
+    scheme, sep, rest = server.partition("://")
+    if not sep:
+        return server, False
+    scheme = scheme.lower()
+    if scheme in ("grpc", "grpcs") and rest and "/" not in rest.rstrip("/"):
+        return rest.rstrip("/"), scheme == "grpcs"
+    if scheme in ("http", "https"):
+        raise ValueError(
+            f"--server {server!r} is a web address; --server takes the gRPC address HOST:PORT "
+            f"(default {DEFAULT_SERVER}), not the DICOMweb URL, which the archive serves on "
+            "its HTTP port"
+        )
+    raise ValueError(f"--server {server!r} is not HOST:PORT, grpc://HOST:PORT or grpcs://HOST:PORT")

@@ -16,7 +16,7 @@ from typing import Any
 
 from dicomrpc.client import Client
 from dicomrpc.connection import connect
-from dicomrpc.datasets import from_json_text, keyword, to_json
+from dicomrpc.datasets import from_json_text, from_pydicom, keyword, to_json
 from dicomrpc.v1 import dataset_pb2
 from dicomrpc.workitems import WorkitemResult
 
@@ -75,10 +75,29 @@ def add_parser(sub: Any, add_server: Callable[[argparse.ArgumentParser], None]) 
 
 
 def _read(path: str) -> dataset_pb2.Dataset:
+    """A workitem data set from DICOM JSON (a file, or ``-`` for standard input) or a DICOM file.
+
+    A DICOM file (Part 10: ``DICM`` after the 128-byte preamble) is read with pydicom, as the
+    SDK takes a pydicom data set; anything else is DICOM JSON (PS3.18 F.2).
+    """
     try:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
-        return from_json_text(text)
-    except (OSError, ValueError) as error:
+        if path == "-":  # bytes where standard input has them (a DICOM file may be piped)
+            stream = getattr(sys.stdin, "buffer", None)
+            data = stream.read() if stream is not None else sys.stdin.read().encode("utf-8")
+        else:
+            data = Path(path).read_bytes()
+        if data[128:132] == b"DICM":
+            from io import BytesIO
+
+            import pydicom
+
+            return from_pydicom(pydicom.dcmread(BytesIO(data)))
+        return from_json_text(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise SystemExit(
+            f"dicomrpc workitem: {path} is neither DICOM JSON (UTF-8 text) nor a DICOM file"
+        ) from None
+    except Exception as error:  # what the JSON or DICOM reader says is wrong with the file
         raise SystemExit(f"dicomrpc workitem: {path}: {error}") from None
 
 

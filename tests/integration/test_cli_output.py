@@ -35,3 +35,37 @@ def test_a_reader_gone_early_ends_the_command_without_a_traceback(
         process.stderr.close()
         assert process.wait(60) == 141, errors
         assert "Traceback" not in errors and "BrokenPipeError" not in errors, errors
+
+
+def test_a_server_address_that_does_not_answer_is_explained() -> None:
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on once the probe closes
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    done = subprocess.run(
+        [*CLI, "search", "studies", "--server", f"127.0.0.1:{port}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert f"nothing answers at 127.0.0.1:{port}" in done.stderr
+    assert "is the archive running there?" in done.stderr
+    done = subprocess.run(
+        [*CLI, "search", "studies", "--server", "http://localhost:8042/dicomweb"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0 and "not the DICOMweb URL" in done.stderr
+
+
+def test_grpc_urls_name_the_server(server: RunningServer) -> None:
+    done = subprocess.run(
+        [*CLI, "search", "studies", "--server", f"grpc://{server.target}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr

@@ -58,3 +58,24 @@ def test_errors_print_the_status(server: RunningServer, capsys: pytest.CaptureFi
     assert main(["workitem", "claim", "1.2.3.404", "--server", server.target]) == 1
     err = capsys.readouterr().err
     assert "NOT_FOUND" in err and "0xC307" in err
+
+
+def test_create_takes_a_dicom_file(
+    capsys: pytest.CaptureFixture[str], server: RunningServer, tmp_path: Path
+) -> None:
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    ds = pydicom.Dataset.from_json(workitem(PatientID="CLI-DICOM"))
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.34.6.1"  # UPS Push
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    path = tmp_path / "ups.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    uid = run(capsys, server, "create", str(path)).split()[0]
+    assert json.loads(run(capsys, server, "get", uid))[tag("PatientID")]["Value"] == ["CLI-DICOM"]
+    (tmp_path / "binary.json").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(SystemExit, match="neither DICOM JSON"):
+        main(["workitem", "create", str(tmp_path / "binary.json"), "--server", server.target])
