@@ -486,10 +486,12 @@ def store_command(args: argparse.Namespace) -> int:
     bar.close()
     stored = [r for r in results if r.outcome == "stored"]
     warned = [r for r in results if r.outcome == "stored_with_warnings"]
+    again = [r for r in results if r.outcome == "already_stored"]
     failed = [r for r in results if r.outcome == "failed"]
     for r in warned:
         comments = "; ".join(f"{w.keyword or w.tag or 'dataset'}: {w.comment}" for w in r.warnings)
-        print(f"warning {r.warning_reason}: {r.client_reference}: {comments}")
+        meaning = _WARNINGS.get(r.warning_reason, "stored with warnings")
+        print(f"warning {r.warning_reason} ({meaning}): {r.client_reference}: {comments}")
     for r in failed:
         print(
             f"failed {r.failure_reason} {r.failure_reason_name}: {r.client_reference}: "
@@ -498,10 +500,20 @@ def store_command(args: argparse.Namespace) -> int:
     for message in errors:
         print(f"error: {message}")
     print(
-        f"{len(stored)} stored, {len(warned)} stored with warnings, {len(failed)} failed"
+        f"{len(stored)} stored, {len(warned)} stored with warnings, "
+        + (f"{len(again)} already stored (identical), " if again else "")
+        + f"{len(failed)} failed"
         + (f", {len(errors)} requests failed" if errors else "")
     )
     return 1 if failed or errors else 0
+
+
+# What a store's warning reasons mean (PS3.18 Table I.2-1 for 45063; 1: attributes the archive
+# kept although they break their VR or their module's rules, as STOW-RS reports coercion).
+_WARNINGS = {
+    45063: "the data set does not match its SOP class",
+    1: "attribute values kept as sent although not valid",
+}
 
 
 def query_tags_command(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ _OUTCOMES = {
     pb.INSTANCE_STORE_OUTCOME_STORED: "stored",
     pb.INSTANCE_STORE_OUTCOME_STORED_WITH_WARNINGS: "stored_with_warnings",
     pb.INSTANCE_STORE_OUTCOME_FAILED: "failed",
+    pb.INSTANCE_STORE_OUTCOME_ALREADY_STORED: "already_stored",
 }
 _STATUSES = {
     pb.STORE_STATUS_ALL_STORED: "all_stored",
@@ -34,7 +35,8 @@ class AttributeWarning:
 class InstanceResult:
     """What became of one instance of a store.
 
-    ``outcome`` is ``"stored"``, ``"stored_with_warnings"`` or ``"failed"``; a failure has its
+    ``outcome`` is ``"stored"``, ``"stored_with_warnings"``, ``"already_stored"`` (the same
+    bytes were stored before: nothing changed) or ``"failed"``; a failure has its
     DICOM ``failure_reason`` (272, 43264, 43265, 45070, 45071, or 0xA700 when the archive's
     storage is full), its stable ``failure_reason_name`` and a ``failure_message``.
     """

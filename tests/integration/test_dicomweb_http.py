@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import signal
@@ -16,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pydicom import dcmread
 from pydicom.uid import generate_uid
 
 from tests.conftest import RunningServer, spawn_server, start_server
@@ -66,12 +68,21 @@ def test_stow_statuses_200_202_409(http: httpx.Client) -> None:
     assert body["00081190"]["Value"][0].endswith(f"/dicomweb/studies/{study}")
 
     second = ct_instance(study, series)
-    response = stow(http, [second, first])  # the second already exists
+    taken = bytearray(first)
+    taken[-1] ^= 0xFF  # the first's SOP Instance UID, other bytes
+    response = stow(http, [second, bytes(taken)])  # the second's UID exists, with other bytes
     assert response.status_code == 202
     (failed,) = _sequence(response.json(), "00081198")
     assert failed["00081197"]["Value"] == [45070]
 
-    response = stow(http, [first])
+    response = stow(http, [first])  # the same bytes again: already stored, a success
+    assert response.status_code == 200
+    (item,) = _sequence(response.json(), "00081199")
+    assert item["00081155"]["Value"] == [str(dcmread(io.BytesIO(first)).SOPInstanceUID)]
+
+    changed = bytearray(first)
+    changed[-1] ^= 0xFF  # the same SOP Instance UID with other bytes: a conflict
+    response = stow(http, [bytes(changed)])
     assert response.status_code == 409
     assert _sequence(response.json(), "00081198")[0]["00081197"]["Value"] == [45070]
 
@@ -423,7 +434,8 @@ def test_stow_of_every_pydicom_file_answers_as_grpc_does(
     assert [f["00081197"]["Value"][0] for f in _sequence(body, "00081198")] == failed
     stored = _sequence(body, "00081199")
     assert [s.get("00081196", {}).get("Value", [0])[0] for s in stored] == warned
-    assert server.archive.index.counts().instances == len(warned)
+    new = [outcome for outcome, _ in expected if outcome.startswith("stored")]
+    assert server.archive.index.counts().instances == len(new)
 
 
 def test_stow_to_an_invalid_study_uid_is_400(server: RunningServer, http: httpx.Client) -> None:

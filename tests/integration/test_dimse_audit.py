@@ -45,7 +45,11 @@ def test_an_association_store_a_query_and_a_retrieve_are_audited(
     dcmtk.require_dcmtk()
     port = audited.dimse_port
     ct = dcmread(CT)
-    stored = dcmtk.run("storescu", "-d", "-R", *dcmtk.peer(port), CT, MR, CT)
+    changed = tmp_path / "changed.dcm"  # CT's SOP Instance UID with other content: 45070
+    ct.PatientWeight = 99
+    ct.save_as(changed)
+    ct = dcmread(CT)
+    stored = dcmtk.run("storescu", "-d", "-R", *dcmtk.peer(port), CT, MR, changed)
     assert dcmtk.statuses(stored.stdout) == [0x0000, 0x0000, 0x0111]
     dcmtk.run(
         "findscu",

@@ -18,18 +18,37 @@ from tests.conftest import RunningServer, start_server
 from tests.dicomgen import ct_instance
 
 
-def test_restore_gives_45070_and_keeps_the_first(server: RunningServer, client: Client) -> None:
+def test_a_resend_is_already_stored_and_a_changed_file_is_45070(
+    server: RunningServer, client: Client
+) -> None:
     data = ct_instance()
     first = client.store(data).instances[0]
-    again = client.store(data).instances[0]
     assert first.outcome == "stored"
-    assert (again.outcome, again.failure_reason) == ("failed", 45070)
-    assert again.failure_reason_name == "INSTANCE_ALREADY_EXISTS"
+    latest = client.latest_change()
+    # The same bytes again (a retry of a store that landed): already stored, nothing changed.
+    again = client.store(data)
+    (same,) = again.instances
+    assert again.status == "all_stored"
+    assert (same.outcome, same.failure_reason, same.version) == ("already_stored", 0, first.version)
+    assert same.retrieve_location == first.retrieve_location
+    assert client.latest_change() == latest  # no change recorded
+    # The same SOP Instance UID with other bytes: a conflict, and the first stays.
+    changed = bytearray(data)
+    changed[-1] ^= 0xFF  # the last pixel byte
+    conflict = client.store(bytes(changed)).instances[0]
+    assert (conflict.outcome, conflict.failure_reason) == ("failed", 45070)
+    assert conflict.failure_reason_name == "INSTANCE_ALREADY_EXISTS"
+    # The same bytes but for the preamble, which the archive never keeps: the same file.
+    preamble = b"\x7fELF" + bytes(124)
+    assert client.store(preamble + data[128:]).instances[0].outcome == "already_stored"
     assert server.archive.index.counts().instances == 1
     record = server.archive.index.get_instance(
         first.study_instance_uid, first.series_instance_uid, first.sop_instance_uid
     )
     assert record is not None and record.version == first.version
+    (stored,) = client.retrieve(first.study_instance_uid)
+    assert stored.data[128:] == data[128:]
+    assert not any((server.settings.data_dir / "uploads").iterdir())  # the resent files went
 
 
 def test_study_restriction_fails_every_other_study_with_43265(
@@ -183,8 +202,13 @@ def test_two_clients_storing_the_same_new_instance(server: RunningServer) -> Non
             t.start()
         for t in threads:
             t.join()
-        assert sorted(o for o, _ in outcomes) == ["failed", "stored"]
-        assert {c for o, c in outcomes if o == "failed"} <= {45070, 45071}
+        # One stores it; the other finds it being stored (45071) or stored, with the same
+        # bytes (already stored): never two stores, never another failure.
+        assert sorted(o for o, _ in outcomes) in (
+            ["failed", "stored"],
+            ["already_stored", "stored"],
+        )
+        assert {c for o, c in outcomes if o == "failed"} <= {45071}
     assert server.archive.index.counts().instances == 10
 
 

@@ -61,6 +61,10 @@ class _InstanceStoreOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_
     """Stored, with the warnings listed in the result."""
     INSTANCE_STORE_OUTCOME_FAILED: _InstanceStoreOutcome.ValueType  # 3
     """Not stored, for the reason given in the result."""
+    INSTANCE_STORE_OUTCOME_ALREADY_STORED: _InstanceStoreOutcome.ValueType  # 4
+    """Stored before with the same bytes (the same SOP instance, study and series, an identical
+    file): nothing was changed. A retry of a store that landed reads as this, not a failure.
+    """
 
 class InstanceStoreOutcome(_InstanceStoreOutcome, metaclass=_InstanceStoreOutcomeEnumTypeWrapper):
     """The outcome of one instance."""
@@ -73,6 +77,10 @@ INSTANCE_STORE_OUTCOME_STORED_WITH_WARNINGS: InstanceStoreOutcome.ValueType  # 2
 """Stored, with the warnings listed in the result."""
 INSTANCE_STORE_OUTCOME_FAILED: InstanceStoreOutcome.ValueType  # 3
 """Not stored, for the reason given in the result."""
+INSTANCE_STORE_OUTCOME_ALREADY_STORED: InstanceStoreOutcome.ValueType  # 4
+"""Stored before with the same bytes (the same SOP instance, study and series, an identical
+file): nothing was changed. A retry of a store that landed reads as this, not a failure.
+"""
 Global___InstanceStoreOutcome: _TypeAlias = InstanceStoreOutcome  # noqa: Y015
 
 @_typing.final
@@ -194,7 +202,7 @@ class InstanceStoreResult(_message.Message):
     client_reference: _builtins.str
     """The client's reference from the instance's header."""
     outcome: Global___InstanceStoreOutcome.ValueType
-    """Stored, stored with warnings, or failed."""
+    """Stored, stored with warnings, already stored, or failed."""
     sop_class_uid: _builtins.str
     """The instance's SOPClassUID (0008,0016), when it could be read."""
     sop_instance_uid: _builtins.str

@@ -78,7 +78,7 @@ MAX_COMMENT = 64
 
 def store_status(result: InstanceResult) -> int:
     """The C-STORE response status of one instance's result."""
-    if result.outcome is Outcome.STORED:
+    if result.outcome in (Outcome.STORED, Outcome.ALREADY_STORED):  # a re-send: success
         return SUCCESS
     if result.outcome is Outcome.STORED_WITH_WARNINGS:
         if result.warning_reason == WARNING_SOP_CLASS_MISMATCH:

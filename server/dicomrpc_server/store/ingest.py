@@ -20,6 +20,7 @@ import asyncio
 import enum
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from dicomrpc_server.config import Settings
 from dicomrpc_server.dicom.validation import AttributeProblem
@@ -28,6 +29,7 @@ from dicomrpc_server.paths import instance_path
 from dicomrpc_server.storage.key_locks import KeyLocks
 from dicomrpc_server.storage.lmdb_index import instance_exists_error
 from dicomrpc_server.storage.protocols import BlobStore, Index, Upload
+from dicomrpc_server.storage.records_pb2 import InstanceRecord
 from dicomrpc_server.storage.space import space_errno, storage_full
 from dicomrpc_server.store.prepare import PreparedInstance, prepare
 from dicomrpc_server.workers import WorkerPool
@@ -41,6 +43,8 @@ class Outcome(enum.Enum):
     STORED = "stored"
     STORED_WITH_WARNINGS = "stored_with_warnings"
     FAILED = "failed"
+    # Stored before with the same bytes: nothing changed (a retry, told from a conflict).
+    ALREADY_STORED = "already_stored"
 
 
 @dataclass
@@ -74,6 +78,30 @@ class InstanceResult:
         if self.outcome is Outcome.FAILED:
             return ""
         return instance_path(self.study_uid, self.series_uid, self.sop_uid)
+
+
+def _same_bytes(blobs: BlobStore, blob_id: str, path: Path, chunk: int = 1 << 20) -> bool:
+    """Whether the stored blob and the file at ``path`` hold the same bytes (blocking)."""
+    try:
+        reader = blobs.open(blob_id)
+    except FileNotFoundError:
+        return False
+    try:
+        with open(path, "rb") as received:
+            offset = 0
+            while True:
+                mine = received.read(chunk)
+                try:
+                    theirs = reader.pread(len(mine) or 1, offset)
+                except FileNotFoundError:
+                    return False
+                if mine != theirs[: len(mine)] or (not mine and theirs):
+                    return False
+                if not mine:
+                    return True
+                offset += len(mine)
+    finally:
+        reader.close()
 
 
 def _lock_name(sop: str) -> str:
@@ -321,6 +349,14 @@ class Ingest:
             raise
         if where is not None:
             core.locks.release(_lock_name(sop))
+            same_place = where == (validated.study_uid, validated.series_uid)
+            record = core.index.get_instance(*where, sop) if same_place else None
+            if record is not None and await self._stored_identically(upload, record):
+                result.outcome = Outcome.ALREADY_STORED
+                result.version = record.version
+                result.size_bytes = upload.size
+                self._checked.set_result(None)
+                return result
             raise instance_exists_error(
                 validated.study_uid,
                 validated.series_uid,
@@ -345,6 +381,20 @@ class Ingest:
         result.warning_reason = validated.warning_reason
         result.outcome = Outcome.STORED_WITH_WARNINGS if validated.problems else Outcome.STORED
         return result
+
+    async def _stored_identically(self, upload: Upload, record: InstanceRecord) -> bool:
+        """Whether the stored file of ``record`` holds exactly the bytes just received.
+
+        Both had their preamble zeroed as they were written, so a file sent again is equal
+        byte for byte. Read in a thread, a chunk of each at a time; a file removed meanwhile (a
+        delete) is not the same.
+        """
+        if record.size_bytes != upload.size:
+            return False
+        upload.close()
+        return await asyncio.get_running_loop().run_in_executor(
+            None, _same_bytes, self._core.blobs, record.blob_id, upload.path
+        )
 
     async def _commit(self, upload: Upload, prepared: PreparedInstance) -> int:
         core = self._core
