@@ -44,6 +44,17 @@ DOES_NOT_MATCH_SOP_CLASS = 0xA900
 CANNOT_UNDERSTAND = 0xC000
 PROCESSING_FAILURE = 0x0110
 DUPLICATE_SOP_INSTANCE = 0x0111
+INVALID_ATTRIBUTE_VALUE = 0x0106
+NO_SUCH_ACTION = 0x0123
+INVALID_ARGUMENT_VALUE = 0x0115
+RESOURCE_LIMITATION = 0x0213
+# PS3.4 CC.2.3.2: Receiving AE-TITLE is Unknown to this SCP (a subscriber that is no peer).
+RECEIVING_AE_UNKNOWN = 0xC308
+# The statuses of the workitem core passed through as they are (PS3.4 CC.2, PS3.7 C.4).
+_WORKITEM_STATUSES = frozenset(
+    {0xC300, 0xC301, 0xC302, 0xC303, 0xC304, 0xC307, 0xC309, 0xC310, 0xC311, 0xC313}
+    | {DUPLICATE_SOP_INSTANCE, INVALID_ATTRIBUTE_VALUE, 0x0120, RECEIVING_AE_UNKNOWN}
+)
 
 # The core's DICOM statuses of a failed instance, by the status they become.
 _FAILURES: dict[int, int] = {
@@ -95,3 +106,18 @@ def comment(message: str) -> str:
     """An Error Comment: the message on one line, in printable ASCII, cut to 64 characters."""
     text = "".join(c if " " <= c <= "~" and c != "\\" else "?" for c in " ".join(message.split()))
     return text if len(text) <= MAX_COMMENT else text[: MAX_COMMENT - 3] + "..."
+
+
+def workitem_status(error: ServiceError, invalid: int = INVALID_ATTRIBUTE_VALUE) -> int:
+    """The N-CREATE, N-SET, N-GET or N-ACTION failure status of a workitem core error.
+
+    ``invalid`` is the status of an invalid request the core gives no DICOM status of its own:
+    0x0106 for an attribute list, 0x0115 for an N-ACTION's action information.
+    """
+    if error.dicom_status in _WORKITEM_STATUSES:
+        return int(error.dicom_status or 0)
+    if error.code is Code.RESOURCE_EXHAUSTED:
+        return RESOURCE_LIMITATION
+    if error.code is Code.INVALID_ARGUMENT:
+        return invalid
+    return PROCESSING_FAILURE

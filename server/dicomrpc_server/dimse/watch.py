@@ -1,0 +1,346 @@
+"""UPS Watch and UPS Event over DIMSE (PS3.4 CC.2.3, CC.2.4): subscriptions and event reports.
+
+A subscriber is an AE the archive knows as a peer (:mod:`dicomrpc_server.peers`): the archive
+opens an association to it to send each N-EVENT-REPORT, so it must know where it listens; a
+Receiving AE it does not know is refused with 0xC308 (PS3.4 CC.2.3.2).
+
+Each subscription is one follow of the workitem core's event stream
+(:meth:`~dicomrpc_server.ups.service.WorkitemCore.follow`): of one workitem, of all (the global
+subscription, SOP Instance UID 1.2.840.10008.5.1.4.34.5), or of those matching the keys of a
+filtered global subscription (1.2.840.10008.5.1.4.34.5.1), with the same matching as a search.
+There is no second event mechanism: the events are the ones a gRPC ``SubscribeWorkitems`` reads,
+in the same order, resumed without loss when a follow falls behind. Each event becomes the UPS
+event report of PS3.4 Table CC.2.4-1 (state report, cancel requested, progress report,
+assigned) and is queued for its subscriber; one thread per subscriber sends what is queued, on
+one association for whatever has piled up, so that a slow or absent subscriber holds up no one
+else and never the archive's event loop.
+
+Subscriptions are kept by the process that took them, for as long as it serves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import queue
+import threading
+import warnings
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE
+from pynetdicom.presentation import build_context
+
+from dicomrpc.datasets import to_pydicom
+from dicomrpc.v1 import workitem_service_pb2 as pb
+from dicomrpc_server.dimse.contexts import UPS_EVENT, UPS_PUSH
+from dicomrpc_server.dimse.statuses import RECEIVING_AE_UNKNOWN
+from dicomrpc_server.errors import Code, ServiceError
+from dicomrpc_server.peers import PeerRegistry
+from dicomrpc_server.retrieve.transcode import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
+from dicomrpc_server.ups.service import PROGRESS, WorkitemCore
+
+log = logging.getLogger("dicomrpc.dimse")
+
+# The well-known SOP Instance UIDs of the global subscriptions (PS3.4 CC.3.1, Table CC.3.1-1).
+GLOBAL_SUBSCRIPTION = "1.2.840.10008.5.1.4.34.5"
+FILTERED_GLOBAL_SUBSCRIPTION = "1.2.840.10008.5.1.4.34.5.1"
+GLOBAL_UIDS = frozenset({GLOBAL_SUBSCRIPTION, FILTERED_GLOBAL_SUBSCRIPTION})
+
+# Event Type IDs of the UPS Event SOP Class (PS3.4 Table CC.2.4-1).
+STATE_REPORT = 1
+CANCEL_REQUESTED = 2
+PROGRESS_REPORT = 3
+ASSIGNED = 5
+# The sequences a sender remembers having queued, to send an event once to an AE whose
+# subscriptions (one workitem and the global one) both follow it.
+_RECENT = 4096
+# How long a sender waits for an association to open or a report to be answered.
+SEND_TIMEOUT_S = 30
+
+
+def event_report(event: pb.SubscribeWorkitemsResponse) -> tuple[int, Dataset] | None:
+    """The Event Type ID and Event Information of a core event; ``None`` when UPS has none.
+
+    A plain update is no UPS event unless it set the progress information (a progress report);
+    one that set the performers is the UPS Assigned event (PS3.4 CC.2.4.3).
+    """
+    kind = event.type
+    if kind == pb.WORKITEM_EVENT_TYPE_STATE_REPORT:
+        number = STATE_REPORT
+    elif kind == pb.WORKITEM_EVENT_TYPE_CANCEL_REQUESTED:
+        number = CANCEL_REQUESTED
+    elif kind == pb.WORKITEM_EVENT_TYPE_ASSIGNED:
+        number = ASSIGNED
+    elif kind == pb.WORKITEM_EVENT_TYPE_UPDATED and PROGRESS in event.event.attributes:
+        number = PROGRESS_REPORT
+    else:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return number, to_pydicom(event.event)
+
+
+@dataclass(frozen=True)
+class Report:
+    """One N-EVENT-REPORT to send: the workitem, the event type and its information."""
+
+    sequence: int
+    workitem_uid: str
+    event_type: int
+    information: Dataset
+
+
+@dataclass
+class _Subscriber:
+    """One AE's subscriptions (by workitem UID, "" for the global one) and its sender."""
+
+    ae_title: str
+    tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    reports: queue.Queue[Report | None] = field(default_factory=queue.Queue)
+    recent: collections.deque[int] = field(default_factory=collections.deque)
+    thread: threading.Thread | None = None
+
+
+def receiving_ae_unknown(ae_title: str) -> ServiceError:
+    """The 0xC308 error of a subscription for an AE the archive cannot reach."""
+    return ServiceError(
+        Code.FAILED_PRECONDITION,
+        "RECEIVING_AE_UNKNOWN",
+        f"AE {ae_title!r} is not a known peer: add it (dicomrpc peers add) to subscribe it",
+        dicom_status=RECEIVING_AE_UNKNOWN,
+        metadata={"ae_title": ae_title},
+    )
+
+
+class Watchers:
+    """The AEs subscribed to workitem events, and the senders of their event reports.
+
+    Parameters
+    ----------
+    core
+        The workitem core, whose event stream each subscription follows.
+    peers
+        Where each subscriber listens, looked up at each send.
+    loop
+        The archive's event loop, which runs the follows.
+    ae_title
+        The archive's AE title, as it calls the subscribers.
+    """
+
+    def __init__(
+        self,
+        core: WorkitemCore,
+        peers: PeerRegistry,
+        loop: asyncio.AbstractEventLoop,
+        ae_title: str,
+    ) -> None:
+        self._core = core
+        self._peers = peers
+        self._loop = loop
+        self._ae_title = ae_title
+        self._subscribers: dict[str, _Subscriber] = {}
+        self._lock = threading.Lock()
+
+    # -- N-ACTION: subscribe, unsubscribe, suspend (called on an association's thread) ---------
+
+    def subscribe(self, ae_title: str, workitem_uid: str, match: Mapping[str, str]) -> None:
+        """Subscribe ``ae_title`` to one workitem, or globally (``workitem_uid`` "").
+
+        A subscription to one workitem is followed by an initial state report of it (PS3.4
+        CC.2.3.1). Subscribing again replaces the subscription (a new filter, say).
+        """
+        if self._peers.find(ae_title) is None:
+            raise receiving_ae_unknown(ae_title)
+        asyncio.run_coroutine_threadsafe(
+            self._subscribe(ae_title, workitem_uid, dict(match)), self._loop
+        ).result()
+        if workitem_uid:
+            dataset, _ = self._core.retrieve(workitem_uid)
+            information = Dataset()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                full = to_pydicom(dataset)
+            for keyword in ("ProcedureStepState", "InputReadinessState"):
+                if keyword in full:
+                    information[keyword] = full[keyword]
+            self._queue(ae_title, Report(0, workitem_uid, STATE_REPORT, information))
+
+    def unsubscribe(self, ae_title: str, workitem_uid: str) -> bool:
+        """End one subscription, or (``workitem_uid`` "") every one of the AE; whether any was."""
+        return asyncio.run_coroutine_threadsafe(
+            self._unsubscribe(ae_title, workitem_uid), self._loop
+        ).result()
+
+    def suspend(self, ae_title: str) -> bool:
+        """End the AE's global subscription, keeping its subscriptions to single workitems."""
+        return asyncio.run_coroutine_threadsafe(
+            self._unsubscribe(ae_title, "", only_global=True), self._loop
+        ).result()
+
+    def subscriptions(self, ae_title: str) -> list[str]:
+        """The workitem UIDs the AE follows ("" for the global subscription)."""
+        with self._lock:
+            subscriber = self._subscribers.get(ae_title)
+            return sorted(subscriber.tasks) if subscriber is not None else []
+
+    # -- on the event loop -----------------------------------------------------------------------
+
+    async def _subscribe(self, ae_title: str, workitem_uid: str, match: dict[str, str]) -> None:
+        # From the newest event on: what commits after this answer is replayed if the follow
+        # starts late. The core checks the workitem and the filter here, before anything changes.
+        since = self._core.store.last_sequence()
+        stream = self._core.follow(workitem_uid, match, since)
+        with self._lock:
+            subscriber = self._subscribers.setdefault(ae_title, _Subscriber(ae_title))
+            old = subscriber.tasks.pop(workitem_uid, None)
+            task = asyncio.ensure_future(self._pump(subscriber, workitem_uid, match, stream, since))
+            subscriber.tasks[workitem_uid] = task
+            if subscriber.thread is None:
+                subscriber.thread = threading.Thread(
+                    target=self._send_loop,
+                    args=(subscriber,),
+                    name=f"ups-events-{ae_title}",
+                    daemon=True,
+                )
+                subscriber.thread.start()
+        if old is not None:
+            old.cancel()
+
+    async def _unsubscribe(
+        self, ae_title: str, workitem_uid: str, only_global: bool = False
+    ) -> bool:
+        with self._lock:
+            subscriber = self._subscribers.get(ae_title)
+            if subscriber is None:
+                return False
+            if workitem_uid or only_global:
+                ended = [t for t in [subscriber.tasks.pop(workitem_uid, None)] if t is not None]
+            else:
+                ended = list(subscriber.tasks.values())
+                subscriber.tasks.clear()
+        for task in ended:
+            task.cancel()
+        return bool(ended)
+
+    async def _pump(
+        self,
+        subscriber: _Subscriber,
+        workitem_uid: str,
+        match: dict[str, str],
+        stream: AsyncIterator[pb.SubscribeWorkitemsResponse],
+        since: int,
+    ) -> None:
+        """Queue each event of one follow for the subscriber, resuming a follow that fell behind."""
+        while True:
+            try:
+                async for event in stream:
+                    since = event.sequence
+                    report = event_report(event)
+                    if report is not None:
+                        number, information = report
+                        self._queue(
+                            subscriber.ae_title,
+                            Report(event.sequence, event.workitem_uid, number, information),
+                        )
+                return
+            except ServiceError as error:
+                if error.reason != "SUBSCRIBER_TOO_SLOW":
+                    log.warning(
+                        "UPS subscription of %s to %s ended: %s",
+                        subscriber.ae_title,
+                        workitem_uid or "all workitems",
+                        error.message,
+                    )
+                    return
+                stream = self._core.follow(workitem_uid, match, since)
+
+    def _queue(self, ae_title: str, report: Report) -> None:
+        with self._lock:
+            subscriber = self._subscribers.get(ae_title)
+            if subscriber is None:
+                return
+            if report.sequence:
+                if report.sequence in subscriber.recent:
+                    return
+                subscriber.recent.append(report.sequence)
+                if len(subscriber.recent) > _RECENT:
+                    subscriber.recent.popleft()
+        subscriber.reports.put(report)
+
+    # -- the senders -----------------------------------------------------------------------------
+
+    def _send_loop(self, subscriber: _Subscriber) -> None:
+        """Send the subscriber's reports in order: what is queued goes on one association."""
+        while True:
+            first = subscriber.reports.get()
+            if first is None:
+                return
+            batch = [first]
+            while True:
+                try:
+                    more = subscriber.reports.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._send(subscriber.ae_title, batch)
+                    return
+                batch.append(more)
+            self._send(subscriber.ae_title, batch)
+
+    def _send(self, ae_title: str, reports: list[Report]) -> None:
+        """Open an association to the subscriber and send each report (PS3.4 CC.2.4)."""
+        peer = self._peers.find(ae_title)
+        if peer is None:
+            log.warning(
+                "%d UPS event reports for %s not sent: no longer a known peer",
+                len(reports),
+                ae_title,
+            )
+            return
+        ae = AE(ae_title=self._ae_title)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = SEND_TIMEOUT_S
+        ae.requested_contexts = [
+            build_context(UPS_EVENT, [EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN])
+        ]
+        assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+        if not assoc.is_established:
+            log.warning(
+                "%d UPS event reports for %s not sent: no association with %s:%d",
+                len(reports),
+                ae_title,
+                peer.host,
+                peer.port,
+            )
+            return
+        try:
+            for report in reports:
+                status, _ = assoc.send_n_event_report(
+                    report.information,
+                    report.event_type,
+                    UPS_PUSH,
+                    report.workitem_uid,
+                    meta_uid=UPS_EVENT,
+                )
+                log.info(
+                    "N-EVENT-REPORT %d of %s to %s: 0x%04X",
+                    report.event_type,
+                    report.workitem_uid,
+                    ae_title,
+                    int(status.get("Status", 0xFFFF)) if status else 0xFFFF,
+                )
+        finally:
+            if assoc.is_established:
+                assoc.release()
+
+    def stop(self) -> None:
+        """End every subscription and let the senders finish what they hold."""
+        with self._lock:
+            subscribers = list(self._subscribers.values())
+            self._subscribers.clear()
+        for subscriber in subscribers:
+            for task in subscriber.tasks.values():
+                self._loop.call_soon_threadsafe(task.cancel)
+            subscriber.reports.put(None)
