@@ -5,9 +5,9 @@ transcoding catalogue (the native ones and each compressed one the archive store
 writes), so that a modality sends what it holds without converting it. The requester may act
 as the storage SCP on a storage context (SCP/SCU role selection, PS3.7 D.3.3.4): that is how
 C-GET returns instances on the same association. Verification and the Patient and Study Root
-Query/Retrieve FIND, GET and MOVE models and the Unified Procedure Step Push, Pull and Watch
-SOP classes (PS3.4 CC.3.1) take the native syntaxes only: their identifiers and attribute
-lists are small data sets.
+Query/Retrieve FIND, GET and MOVE models, the Unified Procedure Step Push, Pull and Watch
+SOP classes (PS3.4 CC.3.1) and the Modality Worklist FIND model (PS3.4 K.6.1) take the
+native syntaxes only: their identifiers and attribute lists are small data sets.
 """
 
 from __future__ import annotations
@@ -37,11 +37,12 @@ STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
 STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
 
-# PS3.4 CC.3.1: the UPS SOP classes.
+# PS3.4 CC.3.1 (UPS SOP classes) and K.6.1.1 (Modality Worklist Information Model - FIND).
 UPS_PUSH = "1.2.840.10008.5.1.4.34.6.1"
 UPS_WATCH = "1.2.840.10008.5.1.4.34.6.2"
 UPS_PULL = "1.2.840.10008.5.1.4.34.6.3"
 UPS_EVENT = "1.2.840.10008.5.1.4.34.6.4"
+MODALITY_WORKLIST_FIND = "1.2.840.10008.5.1.4.31"
 UPS_MODELS = (UPS_PUSH, UPS_WATCH, UPS_PULL)
 
 FIND_MODELS = (PATIENT_ROOT_FIND, STUDY_ROOT_FIND)
@@ -111,6 +112,7 @@ def supported_contexts() -> list[PresentationContext]:
             *GET_MODELS,
             *MOVE_MODELS,
             *UPS_MODELS,
+            MODALITY_WORKLIST_FIND,
         )
     )
     contexts.extend(_context(uid, STORAGE_SYNTAXES, True) for uid in STORAGE_SOP_CLASSES)

@@ -28,6 +28,7 @@ from dicomrpc_server.archive import Archive
 from dicomrpc_server.dimse import statuses
 from dicomrpc_server.dimse.audit import DimseAudit
 from dicomrpc_server.dimse.contexts import (
+    MODALITY_WORKLIST_FIND,
     UPS_PULL,
     UPS_WATCH,
     supported_contexts,
@@ -44,6 +45,7 @@ from dicomrpc_server.dimse.sending import InstanceSource
 from dicomrpc_server.dimse.store import StoreHandler
 from dicomrpc_server.dimse.watch import Watchers
 from dicomrpc_server.dimse.workitems import WorkitemHandlers
+from dicomrpc_server.dimse.worklist import WorklistFindHandler
 from dicomrpc_server.ports import port_unavailable
 
 log = logging.getLogger("dicomrpc.dimse")
@@ -87,8 +89,8 @@ FindAnswers = Callable[[Event], Iterator[Answer]]
 class _FindByModel:
     """The one EVT_C_FIND handler, answering each C-FIND by the information model it names.
 
-    pynetdicom binds one handler per event; the Query/Retrieve models and the UPS SOP classes
-    each have their own (PS3.4 C.4.1, CC.2.8).
+    pynetdicom binds one handler per event; the Query/Retrieve models, the UPS SOP classes and
+    the Modality Worklist model each have their own (PS3.4 C.4.1, CC.2.8, K.4.1).
     """
 
     def __init__(self, default: FindAnswers, by_model: dict[str, FindAnswers]) -> None:
@@ -105,7 +107,7 @@ class DimseServer:
     """The archive's DIMSE service class provider: storage, query, retrieve and worklists.
 
     C-ECHO, C-STORE, C-FIND, C-GET, C-MOVE, the UPS Push, Pull and Watch SOP classes (with the
-    UPS event reports to subscribers).
+    UPS event reports to subscribers) and the Modality Worklist.
 
     Parameters
     ----------
@@ -186,6 +188,9 @@ class DimseServer:
             {
                 UPS_PULL: workitems.find,
                 UPS_WATCH: workitems.find,
+                MODALITY_WORKLIST_FIND: WorklistFindHandler(
+                    archive.workitems, audit, self.ae_title
+                ),
             },
         )
         handlers: list[EventHandlerType] = [
