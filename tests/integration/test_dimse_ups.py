@@ -336,7 +336,8 @@ class Watcher:
         self.title = title
         self.reports: queue.Queue[tuple[int, str, Dataset]] = queue.Queue()
         ae = AE(ae_title=title)
-        ae.add_supported_context(UPS_EVENT)
+        # The archive calls as the UPS Event SCP (SCP/SCU role selection): accepted.
+        ae.add_supported_context(UPS_EVENT, scu_role=False, scp_role=True)
         self.server = ae.start_server(
             ("127.0.0.1", self.port),
             block=False,

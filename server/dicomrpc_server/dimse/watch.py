@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE
+from pynetdicom import AE, build_role
 from pynetdicom.presentation import build_context
 
 from dicomrpc.datasets import to_pydicom
@@ -305,7 +305,10 @@ class Watchers:
         ae.requested_contexts = [
             build_context(UPS_EVENT, [EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN])
         ]
-        assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+        # The archive is the UPS Event SCP calling its SCU, so it proposes that role (PS3.7
+        # D.3.3.4); a subscriber that ignores the proposal is sent the reports all the same.
+        role = build_role(UPS_EVENT, scp_role=True)
+        assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, ext_neg=[role])
         if not assoc.is_established:
             log.warning(
                 "%d UPS event reports for %s not sent: no association with %s:%d",
