@@ -25,6 +25,7 @@ import collections
 import logging
 import queue
 import threading
+import time
 import warnings
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -57,8 +58,10 @@ ASSIGNED = 5
 # The sequences a sender remembers having queued, to send an event once to an AE whose
 # subscriptions (one workitem and the global one) both follow it.
 _RECENT = 4096
-# How long a sender waits for an association to open or a report to be answered.
+# How long a sender waits for an association to open or a report to be answered, and how long
+# it pauses before calling a subscriber again that did not answer (then the reports are dropped).
 SEND_TIMEOUT_S = 30
+RETRY_PAUSES_S = (1.0, 5.0)
 
 
 def event_report(event: pb.SubscribeWorkitemsResponse) -> tuple[int, Dataset] | None:
@@ -102,6 +105,19 @@ class _Subscriber:
     reports: queue.Queue[Report | None] = field(default_factory=queue.Queue)
     recent: collections.deque[int] = field(default_factory=collections.deque)
     thread: threading.Thread | None = None
+
+
+def _initial_report(core: WorkitemCore, workitem_uid: str) -> Report:
+    """The state report a subscription to one workitem starts with (PS3.4 CC.2.3.1)."""
+    dataset, _ = core.retrieve(workitem_uid)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        full = to_pydicom(dataset)
+    information = Dataset()
+    for keyword in ("ProcedureStepState", "InputReadinessState"):
+        if keyword in full:
+            information[keyword] = full[keyword]
+    return Report(0, workitem_uid, STATE_REPORT, information)
 
 
 def receiving_ae_unknown(ae_title: str) -> ServiceError:
@@ -157,16 +173,6 @@ class Watchers:
         asyncio.run_coroutine_threadsafe(
             self._subscribe(ae_title, workitem_uid, dict(match)), self._loop
         ).result()
-        if workitem_uid:
-            dataset, _ = self._core.retrieve(workitem_uid)
-            information = Dataset()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                full = to_pydicom(dataset)
-            for keyword in ("ProcedureStepState", "InputReadinessState"):
-                if keyword in full:
-                    information[keyword] = full[keyword]
-            self._queue(ae_title, Report(0, workitem_uid, STATE_REPORT, information))
 
     def unsubscribe(self, ae_title: str, workitem_uid: str) -> bool:
         """End one subscription, or (``workitem_uid`` "") every one of the AE; whether any was."""
@@ -208,6 +214,10 @@ class Watchers:
                 subscriber.thread.start()
         if old is not None:
             old.cancel()
+        if workitem_uid:
+            # Queued before the follow's first event (its task has not run yet), so the
+            # subscriber never sees a state older than one it was already told.
+            self._queue(ae_title, _initial_report(self._core, workitem_uid))
 
     async def _unsubscribe(
         self, ae_title: str, workitem_uid: str, only_global: bool = False
@@ -308,7 +318,11 @@ class Watchers:
         # The archive is the UPS Event SCP calling its SCU, so it proposes that role (PS3.7
         # D.3.3.4); a subscriber that ignores the proposal is sent the reports all the same.
         role = build_role(UPS_EVENT, scp_role=True)
-        assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, ext_neg=[role])
+        for pause in (*RETRY_PAUSES_S, None):
+            assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, ext_neg=[role])
+            if assoc.is_established or pause is None:
+                break
+            time.sleep(pause)  # a subscriber restarting, say: called again shortly
         if not assoc.is_established:
             log.warning(
                 "%d UPS event reports for %s not sent: no association with %s:%d",
@@ -319,12 +333,13 @@ class Watchers:
             )
             return
         try:
-            for report in reports:
+            for number, report in enumerate(reports, 1):
                 status, _ = assoc.send_n_event_report(
                     report.information,
                     report.event_type,
                     UPS_PUSH,
                     report.workitem_uid,
+                    msg_id=number % 65536,
                     meta_uid=UPS_EVENT,
                 )
                 log.info(
