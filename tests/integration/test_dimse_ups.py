@@ -130,7 +130,7 @@ def test_created_over_dimse_is_read_over_grpc(assoc: Association, client: Client
 def test_created_over_grpc_is_read_over_dimse(assoc: Association, client: Client) -> None:
     uid = client.workitems.create(workitem(PatientID="G-1")).workitem_uid
     client.workitems.claim(uid, LOCK)
-    answer, attributes = assoc.send_n_get([], UPS_PULL, uid)
+    answer, attributes = assoc.send_n_get([], UPS_PUSH, uid, meta_uid=UPS_PULL)
     assert status_of(answer) == 0x0000
     assert attributes is not None
     assert attributes.PatientID == "G-1"
@@ -173,28 +173,36 @@ def test_workflow_over_dimse(assoc: Association, client: Client) -> None:
     assert status_of(assoc.send_n_create(final_ready(), UPS_PUSH, uid)[0]) == 0x0000
     label = Dataset()
     label.ProcedureStepLabel = "set while scheduled"
-    assert status_of(assoc.send_n_set(label, UPS_PULL, uid)[0]) == 0x0000
+    assert status_of(assoc.send_n_set(label, UPS_PUSH, uid, meta_uid=UPS_PULL)[0]) == 0x0000
 
     # Claimed over DIMSE: IN PROGRESS for the gRPC API, locked by the DIMSE performer's UID.
-    claimed, _ = assoc.send_n_action(action("IN PROGRESS", LOCK), CHANGE_STATE, UPS_PULL, uid)
+    claimed, _ = assoc.send_n_action(
+        action("IN PROGRESS", LOCK), CHANGE_STATE, UPS_PUSH, uid, meta_uid=UPS_PULL
+    )
     assert status_of(claimed) == 0x0000
     assert client.workitems.get(uid).state == "IN PROGRESS"
-    again = assoc.send_n_action(action("IN PROGRESS", OTHER), CHANGE_STATE, UPS_PULL, uid)[0]
+    again = assoc.send_n_action(
+        action("IN PROGRESS", OTHER), CHANGE_STATE, UPS_PUSH, uid, meta_uid=UPS_PULL
+    )[0]
     assert status_of(again) == 0xC302
 
     label.ProcedureStepLabel = "set while in progress"
     label.TransactionUID = LOCK
-    assert status_of(assoc.send_n_set(label, UPS_PULL, uid)[0]) == 0x0000
+    assert status_of(assoc.send_n_set(label, UPS_PUSH, uid, meta_uid=UPS_PULL)[0]) == 0x0000
     assert client.workitems.get(uid).dataset.attributes["00741204"].strings.values == [
         "set while in progress"
     ]
 
-    done = assoc.send_n_action(action("COMPLETED", LOCK), CHANGE_STATE, UPS_PULL, uid)[0]
+    done = assoc.send_n_action(
+        action("COMPLETED", LOCK), CHANGE_STATE, UPS_PUSH, uid, meta_uid=UPS_PULL
+    )[0]
     assert status_of(done) == 0x0000
     assert client.workitems.get(uid).state == "COMPLETED"
-    twice = assoc.send_n_action(action("COMPLETED", LOCK), CHANGE_STATE, UPS_PULL, uid)[0]
+    twice = assoc.send_n_action(
+        action("COMPLETED", LOCK), CHANGE_STATE, UPS_PUSH, uid, meta_uid=UPS_PULL
+    )[0]
     assert status_of(twice) == 0xB306  # already COMPLETED: a warning
-    late = assoc.send_n_set(label, UPS_PULL, uid)[0]
+    late = assoc.send_n_set(label, UPS_PUSH, uid, meta_uid=UPS_PULL)[0]
     assert status_of(late) == 0xC300
 
 
@@ -208,15 +216,19 @@ def test_wrong_transaction_uid_is_refused(assoc: Association, client: Client) ->
             change.TransactionUID = transaction
         elif "TransactionUID" in change:
             del change.TransactionUID
-        assert status_of(assoc.send_n_set(change, UPS_PULL, uid)[0]) == 0xC301
-        finish = assoc.send_n_action(action("COMPLETED", transaction), CHANGE_STATE, UPS_PULL, uid)
+        assert status_of(assoc.send_n_set(change, UPS_PUSH, uid, meta_uid=UPS_PULL)[0]) == 0xC301
+        finish = assoc.send_n_action(
+            action("COMPLETED", transaction), CHANGE_STATE, UPS_PUSH, uid, meta_uid=UPS_PULL
+        )
         assert status_of(finish[0]) == 0xC301
         over_grpc = grpc_status(lambda t=transaction: client.workitems.complete(uid, t))
         assert over_grpc == 0xC301
     assert client.workitems.get(uid).state == "IN PROGRESS"
     assert client.workitems.get(uid).dataset.attributes["00741204"].strings.values != ["not mine"]
     # The performer's own lock completes it over DIMSE.
-    finish = assoc.send_n_action(action("COMPLETED", LOCK), CHANGE_STATE, UPS_PULL, uid)
+    finish = assoc.send_n_action(
+        action("COMPLETED", LOCK), CHANGE_STATE, UPS_PUSH, uid, meta_uid=UPS_PULL
+    )
     assert status_of(finish[0]) == 0x0000
 
 
@@ -230,7 +242,7 @@ def race(association: Association, client: Client, uid: str) -> dict[str, int]:
         barrier.wait()
         change = action("IN PROGRESS", locks["dimse"])
         results["dimse"] = status_of(
-            association.send_n_action(change, CHANGE_STATE, UPS_PULL, uid)[0]
+            association.send_n_action(change, CHANGE_STATE, UPS_PUSH, uid, meta_uid=UPS_PULL)[0]
         )
 
     def over_grpc() -> None:
@@ -275,7 +287,7 @@ def test_request_cancel(assoc: Association, client: Client) -> None:
     completed = client.workitems.create(final_ready().to_json_dict()).workitem_uid
     client.workitems.claim(completed, LOCK)
     client.workitems.complete(completed, LOCK)
-    answer = assoc.send_n_action(reason, REQUEST_CANCEL, UPS_WATCH, completed)[0]
+    answer = assoc.send_n_action(reason, REQUEST_CANCEL, UPS_PUSH, completed, meta_uid=UPS_WATCH)[0]
     assert status_of(answer) == 0xC311
     assert grpc_status(lambda: client.workitems.request_cancel(completed)) == 0xC311
 
@@ -390,9 +402,11 @@ def test_watcher_receives_the_report_of_a_grpc_change(
     assoc: Association, client: Client, watcher: Watcher
 ) -> None:
     uid = client.workitems.create(final_ready().to_json_dict()).workitem_uid
-    answer = assoc.send_n_action(receiving(watcher.title), SUBSCRIBE, UPS_WATCH, uid)[0]
+    answer = assoc.send_n_action(
+        receiving(watcher.title), SUBSCRIBE, UPS_PUSH, uid, meta_uid=UPS_WATCH
+    )[0]
     assert status_of(answer) == 0x0000
-    # The initial state report (PS3.4 CC.2.3.1), then the claim made over gRPC.
+    # The initial state report (PS3.4 CC.2.3), then the claim made over gRPC.
     assert watcher.next()[:2] == (1, uid)
     client.workitems.claim(uid, LOCK)
     event_type, about, information = watcher.next()
@@ -405,20 +419,26 @@ def test_watcher_receives_the_report_of_a_grpc_change(
     assert (event_type, about) == (2, uid)
     assert information.ReasonForCancellation == "stop it"
 
-    answer = assoc.send_n_action(receiving(watcher.title), UNSUBSCRIBE, UPS_WATCH, uid)[0]
+    answer = assoc.send_n_action(
+        receiving(watcher.title), UNSUBSCRIBE, UPS_PUSH, uid, meta_uid=UPS_WATCH
+    )[0]
     assert status_of(answer) == 0x0000
     client.workitems.cancel(uid, LOCK)
     assert watcher.quiet()
 
 
 def test_global_subscription(assoc: Association, client: Client, watcher: Watcher) -> None:
-    answer = assoc.send_n_action(receiving(watcher.title), SUBSCRIBE, UPS_WATCH, GLOBAL)[0]
+    answer = assoc.send_n_action(
+        receiving(watcher.title), SUBSCRIBE, UPS_PUSH, GLOBAL, meta_uid=UPS_WATCH
+    )[0]
     assert status_of(answer) == 0x0000
     uid = client.workitems.create(workitem()).workitem_uid
     event_type, about, information = watcher.next()
     assert (event_type, about) == (1, uid)
     assert information.ProcedureStepState == "SCHEDULED"
-    answer = assoc.send_n_action(receiving(watcher.title), UNSUBSCRIBE, UPS_WATCH, GLOBAL)[0]
+    answer = assoc.send_n_action(
+        receiving(watcher.title), UNSUBSCRIBE, UPS_PUSH, GLOBAL, meta_uid=UPS_WATCH
+    )[0]
     assert status_of(answer) == 0x0000
     client.workitems.create(workitem())
     assert watcher.quiet()
@@ -427,18 +447,20 @@ def test_global_subscription(assoc: Association, client: Client, watcher: Watche
 def test_filtered_global_subscription(assoc: Association, client: Client, watcher: Watcher) -> None:
     keys = receiving(watcher.title)
     keys.PatientID = "WATCHED"
-    answer = assoc.send_n_action(keys, SUBSCRIBE, UPS_WATCH, FILTERED_GLOBAL)[0]
+    answer = assoc.send_n_action(keys, SUBSCRIBE, UPS_PUSH, FILTERED_GLOBAL, meta_uid=UPS_WATCH)[0]
     assert status_of(answer) == 0x0000
     client.workitems.create(workitem(PatientID="NOT-WATCHED"))
     watched = client.workitems.create(workitem(PatientID="WATCHED")).workitem_uid
     assert watcher.next()[:2] == (1, watched)
     assert watcher.quiet()
-    assoc.send_n_action(receiving(watcher.title), UNSUBSCRIBE, UPS_WATCH, GLOBAL)
+    assoc.send_n_action(receiving(watcher.title), UNSUBSCRIBE, UPS_PUSH, GLOBAL, meta_uid=UPS_WATCH)
 
 
 def test_subscribing_an_unknown_ae_is_refused(assoc: Association, client: Client) -> None:
     uid = client.workitems.create(workitem()).workitem_uid
-    answer = assoc.send_n_action(receiving("NOBODY"), SUBSCRIBE, UPS_WATCH, uid)[0]
+    answer = assoc.send_n_action(receiving("NOBODY"), SUBSCRIBE, UPS_PUSH, uid, meta_uid=UPS_WATCH)[
+        0
+    ]
     assert status_of(answer) == 0xC308
-    missing = assoc.send_n_action(None, SUBSCRIBE, UPS_WATCH, uid)[0]
+    missing = assoc.send_n_action(None, SUBSCRIBE, UPS_PUSH, uid, meta_uid=UPS_WATCH)[0]
     assert status_of(missing) == 0x0115

@@ -2,7 +2,7 @@
 
 A subscriber is an AE the archive knows as a peer (:mod:`dicomrpc_server.peers`): the archive
 opens an association to it to send each N-EVENT-REPORT, so it must know where it listens; a
-Receiving AE it does not know is refused with 0xC308 (PS3.4 CC.2.3.2).
+Receiving AE it does not know is refused with 0xC308 (PS3.4 CC.2.3).
 
 Each subscription is one follow of the workitem core's event stream
 (:meth:`~dicomrpc_server.ups.service.WorkitemCore.follow`): of one workitem, of all (the global
@@ -10,7 +10,7 @@ subscription, SOP Instance UID 1.2.840.10008.5.1.4.34.5), or of those matching t
 filtered global subscription (1.2.840.10008.5.1.4.34.5.1), with the same matching as a search.
 There is no second event mechanism: the events are the ones a gRPC ``SubscribeWorkitems`` reads,
 in the same order, resumed without loss when a follow falls behind. Each event becomes the UPS
-event report of PS3.4 Table CC.2.4-1 (state report, cancel requested, progress report,
+event report of PS3.4 CC.2.4 (state report, cancel requested, progress report,
 assigned) and is queued for its subscriber; one thread per subscriber sends what is queued, on
 one association for whatever has piled up, so that a slow or absent subscriber holds up no one
 else and never the archive's event loop.
@@ -45,12 +45,12 @@ from dicomrpc_server.ups.service import PROGRESS, WorkitemCore
 
 log = logging.getLogger("dicomrpc.dimse")
 
-# The well-known SOP Instance UIDs of the global subscriptions (PS3.4 CC.3.1, Table CC.3.1-1).
+# The well-known SOP Instance UIDs of the global subscriptions (PS3.4 CC.3.1).
 GLOBAL_SUBSCRIPTION = "1.2.840.10008.5.1.4.34.5"
 FILTERED_GLOBAL_SUBSCRIPTION = "1.2.840.10008.5.1.4.34.5.1"
 GLOBAL_UIDS = frozenset({GLOBAL_SUBSCRIPTION, FILTERED_GLOBAL_SUBSCRIPTION})
 
-# Event Type IDs of the UPS Event SOP Class (PS3.4 Table CC.2.4-1).
+# Event Type IDs of the UPS Event SOP Class (PS3.4 CC.2.4).
 STATE_REPORT = 1
 CANCEL_REQUESTED = 2
 PROGRESS_REPORT = 3
@@ -108,7 +108,7 @@ class _Subscriber:
 
 
 def _initial_report(core: WorkitemCore, workitem_uid: str) -> Report:
-    """The state report a subscription to one workitem starts with (PS3.4 CC.2.3.1)."""
+    """The state report a subscription to one workitem starts with (PS3.4 CC.2.3)."""
     dataset, _ = core.retrieve(workitem_uid)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -166,7 +166,7 @@ class Watchers:
         """Subscribe ``ae_title`` to one workitem, or globally (``workitem_uid`` "").
 
         A subscription to one workitem is followed by an initial state report of it (PS3.4
-        CC.2.3.1). Subscribing again replaces the subscription (a new filter, say).
+        CC.2.3). Subscribing again replaces the subscription (a new filter, say).
         """
         if self._peers.find(ae_title) is None:
             raise receiving_ae_unknown(ae_title)

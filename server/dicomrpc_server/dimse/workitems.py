@@ -65,14 +65,16 @@ log = logging.getLogger("dicomrpc.dimse")
 T = TypeVar("T")
 Reply = tuple[int | Dataset, Dataset | None]
 
-# Action Type IDs (PS3.4 Tables CC.2.1-1, CC.2.2-1, CC.2.3-1).
+# Action Type IDs (PS3.4 CC.2.1.1, CC.2.2.1, CC.2.3.1).
 CHANGE_STATE = 1
 REQUEST_CANCEL = 2
 SUBSCRIBE = 3
 UNSUBSCRIBE = 4
 SUSPEND_GLOBAL = 5
-# The SOP classes each action is offered under (PS3.4 CC.3.1, Table CC.3.1-1: which DIMSE
-# services each UPS SOP class includes).
+# The SOP classes whose presentation context each action is offered on (PS3.4 CC.2, the DIMSE
+# service groups of UPS Push, Pull and Watch). The request's own Requested SOP Class UID is UPS
+# Push whichever context it comes on (PS3.4 CC.2.1.2, CC.3.1: every UPS is an instance of UPS
+# Push), so the SOP class is the context's.
 _ACTION_CLASSES = {
     CHANGE_STATE: frozenset({UPS_PULL}),
     REQUEST_CANCEL: frozenset({UPS_PUSH, UPS_WATCH}),
@@ -293,7 +295,7 @@ class WorkitemHandlers:
         started = time.monotonic()
         request = cast(N_ACTION, event.request)
         uid = str(request.RequestedSOPInstanceUID or "")
-        sop_class = str(request.RequestedSOPClassUID or "")
+        sop_class = str(event.context.abstract_syntax)
         action = int(request.ActionTypeID or 0)
         name = f"N-ACTION {_ACTION_NAMES.get(action, action)}"
         if sop_class not in _ACTION_CLASSES.get(action, ()):
