@@ -35,7 +35,7 @@ UPS_PULL = "1.2.840.10008.5.1.4.34.6.3"
 UPS_EVENT = "1.2.840.10008.5.1.4.34.6.4"
 GLOBAL = "1.2.840.10008.5.1.4.34.5"
 FILTERED_GLOBAL = "1.2.840.10008.5.1.4.34.5.1"
-CHANGE_STATE, REQUEST_CANCEL, SUBSCRIBE, UNSUBSCRIBE = 1, 2, 3, 4
+CHANGE_STATE, REQUEST_CANCEL, SUBSCRIBE, UNSUBSCRIBE, SUSPEND = 1, 2, 3, 4, 5
 
 
 @pytest.fixture(scope="module")
@@ -356,7 +356,7 @@ class Watcher:
             evt_handlers=[(evt.EVT_N_EVENT_REPORT, self._received)],
         )
 
-    def _received(self, event: Event) -> int:
+    def _received(self, event: Event) -> tuple[int, None]:
         request = event.request
         self.reports.put(
             (
@@ -365,10 +365,19 @@ class Watcher:
                 event.event_information,
             )
         )
-        return 0x0000
+        return 0x0000, None
 
     def next(self, timeout: float = 20) -> tuple[int, str, Dataset]:
         return self.reports.get(timeout=timeout)
+
+    def drain(self, seconds: float = 1.5) -> list[tuple[int, str, Dataset]]:
+        """Every report received until none comes for ``seconds``."""
+        out = []
+        while True:
+            try:
+                out.append(self.reports.get(timeout=seconds))
+            except queue.Empty:
+                return out
 
     def quiet(self, seconds: float = 1.5) -> bool:
         try:
@@ -427,21 +436,49 @@ def test_watcher_receives_the_report_of_a_grpc_change(
     assert watcher.quiet()
 
 
-def test_global_subscription(assoc: Association, client: Client, watcher: Watcher) -> None:
+def watch(assoc: Association, title: str, action_type: int, instance: str) -> int:
+    """A UPS Watch N-ACTION for the Receiving AE ``title``; its status."""
     answer = assoc.send_n_action(
-        receiving(watcher.title), SUBSCRIBE, UPS_PUSH, GLOBAL, meta_uid=UPS_WATCH
+        receiving(title), action_type, UPS_PUSH, instance, meta_uid=UPS_WATCH
     )[0]
-    assert status_of(answer) == 0x0000
+    return status_of(answer)
+
+
+def test_global_subscription(assoc: Association, client: Client, watcher: Watcher) -> None:
+    existing = {
+        ds.attributes["00080018"].strings.values[0] for ds in client.workitems.search(limit=1000)
+    }
+    assert watch(assoc, watcher.title, SUBSCRIBE, GLOBAL) == 0x0000
+    # A state report of every existing workitem first (PS3.4 CC.2.3: each is now subscribed).
+    initial = watcher.drain()
+    assert {about for _, about, _ in initial} == existing
+    assert {event_type for event_type, _, _ in initial} == {1}
     uid = client.workitems.create(workitem()).workitem_uid
     event_type, about, information = watcher.next()
     assert (event_type, about) == (1, uid)
     assert information.ProcedureStepState == "SCHEDULED"
-    answer = assoc.send_n_action(
-        receiving(watcher.title), UNSUBSCRIBE, UPS_PUSH, GLOBAL, meta_uid=UPS_WATCH
-    )[0]
-    assert status_of(answer) == 0x0000
+    assert watch(assoc, watcher.title, UNSUBSCRIBE, GLOBAL) == 0x0000
     client.workitems.create(workitem())
     assert watcher.quiet()
+
+
+def test_suspended_global_subscription_keeps_the_workitems_it_covered(
+    assoc: Association, client: Client, watcher: Watcher
+) -> None:
+    assert watch(assoc, watcher.title, SUBSCRIBE, GLOBAL) == 0x0000
+    watcher.drain()
+    covered = client.workitems.create(workitem()).workitem_uid
+    assert watcher.next()[:2] == (1, covered)
+    assert watch(assoc, watcher.title, SUSPEND, GLOBAL) == 0x0000
+    new = client.workitems.create(workitem()).workitem_uid
+    assert watcher.quiet()  # a new workitem is not subscribed to any more
+    client.workitems.request_cancel(new)
+    client.workitems.request_cancel(covered)
+    event_type, about, information = watcher.next()
+    assert (event_type, about) == (1, covered)
+    assert information.ProcedureStepState == "CANCELED"
+    assert watcher.quiet()
+    assert watch(assoc, watcher.title, UNSUBSCRIBE, GLOBAL) == 0x0000
 
 
 def test_filtered_global_subscription(assoc: Association, client: Client, watcher: Watcher) -> None:

@@ -27,7 +27,7 @@ import queue
 import threading
 import time
 import warnings
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
@@ -35,13 +35,16 @@ from pynetdicom import AE, build_role
 from pynetdicom.presentation import build_context
 
 from dicomrpc.datasets import to_pydicom
+from dicomrpc.v1 import dataset_pb2
 from dicomrpc.v1 import workitem_service_pb2 as pb
 from dicomrpc_server.dimse.contexts import UPS_EVENT, UPS_PUSH
 from dicomrpc_server.dimse.statuses import RECEIVING_AE_UNKNOWN
 from dicomrpc_server.errors import Code, ServiceError
 from dicomrpc_server.peers import PeerRegistry
+from dicomrpc_server.query.engine import MAX_LIMIT
 from dicomrpc_server.retrieve.transcode import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
-from dicomrpc_server.ups.service import PROGRESS, WorkitemCore
+from dicomrpc_server.ups.service import PROGRESS, SOP_INSTANCE, WorkitemCore, WorkitemQuery
+from dicomrpc_server.ups.values import text
 
 log = logging.getLogger("dicomrpc.dimse")
 
@@ -97,19 +100,41 @@ class Report:
 
 
 @dataclass
+class _Follow:
+    """One subscription: its follow of the core's events, its filter, and what it covers.
+
+    ``only`` is set once a global subscription is suspended: the workitems it still covers.
+    """
+
+    match: dict[str, str]
+    task: asyncio.Task[None] | None = None
+    only: frozenset[str] | None = None
+
+
+@dataclass
 class _Subscriber:
     """One AE's subscriptions (by workitem UID, "" for the global one) and its sender."""
 
     ae_title: str
-    tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    follows: dict[str, _Follow] = field(default_factory=dict)
     reports: queue.Queue[Report | None] = field(default_factory=queue.Queue)
     recent: collections.deque[int] = field(default_factory=collections.deque)
     thread: threading.Thread | None = None
 
 
-def _initial_report(core: WorkitemCore, workitem_uid: str) -> Report:
-    """The state report a subscription to one workitem starts with (PS3.4 CC.2.3)."""
-    dataset, _ = core.retrieve(workitem_uid)
+def _every(core: WorkitemCore, match: dict[str, str]) -> Iterator[dataset_pb2.Dataset]:
+    """Every workitem matching (all without terms), a page at a time."""
+    offset = 0
+    while True:
+        page = core.search(WorkitemQuery(match=match, limit=MAX_LIMIT, offset=offset))
+        yield from page
+        if len(page) < MAX_LIMIT:
+            return
+        offset += len(page)
+
+
+def _initial_report(dataset: dataset_pb2.Dataset, workitem_uid: str) -> Report:
+    """The state report a subscription to a workitem starts with (PS3.4 CC.2.3)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         full = to_pydicom(dataset)
@@ -165,13 +190,25 @@ class Watchers:
     def subscribe(self, ae_title: str, workitem_uid: str, match: Mapping[str, str]) -> None:
         """Subscribe ``ae_title`` to one workitem, or globally (``workitem_uid`` "").
 
-        A subscription to one workitem is followed by an initial state report of it (PS3.4
-        CC.2.3). Subscribing again replaces the subscription (a new filter, say).
+        The subscription starts with a state report of each workitem it covers: the one, or
+        every one that exists (matching the filter), as PS3.4 CC.2.3 subscribes an AE to every
+        existing workitem when it subscribes globally. Subscribing again replaces the
+        subscription (a new filter, say).
         """
         if self._peers.find(ae_title) is None:
             raise receiving_ae_unknown(ae_title)
+        # From the newest event on, taken before the workitems are read: what commits meanwhile
+        # is in the follow's replay, after the initial reports.
+        since = self._core.store.last_sequence()
+        if workitem_uid:
+            initial = [_initial_report(self._core.retrieve(workitem_uid)[0], workitem_uid)]
+        else:
+            initial = [
+                _initial_report(found, text(found, SOP_INSTANCE))
+                for found in _every(self._core, dict(match))
+            ]
         asyncio.run_coroutine_threadsafe(
-            self._subscribe(ae_title, workitem_uid, dict(match)), self._loop
+            self._subscribe(ae_title, workitem_uid, dict(match), since, initial), self._loop
         ).result()
 
     def unsubscribe(self, ae_title: str, workitem_uid: str) -> bool:
@@ -181,29 +218,47 @@ class Watchers:
         ).result()
 
     def suspend(self, ae_title: str) -> bool:
-        """End the AE's global subscription, keeping its subscriptions to single workitems."""
-        return asyncio.run_coroutine_threadsafe(
-            self._unsubscribe(ae_title, "", only_global=True), self._loop
-        ).result()
+        """Stop subscribing the AE to new workitems, keeping those it is subscribed to.
+
+        The global subscription goes on for the workitems that exist now (each of which it
+        subscribed the AE to, PS3.4 CC.2.3), and no longer takes in new ones.
+        """
+        with self._lock:
+            subscriber = self._subscribers.get(ae_title)
+            follow = subscriber.follows.get("") if subscriber is not None else None
+            if follow is None:
+                return False
+            match = follow.match
+        covered = frozenset(text(found, SOP_INSTANCE) for found in _every(self._core, match))
+        with self._lock:
+            follow.only = covered if follow.only is None else follow.only & covered
+        return True
 
     def subscriptions(self, ae_title: str) -> list[str]:
         """The workitem UIDs the AE follows ("" for the global subscription)."""
         with self._lock:
             subscriber = self._subscribers.get(ae_title)
-            return sorted(subscriber.tasks) if subscriber is not None else []
+            return sorted(subscriber.follows) if subscriber is not None else []
 
     # -- on the event loop -----------------------------------------------------------------------
 
-    async def _subscribe(self, ae_title: str, workitem_uid: str, match: dict[str, str]) -> None:
-        # From the newest event on: what commits after this answer is replayed if the follow
-        # starts late. The core checks the workitem and the filter here, before anything changes.
-        since = self._core.store.last_sequence()
+    async def _subscribe(
+        self,
+        ae_title: str,
+        workitem_uid: str,
+        match: dict[str, str],
+        since: int,
+        initial: list[Report],
+    ) -> None:
         stream = self._core.follow(workitem_uid, match, since)
+        follow = _Follow(match)
         with self._lock:
             subscriber = self._subscribers.setdefault(ae_title, _Subscriber(ae_title))
-            old = subscriber.tasks.pop(workitem_uid, None)
-            task = asyncio.ensure_future(self._pump(subscriber, workitem_uid, match, stream, since))
-            subscriber.tasks[workitem_uid] = task
+            old = subscriber.follows.pop(workitem_uid, None)
+            follow.task = asyncio.ensure_future(
+                self._pump(subscriber, workitem_uid, follow, stream, since)
+            )
+            subscriber.follows[workitem_uid] = follow
             if subscriber.thread is None:
                 subscriber.thread = threading.Thread(
                     target=self._send_loop,
@@ -212,34 +267,32 @@ class Watchers:
                     daemon=True,
                 )
                 subscriber.thread.start()
-        if old is not None:
-            old.cancel()
-        if workitem_uid:
-            # Queued before the follow's first event (its task has not run yet), so the
-            # subscriber never sees a state older than one it was already told.
-            self._queue(ae_title, _initial_report(self._core, workitem_uid))
+        if old is not None and old.task is not None:
+            old.task.cancel()
+        # Queued before the follow's first event (its task has not run yet).
+        for report in initial:
+            self._queue(ae_title, report)
 
-    async def _unsubscribe(
-        self, ae_title: str, workitem_uid: str, only_global: bool = False
-    ) -> bool:
+    async def _unsubscribe(self, ae_title: str, workitem_uid: str) -> bool:
         with self._lock:
             subscriber = self._subscribers.get(ae_title)
             if subscriber is None:
                 return False
-            if workitem_uid or only_global:
-                ended = [t for t in [subscriber.tasks.pop(workitem_uid, None)] if t is not None]
-            else:
-                ended = list(subscriber.tasks.values())
-                subscriber.tasks.clear()
-        for task in ended:
-            task.cancel()
+            if workitem_uid:
+                ended = [f for f in [subscriber.follows.pop(workitem_uid, None)] if f is not None]
+            else:  # unsubscribing globally ends every subscription of the AE (PS3.4 CC.2.3)
+                ended = list(subscriber.follows.values())
+                subscriber.follows.clear()
+        for follow in ended:
+            if follow.task is not None:
+                follow.task.cancel()
         return bool(ended)
 
     async def _pump(
         self,
         subscriber: _Subscriber,
         workitem_uid: str,
-        match: dict[str, str],
+        follow: _Follow,
         stream: AsyncIterator[pb.SubscribeWorkitemsResponse],
         since: int,
     ) -> None:
@@ -248,6 +301,8 @@ class Watchers:
             try:
                 async for event in stream:
                     since = event.sequence
+                    if follow.only is not None and event.workitem_uid not in follow.only:
+                        continue
                     report = event_report(event)
                     if report is not None:
                         number, information = report
@@ -265,7 +320,7 @@ class Watchers:
                         error.message,
                     )
                     return
-                stream = self._core.follow(workitem_uid, match, since)
+                stream = self._core.follow(workitem_uid, follow.match, since)
 
     def _queue(self, ae_title: str, report: Report) -> None:
         with self._lock:
@@ -295,10 +350,17 @@ class Watchers:
                 except queue.Empty:
                     break
                 if more is None:
-                    self._send(subscriber.ae_title, batch)
+                    self._send_safely(subscriber.ae_title, batch)
                     return
                 batch.append(more)
-            self._send(subscriber.ae_title, batch)
+            self._send_safely(subscriber.ae_title, batch)
+
+    def _send_safely(self, ae_title: str, reports: list[Report]) -> None:
+        """Send, logging what fails: the sender goes on with the reports that come next."""
+        try:
+            self._send(ae_title, reports)
+        except Exception:
+            log.warning("UPS event reports for %s failed", ae_title, exc_info=True)
 
     def _send(self, ae_title: str, reports: list[Report]) -> None:
         """Open an association to the subscriber and send each report (PS3.4 CC.2.4)."""
@@ -334,6 +396,13 @@ class Watchers:
             return
         try:
             for number, report in enumerate(reports, 1):
+                if not assoc.is_established:  # the subscriber aborted or closed it
+                    log.warning(
+                        "%d UPS event reports for %s not sent: the association ended",
+                        len(reports) - number + 1,
+                        ae_title,
+                    )
+                    return
                 status, _ = assoc.send_n_event_report(
                     report.information,
                     report.event_type,
@@ -359,6 +428,7 @@ class Watchers:
             subscribers = list(self._subscribers.values())
             self._subscribers.clear()
         for subscriber in subscribers:
-            for task in subscriber.tasks.values():
-                self._loop.call_soon_threadsafe(task.cancel)
+            for follow in subscriber.follows.values():
+                if follow.task is not None:
+                    self._loop.call_soon_threadsafe(follow.task.cancel)
             subscriber.reports.put(None)
