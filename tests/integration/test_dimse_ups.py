@@ -400,10 +400,10 @@ def watcher(client: Client) -> Iterator[Watcher]:
     client.remove_dimse_peer(f"watcher-{scp.port}")
 
 
-def receiving(title: str) -> Dataset:
+def receiving(title: str, lock: bool = False) -> Dataset:
     ds = Dataset()
     ds.ReceivingAE = title
-    ds.DeletionLock = "FALSE"
+    ds.DeletionLock = "TRUE" if lock else "FALSE"
     return ds
 
 
@@ -427,6 +427,7 @@ def test_watcher_receives_the_report_of_a_grpc_change(
     event_type, about, information = watcher.next()
     assert (event_type, about) == (2, uid)
     assert information.ReasonForCancellation == "stop it"
+    assert information.RequestingAE == "DICOMRPC"  # who asked is not recorded: the relay
 
     answer = assoc.send_n_action(
         receiving(watcher.title), UNSUBSCRIBE, UPS_PUSH, uid, meta_uid=UPS_WATCH
@@ -436,10 +437,12 @@ def test_watcher_receives_the_report_of_a_grpc_change(
     assert watcher.quiet()
 
 
-def watch(assoc: Association, title: str, action_type: int, instance: str) -> int:
+def watch(
+    assoc: Association, title: str, action_type: int, instance: str, lock: bool = False
+) -> int:
     """A UPS Watch N-ACTION for the Receiving AE ``title``; its status."""
     answer = assoc.send_n_action(
-        receiving(title), action_type, UPS_PUSH, instance, meta_uid=UPS_WATCH
+        receiving(title, lock), action_type, UPS_PUSH, instance, meta_uid=UPS_WATCH
     )[0]
     return status_of(answer)
 
@@ -448,8 +451,11 @@ def test_global_subscription(assoc: Association, client: Client, watcher: Watche
     existing = {
         ds.attributes["00080018"].strings.values[0] for ds in client.workitems.search(limit=1000)
     }
+    # Without the Deletion Lock: no report of the existing workitems (PS3.4 CC.2.3).
     assert watch(assoc, watcher.title, SUBSCRIBE, GLOBAL) == 0x0000
-    # A state report of every existing workitem first (PS3.4 CC.2.3: each is now subscribed).
+    assert watcher.quiet()
+    # With it: a state report of every existing workitem first (PS3.4 CC.2.4.3).
+    assert watch(assoc, watcher.title, SUBSCRIBE, GLOBAL, lock=True) == 0x0000
     initial = watcher.drain()
     assert {about for _, about, _ in initial} == existing
     assert {event_type for event_type, _, _ in initial} == {1}
@@ -466,7 +472,6 @@ def test_suspended_global_subscription_keeps_the_workitems_it_covered(
     assoc: Association, client: Client, watcher: Watcher
 ) -> None:
     assert watch(assoc, watcher.title, SUBSCRIBE, GLOBAL) == 0x0000
-    watcher.drain()
     covered = client.workitems.create(workitem()).workitem_uid
     assert watcher.next()[:2] == (1, covered)
     assert watch(assoc, watcher.title, SUSPEND, GLOBAL) == 0x0000
@@ -477,6 +482,9 @@ def test_suspended_global_subscription_keeps_the_workitems_it_covered(
     event_type, about, information = watcher.next()
     assert (event_type, about) == (1, covered)
     assert information.ProcedureStepState == "CANCELED"
+    # The reason of a canceled workitem is at the report's top level (PS3.4 CC.2.4.1).
+    (reason,) = information.ProcedureStepDiscontinuationReasonCodeSequence
+    assert reason.CodeValue == "110513"
     assert watcher.quiet()
     assert watch(assoc, watcher.title, UNSUBSCRIBE, GLOBAL) == 0x0000
 

@@ -67,7 +67,9 @@ SEND_TIMEOUT_S = 30
 RETRY_PAUSES_S = (1.0, 5.0)
 
 
-def event_report(event: pb.SubscribeWorkitemsResponse) -> tuple[int, Dataset] | None:
+def event_report(
+    event: pb.SubscribeWorkitemsResponse, requesting_ae: str
+) -> tuple[int, Dataset] | None:
     """The Event Type ID and Event Information of a core event; ``None`` when UPS has none.
 
     A plain update is no UPS event unless it set the progress information (a progress report);
@@ -86,7 +88,29 @@ def event_report(event: pb.SubscribeWorkitemsResponse) -> tuple[int, Dataset] | 
         return None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return number, to_pydicom(event.event)
+        information = to_pydicom(event.event)
+    if number == CANCEL_REQUESTED and "RequestingAE" not in information:
+        # Required (PS3.4 CC.2.4.1); the core does not record which AE asked (a gRPC or UPS-RS
+        # request has none), so the archive names itself, which relays the request.
+        information.RequestingAE = requesting_ae
+    if number == STATE_REPORT:
+        _lift_cancellation(information)
+    return number, information
+
+
+def _lift_cancellation(information: Dataset) -> None:
+    """A canceled workitem's reason, where a UPS State Report carries it (PS3.4 CC.2.4.1).
+
+    The workitem keeps the Reason For Cancellation and the Procedure Step Discontinuation
+    Reason Code Sequence in its progress information; the report has them at its top level.
+    """
+    progress = information.get("ProcedureStepProgressInformationSequence")  # its items
+    if not progress:
+        return
+    item = progress[0]
+    for keyword in ("ReasonForCancellation", "ProcedureStepDiscontinuationReasonCodeSequence"):
+        if keyword in item and keyword not in information:
+            information[keyword] = item[keyword]
 
 
 @dataclass(frozen=True)
@@ -187,22 +211,25 @@ class Watchers:
 
     # -- N-ACTION: subscribe, unsubscribe, suspend (called on an association's thread) ---------
 
-    def subscribe(self, ae_title: str, workitem_uid: str, match: Mapping[str, str]) -> None:
+    def subscribe(
+        self, ae_title: str, workitem_uid: str, match: Mapping[str, str], lock: bool = False
+    ) -> None:
         """Subscribe ``ae_title`` to one workitem, or globally (``workitem_uid`` "").
 
-        The subscription starts with a state report of each workitem it covers: the one, or
-        every one that exists (matching the filter), as PS3.4 CC.2.3 subscribes an AE to every
-        existing workitem when it subscribes globally. Subscribing again replaces the
-        subscription (a new filter, say).
+        A subscription to one workitem starts with a state report of it; a global one asking
+        for the Deletion Lock (``lock``) with a state report of every existing workitem it
+        covers (PS3.4 CC.2.4.3). Subscribing again replaces the subscription (a new filter,
+        say).
         """
         if self._peers.find(ae_title) is None:
             raise receiving_ae_unknown(ae_title)
         # From the newest event on, taken before the workitems are read: what commits meanwhile
         # is in the follow's replay, after the initial reports.
         since = self._core.store.last_sequence()
+        initial: list[Report] = []
         if workitem_uid:
             initial = [_initial_report(self._core.retrieve(workitem_uid)[0], workitem_uid)]
-        else:
+        elif lock:
             initial = [
                 _initial_report(found, text(found, SOP_INSTANCE))
                 for found in _every(self._core, dict(match))
@@ -303,7 +330,17 @@ class Watchers:
                     since = event.sequence
                     if follow.only is not None and event.workitem_uid not in follow.only:
                         continue
-                    report = event_report(event)
+                    try:
+                        report = event_report(event, self._ae_title)
+                    except Exception:  # one event that cannot be reported ends nothing
+                        log.warning(
+                            "UPS event %d of %s for %s not reported",
+                            event.sequence,
+                            event.workitem_uid,
+                            subscriber.ae_title,
+                            exc_info=True,
+                        )
+                        continue
                     if report is not None:
                         number, information = report
                         self._queue(

@@ -364,7 +364,8 @@ class WorkitemHandlers:
             self._watchers.unsubscribe(receiving, workitem)
         else:
             match = workitem_match(information) if uid == FILTERED_GLOBAL_SUBSCRIPTION else {}
-            self._watchers.subscribe(receiving, workitem, match)
+            lock = _text(information, "DeletionLock").upper() == "TRUE"
+            self._watchers.subscribe(receiving, workitem, match, lock)
         return statuses.SUCCESS
 
     # -- C-FIND --------------------------------------------------------------------------------
