@@ -28,6 +28,7 @@ from dicomrpc_server.dicomweb.context import PREFIX
 from dicomrpc_server.dicomweb.server import HttpServer
 from dicomrpc_server.dimse.server import DimseServer
 from dicomrpc_server.grpc.server import GrpcServer
+from tests.postgres import PostgresCluster, start_cluster
 
 
 @dataclass
@@ -263,3 +264,24 @@ def s3() -> Iterator[S3Emulator]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    """A PostgreSQL server for the session, on a free loopback port (see ``tests/postgres.py``).
+
+    Skipped without PostgreSQL, unless DICOMRPC_REQUIRE_POSTGRES=1 (CI), which fails instead.
+    """
+    cluster = start_cluster()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def postgres_dsn(postgres: PostgresCluster) -> Iterator[str]:
+    """A new, empty database of the session's server, for one test; dropped after it."""
+    dsn = postgres.create_database()
+    yield dsn
+    postgres.drop_database(dsn)

@@ -142,6 +142,7 @@ QUERY = (("PatientName", "doe*"), ("limit", "10"))
         (Action.FRAMES, {"instances": NAMED}, "accessed", "R"),
         (Action.RENDERED, {"instances": NAMED}, "accessed", "R"),
         (Action.BULKDATA, {"instances": NAMED}, "accessed", "R"),
+        (Action.COMMITMENT, {"instances": NAMED}, "accessed", "R"),
         (Action.DELETE, {"instances": (InstanceRef(STUDY),)}, "study-deleted", "D"),
         (Action.DELETE, {"instances": (InstanceRef(STUDY, SERIES),)}, "accessed", "D"),
         (Action.SEARCH, {"query": QUERY}, "query", "E"),
@@ -172,6 +173,11 @@ def test_every_action_is_its_a53_event(
     assert source is not None and source.get("AuditSourceID") == "archive-1"
     if event == "query" and action is not Action.FEED_READ:
         assert message.query()["PatientName"] == "doe*"
+
+
+def test_a_commitment_that_committed_nothing_accessed_no_study() -> None:
+    failed = (FailedInstance("3.3.1.1", CT, "", 0x0112),)
+    assert atna.messages(record(Action.COMMITMENT, failed=failed), SOURCE) == []
 
 
 def test_admin_calls_have_no_a53_event() -> None:

@@ -1,4 +1,4 @@
-"""The blob store role: one contract, run against the folder store and the S3 store.
+"""The blob store role: one contract, run against the folder, shared folder and S3 stores.
 
 The folder store is the reference; the S3 store runs against moto's S3 emulator (``s3``
 fixture). Every test goes through the protocol only.
@@ -18,6 +18,7 @@ import pytest
 from dicomrpc_server.storage.blobs import LocalBlobStore
 from dicomrpc_server.storage.protocols import BlobReader, BlobStore
 from dicomrpc_server.storage.s3 import S3BlobStore, S3Location
+from dicomrpc_server.storage.shared_folder import SharedFolderBlobStore
 from dicomrpc_server.storage.sources import open_source, read_source
 from dicomrpc_server.workers import WorkerPool
 from tests.conftest import S3Emulator
@@ -26,10 +27,16 @@ MISSING = "0123456789abcdef0123456789abcdef"
 MIB = 1024 * 1024
 
 
-@pytest.fixture(params=["folder", "s3"])
+@pytest.fixture(params=["folder", "shared", "s3"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BlobStore]:
     if request.param == "folder":
         yield LocalBlobStore(tmp_path)
+        return
+    if request.param == "shared":
+        (tmp_path / "shared").mkdir()
+        shared = SharedFolderBlobStore(tmp_path / "shared", tmp_path / "data")
+        shared.check()
+        yield shared
         return
     s3: S3Emulator = request.getfixturevalue("s3")
     location = S3Location(s3.new_bucket(), "archive/blobs", s3.endpoint)

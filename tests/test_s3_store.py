@@ -40,10 +40,11 @@ def test_a_location_that_is_not_one_is_refused(url: str) -> None:
         S3Location.parse(url)
 
 
-def test_settings_take_only_s3_urls_for_blobs() -> None:
+def test_settings_take_s3_urls_and_absolute_folders_for_blobs() -> None:
     assert Settings(blobs="s3://b/p").blobs == "s3://b/p"
-    with pytest.raises(ValueError, match="s3://bucket/prefix"):
-        Settings(blobs="/mnt/shared")
+    assert Settings(blobs="/mnt/shared").blobs == "/mnt/shared"
+    with pytest.raises(ValueError, match="absolute path of a shared folder"):
+        Settings(blobs="mnt/shared")
 
 
 def test_an_unreachable_bucket_fails_start_up_and_an_upload_fails_as_storage(
@@ -81,6 +82,6 @@ def test_a_store_that_cannot_be_read_is_unavailable_not_missing(
 
 def test_rebuild_index_refuses_a_data_folder_whose_files_are_objects(tmp_path: Path) -> None:
     (tmp_path / "blob-store").write_text("s3://bucket/prefix\n")
-    with pytest.raises(StartupError, match="objects in s3://bucket/prefix") as caught:
+    with pytest.raises(StartupError, match="kept in s3://bucket/prefix") as caught:
         rebuild_index(tmp_path, workers=1, progress=False)
     assert caught.value.reason == "REBUILD_UNSUPPORTED"

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     CTImageStorage,
+    EnhancedCTImageStorage,
     ExplicitVRLittleEndian,
     MRImageStorage,
     UltrasoundImageStorage,
@@ -34,7 +35,8 @@ from dicomrpc.datasets import to_json
 from dicomrpc_server.archive import Archive
 from dicomrpc_server.config import Settings
 from dicomrpc_server.errors import Code, ServiceError
-from dicomrpc_server.query.engine import SearchCore, SearchRequest
+from dicomrpc_server.query.engine import SCAN_CAP, SearchCore, SearchRequest
+from dicomrpc_server.query.lmdb_search import LmdbSearch
 from dicomrpc_server.store.ingest import StoreStream
 
 # --------------------------------------------------------------------------------------------
@@ -560,7 +562,7 @@ def test_search_matches_reference(
     archive = open_archive(tmp_path_factory.mktemp("search") / "data")
     try:
         store_corpus(archive, corpus)
-        core = SearchCore(archive.index)
+        core = SearchCore(archive.index, LmdbSearch(archive.index))
         for query in query_list:
             check(core, corpus, query)
     finally:
@@ -606,7 +608,7 @@ def paging_core(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SearchCore
     archive = open_archive(tmp_path_factory.mktemp("paging") / "data")
     try:
         store_corpus(archive, PAGING_CORPUS)
-        yield SearchCore(archive.index)
+        yield SearchCore(archive.index, LmdbSearch(archive.index))
     finally:
         archive.close()
 
@@ -657,6 +659,80 @@ def test_token_pages_cover_every_match_once(paging_core: SearchCore, query: Quer
     assert paged == everything
 
 
+def _large_corpus() -> list[Study]:
+    """More entries per term than the search scans before it streams (SCAN_CAP)."""
+    corpus = []
+    for s in range(SCAN_CAP + 100):
+        study = Study(
+            uid=study_uid(s),
+            patient_name="Doe^John",
+            patient_id=f"L{s % 3}",
+            birth_date="19700101",
+            accession=f"L{s}",
+            referring="Smith^Alice",
+            date="20200101",
+            time="1200",
+            description="Chest",
+            study_id="1",
+        )
+        instances = [Instance(sop_uid(s, 0, 0), CTImageStorage, 1)]
+        instances.append(Instance(sop_uid(s, 0, 1), EnhancedCTImageStorage, 2))
+        study.series.append(Series(series_uid(s, 0), "CT", 1, instances))
+        corpus.append(study)
+    return corpus
+
+
+LARGE_CORPUS = _large_corpus()
+
+LARGE_QUERIES = [
+    Query("instance", {}),
+    Query("study", {"StudyDescription": "Chest"}),
+    Query("series", {"Modality": "CT", "StudyDescription": "Chest"}),
+    Query("instance", {"Modality": "CT"}),  # series entries lifted to their instances
+    Query("instance", {"StudyDescription": "Chest", "InstanceNumber": "2"}),
+    Query("instance", {"SOPClassUID": f"{CTImageStorage},{EnhancedCTImageStorage}"}),  # merged
+    Query("instance", {"StudyDescription": "Chest", "AccessionNumber": "L7"}),  # not streamed
+]
+
+
+@pytest.fixture(scope="module")
+def large_core(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SearchCore]:
+    archive = open_archive(tmp_path_factory.mktemp("large") / "data")
+    try:
+        store_corpus(archive, LARGE_CORPUS)
+        yield SearchCore(archive.index, LmdbSearch(archive.index))
+    finally:
+        archive.close()
+
+
+@pytest.mark.parametrize("query", LARGE_QUERIES, ids=lambda q: f"{q.level}-{q.match}")
+def test_large_matches_are_paged_from_the_cursor(
+    large_core: SearchCore, query: Query, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    expected = reference(LARGE_CORPUS, query)
+    if len(expected) > SCAN_CAP:
+        # Streamed: the set intersection, which collects every match, is never used.
+        def collect(*args: object) -> set[bytes]:
+            raise AssertionError("a large match was collected whole")
+
+        monkeypatch.setattr(LmdbSearch, "_intersect", collect)
+    by_token: list[str] = []
+    token = ""
+    for _ in range(100):
+        page = large_core.search(query.request(page_size=97, page_token=token))
+        tag = RESULT_TAG[query.level]
+        by_token += [to_json(ds)[tag]["Value"][0] for ds in page.results]
+        token = page.next_page_token
+        if not token:
+            break
+    assert len(by_token) == len(set(by_token))
+    assert set(by_token) == expected
+    by_offset: list[str] = []
+    while uids := result_uids(large_core, query.request(limit=500, offset=len(by_offset))):
+        by_offset += uids
+    assert by_offset == by_token
+
+
 # --------------------------------------------------------------------------------------------
 # 3. The SPEC's fuzzy examples
 # --------------------------------------------------------------------------------------------
@@ -692,7 +768,7 @@ def fuzzy_core(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SearchCore]
     archive = open_archive(tmp_path_factory.mktemp("fuzzy") / "data")
     try:
         store_corpus(archive, FUZZY_CORPUS)
-        yield SearchCore(archive.index)
+        yield SearchCore(archive.index, LmdbSearch(archive.index))
     finally:
         archive.close()
 

@@ -15,7 +15,9 @@ from dicomrpc.v1 import dataset_pb2
 from dicomrpc.v1 import workitem_service_pb2 as pb
 from dicomrpc_server.errors import ServiceError, invalid_argument
 from dicomrpc_server.storage.lmdb_index import LmdbIndex
+from dicomrpc_server.storage.postgres import PostgresBackend
 from dicomrpc_server.ups.index import match_terms
+from dicomrpc_server.ups.postgres_store import PostgresWorkitemStore
 from dicomrpc_server.ups.records import Mutation, WorkitemRecords
 from dicomrpc_server.ups.store import WorkitemStore
 from dicomrpc_server.ups.values import set_text, text
@@ -24,16 +26,24 @@ PATIENT_ID = "00100020"
 LABEL = "00741204"  # ProcedureStepLabel
 
 
-def _lmdb(path: Path) -> tuple[WorkitemRecords, Callable[[], None]]:
+Opened = tuple[WorkitemRecords, Callable[[], None]]
+
+
+def _lmdb(request: pytest.FixtureRequest, path: Path) -> Opened:
     index = LmdbIndex(
         path / "index", map_size=1 << 24, max_readers=64, max_batch=64, before_commit=lambda: None
     )
     return WorkitemStore(index), index.close
 
 
-@pytest.fixture(params=[_lmdb], ids=["lmdb"])
+def _postgresql(request: pytest.FixtureRequest, path: Path) -> Opened:
+    backend = PostgresBackend(request.getfixturevalue("postgres_dsn"), pool_size=4)
+    return PostgresWorkitemStore(backend), backend.close
+
+
+@pytest.fixture(params=[_lmdb, _postgresql], ids=["lmdb", "postgresql"])
 def records(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[WorkitemRecords]:
-    store, close = request.param(tmp_path)
+    store, close = request.param(request, tmp_path)
     yield store
     close()
 
@@ -135,3 +145,67 @@ def test_search_pages_its_matches(records: WorkitemRecords) -> None:
     assert len(first) == 4 and len(rest) == 2
     assert all(text(d, PATIENT_ID) == "A" for d in first + rest)
     assert records.events_after(3, 2)[0][0].sequence == 4
+
+
+NAME = "00100010"  # PatientName
+START = "00404005"  # ScheduledProcedureStepStartDateTime
+STATIONS = "00404025"  # ScheduledStationNameCodeSequence
+CODE_VALUE = "00080100"
+
+
+def _full_item(name: str, label: str, start: str, station: str) -> dataset_pb2.Dataset:
+    ds = _item("P", label)
+    person = ds.attributes[NAME]
+    person.vr = "PN"
+    person.person_names.values.add(alphabetic=name)
+    set_text(ds, START, "DT", start)
+    sequence = ds.attributes[STATIONS]
+    sequence.vr = "SQ"
+    set_text(sequence.sequence.items.add(), CODE_VALUE, "SH", station)
+    return ds
+
+
+def _uids(found: list[dataset_pb2.Dataset]) -> list[str]:
+    return [text(d, "00080018") for d in found]
+
+
+def test_search_matches_as_the_query_rules_say(records: WorkitemRecords) -> None:
+    """Exact, wildcard, fuzzy, range and sequence matching, in UID (byte) order."""
+    items = {
+        "1.2.1": _full_item("Doe^John", "CT abdomen", "20240115093000", "ST1"),
+        "1.2.2": _full_item("Doe^Jane", "CT chest", "20240220101500", "ST2"),
+        "1.2.10": _full_item("Smith^Johnny", "MR knee", "20231231235959", "ST1"),
+    }
+    for uid, item in items.items():
+        set_text(item, "00080018", "UI", uid)
+        asyncio.run(records.mutate(uid, lambda stored, item=item: Mutation(None, item)))
+
+    def search(fuzzy: bool = False, **match: str) -> list[str]:
+        return _uids(records.search(match_terms(match), fuzzy, 0, 100))
+
+    assert _uids(records.search([], False, 0, 100)) == ["1.2.1", "1.2.10", "1.2.2"]
+    assert _uids(records.search([], False, 1, 1)) == ["1.2.10"]
+    assert search(PatientName="Doe^John") == ["1.2.1"]
+    assert search(PatientName="doe^*") == ["1.2.1", "1.2.2"]
+    assert search(True, PatientName="joh") == ["1.2.1", "1.2.10"]
+    assert search(ProcedureStepLabel="CT*") == ["1.2.1", "1.2.2"]
+    assert search(ProcedureStepLabel="?R kn*") == ["1.2.10"]
+    assert search(ProcedureStepLabel="CT") == []
+    assert search(ScheduledProcedureStepStartDateTime="20240101-20241231") == ["1.2.1", "1.2.2"]
+    assert search(ScheduledProcedureStepStartDateTime="-2023") == ["1.2.10"]
+    assert search(**{"ScheduledStationNameCodeSequence.CodeValue": "ST1"}) == ["1.2.1", "1.2.10"]
+    assert search(PatientName="Doe*", **{"ScheduledStationNameCodeSequence.CodeValue": "ST1"}) == [
+        "1.2.1"
+    ]
+
+    def relabel(stored: dataset_pb2.Dataset | None) -> Mutation[None]:
+        assert stored is not None
+        new = dataset_pb2.Dataset()
+        new.CopyFrom(stored)
+        set_text(new, LABEL, "LO", "MR chest")
+        return Mutation(None, new)
+
+    asyncio.run(records.mutate("1.2.2", relabel))
+    assert search(ProcedureStepLabel="CT*") == ["1.2.1"]
+    assert search(ProcedureStepLabel="MR*") == ["1.2.10", "1.2.2"]
+    assert search(PatientName="Doe^Jane") == ["1.2.2"]  # untouched keys keep their entries

@@ -59,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_uids(retrieve)
     retrieve.add_argument("--out", required=True, help="folder to write <study>/<series>/<sop>.dcm")
     retrieve.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_syntax(retrieve)
 
     frames = sub.add_parser("frames", help="retrieve frames of an instance to a folder")
     frames.add_argument("study")
@@ -66,6 +67,22 @@ def _parser() -> argparse.ArgumentParser:
     frames.add_argument("instance")
     frames.add_argument("numbers", nargs="+", type=int, help="1-based frame numbers")
     frames.add_argument("--out", required=True, help="folder to write frame-<n>.bin files")
+    _add_syntax(frames)
+
+    render = sub.add_parser("render", help="write a frame of an instance as a JPEG or PNG image")
+    render.add_argument("study")
+    render.add_argument("series")
+    render.add_argument("instance")
+    render.add_argument("--out", required=True, help="the image file (.png writes PNG)")
+    render.add_argument("--frame", type=int, default=1, help="1-based frame number (1)")
+    render.add_argument(
+        "--window",
+        type=_window,
+        metavar="CENTER,WIDTH",
+        help="VOI window to apply instead of the stored one",
+    )
+    render.add_argument("--max-size", type=int, default=0, help="largest side in pixels")
+    render.add_argument("--quality", type=int, default=0, help="JPEG quality 1-100")
 
     metadata = sub.add_parser("metadata", help="print metadata as DICOM JSON")
     _add_uids(metadata)
@@ -122,7 +139,7 @@ def _parser() -> argparse.ArgumentParser:
 
     _add_api_key_parser(sub)
 
-    for command in (retrieve, frames, metadata, delete, feed, search):
+    for command in (retrieve, frames, render, metadata, delete, feed, search):
         add_connection_arguments(command)
     add_workitem_parser(sub, add_connection_arguments)
     return parser
@@ -208,6 +225,18 @@ def search_command(args: argparse.Namespace) -> int:
             print(f"dicomrpc search: {term!r} is not KEY=VALUE", file=sys.stderr)
             return 2
         match[key] = value
+    if args.series and not args.study:
+        print("dicomrpc search: --series needs --study (the series' study UID)", file=sys.stderr)
+        return 2
+    if args.series and args.level != "instances":
+        print(
+            "dicomrpc search: --series scopes a search of instances "
+            "(dicomrpc search instances --study S --series X)",
+            file=sys.stderr,
+        )
+        return 2
+    if args.study and args.level == "studies":
+        match.setdefault("StudyInstanceUID", args.study)
     options = {
         "fuzzy": args.fuzzy,
         "include": args.include,
@@ -291,6 +320,28 @@ def _add_uids(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("instance", nargs="?", help="SOPInstanceUID")
 
 
+def _add_syntax(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--transfer-syntax",
+        default="*",
+        metavar="UID",
+        help="transfer syntax to receive (default: as stored); the archive transcodes",
+    )
+    parser.add_argument(
+        "--allow-lossy",
+        action="store_true",
+        help="accept a lossy transfer syntax for instances stored losslessly",
+    )
+
+
+def _window(text: str) -> tuple[float, float]:
+    try:
+        center, width = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not CENTER,WIDTH (e.g. 40,400)") from None
+    return center, width
+
+
 def retrieve_command(args: argparse.Namespace) -> int:
     """Write the instances of a study, series or instance under ``--out``."""
     bar = tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc="retrieving", disable=args.quiet)
@@ -304,6 +355,8 @@ def retrieve_command(args: argparse.Namespace) -> int:
             args.series,
             args.instance,
             dest_dir=args.out,
+            transfer_syntax=args.transfer_syntax,
+            allow_lossy=args.allow_lossy,
             on_bytes=progress,
         )
     bar.close()
@@ -318,11 +371,38 @@ def frames_command(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with connect(args) as client:
-        frames = client.frames(args.study, args.series, args.instance, args.numbers)
+        frames = client.frames(
+            args.study,
+            args.series,
+            args.instance,
+            args.numbers,
+            transfer_syntax=args.transfer_syntax,
+            allow_lossy=args.allow_lossy,
+        )
     for frame in frames:
         path = out / f"frame-{frame.number}.bin"
         path.write_bytes(frame.data)
         print(f"{path} {len(frame.data)} bytes {frame.transfer_syntax_uid}")
+    return 0
+
+
+def render_command(args: argparse.Namespace) -> int:
+    """Write one frame rendered by the archive (modality LUT and window applied)."""
+    out = Path(args.out)
+    media_type = "image/png" if out.suffix.lower() == ".png" else "image/jpeg"
+    with connect(args) as client:
+        got, data = client.rendered(
+            args.study,
+            args.series,
+            args.instance,
+            frame=args.frame,
+            media_type=media_type,
+            quality=args.quality,
+            window=args.window,
+            max_size=args.max_size,
+        )
+    out.write_bytes(data)
+    print(f"{out} {len(data)} bytes {got}")
     return 0
 
 
@@ -502,6 +582,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "store": store_command,
         "retrieve": retrieve_command,
         "frames": frames_command,
+        "render": render_command,
         "metadata": metadata_command,
         "delete": delete_command,
         "feed": feed_command,

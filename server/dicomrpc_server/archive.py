@@ -21,6 +21,7 @@ from dicomrpc_server.lifecycle.delete import DeleteCore
 from dicomrpc_server.lifecycle.feed import ChangeFeed
 from dicomrpc_server.peers import PeerRegistry
 from dicomrpc_server.query.engine import SearchCore
+from dicomrpc_server.query.lmdb_search import LmdbSearch
 from dicomrpc_server.query.reindexing import ExtendedQueryTags
 from dicomrpc_server.retrieve.service import RetrieveCore
 from dicomrpc_server.storage.blobs import LocalBlobStore
@@ -37,8 +38,13 @@ from dicomrpc_server.storage.recovery import (
     recover_departed,
     uploads_lock,
 )
-from dicomrpc_server.storage.s3 import S3BlobStore, S3Recovery
-from dicomrpc_server.storage.s3_startup import GroupStorage, check_folder_store, open_s3_storage
+from dicomrpc_server.storage.spooled import SpooledBlobStore, SpooledRecovery
+from dicomrpc_server.storage.spooled_startup import (
+    GroupStorage,
+    check_folder_store,
+    open_spooled_storage,
+    spool_folder,
+)
 from dicomrpc_server.store.ingest import StoreCore
 from dicomrpc_server.ups.service import WorkitemCore
 from dicomrpc_server.ups.store import WorkitemStore
@@ -118,14 +124,14 @@ class Archive:
             self.lock.release()
             raise
         self.blobs: BlobStore
-        self.recovery: RecoveryReport | S3Recovery
+        self.recovery: RecoveryReport | SpooledRecovery
         try:
-            if settings.blobs and member is None:  # objects in S3: see storage/s3_startup.py
-                self.blobs, self.index, self.recovery = open_s3_storage(settings)
+            if settings.blobs and member is None:  # see storage/spooled_startup.py
+                self.blobs, self.index, self.recovery = open_spooled_storage(settings)
             elif settings.blobs:
-                uploads = self._own_uploads("s3-uploads")
+                uploads = self._own_uploads(spool_folder(settings.blobs))
                 group = GroupStorage(uploads, self.locks, settings.data_dir / RUN_DIR / "wakeups")
-                self.blobs, self.index, self.recovery = open_s3_storage(settings, group)
+                self.blobs, self.index, self.recovery = open_spooled_storage(settings, group)
             elif member is None:
                 check_folder_store(settings.data_dir)
                 self._open_alone()
@@ -147,7 +153,7 @@ class Archive:
             lazy=True,
         )
         self.store = StoreCore(settings, self.blobs, self.index, self.parse_workers, self.locks)
-        self.search = SearchCore(self.index)
+        self.search = SearchCore(self.index, LmdbSearch(self.index))
         self.query_tags = ExtendedQueryTags(self.index, self.locks)
         self.peers = PeerRegistry(settings.dimse_peers, self.index)
         self.delete = DeleteCore(self.index, self.blobs)
@@ -211,7 +217,7 @@ class Archive:
         self.codec_workers.shutdown()
         self.index.close()
         blobs = self.blobs
-        if self.member is not None and isinstance(blobs, LocalBlobStore | S3BlobStore):
+        if self.member is not None and isinstance(blobs, LocalBlobStore | SpooledBlobStore):
             # Every store has finished: the folder is empty, unless a store was interrupted
             # (the next process to start settles what it holds).
             with contextlib.suppress(OSError):
@@ -221,7 +227,7 @@ class Archive:
         self.lock.release()
 
 
-def recover_folder(settings: Settings) -> RecoveryReport | S3Recovery:
+def recover_folder(settings: Settings) -> RecoveryReport | SpooledRecovery:
     """Check a data folder this process has locked, and recover it from a crash.
 
     What an archive opened alone does before it serves; a group's supervisor does it once
@@ -233,9 +239,9 @@ def recover_folder(settings: Settings) -> RecoveryReport | S3Recovery:
         As :class:`Archive` does, when the index is missing, behind its files or being rebuilt.
     """
     if settings.blobs:
-        _, s3_index, s3_report = open_s3_storage(settings)
-        s3_index.close()
-        return s3_report
+        _, spooled_index, spooled_report = open_spooled_storage(settings)
+        spooled_index.close()
+        return spooled_report
     check_folder_store(settings.data_dir)
     index, report = _check_and_recover(settings, LocalBlobStore(settings.data_dir))
     index.close()

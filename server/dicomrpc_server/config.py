@@ -28,8 +28,9 @@ class Settings:
         Where instance files and the LMDB index live.
     blobs
         Where instance files live instead, when not in ``data_dir``: ``s3://bucket/prefix``
-        stores them as objects in S3-compatible storage (uploads still spool, and their
-        markers stay, in ``data_dir``). Empty: the folder store in ``data_dir``.
+        stores them as objects in S3-compatible storage, an absolute path in a folder that
+        several machines mount (in both, uploads still spool, and their markers stay, in
+        ``data_dir``). Empty: the folder store in ``data_dir``.
     s3_endpoint
         The S3 endpoint URL (an S3-compatible service); empty: AWS's, from the region.
     host
@@ -258,10 +259,11 @@ class Settings:
                 f"processes (--processes, DICOMRPC_PROCESSES) is {self.processes}; it must be "
                 f"1 to {MAX_PROCESSES}"
             )
-        if self.blobs and not self.blobs.startswith("s3://"):
+        if self.blobs and not (self.blobs.startswith("s3://") or Path(self.blobs).is_absolute()):
             raise ValueError(
                 f"blobs (--blobs, DICOMRPC_BLOBS) is {self.blobs!r}; it takes s3://bucket/prefix "
-                "(instance files are otherwise kept in the data folder)"
+                "or the absolute path of a shared folder (instance files are otherwise kept in "
+                "the data folder)"
             )
         check_ae_title(self.ae_title)
         if self.dimse_max_pdu_bytes < 0:
@@ -493,9 +495,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, help="data directory (env DICOMRPC_DATA, ./data)")
     parser.add_argument(
         "--blobs",
-        metavar="s3://BUCKET/PREFIX",
-        help="store instance files as objects in S3-compatible storage; credentials and region "
-        "from the AWS_* variables (env DICOMRPC_BLOBS, the data directory)",
+        metavar="s3://BUCKET/PREFIX|/SHARED/FOLDER",
+        help="keep instance files as objects in S3-compatible storage (credentials and region "
+        "from the AWS_* variables) or in a folder several machines mount, given by its "
+        "absolute path (env DICOMRPC_BLOBS, the data directory)",
     )
     parser.add_argument(
         "--s3-endpoint",

@@ -126,7 +126,9 @@ class StartupError(Exception):
     reason
         A stable UPPER_SNAKE name: ``DATA_FOLDER_IN_USE``, ``INDEX_MISSING``,
         ``UNINDEXED_FILES``, ``REBUILD_UNFINISHED``, ``PORT_IN_USE``, ``PORT_UNAVAILABLE``,
-        ``PLAINTEXT_REFUSED`` or ``ACCESS_SETTINGS_INVALID``.
+        ``PLAINTEXT_REFUSED``, ``ACCESS_SETTINGS_INVALID``, ``INDEX_UNAVAILABLE`` (the
+        PostgreSQL index cannot be reached) or ``INDEX_SCHEMA_NEWER`` (a newer release
+        migrated it).
     message
         Sentences for the operator, naming the folder, file counts or port at fault.
     """

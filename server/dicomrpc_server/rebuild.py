@@ -61,7 +61,7 @@ from dicomrpc_server.storage.recovery import (
     examine,
     settle,
 )
-from dicomrpc_server.storage.s3_startup import FOLDER_STORE, recorded_store
+from dicomrpc_server.storage.spooled_startup import FOLDER_STORE, recorded_store
 from dicomrpc_server.store.prepare import PreparedInstance, prepare
 from dicomrpc_server.workers import WorkerPool
 
@@ -117,7 +117,7 @@ def rebuild_index(data_dir: Path, *, workers: int, progress: bool = True) -> Reb
     ------
     StartupError
         When the folder does not exist or is in use (``DATA_FOLDER_IN_USE``), or its files
-        are S3 objects (``REBUILD_UNSUPPORTED``).
+        are kept elsewhere (``REBUILD_UNSUPPORTED``).
     """
     if not data_dir.is_dir():
         raise StartupError("DATA_FOLDER_MISSING", f"data folder {data_dir} does not exist")
@@ -125,7 +125,7 @@ def rebuild_index(data_dir: Path, *, workers: int, progress: bool = True) -> Reb
     if stored_in is not None and stored_in != FOLDER_STORE:
         raise StartupError(
             "REBUILD_UNSUPPORTED",
-            f"the instance files of data folder {data_dir} are objects in {stored_in}, and "
+            f"the instance files of data folder {data_dir} are kept in {stored_in}, and "
             "rebuild-index reads files in the data folder: it cannot rebuild this index. "
             "Nothing was changed",
         )

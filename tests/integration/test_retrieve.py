@@ -298,3 +298,41 @@ def test_a_client_generated_from_the_protos_alone_stores_and_retrieves(
     assert b"".join(chunks)[128:] == data[128:]
     (through_sdk,) = client.retrieve(study)
     assert isinstance(through_sdk, RetrievedInstance) and through_sdk.data == b"".join(chunks)
+
+
+def test_cli_transcodes_and_renders(server: RunningServer, client: Client, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    r = client.store(ct_instance(rows=16, columns=16)).instances[0]
+    uids = [r.study_instance_uid, r.series_instance_uid, r.sop_instance_uid]
+    base = [sys.executable, "-m", "dicomrpc.cli"]
+    server_arg = ["--server", server.target]
+    rle = "1.2.840.10008.1.2.5"
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*base, *args, *server_arg], capture_output=True, text=True, timeout=60
+        )
+
+    done = run("retrieve", *uids, "--out", str(tmp_path / "r"), "--quiet", "--transfer-syntax", rle)
+    assert done.returncode == 0, done.stderr
+    (path,) = (tmp_path / "r").rglob("*.dcm")
+    assert dcmread(path).file_meta.TransferSyntaxUID == rle
+    done = run("frames", *uids, "1", "--out", str(tmp_path / "f"), "--transfer-syntax", rle)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-1] == rle
+    # A lossy syntax for a losslessly stored instance needs --allow-lossy.
+    jpeg = "1.2.840.10008.1.2.4.50"
+    done = run("frames", *uids, "1", "--out", str(tmp_path / "g"), "--transfer-syntax", jpeg)
+    assert done.returncode == 1 and "FAILED_PRECONDITION" in done.stderr
+
+    done = run("render", *uids, "--out", str(tmp_path / "frame.png"), "--window", "40,400")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "frame.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    done = run("render", *uids, "--out", str(tmp_path / "frame.jpg"), "--quality", "80")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "frame.jpg").read_bytes()[:2] == b"\xff\xd8"
+    assert "image/jpeg" in done.stdout
+    done = run("render", *uids, "--out", str(tmp_path / "x.png"), "--window", "forty")
+    assert done.returncode == 2 and "CENTER,WIDTH" in done.stderr

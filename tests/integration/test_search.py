@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import sys
 
@@ -127,6 +128,42 @@ def test_invalid_searches_name_the_parameter(
         client.search_studies(match, **options)  # type: ignore[arg-type]
     assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert caught.value.field_violations[0][0] == field
+
+
+@pytest.mark.parametrize(
+    ("level", "match", "says"),
+    [
+        ("studies", {"StudyDate": "2020-01-31"}, "write YYYYMMDD (20200131)"),
+        ("studies", {"StudyDate": "2020-01-01-2020-12-31"}, "range as 20200101-20201231"),
+        ("studies", {"SOPInstanceUID": "1.2"}, "is an instance-level attribute: search instances"),
+        ("studies", {"Modality": "CT"}, "is a series-level attribute: search series"),
+        ("instances", {"Rows": "16"}, "`dicomrpc query-tags add`"),
+    ],
+)
+def test_refusals_say_what_to_do(
+    client: Client, level: str, match: dict[str, str], says: str
+) -> None:
+    search = {"studies": client.search_studies, "instances": client.search_instances}[level]
+    with pytest.raises(DicomRpcError) as caught:
+        search(match)
+    assert says in caught.value.message
+
+
+def test_cli_search_scopes_are_checked(server: RunningServer, corpus: dict[str, str]) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "dicomrpc.cli", "search", *args]
+        return subprocess.run(
+            [*command, "--server", server.target], capture_output=True, text=True, timeout=60
+        )
+
+    done = run("instances", "--series", "1.2.3")
+    assert done.returncode == 2 and "--series needs --study" in done.stderr
+    done = run("series", "--study", "1.2", "--series", "1.2.3")
+    assert done.returncode == 2 and "search instances --study S --series X" in done.stderr
+    done = run("studies", "--study", corpus["doe"], "--json")
+    assert done.returncode == 0, done.stderr
+    (study,) = json.loads(done.stdout)
+    assert study["0020000D"]["Value"] == [corpus["doe"]]
 
 
 def test_cli_search(server: RunningServer, corpus: dict[str, str]) -> None:

@@ -137,6 +137,8 @@ _EVENTS: dict[Action, _Event] = {
     Action.FRAMES: _Event(INSTANCES_ACCESSED, "R", None, None),
     Action.RENDERED: _Event(INSTANCES_ACCESSED, "R", None, None),
     Action.BULKDATA: _Event(INSTANCES_ACCESSED, "R", None, None),
+    # The archive read its records of the instances a storage commitment named.
+    Action.COMMITMENT: _Event(INSTANCES_ACCESSED, "R", None, None),
     Action.SEARCH: _Event(QUERY, "E", *_CALLER_SENDS),
     Action.WORKITEM_SEARCH: _Event(QUERY, "E", *_CALLER_SENDS),
     Action.WORKITEM_SUBSCRIBE: _Event(QUERY, "E", *_CALLER_SENDS),
@@ -168,10 +170,14 @@ def outcome_indicator(outcome: Outcome) -> str:
 def messages(record: AuditRecord, source: AuditSource) -> list[bytes]:
     """The audit messages of ``record`` (none for an action without an A.5.3 event).
 
-    The events that name studies name their patient too, and "shall only include information
-    about a single patient" (PS3.15 A.5.3.6 to A.5.3.8): a record whose studies belong to
-    several patients is one message per patient.
+    A storage commitment that found none of its instances stored has none either: it read no
+    study, and A.5.3.6 names at least one. The events that name studies name their patient
+    too, and "shall only include information about a single patient" (PS3.15 A.5.3.6 to
+    A.5.3.8): a record whose studies belong to several patients is one message per patient.
     """
+    if record.action is Action.COMMITMENT and not record.instances:
+        # Nothing stored was read: A.5.3.6 names at least one study (the JSON record remains).
+        return []
     if record.action is Action.DELETE:
         whole_study = all(not i.series for i in record.instances)
         event = _DELETE_STUDY if whole_study else _DELETE_PART

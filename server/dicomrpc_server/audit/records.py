@@ -36,6 +36,7 @@ class Action(enum.Enum):
     WORKITEM_SEARCH = "workitem-search"
     WORKITEM_SUBSCRIBE = "workitem-subscribe"
     FEED_READ = "feed-read"
+    COMMITMENT = "commitment"  # a storage commitment request answered (PS3.4 Annex J)
     ADMIN = "admin"
 
 

@@ -1,8 +1,8 @@
 """The DIMSE adapter's audit hook: the same records the other adapters write (PS3.15 A.5).
 
-One record per C-FIND, C-GET and C-MOVE, one per UPS operation (N-CREATE, N-SET, N-GET,
-N-ACTION, and the UPS and worklist C-FIND), with the actions the gRPC workitem calls record,
-and one per association for the instances it stored
+One record per C-FIND, C-GET, C-MOVE and storage commitment transaction, one per UPS
+operation (N-CREATE, N-SET, N-GET, N-ACTION, and the UPS and worklist C-FIND) with the
+actions the gRPC workitem calls record, and one per association for the instances it stored
 (as one gRPC store stream or one STOW-RS request is one record, not one per instance). A
 requester has no credential, so the caller is anonymous, known by its calling AE title and
 its address.
@@ -184,6 +184,44 @@ class DimseAudit:
                 endpoint=endpoint,
                 outcome=outcome_of(error),
                 instances=refs,
+            )
+        )
+
+    def committed(
+        self,
+        assoc: Association,
+        transaction: str,
+        committed: Iterable[StoredInstance],
+        failed: Iterable[tuple[str, str, int]],
+        problem: str,
+    ) -> None:
+        """Write the record of one storage commitment transaction (PS3.4 Annex J).
+
+        The instances committed, those failed as ``(SOP Instance UID, SOP Class UID, Failure
+        Reason)``, and the Transaction UID; its outcome fails when the report was not
+        delivered (``problem`` says why), since then the requester was told nothing.
+        """
+        if not self.enabled:
+            return
+        outcome = SUCCESS
+        if problem:
+            outcome = Outcome("UNAVAILABLE", "REPORT_NOT_DELIVERED", problem)
+        self._write(
+            AuditRecord(
+                time=datetime.now(UTC),
+                caller=caller_of(assoc),
+                action=Action.COMMITMENT,
+                adapter=ADAPTER,
+                endpoint="N-ACTION Storage Commitment Push Model",
+                outcome=outcome,
+                instances=tuple(
+                    InstanceRef(i.study_uid, i.series_uid, i.sop_uid, i.record.sop_class_uid)
+                    for i in committed
+                ),
+                failed=tuple(
+                    FailedInstance(sop, sop_class, "", reason) for sop, sop_class, reason in failed
+                ),
+                query=(("TransactionUID", transaction),),
             )
         )
 

@@ -5,9 +5,14 @@ transcoding catalogue (the native ones and each compressed one the archive store
 writes), so that a modality sends what it holds without converting it. The requester may act
 as the storage SCP on a storage context (SCP/SCU role selection, PS3.7 D.3.3.4): that is how
 C-GET returns instances on the same association. Verification and the Patient and Study Root
-Query/Retrieve FIND, GET and MOVE models, the Unified Procedure Step Push, Pull and Watch
-SOP classes (PS3.4 CC.3.1) and the Modality Worklist FIND model (PS3.4 K.6.1) take the
-native syntaxes only: their identifiers and attribute lists are small data sets.
+Query/Retrieve FIND, GET and MOVE models, Storage Commitment Push Model, the Unified
+Procedure Step Push, Pull and Watch SOP classes (PS3.4 CC.3.1) and the Modality Worklist FIND
+model (PS3.4 K.6.1) take the native syntaxes only: their identifiers, attribute lists and
+action information are small data sets. Storage
+Commitment keeps the default roles whatever the requester proposes (it is the SCU, the archive
+the SCP): those already let the archive send the N-EVENT-REPORT to it on its association
+(PS3.4 J.3.3.1.2); role selection is for the association the archive requests itself when the
+requester has left (PS3.4 J.3.3.1.3).
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ PATIENT_ROOT_GET = "1.2.840.10008.5.1.4.1.2.1.3"
 STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
 STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
+# PS3.4 Annex J.3 (Storage Commitment Push Model).
+STORAGE_COMMITMENT = "1.2.840.10008.1.20.1"
 
 # PS3.4 CC.3.1 (UPS SOP classes) and K.6.1.1 (Modality Worklist Information Model - FIND).
 UPS_PUSH = "1.2.840.10008.5.1.4.34.6.1"
@@ -111,6 +118,7 @@ def supported_contexts() -> list[PresentationContext]:
             *FIND_MODELS,
             *GET_MODELS,
             *MOVE_MODELS,
+            STORAGE_COMMITMENT,
             *UPS_MODELS,
             MODALITY_WORKLIST_FIND,
         )

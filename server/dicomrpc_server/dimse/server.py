@@ -27,8 +27,10 @@ from pynetdicom.utils import make_target
 from dicomrpc_server.archive import Archive
 from dicomrpc_server.dimse import statuses
 from dicomrpc_server.dimse.audit import DimseAudit
+from dicomrpc_server.dimse.commitment import CommitmentHandler
 from dicomrpc_server.dimse.contexts import (
     MODALITY_WORKLIST_FIND,
+    UPS_MODELS,
     UPS_PULL,
     UPS_WATCH,
     supported_contexts,
@@ -103,11 +105,37 @@ class _FindByModel:
         return self._by_model.get(model, self._default)(event)
 
 
+ActionReply = tuple[int | Dataset, Dataset | None]
+
+
+class _ActionByModel:
+    """The one EVT_N_ACTION handler: the UPS actions, and Storage Commitment's.
+
+    An N-ACTION is read under the SOP class of its presentation context: a UPS N-ACTION names
+    UPS Push as its Requested SOP Class on a UPS Pull or Watch context (PS3.4 CC.2.1.2), and
+    Storage Commitment checks its own (PS3.4 J.3.2).
+    """
+
+    def __init__(
+        self,
+        workitems: Callable[[Event], ActionReply],
+        commitment: Callable[[Event], ActionReply],
+    ) -> None:
+        self._workitems = workitems
+        self._commitment = commitment
+
+    def __call__(self, event: Event) -> ActionReply:
+        """The reply of the handler of the request's presentation context."""
+        if str(event.context.abstract_syntax) in UPS_MODELS:
+            return self._workitems(event)
+        return self._commitment(event)
+
+
 class DimseServer:
     """The archive's DIMSE service class provider: storage, query, retrieve and worklists.
 
-    C-ECHO, C-STORE, C-FIND, C-GET, C-MOVE, the UPS Push, Pull and Watch SOP classes (with the
-    UPS event reports to subscribers) and the Modality Worklist.
+    C-ECHO, C-STORE, C-FIND, C-GET, C-MOVE, Storage Commitment, the UPS Push, Pull and Watch
+    SOP classes (with the UPS event reports to subscribers) and the Modality Worklist.
 
     Parameters
     ----------
@@ -143,6 +171,13 @@ class DimseServer:
         self._ae = ae
         self._server: ThreadedAssociationServer | None = None
         self._watchers: Watchers | None = None
+        self._commitment = CommitmentHandler(
+            archive.retrieve,
+            archive.peers,
+            settings.ae_title,
+            self._audit,
+            settings.dimse_timeout_s,
+        )
         self._requested: set[Association] = set()
         self._requested_lock = threading.Lock()
         self._refused_connections = 0
@@ -205,7 +240,7 @@ class DimseServer:
             (evt.EVT_N_CREATE, workitems.n_create),
             (evt.EVT_N_SET, workitems.n_set),
             (evt.EVT_N_GET, workitems.n_get),
-            (evt.EVT_N_ACTION, workitems.n_action),
+            (evt.EVT_N_ACTION, _ActionByModel(workitems.n_action, self._commitment)),
             (evt.EVT_C_GET, GetHandler(source, audit)),
             (evt.EVT_C_MOVE, MoveHandler(source, archive.peers, audit)),
         ]
@@ -263,6 +298,8 @@ class DimseServer:
         for assoc in self._ae.active_associations:
             if isinstance(assoc, threading.Thread):
                 assoc.join(grace or 1)
+        # The commitment reports still being sent, on new associations, get what is left.
+        self._commitment.wait(max(0.0, deadline - time.monotonic()))
 
     # -- association events ------------------------------------------------------------------
 

@@ -1,9 +1,10 @@
-"""SearchCore: QIDO matching (PS3.4 C.2.2.2) answered from the secondary indexes.
+"""SearchCore: what a QIDO search (PS3.4 C.2.2.2) means, checked once for every backend.
 
-Every match term becomes ordered range scans over one attribute's index terms (exact values,
-prefixes for wildcards, ranges for dates and times, word prefixes for fuzzy names); the primary
-keys found are lifted to the level searched and intersected, smallest first. Only a search with
-no term at all walks the records of its level (within its scope).
+The core reads a request's match keys (standard attributes, sequence paths, extended query
+tags), checks each value against its VR's matching syntax, the scope, the limits and the page
+token, and works out what each result returns; a search backend (:mod:`.backend`) finds the
+matches. :class:`TermMatcher` holds the matching rules as range scans over index terms, for
+every store that keeps terms in key order (the LMDB instance index, the workitems).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dicomrpc_server.dicom.attributes import (
 )
 from dicomrpc_server.dicom.uids import check_request_uid
 from dicomrpc_server.errors import Code, ServiceError, invalid_argument
+from dicomrpc_server.query.backend import SearchBackend, SearchPlan
 from dicomrpc_server.query.terms import (
     EXACT,
     WORD,
@@ -34,7 +36,8 @@ from dicomrpc_server.query.terms import (
     parse_integer,
 )
 from dicomrpc_server.storage import keys, records_pb2
-from dicomrpc_server.storage.lmdb_index import MODALITIES_IN_STUDY, LmdbIndex
+from dicomrpc_server.storage.lmdb_index import MODALITIES_IN_STUDY
+from dicomrpc_server.storage.protocols import QueryTagRecords
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -50,6 +53,8 @@ _DATETIME = re.compile(
     r"\d{4}(?:\d{2}(?:\d{2}(?:\d{2}(?:\d{2}(?:\d{2}(?:\.\d{1,6})?)?)?)?)?)?", re.ASCII
 )
 _CHECKS = {"DA": _DATE, "TM": _TIME, "DT": _DATETIME}
+# An ISO 8601 date (2020-01-31), which DICOM writes 20200131: a dash there reads as a range.
+_DASHED_DATE = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
 _FORMATS = {"DA": "YYYYMMDD", "TM": "HHMMSS", "DT": "YYYYMMDDHHMMSS"}
 
 MODALITIES = IndexedAttribute("ModalitiesInStudy", MODALITIES_IN_STUDY, "CS", Level.STUDY, True)
@@ -62,11 +67,6 @@ for _nested in NESTED_ATTRIBUTES:
     _NESTED[_nested.path] = _nested
     _NESTED[f"{_nested.sequence.hex_tag}.{_nested.leaf.hex_tag}"] = _nested
 _LEVELS = {"study": Level.STUDY, "series": Level.SERIES, "instance": Level.INSTANCE}
-_RECORDS: dict[Level, Callable[[bytes], object]] = {
-    Level.STUDY: records_pb2.StudyRecord.FromString,
-    Level.SERIES: records_pb2.SeriesRecord.FromString,
-    Level.INSTANCE: records_pb2.InstanceRecord.FromString,
-}
 
 
 @dataclass(frozen=True)
@@ -142,6 +142,8 @@ class TermMatcher:
             if wildcard:
                 raise invalid_argument(attribute.keyword, "wildcards do not apply to UIDs")
             return [EXACT + uid.encode() for uid in uid_list(value)]
+        if vr == "DA" and _DASHED_DATE.fullmatch(value.strip()):
+            raise invalid_argument(attribute.keyword, _dashed(value))
         if vr == "DA" and "-" not in value:
             if len(value) != 8 or not _DATE.fullmatch(value):
                 raise invalid_argument(attribute.keyword, f"{value!r} is not YYYYMMDD")
@@ -208,12 +210,22 @@ class TermMatcher:
             stop = EXACT + bound(value, end=True) + b"\xff"
             return _pks(scan(attribute.level, attribute.tag, start, stop))
         if value.count("-") != 1 or value == "-":
+            if attribute.vr == "DA" and _DASHED_DATE.search(value):
+                raise invalid_argument(attribute.keyword, _dashed(value))
             raise invalid_argument(attribute.keyword, f"{value!r} is not a range a-b, -b or a-")
         low, high = value.split("-")
         start = EXACT + (bound(low) if low else b"")
         # Inclusive: everything up to the end of the upper bound, a partial date or time included.
         stop = EXACT + bound(high, end=True) + b"\xff" if high else EXACT + b"\xff"
         return _pks(scan(attribute.level, attribute.tag, start, stop))
+
+
+def _dashed(value: str) -> str:
+    """What to write instead of a date with dashes (ISO 8601), which DICOM does not take."""
+    return (
+        f"{value!r}: DICOM dates have no dashes; write YYYYMMDD (20200131), and a range as "
+        "20200101-20201231 (PS3.4 C.2.2.2.5)"
+    )
 
 
 def uid_list(value: str) -> list[str]:
@@ -272,11 +284,23 @@ def wildcard_matcher(pattern: str) -> Callable[[str], bool]:
 
 
 class SearchCore:
-    """Answers searches from the index of an archive."""
+    """Answers searches: checks a request and builds its terms, then asks the backend.
 
-    def __init__(self, index: LmdbIndex) -> None:
-        self.index = index
-        self.matcher = TermMatcher(index.scan_terms)
+    What a search means (which attributes match at which level, the matching syntax of each
+    VR, what is returned, paging) is decided here, once; a :class:`~.backend.SearchBackend`
+    (the LMDB planner of :mod:`.lmdb_search`, or another index's) finds the matches.
+
+    Parameters
+    ----------
+    tags
+        The extended query tags (what may be searched beyond the standard attributes).
+    backend
+        What answers a checked search with a page.
+    """
+
+    def __init__(self, tags: QueryTagRecords, backend: SearchBackend) -> None:
+        self.tags = tags
+        self.backend = backend
 
     def search(self, request: SearchRequest) -> SearchPage:
         """Run a search; raise INVALID_ARGUMENT naming the parameter when it is malformed."""
@@ -287,25 +311,23 @@ class SearchCore:
         page_size = _check_limit(request.page_size, "page_size") if request.page_size else 0
         if request.offset < 0:
             raise invalid_argument("offset", f"{request.offset} is negative")
-        extended = _Extended(self.index.query_tags())
+        extended = _Extended(self.tags.query_tags())
         terms = [_term(name, value, level, extended) for name, value in request.match.items()]
-        scope = _scope(level, request.study_uid, request.series_uid)
-        matched = [t for t in terms if t.value != ""]
-        if matched:
-            found = self._intersect(matched, level, request.fuzzy)
-            primary_keys = sorted(pk for pk in found if pk.startswith(scope))
-        else:
-            primary_keys = self.index.record_keys(level, scope)
-        if request.page_token:
-            after = _decode_token(request.page_token)
-            primary_keys = [pk for pk in primary_keys if pk > after]
-        primary_keys = primary_keys[request.offset :]
-        size = page_size or limit
-        page, rest = primary_keys[:size], primary_keys[size:]
-        returned = _returned(level, terms, request.include_fields, extended)
-        results = self._datasets(level, page, returned, scoped=bool(scope))
-        token = _encode_token(page[-1]) if rest and page_size else ""
-        return SearchPage(results, token)
+        _check_scope(level, request.study_uid, request.series_uid)
+        plan = SearchPlan(
+            level=level,
+            terms=tuple(t for t in terms if t.value != ""),
+            fuzzy=request.fuzzy,
+            study_uid=request.study_uid,
+            series_uid=request.series_uid,
+            after=_decode_token(request.page_token) if request.page_token else b"",
+            offset=request.offset,
+            size=page_size or limit,
+            returned=frozenset(_returned(level, terms, request.include_fields, extended)),
+        )
+        page = self.backend.search(plan)
+        token = _encode_token(page.cursor) if page.cursor and page_size else ""
+        return SearchPage(page.results, token)
 
     def matchable(self, name: str, level: str) -> bool:
         """Whether ``name`` (a keyword, tag or sequence path) may be a match term at ``level``.
@@ -315,132 +337,10 @@ class SearchCore:
         C.4.1.2.2.2: optional keys).
         """
         try:
-            _term(name, "", _LEVELS[level], _Extended(self.index.query_tags()))
+            _term(name, "", _LEVELS[level], _Extended(self.tags.query_tags()))
         except ServiceError:
             return False
         return True
-
-    def _intersect(self, terms: list[MatchTerm], level: Level, fuzzy: bool) -> set[bytes]:
-        """Keys of the searched level that every term matches, the most selective first.
-
-        Ranges, wildcards and fuzzy names are scanned whole. A term matched by value is scanned
-        only up to the size of the smallest set found so far: one with more entries (a common
-        Modality, say) is instead checked key by key on the candidates, so that its cost grows
-        with the answer rather than with the archive.
-        """
-        found: set[bytes] | None = None
-        by_value: list[tuple[MatchTerm, list[bytes]]] = []
-        for term in terms:
-            exact = self.matcher.exact_terms(term, fuzzy)
-            if exact is None:
-                lifted = self._lift(self.matcher.match(term, fuzzy), term.attribute.level, level)
-                found = lifted if found is None else found & lifted
-            else:
-                by_value.append((term, exact))
-            if found is not None and not found:
-                return found  # nothing can match any more: the other terms need no scan
-        deferred: list[tuple[MatchTerm, list[bytes]]] = []
-        for term, exact in by_value:
-            if found is not None and not found:
-                return found
-            cap = len(found) if found is not None else SCAN_CAP
-            entries = self._entries_upto(term, exact, cap)
-            if entries is None:
-                deferred.append((term, exact))
-                continue
-            lifted = self._lift(entries, term.attribute.level, level)
-            found = lifted if found is None else found & lifted
-        if found is None:  # every term has more entries than the cap: take the first whole
-            term, exact = deferred.pop(0)
-            entries = self._entries_upto(term, exact, None)
-            assert entries is not None
-            found = self._lift(entries, term.attribute.level, level)
-        for term, exact in deferred:
-            attribute = term.attribute
-            found = self.index.having_terms(attribute.level, attribute.tag, exact, found)
-        return found
-
-    def _entries_upto(
-        self, term: MatchTerm, exact: list[bytes], cap: int | None
-    ) -> set[bytes] | None:
-        """The keys having one of ``exact``, or None when there are more than ``cap``."""
-        attribute = term.attribute
-        out: set[bytes] = set()
-        for value in exact:
-            limit = None if cap is None else cap + 1 - len(out)
-            found = self.index.scan_terms(
-                attribute.level, attribute.tag, value, value + keys.SEP, limit=limit
-            )
-            out.update(pk for _, pk in found)
-            if cap is not None and len(out) > cap:
-                return None
-        return out
-
-    def _lift(self, found: set[bytes], source: Level, target: Level) -> set[bytes]:
-        """Keys of the searched level under the records an attribute's level matched."""
-        if source == target:
-            return found
-        lifted: set[bytes] = set()
-        for pk in found:
-            lifted.update(self.index.record_keys(target, keys.child_prefix(pk)))
-        return lifted
-
-    # -- results ---------------------------------------------------------------------------
-
-    def _datasets(
-        self, level: Level, page: list[bytes], returned: set[str], scoped: bool
-    ) -> list[dataset_pb2.Dataset]:
-        """The results of a page: each record's returned attributes, with its parents'.
-
-        The records of the page and of their parents are read in one read transaction per
-        level, and each parent once for all its children on the page.
-        """
-        split = [pk.split(keys.SEP) for pk in page]
-        chain = [Level.STUDY, Level.SERIES, Level.INSTANCE][: int(level)]
-        parts: list[dict[bytes, dataset_pb2.Dataset]] = []
-        for depth, part_level in enumerate(chain, start=1):
-            wanted = sorted({keys.SEP.join(p[:depth]) for p in split})
-            own = part_level == level or not scoped or part_level != Level.STUDY
-            found: dict[bytes, dataset_pb2.Dataset] = {}
-            for key, raw in self.index.record_map(part_level, wanted).items():
-                record = _RECORDS[part_level](raw)
-                piece = dataset_pb2.Dataset()
-                for tag, attribute in record.attributes.attributes.items():  # type: ignore[attr-defined]
-                    if tag in returned and (own or tag == "0020000D"):
-                        piece.attributes[tag].CopyFrom(attribute)
-                _counts(piece, part_level, record, level)
-                found[key] = piece
-            parts.append(found)
-        results = []
-        for p in split:
-            out = dataset_pb2.Dataset()
-            for depth, found in enumerate(parts, start=1):
-                part = found.get(keys.SEP.join(p[:depth]))
-                if part is not None:
-                    out.MergeFrom(part)
-            results.append(out)
-        return results
-
-
-def _counts(out: dataset_pb2.Dataset, part_level: Level, record: object, level: Level) -> None:
-    """The computed attributes: related counts and ModalitiesInStudy."""
-    if part_level == Level.STUDY and level == Level.STUDY:
-        study: records_pb2.StudyRecord = record  # type: ignore[assignment]
-        _integer(out, "00201206", study.series_count)
-        _integer(out, "00201208", study.instance_count)
-        modalities = sorted(m for m, n in study.modality_counts.items() if n > 0)
-        if modalities:
-            out.attributes["00080061"].vr = "CS"
-            out.attributes["00080061"].strings.values.extend(modalities)
-    if part_level == Level.SERIES and level == Level.SERIES:
-        series: records_pb2.SeriesRecord = record  # type: ignore[assignment]
-        _integer(out, "00201209", series.instance_count)
-
-
-def _integer(out: dataset_pb2.Dataset, tag: str, value: int) -> None:
-    out.attributes[tag].vr = "IS"
-    out.attributes[tag].numbers.values.append(float(value))
-    out.attributes[tag].numbers.integral_indexes.append(0)
 
 
 class _Extended:
@@ -469,7 +369,7 @@ def _term(name: str, value: str, level: Level, extended: _Extended) -> MatchTerm
         if nested is None:
             raise invalid_argument(name, "is not a searchable attribute path")
         if nested.leaf.level > level:
-            raise invalid_argument(name, f"is a {nested.leaf.level.name.lower()}-level attribute")
+            raise invalid_argument(name, _deeper(nested.leaf.level))
         return check_term(name, MatchTerm(nested.leaf, value, nested.term_kind))
     tag = extended.get(name)
     if tag is not None and not tag.ready:
@@ -484,10 +384,22 @@ def _term(name: str, value: str, level: Level, extended: _Extended) -> MatchTerm
     if attribute is None:
         raise invalid_argument(name, "is not a known searchable attribute")
     if not attribute.searchable:
-        raise invalid_argument(name, "is returned but not searchable")
+        raise invalid_argument(
+            name,
+            "is returned but not searchable; to search it, add it as an extended query tag "
+            "(ManagementService AddQueryTags, `dicomrpc query-tags add`)",
+        )
     if attribute.level > level:
-        raise invalid_argument(name, f"is a {attribute.level.name.lower()}-level attribute")
+        raise invalid_argument(name, _deeper(attribute.level))
     return check_term(name, MatchTerm(attribute, value))
+
+
+def _deeper(level: Level) -> str:
+    """Why an attribute of a lower level is no match term here, and where it is one."""
+    name = level.name.lower()
+    article = "an" if name[0] in "aeiou" else "a"
+    searched = {"study": "studies", "series": "series", "instance": "instances"}[name]
+    return f"is {article} {name}-level attribute: search {searched} to match it"
 
 
 def _returned(
@@ -513,18 +425,13 @@ def _returned(
     return tags
 
 
-def _scope(level: Level, study: str, series: str) -> bytes:
+def _check_scope(level: Level, study: str, series: str) -> None:
     check_request_uid("study_instance_uid", study)
     check_request_uid("series_instance_uid", series)
     if series and not study:
         raise invalid_argument("series_instance_uid", "needs study_instance_uid")
     if series and level != Level.INSTANCE:
         raise invalid_argument("series_instance_uid", "scopes instance searches only")
-    if series:
-        return keys.child_prefix(keys.series_key(study, series))
-    if study and level == Level.STUDY:
-        return keys.study_key(study)
-    return keys.child_prefix(keys.study_key(study)) if study else b""
 
 
 def _check_limit(value: int, name: str) -> int:
@@ -537,8 +444,8 @@ def _pks(pairs: list[tuple[bytes, bytes]]) -> set[bytes]:
     return {pk for _, pk in pairs}
 
 
-def _encode_token(pk: bytes) -> str:
-    return base64.urlsafe_b64encode(pk).decode("ascii")
+def _encode_token(cursor: bytes) -> str:
+    return base64.urlsafe_b64encode(cursor).decode("ascii")
 
 
 def _decode_token(token: str) -> bytes:

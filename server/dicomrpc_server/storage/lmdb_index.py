@@ -425,17 +425,27 @@ class LmdbIndex:
         """Primary keys of records whose attribute ``tag`` has exactly index term ``term``."""
         return [pk for _, pk in self.scan_terms(level, tag, term, term + keys.SEP)]
 
-    def record_keys(self, level: Level, prefix: bytes = b"") -> list[bytes]:
-        """Primary keys of every record of a level that start with ``prefix``, in order."""
-        out = []
+    def record_keys(
+        self, level: Level, prefix: bytes = b"", after: bytes = b"", limit: int | None = None
+    ) -> list[bytes]:
+        """Primary keys of the records of a level that start with ``prefix``, in order.
+
+        Only keys above ``after`` (when given), and at most ``limit`` of them: a page of a
+        level's records costs what the page holds, wherever it starts.
+        """
+        out: list[bytes] = []
         with self.read() as txn:
             cursor = txn.cursor(db=self._db[_LEVEL_DB[level]])
-            if cursor.set_range(prefix):
+            if cursor.set_range(max(prefix, after)):
                 for raw_key in cursor.iternext(values=False):
                     key = bytes(raw_key)
                     if not key.startswith(prefix):
                         break
+                    if key == after:
+                        continue
                     out.append(key)
+                    if limit is not None and len(out) >= limit:
+                        break
         return out
 
     def record_map(self, level: Level, primary_keys: list[bytes]) -> dict[bytes, bytes]:

@@ -1,21 +1,10 @@
 """Instance files as objects in S3-compatible storage (``--blobs s3://bucket/prefix``).
 
 Objects are named ``<prefix>/<blob id>.dcm`` (a random id, never a UID) and written once.
-Uploads spool to a local file under the data folder as they arrive, so memory stays bounded
-and the parse workers read them as they read the folder store's; :meth:`S3BlobStore.persist`
-then uploads the file (in parts, concurrently, past :data:`MULTIPART_BYTES`: boto3's transfer
-manager) and the object is durable when the upload returns.
-
-The durability rule is the folder store's (:mod:`.blobs`): the index names a blob only after
-its object is durable, and start-up can prove what is garbage. Before an object is uploaded, a
-marker ``s3-uploads/<blob id>.pending`` is made durable in the data folder; it is removed once
-the index names the blob. At start-up (:meth:`S3BlobStore.recover`), a marker whose blob the
-index names is dropped; one whose blob the index does not name belongs to a store that was
-never acknowledged: its object (if the upload got that far) and the marker are removed. An
-object without a marker was either named by the index when its marker went, or belongs to
-another node sharing the bucket: start-up never lists the bucket and never removes such an
-object. Deleted instances' objects are removed after the index commit, and start-up finishes
-removals a crash interrupted, as with the folder store.
+Uploads spool to ``s3-uploads/`` in the data folder, and a marker there says which objects are
+not yet committed (:mod:`.spooled`, the rule every store outside the data folder keeps); an
+upload is sent in parts, concurrently, past :data:`MULTIPART_BYTES` (boto3's transfer
+manager), and the object is durable when the upload returns.
 
 Reads are ranged GETs: one per frame range, one streamed GET per whole instance or bulk data
 value, read a chunk at a time as the consumer asks.
@@ -27,10 +16,9 @@ import asyncio
 import contextlib
 import io
 import logging
-import os
 import threading
 import uuid
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, cast
@@ -43,14 +31,12 @@ from boto3.exceptions import Boto3Error
 from boto3.s3.transfer import TransferConfig
 
 from dicomrpc_server.errors import Code, ServiceError, StartupError
-from dicomrpc_server.storage.blobs import LocalUpload, fsync_dir
-from dicomrpc_server.storage.protocols import BlobRef, Index, Upload
+from dicomrpc_server.storage.protocols import BlobRef
+from dicomrpc_server.storage.spooled import SpooledBlobStore
 
 log = logging.getLogger(__name__)
 
 UPLOADS_DIR = "s3-uploads"
-SPOOL_SUFFIX = ".part"
-MARKER_SUFFIX = ".pending"
 OBJECT_SUFFIX = ".dcm"
 # Uploads larger than this go in parts of PART_BYTES, several at once.
 MULTIPART_BYTES = 64 * 1024 * 1024
@@ -298,40 +284,37 @@ class _ObjectFile(io.RawIOBase):
         return filled
 
 
-class S3BlobStore:
-    """The S3 :class:`~dicomrpc_server.storage.protocols.BlobStore`: objects, spooled uploads.
+class S3Objects:
+    """The objects of one bucket and prefix: the :class:`~.spooled.ObjectStore` of S3.
 
     Parameters
     ----------
     location
         The bucket and prefix (and endpoint, region).
-    data_dir
-        The data folder: uploads spool to, and their markers are kept in, ``s3-uploads/``.
-    uploads_dir
-        Another folder for them: one per process when several serve one data folder (each
-        settles only its own folder and those of processes that have exited).
     multipart_bytes, part_bytes
         Uploads of more than ``multipart_bytes`` go in parts of ``part_bytes`` (S3 takes parts
         of 5 MiB and more, all but the last).
     """
 
+    spool_folder = UPLOADS_DIR
+
     def __init__(
         self,
         location: S3Location,
-        data_dir: Path,
         *,
-        uploads_dir: Path | None = None,
         multipart_bytes: int = MULTIPART_BYTES,
         part_bytes: int = PART_BYTES,
     ) -> None:
         self.location = location
-        self.uploads_dir = uploads_dir or data_dir / UPLOADS_DIR
-        self.uploads_dir.mkdir(parents=True, exist_ok=True)
-        fsync_dir(data_dir)
         self._client = location.client()
         self._transfer = TransferConfig(
             multipart_threshold=multipart_bytes, multipart_chunksize=part_bytes, max_concurrency=4
         )
+
+    @property
+    def url(self) -> str:
+        """``s3://bucket/prefix``."""
+        return self.location.url
 
     def check(self) -> None:
         """Fail at start-up, naming the bucket, when it cannot be reached or does not exist."""
@@ -345,36 +328,20 @@ class S3BlobStore:
                 "Check the bucket name, --s3-endpoint and the AWS_* credential variables",
             ) from exc
 
-    # -- writing ---------------------------------------------------------------------------
+    def new_blob_id(self) -> str:
+        """A random id (object keys need no shard folders)."""
+        return uuid.uuid4().hex
 
-    def new_upload(self) -> LocalUpload:
-        """Start spooling a file under ``s3-uploads/``, named by its blob id."""
-        blob_id = uuid.uuid4().hex
-        return LocalUpload(self._spool(blob_id), blob_id)
+    def key(self, blob_id: str) -> str:
+        """The blob's object key."""
+        return self.location.key(blob_id)
 
-    def _spool(self, blob_id: str) -> Path:
-        return self.uploads_dir / f"{blob_id}{SPOOL_SUFFIX}"
-
-    def _marker(self, blob_id: str) -> Path:
-        return self.uploads_dir / f"{blob_id}{MARKER_SUFFIX}"
-
-    def persist(self, upload: Upload) -> str:
-        """Mark the upload durably as uncommitted, upload its object; return its blob id.
-
-        The object is durable when this returns; the spool file is removed then.
-        """
-        assert isinstance(upload, LocalUpload)
-        upload.close()
-        marker = self._marker(upload.blob_id)
-        with open(marker, "wb") as fp:
-            fp.write(self.location.key(upload.blob_id).encode())
-            fp.flush()
-            os.fsync(fp.fileno())
-        fsync_dir(self.uploads_dir)
-        key = self.location.key(upload.blob_id)
+    def put(self, path: Path, blob_id: str) -> None:
+        """Upload the file as the blob's object (durable when S3 has answered)."""
+        key = self.location.key(blob_id)
         try:
             self._client.upload_file(
-                str(upload.path),
+                str(path),
                 self.location.bucket,
                 key,
                 ExtraArgs={"ContentType": "application/dicom"},
@@ -387,30 +354,6 @@ class S3BlobStore:
         ) as exc:
             # An OSError, as a failed write to a file is: the store answers STORAGE_FAILURE.
             raise OSError(f"uploading s3://{self.location.bucket}/{key}: {exc}") from exc
-        upload.path.unlink(missing_ok=True)
-        return upload.blob_id
-
-    def sync(self) -> None:
-        """Nothing to do: every persisted upload's object is durable under its final name."""
-
-    def committed(self, upload: Upload) -> None:
-        """Drop the marker of an upload the index now names (and any spool left)."""
-        self._marker(upload.blob_id).unlink(missing_ok=True)
-        upload.path.unlink(missing_ok=True)
-
-    def discard(self, upload: Upload) -> None:
-        """Remove a persisted upload whose commit failed: its object, then spool and marker."""
-        assert isinstance(upload, LocalUpload)
-        upload.discard()
-        try:
-            self.remove([upload.blob_id])
-        except (OSError, *_S3_ERRORS):
-            # The marker stays: start-up removes the object, which the index does not name.
-            log.warning("could not remove the object of failed upload %s", upload.blob_id)
-            return
-        self._marker(upload.blob_id).unlink(missing_ok=True)
-
-    # -- reading ---------------------------------------------------------------------------
 
     def open(self, blob_id: str) -> S3Reader:
         """A reader of the blob's object (no request until the first read)."""
@@ -420,17 +363,18 @@ class S3BlobStore:
         """A reference worker processes open through their own client."""
         return BlobRef(self.location, blob_id)
 
-    # -- removing and listing --------------------------------------------------------------
-
-    def remove(self, blob_ids: Iterable[str]) -> None:
+    def remove(self, blob_ids: list[str]) -> None:
         """Delete the objects (missing ones are not an error), a thousand per request."""
         keys = [self.location.key(blob_id) for blob_id in blob_ids]
         for start in range(0, len(keys), DELETE_BATCH):
             batch = keys[start : start + DELETE_BATCH]
-            response = self._client.delete_objects(
-                Bucket=self.location.bucket,
-                Delete={"Objects": [{"Key": key} for key in batch], "Quiet": True},
-            )
+            try:
+                response = self._client.delete_objects(
+                    Bucket=self.location.bucket,
+                    Delete={"Objects": [{"Key": key} for key in batch], "Quiet": True},
+                )
+            except _S3_ERRORS as exc:
+                raise OSError(f"deleting objects of s3://{self.location.bucket}: {exc}") from exc
             errors = response.get("Errors") or []
             if errors:
                 first = errors[0]
@@ -449,57 +393,31 @@ class S3BlobStore:
                 if name.endswith(OBJECT_SUFFIX) and "/" not in name:
                     yield name[: -len(OBJECT_SUFFIX)]
 
-    # -- start-up --------------------------------------------------------------------------
 
-    def recover(self, index: Index, pending_removals: list[str]) -> S3Recovery:
-        """Settle what a crash left: markers, spool files, and removals of deleted instances.
+class S3BlobStore(SpooledBlobStore):
+    """The S3 :class:`~dicomrpc_server.storage.protocols.BlobStore`: objects, spooled uploads.
 
-        Only what is provably garbage goes: a spool file without a marker (never uploaded), and
-        the object and marker of an upload the index does not name (never acknowledged). The
-        bucket is not listed: an object without a marker here is named by the index or
-        belongs to another node.
-        """
-        report = S3Recovery()
-        if pending_removals:
-            self.remove(pending_removals)
-            report.removals = len(pending_removals)
-        entries = {
-            entry.name: Path(entry.path)
-            for entry in os.scandir(self.uploads_dir)
-            if not entry.is_dir(follow_symlinks=False)
-        }
-        markers = {
-            name.removesuffix(MARKER_SUFFIX) for name in entries if name.endswith(MARKER_SUFFIX)
-        }
-        garbage = sorted(blob_id for blob_id in markers if not index.has_blob(blob_id))
-        if garbage:
-            self.remove(garbage)  # before their markers: a crash here leaves the markers
-        report.unfinished_commits = len(garbage)
-        report.completed = len(markers) - len(garbage)
-        for name, path in entries.items():
-            if name.endswith(SPOOL_SUFFIX) and name.removesuffix(SPOOL_SUFFIX) not in markers:
-                report.partial_uploads += 1
-            path.unlink(missing_ok=True)
-        if entries:
-            fsync_dir(self.uploads_dir)
-        if report.partial_uploads or report.unfinished_commits:
-            log.warning(
-                "recovery removed %d partial uploads and the objects of %d unfinished stores",
-                report.partial_uploads,
-                report.unfinished_commits,
-            )
-        if report.removals:
-            log.warning(
-                "recovery finished removing the objects of %d deleted instances", report.removals
-            )
-        return report
+    Parameters
+    ----------
+    location
+        The bucket and prefix (and endpoint, region).
+    data_dir
+        The data folder: uploads spool to, and their markers are kept in, ``s3-uploads/``.
+    uploads_dir
+        Another folder for them (one per process of a group).
+    multipart_bytes, part_bytes
+        As :class:`S3Objects` takes them.
+    """
 
-
-@dataclass
-class S3Recovery:
-    """What start-up recovery did with an S3 blob store."""
-
-    partial_uploads: int = 0
-    unfinished_commits: int = 0
-    completed: int = 0
-    removals: int = 0
+    def __init__(
+        self,
+        location: S3Location,
+        data_dir: Path,
+        *,
+        uploads_dir: Path | None = None,
+        multipart_bytes: int = MULTIPART_BYTES,
+        part_bytes: int = PART_BYTES,
+    ) -> None:
+        objects = S3Objects(location, multipart_bytes=multipart_bytes, part_bytes=part_bytes)
+        super().__init__(objects, data_dir, uploads_dir=uploads_dir)
+        self.location = location

@@ -4,8 +4,8 @@ The core (:mod:`.service`) decides; a :class:`WorkitemRecords` keeps the data se
 terms and the event log, and applies one decision atomically (:meth:`WorkitemRecords.mutate`):
 read the workitem, decide, write the new data set with its terms and its event, commit, all
 with no other change of that workitem in between. That is what makes a claim race have exactly
-one winner, whatever the storage: LMDB (:mod:`.store`) serializes write transactions; a SQL
-database would lock the row.
+one winner, whatever the storage: LMDB (:mod:`.store`) serializes write transactions;
+PostgreSQL (:mod:`.postgres_store`) locks the workitem's row, across the nodes sharing it.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Opening an archive whose instance files are S3 objects: checks, index, recovery.
+"""Opening an archive whose instance files are outside its data folder: S3, a shared folder.
 
 The data folder still holds the index (and the spooled uploads with their markers); it records
 which blob store its index names blobs in (``blob-store``), so that a folder indexed against
@@ -6,11 +6,11 @@ one store is never served against another: an index naming objects served from t
 store, or the reverse, would answer every retrieve with a missing file, and recovery would
 judge one store's leftovers by the other's names.
 
-What start-up does differs from the folder store's on purpose (see :mod:`.s3`): it settles this
-data folder's markers and pending removals and never lists the bucket, which other nodes may
-share. So ``--quarantine-unindexed`` has nothing to act on and is refused, and
+What start-up does differs from the folder store's on purpose (see :mod:`.spooled`): it settles
+this data folder's markers and pending removals and never lists the store, which other nodes
+may share. So ``--quarantine-unindexed`` has nothing to act on and is refused, and
 ``dicomrpc rebuild-index`` (which reads the instance files of the data folder) refuses a
-folder whose files are in S3.
+folder whose files are elsewhere.
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ from dicomrpc_server.errors import StartupError
 from dicomrpc_server.storage.blobs import fsync_dir
 from dicomrpc_server.storage.key_locks import KeyLocks
 from dicomrpc_server.storage.lmdb_index import LmdbIndex
-from dicomrpc_server.storage.s3 import UPLOADS_DIR, S3BlobStore, S3Location, S3Recovery
+from dicomrpc_server.storage.s3 import S3Location, S3Objects
+from dicomrpc_server.storage.shared_folder import SharedFolder
+from dicomrpc_server.storage.spooled import ObjectStore, SpooledBlobStore, SpooledRecovery
 
 STORE_FILE = "blob-store"
 INDEX_DIR = "index"
@@ -34,7 +36,9 @@ FOLDER_STORE = "folder"
 
 
 def recorded_store(data_dir: Path) -> str | None:
-    """The blob store a data folder's index names blobs in (``s3://...``), or None: unrecorded.
+    """The blob store a data folder's index names blobs in, or None: unrecorded.
+
+    ``folder`` (the data folder's own), ``s3://bucket/prefix`` or a shared folder's path.
 
     A folder without the record has only ever been served with its files in the folder.
     """
@@ -45,52 +49,84 @@ def recorded_store(data_dir: Path) -> str | None:
 
 
 def check_folder_store(data_dir: Path) -> None:
-    """Refuse to serve a data folder from its own files when its index names S3 objects."""
+    """Refuse to serve a data folder from its own files when its index names files elsewhere."""
     recorded = recorded_store(data_dir)
     if recorded is not None and recorded != FOLDER_STORE:
         raise StartupError(
             "BLOB_STORE_CHANGED",
             f"the index of data folder {data_dir} names instance files stored in {recorded}; "
-            f"serve it with `--blobs {recorded}` (and its --s3-endpoint). Nothing was changed",
+            f"serve it with `--blobs {recorded}`"
+            + (" (and its --s3-endpoint)" if recorded.startswith("s3://") else "")
+            + ". Nothing was changed",
         )
 
 
-def _check_record(data_dir: Path, location: S3Location) -> bool:
-    """Refuse a data folder indexed against another store; whether ``location`` is recorded."""
+def _check_record(data_dir: Path, url: str) -> bool:
+    """Refuse a data folder indexed against another store; whether ``url`` is recorded."""
     recorded = recorded_store(data_dir)
-    if recorded == location.url:
+    if recorded == url:
         return True
     if recorded is not None:
         raise StartupError(
             "BLOB_STORE_CHANGED",
             f"the index of data folder {data_dir} names instance files stored in {recorded}, "
-            f"not in {location.url}. Nothing was changed",
+            f"not in {url}. Nothing was changed",
         )
     if (data_dir / INDEX_DIR / "data.mdb").exists():
         raise StartupError(
             "BLOB_STORE_CHANGED",
             f"data folder {data_dir} has an index of files kept in the folder; it cannot be "
-            f"served with --blobs {location.url}. Use a new data folder for an S3 store",
+            f"served with --blobs {url}. Use a new data folder for a store outside it",
         )
     return False
 
 
-def _record(data_dir: Path, location: S3Location) -> None:
-    """Record, durably, that the index names objects of ``location``."""
+def _record(data_dir: Path, url: str) -> None:
+    """Record, durably, that the index names objects of the store at ``url``."""
     path = data_dir / STORE_FILE
     temporary = path.with_suffix(".tmp")
     with open(temporary, "w") as fp:
-        fp.write(location.url + "\n")
+        fp.write(url + "\n")
         fp.flush()
         os.fsync(fp.fileno())
     os.replace(temporary, path)
     fsync_dir(data_dir)
 
 
-def open_s3_storage(
+def spool_folder(blobs: str) -> str:
+    """The data folder's subfolder for the uploads of the store ``--blobs`` names."""
+    return S3Objects.spool_folder if blobs.startswith("s3://") else SharedFolder.spool_folder
+
+
+def object_store(settings: Settings) -> ObjectStore:
+    """The store ``--blobs`` names: S3 objects, or a shared folder (checked, not yet opened).
+
+    Raises
+    ------
+    StartupError
+        ``BLOB_STORE_INVALID``: an S3 URL that names no bucket, or a shared folder that is
+        the data folder or inside it.
+    """
+    if settings.blobs.startswith("s3://"):
+        try:
+            return S3Objects(S3Location.parse(settings.blobs, settings.s3_endpoint))
+        except ValueError as exc:
+            raise StartupError("BLOB_STORE_INVALID", str(exc)) from None
+    root = Path(settings.blobs)
+    data_dir = settings.data_dir.resolve()
+    if root.resolve() == data_dir or data_dir in root.resolve().parents:
+        raise StartupError(
+            "BLOB_STORE_INVALID",
+            f"--blobs {root} is the data folder or inside it; a shared folder is a folder of "
+            "its own (without --blobs, instance files are kept in the data folder)",
+        )
+    return SharedFolder(root)
+
+
+def open_spooled_storage(
     settings: Settings, group: GroupStorage | None = None
-) -> tuple[S3BlobStore, LmdbIndex, S3Recovery]:
-    """Open the S3 store of ``settings.blobs`` and the index in the data folder, and recover.
+) -> tuple[SpooledBlobStore, LmdbIndex, SpooledRecovery]:
+    """Open the store of ``settings.blobs`` and the index in the data folder, and recover.
 
     Alone, every marker and spool file is settled (those of a group's process folders too:
     their processes have all exited). As one process of a group (``group``), its uploads go to
@@ -99,20 +135,18 @@ def open_s3_storage(
     Raises
     ------
     StartupError
-        ``QUARANTINE_UNSUPPORTED`` (``--quarantine-unindexed`` with S3), ``REBUILD_UNFINISHED``,
-        ``BLOB_STORE_CHANGED`` (a data folder indexed against another store) or
-        ``BLOB_STORE_UNAVAILABLE`` (the bucket cannot be reached); nothing is changed then.
+        ``BLOB_STORE_INVALID``, ``QUARANTINE_UNSUPPORTED`` (``--quarantine-unindexed`` with a
+        store outside the data folder), ``REBUILD_UNFINISHED``, ``BLOB_STORE_CHANGED`` (a data
+        folder indexed against another store) or ``BLOB_STORE_UNAVAILABLE`` (the bucket or
+        folder cannot be used); nothing is changed then.
     """
     data_dir = settings.data_dir
-    try:
-        location = S3Location.parse(settings.blobs, settings.s3_endpoint)
-    except ValueError as exc:
-        raise StartupError("BLOB_STORE_INVALID", str(exc)) from None
+    objects = object_store(settings)
     if settings.quarantine_unindexed:
         raise StartupError(
             "QUARANTINE_UNSUPPORTED",
             "--quarantine-unindexed acts on files of the data folder; with --blobs "
-            f"{location.url} start-up never lists the bucket (other nodes may share it) and "
+            f"{objects.url} start-up never lists the store (other nodes may share it) and "
             "keeps every object it cannot prove to be garbage. Start without it",
         )
     if (data_dir / REBUILDING_DIR).exists():
@@ -121,13 +155,13 @@ def open_s3_storage(
             f"a rebuild of the index of data folder {data_dir} is unfinished "
             f"({data_dir / REBUILDING_DIR} exists)",
         )
-    recorded = _check_record(data_dir, location)
-    uploads_root = data_dir / UPLOADS_DIR
+    recorded = _check_record(data_dir, objects.url)
+    uploads_root = data_dir / objects.spool_folder
     own = None if group is None else uploads_root / group.uploads
-    store = S3BlobStore(location, data_dir, uploads_dir=own)
+    store = SpooledBlobStore(objects, data_dir, uploads_dir=own)
     store.check()
     if not recorded:
-        _record(data_dir, location)
+        _record(data_dir, objects.url)
     index = LmdbIndex(
         data_dir / INDEX_DIR,
         map_size=settings.lmdb_map_size,
@@ -144,7 +178,8 @@ def open_s3_storage(
             if group is not None and not group.locks.acquire(name):
                 continue  # its process lives
             try:
-                settled = S3BlobStore(location, data_dir, uploads_dir=folder).recover(index, [])
+                departed = SpooledBlobStore(objects, data_dir, uploads_dir=folder)
+                settled = departed.recover(index, [])
                 with contextlib.suppress(OSError):  # something there was kept
                     folder.rmdir()
             finally:
@@ -163,12 +198,12 @@ def open_s3_storage(
 
 @dataclass(frozen=True)
 class GroupStorage:
-    """What one process of a group needs to open the S3 store beside the others.
+    """What one process of a group needs to open a spooled store beside the others.
 
     Attributes
     ----------
     uploads
-        The name of its own uploads folder (under ``s3-uploads/``), whose lock it holds.
+        The name of its own uploads folder (under the spool folder), whose lock it holds.
     locks
         The locks shared by the group's processes.
     wakeups

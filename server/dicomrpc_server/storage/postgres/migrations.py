@@ -1,0 +1,124 @@
+"""The PostgreSQL schema as numbered steps, each applied once per database.
+
+A database records the steps applied to it in ``schema_version``. At start every node applies
+the steps it knows and the database lacks, in order, each in its own transaction together
+with its ``schema_version`` row, so a step is either applied and recorded or neither. Nodes
+starting together would otherwise race to create the same tables: the whole check-and-apply
+runs under a session advisory lock (:data:`LOCK_KEY`), so the second node waits, then finds
+every step recorded and applies nothing.
+
+A step, once released, is never edited: a change of schema is a new step appended to
+:data:`MIGRATIONS`. A database holding a step this code does not know was migrated by a newer
+release; the node refuses to start on it rather than run on a schema it cannot read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import asyncpg
+
+from dicomrpc_server.errors import StartupError
+
+# pg_advisory_lock's key for the migrations: any fixed 64-bit number no other lock uses
+# (these are the ASCII bytes of "dcmrpcsv").
+LOCK_KEY = 0x64636D7270637376
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema step: its number (1, 2, ... with no gap), a name, and its SQL statements."""
+
+    version: int
+    name: str
+    sql: str
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "workitems, their search terms and their event log",
+        # Workitem UIDs and terms compare byte by byte (COLLATE "C", bytea), as LMDB keys do:
+        # search pages come in UID order and term ranges are byte ranges, whatever the
+        # database's locale. A workitem row with no data set is the placeholder a first change
+        # locks (see ups/postgres_store.py); it is never committed. The event counter is the
+        # one row every event-writing transaction updates: it numbers events in commit order.
+        """
+        CREATE TABLE workitems (
+            uid text COLLATE "C" PRIMARY KEY,
+            dataset bytea
+        );
+        CREATE TABLE workitem_terms (
+            tag bigint NOT NULL,
+            term bytea NOT NULL,
+            uid text COLLATE "C" NOT NULL,
+            PRIMARY KEY (tag, term, uid)
+        );
+        CREATE TABLE workitem_events (
+            sequence bigint PRIMARY KEY,
+            event bytea NOT NULL,
+            terms bytea NOT NULL
+        );
+        CREATE TABLE workitem_event_counter (
+            only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+            last bigint NOT NULL
+        );
+        INSERT INTO workitem_event_counter (last) VALUES (0);
+        """,
+    ),
+)
+
+
+def check_steps(migrations: Sequence[Migration]) -> None:
+    """Refuse a list of steps that is not numbered 1, 2, 3 ... (a programming error)."""
+    versions = [m.version for m in migrations]
+    if versions != list(range(1, len(versions) + 1)):
+        raise ValueError(f"migrations must be numbered 1, 2, 3 ...: {versions}")
+
+
+async def migrate(
+    connection: asyncpg.Connection, migrations: Sequence[Migration] = MIGRATIONS
+) -> list[int]:
+    """Apply the steps the database lacks, once across nodes; return the versions applied.
+
+    Raises :class:`StartupError` ``INDEX_SCHEMA_NEWER`` when the database holds steps beyond
+    ``migrations`` (a newer release migrated it).
+    """
+    check_steps(migrations)
+    await connection.execute("SELECT pg_advisory_lock($1)", LOCK_KEY)
+    try:
+        await connection.execute(
+            """
+            CREATE TABLE IF NOT EXISTS schema_version (
+                version integer PRIMARY KEY,
+                name text NOT NULL,
+                applied_at timestamptz NOT NULL DEFAULT now()
+            )
+            """
+        )
+        rows = await connection.fetch("SELECT version FROM schema_version")
+        present = {int(row["version"]) for row in rows}
+        newer = sorted(v for v in present if v > len(migrations))
+        if newer:
+            raise StartupError(
+                "INDEX_SCHEMA_NEWER",
+                f"the PostgreSQL index has schema steps {newer} this release does not know "
+                f"(it knows 1 to {len(migrations)}): it was migrated by a newer release; "
+                "run that release",
+            )
+        applied = []
+        for step in migrations:
+            if step.version in present:
+                continue
+            async with connection.transaction():
+                await connection.execute(step.sql)
+                await connection.execute(
+                    "INSERT INTO schema_version (version, name) VALUES ($1, $2)",
+                    step.version,
+                    step.name,
+                )
+            applied.append(step.version)
+        return applied
+    finally:
+        await connection.execute("SELECT pg_advisory_unlock($1)", LOCK_KEY)
