@@ -150,3 +150,35 @@ def test_ups_and_worklist_operations_are_audited(audited: RunningServer) -> None
     assert search["action"] == "workitem-search" and search["query"] == {"00100020": "P-1"}
     assert worklist["action"] == "workitem-search"
     assert worklist["query"] == {"00100020": "P-1", "00741000": "SCHEDULED"}
+
+
+def test_ups_records_are_valid_dicom_audit_messages(tmp_path: Path) -> None:
+    receiver = UdpReceiver()
+    server = start_server(
+        tmp_path / "data",
+        dimse_port=0,
+        audit_syslog=f"127.0.0.1:{receiver.port}",
+        audit_syslog_protocol="udp",
+    )
+    uid = str(generate_uid())
+    try:
+        ae = AE(ae_title="PERFORMER")
+        ae.add_requested_context(UPS_PUSH)
+        ae.add_requested_context(UPS_PULL)
+        assoc = ae.associate("127.0.0.1", server.dimse_port, ae_title="DICOMRPC")
+        assert assoc.is_established
+        try:
+            assert assoc.send_n_create(Dataset.from_json(workitem()), UPS_PUSH, uid)[0].Status == 0
+            query = Dataset()
+            query.PatientID = "P-1"
+            assert [s.Status for s, _ in assoc.send_c_find(query, UPS_PULL)][-1] == 0
+        finally:
+            assoc.release()
+        wait_for(lambda: len(receiver.messages()) == 2, "two datagrams")
+    finally:
+        server.stop()
+        receiver.close()
+    messages = atna(receiver.messages())
+    created = event_of(messages, "procedure", workitem=uid)  # validated (PS3.15 A.5.3.15)
+    assert created.requestor().get("UserName") == "PERFORMER"
+    event_of(messages, "query")
