@@ -54,3 +54,38 @@ def test_error_comments_are_one_short_printable_line() -> None:
     assert statuses.comment("a\nb\\c é") == "a b?c ?"
     long = statuses.comment("x" * 100)
     assert len(long) == 64 and long.endswith("...")
+
+
+def _workitem_error(code: Code, dicom_status: int | None, reason: str = "WHY") -> ServiceError:
+    return ServiceError(code, reason, "why", dicom_status=dicom_status)
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        # The Annex CC statuses the core gives pass through, as gRPC and UPS-RS carry them.
+        (_workitem_error(Code.FAILED_PRECONDITION, 0xC301), 0xC301),
+        (_workitem_error(Code.FAILED_PRECONDITION, 0xC302), 0xC302),
+        (_workitem_error(Code.FAILED_PRECONDITION, 0xC304), 0xC304),
+        (_workitem_error(Code.NOT_FOUND, 0xC307), 0xC307),
+        (_workitem_error(Code.INVALID_ARGUMENT, 0xC309), 0xC309),
+        (_workitem_error(Code.FAILED_PRECONDITION, 0xC311), 0xC311),
+        (_workitem_error(Code.ALREADY_EXISTS, 0x0111), 0x0111),
+        (_workitem_error(Code.INVALID_ARGUMENT, 0x0120), 0x0120),
+        (_workitem_error(Code.INVALID_ARGUMENT, 0x0106), 0x0106),
+        (_workitem_error(Code.FAILED_PRECONDITION, 0xC308), 0xC308),
+        # No DICOM status of its own: by the kind of error.
+        (invalid_argument("workitem_uid", "is not a UID"), 0x0106),
+        (_workitem_error(Code.RESOURCE_EXHAUSTED, 0xA700, "STORAGE_FULL"), 0x0213),
+        (_workitem_error(Code.INTERNAL, None), 0x0110),
+        # A store's status is no workitem status.
+        (_workitem_error(Code.INVALID_ARGUMENT, 43264), 0x0106),
+    ],
+)
+def test_workitem_statuses(error: ServiceError, status: int) -> None:
+    assert statuses.workitem_status(error) == status
+
+
+def test_an_invalid_action_argument_is_0115() -> None:
+    error = invalid_argument("ReceivingAE", "is missing")
+    assert statuses.workitem_status(error, statuses.INVALID_ARGUMENT_VALUE) == 0x0115

@@ -11,13 +11,19 @@ from typing import Any
 import pydicom.data
 import pytest
 from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+from pynetdicom import AE
 
 from tests import dcmtk
 from tests.conftest import RunningServer, start_server
 from tests.integration.test_audit import UdpReceiver, atna, event_of, wait_for
+from tests.upsgen import workitem
 
 DATA = Path(pydicom.data.__file__).parent / "test_files"
 CT, MR = DATA / "CT_small.dcm", DATA / "MR_small.dcm"
+UPS_PUSH, UPS_PULL = "1.2.840.10008.5.1.4.34.6.1", "1.2.840.10008.5.1.4.34.6.3"
+MWL = "1.2.840.10008.5.1.4.31"
 
 
 @pytest.fixture
@@ -105,4 +111,78 @@ def test_dimse_records_are_valid_dicom_audit_messages(tmp_path: Path) -> None:
     stored = event_of(messages, "transferred")  # validated against PS3.15 A.5.1 and A.5.3
     assert stored.studies() == [str(dcmread(CT).StudyInstanceUID)]
     assert stored.requestor().get("UserName") == "STORESCU"
+    event_of(messages, "query")
+
+
+def test_ups_and_worklist_operations_are_audited(audited: RunningServer) -> None:
+    uid, lock = str(generate_uid()), str(generate_uid())
+    ae = AE(ae_title="PERFORMER")
+    for sop_class in (UPS_PUSH, UPS_PULL, MWL):
+        ae.add_requested_context(sop_class)
+    assoc = ae.associate("127.0.0.1", audited.dimse_port, ae_title="DICOMRPC")
+    assert assoc.is_established
+    try:
+        created = assoc.send_n_create(Dataset.from_json(workitem()), UPS_PUSH, uid)[0]
+        assert created.Status == 0x0000
+        claim = Dataset()
+        claim.ProcedureStepState = "IN PROGRESS"
+        claim.TransactionUID = lock
+        assert assoc.send_n_action(claim, 1, UPS_PULL, uid)[0].Status == 0x0000
+        claim.TransactionUID = str(generate_uid())
+        assert assoc.send_n_action(claim, 1, UPS_PULL, uid)[0].Status == 0xC302
+        query = Dataset()
+        query.PatientID = "P-1"
+        assert [s.Status for s, _ in assoc.send_c_find(query, UPS_PULL)][-1] == 0x0000
+        assert [s.Status for s, _ in assoc.send_c_find(query, MWL)][-1] == 0x0000
+    finally:
+        assoc.release()
+    create, state, refused, search, worklist = records(audited, 5)
+    for record in (create, state, refused, search, worklist):
+        assert record["adapter"] == "dimse" and record["identity"] == "PERFORMER"
+    assert (create["action"], create["workitem"], create["outcome"]) == (
+        "workitem-create",
+        uid,
+        "success",
+    )
+    assert (state["action"], state["workitem"], state["outcome"]) == (
+        "workitem-state",
+        uid,
+        "success",
+    )
+    assert refused["action"] == "workitem-state" and refused["outcome"] != "success"
+    assert refused["reason"] == "WORKITEM_STATE_CONFLICT"
+    assert search["action"] == "workitem-search" and search["query"] == {"00100020": "P-1"}
+    assert worklist["action"] == "workitem-search"
+    assert worklist["query"] == {"00100020": "P-1", "00741000": "SCHEDULED"}
+
+
+def test_ups_records_are_valid_dicom_audit_messages(tmp_path: Path) -> None:
+    receiver = UdpReceiver()
+    server = start_server(
+        tmp_path / "data",
+        dimse_port=0,
+        audit_syslog=f"127.0.0.1:{receiver.port}",
+        audit_syslog_protocol="udp",
+    )
+    uid = str(generate_uid())
+    try:
+        ae = AE(ae_title="PERFORMER")
+        ae.add_requested_context(UPS_PUSH)
+        ae.add_requested_context(UPS_PULL)
+        assoc = ae.associate("127.0.0.1", server.dimse_port, ae_title="DICOMRPC")
+        assert assoc.is_established
+        try:
+            assert assoc.send_n_create(Dataset.from_json(workitem()), UPS_PUSH, uid)[0].Status == 0
+            query = Dataset()
+            query.PatientID = "P-1"
+            assert [s.Status for s, _ in assoc.send_c_find(query, UPS_PULL)][-1] == 0
+        finally:
+            assoc.release()
+        wait_for(lambda: len(receiver.messages()) == 2, "two datagrams")
+    finally:
+        server.stop()
+        receiver.close()
+    messages = atna(receiver.messages())
+    created = event_of(messages, "procedure", workitem=uid)  # validated (PS3.15 A.5.3.15)
+    assert created.requestor().get("UserName") == "PERFORMER"
     event_of(messages, "query")

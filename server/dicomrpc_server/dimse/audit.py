@@ -1,8 +1,9 @@
 """The DIMSE adapter's audit hook: the same records the other adapters write (PS3.15 A.5).
 
-One record per C-FIND, C-GET, C-MOVE and storage commitment transaction, and one per
-association for the instances it stored (as one gRPC store stream or one STOW-RS request is
-one record, not one per instance). A
+One record per C-FIND, C-GET, C-MOVE and storage commitment transaction, one per UPS
+operation (N-CREATE, N-SET, N-GET, N-ACTION, and the UPS and worklist C-FIND) with the
+actions the gRPC workitem calls record, and one per association for the instances it stored
+(as one gRPC store stream or one STOW-RS request is one record, not one per instance). A
 requester has no credential, so the caller is anonymous, known by its calling AE title and
 its address.
 """
@@ -132,6 +133,31 @@ class DimseAudit:
                 endpoint=f"C-FIND {model}",
                 outcome=outcome_of(error),
                 query=(("QueryRetrieveLevel", level), *sorted(match.items())),
+            )
+        )
+
+    def workitem(
+        self,
+        assoc: Association,
+        action: Action,
+        endpoint: str,
+        workitem_uid: str,
+        error: ServiceError | None,
+        query: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        """Write the record of one UPS operation: what it did and to which workitem."""
+        if not self.enabled:
+            return
+        self._write(
+            AuditRecord(
+                time=datetime.now(UTC),
+                caller=caller_of(assoc),
+                action=action,
+                adapter=ADAPTER,
+                endpoint=endpoint,
+                outcome=outcome_of(error),
+                workitem=workitem_uid,
+                query=query,
             )
         )
 

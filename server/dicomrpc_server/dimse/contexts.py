@@ -5,8 +5,10 @@ transcoding catalogue (the native ones and each compressed one the archive store
 writes), so that a modality sends what it holds without converting it. The requester may act
 as the storage SCP on a storage context (SCP/SCU role selection, PS3.7 D.3.3.4): that is how
 C-GET returns instances on the same association. Verification and the Patient and Study Root
-Query/Retrieve FIND, GET and MOVE models and Storage Commitment Push Model take the native
-syntaxes only: their identifiers and action information are small data sets. Storage
+Query/Retrieve FIND, GET and MOVE models, Storage Commitment Push Model, the Unified
+Procedure Step Push, Pull and Watch SOP classes (PS3.4 CC.3.1) and the Modality Worklist FIND
+model (PS3.4 K.6.1) take the native syntaxes only: their identifiers, attribute lists and
+action information are small data sets. Storage
 Commitment keeps the default roles whatever the requester proposes (it is the SCU, the archive
 the SCP): those already let the archive send the N-EVENT-REPORT to it on its association
 (PS3.4 J.3.3.1.2); role selection is for the association the archive requests itself when the
@@ -41,6 +43,14 @@ STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
 STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
 # PS3.4 Annex J.3 (Storage Commitment Push Model).
 STORAGE_COMMITMENT = "1.2.840.10008.1.20.1"
+
+# PS3.4 CC.3.1 (UPS SOP classes) and K.6.1.1 (Modality Worklist Information Model - FIND).
+UPS_PUSH = "1.2.840.10008.5.1.4.34.6.1"
+UPS_WATCH = "1.2.840.10008.5.1.4.34.6.2"
+UPS_PULL = "1.2.840.10008.5.1.4.34.6.3"
+UPS_EVENT = "1.2.840.10008.5.1.4.34.6.4"
+MODALITY_WORKLIST_FIND = "1.2.840.10008.5.1.4.31"
+UPS_MODELS = (UPS_PUSH, UPS_WATCH, UPS_PULL)
 
 FIND_MODELS = (PATIENT_ROOT_FIND, STUDY_ROOT_FIND)
 GET_MODELS = (PATIENT_ROOT_GET, STUDY_ROOT_GET)
@@ -104,7 +114,14 @@ def supported_contexts() -> list[PresentationContext]:
     contexts = [_context(VERIFICATION, native, False)]
     contexts.extend(
         _context(uid, native, False)
-        for uid in (*FIND_MODELS, *GET_MODELS, *MOVE_MODELS, STORAGE_COMMITMENT)
+        for uid in (
+            *FIND_MODELS,
+            *GET_MODELS,
+            *MOVE_MODELS,
+            STORAGE_COMMITMENT,
+            *UPS_MODELS,
+            MODALITY_WORKLIST_FIND,
+        )
     )
     contexts.extend(_context(uid, STORAGE_SYNTAXES, True) for uid in STORAGE_SOP_CLASSES)
     return contexts

@@ -14,6 +14,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -27,8 +28,14 @@ from dicomrpc_server.archive import Archive
 from dicomrpc_server.dimse import statuses
 from dicomrpc_server.dimse.audit import DimseAudit
 from dicomrpc_server.dimse.commitment import CommitmentHandler
-from dicomrpc_server.dimse.contexts import supported_contexts
-from dicomrpc_server.dimse.find import FindHandler
+from dicomrpc_server.dimse.contexts import (
+    MODALITY_WORKLIST_FIND,
+    UPS_MODELS,
+    UPS_PULL,
+    UPS_WATCH,
+    supported_contexts,
+)
+from dicomrpc_server.dimse.find import Answer, FindHandler
 from dicomrpc_server.dimse.get import GetHandler
 from dicomrpc_server.dimse.move import MoveHandler
 from dicomrpc_server.dimse.requesters import (
@@ -38,6 +45,9 @@ from dicomrpc_server.dimse.requesters import (
 )
 from dicomrpc_server.dimse.sending import InstanceSource
 from dicomrpc_server.dimse.store import StoreHandler
+from dicomrpc_server.dimse.watch import Watchers
+from dicomrpc_server.dimse.workitems import WorkitemHandlers
+from dicomrpc_server.dimse.worklist import WorklistFindHandler
 from dicomrpc_server.ports import port_unavailable
 
 log = logging.getLogger("dicomrpc.dimse")
@@ -75,8 +85,57 @@ class _SharedPortServer(_AcceptorServer):
 _DRAIN_POLL_S = 0.05
 
 
+FindAnswers = Callable[[Event], Iterator[Answer]]
+
+
+class _FindByModel:
+    """The one EVT_C_FIND handler, answering each C-FIND by the information model it names.
+
+    pynetdicom binds one handler per event; the Query/Retrieve models, the UPS SOP classes and
+    the Modality Worklist model each have their own (PS3.4 C.4.1, CC.2.8, K.4.1).
+    """
+
+    def __init__(self, default: FindAnswers, by_model: dict[str, FindAnswers]) -> None:
+        self._default = default
+        self._by_model = by_model
+
+    def __call__(self, event: Event) -> Iterator[Answer]:
+        """The answers of the handler of the request's SOP class."""
+        model = str(event.request.AffectedSOPClassUID)
+        return self._by_model.get(model, self._default)(event)
+
+
+ActionReply = tuple[int | Dataset, Dataset | None]
+
+
+class _ActionByModel:
+    """The one EVT_N_ACTION handler: the UPS actions, and Storage Commitment's.
+
+    An N-ACTION is read under the SOP class of its presentation context: a UPS N-ACTION names
+    UPS Push as its Requested SOP Class on a UPS Pull or Watch context (PS3.4 CC.2.1.2), and
+    Storage Commitment checks its own (PS3.4 J.3.2).
+    """
+
+    def __init__(
+        self,
+        workitems: Callable[[Event], ActionReply],
+        commitment: Callable[[Event], ActionReply],
+    ) -> None:
+        self._workitems = workitems
+        self._commitment = commitment
+
+    def __call__(self, event: Event) -> ActionReply:
+        """The reply of the handler of the request's presentation context."""
+        if str(event.context.abstract_syntax) in UPS_MODELS:
+            return self._workitems(event)
+        return self._commitment(event)
+
+
 class DimseServer:
-    """The archive's DIMSE SCP: C-ECHO, C-STORE, C-FIND, C-GET, C-MOVE, Storage Commitment.
+    """The archive's DIMSE service class provider: storage, query, retrieve and worklists.
+
+    C-ECHO, C-STORE, C-FIND, C-GET, C-MOVE, Storage Commitment, the UPS Push, Pull and Watch
+    SOP classes (with the UPS event reports to subscribers) and the Modality Worklist.
 
     Parameters
     ----------
@@ -111,6 +170,7 @@ class DimseServer:
         ae.network_timeout = settings.dimse_idle_timeout_s
         self._ae = ae
         self._server: ThreadedAssociationServer | None = None
+        self._watchers: Watchers | None = None
         self._commitment = CommitmentHandler(
             archive.retrieve,
             archive.peers,
@@ -155,6 +215,19 @@ class DimseServer:
         loop = asyncio.get_running_loop()
         source = InstanceSource(archive.retrieve, archive.search, loop)
         audit = self._audit
+        watchers = Watchers(archive.workitems, archive.peers, loop, self.ae_title)
+        self._watchers = watchers
+        workitems = WorkitemHandlers(archive.workitems, loop, audit, watchers, self.ae_title)
+        find = _FindByModel(
+            FindHandler(archive.search, self.ae_title, audit),
+            {
+                UPS_PULL: workitems.find,
+                UPS_WATCH: workitems.find,
+                MODALITY_WORKLIST_FIND: WorklistFindHandler(
+                    archive.workitems, audit, self.ae_title
+                ),
+            },
+        )
         handlers: list[EventHandlerType] = [
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ESTABLISHED, self._on_established),
@@ -163,10 +236,13 @@ class DimseServer:
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_CONN_CLOSE, self._on_closed),
             (evt.EVT_C_STORE, StoreHandler(archive.store, loop, audit)),
-            (evt.EVT_C_FIND, FindHandler(archive.search, self.ae_title, audit)),
+            (evt.EVT_C_FIND, find),
+            (evt.EVT_N_CREATE, workitems.n_create),
+            (evt.EVT_N_SET, workitems.n_set),
+            (evt.EVT_N_GET, workitems.n_get),
+            (evt.EVT_N_ACTION, _ActionByModel(workitems.n_action, self._commitment)),
             (evt.EVT_C_GET, GetHandler(source, audit)),
             (evt.EVT_C_MOVE, MoveHandler(source, archive.peers, audit)),
-            (evt.EVT_N_ACTION, self._commitment),
         ]
         try:
             # A group's processes share the port the supervisor reserved (see processes.py).
@@ -204,6 +280,8 @@ class DimseServer:
 
         Runs in a thread: an association finishing a C-STORE needs the event loop meanwhile.
         """
+        if self._watchers is not None:
+            self._watchers.stop()
         await asyncio.to_thread(self._stop, grace)
 
     def _stop(self, grace: float) -> None:

@@ -29,6 +29,34 @@ Storage commitment (PS3.4 Annex J): the N-ACTION's statuses are those PS3.7 §10
 lists for N-ACTION (a missing or malformed argument is 0x0115, Invalid argument value: the
 list has no Missing Attribute); each failed instance of the N-EVENT-REPORT carries a Failure
 Reason of PS3.4 J.3.3 (0x0112, 0x0119, 0x0122).
+
+The UPS and Modality Worklist C-FIND (PS3.4 CC.2.8, K.4.1.1.4) answer as C-FIND does above.
+UPS N-CREATE, N-SET, N-GET and N-ACTION (PS3.4 CC.2.1 to CC.2.7, PS3.7 Annex C) answer the
+workitem core's outcome, exactly the status the gRPC API puts in its ErrorInfo
+``dicom_status`` and UPS-RS in its body (:func:`workitem_status`):
+
+========================================  ===================================================
+Core outcome                              DIMSE status
+========================================  ===================================================
+done                                      0x0000 Success
+done with a warning (created with         the warning: 0xB300, 0xB304, 0xB306
+modifications, already CANCELED or
+COMPLETED)
+a state rule refuses it                   its Annex CC status: 0xC300 may no longer be
+                                          updated, 0xC301 Transaction UID missing or wrong,
+                                          0xC302 already IN PROGRESS, 0xC303, 0xC304 final
+                                          state requirements, 0xC307 no such workitem,
+                                          0xC309 created other than SCHEDULED, 0xC310 not IN
+                                          PROGRESS, 0xC311 already COMPLETED
+UID taken by another workitem             0x0111 Duplicate SOP Instance
+a required attribute missing              0x0120 Missing Attribute
+an attribute invalid or not allowed       0x0106 Invalid Attribute Value
+a subscriber that is not a known peer     0xC308 Receiving AE-TITLE unknown
+another invalid request (an action's      0x0115 Invalid Argument Value (N-ACTION) or 0x0106
+argument, a UID no request may name)
+out of space or another limit             0x0213 Resource Limitation
+anything else                             0x0110 Processing Failure
+========================================  ===================================================
 """
 
 from __future__ import annotations
@@ -49,6 +77,7 @@ DOES_NOT_MATCH_SOP_CLASS = 0xA900
 CANNOT_UNDERSTAND = 0xC000
 PROCESSING_FAILURE = 0x0110
 DUPLICATE_SOP_INSTANCE = 0x0111
+INVALID_ATTRIBUTE_VALUE = 0x0106
 # N-ACTION failures (PS3.7 §10.1.4.1.10, Annex C).
 NO_SUCH_SOP_INSTANCE = 0x0112
 NO_SUCH_SOP_CLASS = 0x0118
@@ -60,6 +89,13 @@ RESOURCE_LIMITATION = 0x0213
 NO_SUCH_OBJECT_INSTANCE = 0x0112
 CLASS_INSTANCE_CONFLICT = 0x0119
 SOP_CLASS_NOT_SUPPORTED = 0x0122
+# PS3.4 CC.2.3: Receiving AE-TITLE is Unknown to this SCP (a subscriber that is no peer).
+RECEIVING_AE_UNKNOWN = 0xC308
+# The statuses of the workitem core passed through as they are (PS3.4 CC.2, PS3.7 C.4).
+_WORKITEM_STATUSES = frozenset(
+    {0xC300, 0xC301, 0xC302, 0xC303, 0xC304, 0xC307, 0xC309, 0xC310, 0xC311, 0xC313}
+    | {DUPLICATE_SOP_INSTANCE, INVALID_ATTRIBUTE_VALUE, 0x0120, RECEIVING_AE_UNKNOWN}
+)
 
 # The core's DICOM statuses of a failed instance, by the status they become.
 _FAILURES: dict[int, int] = {
@@ -111,3 +147,18 @@ def comment(message: str) -> str:
     """An Error Comment: the message on one line, in printable ASCII, cut to 64 characters."""
     text = "".join(c if " " <= c <= "~" and c != "\\" else "?" for c in " ".join(message.split()))
     return text if len(text) <= MAX_COMMENT else text[: MAX_COMMENT - 3] + "..."
+
+
+def workitem_status(error: ServiceError, invalid: int = INVALID_ATTRIBUTE_VALUE) -> int:
+    """The N-CREATE, N-SET, N-GET or N-ACTION failure status of a workitem core error.
+
+    ``invalid`` is the status of an invalid request the core gives no DICOM status of its own:
+    0x0106 for an attribute list, 0x0115 for an N-ACTION's action information.
+    """
+    if error.dicom_status in _WORKITEM_STATUSES:
+        return int(error.dicom_status or 0)
+    if error.code is Code.RESOURCE_EXHAUSTED:
+        return RESOURCE_LIMITATION
+    if error.code is Code.INVALID_ARGUMENT:
+        return invalid
+    return PROCESSING_FAILURE

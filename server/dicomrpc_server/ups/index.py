@@ -147,6 +147,15 @@ def match_terms(match: Mapping[str, str]) -> list[MatchTerm]:
     return [t for t in out if t.value != ""]
 
 
+def is_matching_key(name: str) -> bool:
+    """Whether ``name`` (tag or ``Sequence.Leaf`` path of tags) is a workitem matching key.
+
+    A DIMSE identifier names every key it returns; those that are not matching keys are
+    return keys only (PS3.4 C.2.2.1.2), as a QIDO-RS ``includefield`` is.
+    """
+    return name in _NESTED_BY_NAME if "." in name else name in _BY_NAME
+
+
 def returned_tags(terms: Iterable[MatchTerm], include: Iterable[str]) -> set[str] | None:
     """Tags a search returns (``None``: every attribute), from the defaults and ``include``."""
     tags = set(DEFAULT_RETURNED)
