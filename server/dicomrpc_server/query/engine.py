@@ -36,7 +36,7 @@ from dicomrpc_server.query.terms import (
     parse_integer,
 )
 from dicomrpc_server.storage import keys, records_pb2
-from dicomrpc_server.storage.lmdb_index import MODALITIES_IN_STUDY
+from dicomrpc_server.storage.index_records import MODALITIES_IN_STUDY
 from dicomrpc_server.storage.protocols import QueryTagRecords
 
 DEFAULT_LIMIT = 100
