@@ -1,0 +1,346 @@
+"""The instance index's contract, run against every implementation (LMDB, PostgreSQL).
+
+Records, metadata and frame tables read back as stored; a duplicate SOP instance is refused
+with 45070; the study and series aggregates (counts, ModalitiesInStudy, the latest stored
+attributes) are the same after stores and deletes; deletes return the files to remove and
+record them until forgotten; the change log lists creations and deletions in order, each with
+its state; the term scans the search planner reads return the same pairs in the same order.
+On PostgreSQL, two nodes storing at once: every change is read once, in sequence order, and a
+node hears the other's commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydicom.uid import CTImageStorage, MRImageStorage
+
+from dicomrpc.v1 import dataset_pb2
+from dicomrpc_server.dicom.attributes import Level
+from dicomrpc_server.errors import Code, ServiceError
+from dicomrpc_server.query.terms import EXACT
+from dicomrpc_server.storage import keys
+from dicomrpc_server.storage.index_records import MODALITIES_IN_STUDY
+from dicomrpc_server.storage.lmdb_index import LmdbIndex
+from dicomrpc_server.storage.postgres import PostgresBackend
+from dicomrpc_server.storage.postgres.index import PostgresIndex
+from dicomrpc_server.storage.protocols import ChangeAction, ChangeState, NewInstance
+from tests.indexes import KINDS, add_all, new_instance, open_index
+from tests.test_search_property import Instance, Series, Study, _instance_bytes
+
+Index = LmdbIndex | PostgresIndex
+ROOT = "1.2.826.0.1.3680043.10.543.77"
+PATIENT_NAME = 0x00100010
+STUDY_DESCRIPTION = 0x00081030
+
+
+@pytest.fixture(params=KINDS)
+def index(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Index]:
+    opened = open_index(request.param, request, tmp_path)
+    yield opened
+    opened.close()
+
+
+def _study(s: int, name: str = "Doe^John", description: str = "Chest") -> Study:
+    return Study(
+        uid=f"{ROOT}.{s}",
+        patient_name=name,
+        patient_id=f"P{s}",
+        birth_date="19700101",
+        accession=f"A{s}",
+        referring="Smith^Alice",
+        date="20200101",
+        time="1200",
+        description=description,
+        study_id=str(s),
+    )
+
+
+def _entry(
+    folder: Path, study: Study, r: int, i: int, modality: str = "CT", number: int = 1
+) -> NewInstance:
+    series = Series(f"{study.uid}.{r}", modality, r)
+    sop_class = CTImageStorage if modality == "CT" else MRImageStorage
+    instance = Instance(f"{study.uid}.{r}.{i}", sop_class, number)
+    return new_instance(_instance_bytes(study, series, instance), folder)
+
+
+def _delete(index: Index, study: str, series: str = "", sop: str = "") -> list[str]:
+    return asyncio.run(index.delete(study, series, sop))
+
+
+def test_an_instance_reads_back_as_stored(index: Index, tmp_path: Path) -> None:
+    study = _study(1)
+    new = _entry(tmp_path, study, 1, 1)
+    blob_id, metadata, frames = new.record.blob_id, new.metadata, new.frames
+    assert frames is not None
+    (version,) = add_all(index, [new])
+    series_uid, sop = f"{study.uid}.1", f"{study.uid}.1.1"
+    record = index.get_instance(study.uid, series_uid, sop)
+    assert record is not None
+    assert record.version == version and record.blob_id == blob_id and record.stored_at_us > 0
+    assert record.modality == "CT" and record.sop_class_uid == CTImageStorage
+    assert index.locate_sop(sop) == (study.uid, series_uid)
+    assert index.locate_sop(f"{ROOT}.9") is None
+    assert index.has_blob(blob_id) and not index.has_blob("nope")
+    assert index.blob_ids() == {blob_id}
+    assert index.blob_instance(blob_id) == (study.uid, series_uid, sop)
+    stored_metadata = index.get_metadata(study.uid, series_uid, sop)
+    expected = dataset_pb2.Dataset.FromString(metadata)
+    assert stored_metadata == expected
+    many = index.get_metadata_many([(study.uid, series_uid, sop), (study.uid, "x", "y")])
+    assert [dataset_pb2.Dataset.FromString(raw) for raw in many] == [expected]
+    assert index.get_frames(study.uid, series_uid, sop) == frames
+    assert [(s, r, i) for s, r, i, _ in index.list_instances(study.uid)] == [
+        (study.uid, series_uid, sop)
+    ]
+    assert index.list_instances(study.uid, "1.2.3") == []
+    assert index.get_instance(study.uid, series_uid, "1.2.3") is None
+
+
+def test_a_duplicate_sop_instance_is_refused_with_45070(index: Index, tmp_path: Path) -> None:
+    study, other = _study(1), _study(2)
+    add_all(index, [_entry(tmp_path, study, 1, 1)])
+    for again in (_entry(tmp_path, study, 1, 1), _entry(tmp_path, study, 1, 1)):
+        with pytest.raises(ServiceError) as caught:
+            add_all(index, [again])
+        assert caught.value.dicom_status == 45070
+        assert caught.value.code is Code.ALREADY_EXISTS
+    # The same SOP instance UID under another study: refused too, naming where it is.
+    moved = _entry(tmp_path, other, 1, 1)
+    moved.sop_uid = f"{study.uid}.1.1"
+    with pytest.raises(ServiceError) as caught:
+        add_all(index, [moved])
+    assert caught.value.dicom_status == 45070 and study.uid in caught.value.message
+    assert index.counts().instances == 1
+    assert [c.sequence for c in index.changes(0, 10)] == [1]
+
+
+def test_aggregates_follow_stores_and_deletes(index: Index, tmp_path: Path) -> None:
+    study = _study(1, description="First")
+    entries = [_entry(tmp_path, study, 1, i) for i in range(3)]
+    entries += [_entry(tmp_path, study, 2, i, modality="MR") for i in range(2)]
+    add_all(index, entries, window=1)
+    later = _study(1, description="Latest")  # the study attributes of the latest store win
+    add_all(index, [_entry(tmp_path, later, 3, 1, modality="MR")])
+    record = index.get_study(study.uid)
+    assert record is not None
+    assert (record.series_count, record.instance_count) == (3, 6)
+    assert dict(record.modality_counts) == {"CT": 3, "MR": 3}
+    assert record.attributes.attributes["00081030"].strings.values == ["Latest"]
+    series = index.get_series(study.uid, f"{study.uid}.1")
+    assert series is not None and series.instance_count == 3
+    counts = index.counts()
+    assert (counts.studies, counts.series, counts.instances) == (1, 3, 6)
+    description = index.scan_terms(Level.STUDY, STUDY_DESCRIPTION, b"")
+    assert description == [(EXACT + b"Latest", keys.study_key(study.uid))]
+
+    # One instance, then a whole series, then what is left.
+    removed = _delete(index, study.uid, f"{study.uid}.1", f"{study.uid}.1.0")
+    assert removed == [entries[0].record.blob_id]
+    removed = _delete(index, study.uid, f"{study.uid}.2")
+    assert sorted(removed) == sorted(e.record.blob_id for e in entries[3:5])
+    record = index.get_study(study.uid)
+    assert record is not None
+    assert (record.series_count, record.instance_count) == (2, 3)
+    assert dict(record.modality_counts) == {"CT": 2, "MR": 1}
+    assert index.get_series(study.uid, f"{study.uid}.2") is None
+    assert index.scan_terms(Level.SERIES, 0x00080060, b"") == [
+        (EXACT + b"CT", keys.series_key(study.uid, f"{study.uid}.1")),
+        (EXACT + b"MR", keys.series_key(study.uid, f"{study.uid}.3")),
+    ]
+    add_all(index, [_entry(tmp_path, study, 1, 7)])
+    _delete(index, study.uid, f"{study.uid}.3")
+    modalities = index.scan_terms(Level.STUDY, MODALITIES_IN_STUDY, b"")
+    assert modalities == [(EXACT + b"CT", keys.study_key(study.uid))]  # MR is gone
+    _delete(index, study.uid)
+    assert index.get_study(study.uid) is None
+    counts = index.counts()
+    assert (counts.studies, counts.series, counts.instances) == (0, 0, 0)
+    for level, tag in ((Level.STUDY, PATIENT_NAME), (Level.SERIES, 0x00080060)):
+        assert index.scan_terms(level, tag, b"") == []
+    assert index.record_keys(Level.INSTANCE) == []
+
+
+def test_deletes_record_removals_until_forgotten(index: Index, tmp_path: Path) -> None:
+    studies = [_study(1), _study(2)]
+    entries = [_entry(tmp_path, s, r, i) for s in studies for r in (1, 2) for i in (1, 2)]
+    add_all(index, entries)
+    blob_ids = {e.record.blob_id for e in entries}
+    removed = _delete(index, studies[0].uid)
+    assert len(removed) == 4 and set(removed) <= blob_ids
+    assert sorted(index.pending_removals()) == sorted(removed)
+    assert index.blob_ids() == blob_ids - set(removed)
+    assert not any(index.has_blob(b) for b in removed)
+    with pytest.raises(ServiceError) as caught:
+        _delete(index, studies[0].uid)
+    assert caught.value.code is Code.NOT_FOUND
+    with pytest.raises(ServiceError) as caught:
+        _delete(index, studies[1].uid, f"{studies[1].uid}.1", "1.2.3")
+    assert caught.value.code is Code.NOT_FOUND
+    index.forget_removals(removed[:2]).result(timeout=30)
+    assert sorted(index.pending_removals()) == sorted(removed[2:])
+    index.forget_removals(removed[2:]).result(timeout=30)
+    assert index.pending_removals() == []
+
+
+def test_the_change_log_lists_changes_in_order_with_their_states(
+    index: Index, tmp_path: Path
+) -> None:
+    study = _study(1)
+    first, second = _entry(tmp_path, study, 1, 1), _entry(tmp_path, study, 1, 2)
+    add_all(index, [first])
+    add_all(index, [second])
+    assert index.latest_change() is not None
+    _delete(index, study.uid, f"{study.uid}.1", f"{study.uid}.1.2")
+    again = _entry(tmp_path, study, 1, 2)  # stored again: a new version
+    add_all(index, [again])
+    changes = index.changes(0, 100)
+    assert [c.sequence for c in changes] == [1, 2, 3, 4]
+    assert [(c.action, c.state) for c in changes] == [
+        (ChangeAction.CREATED, ChangeState.CURRENT),
+        (ChangeAction.CREATED, ChangeState.REPLACED),  # the instance has another version now
+        (ChangeAction.DELETED, ChangeState.REPLACED),
+        (ChangeAction.CREATED, ChangeState.CURRENT),
+    ]
+    assert changes[1].sop_uid == changes[2].sop_uid == f"{study.uid}.1.2"
+    assert changes[1].version == changes[2].version != changes[3].version
+    assert all(c.time_us > 0 for c in changes)
+    assert index.changes(2, 1) == changes[2:3]
+    assert index.latest_change() == changes[-1]
+    _delete(index, study.uid)
+    assert [c.state for c in index.changes(0, 100)] == [ChangeState.DELETED] * 6
+
+
+def test_record_keys_and_maps_page_in_key_order(index: Index, tmp_path: Path) -> None:
+    entries = [_entry(tmp_path, _study(s), r, i) for s in (1, 2, 10) for r in (1, 2) for i in (1,)]
+    add_all(index, entries)
+    everything = index.record_keys(Level.SERIES)
+    assert everything == sorted(everything) and len(everything) == 6
+    assert index.record_keys(Level.SERIES, after=everything[1], limit=2) == everything[2:4]
+    # A prefix is a byte prefix, as LMDB's cursor reads it: study 1's key prefixes study 10's.
+    assert index.record_keys(Level.STUDY, keys.study_key(f"{ROOT}.1")) == [
+        keys.study_key(f"{ROOT}.1"),
+        keys.study_key(f"{ROOT}.10"),
+    ]
+    children = index.record_keys(Level.SERIES, keys.child_prefix(keys.study_key(f"{ROOT}.1")))
+    assert children == everything[:2]
+    found = index.record_map(Level.SERIES, [*everything[:2], b"missing"])
+    assert set(found) == set(everything[:2])
+    pairs = index.scan_terms(Level.STUDY, PATIENT_NAME, EXACT + b"doe", prefix=EXACT + b"doe")
+    assert [pk for _, pk in pairs] == sorted(keys.study_key(f"{ROOT}.{s}") for s in (1, 2, 10))
+    assert index.scan_terms(Level.STUDY, PATIENT_NAME, b"", limit=2) == pairs[:2]
+    owners = index.having_terms(
+        Level.STUDY,
+        PATIENT_NAME,
+        [EXACT + b"doe^john"],
+        {
+            keys.instance_key(*k)
+            for k in [(f"{ROOT}.1", f"{ROOT}.1.1", f"{ROOT}.1.1.1"), ("9.9", "9.9.1", "9.9.1.1")]
+        },
+    )
+    assert owners == {keys.instance_key(f"{ROOT}.1", f"{ROOT}.1.1", f"{ROOT}.1.1.1")}
+
+
+# --------------------------------------------------------------------------------------------
+# PostgreSQL: two nodes on one database
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def nodes(postgres_dsn: str) -> Iterator[tuple[PostgresIndex, PostgresIndex]]:
+    indexes = [PostgresIndex(PostgresBackend(postgres_dsn, pool_size=4)) for _ in range(2)]
+    try:
+        yield indexes[0], indexes[1]
+    finally:
+        for opened in indexes:
+            opened.close()
+
+
+def test_changes_read_while_two_nodes_store_come_once_in_order(
+    nodes: tuple[PostgresIndex, PostgresIndex], tmp_path: Path
+) -> None:
+    # Both nodes store into the same studies at once: the aggregates must add up too.
+    studies = [_study(s) for s in range(3)]
+    entries = [
+        _entry(tmp_path, studies[n % 3], n % 2, n, modality="CT" if n % 4 else "MR")
+        for n in range(60)
+    ]
+    done = threading.Event()
+    seen: list[int] = []
+
+    def follow() -> None:
+        after = 0
+        while True:
+            finished = done.is_set()
+            for change in nodes[1].changes(after, 7):
+                seen.append(change.sequence)
+                after = change.sequence
+            if finished and not nodes[1].changes(after, 1):
+                return
+
+    reader = threading.Thread(target=follow)
+    reader.start()
+    try:
+
+        async def store() -> None:
+            await asyncio.gather(*(nodes[n % 2].add_instance(new) for n, new in enumerate(entries)))
+
+        asyncio.run(store())
+    finally:
+        done.set()
+        reader.join(60)
+    assert seen == list(range(1, 61))
+    for node in nodes:
+        counts = node.counts()
+        assert (counts.studies, counts.series, counts.instances) == (3, 6, 60)
+        for study in studies:
+            record = node.get_study(study.uid)
+            assert record is not None and record.instance_count == 20
+            assert sum(record.modality_counts.values()) == 20
+    assert sorted(c.sequence for c in nodes[0].changes(0, 100)) == list(range(1, 61))
+
+
+def test_a_listener_on_one_node_hears_the_other_nodes_commits(
+    postgres_dsn: str, tmp_path: Path
+) -> None:
+    writer = PostgresIndex(PostgresBackend(postgres_dsn, pool_size=2))
+    reader = PostgresIndex(PostgresBackend(postgres_dsn, pool_size=2, poll_s=3600))
+    try:
+        heard: queue.Queue[int] = queue.Queue()
+        # A listener reads through its node, as the change feed does: it runs off the loop.
+        reader.on_commit(lambda: heard.put(len(reader.changes(0, 100))))
+        add_all(writer, [_entry(tmp_path, _study(1), 1, 1)])
+        assert heard.get(timeout=10) == 1
+        _delete(writer, f"{ROOT}.1")
+        while heard.get(timeout=10) != 2:
+            pass
+    finally:
+        writer.close()
+        reader.close()
+
+
+def test_two_nodes_storing_one_sop_instance_have_one_winner(
+    nodes: tuple[PostgresIndex, PostgresIndex], tmp_path: Path
+) -> None:
+    for round_ in range(5):
+        same = [_entry(tmp_path, _study(round_), 1, 1) for _ in range(4)]
+
+        async def race(entries: list[NewInstance] = same) -> list[BaseException | int]:
+            return await asyncio.gather(
+                *(nodes[n % 2].add_instance(e) for n, e in enumerate(entries)),
+                return_exceptions=True,
+            )
+
+        results = asyncio.run(race())
+        assert sum(isinstance(r, int) for r in results) == 1, results
+        assert all(
+            isinstance(r, int) or (isinstance(r, ServiceError) and r.dicom_status == 45070)
+            for r in results
+        )
+    assert nodes[0].counts().instances == 5
