@@ -274,7 +274,7 @@ class SearchCore:
 
     What a search means (which attributes match at which level, the matching syntax of each
     VR, what is returned, paging) is decided here, once; a :class:`~.backend.SearchBackend`
-    (the LMDB planner of :mod:`.lmdb_search`, or another index's) finds the matches.
+    (the term search of :mod:`.term_search`, on the LMDB or the PostgreSQL index) finds the matches.
 
     Parameters
     ----------
