@@ -45,13 +45,13 @@ def open_index(kind: str, request: pytest.FixtureRequest, path: Path) -> LmdbInd
     return PostgresIndex(backend)
 
 
-def new_instance(data: bytes, folder: Path) -> NewInstance:
-    """The entry the store would index for the DICOM file ``data`` (its own blob id)."""
+def new_instance(data: bytes, folder: Path, blob_id: str = "") -> NewInstance:
+    """The entry the store would index for the DICOM file ``data`` (a new blob id if none)."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{uuid.uuid4().hex}.dcm"
     path.write_bytes(data)
     new = prepare(path).new
-    new.record.blob_id = uuid.uuid4().hex
+    new.record.blob_id = blob_id or uuid.uuid4().hex
     path.unlink()
     return new
 

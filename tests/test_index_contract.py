@@ -12,7 +12,9 @@ node hears the other's commits.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import queue
+import struct
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,13 +27,13 @@ from dicomrpc_server.dicom.attributes import Level
 from dicomrpc_server.errors import Code, ServiceError
 from dicomrpc_server.query.terms import EXACT
 from dicomrpc_server.storage import keys
-from dicomrpc_server.storage.index_records import MODALITIES_IN_STUDY
+from dicomrpc_server.storage.index_records import MODALITIES_IN_STUDY, RECORD_TYPES, split_term
 from dicomrpc_server.storage.lmdb_index import LmdbIndex
 from dicomrpc_server.storage.postgres import PostgresBackend
 from dicomrpc_server.storage.postgres.index import PostgresIndex
 from dicomrpc_server.storage.protocols import ChangeAction, ChangeState, NewInstance
 from tests.indexes import KINDS, add_all, new_instance, open_index
-from tests.test_search_property import Instance, Series, Study, _instance_bytes
+from tests.test_search_property import PAGING_CORPUS, Instance, Series, Study, _instance_bytes
 
 Index = LmdbIndex | PostgresIndex
 ROOT = "1.2.826.0.1.3680043.10.543.77"
@@ -245,6 +247,91 @@ def test_record_keys_and_maps_page_in_key_order(index: Index, tmp_path: Path) ->
         },
     )
     assert owners == {keys.instance_key(f"{ROOT}.1", f"{ROOT}.1.1", f"{ROOT}.1.1.1")}
+
+
+def test_both_indexes_hold_the_same_entries_and_scan_them_alike(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """The same stores and deletes give the same terms in the same byte order, the same records
+    and the same change log; every scan the search planner may ask returns the same pairs."""
+    files = [
+        _instance_bytes(study, series, instance)
+        for study in PAGING_CORPUS
+        for series in study.series
+        for instance in series.instances
+    ]
+    lmdb = open_index("lmdb", request, tmp_path)
+    postgres = open_index("postgresql", request, tmp_path)
+    assert isinstance(lmdb, LmdbIndex) and isinstance(postgres, PostgresIndex)
+    try:
+        for opened in (lmdb, postgres):
+            entries = [
+                new_instance(data, tmp_path / "files", f"b{n}") for n, data in enumerate(files)
+            ]
+            for n, new in enumerate(entries):
+                new.record.stored_at_us = 1000 + n
+            add_all(opened, entries, window=1)  # one after the other: the same versions
+            study = PAGING_CORPUS[1]
+            _delete(opened, study.uid, study.series[0].uid, study.series[0].instances[0].uid)
+            _delete(opened, PAGING_CORPUS[2].uid)
+        with lmdb.read() as txn:
+            cursor = txn.cursor(db=lmdb.database("terms"))
+            lmdb_terms = [
+                bytes(key)
+                for key in cursor.iternext(values=False)
+                if bytes(key)[0] != Level.WORKITEM
+            ]
+        rows = postgres._fetch(
+            "SELECT level, tag, entry FROM index_terms ORDER BY level, tag, entry"
+        )
+        postgres_terms = [
+            struct.pack(">BI", r["level"], r["tag"]) + bytes(r["entry"]) for r in rows
+        ]
+        assert postgres_terms == lmdb_terms
+
+        by_attribute: dict[tuple[int, int], list[bytes]] = {}
+        for key in lmdb_terms:
+            level, tag = struct.unpack(">BI", key[:5])
+            term = split_term(key[5:])[0]
+            by_attribute.setdefault((level, tag), []).append(term)
+        for (level, tag), terms in by_attribute.items():
+            starts = [b"", terms[0], terms[len(terms) // 2], terms[-1] + b"\xff"]
+            stops: list[bytes | None] = [None]
+            for term in terms[:: max(1, len(terms) // 6)]:
+                stops += [term, term + keys.SEP, term[:2]]
+            for start in starts:
+                for stop in stops:
+                    for limit in (None, 3):
+                        args = (Level(level), tag, start, stop)
+                        assert postgres.scan_terms(*args, limit=limit) == lmdb.scan_terms(
+                            *args, limit=limit
+                        ), (level, tag, start, stop, limit)
+                prefix = start[:3]
+                assert postgres.scan_terms(
+                    Level(level), tag, prefix, prefix=prefix
+                ) == lmdb.scan_terms(Level(level), tag, prefix, prefix=prefix)
+
+        for level in (Level.STUDY, Level.SERIES, Level.INSTANCE):
+            found = lmdb.record_keys(level)
+            assert postgres.record_keys(level) == found
+            for after in found:
+                assert postgres.record_keys(level, after=after, limit=2) == lmdb.record_keys(
+                    level, after=after, limit=2
+                )
+            parse = RECORD_TYPES[level].FromString
+            lmdb_records = {k: parse(v) for k, v in lmdb.record_map(level, found).items()}
+            postgres_records = {k: parse(v) for k, v in postgres.record_map(level, found).items()}
+            assert postgres_records == lmdb_records
+        assert postgres.counts() == lmdb.counts()
+        assert sorted(postgres.pending_removals()) == sorted(lmdb.pending_removals())
+
+        def timeless(index: Index) -> list[object]:
+            return [dataclasses.replace(c, time_us=0) for c in index.changes(0, 1000)]
+
+        assert timeless(postgres) == timeless(lmdb)
+    finally:
+        lmdb.close()
+        postgres.close()
 
 
 # --------------------------------------------------------------------------------------------
