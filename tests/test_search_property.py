@@ -1,10 +1,10 @@
 """The search engine against an independent brute-force matcher (PS3.4 C.2.2.2 as specified).
 
-Small corpora are generated from small alphabets (so that queries match), stored into a fresh
-archive, and every generated query's result set is compared with what a plain Python reference
-matcher finds in the generated model. Paging, the SPEC's fuzzy examples and invalid requests are
-checked on fixed corpora, on the LMDB index and on the PostgreSQL index: the term search reads
-both alike.
+Small corpora are generated from small alphabets (so that queries match), indexed afresh, and
+every generated query's result set is compared with what a plain Python reference matcher finds
+in the generated model. Paging, the SPEC's fuzzy examples and invalid requests are checked on
+fixed corpora. Every test runs on the LMDB index (the corpus stored through the archive's store
+path) and on the PostgreSQL index (see :func:`corpus_core`): the term search reads both alike.
 """
 
 from __future__ import annotations
@@ -599,17 +599,17 @@ def check(core: SearchCore, corpus: list[Study], query: Query) -> None:
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(corpus=corpora(), query_list=st.lists(queries(), min_size=1, max_size=25))
+@pytest.mark.parametrize("kind", INDEXES)
 def test_search_matches_reference(
-    tmp_path_factory: pytest.TempPathFactory, corpus: list[Study], query_list: list[Query]
+    kind: str,
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    corpus: list[Study],
+    query_list: list[Query],
 ) -> None:
-    archive = open_archive(tmp_path_factory.mktemp("search") / "data")
-    try:
-        store_corpus(archive, corpus)
-        core = SearchCore(archive.index, TermSearch(archive.index))
+    with corpus_core(kind, request, tmp_path_factory.mktemp("search"), corpus) as core:
         for query in query_list:
             check(core, corpus, query)
-    finally:
-        archive.close()
 
 
 # --------------------------------------------------------------------------------------------
