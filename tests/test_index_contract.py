@@ -25,8 +25,11 @@ from pydicom.uid import CTImageStorage, MRImageStorage
 from dicomrpc.v1 import dataset_pb2
 from dicomrpc_server.dicom.attributes import Level
 from dicomrpc_server.errors import Code, ServiceError
+from dicomrpc_server.query.engine import SearchCore, SearchRequest
+from dicomrpc_server.query.extended import RequestedTag, define
+from dicomrpc_server.query.term_search import TermSearch
 from dicomrpc_server.query.terms import EXACT
-from dicomrpc_server.storage import keys
+from dicomrpc_server.storage import keys, records_pb2
 from dicomrpc_server.storage.index_records import MODALITIES_IN_STUDY, RECORD_TYPES, split_term
 from dicomrpc_server.storage.lmdb_index import LmdbIndex
 from dicomrpc_server.storage.postgres import PostgresBackend
@@ -431,3 +434,90 @@ def test_two_nodes_storing_one_sop_instance_have_one_winner(
             for r in results
         )
     assert nodes[0].counts().instances == 5
+
+
+# --------------------------------------------------------------------------------------------
+# Extended query tags
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("keyword", "level", "value", "kept"),
+    [
+        ("Rows", Level.INSTANCE, "2", True),  # kept in instance records anyway
+        ("PhotometricInterpretation", Level.SERIES, "MONOCHROME2", False),
+    ],
+)
+def test_an_extended_query_tag_is_registered_reindexed_searched_and_removed(
+    index: Index, tmp_path: Path, keyword: str, level: Level, value: str, kept: bool
+) -> None:
+    study = _study(1)
+    add_all(index, [_entry(tmp_path, study, 1, i) for i in range(3)])
+    tag = define(RequestedTag(keyword, level=int(level)), "tags[0]")
+    hex_tag, number = tag.hex_tag, int(tag.hex_tag, 16)
+    operation = records_pb2.ReindexOperation(operation_id="op", hex_tags=[hex_tag])
+    registered = asyncio.run(index.add_query_tags([tag], operation))
+    assert registered.total_instances == 3 and not registered.done
+    assert [(t.hex_tag, t.ready, t.operation_id) for t in index.query_tags()] == [
+        (hex_tag, False, "op")
+    ]
+    with pytest.raises(ServiceError) as caught:
+        again = records_pb2.ReindexOperation(operation_id="op2", hex_tags=[hex_tag])
+        asyncio.run(index.add_query_tags([define(RequestedTag(keyword, level=level), "t")], again))
+    assert caught.value.code is Code.ALREADY_EXISTS
+    add_all(index, [_entry(tmp_path, study, 2, 1)])  # stored after: indexed by its store
+    assert len(index.scan_terms(level, number, b"")) == 1
+    with pytest.raises(ServiceError) as caught:
+        asyncio.run(index.reindex_batch("nope", 2))
+    assert caught.value.code is Code.NOT_FOUND
+    batches = 0
+    while not (progress := asyncio.run(index.reindex_batch("op", 2))).done:
+        batches += 1
+    assert batches == 1 and progress.processed_instances == 4  # the last batch ends it
+    assert index.operation("op") == progress and index.operations() == [progress]
+    assert [t.ready for t in index.query_tags()] == [True]
+    records = len(index.record_keys(level))
+    entries = index.scan_terms(level, number, b"")
+    assert len(entries) == records and len({term for term, _ in entries}) == 1
+    core = SearchCore(index, TermSearch(index))
+    found = core.search(SearchRequest(level=level.name.lower(), match={keyword: value}))
+    assert len(found.results) == records
+    assert all(r.attributes[hex_tag].WhichOneof("value") for r in found.results)
+
+    while not asyncio.run(index.drop_query_tag(hex_tag, 3)):
+        assert index.query_tags() == [] and index.pending_drops() == [hex_tag]
+    assert index.pending_drops() == [] and index.query_tags() == []
+    assert index.scan_terms(level, number, b"") == []
+    parse = RECORD_TYPES[level].FromString
+    for raw in index.record_map(level, index.record_keys(level)).values():
+        assert (hex_tag in parse(raw).attributes.attributes) is kept
+    assert asyncio.run(index.drop_query_tag(hex_tag, 3))  # nothing left to remove
+
+
+def test_stores_on_one_node_while_the_other_reindexes_are_all_indexed(
+    nodes: tuple[PostgresIndex, PostgresIndex], tmp_path: Path
+) -> None:
+    studies = [_study(s) for s in range(4)]
+    before = [_entry(tmp_path, studies[n % 4], 1, n) for n in range(12)]
+    during = [_entry(tmp_path, studies[n % 4], 2, n) for n in range(40)]
+    add_all(nodes[0], before)
+    tag = define(RequestedTag("Rows", level=int(Level.INSTANCE)), "tags[0]")
+    operation = records_pb2.ReindexOperation(operation_id="op", hex_tags=[tag.hex_tag])
+
+    async def run() -> None:
+        async def store() -> None:
+            for new in during:
+                await nodes[1].add_instance(new)
+
+        async def register_and_walk() -> None:
+            await asyncio.sleep(0.05)
+            await nodes[0].add_query_tags([tag], operation)
+            while not (await nodes[0].reindex_batch("op", 2)).done:
+                pass
+
+        await asyncio.gather(store(), register_and_walk())
+
+    asyncio.run(run())
+    for node in nodes:
+        assert len(node.scan_terms(Level.INSTANCE, 0x00280010, b"")) == 52
+        assert node.counts().instances == 52

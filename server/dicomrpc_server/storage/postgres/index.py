@@ -12,13 +12,14 @@ table                  rows
 ``index_changes``      sequence, instance key, ``ChangeRecord``: the change log
 ``index_counter``      one row: the newest change's sequence; the numbers of studies, series,
                        instances
-``query_tags``         8 hex digits, ``QueryTagRecord``: the extended query tags
+``query_tags``         8 hex digits, ``QueryTagRecord``: the extended query tags (with
+                       ``query_tag_drops`` and ``reindex_operations``: :mod:`.query_tags`)
 =====================  ===========================================================================
 
 (The tables are created by :mod:`.migrations`, step 2.)
 
 This is the PostgreSQL implementation of the index roles of :mod:`..protocols` (``Index``,
-``ChangeLog``, ``Deletions``, ``InstanceReads``, the reads of ``QueryTagRecords``) and of the
+``ChangeLog``, ``Deletions``, ``InstanceReads``, ``QueryTagRecords``) and of the
 term store the search planner reads (:class:`~dicomrpc_server.query.term_search.TermStore`);
 several nodes may run it on one database at once. Records, terms and aggregates are the LMDB
 index's, computed by the same functions (:mod:`..index_records`) and stored as the same bytes:
@@ -60,7 +61,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -84,7 +85,9 @@ from dicomrpc_server.storage.index_records import (
     study_after_removal,
     term_changes,
 )
+from dicomrpc_server.storage.postgres import query_tags
 from dicomrpc_server.storage.postgres.backend import PostgresBackend
+from dicomrpc_server.storage.postgres.query_tags import TAGS_LOCK
 from dicomrpc_server.storage.protocols import (
     Change,
     ChangeAction,
@@ -238,6 +241,7 @@ def _copy(new: NewInstance) -> NewInstance:
 
 
 R = TypeVar("R", bound=Record)
+T = TypeVar("T")
 
 
 def _clone(record: R) -> R:
@@ -380,11 +384,6 @@ class PostgresIndex:
             "SELECT frames FROM instances WHERE key = $1", keys.instance_key(study, series, sop)
         )
         return None if raw is None else records_pb2.FrameTable.FromString(raw)
-
-    def query_tags(self) -> list[records_pb2.QueryTagRecord]:
-        """The extended query tags, in tag order."""
-        rows = self._fetch("SELECT record FROM query_tags ORDER BY hex_tag")
-        return [records_pb2.QueryTagRecord.FromString(bytes(row["record"])) for row in rows]
 
     # -- the term store of the search planner ------------------------------------------------
 
@@ -573,11 +572,18 @@ class PostgresIndex:
         The row returned has the study's record, a new version (when ``create``) and the
         extended query tags as the transaction reads them.
         """
+        # The tag list is locked (shared) by a statement of its own, before it is read: a
+        # registration then commits before this transaction reads the tags, or after it ends.
+        if create:
+            await connection.execute(
+                "WITH tags AS (SELECT pg_advisory_xact_lock_shared($2)) "
+                "INSERT INTO studies (key) SELECT $1 FROM tags ON CONFLICT DO NOTHING",
+                stkey,
+                TAGS_LOCK,
+            )
+        else:
+            await connection.execute("SELECT pg_advisory_xact_lock_shared($1)", TAGS_LOCK)
         while True:
-            if create:
-                await connection.execute(
-                    "INSERT INTO studies (key) VALUES ($1) ON CONFLICT DO NOTHING", stkey
-                )
             # The version is drawn under the lock: versions grow in each study's commit order.
             row: asyncpg.Record | None = await connection.fetchrow(
                 "SELECT s.record, "
@@ -589,6 +595,9 @@ class PostgresIndex:
             # A row deleted while this waited for its lock is not returned: create it again.
             if row is not None or not create:
                 return row
+            await connection.execute(
+                "INSERT INTO studies (key) VALUES ($1) ON CONFLICT DO NOTHING", stkey
+            )
 
     async def _add(
         self, connection: asyncpg.Connection, new: NewInstance
@@ -748,6 +757,63 @@ class PostgresIndex:
         write.instances = -len(rows)
         await connection.execute(_WRITE, *write.arguments())
         return blob_ids
+
+    # -- extended query tags (see .query_tags) -----------------------------------------------
+
+    def query_tags(self) -> list[records_pb2.QueryTagRecord]:
+        """The extended query tags, in tag order."""
+        rows = self._fetch("SELECT record FROM query_tags ORDER BY hex_tag")
+        return [records_pb2.QueryTagRecord.FromString(bytes(row["record"])) for row in rows]
+
+    def operation(self, operation_id: str) -> records_pb2.ReindexOperation | None:
+        """A re-indexing operation, or None when there is no such operation."""
+        if not operation_id:
+            return None
+        raw = self._bytes(
+            "SELECT record FROM reindex_operations WHERE operation_id = $1", operation_id
+        )
+        return None if raw is None else records_pb2.ReindexOperation.FromString(raw)
+
+    def operations(self) -> list[records_pb2.ReindexOperation]:
+        """Every re-indexing operation (finished ones included), by id."""
+        rows = self._fetch("SELECT record FROM reindex_operations ORDER BY operation_id")
+        return [records_pb2.ReindexOperation.FromString(bytes(row["record"])) for row in rows]
+
+    def pending_drops(self) -> list[str]:
+        """The query tags whose removal is unfinished (8 hex digits each)."""
+        return [row["hex_tag"] for row in self._fetch("SELECT hex_tag FROM query_tag_drops")]
+
+    async def add_query_tags(
+        self, tags: list[records_pb2.QueryTagRecord], operation: records_pb2.ReindexOperation
+    ) -> records_pb2.ReindexOperation:
+        """Register new query tags (not ready) and the operation that will re-index for them.
+
+        Raises ALREADY_EXISTS, naming the tag, when one of them is registered already. From the
+        commit on, every store on every node indexes the new tags.
+        """
+        return await self._transact(
+            lambda connection: query_tags.add_query_tags(connection, tags, operation)
+        )
+
+    async def reindex_batch(self, operation_id: str, limit: int) -> records_pb2.ReindexOperation:
+        """Index up to ``limit`` more instances for an operation's tags; ready at the end."""
+        return await self._transact(
+            lambda connection: query_tags.reindex_batch(connection, operation_id, limit)
+        )
+
+    async def drop_query_tag(self, hex_tag: str, limit: int) -> bool:
+        """Remove an extended query tag, ``limit`` index entries per call; True when all gone."""
+        return await self._transact(
+            lambda connection: query_tags.drop_query_tag(connection, hex_tag, limit)
+        )
+
+    async def _transact(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        async def run() -> T:
+            result: T = await self.backend.transact(work)
+            self.backend.committed()
+            return result
+
+        return await self.backend.arun(run())
 
     def forget_removals(self, blob_ids: list[str]) -> concurrent.futures.Future[None]:
         """Clear the pending-removal records of files now removed.

@@ -69,7 +69,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         2,
-        "the instance index: records, terms, blob references, removals, the change log",
+        "the instance index: records, terms, blob references, removals, the change log, "
+        "the extended query tags and their re-indexing",
         # Records are keyed by the LMDB index's keys (the UIDs, ASCII, joined by NUL: the
         # natural keys), and terms by LMDB's term keys after level and tag (term, NUL, primary
         # key): bytea compares byte by byte, so ranges and orders are LMDB's. A study row with
@@ -119,6 +120,14 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE SEQUENCE instance_version;
         CREATE TABLE query_tags (
             hex_tag text COLLATE "C" PRIMARY KEY,
+            record bytea NOT NULL
+        );
+        CREATE TABLE query_tag_drops (
+            hex_tag text COLLATE "C" PRIMARY KEY,
+            record bytea NOT NULL
+        );
+        CREATE TABLE reindex_operations (
+            operation_id text COLLATE "C" PRIMARY KEY,
             record bytea NOT NULL
         );
         """,
