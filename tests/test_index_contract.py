@@ -521,3 +521,55 @@ def test_stores_on_one_node_while_the_other_reindexes_are_all_indexed(
     for node in nodes:
         assert len(node.scan_terms(Level.INSTANCE, 0x00280010, b"")) == 52
         assert node.counts().instances == 52
+
+
+def test_stores_and_deletes_of_one_study_on_two_nodes_keep_the_aggregates_true(
+    nodes: tuple[PostgresIndex, PostgresIndex], tmp_path: Path
+) -> None:
+    """A study deleted while stores wait for its lock is created again by them; whatever the
+    interleaving, the records' counts are those of the rows, and the change log adds up."""
+    study = _study(1)
+    entries = [
+        _entry(tmp_path, study, n % 3, n, modality="CT" if n % 2 else "MR") for n in range(45)
+    ]
+
+    async def run() -> int:
+        deleted = 0
+
+        async def store(node: PostgresIndex, mine: list[NewInstance]) -> None:
+            for new in mine:
+                await node.add_instance(new)
+
+        async def delete() -> None:
+            nonlocal deleted
+            for _ in range(6):
+                await asyncio.sleep(0.02)
+                try:
+                    deleted += len(await nodes[1].delete(study.uid))
+                except ServiceError as error:
+                    assert error.code is Code.NOT_FOUND
+
+        await asyncio.gather(
+            store(nodes[0], entries[0::2]), store(nodes[1], entries[1::2]), delete()
+        )
+        return deleted
+
+    deleted = asyncio.run(run())
+    listed = nodes[0].list_instances(study.uid)
+    assert len(listed) + deleted == len(entries)
+    record = nodes[0].get_study(study.uid)
+    if listed:
+        assert record is not None and record.instance_count == len(listed)
+        assert record.series_count == len({series for _, series, _, _ in listed})
+        modalities: dict[str, int] = {}
+        for _, _, _, instance in listed:
+            modalities[instance.modality] = modalities.get(instance.modality, 0) + 1
+        assert dict(record.modality_counts) == modalities
+    else:
+        assert record is None
+    counts = nodes[1].counts()
+    assert (counts.studies, counts.instances) == (1 if listed else 0, len(listed))
+    changes = nodes[1].changes(0, 1000)
+    assert [c.sequence for c in changes] == list(range(1, len(changes) + 1))
+    created = sum(c.action is ChangeAction.CREATED for c in changes)
+    assert (created, len(changes) - created) == (len(entries), deleted)
