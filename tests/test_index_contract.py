@@ -332,6 +332,15 @@ def test_both_indexes_hold_the_same_entries_and_scan_them_alike(
             return [dataclasses.replace(c, time_us=0) for c in index.changes(0, 1000)]
 
         assert timeless(postgres) == timeless(lmdb)
+        with lmdb.read() as txn:
+            lmdb_log = [bytes(v) for _, v in txn.cursor(db=lmdb.database("changes"))]
+        rows = postgres._fetch("SELECT record FROM index_changes ORDER BY sequence")
+        for raw_lmdb, row in zip(lmdb_log, rows, strict=True):
+            ours = records_pb2.ChangeRecord.FromString(bytes(row["record"]))
+            theirs = records_pb2.ChangeRecord.FromString(raw_lmdb)
+            ours.ClearField("time")
+            theirs.ClearField("time")
+            assert ours == theirs
     finally:
         lmdb.close()
         postgres.close()
@@ -573,3 +582,24 @@ def test_stores_and_deletes_of_one_study_on_two_nodes_keep_the_aggregates_true(
     assert [c.sequence for c in changes] == list(range(1, len(changes) + 1))
     created = sum(c.action is ChangeAction.CREATED for c in changes)
     assert (created, len(changes) - created) == (len(entries), deleted)
+
+
+def test_stored_change_records_carry_their_sequence(postgres_dsn: str) -> None:
+    """The statement numbering changes appends the sequence's protobuf field to each record."""
+    backend = PostgresBackend(postgres_dsn, pool_size=1)
+    try:
+        base = records_pb2.ChangeRecord(
+            kind=records_pb2.CHANGE_KIND_DELETED, sop_instance_uid="1.2.3", version=7
+        )
+        for n in (1, 127, 128, 300, 16384, 2**31, 2**56 + 5, 2**62, 2**63 - 1):
+            raw = backend.run(
+                backend.fetchval(
+                    "SELECT $1::bytea || change_sequence_field($2)", base.SerializeToString(), n
+                )
+            )
+            expected = records_pb2.ChangeRecord()
+            expected.CopyFrom(base)
+            expected.sequence = n
+            assert records_pb2.ChangeRecord.FromString(raw) == expected, n
+    finally:
+        backend.close()

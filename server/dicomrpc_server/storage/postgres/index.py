@@ -50,8 +50,9 @@ Change sequences follow commit order, with no gap
     this one committed: a reader that sees change *n* sees every change before it, and a
     follower moving from the last sequence it read never skips a late commit. The same row
     keeps the counts, which cost nothing more there. Every write locks a study first and the
-    counter last: they cannot deadlock on the two. The sequence is the row's: the stored
-    ``ChangeRecord`` carries it only once read. Instance versions come from a PostgreSQL
+    counter last: they cannot deadlock on the two. The statement appends the sequence's field
+    to each ``ChangeRecord`` it writes, so the stored records carry it, as LMDB's do (protobuf
+    reads fields in any order). Instance versions come from a PostgreSQL
     sequence, drawn under the study's lock: unique, and increasing within a study.
 
 Reads are single statements on the pool, each seeing the database as committed when it started.
@@ -134,7 +135,8 @@ WITH removed_terms AS (
     RETURNING last_change
 )
 INSERT INTO index_changes (sequence, key, record)
-SELECT counter.last_change - $15 + c.n, c.key, c.record
+SELECT counter.last_change - $15 + c.n, c.key,
+    c.record || change_sequence_field(counter.last_change - $15 + c.n)
 FROM counter, unnest($14::bytea[], $19::bytea[]) WITH ORDINALITY AS c (key, record, n)
 """
 
@@ -213,7 +215,7 @@ class _Write:
 def _change(
     kind: records_pb2.ChangeKind.ValueType, ikey: bytes, version: int, now_us: int
 ) -> tuple[bytes, bytes]:
-    """A change log row (without its sequence, which the row's number gives)."""
+    """A change log row, its record without the sequence (:data:`_WRITE` appends it)."""
     study, series, sop = keys.split_key(ikey)
     record = records_pb2.ChangeRecord(
         kind=kind,

@@ -77,6 +77,9 @@ MIGRATIONS: tuple[Migration, ...] = (
         # no record is the placeholder a first store locks; it is never committed. The counter
         # is the one row every change-writing transaction updates, last: it numbers changes in
         # commit order and keeps the counts of studies, series and instances.
+        # change_sequence_field(n) is the protobuf encoding of ChangeRecord.sequence = n
+        # (field 1, a varint; n >= 1): appended to a record written without it, the record's
+        # bytes carry the sequence the counter gave, as LMDB's do.
         """
         CREATE TABLE studies (
             key bytea PRIMARY KEY,
@@ -109,6 +112,15 @@ MIGRATIONS: tuple[Migration, ...] = (
             key bytea NOT NULL,
             record bytea NOT NULL
         );
+        CREATE FUNCTION change_sequence_field(n bigint) RETURNS bytea
+        LANGUAGE sql IMMUTABLE STRICT AS $$
+            SELECT decode('08', 'hex') || string_agg(
+                set_byte(decode('00', 'hex'), 0, (((n >> (7 * i)) & 127)
+                    | CASE WHEN n >> (7 * (i + 1)) > 0 THEN 128 ELSE 0 END)::int),
+                ''::bytea ORDER BY i)
+            FROM generate_series(0, 9) AS i
+            WHERE i = 0 OR n >> (7 * i) > 0
+        $$;
         CREATE TABLE index_counter (
             only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row),
             last_change bigint NOT NULL,
