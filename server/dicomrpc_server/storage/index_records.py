@@ -16,7 +16,7 @@ Each index only writes the results in its own way: a computation here changes bo
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from dicomrpc.v1 import dataset_pb2
@@ -119,6 +119,69 @@ def add_extended(new: NewInstance, extended: list[records_pb2.QueryTagRecord]) -
         value = extract(metadata, tag)
         if value is not None:
             targets[Level(tag.level)].attributes[tag.hex_tag].CopyFrom(value)
+
+
+@dataclass
+class Rewrite:
+    """A record a re-indexing batch rewrites, and the entries it loses and gains."""
+
+    level: Level
+    key: bytes
+    record: Record
+    removed: Terms
+    added: Terms
+
+
+def reindexed(
+    instances: Iterable[tuple[bytes, bytes]],
+    load: Callable[[Level, bytes], bytes | None],
+    tags: list[records_pb2.QueryTagRecord],
+    extended: list[records_pb2.QueryTagRecord],
+) -> list[Rewrite]:
+    """The records a re-indexing batch rewrites for ``tags``, with their entries' changes.
+
+    ``instances`` are the (key, metadata) of the instances walked; ``load`` reads a record
+    of a level by key (None when there is none); ``extended`` is every registered tag, as the
+    batch's transaction reads them (``tags`` among them). Each record of the tags' levels that
+    holds a walked instance gets the tags' values from the instance's metadata.
+    """
+    levels = sorted({Level(t.level) for t in tags})
+    loaded: dict[tuple[Level, bytes], tuple[Record, Record]] = {}
+    for ikey, raw_metadata in instances:
+        metadata = dataset_pb2.Dataset.FromString(raw_metadata)
+        parts = ikey.split(keys.SEP)
+        for level in levels:
+            pk = keys.SEP.join(parts[: int(level)])
+            if (level, pk) not in loaded:
+                raw = load(level, pk)
+                if raw is None:
+                    continue
+                parse = RECORD_TYPES[level].FromString
+                loaded[(level, pk)] = (parse(raw), parse(raw))
+            record = loaded[(level, pk)][1]
+            for tag in tags:
+                if tag.level != level:
+                    continue
+                value = extract(metadata, tag)
+                if value is not None:
+                    record.attributes.attributes[tag.hex_tag].CopyFrom(value)
+    # Before this walk the records had no entries for these tags, whatever they held.
+    walked = {t.hex_tag for t in tags}
+    before = [t for t in extended if t.hex_tag not in walked]
+    out = []
+    for (level, pk), (old, new) in loaded.items():
+        old_terms = record_terms(level, old, before)
+        new_terms = record_terms(level, new, extended)
+        out.append(Rewrite(level, pk, new, old_terms - new_terms, new_terms - old_terms))
+    return out
+
+
+def strip_tag(record: Record, hex_tag: str) -> bool:
+    """Remove an unregistered extended tag's value from a record; whether it had one."""
+    if hex_tag not in record.attributes.attributes:
+        return False
+    del record.attributes.attributes[hex_tag]
+    return True
 
 
 def kept_by_level(hex_tag: str) -> Level | None:

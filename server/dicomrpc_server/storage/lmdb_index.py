@@ -49,7 +49,7 @@ import lmdb
 from dicomrpc.v1 import dataset_pb2
 from dicomrpc_server.dicom.attributes import Level
 from dicomrpc_server.errors import Code, ServiceError
-from dicomrpc_server.query.extended import extract, unknown_operation
+from dicomrpc_server.query.extended import unknown_operation
 from dicomrpc_server.storage import keys, records_pb2
 from dicomrpc_server.storage.index_records import (
     RECORD_TYPES,
@@ -60,10 +60,12 @@ from dicomrpc_server.storage.index_records import (
     kept_by_level,
     not_stored_error,
     record_terms,
+    reindexed,
     series_after_removal,
     split_term,
     stored_series,
     stored_study,
+    strip_tag,
     study_after_removal,
     term_changes,
 )
@@ -806,41 +808,19 @@ class LmdbIndex:
         ``extended`` is every registered tag (``tags`` among them), as read in this transaction.
         """
         db = self._db
-        levels = sorted({Level(t.level) for t in tags})
-        loaded: dict[tuple[Level, bytes], tuple[Record, Record]] = {}
+        walked = []
         for ikey in instance_keys:
             raw_metadata = _get(txn, ikey, db["metadata"])
-            if raw_metadata is None:
-                continue
-            metadata = dataset_pb2.Dataset.FromString(raw_metadata)
-            parts = ikey.split(keys.SEP)
-            for level in levels:
-                pk = keys.SEP.join(parts[: int(level)])
-                if (level, pk) not in loaded:
-                    raw = _get(txn, pk, db[_LEVEL_DB[level]])
-                    if raw is None:
-                        continue
-                    loaded[(level, pk)] = (
-                        RECORD_TYPES[level].FromString(raw),
-                        RECORD_TYPES[level].FromString(raw),
-                    )
-                record = loaded[(level, pk)][1]
-                for tag in tags:
-                    if tag.level != level:
-                        continue
-                    value = extract(metadata, tag)
-                    if value is not None:
-                        record.attributes.attributes[tag.hex_tag].CopyFrom(value)
-        # Before this walk the records had no entries for these tags, whatever they held.
-        walked = {t.hex_tag for t in tags}
-        before = [t for t in extended if t.hex_tag not in walked]
-        for (level, pk), (old, new) in loaded.items():
-            old_terms = record_terms(level, old, before)
-            new_terms = record_terms(level, new, extended)
-            for number, term in old_terms - new_terms:
+            if raw_metadata is not None:
+                walked.append((ikey, raw_metadata))
+        for rewrite in reindexed(
+            walked, lambda level, pk: _get(txn, pk, db[_LEVEL_DB[level]]), tags, extended
+        ):
+            level, pk = rewrite.level, rewrite.key
+            for number, term in rewrite.removed:
                 txn.delete(keys.term_key(level, number, term, pk), db=db["terms"])
-            self._put_terms(txn, level, pk, new_terms - old_terms)
-            txn.put(pk, new.SerializeToString(), db=db[_LEVEL_DB[level]])
+            self._put_terms(txn, level, pk, rewrite.added)
+            txn.put(pk, rewrite.record.SerializeToString(), db=db[_LEVEL_DB[level]])
 
     async def drop_query_tag(self, hex_tag: str, limit: int) -> bool:
         """Remove an extended query tag, ``limit`` index entries per call; True when all gone.
@@ -888,8 +868,7 @@ class LmdbIndex:
         if raw is None:
             return
         record = RECORD_TYPES[level].FromString(raw)
-        if hex_tag in record.attributes.attributes:
-            del record.attributes.attributes[hex_tag]
+        if strip_tag(record, hex_tag):
             txn.put(pk, record.SerializeToString(), db=self._db[name])
 
     def _put_operation(

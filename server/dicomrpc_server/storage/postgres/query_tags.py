@@ -26,17 +26,16 @@ from __future__ import annotations
 
 import asyncpg
 
-from dicomrpc.v1 import dataset_pb2
 from dicomrpc_server.dicom.attributes import Level
 from dicomrpc_server.errors import Code, ServiceError
-from dicomrpc_server.query.extended import extract, unknown_operation
+from dicomrpc_server.query.extended import unknown_operation
 from dicomrpc_server.storage import keys, records_pb2
 from dicomrpc_server.storage.index_records import (
     RECORD_TYPES,
-    Record,
     kept_by_level,
-    record_terms,
+    reindexed,
     split_term,
+    strip_tag,
 )
 
 # pg_advisory_xact_lock's key of the tag list: the ASCII bytes of "dcmrpctg".
@@ -163,45 +162,25 @@ async def _reindex(
     """Copy the tags' values from each instance's metadata into its records, and index them."""
     await _lock_studies(connection, instance_keys)
     metadata_rows = await connection.fetch(
-        "SELECT key, metadata FROM instances WHERE key = ANY($1::bytea[])", instance_keys
+        "SELECT key, metadata FROM instances WHERE key = ANY($1::bytea[]) ORDER BY key",
+        instance_keys,
     )
-    metadata = {bytes(row["key"]): bytes(row["metadata"]) for row in metadata_rows}
-    levels = sorted({Level(t.level) for t in tags})
-    loaded: dict[tuple[Level, bytes], tuple[Record, Record]] = {}
-    for level in levels:
-        wanted = sorted({_owner(ikey, level) for ikey in instance_keys if ikey in metadata})
+    walked = [(bytes(row["key"]), bytes(row["metadata"])) for row in metadata_rows]
+    records: dict[tuple[Level, bytes], bytes] = {}
+    for level in sorted({Level(t.level) for t in tags}):
+        wanted = sorted({_owner(ikey, level) for ikey, _ in walked})
         for pk, raw in (await _records(connection, level, wanted)).items():
-            loaded[(level, pk)] = (
-                RECORD_TYPES[level].FromString(raw),
-                RECORD_TYPES[level].FromString(raw),
-            )
-    for ikey in instance_keys:
-        raw_metadata = metadata.get(ikey)
-        if raw_metadata is None:
-            continue
-        dataset = dataset_pb2.Dataset.FromString(raw_metadata)
-        for level in levels:
-            pair = loaded.get((level, _owner(ikey, level)))
-            if pair is None:
-                continue
-            for tag in tags:
-                if tag.level != level:
-                    continue
-                value = extract(dataset, tag)
-                if value is not None:
-                    pair[1].attributes.attributes[tag.hex_tag].CopyFrom(value)
-    # Before this walk the records had no entries for these tags, whatever they held.
-    walked = {t.hex_tag for t in tags}
-    before = [t for t in extended if t.hex_tag not in walked]
+            records[(level, pk)] = raw
     removed: list[tuple[int, int, bytes]] = []
     added: list[tuple[int, int, bytes]] = []
-    for (level, pk), (old, new) in loaded.items():
-        old_terms = record_terms(level, old, before)
-        new_terms = record_terms(level, new, extended)
-        removed += [(int(level), tag, term + keys.SEP + pk) for tag, term in old_terms - new_terms]
-        added += [(int(level), tag, term + keys.SEP + pk) for tag, term in new_terms - old_terms]
+    for rewrite in reindexed(walked, lambda level, pk: records.get((level, pk)), tags, extended):
+        number, pk = int(rewrite.level), rewrite.key
+        removed += [(number, tag, term + keys.SEP + pk) for tag, term in rewrite.removed]
+        added += [(number, tag, term + keys.SEP + pk) for tag, term in rewrite.added]
         await connection.execute(
-            f"UPDATE {_TABLES[level]} SET record = $2 WHERE key = $1", pk, new.SerializeToString()
+            f"UPDATE {_TABLES[rewrite.level]} SET record = $2 WHERE key = $1",
+            pk,
+            rewrite.record.SerializeToString(),
         )
     await _write_terms(connection, removed, added)
 
@@ -243,8 +222,7 @@ async def drop_query_tag(connection: asyncpg.Connection, hex_tag: str, limit: in
         await _lock_studies(connection, owners)
         for pk, raw_record in (await _records(connection, level, owners)).items():
             record = RECORD_TYPES[level].FromString(raw_record)
-            if hex_tag in record.attributes.attributes:
-                del record.attributes.attributes[hex_tag]
+            if strip_tag(record, hex_tag):
                 await connection.execute(
                     f"UPDATE {_TABLES[level]} SET record = $2 WHERE key = $1",
                     pk,
