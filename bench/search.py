@@ -93,7 +93,7 @@ from dicomrpc.v1 import dataset_pb2
 from dicomrpc_server.dicom.attributes import Level
 from dicomrpc_server.paths import bulk_data_path, instance_path
 from dicomrpc_server.query.engine import MAX_LIMIT, SearchCore, SearchRequest
-from dicomrpc_server.query.lmdb_search import LmdbSearch
+from dicomrpc_server.query.term_search import TermSearch
 from dicomrpc_server.query.terms import fold_person_name
 from dicomrpc_server.storage import records_pb2
 from dicomrpc_server.storage.lmdb_index import LmdbIndex
@@ -787,7 +787,7 @@ def verify_in_process(index_dir: Path, sample: dict[str, list[Query]], per_kind:
     index = _open_index(index_dir)
     checked = 0
     try:
-        core = SearchCore(index, LmdbSearch(index))
+        core = SearchCore(index, TermSearch(index))
         for items in sample.values():
             for q in items[:per_kind]:
                 got = ask_core(core, q, MAX_LIMIT)
@@ -804,7 +804,7 @@ def engine_side(index_dir: Path) -> Iterator[Ask]:
     """The search engine on the index, in this process (no gRPC)."""
     index = _open_index(index_dir)
     try:
-        core = SearchCore(index, LmdbSearch(index))
+        core = SearchCore(index, TermSearch(index))
         yield _timed(lambda q: ask_core(core, q))
     finally:
         index.close()

@@ -1,9 +1,10 @@
 """The search engine against an independent brute-force matcher (PS3.4 C.2.2.2 as specified).
 
-Small corpora are generated from small alphabets (so that queries match), stored into a fresh
-archive, and every generated query's result set is compared with what a plain Python reference
-matcher finds in the generated model. Paging, the SPEC's fuzzy examples and invalid requests are
-checked on fixed corpora.
+Small corpora are generated from small alphabets (so that queries match), indexed afresh, and
+every generated query's result set is compared with what a plain Python reference matcher finds
+in the generated model. Paging, the SPEC's fuzzy examples and invalid requests are checked on
+fixed corpora. Every test runs on the LMDB index (the corpus stored through the archive's store
+path) and on the PostgreSQL index (see :func:`corpus_core`): the term search reads both alike.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import re
 import unicodedata
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -36,8 +38,11 @@ from dicomrpc_server.archive import Archive
 from dicomrpc_server.config import Settings
 from dicomrpc_server.errors import Code, ServiceError
 from dicomrpc_server.query.engine import SCAN_CAP, SearchCore, SearchRequest
-from dicomrpc_server.query.lmdb_search import LmdbSearch
+from dicomrpc_server.query.term_search import TermSearch
+from dicomrpc_server.storage.postgres import PostgresBackend
+from dicomrpc_server.storage.postgres.index import PostgresIndex
 from dicomrpc_server.store.ingest import StoreStream
+from tests.indexes import add_all, new_instance
 
 # --------------------------------------------------------------------------------------------
 # The corpus model
@@ -164,6 +169,44 @@ def store_corpus(archive: Archive, corpus: list[Study]) -> None:
 
 def open_archive(data_dir: Path) -> Archive:
     return Archive(Settings(data_dir=data_dir, lmdb_map_size=64 * 1024 * 1024))
+
+
+INDEXES = ["lmdb", "postgresql"]
+
+
+@contextmanager
+def corpus_core(
+    kind: str, request: pytest.FixtureRequest, folder: Path, corpus: list[Study]
+) -> Iterator[SearchCore]:
+    """A search over ``corpus`` on an index of ``kind``.
+
+    On LMDB the corpus is stored through the archive's store path; on PostgreSQL each file is
+    turned into the entry the store would index (``prepare()``) and indexed directly, on a
+    database of its own.
+    """
+    if kind == "lmdb":
+        archive = open_archive(folder / "data")
+        try:
+            store_corpus(archive, corpus)
+            yield SearchCore(archive.index, TermSearch(archive.index))
+        finally:
+            archive.close()
+        return
+    cluster = request.getfixturevalue("postgres")
+    dsn = cluster.create_database()
+    index = PostgresIndex(PostgresBackend(dsn, pool_size=4))
+    try:
+        entries = [
+            new_instance(_instance_bytes(study, series, instance), folder / "files")
+            for study in corpus
+            for series in study.series
+            for instance in series.instances
+        ]
+        add_all(index, entries)
+        yield SearchCore(index, TermSearch(index))
+    finally:
+        index.close()
+        cluster.drop_database(dsn)
 
 
 # --------------------------------------------------------------------------------------------
@@ -556,17 +599,17 @@ def check(core: SearchCore, corpus: list[Study], query: Query) -> None:
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(corpus=corpora(), query_list=st.lists(queries(), min_size=1, max_size=25))
+@pytest.mark.parametrize("kind", INDEXES)
 def test_search_matches_reference(
-    tmp_path_factory: pytest.TempPathFactory, corpus: list[Study], query_list: list[Query]
+    kind: str,
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    corpus: list[Study],
+    query_list: list[Query],
 ) -> None:
-    archive = open_archive(tmp_path_factory.mktemp("search") / "data")
-    try:
-        store_corpus(archive, corpus)
-        core = SearchCore(archive.index, LmdbSearch(archive.index))
+    with corpus_core(kind, request, tmp_path_factory.mktemp("search"), corpus) as core:
         for query in query_list:
             check(core, corpus, query)
-    finally:
-        archive.close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -603,14 +646,13 @@ def _paging_corpus() -> list[Study]:
 PAGING_CORPUS = _paging_corpus()  # 3 studies x 2 series x 5 instances = 30 instances
 
 
-@pytest.fixture(scope="module")
-def paging_core(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SearchCore]:
-    archive = open_archive(tmp_path_factory.mktemp("paging") / "data")
-    try:
-        store_corpus(archive, PAGING_CORPUS)
-        yield SearchCore(archive.index, LmdbSearch(archive.index))
-    finally:
-        archive.close()
+@pytest.fixture(scope="module", params=INDEXES)
+def paging_core(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SearchCore]:
+    folder = tmp_path_factory.mktemp("paging")
+    with corpus_core(request.param, request, folder, PAGING_CORPUS) as core:
+        yield core
 
 
 PAGING_QUERIES = [
@@ -695,14 +737,13 @@ LARGE_QUERIES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def large_core(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SearchCore]:
-    archive = open_archive(tmp_path_factory.mktemp("large") / "data")
-    try:
-        store_corpus(archive, LARGE_CORPUS)
-        yield SearchCore(archive.index, LmdbSearch(archive.index))
-    finally:
-        archive.close()
+@pytest.fixture(scope="module", params=INDEXES)
+def large_core(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SearchCore]:
+    folder = tmp_path_factory.mktemp("large")
+    with corpus_core(request.param, request, folder, LARGE_CORPUS) as core:
+        yield core
 
 
 @pytest.mark.parametrize("query", LARGE_QUERIES, ids=lambda q: f"{q.level}-{q.match}")
@@ -715,7 +756,7 @@ def test_large_matches_are_paged_from_the_cursor(
         def collect(*args: object) -> set[bytes]:
             raise AssertionError("a large match was collected whole")
 
-        monkeypatch.setattr(LmdbSearch, "_intersect", collect)
+        monkeypatch.setattr(TermSearch, "_intersect", collect)
     by_token: list[str] = []
     token = ""
     for _ in range(100):
@@ -763,14 +804,13 @@ FUZZY_CORPUS = _fuzzy_corpus()
 JOHN_DOE, MULLER = study_uid(0), study_uid(1)
 
 
-@pytest.fixture(scope="module")
-def fuzzy_core(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SearchCore]:
-    archive = open_archive(tmp_path_factory.mktemp("fuzzy") / "data")
-    try:
-        store_corpus(archive, FUZZY_CORPUS)
-        yield SearchCore(archive.index, LmdbSearch(archive.index))
-    finally:
-        archive.close()
+@pytest.fixture(scope="module", params=INDEXES)
+def fuzzy_core(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SearchCore]:
+    folder = tmp_path_factory.mktemp("fuzzy")
+    with corpus_core(request.param, request, folder, FUZZY_CORPUS) as core:
+        yield core
 
 
 def _fuzzy(core: SearchCore, attribute: str, value: str) -> set[str]:

@@ -21,8 +21,8 @@ from dicomrpc_server.lifecycle.delete import DeleteCore
 from dicomrpc_server.lifecycle.feed import ChangeFeed
 from dicomrpc_server.peers import PeerRegistry
 from dicomrpc_server.query.engine import SearchCore
-from dicomrpc_server.query.lmdb_search import LmdbSearch
 from dicomrpc_server.query.reindexing import ExtendedQueryTags
+from dicomrpc_server.query.term_search import TermSearch
 from dicomrpc_server.retrieve.service import RetrieveCore
 from dicomrpc_server.storage.blobs import LocalBlobStore
 from dicomrpc_server.storage.folder_lock import DataFolderLock
@@ -153,7 +153,7 @@ class Archive:
             lazy=True,
         )
         self.store = StoreCore(settings, self.blobs, self.index, self.parse_workers, self.locks)
-        self.search = SearchCore(self.index, LmdbSearch(self.index))
+        self.search = SearchCore(self.index, TermSearch(self.index))
         self.query_tags = ExtendedQueryTags(self.index, self.locks)
         self.peers = PeerRegistry(settings.dimse_peers, self.index)
         self.delete = DeleteCore(self.index, self.blobs)

@@ -1,9 +1,10 @@
 """The search backend role: a checked search in, one page of results out.
 
 :class:`~.engine.SearchCore` decides what a search means and checks it; a backend only finds
-the matches of a :class:`SearchPlan`, in a stable order, and reads what they return. The LMDB
-backend (:mod:`.lmdb_search`) plans range scans over index terms; an SQL index answers the
-same plan in its own way. Both are held to the same search tests.
+the matches of a :class:`SearchPlan`, in a stable order, and reads what they return. The term
+search (:mod:`.term_search`) plans range scans over index terms, and runs on any index that
+is a :class:`TermStore`: the LMDB index and the PostgreSQL index both are, and are held to
+the same search tests.
 """
 
 from __future__ import annotations
@@ -68,3 +69,40 @@ class SearchBackend(Protocol):
 
     def search(self, plan: SearchPlan) -> BackendPage:
         """The page of ``plan``; INVALID_ARGUMENT (naming the attribute) for a malformed value."""
+
+
+class TermStore(Protocol):
+    """What the term search reads of an index: ordered term scans and records by key.
+
+    Keys and terms are the LMDB index's bytes (:mod:`dicomrpc_server.storage.keys`): a
+    record's key is its UIDs joined by NUL, and both are compared byte by byte. An index that
+    returns the same pairs and keys in the same order answers every search alike.
+    """
+
+    def scan_terms(
+        self,
+        level: Level,
+        tag: int,
+        start: bytes,
+        stop: bytes | None = None,
+        prefix: bytes = b"",
+        limit: int | None = None,
+    ) -> list[tuple[bytes, bytes]]:
+        """(term, primary key) pairs of one attribute in (term NUL key) order, from ``start``.
+
+        The scan ends before the first term that is ``>= stop`` or does not start with
+        ``prefix``, or after ``limit`` pairs.
+        """
+
+    def having_terms(
+        self, level: Level, tag: int, terms: list[bytes], candidates: set[bytes]
+    ) -> set[bytes]:
+        """The candidates (keys of ``level`` or below) whose record at ``level`` has a term."""
+
+    def record_keys(
+        self, level: Level, prefix: bytes = b"", after: bytes = b"", limit: int | None = None
+    ) -> list[bytes]:
+        """Keys of a level's records starting with ``prefix``, above ``after``, in order."""
+
+    def record_map(self, level: Level, primary_keys: list[bytes]) -> dict[bytes, bytes]:
+        """The serialized records of a level by key (missing keys left out)."""

@@ -36,7 +36,7 @@ from dicomrpc_server.query.terms import (
     parse_integer,
 )
 from dicomrpc_server.storage import keys, records_pb2
-from dicomrpc_server.storage.lmdb_index import MODALITIES_IN_STUDY
+from dicomrpc_server.storage.index_records import MODALITIES_IN_STUDY
 from dicomrpc_server.storage.protocols import QueryTagRecords
 
 DEFAULT_LIMIT = 100
@@ -288,7 +288,7 @@ class SearchCore:
 
     What a search means (which attributes match at which level, the matching syntax of each
     VR, what is returned, paging) is decided here, once; a :class:`~.backend.SearchBackend`
-    (the LMDB planner of :mod:`.lmdb_search`, or another index's) finds the matches.
+    (the term search of :mod:`.term_search`, on the LMDB or the PostgreSQL index) finds the matches.
 
     Parameters
     ----------

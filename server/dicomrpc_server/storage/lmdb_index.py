@@ -47,11 +47,28 @@ from pathlib import Path
 import lmdb
 
 from dicomrpc.v1 import dataset_pb2
-from dicomrpc_server.dicom.attributes import ATTRIBUTES_BY_LEVEL, NESTED_ATTRIBUTES, Level
+from dicomrpc_server.dicom.attributes import Level
 from dicomrpc_server.errors import Code, ServiceError
-from dicomrpc_server.query.extended import extract, unknown_operation
-from dicomrpc_server.query.terms import EXACT, NUMBER, value_terms
+from dicomrpc_server.query.extended import unknown_operation
 from dicomrpc_server.storage import keys, records_pb2
+from dicomrpc_server.storage.index_records import (
+    RECORD_TYPES,
+    Record,
+    Removal,
+    add_extended,
+    instance_exists_error,
+    kept_by_level,
+    not_stored_error,
+    record_terms,
+    reindexed,
+    series_after_removal,
+    split_term,
+    stored_series,
+    stored_study,
+    strip_tag,
+    study_after_removal,
+    term_changes,
+)
 from dicomrpc_server.storage.protocols import (
     Change,
     ChangeAction,
@@ -81,21 +98,14 @@ _DB_NAMES = (
     "wi_events",
     "peers",
 )
-MODALITIES_IN_STUDY = 0x00080061
 # "meta" keys of query tags being removed (the removal resumes at start-up).
 _DROPPING = b"dropping\x00"
 # Extended query tags are indexed on every store: their number is bounded.
 MAX_QUERY_TAGS = 128
-Record = records_pb2.StudyRecord | records_pb2.SeriesRecord | records_pb2.InstanceRecord
 _LEVEL_DB = {Level.STUDY: "studies", Level.SERIES: "series", Level.INSTANCE: "instances"}
 _ACTIONS = {
     records_pb2.CHANGE_KIND_CREATED: ChangeAction.CREATED,
     records_pb2.CHANGE_KIND_DELETED: ChangeAction.DELETED,
-}
-_RECORD_TYPES: dict[Level, type[Record]] = {
-    Level.STUDY: records_pb2.StudyRecord,
-    Level.SERIES: records_pb2.SeriesRecord,
-    Level.INSTANCE: records_pb2.InstanceRecord,
 }
 
 
@@ -138,24 +148,6 @@ class _ReadGate:
             with self._cond:
                 self._resizing = False
                 self._cond.notify_all()
-
-
-def instance_exists_error(study: str, series: str, sop: str, where: str = "") -> ServiceError:
-    """The 45070 error of an instance that is already stored."""
-    message = f"an instance with SOPInstanceUID {sop} already exists" + (
-        f" in study {where}" if where else f" in study {study}, series {series}"
-    )
-    return ServiceError(
-        Code.ALREADY_EXISTS,
-        "INSTANCE_ALREADY_EXISTS",
-        message,
-        dicom_status=45070,
-        metadata={
-            "study_instance_uid": study,
-            "series_instance_uid": series,
-            "sop_instance_uid": sop,
-        },
-    )
 
 
 class LmdbIndex:
@@ -388,7 +380,7 @@ class LmdbIndex:
                 key = bytes(raw_key)
                 if not key.startswith(base):
                     break
-                term, pk = _split_term(key[len(base) :])
+                term, pk = split_term(key[len(base) :])
                 if (stop is not None and term >= stop) or not term.startswith(prefix):
                     break
                 out.append((term, pk))
@@ -596,32 +588,20 @@ class LmdbIndex:
         if new.frames is not None:
             txn.put(ikey, new.frames.SerializeToString(), db=db["frames"])
         extended = self._query_tags(txn)
-        if extended:
-            _add_extended(new, extended)
-        self._put_terms(txn, Level.INSTANCE, ikey, _terms(Level.INSTANCE, record, extended))
+        add_extended(new, extended)
+        self._put_terms(txn, Level.INSTANCE, ikey, record_terms(Level.INSTANCE, record, extended))
 
         skey = keys.series_key(new.study_uid, new.series_uid)
         raw_series = _get(txn, skey, db["series"])
         old_series = records_pb2.SeriesRecord.FromString(raw_series) if raw_series else None
-        series_record = new.series_attributes
-        series_record.instance_count = (old_series.instance_count if old_series else 0) + 1
-        series_record.version = version
+        series_record = stored_series(old_series, new, version)
         self._replace_terms(txn, Level.SERIES, skey, old_series, series_record, extended)
         txn.put(skey, series_record.SerializeToString(), db=db["series"])
 
         stkey = keys.study_key(new.study_uid)
         raw_study = _get(txn, stkey, db["studies"])
         old_study = records_pb2.StudyRecord.FromString(raw_study) if raw_study else None
-        study_record = new.study_attributes
-        study_record.series_count = (old_study.series_count if old_study else 0) + (
-            0 if old_series else 1
-        )
-        study_record.instance_count = (old_study.instance_count if old_study else 0) + 1
-        if old_study:
-            study_record.modality_counts.update(old_study.modality_counts)
-        if record.modality:
-            study_record.modality_counts[record.modality] += 1
-        study_record.version = version
+        study_record = stored_study(old_study, new, old_series is None, version)
         self._replace_terms(txn, Level.STUDY, stkey, old_study, study_record, extended)
         txn.put(stkey, study_record.SerializeToString(), db=db["studies"])
 
@@ -676,32 +656,15 @@ class LmdbIndex:
                         break
                     doomed.append((key, bytes(value)))
         if not doomed:
-            what = (
-                f"instance {sop} of series {series} in study {study}"
-                if sop
-                else f"series {series} in study {study}"
-                if series
-                else f"study {study}"
-            )
-            raise ServiceError(
-                Code.NOT_FOUND,
-                "RESOURCE_NOT_FOUND",
-                f"{what} is not stored",
-                metadata={
-                    "study_instance_uid": study,
-                    "series_instance_uid": series,
-                    "sop_instance_uid": sop,
-                },
-            )
+            raise not_stored_error(study, series, sop)
         now_us = time.time_ns() // 1000
         extended = self._query_tags(txn)
         blob_ids = []
-        removed_per_series: dict[str, int] = {}
-        modalities: dict[str, int] = {}
+        removal = Removal()
         for ikey, raw in doomed:
             record = records_pb2.InstanceRecord.FromString(raw)
             study_uid, series_uid, sop_uid = keys.split_key(ikey)
-            for tag, term in _terms(Level.INSTANCE, record, extended):
+            for tag, term in record_terms(Level.INSTANCE, record, extended):
                 txn.delete(keys.term_key(Level.INSTANCE, tag, term, ikey), db=db["terms"])
             for name in ("instances", "metadata", "frames"):
                 txn.delete(ikey, db=db[name])
@@ -709,9 +672,7 @@ class LmdbIndex:
             txn.delete(record.blob_id.encode("ascii"), db=db["blobs"])
             txn.put(record.blob_id.encode("ascii"), ikey, db=db["removals"])
             blob_ids.append(record.blob_id)
-            removed_per_series[series_uid] = removed_per_series.get(series_uid, 0) + 1
-            if record.modality:
-                modalities[record.modality] = modalities.get(record.modality, 0) + 1
+            removal.add(series_uid, record)
             self._append_change(
                 txn,
                 records_pb2.CHANGE_KIND_DELETED,
@@ -720,18 +681,15 @@ class LmdbIndex:
                 now_us,
             )
         emptied_series = 0
-        for series_uid, removed in removed_per_series.items():
+        for series_uid, removed in removal.per_series.items():
             skey = keys.series_key(study, series_uid)
             raw_series = _get(txn, skey, db["series"])
             if raw_series is None:
                 continue
             old = records_pb2.SeriesRecord.FromString(raw_series)
-            updated = records_pb2.SeriesRecord()
-            updated.CopyFrom(old)
-            updated.instance_count -= removed
-            if updated.instance_count <= 0:
-                empty = records_pb2.SeriesRecord()
-                self._replace_terms(txn, Level.SERIES, skey, old, empty, extended)
+            updated = series_after_removal(old, removed)
+            if updated is None:
+                self._replace_terms(txn, Level.SERIES, skey, old, None, extended)
                 txn.delete(skey, db=db["series"])
                 emptied_series += 1
             else:
@@ -740,22 +698,11 @@ class LmdbIndex:
         raw_study = _get(txn, stkey, db["studies"])
         if raw_study is not None:
             old_study = records_pb2.StudyRecord.FromString(raw_study)
-            updated_study = records_pb2.StudyRecord()
-            updated_study.CopyFrom(old_study)
-            updated_study.instance_count -= len(doomed)
-            updated_study.series_count -= emptied_series
-            for modality, count in modalities.items():
-                left = updated_study.modality_counts[modality] - count
-                if left > 0:
-                    updated_study.modality_counts[modality] = left
-                else:
-                    del updated_study.modality_counts[modality]
-            if updated_study.instance_count <= 0:
-                empty_study = records_pb2.StudyRecord()
-                self._replace_terms(txn, Level.STUDY, stkey, old_study, empty_study, extended)
+            updated_study = study_after_removal(old_study, removal, emptied_series)
+            self._replace_terms(txn, Level.STUDY, stkey, old_study, updated_study, extended)
+            if updated_study is None:
                 txn.delete(stkey, db=db["studies"])
             else:
-                self._replace_terms(txn, Level.STUDY, stkey, old_study, updated_study, extended)
                 txn.put(stkey, updated_study.SerializeToString(), db=db["studies"])
         return blob_ids
 
@@ -861,41 +808,19 @@ class LmdbIndex:
         ``extended`` is every registered tag (``tags`` among them), as read in this transaction.
         """
         db = self._db
-        levels = sorted({Level(t.level) for t in tags})
-        loaded: dict[tuple[Level, bytes], tuple[Record, Record]] = {}
+        walked = []
         for ikey in instance_keys:
             raw_metadata = _get(txn, ikey, db["metadata"])
-            if raw_metadata is None:
-                continue
-            metadata = dataset_pb2.Dataset.FromString(raw_metadata)
-            parts = ikey.split(keys.SEP)
-            for level in levels:
-                pk = keys.SEP.join(parts[: int(level)])
-                if (level, pk) not in loaded:
-                    raw = _get(txn, pk, db[_LEVEL_DB[level]])
-                    if raw is None:
-                        continue
-                    loaded[(level, pk)] = (
-                        _RECORD_TYPES[level].FromString(raw),
-                        _RECORD_TYPES[level].FromString(raw),
-                    )
-                record = loaded[(level, pk)][1]
-                for tag in tags:
-                    if tag.level != level:
-                        continue
-                    value = extract(metadata, tag)
-                    if value is not None:
-                        record.attributes.attributes[tag.hex_tag].CopyFrom(value)
-        # Before this walk the records had no entries for these tags, whatever they held.
-        walked = {t.hex_tag for t in tags}
-        before = [t for t in extended if t.hex_tag not in walked]
-        for (level, pk), (old, new) in loaded.items():
-            old_terms = _terms(level, old, before)
-            new_terms = _terms(level, new, extended)
-            for number, term in old_terms - new_terms:
+            if raw_metadata is not None:
+                walked.append((ikey, raw_metadata))
+        for rewrite in reindexed(
+            walked, lambda level, pk: _get(txn, pk, db[_LEVEL_DB[level]]), tags, extended
+        ):
+            level, pk = rewrite.level, rewrite.key
+            for number, term in rewrite.removed:
                 txn.delete(keys.term_key(level, number, term, pk), db=db["terms"])
-            self._put_terms(txn, level, pk, new_terms - old_terms)
-            txn.put(pk, new.SerializeToString(), db=db[_LEVEL_DB[level]])
+            self._put_terms(txn, level, pk, rewrite.added)
+            txn.put(pk, rewrite.record.SerializeToString(), db=db[_LEVEL_DB[level]])
 
     async def drop_query_tag(self, hex_tag: str, limit: int) -> bool:
         """Remove an extended query tag, ``limit`` index entries per call; True when all gone.
@@ -921,10 +846,10 @@ class LmdbIndex:
             prefix = keys.term_prefix(level, int(hex_tag, 16), b"")
             cursor = txn.cursor(db=db["terms"])
             removed = 0
-            strip = _kept_by_level(tag.hex_tag) is None  # else the level keeps it anyway
+            strip = kept_by_level(tag.hex_tag) is None  # else the level keeps it anyway
             found = cursor.set_range(prefix)
             while found and removed < limit and bytes(cursor.key()).startswith(prefix):
-                pk = _split_term(bytes(cursor.key())[len(prefix) :])[1]
+                pk = split_term(bytes(cursor.key())[len(prefix) :])[1]
                 found = cursor.delete()
                 removed += 1
                 if strip:
@@ -942,9 +867,8 @@ class LmdbIndex:
         raw = _get(txn, pk, self._db[name])
         if raw is None:
             return
-        record = _RECORD_TYPES[level].FromString(raw)
-        if hex_tag in record.attributes.attributes:
-            del record.attributes.attributes[hex_tag]
+        record = RECORD_TYPES[level].FromString(raw)
+        if strip_tag(record, hex_tag):
             txn.put(pk, record.SerializeToString(), db=self._db[name])
 
     def _put_operation(
@@ -994,14 +918,13 @@ class LmdbIndex:
         level: Level,
         pk: bytes,
         old: Record | None,
-        new: Record,
+        new: Record | None,
         extended: list[records_pb2.QueryTagRecord],
     ) -> None:
-        old_terms = _terms(level, old, extended) if old is not None else set()
-        new_terms = _terms(level, new, extended)
-        for tag, term in old_terms - new_terms:
+        removed, added = term_changes(level, old, new, extended)
+        for tag, term in removed:
             txn.delete(keys.term_key(level, tag, term, pk), db=self._db["terms"])
-        self._put_terms(txn, level, pk, new_terms - old_terms)
+        self._put_terms(txn, level, pk, added)
 
     # -- DIMSE peers ---------------------------------------------------------------------------
 
@@ -1039,97 +962,3 @@ class LmdbIndex:
         if self.wakeups is not None:
             self.wakeups.close()
         self.env.close()
-
-
-_SEARCHABLE: dict[Level, list[tuple[int, str, str]]] = {
-    level: [(a.tag, a.hex_tag, a.vr) for a in attrs if a.searchable]
-    for level, attrs in ATTRIBUTES_BY_LEVEL.items()
-}
-
-
-def _terms(
-    level: Level, record: Record, extended: list[records_pb2.QueryTagRecord]
-) -> set[tuple[int, bytes]]:
-    """The secondary-index entries of a record: its searchable, valid attribute values.
-
-    The values of extended query tags are indexed as their registered VR says; a value that is
-    not valid for it (or too long for a key) is returned by searches but not indexed.
-    """
-    attributes = record.attributes.attributes
-    skip = set(record.unindexed_tags)
-    out: set[tuple[int, bytes]] = set()
-    for tag, hex_tag, vr in _SEARCHABLE[level]:
-        if hex_tag in skip or hex_tag not in attributes:
-            continue
-        for term in value_terms(vr, attribute_values(attributes[hex_tag])):
-            out.add((tag, term))
-    for nested in NESTED_ATTRIBUTES:
-        sequence = nested.sequence
-        if sequence.level != level or sequence.hex_tag not in attributes:
-            continue
-        for item in attributes[sequence.hex_tag].sequence.items:
-            leaf = item.attributes.get(nested.leaf.hex_tag)
-            if leaf is None:
-                continue
-            for term in value_terms(nested.leaf.vr, attribute_values(leaf)):
-                out.add((nested.leaf.tag, nested.term_kind + term))
-    for query_tag in extended:
-        hex_tag = query_tag.hex_tag
-        if query_tag.level != level or hex_tag not in attributes or hex_tag in skip:
-            continue
-        try:
-            terms = value_terms(query_tag.vr, attribute_values(attributes[hex_tag]))
-        except ValueError:
-            continue
-        out.update((int(hex_tag, 16), t) for t in terms)
-    if isinstance(record, records_pb2.StudyRecord):
-        for modality, count in record.modality_counts.items():
-            if count > 0:
-                out.add((MODALITIES_IN_STUDY, EXACT + modality.encode()))
-    return out
-
-
-def _split_term(rest: bytes) -> tuple[bytes, bytes]:
-    """The term and the primary key of a secondary-index key, after its level and tag."""
-    if rest[:1] == NUMBER:  # fixed width: the 8 bytes may hold NULs
-        return rest[: len(NUMBER) + 8], rest[len(NUMBER) + 9 :]
-    cut = rest.index(keys.SEP)
-    return rest[:cut], rest[cut + 1 :]
-
-
-def _add_extended(new: NewInstance, extended: list[records_pb2.QueryTagRecord]) -> None:
-    """Copy the values of the extended query tags from the metadata into the level records."""
-    metadata = dataset_pb2.Dataset.FromString(new.metadata)
-    targets = {
-        Level.STUDY: new.study_attributes.attributes,
-        Level.SERIES: new.series_attributes.attributes,
-        Level.INSTANCE: new.record.attributes,
-    }
-    for tag in extended:
-        value = extract(metadata, tag)
-        if value is not None:
-            targets[Level(tag.level)].attributes[tag.hex_tag].CopyFrom(value)
-
-
-def _kept_by_level(hex_tag: str) -> Level | None:
-    """The level whose records keep a standard attribute anyway (returned by searches)."""
-    for level, attributes in ATTRIBUTES_BY_LEVEL.items():
-        if any(a.hex_tag == hex_tag for a in attributes):
-            return level
-    return None
-
-
-def attribute_values(attribute: dataset_pb2.Attribute) -> list[object]:
-    """The plain values of an attribute (person names as their alphabetic form)."""
-    kind = attribute.WhichOneof("value")
-    if kind == "strings":
-        return list(attribute.strings.values)
-    if kind == "numbers":
-        return [int(v) if v.is_integer() else v for v in attribute.numbers.values]
-    if kind == "integers":
-        return list(attribute.integers.values)
-    if kind == "unsigned_integers":
-        return list(attribute.unsigned_integers.values)
-    if kind == "person_names":
-        return [p.alphabetic for p in attribute.person_names.values]
-    return []

@@ -2,8 +2,10 @@
 
 The embedded default is a directory of files plus LMDB (:mod:`.blobs`, :mod:`.lmdb_index`);
 S3-compatible object storage (:mod:`.s3`) implements the same blob store role, and a shared
-PostgreSQL index (:mod:`.postgres`: so far its foundations and the workitem role) is to
-implement the index's, so that no service changes when a deployment outgrows one machine.
+PostgreSQL index (:mod:`.postgres`: the workitem role and the instance index,
+:class:`~.postgres.index.PostgresIndex`) implements the index's, so that no service changes
+when a deployment outgrows one machine (``tests/test_index_contract.py`` holds both indexes
+to one contract).
 The blob store gives ranged reads and no local path: the services never assume a file system
 under the blobs (``tests/test_blob_contract.py`` holds every store to one contract).
 """

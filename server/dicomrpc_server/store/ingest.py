@@ -26,8 +26,8 @@ from dicomrpc_server.config import Settings
 from dicomrpc_server.dicom.validation import AttributeProblem
 from dicomrpc_server.errors import Code, ServiceError
 from dicomrpc_server.paths import instance_path
+from dicomrpc_server.storage.index_records import instance_exists_error
 from dicomrpc_server.storage.key_locks import KeyLocks
-from dicomrpc_server.storage.lmdb_index import instance_exists_error
 from dicomrpc_server.storage.protocols import BlobStore, Index, Upload
 from dicomrpc_server.storage.records_pb2 import InstanceRecord
 from dicomrpc_server.storage.space import space_errno, storage_full

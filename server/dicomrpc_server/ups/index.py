@@ -22,7 +22,7 @@ from dicomrpc_server.dicom.attributes import IndexedAttribute, Level, NestedAttr
 from dicomrpc_server.errors import invalid_argument
 from dicomrpc_server.query.engine import MatchTerm, TermMatcher, check_term
 from dicomrpc_server.query.terms import value_terms
-from dicomrpc_server.storage.lmdb_index import attribute_values
+from dicomrpc_server.storage.index_records import attribute_values
 
 
 def _attribute(keyword: str) -> IndexedAttribute:

@@ -165,6 +165,13 @@ class PostgresBackend:
         """Run ``coroutine`` on the backend's loop, awaited from another loop."""
         return await asyncio.wrap_future(self._submit(coroutine))
 
+    def submit(self, coroutine: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Start ``coroutine`` on the backend's loop; its future, for whoever wants to wait.
+
+        For writes nobody needs to wait for (a removal record cleared), from any thread.
+        """
+        return self._submit(coroutine)
+
     def _submit(self, coroutine: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         try:
             return asyncio.run_coroutine_threadsafe(self._guard(coroutine), self._loop)

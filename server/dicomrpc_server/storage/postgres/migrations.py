@@ -67,6 +67,83 @@ MIGRATIONS: tuple[Migration, ...] = (
         INSERT INTO workitem_event_counter (last) VALUES (0);
         """,
     ),
+    Migration(
+        2,
+        "the instance index: records, terms, blob references, removals, the change log, "
+        "the extended query tags and their re-indexing",
+        # Records are keyed by the LMDB index's keys (the UIDs, ASCII, joined by NUL: the
+        # natural keys), and terms by LMDB's term keys after level and tag (term, NUL, primary
+        # key): bytea compares byte by byte, so ranges and orders are LMDB's. A study row with
+        # no record is the placeholder a first store locks; it is never committed. The counter
+        # is the one row every change-writing transaction updates, last: it numbers changes in
+        # commit order and keeps the counts of studies, series and instances.
+        # change_sequence_field(n) is the protobuf encoding of ChangeRecord.sequence = n
+        # (field 1, a varint; n >= 1): appended to a record written without it, the record's
+        # bytes carry the sequence the counter gave, as LMDB's do.
+        """
+        CREATE TABLE studies (
+            key bytea PRIMARY KEY,
+            record bytea
+        );
+        CREATE TABLE series (
+            key bytea PRIMARY KEY,
+            record bytea NOT NULL
+        );
+        CREATE TABLE instances (
+            key bytea PRIMARY KEY,
+            sop_uid text COLLATE "C" NOT NULL UNIQUE,
+            blob_id text COLLATE "C" NOT NULL UNIQUE,
+            record bytea NOT NULL,
+            metadata bytea NOT NULL,
+            frames bytea
+        );
+        CREATE TABLE instance_removals (
+            blob_id text COLLATE "C" PRIMARY KEY,
+            key bytea NOT NULL
+        );
+        CREATE TABLE index_terms (
+            level smallint NOT NULL,
+            tag bigint NOT NULL,
+            entry bytea NOT NULL,
+            PRIMARY KEY (level, tag, entry)
+        );
+        CREATE TABLE index_changes (
+            sequence bigint PRIMARY KEY,
+            key bytea NOT NULL,
+            record bytea NOT NULL
+        );
+        CREATE FUNCTION change_sequence_field(n bigint) RETURNS bytea
+        LANGUAGE sql IMMUTABLE STRICT AS $$
+            SELECT decode('08', 'hex') || string_agg(
+                set_byte(decode('00', 'hex'), 0, (((n >> (7 * i)) & 127)
+                    | CASE WHEN n >> (7 * (i + 1)) > 0 THEN 128 ELSE 0 END)::int),
+                ''::bytea ORDER BY i)
+            FROM generate_series(0, 9) AS i
+            WHERE i = 0 OR n >> (7 * i) > 0
+        $$;
+        CREATE TABLE index_counter (
+            only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+            last_change bigint NOT NULL,
+            studies bigint NOT NULL,
+            series bigint NOT NULL,
+            instances bigint NOT NULL
+        );
+        INSERT INTO index_counter (last_change, studies, series, instances) VALUES (0, 0, 0, 0);
+        CREATE SEQUENCE instance_version;
+        CREATE TABLE query_tags (
+            hex_tag text COLLATE "C" PRIMARY KEY,
+            record bytea NOT NULL
+        );
+        CREATE TABLE query_tag_drops (
+            hex_tag text COLLATE "C" PRIMARY KEY,
+            record bytea NOT NULL
+        );
+        CREATE TABLE reindex_operations (
+            operation_id text COLLATE "C" PRIMARY KEY,
+            record bytea NOT NULL
+        );
+        """,
+    ),
 )
 
 

@@ -1,4 +1,7 @@
-"""The LMDB search backend: QIDO matching (PS3.4 C.2.2.2) as range scans over index terms.
+"""The term search: QIDO matching (PS3.4 C.2.2.2) as range scans over index terms.
+
+It reads only a :class:`~.backend.TermStore` (ordered term scans, records by key), so the
+same planner runs on the LMDB index and on the PostgreSQL index.
 
 Every match term becomes ordered range scans over one attribute's index terms (exact values,
 prefixes for wildcards, ranges for dates and times, word prefixes for fuzzy names); the primary
@@ -20,10 +23,9 @@ from collections.abc import Callable, Iterator
 
 from dicomrpc.v1 import dataset_pb2
 from dicomrpc_server.dicom.attributes import Level
-from dicomrpc_server.query.backend import BackendPage, SearchPlan
+from dicomrpc_server.query.backend import BackendPage, SearchPlan, TermStore
 from dicomrpc_server.query.engine import SCAN_CAP, MatchTerm, TermMatcher
 from dicomrpc_server.storage import keys, records_pb2
-from dicomrpc_server.storage.lmdb_index import LmdbIndex
 
 # Keys read per step when a search is streamed.
 STREAM_BATCH = 256
@@ -34,10 +36,10 @@ _RECORDS: dict[Level, Callable[[bytes], object]] = {
 }
 
 
-class LmdbSearch:
-    """The :class:`~.backend.SearchBackend` of the LMDB index."""
+class TermSearch:
+    """The :class:`~.backend.SearchBackend` over an index's terms (LMDB's, PostgreSQL's)."""
 
-    def __init__(self, index: LmdbIndex) -> None:
+    def __init__(self, index: TermStore) -> None:
         self.index = index
         self.matcher = TermMatcher(index.scan_terms)
 
