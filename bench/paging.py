@@ -51,7 +51,7 @@ from search import (
 
 from dicomrpc import Client
 from dicomrpc_server.query.engine import SearchCore, SearchRequest
-from dicomrpc_server.query.lmdb_search import LmdbSearch
+from dicomrpc_server.query.term_search import TermSearch
 
 SEED = 20261203
 INDEX_VERSION = 1
@@ -165,16 +165,16 @@ def deep_token(ask: Ask, match: dict[str, str], deep: int) -> str:
 @contextlib.contextmanager
 def collecting() -> Iterator[None]:
     """The engine as it answered before streamed paging: every match collected per page."""
-    original = LmdbSearch._stream
+    original = TermSearch._stream
 
-    def never(self: LmdbSearch, plan: object, scope: bytes, wanted: int) -> None:
+    def never(self: TermSearch, plan: object, scope: bytes, wanted: int) -> None:
         return None
 
-    LmdbSearch._stream = never  # type: ignore[assignment,method-assign]
+    TermSearch._stream = never  # type: ignore[assignment,method-assign]
     try:
         yield
     finally:
-        LmdbSearch._stream = original  # type: ignore[method-assign]
+        TermSearch._stream = original  # type: ignore[method-assign]
 
 
 @dataclass
@@ -194,7 +194,7 @@ def measure(
     data_dir: Path, repeats: int, rounds: int, deep: int
 ) -> tuple[list[Row], dict[str, int]]:
     index = _open_index(data_dir / "index")
-    core = SearchCore(index, LmdbSearch(index))
+    core = SearchCore(index, TermSearch(index))
     rows: dict[tuple[str, str], Row] = {}
     matches: dict[str, int] = {}
     log = WORK / "paging-dicomrpc.log"
