@@ -220,3 +220,22 @@ def test_async_client_stores_and_reports(server: RunningServer) -> None:
 
     assert asyncio.run(run()) == ["stored", "stored", "failed"]
     assert server.archive.index.counts().instances == 2
+
+
+def test_a_series_uid_reused_under_another_study_is_stored_with_a_warning(
+    server: RunningServer, client: Client
+) -> None:
+    series = generate_uid()
+    first, second = generate_uid(), generate_uid()
+    (a,) = client.store(ct_instance(study=first, series=series)).instances
+    assert (a.outcome, a.warning_reason) == ("stored", 0)
+    (b,) = client.store(ct_instance(study=second, series=series)).instances
+    assert (b.outcome, b.warning_reason) == ("stored_with_warnings", 1)
+    (warning,) = b.warnings
+    assert warning.keyword == "SeriesInstanceUID"
+    assert f"also a series of study {first}" in warning.comment
+    # Each instance says so, the ones sent to the first study too; each study keeps its own.
+    (c,) = client.store(ct_instance(study=first, series=series, number=2)).instances
+    assert c.outcome == "stored_with_warnings" and second in c.warnings[0].comment
+    assert len(client.search_instances(study=first).datasets) == 2
+    assert len(client.search_instances(study=second).datasets) == 1

@@ -211,6 +211,21 @@ def attribute_values(attribute: dataset_pb2.Attribute) -> list[object]:
 # -- errors ----------------------------------------------------------------------------------
 
 
+SERIES_INSTANCE_UID = 0x0020000E
+Scan = Callable[..., list[tuple[bytes, bytes]]]
+
+
+def studies_of_series(scan: Scan, series: str) -> list[str]:
+    """The studies holding a series of this SeriesInstanceUID, through the series' UID terms.
+
+    A series belongs to one study (PS3.3 C.7.3.1); the archive keys series under their study,
+    so the same UID sent under two studies makes two series, and this finds them.
+    """
+    term = EXACT + series.encode()
+    found = scan(Level.SERIES, SERIES_INSTANCE_UID, term, term + keys.SEP)
+    return sorted({pk.split(keys.SEP, 1)[0].decode() for _, pk in found})
+
+
 def instance_exists_error(study: str, series: str, sop: str, where: str = "") -> ServiceError:
     """The 45070 error of an instance that is already stored."""
     message = f"an instance with SOPInstanceUID {sop} already exists" + (

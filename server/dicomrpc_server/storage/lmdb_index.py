@@ -66,6 +66,7 @@ from dicomrpc_server.storage.index_records import (
     stored_series,
     stored_study,
     strip_tag,
+    studies_of_series,
     study_after_removal,
     term_changes,
 )
@@ -387,6 +388,10 @@ class LmdbIndex:
                 if limit is not None and len(out) >= limit:
                     break
         return out
+
+    def studies_of_series(self, series: str) -> list[str]:
+        """The studies holding a series with this SeriesInstanceUID (normally one)."""
+        return studies_of_series(self.scan_terms, series)
 
     def having_terms(
         self, level: Level, tag: int, terms: list[bytes], candidates: set[bytes]

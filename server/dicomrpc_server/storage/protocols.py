@@ -218,6 +218,9 @@ class Index(Protocol):
     def locate_sop(self, sop: str) -> tuple[str, str] | None:
         """The (study, series) holding a SOP instance UID, or ``None``."""
 
+    def studies_of_series(self, series: str) -> list[str]:
+        """The studies holding a series with this SeriesInstanceUID (normally one)."""
+
     def has_blob(self, blob_id: str) -> bool:
         """Whether an index entry points at this blob."""
 

@@ -23,7 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dicomrpc_server.config import Settings
-from dicomrpc_server.dicom.validation import AttributeProblem
+from dicomrpc_server.dicom.validation import (
+    WARNING_ATTRIBUTES,
+    AttributeProblem,
+    ValidatedInstance,
+)
 from dicomrpc_server.errors import Code, ServiceError
 from dicomrpc_server.paths import instance_path
 from dicomrpc_server.storage.index_records import instance_exists_error
@@ -367,6 +371,7 @@ class Ingest:
                     else f"{where[0]}, series {where[1]}"
                 ),
             )
+        self._check_series(validated)
         commit = asyncio.ensure_future(self._commit(upload, prepared))
         core._in_flight[sop] = (self._stream, commit)
         self._checked.set_result(None)
@@ -381,6 +386,31 @@ class Ingest:
         result.warning_reason = validated.warning_reason
         result.outcome = Outcome.STORED_WITH_WARNINGS if validated.problems else Outcome.STORED
         return result
+
+    def _check_series(self, validated: ValidatedInstance) -> None:
+        """Warn when the instance's series UID is already a series of another study.
+
+        A series belongs to one study (PS3.3 C.7.3.1). The archive keys series under their
+        study, so it stores such an instance (it is readable and findable under the study it
+        names) as a series of its own, but says so on every instance, since a sender that
+        reuses a series UID across studies usually has a bug or merged two patients' studies.
+        """
+        others = [
+            study
+            for study in self._core.index.studies_of_series(validated.series_uid)
+            if study != validated.study_uid
+        ]
+        if others:
+            validated.problems.append(
+                AttributeProblem(
+                    "0020000E",
+                    "SeriesInstanceUID",
+                    f"series {validated.series_uid} is also a series of study "
+                    f"{', '.join(others[:3])}: a series belongs to one study; stored as a series "
+                    f"of study {validated.study_uid}",
+                    WARNING_ATTRIBUTES,
+                )
+            )
 
     async def _stored_identically(self, upload: Upload, record: InstanceRecord) -> bool:
         """Whether the stored file of ``record`` holds exactly the bytes just received.

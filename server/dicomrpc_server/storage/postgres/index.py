@@ -83,6 +83,7 @@ from dicomrpc_server.storage.index_records import (
     split_term,
     stored_series,
     stored_study,
+    studies_of_series,
     study_after_removal,
     term_changes,
 )
@@ -435,6 +436,10 @@ class PostgresIndex:
                 return out
             position, above = bytes(rows[-1]["entry"]), True
             batch = min(batch * 2, _SCAN_MOST)
+
+    def studies_of_series(self, series: str) -> list[str]:
+        """The studies holding a series with this SeriesInstanceUID (normally one)."""
+        return studies_of_series(self.scan_terms, series)
 
     def having_terms(
         self, level: Level, tag: int, terms: list[bytes], candidates: set[bytes]
