@@ -580,16 +580,26 @@ def _print_status(status: ReindexStatus) -> None:
     )
 
 
+# What gRPC says when no server listens at an address (or the address names no host).
+_NOBODY_THERE = ("Connection refused", "DNS resolution failed", "No route to host", "Timeout")
+
+
 def _explain(error: DicomRpcError, args: argparse.Namespace) -> str:
     """The error, and for a server that cannot be reached, what that means."""
     server = getattr(args, "server", "")
-    if error.code == grpc.StatusCode.UNAVAILABLE and "failed to connect" in error.message:
-        cause = error.message.rpartition(": ")[2] or "no connection"
+    if error.code != grpc.StatusCode.UNAVAILABLE or "failed to connect" not in error.message:
+        return str(error)
+    cause = error.message.rpartition(": ")[2] or "no connection"
+    if any(sign in error.message for sign in _NOBODY_THERE):
         return (
-            f"nothing answers at {server} ({cause}); is the archive running there? "
+            f"UNAVAILABLE: nothing answers at {server} ({cause}); is the archive running there? "
             "(--server HOST:PORT, env DICOMRPC_SERVER)"
         )
-    return str(error)
+    return (
+        f"UNAVAILABLE: {server} ended the connection as it was set up ({cause}); with TLS, "
+        "check --tls-ca, and whether the server asks for a client certificate (--tls-cert, "
+        "--tls-key); without, whether it serves TLS (--tls)"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
