@@ -190,7 +190,7 @@ def test_a_subscriber_on_one_node_gets_the_events_committed_on_the_other(
 
     async def follow() -> list[str]:
         received: list[str] = []
-        stream = hub.follow("", {}, 0)
+        stream = hub.follow("", {}, None)
         first = asyncio.ensure_future(anext(stream))
         await asyncio.sleep(0.2)  # subscribed (the generator runs up to its first wait)
         await asyncio.to_thread(lambda: [_create(nodes[0], uid) for uid in uids])

@@ -67,7 +67,13 @@ def add_parser(sub: Any, add_server: Callable[[argparse.ArgumentParser], None]) 
     watch = commands.add_parser("watch", help="print workitem events as JSON lines")
     watch.add_argument("terms", nargs="*", help="KEY=VALUE filter terms")
     watch.add_argument("--uid", default="", help="follow one workitem")
-    watch.add_argument("--since", type=int, default=0, help="replay events after this sequence")
+    watch.add_argument(
+        "--since",
+        type=int,
+        default=None,
+        help="replay the events after this sequence first (0: all, as feed --since 0); "
+        "without it, new events only",
+    )
     watch.add_argument("--count", type=int, default=0, help="stop after this many events")
 
     for parser in commands.choices.values():

@@ -260,17 +260,18 @@ class Workitems:
         workitem_uid: str = "",
         *,
         filter: Mapping[str, str] | None = None,
-        since: int = 0,
+        since: int | None = None,
     ) -> WorkitemWatch:
         """Events of one workitem, of all, or of those matching ``filter``, until closed.
 
-        With ``since`` the events after that sequence come first. A watcher that reads too
-        slowly ends with RESOURCE_EXHAUSTED; watch again with ``since`` set to the last
-        sequence seen to resume without loss.
+        With ``since`` the events after that sequence come first (0: every event logged, as
+        ``watch_changes(since=0)`` replays the whole change feed); without it, new events
+        only. A watcher that reads too slowly ends with RESOURCE_EXHAUSTED; watch again with
+        ``since`` set to the last sequence seen to resume without loss.
         """
-        request = pb.SubscribeWorkitemsRequest(
-            workitem_uid=workitem_uid, filter=dict(filter or {}), since=since
-        )
+        request = pb.SubscribeWorkitemsRequest(workitem_uid=workitem_uid, filter=dict(filter or {}))
+        if since is not None:
+            request.since = since
         return WorkitemWatch(self._stub.SubscribeWorkitems(request))
 
 

@@ -52,6 +52,9 @@ def test_workflow(
     assert [r[tag("SOPInstanceUID")]["Value"] for r in found] == [[uid]]
     lines = run(capsys, server, "watch", "--uid", uid, "--since", "1", "--count", "3").splitlines()
     assert [json.loads(line)["type"] for line in lines] == ["updated", "state_report", "updated"]
+    # --since 0 replays from the first event, as `feed --since 0` does.
+    lines = run(capsys, server, "watch", "--uid", uid, "--since", "0", "--count", "2").splitlines()
+    assert [json.loads(line)["sequence"] for line in lines] == [1, 2]
 
 
 def test_errors_print_the_status(server: RunningServer, capsys: pytest.CaptureFixture[str]) -> None:

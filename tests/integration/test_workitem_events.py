@@ -179,6 +179,27 @@ def test_a_resumed_subscriber_gets_what_it_missed(server: RunningServer, client:
     resumed.close()
 
 
+def test_since_zero_replays_every_event_as_the_change_feed_does(
+    server: RunningServer, client: Client
+) -> None:
+    w = client.workitems
+    uid = w.create(workitem()).workitem_uid
+    w.update(uid, dataset(ProcedureStepLabel="before anyone watched"))
+    everything = Watcher(client, since=0)  # as watch_changes(since=0): the whole log
+    replayed = everything.take(2)
+    assert [(e.sequence, e.workitem_uid) for e in replayed] == [(1, uid), (2, uid)]
+    assert [c.sequence for c in client.read_changes(0)] == []  # (no instance stored)
+    live = Watcher(client)  # no since: new events only
+    wait_subscribed(server, 2)
+    second = w.create(workitem()).workitem_uid
+    (event,) = live.take(1)
+    assert (event.sequence, event.workitem_uid) == (3, second)
+    assert everything.take(1)[0].sequence == 3
+    assert live.quiet()
+    live.close()
+    everything.close()
+
+
 def test_a_stalled_subscriber_is_ended_and_holds_nothing_up(tmp_path: Path) -> None:
     running = start_server(tmp_path / "data", subscriber_queue=8)
     try:

@@ -498,7 +498,9 @@ class SubscribeWorkitemsRequest(_message.Message):
     workitem_uid: _builtins.str
     """Follow one workitem; empty follows all (or those matching `filter`)."""
     since: _builtins.int
-    """Resume after this event sequence number; 0 starts with new events only."""
+    """Replay the events after this sequence number first (0: every event in the log), as
+    WatchChangeFeedRequest.since does; unset: new events only.
+    """
     @_builtins.property
     def filter(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Match terms, as in SearchWorkitems, selecting the workitems followed."""
@@ -508,13 +510,15 @@ class SubscribeWorkitemsRequest(_message.Message):
         *,
         workitem_uid: _builtins.str = ...,
         filter: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
-        since: _builtins.int = ...,
+        since: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_since", b"_since", "since", b"since"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "since", b"since", "workitem_uid", b"workitem_uid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_since", b"_since", "filter", b"filter", "since", b"since", "workitem_uid", b"workitem_uid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__since: _TypeAlias = _typing.Literal["since"]  # noqa: Y015
+    _WhichOneofArgType__since: _TypeAlias = _typing.Literal["_since", b"_since"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__since) -> _WhichOneofReturnType__since | None: ...
 
 Global___SubscribeWorkitemsRequest: _TypeAlias = SubscribeWorkitemsRequest  # noqa: Y015
 

@@ -130,9 +130,8 @@ class WorkitemServicer(workitem_service_pb2_grpc.WorkitemServiceServicer):
     ) -> AsyncIterator[pb.SubscribeWorkitemsResponse]:
         """Stream events, replaying those after ``since`` first."""
         try:
-            async for event in self._core.follow(
-                request.workitem_uid, dict(request.filter), request.since
-            ):
+            since = request.since if request.HasField("since") else None
+            async for event in self._core.follow(request.workitem_uid, dict(request.filter), since):
                 yield event
         except ServiceError as error:
             await abort(context, error)

@@ -101,15 +101,15 @@ class EventHub:
                     subscription.offer(event)
 
     async def follow(
-        self, workitem_uid: str, filter_: Mapping[str, str], since: int
+        self, workitem_uid: str, filter_: Mapping[str, str], since: int | None
     ) -> AsyncIterator[pb.SubscribeWorkitemsResponse]:
         """The events of one workitem, of all, or of those matching ``filter_``, in order.
 
-        With ``since`` the events after that sequence are replayed first; with 0 only events
-        after the call are sent. Ends with RESOURCE_EXHAUSTED when the subscriber falls more
-        than the queue size behind.
+        With ``since`` the events after that sequence are replayed first (0: the whole log, as
+        the change feed's ``since`` means); with None only events after the call are sent.
+        Ends with RESOURCE_EXHAUSTED when the subscriber falls more than the queue size behind.
         """
-        if since < 0:
+        if since is not None and since < 0:
             raise invalid_argument("since", f"{since} is negative")
         if workitem_uid and filter_:
             raise invalid_argument("filter", "follows all workitems; leave workitem_uid empty")
@@ -124,7 +124,7 @@ class EventHub:
         with self._lock:
             self._subscriptions.add(subscription)
         try:
-            cursor = since if since else self.store.last_sequence()
+            cursor = self.store.last_sequence() if since is None else since
             while True:
                 page = self.store.events_after(cursor, REPLAY_PAGE)
                 for event, terms in page:

@@ -333,7 +333,7 @@ class WorkitemCore:
         return await self.store.mutate(workitem_uid, decide)
 
     def follow(
-        self, workitem_uid: str, filter_: Mapping[str, str], since: int
+        self, workitem_uid: str, filter_: Mapping[str, str], since: int | None
     ) -> AsyncIterator[pb.SubscribeWorkitemsResponse]:
         """Subscribe to events (see :meth:`EventHub.follow`)."""
         check_request_uid("workitem_uid", workitem_uid)
