@@ -36,7 +36,13 @@ BATCH_BYTES = 256 * 1024 * 1024
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dicomrpc", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="dicomrpc",
+        description="A DICOM archive over gRPC, DICOMweb and DIMSE: run it (serve) and use it "
+        "(store, search, retrieve, render, delete, feed, workitem ...). Every client command "
+        "takes --server HOST:PORT, --token and the --tls options; `dicomrpc COMMAND --help` "
+        "tells more.",
+    )
     parser.add_argument("--version", action="version", version=f"dicomrpc {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -116,7 +122,13 @@ def _parser() -> argparse.ArgumentParser:
     tags_sub = tags.add_subparsers(dest="action", required=True)
     add = tags_sub.add_parser("add", help="index attributes; waits for re-indexing with a bar")
     add.add_argument("tags", nargs="+", help="keyword or 8-hex tag, optionally TAG:VR")
-    add.add_argument("--level", default="", choices=["", "study", "series", "instance"])
+    add.add_argument(
+        "--level",
+        default="",
+        choices=["study", "series", "instance"],
+        help="the level whose records keep the attribute: required for an attribute the "
+        "archive does not keep already (default: the level that keeps it)",
+    )
     add.add_argument("--private-creator", default="", help="the private creator of private tags")
     add.add_argument("--no-wait", action="store_true", help="return once re-indexing starts")
     tags_sub.add_parser("list", help="list the extended query tags")
