@@ -18,6 +18,7 @@ from dicomrpc.client import Client
 from dicomrpc.connection import connect
 from dicomrpc.datasets import from_json_text, from_pydicom, keyword, to_json
 from dicomrpc.v1 import dataset_pb2
+from dicomrpc.workitem_templates import TEMPLATES, template_text
 from dicomrpc.workitems import WorkitemResult
 
 _COLUMNS = ["00080018", "00741000", "00741200", "00404005", "00100010", "00100020", "00741204"]
@@ -29,8 +30,20 @@ def add_parser(sub: Any, add_server: Callable[[argparse.ArgumentParser], None]) 
     commands = workitem.add_subparsers(dest="action", required=True)
 
     create = commands.add_parser("create", help="create a SCHEDULED workitem")
-    create.add_argument("dataset", help="DICOM JSON file, or - for standard input")
+    create.add_argument("dataset", help="DICOM JSON or DICOM file, or - for standard input")
     create.add_argument("--uid", default="", help="the workitem UID (default: generated)")
+    create.add_argument(
+        "--quiet", "-q", action="store_true", help="print the UID only (for W=$(...))"
+    )
+
+    template = commands.add_parser(
+        "template", help="print a DICOM JSON data set to start from (no server needed)"
+    )
+    template.add_argument(
+        "kind",
+        choices=sorted(TEMPLATES),
+        help="create: a SCHEDULED workitem; complete / cancel: what finishing it needs",
+    )
 
     get = commands.add_parser("get", help="print a workitem as DICOM JSON")
     get.add_argument("uid")
@@ -134,10 +147,17 @@ def _cell(element: dict[str, Any] | None) -> str:
 
 def workitem_command(args: argparse.Namespace) -> int:
     """Run one ``dicomrpc workitem`` subcommand."""
+    if args.action == "template":
+        sys.stdout.write(template_text(args.kind))
+        return 0
     with connect(args) as client:
         w = client.workitems
         if args.action == "create":
-            _report(w.create(_read(args.dataset), args.uid))
+            created = w.create(_read(args.dataset), args.uid)
+            if args.quiet:
+                print(created.workitem_uid)
+            else:
+                _report(created)
         elif args.action == "get":
             print(json.dumps(w.get(args.uid).as_json(), indent=1))
         elif args.action == "update":
