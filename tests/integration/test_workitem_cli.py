@@ -82,3 +82,24 @@ def test_create_takes_a_dicom_file(
     (tmp_path / "binary.json").write_bytes(b"\xff\xfe\x00")
     with pytest.raises(SystemExit, match="neither DICOM JSON"):
         main(["workitem", "create", str(tmp_path / "binary.json"), "--server", server.target])
+
+
+def test_templates_are_taken_as_written(
+    capsys: pytest.CaptureFixture[str], server: RunningServer, tmp_path: Path
+) -> None:
+    for kind in ("create", "complete", "cancel"):
+        assert main(["workitem", "template", kind]) == 0
+        (tmp_path / f"{kind}.json").write_text(capsys.readouterr().out)
+    for finish, state in (("complete", "COMPLETED"), ("cancel", "CANCELED")):
+        uid = run(capsys, server, "create", str(tmp_path / "create.json"), "--quiet").strip()
+        transaction = run(capsys, server, "claim", uid).strip()
+        done = run(
+            capsys,
+            server,
+            finish,
+            uid,
+            str(tmp_path / f"{finish}.json"),
+            "--transaction",
+            transaction,
+        )
+        assert done == f"{uid} {state}\n"
