@@ -19,9 +19,11 @@ The seeds are real associations: what pynetdicom's requester writes for a C-ECHO
 (implicit and explicit VR), C-FINDs (Study and Patient Root), a C-GET and a C-MOVE, recorded
 through a relay in front of the server.
 
-Once the input is written, the harness waits for the server's A-RELEASE-RP, A-ABORT or
-A-ASSOCIATE-RJ when the input ends with a complete A-RELEASE-RQ (up to :data:`SETTLE_S`), then
-closes its sending side: the server must then close the connection within :data:`CLOSE_S`.
+The input is written as a requester writes: after an A-ASSOCIATE-RQ it waits for the answer,
+after each message for its final response (or a request to it, a C-GET's C-STORE), up to
+:data:`RESPONSE_S` each. When the input ends with a complete A-RELEASE-RQ the harness waits for
+the server's A-RELEASE-RP, A-ABORT or A-ASSOCIATE-RJ (up to :data:`SETTLE_S`), then closes its
+sending side: the server must then close the connection within :data:`CLOSE_S`.
 Expected: any answer, any rejection or abort, the connection closed. A bug: no close within
 that time (a hang), an exception the server or pynetdicom logs from a place that is not a
 designed answer to bad input (a handler, the state machine, the DUL's loop, the response

@@ -9,7 +9,9 @@ message decoder raises). The requester then gets no answer and no close, and the
 holds its place until a timeout: the ACSE timeout while it waits for the request that never
 comes, the DIMSE timeout in a C-GET waiting for its C-STORE response. Here such failures are
 answered as the expected ones are: the message refused with Evt19; the PDU the state machine
-failed on with an A-ABORT, the connection closed and the association ended.
+failed on with an A-ABORT, the connection closed and the association ended. The same for an
+A-ASSOCIATE-RQ negotiation fails on (a presentation context without an abstract syntax), which
+killed the association's thread and left the request unanswered.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ def guard(assoc: Association) -> None:
     """
     _abort_on_undecodable_messages(assoc)
     _abort_on_state_machine_failures(assoc)
+    _abort_on_negotiation_failures(assoc)
 
 
 def _abort_on_undecodable_messages(assoc: Association) -> None:
@@ -77,6 +80,25 @@ def _abort_on_state_machine_failures(assoc: Association) -> None:
             abort_now(assoc)
 
     machine.do_action = do_action_or_abort  # type: ignore[method-assign]
+
+
+def _abort_on_negotiation_failures(assoc: Association) -> None:
+    acse = assoc.acse
+    negotiate = acse.negotiate_association
+
+    def negotiate_or_abort() -> None:
+        try:
+            negotiate()
+        except Exception as exc:  # the request cannot be negotiated: refused, not unanswered
+            log.warning(
+                "association from %s aborted: its request cannot be negotiated (%s: %s)",
+                describe_requester(assoc),
+                type(exc).__name__,
+                exc,
+            )
+            abort_now(assoc)
+
+    acse.negotiate_association = negotiate_or_abort  # type: ignore[method-assign]
 
 
 def abort_now(assoc: Association) -> None:
