@@ -40,6 +40,7 @@ import logging
 import shutil
 import socket
 import struct
+import sys
 import tempfile
 import threading
 import time
@@ -369,9 +370,24 @@ def TestOneInput(data: bytes) -> None:
             CRASH,
             "the server no longer answers a C-ECHO after the input",
             f"the C-ECHO's association got {answer}; the input: {data[:500]!r}; "
-            f"{live.server.dimse.associations if live.server.dimse else 0} associations now",
+            f"{live.server.dimse.associations if live.server.dimse else 0} associations now; "
+            f"where their threads are: {_where_associations_wait()}",
         )
     _raise_logged(live, "after a C-ECHO")
+
+
+def _where_associations_wait() -> dict[str, int]:
+    """How many live threads of accepted associations stand where (their innermost frames)."""
+    frames = sys._current_frames()
+    places: dict[str, int] = {}
+    for thread in threading.enumerate():
+        frame = frames.get(thread.ident or 0)
+        if not isinstance(thread, Association) or frame is None:
+            continue
+        stack = traceback.extract_stack(frame)[-4:]
+        place = " < ".join(f"{Path(f.filename).name}:{f.name}" for f in reversed(stack))
+        places[place] = places.get(place, 0) + 1
+    return places
 
 
 def _raise_logged(live: _Live, when: str) -> None:
