@@ -17,7 +17,15 @@ from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import CTImageStorage, Verification
 
 from tests.conftest import RunningServer, start_server
-from tests.fuzz.dimse import AE_TITLE, PDU_ABORT, association_request, p_data, pdus
+from tests.fuzz.dimse import (
+    AE_TITLE,
+    PDU_ABORT,
+    association_request,
+    build,
+    exchange_on_new_connection,
+    p_data,
+    pdus,
+)
 
 ANSWER_S = 5.0
 
@@ -137,3 +145,39 @@ def test_associations_share_the_supported_contexts_and_leave_them_unchanged(
         (cx.abstract_syntax, cx.scu_role, cx.scp_role, list(cx.transfer_syntax)) for cx in contexts
     ]
     assert after == before
+
+
+FINDINGS = Path(__file__).parents[1] / "fuzz" / "findings" / "dimse"
+
+
+def test_associations_ended_by_a_failed_negotiation_leave_the_limit_free(
+    archive: RunningServer,
+) -> None:
+    request = association_request(archive.dimse_port)
+    data = (FINDINGS / "presentation-context-without-abstract-syntax.bin").read_bytes()
+    exchange = build(data, request)
+    limit = archive.settings.dimse_max_associations
+    for _ in range(limit + 1):
+        exchange_on_new_connection(exchange, archive.dimse_port)
+    # Each must leave --dimse-max-associations once it has ended, or this one is refused.
+    ae = AE(ae_title="AFTER")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", archive.dimse_port, ae_title=AE_TITLE)
+    assert assoc.is_established
+    assoc.release()
+
+
+def test_an_undecodable_association_request_frees_its_place_at_once(
+    archive: RunningServer,
+) -> None:
+    assert archive.dimse is not None
+    with socket.create_connection(("127.0.0.1", archive.dimse_port), timeout=ANSWER_S) as sock:
+        sock.sendall(b"\x01\x00\x00\x00\x00\x44" + b"\xff" * 0x44)
+        with contextlib.suppress(TimeoutError):
+            while sock.recv(65536):
+                pass
+    deadline = time.monotonic() + 3.0
+    while archive.dimse.associations and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # Its thread waited for a request that would not come until the ACSE timeout (30 s).
+    assert archive.dimse.associations == 0

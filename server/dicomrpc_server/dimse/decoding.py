@@ -31,6 +31,9 @@ log = logging.getLogger("dicomrpc.dimse")
 INVALID_PDU = "Evt19"
 # A-ABORT source: the service provider (PS3.8 Table 9-26); reason: not specified.
 PROVIDER, NOT_SPECIFIED = 0x02, 0x00
+# States after which no A-ASSOCIATE request reaches the association: idle (the connection is
+# gone) and awaiting the transport's close (after an A-ABORT) (PS3.8 Table 9-10).
+_NO_REQUEST_COMING = frozenset({"Sta1", "Sta13"})
 
 
 def guard(assoc: Association) -> None:
@@ -78,6 +81,12 @@ def _abort_on_state_machine_failures(assoc: Association) -> None:
                 exc,
             )
             abort_now(assoc)
+            return
+        if machine.current_state in _NO_REQUEST_COMING and assoc.requestor.primitive is None:
+            # The association's thread waits for a request that will not come (the connection
+            # closed, or the request was refused as undecodable): it ends now, not at the ACSE
+            # timeout, and frees its place among the connections waiting for their request.
+            assoc.dul.to_user_queue.put(None)  # type: ignore[arg-type]
 
     machine.do_action = do_action_or_abort  # type: ignore[method-assign]
 

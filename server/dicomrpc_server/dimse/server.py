@@ -264,6 +264,7 @@ class DimseServer:
             return
         limit = self.archive.settings.dimse_max_associations
         with self._requested_lock:
+            self._forget_ended()
             full = len(self._requested) >= limit
             if not full:
                 self._requested.add(assoc)
@@ -297,6 +298,15 @@ class DimseServer:
             self._ae.maximum_associations,
         )
 
+    def _forget_ended(self) -> None:
+        """Drop the associations whose thread has ended (call with the lock held).
+
+        An association leaves the count when its connection closes (EVT_CONN_CLOSE), but one
+        ended by an abort or a failed negotiation has its socket shut down by pynetdicom's
+        server without that event: left counted, 16 such would refuse every requester.
+        """
+        self._requested = {assoc for assoc in self._requested if assoc.is_alive()}
+
     def _on_closed(self, event: Event) -> None:
         """The connection is gone: what the association stored goes to the audit trail."""
         with self._requested_lock:
@@ -313,6 +323,7 @@ class DimseServer:
         minute).
         """
         with self._requested_lock:
+            self._forget_ended()
             requested = set(self._requested)
         waiting = sum(
             1
