@@ -46,9 +46,10 @@ KNOWN_OPEN: tuple[Known, ...] = (
         "dimse",
         r"no longer answers a C-ECHO",
         NEW,
-        "after some 13,000 inputs of a campaign the server held 256 acceptor associations "
-        "alive, the most connections it lets wait for their request, and closed every new "
-        "connection; no single input replayed alone leaves one behind",
+        "after 9,000-13,000 inputs of a campaign the server refused every association: "
+        "threads of connections whose request never came waited for it until the ACSE "
+        "timeout, and ended associations stayed counted against the limit; the fix (woken "
+        "threads, ended associations uncounted) awaits a campaign of that length",
     ),
 )
 
