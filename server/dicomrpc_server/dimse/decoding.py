@@ -44,6 +44,7 @@ def guard(assoc: Association) -> None:
     _abort_on_undecodable_messages(assoc)
     _abort_on_state_machine_failures(assoc)
     _abort_on_negotiation_failures(assoc)
+    _close_even_when_shutdown_fails(assoc)
 
 
 def _abort_on_undecodable_messages(assoc: Association) -> None:
@@ -128,3 +129,25 @@ def abort_now(assoc: Association) -> None:
     assoc._kill = True
     dul.kill_dul()
     dul.to_user_queue.put(None)  # type: ignore[arg-type]
+
+
+def _close_even_when_shutdown_fails(assoc: Association) -> None:
+    """Close the connection's socket even when shutting it down fails.
+
+    pynetdicom closes a socket only after a successful ``shutdown()``, which fails once the
+    peer has reset the connection: the file descriptor then stays open until the socket
+    object is collected.
+    """
+    transport = assoc.dul.socket
+    if transport is None:
+        return
+    shutdown = transport._shutdown_socket
+
+    def shutdown_and_close() -> None:
+        raw = transport.socket
+        shutdown()
+        if raw is not None:
+            with contextlib.suppress(OSError):
+                raw.close()
+
+    transport._shutdown_socket = shutdown_and_close  # type: ignore[method-assign]
