@@ -58,6 +58,7 @@ bench: install
 	$(BIN)/python bench/auth.py
 	$(BIN)/python bench/isolation.py
 	$(BIN)/python bench/scale.py
+	$(BIN)/python bench/dimse.py
 
 # Re-resolve the locks after a change of pyproject.toml's dependencies (needs the registry).
 lock:

@@ -691,8 +691,13 @@ def orthanc_version() -> str:
 
 
 @contextlib.contextmanager
-def orthanc_server(run_dir: Path, log: Path) -> Iterator[tuple[int, int]]:
-    """Run Orthanc with a temporary configuration; yield (HTTP port, pid)."""
+def orthanc_server(
+    run_dir: Path, log: Path, settings: dict[str, object] | None = None
+) -> Iterator[tuple[int, int]]:
+    """Run Orthanc with a temporary configuration; yield (HTTP port, pid).
+
+    ``settings`` override or add configuration options (its DICOM server, say).
+    """
     plugin = orthanc_plugin()
     assert plugin is not None
     port = free_port()
@@ -708,6 +713,7 @@ def orthanc_server(run_dir: Path, log: Path) -> Iterator[tuple[int, int]]:
         "AuthenticationEnabled": False,
         "Plugins": [str(plugin)],
         "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+        **(settings or {}),
     }
     config_path = run_dir / "orthanc.json"
     config_path.write_text(json.dumps(config, indent=2))

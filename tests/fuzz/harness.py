@@ -103,6 +103,14 @@ HARNESSES: dict[str, Spec] = {
             "C-FIND identifier (bytes → identifier → search → responses, dimse/identifiers.py)",
         ),
         Spec(
+            "dimse",
+            "tests.fuzz.dimse",
+            (*_OURS, "pynetdicom"),
+            64 * KIB,
+            60,
+            "DIMSE port, live on loopback (associations, PDUs, DIMSE messages, data sets)",
+        ),
+        Spec(
             "http",
             "tests.fuzz.http_gateway",
             _OURS,
