@@ -281,7 +281,16 @@ def test_study_list_shows_the_archive_studies(
     tab.goto(f"{site}/")
     for study in studies.values():
         tab.get_by_text(study.listed_as, exact=True).wait_for(timeout=DRAW_TIMEOUT_S * 1000)
-    assert traffic.urls("/dicomweb/studies"), traffic.summary()
+    # A patient name in the list's filter is searched by the archive: OHIF sends it as
+    # PatientName=*multi* with fuzzymatching=true.
+    tab.goto(f"{site}/?patientName=multi")
+    tab.get_by_text(studies["multiframe"].listed_as, exact=True).wait_for(
+        timeout=DRAW_TIMEOUT_S * 1000
+    )
+    tab.wait_for_load_state("networkidle")
+    assert tab.get_by_text(studies["ct"].listed_as, exact=True).count() == 0
+    searched = [url for url in traffic.urls("/dicomweb/studies") if "PatientName=" in url]
+    assert searched, traffic.summary()
     traffic.assert_none_failed()
 
 
