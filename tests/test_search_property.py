@@ -240,7 +240,7 @@ def match_string(query: str, value: str) -> bool:
 def match_pn(query: str, value: str, fuzzy: bool) -> bool:
     if fuzzy:
         name_words = words(value)
-        return all(any(w.startswith(q) for w in name_words) for q in words(query))
+        return all(any(wildcard(q + "*", w) for w in name_words) for q in words(query))
     return match_string(fold(query), fold(value))
 
 
@@ -801,7 +801,7 @@ def _fuzzy_corpus() -> list[Study]:
 
 
 FUZZY_CORPUS = _fuzzy_corpus()
-JOHN_DOE, MULLER = study_uid(0), study_uid(1)
+JOHN_DOE, MULLER, ROE = study_uid(0), study_uid(1), study_uid(2)
 
 
 @pytest.fixture(scope="module", params=INDEXES)
@@ -833,6 +833,28 @@ def test_fuzzy_is_word_prefix_not_substring(fuzzy_core: SearchCore, attribute: s
 @pytest.mark.parametrize("attribute", ["PatientName", "ReferringPhysicianName"])
 def test_fuzzy_folds_accents(fuzzy_core: SearchCore, attribute: str) -> None:
     assert _fuzzy(fuzzy_core, attribute, "Muller") == {MULLER}
+
+
+@pytest.mark.parametrize(
+    ("value", "found"),
+    [
+        ("*oh*", {JOHN_DOE}),
+        ("jo*", {JOHN_DOE, MULLER}),
+        ("*ll*", {MULLER}),
+        ("r?e", {"ROE"}),
+        ("j?n", {"ROE"}),
+        ("x*", set()),
+        ("?oe", {JOHN_DOE, "ROE"}),
+        ("*", {JOHN_DOE, MULLER, "ROE"}),
+        ("do* *an*", set()),
+        ("ro* *an*", {"ROE"}),
+    ],
+)
+def test_fuzzy_words_take_wildcards(fuzzy_core: SearchCore, value: str, found: set[str]) -> None:
+    """Each word of a fuzzy value begins a word of the name, its wildcards matching as usual:
+    OHIF's patient search sends ``*text*`` with ``fuzzymatching=true``."""
+    expected = {ROE if uid == "ROE" else uid for uid in found}
+    assert _fuzzy(fuzzy_core, "PatientName", value) == expected
 
 
 def test_without_fuzzy_a_word_is_not_a_name(fuzzy_core: SearchCore) -> None:

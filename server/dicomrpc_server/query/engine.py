@@ -174,13 +174,25 @@ class TermMatcher:
             folded = fold_person_name(value)
             if fuzzy:
                 words = [w for w in _WORDS.split(folded) if w]
-                sets = [
-                    _pks(self.scan(level, tag, WORD + w.encode(), prefix=WORD + w.encode()))
-                    for w in words
-                ]
+                sets = [self._word_matches(level, tag, w) for w in words]
                 return set.intersection(*sets) if sets else set()
             return self._pattern(attribute, folded)
         return self._pattern(attribute, value.strip())
+
+    def _word_matches(self, level: Level, tag: int, word: str) -> set[bytes]:
+        """Fuzzy matching of one word of a name: the records with a word that ``word`` begins.
+
+        ``*`` and ``?`` in ``word`` match as in any value (``*ult`` begins "multi"): viewers such
+        as OHIF send ``*text*`` with ``fuzzymatching=true``, and expect what the wildcards
+        alone would find. Scanned through the word's literal prefix.
+        """
+        literal = re.split(r"[*?]", word, maxsplit=1)[0]
+        start = WORD + literal.encode()
+        found = self.scan(level, tag, start, prefix=start)
+        if literal == word:
+            return _pks(found)
+        matches = wildcard_matcher(word if word.endswith("*") else word + "*")
+        return {pk for term, pk in found if matches(term[len(WORD) :].decode())}
 
     def _pattern(self, attribute: IndexedAttribute, value: str) -> set[bytes]:
         """Wildcard matching, through the literal prefix of the pattern."""
