@@ -768,8 +768,12 @@ class PostgresIndex:
         return [records_pb2.QueryTagRecord.FromString(bytes(row["record"])) for row in rows]
 
     def operation(self, operation_id: str) -> records_pb2.ReindexOperation | None:
-        """A re-indexing operation, or None when there is no such operation."""
-        if not operation_id:
+        """A re-indexing operation, or None when there is no such operation.
+
+        An id PostgreSQL text cannot hold (a NUL) names none, as an id LMDB could not key does
+        not: operation ids are hex, and a request naming another gets NOT_FOUND, not an error.
+        """
+        if not operation_id or "\x00" in operation_id:
             return None
         raw = self._bytes(
             "SELECT record FROM reindex_operations WHERE operation_id = $1", operation_id
