@@ -33,6 +33,7 @@ from dicomrpc.retrieval import SearchResult
 from dicomrpc_server.errors import StartupError
 from dicomrpc_server.rebuild import rebuild_index
 from tests.conftest import RunningServer, S3Emulator, spawn_server, start_server
+from tests.integration.test_dicomweb_http import stow
 from tests.integration.test_workitem_events import Watcher, wait_subscribed
 from tests.upsgen import dataset, performed, workitem
 
@@ -401,3 +402,34 @@ def test_a_node_of_several_processes(tmp_path: Path, postgres_dsn: str, shared: 
     finally:
         other.stop()
         assert group.stop() == 0
+
+
+def test_dicomweb_stow_on_one_node_qido_and_wado_on_the_other(
+    nodes: list[RunningServer],
+) -> None:
+    a, b = nodes
+    path = _paths()[0]
+    ct = pydicom.dcmread(path, stop_before_pixels=True)
+    study, series, sop = (
+        str(ct.StudyInstanceUID),
+        str(ct.SeriesInstanceUID),
+        str(ct.SOPInstanceUID),
+    )
+    with (
+        httpx.Client(base_url=a.dicomweb_url, timeout=60) as on_a,
+        httpx.Client(base_url=b.dicomweb_url, timeout=60) as on_b,
+    ):
+        assert stow(on_a, [path.read_bytes()]).status_code == 200
+        found = on_b.get("/studies", params={"PatientID": str(ct.PatientID)})
+        assert found.status_code == 200
+        assert [m[STUDY_UID]["Value"][0] for m in found.json()] == [study]
+        instances = on_b.get(f"/studies/{study}/instances")
+        assert [m[SOP_UID]["Value"][0] for m in instances.json()] == [sop]
+        url = f"/studies/{study}/series/{series}/instances/{sop}"
+        single = on_b.get(url, headers={"Accept": "application/dicom; transfer-syntax=*"})
+        assert single.status_code == 200
+        assert single.content == bytes(128) + path.read_bytes()[128:]
+        metadata = on_b.get(f"{url}/metadata")
+        assert metadata.json()[0]["00100020"]["Value"] == [str(ct.PatientID)]
+        assert on_b.delete(f"/studies/{study}").status_code in (200, 202, 204)
+        assert on_a.get(url).status_code == 404
