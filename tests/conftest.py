@@ -30,6 +30,54 @@ from dicomrpc_server.dimse.server import DimseServer
 from dicomrpc_server.grpc.server import GrpcServer
 from tests.postgres import PostgresCluster, start_cluster
 
+# Set by ``pytest --server-index=postgresql``: what start_server adds to a server's settings
+# when a test names neither an index nor a blob store (see pytest_configure).
+_SHARED_INDEX: list[Callable[[Path], dict[str, object]]] = []
+SERVER_INDEX_OPTION = "--server-index"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        SERVER_INDEX_OPTION,
+        choices=("embedded", "postgresql"),
+        default="embedded",
+        help="the index of the servers tests start without naming one: the embedded LMDB "
+        "index, or a PostgreSQL database of the session's cluster (one per data folder) with "
+        "the instance files in a shared folder beside the data folder",
+    )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _server_index(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Run the servers of a test run on a PostgreSQL index and a shared folder, if asked.
+
+    So that the integration tests that do not look inside the data folder run unchanged
+    against the shared index: ``pytest tests/integration/test_search.py
+    --server-index=postgresql``.
+    """
+    if request.config.getoption(SERVER_INDEX_OPTION) != "postgresql":
+        yield
+        return
+    cluster = start_cluster()
+
+    databases: dict[Path, str] = {}
+
+    def shared(data_dir: Path) -> dict[str, object]:
+        # A server started again on its data folder finds its own database again.
+        folder = data_dir.parent / f"{data_dir.name}.shared"
+        folder.mkdir(parents=True, exist_ok=True)
+        key = data_dir.resolve()
+        if key not in databases:
+            databases[key] = cluster.create_database()
+        return {"index": databases[key], "blobs": str(folder.resolve())}
+
+    _SHARED_INDEX.append(shared)
+    try:
+        yield
+    finally:
+        _SHARED_INDEX.clear()
+        cluster.stop()
+
 
 @dataclass
 class RunningServer:
@@ -76,6 +124,8 @@ def start_server(
     """
     overrides.setdefault("http_port", 0)
     overrides.setdefault("dimse_port", -1)
+    if _SHARED_INDEX and "index" not in overrides and "blobs" not in overrides:
+        overrides.update(_SHARED_INDEX[0](data_dir))
     settings = Settings(data_dir=data_dir, grpc_port=0, **overrides)  # type: ignore[arg-type]
     archive = Archive(settings)
     loop = asyncio.new_event_loop()

@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from dicomrpc_server.config import GIB, Settings, add_serve_arguments
+from dicomrpc_server.config import GIB, Settings, add_serve_arguments, redact_dsn
 from dicomrpc_server.main import settings_from_args
 
 
@@ -32,3 +32,29 @@ def test_the_codec_memory_limit_follows_the_pixel_limit() -> None:
     assert Settings().codec_memory_limit == 16 * (1 << 28) + GIB  # 5 GiB
     assert Settings(max_frame_pixels=1 << 20).codec_memory_limit == 16 * (1 << 20) + GIB
     assert Settings(codec_memory_bytes=-1).codec_memory_limit is None
+
+
+def test_the_index_from_flags_and_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().index == ""  # the embedded index
+    monkeypatch.setenv("DICOMRPC_INDEX", "postgresql://dicomrpc@db.example/archive")
+    monkeypatch.setenv("DICOMRPC_INDEX_POOL_SIZE", "4")
+    settings = _parse()
+    assert settings.index == "postgresql://dicomrpc@db.example/archive"
+    assert settings.index_pool_size == 4
+    settings = _parse("--index", "postgres://u:secret@db:5433/a", "--index-pool-size", "2")
+    assert settings.index == "postgres://u:secret@db:5433/a" and settings.index_pool_size == 2
+
+
+def test_an_index_that_is_not_a_postgresql_url_is_refused_without_its_password() -> None:
+    with pytest.raises(ValueError, match="postgresql://") as caught:
+        Settings(index="mysql://u:secret@db/a")
+    assert "secret" not in str(caught.value)
+    with pytest.raises(ValueError, match="1 or more"):
+        Settings(index="postgresql://db/a", index_pool_size=0)
+
+
+def test_a_postgresql_url_is_shown_and_recorded_without_its_password() -> None:
+    assert redact_dsn("postgresql://u:secret@db:5433/a?sslmode=require") == (
+        "postgresql://u@db:5433/a"
+    )
+    assert redact_dsn("postgresql://[::1]/a") == "postgresql://[::1]/a"

@@ -603,3 +603,15 @@ def test_stored_change_records_carry_their_sequence(postgres_dsn: str) -> None:
             assert records_pb2.ChangeRecord.FromString(raw) == expected, n
     finally:
         backend.close()
+
+
+def test_dimse_peers_are_kept_replaced_and_forgotten(index: Index) -> None:
+    ws = records_pb2.DimsePeerRecord(name="ws", ae_title="WS1", host="10.0.0.1", port=104)
+    asyncio.run(index.put_dimse_peer(ws))
+    asyncio.run(index.put_dimse_peer(records_pb2.DimsePeerRecord(name="a", ae_title="A", port=1)))
+    moved = records_pb2.DimsePeerRecord(name="ws", ae_title="WS1", host="10.0.0.2", port=104)
+    asyncio.run(index.put_dimse_peer(moved))
+    assert [(p.name, p.host) for p in index.dimse_peers()] == [("a", ""), ("ws", "10.0.0.2")]
+    assert asyncio.run(index.delete_dimse_peer("ws"))
+    assert not asyncio.run(index.delete_dimse_peer("ws"))
+    assert [p.name for p in index.dimse_peers()] == ["a"]

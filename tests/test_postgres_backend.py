@@ -227,3 +227,24 @@ def test_missing_postgres_skips_or_fails_as_ci_asks(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("DICOMRPC_REQUIRE_POSTGRES", "1")
     with pytest.raises(pytest.fail.Exception, match="apt-get install postgresql"):
         postgres.require_postgres()
+
+
+def test_advisory_locks_exclude_other_nodes_until_released_or_closed(postgres_dsn: str) -> None:
+    from dicomrpc_server.storage.postgres.locks import AdvisoryLocks
+
+    nodes = [PostgresBackend(postgres_dsn, pool_size=1) for _ in range(2)]
+    first, second = (AdvisoryLocks(backend) for backend in nodes)
+    try:
+        assert first.acquire("reindex op") and first.acquire("reindex op")  # taken again here
+        assert not second.acquire("reindex op") and second.acquire("reindex other")
+        first.release("reindex op")
+        assert not second.acquire("reindex op")  # one take is still held
+        first.release("reindex op")
+        assert second.acquire("reindex op") and second.held("reindex op")
+        second.close()  # a node that ends drops its locks with its connection
+        assert first.acquire("reindex op") and first.acquire("reindex other")
+    finally:
+        first.close()
+        second.close()
+        for backend in nodes:
+            backend.close()

@@ -26,8 +26,10 @@ from dicomrpc_server.query.term_search import TermSearch
 from dicomrpc_server.retrieve.service import RetrieveCore
 from dicomrpc_server.storage.blobs import LocalBlobStore
 from dicomrpc_server.storage.folder_lock import DataFolderLock
-from dicomrpc_server.storage.key_locks import KeyLocks
+from dicomrpc_server.storage.key_locks import KeyLocks, NamedLocks
 from dicomrpc_server.storage.lmdb_index import LmdbIndex
+from dicomrpc_server.storage.postgres.index import PostgresIndex
+from dicomrpc_server.storage.postgres.locks import AdvisoryLocks
 from dicomrpc_server.storage.protocols import BlobStore
 from dicomrpc_server.storage.recovery import (
     INDEX_DIR,
@@ -41,11 +43,15 @@ from dicomrpc_server.storage.recovery import (
 from dicomrpc_server.storage.spooled import SpooledBlobStore, SpooledRecovery
 from dicomrpc_server.storage.spooled_startup import (
     GroupStorage,
+    SharedIndex,
     check_folder_store,
+    check_index,
     open_spooled_storage,
     spool_folder,
 )
 from dicomrpc_server.store.ingest import StoreCore
+from dicomrpc_server.ups.postgres_store import PostgresWorkitemStore
+from dicomrpc_server.ups.records import WorkitemRecords
 from dicomrpc_server.ups.service import WorkitemCore
 from dicomrpc_server.ups.store import WorkitemStore
 from dicomrpc_server.ups.values import text
@@ -124,8 +130,10 @@ class Archive:
             self.lock.release()
             raise
         self.blobs: BlobStore
+        self.index: SharedIndex
         self.recovery: RecoveryReport | SpooledRecovery
         try:
+            check_index(settings)
             if settings.blobs and member is None:  # see storage/spooled_startup.py
                 self.blobs, self.index, self.recovery = open_spooled_storage(settings)
             elif settings.blobs:
@@ -152,14 +160,24 @@ class Archive:
             modules=CODEC_MODULES,
             lazy=True,
         )
+        # Re-indexing is walked by one holder of its lock: among the processes of this data
+        # folder on the embedded index, among every node on a shared PostgreSQL index.
+        self.walk_locks: NamedLocks
+        workitem_records: WorkitemRecords
+        if isinstance(self.index, PostgresIndex):
+            self.walk_locks = AdvisoryLocks(self.index.backend)
+            workitem_records = PostgresWorkitemStore(self.index.backend)
+        else:
+            self.walk_locks = self.locks
+            workitem_records = WorkitemStore(self.index)
         self.store = StoreCore(settings, self.blobs, self.index, self.parse_workers, self.locks)
         self.search = SearchCore(self.index, TermSearch(self.index))
-        self.query_tags = ExtendedQueryTags(self.index, self.locks)
+        self.query_tags = ExtendedQueryTags(self.index, self.walk_locks)
         self.peers = PeerRegistry(settings.dimse_peers, self.index)
         self.delete = DeleteCore(self.index, self.blobs)
         self.feed = ChangeFeed(self.index)
         self.workitems = WorkitemCore(
-            WorkitemStore(self.index), settings.subscriber_queue, settings.max_sequence_depth
+            workitem_records, settings.subscriber_queue, settings.max_sequence_depth
         )
         self.retrieve = RetrieveCore(
             self.index,
@@ -215,6 +233,8 @@ class Archive:
         """Finish queued work, close the index and the audit trail, then free the folder."""
         self.parse_workers.shutdown()
         self.codec_workers.shutdown()
+        if isinstance(self.walk_locks, AdvisoryLocks):
+            self.walk_locks.close()  # its connection, before the backend it came from
         self.index.close()
         blobs = self.blobs
         if self.member is not None and isinstance(blobs, LocalBlobStore | SpooledBlobStore):
@@ -238,6 +258,7 @@ def recover_folder(settings: Settings) -> RecoveryReport | SpooledRecovery:
     StartupError
         As :class:`Archive` does, when the index is missing, behind its files or being rebuilt.
     """
+    check_index(settings)
     if settings.blobs:
         _, spooled_index, spooled_report = open_spooled_storage(settings)
         spooled_index.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,8 @@ MIB = 1024 * KIB
 GIB = 1024 * MIB
 # The most server processes of one group (--processes).
 MAX_PROCESSES = 64
+# The URL schemes of a PostgreSQL index (libpq takes both).
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,13 @@ class Settings:
         stores them as objects in S3-compatible storage, an absolute path in a folder that
         several machines mount (in both, uploads still spool, and their markers stay, in
         ``data_dir``). Empty: the folder store in ``data_dir``.
+    index
+        The index: empty for the embedded LMDB index in ``data_dir``, or a
+        ``postgresql://`` URL: an index in a PostgreSQL database that several nodes (each
+        with a data folder of its own) share, with the instance files in ``blobs``.
+    index_pool_size
+        The most connections one process opens to the PostgreSQL index (its LISTEN and
+        NOTIFY connections, and one for re-indexing locks, come on top).
     s3_endpoint
         The S3 endpoint URL (an S3-compatible service); empty: AWS's, from the region.
     host
@@ -195,6 +205,8 @@ class Settings:
 
     data_dir: Path = Path("data")
     blobs: str = ""
+    index: str = ""
+    index_pool_size: int = 10
     s3_endpoint: str = ""
     host: str = "127.0.0.1"
     grpc_port: int = 50051
@@ -265,6 +277,17 @@ class Settings:
                 "or the absolute path of a shared folder (instance files are otherwise kept in "
                 "the data folder)"
             )
+        if self.index and not self.index.startswith(POSTGRES_SCHEMES):
+            raise ValueError(
+                f"index (--index, DICOMRPC_INDEX) is {redact_dsn(self.index)!r}; it takes a "
+                "postgresql://USER@HOST:PORT/DATABASE URL (empty: the embedded index in the "
+                "data folder)"
+            )
+        if self.index_pool_size < 1:
+            raise ValueError(
+                f"index_pool_size (--index-pool-size, DICOMRPC_INDEX_POOL_SIZE) is "
+                f"{self.index_pool_size}; it must be 1 or more"
+            )
         check_ae_title(self.ae_title)
         if self.dimse_max_pdu_bytes < 0:
             raise ValueError(f"dimse_max_pdu_bytes is {self.dimse_max_pdu_bytes}; 0 or more")
@@ -283,6 +306,8 @@ class Settings:
         mapping: dict[str, tuple[str, Callable[[str], object]]] = {
             "DICOMRPC_DATA": ("data_dir", Path),
             "DICOMRPC_BLOBS": ("blobs", str),
+            "DICOMRPC_INDEX": ("index", str),
+            "DICOMRPC_INDEX_POOL_SIZE": ("index_pool_size", int),
             "DICOMRPC_S3_ENDPOINT": ("s3_endpoint", str),
             "DICOMRPC_HOST": ("host", str),
             "DICOMRPC_GRPC_PORT": ("grpc_port", int),
@@ -353,6 +378,26 @@ class Settings:
         if self.codec_memory_bytes == 0:
             return 16 * self.max_frame_pixels + GIB
         return self.codec_memory_bytes
+
+
+def redact_dsn(dsn: str) -> str:
+    """A PostgreSQL URL without its password (or query), to show and to record.
+
+    What names the database (user, host, port, database) is kept; the password never goes
+    into a message, a log line or a file of the data folder.
+    """
+    try:
+        parts = urllib.parse.urlsplit(dsn)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return "<an unreadable URL>"
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = (f"{parts.username}@" if parts.username else "") + host
+    if port is not None:
+        netloc += f":{port}"
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def split_origins(text: str) -> tuple[str, ...]:
@@ -504,6 +549,19 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--s3-endpoint",
         metavar="URL",
         help="endpoint of the S3-compatible service (env DICOMRPC_S3_ENDPOINT, AWS's)",
+    )
+    parser.add_argument(
+        "--index",
+        metavar="postgresql://USER@HOST:PORT/DATABASE",
+        help="keep the index in a PostgreSQL database several nodes share (with --blobs; "
+        "password from the URL or PGPASSWORD / ~/.pgpass) (env DICOMRPC_INDEX, the embedded "
+        "index in the data directory)",
+    )
+    parser.add_argument(
+        "--index-pool-size",
+        type=positive_int,
+        help="most connections to the PostgreSQL index per process (env "
+        "DICOMRPC_INDEX_POOL_SIZE, 10)",
     )
     parser.add_argument("--host", help="address to bind (env DICOMRPC_HOST, 127.0.0.1)")
     parser.add_argument(

@@ -127,8 +127,9 @@ class StartupError(Exception):
         A stable UPPER_SNAKE name: ``DATA_FOLDER_IN_USE``, ``INDEX_MISSING``,
         ``UNINDEXED_FILES``, ``REBUILD_UNFINISHED``, ``PORT_IN_USE``, ``PORT_UNAVAILABLE``,
         ``PLAINTEXT_REFUSED``, ``ACCESS_SETTINGS_INVALID``, ``INDEX_UNAVAILABLE`` (the
-        PostgreSQL index cannot be reached) or ``INDEX_SCHEMA_NEWER`` (a newer release
-        migrated it).
+        PostgreSQL index cannot be reached), ``INDEX_SCHEMA_NEWER`` (a newer release
+        migrated it), ``INDEX_CHANGED`` (a data folder served with another index than its own)
+        or ``BLOB_STORE_REQUIRED`` (a PostgreSQL index without a shared blob store).
     message
         Sentences for the operator, naming the folder, file counts or port at fault.
     """

@@ -29,6 +29,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return Settings.from_env(
         data_dir=args.data,
         blobs=args.blobs,
+        index=args.index,
+        index_pool_size=args.index_pool_size,
         s3_endpoint=args.s3_endpoint,
         host=args.host,
         grpc_port=args.grpc_port,

@@ -61,7 +61,7 @@ from dicomrpc_server.storage.recovery import (
     examine,
     settle,
 )
-from dicomrpc_server.storage.spooled_startup import FOLDER_STORE, recorded_store
+from dicomrpc_server.storage.spooled_startup import FOLDER_STORE, recorded_index, recorded_store
 from dicomrpc_server.store.prepare import PreparedInstance, prepare
 from dicomrpc_server.workers import WorkerPool
 
@@ -117,10 +117,18 @@ def rebuild_index(data_dir: Path, *, workers: int, progress: bool = True) -> Reb
     ------
     StartupError
         When the folder does not exist or is in use (``DATA_FOLDER_IN_USE``), or its files
-        are kept elsewhere (``REBUILD_UNSUPPORTED``).
+        are kept elsewhere or it is indexed in PostgreSQL (``REBUILD_UNSUPPORTED``).
     """
     if not data_dir.is_dir():
         raise StartupError("DATA_FOLDER_MISSING", f"data folder {data_dir} does not exist")
+    indexed_in = recorded_index(data_dir)
+    if indexed_in is not None:
+        raise StartupError(
+            "REBUILD_UNSUPPORTED",
+            f"data folder {data_dir} is a node of an archive indexed in PostgreSQL "
+            f"({indexed_in}); rebuild-index rebuilds the embedded index from the data folder's "
+            "files, and this folder holds neither. Nothing was changed",
+        )
     stored_in = recorded_store(data_dir)
     if stored_in is not None and stored_in != FOLDER_STORE:
         raise StartupError(

@@ -8,9 +8,10 @@ cursor is committed with each batch: a server restarted mid-way resumes the walk
 operation is done.
 
 With several processes on one archive, each walk holds a lock named by its operation
-(:mod:`~dicomrpc_server.storage.key_locks`): one process walks it, and every process looks for
-unfinished operations nobody walks every few seconds, so that a walk whose process died is
-taken over where its last batch left it.
+(:mod:`~dicomrpc_server.storage.key_locks`; with a PostgreSQL index, an advisory lock shared by
+every node, :mod:`~dicomrpc_server.storage.postgres.locks`): one process walks it, and every
+process looks for unfinished operations nobody walks every few seconds, so that a walk whose
+process (or node) died is taken over where its last batch left it.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from dicomrpc_server.query.extended import (
     unknown_operation,
 )
 from dicomrpc_server.storage import records_pb2
-from dicomrpc_server.storage.key_locks import KeyLocks
+from dicomrpc_server.storage.key_locks import NamedLocks
 from dicomrpc_server.storage.protocols import QueryTagRecords
 
 log = logging.getLogger(__name__)
@@ -49,13 +50,17 @@ class ExtendedQueryTags:
     index
         The index the tags live in.
     locks
-        The locks shared with the other processes serving the archive.
+        The locks shared with the other processes serving the archive: the data folder's
+        (:class:`~dicomrpc_server.storage.key_locks.KeyLocks`), or PostgreSQL's advisory
+        locks when nodes share a PostgreSQL index, so that one node walks each operation.
     batch
         Instances re-indexed per write transaction: small enough that stores waiting behind a
         batch wait milliseconds, large enough that the walk is not dominated by commits.
     """
 
-    def __init__(self, index: QueryTagRecords, locks: KeyLocks, batch: int = REINDEX_BATCH) -> None:
+    def __init__(
+        self, index: QueryTagRecords, locks: NamedLocks, batch: int = REINDEX_BATCH
+    ) -> None:
         self.index = index
         self.locks = locks
         self.batch = batch

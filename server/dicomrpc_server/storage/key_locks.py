@@ -19,6 +19,7 @@ import hashlib
 import os
 import threading
 from pathlib import Path
+from typing import Protocol
 
 # Offsets stay below 2**62: off_t is signed 64-bit, and the range never reaches its end.
 _OFFSET_BITS = 62
@@ -27,6 +28,20 @@ _OFFSET_BITS = 62
 def _offset(name: str) -> int:
     digest = hashlib.blake2b(name.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") >> (64 - _OFFSET_BITS)
+
+
+class NamedLocks(Protocol):
+    """Exclusive, non-blocking locks on names among the holders of one archive.
+
+    :class:`KeyLocks` for the processes of one data folder; with a PostgreSQL index, whose
+    nodes share no file, :class:`~dicomrpc_server.storage.postgres.locks.AdvisoryLocks`.
+    """
+
+    def acquire(self, name: str) -> bool:
+        """Lock ``name`` unless another holder has it; whether this process holds it."""
+
+    def release(self, name: str) -> None:
+        """Give back one take of ``name``."""
 
 
 class KeyLocks:

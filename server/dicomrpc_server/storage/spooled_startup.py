@@ -11,6 +11,15 @@ this data folder's markers and pending removals and never lists the store, which
 may share. So ``--quarantine-unindexed`` has nothing to act on and is refused, and
 ``dicomrpc rebuild-index`` (which reads the instance files of the data folder) refuses a
 folder whose files are elsewhere.
+
+The index itself is either the embedded LMDB index in the data folder or, with ``--index
+postgresql://...``, a PostgreSQL database several nodes share (each node with a data folder of
+its own for its spooled uploads, markers and locks). The data folder records a PostgreSQL
+index in ``index-store`` (its URL without the password), so that it is never served with
+another index: its markers would be judged by an index that never heard of its stores, and
+the files an LMDB index names would vanish from the archive. A folder without the record is
+served with the embedded index, as it always was. A PostgreSQL index needs ``--blobs``: the
+files every node indexes must be where every node can read them.
 """
 
 from __future__ import annotations
@@ -20,16 +29,19 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from dicomrpc_server.config import Settings
+from dicomrpc_server.config import Settings, redact_dsn
 from dicomrpc_server.errors import StartupError
 from dicomrpc_server.storage.blobs import fsync_dir
 from dicomrpc_server.storage.key_locks import KeyLocks
 from dicomrpc_server.storage.lmdb_index import LmdbIndex
+from dicomrpc_server.storage.postgres.backend import PostgresBackend
+from dicomrpc_server.storage.postgres.index import PostgresIndex
 from dicomrpc_server.storage.s3 import S3Location, S3Objects
 from dicomrpc_server.storage.shared_folder import SharedFolder
 from dicomrpc_server.storage.spooled import ObjectStore, SpooledBlobStore, SpooledRecovery
 
 STORE_FILE = "blob-store"
+INDEX_FILE = "index-store"
 INDEX_DIR = "index"
 REBUILDING_DIR = "index.rebuilding"
 FOLDER_STORE = "folder"
@@ -59,6 +71,87 @@ def check_folder_store(data_dir: Path) -> None:
             + (" (and its --s3-endpoint)" if recorded.startswith("s3://") else "")
             + ". Nothing was changed",
         )
+
+
+def recorded_index(data_dir: Path) -> str | None:
+    """The PostgreSQL index (URL without password) a data folder is served with, or None.
+
+    None: the embedded LMDB index in the folder (or a new folder, served with neither yet).
+    """
+    try:
+        return (data_dir / INDEX_FILE).read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def check_index(settings: Settings) -> bool:
+    """Refuse a data folder served with another index than its own; whether it is recorded.
+
+    Raises
+    ------
+    StartupError
+        ``INDEX_CHANGED``: a folder of a PostgreSQL index served with the embedded one or
+        another database, or a folder with an embedded index served with PostgreSQL;
+        ``BLOB_STORE_REQUIRED``: a PostgreSQL index without ``--blobs``. Nothing is changed.
+    """
+    data_dir = settings.data_dir
+    recorded = recorded_index(data_dir)
+    if not settings.index:
+        if recorded is not None:
+            raise StartupError(
+                "INDEX_CHANGED",
+                f"data folder {data_dir} belongs to an archive indexed in PostgreSQL "
+                f"({recorded}); serve it with `--index {recorded}` (and its password). "
+                "Nothing was changed",
+            )
+        return False
+    url = redact_dsn(settings.index)
+    if not settings.blobs:
+        raise StartupError(
+            "BLOB_STORE_REQUIRED",
+            f"--index {url} keeps the index where several nodes share it, so the instance "
+            "files must be where every node reads them: add --blobs /SHARED/FOLDER or --blobs "
+            "s3://BUCKET/PREFIX. Nothing was changed",
+        )
+    if recorded == url:
+        return True
+    if recorded is not None:
+        raise StartupError(
+            "INDEX_CHANGED",
+            f"data folder {data_dir} belongs to the archive indexed in {recorded}, not in "
+            f"{url}; use a data folder of its own for each archive. Nothing was changed",
+        )
+    if (data_dir / INDEX_DIR / "data.mdb").exists():
+        raise StartupError(
+            "INDEX_CHANGED",
+            f"data folder {data_dir} has an embedded index; it cannot be served with --index "
+            f"{url} (moving an embedded archive into PostgreSQL is not supported yet). Use a "
+            "new data folder for a node of a PostgreSQL-indexed archive. Nothing was changed",
+        )
+    return False
+
+
+def _record_index(data_dir: Path, url: str) -> None:
+    """Record, durably, that the data folder is served with the PostgreSQL index at ``url``."""
+    path = data_dir / INDEX_FILE
+    temporary = path.with_suffix(".tmp")
+    with open(temporary, "w") as fp:
+        fp.write(url + "\n")
+        fp.flush()
+        os.fsync(fp.fileno())
+    os.replace(temporary, path)
+    fsync_dir(data_dir)
+
+
+SharedIndex = LmdbIndex | PostgresIndex
+
+
+def open_postgres_index(settings: Settings) -> PostgresIndex:
+    """Open the PostgreSQL index ``--index`` names (migrating its schema if needed).
+
+    Raises ``StartupError`` ``INDEX_UNAVAILABLE`` or ``INDEX_SCHEMA_NEWER``.
+    """
+    return PostgresIndex(PostgresBackend(settings.index, pool_size=settings.index_pool_size))
 
 
 def _check_record(data_dir: Path, url: str) -> bool:
@@ -125,8 +218,14 @@ def object_store(settings: Settings) -> ObjectStore:
 
 def open_spooled_storage(
     settings: Settings, group: GroupStorage | None = None
-) -> tuple[SpooledBlobStore, LmdbIndex, SpooledRecovery]:
-    """Open the store of ``settings.blobs`` and the index in the data folder, and recover.
+) -> tuple[SpooledBlobStore, SharedIndex, SpooledRecovery]:
+    """Open the store of ``settings.blobs`` and the index, and recover.
+
+    The index is the embedded one in the data folder, or the PostgreSQL database of
+    ``settings.index``. Recovery is the same for both: it settles this data folder's markers
+    (an upload of this node the index does not name was never acknowledged) and the pending
+    removals of deleted instances (whichever node deleted them: their files are garbage, and
+    removing a file already removed is no error), never anything else of the shared store.
 
     Alone, every marker and spool file is settled (those of a group's process folders too:
     their processes have all exited). As one process of a group (``group``), its uploads go to
@@ -135,6 +234,7 @@ def open_spooled_storage(
     Raises
     ------
     StartupError
+        ``INDEX_CHANGED``, ``INDEX_UNAVAILABLE``, ``INDEX_SCHEMA_NEWER``,
         ``BLOB_STORE_INVALID``, ``QUARANTINE_UNSUPPORTED`` (``--quarantine-unindexed`` with a
         store outside the data folder), ``REBUILD_UNFINISHED``, ``BLOB_STORE_CHANGED`` (a data
         folder indexed against another store) or ``BLOB_STORE_UNAVAILABLE`` (the bucket or
@@ -155,21 +255,36 @@ def open_spooled_storage(
             f"a rebuild of the index of data folder {data_dir} is unfinished "
             f"({data_dir / REBUILDING_DIR} exists)",
         )
+    index_recorded = check_index(settings)
     recorded = _check_record(data_dir, objects.url)
     uploads_root = data_dir / objects.spool_folder
     own = None if group is None else uploads_root / group.uploads
     store = SpooledBlobStore(objects, data_dir, uploads_dir=own)
     store.check()
-    if not recorded:
-        _record(data_dir, objects.url)
-    index = LmdbIndex(
-        data_dir / INDEX_DIR,
-        map_size=settings.lmdb_map_size,
-        max_readers=settings.lmdb_max_readers,
-        max_batch=settings.commit_batch,
-        before_commit=store.sync,
-        wakeups=None if group is None else group.wakeups,
-    )
+    index: SharedIndex
+    if settings.index:
+        # Commit wake-ups between nodes (and a group's processes) are PostgreSQL's NOTIFY.
+        # The folder is bound to the database once it could be opened, then to the store.
+        index = open_postgres_index(settings)
+        try:
+            if not index_recorded:
+                _record_index(data_dir, redact_dsn(settings.index))
+            if not recorded:
+                _record(data_dir, objects.url)
+        except BaseException:
+            index.close()
+            raise
+    else:
+        if not recorded:
+            _record(data_dir, objects.url)
+        index = LmdbIndex(
+            data_dir / INDEX_DIR,
+            map_size=settings.lmdb_map_size,
+            max_readers=settings.lmdb_max_readers,
+            max_batch=settings.commit_batch,
+            before_commit=store.sync,
+            wakeups=None if group is None else group.wakeups,
+        )
     try:
         removals = sorted(index.pending_removals())
         report = store.recover(index, removals)

@@ -81,8 +81,15 @@ class EventHub:
         with self._publishing:
             if not self.subscriber_count:
                 # Nobody to tell; a subscription reads the log itself from where it starts.
-                self._published = self.store.last_sequence()
-                return
+                # Counted again after the read: a subscription that came meanwhile may be
+                # waiting for an event committed before the read (listeners may run well after
+                # their commit: with a PostgreSQL index they run on a thread of their own), and
+                # skipping past it would lose that event; one that comes after the second
+                # count starts at or after the sequence read.
+                latest = self.store.last_sequence()
+                if not self.subscriber_count:
+                    self._published = latest
+                    return
             entries = self.store.events_after(self._published, 1 << 30)
             if not entries:
                 return

@@ -773,8 +773,12 @@ class PostgresIndex:
         return [records_pb2.QueryTagRecord.FromString(bytes(row["record"])) for row in rows]
 
     def operation(self, operation_id: str) -> records_pb2.ReindexOperation | None:
-        """A re-indexing operation, or None when there is no such operation."""
-        if not operation_id:
+        """A re-indexing operation, or None when there is no such operation.
+
+        An id PostgreSQL text cannot hold (a NUL) names none, as an id LMDB could not key does
+        not: operation ids are hex, and a request naming another gets NOT_FOUND, not an error.
+        """
+        if not operation_id or "\x00" in operation_id:
             return None
         raw = self._bytes(
             "SELECT record FROM reindex_operations WHERE operation_id = $1", operation_id
@@ -813,6 +817,37 @@ class PostgresIndex:
         return await self._transact(
             lambda connection: query_tags.drop_query_tag(connection, hex_tag, limit)
         )
+
+    # -- DIMSE peers (dicomrpc_server.peers.PeerRecords) -------------------------------------
+
+    def dimse_peers(self) -> list[records_pb2.DimsePeerRecord]:
+        """Every DIMSE peer added at run time on any node, by name."""
+        rows = self._fetch("SELECT record FROM dimse_peers ORDER BY name")
+        return [records_pb2.DimsePeerRecord.FromString(bytes(row["record"])) for row in rows]
+
+    async def put_dimse_peer(self, record: records_pb2.DimsePeerRecord) -> None:
+        """Keep a DIMSE peer, replacing the one of its name."""
+
+        async def put(connection: asyncpg.Connection) -> None:
+            await connection.execute(
+                "INSERT INTO dimse_peers (name, record) VALUES ($1, $2) "
+                "ON CONFLICT (name) DO UPDATE SET record = EXCLUDED.record",
+                record.name,
+                record.SerializeToString(),
+            )
+
+        await self.backend.arun(self.backend.transact(put))
+
+    async def delete_dimse_peer(self, name: str) -> bool:
+        """Forget a DIMSE peer; whether there was one."""
+
+        async def delete(connection: asyncpg.Connection) -> bool:
+            removed = await connection.fetchval(
+                "DELETE FROM dimse_peers WHERE name = $1 RETURNING true", name
+            )
+            return bool(removed)
+
+        return await self.backend.arun(self.backend.transact(delete))
 
     async def _transact(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         async def run() -> T:

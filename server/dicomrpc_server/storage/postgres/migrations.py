@@ -144,6 +144,18 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        3,
+        "the DIMSE peers added at run time",
+        # One row per peer, keyed by its name (COLLATE "C": listed in byte order, as LMDB's
+        # keys are); the record is the DimsePeerRecord the LMDB index keeps.
+        """
+        CREATE TABLE dimse_peers (
+            name text COLLATE "C" PRIMARY KEY,
+            record bytea NOT NULL
+        );
+        """,
+    ),
 )
 
 
