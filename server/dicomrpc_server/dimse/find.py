@@ -32,6 +32,29 @@ FIND_LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
 Answer = tuple[int | Dataset, Dataset | None]
 
 
+def logged_find(what: str, event: Event, answers: Iterator[Answer]) -> Iterator[Answer]:
+    """Pass a C-FIND's answers on, then log one line: matches, final status and time."""
+    started = time.monotonic()
+    matches = 0
+    final: int = statuses.SUCCESS
+    try:
+        for answer in answers:
+            if answer[0] == statuses.PENDING:
+                matches += 1
+            else:
+                final = answer[0] if isinstance(answer[0], int) else int(answer[0].Status)
+            yield answer
+    finally:
+        log.info(
+            "%s from %s: %d matches, 0x%04X in %.0f ms",
+            what,
+            describe_requester(event.assoc),
+            matches,
+            final,
+            (time.monotonic() - started) * 1000,
+        )
+
+
 def failure(status: int, message: str) -> Dataset:
     """A failure status with its Error Comment."""
     answer = Dataset()
@@ -60,24 +83,7 @@ class FindHandler:
 
     def __call__(self, event: Event) -> Iterator[Answer]:
         """Yield a pending response per match, then the final status."""
-        started = time.monotonic()
-        matches = 0
-        final: int = statuses.SUCCESS
-        try:
-            for answer in self._answers(event):
-                if answer[0] == statuses.PENDING:
-                    matches += 1
-                else:
-                    final = answer[0] if isinstance(answer[0], int) else int(answer[0].Status)
-                yield answer
-        finally:
-            log.info(
-                "C-FIND from %s: %d matches, 0x%04X in %.0f ms",
-                describe_requester(event.assoc),
-                matches,
-                final,
-                (time.monotonic() - started) * 1000,
-            )
+        return logged_find("C-FIND", event, self._answers(event))
 
     def _answers(self, event: Event) -> Iterator[Answer]:
         model = str(event.request.AffectedSOPClassUID)

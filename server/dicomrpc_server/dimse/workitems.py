@@ -49,7 +49,7 @@ from dicomrpc_server.audit.records import Action
 from dicomrpc_server.dimse import statuses
 from dicomrpc_server.dimse.audit import DimseAudit
 from dicomrpc_server.dimse.contexts import UPS_PULL, UPS_PUSH, UPS_WATCH
-from dicomrpc_server.dimse.find import Answer, failure
+from dicomrpc_server.dimse.find import Answer, failure, logged_find
 from dicomrpc_server.dimse.identifiers import FindQuery, match_value, response
 from dicomrpc_server.dimse.pacing import make_way
 from dicomrpc_server.dimse.requesters import describe_requester
@@ -372,24 +372,7 @@ class WorkitemHandlers:
 
     def find(self, event: Event) -> Iterator[Answer]:
         """Search workitems (PS3.4 CC.2.8): a pending response per match, then the status."""
-        started = time.monotonic()
-        matches = 0
-        final = statuses.SUCCESS
-        try:
-            for answer in self._find(event):
-                if answer[0] == statuses.PENDING:
-                    matches += 1
-                else:
-                    final = answer[0] if isinstance(answer[0], int) else int(answer[0].Status)
-                yield answer
-        finally:
-            log.info(
-                "C-FIND (UPS) from %s: %d matches, 0x%04X in %.0f ms",
-                describe_requester(event.assoc),
-                matches,
-                final,
-                (time.monotonic() - started) * 1000,
-            )
+        return logged_find("C-FIND (UPS)", event, self._find(event))
 
     def _find(self, event: Event) -> Iterator[Answer]:
         endpoint = f"C-FIND {event.request.AffectedSOPClassUID}"

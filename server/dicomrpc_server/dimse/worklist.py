@@ -47,7 +47,6 @@ A worklist key with no workitem counterpart is a return key only, answered empty
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
@@ -59,7 +58,7 @@ from pynetdicom.events import Event
 from dicomrpc_server.audit.records import Action
 from dicomrpc_server.dimse import statuses
 from dicomrpc_server.dimse.audit import DimseAudit
-from dicomrpc_server.dimse.find import Answer, failure
+from dicomrpc_server.dimse.find import Answer, failure, logged_find
 from dicomrpc_server.dimse.identifiers import FindQuery, match_value, response
 from dicomrpc_server.dimse.pacing import make_way
 from dicomrpc_server.dimse.requesters import describe_requester
@@ -284,24 +283,7 @@ class WorklistFindHandler:
 
     def __call__(self, event: Event) -> Iterator[Answer]:
         """Yield a pending response per worklist item, then the final status."""
-        started = time.monotonic()
-        matches = 0
-        final = statuses.SUCCESS
-        try:
-            for answer in self._answers(event):
-                if answer[0] == statuses.PENDING:
-                    matches += 1
-                else:
-                    final = answer[0] if isinstance(answer[0], int) else int(answer[0].Status)
-                yield answer
-        finally:
-            log.info(
-                "C-FIND (worklist) from %s: %d matches, 0x%04X in %.0f ms",
-                describe_requester(event.assoc),
-                matches,
-                final,
-                (time.monotonic() - started) * 1000,
-            )
+        return logged_find("C-FIND (worklist)", event, self._answers(event))
 
     def _answers(self, event: Event) -> Iterator[Answer]:
         endpoint = f"C-FIND {event.request.AffectedSOPClassUID}"

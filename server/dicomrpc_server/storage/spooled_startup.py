@@ -133,10 +133,15 @@ def check_index(settings: Settings) -> bool:
 
 def _record_index(data_dir: Path, url: str) -> None:
     """Record, durably, that the data folder is served with the PostgreSQL index at ``url``."""
-    path = data_dir / INDEX_FILE
+    _write_record(data_dir, INDEX_FILE, url)
+
+
+def _write_record(data_dir: Path, name: str, text: str) -> None:
+    """Replace the one-line record ``name`` of the data folder durably (written, then renamed)."""
+    path = data_dir / name
     temporary = path.with_suffix(".tmp")
     with open(temporary, "w") as fp:
-        fp.write(url + "\n")
+        fp.write(text + "\n")
         fp.flush()
         os.fsync(fp.fileno())
     os.replace(temporary, path)
@@ -176,14 +181,7 @@ def _check_record(data_dir: Path, url: str) -> bool:
 
 def _record(data_dir: Path, url: str) -> None:
     """Record, durably, that the index names objects of the store at ``url``."""
-    path = data_dir / STORE_FILE
-    temporary = path.with_suffix(".tmp")
-    with open(temporary, "w") as fp:
-        fp.write(url + "\n")
-        fp.flush()
-        os.fsync(fp.fileno())
-    os.replace(temporary, path)
-    fsync_dir(data_dir)
+    _write_record(data_dir, STORE_FILE, url)
 
 
 def spool_folder(blobs: str) -> str:
