@@ -24,6 +24,7 @@ from pydicom.dataset import Dataset
 from pynetdicom.association import Association
 
 from dicomrpc_server.dimse.identifiers import PATIENT_ID, match_value, search_pages
+from dicomrpc_server.dimse.loop import on_loop
 from dicomrpc_server.dimse.requesters import describe_requester
 from dicomrpc_server.errors import Code, ServiceError, invalid_argument
 from dicomrpc_server.query.engine import SearchCore, uid_list
@@ -171,9 +172,7 @@ class InstanceSource:
             )
             return self.unsendable(instance)
         try:
-            data = asyncio.run_coroutine_threadsafe(
-                self._read(instance, target), self._loop
-            ).result()
+            data = on_loop(self._loop, self._read(instance, target))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # pydicom's remarks on values as stored
                 return dcmread(io.BytesIO(data))

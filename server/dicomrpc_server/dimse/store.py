@@ -26,6 +26,7 @@ from pynetdicom.events import Event
 
 from dicomrpc_server.dimse import statuses
 from dicomrpc_server.dimse.audit import DimseAudit
+from dicomrpc_server.dimse.loop import on_loop
 from dicomrpc_server.dimse.requesters import describe_requester
 from dicomrpc_server.store.ingest import InstanceResult, StoreCore
 from dicomrpc_server.store.request import StoreRequest
@@ -67,7 +68,7 @@ class StoreHandler:
             return _answer(event, sop_uid, statuses.CANNOT_UNDERSTAND, str(exc), started)
         try:
             stored = self.store([header, received], sop_uid)
-            result = asyncio.run_coroutine_threadsafe(stored, self._loop).result()
+            result = on_loop(self._loop, stored)
         finally:
             # pynetdicom may reuse the buffer once the view is gone; a view still held by a
             # traceback frees it when collected.

@@ -38,6 +38,7 @@ from dicomrpc.datasets import to_pydicom
 from dicomrpc.v1 import dataset_pb2
 from dicomrpc.v1 import workitem_service_pb2 as pb
 from dicomrpc_server.dimse.contexts import UPS_EVENT, UPS_PUSH
+from dicomrpc_server.dimse.loop import on_loop
 from dicomrpc_server.dimse.statuses import RECEIVING_AE_UNKNOWN
 from dicomrpc_server.errors import Code, ServiceError
 from dicomrpc_server.peers import PeerRegistry
@@ -234,15 +235,11 @@ class Watchers:
                 _initial_report(found, text(found, SOP_INSTANCE))
                 for found in _every(self._core, dict(match))
             ]
-        asyncio.run_coroutine_threadsafe(
-            self._subscribe(ae_title, workitem_uid, dict(match), since, initial), self._loop
-        ).result()
+        on_loop(self._loop, self._subscribe(ae_title, workitem_uid, dict(match), since, initial))
 
     def unsubscribe(self, ae_title: str, workitem_uid: str) -> bool:
         """End one subscription, or (``workitem_uid`` "") every one of the AE; whether any was."""
-        return asyncio.run_coroutine_threadsafe(
-            self._unsubscribe(ae_title, workitem_uid), self._loop
-        ).result()
+        return on_loop(self._loop, self._unsubscribe(ae_title, workitem_uid))
 
     def suspend(self, ae_title: str) -> bool:
         """Stop subscribing the AE to new workitems, keeping those it is subscribed to.

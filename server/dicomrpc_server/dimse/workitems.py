@@ -51,6 +51,7 @@ from dicomrpc_server.dimse.audit import DimseAudit
 from dicomrpc_server.dimse.contexts import UPS_PULL, UPS_PUSH, UPS_WATCH
 from dicomrpc_server.dimse.find import Answer, failure, logged_find
 from dicomrpc_server.dimse.identifiers import FindQuery, match_value, response
+from dicomrpc_server.dimse.loop import on_loop
 from dicomrpc_server.dimse.pacing import make_way
 from dicomrpc_server.dimse.requesters import describe_requester
 from dicomrpc_server.dimse.watch import FILTERED_GLOBAL_SUBSCRIPTION, GLOBAL_UIDS, Watchers
@@ -194,7 +195,7 @@ class WorkitemHandlers:
         self._ae_title = ae_title
 
     def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+        return on_loop(self._loop, coroutine)
 
     # -- N-CREATE ------------------------------------------------------------------------------
 
