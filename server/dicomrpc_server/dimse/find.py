@@ -55,6 +55,26 @@ def logged_find(what: str, event: Event, answers: Iterator[Answer]) -> Iterator[
         )
 
 
+def reply(
+    event: Event, operation: str, uid: str, status: int, message: str, started: float
+) -> Dataset:
+    """A response's status (and Error Comment on a non-success), logged as one line."""
+    log.info(
+        "%s %s from %s: 0x%04X in %.0f ms%s",
+        operation,
+        uid,
+        describe_requester(event.assoc),
+        status,
+        (time.monotonic() - started) * 1000,
+        f" ({message})" if message else "",
+    )
+    answer = Dataset()
+    answer.Status = status
+    if message and status != statuses.SUCCESS:
+        answer.ErrorComment = statuses.comment(message)
+    return answer
+
+
 def failure(status: int, message: str) -> Dataset:
     """A failure status with its Error Comment."""
     answer = Dataset()

@@ -26,8 +26,8 @@ from pynetdicom.events import Event
 
 from dicomrpc_server.dimse import statuses
 from dicomrpc_server.dimse.audit import DimseAudit
+from dicomrpc_server.dimse.find import reply
 from dicomrpc_server.dimse.loop import on_loop
-from dicomrpc_server.dimse.requesters import describe_requester
 from dicomrpc_server.store.ingest import InstanceResult, StoreCore
 from dicomrpc_server.store.request import StoreRequest
 
@@ -65,7 +65,7 @@ class StoreHandler:
             header = b"\x00" * 128 + b"DICM" + encode_file_meta(event.file_meta)
             received = cast(io.BytesIO, request.DataSet).getbuffer()
         except Exception as exc:  # a File Meta value pynetdicom cannot encode, say
-            return _answer(event, sop_uid, statuses.CANNOT_UNDERSTAND, str(exc), started)
+            return reply(event, "C-STORE", sop_uid, statuses.CANNOT_UNDERSTAND, str(exc), started)
         try:
             stored = self.store([header, received], sop_uid)
             result = on_loop(self._loop, stored)
@@ -80,7 +80,7 @@ class StoreHandler:
             message = result.failure.message
         elif result.problems:
             message = result.problems[0].comment
-        return _answer(event, sop_uid, statuses.store_status(result), message, started)
+        return reply(event, "C-STORE", sop_uid, statuses.store_status(result), message, started)
 
     async def store(self, parts: Sequence[bytes | memoryview], sop_uid: str) -> InstanceResult:
         """Store one instance's Part 10 bytes as a request of its own; return its result."""
@@ -94,20 +94,3 @@ class StoreHandler:
                     await asyncio.sleep(0)  # other calls are served between the chunks
             (result,) = await store.finish()
         return result
-
-
-def _answer(event: Event, sop_uid: str, status: int, message: str, started: float) -> Dataset:
-    """The C-STORE response's status (and Error Comment), logged as one line."""
-    log.info(
-        "C-STORE %s from %s: 0x%04X in %.0f ms%s",
-        sop_uid,
-        describe_requester(event.assoc),
-        status,
-        (time.monotonic() - started) * 1000,
-        f" ({message})" if message else "",
-    )
-    answer = Dataset()
-    answer.Status = status
-    if message and status != statuses.SUCCESS:
-        answer.ErrorComment = statuses.comment(message)
-    return answer

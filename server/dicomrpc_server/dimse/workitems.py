@@ -49,7 +49,7 @@ from dicomrpc_server.audit.records import Action
 from dicomrpc_server.dimse import statuses
 from dicomrpc_server.dimse.audit import DimseAudit
 from dicomrpc_server.dimse.contexts import UPS_PULL, UPS_PUSH, UPS_WATCH
-from dicomrpc_server.dimse.find import Answer, failure, logged_find
+from dicomrpc_server.dimse.find import Answer, failure, logged_find, reply
 from dicomrpc_server.dimse.identifiers import FindQuery, match_value, response
 from dicomrpc_server.dimse.loop import on_loop
 from dicomrpc_server.dimse.pacing import make_way
@@ -146,6 +146,22 @@ def workitem_match(identifier: Dataset) -> dict[str, str]:
     return match
 
 
+def searched_pages(
+    core: WorkitemCore, audit: DimseAudit, event: Event, endpoint: str, match: dict[str, str]
+) -> tuple[dataset_pb2.Dataset | None, Iterator[dataset_pb2.Dataset]]:
+    """The first match of a workitem C-FIND and the rest, the search audited once.
+
+    The first page is read before anything is sent, so a refused query fails with its status
+    and no pending response (UPS Pull and Modality Worklist C-FIND alike).
+    """
+    pages = workitem_pages(core, match)
+    first = next(pages, None)
+    audit.workitem(
+        event.assoc, Action.WORKITEM_SEARCH, endpoint, "", None, tuple(sorted(match.items()))
+    )
+    return first, pages
+
+
 def workitem_pages(core: WorkitemCore, match: dict[str, str]) -> Iterator[dataset_pb2.Dataset]:
     """Every workitem matching, a page at a time, with all its attributes.
 
@@ -209,11 +225,11 @@ class WorkitemHandlers:
         except ServiceError as error:
             self._audit.workitem(event.assoc, Action.WORKITEM_CREATE, "N-CREATE", uid, error)
             status = statuses.workitem_status(error)
-            return _reply(event, "N-CREATE", uid, status, error.message, started), None
+            return reply(event, "N-CREATE", uid, status, error.message, started), None
         self._audit.workitem(
             event.assoc, Action.WORKITEM_CREATE, "N-CREATE", outcome.workitem_uid, None
         )
-        answer = _reply(
+        answer = reply(
             event,
             "N-CREATE",
             outcome.workitem_uid,
@@ -252,10 +268,10 @@ class WorkitemHandlers:
         except ServiceError as error:
             self._audit.workitem(event.assoc, Action.WORKITEM_UPDATE, "N-SET", uid, error)
             status = statuses.workitem_status(error)
-            return _reply(event, "N-SET", uid, status, error.message, started), None
+            return reply(event, "N-SET", uid, status, error.message, started), None
         self._audit.workitem(event.assoc, Action.WORKITEM_UPDATE, "N-SET", uid, None)
         status = outcome.warning_status or statuses.SUCCESS
-        return _reply(event, "N-SET", uid, status, outcome.warning_message, started), None
+        return reply(event, "N-SET", uid, status, outcome.warning_message, started), None
 
     # -- N-GET ---------------------------------------------------------------------------------
 
@@ -272,7 +288,7 @@ class WorkitemHandlers:
         except ServiceError as error:
             self._audit.workitem(event.assoc, Action.WORKITEM_RETRIEVE, "N-GET", uid, error)
             status = statuses.workitem_status(error)
-            return _reply(event, "N-GET", uid, status, error.message, started), None
+            return reply(event, "N-GET", uid, status, error.message, started), None
         full = as_pydicom(stored)
         if wanted:
             out = Dataset()
@@ -287,7 +303,7 @@ class WorkitemHandlers:
         else:
             out = full
         self._audit.workitem(event.assoc, Action.WORKITEM_RETRIEVE, "N-GET", uid, None)
-        return _reply(event, "N-GET", uid, statuses.SUCCESS, "", started), out
+        return reply(event, "N-GET", uid, statuses.SUCCESS, "", started), out
 
     # -- N-ACTION ------------------------------------------------------------------------------
 
@@ -301,7 +317,7 @@ class WorkitemHandlers:
         name = f"N-ACTION {_ACTION_NAMES.get(action, action)}"
         if sop_class not in _ACTION_CLASSES.get(action, ()):
             message = f"Action Type ID {action} is not an action of SOP class {sop_class}"
-            return _reply(event, name, uid, statuses.NO_SUCH_ACTION, message, started), None
+            return reply(event, name, uid, statuses.NO_SUCH_ACTION, message, started), None
         audit_action = {
             CHANGE_STATE: Action.WORKITEM_STATE,
             REQUEST_CANCEL: Action.WORKITEM_CANCEL_REQUEST,
@@ -312,9 +328,9 @@ class WorkitemHandlers:
         except ServiceError as error:
             self._audit.workitem(event.assoc, audit_action, name, uid, error)
             status = statuses.workitem_status(error, statuses.INVALID_ARGUMENT_VALUE)
-            return _reply(event, name, uid, status, error.message, started), None
+            return reply(event, name, uid, status, error.message, started), None
         self._audit.workitem(event.assoc, audit_action, name, uid, None)
-        return _reply(event, name, uid, status, message, started), None
+        return reply(event, name, uid, status, message, started), None
 
     @staticmethod
     def _information(event: Event) -> Dataset:
@@ -381,16 +397,7 @@ class WorkitemHandlers:
             identifier = event.identifier
             match = workitem_match(identifier)
             query = FindQuery("", match, identifier)
-            pages = workitem_pages(self._core, match)
-            first = next(pages, None)  # a refused query fails before any match is sent
-            self._audit.workitem(
-                event.assoc,
-                Action.WORKITEM_SEARCH,
-                endpoint,
-                "",
-                None,
-                tuple(sorted(match.items())),
-            )
+            first, pages = searched_pages(self._core, self._audit, event, endpoint, match)
             if first is not None:
                 yield statuses.PENDING, response(query, as_pydicom(first), self._ae_title)
             for found in pages:
@@ -423,23 +430,3 @@ def _vr(tag: int) -> str:
         return dictionary_VR(tag)
     except KeyError:
         return "UN"
-
-
-def _reply(
-    event: Event, operation: str, uid: str, status: int, message: str, started: float
-) -> Dataset:
-    """The response's status (and Error Comment), logged as one line."""
-    log.info(
-        "%s %s from %s: 0x%04X in %.0f ms%s",
-        operation,
-        uid,
-        describe_requester(event.assoc),
-        status,
-        (time.monotonic() - started) * 1000,
-        f" ({message})" if message else "",
-    )
-    answer = Dataset()
-    answer.Status = status
-    if message and status != statuses.SUCCESS:
-        answer.ErrorComment = statuses.comment(message)
-    return answer

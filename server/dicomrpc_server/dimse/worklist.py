@@ -62,7 +62,7 @@ from dicomrpc_server.dimse.find import Answer, failure, logged_find
 from dicomrpc_server.dimse.identifiers import FindQuery, match_value, response
 from dicomrpc_server.dimse.pacing import make_way
 from dicomrpc_server.dimse.requesters import describe_requester
-from dicomrpc_server.dimse.workitems import as_pydicom, workitem_pages
+from dicomrpc_server.dimse.workitems import as_pydicom, searched_pages
 from dicomrpc_server.errors import ServiceError
 from dicomrpc_server.ups.service import WorkitemCore
 from dicomrpc_server.ups.states import State
@@ -295,16 +295,7 @@ class WorklistFindHandler:
                 yield statuses.SUCCESS, None
                 return
             query = FindQuery("", match, identifier)
-            pages = workitem_pages(self._core, match)
-            first = next(pages, None)  # a refused query fails before any match is sent
-            self._audit.workitem(
-                event.assoc,
-                Action.WORKITEM_SEARCH,
-                endpoint,
-                "",
-                None,
-                tuple(sorted(match.items())),
-            )
+            first, pages = searched_pages(self._core, self._audit, event, endpoint, match)
             found = first
             while found is not None:
                 item = worklist_item(as_pydicom(found))
