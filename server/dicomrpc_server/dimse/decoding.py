@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any
+from typing import Any, cast
 
 from pynetdicom.association import Association
 from pynetdicom.pdu import A_ABORT_RQ
@@ -87,7 +87,7 @@ def _abort_on_state_machine_failures(assoc: Association) -> None:
             # The association's thread waits for a request that will not come (the connection
             # closed, or the request was refused as undecodable): it ends now, not at the ACSE
             # timeout, and frees its place among the connections waiting for their request.
-            assoc.dul.to_user_queue.put(None)  # type: ignore[arg-type]
+            assoc.dul.to_user_queue.put(cast(Any, None))
 
     machine.do_action = do_action_or_abort  # type: ignore[method-assign]
 
@@ -128,7 +128,7 @@ def abort_now(assoc: Association) -> None:
     assoc.is_established = False
     assoc._kill = True
     dul.kill_dul()
-    dul.to_user_queue.put(None)  # type: ignore[arg-type]
+    dul.to_user_queue.put(cast(Any, None))
 
 
 def _close_even_when_shutdown_fails(assoc: Association) -> None:
