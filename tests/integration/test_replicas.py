@@ -139,6 +139,34 @@ def test_what_one_node_stores_the_other_reads_finds_and_deletes(
         ]
 
 
+def test_one_instance_stored_through_both_nodes_at_once_is_stored_once(
+    nodes: list[RunningServer], shared: Path
+) -> None:
+    """Nodes share no lock file: the index's commit finds the winner, and the others answer
+    as one node answers an overlapping store (45071) or a re-send (already stored); the
+    losers' objects are removed, so the shared folder holds one file per instance."""
+    clients = [Client(node.target) for node in nodes for _ in range(3)]
+    try:
+        for round_ in range(8):
+            (data,) = _copies(1)
+            barrier = threading.Barrier(len(clients))
+
+            def send(client: Client, data: bytes = data, barrier: Any = barrier) -> str:
+                barrier.wait()
+                result = client.store([data]).instances[0]
+                return result.outcome if result.stored else str(result.failure_reason)
+
+            with ThreadPoolExecutor(len(clients)) as pool:
+                outcomes = list(pool.map(send, clients))
+            assert outcomes.count("stored") == 1, (round_, outcomes)
+            assert set(outcomes) <= {"stored", "already_stored", "45071"}, outcomes
+        assert len(_all_instances(clients[0])) == 8
+        assert len([p for p in (shared / "blobs").rglob("*") if p.is_file()]) == 8
+    finally:
+        for client in clients:
+            client.close()
+
+
 def test_extended_query_tags_added_on_one_node_serve_on_both(nodes: list[RunningServer]) -> None:
     a, b = nodes
     with Client(a.target) as on_a, Client(b.target) as on_b:

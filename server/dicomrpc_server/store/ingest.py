@@ -113,6 +113,17 @@ def _lock_name(sop: str) -> str:
     return f"store {sop}"
 
 
+def being_stored_error(sop: str) -> ServiceError:
+    """The 45071 of an instance another request is storing: sent again later, it is found."""
+    return ServiceError(
+        Code.ALREADY_EXISTS,
+        "INSTANCE_STORE_CONFLICT",
+        f"the instance {sop} is being stored by another request",
+        dicom_status=45071,
+        metadata={"sop_instance_uid": sop},
+    )
+
+
 def _failure(reason: str, message: str, status: int, **metadata: str) -> ServiceError:
     return ServiceError(
         Code.INVALID_ARGUMENT, reason, message, dicom_status=status, metadata=metadata
@@ -337,13 +348,7 @@ class Ingest:
             await asyncio.wait([earlier[1]])
             earlier = core._in_flight.get(sop)
         if earlier is not None or not core.locks.acquire(_lock_name(sop)):
-            raise ServiceError(
-                Code.ALREADY_EXISTS,
-                "INSTANCE_STORE_CONFLICT",
-                f"the instance {sop} is being stored by another request",
-                dicom_status=45071,
-                metadata={"sop_instance_uid": sop},
-            )
+            raise being_stored_error(sop)
         # Looked up once the lock is held: a store in another process that held it before
         # has committed, and is found here.
         try:
@@ -442,6 +447,11 @@ class Ingest:
             core.blobs.discard(upload)
             if isinstance(exc, OSError):  # making the file durable found no space, say
                 raise core.storage_error(exc, "making the instance's file durable") from exc
+            if isinstance(exc, ServiceError) and exc.dicom_status == 45070:
+                # Not stored when it was looked up under the lock, stored at the commit: a node
+                # sharing the PostgreSQL index (whose nodes share no lock file) stored it
+                # meanwhile. The answer is the one this process gives to an overlapping store.
+                raise being_stored_error(prepared.validated.sop_uid) from exc
             raise
         finally:
             core._in_flight.pop(prepared.validated.sop_uid, None)
