@@ -47,6 +47,70 @@ CHANGE_KIND_DELETED: ChangeKind.ValueType  # 2
 """The instance was deleted."""
 Global___ChangeKind: _TypeAlias = ChangeKind  # noqa: Y015
 
+class _WorkitemEventKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _WorkitemEventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_WorkitemEventKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    WORKITEM_EVENT_KIND_UNSPECIFIED: _WorkitemEventKind.ValueType  # 0
+    """Not written."""
+    WORKITEM_EVENT_KIND_STATE_REPORT: _WorkitemEventKind.ValueType  # 1
+    """The workitem's procedure step state changed (UPS State Report, PS3.4 CC.2.4)."""
+    WORKITEM_EVENT_KIND_CANCEL_REQUESTED: _WorkitemEventKind.ValueType  # 2
+    """A cancellation was requested of a workitem in progress (UPS Cancel Requested)."""
+    WORKITEM_EVENT_KIND_ASSIGNED: _WorkitemEventKind.ValueType  # 3
+    """The workitem was assigned to a performer (UPS Assigned)."""
+    WORKITEM_EVENT_KIND_UPDATED: _WorkitemEventKind.ValueType  # 4
+    """The workitem's attributes were updated."""
+
+class WorkitemEventKind(_WorkitemEventKind, metaclass=_WorkitemEventKindEnumTypeWrapper):
+    """What a workitem event reports."""
+
+WORKITEM_EVENT_KIND_UNSPECIFIED: WorkitemEventKind.ValueType  # 0
+"""Not written."""
+WORKITEM_EVENT_KIND_STATE_REPORT: WorkitemEventKind.ValueType  # 1
+"""The workitem's procedure step state changed (UPS State Report, PS3.4 CC.2.4)."""
+WORKITEM_EVENT_KIND_CANCEL_REQUESTED: WorkitemEventKind.ValueType  # 2
+"""A cancellation was requested of a workitem in progress (UPS Cancel Requested)."""
+WORKITEM_EVENT_KIND_ASSIGNED: WorkitemEventKind.ValueType  # 3
+"""The workitem was assigned to a performer (UPS Assigned)."""
+WORKITEM_EVENT_KIND_UPDATED: WorkitemEventKind.ValueType  # 4
+"""The workitem's attributes were updated."""
+Global___WorkitemEventKind: _TypeAlias = WorkitemEventKind  # noqa: Y015
+
+class _WorkitemStepState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _WorkitemStepStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_WorkitemStepState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    WORKITEM_STEP_STATE_UNSPECIFIED: _WorkitemStepState.ValueType  # 0
+    """Not written."""
+    WORKITEM_STEP_STATE_SCHEDULED: _WorkitemStepState.ValueType  # 1
+    """SCHEDULED."""
+    WORKITEM_STEP_STATE_IN_PROGRESS: _WorkitemStepState.ValueType  # 2
+    """IN PROGRESS."""
+    WORKITEM_STEP_STATE_COMPLETED: _WorkitemStepState.ValueType  # 3
+    """COMPLETED."""
+    WORKITEM_STEP_STATE_CANCELED: _WorkitemStepState.ValueType  # 4
+    """CANCELED."""
+
+class WorkitemStepState(_WorkitemStepState, metaclass=_WorkitemStepStateEnumTypeWrapper):
+    """A workitem's procedure step state, as an event records it (PS3.4 CC.1.1)."""
+
+WORKITEM_STEP_STATE_UNSPECIFIED: WorkitemStepState.ValueType  # 0
+"""Not written."""
+WORKITEM_STEP_STATE_SCHEDULED: WorkitemStepState.ValueType  # 1
+"""SCHEDULED."""
+WORKITEM_STEP_STATE_IN_PROGRESS: WorkitemStepState.ValueType  # 2
+"""IN PROGRESS."""
+WORKITEM_STEP_STATE_COMPLETED: WorkitemStepState.ValueType  # 3
+"""COMPLETED."""
+WORKITEM_STEP_STATE_CANCELED: WorkitemStepState.ValueType  # 4
+"""CANCELED."""
+Global___WorkitemStepState: _TypeAlias = WorkitemStepState  # noqa: Y015
+
 @_typing.final
 class InstanceRecord(_message.Message):
     """One stored instance (sub-database "instances", key study\\0series\\0sop)."""
@@ -453,6 +517,57 @@ class ChangeRecord(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ChangeRecord: _TypeAlias = ChangeRecord  # noqa: Y015
+
+@_typing.final
+class WorkitemEventRecord(_message.Message):
+    """One workitem event of the event log (LMDB: sub-database "wi_events", key its sequence, 8 bytes
+    big-endian, the record followed by the workitem's terms; PostgreSQL: table workitem_events).
+    Its field numbers and types are those of the API's SubscribeWorkitemsResponse, which earlier
+    versions stored, so a log they wrote reads as these records; the API message may change
+    without rewriting the log.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    WORKITEM_UID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    ATTRIBUTES_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """The event's place in the log, from 1, without gaps (PostgreSQL keeps it in its own column)."""
+    kind: Global___WorkitemEventKind.ValueType
+    """What the event reports."""
+    workitem_uid: _builtins.str
+    """The workitem."""
+    state: Global___WorkitemStepState.ValueType
+    """The workitem's state after the change."""
+    @_builtins.property
+    def attributes(self) -> _dataset_pb2.Dataset:
+        """The event's attributes (PS3.4 Table CC.2.4-1), as the subscribers receive them."""
+
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """When the change was committed."""
+
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+        kind: Global___WorkitemEventKind.ValueType = ...,
+        workitem_uid: _builtins.str = ...,
+        state: Global___WorkitemStepState.ValueType = ...,
+        attributes: _dataset_pb2.Dataset | None = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "kind", b"kind", "sequence", b"sequence", "state", b"state", "time", b"time", "workitem_uid", b"workitem_uid"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkitemEventRecord: _TypeAlias = WorkitemEventRecord  # noqa: Y015
 
 @_typing.final
 class DimsePeerRecord(_message.Message):

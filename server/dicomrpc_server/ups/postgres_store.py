@@ -57,12 +57,12 @@ from typing import TypeVar
 import asyncpg
 
 from dicomrpc.v1 import dataset_pb2
-from dicomrpc.v1 import workitem_service_pb2 as pb
 from dicomrpc_server.dicom.attributes import Level
 from dicomrpc_server.query.engine import MatchTerm, TermMatcher
 from dicomrpc_server.storage.postgres.backend import PostgresBackend
+from dicomrpc_server.storage.records_pb2 import WorkitemEventRecord
 from dicomrpc_server.ups.index import INDEXED_TAGS, decode_terms, encode_terms, workitem_terms
-from dicomrpc_server.ups.records import Event, Mutation
+from dicomrpc_server.ups.records import Event, Mutation, event_message, event_record
 
 T = TypeVar("T")
 
@@ -216,7 +216,7 @@ class PostgresWorkitemStore:
         )
         out: list[Event] = []
         for row in rows:
-            event = pb.SubscribeWorkitemsResponse.FromString(row["event"])
+            event = event_message(WorkitemEventRecord.FromString(row["event"]))
             event.sequence = row["sequence"]
             out.append((event, decode_terms(row["terms"])))
         return out
@@ -293,7 +293,7 @@ class PostgresWorkitemStore:
             *_columns(old_part - new_part),
             *_columns(new_part - old_part),
             len(events),
-            [event.SerializeToString() for event in events],
+            [event_record(event).SerializeToString() for event in events],
             encode_terms(new_terms),
         )
         if events:

@@ -17,11 +17,64 @@ from typing import Generic, Protocol, TypeVar
 from dicomrpc.v1 import dataset_pb2
 from dicomrpc.v1 import workitem_service_pb2 as pb
 from dicomrpc_server.query.engine import MatchTerm
+from dicomrpc_server.storage.records_pb2 import (
+    WorkitemEventKind,
+    WorkitemEventRecord,
+    WorkitemStepState,
+)
 
 T = TypeVar("T")
 # An event, with the index terms its workitem had after the change (what a subscription's
 # filter is matched against).
 Event = tuple[pb.SubscribeWorkitemsResponse, list[tuple[int, bytes]]]
+
+
+# The stored event kinds and states and the API's, one to one. Spelled out, so that the numbers
+# stored in the event log and those the API sends can each change without the other.
+_KINDS = {
+    pb.WORKITEM_EVENT_TYPE_STATE_REPORT: WorkitemEventKind.WORKITEM_EVENT_KIND_STATE_REPORT,
+    pb.WORKITEM_EVENT_TYPE_CANCEL_REQUESTED: (
+        WorkitemEventKind.WORKITEM_EVENT_KIND_CANCEL_REQUESTED
+    ),
+    pb.WORKITEM_EVENT_TYPE_ASSIGNED: WorkitemEventKind.WORKITEM_EVENT_KIND_ASSIGNED,
+    pb.WORKITEM_EVENT_TYPE_UPDATED: WorkitemEventKind.WORKITEM_EVENT_KIND_UPDATED,
+}
+_STATES = {
+    pb.WORKITEM_STATE_SCHEDULED: WorkitemStepState.WORKITEM_STEP_STATE_SCHEDULED,
+    pb.WORKITEM_STATE_IN_PROGRESS: WorkitemStepState.WORKITEM_STEP_STATE_IN_PROGRESS,
+    pb.WORKITEM_STATE_COMPLETED: WorkitemStepState.WORKITEM_STEP_STATE_COMPLETED,
+    pb.WORKITEM_STATE_CANCELED: WorkitemStepState.WORKITEM_STEP_STATE_CANCELED,
+}
+_API_KINDS = {stored: api for api, stored in _KINDS.items()}
+_API_STATES = {stored: api for api, stored in _STATES.items()}
+
+
+def event_record(event: pb.SubscribeWorkitemsResponse) -> WorkitemEventRecord:
+    """The record the event log keeps of ``event``."""
+    record = WorkitemEventRecord(
+        sequence=event.sequence,
+        kind=_KINDS.get(event.type, WorkitemEventKind.WORKITEM_EVENT_KIND_UNSPECIFIED),
+        workitem_uid=event.workitem_uid,
+        state=_STATES.get(event.state, WorkitemStepState.WORKITEM_STEP_STATE_UNSPECIFIED),
+    )
+    record.attributes.CopyFrom(event.event)
+    if event.HasField("time"):
+        record.time.CopyFrom(event.time)
+    return record
+
+
+def event_message(record: WorkitemEventRecord) -> pb.SubscribeWorkitemsResponse:
+    """The API's event for a record of the event log."""
+    event = pb.SubscribeWorkitemsResponse(
+        sequence=record.sequence,
+        type=_API_KINDS.get(record.kind, pb.WORKITEM_EVENT_TYPE_UNSPECIFIED),
+        workitem_uid=record.workitem_uid,
+        state=_API_STATES.get(record.state, pb.WORKITEM_STATE_UNSPECIFIED),
+    )
+    event.event.CopyFrom(record.attributes)
+    if record.HasField("time"):
+        event.time.CopyFrom(record.time)
+    return event
 
 
 @dataclass(frozen=True)

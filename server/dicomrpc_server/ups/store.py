@@ -6,7 +6,7 @@ sub-database       key           value
 ``workitems``      workitem UID  ``dicomrpc.v1.Dataset``: the UPS, with its state and its
                                  Transaction UID (the lock) as attributes
 ``terms``          level 4/...   secondary-index entries of the matching keys (:mod:`.index`)
-``wi_events``      sequence      an event (:func:`encode_event`)
+``wi_events``      sequence      ``WorkitemEventRecord`` and terms (:func:`encode_event`)
 =================  ============  ===============================================================
 
 Reads run in short read transactions on the caller's thread. A change is one
@@ -34,24 +34,25 @@ from dicomrpc_server.dicom.attributes import Level
 from dicomrpc_server.query.engine import MatchTerm, TermMatcher
 from dicomrpc_server.storage import keys
 from dicomrpc_server.storage.lmdb_index import LmdbIndex
+from dicomrpc_server.storage.records_pb2 import WorkitemEventRecord
 from dicomrpc_server.ups.index import INDEXED_TAGS, decode_terms, encode_terms, workitem_terms
-from dicomrpc_server.ups.records import Event, Mutation
+from dicomrpc_server.ups.records import Event, Mutation, event_message, event_record
 
 T = TypeVar("T")
 Terms = set[tuple[int, bytes]]
 
 
 def encode_event(event: pb.SubscribeWorkitemsResponse, terms: Terms) -> bytes:
-    """An event record: the event's length, the event, then the workitem's terms after it."""
-    body = event.SerializeToString()
+    """An event's value: its record's length, the record, then the workitem's terms after it."""
+    body = event_record(event).SerializeToString()
     return struct.pack(">I", len(body)) + body + encode_terms(terms)
 
 
 def decode_event(data: bytes) -> tuple[pb.SubscribeWorkitemsResponse, list[tuple[int, bytes]]]:
     """The event and terms :func:`encode_event` wrote."""
     (length,) = struct.unpack_from(">I", data)
-    event = pb.SubscribeWorkitemsResponse.FromString(data[4 : 4 + length])
-    return event, decode_terms(data[4 + length :])
+    record = WorkitemEventRecord.FromString(data[4 : 4 + length])
+    return event_message(record), decode_terms(data[4 + length :])
 
 
 class WorkitemStore:
