@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -30,53 +31,78 @@ from dicomrpc_server.dimse.server import DimseServer
 from dicomrpc_server.grpc.server import GrpcServer
 from tests.postgres import PostgresCluster, start_cluster
 
-# Set by ``pytest --server-index=postgresql``: what start_server adds to a server's settings
-# when a test names neither an index nor a blob store (see pytest_configure).
+# Set by ``pytest --server-index=postgresql`` (or ``postgresql-s3``): what start_server adds to
+# a server's settings when a test names neither an index nor a blob store (see _server_index).
 _SHARED_INDEX: list[Callable[[Path], dict[str, object]]] = []
 SERVER_INDEX_OPTION = "--server-index"
+EMBEDDED_ONLY = "embedded_index"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         SERVER_INDEX_OPTION,
-        choices=("embedded", "postgresql"),
+        choices=("embedded", "postgresql", "postgresql-s3"),
         default="embedded",
-        help="the index of the servers tests start without naming one: the embedded LMDB "
-        "index, or a PostgreSQL database of the session's cluster (one per data folder) with "
-        "the instance files in a shared folder beside the data folder",
+        help="the storage of the servers tests start without naming one: the embedded LMDB "
+        "index and data folder; a PostgreSQL database of the session's cluster (one per data "
+        "folder) with the instance files in a shared folder beside the data folder "
+        "('postgresql'), or in a bucket of the session's S3 emulator ('postgresql-s3')",
     )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        f"{EMBEDDED_ONLY}: the test looks inside the embedded index or data folder, so it runs "
+        "only on the embedded storage (skipped with --server-index=postgresql...)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption(SERVER_INDEX_OPTION) == "embedded":
+        return
+    skip = pytest.mark.skip(reason="looks inside the embedded index or data folder")
+    for item in items:
+        if item.get_closest_marker(EMBEDDED_ONLY) is not None:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _server_index(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Run the servers of a test run on a PostgreSQL index and a shared folder, if asked.
+    """Run the servers of a test run on a PostgreSQL index and a shared store, if asked.
 
     So that the integration tests that do not look inside the data folder run unchanged
     against the shared index: ``pytest tests/integration/test_search.py
     --server-index=postgresql``.
     """
-    if request.config.getoption(SERVER_INDEX_OPTION) != "postgresql":
+    mode = request.config.getoption(SERVER_INDEX_OPTION)
+    if mode == "embedded":
         yield
         return
-    cluster = start_cluster()
+    with contextlib.ExitStack() as stack:
+        cluster = start_cluster()
+        stack.callback(cluster.stop)
+        emulator = stack.enter_context(s3_emulator()) if mode == "postgresql-s3" else None
+        databases: dict[Path, dict[str, object]] = {}
 
-    databases: dict[Path, str] = {}
+        def shared(data_dir: Path) -> dict[str, object]:
+            # A server started again on its data folder finds its own database and store.
+            key = data_dir.resolve()
+            if key not in databases:
+                settings: dict[str, object] = {"index": cluster.create_database()}
+                if emulator is None:
+                    folder = data_dir.parent / f"{data_dir.name}.shared"
+                    folder.mkdir(parents=True, exist_ok=True)
+                    settings["blobs"] = str(folder.resolve())
+                else:
+                    settings["blobs"] = f"s3://{emulator.new_bucket()}/archive"
+                    settings["s3_endpoint"] = emulator.endpoint
+                databases[key] = settings
+            return dict(databases[key])
 
-    def shared(data_dir: Path) -> dict[str, object]:
-        # A server started again on its data folder finds its own database again.
-        folder = data_dir.parent / f"{data_dir.name}.shared"
-        folder.mkdir(parents=True, exist_ok=True)
-        key = data_dir.resolve()
-        if key not in databases:
-            databases[key] = cluster.create_database()
-        return {"index": databases[key], "blobs": str(folder.resolve())}
-
-    _SHARED_INDEX.append(shared)
-    try:
+        _SHARED_INDEX.append(shared)
+        stack.callback(_SHARED_INDEX.clear)
         yield
-    finally:
-        _SHARED_INDEX.clear()
-        cluster.stop()
 
 
 @dataclass
@@ -276,12 +302,12 @@ S3_ENV = {
 }
 
 
-@pytest.fixture(scope="session")
-def s3() -> Iterator[S3Emulator]:
-    """An S3 emulator for the session: moto's standalone server on a free loopback port.
+@contextlib.contextmanager
+def s3_emulator() -> Iterator[S3Emulator]:
+    """moto's standalone S3 server on a free loopback port, with the AWS_* variables set.
 
-    The AWS_* variables it is called with are set for the session (spawned servers inherit
-    them); moto is an emulator, the folder store stays the reference the S3 tests compare to.
+    The variables are those it is called with (spawned servers inherit them); moto is an
+    emulator, the folder store stays the reference the S3 tests compare to.
     """
     saved = {name: os.environ.get(name) for name in S3_ENV}
     os.environ.update(S3_ENV)
@@ -314,6 +340,13 @@ def s3() -> Iterator[S3Emulator]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[S3Emulator]:
+    """An S3 emulator for the session (see :func:`s3_emulator`)."""
+    with s3_emulator() as emulator:
+        yield emulator
 
 
 @pytest.fixture(scope="session")

@@ -529,6 +529,7 @@ def test_search_rejects_bad_requests(
         assert caught.value.field_violations[0][0] == field
 
 
+@pytest.mark.embedded_index
 def test_search_uses_the_state_index(server: RunningServer, client: Client) -> None:
     uid = client.workitems.create(workitem()).workitem_uid
     index = server.archive.index

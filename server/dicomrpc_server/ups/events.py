@@ -5,9 +5,12 @@ After each commit that wrote events, this process's or another's (see
 :mod:`~dicomrpc_server.storage.wakeups`), the hub reads them once and hands them to the event
 loop of each subscriber, which offers them to the subscriptions that want them. Each
 subscription has a bounded queue: a subscriber that stops reading costs at most that much
-memory, and never slows a commit. When its queue overflows the subscription ends with
-RESOURCE_EXHAUSTED (``SUBSCRIBER_TOO_SLOW``), naming the sequence to resume from; the events
-it missed are still in the log, and a subscription with ``since`` replays them from there.
+memory, and never slows a commit. When its queue overflows, the events it turned away are read
+from the log once the subscriber has taken what was queued, if it is then within the queue's
+size of the newest event (a burst handed on at once); further behind, the subscription ends
+with RESOURCE_EXHAUSTED (``SUBSCRIBER_TOO_SLOW``), naming the sequence to resume from; the
+events it missed are still in the log, and a subscription with ``since`` replays them from
+there.
 """
 
 from __future__ import annotations
@@ -132,17 +135,24 @@ class EventHub:
             self._subscriptions.add(subscription)
         try:
             cursor = self.store.last_sequence() if since is None else since
+            replaying = True
             while True:
-                page = self.store.events_after(cursor, REPLAY_PAGE)
-                for event, terms in page:
-                    cursor = event.sequence
-                    if subscription.wants(event, terms):
+                if replaying:
+                    wanted, cursor, replaying = self._replay_page(subscription, cursor)
+                    for event in wanted:
                         yield event
-                if len(page) < REPLAY_PAGE:
-                    break
-            while True:
+                    continue
                 if subscription.overflowed and subscription.queue.empty():
-                    raise too_slow(self.queue_size, cursor)
+                    # Events were turned away from the full queue, but the log has them. A
+                    # subscriber still within the queue's size of the newest event was only
+                    # handed a burst at once (wake-ups from another process or node bring
+                    # every event committed since the last one): it catches up from the log.
+                    # One further behind is ended, and resumes with since.
+                    if self.store.last_sequence() - cursor > self.queue_size:
+                        raise too_slow(self.queue_size, cursor)
+                    subscription.overflowed = False
+                    replaying = True
+                    continue
                 event = await subscription.queue.get()
                 if event.sequence <= cursor:
                     continue
@@ -151,6 +161,19 @@ class EventHub:
         finally:
             with self._lock:
                 self._subscriptions.discard(subscription)
+
+    def _replay_page(
+        self, subscription: Subscription, cursor: int
+    ) -> tuple[list[pb.SubscribeWorkitemsResponse], int, bool]:
+        """One page of the log after ``cursor``.
+
+        The events ``subscription`` wants, the sequence the page ends at (wanted or not), and
+        whether more may follow.
+        """
+        page = self.store.events_after(cursor, REPLAY_PAGE)
+        wanted = [event for event, terms in page if subscription.wants(event, terms)]
+        end = page[-1][0].sequence if page else cursor
+        return wanted, end, len(page) == REPLAY_PAGE
 
     @property
     def subscriber_count(self) -> int:
