@@ -66,7 +66,8 @@ def _parser() -> argparse.ArgumentParser:
         "serve. The data folder is locked and left unchanged; the copy is resumable (run the "
         "same command again after an interruption) and verified at the end. Workitems with "
         "their events, extended query tags and DIMSE peers are carried over; instance "
-        "versions are numbered anew and the change feed starts again from 1.",
+        "versions are numbered anew and the change feed starts again from 1 (a follower of "
+        "the feed starts again from 0). It ends printing the serve command of the new storage.",
     )
     add_migrate_arguments(migrate)
 

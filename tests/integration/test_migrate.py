@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import pytest
 
 from dicomrpc import Client
+from dicomrpc_server.errors import StartupError
 from tests.conftest import RunningServer, S3Emulator, start_server
 from tests.integration.test_rebuild_index import _answers, _corpus, _tiny_study
 from tests.integration.test_startup_checks import dicomrpc
@@ -209,6 +211,10 @@ def test_a_database_holding_another_archive_is_refused(tmp_path: Path, postgres_
     shared.mkdir()
     _populated(first, _tiny_study(3), extras=False)
     _populated(second, _tiny_study(2), extras=False)
+    with pytest.raises(StartupError) as caught:  # served as it is, it would lose its archive
+        start_server(first, index=postgres_dsn, blobs=str(shared))
+    assert caught.value.reason == "INDEX_CHANGED"
+    assert f"dicomrpc migrate --data {first} --to-index" in caught.value.message
     assert _migrate(first, postgres_dsn, str(shared)).returncode == 0
 
     refused = _migrate(second, postgres_dsn, str(shared))
