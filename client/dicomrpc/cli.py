@@ -47,13 +47,29 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the archive server")
-    from dicomrpc_server.config import add_rebuild_arguments, add_serve_arguments
+    from dicomrpc_server.config import (
+        add_migrate_arguments,
+        add_rebuild_arguments,
+        add_serve_arguments,
+    )
 
     add_serve_arguments(serve)
     rebuild = sub.add_parser(
         "rebuild-index", help="rebuild a data folder's index from its instance files"
     )
     add_rebuild_arguments(rebuild)
+    migrate = sub.add_parser(
+        "migrate",
+        help="copy an embedded archive to a PostgreSQL index and a shared folder or S3",
+        description="Copy the embedded archive of a data folder (its LMDB index and instance "
+        "files) to a PostgreSQL database and a shared folder or S3 bucket, for several nodes to "
+        "serve. The data folder is locked and left unchanged; the copy is resumable (run the "
+        "same command again after an interruption) and verified at the end. Workitems with "
+        "their events, extended query tags and DIMSE peers are carried over; instance "
+        "versions are numbered anew and the change feed starts again from 1 (a follower of "
+        "the feed starts again from 0). It ends printing the serve command of the new storage.",
+    )
+    add_migrate_arguments(migrate)
 
     store = sub.add_parser("store", help="store DICOM files and folders (recursive)")
     store.add_argument("paths", nargs="+", help="files or folders")
@@ -625,6 +641,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from dicomrpc_server.rebuild import run as rebuild
 
         return rebuild(args)
+    if args.command == "migrate":
+        from dicomrpc_server.migrate import run as migrate
+
+        return migrate(args)
     commands = {
         "store": store_command,
         "retrieve": retrieve_command,

@@ -852,3 +852,33 @@ def add_rebuild_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--log-level", default="WARNING", help="logging level (WARNING)")
+
+
+def add_migrate_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``migrate`` options."""
+    parser.add_argument(
+        "--data", type=Path, help="the embedded archive's data folder (env DICOMRPC_DATA, ./data)"
+    )
+    parser.add_argument(
+        "--to-index",
+        required=True,
+        metavar="URL",
+        help="the PostgreSQL database to copy the index to: postgresql://USER@HOST:PORT/DATABASE "
+        "(empty, or holding what an interrupted migrate of this archive wrote)",
+    )
+    parser.add_argument(
+        "--to-blobs",
+        required=True,
+        metavar="STORE",
+        help="where to copy the instance files: a shared folder (absolute path) or "
+        "s3://BUCKET/PREFIX",
+    )
+    parser.add_argument("--s3-endpoint", help="the S3 endpoint URL (AWS when not given)")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=8,
+        help="instances copied at once (8)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--log-level", default="WARNING", help="logging level (WARNING)")

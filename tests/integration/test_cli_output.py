@@ -72,7 +72,7 @@ def test_grpc_urls_name_the_server(server: RunningServer) -> None:
 
 
 def test_help_speaks_to_users_not_to_developers() -> None:
-    for args in ([], ["query-tags", "add"], ["search"], ["workitem"], ["render"]):
+    for args in ([], ["query-tags", "add"], ["search"], ["workitem"], ["render"], ["migrate"]):
         done = subprocess.run([*CLI, *args, "--help"], capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
         for marker in ("``", ":mod:", ":class:", ":func:", "{,", "{''"):

@@ -100,7 +100,7 @@ _DB_NAMES = (
     "peers",
 )
 # "meta" keys of query tags being removed (the removal resumes at start-up).
-_DROPPING = b"dropping\x00"
+DROPPING = b"dropping\x00"
 # Extended query tags are indexed on every store: their number is bounded.
 MAX_QUERY_TAGS = 128
 _LEVEL_DB = {Level.STUDY: "studies", Level.SERIES: "series", Level.INSTANCE: "instances"}
@@ -549,12 +549,12 @@ class LmdbIndex:
         with self.read() as txn:
             cursor = txn.cursor(db=self._db["meta"])
             found = []
-            if cursor.set_range(_DROPPING):
+            if cursor.set_range(DROPPING):
                 for raw_key in cursor.iternext(values=False):
                     key = bytes(raw_key)
-                    if not key.startswith(_DROPPING):
+                    if not key.startswith(DROPPING):
                         break
-                    found.append(key[len(_DROPPING) :].decode("ascii"))
+                    found.append(key[len(DROPPING) :].decode("ascii"))
             return found
 
     def _query_tags(self, txn: lmdb.Transaction) -> list[records_pb2.QueryTagRecord]:
@@ -723,7 +723,7 @@ class LmdbIndex:
         def add(txn: lmdb.Transaction) -> records_pb2.ReindexOperation:
             db = self._db
             for tag in tags:
-                if _get(txn, _DROPPING + tag.hex_tag.encode("ascii"), db["meta"]) is not None:
+                if _get(txn, DROPPING + tag.hex_tag.encode("ascii"), db["meta"]) is not None:
                     raise ServiceError(
                         Code.FAILED_PRECONDITION,
                         "INVALID_REQUEST",
@@ -841,9 +841,9 @@ class LmdbIndex:
             if raw is not None:
                 tag = records_pb2.QueryTagRecord.FromString(raw)
                 txn.delete(key, db=db["query_tags"])
-                txn.put(_DROPPING + key, raw, db=db["meta"])
+                txn.put(DROPPING + key, raw, db=db["meta"])
             else:
-                raw = _get(txn, _DROPPING + key, db["meta"])
+                raw = _get(txn, DROPPING + key, db["meta"])
                 if raw is None:
                     return True
                 tag = records_pb2.QueryTagRecord.FromString(raw)
@@ -860,7 +860,7 @@ class LmdbIndex:
                 if strip:
                     self._strip(txn, level, pk, tag.hex_tag)
             if removed < limit:
-                txn.delete(_DROPPING + key, db=db["meta"])
+                txn.delete(DROPPING + key, db=db["meta"])
                 return True
             return False
 

@@ -393,6 +393,16 @@ class S3Objects:
                 if name.endswith(OBJECT_SUFFIX) and "/" not in name:
                     yield name[: -len(OBJECT_SUFFIX)]
 
+    def blob_sizes(self) -> Iterator[tuple[str, int]]:
+        """Every blob id under the prefix with its object's size (what ``migrate`` verifies)."""
+        paginator = self._client.get_paginator("list_objects_v2")
+        prefix = self.location.list_prefix
+        for page in paginator.paginate(Bucket=self.location.bucket, Prefix=prefix):
+            for item in page.get("Contents", ()):
+                name = str(item["Key"])[len(prefix) :]
+                if name.endswith(OBJECT_SUFFIX) and "/" not in name:
+                    yield name[: -len(OBJECT_SUFFIX)], int(item["Size"])
+
 
 class S3BlobStore(SpooledBlobStore):
     """The S3 :class:`~dicomrpc_server.storage.protocols.BlobStore`: objects, spooled uploads.

@@ -156,6 +156,16 @@ class SharedFolder:
                     if entry.name.endswith(BLOB_SUFFIX):
                         yield entry.name[: -len(BLOB_SUFFIX)]
 
+    def blob_sizes(self) -> Iterator[tuple[str, int]]:
+        """Every stored blob id with its size in bytes (what ``migrate`` verifies it copied)."""
+        if not self.blobs_dir.is_dir():
+            return
+        for shard in sorted(os.scandir(self.blobs_dir), key=lambda e: e.name):
+            if shard.is_dir():
+                for entry in os.scandir(shard.path):
+                    if entry.name.endswith(BLOB_SUFFIX):
+                        yield entry.name[: -len(BLOB_SUFFIX)], entry.stat().st_size
+
 
 class SharedFolderBlobStore(SpooledBlobStore):
     """The :class:`~dicomrpc_server.storage.protocols.BlobStore` of a shared folder.

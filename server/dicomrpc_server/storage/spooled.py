@@ -79,6 +79,9 @@ class ObjectStore(Protocol):
     def blob_ids(self) -> Iterator[str]:
         """Every blob id in the store."""
 
+    def blob_sizes(self) -> Iterator[tuple[str, int]]:
+        """Every blob id in the store with its object's size in bytes."""
+
 
 class SpooledBlobStore:
     """A :class:`~dicomrpc_server.storage.protocols.BlobStore` over an :class:`ObjectStore`.

@@ -125,8 +125,15 @@ def check_index(settings: Settings) -> bool:
         raise StartupError(
             "INDEX_CHANGED",
             f"data folder {data_dir} has an embedded index; it cannot be served with --index "
-            f"{url} (moving an embedded archive into PostgreSQL is not supported yet). Use a "
-            "new data folder for a node of a PostgreSQL-indexed archive. Nothing was changed",
+            f"{url}. "
+            + (
+                f"Copy its archive there with `dicomrpc migrate --data {data_dir} --to-index "
+                f"{url} --to-blobs {settings.blobs}`, then serve the new storage with a new data "
+                "folder for each node"
+                if recorded_store(data_dir) in (None, FOLDER_STORE)
+                else "Use a new data folder for a node of a PostgreSQL-indexed archive"
+            )
+            + ". Nothing was changed",
         )
     return False
 

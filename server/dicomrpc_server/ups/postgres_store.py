@@ -301,3 +301,29 @@ class PostgresWorkitemStore:
             for n, event in enumerate(events):
                 event.sequence = first + n
         return mutation.result, True
+
+    async def carry_events(self, events: list[tuple[int, bytes, bytes]]) -> None:
+        """Write events copied from another store under their own sequences (``migrate``).
+
+        Each is (sequence, serialized event, encoded terms); the counter moves to the last
+        one, so that the next change numbers after them and a subscriber's position in the
+        copied log still means the same event. Events present already are kept.
+        """
+        if not events:
+            return
+
+        async def carry(connection: asyncpg.Connection) -> None:
+            await connection.execute(
+                "WITH added AS ("
+                "  INSERT INTO workitem_events (sequence, event, terms)"
+                "  SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bytea[])"
+                "  ON CONFLICT DO NOTHING"
+                ") UPDATE workitem_event_counter SET last = GREATEST(last, $4)",
+                [event[0] for event in events],
+                [event[1] for event in events],
+                [event[2] for event in events],
+                max(event[0] for event in events),
+            )
+
+        await self.backend.arun(self.backend.transact(carry))
+        self.backend.committed()

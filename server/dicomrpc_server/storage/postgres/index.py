@@ -818,6 +818,16 @@ class PostgresIndex:
             lambda connection: query_tags.drop_query_tag(connection, hex_tag, limit)
         )
 
+    async def carry_query_tags(
+        self,
+        tags: list[records_pb2.QueryTagRecord],
+        operations: list[records_pb2.ReindexOperation],
+    ) -> None:
+        """Register tags and operations copied from another index as they are (``migrate``)."""
+        await self._transact(
+            lambda connection: query_tags.carry_query_tags(connection, tags, operations)
+        )
+
     # -- DIMSE peers (dicomrpc_server.peers.PeerRecords) -------------------------------------
 
     def dimse_peers(self) -> list[records_pb2.DimsePeerRecord]:

@@ -298,3 +298,29 @@ async def _put_operation(
         operation.operation_id,
         operation.SerializeToString(),
     )
+
+
+async def carry_query_tags(
+    connection: asyncpg.Connection,
+    tags: list[records_pb2.QueryTagRecord],
+    operations: list[records_pb2.ReindexOperation],
+) -> None:
+    """Register tags and operations copied from another index as they are (in a transaction).
+
+    ``dicomrpc migrate`` registers the tags before it indexes any instance, so that every
+    instance is indexed for them by its own store: the tags come ready and their operations
+    done, with nothing left to walk. Rows present already (a migration run again) are kept.
+    """
+    await connection.execute("SELECT pg_advisory_xact_lock($1)", TAGS_LOCK)
+    await connection.execute(
+        "INSERT INTO query_tags (hex_tag, record) "
+        "SELECT * FROM unnest($1::text[], $2::bytea[]) ON CONFLICT DO NOTHING",
+        [tag.hex_tag for tag in tags],
+        [tag.SerializeToString() for tag in tags],
+    )
+    await connection.execute(
+        "INSERT INTO reindex_operations (operation_id, record) "
+        "SELECT * FROM unnest($1::text[], $2::bytea[]) ON CONFLICT DO NOTHING",
+        [operation.operation_id for operation in operations],
+        [operation.SerializeToString() for operation in operations],
+    )
