@@ -10,7 +10,7 @@ LOCK_VENV := .venv-lock
 PIP_COMPILE := $(LOCK_VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe \
 	--strip-extras --no-emit-index-url --no-emit-find-links
 
-.PHONY: install install-server serve test lint typecheck unit proto bench lock clean
+.PHONY: install install-server serve test lint typecheck unit shared proto bench lock clean
 
 install: $(TEST_STAMP)
 
@@ -44,7 +44,21 @@ typecheck: install
 unit: install
 	$(BIN)/pytest
 
-test: lint typecheck unit
+# The integration tests of the archive's everyday work (store, retrieve, search, delete, the
+# change feed, workitems and their events, DICOMweb) again on the shared storage: a PostgreSQL
+# index with the files in a shared folder, then in S3 (moto's emulator). The servers of these
+# tests name no storage, so `--server-index` gives them a database and store of their own.
+SHARED_FOLDER_TESTS := $(addprefix tests/integration/,test_server.py test_search.py \
+	test_retrieve.py test_workitems.py test_workitem_events.py test_dicomweb_http.py \
+	test_dicomweb_workitems.py)
+SHARED_S3_TESTS := $(addprefix tests/integration/,test_retrieve.py test_search.py \
+	test_workitem_events.py test_dicomweb_workitems.py)
+
+shared: install
+	$(BIN)/pytest -q --server-index=postgresql $(SHARED_FOLDER_TESTS)
+	$(BIN)/pytest -q --server-index=postgresql-s3 $(SHARED_S3_TESTS)
+
+test: lint typecheck unit shared
 
 proto: install
 	$(BIN)/python proto/generate.py

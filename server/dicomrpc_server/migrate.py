@@ -50,7 +50,6 @@ from pathlib import Path
 from tqdm import tqdm
 
 from dicomrpc.v1 import dataset_pb2
-from dicomrpc.v1 import workitem_service_pb2 as pb
 from dicomrpc_server.config import Settings, redact_dsn
 from dicomrpc_server.errors import ServiceError, StartupError
 from dicomrpc_server.storage import keys, records_pb2
@@ -404,9 +403,9 @@ class _Migration:
             await workitems.mutate(uid, decide)
         batch: list[tuple[int, bytes, bytes]] = []
         for event in source.events():
-            message = pb.SubscribeWorkitemsResponse.FromString(event.event)
-            message.sequence = 0  # the row's sequence is the event's (as the store writes it)
-            batch.append((event.sequence, message.SerializeToString(), event.terms))
+            record = records_pb2.WorkitemEventRecord.FromString(event.event)
+            record.sequence = 0  # the row's sequence is the event's (as the store writes it)
+            batch.append((event.sequence, record.SerializeToString(), event.terms))
             if len(batch) >= EVENT_BATCH:
                 await workitems.carry_events(batch)
                 batch = []
