@@ -17,6 +17,7 @@ from dicomrpc_server.dicomweb.server import HttpServer
 from dicomrpc_server.dimse.server import DimseServer
 from dicomrpc_server.errors import StartupError
 from dicomrpc_server.grpc.server import GrpcServer
+from dicomrpc_server.logs import log_to_stderr
 from dicomrpc_server.processes import serve_group
 
 log = logging.getLogger("dicomrpc.server")
@@ -183,11 +184,7 @@ async def _shut_down(
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``dicomrpc serve``."""
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    log_to_stderr(args.log_level)
     try:
         settings = settings_from_args(args)
     except ValueError as exc:  # a setting out of range, or a variable that is not a number

@@ -52,6 +52,7 @@ from tqdm import tqdm
 from dicomrpc.v1 import dataset_pb2
 from dicomrpc_server.config import Settings, redact_dsn
 from dicomrpc_server.errors import ServiceError, StartupError
+from dicomrpc_server.logs import log_to_stderr
 from dicomrpc_server.storage import keys, records_pb2
 from dicomrpc_server.storage.blobs import BLOB_SUFFIX
 from dicomrpc_server.storage.embedded_source import EmbeddedSource, SourceInstance
@@ -489,11 +490,7 @@ def _done(operation: records_pb2.ReindexOperation) -> records_pb2.ReindexOperati
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``dicomrpc migrate``."""
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    log_to_stderr(args.log_level)
     data_dir = args.data or Settings.from_env().data_dir
     target = Target(args.to_index, args.to_blobs, args.s3_endpoint or "")
     try:

@@ -44,6 +44,7 @@ from dicomrpc_server.announce import announce
 from dicomrpc_server.archive import GroupMember, recover_folder
 from dicomrpc_server.config import Settings
 from dicomrpc_server.errors import StartupError
+from dicomrpc_server.logs import log_to_stderr
 from dicomrpc_server.ports import reserve_port
 from dicomrpc_server.storage.folder_lock import DataFolderLock
 
@@ -332,11 +333,7 @@ def member_main() -> int:
 
     spec: MemberSpec = pickle.load(sys.stdin.buffer)
     _follow_supervisor(spec.supervisor)
-    logging.basicConfig(
-        level=spec.log_level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s",
-    )
+    log_to_stderr(spec.log_level, process=True)
     try:
         asyncio.run(serve(spec.settings, GroupMember(spec.lock_fd), spec.ready_fd))
     except StartupError as exc:

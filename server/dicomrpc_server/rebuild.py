@@ -48,6 +48,7 @@ from tqdm import tqdm
 from dicomrpc_server.config import Settings
 from dicomrpc_server.dicom.attributes import Level
 from dicomrpc_server.errors import ServiceError, StartupError
+from dicomrpc_server.logs import log_to_stderr
 from dicomrpc_server.storage import records_pb2
 from dicomrpc_server.storage.blobs import LocalBlobStore, fsync_dir
 from dicomrpc_server.storage.folder_lock import DataFolderLock
@@ -486,11 +487,7 @@ def _utc_stamp() -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``dicomrpc rebuild-index``."""
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    log_to_stderr(args.log_level)
     data_dir = args.data or Settings.from_env().data_dir
     try:
         summary = rebuild_index(

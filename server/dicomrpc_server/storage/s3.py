@@ -385,13 +385,7 @@ class S3Objects:
 
     def blob_ids(self) -> Iterator[str]:
         """Every blob id under the prefix (one listing request per thousand objects)."""
-        paginator = self._client.get_paginator("list_objects_v2")
-        prefix = self.location.list_prefix
-        for page in paginator.paginate(Bucket=self.location.bucket, Prefix=prefix):
-            for item in page.get("Contents", ()):
-                name = str(item["Key"])[len(prefix) :]
-                if name.endswith(OBJECT_SUFFIX) and "/" not in name:
-                    yield name[: -len(OBJECT_SUFFIX)]
+        return (blob_id for blob_id, _ in self.blob_sizes())
 
     def blob_sizes(self) -> Iterator[tuple[str, int]]:
         """Every blob id under the prefix with its object's size (what ``migrate`` verifies)."""

@@ -148,13 +148,7 @@ class SharedFolder:
 
     def blob_ids(self) -> Iterator[str]:
         """Every stored blob id (every node's), a listing per shard."""
-        if not self.blobs_dir.is_dir():
-            return
-        for shard in sorted(os.scandir(self.blobs_dir), key=lambda e: e.name):
-            if shard.is_dir():
-                for entry in os.scandir(shard.path):
-                    if entry.name.endswith(BLOB_SUFFIX):
-                        yield entry.name[: -len(BLOB_SUFFIX)]
+        return (blob_id for blob_id, _ in self.blob_sizes())
 
     def blob_sizes(self) -> Iterator[tuple[str, int]]:
         """Every stored blob id with its size in bytes (what ``migrate`` verifies it copied)."""
