@@ -299,10 +299,14 @@ def warm_cache(files: list[Path]) -> None:
 
 
 class ResourceSampler:
-    """Samples a process tree's total RSS (peak) and CPU time every ``interval`` seconds."""
+    """Samples process trees' total RSS (peak) and CPU time every ``interval`` seconds.
 
-    def __init__(self, pid: int, interval: float = RSS_INTERVAL_S) -> None:
-        self._root = psutil.Process(pid)
+    Several roots are one server made of several processes that are not one tree (the nodes of
+    a cluster, or a database server beside them): their figures add up.
+    """
+
+    def __init__(self, pid: int, *more: int, interval: float = RSS_INTERVAL_S) -> None:
+        self._roots = [psutil.Process(p) for p in (pid, *more)]
         self._interval = interval
         self._stop = threading.Event()
         self._cpu: dict[int, float] = {}
@@ -333,9 +337,11 @@ class ResourceSampler:
             self._sample()
 
     def _sample(self) -> None:
-        try:
-            processes = [self._root, *self._root.children(recursive=True)]
-        except psutil.NoSuchProcess:
+        processes = []
+        for root in self._roots:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                processes += [root, *root.children(recursive=True)]
+        if not processes:
             return
         rss = 0
         for process in processes:
@@ -522,14 +528,14 @@ def median_run(runs: list[RunResult]) -> RunResult:
     )
 
 
-def _batches(files: list[Path], size: int) -> queue.SimpleQueue[list[Path]]:
+def batches(files: list[Path], size: int) -> queue.SimpleQueue[list[Path]]:
     work: queue.SimpleQueue[list[Path]] = queue.SimpleQueue()
     for start in range(0, len(files), size):
         work.put(files[start : start + size])
     return work
 
 
-def _run_workers(
+def run_workers(
     clients: int,
     connect: Callable[[], object],
     work: Callable[[object], None],
@@ -573,31 +579,15 @@ def _run_workers(
     return wall, cpu
 
 
-def run_dicomrpc(
-    data: Corpus,
-    streams: int,
-    batch: int,
-    profile: Path | None = None,
-    gil_only: bool = True,
-    serve_args: Sequence[str] = (),
-    label: str = "dicomrpc",
-) -> RunResult:
-    """Ingest the corpus into a fresh dicomrpc with ``streams`` concurrent store streams
-    (``serve_args``: more ``dicomrpc serve`` options, ``--processes 2`` say)."""
-    result = RunResult(
-        f"{label}, {streams} stream{'s' * (streams > 1)}", streams, len(data.files), data.megabytes
-    )
-    run_dir = Path(tempfile.mkdtemp(prefix="dicomrpc-", dir=WORK))
-    log = WORK / f"dicomrpc-{streams}.log"
-    lock = threading.Lock()
-    work = _batches(data.files, batch)
-    # One channel (one HTTP/2 connection) per stream, like one HTTP connection per STOW client.
-    config = ClientConfig(options=(("grpc.use_local_subchannel_pool", 1),))
+def batch_storer(
+    work: queue.SimpleQueue[list[Path]], result: RunResult
+) -> Callable[[object], None]:
+    """A client's work: ``Client.store`` the batches left in ``work``, counting outcomes.
 
-    def connect() -> Client:
-        client = Client(target, config)
-        grpc.channel_ready_future(client.channel).result(timeout=30)
-        return client
+    The clients share ``work`` and ``result``; a failed request or instance is a problem of the
+    run, not an error that stops it.
+    """
+    lock = threading.Lock()
 
     def store(client: object) -> None:
         assert isinstance(client, Client)
@@ -621,13 +611,43 @@ def run_dicomrpc(
                             f"{instance.failure_reason_name}: {instance.failure_message}"
                         )
 
+    return store
+
+
+def run_dicomrpc(
+    data: Corpus,
+    streams: int,
+    batch: int,
+    profile: Path | None = None,
+    gil_only: bool = True,
+    serve_args: Sequence[str] = (),
+    label: str = "dicomrpc",
+) -> RunResult:
+    """Ingest the corpus into a fresh dicomrpc with ``streams`` concurrent store streams
+    (``serve_args``: more ``dicomrpc serve`` options, ``--processes 2`` say)."""
+    result = RunResult(
+        f"{label}, {streams} stream{'s' * (streams > 1)}", streams, len(data.files), data.megabytes
+    )
+    run_dir = Path(tempfile.mkdtemp(prefix="dicomrpc-", dir=WORK))
+    log = WORK / f"dicomrpc-{streams}.log"
+    work = batches(data.files, batch)
+    # One channel (one HTTP/2 connection) per stream, like one HTTP connection per STOW client.
+    config = ClientConfig(options=(("grpc.use_local_subchannel_pool", 1),))
+
+    def connect() -> Client:
+        client = Client(target, config)
+        grpc.channel_ready_future(client.channel).result(timeout=30)
+        return client
+
+    store = batch_storer(work, result)
+
     try:
         warm_cache(data.files)
         with dicomrpc_server(run_dir / "data", log, serve_args=serve_args) as (target, pid):
             spy = _start_py_spy(pid, profile, gil_only) if profile else None
             try:
                 with ResourceSampler(pid) as sampler:
-                    result.wall_s, result.client_cpu_s = _run_workers(
+                    result.wall_s, result.client_cpu_s = run_workers(
                         streams,
                         connect,
                         store,
@@ -769,7 +789,7 @@ def run_orthanc(data: Corpus, clients: int, batch: int) -> RunResult:
     run_dir = Path(tempfile.mkdtemp(prefix="orthanc-", dir=WORK))
     log = WORK / f"orthanc-{clients}.log"
     lock = threading.Lock()
-    work = _batches(data.files, batch)
+    work = batches(data.files, batch)
     port = 0
 
     def connect() -> http.client.HTTPConnection:
@@ -812,7 +832,7 @@ def run_orthanc(data: Corpus, clients: int, batch: int) -> RunResult:
         warm_cache(data.files)
         with orthanc_server(run_dir, log) as (port, pid):
             with ResourceSampler(pid) as sampler:
-                result.wall_s, result.client_cpu_s = _run_workers(
+                result.wall_s, result.client_cpu_s = run_workers(
                     clients,
                     connect,
                     post,

@@ -73,7 +73,6 @@ from ingest import (
     Corpus,
     ResourceSampler,
     _instance,
-    _run_workers,
     _sequence_length,
     _slice_pixels,
     _start_py_spy,
@@ -86,6 +85,7 @@ from ingest import (
     orthanc_server,
     orthanc_version,
     profile_tables,
+    run_workers,
     series_attributes,
     stow_body,
     warm_cache,
@@ -567,7 +567,7 @@ def throughput_run(
 
     # Timed from the first request to the last byte: not connecting, nor closing (closing a
     # gRPC channel was seen to take longer than a whole 50 MB retrieve).
-    _, cpu = _run_workers(clients, connect, work, close)
+    _, cpu = run_workers(clients, connect, work, close)
     wall = max(end for _, end in spans) - min(start for start, _ in spans)
     result.rates.append(sum(sizes) / MB / wall)
     result.sizes.update(sizes)

@@ -7,11 +7,9 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -30,6 +28,7 @@ from dicomrpc_server.dicomweb.server import HttpServer
 from dicomrpc_server.dimse.server import DimseServer
 from dicomrpc_server.grpc.server import GrpcServer
 from tests.postgres import PostgresCluster, start_cluster
+from tests.s3emulator import S3_ENV, moto_server
 
 # Set by ``pytest --server-index=postgresql`` (or ``postgresql-s3``): what start_server adds to
 # a server's settings when a test names neither an index nor a blob store (see _server_index).
@@ -295,13 +294,6 @@ class S3Emulator:
         return {item["Key"] for page in pages for item in page.get("Contents", ())}
 
 
-S3_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
-
-
 @contextlib.contextmanager
 def s3_emulator() -> Iterator[S3Emulator]:
     """moto's standalone S3 server on a free loopback port, with the AWS_* variables set.
@@ -311,30 +303,10 @@ def s3_emulator() -> Iterator[S3Emulator]:
     """
     saved = {name: os.environ.get(name) for name in S3_ENV}
     os.environ.update(S3_ENV)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    moto = Path(sys.executable).parent / "moto_server"
-    process = subprocess.Popen(
-        [str(moto), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                assert process.poll() is None, "moto_server ended at start"
-                assert time.monotonic() < deadline, "moto_server did not start"
-                time.sleep(0.1)
-        yield S3Emulator(endpoint)
+        with moto_server() as (endpoint, _):
+            yield S3Emulator(endpoint)
     finally:
-        process.terminate()
-        process.wait(30)
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)

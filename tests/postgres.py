@@ -118,12 +118,17 @@ class PostgresCluster:
 
         asyncio.run(run())
 
-    def stop(self) -> None:
-        """Stop the server and remove its folder."""
+    def postmaster_pid(self) -> int:
+        """The server's main process (its backends are its children): for CPU accounting."""
+        return int((self.folder / "data" / "postmaster.pid").read_text().split()[0])
+
+    def stop(self, remove: bool = True) -> None:
+        """Stop the server; remove its folder unless ``remove`` is false (a kept cluster)."""
         try:
             _run(self, "pg_ctl", "stop", "-D", self.folder / "data", "-m", "fast", "-w")
         finally:
-            shutil.rmtree(self.folder, ignore_errors=True)
+            if remove:
+                shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def _run(cluster: PostgresCluster, program: str, *args: str | Path) -> None:
@@ -153,25 +158,34 @@ def _free_port() -> int:
         return port
 
 
-def start_cluster() -> PostgresCluster:
-    """initdb a cluster in a new temporary folder and start it on a free loopback port."""
+def start_cluster(folder: Path | None = None, settings: str = "") -> PostgresCluster:
+    """initdb a cluster and start it on a free loopback port.
+
+    By default the cluster lives in a new temporary folder. The benchmarks pass ``folder`` to
+    keep one between runs (a cluster already there is started as it is, not created again) and
+    ``settings`` to override :data:`SETTINGS` (they measure with durability on).
+    """
     bin_folder = require_postgres()
     user = _unprivileged_user() if os.geteuid() == 0 else None
     # Under /tmp itself, not pytest's folders: those are private to the session's user, and the
     # socket path must stay short (unix socket paths are limited to about 100 bytes).
-    folder = Path(tempfile.mkdtemp(prefix="dicomrpc-pg-"))
+    kept = folder is not None
+    if folder is None:
+        folder = Path(tempfile.mkdtemp(prefix="dicomrpc-pg-"))
+    folder.mkdir(parents=True, exist_ok=True)
     if user is not None:
         os.chown(folder, user.pw_uid, user.pw_gid)
     cluster = PostgresCluster(bin_folder, folder, 0, user)
     try:
-        _run(
-            cluster,
-            "initdb",
-            *("-D", folder / "data", "-U", SUPERUSER, "-A", "trust"),
-            *("-E", "UTF8", "--locale=C", "--no-sync"),
-        )
-        with (folder / "data" / "postgresql.conf").open("a") as conf:
-            conf.write(SETTINGS.format(socket_dir=folder))
+        if not (folder / "data" / "PG_VERSION").exists():
+            _run(
+                cluster,
+                "initdb",
+                *("-D", folder / "data", "-U", SUPERUSER, "-A", "trust"),
+                *("-E", "UTF8", "--locale=C", "--no-sync"),
+            )
+            with (folder / "data" / "postgresql.conf").open("a") as conf:
+                conf.write(SETTINGS.format(socket_dir=folder) + settings)
         for attempt in range(5):  # a port found free may be taken before the server binds it
             cluster.port = _free_port()
             try:
@@ -195,5 +209,6 @@ def start_cluster() -> PostgresCluster:
                     raise
         raise AssertionError("unreachable")
     except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
+        if not kept:
+            shutil.rmtree(folder, ignore_errors=True)
         raise
