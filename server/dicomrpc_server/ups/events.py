@@ -76,23 +76,17 @@ class EventHub:
         # Held while events are read and handed on: commits here and wake-ups from other
         # processes call in from two threads, and each event must be handed on once, in order.
         self._publishing = threading.Lock()
-        self._published = store.last_sequence()
+        # The sequence of the last event handed on; None while nobody subscribes, when there
+        # is nothing to hand on and the log is not read at each commit (with a PostgreSQL
+        # index that read is a round trip per commit, every store's included).
+        self._published: int | None = None
         store.on_commit(self._committed)
 
     def _committed(self) -> None:
         """After a commit (this process's or another's): read new events once, hand them on."""
         with self._publishing:
-            if not self.subscriber_count:
-                # Nobody to tell; a subscription reads the log itself from where it starts.
-                # Counted again after the read: a subscription that came meanwhile may be
-                # waiting for an event committed before the read (listeners may run well after
-                # their commit: with a PostgreSQL index they run on a thread of their own), and
-                # skipping past it would lose that event; one that comes after the second
-                # count starts at or after the sequence read.
-                latest = self.store.last_sequence()
-                if not self.subscriber_count:
-                    self._published = latest
-                    return
+            if self._published is None:
+                return  # nobody to tell: a subscription reads the log from where it starts
             entries = self.store.events_after(self._published, 1 << 30)
             if not entries:
                 return
@@ -130,9 +124,15 @@ class EventHub:
             match_terms(filter_),
         )
         # Registered before the log is read: an event committed meanwhile is either in the
-        # replay or in the queue (or both, and then skipped by its sequence).
-        with self._lock:
-            self._subscriptions.add(subscription)
+        # replay or in the queue (or both, and then skipped by its sequence). The first
+        # subscription starts the handing on from the newest event, under the publishing lock,
+        # so that no commit's events are read between the two: those committed before are in
+        # the log, those after are handed on.
+        with self._publishing:
+            if self._published is None:
+                self._published = self.store.last_sequence()
+            with self._lock:
+                self._subscriptions.add(subscription)
         try:
             cursor = self.store.last_sequence() if since is None else since
             replaying = True
@@ -159,8 +159,10 @@ class EventHub:
                 cursor = event.sequence
                 yield event
         finally:
-            with self._lock:
+            with self._publishing, self._lock:
                 self._subscriptions.discard(subscription)
+                if not self._subscriptions:
+                    self._published = None
 
     def _replay_page(
         self, subscription: Subscription, cursor: int

@@ -62,6 +62,16 @@ def unavailable(message: str) -> ServiceError:
     return ServiceError(Code.UNAVAILABLE, "SERVER_UNAVAILABLE", message)
 
 
+async def _keep_session(connection: asyncpg.Connection) -> None:
+    """What a connection given back to the pool needs besides the rollback asyncpg always does.
+
+    Nothing: asyncpg's default reset (``pg_advisory_unlock_all()``, ``CLOSE ALL``, ``UNLISTEN
+    *``, ``RESET ALL``) costs a round trip per use of the pool, several per stored instance, to
+    undo session state that pooled connections never take: session locks, LISTEN and settings
+    live on connections of their own (:mod:`.locks`, :mod:`.notify`, the migrations).
+    """
+
+
 class PostgresBackend:
     """A pool of connections to one PostgreSQL database, on an event loop of its own.
 
@@ -116,11 +126,20 @@ class PostgresBackend:
     async def _start(self, migrations: Sequence[Migration]) -> list[int]:
         try:
             self._pool = await asyncpg.create_pool(
-                self.dsn, min_size=1, max_size=self.pool_size, timeout=self.acquire_timeout_s
+                self.dsn,
+                min_size=1,
+                max_size=self.pool_size,
+                timeout=self.acquire_timeout_s,
+                reset=_keep_session,
             )
             try:
-                async with self._pool.acquire() as connection:
+                # On a connection of its own: the migrations hold a session lock, and the pool
+                # does not reset a session's state (see _keep_session).
+                connection = await self._connect()
+                try:
                     applied = await migrate(connection, migrations)
+                finally:
+                    await connection.close(timeout=5)
                 self._signals = CommitSignals(self._connect, self._pool, poll_s=self._poll_s)
                 await self._signals.start()
             except BaseException:
