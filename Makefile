@@ -31,7 +31,10 @@ $(TEST_STAMP): pyproject.toml requirements/test.lock | $(BIN)/python
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
+# The OHIF viewer at http://127.0.0.1:8042/ is fetched once into the cache (npm, network);
+# without either, the archive serves all the same and its root page says how to get it.
 serve: install-server
+	@$(BIN)/dicomrpc viewer fetch || true
 	$(BIN)/dicomrpc serve --data ./data
 
 lint: install

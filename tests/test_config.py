@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 
@@ -58,3 +59,15 @@ def test_a_postgresql_url_is_shown_and_recorded_without_its_password() -> None:
         "postgresql://u@db:5433/a"
     )
     assert redact_dsn("postgresql://[::1]/a") == "postgresql://[::1]/a"
+
+
+def test_the_viewer_from_flags_and_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().viewer is True and Settings().viewer_dir is None  # the cache's
+    monkeypatch.setenv("DICOMRPC_VIEWER_DIR", "/srv/ohif/dist")
+    assert _parse().viewer_dir == Path("/srv/ohif/dist")
+    assert _parse("--viewer-dir", "/opt/dist").viewer_dir == Path("/opt/dist")
+    monkeypatch.setenv("DICOMRPC_VIEWER", "off")
+    assert _parse().viewer is False
+    assert _parse("--viewer", "on").viewer is True
+    with pytest.raises(SystemExit):
+        _parse("--viewer", "sometimes")

@@ -1,7 +1,8 @@
 """The ``dicomrpc`` command line: serve, store, search, retrieve, frames, metadata, delete, ...
 
 The rest: ``feed`` (the change feed), ``workitem`` (UPS, in :mod:`.workitem_commands`) and
-``api-key`` (the server's API key file). Every client command takes the options of
+``api-key`` (the server's API key file), ``viewer fetch`` (the OHIF viewer ``serve`` shows).
+Every client command takes the options of
 :mod:`.connection`: the server, a token and TLS.
 """
 
@@ -70,6 +71,12 @@ def _parser() -> argparse.ArgumentParser:
         "the feed starts again from 0). It ends printing the serve command of the new storage.",
     )
     add_migrate_arguments(migrate)
+    from dicomrpc_server.viewer.command import add_viewer_arguments
+
+    viewer = sub.add_parser(
+        "viewer", help="the OHIF web viewer 'serve' shows at the HTTP port's root: fetch it"
+    )
+    add_viewer_arguments(viewer)
 
     store = sub.add_parser("store", help="store DICOM files and folders (recursive)")
     store.add_argument("paths", nargs="+", help="files or folders")
@@ -645,6 +652,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from dicomrpc_server.migrate import run as migrate
 
         return migrate(args)
+    if args.command == "viewer":
+        from dicomrpc_server.viewer.command import run as viewer
+
+        return viewer(args)
     commands = {
         "store": store_command,
         "retrieve": retrieve_command,

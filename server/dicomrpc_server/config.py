@@ -52,6 +52,14 @@ class Settings:
     cors_origins
         The browser origins (``https://viewer.example``, or ``*``) allowed to call the DICOMweb
         gateway from scripts, as a viewer such as OHIF does; empty allows none.
+    viewer
+        Serve the OHIF web viewer at the root of the HTTP port (the gateway stays under
+        ``/dicomweb``): its files are public, its DICOMweb calls are checked as any other.
+        Without a built viewer in ``viewer_dir`` the root answers a page saying how to fetch
+        it (``dicomrpc viewer fetch``); the server never fetches it itself.
+    viewer_dir
+        OHIF's built ``dist/`` folder; None: the pinned release's in the cache, where
+        ``dicomrpc viewer fetch`` puts it (``$XDG_CACHE_HOME/dicomrpc/ohif-VERSION/dist``).
     max_instance_bytes
         The largest instance accepted; a larger one fails while it streams in.
     max_chunk_bytes
@@ -212,6 +220,8 @@ class Settings:
     grpc_port: int = 50051
     http_port: int = 8042
     cors_origins: tuple[str, ...] = ()
+    viewer: bool = True
+    viewer_dir: Path | None = None
     max_instance_bytes: int = 4 * GIB
     max_chunk_bytes: int = 4 * MIB
     chunk_bytes: int = 1 * MIB
@@ -313,6 +323,8 @@ class Settings:
             "DICOMRPC_GRPC_PORT": ("grpc_port", int),
             "DICOMRPC_HTTP_PORT": ("http_port", int),
             "DICOMRPC_CORS_ORIGINS": ("cors_origins", split_origins),
+            "DICOMRPC_VIEWER": ("viewer", parse_flag),
+            "DICOMRPC_VIEWER_DIR": ("viewer_dir", Path),
             "DICOMRPC_MAX_INSTANCE_BYTES": ("max_instance_bytes", int),
             "DICOMRPC_MAX_CHUNK_BYTES": ("max_chunk_bytes", int),
             "DICOMRPC_LMDB_MAP_SIZE": ("lmdb_map_size", int),
@@ -577,6 +589,19 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         type=split_origins,
         help="comma-separated browser origins allowed to call DICOMweb, or '*' "
         "(env DICOMRPC_CORS_ORIGINS, none)",
+    )
+    parser.add_argument(
+        "--viewer",
+        type=_flag_type(parse_flag),
+        metavar="on|off",
+        help="serve the OHIF viewer at the root of the HTTP port (env DICOMRPC_VIEWER, on)",
+    )
+    parser.add_argument(
+        "--viewer-dir",
+        type=Path,
+        metavar="DIR",
+        help="OHIF's built dist/ folder (env DICOMRPC_VIEWER_DIR, the cache of "
+        "'dicomrpc viewer fetch')",
     )
     parser.add_argument(
         "--max-instance-bytes",

@@ -37,6 +37,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         grpc_port=args.grpc_port,
         http_port=args.http_port,
         cors_origins=args.cors_origins,
+        viewer=args.viewer,
+        viewer_dir=args.viewer_dir,
         max_instance_bytes=args.max_instance_bytes,
         workers=args.workers,
         processes=args.processes,

@@ -1,16 +1,18 @@
 """The OHIF viewer, in a real browser, on the gateway: study list, series metadata, frames.
 
-OHIF (npm ``@ohif/app``, its released build, unchanged) is served from its own origin and
-configured with the gateway as its DICOMweb data source, so every request it makes to the
-archive is cross-origin, as at a site that hosts the viewer apart from the archive
-(``--cors-origins``). Chromium, driven through Playwright, opens the study list and then the
-viewer; the tests check what a radiologist would see: the study listed under its patient's
-name, and the slice actually drawn in the viewport (the canvas's pixels compared with the
-instance's own, windowed as its Window Center/Width say), and that none of OHIF's requests to
-the gateway (QIDO-RS searches, series metadata, frames for the viewport and the thumbnails)
-failed. The archive holds a CT series, a multi-frame image and images stored compressed (JPEG
-2000, RLE), which OHIF receives in the transfer syntax it asks for. See ``tests/ohif.py`` for
-how the viewer and the browser are provided, and when the tests skip.
+OHIF (npm ``@ohif/app``, its released build, unchanged) is served two ways: by the archive
+itself at the root of its HTTP port, configured by it (same origin, no CORS: what
+``make serve`` shows), and from an origin of its own, configured with the gateway as its
+DICOMweb data source, so that every request it makes to the archive is cross-origin, as at a
+site that hosts the viewer apart from the archive (``--cors-origins``). Chromium, driven
+through Playwright, opens the study list and then the viewer; the tests check what a
+radiologist would see: the study listed under its patient's name, and the slice actually drawn
+in the viewport (the canvas's pixels compared with the instance's own, windowed as its Window
+Center/Width say), and that none of OHIF's requests to the gateway (QIDO-RS searches, series
+metadata, frames for the viewport and the thumbnails) failed. The archive holds a CT series, a
+multi-frame image and images stored compressed (JPEG 2000, RLE), which OHIF receives in the
+transfer syntax it asks for. See ``tests/ohif.py`` for how the viewer and the browser are
+provided, and when the tests skip.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from pydicom import dcmread
 from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
 
 from dicomrpc import Client
+from dicomrpc_server.viewer.app_config import app_config
 from tests import ohif
 from tests.conftest import RunningServer, start_server
 from tests.dicomgen import gradient_ct_series, multiframe_instance, recoded_instance
@@ -189,7 +192,7 @@ def site(request: pytest.FixtureRequest, dist: Path, archive: RunningServer) -> 
     With and without OHIF's use of metadata bulk data URIs (``bulkDataURI.enabled``): sites
     configure either, and the gateway must serve both.
     """
-    config = ohif.app_config(archive.dicomweb_url, bulk_data_uri=request.param)
+    config = app_config(archive.dicomweb_url, bulk_data_uri=request.param)
     with ohif.serve_ohif(dist, config) as served:
         yield served.url
 
@@ -199,7 +202,7 @@ def uncompressed_site(dist: Path, archive: RunningServer) -> Iterator[str]:
     """OHIF asking for every frame in explicit VR little endian (``requestTransferSyntaxUID``),
     as sites whose browsers should not decode compressed images configure it: the archive
     decodes what it stores compressed."""
-    config = ohif.app_config(
+    config = app_config(
         archive.dicomweb_url,
         bulk_data_uri=True,
         overrides={"requestTransferSyntaxUID": EXPLICIT_VR_LITTLE_ENDIAN},
@@ -272,6 +275,59 @@ def _open_and_check_drawn(
         page.wait_for_timeout(200)
     page.wait_for_load_state("networkidle")
     return shot
+
+
+@pytest.fixture(scope="module")
+def own_site(dist: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """An archive serving the viewer itself (``--viewer-dir``: the cached ``dist/``), with no
+    CORS origin allowed: the viewer's calls are same-origin."""
+    server = start_server(tmp_path_factory.mktemp("ohif-own") / "data", viewer_dir=dist)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def own_study(own_site: RunningServer) -> StoredStudy:
+    ct = gradient_ct_series(3, patient_id="OWN-CT", patient_name="Own^Gradient")
+    with Client(own_site.target) as client:
+        client.store(ct)
+    return _study(ct[0], "Own, Gradient", 3)
+
+
+@pytest.fixture
+def own_page(browser: Browser, own_site: RunningServer) -> Iterator[tuple[Page, Traffic]]:
+    context = browser.new_context(viewport=VIEWPORT)
+    opened = context.new_page()
+    traffic = Traffic(own_site.dicomweb_url)
+    traffic.watch(opened)
+    yield opened, traffic
+    context.close()
+
+
+def test_the_archive_serves_the_viewer_same_origin(
+    own_page: tuple[Page, Traffic], own_site: RunningServer, own_study: StoredStudy, tmp_path: Path
+) -> None:
+    """``/`` of the HTTP port is OHIF's study list, configured by the archive for itself;
+    the study opens and its first slice is drawn, every request staying on that origin."""
+    tab, traffic = own_page
+    root = f"http://127.0.0.1:{own_site.http.port}"
+    requested: list[str] = []
+    tab.on("request", lambda request: requested.append(request.url))
+    tab.goto(f"{root}/")
+    tab.get_by_text(own_study.listed_as, exact=True).wait_for(timeout=DRAW_TIMEOUT_S * 1000)
+    assert traffic.urls("/dicomweb/studies"), traffic.summary()
+    shot = _open_and_check_drawn(tab, traffic, root, own_study, tmp_path)
+    height, width = shot.shape
+    side = min(height, width)
+    left, top = (width - side) // 2, (height - side) // 2
+    band = shot[top + side // 8 : top + side // 4, left : left + side]
+    assert band[:, : side // 4].mean() + 60 < band[:, -side // 4 :].mean()
+    assert len(set(traffic.urls("/frames/"))) == own_study.images, traffic.summary()
+    traffic.assert_none_failed()
+    elsewhere = [
+        url for url in requested if url.startswith(("http", "ws")) and not url.startswith(root)
+    ]
+    assert not elsewhere, elsewhere
 
 
 def test_study_list_shows_the_archive_studies(

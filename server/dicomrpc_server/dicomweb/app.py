@@ -9,6 +9,10 @@ response, errors and CORS answers included), the body read timeout, the ``Host``
 421), CORS (so preflights are answered without credentials and refusals carry CORS headers a
 browser needs to read them), access control (401, 403) before routing, then any middleware
 given to :func:`create_app`.
+
+With the viewer on (``--viewer``, the default), the OHIF viewer's site
+(:class:`~dicomrpc_server.viewer.site.ViewerSite`) answers every path outside ``/dicomweb``:
+it is routed after the gateway, and the access check lets its public files through.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from dicomrpc_server.dicomweb.hosts import HostMiddleware
 from dicomrpc_server.dicomweb.logging import AccessLogMiddleware
 from dicomrpc_server.dicomweb.url import checked
 from dicomrpc_server.errors import ServiceError
+from dicomrpc_server.viewer.package import cached_dist
+from dicomrpc_server.viewer.site import ViewerSite
 
 RESOURCE_ROUTES: list[Sequence[BaseRoute]] = [
     stow.ROUTES,
@@ -69,10 +75,23 @@ def create_app(archive: Archive, inner: Sequence[Middleware] = ()) -> Starlette:
                 max_age=600,
             )
         )
-    middleware.append(Middleware(AccessMiddleware, authenticator=archive.access, routes=routes))
+    viewer = archive.settings.viewer
+    middleware.append(
+        Middleware(
+            AccessMiddleware,
+            authenticator=archive.access,
+            routes=routes,
+            public_outside_prefix=viewer,
+        )
+    )
     middleware.extend(inner)
+    mounts: list[BaseRoute] = [Mount(PREFIX, routes=routes)]
+    if viewer:
+        named = archive.settings.viewer_dir
+        site = ViewerSite(named or cached_dist(), explicit=named is not None)
+        mounts.append(Mount("", app=site))
     app = Starlette(
-        routes=[Mount(PREFIX, routes=routes)],
+        routes=mounts,
         middleware=middleware,
         exception_handlers={ServiceError: handle_service_error},
     )

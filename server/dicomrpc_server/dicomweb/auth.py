@@ -7,6 +7,11 @@ extension) and the peer, asks the
 :class:`~dicomrpc_server.access.authenticator.Authenticator` with the route's entry in
 :data:`~dicomrpc_server.access.scopes.ROUTE_SCOPES`, and answers 401 or 403 before the
 route's handler runs, or runs it with the caller in the request's state.
+
+Paths outside ``/dicomweb`` are the web viewer's files when it is served (``--viewer``): the
+same for everyone and free of patient data, they are :data:`OPEN`, so that a browser can load
+the viewer before it holds a token; every DICOMweb call the viewer then makes is checked as
+any other. Without the viewer they need authentication, as the gateway's unknown paths do.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dicomrpc_server.access.authenticator import Authenticator, Credentials
 from dicomrpc_server.access.caller import Caller
-from dicomrpc_server.access.scopes import AUTHENTICATED, route_scope
+from dicomrpc_server.access.scopes import AUTHENTICATED, OPEN, route_scope
 from dicomrpc_server.dicomweb.context import PREFIX
 from dicomrpc_server.dicomweb.errors import error_response
 
@@ -71,13 +76,20 @@ class AccessMiddleware:
         The archive's authenticator.
     routes
         The gateway's routes (relative to ``/dicomweb``), to find the template of a path.
+    public_outside_prefix
+        Whether paths outside ``/dicomweb`` (the viewer's files) are open to everyone.
     """
 
     def __init__(
-        self, app: ASGIApp, authenticator: Authenticator, routes: Iterable[BaseRoute]
+        self,
+        app: ASGIApp,
+        authenticator: Authenticator,
+        routes: Iterable[BaseRoute],
+        public_outside_prefix: bool = False,
     ) -> None:
         self.app = app
         self._authenticator = authenticator
+        self._public_outside_prefix = public_outside_prefix
         self._routes: list[tuple[re.Pattern[str], frozenset[str], str]] = [
             (route.path_regex, frozenset(route.methods or ()), route.path)
             for route in routes
@@ -95,6 +107,8 @@ class AccessMiddleware:
             for regex, methods, template in self._routes:
                 if method in methods and regex.match(relative):
                     return route_scope(method, template), f"{method} {PREFIX}{template}"
+        elif self._public_outside_prefix:
+            return OPEN, f"{method} {path}"
         return AUTHENTICATED, f"{method} {path}"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
