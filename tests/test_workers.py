@@ -140,3 +140,30 @@ def test_separate_pools_run_side_by_side() -> None:
     finally:
         parse.shutdown()
         codec.shutdown()
+
+
+def test_a_pool_stopped_while_its_workers_start_kills_them_and_starts_no_other(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A short-lived server does not wait for its workers' imports to stop them."""
+    pool = WorkerPool(2, name="starting", modules=("dicomrpc_server.retrieve.transcode",))
+    pids = pool.pids()
+    assert len(pids) == 2
+    pool.shutdown()
+    assert pool.pids() == pids  # none replaced
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # ended and reaped
+    assert "did not start" not in caplog.text
+
+
+def test_jobs_queued_before_a_stop_still_run() -> None:
+    pool = WorkerPool(1, name="queued")
+
+    async def queue_then_stop() -> list[int]:
+        jobs = [asyncio.ensure_future(pool.run(_square, n)) for n in range(5)]
+        await asyncio.sleep(0)  # the jobs are queued
+        await asyncio.get_running_loop().run_in_executor(None, pool.shutdown)
+        return list(await asyncio.gather(*jobs))
+
+    assert asyncio.run(queue_then_stop()) == [0, 1, 4, 9, 16]

@@ -153,6 +153,10 @@ class _Worker:
             target=self._serve, name=f"{pool.name}-{number}", daemon=True
         )
         self.ready = False
+        # Set by the pool's shutdown for a worker still starting with no job taken: its
+        # process is killed rather than waited for, and no other is started.
+        self.abandoned = False
+        self.took_job = False
 
     def start(self) -> None:
         """Start the process, then the thread that waits for it and feeds it jobs."""
@@ -184,6 +188,8 @@ class _Worker:
                 return True
         except (EOFError, OSError):
             pass
+        if self.abandoned:
+            return False
         process = self.process
         code = process.exitcode if process is not None else None
         log.error(
@@ -209,8 +215,20 @@ class _Worker:
             self._replace()
         if self.ready or self._wait_ready():
             return True
-        self._replace()  # for the next job
+        if not self.abandoned:
+            self._replace()  # for the next job
         return False
+
+    def abandon(self) -> None:
+        """Stop a worker that is still starting and has taken no job: kill its process.
+
+        A server that stops soon after it started (a short-lived command, a test) need not
+        wait for a worker to finish importing the codecs before it can stop it.
+        """
+        self.abandoned = True
+        process = self.process
+        if process is not None:
+            process.kill()
 
     def _serve(self) -> None:
         pool = self.pool
@@ -222,6 +240,14 @@ class _Worker:
                 return
             if not job.future.set_running_or_notify_cancel():
                 continue  # its caller has gone
+            self.took_job = True
+            if self.abandoned:
+                job.future.set_exception(
+                    ServiceError(
+                        Code.UNAVAILABLE, "SERVER_UNAVAILABLE", "the server is shutting down"
+                    )
+                )
+                continue
             if not self._ensure_ready():
                 job.future.set_exception(
                     pool.died(job.what, "no worker process could be started; see the log")
@@ -423,5 +449,11 @@ class WorkerPool:
             return
         for _ in self._workers:
             self.jobs.put(None)
+        if self.jobs.qsize() == len(self._workers):
+            # Nothing is queued: a worker still starting has no job to finish (a job goes to
+            # a worker only once it is ready, and none comes now that the pool is closing).
+            for worker in self._workers:
+                if not worker.ready and not worker.took_job:
+                    worker.abandon()
         for worker in self._workers:
             worker.thread.join()
