@@ -2,9 +2,10 @@
 
 Small corpora are generated from small alphabets (so that queries match), indexed afresh, and
 every generated query's result set is compared with what a plain Python reference matcher finds
-in the generated model. Paging, the SPEC's fuzzy examples and invalid requests are checked on
-fixed corpora. Every test runs on the LMDB index (the corpus stored through the archive's store
-path) and on the PostgreSQL index (see :func:`corpus_core`): the term search reads both alike.
+in the generated model. Paging, fuzzy names (word prefixes, as the README's "What works"
+describes them) and invalid requests are checked on fixed corpora. Every test runs on the LMDB
+index (the corpus stored through the archive's store path) and on the PostgreSQL index (see
+:func:`corpus_core`): the term search reads both alike.
 """
 
 from __future__ import annotations
@@ -775,7 +776,7 @@ def test_large_matches_are_paged_from_the_cursor(
 
 
 # --------------------------------------------------------------------------------------------
-# 3. The SPEC's fuzzy examples
+# 3. Fuzzy names
 # --------------------------------------------------------------------------------------------
 
 
