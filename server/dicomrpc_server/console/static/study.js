@@ -12,7 +12,7 @@ const instancesBody = document.querySelector("#instances tbody");
 
 async function load() {
   if (!study) { say("No study named: open one from the study list.", "error"); return; }
-  const [found] = await dicomJson(`/studies?StudyInstanceUID=${encodeURIComponent(study)}&includefield=00081030&includefield=00201206&includefield=00201208&includefield=00080061`);
+  const [found] = await dicomJson(`/studies?StudyInstanceUID=${encodeURIComponent(study)}&includefield=00081030&includefield=00080061`);
   if (!found) { say("This study is not in the archive (it may have been deleted).", "error"); return; }
   const name = value(found, "00100010") || "(no name)";
   document.querySelector("h1").textContent = `Study of ${name}`;
@@ -29,7 +29,7 @@ async function load() {
     el("a", { href: viewerUrl(study), class: "button" }, "Open in viewer"),
     el("button", { type: "button", class: "danger", id: "delete", onclick: () => confirmDelete(name) }, "Delete study…"),
   );
-  const series = await dicomJson(`/studies/${study}/series?includefield=0008103E&includefield=00201209`);
+  const series = await dicomJson(`/studies/${study}/series`);
   series.sort((a, b) => Number(value(a, "00200011")) - Number(value(b, "00200011")));
   seriesBody.replaceChildren(...series.map((s) => {
     const uid = value(s, "0020000E");
@@ -45,7 +45,7 @@ async function load() {
 }
 
 async function showSeries(series) {
-  const instances = await dicomJson(`/studies/${study}/series/${series}/instances?limit=1000&includefield=00280008`);
+  const instances = await dicomJson(`/studies/${study}/series/${series}/instances?limit=1000`);
   instances.sort((a, b) => Number(value(a, "00200013")) - Number(value(b, "00200013")));
   instancesBody.replaceChildren(...instances.map((i) => {
     const uid = value(i, "00080018");
