@@ -19,6 +19,7 @@ from dicomrpc_server.audit.records import Patient
 from dicomrpc_server.config import Settings
 from dicomrpc_server.lifecycle.delete import DeleteCore
 from dicomrpc_server.lifecycle.feed import ChangeFeed
+from dicomrpc_server.lifecycle.statistics import StatisticsCore
 from dicomrpc_server.peers import PeerRegistry
 from dicomrpc_server.query.engine import SearchCore
 from dicomrpc_server.query.reindexing import ExtendedQueryTags
@@ -176,6 +177,7 @@ class Archive:
         self.peers = PeerRegistry(settings.dimse_peers, self.index)
         self.delete = DeleteCore(self.index, self.blobs)
         self.feed = ChangeFeed(self.index)
+        self.statistics = StatisticsCore(self.index)
         self.workitems = WorkitemCore(
             workitem_records, settings.subscriber_queue, settings.max_sequence_depth
         )

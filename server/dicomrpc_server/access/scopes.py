@@ -1,7 +1,8 @@
 """The scopes, and the one table of what every RPC and every HTTP route needs.
 
 Every method of the gRPC services (``/package.Service/Method``) and every DICOMweb route
-(HTTP method and path template under ``/dicomweb``) has exactly one entry: a scope the caller
+(HTTP method and path template under ``/dicomweb``, or under ``/console/api`` for the
+console's own reads) has exactly one entry: a scope the caller
 must hold, or :data:`OPEN` (health checks, answered without credentials). Both adapters refuse
 what has no entry, and a test enumerates the proto descriptors and the gateway's routes and
 fails when one is missing here, so a new RPC or route cannot go out unguarded.
@@ -120,6 +121,14 @@ ROUTE_SCOPES: Mapping[tuple[str, str], str] = {
 }
 """(HTTP method, path template under ``/dicomweb``) → the scope it needs; HEAD is GET's."""
 
+CONSOLE_ROUTE_SCOPES: Mapping[tuple[str, str], str] = {
+    # The console's own reads (docs: README, "Console"); its pages use DICOMweb for the rest.
+    ("GET", "/statistics"): READ,
+    ("GET", "/changes"): READ,
+    ("GET", "/query-tags"): ADMIN,
+}
+"""(HTTP method, path template under ``/console/api``) → the scope it needs; HEAD is GET's."""
+
 
 def rpc_scope(method: str) -> str | None:
     """The scope a gRPC method needs, :data:`OPEN`, or ``None`` when it has no entry."""
@@ -129,3 +138,8 @@ def rpc_scope(method: str) -> str | None:
 def route_scope(method: str, template: str) -> str | None:
     """The scope an HTTP route needs, :data:`OPEN`, or ``None`` when it has no entry."""
     return ROUTE_SCOPES.get(("GET" if method == "HEAD" else method, template))
+
+
+def console_route_scope(method: str, template: str) -> str | None:
+    """The scope a route of the console's API needs, or ``None`` when it has no entry."""
+    return CONSOLE_ROUTE_SCOPES.get(("GET" if method == "HEAD" else method, template))

@@ -10,6 +10,9 @@ response, errors and CORS answers included), the body read timeout, the ``Host``
 browser needs to read them), access control (401, 403) before routing, then any middleware
 given to :func:`create_app`.
 
+The console (:mod:`dicomrpc_server.console`) is routed next: its API under ``/console/api``
+and its pages under ``/console/``, before the viewer's site, which would answer them otherwise.
+
 With the viewer on (``--viewer``, the default), the OHIF viewer's site
 (:class:`~dicomrpc_server.viewer.site.ViewerSite`) answers every path outside ``/dicomweb``:
 it is routed after the gateway, and the access check lets its public files through.
@@ -22,10 +25,13 @@ from collections.abc import Sequence
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.routing import BaseRoute, Mount
+from starlette.routing import BaseRoute, Mount, Route
 
 from dicomrpc_server.access.hosts import HostPolicy
 from dicomrpc_server.archive import Archive
+from dicomrpc_server.console import API_PREFIX, CONSOLE_PREFIX
+from dicomrpc_server.console import api as console_api
+from dicomrpc_server.console.site import ConsoleSite
 from dicomrpc_server.dicomweb import delete, qido, stow, wado, workitems
 from dicomrpc_server.dicomweb.audit import AuditMiddleware
 from dicomrpc_server.dicomweb.auth import AccessMiddleware
@@ -55,6 +61,7 @@ _EXPOSED_HEADERS = ["ETag", "Warning", "Content-Length", "Content-Type", "Locati
 def create_app(archive: Archive, inner: Sequence[Middleware] = ()) -> Starlette:
     """The gateway application serving ``archive``, with ``inner`` middleware inside the rest."""
     routes = [checked(route) for resource in RESOURCE_ROUTES for route in resource]
+    console_routes = [checked(route) for route in console_api.ROUTES]
     middleware = []
     if archive.auditor.enabled:
         middleware.append(Middleware(AuditMiddleware, auditor=archive.auditor))
@@ -82,10 +89,17 @@ def create_app(archive: Archive, inner: Sequence[Middleware] = ()) -> Starlette:
             authenticator=archive.access,
             routes=routes,
             public_outside_prefix=viewer,
+            console_routes=console_routes,
         )
     )
     middleware.extend(inner)
-    mounts: list[BaseRoute] = [Mount(PREFIX, routes=routes)]
+    console = ConsoleSite()
+    mounts: list[BaseRoute] = [
+        Mount(PREFIX, routes=routes),
+        Mount(API_PREFIX, routes=console_routes),
+        Route(CONSOLE_PREFIX, console),
+        Mount(CONSOLE_PREFIX, app=console),
+    ]
     if viewer:
         named = archive.settings.viewer_dir
         site = ViewerSite(named or cached_dist(), explicit=named is not None)

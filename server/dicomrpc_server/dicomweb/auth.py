@@ -12,6 +12,11 @@ Paths outside ``/dicomweb`` are the web viewer's files when it is served (``--vi
 same for everyone and free of patient data, they are :data:`OPEN`, so that a browser can load
 the viewer before it holds a token; every DICOMweb call the viewer then makes is checked as
 any other. Without the viewer they need authentication, as the gateway's unknown paths do.
+
+The console's API (``/console/api``) is checked as the gateway is, with its own table
+(:data:`~dicomrpc_server.access.scopes.CONSOLE_ROUTE_SCOPES`); the console's pages
+(``/console/`` outside the API) are static files free of patient data, :data:`OPEN` whether
+the viewer is served or not, so that a browser can load them and then ask for a token.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dicomrpc_server.access.authenticator import Authenticator, Credentials
 from dicomrpc_server.access.caller import Caller
-from dicomrpc_server.access.scopes import AUTHENTICATED, OPEN, route_scope
+from dicomrpc_server.access.scopes import AUTHENTICATED, OPEN, console_route_scope, route_scope
+from dicomrpc_server.console import API_PREFIX, CONSOLE_PREFIX
 from dicomrpc_server.dicomweb.context import PREFIX
 from dicomrpc_server.dicomweb.errors import error_response
 
@@ -65,6 +71,11 @@ def credentials_of(scope: Scope) -> Credentials:
     return Credentials(authorization, subject, address_of(scope))
 
 
+def _is_console_page(path: str) -> bool:
+    """Whether ``path`` names a page of the console (static, the same for everyone)."""
+    return path == CONSOLE_PREFIX or path.startswith(CONSOLE_PREFIX + "/")
+
+
 class AccessMiddleware:
     """Admits or refuses every request before it is routed.
 
@@ -78,6 +89,8 @@ class AccessMiddleware:
         The gateway's routes (relative to ``/dicomweb``), to find the template of a path.
     public_outside_prefix
         Whether paths outside ``/dicomweb`` (the viewer's files) are open to everyone.
+    console_routes
+        The console API's routes (relative to ``/console/api``).
     """
 
     def __init__(
@@ -86,6 +99,7 @@ class AccessMiddleware:
         authenticator: Authenticator,
         routes: Iterable[BaseRoute],
         public_outside_prefix: bool = False,
+        console_routes: Iterable[BaseRoute] = (),
     ) -> None:
         self.app = app
         self._authenticator = authenticator
@@ -93,6 +107,11 @@ class AccessMiddleware:
         self._routes: list[tuple[re.Pattern[str], frozenset[str], str]] = [
             (route.path_regex, frozenset(route.methods or ()), route.path)
             for route in routes
+            if isinstance(route, Route)
+        ]
+        self._console_routes: list[tuple[re.Pattern[str], frozenset[str], str]] = [
+            (route.path_regex, frozenset(route.methods or ()), route.path)
+            for route in console_routes
             if isinstance(route, Route)
         ]
 
@@ -107,7 +126,12 @@ class AccessMiddleware:
             for regex, methods, template in self._routes:
                 if method in methods and regex.match(relative):
                     return route_scope(method, template), f"{method} {PREFIX}{template}"
-        elif self._public_outside_prefix:
+        elif path.startswith(API_PREFIX + "/"):
+            relative = path[len(API_PREFIX) :]
+            for regex, methods, template in self._console_routes:
+                if method in methods and regex.match(relative):
+                    return console_route_scope(method, template), f"{method} {API_PREFIX}{template}"
+        elif self._public_outside_prefix or _is_console_page(path):
             return OPEN, f"{method} {path}"
         return AUTHENTICATED, f"{method} {path}"
 

@@ -17,6 +17,7 @@ process (or node) died is taken over where its last batch left it.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import functools
 import logging
 import uuid
@@ -115,6 +116,10 @@ class ExtendedQueryTags:
         if operation is None:
             raise unknown_operation(operation_id)
         return operation
+
+    def operations(self) -> builtins.list[records_pb2.ReindexOperation]:
+        """Every re-indexing operation the index remembers, finished or not."""
+        return self.index.operations()
 
     def resume(self) -> None:
         """Finish what a stopped server left unfinished: removals, then re-indexings.

@@ -312,6 +312,29 @@ class LmdbIndex:
                 instances=txn.stat(self._db["instances"])["entries"],
             )
 
+    def stored_bytes(self, batch: int = 10_000) -> int:
+        """The sum of every stored instance's file size, walked ``batch`` records at a time.
+
+        Each batch is its own short read transaction, so that a walk of a large archive never
+        holds pages writers would reuse.
+        """
+        total = 0
+        after: bytes | None = None
+        while True:
+            with self.read() as txn:
+                cursor = txn.cursor(db=self._db["instances"])
+                found = cursor.set_range(after) if after is not None else cursor.first()
+                if found and after is not None and bytes(cursor.key()) == after:
+                    found = cursor.next()
+                count = 0
+                while found and count < batch:
+                    total += records_pb2.InstanceRecord.FromString(bytes(cursor.value())).size_bytes
+                    after = bytes(cursor.key())
+                    count += 1
+                    found = cursor.next()
+            if not found:
+                return total
+
     def get_metadata(self, study: str, series: str, sop: str) -> dataset_pb2.Dataset | None:
         """The pre-computed metadata of an instance, or ``None``."""
         with self.read() as txn:

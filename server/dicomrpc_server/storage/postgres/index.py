@@ -341,6 +341,22 @@ class PostgresIndex:
         (row,) = self._fetch("SELECT studies, series, instances FROM index_counter")
         return IndexCounts(studies=row["studies"], series=row["series"], instances=row["instances"])
 
+    def stored_bytes(self, batch: int = 10_000) -> int:
+        """The sum of every stored instance's file size, read ``batch`` records at a time."""
+        total = 0
+        after = b""
+        while True:
+            rows = self._fetch(
+                "SELECT key, record FROM instances WHERE key > $1 ORDER BY key LIMIT $2",
+                after,
+                batch,
+            )
+            for row in rows:
+                total += records_pb2.InstanceRecord.FromString(bytes(row["record"])).size_bytes
+            if len(rows) < batch:
+                return total
+            after = bytes(rows[-1]["key"])
+
     def list_instances(
         self, study: str, series: str | None = None
     ) -> list[tuple[str, str, str, records_pb2.InstanceRecord]]:
