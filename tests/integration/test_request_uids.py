@@ -31,6 +31,7 @@ from dicomrpc.v1 import (
 )
 from dicomrpc.wire import serialize
 from dicomrpc_server.dicomweb.app import create_app
+from dicomrpc_server.dicomweb.context import PREFIX
 from tests.conftest import RunningServer
 from tests.dicomgen import ct_instance
 from tests.integration.test_dicomweb_http import STOW_TYPE, multipart
@@ -111,8 +112,10 @@ def assert_refused(response: httpx.Response, field: str) -> None:
 
 
 def _routes(running: RunningServer) -> list[Route]:
-    (mount,) = create_app(running.archive).routes
-    assert isinstance(mount, Mount)
+    """The gateway's routes (the mount at /dicomweb; the console and viewer mounts take none)."""
+    (mount,) = [
+        m for m in create_app(running.archive).routes if isinstance(m, Mount) and m.path == PREFIX
+    ]
     routes = [route for route in mount.routes if isinstance(route, Route)]
     assert len(routes) == len(mount.routes)
     return routes
