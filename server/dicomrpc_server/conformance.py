@@ -32,6 +32,7 @@ import pynetdicom
 from pydicom.uid import UID
 from starlette.routing import Route
 
+from dicomrpc.datasets import NestingTooDeep
 from dicomrpc_server import config
 from dicomrpc_server.config import Settings, add_serve_arguments
 from dicomrpc_server.dicom.attributes import (
@@ -40,8 +41,14 @@ from dicomrpc_server.dicom.attributes import (
     IndexedAttribute,
     Level,
 )
+from dicomrpc_server.dicom.nesting import too_deep
+from dicomrpc_server.dicom.structure import InflatedTooLargeError, MalformedFileError, truncated
 from dicomrpc_server.dicom.uids import MAX_UID_LENGTH
-from dicomrpc_server.dicom.validation import WARNING_ATTRIBUTES, WARNING_SOP_CLASS_MISMATCH
+from dicomrpc_server.dicom.validation import (
+    WARNING_ATTRIBUTES,
+    WARNING_SOP_CLASS_MISMATCH,
+    ValidationFailed,
+)
 from dicomrpc_server.dicomweb import app as dicomweb_app
 from dicomrpc_server.dicomweb import delete, qido, stow, wado, workitems
 from dicomrpc_server.dicomweb.errors import http_status
@@ -60,7 +67,7 @@ from dicomrpc_server.query import engine
 from dicomrpc_server.retrieve import transcode
 from dicomrpc_server.storage.index_records import instance_exists_error
 from dicomrpc_server.storage.space import OUT_OF_RESOURCES, STORAGE_FULL
-from dicomrpc_server.store.ingest import InstanceResult, Outcome
+from dicomrpc_server.store.ingest import InstanceResult, Outcome, being_stored_error
 from dicomrpc_server.ups import index as ups_index
 from dicomrpc_server.ups import states
 
@@ -348,24 +355,27 @@ STORE_OUTCOMES: tuple[tuple[str, InstanceResult], ...] = (
         _failed(_error(Code.RESOURCE_EXHAUSTED, STORAGE_FULL, OUT_OF_RESOURCES)),
     ),
     (
-        "larger than `--max-instance-bytes` (`INSTANCE_TOO_LARGE`)",
-        _failed(_error(Code.INVALID_ARGUMENT, "INSTANCE_TOO_LARGE", 272)),
+        "larger than `--max-instance-bytes`, or a Deflated data set inflating past it "
+        "(`INSTANCE_TOO_LARGE`)",
+        _failed(InflatedTooLargeError(Settings.max_instance_bytes, 1)),
     ),
     (
-        "a required attribute missing or invalid (43264)",
-        _failed(_error(Code.INVALID_ARGUMENT, "INSTANCE_VALIDATION_FAILED", 43264)),
+        "sequences nested deeper than `--max-sequence-depth` (`LIMIT_EXCEEDED`)",
+        _failed(too_deep(NestingTooDeep("0040A730", Settings.max_sequence_depth))),
     ),
     (
-        "not readable, truncated, nested too deep (272)",
-        _failed(_error(Code.INVALID_ARGUMENT, "MALFORMED_FILE", 272)),
+        "a required attribute missing or invalid (43264): the four UIDs, the Image Pixel module",
+        _failed(ValidationFailed("missing", "Rows")),
     ),
+    ("not a readable Part 10 file (272)", _failed(MalformedFileError("unreadable"))),
+    ("truncated (272)", _failed(truncated("truncated"))),
     (
         "SOP Instance UID already stored with other bytes (45070)",
         _failed(instance_exists_error("1", "1", "1")),
     ),
     (
         "being stored by another association at this moment (45071)",
-        _failed(_error(Code.ALREADY_EXISTS, "INSTANCE_STORE_CONFLICT", 45071)),
+        _failed(being_stored_error("1")),
     ),
     (
         "a file or index write failed (`STORAGE_FAILURE`)",
