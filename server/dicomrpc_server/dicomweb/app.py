@@ -82,6 +82,7 @@ def create_app(archive: Archive, inner: Sequence[Middleware] = ()) -> Starlette:
             authenticator=archive.access,
             routes=routes,
             public_outside_prefix=viewer,
+            grants=archive.grants,
         )
     )
     middleware.extend(inner)

@@ -19,18 +19,32 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
+from urllib.parse import parse_qsl
 
 from starlette.requests import HTTPConnection
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from dicomrpc_server.access.authenticator import Authenticator, Credentials
-from dicomrpc_server.access.caller import Caller
-from dicomrpc_server.access.scopes import AUTHENTICATED, OPEN, route_scope
+from dicomrpc_server.access.authenticator import (
+    NO_SCOPES,
+    Admission,
+    Authenticator,
+    Credentials,
+    permission_denied,
+)
+from dicomrpc_server.access.caller import ANONYMOUS, Caller
+from dicomrpc_server.access.grants import GRANT_PARAMETER, RetrieveGrants, grant_caller
+from dicomrpc_server.access.scopes import AUTHENTICATED, OPEN, READ, route_scope
+from dicomrpc_server.access.tokens import unauthenticated
 from dicomrpc_server.dicomweb.context import PREFIX
 from dicomrpc_server.dicomweb.errors import error_response
+from dicomrpc_server.errors import ServiceError
 
 CALLER_KEY = "caller"
+# What a retrieve grant reads: the WADO-RS retrieve of a study or of a series (PS3.18 10.4.1).
+_GRANTED = frozenset(
+    {f"{PREFIX}/studies/{{study}}", f"{PREFIX}/studies/{{study}}/series/{{series}}"}
+)
 
 
 def caller_of(request: HTTPConnection | Scope) -> Caller | None:
@@ -65,6 +79,20 @@ def credentials_of(scope: Scope) -> Credentials:
     return Credentials(authorization, subject, address_of(scope))
 
 
+def grant_of(scope: Scope) -> str | None:
+    """The retrieve grant a request presents (its ``grant`` query parameter), or ``None``.
+
+    A request that repeats the parameter presents an empty grant, which is refused.
+    """
+    query = scope.get("query_string", b"").decode("latin-1")
+    if GRANT_PARAMETER not in query:
+        return None
+    values = [v for k, v in parse_qsl(query, keep_blank_values=True) if k == GRANT_PARAMETER]
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else ""
+
+
 class AccessMiddleware:
     """Admits or refuses every request before it is routed.
 
@@ -78,6 +106,10 @@ class AccessMiddleware:
         The gateway's routes (relative to ``/dicomweb``), to find the template of a path.
     public_outside_prefix
         Whether paths outside ``/dicomweb`` (the viewer's files) are open to everyone.
+    grants
+        The archive's retrieve grants: a request with a ``grant`` query parameter is admitted
+        by it alone, for the GET (or HEAD) of the study or series it names and nothing else,
+        and refused anywhere else, whatever its other credentials.
     """
 
     def __init__(
@@ -86,8 +118,10 @@ class AccessMiddleware:
         authenticator: Authenticator,
         routes: Iterable[BaseRoute],
         public_outside_prefix: bool = False,
+        grants: RetrieveGrants | None = None,
     ) -> None:
         self.app = app
+        self._grants = grants
         self._authenticator = authenticator
         self._public_outside_prefix = public_outside_prefix
         self._routes: list[tuple[re.Pattern[str], frozenset[str], str]] = [
@@ -96,8 +130,8 @@ class AccessMiddleware:
             if isinstance(route, Route)
         ]
 
-    def _operation(self, method: str, path: str) -> tuple[str | None, str]:
-        """The scope a request needs and its name (``GET /studies/{study}``).
+    def _operation(self, method: str, path: str) -> tuple[str | None, str, dict[str, str]]:
+        """The scope a request needs, its name (``GET /studies/{study}``) and path parameters.
 
         A path that matches no route (or none with this method) needs only authentication:
         the router answers it 404 or 405, which tells nothing about the archive's content.
@@ -105,11 +139,30 @@ class AccessMiddleware:
         if path.startswith(PREFIX):
             relative = path[len(PREFIX) :]
             for regex, methods, template in self._routes:
-                if method in methods and regex.match(relative):
-                    return route_scope(method, template), f"{method} {PREFIX}{template}"
+                if method in methods and (match := regex.match(relative)):
+                    operation = f"{method} {PREFIX}{template}"
+                    return route_scope(method, template), operation, match.groupdict()
         elif self._public_outside_prefix:
-            return OPEN, f"{method} {path}"
-        return AUTHENTICATED, f"{method} {path}"
+            return OPEN, f"{method} {path}", {}
+        return AUTHENTICATED, f"{method} {path}", {}
+
+    def _admit_grant(
+        self, token: str, scope: Scope, operation: str, params: dict[str, str]
+    ) -> Admission:
+        """Admit a request that presents a retrieve grant, for exactly what it grants."""
+        address = address_of(scope)
+        anonymous = Caller(ANONYMOUS, ANONYMOUS, NO_SCOPES, address)
+        if self._grants is None:
+            return Admission(anonymous, unauthenticated("malformed", "no retrieve grants here"))
+        try:
+            claims = self._grants.verify(token, params.get("study", ""), params.get("series", ""))
+        except ServiceError as error:
+            return Admission(anonymous, error)
+        caller = grant_caller(claims, address)
+        method, _, template = operation.partition(" ")
+        if method not in ("GET", "HEAD") or template not in _GRANTED:
+            return Admission(caller, permission_denied(caller, READ, operation))
+        return Admission(caller)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Answer 401 or 403 for a refused request; serve an admitted one with its caller."""
@@ -118,8 +171,12 @@ class AccessMiddleware:
             # one, answers it); other OPTIONS requests reach the router, which serves none.
             await self.app(scope, receive, send)
             return
-        needed, operation = self._operation(scope["method"], scope["path"])
-        admission = await self._authenticator.admit(credentials_of(scope), needed, operation)
+        needed, operation, params = self._operation(scope["method"], scope["path"])
+        token = grant_of(scope)
+        if token is not None:
+            admission = self._admit_grant(token, scope, operation, params)
+        else:
+            admission = await self._authenticator.admit(credentials_of(scope), needed, operation)
         scope.setdefault("state", {})[CALLER_KEY] = admission.caller
         if admission.error is not None:
             await error_response(admission.error)(scope, receive, send)
