@@ -142,10 +142,15 @@ class Body:
         buffer[:kept] = memoryview(self._buffer)[self._start : self._end]
         try:
             n = self._response.readinto(memoryview(buffer)[kept:])
+        except http.client.IncompleteRead:
+            n = 0
         except (OSError, http.client.HTTPException) as exc:
             raise broken(f"{type(exc).__name__}: {exc}") from None
         if not n:
-            raise broken("the body ended before its close delimiter")
+            raise broken(
+                "the server cut the response before its end (its log says why; "
+                "Client(..., http_retrieve=False) streams over gRPC, which says it too)"
+            )
         self._buffer, self._start, self._end = buffer, 0, kept + n
 
     def until(self, end: bytes, limit: int) -> bytes:
