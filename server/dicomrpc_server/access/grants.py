@@ -55,6 +55,11 @@ KEY_FILE = "retrieve-grant.key"
 GRANT_PARAMETER = "grant"
 """The query parameter of the gateway URL that carries the token."""
 
+GRANTED_ROUTES = frozenset(
+    {("GET", "/studies/{study}"), ("GET", "/studies/{study}/series/{series}")}
+)
+"""What a grant reads: the WADO-RS retrieve of a study or series (PS3.18 10.4.1); HEAD is GET's."""
+
 _CONTEXT = b"dicomrpc retrieve grant v1\n"
 _HOST = re.compile(r"[A-Za-z0-9._~-]+|\[[0-9A-Fa-f:.]+\]")
 
@@ -224,6 +229,39 @@ class RetrieveGrants:
                 metadata={"scope": READ},
             )
         return granted
+
+
+def read_caller(
+    grants: RetrieveGrants | None,
+    token: str,
+    method: str,
+    template: str,
+    params: dict[str, str],
+    address: str,
+) -> Caller:
+    """The caller of an HTTP request that presents a grant, for exactly what it grants.
+
+    ``template`` is the route's (``/studies/{study}``, relative to the gateway's root, ``""``
+    for a path no route serves), ``params`` its path parameters, ``address`` the peer's.
+
+    Raises
+    ------
+    ServiceError
+        UNAUTHENTICATED for a token that is not valid (or a server with no grants);
+        PERMISSION_DENIED for a valid token presented for anything but the read it names.
+    """
+    if grants is None:
+        raise unauthenticated("malformed", "this server grants no retrieve URLs")
+    claims = grants.verify(token, params.get("study", ""), params.get("series", ""))
+    caller = grant_caller(claims, address)
+    if ("GET" if method == "HEAD" else method, template) not in GRANTED_ROUTES:
+        raise ServiceError(
+            Code.PERMISSION_DENIED,
+            "PERMISSION_DENIED",
+            f"a retrieve grant reads its study or series (GET), not {method} {template or '?'}",
+            metadata={"scope": READ, "identity": caller.identity},
+        )
+    return caller
 
 
 def checked_host(host: str) -> str:

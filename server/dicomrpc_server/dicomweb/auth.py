@@ -25,26 +25,15 @@ from starlette.requests import HTTPConnection
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from dicomrpc_server.access.authenticator import (
-    NO_SCOPES,
-    Admission,
-    Authenticator,
-    Credentials,
-    permission_denied,
-)
+from dicomrpc_server.access.authenticator import NO_SCOPES, Admission, Authenticator, Credentials
 from dicomrpc_server.access.caller import ANONYMOUS, Caller
-from dicomrpc_server.access.grants import GRANT_PARAMETER, RetrieveGrants, grant_caller
-from dicomrpc_server.access.scopes import AUTHENTICATED, OPEN, READ, route_scope
-from dicomrpc_server.access.tokens import unauthenticated
+from dicomrpc_server.access.grants import GRANT_PARAMETER, RetrieveGrants, read_caller
+from dicomrpc_server.access.scopes import AUTHENTICATED, OPEN, route_scope
 from dicomrpc_server.dicomweb.context import PREFIX
 from dicomrpc_server.dicomweb.errors import error_response
 from dicomrpc_server.errors import ServiceError
 
 CALLER_KEY = "caller"
-# What a retrieve grant reads: the WADO-RS retrieve of a study or of a series (PS3.18 10.4.1).
-_GRANTED = frozenset(
-    {f"{PREFIX}/studies/{{study}}", f"{PREFIX}/studies/{{study}}/series/{{series}}"}
-)
 
 
 def caller_of(request: HTTPConnection | Scope) -> Caller | None:
@@ -130,8 +119,8 @@ class AccessMiddleware:
             if isinstance(route, Route)
         ]
 
-    def _operation(self, method: str, path: str) -> tuple[str | None, str, dict[str, str]]:
-        """The scope a request needs, its name (``GET /studies/{study}``) and path parameters.
+    def _operation(self, method: str, path: str) -> tuple[str | None, str, str, dict[str, str]]:
+        """The scope a request needs, its name (``GET /studies/{study}``), route and parameters.
 
         A path that matches no route (or none with this method) needs only authentication:
         the router answers it 404 or 405, which tells nothing about the archive's content.
@@ -141,28 +130,10 @@ class AccessMiddleware:
             for regex, methods, template in self._routes:
                 if method in methods and (match := regex.match(relative)):
                     operation = f"{method} {PREFIX}{template}"
-                    return route_scope(method, template), operation, match.groupdict()
+                    return route_scope(method, template), operation, template, match.groupdict()
         elif self._public_outside_prefix:
-            return OPEN, f"{method} {path}", {}
-        return AUTHENTICATED, f"{method} {path}", {}
-
-    def _admit_grant(
-        self, token: str, scope: Scope, operation: str, params: dict[str, str]
-    ) -> Admission:
-        """Admit a request that presents a retrieve grant, for exactly what it grants."""
-        address = address_of(scope)
-        anonymous = Caller(ANONYMOUS, ANONYMOUS, NO_SCOPES, address)
-        if self._grants is None:
-            return Admission(anonymous, unauthenticated("malformed", "no retrieve grants here"))
-        try:
-            claims = self._grants.verify(token, params.get("study", ""), params.get("series", ""))
-        except ServiceError as error:
-            return Admission(anonymous, error)
-        caller = grant_caller(claims, address)
-        method, _, template = operation.partition(" ")
-        if method not in ("GET", "HEAD") or template not in _GRANTED:
-            return Admission(caller, permission_denied(caller, READ, operation))
-        return Admission(caller)
+            return OPEN, f"{method} {path}", "", {}
+        return AUTHENTICATED, f"{method} {path}", "", {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Answer 401 or 403 for a refused request; serve an admitted one with its caller."""
@@ -171,10 +142,16 @@ class AccessMiddleware:
             # one, answers it); other OPTIONS requests reach the router, which serves none.
             await self.app(scope, receive, send)
             return
-        needed, operation, params = self._operation(scope["method"], scope["path"])
+        method = scope["method"]
+        needed, operation, template, params = self._operation(method, scope["path"])
         token = grant_of(scope)
         if token is not None:
-            admission = self._admit_grant(token, scope, operation, params)
+            address = address_of(scope)
+            try:
+                caller = read_caller(self._grants, token, method, template, params, address)
+                admission = Admission(caller)
+            except ServiceError as error:
+                admission = Admission(Caller(ANONYMOUS, ANONYMOUS, NO_SCOPES, address), error)
         else:
             admission = await self._authenticator.admit(credentials_of(scope), needed, operation)
         scope.setdefault("state", {})[CALLER_KEY] = admission.caller
