@@ -20,6 +20,7 @@ over gRPC. A failure after that raises :class:`~dicomrpc.errors.DicomRpcError`.
 
 from __future__ import annotations
 
+import functools
 import http.client
 import os
 import ssl
@@ -55,8 +56,12 @@ def broken(message: str) -> DicomRpcError:
     return DicomRpcError(grpc.StatusCode.UNAVAILABLE, f"the HTTP retrieve failed: {message}")
 
 
+@functools.lru_cache(maxsize=8)
 def ssl_context(tls: TlsConfig) -> ssl.SSLContext:
-    """An SSL context trusting what the gRPC channel trusts, with its client certificate."""
+    """An SSL context trusting what the gRPC channel trusts, with its client certificate.
+
+    Kept per TLS configuration: a client's pulls share one (and its session cache).
+    """
     context = ssl.create_default_context()
     if tls.root_certificates:
         context.load_verify_locations(cadata=tls.root_certificates.decode("ascii"))
