@@ -341,14 +341,20 @@ def decode_j2k(data: bytes, options: dict[str, object]) -> bytes:
 # --------------------------------------------------------------------------------------------
 
 
-def grpc_config() -> ClientConfig:
-    """One channel (one HTTP/2 connection) per client, as in bench/ingest.py."""
-    return ClientConfig(options=(("grpc.use_local_subchannel_pool", 1),))
+def grpc_config(http_retrieve: bool = False) -> ClientConfig:
+    """One channel (one HTTP/2 connection) per client, as in bench/ingest.py.
+
+    Studies stream over gRPC unless ``http_retrieve``: then the SDK reads them from the
+    gateway with a retrieve grant (README, "Retrieve").
+    """
+    return ClientConfig(
+        options=(("grpc.use_local_subchannel_pool", 1),), http_retrieve=http_retrieve
+    )
 
 
-def connect_grpc(target: str) -> Client:
+def connect_grpc(target: str, http_retrieve: bool = False) -> Client:
     """A connected ``Client`` on its own channel."""
-    client = Client(target, grpc_config())
+    client = Client(target, grpc_config(http_retrieve))
     grpc.channel_ready_future(client.channel).result(timeout=30)
     return client
 

@@ -451,11 +451,16 @@ def _print_retrieve(round_: int, key: str, fig: RetrieveFigures) -> None:
 
 
 def retrieve(
-    rounds: int, repeats: int, orthanc: bool, cluster: PostgresCluster | None
+    rounds: int,
+    repeats: int,
+    orthanc: bool,
+    cluster: PostgresCluster | None,
+    only: list[str] | None = None,
 ) -> dict[str, RetrieveFigures]:
     """Study retrieve figures of each configuration and path (each store loaded once)."""
     study = big_study()
     setups = [s for s in SETUPS if cluster is not None or s.store == "lmdb"]
+    setups = [s for s in setups if not only or s.name in only]
     figures: dict[str, RetrieveFigures] = {}
     with contextlib.ExitStack() as stack:
         stores: dict[str, Store] = {}
@@ -482,6 +487,13 @@ def retrieve(
                             "SDK (gRPC)",
                             lambda pick, r=running, n=n: connect_grpc(  # type: ignore[misc]
                                 r.targets[pick() % n]
+                            ),
+                            lambda c, uid: grpc_study_bytes(c, uid),  # type: ignore[arg-type]
+                        ),
+                        (
+                            "SDK (HTTP pull)",
+                            lambda pick, r=running, n=n: connect_grpc(  # type: ignore[misc]
+                                r.targets[pick() % n], http_retrieve=True
                             ),
                             lambda c, uid: grpc_study_bytes(c, uid),  # type: ignore[arg-type]
                         ),
@@ -728,6 +740,26 @@ def report(
     return "\n".join(lines) + "\n"
 
 
+def retrieve_lines(retrieved: dict[str, RetrieveFigures], elapsed: float) -> str:
+    """The study retrieve figures alone (``--retrieve-only``), with every round."""
+    theirs = retrieved.get("Orthanc, WADO-RS")
+    lines = [
+        f"study retrieve, {elapsed / 60:.0f} min; MB/s, medians of the rounds (rounds)",
+        "| configuration, path | 1 client MB/s | ratio | 4 clients MB/s | ratio | CPU per MiB |",
+        "|---|--:|--:|--:|--:|--:|",
+    ]
+    for key, fig in retrieved.items():
+        cells = [key]
+        for clients in (1, 4):
+            rounds = ", ".join(f"{r:.0f}" for r in fig.rates[clients].rates)
+            cells.append(f"{fig.median(clients):.0f} ({rounds})")
+            cells.append(_ratio(fig.median(clients), theirs.median(clients)) if theirs else "—")
+        cpu = statistics.median(fig.cpu_per_mib_ms) if fig.cpu_per_mib_ms else 0.0
+        cells.append(f"{cpu:.2f} ms")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def search_lines(s: SearchFigures, args: argparse.Namespace) -> list[str]:
     sides = list(s.timings)
     build = f"built in {s.build_s:.0f} s ({s.size / s.build_s:.0f} instances/s" + (
@@ -770,6 +802,14 @@ def main() -> int:
     parser.add_argument("--search-size", type=int, help="instances (10^6; quick 10^4)")
     parser.add_argument("--count", type=int, help="ingest instances (1000; quick 200)")
     parser.add_argument("--rounds", type=int, help="ingest and retrieve rounds (3; quick 1)")
+    parser.add_argument(
+        "--retrieve-only", action="store_true", help="only the study retrieve, printed"
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        help="only this configuration (repeatable), e.g. 'LMDB, 1 process'",
+    )
     args = parser.parse_args()
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.repeats = 1 if args.quick else 2
@@ -791,9 +831,12 @@ def main() -> int:
     ingested: dict[str, RunResult] = {}
     retrieved: dict[str, RetrieveFigures] = {}
     try:
-        if postgres_bin() is not None:
+        needs_postgres = not args.only or any(not n.startswith("LMDB") for n in args.only)
+        if postgres_bin() is not None and needs_postgres:
             cluster = start_cluster(settings=PG_SETTINGS)
-        if not args.search_only:
+        if args.retrieve_only:
+            retrieved = retrieve(args.rounds, args.repeats, orthanc, cluster, args.only)
+        elif not args.search_only:
             ingested = ingest(args.rounds, args.count, orthanc, cluster)
             retrieved = retrieve(args.rounds, args.repeats, orthanc, cluster)
     except ServerError as error:
@@ -802,6 +845,9 @@ def main() -> int:
     finally:
         if cluster is not None:
             cluster.stop()
+    if args.retrieve_only:
+        print(retrieve_lines(retrieved, time.perf_counter() - started))
+        return 0
     if postgres_bin() is not None and not args.no_search:
         searched = search(args.search_size, args)
     elapsed = time.perf_counter() - started

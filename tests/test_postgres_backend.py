@@ -16,6 +16,7 @@ import pytest
 from dicomrpc_server.errors import Code, ServiceError, StartupError
 from dicomrpc_server.storage.postgres import PostgresBackend
 from dicomrpc_server.storage.postgres.migrations import MIGRATIONS, Migration, migrate
+from dicomrpc_server.storage.postgres.signing_keys import shared_key
 from tests import postgres
 
 STEPS = (
@@ -69,6 +70,18 @@ def test_nodes_starting_together_migrate_once(postgres_dsn: str) -> None:
         assert len(backends) == 3
         everything = [m.version for m in MIGRATIONS]
         assert sorted(b.applied for b in backends) == [[], [], everything]
+    finally:
+        for backend in backends:
+            backend.close()
+
+
+def test_nodes_share_one_signing_key(postgres_dsn: str) -> None:
+    """Retrieve grants of one node verify on every other: the first node's key is everyone's."""
+    backends = [PostgresBackend(postgres_dsn, pool_size=1) for _ in range(2)]
+    try:
+        keys = {shared_key(backend, "retrieve-grant") for backend in backends for _ in range(2)}
+        assert len(keys) == 1 and len(next(iter(keys))) == 32
+        assert shared_key(backends[0], "another") not in keys
     finally:
         for backend in backends:
             backend.close()

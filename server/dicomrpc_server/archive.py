@@ -13,6 +13,7 @@ import uuid
 from dataclasses import dataclass
 
 from dicomrpc_server.access.authenticator import Authenticator
+from dicomrpc_server.access.grants import RetrieveGrants, folder_key
 from dicomrpc_server.access.setup import check as check_access
 from dicomrpc_server.audit.auditor import Auditor
 from dicomrpc_server.audit.records import Patient
@@ -31,6 +32,7 @@ from dicomrpc_server.storage.key_locks import KeyLocks, NamedLocks
 from dicomrpc_server.storage.lmdb_index import LmdbIndex
 from dicomrpc_server.storage.postgres.index import PostgresIndex
 from dicomrpc_server.storage.postgres.locks import AdvisoryLocks
+from dicomrpc_server.storage.postgres.signing_keys import shared_key
 from dicomrpc_server.storage.protocols import BlobStore
 from dicomrpc_server.storage.recovery import (
     INDEX_DIR,
@@ -181,6 +183,7 @@ class Archive:
         self.workitems = WorkitemCore(
             workitem_records, settings.subscriber_queue, settings.max_sequence_depth
         )
+        self.grants = RetrieveGrants(self._grant_key(), settings.public_url)
         self.retrieve = RetrieveCore(
             self.index,
             self.blobs,
@@ -189,6 +192,12 @@ class Archive:
             settings.max_frames_per_request,
             settings.max_frame_pixels,
         )
+
+    def _grant_key(self) -> bytes:
+        """The key of the retrieve grants: in the database shared by every node, or the folder."""
+        if isinstance(self.index, PostgresIndex):
+            return shared_key(self.index.backend, "retrieve-grant")
+        return folder_key(self.settings.data_dir)
 
     def _open_alone(self) -> None:
         """Open storage as the folder's only process: check it, and recover from a crash."""

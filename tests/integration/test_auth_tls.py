@@ -20,7 +20,7 @@ import requests
 from dicomweb_client.api import DICOMwebClient
 from pydicom.uid import generate_uid
 
-from dicomrpc import AsyncClient, Client, DicomRpcError, TlsConfig
+from dicomrpc import AsyncClient, Client, DicomRpcError, TlsConfig, http_pull
 from dicomrpc_server.access.api_keys import create
 from tests.authgen import Pki, access_record, make_pki
 from tests.conftest import RunningServer, spawn_server, start_server
@@ -241,3 +241,37 @@ def test_an_idle_tls_client_does_not_hold_the_servers_stop(pki: Pki, tmp_path: P
         idle.verify = str(pki.ca_pem)
         assert idle.get(running.dicomweb_url + "/studies").status_code == 204
         running.stop()  # raises TimeoutError after 30 s if the idle connection holds it
+
+
+@pytest.mark.parametrize("mutual", [False, True])
+def test_a_study_read_over_https_with_the_clients_tls(
+    tls_server: RunningServer,
+    mtls_server: RunningServer,
+    pki: Pki,
+    mutual: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The SDK's HTTP pull trusts the CA (and shows the certificate) it has for gRPC."""
+    server = mtls_server if mutual else tls_server
+    config = TlsConfig.from_files(
+        ca=pki.ca_pem,
+        cert=pki.client_cert if mutual else None,
+        key=pki.client_key if mutual else None,
+    )
+    opened: list[str] = []
+    original = http_pull.open_body
+
+    def spy(url: str, tls: TlsConfig | None) -> http_pull.Body:
+        body = original(url, tls)
+        opened.append(url)
+        return body
+
+    monkeypatch.setattr(http_pull, "open_body", spy)
+    study = str(generate_uid())
+    with Client(server.target, tls=config) as client:
+        client.store([ct_instance(study, number=n) for n in (1, 2)])
+        pulled = list(client.iter_instances(study))
+    with Client(server.target, tls=config, http_retrieve=False) as client:
+        streamed = list(client.iter_instances(study))
+    assert len(opened) == 1 and opened[0].startswith("https://127.0.0.1:")
+    assert pulled == streamed and len(pulled) == 2

@@ -8,6 +8,7 @@ import logging
 import uuid
 from collections.abc import Iterator
 
+import grpc
 import httpx
 import pydicom
 import pytest
@@ -118,9 +119,15 @@ def test_a_file_cut_short_cuts_the_response(server: RunningServer, http: httpx.C
     received = _read_cut(http, f"/studies/{study}", f"{MULTIPART_DICOM}; transfer-syntax=*")
     assert instances[1] in received
     # gRPC says so as well, rather than ending the instance early.
-    with Client(server.target) as client, pytest.raises(DicomRpcError) as caught:
+    grpc_only = Client(server.target, http_retrieve=False)
+    with grpc_only as client, pytest.raises(DicomRpcError) as caught:
         list(client.iter_instances(study))
     assert "ends after 1000 of the" in str(caught.value)
+    # Read over a retrieve grant, the SDK sees the response cut.
+    with Client(server.target) as client, pytest.raises(DicomRpcError) as caught:
+        list(client.iter_instances(study))
+    assert caught.value.code == grpc.StatusCode.UNAVAILABLE
+    assert "the server cut the response" in str(caught.value)
 
 
 def test_a_first_part_that_fails_is_answered_with_its_status(http: httpx.Client) -> None:

@@ -23,51 +23,56 @@ _sym_db = _symbol_database.Default()
 
 
 from dicomrpc.v1 import dataset_pb2 as dicomrpc_dot_v1_dot_dataset__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"dicomrpc/v1/retrieve_service.proto\x12\x0b\x64icomrpc.v1\x1a\x19\x64icomrpc/v1/dataset.proto\"W\n\x0fTransferOptions\x12\x1b\n\x13transfer_syntax_uid\x18\x01 \x01(\t\x12\x13\n\x0b\x61llow_lossy\x18\x02 \x01(\x08\x12\x12\n\nchunk_size\x18\x03 \x01(\x05\"a\n\x14RetrieveStudyRequest\x12\x1a\n\x12study_instance_uid\x18\x01 \x01(\t\x12-\n\x07options\x18\x02 \x01(\x0b\x32\x1c.dicomrpc.v1.TransferOptions\"\x7f\n\x15RetrieveSeriesRequest\x12\x1a\n\x12study_instance_uid\x18\x01 \x01(\t\x12\x1b\n\x13series_instance_uid\x18\x02 \x01(\t\x12-\n\x07options\x18\x03 \x01(\x0b\x32\x1c.dicomrpc.v1.TransferOptions\"\x9b\x01\n\x17RetrieveInstanceRequest\x12\x1a\n\x12study_instance_uid\x18\x01 \x01(\t\x12\x1b\n\x13series_instance_uid\x18\x02 \x01(\t\x12\x18\n\x10sop_instance_uid\x18\x03 \x01(\t\x12-\n\x07options\x18\x04 \x01(\x0b\x32\x1c.dicomrpc.v1.TransferOptions\"g\n\x19RetrieveInstancesResponse\x12/\n\x08instance\x18\x01 \x01(\x0b\x32\x1b.dicomrpc.v1.InstanceHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"\xbc\x01\n\x0eInstanceHeader\x12\x1a\n\x12study_instance_uid\x18\x01 \x01(\t\x12\x1b\n\x13series_instance_uid\x18\x02 \x01(\t\x12\x18\n\x10sop_instance_uid\x18\x03 \x01(\t\x12\x15\n\rsop_class_uid\x18\x04 \x01(\t\x12\x1b\n\x13transfer_syntax_uid\x18\x05 \x01(\t\x12\x12\n\nsize_bytes\x18\x06 \x01(\x03\x12\x0f\n\x07version\x18\x07 \x01(\x03\"\xdf\x01\n\x15RetrieveFramesRequest\x12\x1a\n\x12study_instance_uid\x18\x01 \x01(\t\x12\x1b\n\x13series_instance_uid\x18\x02 \x01(\t\x12\x18\n\x10sop_instance_uid\x18\x03 \x01(\t\x12\x15\n\rframe_numbers\x18\x04 \x03(\x05\x12-\n\x0c\x66rame_ranges\x18\x05 \x03(\x0b\x32\x17.dicomrpc.v1.FrameRange\x12-\n\x07options\x18\x06 \x01(\x0b\x32\x1c.dicomrpc.v1.TransferOptions\")\n\nFrameRange\x12\r\n\x05\x66irst\x18\x01 \x01(\x05\x12\x0c\n\x04last\x18\x02 \x01(\x05\"^\n\x16RetrieveFramesResponse\x12)\n\x05\x66rame\x18\x01 \x01(\x0b\x32\x18.dicomrpc.v1.FrameHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"\xe8\x01\n\x0b\x46rameHeader\x12\x14\n\x0c\x66rame_number\x18\x01 \x01(\x05\x12\x1b\n\x13transfer_syntax_uid\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x12\x0c\n\x04rows\x18\x04 \x01(\x05\x12\x0f\n\x07\x63olumns\x18\x05 \x01(\x05\x12\x19\n\x11samples_per_pixel\x18\x06 \x01(\x05\x12\x16\n\x0e\x62its_allocated\x18\x07 \x01(\x05\x12\x1c\n\x14pixel_representation\x18\x08 \x01(\x05\x12\"\n\x1aphotometric_interpretation\x18\t \x01(\t\"\xf7\x01\n\x17RetrieveRenderedRequest\x12\x1a\n\x12study_instance_uid\x18\x01 \x01(\t\x12\x1b\n\x13series_instance_uid\x18\x02 \x01(\t\x12\x18\n\x10sop_instance_uid\x18\x03 \x01(\t\x12\x14\n\x0c\x66rame_number\x18\x04 \x01(\x05\x12+\n\x06\x66ormat\x18\x05 \x01(\x0e\x32\x1b.dicomrpc.v1.RenderedFormat\x12\x0f\n\x07quality\x18\x06 \x01(\x05\x12#\n\x06window\x18\x07 \x01(\x0b\x32\x13.dicomrpc.v1.Window\x12\x10\n\x08max_size\x18\x08 \x01(\x05\"\'\n\x06Window\x12\x0e\n\x06\x63\x65nter\x18\x01 \x01(\x01\x12\r\n\x05width\x18\x02 \x01(\x01\"<\n\x18RetrieveRenderedResponse\x12\x12\n\nmedia_type\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"Q\n\x1cRetrieveStudyMetadataRequest\x12\x1a\n\x12study_instance_uid\x18\x01 \x01(\t\x12\x15\n\rif_none_match\x18\x02 \x01(\t\"o\n\x1dRetrieveSeriesMetadataRequest\x12\x1a\n\x12study_instance_uid\x18\x01 \x01(\t\x12\x1b\n\x13series_instance_uid\x18\x02 \x01(\t\x12\x15\n\rif_none_match\x18\x03 \x01(\t\"\x8b\x01\n\x1fRetrieveInstanceMetadataRequest\x12\x1a\n\x12study_instance_uid\x18\x01 \x01(\t\x12\x1b\n\x13series_instance_uid\x18\x02 \x01(\t\x12\x18\n\x10sop_instance_uid\x18\x03 \x01(\t\x12\x15\n\rif_none_match\x18\x04 \x01(\t\"f\n\x18RetrieveMetadataResponse\x12\x0c\n\x04\x65tag\x18\x01 \x01(\t\x12\x14\n\x0cnot_modified\x18\x02 \x01(\x08\x12&\n\x08\x64\x61tasets\x18\x03 \x03(\x0b\x32\x14.dicomrpc.v1.Dataset*d\n\x0eRenderedFormat\x12\x1f\n\x1bRENDERED_FORMAT_UNSPECIFIED\x10\x00\x12\x18\n\x14RENDERED_FORMAT_JPEG\x10\x01\x12\x17\n\x13RENDERED_FORMAT_PNG\x10\x02\x32\xc2\x06\n\x0fRetrieveService\x12\\\n\rRetrieveStudy\x12!.dicomrpc.v1.RetrieveStudyRequest\x1a&.dicomrpc.v1.RetrieveInstancesResponse0\x01\x12^\n\x0eRetrieveSeries\x12\".dicomrpc.v1.RetrieveSeriesRequest\x1a&.dicomrpc.v1.RetrieveInstancesResponse0\x01\x12\x62\n\x10RetrieveInstance\x12$.dicomrpc.v1.RetrieveInstanceRequest\x1a&.dicomrpc.v1.RetrieveInstancesResponse0\x01\x12[\n\x0eRetrieveFrames\x12\".dicomrpc.v1.RetrieveFramesRequest\x1a#.dicomrpc.v1.RetrieveFramesResponse0\x01\x12\x61\n\x10RetrieveRendered\x12$.dicomrpc.v1.RetrieveRenderedRequest\x1a%.dicomrpc.v1.RetrieveRenderedResponse0\x01\x12k\n\x15RetrieveStudyMetadata\x12).dicomrpc.v1.RetrieveStudyMetadataRequest\x1a%.dicomrpc.v1.RetrieveMetadataResponse0\x01\x12m\n\x16RetrieveSeriesMetadata\x12*.dicomrpc.v1.RetrieveSeriesMetadataRequest\x1a%.dicomrpc.v1.RetrieveMetadataResponse0\x01\x12q\n\x18RetrieveInstanceMetadata\x12,.dicomrpc.v1.RetrieveInstanceMetadataRequest\x1a%.dicomrpc.v1.RetrieveMetadataResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"dicomrpc/v1/retrieve_service.proto\x12\x0b\x64icomrpc.v1\x1a\x19\x64icomrpc/v1/dataset.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"W\n\x0fTransferOptions\x12\x1b\n\x13transfer_syntax_uid\x18\x01 \x01(\t\x12\x13\n\x0b\x61llow_lossy\x18\x02 \x01(\x08\x12\x12\n\nchunk_size\x18\x03 \x01(\x05\"a\n\x14RetrieveStudyRequest\x12\x1a\n\x12study_instance_uid\x18\x01 \x01(\t\x12-\n\x07options\x18\x02 \x01(\x0b\x32\x1c.dicomrpc.v1.TransferOptions\"\x7f\n\x15RetrieveSeriesRequest\x12\x1a\n\x12study_instance_uid\x18\x01 \x01(\t\x12\x1b\n\x13series_instance_uid\x18\x02 \x01(\t\x12-\n\x07options\x18\x03 \x01(\x0b\x32\x1c.dicomrpc.v1.TransferOptions\"\x9b\x01\n\x17RetrieveInstanceRequest\x12\x1a\n\x12study_instance_uid\x18\x01 \x01(\t\x12\x1b\n\x13series_instance_uid\x18\x02 \x01(\t\x12\x18\n\x10sop_instance_uid\x18\x03 \x01(\t\x12-\n\x07options\x18\x04 \x01(\x0b\x32\x1c.dicomrpc.v1.TransferOptions\"^\n\x15GetRetrieveUrlRequest\x12\x1a\n\x12study_instance_uid\x18\x01 \x01(\t\x12\x1b\n\x13series_instance_uid\x18\x02 \x01(\t\x12\x0c\n\x04host\x18\x03 \x01(\t\"V\n\x16GetRetrieveUrlResponse\x12\x0b\n\x03url\x18\x01 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"g\n\x19RetrieveInstancesResponse\x12/\n\x08instance\x18\x01 \x01(\x0b\x32\x1b.dicomrpc.v1.InstanceHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"\xbc\x01\n\x0eInstanceHeader\x12\x1a\n\x12study_instance_uid\x18\x01 \x01(\t\x12\x1b\n\x13series_instance_uid\x18\x02 \x01(\t\x12\x18\n\x10sop_instance_uid\x18\x03 \x01(\t\x12\x15\n\rsop_class_uid\x18\x04 \x01(\t\x12\x1b\n\x13transfer_syntax_uid\x18\x05 \x01(\t\x12\x12\n\nsize_bytes\x18\x06 \x01(\x03\x12\x0f\n\x07version\x18\x07 \x01(\x03\"\xdf\x01\n\x15RetrieveFramesRequest\x12\x1a\n\x12study_instance_uid\x18\x01 \x01(\t\x12\x1b\n\x13series_instance_uid\x18\x02 \x01(\t\x12\x18\n\x10sop_instance_uid\x18\x03 \x01(\t\x12\x15\n\rframe_numbers\x18\x04 \x03(\x05\x12-\n\x0c\x66rame_ranges\x18\x05 \x03(\x0b\x32\x17.dicomrpc.v1.FrameRange\x12-\n\x07options\x18\x06 \x01(\x0b\x32\x1c.dicomrpc.v1.TransferOptions\")\n\nFrameRange\x12\r\n\x05\x66irst\x18\x01 \x01(\x05\x12\x0c\n\x04last\x18\x02 \x01(\x05\"^\n\x16RetrieveFramesResponse\x12)\n\x05\x66rame\x18\x01 \x01(\x0b\x32\x18.dicomrpc.v1.FrameHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"\xe8\x01\n\x0b\x46rameHeader\x12\x14\n\x0c\x66rame_number\x18\x01 \x01(\x05\x12\x1b\n\x13transfer_syntax_uid\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x12\x0c\n\x04rows\x18\x04 \x01(\x05\x12\x0f\n\x07\x63olumns\x18\x05 \x01(\x05\x12\x19\n\x11samples_per_pixel\x18\x06 \x01(\x05\x12\x16\n\x0e\x62its_allocated\x18\x07 \x01(\x05\x12\x1c\n\x14pixel_representation\x18\x08 \x01(\x05\x12\"\n\x1aphotometric_interpretation\x18\t \x01(\t\"\xf7\x01\n\x17RetrieveRenderedRequest\x12\x1a\n\x12study_instance_uid\x18\x01 \x01(\t\x12\x1b\n\x13series_instance_uid\x18\x02 \x01(\t\x12\x18\n\x10sop_instance_uid\x18\x03 \x01(\t\x12\x14\n\x0c\x66rame_number\x18\x04 \x01(\x05\x12+\n\x06\x66ormat\x18\x05 \x01(\x0e\x32\x1b.dicomrpc.v1.RenderedFormat\x12\x0f\n\x07quality\x18\x06 \x01(\x05\x12#\n\x06window\x18\x07 \x01(\x0b\x32\x13.dicomrpc.v1.Window\x12\x10\n\x08max_size\x18\x08 \x01(\x05\"\'\n\x06Window\x12\x0e\n\x06\x63\x65nter\x18\x01 \x01(\x01\x12\r\n\x05width\x18\x02 \x01(\x01\"<\n\x18RetrieveRenderedResponse\x12\x12\n\nmedia_type\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"Q\n\x1cRetrieveStudyMetadataRequest\x12\x1a\n\x12study_instance_uid\x18\x01 \x01(\t\x12\x15\n\rif_none_match\x18\x02 \x01(\t\"o\n\x1dRetrieveSeriesMetadataRequest\x12\x1a\n\x12study_instance_uid\x18\x01 \x01(\t\x12\x1b\n\x13series_instance_uid\x18\x02 \x01(\t\x12\x15\n\rif_none_match\x18\x03 \x01(\t\"\x8b\x01\n\x1fRetrieveInstanceMetadataRequest\x12\x1a\n\x12study_instance_uid\x18\x01 \x01(\t\x12\x1b\n\x13series_instance_uid\x18\x02 \x01(\t\x12\x18\n\x10sop_instance_uid\x18\x03 \x01(\t\x12\x15\n\rif_none_match\x18\x04 \x01(\t\"f\n\x18RetrieveMetadataResponse\x12\x0c\n\x04\x65tag\x18\x01 \x01(\t\x12\x14\n\x0cnot_modified\x18\x02 \x01(\x08\x12&\n\x08\x64\x61tasets\x18\x03 \x03(\x0b\x32\x14.dicomrpc.v1.Dataset*d\n\x0eRenderedFormat\x12\x1f\n\x1bRENDERED_FORMAT_UNSPECIFIED\x10\x00\x12\x18\n\x14RENDERED_FORMAT_JPEG\x10\x01\x12\x17\n\x13RENDERED_FORMAT_PNG\x10\x02\x32\x9d\x07\n\x0fRetrieveService\x12\\\n\rRetrieveStudy\x12!.dicomrpc.v1.RetrieveStudyRequest\x1a&.dicomrpc.v1.RetrieveInstancesResponse0\x01\x12^\n\x0eRetrieveSeries\x12\".dicomrpc.v1.RetrieveSeriesRequest\x1a&.dicomrpc.v1.RetrieveInstancesResponse0\x01\x12\x62\n\x10RetrieveInstance\x12$.dicomrpc.v1.RetrieveInstanceRequest\x1a&.dicomrpc.v1.RetrieveInstancesResponse0\x01\x12[\n\x0eRetrieveFrames\x12\".dicomrpc.v1.RetrieveFramesRequest\x1a#.dicomrpc.v1.RetrieveFramesResponse0\x01\x12\x61\n\x10RetrieveRendered\x12$.dicomrpc.v1.RetrieveRenderedRequest\x1a%.dicomrpc.v1.RetrieveRenderedResponse0\x01\x12k\n\x15RetrieveStudyMetadata\x12).dicomrpc.v1.RetrieveStudyMetadataRequest\x1a%.dicomrpc.v1.RetrieveMetadataResponse0\x01\x12m\n\x16RetrieveSeriesMetadata\x12*.dicomrpc.v1.RetrieveSeriesMetadataRequest\x1a%.dicomrpc.v1.RetrieveMetadataResponse0\x01\x12q\n\x18RetrieveInstanceMetadata\x12,.dicomrpc.v1.RetrieveInstanceMetadataRequest\x1a%.dicomrpc.v1.RetrieveMetadataResponse0\x01\x12Y\n\x0eGetRetrieveUrl\x12\".dicomrpc.v1.GetRetrieveUrlRequest\x1a#.dicomrpc.v1.GetRetrieveUrlResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'dicomrpc.v1.retrieve_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RENDEREDFORMAT']._serialized_start=2244
-  _globals['_RENDEREDFORMAT']._serialized_end=2344
-  _globals['_TRANSFEROPTIONS']._serialized_start=78
-  _globals['_TRANSFEROPTIONS']._serialized_end=165
-  _globals['_RETRIEVESTUDYREQUEST']._serialized_start=167
-  _globals['_RETRIEVESTUDYREQUEST']._serialized_end=264
-  _globals['_RETRIEVESERIESREQUEST']._serialized_start=266
-  _globals['_RETRIEVESERIESREQUEST']._serialized_end=393
-  _globals['_RETRIEVEINSTANCEREQUEST']._serialized_start=396
-  _globals['_RETRIEVEINSTANCEREQUEST']._serialized_end=551
-  _globals['_RETRIEVEINSTANCESRESPONSE']._serialized_start=553
-  _globals['_RETRIEVEINSTANCESRESPONSE']._serialized_end=656
-  _globals['_INSTANCEHEADER']._serialized_start=659
-  _globals['_INSTANCEHEADER']._serialized_end=847
-  _globals['_RETRIEVEFRAMESREQUEST']._serialized_start=850
-  _globals['_RETRIEVEFRAMESREQUEST']._serialized_end=1073
-  _globals['_FRAMERANGE']._serialized_start=1075
-  _globals['_FRAMERANGE']._serialized_end=1116
-  _globals['_RETRIEVEFRAMESRESPONSE']._serialized_start=1118
-  _globals['_RETRIEVEFRAMESRESPONSE']._serialized_end=1212
-  _globals['_FRAMEHEADER']._serialized_start=1215
-  _globals['_FRAMEHEADER']._serialized_end=1447
-  _globals['_RETRIEVERENDEREDREQUEST']._serialized_start=1450
-  _globals['_RETRIEVERENDEREDREQUEST']._serialized_end=1697
-  _globals['_WINDOW']._serialized_start=1699
-  _globals['_WINDOW']._serialized_end=1738
-  _globals['_RETRIEVERENDEREDRESPONSE']._serialized_start=1740
-  _globals['_RETRIEVERENDEREDRESPONSE']._serialized_end=1800
-  _globals['_RETRIEVESTUDYMETADATAREQUEST']._serialized_start=1802
-  _globals['_RETRIEVESTUDYMETADATAREQUEST']._serialized_end=1883
-  _globals['_RETRIEVESERIESMETADATAREQUEST']._serialized_start=1885
-  _globals['_RETRIEVESERIESMETADATAREQUEST']._serialized_end=1996
-  _globals['_RETRIEVEINSTANCEMETADATAREQUEST']._serialized_start=1999
-  _globals['_RETRIEVEINSTANCEMETADATAREQUEST']._serialized_end=2138
-  _globals['_RETRIEVEMETADATARESPONSE']._serialized_start=2140
-  _globals['_RETRIEVEMETADATARESPONSE']._serialized_end=2242
-  _globals['_RETRIEVESERVICE']._serialized_start=2347
-  _globals['_RETRIEVESERVICE']._serialized_end=3181
+  _globals['_RENDEREDFORMAT']._serialized_start=2461
+  _globals['_RENDEREDFORMAT']._serialized_end=2561
+  _globals['_TRANSFEROPTIONS']._serialized_start=111
+  _globals['_TRANSFEROPTIONS']._serialized_end=198
+  _globals['_RETRIEVESTUDYREQUEST']._serialized_start=200
+  _globals['_RETRIEVESTUDYREQUEST']._serialized_end=297
+  _globals['_RETRIEVESERIESREQUEST']._serialized_start=299
+  _globals['_RETRIEVESERIESREQUEST']._serialized_end=426
+  _globals['_RETRIEVEINSTANCEREQUEST']._serialized_start=429
+  _globals['_RETRIEVEINSTANCEREQUEST']._serialized_end=584
+  _globals['_GETRETRIEVEURLREQUEST']._serialized_start=586
+  _globals['_GETRETRIEVEURLREQUEST']._serialized_end=680
+  _globals['_GETRETRIEVEURLRESPONSE']._serialized_start=682
+  _globals['_GETRETRIEVEURLRESPONSE']._serialized_end=768
+  _globals['_RETRIEVEINSTANCESRESPONSE']._serialized_start=770
+  _globals['_RETRIEVEINSTANCESRESPONSE']._serialized_end=873
+  _globals['_INSTANCEHEADER']._serialized_start=876
+  _globals['_INSTANCEHEADER']._serialized_end=1064
+  _globals['_RETRIEVEFRAMESREQUEST']._serialized_start=1067
+  _globals['_RETRIEVEFRAMESREQUEST']._serialized_end=1290
+  _globals['_FRAMERANGE']._serialized_start=1292
+  _globals['_FRAMERANGE']._serialized_end=1333
+  _globals['_RETRIEVEFRAMESRESPONSE']._serialized_start=1335
+  _globals['_RETRIEVEFRAMESRESPONSE']._serialized_end=1429
+  _globals['_FRAMEHEADER']._serialized_start=1432
+  _globals['_FRAMEHEADER']._serialized_end=1664
+  _globals['_RETRIEVERENDEREDREQUEST']._serialized_start=1667
+  _globals['_RETRIEVERENDEREDREQUEST']._serialized_end=1914
+  _globals['_WINDOW']._serialized_start=1916
+  _globals['_WINDOW']._serialized_end=1955
+  _globals['_RETRIEVERENDEREDRESPONSE']._serialized_start=1957
+  _globals['_RETRIEVERENDEREDRESPONSE']._serialized_end=2017
+  _globals['_RETRIEVESTUDYMETADATAREQUEST']._serialized_start=2019
+  _globals['_RETRIEVESTUDYMETADATAREQUEST']._serialized_end=2100
+  _globals['_RETRIEVESERIESMETADATAREQUEST']._serialized_start=2102
+  _globals['_RETRIEVESERIESMETADATAREQUEST']._serialized_end=2213
+  _globals['_RETRIEVEINSTANCEMETADATAREQUEST']._serialized_start=2216
+  _globals['_RETRIEVEINSTANCEMETADATAREQUEST']._serialized_end=2355
+  _globals['_RETRIEVEMETADATARESPONSE']._serialized_start=2357
+  _globals['_RETRIEVEMETADATARESPONSE']._serialized_end=2459
+  _globals['_RETRIEVESERVICE']._serialized_start=2564
+  _globals['_RETRIEVESERVICE']._serialized_end=3489
 # @@protoc_insertion_point(module_scope)

@@ -7,6 +7,7 @@ from collections import abc as _abc
 from dicomrpc.v1 import dataset_pb2 as _dataset_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
@@ -171,6 +172,72 @@ class RetrieveInstanceRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RetrieveInstanceRequest: _TypeAlias = RetrieveInstanceRequest  # noqa: Y015
+
+@_typing.final
+class GetRetrieveUrlRequest(_message.Message):
+    """Request of GetRetrieveUrl."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STUDY_INSTANCE_UID_FIELD_NUMBER: _builtins.int
+    SERIES_INSTANCE_UID_FIELD_NUMBER: _builtins.int
+    HOST_FIELD_NUMBER: _builtins.int
+    study_instance_uid: _builtins.str
+    """The StudyInstanceUID."""
+    series_instance_uid: _builtins.str
+    """The SeriesInstanceUID, to read one series of the study; empty reads the whole study."""
+    host: _builtins.str
+    """The host the client reaches this API by, without port (the host of its target:
+    `pacs.example`, `10.0.0.5`, `[::1]`). Without a public URL (`--public-url`) the server
+    builds the URL on it and the gateway's port; empty builds it on 127.0.0.1.
+    """
+    def __init__(
+        self,
+        *,
+        study_instance_uid: _builtins.str = ...,
+        series_instance_uid: _builtins.str = ...,
+        host: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["host", b"host", "series_instance_uid", b"series_instance_uid", "study_instance_uid", b"study_instance_uid"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRetrieveUrlRequest: _TypeAlias = GetRetrieveUrlRequest  # noqa: Y015
+
+@_typing.final
+class GetRetrieveUrlResponse(_message.Message):
+    """A signed URL of a study's or series' WADO-RS retrieve."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    URL_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    url: _builtins.str
+    """The absolute URL of the retrieve (`{service root}/studies/{study}[/series/{series}]`), its
+    `grant` query parameter the signed token that authorizes it: a GET with the Accept
+    `multipart/related; type="application/dicom"; transfer-syntax=*` returns the stored bytes,
+    each part headed by `Content-Type` (with its transfer syntax), `Content-Length` and
+    `DICOMRPC-Instance`. The token authorizes GET (and HEAD) of exactly this path, nothing else.
+    """
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the token stops being accepted (a read that started before goes on to its end)."""
+
+    def __init__(
+        self,
+        *,
+        url: _builtins.str = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRetrieveUrlResponse: _TypeAlias = GetRetrieveUrlResponse  # noqa: Y015
 
 @_typing.final
 class RetrieveInstancesResponse(_message.Message):

@@ -75,6 +75,11 @@ class RetrieveServiceStub:
                 request_serializer=dicomrpc_dot_v1_dot_retrieve__service__pb2.RetrieveInstanceMetadataRequest.SerializeToString,
                 response_deserializer=dicomrpc_dot_v1_dot_retrieve__service__pb2.RetrieveMetadataResponse.FromString,
                 _registered_method=True)
+        self.GetRetrieveUrl = channel.unary_unary(
+                '/dicomrpc.v1.RetrieveService/GetRetrieveUrl',
+                request_serializer=dicomrpc_dot_v1_dot_retrieve__service__pb2.GetRetrieveUrlRequest.SerializeToString,
+                response_deserializer=dicomrpc_dot_v1_dot_retrieve__service__pb2.GetRetrieveUrlResponse.FromString,
+                _registered_method=True)
 
 
 class RetrieveServiceServicer:
@@ -137,6 +142,16 @@ class RetrieveServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetRetrieveUrl(self, request, context):
+        """Grants a short-lived signed URL that reads a study or series over the HTTP gateway
+        (WADO-RS, PS3.18 10.4), the same instances RetrieveStudy and RetrieveSeries stream. It needs
+        the same scope as they do; the URL reads exactly that study or series and nothing else.
+        FAILED_PRECONDITION when the server has no HTTP port: stream with RetrieveStudy instead.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RetrieveServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -179,6 +194,11 @@ def add_RetrieveServiceServicer_to_server(servicer, server):
                     servicer.RetrieveInstanceMetadata,
                     request_deserializer=dicomrpc_dot_v1_dot_retrieve__service__pb2.RetrieveInstanceMetadataRequest.FromString,
                     response_serializer=dicomrpc_dot_v1_dot_retrieve__service__pb2.RetrieveMetadataResponse.SerializeToString,
+            ),
+            'GetRetrieveUrl': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRetrieveUrl,
+                    request_deserializer=dicomrpc_dot_v1_dot_retrieve__service__pb2.GetRetrieveUrlRequest.FromString,
+                    response_serializer=dicomrpc_dot_v1_dot_retrieve__service__pb2.GetRetrieveUrlResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -398,6 +418,33 @@ class RetrieveService:
             '/dicomrpc.v1.RetrieveService/RetrieveInstanceMetadata',
             dicomrpc_dot_v1_dot_retrieve__service__pb2.RetrieveInstanceMetadataRequest.SerializeToString,
             dicomrpc_dot_v1_dot_retrieve__service__pb2.RetrieveMetadataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRetrieveUrl(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dicomrpc.v1.RetrieveService/GetRetrieveUrl',
+            dicomrpc_dot_v1_dot_retrieve__service__pb2.GetRetrieveUrlRequest.SerializeToString,
+            dicomrpc_dot_v1_dot_retrieve__service__pb2.GetRetrieveUrlResponse.FromString,
             options,
             channel_credentials,
             insecure,

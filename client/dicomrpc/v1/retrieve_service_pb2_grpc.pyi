@@ -49,6 +49,12 @@ class RetrieveServiceStub:
     """Streams the metadata of every instance of a series."""
     RetrieveInstanceMetadata: _grpc.UnaryStreamMultiCallable[_retrieve_service_pb2.RetrieveInstanceMetadataRequest, _retrieve_service_pb2.RetrieveMetadataResponse]
     """Streams the metadata of one instance."""
+    GetRetrieveUrl: _grpc.UnaryUnaryMultiCallable[_retrieve_service_pb2.GetRetrieveUrlRequest, _retrieve_service_pb2.GetRetrieveUrlResponse]
+    """Grants a short-lived signed URL that reads a study or series over the HTTP gateway
+    (WADO-RS, PS3.18 10.4), the same instances RetrieveStudy and RetrieveSeries stream. It needs
+    the same scope as they do; the URL reads exactly that study or series and nothing else.
+    FAILED_PRECONDITION when the server has no HTTP port: stream with RetrieveStudy instead.
+    """
 
 @_typing.type_check_only
 class RetrieveServiceAsyncStub(RetrieveServiceStub):
@@ -71,6 +77,12 @@ class RetrieveServiceAsyncStub(RetrieveServiceStub):
     """Streams the metadata of every instance of a series."""
     RetrieveInstanceMetadata: _aio.UnaryStreamMultiCallable[_retrieve_service_pb2.RetrieveInstanceMetadataRequest, _retrieve_service_pb2.RetrieveMetadataResponse]  # type: ignore[assignment]
     """Streams the metadata of one instance."""
+    GetRetrieveUrl: _aio.UnaryUnaryMultiCallable[_retrieve_service_pb2.GetRetrieveUrlRequest, _retrieve_service_pb2.GetRetrieveUrlResponse]  # type: ignore[assignment]
+    """Grants a short-lived signed URL that reads a study or series over the HTTP gateway
+    (WADO-RS, PS3.18 10.4), the same instances RetrieveStudy and RetrieveSeries stream. It needs
+    the same scope as they do; the URL reads exactly that study or series and nothing else.
+    FAILED_PRECONDITION when the server has no HTTP port: stream with RetrieveStudy instead.
+    """
 
 class RetrieveServiceServicer(metaclass=_abc_1.ABCMeta):
     """Streams stored data back: whole instances, frames, rendered images and metadata (WADO-RS)."""
@@ -138,5 +150,17 @@ class RetrieveServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_retrieve_service_pb2.RetrieveMetadataResponse], _abc.AsyncIterator[_retrieve_service_pb2.RetrieveMetadataResponse]]:
         """Streams the metadata of one instance."""
+
+    @_abc_1.abstractmethod
+    def GetRetrieveUrl(
+        self,
+        request: _retrieve_service_pb2.GetRetrieveUrlRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_retrieve_service_pb2.GetRetrieveUrlResponse, _abc.Awaitable[_retrieve_service_pb2.GetRetrieveUrlResponse]]:
+        """Grants a short-lived signed URL that reads a study or series over the HTTP gateway
+        (WADO-RS, PS3.18 10.4), the same instances RetrieveStudy and RetrieveSeries stream. It needs
+        the same scope as they do; the URL reads exactly that study or series and nothing else.
+        FAILED_PRECONDITION when the server has no HTTP port: stream with RetrieveStudy instead.
+        """
 
 def add_RetrieveServiceServicer_to_server(servicer: RetrieveServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -8,6 +8,7 @@ TOKEN = "token"
 API_KEY = "api-key"
 CERTIFICATE = "certificate"
 ANONYMOUS = "anonymous"
+GRANT = "grant"
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,9 @@ class Caller:
         The token's subject (``sub``), the API key's name, the client certificate's subject
         (RFC 4514), or ``anonymous``.
     kind
-        ``"token"``, ``"api-key"``, ``"certificate"`` or ``"anonymous"``.
+        ``"token"``, ``"api-key"``, ``"certificate"`` or ``"anonymous"``; ``"grant"`` for an
+        HTTP read made with a retrieve grant (see ``access.grants``), whose identity is that
+        of the caller it was granted to.
     scopes
         The scopes granted (see :mod:`dicomrpc_server.access.scopes`).
     address

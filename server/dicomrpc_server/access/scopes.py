@@ -50,6 +50,7 @@ RPC_SCOPES: Mapping[str, str] = {
     _RETRIEVE + "RetrieveStudyMetadata": READ,
     _RETRIEVE + "RetrieveSeriesMetadata": READ,
     _RETRIEVE + "RetrieveInstanceMetadata": READ,
+    _RETRIEVE + "GetRetrieveUrl": READ,
     _SEARCH + "SearchStudies": READ,
     _SEARCH + "SearchSeries": READ,
     _SEARCH + "SearchInstances": READ,

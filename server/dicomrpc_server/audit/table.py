@@ -48,6 +48,9 @@ GRPC: dict[str, Entry] = {
     _RETRIEVE + "RetrieveStudyMetadata": Entry(Action.METADATA),
     _RETRIEVE + "RetrieveSeriesMetadata": Entry(Action.METADATA),
     _RETRIEVE + "RetrieveInstanceMetadata": Entry(Action.METADATA),
+    # A grant is audited as the retrieve it authorizes; the read it then makes over HTTP is
+    # audited again by the gateway, under the same identity.
+    _RETRIEVE + "GetRetrieveUrl": Entry(Action.RETRIEVE),
     _SEARCH + "SearchStudies": Entry(Action.SEARCH, query=True),
     _SEARCH + "SearchSeries": Entry(Action.SEARCH, query=True),
     _SEARCH + "SearchInstances": Entry(Action.SEARCH, query=True),

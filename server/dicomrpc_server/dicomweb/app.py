@@ -90,6 +90,7 @@ def create_app(archive: Archive, inner: Sequence[Middleware] = ()) -> Starlette:
             routes=routes,
             public_outside_prefix=viewer,
             console_routes=console_routes,
+            grants=archive.grants,
         )
     )
     middleware.extend(inner)

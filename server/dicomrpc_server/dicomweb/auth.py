@@ -24,17 +24,20 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
+from urllib.parse import parse_qsl
 
 from starlette.requests import HTTPConnection
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from dicomrpc_server.access.authenticator import Authenticator, Credentials
-from dicomrpc_server.access.caller import Caller
+from dicomrpc_server.access.authenticator import NO_SCOPES, Admission, Authenticator, Credentials
+from dicomrpc_server.access.caller import ANONYMOUS, Caller
+from dicomrpc_server.access.grants import GRANT_PARAMETER, RetrieveGrants, read_caller
 from dicomrpc_server.access.scopes import AUTHENTICATED, OPEN, console_route_scope, route_scope
 from dicomrpc_server.console import API_PREFIX, CONSOLE_PREFIX
 from dicomrpc_server.dicomweb.context import PREFIX
 from dicomrpc_server.dicomweb.errors import error_response
+from dicomrpc_server.errors import ServiceError
 
 CALLER_KEY = "caller"
 
@@ -76,6 +79,20 @@ def _is_console_page(path: str) -> bool:
     return path == CONSOLE_PREFIX or path.startswith(CONSOLE_PREFIX + "/")
 
 
+def grant_of(scope: Scope) -> str | None:
+    """The retrieve grant a request presents (its ``grant`` query parameter), or ``None``.
+
+    A request that repeats the parameter presents an empty grant, which is refused.
+    """
+    query = scope.get("query_string", b"").decode("latin-1")
+    if GRANT_PARAMETER not in query:
+        return None
+    values = [v for k, v in parse_qsl(query, keep_blank_values=True) if k == GRANT_PARAMETER]
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else ""
+
+
 class AccessMiddleware:
     """Admits or refuses every request before it is routed.
 
@@ -91,6 +108,10 @@ class AccessMiddleware:
         Whether paths outside ``/dicomweb`` (the viewer's files) are open to everyone.
     console_routes
         The console API's routes (relative to ``/console/api``).
+    grants
+        The archive's retrieve grants: a request with a ``grant`` query parameter is admitted
+        by it alone, for the GET (or HEAD) of the study or series it names and nothing else,
+        and refused anywhere else, whatever its other credentials.
     """
 
     def __init__(
@@ -100,8 +121,10 @@ class AccessMiddleware:
         routes: Iterable[BaseRoute],
         public_outside_prefix: bool = False,
         console_routes: Iterable[BaseRoute] = (),
+        grants: RetrieveGrants | None = None,
     ) -> None:
         self.app = app
+        self._grants = grants
         self._authenticator = authenticator
         self._public_outside_prefix = public_outside_prefix
         self._routes: list[tuple[re.Pattern[str], frozenset[str], str]] = [
@@ -115,8 +138,8 @@ class AccessMiddleware:
             if isinstance(route, Route)
         ]
 
-    def _operation(self, method: str, path: str) -> tuple[str | None, str]:
-        """The scope a request needs and its name (``GET /studies/{study}``).
+    def _operation(self, method: str, path: str) -> tuple[str | None, str, str, dict[str, str]]:
+        """The scope a request needs, its name (``GET /studies/{study}``), route and parameters.
 
         A path that matches no route (or none with this method) needs only authentication:
         the router answers it 404 or 405, which tells nothing about the archive's content.
@@ -124,16 +147,18 @@ class AccessMiddleware:
         if path.startswith(PREFIX):
             relative = path[len(PREFIX) :]
             for regex, methods, template in self._routes:
-                if method in methods and regex.match(relative):
-                    return route_scope(method, template), f"{method} {PREFIX}{template}"
+                if method in methods and (match := regex.match(relative)):
+                    operation = f"{method} {PREFIX}{template}"
+                    return route_scope(method, template), operation, template, match.groupdict()
         elif path.startswith(API_PREFIX + "/"):
             relative = path[len(API_PREFIX) :]
             for regex, methods, template in self._console_routes:
                 if method in methods and regex.match(relative):
-                    return console_route_scope(method, template), f"{method} {API_PREFIX}{template}"
+                    operation = f"{method} {API_PREFIX}{template}"
+                    return console_route_scope(method, template), operation, "", {}
         elif self._public_outside_prefix or _is_console_page(path):
-            return OPEN, f"{method} {path}"
-        return AUTHENTICATED, f"{method} {path}"
+            return OPEN, f"{method} {path}", "", {}
+        return AUTHENTICATED, f"{method} {path}", "", {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Answer 401 or 403 for a refused request; serve an admitted one with its caller."""
@@ -142,8 +167,18 @@ class AccessMiddleware:
             # one, answers it); other OPTIONS requests reach the router, which serves none.
             await self.app(scope, receive, send)
             return
-        needed, operation = self._operation(scope["method"], scope["path"])
-        admission = await self._authenticator.admit(credentials_of(scope), needed, operation)
+        method = scope["method"]
+        needed, operation, template, params = self._operation(method, scope["path"])
+        token = grant_of(scope)
+        if token is not None:
+            address = address_of(scope)
+            try:
+                caller = read_caller(self._grants, token, method, template, params, address)
+                admission = Admission(caller)
+            except ServiceError as error:
+                admission = Admission(Caller(ANONYMOUS, ANONYMOUS, NO_SCOPES, address), error)
+        else:
+            admission = await self._authenticator.admit(credentials_of(scope), needed, operation)
         scope.setdefault("state", {})[CALLER_KEY] = admission.caller
         if admission.error is not None:
             await error_response(admission.error)(scope, receive, send)

@@ -162,6 +162,7 @@ class HttpServer:
             ) from None
         self.port: int = self._socket.getsockname()[1]
         self.scheme = "https" if archive.tls is not None else "http"
+        self._grants = archive.grants
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         in_use = open_descriptors()
         cap = connection_cap(settings.http_max_connections, soft, in_use)
@@ -221,9 +222,12 @@ class HttpServer:
             handshake_timeout_s=settings.http_header_timeout_s,
         )
         self._acceptor.start()
+        # Retrieve grants name the gateway from now on (see access/grants.py).
+        self._grants.offer(self.scheme, self.port)
 
     async def stop(self) -> None:
         """Stop taking requests; in-flight ones finish within the configured grace."""
+        self._grants.withdraw()
         if self._acceptor is not None:
             self._acceptor.stop()
         self._server.should_exit = True

@@ -45,6 +45,8 @@ from dicomrpc_server.retrieve.scope import StoredInstance
 from dicomrpc_server.retrieve.service import RetrieveCore, read_ahead
 
 ALLOW_LOSSY = True
+INSTANCE_HEADER = "DICOMRPC-Instance"
+"""The part header naming an instance: ``{study}/{series}/{sop}; sop-class=…; version=…``."""
 
 
 def _uids(request: Request) -> tuple[str, str, str]:
@@ -106,9 +108,16 @@ async def _instance_parts(
 ) -> AsyncIterator[bytes]:
     for number, instance in enumerate(found):
         outgoing = await core.outgoing(instance, syntax, ALLOW_LOSSY, core.chunk_bytes)
+        record = instance.record
         headers = {
             "Content-Type": f"{DICOM}; transfer-syntax={outgoing.transfer_syntax_uid}",
             "Content-Length": str(outgoing.size),
+            # What the gRPC API's InstanceHeader says, so that a client reading a retrieve
+            # grant's URL has all of it (RFC 2046 5.1: other clients ignore the field).
+            INSTANCE_HEADER: (
+                f"{instance.study_uid}/{instance.series_uid}/{instance.sop_uid}; "
+                f"sop-class={record.sop_class_uid}; version={record.version}"
+            ),
         }
         yield (b"\r\n" if number else b"") + part_header(boundary, headers)
         async for data in outgoing.chunks:

@@ -7,7 +7,10 @@ from typing import Any
 
 from dicomrpc.v1 import retrieve_service_pb2 as pb
 from dicomrpc.wire import encode_chunk, encode_fields
+from dicomrpc_server.access.grants import RetrieveGrants, checked_host
+from dicomrpc_server.dicom.uids import check_request_uid
 from dicomrpc_server.errors import ServiceError
+from dicomrpc_server.grpc.auth import current_caller
 from dicomrpc_server.grpc.errors import abort
 from dicomrpc_server.retrieve.render import RenderOptions
 from dicomrpc_server.retrieve.scope import StoredInstance
@@ -30,8 +33,9 @@ class RetrieveServicer:
     yield chunks already encoded (``bytes``) besides messages.
     """
 
-    def __init__(self, core: RetrieveCore) -> None:
+    def __init__(self, core: RetrieveCore, grants: RetrieveGrants) -> None:
         self._core = core
+        self._grants = grants
 
     async def _instances(
         self,
@@ -191,6 +195,26 @@ class RetrieveServicer:
             request.series_instance_uid,
             request.sop_instance_uid,
         )
+
+    async def GetRetrieveUrl(
+        self, request: pb.GetRetrieveUrlRequest, context: Any
+    ) -> pb.GetRetrieveUrlResponse:
+        """Grant a signed gateway URL that reads the study or series (see access/grants.py)."""
+        try:
+            check_request_uid("study_instance_uid", request.study_instance_uid)
+            if request.series_instance_uid:
+                check_request_uid("series_instance_uid", request.series_instance_uid)
+            grant = self._grants.issue(
+                current_caller(),
+                request.study_instance_uid,
+                request.series_instance_uid,
+                checked_host(request.host),
+            )
+        except ServiceError as error:
+            await abort(context, error)
+        response = pb.GetRetrieveUrlResponse(url=grant.url)
+        response.expire_time.FromSeconds(grant.expires)
+        return response
 
 
 def _header(instance: StoredInstance, outgoing: Outgoing) -> pb.InstanceHeader:

@@ -84,7 +84,7 @@ class GrpcServer:
         )
         add_chunked_servicer(
             self.server,
-            RetrieveServicer(archive.retrieve),
+            RetrieveServicer(archive.retrieve, archive.grants),
             retrieve_service_pb2.DESCRIPTOR.services_by_name["RetrieveService"],
             retrieve_service_pb2,
         )

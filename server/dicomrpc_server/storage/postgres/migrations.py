@@ -156,6 +156,19 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        4,
+        "the archive's signing keys",
+        # One row per key, by purpose (the retrieve grants' key: see access/grants.py). The
+        # first node to start writes a random key; every node reads the same one, so any node
+        # accepts the grants of any other.
+        """
+        CREATE TABLE signing_keys (
+            name text COLLATE "C" PRIMARY KEY,
+            key bytea NOT NULL
+        );
+        """,
+    ),
 )
 
 
