@@ -283,6 +283,22 @@ def test_qido_204_and_400_name_the_parameter(http: httpx.Client) -> None:
         assert name in response.json()["message"], response.json()
 
 
+def test_qido_takes_the_related_counts_as_include_fields(http: httpx.Client) -> None:
+    """Viewers ask for the counts by name (``includefield=00201206``): they are returned."""
+    study, _, _ = _stored(http)
+    for field in ("00201206", "NumberOfStudyRelatedInstances", "00201208"):
+        response = http.get("/studies", params={"StudyInstanceUID": study, "includefield": field})
+        assert response.status_code == 200, response.text
+        (match,) = response.json()
+        assert match["00201206"]["Value"] == [1]
+        assert match["00201208"]["Value"] == [1]
+    response = http.get(
+        f"/studies/{study}/series", params={"includefield": "NumberOfSeriesRelatedInstances"}
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()[0]["00201209"]["Value"] == [1]
+
+
 def test_delete_is_204_then_404(http: httpx.Client) -> None:
     study, series, sop = _stored(http)
     assert http.delete(_instance_url(study, series, sop)).status_code == 204

@@ -62,6 +62,19 @@ _BY_NAME: dict[str, IndexedAttribute] = {}
 for _attribute in [*ALL_ATTRIBUTES, MODALITIES]:
     _BY_NAME[_attribute.keyword] = _attribute
     _BY_NAME[_attribute.hex_tag] = _attribute
+# Attributes the archive computes and returns at their level whatever is asked (the optional
+# "Number of ... Related ..." return keys of the Query/Retrieve service, PS3.4 Annex C): an
+# include field naming one asks for nothing more.
+_COMPUTED = frozenset(
+    {
+        "00201206",
+        "NumberOfStudyRelatedSeries",
+        "00201208",
+        "NumberOfStudyRelatedInstances",
+        "00201209",
+        "NumberOfSeriesRelatedInstances",
+    }
+)
 _NESTED: dict[str, NestedAttribute] = {}
 for _nested in NESTED_ATTRIBUTES:
     _NESTED[_nested.path] = _nested
@@ -427,7 +440,7 @@ def _returned(
         n.sequence.hex_tag for n in NESTED_ATTRIBUTES for t in terms if t.kind == n.term_kind
     )
     for name in include:
-        if name.lower() == "all":
+        if name.lower() == "all" or name in _COMPUTED:
             continue
         tag = extended.get(name)
         attribute = extended.attribute(tag) if tag else _BY_NAME.get(name)
