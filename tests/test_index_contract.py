@@ -615,3 +615,15 @@ def test_dimse_peers_are_kept_replaced_and_forgotten(index: Index) -> None:
     assert asyncio.run(index.delete_dimse_peer("ws"))
     assert not asyncio.run(index.delete_dimse_peer("ws"))
     assert [p.name for p in index.dimse_peers()] == ["a"]
+
+
+def test_stored_bytes_sums_every_instance_batch_by_batch(index: Index, tmp_path: Path) -> None:
+    """What the console's dashboard shows as bytes stored, read a few records at a time."""
+    study = _study(1)
+    entries = [_entry(tmp_path, study, 1, i) for i in range(5)]
+    for number, entry in enumerate(entries):
+        entry.record.size_bytes = 1000 + number
+    add_all(index, entries)
+    assert index.stored_bytes(batch=2) == sum(1000 + n for n in range(5))
+    _delete(index, study.uid, f"{study.uid}.1", f"{study.uid}.1.0")
+    assert index.stored_bytes(batch=2) == sum(1000 + n for n in range(1, 5))
