@@ -108,16 +108,11 @@ class PostgresWorkitemStore:
     def __init__(self, backend: PostgresBackend) -> None:
         self.backend = backend
         self._matcher = TermMatcher(self.scan_terms)
-        backend.add_probe(self._probe)
+        backend.add_probe("SELECT last FROM workitem_event_counter")
 
     def on_commit(self, listener: Callable[[], None]) -> None:
         """Call ``listener()`` after every commit, this node's or another's (see .notify)."""
         self.backend.on_commit(listener)
-
-    @staticmethod
-    async def _probe(connection: asyncpg.Connection) -> object:
-        value: object = await connection.fetchval("SELECT last FROM workitem_event_counter")
-        return value
 
     # -- reads -------------------------------------------------------------------------------
 

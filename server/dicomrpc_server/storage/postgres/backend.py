@@ -35,7 +35,7 @@ import asyncpg
 
 from dicomrpc_server.errors import Code, ServiceError, StartupError
 from dicomrpc_server.storage.postgres.migrations import MIGRATIONS, Migration, migrate
-from dicomrpc_server.storage.postgres.notify import CommitSignals, Probe
+from dicomrpc_server.storage.postgres.notify import CommitSignals
 
 log = logging.getLogger(__name__)
 
@@ -270,10 +270,10 @@ class PostgresBackend:
         assert self._signals is not None
         self._signals.add_listener(listener)
 
-    def add_probe(self, probe: Probe) -> None:
-        """Have the commit safety poll watch ``probe``'s value (see :mod:`.notify`)."""
+    def add_probe(self, query: str) -> None:
+        """Have the commit safety poll watch the value ``query`` reads (see :mod:`.notify`)."""
         assert self._signals is not None
-        self._signals.add_probe(probe)
+        self._signals.add_probe(query)
 
     # -- closing -----------------------------------------------------------------------------
 

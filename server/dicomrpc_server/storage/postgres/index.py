@@ -262,16 +262,11 @@ class PostgresIndex:
     def __init__(self, backend: PostgresBackend) -> None:
         self.backend = backend
         self._pending: set[concurrent.futures.Future[None]] = set()
-        backend.add_probe(self._probe)
+        backend.add_probe("SELECT last_change FROM index_counter")
 
     def on_commit(self, listener: Callable[[], None]) -> None:
         """Call ``listener()`` after every commit, this node's or another's (see .notify)."""
         self.backend.on_commit(listener)
-
-    @staticmethod
-    async def _probe(connection: asyncpg.Connection) -> object:
-        value: object = await connection.fetchval("SELECT last_change FROM index_counter")
-        return value
 
     def _fetch(self, query: str, *args: object) -> list[asyncpg.Record]:
         return self.backend.run(self.backend.fetch(query, *args))

@@ -34,7 +34,6 @@ import asyncpg
 log = logging.getLogger(__name__)
 
 CHANNEL = "dicomrpc_commits"
-Probe = Callable[[asyncpg.Connection], Awaitable[object]]
 
 
 class CommitSignals:
@@ -67,7 +66,7 @@ class CommitSignals:
         self._poll_s = poll_s
         self._interval_s = interval_s
         self._listeners: list[Callable[[], None]] = []
-        self._probes: list[Probe] = []
+        self._probes: list[str] = []
         self._due = asyncio.Event()
         self._wake = threading.Event()
         self._closed = False
@@ -82,9 +81,9 @@ class CommitSignals:
         """Call ``listener()`` after every commit, this node's or another's (see module)."""
         self._listeners.append(listener)
 
-    def add_probe(self, probe: Probe) -> None:
-        """Read ``probe`` at each safety poll; a change of its value wakes the listeners."""
-        self._probes.append(probe)
+    def add_probe(self, query: str) -> None:
+        """Read ``query`` (one value) at each safety poll; a change wakes the listeners."""
+        self._probes.append(query)
 
     async def start(self) -> None:
         """LISTEN, and start the sender, the poll and the listeners' thread (on the loop)."""
@@ -180,4 +179,4 @@ class CommitSignals:
         if not self._probes:
             return []
         async with self._pool.acquire() as connection:
-            return [await probe(connection) for probe in self._probes]
+            return [await connection.fetchval(query) for query in self._probes]
