@@ -20,7 +20,7 @@ from dicomrpc import Client, DicomRpcError
 from dicomrpc_server.dicom.attributes import Level
 from dicomrpc_server.query.terms import EXACT
 from dicomrpc_server.storage import records_pb2
-from dicomrpc_server.storage.lmdb_index import MAX_QUERY_TAGS
+from dicomrpc_server.storage.index_records import MAX_QUERY_TAGS
 from tests.conftest import RunningServer, start_server
 from tests.dicomgen import ct_instance
 

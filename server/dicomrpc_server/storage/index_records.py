@@ -226,6 +226,42 @@ def studies_of_series(scan: Scan, series: str) -> list[str]:
     return sorted({pk.split(keys.SEP, 1)[0].decode() for _, pk in found})
 
 
+# Extended query tags are indexed on every store: their number is bounded, on every index.
+MAX_QUERY_TAGS = 128
+
+
+def query_tag_removing_error(tag: records_pb2.QueryTagRecord) -> ServiceError:
+    """The refusal to add a tag whose removal has not finished."""
+    return ServiceError(
+        Code.FAILED_PRECONDITION,
+        "INVALID_REQUEST",
+        f"extended query tag {tag.keyword or tag.hex_tag} is still being "
+        "removed; add it again once that is done",
+        metadata={"tag": tag.hex_tag},
+    )
+
+
+def too_many_query_tags_error(registered: int, adding: int) -> ServiceError:
+    """The refusal to register tags past :data:`MAX_QUERY_TAGS`."""
+    return ServiceError(
+        Code.RESOURCE_EXHAUSTED,
+        "LIMIT_EXCEEDED",
+        f"{registered} extended query tags are registered; {adding} more would "
+        f"pass this archive's limit of {MAX_QUERY_TAGS} (every store indexes them all)",
+        metadata={"limit": "max_query_tags", "value": str(MAX_QUERY_TAGS)},
+    )
+
+
+def query_tag_exists_error(tag: records_pb2.QueryTagRecord) -> ServiceError:
+    """The refusal to register a tag registered already."""
+    return ServiceError(
+        Code.ALREADY_EXISTS,
+        "INVALID_REQUEST",
+        f"extended query tag {tag.keyword or tag.hex_tag} exists already",
+        metadata={"tag": tag.hex_tag},
+    )
+
+
 def instance_exists_error(study: str, series: str, sop: str, where: str = "") -> ServiceError:
     """The 45070 error of an instance that is already stored."""
     message = f"an instance with SOPInstanceUID {sop} already exists" + (

@@ -48,10 +48,10 @@ import lmdb
 
 from dicomrpc.v1 import dataset_pb2
 from dicomrpc_server.dicom.attributes import Level
-from dicomrpc_server.errors import Code, ServiceError
 from dicomrpc_server.query.extended import unknown_operation
 from dicomrpc_server.storage import keys, records_pb2
 from dicomrpc_server.storage.index_records import (
+    MAX_QUERY_TAGS,
     RECORD_TYPES,
     Record,
     Removal,
@@ -59,6 +59,8 @@ from dicomrpc_server.storage.index_records import (
     instance_exists_error,
     kept_by_level,
     not_stored_error,
+    query_tag_exists_error,
+    query_tag_removing_error,
     record_terms,
     reindexed,
     series_after_removal,
@@ -69,6 +71,7 @@ from dicomrpc_server.storage.index_records import (
     studies_of_series,
     study_after_removal,
     term_changes,
+    too_many_query_tags_error,
 )
 from dicomrpc_server.storage.protocols import (
     Change,
@@ -101,8 +104,6 @@ _DB_NAMES = (
 )
 # "meta" keys of query tags being removed (the removal resumes at start-up).
 DROPPING = b"dropping\x00"
-# Extended query tags are indexed on every store: their number is bounded.
-MAX_QUERY_TAGS = 128
 _LEVEL_DB = {Level.STUDY: "studies", Level.SERIES: "series", Level.INSTANCE: "instances"}
 _ACTIONS = {
     records_pb2.CHANGE_KIND_CREATED: ChangeAction.CREATED,
@@ -747,30 +748,13 @@ class LmdbIndex:
             db = self._db
             for tag in tags:
                 if _get(txn, DROPPING + tag.hex_tag.encode("ascii"), db["meta"]) is not None:
-                    raise ServiceError(
-                        Code.FAILED_PRECONDITION,
-                        "INVALID_REQUEST",
-                        f"extended query tag {tag.keyword or tag.hex_tag} is still being "
-                        "removed; add it again once that is done",
-                        metadata={"tag": tag.hex_tag},
-                    )
+                    raise query_tag_removing_error(tag)
             registered = txn.stat(db["query_tags"])["entries"]
             if registered + len(tags) > MAX_QUERY_TAGS:
-                raise ServiceError(
-                    Code.RESOURCE_EXHAUSTED,
-                    "LIMIT_EXCEEDED",
-                    f"{registered} extended query tags are registered; {len(tags)} more would "
-                    f"pass this archive's limit of {MAX_QUERY_TAGS} (every store indexes them all)",
-                    metadata={"limit": "max_query_tags", "value": str(MAX_QUERY_TAGS)},
-                )
+                raise too_many_query_tags_error(registered, len(tags))
             for tag in tags:
                 if _get(txn, tag.hex_tag.encode("ascii"), db["query_tags"]) is not None:
-                    raise ServiceError(
-                        Code.ALREADY_EXISTS,
-                        "INVALID_REQUEST",
-                        f"extended query tag {tag.keyword or tag.hex_tag} exists already",
-                        metadata={"tag": tag.hex_tag},
-                    )
+                    raise query_tag_exists_error(tag)
             for tag in tags:
                 tag.operation_id = operation.operation_id
                 txn.put(tag.hex_tag.encode("ascii"), tag.SerializeToString(), db=db["query_tags"])

@@ -27,21 +27,22 @@ from __future__ import annotations
 import asyncpg
 
 from dicomrpc_server.dicom.attributes import Level
-from dicomrpc_server.errors import Code, ServiceError
 from dicomrpc_server.query.extended import unknown_operation
 from dicomrpc_server.storage import keys, records_pb2
 from dicomrpc_server.storage.index_records import (
+    MAX_QUERY_TAGS,
     RECORD_TYPES,
     kept_by_level,
+    query_tag_exists_error,
+    query_tag_removing_error,
     reindexed,
     split_term,
     strip_tag,
+    too_many_query_tags_error,
 )
 
 # pg_advisory_xact_lock's key of the tag list: the ASCII bytes of "dcmrpctg".
 TAGS_LOCK = 0x64636D7270637467
-# Extended query tags are indexed on every store: their number is bounded (as on LMDB).
-MAX_QUERY_TAGS = 128
 _TABLES = {Level.STUDY: "studies", Level.SERIES: "series", Level.INSTANCE: "instances"}
 
 
@@ -63,34 +64,17 @@ async def add_query_tags(
     )
     if dropping:
         tag = next(t for t in tags if t.hex_tag == dropping[0]["hex_tag"])
-        raise ServiceError(
-            Code.FAILED_PRECONDITION,
-            "INVALID_REQUEST",
-            f"extended query tag {tag.keyword or tag.hex_tag} is still being "
-            "removed; add it again once that is done",
-            metadata={"tag": tag.hex_tag},
-        )
+        raise query_tag_removing_error(tag)
     registered = int(await connection.fetchval("SELECT count(*) FROM query_tags"))
     if registered + len(tags) > MAX_QUERY_TAGS:
-        raise ServiceError(
-            Code.RESOURCE_EXHAUSTED,
-            "LIMIT_EXCEEDED",
-            f"{registered} extended query tags are registered; {len(tags)} more would "
-            f"pass this archive's limit of {MAX_QUERY_TAGS} (every store indexes them all)",
-            metadata={"limit": "max_query_tags", "value": str(MAX_QUERY_TAGS)},
-        )
+        raise too_many_query_tags_error(registered, len(tags))
     existing = await connection.fetch(
         "SELECT hex_tag FROM query_tags WHERE hex_tag = ANY($1::text[])", wanted
     )
     if existing:
         present = {row["hex_tag"] for row in existing}
         tag = next(t for t in tags if t.hex_tag in present)
-        raise ServiceError(
-            Code.ALREADY_EXISTS,
-            "INVALID_REQUEST",
-            f"extended query tag {tag.keyword or tag.hex_tag} exists already",
-            metadata={"tag": tag.hex_tag},
-        )
+        raise query_tag_exists_error(tag)
     for tag in tags:
         tag.operation_id = operation.operation_id
     await connection.execute(
