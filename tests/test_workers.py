@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
 
 import numpy as np
@@ -151,6 +152,9 @@ def test_a_pool_stopped_while_its_workers_start_kills_them_and_starts_no_other(
     assert len(pids) == 2
     pool.shutdown()
     assert pool.pids() == pids  # none replaced
+    # Killed while importing, not stopped after its imports and a stop message (exit code 0).
+    exits = [worker.process.exitcode for worker in pool._workers if worker.process]
+    assert exits == [-signal.SIGKILL, -signal.SIGKILL]
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)  # ended and reaped
