@@ -60,7 +60,7 @@ SHARED_FOLDER_TESTS := $(addprefix tests/integration/,test_server.py test_search
 	test_retrieve.py test_workitems.py test_workitem_events.py test_dicomweb_http.py \
 	test_dicomweb_workitems.py test_retrieve_http_pull.py)
 SHARED_S3_TESTS := $(addprefix tests/integration/,test_retrieve.py test_search.py \
-	test_workitem_events.py test_dicomweb_workitems.py)
+	test_workitem_events.py test_dicomweb_workitems.py test_retrieve_http_pull.py)
 
 shared: install
 	$(BIN)/pytest -q --server-index=postgresql $(SHARED_FOLDER_TESTS)

@@ -7,8 +7,9 @@ time and size are whole.
 A streamed response that fails after it started (an instance file removed meanwhile, a
 transcode that fails on the seventh of ten instances) can no longer carry a status. Its line
 is a warning with ``"cut": true`` and the error's reason and message; the request then ends
-without completing the response, and uvicorn closes the connection without the last chunk of
-the chunked body, so the client sees an incomplete body and not a short, well-formed one.
+without completing the response, and uvicorn closes the connection short of the body's
+Content-Length or without the last chunk of a chunked body, so the client sees an incomplete
+body and not a short, well-formed one.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dicomrpc_server.dicomweb.auth import caller_of
+from dicomrpc_server.dicomweb.sendfile import ZERO_COPY_SEND
 from dicomrpc_server.errors import ServiceError
 
 log = logging.getLogger("dicomrpc.access")
@@ -51,6 +53,8 @@ class AccessLogMiddleware:
                 tally["status"] = message["status"]
             elif message["type"] == "http.response.body":
                 tally["bytes_out"] += len(message.get("body", b""))
+            elif message["type"] == ZERO_COPY_SEND:
+                tally["bytes_out"] += message["count"]
             await send(message)
 
         error = ""

@@ -14,6 +14,8 @@ connection:
 - the request target: past ``http_max_url_bytes``, 414;
 - the connection cap (:class:`~.connections.ConnectionGate`): a connection beyond it closes
   the connection idle the longest, or is answered 503 when none is idle;
+- instance files sent by the kernel: each request is offered the ASGI zero-copy send
+  extension (:mod:`.sendfile`);
 - a response sent before its request body was read whole (an error found in the headers, a
   STOW-RS over its part limit, a body read timeout) leaves the rest of the body to be read and
   dropped for at most :data:`LINGER_S`; a body not over by then ends the connection.
@@ -39,6 +41,7 @@ from uvicorn.server import ServerState
 from dicomrpc_server.config import Settings
 from dicomrpc_server.dicomweb.connections import ConnectionGate
 from dicomrpc_server.dicomweb.errors import closing_error_response, http_status
+from dicomrpc_server.dicomweb.sendfile import offer_zero_copy
 from dicomrpc_server.errors import Code, ServiceError, invalid_argument, limit_exceeded
 
 # The longest an ended connection is kept open to read what the client still sends.
@@ -240,6 +243,9 @@ class GatewayProtocol(HttpToolsProtocol):
             raise _Refused
         self._body_done = False
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.scope is self.scope:  # a request, not an upgrade
+            offer_zero_copy(cycle)
 
     def on_message_complete(self) -> None:
         """The body is whole; what follows is the next request's head."""

@@ -5,8 +5,9 @@ frame outside the instance) fails before the response starts, and so does the fi
 file opened, or its instance transcoded): those errors are clean HTTP statuses. Then the bytes
 stream from the retrieve core chunk by chunk, at the pace the client reads. A failure after
 that (a file removed meanwhile, the seventh of ten instances that cannot be decoded) cannot be
-answered any more: the response is cut, without its close delimiter and without the last
-chunk of its chunked encoding, so the client sees an incomplete body rather than a short
+answered any more: the response is cut, without its close delimiter and short of its
+Content-Length (or without the last chunk of its chunked encoding, when transcoded instances
+make its length unknown), so the client sees an incomplete body rather than a short
 well-formed one (see :mod:`.logging`, which logs it).
 
 Every transcoding allows lossy targets: PS3.18's default (Explicit VR Little Endian) is never
@@ -39,10 +40,12 @@ from dicomrpc_server.dicomweb.media import (
     negotiated,
 )
 from dicomrpc_server.dicomweb.multipart import closing, content_type, new_boundary, part_header
+from dicomrpc_server.dicomweb.sendfile import Part, PartsResponse, offers_zero_copy
 from dicomrpc_server.errors import invalid_argument
 from dicomrpc_server.retrieve.render import RenderOptions
 from dicomrpc_server.retrieve.scope import StoredInstance
-from dicomrpc_server.retrieve.service import RetrieveCore, read_ahead
+from dicomrpc_server.retrieve.service import RetrieveCore, as_stored, read_ahead
+from dicomrpc_server.storage.file_reader import FileRegion
 
 ALLOW_LOSSY = True
 INSTANCE_HEADER = "DICOMRPC-Instance"
@@ -80,7 +83,12 @@ async def started(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
 
 
 async def retrieve_instances(request: Request) -> Response:
-    """A study, series or instance: multipart ``application/dicom``, or one single part."""
+    """A study, series or instance: multipart ``application/dicom``, or one single part.
+
+    Instances sent as stored go from their files by the kernel where the server offers it
+    (:mod:`.sendfile`), in a body whose length is known before it starts; a transcoded one is
+    produced by the retrieve core and streamed in chunks.
+    """
     study, series, sop = _uids(request)
     choice = await negotiated(
         choose_instances, request.headers.get("accept"), single_allowed=bool(sop)
@@ -88,6 +96,13 @@ async def retrieve_instances(request: Request) -> Response:
     core = _core(request)
     syntax = choice.transfer_syntax
     found = core.instances(study, series, sop, syntax, ALLOW_LOSSY)
+    first = core.file_region(found[0], syntax) if offers_zero_copy(request.scope) else None
+    if first is not None and not choice.multipart:
+        return PartsResponse(
+            _regions([first]),
+            media_type=f"{DICOM}; transfer-syntax={found[0].record.transfer_syntax_uid}",
+            headers={"Content-Length": str(first.length)},
+        )
     if not choice.multipart:
         outgoing = await core.outgoing(found[0], syntax, ALLOW_LOSSY, core.chunk_bytes)
         return StreamingResponse(
@@ -97,10 +112,88 @@ async def retrieve_instances(request: Request) -> Response:
         )
     boundary = new_boundary()
     params = {} if syntax == AS_STORED else {"transfer-syntax": syntax}
+    media_type = content_type(DICOM, boundary, **params)
+    if first is not None and all(
+        as_stored(syntax, instance.record.transfer_syntax_uid) for instance in found
+    ):
+        heads = [
+            _part_head(
+                instance,
+                instance.record.transfer_syntax_uid,
+                instance.record.size_bytes,
+                boundary,
+                number,
+            )
+            for number, instance in enumerate(found)
+        ]
+        length = sum(map(len, heads)) + sum(i.record.size_bytes for i in found)
+        return PartsResponse(
+            _stored_parts(core, found, heads, first, syntax, boundary),
+            media_type=media_type,
+            headers={"Content-Length": str(length + len(closing(boundary)))},
+        )
+    if first is not None:
+        first.close()
     return StreamingResponse(
         await started(read_ahead(_instance_parts(core, found, syntax, boundary))),
-        media_type=content_type(DICOM, boundary, **params),
+        media_type=media_type,
     )
+
+
+def _part_head(
+    instance: StoredInstance, syntax_uid: str, size: int, boundary: str, number: int
+) -> bytes:
+    """What comes before an instance's bytes in a multipart body: the delimiter and headers."""
+    record = instance.record
+    headers = {
+        "Content-Type": f"{DICOM}; transfer-syntax={syntax_uid}",
+        "Content-Length": str(size),
+        # What the gRPC API's InstanceHeader says, so that a client reading a retrieve
+        # grant's URL has all of it (RFC 2046 5.1: other clients ignore the field).
+        INSTANCE_HEADER: (
+            f"{instance.study_uid}/{instance.series_uid}/{instance.sop_uid}; "
+            f"sop-class={record.sop_class_uid}; version={record.version}"
+        ),
+    }
+    return (b"\r\n" if number else b"") + part_header(boundary, headers)
+
+
+async def _regions(regions: list[FileRegion]) -> AsyncIterator[Part]:
+    """Regions already opened, each closed if the response ends before sending it."""
+    try:
+        for region in regions:
+            yield region
+    finally:
+        for region in regions:
+            region.close()
+
+
+async def _stored_parts(
+    core: RetrieveCore,
+    found: list[StoredInstance],
+    heads: list[bytes],
+    first: FileRegion,
+    syntax: str,
+    boundary: str,
+) -> AsyncIterator[Part]:
+    """The parts of instances sent as stored: each head, then its file's region."""
+    region: FileRegion | None = first
+    try:
+        for number, instance in enumerate(found):
+            if region is None:
+                region = core.file_region(instance, syntax)
+                if region is None:  # the store cannot give files after all: read them
+                    yield heads[number]
+                    async for data in core.read_chunks(instance, core.chunk_bytes):
+                        yield data
+                    continue
+            yield heads[number]
+            yield region
+            region = None
+        yield closing(boundary)
+    finally:
+        if region is not None:
+            region.close()
 
 
 async def _instance_parts(
@@ -108,18 +201,7 @@ async def _instance_parts(
 ) -> AsyncIterator[bytes]:
     for number, instance in enumerate(found):
         outgoing = await core.outgoing(instance, syntax, ALLOW_LOSSY, core.chunk_bytes)
-        record = instance.record
-        headers = {
-            "Content-Type": f"{DICOM}; transfer-syntax={outgoing.transfer_syntax_uid}",
-            "Content-Length": str(outgoing.size),
-            # What the gRPC API's InstanceHeader says, so that a client reading a retrieve
-            # grant's URL has all of it (RFC 2046 5.1: other clients ignore the field).
-            INSTANCE_HEADER: (
-                f"{instance.study_uid}/{instance.series_uid}/{instance.sop_uid}; "
-                f"sop-class={record.sop_class_uid}; version={record.version}"
-            ),
-        }
-        yield (b"\r\n" if number else b"") + part_header(boundary, headers)
+        yield _part_head(instance, outgoing.transfer_syntax_uid, outgoing.size, boundary, number)
         async for data in outgoing.chunks:
             yield data
     yield closing(boundary)

@@ -31,6 +31,7 @@ from dicomrpc_server.retrieve.transcode import (
     transcode_instance,
 )
 from dicomrpc_server.storage import records_pb2
+from dicomrpc_server.storage.file_reader import FileReader, FileRegion
 from dicomrpc_server.storage.protocols import BlobReader, BlobRef, BlobStore, InstanceReads
 from dicomrpc_server.workers import WorkerPool
 
@@ -174,6 +175,29 @@ class RetrieveCore:
             max_frame_pixels=self.max_frame_pixels,
         )
         return Outgoing(transfer_syntax, len(data), _slices(data, chunk))
+
+    def file_region(self, instance: StoredInstance, transfer_syntax: str) -> FileRegion | None:
+        """The instance's bytes as a region of a local file, for a transport that sends files.
+
+        ``None`` when they are not a file's bytes as they are: a transcoding, or a store whose
+        blobs are no local files (S3). The caller closes the region. A file shorter than the
+        size the index recorded is refused here, before anything is sent, as a read would
+        refuse it at its end.
+        """
+        record = instance.record
+        if not as_stored(transfer_syntax, record.transfer_syntax_uid):
+            return None
+        try:
+            reader = self.blobs.open(record.blob_id)
+        except FileNotFoundError as exc:
+            raise not_found(f"the file of instance {instance.sop_uid}") from exc
+        if not isinstance(reader, FileReader):
+            reader.close()
+            return None
+        if reader.size < record.size_bytes:
+            reader.close()
+            raise _cut_short(instance, reader.size, record.size_bytes)
+        return FileRegion(reader, 0, record.size_bytes)
 
     async def read_chunks(self, instance: StoredInstance, chunk: int) -> AsyncIterator[bytes]:
         """The instance file's bytes, one chunk read per request for the next."""
@@ -408,15 +432,19 @@ class RetrieveCore:
                     raise
                 raise not_found(f"the file of instance {instance.sop_uid}") from exc
             if sent < where.length:
-                raise ServiceError(
-                    Code.INTERNAL,
-                    "INTERNAL_FAILURE",
-                    f"the file of instance {instance.sop_uid} ends after "
-                    f"{sent} of the {where.length} bytes to send",
-                    metadata={"sop_instance_uid": instance.sop_uid},
-                )
+                raise _cut_short(instance, sent, where.length)
         finally:
             reader.close()
+
+
+def _cut_short(instance: StoredInstance, sent: int, length: int) -> ServiceError:
+    """The error of an instance file that ends before the bytes it was to send."""
+    return ServiceError(
+        Code.INTERNAL,
+        "INTERNAL_FAILURE",
+        f"the file of instance {instance.sop_uid} ends after {sent} of the {length} bytes to send",
+        metadata={"sop_instance_uid": instance.sop_uid},
+    )
 
 
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import io
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -99,6 +100,38 @@ class FileReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@dataclass
+class FileRegion:
+    """Bytes of a local file an adapter may hand to the kernel whole (``sendfile``).
+
+    The region owns its reader: whoever sends it closes it. ``chunks`` reads the same bytes
+    for a transport that cannot send a file (TLS, a server without the zero-copy extension).
+    """
+
+    reader: FileReader
+    offset: int
+    length: int
+
+    def file(self) -> BinaryIO:
+        """An unbuffered file object over the reader's descriptor, which it does not close.
+
+        ``loop.sendfile`` takes a file object and moves its position; positional reads of the
+        same descriptor (``pread``) do not use the position, so they are not disturbed.
+        """
+        fd = self.reader.fd
+        if fd is None:
+            raise ValueError("the blob reader is closed")
+        return io.FileIO(fd, "rb", closefd=False)
+
+    def chunks(self, chunk: int) -> AsyncIterator[bytes]:
+        """The region's bytes, read as :meth:`FileReader.chunks` reads them."""
+        return self.reader.chunks(self.offset, self.length, chunk)
+
+    def close(self) -> None:
+        """Close the reader (idempotent)."""
+        self.reader.close()
 
 
 @dataclass(frozen=True)
