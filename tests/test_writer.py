@@ -99,3 +99,42 @@ def test_one_failing_write_fails_alone(writer: tuple[IndexWriter, lmdb.Environme
     assert (a, b) == (b"a", b"b")
     assert isinstance(failed, ValueError)
     assert _stored(env, b"a") and _stored(env, b"b") and not _stored(env, b"half")
+
+
+def test_what_a_listener_hands_the_loop_goes_ahead_of_the_batch_callers(
+    writer: tuple[IndexWriter, lmdb.Environment],
+) -> None:
+    # A subscriber woken by a commit's listener (a workitem event) resumes before the callers
+    # of that commit's batch do: it is not queued behind every answer the batch lets go.
+    w, _ = writer
+    hold = threading.Event()
+    order: list[str] = []
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        woken = asyncio.Event()
+
+        def listener() -> None:
+            if w.commits == 2:  # the batch's commit, after the first one's
+                loop.call_soon_threadsafe(woken.set)
+
+        w.add_listener(listener)
+
+        async def subscriber() -> None:
+            await woken.wait()
+            order.append("subscriber")
+
+        async def caller(key: bytes, hold: threading.Event | None = None) -> None:
+            await w.run(_put(key, hold))  # type: ignore[arg-type]
+            order.append(key.decode())
+
+        first = asyncio.create_task(caller(b"first", hold))
+        await asyncio.sleep(0.05)  # the writer is inside "first": the rest make one batch
+        waiting = asyncio.create_task(subscriber())
+        batch = [asyncio.create_task(caller(f"k{n}".encode())) for n in range(8)]
+        await asyncio.sleep(0.05)
+        hold.set()
+        await asyncio.gather(first, waiting, *batch)
+        assert order.index("subscriber") < min(order.index(f"k{n}") for n in range(8))
+
+    asyncio.run(scenario())

@@ -172,9 +172,15 @@ class IndexWriter:
                 return
             break
         self.commits += 1
-        _settle(batch, outcomes)
+        # The listeners first: what they hand to the event loop (a workitem event for its
+        # subscribers) is then queued ahead of the batch's callers, instead of behind every
+        # answer the batch lets go (bench/RESULTS.md, "Workitems": event latency under load).
         for listener in self._listeners:
-            listener()
+            try:
+                listener()
+            except Exception:  # a listener's failure must not keep the callers waiting
+                log.exception("index commit listener failed")
+        _settle(batch, outcomes)
 
 
 def _settle(batch: list[_Op], outcomes: list[tuple[bool, Any]]) -> None:
