@@ -1,19 +1,25 @@
 """The term search: QIDO matching (PS3.4 C.2.2.2) as range scans over index terms.
 
-It reads only a :class:`~.backend.TermStore` (ordered term scans, records by key), so the
-same planner runs on the LMDB index and on the PostgreSQL index.
+It reads only a :class:`~.backend.TermStore` (ordered term scans, a range's distinct terms,
+each term's keys from a cursor, records by key), so the same planner runs on the LMDB index
+and on the PostgreSQL index.
 
 Every match term becomes ordered range scans over one attribute's index terms (exact values,
 prefixes for wildcards, ranges for dates and times, word prefixes for fuzzy names); the primary
 keys found are lifted to the level searched and intersected, smallest first. Results are in
 primary key order, and a page's cursor is the key of its last result.
 
-A search whose matches are many is paged without collecting them: with no term, the records
-of the level are read from the cursor; when every term is matched by value (an exact string,
-a UID list, a number, a single date ...) and each has more entries than
-:data:`~.engine.SCAN_CAP`, one term's entries, which are in primary key order for each of its
-values, are read from the cursor, lifted to the level searched and checked against the other
-terms, until the page is full. The first page and the hundredth then cost the same.
+Most searches are paged without collecting their matches. With no term, the records of the
+level are read from the cursor. When every term is matched by index terms known before the
+scan (an exact string, a UID list, a number, a single date, and a date or time range, whose
+distinct terms are read first), each term is a stream of keys in primary key order: a term's
+entries are in key order, several terms' (a UID list, the dates of a range) are merged, and a
+parent's records are lifted to their children, which follow it in key order. The streams are
+intersected from the cursor by seeking each to the highest key of the others (a leapfrog
+join), so a rare term steers a common one by seeks, until the page is full. A page then reads
+about what lies between the cursor and its last result: the first page and the hundredth cost
+the same. Wildcards, fuzzy names, ranges over many sparsely used terms and scoped searches
+with terms collect their matches (:meth:`TermSearch._intersect`).
 """
 
 from __future__ import annotations
