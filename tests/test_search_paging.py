@@ -132,8 +132,7 @@ def test_range_pages_are_the_big_page_across_stores(
     monkeypatch.setattr(TermSearch, "_intersect", collect)
     paged: list[str] = []
     token = ""
-    added = 0
-    for round_number in range(1000):
+    for round_number in range(1, 1000):
         uids, token = _uids(core, match, 17, token)
         paged += uids
         if not token:
@@ -141,8 +140,7 @@ def test_range_pages_are_the_big_page_across_stores(
         # Store a study below the cursor (never returned) and one above it (returned when it
         # matches), each dated inside and outside the range in turn.
         last = paged[-1]
-        added += 1
-        below, above = f"{ROOT}.0.{added}", f"{last}9.{added}"
+        below, above = f"{ROOT}.0.{round_number}", f"{last}9.{round_number}"
         assert below < last < above
         day = (round_number * 5) % 20
         add_all(index, [entries.make(below, day), entries.make(above, day)])
@@ -259,3 +257,16 @@ def test_a_range_page_reads_about_a_page_not_every_match(
         # The range's first entries (RANGE_PROBE), one entry for each later date, a first
         # batch of each date's entries from the cursor, and then about a page of entries.
         assert counted.read <= RANGE_PROBE + 3 * days + 2 * 100, (page, counted.read, matching)
+
+
+def test_a_study_scope_is_that_study_not_the_studies_its_uid_begins(
+    index: Index, tmp_path: Path
+) -> None:
+    """A study-level search scoped to 1.2.3 does not return 1.2.30 (whose key it begins)."""
+    entries = Entries(tmp_path / "files")
+    uids = [f"{ROOT}.1", f"{ROOT}.10", f"{ROOT}.11", f"{ROOT}.2"]
+    add_all(index, [entries.make(uid, 3) for uid in uids])
+    core = SearchCore(index, TermSearch(index))
+    for match in ({}, {"StudyDate": _day(3)}, {"StudyDate": f"{_day(1)}-{_day(5)}"}):
+        page = core.search(SearchRequest("study", match=match, study_uid=f"{ROOT}.1"))
+        assert [ds.attributes["0020000D"].strings.values[0] for ds in page.results] == [f"{ROOT}.1"]

@@ -69,6 +69,10 @@ class TermSearch:
             if plan.after:
                 primary_keys = [pk for pk in primary_keys if pk > plan.after]
             primary_keys = primary_keys[plan.offset :]
+        if plan.study_uid and level == Level.STUDY:
+            # A study's key is the prefix of every study whose UID begins with its UID
+            # (1.2.3 of 1.2.34): the scope is that one study.
+            primary_keys = [pk for pk in primary_keys if pk == scope]
         page, rest = primary_keys[: plan.size], primary_keys[plan.size :]
         results = self._datasets(level, page, set(plan.returned), scoped=bool(scope))
         return BackendPage(results, page[-1] if rest else b"")
