@@ -456,11 +456,12 @@ class LmdbIndex:
 
         One read transaction and one cursor for all the terms.
         """
+        base = keys.term_prefix(level, tag, b"")
         out: list[list[bytes]] = []
         with self.read() as txn:
             cursor = txn.cursor(db=self._db["terms"])
             for term in terms:
-                head = keys.term_prefix(level, tag, term) + keys.SEP
+                head = base + term + keys.SEP
                 found: list[bytes] = []
                 if cursor.set_range(head + start):
                     for raw_key in cursor.iternext(values=False):
