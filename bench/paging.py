@@ -16,7 +16,9 @@ the page tokens once; then the first page and the 100th are timed, repeatedly an
 (every query on every side in each round), three ways: through the real gRPC server with the
 SDK (``dicomrpc serve`` on the built folder), on the search engine in-process, and on the
 engine with streamed paging turned off (every match collected and sorted for every page, as
-the engine answered before), so that the change can be read off one run.
+the engine answered before), so that the change can be read off one run. In-process, each
+page's CPU time is taken beside its wall time: on a shared machine the difference is time
+spent waiting for a CPU, which is not the engine's.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import os
 import platform
 import random
 import shutil
@@ -183,6 +186,9 @@ class Row:
     side: str
     first: list[float]
     deep: list[float]
+    # In-process sides: the thread's CPU time of each page (wall time less waiting for a CPU).
+    first_cpu: list[float]
+    deep_cpu: list[float]
 
 
 def p(values: list[float], q: float) -> float:
@@ -217,17 +223,18 @@ def measure(
                     ask, mode = sides[side]
                     with mode():
                         for name, match in QUERIES.items():
-                            row = rows.setdefault((name, side), Row(name, side, [], []))
+                            row = rows.setdefault((name, side), Row(name, side, [], [], [], []))
                             ask(match, "")  # warm
                             for _ in range(repeats):
-                                started = time.perf_counter()
-                                got, _ = ask(match, "")
-                                row.first.append((time.perf_counter() - started) * 1000)
-                                assert got == PAGE
-                                started = time.perf_counter()
-                                got, _ = ask(match, tokens[name])
-                                row.deep.append((time.perf_counter() - started) * 1000)
-                                assert got == PAGE
+                                for token, wall, cpu in (
+                                    ("", row.first, row.first_cpu),
+                                    (tokens[name], row.deep, row.deep_cpu),
+                                ):
+                                    started, cpu_started = time.perf_counter(), time.thread_time()
+                                    got, _ = ask(match, token)
+                                    cpu.append((time.thread_time() - cpu_started) * 1000)
+                                    wall.append((time.perf_counter() - started) * 1000)
+                                    assert got == PAGE
     finally:
         index.close()
     return list(rows.values()), matches
@@ -265,26 +272,60 @@ def report(rows: list[Row], matches: dict[str, int], args: argparse.Namespace) -
         "gRPC + SDK: `dicomrpc serve` on the built folder, `Client.search_studies` on one "
         "channel. Engine: `SearchCore.search` in-process. Engine, every match collected: the "
         "same engine with streamed paging turned off, as every page was answered before "
-        "(all matches collected, sorted, then sliced). Other work was running on the machine.",
+        "(all matches collected, sorted, then sliced). CPU: the searching thread's CPU time "
+        "per page (in-process sides), the wall time less the time spent waiting for a CPU. "
+        "Other work was running on the machine: load average "
+        f"{args.load_before:.1f} before the timings, {args.load_after:.1f} after "
+        f"({os.cpu_count()} CPUs).",
         "",
         "| query | matching studies | side | page 1 p50 / p95 ms | "
-        f"page {args.deep} p50 / p95 ms |",
-        "|---|--:|---|--:|--:|",
+        f"page {args.deep} p50 / p95 ms | CPU page 1 p50 / p95 ms | "
+        f"CPU page {args.deep} p50 / p95 ms |",
+        "|---|--:|---|--:|--:|--:|--:|",
     ]
     lines.extend(
         f"| {row.query} | {matches[row.query]:,} | {row.side} | "
         f"{statistics.median(row.first):.1f} / {p(row.first, 0.95):.1f} | "
-        f"{statistics.median(row.deep):.1f} / {p(row.deep, 0.95):.1f} |"
+        f"{statistics.median(row.deep):.1f} / {p(row.deep, 0.95):.1f} | "
+        + (
+            f"{statistics.median(row.first_cpu):.1f} / {p(row.first_cpu, 0.95):.1f} | "
+            f"{statistics.median(row.deep_cpu):.1f} / {p(row.deep_cpu, 0.95):.1f} |"
+            if row.side != "gRPC + SDK"
+            else "— | — |"
+        )
         for row in rows
     )
     lines += [
         "",
         "Goal (issue: the bulk path): at 10^6 instances, pages of a term matching 10^5 studies "
-        f"answer with p95 < 20 ms for the first and the {DEEP}th page. Streamed: a search whose "
-        "terms are all matched by value (exact strings, UID lists, numbers, single dates, "
-        "ModalitiesInStudy) reads one term's entries in key order from the page token. A date "
-        "range is matched by scanning its terms, which are in date order, not key order: its "
-        "matches are still collected for every page.",
+        f"answer with p95 < 20 ms for the first and the {DEEP}th page.",
+        "",
+    ]
+    for row in rows:
+        if row.side.startswith("engine, every match"):
+            continue
+        worst = max(p(row.first, 0.95), p(row.deep, 0.95))
+        verdict = "met" if worst < 20 else f"NOT met (by {worst - 20:.1f} ms)"
+        cpu = (
+            ""
+            if row.side == "gRPC + SDK"
+            else f"; CPU p95 {max(p(row.first_cpu, 0.95), p(row.deep_cpu, 0.95)):.1f} ms"
+        )
+        lines.append(
+            f"- {row.query}, {row.side}: worst p95 {worst:.1f} ms{cpu}: p95 < 20 ms {verdict}."
+        )
+    lines += [
+        "",
+        "Streamed (`query/term_search.py`): a search whose terms are all matched by index terms "
+        "known before the scan (exact strings, UID lists, numbers, single dates, "
+        "ModalitiesInStudy, and date and time ranges of at most 4,096 dates or times holding "
+        "on average 16 entries or more each) reads every term's entries in key order from "
+        "the page token, a range through one read positioned on each of its terms and a "
+        "merge of them; the terms are intersected by seeking each to the highest key of the "
+        "others. A page reads about what lies between the cursor and its last result. Not "
+        "streamed (every match collected for every page): wildcards, fuzzy names, ranges "
+        "over many sparsely used terms (times to the second), and searches scoped to a "
+        "study or series that have match terms.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -302,7 +343,9 @@ def main(argv: list[str] | None = None) -> int:
         args.instances, args.repeats, args.rounds, args.deep = 20_000, 3, 1, 3
     WORK.mkdir(exist_ok=True)
     data_dir = build(args.instances)
+    args.load_before = os.getloadavg()[0]
     rows, matches = measure(data_dir, args.repeats, args.rounds, args.deep)
+    args.load_after = os.getloadavg()[0]
     text = report(rows, matches, args)
     print(text)
     if not args.no_write and not args.quick:
