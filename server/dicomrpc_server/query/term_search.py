@@ -36,6 +36,10 @@ from dicomrpc_server.storage import keys, records_pb2
 
 # Keys read per step when a search is streamed.
 STREAM_BATCH = 256
+# Keys first read of each term of a merged stream: a page of a range of 365 dates takes about a
+# third of a key from each date, and four each leave few dates to read again one by one (each
+# such read is a round trip to PostgreSQL).
+MIN_BATCH = 4
 # A date or time range is streamed term by term when it has at most this many distinct terms
 # and, in its first RANGE_PROBE entries, at least MIN_RANGE_ENTRIES entries per term.
 MAX_RANGE_TERMS = 4096
@@ -108,29 +112,23 @@ class TermSearch:
         """The keys of ``level`` ``term`` matches, in key order; None when it is not streamed."""
         attribute = term.attribute
         values = self.matcher.exact_terms(term, fuzzy)
-        seeds: dict[bytes, bytes] = {}
         if values is None:
             if attribute.vr not in ("DA", "TM", "DT"):
                 return None
-            found = self._range_values(term)
-            if found is None:
+            values = self._range_values(term)
+            if values is None:
                 return None
-            values = list(found)
-            seeds = found
         if not values:
             return _ListStream([])
-        batch = max(2, min(STREAM_BATCH, wanted // len(values) + 1))
-        subs = [
-            _TermStream(self.index, attribute.level, attribute.tag, v, batch, seeds.get(v))
-            for v in values
-        ]
+        batch = max(MIN_BATCH, min(STREAM_BATCH, wanted // len(values) + 1))
+        subs = [_TermStream(self.index, attribute.level, attribute.tag, v, batch) for v in values]
         owners = subs[0] if len(subs) == 1 else _MergedStream(subs)
         if attribute.level == level:
             return owners
         return _LiftedStream(self.index, owners, int(attribute.level), level)
 
-    def _range_values(self, term: MatchTerm) -> dict[bytes, bytes] | None:
-        """The distinct index terms of a date or time range, each with its first key.
+    def _range_values(self, term: MatchTerm) -> list[bytes] | None:
+        """The distinct index terms of a date or time range, in order.
 
         None when the range is better scanned whole: more than :data:`MAX_RANGE_TERMS` terms,
         or few entries per term (times are often all distinct). The first
@@ -140,9 +138,7 @@ class TermSearch:
         level, tag = attribute.level, attribute.tag
         start, stop, prefix = self.matcher.term_range(attribute, term.value)
         first = self.index.scan_terms(level, tag, start, stop, prefix, RANGE_PROBE)
-        found: dict[bytes, bytes] = {}
-        for value, pk in first:
-            found.setdefault(value, pk)
+        found = list(dict.fromkeys(value for value, _ in first))
         if len(first) < RANGE_PROBE:
             return found
         if len(first) < MIN_RANGE_ENTRIES * len(found):
@@ -151,7 +147,7 @@ class TermSearch:
         rest = self.index.distinct_terms(
             level, tag, first[-1][0] + b"\x01", stop, prefix, MAX_RANGE_TERMS + 1 - len(found)
         )
-        found.update(rest)
+        found += [value for value, _ in rest]
         return found if len(found) <= MAX_RANGE_TERMS else None
 
     def _intersect(self, terms: list[MatchTerm], level: Level, fuzzy: bool) -> set[bytes]:
@@ -337,8 +333,7 @@ class _ListStream(KeyStream):
 class _TermStream(KeyStream):
     """The keys having one index term (its entries are in key order), read in batches.
 
-    ``seed`` is a key known to have the term (from enumerating a range): a seek at or below
-    it needs no read. Batches grow from ``batch`` as the stream is read on.
+    Batches grow from ``batch`` as the stream is read on.
     """
 
     cost = 1
@@ -350,11 +345,10 @@ class _TermStream(KeyStream):
         tag: int,
         value: bytes,
         batch: int,
-        seed: bytes | None = None,
     ) -> None:
         self.index, self.level, self.tag, self.value = index, level, tag, value
         self.batch = batch
-        self.buffer: list[bytes] = [seed] if seed is not None else []
+        self.buffer: list[bytes] = []
         self.at = 0
         self.complete = False  # the buffer holds every key from its first on
         self.started = False
