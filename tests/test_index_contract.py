@@ -309,10 +309,37 @@ def test_both_indexes_hold_the_same_entries_and_scan_them_alike(
                         assert postgres.scan_terms(*args, limit=limit) == lmdb.scan_terms(
                             *args, limit=limit
                         ), (level, tag, start, stop, limit)
+                        # The distinct terms: the first pair of each term of the scan.
+                        firsts: dict[bytes, bytes] = {}
+                        for term, pk in lmdb.scan_terms(*args):
+                            firsts.setdefault(term, pk)
+                        distinct = list(firsts.items())[:limit]
+                        assert lmdb.distinct_terms(*args, limit=limit) == distinct
+                        assert postgres.distinct_terms(*args, limit=limit) == distinct
                 prefix = start[:3]
                 assert postgres.scan_terms(
                     Level(level), tag, prefix, prefix=prefix
                 ) == lmdb.scan_terms(Level(level), tag, prefix, prefix=prefix)
+                assert postgres.distinct_terms(
+                    Level(level), tag, prefix, prefix=prefix
+                ) == lmdb.distinct_terms(Level(level), tag, prefix, prefix=prefix)
+            # Each term's keys from a key on: what a scan of the term from that key returns.
+            distinct_values = sorted(set(terms))
+            owners = [pk for _, pk in lmdb.scan_terms(Level(level), tag, b"")]
+            for key in [b"", *owners[:: max(1, len(owners) // 4)], owners[-1] + b"0"]:
+                for limit in (1, 2, 100):
+                    expected = [
+                        [
+                            pk
+                            for _, pk in lmdb.scan_terms(
+                                Level(level), tag, term + keys.SEP + key, term + keys.SEP
+                            )
+                        ][:limit]
+                        for term in distinct_values
+                    ]
+                    args2 = (Level(level), tag, distinct_values, key, limit)
+                    assert lmdb.term_entries_from(*args2) == expected
+                    assert postgres.term_entries_from(*args2) == expected
 
         for level in (Level.STUDY, Level.SERIES, Level.INSTANCE):
             found = lmdb.record_keys(level)

@@ -713,7 +713,7 @@ def _large_corpus() -> list[Study]:
             birth_date="19700101",
             accession=f"L{s}",
             referring="Smith^Alice",
-            date="20200101",
+            date=f"202001{s * 11 % 28 + 1:02d}",  # key order is not date order
             time="1200",
             description="Chest",
             study_id="1",
@@ -734,7 +734,11 @@ LARGE_QUERIES = [
     Query("instance", {"Modality": "CT"}),  # series entries lifted to their instances
     Query("instance", {"StudyDescription": "Chest", "InstanceNumber": "2"}),
     Query("instance", {"SOPClassUID": f"{CTImageStorage},{EnhancedCTImageStorage}"}),  # merged
-    Query("instance", {"StudyDescription": "Chest", "AccessionNumber": "L7"}),  # not streamed
+    Query("instance", {"StudyDescription": "Chest", "AccessionNumber": "L7"}),
+    Query("study", {"StudyDate": "20200103-"}),  # one key-ordered read per date, merged
+    Query("study", {"StudyDate": "-20200126", "StudyDescription": "Chest"}),
+    Query("series", {"StudyDate": "20200102-20200128", "Modality": "CT"}),  # lifted
+    Query("instance", {"StudyDate": "20200110-20200111", "InstanceNumber": "2"}),
 ]
 
 

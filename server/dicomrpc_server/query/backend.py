@@ -94,6 +94,28 @@ class TermStore(Protocol):
         ``prefix``, or after ``limit`` pairs.
         """
 
+    def distinct_terms(
+        self,
+        level: Level,
+        tag: int,
+        start: bytes,
+        stop: bytes | None = None,
+        prefix: bytes = b"",
+        limit: int | None = None,
+    ) -> list[tuple[bytes, bytes]]:
+        """Each distinct term :meth:`scan_terms` would return, once, with its lowest key.
+
+        The terms of a date range, read in one request however many entries each has.
+        """
+
+    def term_entries_from(
+        self, level: Level, tag: int, terms: list[bytes], start: bytes, limit: int
+    ) -> list[list[bytes]]:
+        """For each term, the keys having it that are ``>= start``, in order, at most ``limit``.
+
+        A read positioned at a page's cursor on every term of a range, in one request.
+        """
+
     def having_terms(
         self, level: Level, tag: int, terms: list[bytes], candidates: set[bytes]
     ) -> set[bytes]:

@@ -218,6 +218,19 @@ class TermMatcher:
 
     def _range(self, attribute: IndexedAttribute, value: str) -> set[bytes]:
         """A date or time: one value, or an inclusive range with either end open."""
+        start, stop, prefix = self.term_range(attribute, value)
+        return _pks(self.scan(attribute.level, attribute.tag, start, stop, prefix))
+
+    def term_range(
+        self, attribute: IndexedAttribute, value: str
+    ) -> tuple[bytes, bytes | None, bytes]:
+        """The index terms a DA, TM or DT value matches, as ``scan``'s start, stop and prefix.
+
+        Every term from ``start`` (below ``stop``, beginning with ``prefix``) is a match: a
+        range is one ordered run of terms, which the term search either scans whole or reads
+        term by term in key order. A single date is matched by value (see :meth:`exact_terms`).
+        Raises INVALID_ARGUMENT, naming the attribute, for a malformed value.
+        """
         check = _CHECKS[attribute.vr]
 
         def bound(text: str, end: bool = False) -> bytes:
@@ -226,14 +239,12 @@ class TermMatcher:
                 raise invalid_argument(attribute.keyword, f"{value!r}: {text!r} is not {kind}")
             return (pad_time(text, end) if attribute.vr == "TM" else text).encode()
 
-        scan = self.scan
-        if "-" not in value:  # one date is matched by value (see exact_terms)
+        if "-" not in value:
             start = EXACT + bound(value)
             if attribute.vr == "DT":  # a single date-time matches everything it is a prefix of
-                return _pks(scan(attribute.level, attribute.tag, start, prefix=start))
+                return start, None, start
             # A single time stands for its whole minute, second, ...
-            stop = EXACT + bound(value, end=True) + b"\xff"
-            return _pks(scan(attribute.level, attribute.tag, start, stop))
+            return start, EXACT + bound(value, end=True) + b"\xff", b""
         if value.count("-") != 1 or value == "-":
             if attribute.vr == "DA" and _DASHED_DATE.search(value):
                 raise invalid_argument(attribute.keyword, _dashed(value))
@@ -242,7 +253,7 @@ class TermMatcher:
         start = EXACT + (bound(low) if low else b"")
         # Inclusive: everything up to the end of the upper bound, a partial date or time included.
         stop = EXACT + bound(high, end=True) + b"\xff" if high else EXACT + b"\xff"
-        return _pks(scan(attribute.level, attribute.tag, start, stop))
+        return start, stop, b""
 
 
 def _dashed(value: str) -> str:

@@ -1,25 +1,32 @@
 """The term search: QIDO matching (PS3.4 C.2.2.2) as range scans over index terms.
 
-It reads only a :class:`~.backend.TermStore` (ordered term scans, records by key), so the
-same planner runs on the LMDB index and on the PostgreSQL index.
+It reads only a :class:`~.backend.TermStore` (ordered term scans, a range's distinct terms,
+each term's keys from a cursor, records by key), so the same planner runs on the LMDB index
+and on the PostgreSQL index.
 
 Every match term becomes ordered range scans over one attribute's index terms (exact values,
 prefixes for wildcards, ranges for dates and times, word prefixes for fuzzy names); the primary
 keys found are lifted to the level searched and intersected, smallest first. Results are in
 primary key order, and a page's cursor is the key of its last result.
 
-A search whose matches are many is paged without collecting them: with no term, the records
-of the level are read from the cursor; when every term is matched by value (an exact string,
-a UID list, a number, a single date ...) and each has more entries than
-:data:`~.engine.SCAN_CAP`, one term's entries, which are in primary key order for each of its
-values, are read from the cursor, lifted to the level searched and checked against the other
-terms, until the page is full. The first page and the hundredth then cost the same.
+Most searches are paged without collecting their matches. With no term, the records of the
+level are read from the cursor. When every term is matched by index terms known before the
+scan (an exact string, a UID list, a number, a single date, and a date or time range, whose
+distinct terms are read first), each term is a stream of keys in primary key order: a term's
+entries are in key order, several terms' (a UID list, the dates of a range) are merged, and a
+parent's records are lifted to their children, which follow it in key order. The streams are
+intersected from the cursor by seeking each to the highest key of the others (a leapfrog
+join), so a rare term steers a common one by seeks, until the page is full. A page then reads
+about what lies between the cursor and its last result: the first page and the hundredth cost
+the same. Wildcards, fuzzy names, ranges over many sparsely used terms and scoped searches
+with terms collect their matches (:meth:`TermSearch._intersect`).
 """
 
 from __future__ import annotations
 
+import bisect
 import heapq
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from dicomrpc.v1 import dataset_pb2
 from dicomrpc_server.dicom.attributes import Level
@@ -29,6 +36,15 @@ from dicomrpc_server.storage import keys, records_pb2
 
 # Keys read per step when a search is streamed.
 STREAM_BATCH = 256
+# Keys first read of each term of a merged stream: a page of a range of 365 dates takes about a
+# third of a key from each date, and four each leave few dates to read again one by one (each
+# such read is a round trip to PostgreSQL).
+MIN_BATCH = 4
+# A date or time range is streamed term by term when it has at most this many distinct terms
+# and, in its first RANGE_PROBE entries, at least MIN_RANGE_ENTRIES entries per term.
+MAX_RANGE_TERMS = 4096
+RANGE_PROBE = 256
+MIN_RANGE_ENTRIES = 16
 _RECORDS: dict[Level, Callable[[bytes], object]] = {
     Level.STUDY: records_pb2.StudyRecord.FromString,
     Level.SERIES: records_pb2.SeriesRecord.FromString,
@@ -57,6 +73,10 @@ class TermSearch:
             if plan.after:
                 primary_keys = [pk for pk in primary_keys if pk > plan.after]
             primary_keys = primary_keys[plan.offset :]
+        if plan.study_uid and level == Level.STUDY:
+            # A study's key is the prefix of every study whose UID begins with its UID
+            # (1.2.3 of 1.2.34): the scope is that one study.
+            primary_keys = [pk for pk in primary_keys if pk == scope]
         page, rest = primary_keys[: plan.size], primary_keys[plan.size :]
         results = self._datasets(level, page, set(plan.returned), scoped=bool(scope))
         return BackendPage(results, page[-1] if rest else b"")
@@ -65,95 +85,70 @@ class TermSearch:
         """Up to ``wanted`` matches after the cursor, read in key order; None: not streamable.
 
         Streamed: a search without terms; and an unscoped one whose terms are all matched by
-        value and each have more than SCAN_CAP entries (fewer, and the set intersection costs
-        at most that many lookups).
+        index terms known before the scan: exact values (one or a UID list), and date and
+        time ranges of at most :data:`MAX_RANGE_TERMS` distinct terms holding on average at
+        least :data:`MIN_RANGE_ENTRIES` entries each (fewer, and scanning the range whole is
+        cheaper than positioning a read on each of its terms). Wildcards and fuzzy names are
+        matched by scanning their terms whole.
         """
         if not plan.terms:
             return self.index.record_keys(plan.level, scope, plan.after, wanted)
         if scope:
             return None
-        by_value: list[tuple[MatchTerm, list[bytes]]] = []
+        streams: list[KeyStream] = []
         for term in plan.terms:
-            exact = self.matcher.exact_terms(term, plan.fuzzy)
-            if exact is None or self._entries_upto(term, exact, SCAN_CAP) is not None:
+            stream = self._term_stream(term, plan.level, plan.fuzzy, wanted)
+            if stream is None:
                 return None
-            by_value.append((term, exact))
-        # The deepest term drives (its entries lift to the fewest records per entry).
-        by_value.sort(key=lambda pair: -int(pair[0].attribute.level))
-        (driver, values), others = by_value[0], by_value[1:]
-        out: list[bytes] = []
-        batch: list[bytes] = []
-        for pk in self._driven(driver, values, plan.level, plan.after):
-            batch.append(pk)
-            if len(batch) >= STREAM_BATCH:
-                out.extend(self._having(others, batch))
-                batch = []
-                if len(out) >= wanted:
-                    break
-        else:
-            out.extend(self._having(others, batch))
-        return out[:wanted]
+            streams.append(stream)
+        # Cheap seeks first: one value before many, a term of the level searched before one
+        # of a parent (whose records are lifted to their children).
+        streams.sort(key=lambda stream: stream.cost)
+        return _join(streams, plan.after + keys.SEP if plan.after else b"", wanted)
 
-    def _driven(
-        self, term: MatchTerm, values: list[bytes], level: Level, after: bytes
-    ) -> Iterator[bytes]:
-        """The keys of ``level`` whose record (or parent) has one of ``values``, above ``after``.
+    def _term_stream(
+        self, term: MatchTerm, level: Level, fuzzy: bool, wanted: int
+    ) -> KeyStream | None:
+        """The keys of ``level`` ``term`` matches, in key order; None when it is not streamed."""
+        attribute = term.attribute
+        values = self.matcher.exact_terms(term, fuzzy)
+        if values is None:
+            if attribute.vr not in ("DA", "TM", "DT"):
+                return None
+            values = self._range_values(term)
+            if values is None:
+                return None
+        if not values:
+            return _ListStream([])
+        batch = max(MIN_BATCH, min(STREAM_BATCH, wanted // len(values) + 1))
+        subs = [_TermStream(self.index, attribute.level, attribute.tag, v, batch) for v in values]
+        owners = subs[0] if len(subs) == 1 else _MergedStream(subs)
+        if attribute.level == level:
+            return owners
+        return _LiftedStream(self.index, owners, int(attribute.level), level)
 
-        Each value's entries are in key order; several values (a UID list) are merged. A
-        parent's children follow it in key order, so lifting keeps the order.
+    def _range_values(self, term: MatchTerm) -> list[bytes] | None:
+        """The distinct index terms of a date or time range, in order.
+
+        None when the range is better scanned whole: more than :data:`MAX_RANGE_TERMS` terms,
+        or few entries per term (times are often all distinct). The first
+        :data:`RANGE_PROBE` entries are read in one scan, the later terms in one more read.
         """
         attribute = term.attribute
-        depth = int(attribute.level)
-        start = keys.SEP.join(after.split(keys.SEP)[:depth]) if after else b""
-        streams = [self._entries_from(attribute.level, attribute.tag, v, start) for v in values]
-        owners = heapq.merge(*streams) if len(streams) > 1 else streams[0]
-        previous = None
-        for owner in owners:
-            if owner == previous:  # one record holding two of the values
-                continue
-            previous = owner
-            if attribute.level == level:
-                if owner > after:
-                    yield owner
-                continue
-            prefix = keys.child_prefix(owner)
-            below = after if after.startswith(prefix) else b""
-            while True:
-                children = self.index.record_keys(level, prefix, below, STREAM_BATCH)
-                for child in children:
-                    if child > after:
-                        yield child
-                if len(children) < STREAM_BATCH:
-                    break
-                below = children[-1]
-
-    def _entries_from(self, level: Level, tag: int, value: bytes, start: bytes) -> Iterator[bytes]:
-        """The keys having index term ``value``, from ``start`` on, in key order, in batches."""
-        stop = value + keys.SEP
-        position = start
-        seen = b""  # the last key of a batch, which the next batch starts with again
-        while True:
-            found = self.index.scan_terms(
-                level, tag, value + keys.SEP + position, stop, limit=STREAM_BATCH
-            )
-            for _, pk in found:
-                if pk != seen:
-                    yield pk
-            if len(found) < STREAM_BATCH:
-                return
-            position = seen = found[-1][1]
-
-    def _having(
-        self, terms: list[tuple[MatchTerm, list[bytes]]], batch: list[bytes]
-    ) -> list[bytes]:
-        """The keys of ``batch`` (in order) that every one of ``terms`` matches."""
-        kept = set(batch)
-        for term, exact in terms:
-            if not kept:
-                break
-            attribute = term.attribute
-            kept = self.index.having_terms(attribute.level, attribute.tag, exact, kept)
-        return [pk for pk in batch if pk in kept]
+        level, tag = attribute.level, attribute.tag
+        start, stop, prefix = self.matcher.term_range(attribute, term.value)
+        first = self.index.scan_terms(level, tag, start, stop, prefix, RANGE_PROBE)
+        found = list(dict.fromkeys(value for value, _ in first))
+        if len(first) < RANGE_PROBE:
+            return found
+        if len(first) < MIN_RANGE_ENTRIES * len(found):
+            return None
+        # ``term + 0x01`` sorts above every entry of the term (``term NUL key``).
+        rest = self.index.distinct_terms(
+            level, tag, first[-1][0] + b"\x01", stop, prefix, MAX_RANGE_TERMS + 1 - len(found)
+        )
+        found += [value for value, _ in rest]
+        return found if len(found) <= MAX_RANGE_TERMS else None
 
     def _intersect(self, terms: list[MatchTerm], level: Level, fuzzy: bool) -> set[bytes]:
         """Keys of the searched level that every term matches, the most selective first.
@@ -228,7 +223,9 @@ class TermSearch:
         """The results of a page: each record's returned attributes, with its parents'.
 
         The records of the page and of their parents are read in one read transaction per
-        level, and each parent once for all its children on the page.
+        level, and each parent once for all its children on the page. A record's own data set
+        becomes its result, the attributes not returned taken out, rather than a copy being
+        built attribute by attribute: building the results is most of a streamed page's work.
         """
         split = [pk.split(keys.SEP) for pk in page]
         chain = [Level.STUDY, Level.SERIES, Level.INSTANCE][: int(level)]
@@ -236,16 +233,19 @@ class TermSearch:
         for depth, part_level in enumerate(chain, start=1):
             wanted = sorted({keys.SEP.join(p[:depth]) for p in split})
             own = part_level == level or not scoped or part_level != Level.STUDY
+            keep = returned if own else returned & {"0020000D"}
             found: dict[bytes, dataset_pb2.Dataset] = {}
             for key, raw in self.index.record_map(part_level, wanted).items():
                 record = _RECORDS[part_level](raw)
-                piece = dataset_pb2.Dataset()
-                for tag, attribute in record.attributes.attributes.items():  # type: ignore[attr-defined]
-                    if tag in returned and (own or tag == "0020000D"):
-                        piece.attributes[tag].CopyFrom(attribute)
+                piece: dataset_pb2.Dataset = record.attributes  # type: ignore[attr-defined]
+                attributes = piece.attributes
+                for tag in [tag for tag in attributes if tag not in keep]:
+                    del attributes[tag]
                 _counts(piece, part_level, record, level)
                 found[key] = piece
             parts.append(found)
+        if len(parts) == 1:  # each result is one record's
+            return [parts[0].get(pk) or dataset_pb2.Dataset() for pk in page]
         results = []
         for p in split:
             out = dataset_pb2.Dataset()
@@ -285,3 +285,280 @@ def _scope(level: Level, study: str, series: str) -> bytes:
     if study and level == Level.STUDY:
         return keys.study_key(study)
     return keys.child_prefix(keys.study_key(study)) if study else b""
+
+
+# -- key streams -------------------------------------------------------------------------------
+
+
+class KeyStream:
+    """Keys in key order, read lazily: ``head`` is the current key (None once past the end).
+
+    :meth:`seek` moves to the first key at or above a key; each stream reads its index from
+    there, so that a page reads what lies between the cursor and its last result, not every
+    match.
+    """
+
+    cost = 0
+    head: bytes | None = None
+
+    def seek(self, key: bytes) -> bytes | None:
+        """Move to the first key ``>= key`` (never back); the new head."""
+        raise NotImplementedError
+
+    def advance(self) -> bytes | None:
+        """Move past the head; the new head."""
+        raise NotImplementedError
+
+
+class _ListStream(KeyStream):
+    """Keys known in advance (sorted)."""
+
+    def __init__(self, found: list[bytes]) -> None:
+        self.keys = found
+        self.at = 0
+        self.head = found[0] if found else None
+
+    def seek(self, key: bytes) -> bytes | None:
+        if self.head is not None and self.head < key:
+            self.at = bisect.bisect_left(self.keys, key, self.at)
+            self.head = self.keys[self.at] if self.at < len(self.keys) else None
+        return self.head
+
+    def advance(self) -> bytes | None:
+        self.at += 1
+        self.head = self.keys[self.at] if self.at < len(self.keys) else None
+        return self.head
+
+
+class _TermStream(KeyStream):
+    """The keys having one index term (its entries are in key order), read in batches.
+
+    Batches grow from ``batch`` as the stream is read on.
+    """
+
+    cost = 1
+
+    def __init__(
+        self,
+        index: TermStore,
+        level: Level,
+        tag: int,
+        value: bytes,
+        batch: int,
+    ) -> None:
+        self.index, self.level, self.tag, self.value = index, level, tag, value
+        self.batch = batch
+        self.buffer: list[bytes] = []
+        self.at = 0
+        self.complete = False  # the buffer holds every key from its first on
+        self.started = False
+        self.head = None
+
+    def seek(self, key: bytes) -> bytes | None:
+        if self.started and (self.head is None or self.head >= key):
+            return self.head
+        self.started = True
+        buffer = self.buffer
+        if buffer and buffer[-1] >= key:  # the buffer holds every key from buffer[at] on
+            self.at = bisect.bisect_left(buffer, key, self.at)
+            self.head = buffer[self.at]
+            return self.head
+        if self.complete:
+            self.head = None
+            return None
+        return self._read(key)
+
+    def advance(self) -> bytes | None:
+        self.at += 1
+        if self.at < len(self.buffer):
+            self.head = self.buffer[self.at]
+            return self.head
+        if self.complete:
+            self.head = None
+            return None
+        return self._read(self.buffer[-1] + keys.SEP)
+
+    def covers(self, key: bytes) -> bool:
+        """Whether :meth:`seek` to ``key`` needs no read."""
+        if self.started and (self.head is None or self.head >= key):
+            return True
+        return bool(self.buffer and self.buffer[-1] >= key) or self.complete
+
+    def _read(self, key: bytes) -> bytes | None:
+        """Read a batch of keys from ``key`` on."""
+        found = self.index.term_entries_from(self.level, self.tag, [self.value], key, self.batch)
+        return self.load(found[0])
+
+    def load(self, found: list[bytes]) -> bytes | None:
+        """Take ``found``, the keys read from the key of a seek on, as the buffer."""
+        self.started = True
+        self.buffer = found
+        self.complete = len(found) < self.batch
+        self.batch = min(self.batch * 2, STREAM_BATCH)
+        self.at = 0
+        self.head = found[0] if found else None
+        return self.head
+
+
+class _MergedStream(KeyStream):
+    """The union of the keys of several terms (a UID list, a date range), in key order.
+
+    A seek moves only the terms whose head lies below the key, and reads those that must
+    read in one request: a page of a range of 365 dates costs one read positioned on every
+    date, then the dates' entries between the cursor and the page's last result.
+    """
+
+    cost = 2
+
+    def __init__(self, streams: list[_TermStream]) -> None:
+        self.streams = streams
+        first = streams[0]
+        self.index, self.level, self.tag = first.index, first.level, first.tag
+        self.heap: list[tuple[bytes, int]] = []
+        self.started = False
+        self.head = None
+
+    def seek(self, key: bytes) -> bytes | None:
+        heap = self.heap
+        if not self.started:
+            self.started = True
+            moving = list(range(len(self.streams)))
+        else:
+            moving = []
+            while heap and heap[0][0] < key:
+                moving.append(heapq.heappop(heap)[1])
+        reads = [n for n in moving if not self.streams[n].covers(key)]
+        if reads:
+            batch = max(self.streams[n].batch for n in reads)
+            values = [self.streams[n].value for n in reads]
+            found = self.index.term_entries_from(self.level, self.tag, values, key, batch)
+            for number, keys_found in zip(reads, found, strict=True):
+                self.streams[number].batch = batch
+                self.streams[number].load(keys_found)
+        for number in moving:
+            head = self.streams[number].seek(key)
+            if head is not None:
+                heapq.heappush(heap, (head, number))
+        self.head = heap[0][0] if heap else None
+        return self.head
+
+    def advance(self) -> bytes | None:
+        heap, current = self.heap, self.head
+        while heap and heap[0][0] == current:  # a record holding two of the values, once
+            _, number = heap[0]
+            head = self.streams[number].advance()
+            if head is None:
+                heapq.heappop(heap)
+            else:
+                heapq.heapreplace(heap, (head, number))
+        self.head = heap[0][0] if heap else None
+        return self.head
+
+
+class _LiftedStream(KeyStream):
+    """The keys of ``level`` under the records of a parent stream (a study's series, ...).
+
+    A parent's children follow it in key order, so lifting keeps the order.
+    """
+
+    cost = 3
+
+    def __init__(self, index: TermStore, owners: KeyStream, depth: int, level: Level) -> None:
+        self.index, self.owners, self.depth, self.level = index, owners, depth, level
+        self.cost = owners.cost + 2
+        self.owner: bytes | None = None
+        self.children: list[bytes] = []
+        self.at = 0
+        self.complete = True
+        self.started = False
+        self.head = None
+
+    def seek(self, key: bytes) -> bytes | None:
+        if self.started and (self.head is None or self.head >= key):
+            return self.head
+        self.started = True
+        target = keys.SEP.join(key.split(keys.SEP)[: self.depth])
+        owner = self.owners.seek(target)
+        if owner is None:
+            self.head = None
+            return None
+        if owner != self.owner:
+            self.owner = owner
+            self._children(_below(key) if owner == target else b"")
+        elif self.children and self.children[-1] >= key:
+            self.at = bisect.bisect_left(self.children, key, self.at)
+            self.head = self.children[self.at]
+            return self.head
+        elif self.complete:
+            self.at = len(self.children)
+        else:
+            self._children(_below(key))
+        return self._settle()
+
+    def advance(self) -> bytes | None:
+        self.at += 1
+        if self.at >= len(self.children) and not self.complete:
+            self._children(self.children[-1])
+        return self._settle()
+
+    def _children(self, after: bytes) -> None:
+        """Read a batch of the current owner's children above ``after``."""
+        assert self.owner is not None
+        self.children = self.index.record_keys(
+            self.level, keys.child_prefix(self.owner), after, STREAM_BATCH
+        )
+        self.complete = len(self.children) < STREAM_BATCH
+        self.at = 0
+
+    def _settle(self) -> bytes | None:
+        """The head: the current child, or the first child of the next owner that has one."""
+        while self.at >= len(self.children):
+            if not self.complete:
+                self._children(self.children[-1])
+                continue
+            self.owner = self.owners.advance()
+            if self.owner is None:
+                self.head = None
+                return None
+            self._children(b"")
+        self.head = self.children[self.at]
+        return self.head
+
+
+def _below(key: bytes) -> bytes:
+    """A key just below ``key``: every record key above it is ``>= key``.
+
+    Keys are UIDs joined by NUL (``storage/keys.py``): their bytes are UID characters and NUL,
+    never 0xFF, so lowering the last byte and appending 0xFF leaves no key in between.
+    """
+    if not key:
+        return b""
+    if key[-1] == 0:
+        return key[:-1]
+    return key[:-1] + bytes([key[-1] - 1]) + b"\xff"
+
+
+def _join(streams: list[KeyStream], start: bytes, wanted: int) -> list[bytes]:
+    """Up to ``wanted`` keys from ``start`` on that every stream holds, in key order.
+
+    A leapfrog join: every stream seeks the highest head of the others, so a sparse term
+    steers a dense one by seeks instead of the dense one being read entry by entry.
+    """
+    out: list[bytes] = []
+    target = start
+    while True:
+        for stream in streams:
+            head = stream.seek(target)
+            if head is None:
+                return out
+            if head > target:
+                target = head
+                break
+        else:
+            out.append(target)
+            if len(out) >= wanted:
+                return out
+            head = streams[0].advance()
+            if head is None:
+                return out
+            target = head

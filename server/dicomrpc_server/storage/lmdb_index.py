@@ -417,6 +417,63 @@ class LmdbIndex:
         """The studies holding a series with this SeriesInstanceUID (normally one)."""
         return studies_of_series(self.scan_terms, series)
 
+    def distinct_terms(
+        self,
+        level: Level,
+        tag: int,
+        start: bytes,
+        stop: bytes | None = None,
+        prefix: bytes = b"",
+        limit: int | None = None,
+    ) -> list[tuple[bytes, bytes]]:
+        """Each distinct term :meth:`scan_terms` would return, with its lowest key, in order.
+
+        One read transaction; after each term the cursor jumps to ``term + 0x01``, which sorts
+        above every entry of the term (``term NUL key``) and at or below every greater term.
+        """
+        base = keys.term_prefix(level, tag, b"")
+        out: list[tuple[bytes, bytes]] = []
+        with self.read() as txn:
+            cursor = txn.cursor(db=self._db["terms"])
+            position = base + start
+            while cursor.set_range(position):
+                key = bytes(cursor.key())
+                if not key.startswith(base):
+                    break
+                term, pk = split_term(key[len(base) :])
+                if (stop is not None and term >= stop) or not term.startswith(prefix):
+                    break
+                out.append((term, pk))
+                if limit is not None and len(out) >= limit:
+                    break
+                position = base + term + b"\x01"
+        return out
+
+    def term_entries_from(
+        self, level: Level, tag: int, terms: list[bytes], start: bytes, limit: int
+    ) -> list[list[bytes]]:
+        """For each term, the keys having it that are ``>= start``, in order, at most ``limit``.
+
+        One read transaction and one cursor for all the terms.
+        """
+        base = keys.term_prefix(level, tag, b"")
+        out: list[list[bytes]] = []
+        with self.read() as txn:
+            cursor = txn.cursor(db=self._db["terms"])
+            for term in terms:
+                head = base + term + keys.SEP
+                found: list[bytes] = []
+                if cursor.set_range(head + start):
+                    for raw_key in cursor.iternext(values=False):
+                        key = bytes(raw_key)
+                        if not key.startswith(head):
+                            break
+                        found.append(key[len(head) :])
+                        if len(found) >= limit:
+                            break
+                out.append(found)
+        return out
+
     def having_terms(
         self, level: Level, tag: int, terms: list[bytes], candidates: set[bytes]
     ) -> set[bytes]:

@@ -142,6 +142,45 @@ FROM counter, unnest($14::bytea[], $19::bytea[]) WITH ORDINALITY AS c (key, reco
 """
 
 
+# The distinct terms of an attribute from $3 (below $4 when given), each with its first entry,
+# at most $5: a skip scan, each step one index lookup. An entry's term is cut as split_term
+# cuts it: a number term ("#", 0x23) is 9 bytes, any other ends at the first NUL.
+_DISTINCT_TERMS = """
+WITH RECURSIVE walk (entry, n) AS (
+    (SELECT entry, 1 FROM index_terms
+     WHERE level = $1 AND tag = $2 AND entry >= $3 AND ($4::bytea IS NULL OR entry < $4)
+     ORDER BY entry LIMIT 1)
+    UNION ALL
+    SELECT step.entry, walk.n + 1 FROM walk CROSS JOIN LATERAL (
+        SELECT entry FROM index_terms
+        WHERE level = $1 AND tag = $2
+          AND entry >= (CASE WHEN get_byte(walk.entry, 0) = 35
+                             THEN substring(walk.entry FROM 1 FOR 9)
+                             ELSE substring(walk.entry FROM 1
+                                            FOR position('\\x00'::bytea IN walk.entry) - 1)
+                        END) || '\\x01'::bytea
+          AND ($4::bytea IS NULL OR entry < $4)
+        ORDER BY entry LIMIT 1
+    ) step
+    WHERE $5::int IS NULL OR walk.n < $5
+)
+SELECT entry FROM walk ORDER BY n
+"""
+
+# For each term of $3 (numbered from 1), its entries from term NUL $4 on, at most $5 each.
+_TERM_ENTRIES_FROM = """
+SELECT t.n, e.entry
+FROM unnest($3::bytea[]) WITH ORDINALITY AS t (term, n)
+CROSS JOIN LATERAL (
+    SELECT entry FROM index_terms
+    WHERE level = $1 AND tag = $2
+      AND entry >= t.term || '\\x00'::bytea || $4 AND entry < t.term || '\\x01'::bytea
+    ORDER BY entry LIMIT $5
+) e
+ORDER BY t.n, e.entry
+"""
+
+
 def _successor(prefix: bytes) -> bytes | None:
     """The least byte string above every string starting with ``prefix`` (None: no bound)."""
     trimmed = prefix.rstrip(b"\xff")
@@ -451,6 +490,51 @@ class PostgresIndex:
     def studies_of_series(self, series: str) -> list[str]:
         """The studies holding a series with this SeriesInstanceUID (normally one)."""
         return studies_of_series(self.scan_terms, series)
+
+    def distinct_terms(
+        self,
+        level: Level,
+        tag: int,
+        start: bytes,
+        stop: bytes | None = None,
+        prefix: bytes = b"",
+        limit: int | None = None,
+    ) -> list[tuple[bytes, bytes]]:
+        """Each distinct term :meth:`scan_terms` would return, with its lowest key, in order.
+
+        One statement: a recursive skip scan that, after each entry, looks up the first entry
+        at or above its term followed by 0x01 (above every ``term NUL key`` of that term). The
+        term of an entry is cut as :func:`split_term` cuts it (a number's 9 bytes, else up to
+        the first NUL); the same checks as :meth:`scan_terms` then end the list.
+        """
+        upper = _successor(prefix) if prefix else None
+        if stop is not None:
+            bound = _stop_bound(stop)
+            upper = bound if upper is None else min(upper, bound)
+        rows = self._fetch(_DISTINCT_TERMS, int(level), tag, start, upper, limit)
+        out: list[tuple[bytes, bytes]] = []
+        for row in rows:
+            term, pk = split_term(bytes(row["entry"]))
+            if (stop is not None and term >= stop) or not term.startswith(prefix):
+                break
+            out.append((term, pk))
+        return out
+
+    def term_entries_from(
+        self, level: Level, tag: int, terms: list[bytes], start: bytes, limit: int
+    ) -> list[list[bytes]]:
+        """For each term, the keys having it that are ``>= start``, in order, at most ``limit``.
+
+        One statement: a lateral index scan per term, from ``term NUL start`` to ``term 0x01``.
+        """
+        if not terms:
+            return []
+        rows = self._fetch(_TERM_ENTRIES_FROM, int(level), tag, terms, start, limit)
+        out: list[list[bytes]] = [[] for _ in terms]
+        for row in rows:
+            number = row["n"] - 1
+            out[number].append(bytes(row["entry"])[len(terms[number]) + 1 :])
+        return out
 
     def having_terms(
         self, level: Level, tag: int, terms: list[bytes], candidates: set[bytes]
