@@ -33,6 +33,7 @@ from tests.conftest import ServerProcess, spawn_server, start_server
 from tests.integration.test_dimse_ups import (
     GLOBAL,
     SUBSCRIBE,
+    UNSUBSCRIBE,
     UPS_PULL,
     UPS_PUSH,
     UPS_WATCH,
@@ -219,21 +220,57 @@ def group(tmp_path: Path) -> Iterator[tuple[ServerProcess, int]]:
     assert server.stop() == 0
 
 
+def associations_by_process(port: int, pids: list[int]) -> dict[int, Association]:
+    """One association served by each process of ``pids`` (the kernel picks, so try again)."""
+    out: dict[int, Association] = {}
+    for _ in range(64):
+        if len(out) == len(pids):
+            return out
+        association = associate(port)
+        local = association.dul.socket.socket.getsockname()[1]  # type: ignore[union-attr]
+        pid = serving_pid(port, local)
+        if pid in pids and pid not in out:
+            out[pid] = association
+        else:
+            association.release()
+    raise AssertionError(f"associations never spread over {pids}")
+
+
+def watch_on(association: Association, title: str, action: int, instance: str) -> int:
+    answer = association.send_n_action(
+        receiving(title), action, UPS_PUSH, instance, meta_uid=UPS_WATCH
+    )[0]
+    return status_of(answer)
+
+
 def test_a_subscription_on_one_process_hears_the_changes_made_on_the_other(
     group: tuple[ServerProcess, int], watcher: Watcher
 ) -> None:
+    """Subscribed on one process's association, subscribed again (as a subscriber reconnecting
+    through a load balancer would) on the other's: one subscription, whose reports of the
+    changes made through either come once each, in order, until it is ended on either."""
     server, port = group
     by_pid = pinned(server, 1)
     with Client(server.target, OWN_CONNECTION) as client:
         client.add_dimse_peer("durable", watcher.title, "127.0.0.1", watcher.port)
-    taken_on = subscribe(port, watcher.title, GLOBAL)
-    assert taken_on in by_pid, f"the association was served by {taken_on}, not {list(by_pid)}"
-    (other,) = [clients[0] for pid, clients in by_pid.items() if pid != taken_on]
-    expected = workflow(other, 6)
-    assert receive(watcher, len(expected)) == expected  # each once, in order
-    for clients in by_pid.values():
-        for c in clients:
-            c.close()
+    associations = associations_by_process(port, list(by_pid))
+    (first, a), (second, b) = associations.items()
+    try:
+        assert watch_on(a, watcher.title, SUBSCRIBE, GLOBAL) == 0x0000
+        expected = workflow(by_pid[second][0], 3)
+        assert receive(watcher, len(expected)) == expected
+        assert watch_on(b, watcher.title, SUBSCRIBE, GLOBAL) == 0x0000  # replaces it
+        expected = workflow(by_pid[second][0], 2) + workflow(by_pid[first][0], 2)
+        assert receive(watcher, len(expected)) == expected  # each once, in order
+        assert watch_on(b, watcher.title, UNSUBSCRIBE, GLOBAL) == 0x0000
+        workflow(by_pid[first][0], 1)
+        assert watcher.quiet(3)
+    finally:
+        for association in associations.values():
+            association.release()
+        for clients in by_pid.values():
+            for c in clients:
+                c.close()
 
 
 def test_a_killed_sender_is_taken_over_within_the_lease(
