@@ -110,6 +110,8 @@ RETRY_PAUSES_S = (1.0, 5.0, 30.0)
 # renews it (and every process looks for leases nobody holds).
 LEASE_S = 10.0
 RENEW_S = 2.5
+# How long a stopping process waits for its senders before giving up their leases.
+STOP_WAIT_S = 5.0
 # The events a sender reads at a time: at most this many reports go on one association.
 PAGE = 256
 _FINAL_STATES = frozenset({pb.WORKITEM_STATE_COMPLETED, pb.WORKITEM_STATE_CANCELED})
@@ -194,6 +196,15 @@ def receiving_ae_unknown(ae_title: str) -> ServiceError:
     )
 
 
+def _reachable(host: str, port: int) -> bool:
+    """Whether a TCP connection to the subscriber opens (closed again at once)."""
+    try:
+        with socket.create_connection((host, port), timeout=SEND_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
+
+
 def initial_information(dataset: dataset_pb2.Dataset) -> dataset_pb2.Dataset:
     """What the state report a subscription starts with holds (PS3.4 CC.2.3, CC.2.4.3)."""
     return public(dataset, {STATE, READINESS})
@@ -223,7 +234,7 @@ def wants(
 
 
 @dataclass
-class _Item:
+class Step:
     """One step of a delivery: a report to send, or an event passed over (``report`` None).
 
     ``sequence`` is the event the step passes (0 for an initial report); ``initial_of`` names
@@ -256,7 +267,7 @@ def plan(
     page: list[Event],
     at_end: bool,
     requesting_ae: str,
-) -> list[_Item]:
+) -> list[Step]:
     """The steps of one delivery to one AE, in order: its events after ``delivered``.
 
     The initial reports of a subscription come right before the first event after it was
@@ -265,7 +276,7 @@ def plan(
     """
     filters = {s.id: match_terms(dict(s.match)) for s in subscriptions}
     pending = sorted((s for s in subscriptions if s.initial), key=lambda s: s.since)
-    items: list[_Item] = []
+    items: list[Step] = []
 
     def initial_before(sequence: int | None) -> None:
         while pending and (sequence is None or pending[0].since < sequence):
@@ -281,7 +292,7 @@ def plan(
                 ):
                     finished = (subscription.workitem_uid, subscription.since + 1)
                 items.append(
-                    _Item(
+                    Step(
                         Report(0, initial.workitem_uid, STATE_REPORT, information),
                         initial_of=subscription.id if last else "",
                         finished=finished if last else None,
@@ -309,13 +320,13 @@ def plan(
         finished = None
         if event.type == pb.WORKITEM_EVENT_TYPE_STATE_REPORT and event.state in _FINAL_STATES:
             finished = (event.workitem_uid, event.sequence)
-        items.append(_Item(report, event.sequence, finished=finished))
+        items.append(Step(report, event.sequence, finished=finished))
     if at_end:
         initial_before(None)
     return items
 
 
-def reached(items: list[_Item], sent: int, delivered: int) -> Delivery:
+def reached(items: list[Step], sent: int, delivered: int) -> Delivery:
     """Where a delivery stands once the first ``sent`` reports of ``items`` were answered."""
     out = Delivery(delivered)
     for item in items:
@@ -633,11 +644,19 @@ class Watchers:
         # The archive is the UPS Event SCP calling its SCU, so it proposes that role (PS3.7
         # D.3.3.4); a subscriber that ignores the proposal is sent the reports all the same.
         role = build_role(UPS_EVENT, scp_role=True)
-        with warnings.catch_warnings():
-            # pynetdicom lets go of the socket of a refused connection without closing it; it
-            # is closed as it is collected, here, and its ResourceWarning says nothing new.
-            warnings.simplefilter("ignore", ResourceWarning)
-            assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, ext_neg=[role])
+        # A subscriber that is down is called until it answers, so its refusals are expected:
+        # they are found with a connection of our own, as pynetdicom lets go of the socket of
+        # a refused connection without closing it.
+        if not _reachable(peer.host, peer.port):
+            log.warning(
+                "%d UPS event reports for %s not sent yet: %s:%d does not answer",
+                len(reports),
+                ae_title,
+                peer.host,
+                peer.port,
+            )
+            return 0
+        assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, ext_neg=[role])
         if not assoc.is_established:
             log.warning(
                 "%d UPS event reports for %s not sent yet: no association with %s:%d",
@@ -692,11 +711,13 @@ class Watchers:
             sender.wake.set()
 
         def join() -> None:
-            if self._thread is not None:
-                self._thread.join(SEND_TIMEOUT_S)
-            for sender in senders:
-                if sender.thread is not None:
-                    sender.thread.join(5)
+            # A sender in the middle of a send is not waited for long: what it sends is sent
+            # again by the next holder of the lease, as a report may be (at least once).
+            deadline = time.monotonic() + STOP_WAIT_S
+            threads = [self._thread, *(sender.thread for sender in senders)]
+            for thread in threads:
+                if thread is not None:
+                    thread.join(max(0.0, deadline - time.monotonic()))
 
         await asyncio.to_thread(join)
         owner = self.owner
