@@ -334,3 +334,34 @@ def test_a_failed_change_writes_nothing_and_the_last_subscription_takes_the_rest
     # An AE with no records: a change sees none, and writes none.
     assert not asyncio.run(records.change_subscriber("NOBODY", _claim("p")))
     assert records.subscribers() == []
+
+
+def test_subscriptions_carried_to_postgresql_keep_their_delivery(
+    tmp_path: Path, postgres_dsn: str
+) -> None:
+    """``migrate`` copies an embedded archive's subscriptions: each AE's delivered sequence
+    means the same event in the copied log, and nobody holds its lease."""
+    index = LmdbIndex(
+        tmp_path / "index",
+        map_size=1 << 24,
+        max_readers=64,
+        max_batch=64,
+        before_commit=lambda: None,
+    )
+    backend = PostgresBackend(postgres_dsn, pool_size=2)
+    try:
+        source, target = WorkitemStore(index), PostgresWorkitemStore(backend)
+        _create_stored(source, "1.2.1", "A", "SCHEDULED")
+        asyncio.run(source.subscribe(_subscription("WATCHER", "1.2.1"), _state_only))
+        asyncio.run(source.subscribe(_subscription("WATCHER"), None))
+        asyncio.run(source.change_subscriber("WATCHER", _claim("a process")))
+        for _ in range(2):  # a second run finds them there, and keeps them
+            asyncio.run(
+                target.carry_subscriptions(source.subscribers(), source.subscriptions("WATCHER"))
+            )
+        assert target.subscriptions("WATCHER") == source.subscriptions("WATCHER")
+        (carried,) = target.subscribers()
+        assert (carried.delivered, carried.owner, carried.lease_expires_ms) == (1, "", 0)
+    finally:
+        backend.close()
+        index.close()

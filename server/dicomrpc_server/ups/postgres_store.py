@@ -445,6 +445,39 @@ class PostgresWorkitemStore:
 
         return await self.backend.arun(run())
 
+    async def carry_subscriptions(
+        self,
+        subscribers: list[UpsSubscriberRecord],
+        subscriptions: list[UpsSubscriptionRecord],
+    ) -> None:
+        """Write DIMSE subscriptions copied from another store (``migrate``).
+
+        Each subscriber keeps the sequence delivered, which means the same event in the copied
+        log; nobody holds its lease (the copying store's processes serve no more). Records
+        present already are kept.
+        """
+        for subscriber in subscribers:
+            subscriber.owner, subscriber.lease_expires_ms = "", 0
+
+        async def carry(connection: asyncpg.Connection) -> None:
+            await connection.execute(
+                "INSERT INTO ups_subscribers (ae_title, record) "
+                "SELECT * FROM unnest($1::text[], $2::bytea[]) ON CONFLICT DO NOTHING",
+                [s.ae_title for s in subscribers],
+                [s.SerializeToString(deterministic=True) for s in subscribers],
+            )
+            await connection.execute(
+                "INSERT INTO ups_subscriptions (ae_title, workitem_uid, record) "
+                "SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[]) ON CONFLICT DO NOTHING",
+                [s.ae_title for s in subscriptions],
+                [s.workitem_uid for s in subscriptions],
+                [s.SerializeToString(deterministic=True) for s in subscriptions],
+            )
+
+        if subscribers or subscriptions:
+            await self.backend.arun(self.backend.transact(carry))
+            self.backend.committed()
+
     async def carry_events(self, events: list[tuple[int, bytes, bytes]]) -> None:
         """Write events copied from another store under their own sequences (``migrate``).
 
