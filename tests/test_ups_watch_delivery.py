@@ -80,3 +80,12 @@ def test_a_final_state_report_ends_a_workitem_subscription_once_delivered() -> N
     assert _reports(items) == [(0, "1.2.1")]
     done = reached(items, 1, 1)
     assert done.initial_done == {"l"} and done.finished == [("1.2.1", 2)]
+
+
+def test_a_suspended_global_subscription_reports_what_came_before_its_suspension() -> None:
+    suspended = UpsSubscriptionRecord(
+        id="g", since=0, suspended=True, suspended_at=2, covered=["1.2.1"]
+    )
+    page = [_event(1, "1.2.1"), _event(2, "1.2.2"), _event(3, "1.2.1"), _event(4, "1.2.2")]
+    items = plan([suspended], 0, page, True, "DICOMRPC")
+    assert _reports(items) == [(1, "1.2.1"), (2, "1.2.2"), (3, "1.2.1")]

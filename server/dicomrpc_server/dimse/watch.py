@@ -219,14 +219,18 @@ def wants(
     """Whether a subscription reports an event (``terms``: its filter, resolved).
 
     It reports the events after it was taken: of its workitem, or (the global one) of every
-    workitem, of those its filter matches as the event left them, and once suspended of
-    those it covered then.
+    workitem, of those its filter matches as the event left them, and of the events after its
+    suspension only those of the workitems it covered then.
     """
     if event.sequence <= subscription.since:
         return False
     if subscription.workitem_uid:
         return event.workitem_uid == subscription.workitem_uid
-    if subscription.suspended and event.workitem_uid not in subscription.covered:
+    if (
+        subscription.suspended
+        and event.sequence > subscription.suspended_at
+        and event.workitem_uid not in subscription.covered
+    ):
         return False
     return not terms or TermSet(event.workitem_uid.encode("ascii"), event_terms).matches(
         terms, False
@@ -448,17 +452,21 @@ class Watchers:
         found = {s.workitem_uid: s for s in self._store.subscriptions(ae_title)}
         if "" not in found:
             return False
+        # Read before the workitems: one created meanwhile may be covered, none is missed.
+        suspended_at = self._store.last_sequence()
         covered = {
-            text(dataset, SOP_INSTANCE)
-            for dataset in _every(self._core, dict(found[""].match))
-            if text(dataset, STATE) not in _FINAL_VALUES
+            text(dataset, SOP_INSTANCE) for dataset in _every(self._core, dict(found[""].match))
         }
 
         def suspend(state: SubscriberState) -> bool:
             subscription = state.subscriptions.get("")
             if subscription is None:
                 return False
-            keep = covered if not subscription.suspended else covered & set(subscription.covered)
+            if subscription.suspended:
+                keep = covered & set(subscription.covered)
+            else:
+                keep = covered
+                subscription.suspended_at = suspended_at
             subscription.suspended = True
             del subscription.covered[:]
             subscription.covered.extend(sorted(keep))

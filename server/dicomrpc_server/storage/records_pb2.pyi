@@ -671,6 +671,7 @@ class UpsSubscriptionRecord(_message.Message):
     INITIAL_FIELD_NUMBER: _builtins.int
     SUSPENDED_FIELD_NUMBER: _builtins.int
     COVERED_FIELD_NUMBER: _builtins.int
+    SUSPENDED_AT_FIELD_NUMBER: _builtins.int
     ID_FIELD_NUMBER: _builtins.int
     ae_title: _builtins.str
     """The Receiving AE the event reports go to."""
@@ -684,6 +685,8 @@ class UpsSubscriptionRecord(_message.Message):
     """Set once the global subscription is suspended: it then covers only the workitems in
     covered (those it covered when suspended, less those finished since).
     """
+    suspended_at: _builtins.int
+    """The newest event's sequence when it was suspended: covered limits the events after it."""
     id: _builtins.str
     """Names this taking of the subscription: a subscription taken again (a new filter) is
     another, and what was delivered for the one it replaced is not recorded on it.
@@ -714,11 +717,12 @@ class UpsSubscriptionRecord(_message.Message):
         initial: _abc.Iterable[Global___UpsInitialReport] | None = ...,
         suspended: _builtins.bool = ...,
         covered: _abc.Iterable[_builtins.str] | None = ...,
+        suspended_at: _builtins.int = ...,
         id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created", b"created"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ae_title", b"ae_title", "covered", b"covered", "created", b"created", "deletion_lock", b"deletion_lock", "id", b"id", "initial", b"initial", "match", b"match", "since", b"since", "suspended", b"suspended", "workitem_uid", b"workitem_uid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ae_title", b"ae_title", "covered", b"covered", "created", b"created", "deletion_lock", b"deletion_lock", "id", b"id", "initial", b"initial", "match", b"match", "since", b"since", "suspended", b"suspended", "suspended_at", b"suspended_at", "workitem_uid", b"workitem_uid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
