@@ -1,6 +1,8 @@
 """The workitem role's contract (:class:`~dicomrpc_server.ups.records.WorkitemRecords`), run
 against every implementation: a change is atomic, one at a time per workitem, and its event is
-logged in order; a refused change writes nothing; search pages its matches."""
+logged in order; a refused change writes nothing; search pages its matches; a DIMSE
+subscription starts after the newest event with its initial reports, and its AE's lease has
+one holder at a time."""
 
 from __future__ import annotations
 
@@ -16,9 +18,10 @@ from dicomrpc.v1 import workitem_service_pb2 as pb
 from dicomrpc_server.errors import ServiceError, invalid_argument
 from dicomrpc_server.storage.lmdb_index import LmdbIndex
 from dicomrpc_server.storage.postgres import PostgresBackend
+from dicomrpc_server.storage.records_pb2 import UpsSubscriptionRecord
 from dicomrpc_server.ups.index import match_terms
 from dicomrpc_server.ups.postgres_store import PostgresWorkitemStore
-from dicomrpc_server.ups.records import Mutation, WorkitemRecords
+from dicomrpc_server.ups.records import Mutation, SubscriberState, WorkitemRecords
 from dicomrpc_server.ups.store import WorkitemStore
 from dicomrpc_server.ups.values import set_text, text
 
@@ -209,3 +212,156 @@ def test_search_matches_as_the_query_rules_say(records: WorkitemRecords) -> None
     assert search(ProcedureStepLabel="CT*") == ["1.2.1"]
     assert search(ProcedureStepLabel="MR*") == ["1.2.10", "1.2.2"]
     assert search(PatientName="Doe^Jane") == ["1.2.2"]  # untouched keys keep their entries
+
+
+# -- DIMSE UPS subscriptions (PS3.4 CC.2.3) -------------------------------------------------------
+
+STATE = "00741000"  # ProcedureStepState
+SOP_INSTANCE = "00080018"
+
+
+def _create_stored(records: WorkitemRecords, uid: str, patient: str, state: str) -> None:
+    """A workitem as the core stores it: with its UID and state."""
+
+    def decide(stored: dataset_pb2.Dataset | None) -> Mutation[None]:
+        item = _item(patient)
+        set_text(item, SOP_INSTANCE, "UI", uid)
+        set_text(item, STATE, "CS", state)
+        return Mutation(None, item, (_event(uid),))
+
+    asyncio.run(records.mutate(uid, decide))
+
+
+def _state_only(dataset: dataset_pb2.Dataset) -> dataset_pb2.Dataset:
+    out = dataset_pb2.Dataset()
+    out.attributes[STATE].CopyFrom(dataset.attributes[STATE])
+    return out
+
+
+def _subscription(ae: str, workitem_uid: str = "", **match: str) -> UpsSubscriptionRecord:
+    return UpsSubscriptionRecord(ae_title=ae, workitem_uid=workitem_uid, match=match, id=ae + "1")
+
+
+def test_a_subscription_starts_after_the_newest_event_with_its_initial_report(
+    records: WorkitemRecords,
+) -> None:
+    _create_stored(records, "1.2.1", "A", "SCHEDULED")
+    _create_stored(records, "1.2.2", "B", "IN PROGRESS")
+    taken = asyncio.run(records.subscribe(_subscription("WATCHER", "1.2.2"), _state_only))
+    assert taken.since == 2
+    assert [(i.workitem_uid, text(i.information, STATE)) for i in taken.initial] == [
+        ("1.2.2", "IN PROGRESS")
+    ]
+    (kept,) = records.subscriptions("WATCHER")
+    assert kept == taken
+    (subscriber,) = records.subscribers()
+    assert (subscriber.ae_title, subscriber.delivered, subscriber.owner) == ("WATCHER", 2, "")
+    # A filtered global subscription with the Deletion Lock: a report of each workitem its
+    # filter matches; the AE's delivery stays where it was.
+    _create_stored(records, "1.2.3", "B", "SCHEDULED")
+    lock = _subscription("WATCHER", PatientID="B")
+    lock.deletion_lock = True
+    taken = asyncio.run(records.subscribe(lock, _state_only))
+    assert taken.since == 3 and [i.workitem_uid for i in taken.initial] == ["1.2.2", "1.2.3"]
+    assert [s.workitem_uid for s in records.subscriptions("WATCHER")] == ["", "1.2.2"]
+    assert records.subscribers()[0].delivered == 2
+    # Without initial reports (a global subscription without the lock): none.
+    assert not asyncio.run(records.subscribe(_subscription("OTHER"), None)).initial
+    assert [s.ae_title for s in records.subscribers()] == ["OTHER", "WATCHER"]
+
+
+def _claim(owner: str, lease_ms: int = 60_000) -> Callable[[SubscriberState], bool]:
+    def claim(state: SubscriberState) -> bool:
+        record = state.subscriber
+        if record is None:
+            return False
+        if record.owner not in ("", owner) and record.lease_expires_ms > state.now_ms:
+            return False
+        record.owner, record.lease_expires_ms = owner, state.now_ms + lease_ms
+        return True
+
+    return claim
+
+
+def test_a_lease_has_one_holder_until_it_expires(records: WorkitemRecords) -> None:
+    asyncio.run(records.subscribe(_subscription("WATCHER"), None))
+
+    async def race() -> list[bool]:
+        claims = [records.change_subscriber("WATCHER", _claim(f"p{n}")) for n in range(8)]
+        return list(await asyncio.gather(*claims))
+
+    won = asyncio.run(race())
+    assert won.count(True) == 1
+    winner = f"p{won.index(True)}"
+    assert records.subscribers()[0].owner == winner
+    assert asyncio.run(records.change_subscriber("WATCHER", _claim(winner)))  # renewed
+    assert not asyncio.run(records.change_subscriber("WATCHER", _claim("late")))
+    # Once it expires (by the index's clock), another takes it.
+    asyncio.run(records.change_subscriber("WATCHER", _claim(winner, lease_ms=-1)))
+    assert asyncio.run(records.change_subscriber("WATCHER", _claim("late")))
+    assert records.subscribers()[0].owner == "late"
+
+
+def test_a_failed_change_writes_nothing_and_the_last_subscription_takes_the_rest(
+    records: WorkitemRecords,
+) -> None:
+    _create_stored(records, "1.2.1", "A", "SCHEDULED")
+    asyncio.run(records.subscribe(_subscription("WATCHER", "1.2.1"), _state_only))
+    asyncio.run(records.subscribe(_subscription("WATCHER"), None))
+
+    def advance_then_fail(state: SubscriberState) -> None:
+        assert state.subscriber is not None
+        state.subscriber.delivered = 99
+        state.subscriptions.clear()
+        raise invalid_argument("change", "refused")
+
+    with pytest.raises(ServiceError):
+        asyncio.run(records.change_subscriber("WATCHER", advance_then_fail))
+    assert len(records.subscriptions("WATCHER")) == 2
+    assert records.subscribers()[0].delivered == 1
+
+    def end(workitem_uid: str) -> Callable[[SubscriberState], bool]:
+        def change(state: SubscriberState) -> bool:
+            return state.subscriptions.pop(workitem_uid, None) is not None
+
+        return change
+
+    assert asyncio.run(records.change_subscriber("WATCHER", end("1.2.1")))
+    assert not asyncio.run(records.change_subscriber("WATCHER", end("1.2.1")))
+    assert [s.workitem_uid for s in records.subscriptions("WATCHER")] == [""]
+    assert asyncio.run(records.change_subscriber("WATCHER", end("")))
+    assert records.subscriptions("WATCHER") == [] and records.subscribers() == []
+    # An AE with no records: a change sees none, and writes none.
+    assert not asyncio.run(records.change_subscriber("NOBODY", _claim("p")))
+    assert records.subscribers() == []
+
+
+def test_subscriptions_carried_to_postgresql_keep_their_delivery(
+    tmp_path: Path, postgres_dsn: str
+) -> None:
+    """``migrate`` copies an embedded archive's subscriptions: each AE's delivered sequence
+    means the same event in the copied log, and nobody holds its lease."""
+    index = LmdbIndex(
+        tmp_path / "index",
+        map_size=1 << 24,
+        max_readers=64,
+        max_batch=64,
+        before_commit=lambda: None,
+    )
+    backend = PostgresBackend(postgres_dsn, pool_size=2)
+    try:
+        source, target = WorkitemStore(index), PostgresWorkitemStore(backend)
+        _create_stored(source, "1.2.1", "A", "SCHEDULED")
+        asyncio.run(source.subscribe(_subscription("WATCHER", "1.2.1"), _state_only))
+        asyncio.run(source.subscribe(_subscription("WATCHER"), None))
+        asyncio.run(source.change_subscriber("WATCHER", _claim("a process")))
+        for _ in range(2):  # a second run finds them there, and keeps them
+            asyncio.run(
+                target.carry_subscriptions(source.subscribers(), source.subscriptions("WATCHER"))
+            )
+        assert target.subscriptions("WATCHER") == source.subscriptions("WATCHER")
+        (carried,) = target.subscribers()
+        assert (carried.delivered, carried.owner, carried.lease_expires_ms) == (1, "", 0)
+    finally:
+        backend.close()
+        index.close()

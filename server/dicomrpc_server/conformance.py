@@ -644,7 +644,12 @@ def limits() -> str:
         ("Storage commitment reports pending", commitment.MAX_PENDING, "fixed"),
         (
             "UPS event report attempts per subscriber",
-            f"{len(watch.RETRY_PAUSES_S) + 1} (pauses {pauses})",
+            f"until answered (pauses {pauses}, the last repeated)",
+            "fixed",
+        ),
+        (
+            "UPS event delivery lease (a stopped sender's is taken over after it)",
+            f"{watch.LEASE_S:g} s (renewed every {watch.RENEW_S:g} s)",
             "fixed",
         ),
         ("Error Comment (0000,0902)", f"{statuses.MAX_COMMENT} characters", "fixed (PS3.7 E.1)"),

@@ -26,7 +26,8 @@ files in its data folder) there, once, resumably:
    killed before it was indexed is written again by the next run, under the same name.
 5. Workitems are written by the target's workitem store, each with the index terms it derives;
    their event log is copied under its own sequence numbers, so that a subscriber's position
-   still means the same event.
+   still means the same event. The DIMSE UPS subscriptions are copied with where each
+   subscriber's delivery stands.
 6. The counts of both sides are compared (studies, series, instances, bytes of the files,
    workitems, events, query tags, peers); any difference fails the command, naming it.
 
@@ -213,7 +214,7 @@ class _Migration:
             index = open_postgres_index(settings)
             try:
                 workitems = PostgresWorkitemStore(index.backend)
-                present = self._check_target(source, indexed, index)
+                present = self._check_target(source, indexed, index, workitems)
                 await index.carry_query_tags(
                     [_ready(tag) for tag in source.query_tags()],
                     [_done(operation) for operation in source.operations()],
@@ -222,6 +223,9 @@ class _Migration:
                     await index.put_dimse_peer(peer)
                 copied = await self._copy_instances(source, objects, index, present)
                 await self._copy_workitems(source, workitems)
+                await workitems.carry_subscriptions(
+                    source.ups_subscribers(), source.ups_subscriptions()
+                )
                 summary = MigrateSummary(
                     source=self._source_tally(source, source_bytes),
                     target=self._target_tally(index, objects),
@@ -273,14 +277,18 @@ class _Migration:
         return indexed, total
 
     def _check_target(
-        self, source: EmbeddedSource, indexed: dict[str, bytes], index: PostgresIndex
+        self,
+        source: EmbeddedSource,
+        indexed: dict[str, bytes],
+        index: PostgresIndex,
+        workitems: PostgresWorkitemStore,
     ) -> set[bytes]:
         """The keys of the instances the target holds already; refuse another archive's data.
 
         The target may hold only what an interrupted migration of this archive wrote: each
         instance one of this archive's under the same blob id, one change per instance (no
-        delete, no store of its own since), and workitems, events and query tags this archive
-        has.
+        delete, no store of its own since), and workitems, events, query tags and DIMSE UPS
+        subscriptions this archive has.
         """
         backend = index.backend
         rows = backend.run(backend.fetch("SELECT key, blob_id FROM instances"))
@@ -318,6 +326,13 @@ class _Migration:
             if tag.hex_tag not in tags
         ]
         foreign += [f"a removal of query tag {hex_tag}" for hex_tag in index.pending_drops()]
+        subscriptions = {(s.ae_title, s.workitem_uid) for s in source.ups_subscriptions()}
+        foreign += [
+            f"the DIMSE UPS subscription of {s.ae_title} to {s.workitem_uid or 'all workitems'}"
+            for ae_title in {r.ae_title for r in workitems.subscribers()}
+            for s in workitems.subscriptions(ae_title)
+            if (s.ae_title, s.workitem_uid) not in subscriptions
+        ]
         peers = {peer.name: peer for peer in source.peers()}
         foreign += [
             f"DIMSE peer {peer.name}"

@@ -10,7 +10,8 @@ mount) or one older than its files (a restored backup) can be rebuilt from them:
 3. Otherwise a new index is built in ``<data>/index.rebuilding``. What the files cannot give
    back is carried over from the current index when it can be read: workitems with their
    events and index entries, the extended query tag definitions (the files are then indexed
-   for them, so they are ready at once) and the DIMSE peers added at run time.
+   for them, so they are ready at once), the DIMSE peers added at run time, and the DIMSE UPS
+   subscriptions with where their delivery stands.
 4. Every file in ``blobs/`` is parsed by the store's own :func:`~.store.prepare.prepare` in
    worker processes, oldest first (so that the study and series attributes of the latest
    instance win, as when they were stored), and indexed by the index writer, a batch per
@@ -426,7 +427,15 @@ def _readable_records(path: Path) -> dict[str, list[tuple[bytes, bytes]]]:
         return out
     try:
         with env.begin(buffers=False) as txn:
-            for name in ("workitems", "wi_events", "query_tags", "operations", "peers"):
+            for name in (
+                "workitems",
+                "wi_events",
+                "query_tags",
+                "operations",
+                "peers",
+                "ups_subscribers",
+                "ups_subscriptions",
+            ):
                 out[name] = _entries(env, txn, name)
             workitem_terms = bytes([Level.WORKITEM])
             out["terms"] = [

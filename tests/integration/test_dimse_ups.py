@@ -341,10 +341,13 @@ _WATCHERS = itertools.count(1)
 class Watcher:
     """A pynetdicom SCP of the UPS Event SOP class, recording each N-EVENT-REPORT."""
 
-    def __init__(self, title: str) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+    def __init__(self, title: str, port: int = 0) -> None:
+        """Listen as ``title`` on ``port`` (0: a free one)."""
+        if not port:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                port = probe.getsockname()[1]
+        self.port = port
         self.title = title
         self.reports: queue.Queue[tuple[int, str, Dataset]] = queue.Queue()
         ae = AE(ae_title=title)

@@ -244,6 +244,7 @@ class DimseServer:
         audit = self._audit
         watchers = Watchers(archive.workitems, archive.peers, loop, self.ae_title)
         self._watchers = watchers
+        watchers.start()
         workitems = WorkitemHandlers(archive.workitems, loop, audit, watchers, self.ae_title)
         find = _FindByModel(
             FindHandler(archive.search, self.ae_title, audit),
@@ -310,7 +311,7 @@ class DimseServer:
         Runs in a thread: an association finishing a C-STORE needs the event loop meanwhile.
         """
         if self._watchers is not None:
-            self._watchers.stop()
+            await self._watchers.stop()
         await asyncio.to_thread(self._stop, grace)
 
     def _stop(self, grace: float) -> None:

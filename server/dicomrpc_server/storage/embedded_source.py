@@ -99,6 +99,8 @@ class EmbeddedSource:
                     "workitems",
                     "wi_events",
                     "peers",
+                    "ups_subscribers",
+                    "ups_subscriptions",
                 )
             }
             with self.env.begin(buffers=False) as txn:
@@ -283,6 +285,20 @@ class EmbeddedSource:
         """The DIMSE peers added at run time, by name."""
         return [
             records_pb2.DimsePeerRecord.FromString(value) for _, value in self._entries("peers")
+        ]
+
+    def ups_subscribers(self) -> list[records_pb2.UpsSubscriberRecord]:
+        """Where the delivery to each DIMSE UPS subscriber stands, by AE title."""
+        return [
+            records_pb2.UpsSubscriberRecord.FromString(value)
+            for _, value in self._entries("ups_subscribers")
+        ]
+
+    def ups_subscriptions(self) -> list[records_pb2.UpsSubscriptionRecord]:
+        """The DIMSE UPS subscriptions, by AE title and workitem UID."""
+        return [
+            records_pb2.UpsSubscriptionRecord.FromString(value)
+            for _, value in self._entries("ups_subscriptions")
         ]
 
     def close(self) -> None:

@@ -22,6 +22,8 @@ name           key                     value
 ``workitems``  workitem UID            ``dicomrpc.v1.Dataset``: a UPS (:mod:`..ups.store`)
 ``wi_events``  sequence                a workitem event (:mod:`..ups.store`)
 ``peers``      peer name               ``DimsePeerRecord``: a DIMSE peer added at run time
+``ups_subscribers``  AE title          ``UpsSubscriberRecord``: DIMSE UPS event delivery
+``ups_subscriptions``  AE/workitem     ``UpsSubscriptionRecord``: a DIMSE UPS subscription
 =============  ======================  =========================================================
 
 Reads run on the caller's thread in short read transactions; writes go through the
@@ -101,6 +103,8 @@ _DB_NAMES = (
     "workitems",
     "wi_events",
     "peers",
+    "ups_subscribers",
+    "ups_subscriptions",
 )
 # "meta" keys of query tags being removed (the removal resumes at start-up).
 DROPPING = b"dropping\x00"

@@ -602,3 +602,166 @@ class DimsePeerRecord(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DimsePeerRecord: _TypeAlias = DimsePeerRecord  # noqa: Y015
+
+@_typing.final
+class UpsInitialReport(_message.Message):
+    """A report a DIMSE UPS subscription starts with (PS3.4 CC.2.3): the state report of a workitem
+    as the subscription found it, sent before the events that came after it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKITEM_UID_FIELD_NUMBER: _builtins.int
+    INFORMATION_FIELD_NUMBER: _builtins.int
+    workitem_uid: _builtins.str
+    """The workitem reported."""
+    @_builtins.property
+    def information(self) -> _dataset_pb2.Dataset:
+        """Its Procedure Step State and Input Readiness State when the subscription was taken."""
+
+    def __init__(
+        self,
+        *,
+        workitem_uid: _builtins.str = ...,
+        information: _dataset_pb2.Dataset | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["information", b"information"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["information", b"information", "workitem_uid", b"workitem_uid"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpsInitialReport: _TypeAlias = UpsInitialReport  # noqa: Y015
+
+@_typing.final
+class UpsSubscriptionRecord(_message.Message):
+    """One DIMSE UPS subscription (PS3.4 CC.2.3): of a Receiving AE to one workitem, or global
+    (workitem_uid empty), filtered by its matching keys or not. LMDB: sub-database
+    "ups_subscriptions", key AE title, NUL, workitem UID; PostgreSQL: table ups_subscriptions.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MatchEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    AE_TITLE_FIELD_NUMBER: _builtins.int
+    WORKITEM_UID_FIELD_NUMBER: _builtins.int
+    MATCH_FIELD_NUMBER: _builtins.int
+    DELETION_LOCK_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    INITIAL_FIELD_NUMBER: _builtins.int
+    SUSPENDED_FIELD_NUMBER: _builtins.int
+    COVERED_FIELD_NUMBER: _builtins.int
+    SUSPENDED_AT_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    ae_title: _builtins.str
+    """The Receiving AE the event reports go to."""
+    workitem_uid: _builtins.str
+    """The workitem followed; empty for the global subscription."""
+    deletion_lock: _builtins.bool
+    """Whether the subscriber asked for the Deletion Lock."""
+    since: _builtins.int
+    """The newest event's sequence when it was taken: it reports the events after it."""
+    suspended: _builtins.bool
+    """Set once the global subscription is suspended: it then covers only the workitems in
+    covered (those it covered when suspended, less those finished since).
+    """
+    suspended_at: _builtins.int
+    """The newest event's sequence when it was suspended: covered limits the events after it."""
+    id: _builtins.str
+    """Names this taking of the subscription: a subscription taken again (a new filter) is
+    another, and what was delivered for the one it replaced is not recorded on it.
+    """
+    @_builtins.property
+    def match(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The filter of a filtered global subscription: the workitem search's match keys."""
+
+    @_builtins.property
+    def created(self) -> _timestamp_pb2.Timestamp:
+        """When the subscription was taken."""
+
+    @_builtins.property
+    def initial(self) -> _containers.RepeatedCompositeFieldContainer[Global___UpsInitialReport]:
+        """The reports it starts with, until they are delivered."""
+
+    @_builtins.property
+    def covered(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        ae_title: _builtins.str = ...,
+        workitem_uid: _builtins.str = ...,
+        match: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        deletion_lock: _builtins.bool = ...,
+        created: _timestamp_pb2.Timestamp | None = ...,
+        since: _builtins.int = ...,
+        initial: _abc.Iterable[Global___UpsInitialReport] | None = ...,
+        suspended: _builtins.bool = ...,
+        covered: _abc.Iterable[_builtins.str] | None = ...,
+        suspended_at: _builtins.int = ...,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created", b"created"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ae_title", b"ae_title", "covered", b"covered", "created", b"created", "deletion_lock", b"deletion_lock", "id", b"id", "initial", b"initial", "match", b"match", "since", b"since", "suspended", b"suspended", "suspended_at", b"suspended_at", "workitem_uid", b"workitem_uid"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpsSubscriptionRecord: _TypeAlias = UpsSubscriptionRecord  # noqa: Y015
+
+@_typing.final
+class UpsSubscriberRecord(_message.Message):
+    """Where the delivery to one Receiving AE stands, and which server process delivers to it.
+    LMDB: sub-database "ups_subscribers", key AE title; PostgreSQL: table ups_subscribers.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AE_TITLE_FIELD_NUMBER: _builtins.int
+    DELIVERED_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
+    LEASE_EXPIRES_MS_FIELD_NUMBER: _builtins.int
+    ae_title: _builtins.str
+    """The Receiving AE."""
+    delivered: _builtins.int
+    """The sequence of the last workitem event delivered to it (or passed over as not wanted)."""
+    owner: _builtins.str
+    """The sender holding the lease (a server process's own id); empty when nobody holds it."""
+    lease_expires_ms: _builtins.int
+    """When the lease ends unless its owner renews it, in milliseconds since the epoch, by the
+    index's clock.
+    """
+    def __init__(
+        self,
+        *,
+        ae_title: _builtins.str = ...,
+        delivered: _builtins.int = ...,
+        owner: _builtins.str = ...,
+        lease_expires_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ae_title", b"ae_title", "delivered", b"delivered", "lease_expires_ms", b"lease_expires_ms", "owner", b"owner"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpsSubscriberRecord: _TypeAlias = UpsSubscriberRecord  # noqa: Y015

@@ -7,6 +7,8 @@ table                       rows
 ``workitem_terms``          (tag, term, uid): the secondary-index entries of :mod:`.index`
 ``workitem_events``         sequence, the event, the workitem's terms after it (:mod:`.index`)
 ``workitem_event_counter``  one row: the sequence of the newest event
+``ups_subscribers``         AE title, ``UpsSubscriberRecord``: a DIMSE subscriber's delivery
+``ups_subscriptions``       AE title, workitem UID, ``UpsSubscriptionRecord`` (PS3.4 CC.2.3)
 ==========================  ====================================================================
 
 (The tables are created by :mod:`dicomrpc_server.storage.postgres.migrations`.)
@@ -46,12 +48,21 @@ Search
     ordered range scan it needs, an index range scan of ``workitem_terms``' primary key. Exact,
     wildcard, fuzzy and range matching therefore mean the same on both stores.
 
+DIMSE subscriptions, one AE at a time
+    :meth:`PostgresWorkitemStore.change_subscriber` locks the AE's ``ups_subscribers`` row
+    (inserting a placeholder first, as a first change of a workitem does) and reads the
+    database's clock in the same transaction, so that every node judges a lease by one clock
+    and two nodes claiming it have one winner. Taking a subscription also share-locks the
+    event counter while it reads the newest sequence and the workitems its first reports are
+    made of: no event commits in between, so the reports and the events after them follow on
+    exactly.
+
 Reads are single statements on the pool, each seeing the database as committed when it started.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import asyncpg
@@ -60,9 +71,23 @@ from dicomrpc.v1 import dataset_pb2
 from dicomrpc_server.dicom.attributes import Level
 from dicomrpc_server.query.engine import MatchTerm, TermMatcher
 from dicomrpc_server.storage.postgres.backend import PostgresBackend
-from dicomrpc_server.storage.records_pb2 import WorkitemEventRecord
+from dicomrpc_server.storage.records_pb2 import (
+    UpsSubscriberRecord,
+    UpsSubscriptionRecord,
+    WorkitemEventRecord,
+)
 from dicomrpc_server.ups.index import INDEXED_TAGS, decode_terms, encode_terms, workitem_terms
-from dicomrpc_server.ups.records import Event, Mutation, event_message, event_record
+from dicomrpc_server.ups.records import (
+    Event,
+    InitialReport,
+    Mutation,
+    SubscriberState,
+    event_message,
+    event_record,
+    subscriber_state,
+    subscriber_writes,
+    take_subscription,
+)
 
 T = TypeVar("T")
 
@@ -216,6 +241,25 @@ class PostgresWorkitemStore:
             out.append((event, decode_terms(row["terms"])))
         return out
 
+    def subscribers(self) -> list[UpsSubscriberRecord]:
+        """Every Receiving AE with a DIMSE subscription, by AE title."""
+        rows = self.backend.run(
+            self.backend.fetch(
+                "SELECT record FROM ups_subscribers WHERE record IS NOT NULL ORDER BY ae_title"
+            )
+        )
+        return [UpsSubscriberRecord.FromString(row["record"]) for row in rows]
+
+    def subscriptions(self, ae_title: str) -> list[UpsSubscriptionRecord]:
+        """The DIMSE subscriptions of one Receiving AE, by workitem UID."""
+        rows = self.backend.run(
+            self.backend.fetch(
+                "SELECT record FROM ups_subscriptions WHERE ae_title = $1 ORDER BY workitem_uid",
+                ae_title,
+            )
+        )
+        return [UpsSubscriptionRecord.FromString(row["record"]) for row in rows]
+
     # -- writes ------------------------------------------------------------------------------
 
     async def mutate(
@@ -296,6 +340,143 @@ class PostgresWorkitemStore:
             for n, event in enumerate(events):
                 event.sequence = first + n
         return mutation.result, True
+
+    async def subscribe(
+        self, subscription: UpsSubscriptionRecord, initial: InitialReport | None
+    ) -> UpsSubscriptionRecord:
+        """Keep a DIMSE subscription, taken in one transaction; return it as kept.
+
+        See :func:`~dicomrpc_server.ups.records.take_subscription`.
+        """
+
+        async def take(connection: asyncpg.Connection, state: SubscriberState) -> object:
+            # Share-locked: no event commits until this transaction ends, so the newest
+            # sequence and the workitems read next are of one moment.
+            last = await connection.fetchval("SELECT last FROM workitem_event_counter FOR SHARE")
+            if subscription.workitem_uid:
+                rows = await connection.fetch(
+                    "SELECT dataset FROM workitems WHERE uid = $1 AND dataset IS NOT NULL",
+                    subscription.workitem_uid,
+                )
+            elif initial is not None:
+                rows = await connection.fetch(
+                    "SELECT dataset FROM workitems WHERE dataset IS NOT NULL ORDER BY uid"
+                )
+            else:
+                rows = []
+            found = [dataset_pb2.Dataset.FromString(row["dataset"]) for row in rows]
+            return take_subscription(state, subscription, int(last), lambda: found, initial)
+
+        taken = await self._change(subscription.ae_title, take)
+        assert isinstance(taken, UpsSubscriptionRecord)
+        return taken
+
+    async def change_subscriber(self, ae_title: str, change: Callable[[SubscriberState], T]) -> T:
+        """Apply ``change`` to one AE's DIMSE subscription records, its row locked."""
+
+        async def apply(connection: asyncpg.Connection, state: SubscriberState) -> object:
+            del connection
+            return change(state)
+
+        return await self._change(ae_title, apply)  # type: ignore[return-value]
+
+    async def _change(
+        self,
+        ae_title: str,
+        change: Callable[[asyncpg.Connection, SubscriberState], Awaitable[object]],
+    ) -> object:
+        """Lock the AE's row, read its records and the clock, change, write back."""
+
+        async def work(connection: asyncpg.Connection) -> tuple[object, bool]:
+            await connection.execute(
+                "INSERT INTO ups_subscribers (ae_title) VALUES ($1) ON CONFLICT DO NOTHING",
+                ae_title,
+            )
+            row = await connection.fetchrow(
+                "SELECT record, (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS now "
+                "FROM ups_subscribers WHERE ae_title = $1 FOR UPDATE",
+                ae_title,
+            )
+            subscriber = None if row["record"] is None else bytes(row["record"])
+            rows = await connection.fetch(
+                "SELECT workitem_uid, record FROM ups_subscriptions WHERE ae_title = $1",
+                ae_title,
+            )
+            entries = {r["workitem_uid"]: bytes(r["record"]) for r in rows}
+            state = subscriber_state(ae_title, int(row["now"]), subscriber, entries)
+            result = await change(connection, state)
+            writes = subscriber_writes(state, subscriber, entries)
+            if writes.subscriber is None:
+                await connection.execute(
+                    "DELETE FROM ups_subscriptions WHERE ae_title = $1", ae_title
+                )
+                await connection.execute(
+                    "DELETE FROM ups_subscribers WHERE ae_title = $1", ae_title
+                )
+            elif writes.subscriber_changed:
+                await connection.execute(
+                    "UPDATE ups_subscribers SET record = $2 WHERE ae_title = $1",
+                    ae_title,
+                    writes.subscriber,
+                )
+            if writes.removed:
+                await connection.execute(
+                    "DELETE FROM ups_subscriptions "
+                    "WHERE ae_title = $1 AND workitem_uid = ANY($2::text[])",
+                    ae_title,
+                    writes.removed,
+                )
+            if writes.put:
+                await connection.execute(
+                    "INSERT INTO ups_subscriptions (ae_title, workitem_uid, record) "
+                    "SELECT $1, * FROM unnest($2::text[], $3::bytea[]) "
+                    "ON CONFLICT (ae_title, workitem_uid) DO UPDATE SET record = excluded.record",
+                    ae_title,
+                    list(writes.put),
+                    list(writes.put.values()),
+                )
+            return result, writes.subscriptions_changed
+
+        async def run() -> object:
+            result, changed = await self.backend.transact(work)
+            if changed:  # other nodes' senders of this AE read its subscriptions again
+                self.backend.committed()
+            return result
+
+        return await self.backend.arun(run())
+
+    async def carry_subscriptions(
+        self,
+        subscribers: list[UpsSubscriberRecord],
+        subscriptions: list[UpsSubscriptionRecord],
+    ) -> None:
+        """Write DIMSE subscriptions copied from another store (``migrate``).
+
+        Each subscriber keeps the sequence delivered, which means the same event in the copied
+        log; nobody holds its lease (the copying store's processes serve no more). Records
+        present already are kept.
+        """
+        for subscriber in subscribers:
+            subscriber.owner, subscriber.lease_expires_ms = "", 0
+
+        async def carry(connection: asyncpg.Connection) -> None:
+            await connection.execute(
+                "INSERT INTO ups_subscribers (ae_title, record) "
+                "SELECT * FROM unnest($1::text[], $2::bytea[]) ON CONFLICT DO NOTHING",
+                [s.ae_title for s in subscribers],
+                [s.SerializeToString(deterministic=True) for s in subscribers],
+            )
+            await connection.execute(
+                "INSERT INTO ups_subscriptions (ae_title, workitem_uid, record) "
+                "SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[]) ON CONFLICT DO NOTHING",
+                [s.ae_title for s in subscriptions],
+                [s.workitem_uid for s in subscriptions],
+                [s.SerializeToString(deterministic=True) for s in subscriptions],
+            )
+
+        if subscribers or subscriptions:
+            await self.backend.arun(self.backend.transact(carry))
+            self.backend.committed()
 
     async def carry_events(self, events: list[tuple[int, bytes, bytes]]) -> None:
         """Write events copied from another store under their own sequences (``migrate``).

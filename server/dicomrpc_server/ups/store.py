@@ -7,6 +7,9 @@ sub-database       key           value
                                  Transaction UID (the lock) as attributes
 ``terms``          level 4/...   secondary-index entries of the matching keys (:mod:`.index`)
 ``wi_events``      sequence      ``WorkitemEventRecord`` and terms (:func:`encode_event`)
+``ups_subscribers``  AE title    ``UpsSubscriberRecord``: a DIMSE subscriber's delivery and lease
+``ups_subscriptions``  AE, NUL,  ``UpsSubscriptionRecord``: one DIMSE subscription (PS3.4
+                   workitem UID  CC.2.3); the global one has the empty UID
 =================  ============  ===============================================================
 
 Reads run in short read transactions on the caller's thread. A change is one
@@ -14,7 +17,8 @@ Reads run in short read transactions on the caller's thread. A change is one
 it into the new data set and its event, and the data set, its index terms and the event commit
 together or not at all. LMDB runs one write transaction at a time, across processes too, so
 every change of a workitem sees the one before it (a claim sees the state the previous claim
-left).
+left). A change of a DIMSE subscriber's records is a write transaction too, so two processes
+claiming one subscriber's lease (see :mod:`dicomrpc_server.dimse.watch`) have one winner.
 
 This is the LMDB implementation of the workitem role
 (:class:`~dicomrpc_server.ups.records.WorkitemRecords`), which is all the workitem core sees.
@@ -23,7 +27,8 @@ This is the LMDB implementation of the workitem role
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 import lmdb
@@ -34,9 +39,23 @@ from dicomrpc_server.dicom.attributes import Level
 from dicomrpc_server.query.engine import MatchTerm, TermMatcher
 from dicomrpc_server.storage import keys
 from dicomrpc_server.storage.lmdb_index import LmdbIndex
-from dicomrpc_server.storage.records_pb2 import WorkitemEventRecord
+from dicomrpc_server.storage.records_pb2 import (
+    UpsSubscriberRecord,
+    UpsSubscriptionRecord,
+    WorkitemEventRecord,
+)
 from dicomrpc_server.ups.index import INDEXED_TAGS, decode_terms, encode_terms, workitem_terms
-from dicomrpc_server.ups.records import Event, Mutation, event_message, event_record
+from dicomrpc_server.ups.records import (
+    Event,
+    InitialReport,
+    Mutation,
+    SubscriberState,
+    event_message,
+    event_record,
+    subscriber_state,
+    subscriber_writes,
+    take_subscription,
+)
 
 T = TypeVar("T")
 Terms = set[tuple[int, bytes]]
@@ -63,6 +82,8 @@ class WorkitemStore:
         self._items = index.database("workitems")
         self._events = index.database("wi_events")
         self._terms = index.database("terms")
+        self._subscribers = index.database("ups_subscribers")
+        self._subscriptions = index.database("ups_subscriptions")
         self._matcher = TermMatcher(index.scan_terms)
 
     def on_commit(self, listener: Callable[[], None]) -> None:
@@ -121,7 +142,88 @@ class WorkitemStore:
                         break
         return out
 
+    def subscribers(self) -> list[UpsSubscriberRecord]:
+        """Every Receiving AE with a DIMSE subscription, by AE title."""
+        with self.index.read() as txn:
+            return [
+                UpsSubscriberRecord.FromString(bytes(value))
+                for _, value in txn.cursor(db=self._subscribers)
+            ]
+
+    def subscriptions(self, ae_title: str) -> list[UpsSubscriptionRecord]:
+        """The DIMSE subscriptions of one Receiving AE, by workitem UID."""
+        with self.index.read() as txn:
+            return [
+                UpsSubscriptionRecord.FromString(raw)
+                for raw in self._subscription_entries(txn, ae_title).values()
+            ]
+
+    def _subscription_entries(self, txn: lmdb.Transaction, ae_title: str) -> dict[str, bytes]:
+        prefix = ae_title.encode() + b"\x00"
+        out: dict[str, bytes] = {}
+        cursor = txn.cursor(db=self._subscriptions)
+        if cursor.set_range(prefix):
+            for key, value in cursor:
+                if not bytes(key).startswith(prefix):
+                    break
+                out[bytes(key)[len(prefix) :].decode("ascii")] = bytes(value)
+        return out
+
     # -- writes ------------------------------------------------------------------------------
+
+    async def subscribe(
+        self, subscription: UpsSubscriptionRecord, initial: InitialReport | None
+    ) -> UpsSubscriptionRecord:
+        """Keep a DIMSE subscription, taken in one write transaction; return it as kept.
+
+        See :func:`~dicomrpc_server.ups.records.take_subscription`.
+        """
+
+        def write(txn: lmdb.Transaction) -> UpsSubscriptionRecord:
+            def workitems() -> Iterable[dataset_pb2.Dataset]:
+                if subscription.workitem_uid:
+                    found = self._load(txn, subscription.workitem_uid)
+                    return [] if found is None else [found]
+                return (
+                    dataset_pb2.Dataset.FromString(bytes(value))
+                    for _, value in txn.cursor(db=self._items)
+                )
+
+            def take(state: SubscriberState) -> UpsSubscriptionRecord:
+                cursor = txn.cursor(db=self._events)
+                last = struct.unpack(">Q", bytes(cursor.key()))[0] if cursor.last() else 0
+                return take_subscription(state, subscription, last, workitems, initial)
+
+            return self._change_subscriber(txn, subscription.ae_title, take)
+
+        return await self.index.writer.run(write)
+
+    async def change_subscriber(self, ae_title: str, change: Callable[[SubscriberState], T]) -> T:
+        """Apply ``change`` to one AE's DIMSE subscription records in one write transaction."""
+        return await self.index.writer.run(
+            lambda txn: self._change_subscriber(txn, ae_title, change)
+        )
+
+    def _change_subscriber(
+        self, txn: lmdb.Transaction, ae_title: str, change: Callable[[SubscriberState], T]
+    ) -> T:
+        """Read the AE's records, apply ``change``, write back what it changed."""
+        key = ae_title.encode()
+        raw = txn.get(key, db=self._subscribers)
+        subscriber = None if raw is None else bytes(raw)
+        entries = self._subscription_entries(txn, ae_title)
+        state = subscriber_state(ae_title, int(time.time() * 1000), subscriber, entries)
+        result = change(state)
+        writes = subscriber_writes(state, subscriber, entries)
+        if writes.subscriber is None:
+            txn.delete(key, db=self._subscribers)
+        elif writes.subscriber_changed:
+            txn.put(key, writes.subscriber, db=self._subscribers)
+        for uid in writes.removed:
+            txn.delete(key + b"\x00" + uid.encode("ascii"), db=self._subscriptions)
+        for uid, value in writes.put.items():
+            txn.put(key + b"\x00" + uid.encode("ascii"), value, db=self._subscriptions)
+        return result
 
     async def mutate(
         self, uid: str, decide: Callable[[dataset_pb2.Dataset | None], Mutation[T]]

@@ -169,6 +169,27 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        5,
+        "the DIMSE UPS subscriptions and their delivery",
+        # One row per Receiving AE (its UpsSubscriberRecord: the last event delivered, and the
+        # lease of the node delivering), one per subscription (its UpsSubscriptionRecord; the
+        # global one has the empty workitem UID), as the LMDB index keeps them. A subscriber
+        # row with no record is the placeholder a first change locks (see
+        # ups/postgres_store.py); it is never committed.
+        """
+        CREATE TABLE ups_subscribers (
+            ae_title text COLLATE "C" PRIMARY KEY,
+            record bytea
+        );
+        CREATE TABLE ups_subscriptions (
+            ae_title text COLLATE "C" NOT NULL,
+            workitem_uid text COLLATE "C" NOT NULL,
+            record bytea NOT NULL,
+            PRIMARY KEY (ae_title, workitem_uid)
+        );
+        """,
+    ),
 )
 
 
