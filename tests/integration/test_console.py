@@ -8,6 +8,8 @@ answers the statistics, the change feed and the query tags the pages draw.
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from dicomrpc_server.console.site import STATIC
 from tests.authgen import AUDIENCE, ISSUER, Issuer, write_jwks
 from tests.conftest import RunningServer, start_server
 from tests.dicomgen import ct_instance
+from tests.upsgen import workitem
 
 KEY = Issuer("console-key")
 PAGES = ["index.html", "studies.html", "study.html", "changes.html", "worklist.html"]
@@ -82,13 +85,19 @@ def test_the_api_needs_a_token_and_its_scope(
     secured: RunningServer, method: str, template: str
 ) -> None:
     url = _url(secured, "/console/api" + template)
-    refused = httpx.request(method, url)
+
+    def status(headers: dict[str, str] | None = None) -> httpx.Response:
+        # Streamed: the event streams never end, so only their head is read.
+        with httpx.stream(method, url, headers=headers) as response:
+            return response
+
+    refused = status()
     assert refused.status_code == 401
     assert refused.headers["www-authenticate"].startswith("Bearer")
     needed = CONSOLE_ROUTE_SCOPES[(method, template)]
     for scope in sorted(SCOPES - {needed}):
-        assert httpx.request(method, url, headers=_bearer(scope)).status_code == 403, scope
-    assert httpx.request(method, url, headers=_bearer(needed)).status_code == 200
+        assert status(_bearer(scope)).status_code == 403, scope
+    assert status(_bearer(needed)).status_code == 200
 
 
 def test_an_unknown_api_path_needs_a_token(secured: RunningServer) -> None:
@@ -147,3 +156,78 @@ def test_the_static_folder_holds_only_what_is_served(tmp_path: Path) -> None:
     names = {p.name for p in STATIC.iterdir()}
     assert set(PAGES) <= names
     assert all(p.suffix in {".html", ".js", ".css"} for p in STATIC.iterdir())
+
+
+def _events(lines: Iterator[str], count: int) -> list[tuple[str, str, dict[str, object]]]:
+    """The next ``count`` events (type, id, data) of a ``text/event-stream`` (HTML §9.2.5)."""
+    found: list[tuple[str, str, dict[str, object]]] = []
+    kind, event_id, data = "message", "", ""
+    for line in lines:
+        if line.startswith(":"):
+            continue
+        if line:
+            name, _, value = line.partition(": ")
+            kind, event_id, data = (
+                (value, event_id, data)
+                if name == "event"
+                else (kind, value, data)
+                if name == "id"
+                else (kind, event_id, value)
+            )
+            continue
+        if data:
+            found.append((kind, event_id, json.loads(data)))
+            if len(found) == count:
+                return found
+        kind, event_id, data = "message", "", ""
+    return found
+
+
+def test_the_change_stream_sends_each_commit(open_server: RunningServer) -> None:
+    """From now (no ``since``): what is stored after the stream opened, as it is committed;
+    with ``since``, the entries after it first."""
+    url = _url(open_server, "/console/api/changes/stream")
+    study = str(generate_uid())
+    with httpx.stream("GET", url, timeout=10) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.headers["cache-control"] == "no-store"
+        lines = response.iter_lines()
+        with Client(open_server.target) as client:
+            assert not client.store([ct_instance(study)]).failed
+        ((kind, event_id, entry),) = _events(lines, 1)
+    assert kind == "change" and entry["study"] == study and entry["action"] == "created"
+    assert event_id == str(entry["sequence"])
+    since = int(event_id) - 1
+    with httpx.stream("GET", f"{url}?since={since}", timeout=10) as response:
+        ((_, replayed_id, replayed),) = _events(response.iter_lines(), 1)
+    assert replayed_id == event_id and replayed == entry
+
+
+def test_the_workitem_stream_sends_each_event(open_server: RunningServer) -> None:
+    url = _url(open_server, "/console/api/workitems/stream")
+    with httpx.stream("GET", url, timeout=10) as response:
+        assert response.status_code == 200
+        lines = response.iter_lines()
+        with Client(open_server.target) as client:
+            created = client.workitems.create(workitem(PatientName="Stream^Ann"))
+            client.workitems.claim(created.workitem_uid)
+        events = _events(lines, 2)
+    assert [(e["workitem"], e["state"]) for _, _, e in events] == [
+        (created.workitem_uid, "SCHEDULED"),
+        (created.workitem_uid, "IN_PROGRESS"),
+    ]
+    assert [kind for kind, _, _ in events] == ["workitem", "workitem"]
+    assert [int(event_id) for _, event_id, _ in events] == [e["sequence"] for _, _, e in events]
+
+
+def test_a_stopping_server_ends_its_event_streams(tmp_path: Path) -> None:
+    """An open stream does not hold the server's stop for its grace period: it ends at once."""
+    server = start_server(tmp_path / "data", shutdown_grace_s=30)
+    url = _url(server, "/console/api/changes/stream")
+    with httpx.stream("GET", url, timeout=10) as response:
+        assert response.status_code == 200
+        started = time.monotonic()
+        server.stop()
+        assert time.monotonic() - started < 10
+        assert list(response.iter_lines()) in ([], [""], [": following", ""])

@@ -35,6 +35,9 @@ KEY = Issuer("console-browser")
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "console"
 STUDIES = 25
 TIMEOUT_MS = 15_000
+# How soon a change must be on a live page: the stream brings it at once; polling did within
+# its period (two to three seconds) and would not be this sure.
+LIVE_MS = 3_000
 
 
 def _screenshot(page: Page, name: str) -> None:
@@ -155,16 +158,53 @@ def test_studies_search_page_and_delete(page: Page, archive: RunningServer) -> N
     page.get_by_text("No study matches the search.").wait_for()
 
 
+def _api_calls(page: Page) -> list[str]:
+    """Every URL the page asks for from now on."""
+    calls: list[str] = []
+    page.on("request", lambda request: calls.append(request.url))
+    return calls
+
+
 def test_the_change_feed_shows_a_store_live(page: Page, archive: RunningServer) -> None:
-    page.goto(_base(archive) + "changes.html")
-    _sign_in(page)
+    """A store through gRPC is on the page within a second or two, from the feed's event
+    stream: the page asks for the feed once and never polls it."""
+    calls = _api_calls(page)
+    with page.expect_response(lambda r: "/changes/stream" in r.url and r.status == 200):
+        page.goto(_base(archive) + "changes.html")
+        _sign_in(page)
     page.locator("#changes tbody tr").first.wait_for()
     study = str(generate_uid())
     with Client(archive.target, token=KEY.token(" ".join(sorted(SCOPES)))) as client:
         assert not client.store([ct_instance(study, patient_name="Live^Feed")]).failed
-    page.locator(f"#changes tbody tr.new:has-text('{study}')").wait_for()
+    page.locator(f"#changes tbody tr.new:has-text('{study}')").wait_for(timeout=LIVE_MS)
     page.get_by_text("1 new change").wait_for(state="attached")
+    # The newest entries once (asked again only after the token prompt's 401), then the
+    # stream, once: no polling.
+    reads = [url for url in calls if "/console/api/changes" in url]
+    assert not [url for url in reads if "/changes?since=" in url], reads
+    assert len([url for url in reads if "/changes/stream?" in url]) == 1, reads
     _screenshot(page, "changes")
+
+
+def test_the_worklist_board_follows_workitem_events(page: Page, archive: RunningServer) -> None:
+    """A workitem created through gRPC appears on the board, and moves column when it is
+    claimed, without a reload: the board searches again on each event of the stream."""
+    with page.expect_response(lambda r: "/workitems/stream" in r.url and r.status == 200):
+        page.goto(_base(archive) + "worklist.html")
+        _sign_in(page)
+    page.locator("[data-state=SCHEDULED] li").first.wait_for()
+    with Client(archive.target, token=KEY.token(" ".join(sorted(SCOPES)))) as client:
+        created = client.workitems.create(
+            workitem(PatientName="Live^Board", ProcedureStepLabel="Live read")
+        )
+        page.locator("[data-state=SCHEDULED] li button", has_text="Live read").wait_for(
+            timeout=LIVE_MS
+        )
+        client.workitems.claim(created.workitem_uid)
+    page.locator("[data-state='IN PROGRESS'] li button", has_text="Live read").wait_for(
+        timeout=LIVE_MS
+    )
+    assert page.locator("[data-state=SCHEDULED] li button", has_text="Live read").count() == 0
 
 
 def test_dashboard_worklist_and_query_tags(page: Page, archive: RunningServer) -> None:

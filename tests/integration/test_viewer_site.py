@@ -123,6 +123,32 @@ def test_files_have_their_types_and_caching(site: RunningServer) -> None:
     assert refused.status_code == 405
 
 
+def test_a_file_the_browser_holds_is_not_sent_again(site: RunningServer) -> None:
+    """A revalidation with the file's ETag is answered 304, with its ETag and caching, as a
+    reload of the viewer revalidates ``index.html`` and OHIF's unhashed files."""
+    first = requests.get(f"{_root(site)}/assets/logo.svg", timeout=10)
+    etag = first.headers["etag"]
+    for sent in (etag, f"W/{etag}", f'"other", {etag}', "*"):
+        again = requests.get(
+            f"{_root(site)}/assets/logo.svg", headers={"If-None-Match": sent}, timeout=10
+        )
+        assert again.status_code == 304, sent
+        assert again.content == b""
+        assert again.headers["etag"] == etag
+        assert again.headers["cache-control"] == "no-cache"
+    changed = requests.get(
+        f"{_root(site)}/assets/logo.svg", headers={"If-None-Match": '"other"'}, timeout=10
+    )
+    assert changed.status_code == 200 and changed.content == first.content
+    index = requests.get(f"{_root(site)}/viewer", timeout=10)
+    assert (
+        requests.get(
+            f"{_root(site)}/viewer", headers={"If-None-Match": index.headers["etag"]}, timeout=10
+        ).status_code
+        == 304
+    )
+
+
 @pytest.mark.parametrize(
     "path", ["/viewer?StudyInstanceUIDs=1.2.3", "/segmentation", "/local", "/assets/none.png"]
 )

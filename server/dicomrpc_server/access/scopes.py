@@ -126,6 +126,8 @@ CONSOLE_ROUTE_SCOPES: Mapping[tuple[str, str], str] = {
     # The console's own reads (docs: README, "Console"); its pages use DICOMweb for the rest.
     ("GET", "/statistics"): READ,
     ("GET", "/changes"): READ,
+    ("GET", "/changes/stream"): READ,
+    ("GET", "/workitems/stream"): WORKITEMS_READ,
     ("GET", "/query-tags"): ADMIN,
 }
 """(HTTP method, path template under ``/console/api``) → the scope it needs; HEAD is GET's."""

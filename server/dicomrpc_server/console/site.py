@@ -4,18 +4,18 @@
 of the folder (``/console/studies.html``) or is 404. Paths are checked as the viewer's are
 (:func:`~dicomrpc_server.viewer.site.safe_segments`: no ``.``/``..`` segment, backslash, NUL
 or encoded separator), and only files directly in the folder are served. The files change
-only with the server's version, and are revalidated on each use (ETag).
+only with the server's version, and are revalidated on each use (ETag; 304 when unchanged).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from starlette.responses import FileResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from dicomrpc_server.console import CONSOLE_PREFIX
-from dicomrpc_server.viewer.site import media_type, safe_segments
+from dicomrpc_server.viewer.site import file_response, media_type, safe_segments
 
 STATIC = Path(__file__).parent / "static"
 _HEADERS = {
@@ -62,7 +62,7 @@ class ConsoleSite:
         found = self.folder / name
         if not found.is_file():
             return _not_found()
-        return FileResponse(found, media_type=media_type(found), headers=_HEADERS)
+        return file_response(found, scope, media_type(found), _HEADERS)
 
 
 def _not_found() -> Response:

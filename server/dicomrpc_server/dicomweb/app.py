@@ -20,6 +20,7 @@ it is routed after the gateway, and the access check lets its public files throu
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 from starlette.applications import Starlette
@@ -111,4 +112,7 @@ def create_app(archive: Archive, inner: Sequence[Middleware] = ()) -> Starlette:
         exception_handlers={ServiceError: handle_service_error},
     )
     app.state.archive = archive
+    # Set when the server stops: the console's event streams end then, rather than hold the
+    # shutdown for its whole grace period (they never end on their own).
+    app.state.stopping = asyncio.Event()
     return app

@@ -178,8 +178,9 @@ class HttpServer:
             )
         self.gate = ConnectionGate(cap, Tally())
         self._protocol = _protocol_class(archive)
+        self.app = create_app(archive, middleware)
         config = uvicorn.Config(
-            create_app(archive, middleware),
+            self.app,
             lifespan="off",
             log_config=None,
             # uvicorn's own start and stop lines repeat what ``serve`` logs; its errors remain.
@@ -230,6 +231,7 @@ class HttpServer:
         self._grants.withdraw()
         if self._acceptor is not None:
             self._acceptor.stop()
+        self.app.state.stopping.set()
         self._server.should_exit = True
         if self._task is not None:
             await self._task

@@ -23,8 +23,10 @@ from __future__ import annotations
 import html
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import FileResponse, PlainTextResponse, Response
 from starlette.types import Receive, Scope, Send
@@ -97,6 +99,36 @@ def safe_segments(scope: Scope) -> list[str] | None:
     return segments
 
 
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """Whether an ``If-None-Match`` field names ``etag`` (or is ``*``).
+
+    RFC 9110 §13.1.2: the comparison is weak (a ``W/`` prefix does not matter).
+    """
+    if not if_none_match:
+        return False
+    candidates = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+    return "*" in candidates or etag.removeprefix("W/") in candidates
+
+
+def file_response(
+    path: Path, scope: Scope, media_type: str, headers: Mapping[str, str]
+) -> Response:
+    """``path`` with ``headers``, or 304 Not Modified when the request already holds it.
+
+    A file revalidated on each use (``no-cache``: ``index.html``, OHIF's unhashed files, the
+    console's pages) is asked for with the ETag the browser has; answering 304 (RFC 9110
+    §15.4.5, with the same ETag and Cache-Control) saves sending it again on every page load.
+    Starlette's FileResponse sends the ETag but never compares it.
+    """
+    response = FileResponse(
+        path, media_type=media_type, headers=dict(headers), stat_result=os.stat(path)
+    )
+    etag = response.headers["etag"]
+    if etag_matches(Headers(scope=scope).get("if-none-match"), etag):
+        return Response(status_code=304, headers={**headers, "ETag": etag})
+    return response
+
+
 class ViewerSite:
     """The ASGI application of the viewer's files, over the folder ``dist``.
 
@@ -145,10 +177,8 @@ class ViewerSite:
         found = self._file(segments)
         if found is None:
             return _not_found()
-        return FileResponse(
-            found,
-            media_type=media_type(found),
-            headers={"Cache-Control": cache_control(found.name)},
+        return file_response(
+            found, scope, media_type(found), {"Cache-Control": cache_control(found.name)}
         )
 
     def _file(self, segments: list[str]) -> Path | None:

@@ -1,6 +1,7 @@
-// The change feed, live: the newest entries, then every new one, read from the console's API
-// with the highest sequence seen (as ReadChangeFeed's offset; see the ManagementService).
-import { API, el, every, frame, json, say, studyUrl } from "./console.js";
+// The change feed, live: the newest entries, then every new one as the archive commits it, from
+// the console's event stream of the feed (what gRPC's WatchChangeFeed follows; see the
+// ManagementService), resumed from the highest sequence seen if the connection drops.
+import { API, el, follow, frame, json, say, studyUrl } from "./console.js";
 
 frame("changes.html");
 
@@ -8,11 +9,12 @@ const body = document.querySelector("#changes tbody");
 const live = document.getElementById("live");
 const pause = document.getElementById("pause");
 const MAX_ROWS = 200;
-let since = null;
 let paused = false;
+let fresh = 0; // entries shown since the page opened
+const held = []; // entries that came while paused (at most MAX_ROWS are kept)
 
-function row(entry, fresh) {
-  return el("tr", { class: fresh ? "new" : null, "data-sequence": entry.sequence },
+function row(entry, isNew) {
+  return el("tr", { class: isNew ? "new" : null, "data-sequence": entry.sequence },
     el("td", {}, entry.sequence),
     el("td", {}, new Date(entry.time_us / 1000).toLocaleString()),
     el("td", {}, entry.action),
@@ -23,26 +25,35 @@ function row(entry, fresh) {
   );
 }
 
-async function poll() {
-  if (paused) return;
-  const url = since === null ? `${API}/changes?limit=50` : `${API}/changes?since=${since}&limit=500`;
-  const answer = await json(url);
-  const entries = answer.entries;
-  if (since !== null && entries.length) {
-    live.textContent = `${entries.length} new change${entries.length === 1 ? "" : "s"}`;
-  }
-  body.prepend(...entries.reverse().map((e) => row(e, since !== null)));
+function show(entries) {
+  if (!entries.length) return;
+  fresh += entries.length;
+  live.textContent = `${fresh} new change${fresh === 1 ? "" : "s"}`;
+  body.prepend(...entries.slice().reverse().map((e) => row(e, true)));
   while (body.rows.length > MAX_ROWS) body.lastElementChild.remove();
-  since = entries.length ? Math.max(since || 0, entries[0].sequence) : since === null ? answer.latest : since;
-  if (!body.rows.length) say("The feed is empty: nothing has been stored yet.");
-  else say("");
+  say("");
+}
+
+async function start() {
+  const answer = await json(`${API}/changes?limit=50`);
+  body.prepend(...answer.entries.slice().reverse().map((e) => row(e, false)));
+  say(body.rows.length ? "" : "The feed is empty: nothing has been stored yet.");
+  follow(`${API}/changes/stream`, (type, entry) => {
+    if (type !== "change") return;
+    if (paused) {
+      held.push(entry);
+      if (held.length > MAX_ROWS) held.shift();
+    } else {
+      show([entry]);
+    }
+  }, { since: answer.latest });
 }
 
 pause.addEventListener("click", () => {
   paused = !paused;
   pause.setAttribute("aria-pressed", String(paused));
   pause.textContent = paused ? "Resume" : "Pause";
+  if (!paused) show(held.splice(0));
 });
 
-poll().catch((error) => say(error.message, "error"));
-every(2000, poll);
+start().catch((error) => say(error.message, "error"));

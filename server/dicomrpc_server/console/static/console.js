@@ -151,6 +151,73 @@ export function studyUrl(study) {
   return `study.html?study=${encodeURIComponent(study)}`;
 }
 
+/**
+ * Follow a stream of server-sent events (text/event-stream, HTML §9.2) of the console's API:
+ * `onEvent(type, data)` for each, in order, from the event after `since` (null: from now).
+ * It is read with fetch() rather than EventSource, so that the token goes in the Authorization
+ * header as with every other call (EventSource cannot set one; a token in the URL would be
+ * logged). A dropped stream is asked for again after a pause, from the last event's id, so
+ * nothing is missed; `onState(connected)` says when it is (re)connected or lost.
+ */
+export function follow(url, onEvent, { since = null, onState = () => {}, retryMs = 2000 } = {}) {
+  let last = since;
+  const once = async (opened) => {
+    const target = last === null ? url : `${url}${url.includes("?") ? "&" : "?"}since=${last}`;
+    const response = await call(target, { headers: { Accept: "text/event-stream" } });
+    if (!response.ok) throw new Error(`${response.status}: ${await reason(response)}`);
+    opened();
+    onState(true);
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    for (;;) {
+      const { value: chunk, done } = await reader.read();
+      if (done) return;
+      buffer += chunk.replace(/\r\n?/g, "\n");
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const block = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        let type = "message";
+        let id = null;
+        const data = [];
+        for (const line of block.split("\n")) {
+          if (!line || line.startsWith(":")) continue; // a comment: keep-alive
+          const colon = line.indexOf(":");
+          const name = colon < 0 ? line : line.slice(0, colon);
+          const text = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+          if (name === "event") type = text;
+          else if (name === "data") data.push(text);
+          else if (name === "id") id = text;
+        }
+        if (id !== null) last = id;
+        if (!data.length) continue;
+        const parsed = JSON.parse(data.join("\n"));
+        if (type === "error") {
+          if (parsed.since !== undefined) last = parsed.since;
+          throw new Error(parsed.message);
+        }
+        onEvent(type, parsed);
+      }
+    }
+  };
+  (async () => {
+    let pause = retryMs;
+    for (;;) {
+      let connected = false;
+      try {
+        await once(() => { connected = true; });
+      } catch (error) {
+        say(error.message, "error");
+      }
+      onState(false);
+      // Soon after a stream that ran; longer and longer while none can be opened (the
+      // server down, a token refused), up to half a minute.
+      pause = connected ? retryMs : Math.min(pause * 2, 30000);
+      await new Promise((resolve) => setTimeout(resolve, pause));
+    }
+  })();
+}
+
 /** Repeat `work` every `ms` while the page is visible, never two at a time. */
 export function every(ms, work) {
   let timer = null;

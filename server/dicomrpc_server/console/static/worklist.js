@@ -1,7 +1,8 @@
 // The worklist board: workitems by Procedure Step State (PS3.4 Annex CC), each column a UPS-RS
-// search (PS3.18 §11.9) of at most fifty, refreshed every three seconds; a workitem's
-// attributes (PS3.18 §11.5) are shown when it is chosen.
-import { dicomJson, el, every, frame, say, value } from "./console.js";
+// search (PS3.18 §11.9) of at most fifty, searched again whenever the console's stream of
+// workitem events (the events gRPC's SubscribeWorkitems and UPS-RS subscriptions follow) says
+// a workitem changed; a workitem's attributes (PS3.18 §11.5) are shown when it is chosen.
+import { API, dicomJson, el, follow, frame, say, value } from "./console.js";
 import { TAG_NAMES } from "./tags.js";
 
 frame("worklist.html");
@@ -71,5 +72,24 @@ async function show(uid) {
   document.getElementById("detail-title").textContent = `Workitem ${value(item, "00741204") || uid}`;
 }
 
-refresh().catch((error) => say(error.message, "error"));
-every(3000, refresh);
+// Events come in bursts (a claim is an assignment and a state report): one search for each
+// burst, never two at a time, and one more if events came during a search.
+let searching = null;
+let again = false;
+function changed() {
+  if (searching) { again = true; return; }
+  searching = new Promise((resolve) => setTimeout(resolve, 100))
+    .then(refresh)
+    .catch((error) => say(error.message, "error"))
+    .finally(() => {
+      searching = null;
+      if (again) { again = false; changed(); }
+    });
+}
+
+refresh()
+  .then(() => follow(`${API}/workitems/stream`, (type) => { if (type === "workitem") changed(); }, {
+    // Reconnected after a drop: what changed meanwhile is searched for at once.
+    onState: (connected) => { if (connected) changed(); },
+  }))
+  .catch((error) => say(error.message, "error"));
