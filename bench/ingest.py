@@ -986,6 +986,28 @@ def table(results: list[RunResult]) -> str:
     return "\n".join(lines)
 
 
+def cpu_limit(ours: RunResult, theirs: RunResult) -> str:
+    """By how much the ratio goal is missed, and the CPU budget that stands in the way.
+
+    Server and clients share the machine's CPUs: at the goal's rate, what they may spend per
+    instance together is the CPUs' time divided by that rate, set beside what this run spent.
+    """
+    cpus = os.cpu_count() or 1
+    goal_rate = GOAL_RATIO * theirs.per_second
+    busy = (ours.server_cpu_s + ours.client_cpu_s) / ours.wall_s
+    spent_ms = 1000 * (ours.server_cpu_s + ours.client_cpu_s) / ours.stored
+    budget_ms = 1000 * cpus / goal_rate
+    return (
+        f"- Missed by {goal_rate - ours.per_second:.0f} instances/s (the goal is "
+        f"{goal_rate:.0f}/s). The limit measured: CPU. dicomrpc's server and clients kept "
+        f"{busy:.2f} of the machine's {cpus} CPUs busy (the kernel's writeback besides), "
+        f"spending {spent_ms:.1f} ms of CPU per instance (server "
+        f"{1000 * ours.server_cpu_s / ours.stored:.1f} ms; Orthanc's server "
+        f"{1000 * theirs.server_cpu_s / theirs.stored:.1f} ms); at the goal's rate the "
+        f"machine has {budget_ms:.1f} ms per instance for both (see Ingest cost breakdown)."
+    )
+
+
 def verdicts(results: list[RunResult], orthanc_missing: str | None) -> list[str]:
     """The goal checks: the throughput ratio and dicomrpc's memory."""
     ours = [r for r in results if r.name.startswith("dicomrpc")]
@@ -999,6 +1021,8 @@ def verdicts(results: list[RunResult], orthanc_missing: str | None) -> list[str]
             f"- **Ratio dicomrpc ({multi.clients} streams) / Orthanc ({theirs.clients} clients "
             f"STOW-RS): {ratio:.2f}x** (instances/s) — goal ≥ {GOAL_RATIO}x: {verdict}."
         )
+        if ratio < GOAL_RATIO:
+            out.append(cpu_limit(multi, theirs))
     elif orthanc_missing:
         out.append(f"- Ratio: not measured, Orthanc unavailable ({orthanc_missing}).")
     else:
