@@ -34,7 +34,16 @@ from dicomrpc_server.audit.records import (
 )
 from dicomrpc_server.audit.sink import AuditSink
 from dicomrpc_server.audit.syslog import frame, parse_address
-from dicomrpc_server.audit.table import GRPC, GRPC_EXEMPT, GRPC_EXEMPT_SERVICES, HTTP, HTTP_EXEMPT
+from dicomrpc_server.audit.table import (
+    CONSOLE,
+    CONSOLE_EXEMPT,
+    GRPC,
+    GRPC_EXEMPT,
+    GRPC_EXEMPT_SERVICES,
+    HTTP,
+    HTTP_EXEMPT,
+)
+from dicomrpc_server.console.api import ROUTES as CONSOLE_ROUTES
 from dicomrpc_server.dicomweb.app import RESOURCE_ROUTES
 from dicomrpc_server.dicomweb.audit import match_route
 from dicomrpc_server.dicomweb.context import PREFIX
@@ -93,6 +102,21 @@ def _routes() -> list[tuple[str, str]]:
             assert isinstance(route, Route)
             found.extend((m, route.path) for m in sorted(route.methods or ()) if m != "HEAD")
     return found
+
+
+def test_every_console_route_is_audited_or_exempted_by_name() -> None:
+    routes = []
+    for route in CONSOLE_ROUTES:
+        assert isinstance(route, Route)
+        routes.extend((m, route.path) for m in sorted(route.methods or ()) if m != "HEAD")
+    missing = [r for r in routes if r not in CONSOLE and r not in CONSOLE_EXEMPT]
+    assert not missing, f"console routes without an audit entry: {missing}"
+    assert set(CONSOLE) <= set(routes), "the table names console routes that do not exist"
+    assert match_route("GET", "/console/api/changes/stream") == (
+        CONSOLE["GET", "/changes/stream"],
+        {},
+    )
+    assert match_route("GET", "/console/api/statistics") is None
 
 
 def test_every_route_is_audited_or_exempted_by_name() -> None:

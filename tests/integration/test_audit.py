@@ -608,3 +608,33 @@ def test_an_audit_setting_that_cannot_be_used_stops_the_start(
     )
     assert result.returncode != 0
     assert error in result.stderr
+
+
+def test_the_consoles_reads_are_audited_as_the_rpcs_that_serve_the_same(tmp_path: Path) -> None:
+    # The console's API shows the change feed and the workitem events: each read is recorded as
+    # gRPC's ReadChangeFeed / WatchChangeFeed / SubscribeWorkitems are; its counts are not.
+    server = start_server(tmp_path / "data", audit_log=tmp_path / "audit.jsonl")
+    root = server.dicomweb_url.removesuffix("/dicomweb")
+    try:
+        with httpx.Client(base_url=root, timeout=30) as http:
+            assert http.get("/console/api/changes", params={"since": "0"}).status_code == 200
+            assert http.get("/console/api/query-tags").status_code == 200
+            assert http.get("/console/api/statistics").status_code == 200
+            for stream in ("/console/api/changes/stream", "/console/api/workitems/stream"):
+                with http.stream("GET", stream, params={"since": "0"}) as response:
+                    assert response.status_code == 200
+        log = tmp_path / "audit.jsonl"
+        wait_for(lambda: len(json_lines(log)) >= 4, "4 JSON lines")
+        time.sleep(0.5)  # nothing more comes (the statistics are not audited)
+    finally:
+        server.stop()
+    records = json_lines(log)
+    assert sorted(r["action"] for r in records) == [
+        "admin",
+        "feed-read",
+        "feed-read",
+        "workitem-subscribe",
+    ]
+    assert all(r["adapter"] == "http" for r in records)
+    feed = [r for r in records if r["action"] == "feed-read"]
+    assert all(r["query"]["since"] == "0" for r in feed)

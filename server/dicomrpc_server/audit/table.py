@@ -11,8 +11,9 @@ where the record's subjects come from:
 - ``results``: what the call produced (the instances a store stored, from its results; the
   workitem a create made, from its response).
 
-A call in neither table is not audited: the test of this table fails for any RPC or route that
-is missing and not exempted below (health checking, reflection, capabilities).
+A call in none of the tables is not audited: the test of this table fails for any RPC or route
+that is missing and not exempted below (health checking, reflection, capabilities, the
+console's counts).
 """
 
 from __future__ import annotations
@@ -121,3 +122,16 @@ HTTP: dict[tuple[str, str], Entry] = {
 
 # Routes that touch no patient data and change nothing (none yet).
 HTTP_EXEMPT: frozenset[tuple[str, str]] = frozenset()
+
+# The console's API (below ``/console/api``): the reads its pages make beside DICOMweb, each the
+# same action as the RPC that serves the same thing (``ReadChangeFeed`` / ``WatchChangeFeed``,
+# ``SubscribeWorkitems`` of every workitem, ``ListExtendedQueryTags``).
+CONSOLE: dict[tuple[str, str], Entry] = {
+    ("GET", "/changes"): Entry(Action.FEED_READ, uids=False, query=True),
+    ("GET", "/changes/stream"): Entry(Action.FEED_READ, uids=False, query=True),
+    ("GET", "/workitems/stream"): Entry(Action.WORKITEM_SUBSCRIBE, uids=False, query=True),
+    ("GET", "/query-tags"): Entry(Action.ADMIN, uids=False),
+}
+
+# Console routes that touch no patient data and change nothing: the archive's counts.
+CONSOLE_EXEMPT: frozenset[tuple[str, str]] = frozenset({("GET", "/statistics")})

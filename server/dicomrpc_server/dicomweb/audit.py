@@ -2,8 +2,9 @@
 
 The outermost middleware, so that it sees the requests that middleware inside it refuses (an
 authentication check, say) as well as those the routes answer. The route is matched here from
-:data:`dicomrpc_server.audit.table.HTTP`, the one table of what is audited, so that a request
-refused before routing is still recorded with its action and UIDs. UIDs are read from the path,
+:data:`dicomrpc_server.audit.table.HTTP` (and ``CONSOLE``, the console's API), the one table
+of what is audited, so that a request refused before routing is still recorded with its action
+and UIDs. UIDs are read from the path,
 a search's terms from the query string, and what a call produced from its response: a STOW-RS
 response data set (PS3.18 §10.5.3) lists the instances stored and failed, a created workitem's
 ``Location`` names it. The outcome is the response status, with the reason and message of the
@@ -34,7 +35,8 @@ from dicomrpc_server.audit.records import (
     Outcome,
     Patient,
 )
-from dicomrpc_server.audit.table import HTTP, Entry
+from dicomrpc_server.audit.table import CONSOLE, HTTP, Entry
+from dicomrpc_server.console import API_PREFIX
 from dicomrpc_server.dicomweb.auth import address_of
 from dicomrpc_server.dicomweb.auth import caller_of as authenticated_caller
 from dicomrpc_server.dicomweb.context import PREFIX
@@ -67,6 +69,9 @@ _INSTANCE_URL = re.compile(r"/studies/([^/]+)/series/([^/]+)/instances/([^/]+)$"
 _ROUTES = [
     (method, compile_path(PREFIX + template)[0], entry)
     for (method, template), entry in HTTP.items()
+] + [
+    (method, compile_path(API_PREFIX + template)[0], entry)
+    for (method, template), entry in CONSOLE.items()
 ]
 
 
