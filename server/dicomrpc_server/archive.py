@@ -20,6 +20,7 @@ from dicomrpc_server.audit.records import Patient
 from dicomrpc_server.config import Settings
 from dicomrpc_server.lifecycle.delete import DeleteCore
 from dicomrpc_server.lifecycle.feed import ChangeFeed
+from dicomrpc_server.lifecycle.health import HealthCheck
 from dicomrpc_server.lifecycle.statistics import StatisticsCore
 from dicomrpc_server.peers import PeerRegistry
 from dicomrpc_server.query.engine import SearchCore
@@ -180,6 +181,7 @@ class Archive:
         self.delete = DeleteCore(self.index, self.blobs)
         self.feed = ChangeFeed(self.index)
         self.statistics = StatisticsCore(self.index)
+        self.health = HealthCheck(self.index)
         self.workitems = WorkitemCore(
             workitem_records, settings.subscriber_queue, settings.max_sequence_depth
         )

@@ -10,7 +10,8 @@ response, errors and CORS answers included), the body read timeout, the ``Host``
 browser needs to read them), access control (401, 403) before routing, then any middleware
 given to :func:`create_app`.
 
-The console (:mod:`dicomrpc_server.console`) is routed next: its API under ``/console/api``
+The health probes (:mod:`.health`, ``/health/live`` and ``/health/ready``, open to everyone)
+are routed first. The console (:mod:`dicomrpc_server.console`) is routed next: its API under ``/console/api``
 and its pages under ``/console/``, before the viewer's site, which would answer them otherwise.
 
 With the viewer on (``--viewer``, the default), the OHIF viewer's site
@@ -39,6 +40,7 @@ from dicomrpc_server.dicomweb.auth import AccessMiddleware
 from dicomrpc_server.dicomweb.body_timeout import BodyTimeoutMiddleware
 from dicomrpc_server.dicomweb.context import PREFIX
 from dicomrpc_server.dicomweb.errors import handle_service_error
+from dicomrpc_server.dicomweb.health import ROUTES as HEALTH_ROUTES
 from dicomrpc_server.dicomweb.hosts import HostMiddleware
 from dicomrpc_server.dicomweb.logging import AccessLogMiddleware
 from dicomrpc_server.dicomweb.url import checked
@@ -97,6 +99,7 @@ def create_app(archive: Archive, inner: Sequence[Middleware] = ()) -> Starlette:
     middleware.extend(inner)
     console = ConsoleSite()
     mounts: list[BaseRoute] = [
+        *HEALTH_ROUTES,
         Mount(PREFIX, routes=routes),
         Mount(API_PREFIX, routes=console_routes),
         Route(CONSOLE_PREFIX, console),

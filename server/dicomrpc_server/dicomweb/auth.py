@@ -37,6 +37,7 @@ from dicomrpc_server.access.scopes import AUTHENTICATED, OPEN, console_route_sco
 from dicomrpc_server.console import API_PREFIX, CONSOLE_PREFIX
 from dicomrpc_server.dicomweb.context import PREFIX
 from dicomrpc_server.dicomweb.errors import error_response
+from dicomrpc_server.dicomweb.health import PATHS as HEALTH_PATHS
 from dicomrpc_server.errors import ServiceError
 
 CALLER_KEY = "caller"
@@ -156,7 +157,7 @@ class AccessMiddleware:
                 if method in methods and regex.match(relative):
                     operation = f"{method} {API_PREFIX}{template}"
                     return console_route_scope(method, template), operation, "", {}
-        elif self._public_outside_prefix or _is_console_page(path):
+        elif self._public_outside_prefix or _is_console_page(path) or path in HEALTH_PATHS:
             return OPEN, f"{method} {path}", "", {}
         return AUTHENTICATED, f"{method} {path}", "", {}
 
