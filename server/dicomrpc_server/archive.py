@@ -21,6 +21,7 @@ from dicomrpc_server.config import Settings
 from dicomrpc_server.lifecycle.delete import DeleteCore
 from dicomrpc_server.lifecycle.feed import ChangeFeed
 from dicomrpc_server.lifecycle.health import HealthCheck
+from dicomrpc_server.lifecycle.metrics import Metrics
 from dicomrpc_server.lifecycle.statistics import StatisticsCore
 from dicomrpc_server.peers import PeerRegistry
 from dicomrpc_server.query.engine import SearchCore
@@ -182,6 +183,7 @@ class Archive:
         self.feed = ChangeFeed(self.index)
         self.statistics = StatisticsCore(self.index)
         self.health = HealthCheck(self.index)
+        self.metrics = Metrics(self.store.outcomes)
         self.workitems = WorkitemCore(
             workitem_records, settings.subscriber_queue, settings.max_sequence_depth
         )

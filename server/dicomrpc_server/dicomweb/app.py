@@ -11,7 +11,8 @@ browser needs to read them), access control (401, 403) before routing, then any 
 given to :func:`create_app`.
 
 The health probes (:mod:`.health`, ``/health/live`` and ``/health/ready``, open to everyone)
-are routed first. The console (:mod:`dicomrpc_server.console`) is routed next: its API under ``/console/api``
+and the metrics (:mod:`.metrics`, ``/metrics``, for the ``admin`` scope) are routed first.
+The console (:mod:`dicomrpc_server.console`) is routed next: its API under ``/console/api``
 and its pages under ``/console/``, before the viewer's site, which would answer them otherwise.
 
 With the viewer on (``--viewer``, the default), the OHIF viewer's site
@@ -43,6 +44,7 @@ from dicomrpc_server.dicomweb.errors import handle_service_error
 from dicomrpc_server.dicomweb.health import ROUTES as HEALTH_ROUTES
 from dicomrpc_server.dicomweb.hosts import HostMiddleware
 from dicomrpc_server.dicomweb.logging import AccessLogMiddleware
+from dicomrpc_server.dicomweb.metrics import ROUTES as METRICS_ROUTES
 from dicomrpc_server.dicomweb.url import checked
 from dicomrpc_server.errors import ServiceError
 from dicomrpc_server.viewer.package import cached_dist
@@ -68,7 +70,7 @@ def create_app(archive: Archive, inner: Sequence[Middleware] = ()) -> Starlette:
     middleware = []
     if archive.auditor.enabled:
         middleware.append(Middleware(AuditMiddleware, auditor=archive.auditor))
-    middleware.append(Middleware(AccessLogMiddleware))
+    middleware.append(Middleware(AccessLogMiddleware, metrics=archive.metrics))
     middleware.append(
         Middleware(BodyTimeoutMiddleware, seconds=archive.settings.http_body_timeout_s)
     )
@@ -100,6 +102,7 @@ def create_app(archive: Archive, inner: Sequence[Middleware] = ()) -> Starlette:
     console = ConsoleSite()
     mounts: list[BaseRoute] = [
         *HEALTH_ROUTES,
+        *METRICS_ROUTES,
         Mount(PREFIX, routes=routes),
         Mount(API_PREFIX, routes=console_routes),
         Route(CONSOLE_PREFIX, console),

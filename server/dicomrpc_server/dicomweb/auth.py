@@ -33,11 +33,18 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from dicomrpc_server.access.authenticator import NO_SCOPES, Admission, Authenticator, Credentials
 from dicomrpc_server.access.caller import ANONYMOUS, Caller
 from dicomrpc_server.access.grants import GRANT_PARAMETER, RetrieveGrants, read_caller
-from dicomrpc_server.access.scopes import AUTHENTICATED, OPEN, console_route_scope, route_scope
+from dicomrpc_server.access.scopes import (
+    ADMIN,
+    AUTHENTICATED,
+    OPEN,
+    console_route_scope,
+    route_scope,
+)
 from dicomrpc_server.console import API_PREFIX, CONSOLE_PREFIX
 from dicomrpc_server.dicomweb.context import PREFIX
 from dicomrpc_server.dicomweb.errors import error_response
 from dicomrpc_server.dicomweb.health import PATHS as HEALTH_PATHS
+from dicomrpc_server.dicomweb.metrics import PATH as METRICS_PATH
 from dicomrpc_server.errors import ServiceError
 
 CALLER_KEY = "caller"
@@ -157,6 +164,8 @@ class AccessMiddleware:
                 if method in methods and regex.match(relative):
                     operation = f"{method} {API_PREFIX}{template}"
                     return console_route_scope(method, template), operation, "", {}
+        elif path == METRICS_PATH:
+            return ADMIN, f"{method} {path}", "", {}
         elif self._public_outside_prefix or _is_console_page(path) or path in HEALTH_PATHS:
             return OPEN, f"{method} {path}", "", {}
         return AUTHENTICATED, f"{method} {path}", "", {}

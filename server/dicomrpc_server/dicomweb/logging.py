@@ -19,20 +19,27 @@ import logging
 import time
 from typing import Any
 
+from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dicomrpc_server.dicomweb.auth import caller_of
 from dicomrpc_server.dicomweb.sendfile import ZERO_COPY_SEND
 from dicomrpc_server.errors import ServiceError
+from dicomrpc_server.lifecycle.metrics import Metrics, route_label
 
 log = logging.getLogger("dicomrpc.access")
 
 
 class AccessLogMiddleware:
-    """ASGI middleware that logs every HTTP request once it ends."""
+    """ASGI middleware that logs every HTTP request once it ends, and counts it in ``metrics``.
 
-    def __init__(self, app: ASGIApp) -> None:
+    The metrics name a request by its route's template (``GET /dicomweb/studies/{study}``),
+    which the router leaves in the request's scope, never by its path.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics | None = None) -> None:
         self.app = app
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Count what the request moves while the application serves it."""
@@ -84,6 +91,25 @@ class AccessLogMiddleware:
                 if error:
                     record["error"] = error
                 log.info(json.dumps(record, separators=(",", ":")))
+            if self.metrics is not None:
+                self.metrics.observe(
+                    "http",
+                    route_label(scope["method"], *_template(scope)),
+                    str(record["status"]),
+                    time.perf_counter() - start,
+                    tally["bytes_in"],
+                    tally["bytes_out"],
+                )
+
+
+def _template(scope: Scope) -> tuple[str, str | None]:
+    """The mount path and route template of the route that took a request, if one did."""
+    route = scope.get("route")
+    if isinstance(route, Route):
+        return scope.get("root_path", ""), route.path
+    if isinstance(route, Mount):  # an application mounted whole: the viewer's or console's files
+        return "", (route.path or "") + "/*"
+    return "", None
 
 
 def _service_error(exc: BaseException) -> ServiceError | None:

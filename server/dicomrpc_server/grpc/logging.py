@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 
 from dicomrpc_server.grpc.auth import current_caller
+from dicomrpc_server.lifecycle.metrics import Metrics
 
 log = logging.getLogger("dicomrpc.access")
 
@@ -40,8 +41,9 @@ def status_name(context: Any, error: BaseException | None) -> str:
 class _Tally:
     """What one call moved and how long it took."""
 
-    def __init__(self, method: str) -> None:
+    def __init__(self, method: str, metrics: Metrics | None) -> None:
         self.method = method
+        self.metrics = metrics
         self.start = time.perf_counter()
         self.bytes_in = 0
         self.bytes_out = 0
@@ -54,20 +56,33 @@ class _Tally:
 
     def end(self, context: Any, error: BaseException | None) -> None:
         caller = current_caller()
+        code = status_name(context, error)
         record = {
             "rpc": self.method,
-            "code": status_name(context, error),
+            "code": code,
             "caller": caller.identity if caller is not None else "",
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
             "ms": round((time.perf_counter() - self.start) * 1000, 2),
         }
         log.info(json.dumps(record, separators=(",", ":")))
+        if self.metrics is not None:
+            self.metrics.observe(
+                "grpc",
+                self.method,
+                code,
+                time.perf_counter() - self.start,
+                self.bytes_in,
+                self.bytes_out,
+            )
 
 
 class AccessLog:
-    """Logs every call once it ends, whatever its shape and outcome."""
+    """Logs every call once it ends, whatever its shape and outcome; counts it in ``metrics``."""
+
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        self.metrics = metrics
 
     def watch(self, method: str, context: Any) -> _Tally:
         """Count the call's bytes and time."""
-        return _Tally(method)
+        return _Tally(method, self.metrics)

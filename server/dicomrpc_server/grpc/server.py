@@ -52,7 +52,7 @@ class GrpcServer:
     ) -> None:
         settings = archive.settings
         self.archive = archive
-        observers: list[CallObserver] = [AccessLog()]
+        observers: list[CallObserver] = [AccessLog(archive.metrics)]
         if archive.auditor.enabled:
             observers.append(AuditObserver(archive.auditor))
         self.server = grpc.aio.server(

@@ -86,6 +86,11 @@ class IndexWriter:
         self.commits = 0
         self._thread.start()
 
+    @property
+    def pending(self) -> int:
+        """How many writes wait for a commit (approximately: the queue is read concurrently)."""
+        return self._queue.qsize()
+
     def add_listener(self, listener: Callable[[], None]) -> None:
         """Call ``listener()`` on the writer thread after every commit (it must not block)."""
         self._listeners.append(listener)

@@ -17,6 +17,7 @@ fails that instance alone, with ``STORAGE_FULL`` (see :mod:`dicomrpc_server.stor
 from __future__ import annotations
 
 import asyncio
+import collections
 import enum
 import logging
 from dataclasses import dataclass, field
@@ -161,6 +162,8 @@ class StoreCore:
         self.blobs = blobs
         self.index = index
         self.workers = workers
+        # Instances answered, by (outcome, failure reason): what /metrics reports.
+        self.outcomes: collections.Counter[tuple[str, str]] = collections.Counter()
         self.locks = locks
         # SOP instance UIDs being persisted right now by this process, with the stream storing
         # each and its commit: a second store of one of them from another stream is 45071, as
@@ -271,7 +274,16 @@ class Ingest:
             log.warning("could not remove the upload %s", upload.path, exc_info=True)
 
     async def finish(self) -> InstanceResult:
-        """Check, persist and index the instance; return its result (never raises)."""
+        """Check, persist and index the instance; return its result (never raises).
+
+        The outcome is counted in the core's tally (what ``/metrics`` reports).
+        """
+        result = await self._finish_safely()
+        failure = result.failure
+        self._core.outcomes[result.outcome.value, failure.reason if failure else ""] += 1
+        return result
+
+    async def _finish_safely(self) -> InstanceResult:
         try:
             return await self._finish()
         except ServiceError as exc:
