@@ -36,7 +36,7 @@ def _event(sequence: int, uid: str, state: str = "SCHEDULED", patient: str = "A"
 def _initial(uid: str, state: str) -> UpsInitialReport:
     information = dataset_pb2.Dataset()
     set_text(information, STATE, "CS", state)
-    return UpsInitialReport(workitem_uid=uid, information=information)
+    return UpsInitialReport(workitem_uid=uid, information=information.SerializeToString())
 
 
 def _reports(items: list[Step]) -> list[tuple[int, str]]:

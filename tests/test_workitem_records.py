@@ -249,9 +249,10 @@ def test_a_subscription_starts_after_the_newest_event_with_its_initial_report(
     _create_stored(records, "1.2.2", "B", "IN PROGRESS")
     taken = asyncio.run(records.subscribe(_subscription("WATCHER", "1.2.2"), _state_only))
     assert taken.since == 2
-    assert [(i.workitem_uid, text(i.information, STATE)) for i in taken.initial] == [
-        ("1.2.2", "IN PROGRESS")
-    ]
+    assert [
+        (i.workitem_uid, text(dataset_pb2.Dataset.FromString(i.information), STATE))
+        for i in taken.initial
+    ] == [("1.2.2", "IN PROGRESS")]
     (kept,) = records.subscriptions("WATCHER")
     assert kept == taken
     (subscriber,) = records.subscribers()

@@ -288,7 +288,7 @@ def plan(
             for n, initial in enumerate(subscription.initial, 1):
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    information = to_pydicom(initial.information)
+                    information = to_pydicom(dataset_pb2.Dataset.FromString(initial.information))
                 last = n == len(subscription.initial)
                 finished = None
                 if subscription.workitem_uid and information.get("ProcedureStepState") in (

@@ -615,17 +615,19 @@ class UpsInitialReport(_message.Message):
     INFORMATION_FIELD_NUMBER: _builtins.int
     workitem_uid: _builtins.str
     """The workitem reported."""
-    @_builtins.property
-    def information(self) -> _dataset_pb2.Dataset:
-        """Its Procedure Step State and Input Readiness State when the subscription was taken."""
-
+    information: _builtins.bytes
+    """Its Procedure Step State and Input Readiness State when the subscription was taken: a
+    serialized dicomrpc.v1.Dataset. Bytes rather than the message, so that no record wraps a
+    data set more than one message deep (the nesting ceiling, MAX_SEQUENCE_DEPTH, counts one);
+    both are the same on the wire.
+    """
     def __init__(
         self,
         *,
         workitem_uid: _builtins.str = ...,
-        information: _dataset_pb2.Dataset | None = ...,
+        information: _builtins.bytes = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["information", b"information"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
     _ClearFieldArgType: _TypeAlias = _typing.Literal["information", b"information", "workitem_uid", b"workitem_uid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...

@@ -269,7 +269,9 @@ def take_subscription(
                 terms, False
             ):
                 continue
-            taken.initial.append(UpsInitialReport(workitem_uid=uid, information=initial(dataset)))
+            taken.initial.append(
+                UpsInitialReport(workitem_uid=uid, information=initial(dataset).SerializeToString())
+            )
     state.subscriptions[taken.workitem_uid] = taken
     if state.subscriber is None:
         # A new subscriber starts delivery where its first subscription starts.
