@@ -176,18 +176,19 @@ async def _stored_parts(
     syntax: str,
     boundary: str,
 ) -> AsyncIterator[Part]:
-    """The parts of instances sent as stored: each head, then its file's region."""
+    """The parts of instances sent as stored: each head, then its file's region.
+
+    The store that gave the first instance as a local file gives every one so; each region is
+    the consumer's once yielded (it closes it), and the first is closed here if never yielded.
+    """
     region: FileRegion | None = first
     try:
-        for number, instance in enumerate(found):
+        for head, instance in zip(heads, found, strict=True):
             if region is None:
                 region = core.file_region(instance, syntax)
-                if region is None:  # the store cannot give files after all: read them
-                    yield heads[number]
-                    async for data in core.read_chunks(instance, core.chunk_bytes):
-                        yield data
-                    continue
-            yield heads[number]
+            if region is None:
+                raise RuntimeError(f"the file of instance {instance.sop_uid} is not a local file")
+            yield head
             yield region
             region = None
         yield closing(boundary)
