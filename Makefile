@@ -86,8 +86,8 @@ bench: install
 lock:
 	test -x $(LOCK_VENV)/bin/pip-compile || \
 		($(PYTHON) -m venv $(LOCK_VENV) && $(LOCK_VENV)/bin/pip install --quiet pip-tools)
-	$(PIP_COMPILE) -o requirements/server.lock pyproject.toml requirements/build.in
-	$(PIP_COMPILE) --extra test -o requirements/test.lock pyproject.toml requirements/build.in
+	$(PIP_COMPILE) --extra server -o requirements/server.lock pyproject.toml requirements/build.in
+	$(PIP_COMPILE) --extra server --extra test -o requirements/test.lock pyproject.toml requirements/build.in
 
 clean:
 	rm -rf $(VENV) $(LOCK_VENV) build *.egg-info bench/.work

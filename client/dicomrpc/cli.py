@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import os
 import queue
 import sys
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import grpc
@@ -637,25 +638,43 @@ def _explain(error: DicomRpcError, args: argparse.Namespace) -> str:
     )
 
 
+# The commands that run the archive itself, by the module whose ``run(args)`` serves each. They
+# need the server's packages (``pip install 'dicomrpc[server]'``); the SDK's commands do not.
+SERVER_COMMANDS = {
+    "serve": "dicomrpc_server.main",
+    "rebuild-index": "dicomrpc_server.rebuild",
+    "migrate": "dicomrpc_server.migrate",
+    "viewer": "dicomrpc_server.viewer.command",
+}
+
+
+def _server_command(args: argparse.Namespace) -> int:
+    """Run a server command, or say which install it needs when the server's packages are absent.
+
+    ``pip install dicomrpc`` is the SDK and this command line without the archive's index,
+    codecs and HTTP server; its server commands answer with the one line that installs them
+    rather than an import traceback.
+    """
+    try:
+        module = importlib.import_module(SERVER_COMMANDS[args.command])
+    except ModuleNotFoundError as error:
+        if (error.name or "").partition(".")[0] in ("dicomrpc", "dicomrpc_server"):
+            raise
+        print(
+            f"dicomrpc {args.command}: the archive server's packages are not installed "
+            f"(no module {error.name!r}); install them with: pip install 'dicomrpc[server]'",
+            file=sys.stderr,
+        )
+        return 2
+    run: Callable[[argparse.Namespace], int] = module.run
+    return run(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line."""
     args = _parser().parse_args(argv)
-    if args.command == "serve":
-        from dicomrpc_server.main import run
-
-        return run(args)
-    if args.command == "rebuild-index":
-        from dicomrpc_server.rebuild import run as rebuild
-
-        return rebuild(args)
-    if args.command == "migrate":
-        from dicomrpc_server.migrate import run as migrate
-
-        return migrate(args)
-    if args.command == "viewer":
-        from dicomrpc_server.viewer.command import run as viewer
-
-        return viewer(args)
+    if args.command in SERVER_COMMANDS:
+        return _server_command(args)
     commands = {
         "store": store_command,
         "retrieve": retrieve_command,
