@@ -102,7 +102,7 @@ def test_a_change_log_written_as_api_entries_reads_the_same(tmp_path: Path) -> N
                     sop_instance_uid=change.sop_uid,
                     version=change.version,
                 )
-                entry.time.FromMicroseconds(change.time_us)
+                entry.commit_time.FromMicroseconds(change.time_us)
                 key = keys.sequence_key(change.sequence)
                 txn.put(key, entry.SerializeToString(), db=index._db["changes"])
         assert index.changes(0, 100) == changes

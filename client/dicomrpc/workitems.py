@@ -113,7 +113,7 @@ class WorkitemEvent:
             _EVENTS.get(m.type, "unspecified"),
             m.workitem_uid,
             _STATES.get(m.state, "unspecified"),
-            m.time.ToDatetime(tzinfo=datetime.UTC),
+            m.event_time.ToDatetime(tzinfo=datetime.UTC),
             m.event,
         )
 
