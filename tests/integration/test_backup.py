@@ -257,3 +257,19 @@ def test_bad_backups_and_targets_are_refused_by_name(tmp_path: Path) -> None:
     assert shared.returncode == 1 and "pg_dump" in shared.stderr
     assert not (tmp_path / "b3").exists() and not (tmp_path / "b3.partial").exists()
     os.remove(data / INDEX_FILE)
+    # The config file of serve names the data folder, and what it says is shared is refused.
+    config = tmp_path / "dicomrpc.toml"
+    config.write_text(f'data_dir = "{data}"\n')
+    by_config = _cli("backup", "--config", str(config), "--to", str(tmp_path / "b4"))
+    assert by_config.returncode == 0, by_config.stderr
+    assert Manifest.read(tmp_path / "b4").instances == 3
+    config.write_text(
+        f'data_dir = "{data}"\nindex = "postgresql://u:secret@db.example/a"\n'
+        'blobs = "/srv/shared"\n'
+    )
+    refused = _cli("backup", "--config", str(config), "--to", str(tmp_path / "b5"))
+    assert refused.returncode == 1 and "pg_dump" in refused.stderr
+    assert "postgresql://u@db.example/a" in refused.stderr and "secret" not in refused.stderr
+    config.write_text(f'data_dir = "{data}"\nbackup_to = "/backups"\n')
+    unknown = _cli("backup", "--config", str(config), "--to", str(tmp_path / "b5"))
+    assert unknown.returncode == 2 and "unknown setting 'backup_to'" in unknown.stderr

@@ -42,6 +42,7 @@ from pathlib import Path
 import lmdb
 
 from dicomrpc_server.access.grants import KEY_FILE
+from dicomrpc_server.config import POSTGRES_SCHEMES, redact_dsn
 from dicomrpc_server.storage import keys, records_pb2
 from dicomrpc_server.storage.blobs import BLOB_SUFFIX, fsync_dir
 from dicomrpc_server.storage.lmdb_index import SCHEMA_VERSION, LmdbIndex
@@ -197,42 +198,32 @@ def backup(
     (partial / PARTIAL_MARKER).write_text(f"dicomrpc backup of {data_dir}, pid {os.getpid()}\n")
     (partial / INDEX_DIR).mkdir()
     source_env = _open_live(data_dir)
+    files: dict[str, dict[str, object]] = {}
+    missing: list[tuple[str, str, str, str]] = []
+    total = 0
     try:
+        # One read transaction, for as long as the copy of the index takes: the files are
+        # copied afterwards, without holding pages the server's writer would reuse.
         source_env.copy(str(partial / INDEX_DIR), compact=True)
         log.info("index snapshot written to %s", partial / INDEX_DIR)
-        snapshot = read_snapshot(partial / INDEX_DIR)
-        files: dict[str, dict[str, object]] = {}
-        missing: list[tuple[str, str, str, str]] = []
-        total = 0
-        for done, (study, series, sop, blob_id, expected) in enumerate(snapshot.instances):
-            if progress is not None:
-                progress(done, len(snapshot.instances))
-            relative = f"blobs/{blob_id[:8]}/{blob_id}{BLOB_SUFFIX}"
-            try:
-                size, digest = _copy(data_dir / relative, partial / relative)
-            except FileNotFoundError:
-                if _still_named(source_env, blob_id):
-                    raise BackupError(
-                        "FILE_MISSING",
-                        f"{data_dir / relative}, the file of instance {sop}, is missing although "
-                        "the index names it; the archive is damaged (`dicomrpc rebuild-index` "
-                        "reindexes what files there are). The backup was not made",
-                    ) from None
-                missing.append((study, series, sop, blob_id))
-                continue
-            if size != expected:
-                raise BackupError(
-                    "SIZE_MISMATCH",
-                    f"{data_dir / relative} has {size} bytes, its index record {expected}: "
-                    "the archive is damaged. The backup was not made",
-                )
-            files[relative] = {"size": size, "sha256": digest}
-            total += size
+        with Snapshot(partial / INDEX_DIR) as snapshot:
+            change_sequence = snapshot.change_sequence
+            for done, (study, series, sop, blob_id, size) in enumerate(snapshot.instances()):
+                if progress is not None:
+                    progress(done, snapshot.counts[2])
+                relative = f"blobs/{blob_id[:8]}/{blob_id}{BLOB_SUFFIX}"
+                copied = _copy_instance(data_dir, partial, relative, sop, size, source_env)
+                if copied is None:
+                    missing.append((study, series, sop, blob_id))
+                else:
+                    files[relative] = copied
+                    total += size
     finally:
         source_env.close()
     if missing:
         _apply_deletions(partial / INDEX_DIR, missing)
-    counts = read_snapshot(partial / INDEX_DIR).counts
+    with Snapshot(partial / INDEX_DIR) as final:
+        counts = final.counts
     files[f"{INDEX_DIR}/{INDEX_FILE_NAME}"] = _describe(partial / INDEX_DIR / INDEX_FILE_NAME)
     with contextlib.suppress(FileNotFoundError):
         (partial / INDEX_DIR / "lock.mdb").unlink()
@@ -245,7 +236,7 @@ def backup(
     manifest = Manifest(
         source=str(data_dir.resolve()),
         created=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        change_sequence=snapshot.change_sequence,
+        change_sequence=change_sequence,
         studies=counts[0],
         series=counts[1],
         instances=counts[2],
@@ -262,25 +253,79 @@ def backup(
     return manifest
 
 
+def _copy_instance(
+    data_dir: Path,
+    partial: Path,
+    relative: str,
+    sop: str,
+    size: int,
+    live: lmdb.Environment,
+) -> dict[str, object] | None:
+    """Copy one instance file; its manifest entry, or None when deleted since the snapshot.
+
+    Raises
+    ------
+    BackupError
+        ``FILE_MISSING`` when the file is gone but the live index still names it, and
+        ``SIZE_MISMATCH`` when it has another size than its record: a damaged archive.
+    """
+    blob_id = Path(relative).name.removesuffix(BLOB_SUFFIX)
+    try:
+        copied, digest = _copy(data_dir / relative, partial / relative)
+    except FileNotFoundError:
+        if _still_named(live, blob_id):
+            raise BackupError(
+                "FILE_MISSING",
+                f"{data_dir / relative}, the file of instance {sop}, is missing although the "
+                "index names it; the archive is damaged (`dicomrpc rebuild-index` reindexes "
+                "what files there are). The backup was not made",
+            ) from None
+        return None
+    if copied != size:
+        raise BackupError(
+            "SIZE_MISMATCH",
+            f"{data_dir / relative} has {copied} bytes, its index record {size}: the archive "
+            "is damaged. The backup was not made",
+        )
+    return {"size": copied, "sha256": digest}
+
+
 def _check_source(data_dir: Path) -> None:
     """Refuse what is not an embedded archive: only its index and files are copied."""
     index = recorded_index(data_dir)
     store = recorded_store(data_dir)
-    if index is not None or (store is not None and store != FOLDER_STORE):
-        where = f"PostgreSQL index {index}" if index is not None else f"blob store {store}"
-        raise BackupError(
-            "NOT_EMBEDDED",
-            f"data folder {data_dir} is served with the {where}; `dicomrpc backup` copies an "
-            "embedded archive only. Back up the PostgreSQL database with pg_dump and the "
-            "instance files with the store's own snapshots (see the README's Backup and "
-            "restore). Nothing was written",
-        )
+    if index is not None:
+        _refuse_shared(data_dir, index)
+    if store is not None and store != FOLDER_STORE:
+        _refuse_shared(data_dir, store)
     if not (data_dir / INDEX_DIR / "data.mdb").is_file():
         raise BackupError(
             "NO_INDEX",
             f"{data_dir} holds no archive index ({data_dir / INDEX_DIR / 'data.mdb'} is "
             "missing); name the data folder of `dicomrpc serve --data`. Nothing was written",
         )
+
+
+def _refuse_shared(data_dir: Path, where: str) -> None:
+    """Refuse an archive whose index or files are elsewhere: they have backups of their own.
+
+    Raises
+    ------
+    BackupError
+        ``NOT_EMBEDDED``, saying what to use instead.
+    """
+    what = (
+        f"the PostgreSQL index {redact_dsn(where)}"
+        if where.startswith(POSTGRES_SCHEMES)
+        else f"instance files in {where}"
+    )
+    raise BackupError(
+        "NOT_EMBEDDED",
+        f"data folder {data_dir} is served with {what}; `dicomrpc backup` copies an embedded "
+        "archive only. Back up the PostgreSQL database with pg_dump and the instance files "
+        "with the store's own snapshots (see the README's Backup and restore). Nothing was "
+        "written",
+    )
 
 
 def _clear_partial(partial: Path) -> None:
@@ -316,63 +361,88 @@ def _open_live(data_dir: Path) -> lmdb.Environment:
         ) from None
 
 
-@dataclass
 class Snapshot:
-    """What the backup reads from its copy of the index."""
+    """A copy of the index, read-only: its counts, change sequence and instances.
 
-    change_sequence: int
-    counts: tuple[int, int, int]
-    instances: list[tuple[str, str, str, str, int]]
-    """``(study, series, sop, blob id, size)`` of every instance."""
+    Nothing writes the copy while it is read, so one read transaction may last the whole
+    walk; the instances are walked, never held all at once, whatever the archive's size.
 
+    Raises
+    ------
+    BackupError
+        ``INDEX_UNREADABLE`` when the copy cannot be opened or has another schema.
+    """
 
-def read_snapshot(path: Path) -> Snapshot:
-    """The instances, counts and last change sequence of the index copy at ``path``."""
-    try:
-        env = lmdb.open(str(path), readonly=True, lock=False, max_dbs=32, readahead=False)
-    except lmdb.Error as exc:
-        raise BackupError(
-            "INDEX_UNREADABLE", f"the index at {path} cannot be read: {exc}"
-        ) from None
-    try:
-        dbs: dict[str, lmdb._Database | None] = {}
-        for name in _READ_DBS:
-            try:
-                dbs[name] = env.open_db(name.encode(), create=False)
-            except lmdb.NotFoundError:
-                dbs[name] = None
-        with env.begin(buffers=False) as txn:
-            schema = txn.get(b"schema", db=dbs["meta"]) if dbs["meta"] is not None else None
-            if schema is None or struct.unpack(">I", schema)[0] != SCHEMA_VERSION:
-                raise BackupError(
-                    "INDEX_UNREADABLE",
-                    f"the index snapshot at {path} is not of schema {SCHEMA_VERSION}",
+    def __init__(self, path: Path) -> None:
+        try:
+            self.env = lmdb.open(str(path), readonly=True, lock=False, max_dbs=32, readahead=False)
+        except lmdb.Error as exc:
+            raise BackupError(
+                "INDEX_UNREADABLE", f"the index at {path} cannot be read: {exc}"
+            ) from None
+        try:
+            self._dbs: dict[str, lmdb._Database | None] = {}
+            for name in _READ_DBS:
+                try:
+                    self._dbs[name] = self.env.open_db(name.encode(), create=False)
+                except lmdb.NotFoundError:  # never written: an archive that never held it
+                    self._dbs[name] = None
+            with self.env.begin(buffers=False) as txn:
+                meta = self._dbs["meta"]
+                schema = txn.get(b"schema", db=meta) if meta is not None else None
+                if schema is None or struct.unpack(">I", schema)[0] != SCHEMA_VERSION:
+                    raise BackupError(
+                        "INDEX_UNREADABLE",
+                        f"the index at {path} is not of schema {SCHEMA_VERSION}",
+                    )
+                self.change_sequence = 0
+                changes = self._dbs["changes"]
+                if changes is not None:
+                    cursor = txn.cursor(db=changes)
+                    if cursor.last():
+                        self.change_sequence = struct.unpack(">Q", bytes(cursor.key()))[0]
+                studies, series, instances = (
+                    txn.stat(db)["entries"] if db is not None else 0
+                    for db in (self._dbs["studies"], self._dbs["series"], self._dbs["instances"])
                 )
-            sequence = 0
-            if dbs["changes"] is not None:
-                cursor = txn.cursor(db=dbs["changes"])
-                if cursor.last():
-                    sequence = struct.unpack(">Q", bytes(cursor.key()))[0]
-            counts = tuple(
-                txn.stat(db)["entries"] if db is not None else 0
-                for db in (dbs["studies"], dbs["series"], dbs["instances"])
-            )
-            instances = []
-            if dbs["instances"] is not None:
-                for key, value in txn.cursor(db=dbs["instances"]):
-                    study, series, sop = keys.split_key(bytes(key))
-                    record = records_pb2.InstanceRecord.FromString(bytes(value))
-                    instances.append((study, series, sop, record.blob_id, record.size_bytes))
-    finally:
-        env.close()
-    return Snapshot(sequence, (counts[0], counts[1], counts[2]), instances)
+                self.counts: tuple[int, int, int] = (studies, series, instances)
+        except BaseException:
+            self.env.close()
+            raise
+
+    def instances(self) -> Iterator[tuple[str, str, str, str, int]]:
+        """``(study, series, sop, blob id, size)`` of every instance, in key order."""
+        db = self._dbs["instances"]
+        if db is None:
+            return
+        with self.env.begin(buffers=False) as txn:
+            for key, value in txn.cursor(db=db):
+                study, series, sop = keys.split_key(bytes(key))
+                record = records_pb2.InstanceRecord.FromString(bytes(value))
+                yield study, series, sop, record.blob_id, record.size_bytes
+
+    def close(self) -> None:
+        """Close the environment (before the copy is written, or renamed)."""
+        self.env.close()
+
+    def __enter__(self) -> Snapshot:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _still_named(env: lmdb.Environment, blob_id: str) -> bool:
     """Whether the live index names a file now (a fresh read transaction)."""
     db = env.open_db(b"blobs", create=False)
-    with env.begin() as txn:
-        return txn.get(blob_id.encode("ascii"), db=db) is not None
+    while True:
+        try:
+            txn = env.begin()
+        except lmdb.MapResizedError:  # the server enlarged the map since: adopt its size
+            env.set_mapsize(0)
+            continue
+        with txn:
+            return txn.get(blob_id.encode("ascii"), db=db) is not None
 
 
 def _apply_deletions(index_dir: Path, missing: list[tuple[str, str, str, str]]) -> None:
@@ -458,7 +528,15 @@ def summary(manifest: Manifest, dest: Path) -> Iterator[str]:
 def add_backup_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``backup`` options."""
     parser.add_argument(
-        "--data", type=Path, help="the archive's data folder (env DICOMRPC_DATA, ./data)"
+        "--data",
+        type=Path,
+        help="the archive's data folder (env DICOMRPC_DATA, the config file's, ./data)",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="the config file of `serve`, for its data folder (env DICOMRPC_CONFIG)",
     )
     parser.add_argument(
         "--to",
@@ -472,13 +550,20 @@ def add_backup_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``dicomrpc backup``."""
-    from dicomrpc_server.config import Settings
+    from dicomrpc_server.config import CONFIG_VARIABLE, Settings
     from dicomrpc_server.logs import log_to_stderr
 
     log_to_stderr(args.log_level)
-    data_dir = args.data or Settings.from_env().data_dir
+    config = args.config or os.environ.get(CONFIG_VARIABLE) or None
     try:
-        manifest = backup(data_dir, args.to)
+        settings = Settings.load(Path(config) if config else None, data_dir=args.data)
+    except ValueError as exc:
+        print(f"dicomrpc backup: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if settings.index or settings.blobs:
+            _refuse_shared(settings.data_dir, settings.index or settings.blobs)
+        manifest = backup(settings.data_dir, args.to)
     except BackupError as exc:
         print(f"dicomrpc backup: {exc}", file=sys.stderr)
         return 1

@@ -23,7 +23,7 @@ from dicomrpc_server.lifecycle.backup import (
     INDEX_FILE_NAME,
     BackupError,
     Manifest,
-    read_snapshot,
+    Snapshot,
     sync_tree,
 )
 from dicomrpc_server.storage.blobs import BLOB_SUFFIX, fsync_dir
@@ -114,22 +114,23 @@ def _check_index(staging: Path, manifest: Manifest) -> None:
     """The restored index holds what the manifest counts, and every instance has its file."""
     if f"{INDEX_DIR}/{INDEX_FILE_NAME}" not in manifest.files:
         raise BackupError("NOT_A_BACKUP", "the backup's manifest lists no index")
-    snapshot = read_snapshot(staging / INDEX_DIR)
     wanted = (manifest.studies, manifest.series, manifest.instances)
-    if snapshot.counts != wanted:
-        raise BackupError(
-            "COUNTS_MISMATCH",
-            f"the restored index holds {snapshot.counts} studies, series and instances, the "
-            f"manifest {wanted}; the backup is damaged. Nothing was restored",
-        )
-    for _, _, sop, blob_id, size in snapshot.instances:
-        relative = f"blobs/{blob_id[:8]}/{blob_id}{BLOB_SUFFIX}"
-        if manifest.files.get(relative, {}).get("size") != size:
+    with Snapshot(staging / INDEX_DIR) as snapshot:
+        if snapshot.counts != wanted:
             raise BackupError(
-                "FILE_MISSING",
-                f"the backup's index names {relative} (instance {sop}, {size} bytes), which the "
-                "backup does not hold as such; the backup is damaged. Nothing was restored",
+                "COUNTS_MISMATCH",
+                f"the restored index holds {snapshot.counts} studies, series and instances, "
+                f"the manifest {wanted}; the backup is damaged. Nothing was restored",
             )
+        for _, _, sop, blob_id, size in snapshot.instances():
+            relative = f"blobs/{blob_id[:8]}/{blob_id}{BLOB_SUFFIX}"
+            if manifest.files.get(relative, {}).get("size") != size:
+                raise BackupError(
+                    "FILE_MISSING",
+                    f"the backup's index names {relative} (instance {sop}, {size} bytes), which "
+                    "the backup does not hold as such; the backup is damaged. Nothing was "
+                    "restored",
+                )
 
 
 def add_restore_arguments(parser: argparse.ArgumentParser) -> None:
