@@ -72,6 +72,13 @@ def _all_studies(client: Client) -> list[dict[str, object]]:
     return sorted(rows, key=lambda row: json.dumps(row["0020000D"]))
 
 
+def _instance_rows(client: Client, studies: set[str]) -> dict[str, list[dict[str, object]]]:
+    return {
+        study: client.search_instances({}, study=study, include=["all"], limit=1000).as_json()
+        for study in sorted(studies)
+    }
+
+
 def test_a_backup_taken_while_a_writer_stores_restores_every_acknowledged_instance(
     tmp_path: Path,
 ) -> None:
@@ -116,6 +123,7 @@ def test_a_backup_taken_while_a_writer_stores_restores_every_acknowledged_instan
                 for row in _all_studies(client)
                 if row["0020000D"]["Value"][0] in studies_before  # type: ignore[index]
             ]
+            original_instances = _instance_rows(client, studies_before)
     finally:
         server.stop()
     manifest = Manifest.read(tmp_path / "bk")
@@ -128,6 +136,7 @@ def test_a_backup_taken_while_a_writer_stores_restores_every_acknowledged_instan
             rows = _all_studies(client)
             restored = _digests(client, {row["0020000D"]["Value"][0] for row in rows})  # type: ignore[index]
             latest = client.latest_change()
+            restored_instances = _instance_rows(client, studies_before)
     finally:
         restored_server.stop()
     # Everything acknowledged before the backup began is there, byte for byte.
@@ -141,6 +150,7 @@ def test_a_backup_taken_while_a_writer_stores_restores_every_acknowledged_instan
     assert latest is not None and latest.sequence == manifest.change_sequence
     # The studies complete before the backup are found as the original found them.
     assert [r for r in rows if r["0020000D"]["Value"][0] in studies_before] == original_rows  # type: ignore[index]
+    assert restored_instances == original_instances
 
 
 def test_an_instance_deleted_between_the_snapshot_and_its_copy_is_left_out(
