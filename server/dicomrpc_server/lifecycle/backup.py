@@ -230,8 +230,7 @@ def backup(
     extras = [KEY_FILE] + ([STORE_FILE] if recorded_store(data_dir) == FOLDER_STORE else [])
     for name in extras:
         with contextlib.suppress(FileNotFoundError):
-            size, digest = _copy(data_dir / name, partial / name)
-            (partial / name).chmod((data_dir / name).stat().st_mode & 0o777)
+            size, digest = copy_file(data_dir / name, partial / name)
             files[name] = {"size": size, "sha256": digest}
     manifest = Manifest(
         source=str(data_dir.resolve()),
@@ -271,7 +270,7 @@ def _copy_instance(
     """
     blob_id = Path(relative).name.removesuffix(BLOB_SUFFIX)
     try:
-        copied, digest = _copy(data_dir / relative, partial / relative)
+        copied, digest = copy_file(data_dir / relative, partial / relative)
     except FileNotFoundError:
         if _still_named(live, blob_id):
             raise BackupError(
@@ -467,13 +466,24 @@ def _apply_deletions(index_dir: Path, missing: list[tuple[str, str, str, str]]) 
     log.info("%d instances deleted during the backup were removed from it", len(missing))
 
 
-def _copy(source: Path, target: Path) -> tuple[int, str]:
-    """Copy a file, fsynced; its size and SHA-256 as read (FileNotFoundError when gone)."""
+def copy_file(source: Path, target: Path) -> tuple[int, str]:
+    """Copy a file with its permissions, fsynced; its size and SHA-256 as read.
+
+    The copy is created with the source's permissions, never wider for a moment: the data
+    folder's retrieve-grant key is readable by its owner alone.
+
+    Raises
+    ------
+    FileNotFoundError
+        When the source is gone (nothing is created then).
+    """
     digest = hashlib.sha256()
     size = 0
     with source.open("rb") as reader:  # opened first: a missing file creates nothing
         target.parent.mkdir(parents=True, exist_ok=True)
-        with target.open("xb") as writer:
+        mode = os.fstat(reader.fileno()).st_mode & 0o777
+        descriptor = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        with os.fdopen(descriptor, "wb") as writer:
             while chunk := reader.read(COPY_BUFFER):
                 writer.write(chunk)
                 digest.update(chunk)

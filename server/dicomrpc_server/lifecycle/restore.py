@@ -11,7 +11,6 @@ not exist or be an empty folder: a restore never writes over, or removes, anythi
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import os
 import shutil
@@ -19,11 +18,11 @@ import sys
 from pathlib import Path
 
 from dicomrpc_server.lifecycle.backup import (
-    COPY_BUFFER,
     INDEX_FILE_NAME,
     BackupError,
     Manifest,
     Snapshot,
+    copy_file,
     sync_tree,
 )
 from dicomrpc_server.storage.blobs import BLOB_SUFFIX, fsync_dir
@@ -82,32 +81,21 @@ def _restore_file(source: Path, staging: Path, relative: str, expected: dict[str
     path = Path(relative)
     if path.is_absolute() or ".." in path.parts:
         raise BackupError("NOT_A_BACKUP", f"the manifest of {source} names {relative!r}")
-    target = staging / path
-    target.parent.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256()
-    size = 0
     try:
-        with (source / path).open("rb") as reader, target.open("xb") as writer:
-            while chunk := reader.read(COPY_BUFFER):
-                writer.write(chunk)
-                digest.update(chunk)
-                size += len(chunk)
-            writer.flush()
-            os.fsync(writer.fileno())
+        size, digest = copy_file(source / path, staging / path)
     except FileNotFoundError:
         raise BackupError(
             "FILE_MISSING",
             f"{source / path}, listed in the backup's manifest, is missing; the backup is "
             f"damaged. Nothing was restored (the partial copy is {staging})",
         ) from None
-    if size != expected.get("size") or digest.hexdigest() != expected.get("sha256"):
+    if size != expected.get("size") or digest != expected.get("sha256"):
         raise BackupError(
             "DIGEST_MISMATCH",
-            f"{source / path} has {size} bytes of SHA-256 {digest.hexdigest()}, the manifest "
+            f"{source / path} has {size} bytes of SHA-256 {digest}, the manifest "
             f"says {expected.get('size')} bytes of {expected.get('sha256')}: the backup is "
             f"damaged. Nothing was restored (the partial copy is {staging})",
         )
-    (staging / path).chmod((source / path).stat().st_mode & 0o777)
 
 
 def _check_index(staging: Path, manifest: Manifest) -> None:
