@@ -39,6 +39,10 @@ def test_every_flag_of_serve_is_an_option_of_the_table() -> None:
     add_serve_arguments(parser)
     flags = {o for a in parser._actions for o in a.option_strings if o.startswith("--")}
     assert flags - {"--help", "--config"} == {o.flag for o in OPTIONS if o.flag}
+    actions = {flag: a for a in parser._actions for flag in a.option_strings}
+    for option in OPTIONS:  # the help of each flag names the variable that also sets it
+        if option.flag:
+            assert option.variable in (actions[option.flag].help or ""), option.flag
     names = [o.name for o in OPTIONS]
     assert len(set(names)) == len(names)
     assert set(names) <= set(typing.get_type_hints(Settings))
