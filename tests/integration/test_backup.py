@@ -244,6 +244,9 @@ def test_bad_backups_and_targets_are_refused_by_name(tmp_path: Path) -> None:
     assert _cli("backup", "--data", str(data), "--to", str(dest)).returncode == 0
     again = _cli("backup", "--data", str(data), "--to", str(dest))
     assert again.returncode == 1 and f"{dest} exists" in again.stderr
+    inside = _cli("backup", "--data", str(data), "--to", str(data / "backup"))
+    assert inside.returncode == 1 and "inside the data folder" in inside.stderr
+    assert not (data / "backup").exists() and not (data / "backup.partial").exists()
     empty = _cli("backup", "--data", str(tmp_path / "nothing"), "--to", str(tmp_path / "b2"))
     assert empty.returncode == 1 and "holds no archive index" in empty.stderr
     # A restore never writes over a folder that holds anything.

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import lmdb
+from tqdm import tqdm
 
 from dicomrpc_server.access.grants import KEY_FILE
 from dicomrpc_server.config import POSTGRES_SCHEMES, redact_dsn
@@ -188,6 +189,13 @@ def backup(
         names is missing or has another size than its record.
     """
     _check_source(data_dir)
+    if dest.resolve().is_relative_to(data_dir.resolve()):
+        raise BackupError(
+            "TARGET_INSIDE",
+            f"{dest} is inside the data folder {data_dir}: a backup there is lost with the "
+            "folder, and the server would find a folder it does not know; choose another "
+            "place (nothing was written)",
+        )
     if dest.exists():
         raise BackupError(
             "TARGET_EXISTS", f"{dest} exists; back up to a new folder (nothing was written)"
@@ -555,6 +563,7 @@ def add_backup_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DEST",
         help="the backup folder to create (written as DEST.partial, renamed when complete)",
     )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--log-level", default="WARNING", help="logging level (WARNING)")
 
 
@@ -573,7 +582,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         if settings.index or settings.blobs:
             _refuse_shared(settings.data_dir, settings.index or settings.blobs)
-        manifest = backup(settings.data_dir, args.to)
+        with tqdm(unit="files", desc="copying", disable=args.quiet) as bar:
+
+            def show(done: int, total: int) -> None:
+                bar.total = total
+                bar.n = done
+                bar.refresh()
+
+            manifest = backup(settings.data_dir, args.to, progress=show)
     except BackupError as exc:
         print(f"dicomrpc backup: {exc}", file=sys.stderr)
         return 1
