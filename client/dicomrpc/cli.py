@@ -72,6 +72,29 @@ def _parser() -> argparse.ArgumentParser:
         "the feed starts again from 0). It ends printing the serve command of the new storage.",
     )
     add_migrate_arguments(migrate)
+    from dicomrpc_server.lifecycle.backup_options import (
+        add_backup_arguments,
+        add_restore_arguments,
+    )
+
+    add_backup_arguments(
+        sub.add_parser(
+            "backup",
+            help="copy an embedded archive consistently, while it serves",
+            description="Snapshot the data folder's index, then copy every instance file it "
+            "names, verified, with a manifest; written as DEST.partial and renamed to DEST "
+            "when complete. The server goes on serving meanwhile.",
+        )
+    )
+    add_restore_arguments(
+        sub.add_parser(
+            "restore",
+            help="make a backup a data folder again, verified",
+            description="Copy a complete backup into a new data folder, checking every "
+            "file's SHA-256 and the index against the manifest; then serve it with "
+            "`dicomrpc serve --data NEWDIR`.",
+        )
+    )
     from dicomrpc_server.viewer.command import add_viewer_arguments
 
     viewer = sub.add_parser(
@@ -644,6 +667,8 @@ SERVER_COMMANDS = {
     "serve": "dicomrpc_server.main",
     "rebuild-index": "dicomrpc_server.rebuild",
     "migrate": "dicomrpc_server.migrate",
+    "backup": "dicomrpc_server.lifecycle.backup",
+    "restore": "dicomrpc_server.lifecycle.restore",
     "viewer": "dicomrpc_server.viewer.command",
 }
 

@@ -163,6 +163,13 @@ def test_the_sdk_commands_work_and_server_commands_say_what_to_install(
     sdk_python: Path, server: RunningServer, tmp_path: Path
 ) -> None:
     command = sdk_python.parent / "dicomrpc"
+    listed = subprocess.run(
+        [str(command), "--help"], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert {"serve", "backup", "restore", "store", "search"} <= set(
+        re.findall(r"[a-z-]+", listed.stdout)
+    )
     search = subprocess.run(
         [str(command), "search", "studies", "--server", server.target, "--json"],
         capture_output=True,
