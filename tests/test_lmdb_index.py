@@ -33,6 +33,7 @@ def _store_all(archive: Archive, instances: list[bytes]) -> list[int]:
     return asyncio.run(run())
 
 
+@pytest.mark.slow
 def test_map_grows_when_full_and_nothing_is_lost(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path / "data", lmdb_map_size=256 * 1024)
     archive = Archive(settings)

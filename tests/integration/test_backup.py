@@ -20,7 +20,7 @@ from dicomrpc_server.storage.spooled_startup import INDEX_FILE
 from tests.conftest import RunningServer, spawn_server, start_server
 from tests.dicomgen import ct_instance
 
-pytestmark = pytest.mark.embedded_index
+pytestmark = [pytest.mark.embedded_index, pytest.mark.slow]
 
 PYDICOM_FILES = ("CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "SC_rgb_small_odd.dcm")
 Key = tuple[str, str, str]
