@@ -44,7 +44,7 @@ import grpc
 import jwt
 import psutil
 from cryptography.hazmat.primitives.asymmetric import rsa
-from ingest import MB, ROOT, WORK, dicomrpc_server, machine, write_section
+from harness import MB, ROOT, WORK, dicomrpc_server, machine, write_section
 from jwt.algorithms import RSAAlgorithm
 from retrieve import grpc_study_bytes, load_dicomrpc, small_study
 

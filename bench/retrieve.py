@@ -63,22 +63,23 @@ import grpc
 import numpy as np
 import openjpeg
 import pydicom
-from ingest import (
+from corpus import (
     COLUMNS,
     INSTANCES_PER_SERIES,
+    ROWS,
+    Corpus,
+    corpus,
+    ct_instance,
+    series_attributes,
+    slice_pixels,
+    study_attributes,
+    warm_cache,
+)
+from harness import (
     MB,
     ROOT,
-    ROWS,
     WORK,
-    Corpus,
     ResourceSampler,
-    _instance,
-    _sequence_length,
-    _slice_pixels,
-    _start_py_spy,
-    _stop_py_spy,
-    _study_attributes,
-    corpus,
     dicomrpc_server,
     ensure_orthanc,
     free_port,
@@ -87,9 +88,10 @@ from ingest import (
     orthanc_version,
     profile_tables,
     run_workers,
-    series_attributes,
+    sequence_length,
+    start_py_spy,
+    stop_py_spy,
     stow_body,
-    warm_cache,
     write_section,
 )
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -198,7 +200,7 @@ def big_study(count: int = 500, seed: int = 4242) -> Study:
     yy, xx = np.mgrid[0:ROWS, 0:COLUMNS]
     body = ((xx - 256) / 210.0) ** 2 + ((yy - 266) / 160.0) ** 2 <= 1.0
     base_hu = np.where(body, 40, -1000).astype(np.int16)
-    study = _study_attributes(500, random.Random(seed))
+    study = study_attributes(500, random.Random(seed))
     series: dict[str, object] = {}
     files = []
     for number in range(count):
@@ -206,9 +208,9 @@ def big_study(count: int = 500, seed: int = 4242) -> Study:
         if number % INSTANCES_PER_SERIES == 0:
             series = series_attributes(series_number, f"{10 + series_number:02d}0000")
         slice_number = number % INSTANCES_PER_SERIES + 1
-        pixels = _slice_pixels(rng, base_hu, xx, yy, slice_number, signed=False)
+        pixels = slice_pixels(rng, base_hu, xx, yy, slice_number, signed=False)
         path = directory / f"{series_number:02d}-{slice_number:03d}.dcm"
-        _instance(study, series, slice_number, pixels, signed=False).save_as(
+        ct_instance(study, series, slice_number, pixels, signed=False).save_as(
             path, enforce_file_format=True
         )
         files.append(path)
@@ -407,7 +409,7 @@ def load_orthanc(port: int, files: list[Path], batch: int = 10, big: int = 16 * 
                     print(f"STOW-RS: {exc!r}; sending again on a new connection", flush=True)
                     connection = connect_http(port)
             answer = json.loads(payload) if response.status == 200 else {}
-            if _sequence_length(answer, "00081199") != len(paths):
+            if sequence_length(answer, "00081199") != len(paths):
                 raise RuntimeError(f"STOW-RS returned {response.status}: {payload[:300]!r}")
     finally:
         connection.close()
@@ -1385,7 +1387,7 @@ def profile(study: Study, args: argparse.Namespace) -> int:
                 server.close,
                 result,
             )
-            spy = _start_py_spy(pid, raw, gil_only=True)
+            spy = start_py_spy(pid, raw, gil_only=True)
             try:
                 throughput_run(
                     max(args.clients),
@@ -1396,7 +1398,7 @@ def profile(study: Study, args: argparse.Namespace) -> int:
                     result,
                 )
             finally:
-                _stop_py_spy(spy)
+                stop_py_spy(spy)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
     print(f"{max(args.clients)} clients: {result.rates[-1]:.0f} MB/s (under py-spy)")

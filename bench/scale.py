@@ -69,28 +69,22 @@ import boto3
 import grpc
 import pgsearch
 import psutil
-from ingest import (
+from corpus import Corpus, corpus, warm_cache
+from harness import (
     MB,
     ROOT,
     WORK,
-    Corpus,
     ResourceSampler,
-    RunResult,
     ServerError,
-    batch_storer,
-    batches,
-    corpus,
     dicomrpc_index_counts,
     dicomrpc_server,
     ensure_orthanc,
     free_port,
-    median_run,
     orthanc_server,
-    run_orthanc,
     run_workers,
-    warm_cache,
     write_section,
 )
+from ingest import RunResult, batch_storer, batches, median_run, run_orthanc
 from retrieve import (
     ACCEPT_DICOM,
     READ_BUFFER,

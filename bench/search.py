@@ -72,7 +72,7 @@ import grpc
 import lmdb
 import numpy as np
 import pydicom
-from ingest import (
+from harness import (
     ROOT,
     WORK,
     ServerError,
