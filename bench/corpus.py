@@ -2,7 +2,9 @@
 
 Why this module exists: the ingest, retrieve, DICOMweb, DIMSE and scale benchmarks measure the
 same instances (512x512 16-bit CT slices, explicit VR little endian), generated once with
-pydicom; the studies and series they make up, and their attributes, are here.
+pydicom; the studies and series they make up, and their attributes, are here, with the
+studies the retrieve, auth, viewer and scale benchmarks read (:func:`small_study`,
+:func:`big_study`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pydicom
 from harness import MB, WORK
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
@@ -237,3 +240,73 @@ def warm_cache(files: list[Path]) -> None:
     """Read every file once so that no run pays for cold reads the others do not."""
     for path in files:
         path.read_bytes()
+
+
+# --------------------------------------------------------------------------------------------
+# Studies made of the corpus' slices
+# --------------------------------------------------------------------------------------------
+
+
+BIG_STUDY_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Study:
+    """A study's files and identity, as stored in both servers."""
+
+    label: str
+    uid: str
+    files: list[Path]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.stat().st_size for f in self.files)
+
+
+def study_of(label: str, files: list[Path]) -> Study:
+    """A ``Study`` of files that share one StudyInstanceUID (checked)."""
+    uids = {str(pydicom.dcmread(f, stop_before_pixels=True).StudyInstanceUID) for f in files}
+    if len(uids) != 1:
+        raise ValueError(f"{label}: the files belong to {len(uids)} studies")
+    return Study(label, uids.pop(), files)
+
+
+def small_study() -> Study:
+    """The first 100-instance study of the ingest corpus (corpus-2000 if cached, else 200)."""
+    cached = (WORK / "corpus-2000" / "complete.json").exists()
+    data: Corpus = corpus(2000 if cached else 200)
+    first = sorted(p for p in data.directory.iterdir() if p.is_dir())[0]
+    return study_of("100 instances", sorted(first.glob("*.dcm")))
+
+
+def big_study(count: int = 500, seed: int = 4242) -> Study:
+    """One study of ``count`` CT slices (series of 50), like the corpus', generated once."""
+    directory = WORK / f"retrieve-study-{count}"
+    marker = directory / "complete.json"
+    expected = {"version": BIG_STUDY_VERSION, "count": count}
+    files = sorted(directory.glob("*.dcm"))
+    if marker.exists() and json.loads(marker.read_text()) == expected and len(files) == count:
+        return study_of(f"{count} instances", files)
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    print(f"generating a {count}-instance study in {directory} ...", flush=True)
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:ROWS, 0:COLUMNS]
+    body = ((xx - 256) / 210.0) ** 2 + ((yy - 266) / 160.0) ** 2 <= 1.0
+    base_hu = np.where(body, 40, -1000).astype(np.int16)
+    study = study_attributes(500, random.Random(seed))
+    series: dict[str, object] = {}
+    files = []
+    for number in range(count):
+        series_number = number // INSTANCES_PER_SERIES + 1
+        if number % INSTANCES_PER_SERIES == 0:
+            series = series_attributes(series_number, f"{10 + series_number:02d}0000")
+        slice_number = number % INSTANCES_PER_SERIES + 1
+        pixels = slice_pixels(rng, base_hu, xx, yy, slice_number, signed=False)
+        path = directory / f"{series_number:02d}-{slice_number:03d}.dcm"
+        ct_instance(study, series, slice_number, pixels, signed=False).save_as(
+            path, enforce_file_format=True
+        )
+        files.append(path)
+    marker.write_text(json.dumps(expected))
+    return Study(f"{count} instances", str(study["StudyInstanceUID"]), files)

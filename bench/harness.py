@@ -1,9 +1,9 @@
 """What every benchmark shares: where they work and write, the servers they run, how they measure.
 
 Why this module exists: each benchmark starts dicomrpc and Orthanc the same way, samples their
-memory and CPU the same way, times concurrent clients, profiles with py-spy and writes its own
-section of ``bench/RESULTS.md``; one harness keeps those the same from one benchmark to the
-next. The generated corpus is :mod:`corpus`'s.
+memory and CPU the same way, loads both with the same files, times concurrent clients, profiles
+with py-spy and writes its own section of ``bench/RESULTS.md``; one harness keeps those the same
+from one benchmark to the next. The generated corpus is :mod:`corpus`'s.
 """
 
 from __future__ import annotations
@@ -22,12 +22,16 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
+import grpc
 import psutil
+
+from dicomrpc import Client, ClientConfig
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -509,3 +513,82 @@ def write_section(section: str, heading: str, path: Path = RESULTS) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + section
     path.write_text(text.rstrip("\n") + "\n")
+
+
+# --------------------------------------------------------------------------------------------
+# Loading both servers
+# --------------------------------------------------------------------------------------------
+
+
+ACCEPT_JSON = "application/dicom+json"
+
+
+def grpc_config(http_retrieve: bool = False) -> ClientConfig:
+    """One channel (one HTTP/2 connection) per client, as in bench/ingest.py.
+
+    Studies stream over gRPC unless ``http_retrieve``: then the SDK reads them from the
+    gateway with a retrieve grant (README, "Retrieve").
+    """
+    return ClientConfig(
+        options=(("grpc.use_local_subchannel_pool", 1),), http_retrieve=http_retrieve
+    )
+
+
+def connect_grpc(target: str, http_retrieve: bool = False) -> Client:
+    """A connected ``Client`` on its own channel."""
+    client = Client(target, grpc_config(http_retrieve))
+    grpc.channel_ready_future(client.channel).result(timeout=30)
+    return client
+
+
+def connect_http(port: int) -> http.client.HTTPConnection:
+    """A keep-alive HTTP connection to Orthanc."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    connection.connect()
+    return connection
+
+
+def load_dicomrpc(target: str, files: list[Path], batch: int = 25) -> None:
+    """Store ``files``; raise unless every one is stored."""
+    with connect_grpc(target) as client:
+        for start in range(0, len(files), batch):
+            outcome = client.store([str(p) for p in files[start : start + batch]])
+            bad = [i for i in outcome.instances if not i.outcome.startswith("stored")]
+            if bad:
+                raise RuntimeError(f"dicomrpc store failed: {bad[0]}")
+
+
+def load_orthanc(port: int, files: list[Path], batch: int = 10, big: int = 16 * MB) -> None:
+    """STOW-RS ``files`` (those over ``big`` bytes one per request); raise unless every
+    request answers 200. A request whose connection breaks is sent again once, on a new
+    connection (one run saw Orthanc drop the keep-alive connection while a 225 MB request
+    was being sent)."""
+    small = [f for f in files if f.stat().st_size <= big]
+    batches = [small[i : i + batch] for i in range(0, len(small), batch)]
+    batches += [[f] for f in files if f.stat().st_size > big]
+    boundary = uuid.uuid4().hex
+    headers = {
+        "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+        "Accept": ACCEPT_JSON,
+    }
+    connection = connect_http(port)
+    try:
+        for paths in batches:
+            body = stow_body(paths, boundary)
+            for attempt in (1, 2):
+                try:
+                    connection.request("POST", "/dicom-web/studies", body, headers)
+                    response = connection.getresponse()
+                    payload = response.read()
+                    break
+                except (ConnectionError, http.client.HTTPException) as exc:
+                    connection.close()
+                    if attempt == 2:
+                        raise
+                    print(f"STOW-RS: {exc!r}; sending again on a new connection", flush=True)
+                    connection = connect_http(port)
+            answer = json.loads(payload) if response.status == 200 else {}
+            if sequence_length(answer, "00081199") != len(paths):
+                raise RuntimeError(f"STOW-RS returned {response.status}: {payload[:300]!r}")
+    finally:
+        connection.close()

@@ -69,17 +69,21 @@ import boto3
 import grpc
 import pgsearch
 import psutil
-from corpus import Corpus, corpus, warm_cache
+from corpus import Corpus, Study, big_study, corpus, warm_cache
 from harness import (
     MB,
     ROOT,
     WORK,
     ResourceSampler,
     ServerError,
+    connect_grpc,
+    connect_http,
     dicomrpc_index_counts,
     dicomrpc_server,
     ensure_orthanc,
     free_port,
+    load_dicomrpc,
+    load_orthanc,
     orthanc_server,
     run_workers,
     write_section,
@@ -88,15 +92,9 @@ from ingest import RunResult, batch_storer, batches, median_run, run_orthanc
 from retrieve import (
     ACCEPT_DICOM,
     READ_BUFFER,
-    Study,
     Throughput,
-    big_study,
-    connect_grpc,
-    connect_http,
     grpc_study_bytes,
     http_get,
-    load_dicomrpc,
-    load_orthanc,
     throughput_run,
 )
 from search import (
