@@ -43,10 +43,11 @@ from pathlib import Path
 import grpc
 import jwt
 import psutil
+from corpus import small_study
 from cryptography.hazmat.primitives.asymmetric import rsa
-from ingest import MB, ROOT, WORK, dicomrpc_server, machine, write_section
+from harness import MB, ROOT, WORK, dicomrpc_server, load_dicomrpc, machine, write_section
 from jwt.algorithms import RSAAlgorithm
-from retrieve import grpc_study_bytes, load_dicomrpc, small_study
+from retrieve import grpc_study_bytes
 
 sys.path.insert(0, str(ROOT / "client"))
 sys.path.insert(0, str(ROOT / "server"))

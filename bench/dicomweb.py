@@ -27,14 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pydicom
-from ingest import (
+from corpus import Corpus, corpus
+from harness import (
     MB,
     RESULTS,
     ROOT,
     WORK,
-    Corpus,
     ResourceSampler,
-    corpus,
     dicomrpc_server,
     ensure_orthanc,
     free_port,

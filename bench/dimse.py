@@ -50,24 +50,21 @@ from pathlib import Path
 
 import pydicom
 import pynetdicom
-from ingest import (
+from corpus import Corpus, corpus, warm_cache
+from harness import (
     ROOT,
     WORK,
-    Corpus,
     ResourceSampler,
-    RunResult,
     ServerError,
-    corpus,
     dicomrpc_server,
     ensure_orthanc,
     free_port,
     machine,
-    median_run,
     orthanc_server,
     orthanc_version,
-    warm_cache,
     write_section,
 )
+from ingest import RunResult, median_run
 from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind

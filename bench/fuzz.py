@@ -35,7 +35,7 @@ from dataclasses import asdict
 from importlib.metadata import version
 from typing import Any
 
-from ingest import ROOT, WORK, machine, write_section
+from harness import ROOT, WORK, machine, write_section
 
 sys.path.insert(0, str(ROOT))
 from tests.fuzz.bugs import CRASH, HANG, HTTP_5XX, OOM, Finding

@@ -62,15 +62,7 @@ from pathlib import Path
 import grpc
 import pydicom
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from ingest import (
-    ROOT,
-    WORK,
-    ResourceSampler,
-    dicomrpc_server,
-    free_port,
-    machine,
-    write_section,
-)
+from harness import ROOT, WORK, ResourceSampler, dicomrpc_server, free_port, machine, write_section
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
@@ -187,7 +179,7 @@ class Probe:
         self.client.close()
         self.channel.close()
 
-    def _http(self, method: str, path: str, body: bytes = b"", **headers: str) -> int:
+    def http_request(self, method: str, path: str, body: bytes = b"", **headers: str) -> int:
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
         try:
             connection.request(method, PREFIX + path, body=body or None, headers=headers)

@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ingest import WORK, dicomrpc_server, machine, write_section
+from harness import WORK, dicomrpc_server, machine, write_section
 from search import (
     BUILD_BATCH,
     BUILD_WINDOW,

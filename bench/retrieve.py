@@ -53,7 +53,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -63,33 +62,33 @@ import grpc
 import numpy as np
 import openjpeg
 import pydicom
-from ingest import (
-    COLUMNS,
-    INSTANCES_PER_SERIES,
+from corpus import (
+    Study,
+    big_study,
+    small_study,
+    warm_cache,
+)
+from harness import (
+    ACCEPT_JSON,
     MB,
+    RESULTS,
     ROOT,
-    ROWS,
     WORK,
-    Corpus,
     ResourceSampler,
-    _instance,
-    _sequence_length,
-    _slice_pixels,
-    _start_py_spy,
-    _stop_py_spy,
-    _study_attributes,
-    corpus,
+    connect_grpc,
+    connect_http,
     dicomrpc_server,
     ensure_orthanc,
     free_port,
+    load_dicomrpc,
+    load_orthanc,
     machine,
     orthanc_server,
     orthanc_version,
     profile_tables,
     run_workers,
-    series_attributes,
-    stow_body,
-    warm_cache,
+    start_py_spy,
+    stop_py_spy,
     write_section,
 )
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -103,12 +102,10 @@ from pydicom.uid import (
 )
 from pydicom.valuerep import VR
 
-from dicomrpc import Client, ClientConfig
+from dicomrpc import Client
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "## Retrieve"
 
-BIG_STUDY_VERSION = 1
 MULTIFRAME_VERSION = 1
 MULTIFRAME_J2K_VERSION = 1
 FRAMES = 1000
@@ -117,7 +114,6 @@ MULTIFRAME_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.7.3"  # Multi-frame Grayscale Wo
 
 ACCEPT_DICOM = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 ACCEPT_FRAME = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
-ACCEPT_JSON = "application/dicom+json"
 NATIVE = str(ExplicitVRLittleEndian)
 J2K = str(JPEG2000Lossless)
 ACCEPT_DICOM_J2K = f'multipart/related; type="application/dicom"; transfer-syntax={J2K}'
@@ -133,21 +129,8 @@ GOAL_FRAME_P50_MS = 3.0
 
 
 # --------------------------------------------------------------------------------------------
-# The data: a 100-instance study, a 500-instance study, a 1,000-frame instance
+# The data: a 1,000-frame instance (the studies are the corpus')
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Study:
-    """A study's files and identity, as stored in both servers."""
-
-    label: str
-    uid: str
-    files: list[Path]
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(f.stat().st_size for f in self.files)
 
 
 @dataclass(frozen=True)
@@ -165,55 +148,6 @@ class MultiFrame:
     def frames_path(self) -> str:
         """The WADO-RS path of the instance's frames, without the frame number."""
         return f"/dicom-web/studies/{self.study}/series/{self.series}/instances/{self.sop}/frames"
-
-
-def study_of(label: str, files: list[Path]) -> Study:
-    """A ``Study`` of files that share one StudyInstanceUID (checked)."""
-    uids = {str(pydicom.dcmread(f, stop_before_pixels=True).StudyInstanceUID) for f in files}
-    if len(uids) != 1:
-        raise ValueError(f"{label}: the files belong to {len(uids)} studies")
-    return Study(label, uids.pop(), files)
-
-
-def small_study() -> Study:
-    """The first 100-instance study of the ingest corpus (corpus-2000 if cached, else 200)."""
-    cached = (WORK / "corpus-2000" / "complete.json").exists()
-    data: Corpus = corpus(2000 if cached else 200)
-    first = sorted(p for p in data.directory.iterdir() if p.is_dir())[0]
-    return study_of("100 instances", sorted(first.glob("*.dcm")))
-
-
-def big_study(count: int = 500, seed: int = 4242) -> Study:
-    """One study of ``count`` CT slices (series of 50), like the corpus', generated once."""
-    directory = WORK / f"retrieve-study-{count}"
-    marker = directory / "complete.json"
-    expected = {"version": BIG_STUDY_VERSION, "count": count}
-    files = sorted(directory.glob("*.dcm"))
-    if marker.exists() and json.loads(marker.read_text()) == expected and len(files) == count:
-        return study_of(f"{count} instances", files)
-    shutil.rmtree(directory, ignore_errors=True)
-    directory.mkdir(parents=True)
-    print(f"generating a {count}-instance study in {directory} ...", flush=True)
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:ROWS, 0:COLUMNS]
-    body = ((xx - 256) / 210.0) ** 2 + ((yy - 266) / 160.0) ** 2 <= 1.0
-    base_hu = np.where(body, 40, -1000).astype(np.int16)
-    study = _study_attributes(500, random.Random(seed))
-    series: dict[str, object] = {}
-    files = []
-    for number in range(count):
-        series_number = number // INSTANCES_PER_SERIES + 1
-        if number % INSTANCES_PER_SERIES == 0:
-            series = series_attributes(series_number, f"{10 + series_number:02d}0000")
-        slice_number = number % INSTANCES_PER_SERIES + 1
-        pixels = _slice_pixels(rng, base_hu, xx, yy, slice_number, signed=False)
-        path = directory / f"{series_number:02d}-{slice_number:03d}.dcm"
-        _instance(study, series, slice_number, pixels, signed=False).save_as(
-            path, enforce_file_format=True
-        )
-        files.append(path)
-    marker.write_text(json.dumps(expected))
-    return Study(f"{count} instances", str(study["StudyInstanceUID"]), files)
 
 
 def multiframe(seed: int = 99) -> MultiFrame:
@@ -335,82 +269,6 @@ def decode_j2k(data: bytes, options: dict[str, object]) -> bytes:
     kind = "i" if options["pixel_representation"] else "u"
     dtype = np.dtype(f"<{kind}{int(str(options['bits_allocated'])) // 8}")
     return arr.astype(dtype, copy=False).tobytes()
-
-
-# --------------------------------------------------------------------------------------------
-# Loading both servers
-# --------------------------------------------------------------------------------------------
-
-
-def grpc_config(http_retrieve: bool = False) -> ClientConfig:
-    """One channel (one HTTP/2 connection) per client, as in bench/ingest.py.
-
-    Studies stream over gRPC unless ``http_retrieve``: then the SDK reads them from the
-    gateway with a retrieve grant (README, "Retrieve").
-    """
-    return ClientConfig(
-        options=(("grpc.use_local_subchannel_pool", 1),), http_retrieve=http_retrieve
-    )
-
-
-def connect_grpc(target: str, http_retrieve: bool = False) -> Client:
-    """A connected ``Client`` on its own channel."""
-    client = Client(target, grpc_config(http_retrieve))
-    grpc.channel_ready_future(client.channel).result(timeout=30)
-    return client
-
-
-def connect_http(port: int) -> http.client.HTTPConnection:
-    """A keep-alive HTTP connection to Orthanc."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
-    connection.connect()
-    return connection
-
-
-def load_dicomrpc(target: str, files: list[Path], batch: int = 25) -> None:
-    """Store ``files``; raise unless every one is stored."""
-    with connect_grpc(target) as client:
-        for start in range(0, len(files), batch):
-            outcome = client.store([str(p) for p in files[start : start + batch]])
-            bad = [i for i in outcome.instances if not i.outcome.startswith("stored")]
-            if bad:
-                raise RuntimeError(f"dicomrpc store failed: {bad[0]}")
-
-
-def load_orthanc(port: int, files: list[Path], batch: int = 10, big: int = 16 * MB) -> None:
-    """STOW-RS ``files`` (those over ``big`` bytes one per request); raise unless every
-    request answers 200. A request whose connection breaks is sent again once, on a new
-    connection (one run saw Orthanc drop the keep-alive connection while a 225 MB request
-    was being sent)."""
-    small = [f for f in files if f.stat().st_size <= big]
-    batches = [small[i : i + batch] for i in range(0, len(small), batch)]
-    batches += [[f] for f in files if f.stat().st_size > big]
-    boundary = uuid.uuid4().hex
-    headers = {
-        "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
-        "Accept": ACCEPT_JSON,
-    }
-    connection = connect_http(port)
-    try:
-        for paths in batches:
-            body = stow_body(paths, boundary)
-            for attempt in (1, 2):
-                try:
-                    connection.request("POST", "/dicom-web/studies", body, headers)
-                    response = connection.getresponse()
-                    payload = response.read()
-                    break
-                except (ConnectionError, http.client.HTTPException) as exc:
-                    connection.close()
-                    if attempt == 2:
-                        raise
-                    print(f"STOW-RS: {exc!r}; sending again on a new connection", flush=True)
-                    connection = connect_http(port)
-            answer = json.loads(payload) if response.status == 200 else {}
-            if _sequence_length(answer, "00081199") != len(paths):
-                raise RuntimeError(f"STOW-RS returned {response.status}: {payload[:300]!r}")
-    finally:
-        connection.close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -1385,7 +1243,7 @@ def profile(study: Study, args: argparse.Namespace) -> int:
                 server.close,
                 result,
             )
-            spy = _start_py_spy(pid, raw, gil_only=True)
+            spy = start_py_spy(pid, raw, gil_only=True)
             try:
                 throughput_run(
                     max(args.clients),
@@ -1396,7 +1254,7 @@ def profile(study: Study, args: argparse.Namespace) -> int:
                     result,
                 )
             finally:
-                _stop_py_spy(spy)
+                stop_py_spy(spy)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
     print(f"{max(args.clients)} clients: {result.rates[-1]:.0f} MB/s (under py-spy)")

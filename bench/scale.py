@@ -69,40 +69,32 @@ import boto3
 import grpc
 import pgsearch
 import psutil
-from ingest import (
+from corpus import Corpus, Study, big_study, corpus, warm_cache
+from harness import (
     MB,
     ROOT,
     WORK,
-    Corpus,
     ResourceSampler,
-    RunResult,
     ServerError,
-    batch_storer,
-    batches,
-    corpus,
+    connect_grpc,
+    connect_http,
     dicomrpc_index_counts,
     dicomrpc_server,
     ensure_orthanc,
     free_port,
-    median_run,
+    load_dicomrpc,
+    load_orthanc,
     orthanc_server,
-    run_orthanc,
     run_workers,
-    warm_cache,
     write_section,
 )
+from ingest import RunResult, batch_storer, batches, median_run, run_orthanc
 from retrieve import (
     ACCEPT_DICOM,
     READ_BUFFER,
-    Study,
     Throughput,
-    big_study,
-    connect_grpc,
-    connect_http,
     grpc_study_bytes,
     http_get,
-    load_dicomrpc,
-    load_orthanc,
     throughput_run,
 )
 from search import (

@@ -72,12 +72,16 @@ import grpc
 import lmdb
 import numpy as np
 import pydicom
-from ingest import (
+from harness import (
+    ACCEPT_JSON,
     ROOT,
     WORK,
     ServerError,
+    connect_grpc,
+    connect_http,
     dicomrpc_server,
     ensure_orthanc,
+    load_orthanc,
     machine,
     orthanc_server,
     orthanc_version,
@@ -85,7 +89,6 @@ from ingest import (
 )
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
-from retrieve import ACCEPT_JSON, connect_grpc, connect_http, load_orthanc
 
 from dicomrpc import Client
 from dicomrpc.datasets import from_pydicom

@@ -58,19 +58,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from ingest import (
+from corpus import Study, big_study
+from harness import (
     MB,
+    RESULTS,
     ROOT,
     WORK,
     dicomrpc_server,
     ensure_orthanc,
     free_port,
+    load_dicomrpc,
+    load_orthanc,
     machine,
     orthanc_server,
     orthanc_version,
     write_section,
 )
-from retrieve import Study, big_study, load_dicomrpc, load_orthanc
 
 from dicomrpc_server.viewer import package
 from dicomrpc_server.viewer.app_config import app_config
@@ -79,7 +82,6 @@ from dicomrpc_server.viewer.site import cache_control, media_type
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, BrowserContext, Page, Playwright, Request
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "## Viewer"
 
 CHROMIUM = Path(os.environ.get("DICOMRPC_CHROMIUM", "/usr/bin/chromium"))

@@ -43,7 +43,7 @@ from typing import Any
 
 import grpc
 import psutil
-from ingest import ROOT, WORK, dicomrpc_server, machine, write_section
+from harness import ROOT, WORK, dicomrpc_server, machine, write_section
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.uid import generate_uid
 

@@ -23,18 +23,19 @@ from pydicom.pixels import get_decoder
 from pydicom.uid import UID, SecondaryCaptureImageStorage, generate_uid
 
 from dicomrpc_server.errors import Code, ServiceError
-from dicomrpc_server.retrieve.transcode import (
+from dicomrpc_server.retrieve.capabilities import (
+    capabilities,
+    capability_table_markdown,
+    check_transcodable,
+)
+from dicomrpc_server.retrieve.syntaxes import (
     EXPLICIT_VR_BIG_ENDIAN,
     EXPLICIT_VR_LITTLE_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,
     NATIVE_SYNTAXES,
-    capabilities,
-    capability_table_markdown,
-    check_transcodable,
     is_lossy,
-    transcode_frames,
-    transcode_instance,
 )
+from dicomrpc_server.retrieve.transcode import transcode_frames, transcode_instance
 
 TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 README = Path(__file__).resolve().parents[1] / "README.md"

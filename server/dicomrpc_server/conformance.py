@@ -64,7 +64,7 @@ from dicomrpc_server.dimse import (
 )
 from dicomrpc_server.errors import Code, ServiceError
 from dicomrpc_server.query import engine
-from dicomrpc_server.retrieve import transcode
+from dicomrpc_server.retrieve import capabilities, syntaxes
 from dicomrpc_server.storage.index_records import instance_exists_error
 from dicomrpc_server.storage.space import OUT_OF_RESOURCES, STORAGE_FULL
 from dicomrpc_server.store.ingest import InstanceResult, Outcome, being_stored_error
@@ -163,7 +163,7 @@ def network_services() -> str:
 
 
 def _syntaxes(uids: Iterable[str]) -> str:
-    return ", ".join(transcode.syntax_name(uid) for uid in uids)
+    return ", ".join(syntaxes.syntax_name(uid) for uid in uids)
 
 
 def presentation_contexts() -> str:
@@ -181,7 +181,7 @@ def presentation_contexts() -> str:
 
 def storage_transfer_syntaxes() -> str:
     """Every storage context's transfer syntaxes, in the acceptor's order of preference."""
-    sources = transcode.capabilities()
+    sources = capabilities.capabilities()
     targets = {target for t in sources.values() for target in t}
     rows = []
     for order, uid in enumerate(contexts.STORAGE_SYNTAXES, 1):
@@ -190,7 +190,7 @@ def storage_transfer_syntaxes() -> str:
                 order,
                 _name(uid),
                 f"`{uid}`",
-                "lossy" if transcode.is_lossy(uid) else "lossless",
+                "lossy" if syntaxes.is_lossy(uid) else "lossless",
                 "yes" if uid in sources else "no: sent only as stored",
                 "yes" if uid in targets else "no",
             )
@@ -219,7 +219,7 @@ def storage_sop_classes() -> str:
 
 def transcoding_matrix() -> str:
     """What each stored syntax can be transcoded to with the codecs installed."""
-    return transcode.capability_table_markdown()
+    return capabilities.capability_table_markdown()
 
 
 def frame_media_types() -> str:

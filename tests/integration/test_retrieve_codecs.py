@@ -14,7 +14,7 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
 from dicomrpc import Client, DicomRpcError
-from dicomrpc_server.retrieve.transcode import capabilities
+from dicomrpc_server.retrieve.capabilities import capabilities
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 J2K_LOSSLESS = "1.2.840.10008.1.2.4.90"

@@ -65,7 +65,7 @@ from dicomrpc_server.errors import ServiceError
 from dicomrpc_server.peers import Peer, PeerRegistry
 from dicomrpc_server.retrieve.scope import StoredInstance
 from dicomrpc_server.retrieve.service import RetrieveCore
-from dicomrpc_server.retrieve.transcode import (
+from dicomrpc_server.retrieve.syntaxes import (
     EXPLICIT_VR_LITTLE_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,
 )

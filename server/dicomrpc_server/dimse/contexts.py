@@ -23,7 +23,7 @@ from pynetdicom.presentation import (
     build_context,
 )
 
-from dicomrpc_server.retrieve.transcode import (
+from dicomrpc_server.retrieve.syntaxes import (
     EXPLICIT_VR_LITTLE_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,
     NATIVE_SYNTAXES,

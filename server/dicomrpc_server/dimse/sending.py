@@ -28,13 +28,10 @@ from dicomrpc_server.dimse.loop import on_loop
 from dicomrpc_server.dimse.requesters import describe_requester
 from dicomrpc_server.errors import Code, ServiceError, invalid_argument
 from dicomrpc_server.query.engine import SearchCore, uid_list
+from dicomrpc_server.retrieve.capabilities import check_transcodable
 from dicomrpc_server.retrieve.scope import StoredInstance
 from dicomrpc_server.retrieve.service import RetrieveCore
-from dicomrpc_server.retrieve.transcode import (
-    EXPLICIT_VR_LITTLE_ENDIAN,
-    IMPLICIT_VR_LITTLE_ENDIAN,
-    check_transcodable,
-)
+from dicomrpc_server.retrieve.syntaxes import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
 
 log = logging.getLogger("dicomrpc.dimse")
 

@@ -73,7 +73,7 @@ from dicomrpc_server.dimse.statuses import RECEIVING_AE_UNKNOWN
 from dicomrpc_server.errors import Code, ServiceError
 from dicomrpc_server.peers import PeerRegistry
 from dicomrpc_server.query.engine import MAX_LIMIT, MatchTerm
-from dicomrpc_server.retrieve.transcode import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
+from dicomrpc_server.retrieve.syntaxes import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
 from dicomrpc_server.storage.records_pb2 import UpsSubscriptionRecord
 from dicomrpc_server.ups.index import TermSet, match_terms
 from dicomrpc_server.ups.records import Event, SubscriberState

@@ -19,7 +19,7 @@ from dicomrpc_server.peers import Peer, PeerRegistry, PeerSource
 from dicomrpc_server.query.engine import MAX_LIMIT
 from dicomrpc_server.query.extended import RequestedTag
 from dicomrpc_server.query.reindexing import ExtendedQueryTags
-from dicomrpc_server.retrieve.transcode import capabilities
+from dicomrpc_server.retrieve.capabilities import capabilities
 from dicomrpc_server.storage import records_pb2
 from dicomrpc_server.storage.protocols import Change, ChangeAction, ChangeState
 

@@ -36,11 +36,8 @@ from dicomrpc_server.dicom.elements import ElementValues
 from dicomrpc_server.dicom.frames import number_of_frames
 from dicomrpc_server.dicom.pixeldata import GeometryError
 from dicomrpc_server.errors import Code, ServiceError, invalid_argument
-from dicomrpc_server.retrieve.transcode import (
-    NATIVE_SYNTAXES,
-    check_encoded_frame,
-    within_limits,
-)
+from dicomrpc_server.retrieve.decoding import check_encoded_frame, within_limits
+from dicomrpc_server.retrieve.syntaxes import NATIVE_SYNTAXES
 from dicomrpc_server.storage.sources import Source, open_source
 
 __all__ = ["RenderOptions", "render"]

@@ -22,14 +22,11 @@ from dicomrpc_server.config import Settings
 from dicomrpc_server.dicom.frames import frame_count, frame_ranges
 from dicomrpc_server.errors import Code, ServiceError, invalid_argument
 from dicomrpc_server.retrieve.bulkdata import ByteRange, check_tag_path, locate_bulk_data
+from dicomrpc_server.retrieve.capabilities import check_transcodable
 from dicomrpc_server.retrieve.render import RenderOptions, render
 from dicomrpc_server.retrieve.scope import StoredInstance, not_found, resolve
-from dicomrpc_server.retrieve.transcode import (
-    check_transcodable,
-    syntax_name,
-    transcode_frames,
-    transcode_instance,
-)
+from dicomrpc_server.retrieve.syntaxes import syntax_name
+from dicomrpc_server.retrieve.transcode import transcode_frames, transcode_instance
 from dicomrpc_server.storage import records_pb2
 from dicomrpc_server.storage.file_reader import FileReader, FileRegion
 from dicomrpc_server.storage.protocols import BlobReader, BlobRef, BlobStore, InstanceReads

@@ -4,7 +4,7 @@ The LMDB environment is opened read-only and without LMDB's lock file (the calle
 data folder's lock, so no server writes meanwhile), which leaves every file of the folder as it
 was: the embedded archive stays servable exactly as before, and a migration can be run again.
 
-What it gives are the stored records themselves (:mod:`.lmdb_index` lists the sub-databases),
+What it gives are the stored records themselves (:mod:`.lmdb_environment` lists the sub-databases),
 so that an instance is indexed elsewhere from the bytes the embedded index derived when it was
 stored, never from a second parse of its file: :meth:`EmbeddedSource.new_instance` turns the
 records of one instance back into the :class:`~.protocols.NewInstance` a store hands an index.
@@ -24,7 +24,8 @@ from dicomrpc_server.errors import StartupError
 from dicomrpc_server.storage import keys, records_pb2
 from dicomrpc_server.storage.blobs import BLOB_SUFFIX
 from dicomrpc_server.storage.index_records import Record, kept_by_level, strip_tag
-from dicomrpc_server.storage.lmdb_index import DROPPING, SCHEMA_VERSION
+from dicomrpc_server.storage.lmdb_environment import SCHEMA_VERSION
+from dicomrpc_server.storage.lmdb_query_tags import DROPPING
 from dicomrpc_server.storage.protocols import NewInstance
 from dicomrpc_server.storage.recovery import INDEX_DIR
 
