@@ -46,7 +46,8 @@ from dicomrpc_server.access.grants import KEY_FILE
 from dicomrpc_server.config import POSTGRES_SCHEMES, redact_dsn
 from dicomrpc_server.storage import keys, records_pb2
 from dicomrpc_server.storage.blobs import BLOB_SUFFIX, fsync_dir
-from dicomrpc_server.storage.lmdb_index import SCHEMA_VERSION, LmdbIndex
+from dicomrpc_server.storage.lmdb_environment import SCHEMA_VERSION
+from dicomrpc_server.storage.lmdb_index import LmdbIndex
 from dicomrpc_server.storage.recovery import INDEX_DIR
 from dicomrpc_server.storage.spooled_startup import (
     FOLDER_STORE,
