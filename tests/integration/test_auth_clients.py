@@ -94,7 +94,7 @@ def test_a_response_stream_refused_before_its_first_message_is_made_again(
         assert len(handed) == 2
     provide, handed = provider_of(STRANGER.token(EVERY), ISSUER_KEY.token(EVERY))
     with Client(secured.target, token_provider=provide) as client:
-        instances = client.retrieve(study)
+        instances = client.retrieve_study(study)
         assert len(instances) == 1 and len(handed) == 2
 
 

@@ -86,7 +86,7 @@ def test_large_study_streams_with_bounded_memory(tmp_path: Path) -> None:
         client_before = me.peak
         server = _PeakRss(proc.process.pid)
         with Client(proc.target) as client:
-            paths = client.retrieve(study, dest_dir=tmp_path / "out")
+            paths = client.save_study(study, tmp_path / "out")
         assert len(paths) == INSTANCES
         assert sum(Path(p).stat().st_size for p in paths) == total
         assert me.stop() - client_before < 100 * MB
