@@ -4,13 +4,16 @@ A server interceptor makes the first calls of the methods it is given fail with 
 before they reach the server's handlers, as a server that is shutting down (or a proxy whose
 backend is restarting) answers; it counts every call that arrives. An idempotent read is
 tried again and succeeds; a store and a workitem state change arrive once and fail, since the
-client cannot know whether a call that failed so had been acted on.
+client cannot know whether a call that failed so had been acted on. And a client started
+before its server listens gets its answer once the server is up.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -20,7 +23,14 @@ import grpc
 import pytest
 from pydicom.data import get_testdata_file
 
-from dicomrpc import AsyncClient, Client, ClientConfig, DicomRpcError, RetryPolicy
+from dicomrpc import (
+    AsyncClient,
+    Capabilities,
+    Client,
+    ClientConfig,
+    DicomRpcError,
+    RetryPolicy,
+)
 from dicomrpc.workitem_templates import template
 from tests.conftest import RunningServer, start_server
 
@@ -191,3 +201,50 @@ def test_the_default_deadline_bounds_unary_calls_and_not_streams(
             assert len(client.retrieve_study(study)) == 1  # a stream may take its time
         finally:
             interceptor.delay.clear()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def test_a_read_sent_before_the_server_listens_succeeds_once_it_does(tmp_path: Path) -> None:
+    """The first tries find no server (connection refused: UNAVAILABLE); a later one finds it.
+
+    The backoffs are long beside the server's start (gRPC waits a random time up to each:
+    up to 2, then 4 s), and the channel reconnects every 0.1 s, so the server is up before
+    the tries run out.
+    """
+    port = _free_port()
+    patient = RetryPolicy(max_attempts=5, initial_backoff=2.0, max_backoff=4.0)
+    reconnect = tuple(
+        (f"grpc.{name}_reconnect_backoff_ms", 100) for name in ("initial", "min", "max")
+    )
+    config = ClientConfig(retry=patient, options=reconnect)
+    with Client(f"127.0.0.1:{port}", config) as client:
+        answers: list[object] = []
+        reader = threading.Thread(target=lambda: answers.append(_capabilities_or_error(client)))
+        reader.start()
+        time.sleep(0.3)  # the first try has been refused
+        server = start_server(tmp_path / "data", grpc_port=port)
+        try:
+            reader.join(60)
+            (answer,) = answers
+            assert isinstance(answer, Capabilities), answer
+            with Client(f"127.0.0.1:{port}", ClientConfig(retry=None)) as plain:
+                assert plain.capabilities() == answer
+        finally:
+            server.stop()
+    with Client(f"127.0.0.1:{port}", ClientConfig(retry=None)) as plain:
+        with pytest.raises(DicomRpcError) as caught:  # without retries: at once
+            plain.capabilities()
+        assert caught.value.code == grpc.StatusCode.UNAVAILABLE
+
+
+def _capabilities_or_error(client: Client) -> Capabilities | DicomRpcError:
+    try:
+        return client.capabilities()
+    except DicomRpcError as error:
+        return error
