@@ -123,7 +123,7 @@ class AsyncClient:
 
     async def store(
         self,
-        sources: Sources,
+        sources: Sources | Iterable[Item],
         study_instance_uid: str | None = None,
         *,
         on_bytes: Callable[[Item, int], None] | None = None,
@@ -131,8 +131,8 @@ class AsyncClient:
     ) -> StoreResult:
         """Store instances in one stream; see :meth:`dicomrpc.Client.store`.
 
-        File reads run in a worker thread so the event loop is never blocked on disk;
-        ``on_bytes`` is called from that thread. Never retried.
+        File reads (and a generator of ``sources``) run in a worker thread so the event loop
+        is never blocked on disk; ``on_bytes`` is called from that thread. Never retried.
         """
         items = await asyncio.to_thread(expand, sources)
 
