@@ -10,7 +10,8 @@ LOCK_VENV := .venv-lock
 PIP_COMPILE := $(LOCK_VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe \
 	--strip-extras --no-emit-index-url --no-emit-find-links
 
-.PHONY: install install-server serve test lint typecheck unit shared proto bench lock clean docs
+.PHONY: install install-server serve test test-slow lint typecheck unit slow shared proto bench lock \
+	clean docs
 
 install: $(TEST_STAMP)
 
@@ -49,8 +50,14 @@ typecheck: install
 docs: install
 	$(BIN)/python -m dicomrpc_server.conformance docs/conformance.md
 
+# The everyday tests: everything but those marked slow (minutes each, several processes,
+# PostgreSQL clusters, a browser, gigabytes); `make test` stays within a few minutes.
 unit: install
-	$(BIN)/pytest
+	$(BIN)/pytest -m "not slow"
+
+# The slow tests (CI runs them after `make test`).
+slow: install
+	$(BIN)/pytest -m slow
 
 # The integration tests of the archive's everyday work (store, retrieve, search, delete, the
 # change feed, workitems and their events, DICOMweb) again on the shared storage: a PostgreSQL
@@ -66,7 +73,10 @@ shared: install
 	$(BIN)/pytest -q --server-index=postgresql $(SHARED_FOLDER_TESTS)
 	$(BIN)/pytest -q --server-index=postgresql-s3 $(SHARED_S3_TESTS)
 
-test: lint typecheck unit shared
+test: lint typecheck unit
+
+# What CI runs after `make test`: the slow tests, then the everyday suites on shared storage.
+test-slow: slow shared
 
 proto: install
 	$(BIN)/python proto/generate.py
@@ -86,8 +96,8 @@ bench: install
 lock:
 	test -x $(LOCK_VENV)/bin/pip-compile || \
 		($(PYTHON) -m venv $(LOCK_VENV) && $(LOCK_VENV)/bin/pip install --quiet pip-tools)
-	$(PIP_COMPILE) -o requirements/server.lock pyproject.toml requirements/build.in
-	$(PIP_COMPILE) --extra test -o requirements/test.lock pyproject.toml requirements/build.in
+	$(PIP_COMPILE) --extra server -o requirements/server.lock pyproject.toml requirements/build.in
+	$(PIP_COMPILE) --extra server --extra test -o requirements/test.lock pyproject.toml requirements/build.in
 
 clean:
 	rm -rf $(VENV) $(LOCK_VENV) build *.egg-info bench/.work

@@ -93,6 +93,7 @@ def test_a_missing_file_is_named(tmp_path: Path) -> None:
         ApiKeyFile(tmp_path / "missing")
 
 
+@pytest.mark.slow
 def test_the_cli_prints_the_key_once_and_lists_and_revokes(tmp_path: Path) -> None:
     path = tmp_path / "keys"
 

@@ -180,6 +180,7 @@ def jwks_server() -> Iterator[_JwksServer]:
     server.close()
 
 
+@pytest.mark.slow
 def test_a_url_key_set_is_fetched_again_for_a_new_key_at_a_bounded_rate(
     rsa: Issuer, ec: Issuer, jwks_server: _JwksServer
 ) -> None:

@@ -417,6 +417,7 @@ class _Flaky:
         pass
 
 
+@pytest.mark.slow
 def test_an_outage_is_retried_with_the_same_records_and_logged_twice(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

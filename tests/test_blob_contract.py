@@ -147,6 +147,7 @@ def test_a_discarded_upload_leaves_nothing(store: BlobStore, tmp_path: Path) -> 
     assert leftovers == []
 
 
+@pytest.mark.slow
 def test_listing_names_every_committed_blob(store: BlobStore) -> None:
     assert list(store.blob_ids()) == []
     ids = {put(store, os.urandom(200 + i)) for i in range(25)}
@@ -184,6 +185,7 @@ def test_a_reference_is_picklable_and_opens_as_a_seekable_file(store: BlobStore)
         assert fp.read(10) == b""
 
 
+@pytest.mark.slow
 def test_a_worker_process_reads_a_blob_by_reference(store: BlobStore) -> None:
     data = os.urandom(100_000)
     ref = store.ref(put(store, data))

@@ -132,6 +132,7 @@ def test_from_pydicom_equals_pydicom_json(name: str) -> None:
     assert_same_json(datasets.to_json(message), expected)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", JSON_FILES)
 def test_pydicom_round_trip_is_lossless(name: str) -> None:
     ds = read(name)

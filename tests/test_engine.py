@@ -42,6 +42,7 @@ def _refused(archive: TempArchive, match: dict[str, str]) -> ServiceError:
     return caught.value
 
 
+@pytest.mark.slow
 def test_an_integer_outside_64_bits_is_refused_not_wrapped(archive: TempArchive) -> None:
     # 2**64 + 1 encoded modulo 2**64 is the term of 1: it found InstanceNumber 1.
     error = _refused(archive, {"InstanceNumber": str(2**64 + 1)})

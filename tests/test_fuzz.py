@@ -54,6 +54,7 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Outcome]:
         return dict(zip(HARNESSES, pool.map(one, HARNESSES), strict=True))
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("harness", list(HARNESSES))
 def test_short_fuzzing_run_finds_no_new_bug(outcomes: dict[str, Outcome], harness: str) -> None:
@@ -98,6 +99,7 @@ def harnesses() -> Iterator[dict[str, ModuleType]]:
             teardown()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize(("harness", "path"), _regression_inputs())
 def test_committed_finding_does_not_reproduce(

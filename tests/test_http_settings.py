@@ -77,6 +77,7 @@ def test_a_bad_variable_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
         Settings.from_env()
 
 
+@pytest.mark.slow
 def test_serve_exits_with_the_bad_variable_named(tmp_path: object) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "dicomrpc.cli", "serve", "--data", str(tmp_path)],

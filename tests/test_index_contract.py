@@ -252,6 +252,7 @@ def test_record_keys_and_maps_page_in_key_order(index: Index, tmp_path: Path) ->
     assert owners == {keys.instance_key(f"{ROOT}.1", f"{ROOT}.1.1", f"{ROOT}.1.1.1")}
 
 
+@pytest.mark.slow
 def test_both_indexes_hold_the_same_entries_and_scan_them_alike(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
@@ -388,6 +389,7 @@ def nodes(postgres_dsn: str) -> Iterator[tuple[PostgresIndex, PostgresIndex]]:
             opened.close()
 
 
+@pytest.mark.slow
 def test_changes_read_while_two_nodes_store_come_once_in_order(
     nodes: tuple[PostgresIndex, PostgresIndex], tmp_path: Path
 ) -> None:

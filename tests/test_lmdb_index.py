@@ -33,6 +33,7 @@ def _store_all(archive: Archive, instances: list[bytes]) -> list[int]:
     return asyncio.run(run())
 
 
+@pytest.mark.slow
 def test_map_grows_when_full_and_nothing_is_lost(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path / "data", lmdb_map_size=256 * 1024)
     archive = Archive(settings)
@@ -102,7 +103,7 @@ def test_a_change_log_written_as_api_entries_reads_the_same(tmp_path: Path) -> N
                     sop_instance_uid=change.sop_uid,
                     version=change.version,
                 )
-                entry.time.FromMicroseconds(change.time_us)
+                entry.commit_time.FromMicroseconds(change.time_us)
                 key = keys.sequence_key(change.sequence)
                 txn.put(key, entry.SerializeToString(), db=index._db["changes"])
         assert index.changes(0, 100) == changes

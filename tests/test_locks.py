@@ -32,10 +32,10 @@ def _pins(lock: Path) -> dict[str, tuple[Version, int]]:
     return pins
 
 
-def _declared(extra: str | None) -> list[Requirement]:
+def _declared(extras: tuple[str, ...]) -> list[Requirement]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     declared = [Requirement(text) for text in project["dependencies"]]
-    if extra is not None:
+    for extra in extras:
         declared += [Requirement(text) for text in project["optional-dependencies"][extra]]
     declared += [Requirement(text) for text in _build_requires()]
     return declared
@@ -45,12 +45,14 @@ def _build_requires() -> list[str]:
     return list(tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"])
 
 
-@pytest.mark.parametrize(("lock", "extra"), [("server.lock", None), ("test.lock", "test")])
+@pytest.mark.parametrize(
+    ("lock", "extras"), [("server.lock", ("server",)), ("test.lock", ("server", "test"))]
+)
 def test_every_declared_dependency_is_pinned_in_range_with_hashes(
-    lock: str, extra: str | None
+    lock: str, extras: tuple[str, ...]
 ) -> None:
     pins = _pins(ROOT / "requirements" / lock)
-    for requirement in _declared(extra):
+    for requirement in _declared(extras):
         name = canonicalize_name(requirement.name)
         assert name in pins, f"{requirement} is not in requirements/{lock}: run `make lock`"
         version, hashes = pins[name]

@@ -111,6 +111,7 @@ def test_a_commit_on_one_node_wakes_the_listeners_of_the_other(postgres_dsn: str
         reader.backend.close()
 
 
+@pytest.mark.slow
 def test_a_commit_no_one_notified_is_found_by_the_safety_poll(
     postgres: PostgresCluster, postgres_dsn: str
 ) -> None:

@@ -164,6 +164,7 @@ def test_a_pipe_nobody_reads_is_removed(tmp_path: Path) -> None:
         own.close()
 
 
+@pytest.mark.slow
 def test_many_commits_wake_a_slow_process_without_blocking(tmp_path: Path) -> None:
     folder = tmp_path / "wakeups"
     stalled = _child(

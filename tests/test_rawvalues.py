@@ -148,6 +148,7 @@ def _same_with_and_without_shortcuts(make: Callable[[], Dataset], tag: int) -> N
     assert got == expected
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     vr=st.sampled_from(sorted(TAGS)),

@@ -40,6 +40,7 @@ def _stored(data_dir: Path, instances: list[bytes]) -> dict[str, str]:
         archive.close()
 
 
+@pytest.mark.slow
 def test_files_that_cannot_be_indexed_go_to_quarantine_and_the_rest_is_indexed(
     tmp_path: Path,
 ) -> None:
@@ -90,6 +91,7 @@ def test_files_that_cannot_be_indexed_go_to_quarantine_and_the_rest_is_indexed(
         archive.close()
 
 
+@pytest.mark.slow
 def test_a_rebuild_finishes_the_pending_removals_of_the_index_it_replaces(
     tmp_path: Path,
 ) -> None:

@@ -272,6 +272,7 @@ def test_deleted_files_are_removed_and_their_records_cleared(tmp_path: Path) -> 
         reopened.close()
 
 
+@pytest.mark.slow
 def test_a_delete_clears_its_pending_removals(tmp_path: Path) -> None:
     settings, stored = _populated(tmp_path / "data")
     archive = Archive(settings)

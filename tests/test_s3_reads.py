@@ -65,6 +65,7 @@ def fetched(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
     yield sizes
 
 
+@pytest.mark.slow
 def test_a_decoded_frame_reads_a_few_windows_not_the_instance(
     stored: tuple[Source, Path, int], fetched: list[int]
 ) -> None:

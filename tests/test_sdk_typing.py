@@ -8,6 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # mypy takes half a minute a run
+
 ROOT = Path(__file__).resolve().parents[1]
 USER = ROOT / "tests" / "sdk_surface_user.py"
 

@@ -105,6 +105,7 @@ RANGES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("match", RANGES, ids=lambda m: "+".join(f"{k}={v}" for k, v in m.items()))
 def test_range_pages_are_the_big_page_across_stores(
     index: Index, tmp_path: Path, match: dict[str, str], monkeypatch: pytest.MonkeyPatch
@@ -239,6 +240,7 @@ def counted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CountingIndex]
     index.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("first", "last"), [(0, 99), (10, 94), (50, 50 + 1)])
 def test_a_range_page_reads_about_a_page_not_every_match(
     counted: CountingIndex, first: int, last: int

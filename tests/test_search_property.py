@@ -593,6 +593,7 @@ def check(core: SearchCore, corpus: list[Study], query: Query) -> None:
     assert result_uids(core, query.request()) == got, f"order not stable for {query}"
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 @settings(
     max_examples=40,
@@ -751,6 +752,7 @@ def large_core(
         yield core
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("query", LARGE_QUERIES, ids=lambda q: f"{q.level}-{q.match}")
 def test_large_matches_are_paged_from_the_cursor(
     large_core: SearchCore, query: Query, monkeypatch: pytest.MonkeyPatch

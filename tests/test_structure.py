@@ -96,6 +96,7 @@ def _deflated_zeros(size: int) -> bytes:
     return b"".join([*parts, deflater.flush()])
 
 
+@pytest.mark.slow
 def test_inflating_stops_at_the_limit_holding_one_chunk() -> None:
     stream = _deflated_zeros(256 << 20)  # 256 KB that inflate to 256 MiB
     sink = _Sink()

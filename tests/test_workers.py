@@ -82,6 +82,7 @@ def test_a_codec_panic_is_an_error_with_a_message() -> None:
         pool.shutdown()
 
 
+@pytest.mark.slow
 def test_a_job_past_the_time_limit_is_killed_and_the_queue_behind_it_still_runs() -> None:
     pool = WorkerPool(1, timeout_s=1.0, modules=())
 
@@ -124,6 +125,7 @@ def test_a_job_over_the_memory_limit_fails_with_memory_named() -> None:
         pool.shutdown()
 
 
+@pytest.mark.slow
 def test_separate_pools_run_side_by_side() -> None:
     """A job filling one pool does not delay a job of the other (stores vs codecs)."""
     parse = WorkerPool(1, name="parse", modules=())

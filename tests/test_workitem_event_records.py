@@ -17,7 +17,7 @@ from dicomrpc_server.ups.store import decode_event, encode_event
 
 def _event(kind: int, state: int) -> pb.SubscribeWorkitemsResponse:
     event = pb.SubscribeWorkitemsResponse(
-        sequence=7, type=kind, workitem_uid="1.2.3.4", state=state, time=Timestamp(seconds=9)
+        sequence=7, type=kind, workitem_uid="1.2.3.4", state=state, event_time=Timestamp(seconds=9)
     )
     event.event.attributes["00741000"].CopyFrom(
         dataset_pb2.Attribute(vr="CS", strings=dataset_pb2.StringValues(values=["COMPLETED"]))

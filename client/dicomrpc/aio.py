@@ -462,9 +462,9 @@ class AsyncClient:
         )
         return response.deleted_instances
 
-    async def read_changes(self, offset: int = 0, limit: int = 100) -> list[Change]:
-        """Change feed entries with a sequence above ``offset`` (at most ``limit``)."""
-        request = mpb.ReadChangeFeedRequest(offset=offset, limit=limit)
+    async def read_changes(self, since: int = 0, limit: int = 100) -> list[Change]:
+        """Change feed entries with a sequence above ``since`` (at most ``limit``)."""
+        request = mpb.ReadChangeFeedRequest(since=since, limit=limit)
         response = await self._unary(self._management.ReadChangeFeed, request)
         return [Change.from_message(e) for e in response.entries]
 

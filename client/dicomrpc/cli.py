@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import os
 import queue
 import sys
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import grpc
@@ -71,6 +72,29 @@ def _parser() -> argparse.ArgumentParser:
         "the feed starts again from 0). It ends printing the serve command of the new storage.",
     )
     add_migrate_arguments(migrate)
+    from dicomrpc_server.lifecycle.backup_options import (
+        add_backup_arguments,
+        add_restore_arguments,
+    )
+
+    add_backup_arguments(
+        sub.add_parser(
+            "backup",
+            help="copy an embedded archive consistently, while it serves",
+            description="Snapshot the data folder's index, then copy every instance file it "
+            "names, verified, with a manifest; written as DEST.partial and renamed to DEST "
+            "when complete. The server goes on serving meanwhile.",
+        )
+    )
+    add_restore_arguments(
+        sub.add_parser(
+            "restore",
+            help="make a backup a data folder again, verified",
+            description="Copy a complete backup into a new data folder, checking every "
+            "file's SHA-256 and the index against the manifest; then serve it with "
+            "`dicomrpc serve --data NEWDIR`.",
+        )
+    )
     from dicomrpc_server.viewer.command import add_viewer_arguments
 
     viewer = sub.add_parser(
@@ -640,25 +664,45 @@ def _explain(error: DicomRpcError, args: argparse.Namespace) -> str:
     )
 
 
+# The commands that run the archive itself, by the module whose ``run(args)`` serves each. They
+# need the server's packages (``pip install 'dicomrpc[server]'``); the SDK's commands do not.
+SERVER_COMMANDS = {
+    "serve": "dicomrpc_server.main",
+    "rebuild-index": "dicomrpc_server.rebuild",
+    "migrate": "dicomrpc_server.migrate",
+    "backup": "dicomrpc_server.lifecycle.backup",
+    "restore": "dicomrpc_server.lifecycle.restore",
+    "viewer": "dicomrpc_server.viewer.command",
+}
+
+
+def _server_command(args: argparse.Namespace) -> int:
+    """Run a server command, or say which install it needs when the server's packages are absent.
+
+    ``pip install dicomrpc`` is the SDK and this command line without the archive's index,
+    codecs and HTTP server; its server commands answer with the one line that installs them
+    rather than an import traceback.
+    """
+    try:
+        module = importlib.import_module(SERVER_COMMANDS[args.command])
+    except ModuleNotFoundError as error:
+        if (error.name or "").partition(".")[0] in ("dicomrpc", "dicomrpc_server"):
+            raise
+        print(
+            f"dicomrpc {args.command}: the archive server's packages are not installed "
+            f"(no module {error.name!r}); install them with: pip install 'dicomrpc[server]'",
+            file=sys.stderr,
+        )
+        return 2
+    run: Callable[[argparse.Namespace], int] = module.run
+    return run(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line."""
     args = _parser().parse_args(argv)
-    if args.command == "serve":
-        from dicomrpc_server.main import run
-
-        return run(args)
-    if args.command == "rebuild-index":
-        from dicomrpc_server.rebuild import run as rebuild
-
-        return rebuild(args)
-    if args.command == "migrate":
-        from dicomrpc_server.migrate import run as migrate
-
-        return migrate(args)
-    if args.command == "viewer":
-        from dicomrpc_server.viewer.command import run as viewer
-
-        return viewer(args)
+    if args.command in SERVER_COMMANDS:
+        return _server_command(args)
     commands = {
         "store": store_command,
         "retrieve": retrieve_command,

@@ -586,9 +586,9 @@ class Client:
         response: mpb.DeleteInstanceResponse = self._unary(self._management.DeleteInstance, request)
         return response.deleted_instances
 
-    def read_changes(self, offset: int = 0, limit: int = 100) -> list[Change]:
-        """Change feed entries with a sequence above ``offset`` (at most ``limit``)."""
-        request = mpb.ReadChangeFeedRequest(offset=offset, limit=limit)
+    def read_changes(self, since: int = 0, limit: int = 100) -> list[Change]:
+        """Change feed entries with a sequence above ``since`` (at most ``limit``)."""
+        request = mpb.ReadChangeFeedRequest(since=since, limit=limit)
         response = self._unary(self._management.ReadChangeFeed, request)
         return [Change.from_message(e) for e in response.entries]
 

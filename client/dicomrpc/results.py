@@ -180,7 +180,7 @@ class Change:
             m.series_instance_uid,
             m.sop_instance_uid,
             m.version,
-            m.time.ToDatetime(tzinfo=datetime.UTC),
+            m.commit_time.ToDatetime(tzinfo=datetime.UTC),
             _STATES.get(m.state, "unspecified"),
         )
 

@@ -133,7 +133,7 @@ class WorkitemEvent:
             _EVENTS.get(m.type, "unspecified"),
             m.workitem_uid,
             state_of(m.state),
-            m.time.ToDatetime(tzinfo=datetime.UTC),
+            m.event_time.ToDatetime(tzinfo=datetime.UTC),
             m.event,
         )
 

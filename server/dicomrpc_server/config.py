@@ -19,6 +19,8 @@ GIB = 1024 * MIB
 MAX_PROCESSES = 64
 # The URL schemes of a PostgreSQL index (libpq takes both).
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+# The variable naming the config file when --config does not.
+CONFIG_VARIABLE = "DICOMRPC_CONFIG"
 
 
 @dataclass(frozen=True)
@@ -209,6 +211,9 @@ class Settings:
         How long an association request, a DIMSE message or a response to one may take.
     dimse_idle_timeout_s
         How long an association may stay silent before the archive aborts it (ARTIM).
+    log_level
+        The least severe log records written to standard error (``DEBUG``, ``INFO``,
+        ``WARNING``, ``ERROR``).
     """
 
     data_dir: Path = Path("data")
@@ -274,6 +279,7 @@ class Settings:
     dimse_max_pdu_bytes: int = 256 * KIB
     dimse_timeout_s: float = 30.0
     dimse_idle_timeout_s: float = 60.0
+    log_level: str = "INFO"
 
     def __post_init__(self) -> None:
         if not 1 <= self.processes <= MAX_PROCESSES:
@@ -312,75 +318,40 @@ class Settings:
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
         """Build settings from ``DICOMRPC_*`` environment variables, then ``overrides``."""
-        env: dict[str, object] = {}
-        mapping: dict[str, tuple[str, Callable[[str], object]]] = {
-            "DICOMRPC_DATA": ("data_dir", Path),
-            "DICOMRPC_BLOBS": ("blobs", str),
-            "DICOMRPC_INDEX": ("index", str),
-            "DICOMRPC_INDEX_POOL_SIZE": ("index_pool_size", int),
-            "DICOMRPC_S3_ENDPOINT": ("s3_endpoint", str),
-            "DICOMRPC_HOST": ("host", str),
-            "DICOMRPC_GRPC_PORT": ("grpc_port", int),
-            "DICOMRPC_HTTP_PORT": ("http_port", int),
-            "DICOMRPC_CORS_ORIGINS": ("cors_origins", split_origins),
-            "DICOMRPC_VIEWER": ("viewer", parse_flag),
-            "DICOMRPC_VIEWER_DIR": ("viewer_dir", Path),
-            "DICOMRPC_MAX_INSTANCE_BYTES": ("max_instance_bytes", int),
-            "DICOMRPC_MAX_CHUNK_BYTES": ("max_chunk_bytes", int),
-            "DICOMRPC_LMDB_MAP_SIZE": ("lmdb_map_size", int),
-            "DICOMRPC_MAX_FRAMES_PER_REQUEST": ("max_frames_per_request", int),
-            "DICOMRPC_WORKERS": ("workers", int),
-            "DICOMRPC_SHUTDOWN_GRACE_S": ("shutdown_grace_s", float),
-            "DICOMRPC_MAX_SEQUENCE_DEPTH": ("max_sequence_depth", int),
-            "DICOMRPC_QUARANTINE_UNINDEXED": ("quarantine_unindexed", parse_flag),
-            "DICOMRPC_CODEC_WORKERS": ("codec_workers", int),
-            "DICOMRPC_CODEC_TIMEOUT_S": ("codec_timeout_s", float),
-            "DICOMRPC_MAX_FRAME_PIXELS": ("max_frame_pixels", int),
-            "DICOMRPC_CODEC_MEMORY_BYTES": ("codec_memory_bytes", int),
-            "DICOMRPC_AUDIT_LOG": ("audit_log", Path),
-            "DICOMRPC_AUDIT_SYSLOG": ("audit_syslog", str),
-            "DICOMRPC_AUDIT_SYSLOG_PROTOCOL": ("audit_syslog_protocol", str),
-            "DICOMRPC_AUDIT_SYSLOG_CA": ("audit_syslog_ca", Path),
-            "DICOMRPC_AUDIT_SYSLOG_CERT": ("audit_syslog_cert", Path),
-            "DICOMRPC_AUDIT_SYSLOG_KEY": ("audit_syslog_key", Path),
-            "DICOMRPC_AUDIT_SOURCE_ID": ("audit_source_id", str),
-            "DICOMRPC_AUDIT_QUEUE": ("audit_queue", int),
-            "DICOMRPC_TLS_CERT": ("tls_cert", Path),
-            "DICOMRPC_TLS_KEY": ("tls_key", Path),
-            "DICOMRPC_TLS_CLIENT_CA": ("tls_client_ca", Path),
-            "DICOMRPC_INSECURE": ("insecure", parse_flag),
-            "DICOMRPC_AUTH_JWKS": ("auth_jwks", str),
-            "DICOMRPC_AUTH_ISSUER": ("auth_issuer", str),
-            "DICOMRPC_AUTH_AUDIENCE": ("auth_audience", str),
-            "DICOMRPC_AUTH_API_KEYS": ("auth_api_keys", Path),
-            "DICOMRPC_AUTH_ROLES": ("auth_roles", parse_roles),
-            "DICOMRPC_AUTH_CLOCK_SKEW_S": ("auth_clock_skew_s", float),
-            "DICOMRPC_PUBLIC_URL": ("public_url", str),
-            "DICOMRPC_HTTP_MAX_CONNECTIONS": ("http_max_connections", positive_int),
-            "DICOMRPC_HTTP_HEADER_TIMEOUT": ("http_header_timeout_s", positive_float),
-            "DICOMRPC_HTTP_BODY_TIMEOUT": ("http_body_timeout_s", positive_float),
-            "DICOMRPC_HTTP_KEEP_ALIVE": ("http_keep_alive_s", positive_int),
-            "DICOMRPC_HTTP_MAX_HEADER_BYTES": ("http_max_header_bytes", positive_int),
-            "DICOMRPC_HTTP_MAX_URL_BYTES": ("http_max_url_bytes", positive_int),
-            "DICOMRPC_HTTP_MAX_STOW_PARTS": ("http_max_stow_parts", positive_int),
-            "DICOMRPC_PROCESSES": ("processes", int),
-            "DICOMRPC_DIMSE_PORT": ("dimse_port", int),
-            "DICOMRPC_AE_TITLE": ("ae_title", check_ae_title),
-            "DICOMRPC_DIMSE_ALLOW": ("dimse_allow", parse_allow_list),
-            "DICOMRPC_DIMSE_PEERS": ("dimse_peers", parse_peer_list),
-            "DICOMRPC_DIMSE_MAX_ASSOCIATIONS": ("dimse_max_associations", positive_int),
-            "DICOMRPC_DIMSE_MAX_PDU_BYTES": ("dimse_max_pdu_bytes", int),
-            "DICOMRPC_DIMSE_TIMEOUT": ("dimse_timeout_s", positive_float),
-            "DICOMRPC_DIMSE_IDLE_TIMEOUT": ("dimse_idle_timeout_s", positive_float),
-        }
-        for var, (name, kind) in mapping.items():
-            if var in os.environ:
+        return cls.load(None, **overrides)
+
+    @classmethod
+    def load(cls, config_file: Path | None, **overrides: object) -> Settings:
+        """Build settings from the defaults, a config file, the environment, then ``overrides``.
+
+        Each source overrides the one before (flags, as ``overrides``, win), so that a unit
+        file's ``--grpc-port`` or a container's variable adjusts a shared config file.
+
+        Parameters
+        ----------
+        config_file
+            A TOML file whose keys are the settings' names (:data:`OPTIONS`); None reads none.
+        overrides
+            Values from the command line; None means not given.
+
+        Raises
+        ------
+        ValueError
+            Naming the file and key, or the variable, whose value cannot be used.
+        """
+        values: dict[str, object] = {}
+        if config_file is not None:
+            from dicomrpc_server.config_file import read_config_file
+
+            values.update(read_config_file(config_file))
+        for option in OPTIONS:
+            if option.variable in os.environ:
                 try:
-                    env[name] = kind(os.environ[var])
+                    values[option.name] = option.parse(os.environ[option.variable])
                 except ValueError as exc:
-                    raise ValueError(f"{var}: {exc}") from None
-        env.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**env)  # type: ignore[arg-type]
+                    raise ValueError(f"{option.variable}: {exc}") from None
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]
 
     @property
     def codec_memory_limit(self) -> int | None:
@@ -532,6 +503,167 @@ def positive_float(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise ValueError(f"{text!r} is not a finite number above zero")
     return value
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def parse_log_level(text: str) -> str:
+    """A logging level's name (any case), checked here so that a typo fails at start-up."""
+    level = text.strip().upper()
+    if level not in LOG_LEVELS:
+        raise ValueError(f"{text!r} is not a log level ({', '.join(LOG_LEVELS)})")
+    return level
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting of ``serve``: its name, variable, flag and how text becomes its value.
+
+    The one place that ties them together: :meth:`Settings.load` reads the variables and the
+    config file's keys (the names) from it, and ``settings_from_args`` the flags, so that an
+    option added here is settable in all three ways.
+
+    Attributes
+    ----------
+    name
+        The :class:`Settings` field, which is also the option's key in a config file.
+    variable
+        The ``DICOMRPC_*`` environment variable.
+    parse
+        Makes the value of the variable's text (and checks it); a config file's number or
+        string goes through it too, so that both are checked alike.
+    flag
+        The ``serve`` flag (``--shutdown-grace``), or None for an option set by its variable
+        and the config file only.
+    item
+        For a list: makes one element of its text, as a repeatable flag (``--dimse-peer``) or
+        one string of a config file's array takes it; None for a single value.
+    """
+
+    name: str
+    variable: str
+    parse: Callable[[str], object]
+    flag: str | None = None
+    item: Callable[[str], object] | None = None
+
+    @property
+    def dest(self) -> str | None:
+        """The attribute argparse keeps the flag's value in."""
+        return self.flag[2:].replace("-", "_") if self.flag else None
+
+
+def _origin(text: str) -> str:
+    """One browser origin of a config file's ``cors_origins`` list."""
+    return text.strip()
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("data_dir", "DICOMRPC_DATA", Path, "--data"),
+    Option("blobs", "DICOMRPC_BLOBS", str, "--blobs"),
+    Option("index", "DICOMRPC_INDEX", str, "--index"),
+    Option("index_pool_size", "DICOMRPC_INDEX_POOL_SIZE", positive_int, "--index-pool-size"),
+    Option("s3_endpoint", "DICOMRPC_S3_ENDPOINT", str, "--s3-endpoint"),
+    Option("host", "DICOMRPC_HOST", str, "--host"),
+    Option("grpc_port", "DICOMRPC_GRPC_PORT", int, "--grpc-port"),
+    Option("http_port", "DICOMRPC_HTTP_PORT", int, "--http-port"),
+    Option("cors_origins", "DICOMRPC_CORS_ORIGINS", split_origins, "--cors-origins", _origin),
+    Option("viewer", "DICOMRPC_VIEWER", parse_flag, "--viewer"),
+    Option("viewer_dir", "DICOMRPC_VIEWER_DIR", Path, "--viewer-dir"),
+    Option("max_instance_bytes", "DICOMRPC_MAX_INSTANCE_BYTES", int, "--max-instance-bytes"),
+    Option("max_chunk_bytes", "DICOMRPC_MAX_CHUNK_BYTES", int),
+    Option("lmdb_map_size", "DICOMRPC_LMDB_MAP_SIZE", int),
+    Option("max_frames_per_request", "DICOMRPC_MAX_FRAMES_PER_REQUEST", int),
+    Option("processes", "DICOMRPC_PROCESSES", int, "--processes"),
+    Option("workers", "DICOMRPC_WORKERS", int, "--workers"),
+    Option("shutdown_grace_s", "DICOMRPC_SHUTDOWN_GRACE_S", float, "--shutdown-grace"),
+    Option("max_sequence_depth", "DICOMRPC_MAX_SEQUENCE_DEPTH", int, "--max-sequence-depth"),
+    Option(
+        "quarantine_unindexed",
+        "DICOMRPC_QUARANTINE_UNINDEXED",
+        parse_flag,
+        "--quarantine-unindexed",
+    ),
+    Option("codec_workers", "DICOMRPC_CODEC_WORKERS", int, "--codec-workers"),
+    Option("codec_timeout_s", "DICOMRPC_CODEC_TIMEOUT_S", float, "--codec-timeout-s"),
+    Option("max_frame_pixels", "DICOMRPC_MAX_FRAME_PIXELS", int, "--max-frame-pixels"),
+    Option("codec_memory_bytes", "DICOMRPC_CODEC_MEMORY_BYTES", int, "--codec-memory-bytes"),
+    Option("audit_log", "DICOMRPC_AUDIT_LOG", Path, "--audit-log"),
+    Option("audit_syslog", "DICOMRPC_AUDIT_SYSLOG", str, "--audit-syslog"),
+    Option(
+        "audit_syslog_protocol",
+        "DICOMRPC_AUDIT_SYSLOG_PROTOCOL",
+        str,
+        "--audit-syslog-protocol",
+    ),
+    Option("audit_syslog_ca", "DICOMRPC_AUDIT_SYSLOG_CA", Path, "--audit-syslog-ca"),
+    Option("audit_syslog_cert", "DICOMRPC_AUDIT_SYSLOG_CERT", Path, "--audit-syslog-cert"),
+    Option("audit_syslog_key", "DICOMRPC_AUDIT_SYSLOG_KEY", Path, "--audit-syslog-key"),
+    Option("audit_source_id", "DICOMRPC_AUDIT_SOURCE_ID", str, "--audit-source-id"),
+    Option("audit_queue", "DICOMRPC_AUDIT_QUEUE", int, "--audit-queue"),
+    Option("tls_cert", "DICOMRPC_TLS_CERT", Path, "--tls-cert"),
+    Option("tls_key", "DICOMRPC_TLS_KEY", Path, "--tls-key"),
+    Option("tls_client_ca", "DICOMRPC_TLS_CLIENT_CA", Path, "--tls-client-ca"),
+    Option("insecure", "DICOMRPC_INSECURE", parse_flag, "--insecure"),
+    Option("auth_jwks", "DICOMRPC_AUTH_JWKS", str, "--auth-jwks"),
+    Option("auth_issuer", "DICOMRPC_AUTH_ISSUER", str, "--auth-issuer"),
+    Option("auth_audience", "DICOMRPC_AUTH_AUDIENCE", str, "--auth-audience"),
+    Option("auth_api_keys", "DICOMRPC_AUTH_API_KEYS", Path, "--auth-api-keys"),
+    Option("auth_roles", "DICOMRPC_AUTH_ROLES", parse_roles, "--auth-role", parse_role),
+    Option("auth_clock_skew_s", "DICOMRPC_AUTH_CLOCK_SKEW_S", float, "--auth-clock-skew"),
+    Option("public_url", "DICOMRPC_PUBLIC_URL", str, "--public-url"),
+    Option(
+        "http_max_connections",
+        "DICOMRPC_HTTP_MAX_CONNECTIONS",
+        positive_int,
+        "--http-max-connections",
+    ),
+    Option(
+        "http_header_timeout_s",
+        "DICOMRPC_HTTP_HEADER_TIMEOUT",
+        positive_float,
+        "--http-header-timeout",
+    ),
+    Option(
+        "http_body_timeout_s", "DICOMRPC_HTTP_BODY_TIMEOUT", positive_float, "--http-body-timeout"
+    ),
+    Option("http_keep_alive_s", "DICOMRPC_HTTP_KEEP_ALIVE", positive_int, "--http-keep-alive"),
+    Option(
+        "http_max_header_bytes",
+        "DICOMRPC_HTTP_MAX_HEADER_BYTES",
+        positive_int,
+        "--http-max-header-bytes",
+    ),
+    Option(
+        "http_max_url_bytes", "DICOMRPC_HTTP_MAX_URL_BYTES", positive_int, "--http-max-url-bytes"
+    ),
+    Option(
+        "http_max_stow_parts",
+        "DICOMRPC_HTTP_MAX_STOW_PARTS",
+        positive_int,
+        "--http-max-stow-parts",
+    ),
+    Option("dimse_port", "DICOMRPC_DIMSE_PORT", int, "--dimse-port"),
+    Option("ae_title", "DICOMRPC_AE_TITLE", check_ae_title, "--ae-title"),
+    Option("dimse_allow", "DICOMRPC_DIMSE_ALLOW", parse_allow_list, "--dimse-allow", parse_allow),
+    Option("dimse_peers", "DICOMRPC_DIMSE_PEERS", parse_peer_list, "--dimse-peer", parse_peer),
+    Option(
+        "dimse_max_associations",
+        "DICOMRPC_DIMSE_MAX_ASSOCIATIONS",
+        positive_int,
+        "--dimse-max-associations",
+    ),
+    Option("dimse_max_pdu_bytes", "DICOMRPC_DIMSE_MAX_PDU_BYTES", int, "--dimse-max-pdu-bytes"),
+    Option("dimse_timeout_s", "DICOMRPC_DIMSE_TIMEOUT", positive_float, "--dimse-timeout"),
+    Option(
+        "dimse_idle_timeout_s",
+        "DICOMRPC_DIMSE_IDLE_TIMEOUT",
+        positive_float,
+        "--dimse-idle-timeout",
+    ),
+    Option("log_level", "DICOMRPC_LOG_LEVEL", parse_log_level, "--log-level"),
+)
+"""Every option of ``serve``; a config file's keys are their names."""
 
 
 def _flag_type(parse: Callable[[str], object]) -> Callable[[str], object]:
@@ -750,7 +882,18 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "(env DICOMRPC_HTTP_MAX_STOW_PARTS, 10000)",
     )
     _add_dimse_arguments(parser)
-    parser.add_argument("--log-level", default="INFO", help="logging level (INFO)")
+    parser.add_argument(
+        "--log-level",
+        type=_flag_type(parse_log_level),
+        help="least severe log records written (env DICOMRPC_LOG_LEVEL, INFO)",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="TOML file of settings, keys named as in docs/dicomrpc.example.toml; flags and "
+        "variables override it (env DICOMRPC_CONFIG, none)",
+    )
 
 
 def _add_dimse_arguments(parser: argparse.ArgumentParser) -> None:

@@ -8,10 +8,11 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 
 from dicomrpc_server.announce import announce
 from dicomrpc_server.archive import Archive, GroupMember
-from dicomrpc_server.config import Settings
+from dicomrpc_server.config import CONFIG_VARIABLE, OPTIONS, Settings
 from dicomrpc_server.dicomweb.connections import raise_descriptor_limit
 from dicomrpc_server.dicomweb.server import HttpServer
 from dicomrpc_server.dimse.server import DimseServer
@@ -26,64 +27,19 @@ SWITCH_INTERVAL_S = 0.001
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    """Settings from the environment, then the command line."""
-    return Settings.from_env(
-        data_dir=args.data,
-        blobs=args.blobs,
-        index=args.index,
-        index_pool_size=args.index_pool_size,
-        s3_endpoint=args.s3_endpoint,
-        host=args.host,
-        grpc_port=args.grpc_port,
-        http_port=args.http_port,
-        cors_origins=args.cors_origins,
-        viewer=args.viewer,
-        viewer_dir=args.viewer_dir,
-        max_instance_bytes=args.max_instance_bytes,
-        workers=args.workers,
-        processes=args.processes,
-        shutdown_grace_s=args.shutdown_grace,
-        max_sequence_depth=args.max_sequence_depth,
-        quarantine_unindexed=args.quarantine_unindexed,
-        codec_workers=args.codec_workers,
-        codec_timeout_s=args.codec_timeout_s,
-        max_frame_pixels=args.max_frame_pixels,
-        codec_memory_bytes=args.codec_memory_bytes,
-        audit_log=args.audit_log,
-        audit_syslog=args.audit_syslog,
-        audit_syslog_protocol=args.audit_syslog_protocol,
-        audit_syslog_ca=args.audit_syslog_ca,
-        audit_syslog_cert=args.audit_syslog_cert,
-        audit_syslog_key=args.audit_syslog_key,
-        audit_source_id=args.audit_source_id,
-        audit_queue=args.audit_queue,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-        tls_client_ca=args.tls_client_ca,
-        insecure=args.insecure,
-        auth_jwks=args.auth_jwks,
-        auth_issuer=args.auth_issuer,
-        auth_audience=args.auth_audience,
-        auth_api_keys=args.auth_api_keys,
-        auth_roles=tuple(args.auth_role) if args.auth_role else None,
-        auth_clock_skew_s=args.auth_clock_skew,
-        public_url=args.public_url,
-        http_max_connections=args.http_max_connections,
-        http_header_timeout_s=args.http_header_timeout,
-        http_body_timeout_s=args.http_body_timeout,
-        http_keep_alive_s=args.http_keep_alive,
-        http_max_header_bytes=args.http_max_header_bytes,
-        http_max_url_bytes=args.http_max_url_bytes,
-        http_max_stow_parts=args.http_max_stow_parts,
-        dimse_port=args.dimse_port,
-        ae_title=args.ae_title,
-        dimse_allow=tuple(args.dimse_allow) if args.dimse_allow else None,
-        dimse_peers=tuple(args.dimse_peer) if args.dimse_peer else None,
-        dimse_max_associations=args.dimse_max_associations,
-        dimse_max_pdu_bytes=args.dimse_max_pdu_bytes,
-        dimse_timeout_s=args.dimse_timeout,
-        dimse_idle_timeout_s=args.dimse_idle_timeout,
-    )
+    """Settings from the config file, then the environment, then the command line.
+
+    The config file is ``--config`` or else ``DICOMRPC_CONFIG``; each flag is found by the
+    name :data:`~dicomrpc_server.config.OPTIONS` gives it, a repeated flag's list made a tuple.
+    """
+    overrides: dict[str, object] = {}
+    for option in OPTIONS:
+        if option.dest is None:
+            continue
+        value = getattr(args, option.dest, None)
+        overrides[option.name] = tuple(value) if isinstance(value, list) else value
+    config = getattr(args, "config", None) or os.environ.get(CONFIG_VARIABLE) or None
+    return Settings.load(Path(config) if config is not None else None, **overrides)
 
 
 async def serve(
@@ -186,11 +142,11 @@ async def _shut_down(
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``dicomrpc serve``."""
-    log_to_stderr(args.log_level)
     try:
         settings = settings_from_args(args)
-    except ValueError as exc:  # a setting out of range, or a variable that is not a number
+    except ValueError as exc:  # a setting out of range, a variable that is not a number, a key
         raise SystemExit(f"dicomrpc: {exc}") from None
+    log_to_stderr(settings.log_level)
     try:
         asyncio.run(serve(settings))
     except StartupError as exc:

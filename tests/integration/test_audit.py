@@ -444,6 +444,7 @@ def test_a_receiver_that_is_down_loses_no_record_and_is_reported_once(
         check_message(xml, "query")
 
 
+@pytest.mark.slow
 def test_a_receiver_that_never_reads_never_slows_a_call(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -474,6 +475,7 @@ def test_a_receiver_that_never_reads_never_slows_a_call(
     assert 1 <= len(full) <= 10, "drops are reported at most every 10 s"
 
 
+@pytest.mark.slow
 def test_serve_flags_audit_and_sighup_reopens_the_log(tmp_path: Path, udp: UdpReceiver) -> None:
     log = tmp_path / "audit.jsonl"
     server = spawn_server(
@@ -573,6 +575,7 @@ def test_a_tls_receiver_the_ca_does_not_vouch_for_gets_nothing(
 TLS_SYSLOG = ["--audit-syslog", "127.0.0.1:6514", "--audit-syslog-protocol", "tls"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("flags", "error"),
     [

@@ -135,6 +135,7 @@ def test_the_async_client_takes_tokens_and_async_providers(secured: RunningServe
     asyncio.run(scenario())
 
 
+@pytest.mark.slow
 def test_api_keys_are_bearer_tokens_and_revocation_takes_hold(
     secured: RunningServer,
 ) -> None:

@@ -142,6 +142,7 @@ def _shapes() -> dict[str, tuple[bool, bool]]:
 SHAPES = _shapes()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(proto_methods()))
 def test_every_rpc_answers_each_credential_as_the_table_says(secured: Secured, method: str) -> None:
     needed = RPC_SCOPES[method]

@@ -158,6 +158,7 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
     )
 
 
+@pytest.mark.slow
 def test_the_cli_with_tls_a_token_and_mutual_tls(pki: Pki, tmp_path: Path) -> None:
     keys = tmp_path / "keys"
     key = create(keys, "cli-user", ["dicom.read", "dicom.write"])

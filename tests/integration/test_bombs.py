@@ -72,6 +72,7 @@ def small_instances(tmp_path: Path) -> Iterator[RunningServer]:
 # -- deflate -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_deflate_bomb_is_refused_as_soon_as_it_inflates_past_the_limit(
     small_instances: RunningServer,
 ) -> None:
@@ -91,6 +92,7 @@ def test_a_deflate_bomb_is_refused_as_soon_as_it_inflates_past_the_limit(
     assert list(small_instances.archive.blobs.uploads_dir.iterdir()) == []
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_deflate_bomb_within_the_limit_is_stored_with_bounded_memory(
     server: RunningServer, client: Client
@@ -128,6 +130,7 @@ def _without(name: str, rows: int = 4, columns: int = 4) -> bytes:
     return native(ds, bytes(rows * columns))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("data", "message"),
     [
@@ -211,6 +214,7 @@ def test_one_bit_frames_that_do_not_start_on_a_byte_are_served(client: Client) -
         assert frame.data == expected
 
 
+@pytest.mark.slow
 def test_a_table_of_50000_frames_is_read_without_a_message_per_frame(
     server: RunningServer, client: Client
 ) -> None:
@@ -239,6 +243,7 @@ def test_a_table_of_50000_frames_is_read_without_a_message_per_frame(
 # -- decoding within the header's limits -------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_forged_jpeg_2000_size_is_refused_before_any_codec_sees_it(
     server: RunningServer, client: Client
 ) -> None:
@@ -317,6 +322,7 @@ def _busy_worker(before: dict[int, float]) -> int | None:
     return None
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_slow_transcode_never_holds_up_a_store(client: Client) -> None:
     """Today a render blocked a 1 KB store for 54 s: both ran in the one pool."""
@@ -344,6 +350,7 @@ def test_a_slow_transcode_never_holds_up_a_store(client: Client) -> None:
     assert transcode.error is None
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_codec_job_past_the_time_limit_is_stopped_and_the_next_one_served(
     tmp_path: Path,

@@ -6,6 +6,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from dicomrpc import Client, __version__
 from tests.conftest import RunningServer
 from tests.dicomgen import ct_instance
@@ -19,6 +21,7 @@ def test_version() -> None:
     assert done.stdout.strip() == f"dicomrpc {__version__}"
 
 
+@pytest.mark.slow
 def test_a_reader_gone_early_ends_the_command_without_a_traceback(
     server: RunningServer, client: Client
 ) -> None:
@@ -61,6 +64,7 @@ def test_a_server_address_that_does_not_answer_is_explained() -> None:
     assert done.returncode != 0 and "not the DICOMweb URL" in done.stderr
 
 
+@pytest.mark.slow
 def test_grpc_urls_name_the_server(server: RunningServer) -> None:
     done = subprocess.run(
         [*CLI, "search", "studies", "--server", f"grpc://{server.target}"],
@@ -71,6 +75,7 @@ def test_grpc_urls_name_the_server(server: RunningServer) -> None:
     assert done.returncode == 0, done.stderr
 
 
+@pytest.mark.slow
 def test_help_speaks_to_users_not_to_developers() -> None:
     for args in ([], ["query-tags", "add"], ["search"], ["workitem"], ["render"], ["migrate"]):
         done = subprocess.run([*CLI, *args, "--help"], capture_output=True, text=True, timeout=60)

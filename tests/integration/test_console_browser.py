@@ -28,6 +28,8 @@ from tests.conftest import RunningServer, start_server
 from tests.dicomgen import ct_instance
 from tests.upsgen import workitem
 
+pytestmark = pytest.mark.slow
+
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
 

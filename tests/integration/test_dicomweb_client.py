@@ -93,6 +93,7 @@ def _uids(results: list[dict[str, Any]], tag: str) -> list[str]:
     return sorted(r[tag]["Value"][0] for r in results)
 
 
+@pytest.mark.slow
 def test_stored_instances_are_all_searchable(
     stored: list[pydicom.Dataset], web: DICOMwebClient, grpc_client: Client
 ) -> None:

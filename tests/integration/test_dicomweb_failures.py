@@ -53,6 +53,7 @@ def _store(http: httpx.Client, instances: list[bytes]) -> None:
     assert response.status_code == 200, response.text
 
 
+@pytest.mark.slow
 def test_a_codec_message_with_a_newline_makes_a_proper_warning_header(
     http: httpx.Client,
 ) -> None:

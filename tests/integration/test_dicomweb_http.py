@@ -205,6 +205,7 @@ def test_metadata_etag_and_304(http: httpx.Client) -> None:
     assert len(changed.json()) == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("suffix", "accept", "words"),
     [
@@ -240,6 +241,7 @@ def test_default_transfer_syntax_and_single_part(http: httpx.Client) -> None:
     assert single.content in multipart_response.content
 
 
+@pytest.mark.slow
 def test_missing_resources_are_404(http: httpx.Client) -> None:
     study, series, sop = _stored(http)
     other = generate_uid()
@@ -368,6 +370,7 @@ def _access_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
     return [json.loads(r.getMessage()) for r in caplog.records if r.name == "dicomrpc.access"]
 
 
+@pytest.mark.slow
 def test_sigterm_lets_an_in_flight_stow_finish_then_stops(tmp_path: Path) -> None:
     proc = spawn_server(tmp_path / "data")
     sent = threading.Semaphore(0)

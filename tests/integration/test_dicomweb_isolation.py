@@ -202,6 +202,7 @@ def late(done: dict[str, float], heavy_answered: float) -> list[str]:
     return sorted(name for name, at in done.items() if at > heavy_answered)
 
 
+@pytest.mark.slow
 def test_a_huge_metadata_request_stalls_no_one(loaded: tuple[Server, str]) -> None:
     server, study = loaded
     done, heavy_answered = while_heavy(server, [get(f"/studies/{study}/metadata")])
@@ -215,6 +216,7 @@ def test_a_huge_search_stalls_no_one(loaded: tuple[Server, str]) -> None:
     assert not late(done, heavy_answered)
 
 
+@pytest.mark.slow
 def test_a_16_mib_accept_header_stalls_no_one(tmp_path: Path) -> None:
     # With a head limit that lets it in, the header is parsed (in a thread) and negotiated.
     with serving(tmp_path / "data", "--http-max-header-bytes", str(32 << 20)) as server:
@@ -225,6 +227,7 @@ def test_a_16_mib_accept_header_stalls_no_one(tmp_path: Path) -> None:
     assert not late(done, heavy_answered)
 
 
+@pytest.mark.slow
 def test_16_mib_accept_headers_are_431_and_stall_no_one(tmp_path: Path) -> None:
     # At the default head limit the header is refused after 64 KiB of it, with 431.
     with serving(tmp_path / "data") as server:

@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 import httpx
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydicom.uid import generate_uid
 
@@ -119,6 +120,7 @@ def test_a_trickled_head_is_cut_with_408(tmp_path: Path) -> None:
         assert "did not arrive within 1 s" in headers["warning"]
 
 
+@pytest.mark.slow
 def test_a_connection_that_sends_nothing_gets_408(tmp_path: Path) -> None:
     with serving(tmp_path, http_header_timeout_s=1.0) as limited:
         with _connect(limited) as sock:
@@ -241,6 +243,7 @@ def test_an_idle_keep_alive_connection_is_closed(tmp_path: Path) -> None:
 # -- the request body --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_stalled_stow_keeps_its_complete_parts_and_removes_the_partial_one(
     tmp_path: Path,
 ) -> None:
@@ -268,6 +271,7 @@ def _stalled_stow(limited: RunningServer) -> None:
     assert not any(limited.archive.blobs.uploads_dir.iterdir())
 
 
+@pytest.mark.slow
 def test_a_stalled_body_without_a_complete_part_is_408(tmp_path: Path) -> None:
     with serving(tmp_path, http_body_timeout_s=1.0) as limited:
         instance = ct_instance()
@@ -283,6 +287,7 @@ def test_a_stalled_body_without_a_complete_part_is_408(tmp_path: Path) -> None:
         assert not any(limited.archive.blobs.uploads_dir.iterdir())
 
 
+@pytest.mark.slow
 def test_an_answer_before_the_body_is_read_ends_the_connection(server: RunningServer) -> None:
     with _connect(server) as sock:
         # A body of the wrong type is refused from its headers, before a byte of it is read;
@@ -345,6 +350,7 @@ def test_a_stow_over_the_part_limit_is_413_naming_it(tmp_path: Path) -> None:
         assert limited.archive.index.counts().instances == 7
 
 
+@pytest.mark.slow
 def test_a_stow_of_many_tiny_parts_takes_linear_time(tmp_path: Path) -> None:
     with serving(tmp_path, http_max_stow_parts=60_000) as limited:
         # 59,999 empty parts: each is refused as not DICOM. Bounded by pytest's timeout: with a
@@ -394,6 +400,7 @@ def _lower_descriptor_limit() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
 
 
+@pytest.mark.slow
 def test_sockets_past_the_descriptor_limit_starve_neither_grpc_nor_http(tmp_path: Path) -> None:
     log_path = tmp_path / "server.log"
     with log_path.open("wb") as log:

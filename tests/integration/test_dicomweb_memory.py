@@ -50,6 +50,7 @@ def _stow_body(study: str, sent: list[int]) -> Iterator[bytes]:
     yield f"--{BOUNDARY}--\r\n".encode()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_gigabyte_stow_and_retrieve_hold_bounded_memory(tmp_path: Path) -> None:
     free = shutil.disk_usage(tmp_path).free

@@ -91,6 +91,7 @@ def orthanc(server: RunningServer, tmp_path: Path) -> Iterator[str]:
         process.wait(30)
 
 
+@pytest.mark.slow
 def test_orthanc_searches_pulls_and_pushes_through_the_gateway(
     server: RunningServer, client: Client, orthanc: str
 ) -> None:

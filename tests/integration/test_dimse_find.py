@@ -124,6 +124,7 @@ STUDY_KEYS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["-S", "-P"])
 @pytest.mark.parametrize(
     "match",

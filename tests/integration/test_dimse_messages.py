@@ -97,6 +97,7 @@ def test_a_command_set_without_a_required_element_aborts_the_association(
     assoc.release()
 
 
+@pytest.mark.slow
 def test_an_association_request_with_an_even_context_id_is_aborted_at_once(
     archive: RunningServer,
 ) -> None:

@@ -56,6 +56,7 @@ def _move(archive: RunningServer, to: str) -> list[int]:
     return dcmtk.statuses(result.stdout, "C-MOVE RSP")
 
 
+@pytest.mark.slow
 def test_a_peer_added_at_run_time_receives_a_move_until_it_is_removed(
     archive: RunningServer, destination: dcmtk.StoreScp
 ) -> None:
@@ -109,6 +110,7 @@ def test_peers_are_checked_and_conflicts_refused(archive: RunningServer) -> None
         ]
 
 
+@pytest.mark.slow
 def test_peers_outlive_a_restart_and_the_cli_manages_them(tmp_path: Path) -> None:
     data = tmp_path / "data"
     server = start_server(data)

@@ -22,6 +22,7 @@ from tests import dcmtk
 from tests.conftest import RunningServer, spawn_server, start_server
 
 
+@pytest.mark.slow
 def test_serve_prints_the_dimse_line_after_the_others_and_stops_on_sigterm(
     tmp_path: Path,
 ) -> None:
@@ -138,6 +139,7 @@ def test_only_an_allowed_ae_from_its_host_may_associate(guarded: RunningServer) 
         assert "Calling AE Title Not Recognized" in refused.stdout, refused.stdout
 
 
+@pytest.mark.slow
 def test_sigterm_lets_an_open_association_finish_then_aborts_it(tmp_path: Path) -> None:
     server = spawn_server(tmp_path / "data", "--dimse-port", "0", "--shutdown-grace", "2")
     assert server.process.stdout is not None

@@ -135,6 +135,7 @@ def test_echoscu_is_answered(archive: RunningServer) -> None:
     assert "Received Echo Response (Success)" in result.stdout
 
 
+@pytest.mark.slow
 def test_every_pydicom_file_gets_the_status_of_its_grpc_outcome(
     archive: RunningServer, tmp_path: Path
 ) -> None:
@@ -182,6 +183,7 @@ def test_every_pydicom_file_gets_the_status_of_its_grpc_outcome(
     assert [c.action for c in changes] == ["created"] * len(stored)
 
 
+@pytest.mark.slow
 def test_associations_store_side_by_side(archive: RunningServer, tmp_path: Path) -> None:
     dcmtk.require_dcmtk()
     study = "1.2.826.0.1.3680043.8.498.77"
@@ -212,6 +214,7 @@ def test_associations_store_side_by_side(archive: RunningServer, tmp_path: Path)
         assert len(client.retrieve_study(study)) == 60
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_full_disk_is_refused_out_of_resources(small_disk: SmallDisk) -> None:
     dcmtk.require_dcmtk()

@@ -410,6 +410,7 @@ def receiving(title: str, lock: bool = False) -> Dataset:
     return ds
 
 
+@pytest.mark.slow
 def test_watcher_receives_the_report_of_a_grpc_change(
     assoc: Association, client: Client, watcher: Watcher
 ) -> None:
@@ -450,6 +451,7 @@ def watch(
     return status_of(answer)
 
 
+@pytest.mark.slow
 def test_global_subscription(assoc: Association, client: Client, watcher: Watcher) -> None:
     existing = {
         ds.attributes["00080018"].strings.values[0] for ds in client.workitems.search(limit=1000)
@@ -471,6 +473,7 @@ def test_global_subscription(assoc: Association, client: Client, watcher: Watche
     assert watcher.quiet()
 
 
+@pytest.mark.slow
 def test_suspended_global_subscription_keeps_the_workitems_it_covered(
     assoc: Association, client: Client, watcher: Watcher
 ) -> None:
@@ -492,6 +495,7 @@ def test_suspended_global_subscription_keeps_the_workitems_it_covered(
     assert watch(assoc, watcher.title, UNSUBSCRIBE, GLOBAL) == 0x0000
 
 
+@pytest.mark.slow
 def test_filtered_global_subscription(assoc: Association, client: Client, watcher: Watcher) -> None:
     keys = receiving(watcher.title)
     keys.PatientID = "WATCHED"

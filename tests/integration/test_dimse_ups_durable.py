@@ -46,6 +46,8 @@ from tests.integration.test_processes import OWN_CONNECTION, members, pinned
 from tests.integration.test_workitems import LOCK
 from tests.upsgen import workitem
 
+pytestmark = pytest.mark.slow
+
 # How long a takeover may take: the lease, a renewal period, and the reports' association.
 TAKEOVER_S = LEASE_S + RENEW_S + 5
 Received = tuple[int, str, str]

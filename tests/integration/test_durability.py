@@ -22,6 +22,8 @@ from dicomrpc_server.config import Settings
 from tests.conftest import RunningServer, spawn_server
 from tests.dicomgen import ct_instance
 
+pytestmark = pytest.mark.slow
+
 
 def _consistent(data_dir: Path) -> tuple[Archive, set[str]]:
     """Reopen the archive (start-up recovery runs) and check files and index agree.

@@ -91,6 +91,7 @@ def test_deleting_something_missing_is_not_found(client: Client) -> None:
     assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
 
 
+@pytest.mark.slow
 def test_a_stream_started_before_a_delete_finishes_intact(
     server: RunningServer, client: Client
 ) -> None:
@@ -244,6 +245,7 @@ def _delete_and_kill_while_removing(
         proc.stop(signal.SIGKILL)
 
 
+@pytest.mark.slow
 def test_sigkill_between_commit_and_file_removal_then_restart_leaves_no_orphan(
     tmp_path: Path,
 ) -> None:
@@ -310,6 +312,7 @@ def test_sigkill_between_commit_and_file_removal_then_restart_leaves_no_orphan(
         archive.close()
 
 
+@pytest.mark.slow
 def test_feed_replays_to_the_present(server: RunningServer, client: Client) -> None:
     study, (s1, _) = _study(client)
     other, _ = _study(client, 1, 2)
@@ -340,6 +343,7 @@ def test_feed_replays_to_the_present(server: RunningServer, client: Client) -> N
     assert latest.action == "created" and latest.state == "current"
 
 
+@pytest.mark.slow
 def test_follower_sees_every_change_once_in_order_across_a_reconnect(
     server: RunningServer, client: Client
 ) -> None:
@@ -370,6 +374,7 @@ def test_follower_sees_every_change_once_in_order_across_a_reconnect(
     assert [c.action for c in seen] == ["created"] * 3 + ["deleted"] * 3 + ["created"] * 2
 
 
+@pytest.mark.slow
 def test_follower_wakes_on_a_new_change(server: RunningServer, client: Client) -> None:
     arrived: list[float] = []
 
@@ -388,6 +393,7 @@ def test_follower_wakes_on_a_new_change(server: RunningServer, client: Client) -
     assert arrived and arrived[0] - stored_at < 2  # woken by the commit, not a poll
 
 
+@pytest.mark.slow
 def test_cli_delete_and_feed(server: RunningServer, client: Client) -> None:
     study, _ = _study(client, 1, 2)
     base = [sys.executable, "-m", "dicomrpc.cli"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pydicom.uid import generate_uid
 
@@ -22,6 +23,7 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     }
 
 
+@pytest.mark.slow
 def test_calls_store_outcomes_and_holdings(tmp_path: Path) -> None:
     server = start_server(tmp_path / "data")
     try:

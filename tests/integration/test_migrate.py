@@ -24,6 +24,8 @@ from tests.integration.test_rebuild_index import _answers, _corpus, _tiny_study
 from tests.integration.test_startup_checks import dicomrpc
 from tests.upsgen import workitem
 
+pytestmark = pytest.mark.slow
+
 
 def _folder_state(data_dir: Path) -> dict[str, str]:
     """Every file of a data folder and its digest, but the lock (which migrate takes)."""

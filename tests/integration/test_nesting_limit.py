@@ -210,6 +210,7 @@ def test_json_nested_too_deeply_is_400_not_500(http: httpx.Client, body: bytes) 
     assert response.status_code == 400, response.text
 
 
+@pytest.mark.slow
 def test_a_lower_limit_is_kept_everywhere(tmp_path: Path) -> None:
     server = start_server(tmp_path / "data", max_sequence_depth=3)
     try:

@@ -37,6 +37,8 @@ from tests import ohif
 from tests.conftest import RunningServer, start_server
 from tests.dicomgen import gradient_ct_series, multiframe_instance, recoded_instance
 
+pytestmark = pytest.mark.slow
+
 if TYPE_CHECKING:
     from playwright.sync_api import (
         Browser,

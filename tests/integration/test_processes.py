@@ -39,6 +39,8 @@ from tests.dicomgen import ct_instance
 from tests.integration.test_startup_checks import serve
 from tests.upsgen import workitem
 
+pytestmark = pytest.mark.slow
+
 HOLD = """
 import sys
 from pathlib import Path

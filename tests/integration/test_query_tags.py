@@ -74,6 +74,7 @@ def _run(server: RunningServer, coroutine: object) -> object:
     return future.result(30)
 
 
+@pytest.mark.slow
 def test_added_tags_index_what_was_stored_before_and_after(
     server: RunningServer, client: Client
 ) -> None:
@@ -121,6 +122,7 @@ def test_added_tags_index_what_was_stored_before_and_after(
     }
 
 
+@pytest.mark.slow
 def test_private_tags_are_found_in_whichever_block_their_creator_holds(
     server: RunningServer, client: Client
 ) -> None:
@@ -142,6 +144,7 @@ def test_private_tags_are_found_in_whichever_block_their_creator_holds(
     assert {d["0020000D"]["Value"][0] for d in found} == {first, second, third}
 
 
+@pytest.mark.slow
 def test_a_tag_still_reindexing_cannot_be_searched(server: RunningServer, client: Client) -> None:
     client.store([_instance(edit=_described("Chest"))])
     tag = records_pb2.QueryTagRecord(hex_tag="0008103E", keyword="SeriesDescription", vr="LO")
@@ -159,6 +162,7 @@ def test_a_tag_still_reindexing_cannot_be_searched(server: RunningServer, client
     assert not status.done and status.total_instances == 1
 
 
+@pytest.mark.slow
 def test_an_unfinished_reindexing_resumes_after_a_restart(tmp_path: Path) -> None:
     server = start_server(tmp_path / "data")
     try:
@@ -181,6 +185,7 @@ def test_an_unfinished_reindexing_resumes_after_a_restart(tmp_path: Path) -> Non
         server.stop()
 
 
+@pytest.mark.slow
 def test_stores_during_reindexing_are_all_indexed(server: RunningServer, client: Client) -> None:
     study = generate_uid()
     client.store([_instance(study, edit=_described(f"Before {i}"), number=i) for i in range(1, 41)])
@@ -205,6 +210,7 @@ def test_stores_during_reindexing_are_all_indexed(server: RunningServer, client:
     assert len(_series_uids(client, {"SeriesDescription": "During*"})) == 20
 
 
+@pytest.mark.slow
 def test_deleting_a_tag_removes_its_index_entries(server: RunningServer, client: Client) -> None:
     client.store([_instance(edit=_private("ACME 1.0", 0x10, "lung"))])
     _, operation = client.add_query_tags(
@@ -227,6 +233,7 @@ def test_deleting_a_tag_removes_its_index_entries(server: RunningServer, client:
     assert caught.value.code == grpc.StatusCode.NOT_FOUND
 
 
+@pytest.mark.slow
 def test_deleting_instances_removes_their_extended_entries(
     server: RunningServer, client: Client
 ) -> None:
@@ -279,6 +286,7 @@ def test_a_tag_is_added_once(client: Client) -> None:
     assert [t.tag for t in client.query_tags()] == ["0008103E"]
 
 
+@pytest.mark.slow
 def test_cli_adds_lists_and_deletes_with_progress(server: RunningServer, client: Client) -> None:
     client.store([_instance(edit=_described("Chest"))])
 
@@ -336,6 +344,7 @@ def test_the_number_of_tags_is_bounded(client: Client) -> None:
     assert len(client.query_tags()) == MAX_QUERY_TAGS
 
 
+@pytest.mark.slow
 def test_a_removal_cut_short_is_finished_at_the_next_start(tmp_path: Path) -> None:
     server = start_server(tmp_path / "data")
     try:

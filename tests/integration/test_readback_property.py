@@ -162,6 +162,7 @@ def element_at(ds: Dataset, path: str) -> bytes:
 # -- stored instances ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_whatever_store_accepts_every_read_path_reads(
     running: RunningServer, client: Client, http: httpx.Client
 ) -> None:
@@ -287,6 +288,7 @@ class Events:
         return self.events
 
 
+@pytest.mark.slow
 def test_whatever_create_accepts_every_workitem_operation_reads(
     client: Client, http: httpx.Client
 ) -> None:

@@ -31,6 +31,7 @@ def test_the_readme_marks_its_runnable_blocks() -> None:
     assert len(blocks()) >= 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("number", range(len(blocks())))
 def test_a_readme_shell_block_runs_as_written(
     server: RunningServer, tmp_path: Path, number: int

@@ -15,6 +15,7 @@ from typing import Any
 
 import lmdb
 import pydicom.data
+import pytest
 from pydicom.uid import generate_uid
 
 from dicomrpc import Client
@@ -22,6 +23,8 @@ from tests.conftest import ServerProcess, spawn_server
 from tests.dicomgen import ct_instance
 from tests.integration.test_startup_checks import dicomrpc, serve
 from tests.upsgen import workitem
+
+pytestmark = pytest.mark.slow
 
 PYDICOM_FILES = Path(pydicom.data.__file__).parent / "test_files"
 # Several transfer syntaxes, pixel-less objects, a deflated data set, a multi-frame image.

@@ -37,6 +37,8 @@ from tests.integration.test_dicomweb_http import stow
 from tests.integration.test_workitem_events import Watcher, wait_subscribed
 from tests.upsgen import dataset, performed, workitem
 
+pytestmark = pytest.mark.slow
+
 STUDY_UID, SOP_UID = "0020000D", "00080018"
 FILES = ["CT_small.dcm", "MR_small_jp2klossless.dcm", "SC_rgb_rle_2frame.dcm", "JPEG2000.dcm"]
 

@@ -127,6 +127,7 @@ def test_every_path_parameter_is_known(running: RunningServer) -> None:
         assert not unknown, f"{route.path}: is {unknown} a UID? classify it here and in url.py"
 
 
+@pytest.mark.slow
 def test_every_route_refuses_a_bad_uid_in_its_path(
     running: RunningServer, http: httpx.Client, client: Client, stored: Stored
 ) -> None:

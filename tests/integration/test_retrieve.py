@@ -34,6 +34,7 @@ def _read(path: Path) -> pydicom.Dataset:
         return dcmread(path)
 
 
+@pytest.mark.slow
 def test_every_stored_file_comes_back_byte_identical(client: Client) -> None:
     stored = _stored_pydicom_files(client)
     assert len(stored) > 100
@@ -48,6 +49,7 @@ def test_every_stored_file_comes_back_byte_identical(client: Client) -> None:
         assert instance.transfer_syntax_uid == r.transfer_syntax_uid  # type: ignore[attr-defined]
 
 
+@pytest.mark.slow
 def test_metadata_is_pydicoms_json_without_bulk_data(client: Client) -> None:
     for path, r in _stored_pydicom_files(client):
         got = client.metadata(
@@ -101,6 +103,7 @@ def _expected_frames(path: Path) -> list[bytes]:
     return [ds.PixelData[i * frame_bytes : (i + 1) * frame_bytes] for i in range(count)]
 
 
+@pytest.mark.slow
 def test_every_frame_equals_what_pydicom_extracts(client: Client) -> None:
     checked = 0
     for path, r in _stored_pydicom_files(client):
@@ -122,6 +125,7 @@ def test_every_frame_equals_what_pydicom_extracts(client: Client) -> None:
     assert checked > 50
 
 
+@pytest.mark.slow
 def test_native_frame_as_array(client: Client) -> None:
     r = client.store(ct_instance(rows=16, columns=16, seed=3)).instances[0]
     (frame,) = client.frames(r.study_instance_uid, r.series_instance_uid, r.sop_instance_uid, [1])
@@ -129,6 +133,7 @@ def test_native_frame_as_array(client: Client) -> None:
     assert (frame.array() == ds.pixel_array).all()
 
 
+@pytest.mark.slow
 def test_frame_errors(client: Client) -> None:
     r = client.store(ct_instance()).instances[0]
     uids = (r.study_instance_uid, r.series_instance_uid, r.sop_instance_uid)
@@ -142,6 +147,7 @@ def test_frame_errors(client: Client) -> None:
     assert caught.value.reason == "TRANSFER_SYNTAX_UNSUPPORTED"
 
 
+@pytest.mark.slow
 def test_frame_requests_are_limited(server: RunningServer, client: Client) -> None:
     r = client.store(ct_instance()).instances[0]
     with grpc.insecure_channel(server.target) as channel:
@@ -175,6 +181,7 @@ def test_missing_resources_are_not_found(client: Client) -> None:
     assert caught.value.code == grpc.StatusCode.NOT_FOUND
 
 
+@pytest.mark.slow
 def test_study_retrieve_to_disk_and_etag(client: Client, tmp_path: Path) -> None:
     study, series = generate_uid(), generate_uid()
     sent = [ct_instance(study=study, series=series, number=i) for i in range(5)]
@@ -198,6 +205,7 @@ def test_study_retrieve_to_disk_and_etag(client: Client, tmp_path: Path) -> None
     assert client.metadata(study, series).etag != ""
 
 
+@pytest.mark.slow
 def test_transcoding_is_refused_before_any_byte(server: RunningServer, client: Client) -> None:
     r = client.store(ct_instance()).instances[0]
     with grpc.insecure_channel(server.target) as channel:
@@ -215,6 +223,7 @@ def test_transcoding_is_refused_before_any_byte(server: RunningServer, client: C
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
+@pytest.mark.slow
 def test_cli_retrieve_frames_metadata(
     server: RunningServer, client: Client, tmp_path: Path
 ) -> None:
@@ -264,6 +273,7 @@ def test_cli_retrieve_frames_metadata(
     assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
 
 
+@pytest.mark.slow
 def test_a_client_generated_from_the_protos_alone_stores_and_retrieves(
     server: RunningServer, client: Client
 ) -> None:
@@ -304,6 +314,7 @@ def test_a_client_generated_from_the_protos_alone_stores_and_retrieves(
     assert isinstance(through_sdk, RetrievedInstance) and through_sdk.data == b"".join(chunks)
 
 
+@pytest.mark.slow
 def test_cli_transcodes_and_renders(server: RunningServer, client: Client, tmp_path: Path) -> None:
     import subprocess
     import sys

@@ -47,6 +47,7 @@ def test_capabilities_are_the_servers_computed_matrix(client: Client) -> None:
     assert EXPLICIT_LE in got.storable_transfer_syntaxes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "target"),
     [
@@ -64,6 +65,7 @@ def test_transcoded_instance_has_the_same_pixels(client: Client, name: str, targ
     assert np.array_equal(_pixels(instance.data), original)
 
 
+@pytest.mark.slow
 def test_lossy_target_needs_allow_lossy(client: Client) -> None:
     uids = _store(client, "CT_small.dcm")
     if JPEG_BASELINE not in capabilities().get(EXPLICIT_LE, []):
@@ -74,6 +76,7 @@ def test_lossy_target_needs_allow_lossy(client: Client) -> None:
     assert caught.value.reason == "TRANSFER_SYNTAX_UNSUPPORTED"
 
 
+@pytest.mark.slow
 def test_unknown_target_fails_before_any_byte(client: Client) -> None:
     uids = _store(client, "CT_small.dcm")
     with pytest.raises(DicomRpcError) as caught:
@@ -82,6 +85,7 @@ def test_unknown_target_fails_before_any_byte(client: Client) -> None:
     assert caught.value.metadata["transfer_syntax_uid"] == "1.2.3.4"
 
 
+@pytest.mark.slow
 def test_frames_decoded_to_raw_pixels(client: Client) -> None:
     name = "SC_rgb_rle_2frame.dcm"
     uids = _store(client, name)
@@ -93,6 +97,7 @@ def test_frames_decoded_to_raw_pixels(client: Client) -> None:
     assert frames[1].data == original[0].tobytes()
 
 
+@pytest.mark.slow
 def test_frames_of_a_deflated_instance_are_decoded(client: Client) -> None:
     uids = _store(client, "image_dfl.dcm")
     (frame,) = client.frames(*uids, [1])
@@ -100,6 +105,7 @@ def test_frames_of_a_deflated_instance_are_decoded(client: Client) -> None:
     assert frame.data == _pixels(Path(_path("image_dfl.dcm")).read_bytes()).tobytes()
 
 
+@pytest.mark.slow
 def test_rendered_jpeg_and_png(client: Client) -> None:
     uids = _store(client, "CT_small.dcm")
     media_type, data = client.rendered(*uids)
@@ -113,6 +119,7 @@ def test_rendered_jpeg_and_png(client: Client) -> None:
     assert narrow != client.rendered(*uids, media_type="image/png")[1]
 
 
+@pytest.mark.slow
 def test_rendered_errors(client: Client) -> None:
     uids = _store(client, "CT_small.dcm")
     with pytest.raises(DicomRpcError) as caught:

@@ -87,6 +87,7 @@ def _moved(url: str, path: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(path=f"/dicomweb/{path}"))
 
 
+@pytest.mark.slow
 def test_a_study_read_over_http_is_what_grpc_streams(
     running: RunningServer, pulls: list[str]
 ) -> None:
@@ -255,6 +256,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]
     server.stop()
 
 
+@pytest.mark.slow
 def test_a_grant_needs_the_read_scope_and_names_its_caller(
     secured: RunningServer, pulls: list[str]
 ) -> None:
@@ -292,6 +294,7 @@ def test_a_grant_needs_the_read_scope_and_names_its_caller(
     assert writes.status_code == 403
 
 
+@pytest.mark.slow
 def test_a_pull_is_audited_as_the_grant_and_the_read(tmp_path: Path) -> None:
     log = tmp_path / "audit.jsonl"
     server = start_server(tmp_path / "data", audit_log=log)
@@ -316,6 +319,7 @@ def test_a_pull_is_audited_as_the_grant_and_the_read(tmp_path: Path) -> None:
 SIDE = 2048  # 8 MiB of pixel data per instance
 
 
+@pytest.mark.slow
 def test_a_large_study_is_saved_with_bounded_memory(tmp_path: Path, pulls: list[str]) -> None:
     study, series = generate_uid(), generate_uid()
     pixels = np.arange(SIDE * SIDE, dtype=np.uint16).tobytes()

@@ -19,6 +19,8 @@ from dicomrpc.v1 import retrieve_service_pb2, retrieve_service_pb2_grpc
 from tests.conftest import spawn_server
 from tests.dicomgen import big_image
 
+pytestmark = pytest.mark.slow
+
 MB = 1024 * 1024
 INSTANCES = 256
 SIDE = 2048  # 2048 x 2048 x 16 bit = 8 MiB of pixel data per instance: 2 GiB in all

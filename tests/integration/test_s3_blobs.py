@@ -27,6 +27,8 @@ from dicomrpc_server.errors import StartupError
 from dicomrpc_server.storage.lmdb_index import LmdbIndex
 from tests.conftest import RunningServer, S3Emulator, spawn_server, start_server
 
+pytestmark = pytest.mark.slow
+
 FILES = [
     "CT_small.dcm",  # native, 16-bit
     "MR_small_jp2klossless.dcm",  # JPEG 2000 lossless

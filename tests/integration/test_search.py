@@ -35,6 +35,7 @@ def corpus(client: Client) -> dict[str, str]:
     return {"doe": doe, "muller": muller, "doe_series": doe_series}
 
 
+@pytest.mark.slow
 def test_study_matching_kinds(client: Client, corpus: dict[str, str]) -> None:
     both = {corpus["doe"], corpus["muller"]}
     cases = [
@@ -61,6 +62,7 @@ def test_study_matching_kinds(client: Client, corpus: dict[str, str]) -> None:
         assert _uids(result, "0020000D") == expected, (match, fuzzy)
 
 
+@pytest.mark.slow
 def test_counts_and_defaults(client: Client, corpus: dict[str, str]) -> None:
     (study,) = client.search_studies(StudyInstanceUID=corpus["doe"]).as_json()
     assert study["00201206"]["Value"] == [1] and study["00201208"]["Value"] == [2]
@@ -77,6 +79,7 @@ def test_counts_and_defaults(client: Client, corpus: dict[str, str]) -> None:
     assert with_rows["00280010"]["Value"] == [16]
 
 
+@pytest.mark.slow
 def test_counts_follow_deletes(client: Client, corpus: dict[str, str]) -> None:
     instances = client.search_instances(study=corpus["doe"]).as_json()
     sop = instances[0]["00080018"]["Value"][0]
@@ -88,6 +91,7 @@ def test_counts_follow_deletes(client: Client, corpus: dict[str, str]) -> None:
     assert _uids(client.search_studies(), "0020000D") == {corpus["doe"]}
 
 
+@pytest.mark.slow
 def test_paging(client: Client) -> None:
     study = generate_uid()
     client.store([ct_instance(study=study, number=i) for i in range(23)])
@@ -149,6 +153,7 @@ def test_refusals_say_what_to_do(
     assert says in caught.value.message
 
 
+@pytest.mark.slow
 def test_cli_search_scopes_are_checked(server: RunningServer, corpus: dict[str, str]) -> None:
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         command = [sys.executable, "-m", "dicomrpc.cli", "search", *args]
@@ -166,6 +171,7 @@ def test_cli_search_scopes_are_checked(server: RunningServer, corpus: dict[str, 
     assert study["0020000D"]["Value"] == [corpus["doe"]]
 
 
+@pytest.mark.slow
 def test_cli_search(server: RunningServer, corpus: dict[str, str]) -> None:
     run = subprocess.run(
         [
@@ -188,6 +194,7 @@ def test_cli_search(server: RunningServer, corpus: dict[str, str]) -> None:
     assert corpus["doe"] in run.stdout
 
 
+@pytest.mark.slow
 def test_exact_matching_inside_sequences(client: Client) -> None:
     from io import BytesIO
 
@@ -222,6 +229,7 @@ def test_exact_matching_inside_sequences(client: Client) -> None:
     assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
 
 
+@pytest.mark.slow
 def test_a_time_matches_every_instant_it_stands_for(client: Client) -> None:
     """ "1015" is a minute and "101530" a second: a single time or a range bound covers it all."""
     times = ["1015", "101530", "101500.25", "101559.999999", "1016", "095959.9"]
@@ -248,6 +256,7 @@ def test_a_time_matches_every_instant_it_stands_for(client: Client) -> None:
         assert {studies[d["0020000D"]["Value"][0]] for d in found} == expected, query
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cap", [1000, 2])
 def test_common_values_are_checked_on_the_candidates(
     client: Client, monkeypatch: pytest.MonkeyPatch, cap: int

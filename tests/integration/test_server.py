@@ -59,6 +59,7 @@ def test_reflection_lists_every_service(server: RunningServer) -> None:
     } <= names
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "method",
     [
@@ -101,6 +102,7 @@ def test_every_rpc_of_the_api_is_served(server: RunningServer, method: MethodDes
             assert error.code() != grpc.StatusCode.UNIMPLEMENTED, error.details()
 
 
+@pytest.mark.slow
 def test_cli_store_summarizes_and_fails_on_failures(server: RunningServer, tmp_path: Path) -> None:
     folder = tmp_path / "in" / "nested"
     folder.mkdir(parents=True)
@@ -143,6 +145,7 @@ def test_cli_store_summarizes_and_fails_on_failures(server: RunningServer, tmp_p
     )
 
 
+@pytest.mark.slow
 def test_graceful_shutdown_finishes_in_flight_stores(tmp_path: Path) -> None:
     proc = spawn_server(tmp_path / "data")
     sent = threading.Semaphore(0)
@@ -189,6 +192,7 @@ def _access_lines(caplog: pytest.LogCaptureFixture, count: int) -> list[dict[str
         time.sleep(0.02)
 
 
+@pytest.mark.slow
 def test_one_access_log_line_per_rpc(
     server: RunningServer, client: Client, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -24,6 +24,8 @@ from dicomrpc_server.errors import StartupError
 from dicomrpc_server.storage.lmdb_index import LmdbIndex
 from tests.conftest import spawn_server, start_server
 
+pytestmark = pytest.mark.slow
+
 FILES = ["CT_small.dcm", "MR_small_jp2klossless.dcm", "SC_rgb_rle_2frame.dcm", "JPEG2000.dcm"]
 
 

@@ -19,6 +19,8 @@ from dicomrpc_server.storage.folder_lock import DataFolderLock
 from tests.conftest import spawn_server
 from tests.dicomgen import ct_instance
 
+pytestmark = pytest.mark.slow
+
 
 def dicomrpc(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """Run the command line to its end (a server that starts would time the test out)."""

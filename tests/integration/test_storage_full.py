@@ -27,6 +27,8 @@ from tests.conftest import ServerProcess, spawn_server
 from tests.dicomgen import ct_instance
 from tests.upsgen import workitem
 
+pytestmark = pytest.mark.slow
+
 KIB = 1024
 DISK = "4m"
 OUT_OF_RESOURCES = 0xA700

@@ -157,6 +157,7 @@ def _uploads_of(archived: Archived) -> Callable[[], int]:
     return lambda: len(archived.uploads)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_cancelled_streams_leave_no_upload_and_no_descriptor(archived: Archived) -> None:
     baseline = archived.fds()
@@ -167,6 +168,7 @@ def test_cancelled_streams_leave_no_upload_and_no_descriptor(archived: Archived)
     _assert_nothing_left(archived, baseline)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_streams_past_their_deadline_leave_nothing(archived: Archived) -> None:
     baseline = archived.fds()
@@ -177,6 +179,7 @@ def test_streams_past_their_deadline_leave_nothing(archived: Archived) -> None:
     _assert_nothing_left(archived, baseline)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_an_oversized_message_leaves_nothing(archived: Archived) -> None:
     baseline = archived.fds()
@@ -202,6 +205,7 @@ def _part(data: bytes) -> bytes:
     return f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode() + data
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_stow_bodies_cut_off_inside_a_part_leave_nothing(archived: Archived) -> None:
     baseline = archived.fds()
@@ -221,6 +225,7 @@ def test_stow_bodies_cut_off_inside_a_part_leave_nothing(archived: Archived) -> 
     _assert_nothing_left(archived, baseline)
 
 
+@pytest.mark.slow
 def test_stow_bodies_malformed_midway_store_the_parts_before(archived: Archived) -> None:
     baseline = archived.fds()
     for _ in range(10):
@@ -250,6 +255,7 @@ def _blob_files(data: Path) -> set[str]:
     return {f.stem for f in (data / "blobs").glob("*/*.dcm")}
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_server_stopping_mid_stream_leaves_nothing(tmp_path: Path) -> None:
     data = tmp_path / "data"

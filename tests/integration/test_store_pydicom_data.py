@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 
 import pydicom.data
+import pytest
 from pydicom import dcmread
 
 from dicomrpc import Client
@@ -203,6 +204,7 @@ EXPECTED: dict[str, tuple[str, int]] = {
 }
 
 
+@pytest.mark.slow
 def test_every_pydicom_file_gets_its_expected_outcome(
     server: RunningServer, client: Client
 ) -> None:

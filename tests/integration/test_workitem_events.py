@@ -200,6 +200,7 @@ def test_since_zero_replays_every_event_as_the_change_feed_does(
     everything.close()
 
 
+@pytest.mark.slow
 def test_a_stalled_subscriber_is_ended_and_holds_nothing_up(tmp_path: Path) -> None:
     running = start_server(tmp_path / "data", subscriber_queue=64)
     try:

@@ -282,6 +282,7 @@ def test_canceled_needs_a_discontinuation_reason(shared: Client) -> None:
 # -- locking under races ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_sixteen_performers_racing_one_wins_fifty_times(shared: Client) -> None:
     performers = 16
     with ThreadPoolExecutor(performers) as pool:

@@ -308,7 +308,7 @@ class ChangeFeedEntry(_message.Message):
     SERIES_INSTANCE_UID_FIELD_NUMBER: _builtins.int
     SOP_INSTANCE_UID_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
-    TIME_FIELD_NUMBER: _builtins.int
+    COMMIT_TIME_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """The entry's sequence number: 1, 2, 3, ... in commit order."""
@@ -325,7 +325,7 @@ class ChangeFeedEntry(_message.Message):
     state: Global___ChangeState.ValueType
     """Whether the instance is still as this entry left it."""
     @_builtins.property
-    def time(self) -> _timestamp_pb2.Timestamp:
+    def commit_time(self) -> _timestamp_pb2.Timestamp:
         """When the change was committed."""
 
     def __init__(
@@ -337,12 +337,12 @@ class ChangeFeedEntry(_message.Message):
         series_instance_uid: _builtins.str = ...,
         sop_instance_uid: _builtins.str = ...,
         version: _builtins.int = ...,
-        time: _timestamp_pb2.Timestamp | None = ...,
+        commit_time: _timestamp_pb2.Timestamp | None = ...,
         state: Global___ChangeState.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["commit_time", b"commit_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "sequence", b"sequence", "series_instance_uid", b"series_instance_uid", "sop_instance_uid", b"sop_instance_uid", "state", b"state", "study_instance_uid", b"study_instance_uid", "time", b"time", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "commit_time", b"commit_time", "sequence", b"sequence", "series_instance_uid", b"series_instance_uid", "sop_instance_uid", b"sop_instance_uid", "state", b"state", "study_instance_uid", b"study_instance_uid", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -354,21 +354,23 @@ class ReadChangeFeedRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    OFFSET_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
-    offset: _builtins.int
-    """Return entries with a sequence number greater than this."""
+    since: _builtins.int
+    """Return entries with a sequence number greater than this (0: from the feed's start), as
+    WatchChangeFeedRequest.since does.
+    """
     limit: _builtins.int
     """The maximum number of entries; 0 means 100, at most 1000."""
     def __init__(
         self,
         *,
-        offset: _builtins.int = ...,
+        since: _builtins.int = ...,
         limit: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "offset", b"offset"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "since", b"since"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -533,7 +533,7 @@ class SubscribeWorkitemsResponse(_message.Message):
     WORKITEM_UID_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     EVENT_FIELD_NUMBER: _builtins.int
-    TIME_FIELD_NUMBER: _builtins.int
+    EVENT_TIME_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """The event's sequence number, increasing; pass it as `since` to resume."""
     type: Global___WorkitemEventType.ValueType
@@ -547,7 +547,7 @@ class SubscribeWorkitemsResponse(_message.Message):
         """The event's attributes (as in the UPS Event Report), without Transaction UID."""
 
     @_builtins.property
-    def time(self) -> _timestamp_pb2.Timestamp:
+    def event_time(self) -> _timestamp_pb2.Timestamp:
         """When the event happened."""
 
     def __init__(
@@ -558,11 +558,11 @@ class SubscribeWorkitemsResponse(_message.Message):
         workitem_uid: _builtins.str = ...,
         state: Global___WorkitemState.ValueType = ...,
         event: _dataset_pb2.Dataset | None = ...,
-        time: _timestamp_pb2.Timestamp | None = ...,
+        event_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "event_time", b"event_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "sequence", b"sequence", "state", b"state", "time", b"time", "type", b"type", "workitem_uid", b"workitem_uid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "event_time", b"event_time", "sequence", b"sequence", "state", b"state", "type", b"type", "workitem_uid", b"workitem_uid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -97,7 +97,7 @@ class ManagementServicer(management_service_pb2_grpc.ManagementServiceServicer):
     ) -> pb.ReadChangeFeedResponse:
         """Read a page of the change feed."""
         try:
-            entries = self._feed.read(request.offset, request.limit)
+            entries = self._feed.read(request.since, request.limit)
         except ServiceError as error:
             await abort(context, error)
         return pb.ReadChangeFeedResponse(entries=[change_entry(e) for e in entries])
@@ -235,7 +235,7 @@ def change_entry(change: Change) -> pb.ChangeFeedEntry:
         version=change.version,
         state=_STATES[change.state],
     )
-    entry.time.FromMicroseconds(change.time_us)
+    entry.commit_time.FromMicroseconds(change.time_us)
     return entry
 
 

@@ -73,8 +73,8 @@ def event_record(event: pb.SubscribeWorkitemsResponse) -> WorkitemEventRecord:
         state=_STATES.get(event.state, WorkitemStepState.WORKITEM_STEP_STATE_UNSPECIFIED),
     )
     record.attributes.CopyFrom(event.event)
-    if event.HasField("time"):
-        record.time.CopyFrom(event.time)
+    if event.HasField("event_time"):
+        record.time.CopyFrom(event.event_time)
     return record
 
 
@@ -88,7 +88,7 @@ def event_message(record: WorkitemEventRecord) -> pb.SubscribeWorkitemsResponse:
     )
     event.event.CopyFrom(record.attributes)
     if record.HasField("time"):
-        event.time.CopyFrom(record.time)
+        event.event_time.CopyFrom(record.time)
     return event
 
 

@@ -367,7 +367,7 @@ def _event(
     event = pb.SubscribeWorkitemsResponse(
         type=kind, workitem_uid=uid, state=state_message(state_of(workitem))
     )
-    event.time.FromMicroseconds(time.time_ns() // 1000)
+    event.event_time.FromMicroseconds(time.time_ns() // 1000)
     event.event.CopyFrom(public(attributes))
     return event
 
