@@ -270,7 +270,11 @@ def metadata(responses: Iterable[pb.RetrieveMetadataResponse]) -> MetadataResult
 
 @dataclass(frozen=True)
 class SearchResult:
-    """One page of search results, and the token of the next page ("" at the end)."""
+    """One page of search results, and the token of the next page ("" at the end).
+
+    Every search answers one: studies, series, instances and workitems. Iterating it, or
+    ``len``, reads its ``datasets``.
+    """
 
     datasets: list[dataset_pb2.Dataset]
     next_page_token: str
