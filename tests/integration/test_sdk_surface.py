@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -30,6 +31,7 @@ from dicomrpc import (
     Watch,
     WorkitemEvent,
     WorkitemState,
+    http_pull,
 )
 from dicomrpc.workitem_templates import template
 from tests.conftest import RunningServer
@@ -233,3 +235,34 @@ def test_error_details_are_the_decoded_google_rpc_details(running: RunningServer
         assert invalid.value.field_violations == [
             (v.field, v.description) for v in bad.field_violations
         ]
+
+
+@pytest.mark.parametrize("http_retrieve", [True, False])
+def test_the_async_client_pulls_a_study_over_http_as_the_sync_one_does(
+    running: RunningServer,
+    stored: dict[str, tuple[str, str, str]],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    http_retrieve: bool,
+) -> None:
+    study, series, _ = stored["CT_small.dcm"]
+    pulled: list[str] = []
+    original = http_pull.open_body
+
+    def spy(url: str, tls: Any) -> http_pull.Body:
+        pulled.append(url)
+        return original(url, tls)
+
+    monkeypatch.setattr(http_pull, "open_body", spy)
+    with Client(running.target, http_retrieve=False) as client:
+        want = client.retrieve_study(study)
+
+    async def scenario() -> None:
+        async with AsyncClient(running.target, http_retrieve=http_retrieve) as aclient:
+            assert await aclient.retrieve_study(study) == want
+            assert await aclient.retrieve_series(study, series) == want
+            (path,) = await aclient.save_study(study, tmp_path)
+            assert path.read_bytes() == want[0].data
+
+    asyncio.run(scenario())
+    assert len(pulled) == (3 if http_retrieve else 0)
