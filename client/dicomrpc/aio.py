@@ -169,9 +169,11 @@ class AsyncClient:
         return _errors(self._retrieve_bytes[name](request))
 
     async def _pulled(self, study: str, series: str | None) -> Iterator[InstanceMessage] | None:
-        """The stored bytes over the HTTP gateway, or ``None`` (see ``Client._pulled``).
+        """The stored bytes of a study or series over the HTTP gateway, or ``None``.
 
-        The pull is the sync one, each read in a worker thread: one buffer at a time.
+        ``None`` when the server grants no URL or the gateway refuses it before the first
+        byte: the caller streams over gRPC. The pull is :mod:`dicomrpc.http_pull`'s, its
+        connection opened and each buffer read in a worker thread, one buffer at a time.
         """
         request = calls.retrieve_url_request(study, series, target_host(self.target))
         try:
