@@ -727,7 +727,7 @@ def verify_dicomrpc(
     with connect_grpc(target) as client:
         for study in studies:
             sizes = {p.stat().st_size for p in study.files}
-            got = client.retrieve(study.uid)
+            got = client.retrieve_study(study.uid)
             if len(got) != len(study.files) or {len(i.data) for i in got} - sizes:
                 problems.append(f"dicomrpc retrieve of the {study.label} study: sizes differ")
             meta = client.metadata(study.uid)
@@ -755,7 +755,7 @@ def verify_dicomrpc(
             if frame.transfer_syntax_uid != J2K or decode_j2k(frame.data, options) != native:
                 problems.append(f"dicomrpc frame {number} as J2K: does not decode to the native")
         study = studies[0]
-        got = client.retrieve(study.uid, transfer_syntax=J2K)
+        got = client.retrieve_study(study.uid, transfer_syntax=J2K)
         syntaxes = {i.transfer_syntax_uid for i in got}
         if len(got) != len(study.files) or syntaxes != {J2K}:
             problems.append(

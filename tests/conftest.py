@@ -145,13 +145,15 @@ def start_server(
 ) -> RunningServer:
     """Serve ``data_dir``; ``interceptors`` and ``middleware`` run inside the server's own.
 
-    DIMSE is served only when asked for (``dimse_port=0`` picks a free port).
+    DIMSE is served only when asked for (``dimse_port=0`` picks a free port); gRPC on a free
+    port unless ``grpc_port`` names one.
     """
+    overrides.setdefault("grpc_port", 0)
     overrides.setdefault("http_port", 0)
     overrides.setdefault("dimse_port", -1)
     if _SHARED_INDEX and "index" not in overrides and "blobs" not in overrides:
         overrides.update(_SHARED_INDEX[0](data_dir))
-    settings = Settings(data_dir=data_dir, grpc_port=0, **overrides)  # type: ignore[arg-type]
+    settings = Settings(data_dir=data_dir, **overrides)  # type: ignore[arg-type]
     archive = Archive(settings)
     loop = asyncio.new_event_loop()
     ready = threading.Event()

@@ -18,12 +18,25 @@ from dicomrpc.results import (
     ReindexStatus,
     StoreResult,
 )
-from dicomrpc.workitems import Workitem, WorkitemEvent, WorkitemResult, Workitems, WorkitemWatch
+from dicomrpc.retries import RetryPolicy
+from dicomrpc.retrieval import Frame, MetadataResult, RetrievedInstance, SearchResult
+from dicomrpc.watch import AsyncWatch, Watch
+from dicomrpc.workitems import (
+    AsyncWorkitems,
+    Workitem,
+    WorkitemEvent,
+    WorkitemResult,
+    Workitems,
+    WorkitemState,
+    WorkitemWatch,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AsyncClient",
+    "AsyncWatch",
+    "AsyncWorkitems",
     "AttributeWarning",
     "Capabilities",
     "Change",
@@ -31,14 +44,21 @@ __all__ = [
     "ClientConfig",
     "DicomRpcError",
     "DimsePeer",
+    "Frame",
     "InstanceResult",
+    "MetadataResult",
     "QueryTag",
     "ReindexStatus",
+    "RetrievedInstance",
+    "RetryPolicy",
+    "SearchResult",
     "StoreResult",
     "TlsConfig",
+    "Watch",
     "Workitem",
     "WorkitemEvent",
     "WorkitemResult",
+    "WorkitemState",
     "WorkitemWatch",
     "Workitems",
 ]

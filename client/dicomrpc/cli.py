@@ -409,16 +409,19 @@ def retrieve_command(args: argparse.Namespace) -> int:
     def progress(n: int) -> None:
         bar.update(n)
 
+    options = {"transfer_syntax": args.transfer_syntax, "allow_lossy": args.allow_lossy}
     with connect(args) as client:
-        paths = client.retrieve(
-            args.study,
-            args.series,
-            args.instance,
-            dest_dir=args.out,
-            transfer_syntax=args.transfer_syntax,
-            allow_lossy=args.allow_lossy,
-            on_bytes=progress,
-        )
+        if args.instance:
+            path = client.save_instance(
+                args.study, args.series or "", args.instance, args.out, **options, on_bytes=progress
+            )
+            paths = [path]
+        elif args.series:
+            paths = client.save_series(
+                args.study, args.series, args.out, **options, on_bytes=progress
+            )
+        else:
+            paths = client.save_study(args.study, args.out, **options, on_bytes=progress)
     bar.close()
     for path in paths:
         print(path)

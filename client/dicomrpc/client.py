@@ -12,7 +12,15 @@ from typing import Any, TypeVar
 
 import grpc
 
-from dicomrpc import http_pull, retrieval
+from dicomrpc import calls, http_pull, retrieval
+from dicomrpc.calls import (
+    FRAME_DATA,
+    INSTANCE_DATA,
+    RETRIEVE_BYTES,
+    RETRIEVE_SERVICE,
+    STORE_INSTANCES,
+    target_host,
+)
 from dicomrpc.credentials import TokenChannel, TokenProvider, TokenSource
 from dicomrpc.errors import DicomRpcError
 from dicomrpc.results import (
@@ -23,6 +31,7 @@ from dicomrpc.results import (
     ReindexStatus,
     StoreResult,
 )
+from dicomrpc.retries import RetryPolicy, service_config
 from dicomrpc.sources import DEFAULT_CHUNK, Item, Sources, iter_items, requests
 from dicomrpc.v1 import management_service_pb2 as mpb
 from dicomrpc.v1 import (
@@ -33,13 +42,11 @@ from dicomrpc.v1 import (
 from dicomrpc.v1 import retrieve_service_pb2 as rpb
 from dicomrpc.v1 import search_service_pb2 as spb
 from dicomrpc.v1 import store_service_pb2 as spb_store
+from dicomrpc.watch import Watch
 from dicomrpc.wire import chunk_or_message, serialize
 from dicomrpc.workitems import Workitems
 
-STORE_INSTANCES = "/dicomrpc.v1.StoreService/StoreInstances"
-RETRIEVE_SERVICE = "/dicomrpc.v1.RetrieveService"
-INSTANCE_DATA = rpb.RetrieveInstancesResponse.DATA_FIELD_NUMBER
-FRAME_DATA = rpb.RetrieveFramesResponse.DATA_FIELD_NUMBER
+__all__ = ["STORE_INSTANCES", "Client", "ClientConfig", "RetryPolicy", "TlsConfig", "target_host"]
 
 MAX_MESSAGE = 64 * 1024 * 1024
 T = TypeVar("T")
@@ -104,6 +111,13 @@ class ClientConfig:
         signed URL the gRPC API grants (see :mod:`dicomrpc.http_pull`): faster for large
         studies. The client streams over gRPC when the server offers no gateway or refuses
         the URL, and always when this is off (``DICOMRPC_HTTP_RETRIEVE=0``): one connection.
+    timeout
+        The deadline of every unary call, in seconds (``None``: none). A call's own
+        ``timeout`` can only make it shorter. Streams (store, retrieve, watches) have none.
+    retry
+        How idempotent calls (reads, searches, deletes by UID) are tried again when they
+        fail with UNAVAILABLE before an answer came; ``None``: never. A store or a workitem
+        change is never retried (see :mod:`dicomrpc.retries`).
     """
 
     chunk_size: int = DEFAULT_CHUNK
@@ -112,6 +126,8 @@ class ClientConfig:
     options: tuple[tuple[str, object], ...] = field(default_factory=tuple)
     token_provider: TokenProvider | None = None
     http_retrieve: bool = True
+    timeout: float | None = None
+    retry: RetryPolicy | None = field(default_factory=RetryPolicy)
 
     @classmethod
     def from_env(cls, **overrides: Any) -> ClientConfig:
@@ -139,12 +155,16 @@ class ClientConfig:
         return TokenSource(self.token, self.token_provider)
 
     def channel_options(self) -> list[tuple[str, object]]:
-        """The channel options: message limits, then the caller's."""
-        return [
+        """The channel options: message limits, deadlines and retries, then the caller's."""
+        options: list[tuple[str, object]] = [
             ("grpc.max_receive_message_length", MAX_MESSAGE),
             ("grpc.max_send_message_length", MAX_MESSAGE),
-            *self.options,
+            ("grpc.enable_retries", 1 if self.retry is not None else 0),
         ]
+        config = service_config(self.timeout, self.retry)
+        if config is not None:
+            options.append(("grpc.service_config", config))
+        return [*options, *self.options]
 
 
 class Client:
@@ -175,9 +195,7 @@ class Client:
         http_retrieve: bool | None = None,
     ) -> None:
         self.target = target
-        self.config = configured(config, token, token_provider, tls)
-        if http_retrieve is not None:
-            self.config = dataclasses.replace(self.config, http_retrieve=http_retrieve)
+        self.config = configured(config, token, token_provider, tls, http_retrieve)
         options = self.config.channel_options()
         tls = self.config.tls
         if tls is not None:
@@ -200,7 +218,7 @@ class Client:
                 request_serializer=serialize,
                 response_deserializer=chunked,
             )
-            for name in ("RetrieveStudy", "RetrieveSeries", "RetrieveInstance")
+            for name in RETRIEVE_BYTES
         }
         self._retrieve_frames = self.channel.unary_stream(
             f"{RETRIEVE_SERVICE}/RetrieveFrames",
@@ -231,6 +249,9 @@ class Client:
         timeout: float | None = None,
     ) -> StoreResult:
         """Store instances in one stream, reading each in chunks (never whole in memory).
+
+        A store is never retried: the server may have stored what it received before the
+        connection failed.
 
         Parameters
         ----------
@@ -263,59 +284,25 @@ class Client:
 
     # -- retrieve ---------------------------------------------------------------------------
 
-    def _by_scope(
-        self,
-        study: str,
-        series: str | None,
-        sop: str | None,
-        instance: tuple[Callable[..., Any], Callable[..., Any]],
-        series_level: tuple[Callable[..., Any], Callable[..., Any]],
-        study_level: tuple[Callable[..., Any], Callable[..., Any]],
-        **fields: Any,
-    ) -> Any:
-        """Call the instance, series or study variant of an RPC, whichever the UIDs name."""
-        if sop:
-            method, request = instance
-            uids = {"series_instance_uid": series or "", "sop_instance_uid": sop}
-        elif series:
-            method, request = series_level
-            uids = {"series_instance_uid": series}
-        else:
-            method, request = study_level
-            uids = {}
-        return method(request(study_instance_uid=study, **uids, **fields))
-
     def _instance_stream(
         self,
         study: str,
         series: str | None,
         sop: str | None,
         transfer_syntax: str,
-        allow_lossy: bool = False,
+        allow_lossy: bool,
     ) -> Iterator[rpb.RetrieveInstancesResponse | memoryview]:
-        if self.config.http_retrieve and transfer_syntax in ("", "*") and not sop:
-            pulled = self._pulled(study, series or "")
+        if calls.pulls_over_http(self.config.http_retrieve, transfer_syntax, sop):
+            pulled = self._pulled(study, series)
             if pulled is not None:
                 return pulled
-        options = rpb.TransferOptions(
-            transfer_syntax_uid=transfer_syntax,
-            allow_lossy=allow_lossy,
-            chunk_size=self.config.chunk_size,
+        name, request = calls.instances_request(
+            study, series, sop, transfer_syntax, allow_lossy, self.config.chunk_size
         )
-        return _errors(
-            self._by_scope(
-                study,
-                series,
-                sop,
-                (self._retrieve_bytes["RetrieveInstance"], rpb.RetrieveInstanceRequest),
-                (self._retrieve_bytes["RetrieveSeries"], rpb.RetrieveSeriesRequest),
-                (self._retrieve_bytes["RetrieveStudy"], rpb.RetrieveStudyRequest),
-                options=options,
-            )
-        )
+        return _errors(self._retrieve_bytes[name](request))
 
     def _pulled(
-        self, study: str, series: str
+        self, study: str, series: str | None
     ) -> Iterator[rpb.RetrieveInstancesResponse | memoryview] | None:
         """The stored bytes of a study or series over the HTTP gateway, or ``None``.
 
@@ -323,9 +310,7 @@ class Client:
         the gateway refuses it before the first byte: the caller streams over gRPC, which
         answers with the server's own error if there is one.
         """
-        request = rpb.GetRetrieveUrlRequest(
-            study_instance_uid=study, series_instance_uid=series, host=target_host(self.target)
-        )
+        request = calls.retrieve_url_request(study, series, target_host(self.target))
         try:
             granted = self._retrieve.GetRetrieveUrl(request)
             body = http_pull.open_body(granted.url, self.config.tls)
@@ -351,33 +336,102 @@ class Client:
             self._instance_stream(study, series, sop, transfer_syntax, allow_lossy)
         )
 
-    def retrieve(
+    def retrieve_study(
+        self, study: str, *, transfer_syntax: str = "*", allow_lossy: bool = False
+    ) -> list[retrieval.RetrievedInstance]:
+        """Every instance of a study, in memory (:meth:`iter_instances` streams them)."""
+        return list(
+            self.iter_instances(study, transfer_syntax=transfer_syntax, allow_lossy=allow_lossy)
+        )
+
+    def retrieve_series(
+        self, study: str, series: str, *, transfer_syntax: str = "*", allow_lossy: bool = False
+    ) -> list[retrieval.RetrievedInstance]:
+        """Every instance of a series, in memory (:meth:`iter_instances` streams them)."""
+        return list(
+            self.iter_instances(
+                study, series, transfer_syntax=transfer_syntax, allow_lossy=allow_lossy
+            )
+        )
+
+    def retrieve_instance(
         self,
         study: str,
-        series: str | None = None,
-        sop: str | None = None,
-        dest_dir: str | os.PathLike[str] | None = None,
+        series: str,
+        sop: str,
+        *,
+        transfer_syntax: str = "*",
+        allow_lossy: bool = False,
+    ) -> retrieval.RetrievedInstance:
+        """One instance, in memory.
+
+        Raises
+        ------
+        DicomRpcError
+            NOT_FOUND when there is no such instance.
+        """
+        found = self.iter_instances(
+            study, series, sop, transfer_syntax=transfer_syntax, allow_lossy=allow_lossy
+        )
+        return calls.only_instance(list(found), sop)
+
+    def _save(
+        self,
+        study: str,
+        series: str | None,
+        sop: str | None,
+        dest_dir: str | os.PathLike[str],
+        transfer_syntax: str,
+        allow_lossy: bool,
+        on_bytes: Callable[[int], None] | None,
+    ) -> list[Path]:
+        stream = self._instance_stream(study, series, sop, transfer_syntax, allow_lossy)
+        return list(retrieval.save(stream, Path(dest_dir), on_bytes))
+
+    def save_study(
+        self,
+        study: str,
+        dest_dir: str | os.PathLike[str],
         *,
         transfer_syntax: str = "*",
         allow_lossy: bool = False,
         on_bytes: Callable[[int], None] | None = None,
-    ) -> list[retrieval.RetrievedInstance] | list[Path]:
-        """Retrieve a study, series or instance: into memory, or to ``dest_dir`` chunk by chunk.
+    ) -> list[Path]:
+        """Write a study as ``<study>/<series>/<sop>.dcm`` files under ``dest_dir``.
 
-        With ``dest_dir`` the files are written as ``<study>/<series>/<sop>.dcm`` under it
-        (memory stays bounded whatever the size) and their paths returned; ``on_bytes`` is
-        called with the size of each chunk written, for progress.
+        Written chunk by chunk as received, so memory stays bounded whatever the size;
+        ``on_bytes`` is called with the size of each chunk written, for progress. Returns
+        the files' paths.
         """
-        stream = self._instance_stream(study, series, sop, transfer_syntax, allow_lossy)
-        if dest_dir is None:
-            return list(retrieval.instances(stream))
-        return list(retrieval.save(stream, Path(dest_dir), on_bytes))
+        return self._save(study, None, None, dest_dir, transfer_syntax, allow_lossy, on_bytes)
 
-    def retrieve_study(
-        self, study: str, dest_dir: str | os.PathLike[str] | None = None
-    ) -> list[retrieval.RetrievedInstance] | list[Path]:
-        """Retrieve a whole study (see :meth:`retrieve`)."""
-        return self.retrieve(study, dest_dir=dest_dir)
+    def save_series(
+        self,
+        study: str,
+        series: str,
+        dest_dir: str | os.PathLike[str],
+        *,
+        transfer_syntax: str = "*",
+        allow_lossy: bool = False,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> list[Path]:
+        """Write a series as files under ``dest_dir`` (see :meth:`save_study`)."""
+        return self._save(study, series, None, dest_dir, transfer_syntax, allow_lossy, on_bytes)
+
+    def save_instance(
+        self,
+        study: str,
+        series: str,
+        sop: str,
+        dest_dir: str | os.PathLike[str],
+        *,
+        transfer_syntax: str = "*",
+        allow_lossy: bool = False,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> Path:
+        """Write one instance as a file under ``dest_dir`` (see :meth:`save_study`)."""
+        paths = self._save(study, series, sop, dest_dir, transfer_syntax, allow_lossy, on_bytes)
+        return calls.only_instance(paths, sop)
 
     def frames(
         self,
@@ -394,17 +448,8 @@ class Client:
         ``"*"`` returns each frame as stored (the compressed bitstream of an encapsulated
         instance); a native syntax returns decoded raw pixel bytes; another syntax re-encodes.
         """
-        request = rpb.RetrieveFramesRequest(
-            study_instance_uid=study,
-            series_instance_uid=series,
-            sop_instance_uid=sop,
-            frame_numbers=list(numbers),
-            options=rpb.TransferOptions(
-                transfer_syntax_uid=transfer_syntax, allow_lossy=allow_lossy
-            ),
-        )
-        stream = self._retrieve_frames(request)
-        return list(retrieval.frames(_errors(stream)))
+        request = calls.frames_request(study, series, sop, numbers, transfer_syntax, allow_lossy)
+        return list(retrieval.frames(_errors(self._retrieve_frames(request))))
 
     def metadata(
         self,
@@ -420,16 +465,8 @@ class Client:
         With the ETag of an earlier answer as ``if_none_match``, an unchanged resource answers
         ``not_modified`` and no datasets.
         """
-        stream = self._by_scope(
-            study,
-            series,
-            sop,
-            (self._retrieve.RetrieveInstanceMetadata, rpb.RetrieveInstanceMetadataRequest),
-            (self._retrieve.RetrieveSeriesMetadata, rpb.RetrieveSeriesMetadataRequest),
-            (self._retrieve.RetrieveStudyMetadata, rpb.RetrieveStudyMetadataRequest),
-            if_none_match=if_none_match,
-        )
-        return retrieval.metadata(_errors(stream))
+        name, request = calls.metadata_request(study, series, sop, if_none_match)
+        return retrieval.metadata(_errors(getattr(self._retrieve, name)(request)))
 
     def rendered(
         self,
@@ -447,44 +484,13 @@ class Client:
 
         The modality LUT and the stored window (or ``window`` = (center, width)) are applied.
         """
-        request = rpb.RetrieveRenderedRequest(
-            study_instance_uid=study,
-            series_instance_uid=series,
-            sop_instance_uid=sop,
-            frame_number=frame,
-            format=rpb.RENDERED_FORMAT_PNG
-            if media_type == "image/png"
-            else rpb.RENDERED_FORMAT_JPEG,
-            quality=quality,
-            max_size=max_size,
+        request = calls.rendered_request(
+            study, series, sop, frame, media_type, quality, window, max_size
         )
-        if window is not None:
-            request.window.center, request.window.width = window
         parts = list(_errors(self._retrieve.RetrieveRendered(request)))
-        return (parts[0].media_type if parts else media_type), b"".join(p.data for p in parts)
+        return calls.rendered_result(parts, media_type)
 
     # -- search ---------------------------------------------------------------------------
-
-    @staticmethod
-    def _query(
-        match: Mapping[str, str] | None,
-        terms: Mapping[str, str],
-        fuzzy: bool,
-        include: Iterable[str],
-        limit: int,
-        offset: int,
-        page_size: int,
-        page_token: str,
-    ) -> spb.SearchQuery:
-        return spb.SearchQuery(
-            match={**(match or {}), **terms},
-            include_fields=list(include),
-            fuzzy_matching=fuzzy,
-            limit=limit,
-            offset=offset,
-            page_size=page_size,
-            page_token=page_token,
-        )
 
     def search_studies(
         self,
@@ -503,11 +509,11 @@ class Client:
         Match terms are keywords or 8-hex tags with DICOM matching values (wildcards, UID
         lists, date ranges, "" for universal matching).
         """
-        query = self._query(match, terms, fuzzy, include, limit, offset, page_size, page_token)
-        response: spb.SearchStudiesResponse = self._unary(
-            self._search.SearchStudies, spb.SearchStudiesRequest(query=query)
+        query = calls.search_query(
+            match, terms, fuzzy, include, limit, offset, page_size, page_token
         )
-        return retrieval.SearchResult(list(response.results), response.next_page_token)
+        request = spb.SearchStudiesRequest(query=query)
+        return calls.search_result(self._unary(self._search.SearchStudies, request))
 
     def search_series(
         self,
@@ -523,10 +529,11 @@ class Client:
         **terms: str,
     ) -> retrieval.SearchResult:
         """Search series, in every study or in ``study``."""
-        query = self._query(match, terms, fuzzy, include, limit, offset, page_size, page_token)
+        query = calls.search_query(
+            match, terms, fuzzy, include, limit, offset, page_size, page_token
+        )
         request = spb.SearchSeriesRequest(study_instance_uid=study, query=query)
-        response: spb.SearchSeriesResponse = self._unary(self._search.SearchSeries, request)
-        return retrieval.SearchResult(list(response.results), response.next_page_token)
+        return calls.search_result(self._unary(self._search.SearchSeries, request))
 
     def search_instances(
         self,
@@ -543,12 +550,13 @@ class Client:
         **terms: str,
     ) -> retrieval.SearchResult:
         """Search instances, everywhere, in ``study`` or in ``study``/``series``."""
-        query = self._query(match, terms, fuzzy, include, limit, offset, page_size, page_token)
+        query = calls.search_query(
+            match, terms, fuzzy, include, limit, offset, page_size, page_token
+        )
         request = spb.SearchInstancesRequest(
             study_instance_uid=study, series_instance_uid=series, query=query
         )
-        response: spb.SearchInstancesResponse = self._unary(self._search.SearchInstances, request)
-        return retrieval.SearchResult(list(response.results), response.next_page_token)
+        return calls.search_result(self._unary(self._search.SearchInstances, request))
 
     # -- delete and change feed ----------------------------------------------------------
 
@@ -589,14 +597,14 @@ class Client:
         response = self._unary(self._management.GetLatestChange, mpb.GetLatestChangeRequest())
         return Change.from_message(response.entry) if response.HasField("entry") else None
 
-    def watch_changes(self, since: int = 0) -> Iterator[Change]:
-        """Every change after ``since``, then each new one as it happens (until closed)."""
-        stream = self._management.WatchChangeFeed(mpb.WatchChangeFeedRequest(since=since))
-        try:
-            for message in _errors(stream):
-                yield Change.from_message(message.entry)
-        finally:
-            stream.cancel()
+    def watch_changes(self, since: int = 0) -> Watch[Change]:
+        """Every change after ``since``, then each new one as it happens, until closed.
+
+        The handle is the one of :meth:`Workitems.watch`: iterate it, and close it (or leave
+        its ``with`` block) to stop.
+        """
+        call = self._management.WatchChangeFeed(mpb.WatchChangeFeedRequest(since=since))
+        return Watch(call, calls.change_of)
 
     def dimse_peers(self) -> list[DimsePeer]:
         """The DIMSE peers the archive's C-MOVE may send to, by name."""
@@ -618,11 +626,8 @@ class Client:
 
     def capabilities(self) -> Capabilities:
         """What the server supports: storable syntaxes, transcodings and limits."""
-        try:
-            response = self._management.GetCapabilities(mpb.GetCapabilitiesRequest())
-        except grpc.RpcError as error:
-            raise DicomRpcError.from_rpc_error(error) from None
-        return Capabilities.from_message(response)
+        request = mpb.GetCapabilitiesRequest()
+        return Capabilities.from_message(self._unary(self._management.GetCapabilities, request))
 
     # -- extended query tags -------------------------------------------------------------------
 
@@ -643,18 +648,7 @@ class Client:
 
         The tags are searchable once the operation is done: see :meth:`wait_for_reindex`.
         """
-        request = mpb.AddExtendedQueryTagsRequest()
-        for tag in tags:
-            spec = {"tag": tag} if isinstance(tag, str) else dict(tag)
-            unknown = set(spec) - {"tag", "vr", "level", "private_creator"}
-            if unknown:
-                raise ValueError(f"unknown query tag fields {sorted(unknown)}")
-            request.tags.add(
-                tag=spec["tag"],
-                vr=spec.get("vr", ""),
-                private_creator=spec.get("private_creator", ""),
-                level=_query_tag_level(spec.get("level", level)),
-            )
+        request = calls.query_tags_request(tags, level)
         response = self._unary(self._management.AddExtendedQueryTags, request)
         return [QueryTag.from_message(t) for t in response.tags], response.operation_id
 
@@ -698,8 +692,7 @@ class Client:
                 on_status(status)
             if status.done:
                 return status
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"re-indexing {operation_id} is not done after {timeout_s} s")
+            calls.check_reindex_deadline(operation_id, deadline, timeout_s)
             time.sleep(poll_s)
 
 
@@ -708,40 +701,18 @@ def configured(
     token: str | None,
     token_provider: TokenProvider | None,
     tls: TlsConfig | None,
+    http_retrieve: bool | None = None,
 ) -> ClientConfig:
-    """``config`` (default: none) with the credentials given beside it in their place."""
+    """``config`` (default: none) with the settings given beside it in their place."""
     config = config or ClientConfig()
     overrides: dict[str, Any] = {}
     if token is not None or token_provider is not None:
         overrides.update(token=token, token_provider=token_provider)
     if tls is not None:
         overrides["tls"] = tls
+    if http_retrieve is not None:
+        overrides["http_retrieve"] = http_retrieve
     return dataclasses.replace(config, **overrides) if overrides else config
-
-
-_QUERY_TAG_LEVELS = {
-    "": mpb.QUERY_TAG_LEVEL_UNSPECIFIED,
-    "study": mpb.QUERY_TAG_LEVEL_STUDY,
-    "series": mpb.QUERY_TAG_LEVEL_SERIES,
-    "instance": mpb.QUERY_TAG_LEVEL_INSTANCE,
-}
-
-
-def _query_tag_level(level: str) -> mpb.QueryTagLevel.ValueType:
-    try:
-        return _QUERY_TAG_LEVELS[level.lower()]
-    except KeyError:
-        raise ValueError(f"level {level!r} is not study, series or instance") from None
-
-
-def target_host(target: str) -> str:
-    """The host of a gRPC target (``pacs.example:50051``, ``dns:///[::1]:50051``), or ``""``."""
-    address = target.removeprefix("dns:").lstrip("/")
-    if address.startswith("["):
-        return address[: address.find("]") + 1] if "]" in address else ""
-    if ":" in address and not address.startswith(("unix", "ipv4", "ipv6", "vsock")):
-        return address.rsplit(":", 1)[0]
-    return "" if ":" in address else address
 
 
 def _errors(stream: Iterable[T]) -> Iterator[T]:

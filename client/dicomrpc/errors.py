@@ -3,10 +3,27 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
+from google.protobuf import any_pb2
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+
+# The standard detail messages (google/rpc/error_details.proto), decoded when a status has them.
+_DETAIL_TYPES: tuple[Any, ...] = (
+    error_details_pb2.ErrorInfo,
+    error_details_pb2.BadRequest,
+    error_details_pb2.RetryInfo,
+    error_details_pb2.DebugInfo,
+    error_details_pb2.QuotaFailure,
+    error_details_pb2.PreconditionFailure,
+    error_details_pb2.RequestInfo,
+    error_details_pb2.ResourceInfo,
+    error_details_pb2.Help,
+    error_details_pb2.LocalizedMessage,
+)
 
 
 @dataclass
@@ -18,7 +35,7 @@ class DicomRpcError(Exception):
     code
         The gRPC status code.
     message
-        The server's explanation.
+        The server's explanation (what ``grpc.RpcError.details()`` gives).
     reason
         The stable reason (an ``ErrorReason`` name, e.g. ``"INSTANCE_ALREADY_EXISTS"``).
     dicom_status
@@ -27,6 +44,11 @@ class DicomRpcError(Exception):
         The error's dynamic values.
     field_violations
         ``(field, description)`` of each bad request field.
+    details
+        Every ``google.rpc`` detail message of the status, decoded (``ErrorInfo``,
+        ``BadRequest``, ``RetryInfo``...; one of a type the SDK does not know stays a
+        ``google.protobuf.Any``). ``reason``, ``metadata`` and ``field_violations`` are
+        read from these; the list is for the details they do not cover.
     """
 
     code: grpc.StatusCode
@@ -35,6 +57,7 @@ class DicomRpcError(Exception):
     dicom_status: int | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     field_violations: list[tuple[str, str]] = field(default_factory=list)
+    details: list[Message] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         super().__init__(self.message)
@@ -42,11 +65,6 @@ class DicomRpcError(Exception):
     def __str__(self) -> str:
         tail = f" [{self.reason}]" if self.reason else ""
         return f"{self.code.name}: {self.message}{tail}"
-
-    @property
-    def details(self) -> str:
-        """The server's explanation (as ``grpc.RpcError.details()`` would give it)."""
-        return self.message
 
     @classmethod
     def from_rpc_error(cls, error: grpc.RpcError) -> DicomRpcError:
@@ -59,18 +77,26 @@ class DicomRpcError(Exception):
             status = rpc_status.from_call(call)
         except (ValueError, AttributeError):
             status = None
-        if status is None:
-            return result
-        for detail in status.details:
-            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                info = error_details_pb2.ErrorInfo()
-                detail.Unpack(info)
-                result.reason = info.reason
-                result.metadata = dict(info.metadata)
-                if "dicom_status" in info.metadata:
-                    result.dicom_status = int(info.metadata["dicom_status"])
-            elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                bad = error_details_pb2.BadRequest()
-                detail.Unpack(bad)
-                result.field_violations = [(v.field, v.description) for v in bad.field_violations]
+        if status is not None:
+            result.details = [decode_detail(detail) for detail in status.details]
+        for detail in result.details:
+            if isinstance(detail, error_details_pb2.ErrorInfo):
+                result.reason = detail.reason
+                result.metadata = dict(detail.metadata)
+                if "dicom_status" in detail.metadata:
+                    result.dicom_status = int(detail.metadata["dicom_status"])
+            elif isinstance(detail, error_details_pb2.BadRequest):
+                result.field_violations = [
+                    (v.field, v.description) for v in detail.field_violations
+                ]
         return result
+
+
+def decode_detail(detail: any_pb2.Any) -> Message:
+    """The message packed in a status detail, or the ``Any`` itself for an unknown type."""
+    for message_type in _DETAIL_TYPES:
+        if detail.Is(message_type.DESCRIPTOR):
+            message: Message = message_type()
+            detail.Unpack(message)
+            return message
+    return detail

@@ -186,7 +186,7 @@ def _search(client: Client, args: argparse.Namespace) -> None:
         limit=args.limit,
         offset=args.offset,
     )
-    rows = [to_json(r) for r in results]
+    rows = [to_json(r) for r in results.datasets]
     if args.json:
         print(json.dumps(rows, indent=1))
         return

@@ -259,7 +259,7 @@ def grpc_calls(server: RunningServer, study: str, tmp_path: Path) -> dict[str, s
     with Client(server.target, http_retrieve=False) as client:
         result = client.store([ct_instance(study, sop=sop) for sop in sops])
         assert len(result.stored) == 2
-        client.retrieve(study, dest_dir=tmp_path / "grpc-retrieved")
+        client.save_study(study, tmp_path / "grpc-retrieved")
         client.metadata(study)
         client.search_studies({"PatientID": "PAT-1"})
         with pytest.raises(DicomRpcError) as missing:

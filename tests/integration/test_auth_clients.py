@@ -94,8 +94,13 @@ def test_a_response_stream_refused_before_its_first_message_is_made_again(
         assert len(handed) == 2
     provide, handed = provider_of(STRANGER.token(EVERY), ISSUER_KEY.token(EVERY))
     with Client(secured.target, token_provider=provide) as client:
-        instances = client.retrieve(study)
+        instances = client.retrieve_study(study)
         assert len(instances) == 1 and len(handed) == 2
+    provide, handed = provider_of(STRANGER.token(EVERY), ISSUER_KEY.token(EVERY))
+    with Client(secured.target, token_provider=provide) as client:
+        with client.watch_changes(0) as changes:  # the watch handle over the remade stream
+            assert next(changes).sequence == 1
+        assert list(changes) == [] and len(handed) == 2
 
 
 def test_a_refused_store_stream_draws_a_new_token_for_the_next_call(
@@ -121,7 +126,13 @@ def test_the_async_client_takes_tokens_and_async_providers(secured: RunningServe
 
     async def scenario() -> None:
         async with AsyncClient(secured.target, token=ISSUER_KEY.token(EVERY)) as client:
-            assert len((await client.store([ct_instance()])).stored) == 1
+            stored = await client.store([ct_instance()])
+            assert len(stored.stored) == 1
+            study = stored.stored[0].study_instance_uid
+            # Streams carry the token too: a retrieve, and a watch read through its handle.
+            assert len(await client.retrieve_study(study)) == 1
+            async with client.watch_changes(0) as changes:
+                assert (await anext(changes)).sequence == 1
         async with AsyncClient(secured.target) as client:
             with pytest.raises(DicomRpcError) as refused:
                 await client.store([ct_instance()])

@@ -223,7 +223,7 @@ def test_a_caller_without_read_learns_nothing_about_what_exists(secured: Secured
                 writer.metadata(uid)
             answers.append((refused.value.code, refused.value.message, refused.value.metadata))
             with pytest.raises(DicomRpcError) as refused:
-                writer.retrieve(uid)
+                writer.retrieve_study(uid)
             answers.append((refused.value.code, refused.value.message, refused.value.metadata))
         assert answers[0] == answers[2] and answers[1] == answers[3]
         assert answers[0][0] == grpc.StatusCode.PERMISSION_DENIED

@@ -106,8 +106,8 @@ def test_a_deflate_bomb_within_the_limit_is_stored_with_bounded_memory(
     assert result.outcome == "stored", result.failure_message
     assert _growth(before, after) < 100 * MIB
     assert list(server.archive.blobs.uploads_dir.iterdir()) == []
-    (instance,) = client.retrieve(*_uids(result))
-    assert instance.data[128:] == bomb[128:]  # type: ignore[union-attr]
+    instance = client.retrieve_instance(*_uids(result))
+    assert instance.data[128:] == bomb[128:]
 
 
 # -- the Image Pixel module against the Pixel Data -----------------------------------------
@@ -258,7 +258,7 @@ def test_a_forged_jpeg_2000_size_is_refused_before_any_codec_sees_it(
     for call in (
         lambda: client.frames(*uids, [1], transfer_syntax=EXPLICIT_LE),
         lambda: client.rendered(*uids),
-        lambda: client.retrieve(*uids, transfer_syntax=EXPLICIT_LE),
+        lambda: client.retrieve_instance(*uids, transfer_syntax=EXPLICIT_LE),
     ):
         with pytest.raises(DicomRpcError) as caught:
             call()
@@ -330,7 +330,7 @@ def test_a_slow_transcode_never_holds_up_a_store(client: Client) -> None:
     small = _store_one(client, one_kib_instance())
     client.rendered(*_uids(small))  # the codec workers are up
     before = _cpu()
-    transcode = _Call(lambda: client.retrieve(*uids, transfer_syntax=J2K_LOSSLESS))
+    transcode = _Call(lambda: client.retrieve_instance(*uids, transfer_syntax=J2K_LOSSLESS))
     transcode.start()
     while (busy := _busy_worker(before)) is None:
         assert transcode.is_alive(), transcode.error
@@ -360,7 +360,7 @@ def test_a_codec_job_past_the_time_limit_is_stopped_and_the_next_one_served(
         with Client(running.target) as client:
             uids = _big_image(client)
             small = _uids(_store_one(client, one_kib_instance()))
-            transcode = _Call(lambda: client.retrieve(*uids, transfer_syntax=J2K_LOSSLESS))
+            transcode = _Call(lambda: client.retrieve_instance(*uids, transfer_syntax=J2K_LOSSLESS))
             transcode.start()
             threading.Event().wait(0.5)  # the render below queues behind the transcode
             render = _Call(lambda: client.rendered(*small))

@@ -87,7 +87,7 @@ def test_a_study_comes_back_as_the_grpc_retrieve_returns_it(
     got, statuses, output = getscu(
         archive, tmp_path, {"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": study}
     )
-    expected = client.retrieve(study)
+    expected = client.retrieve_study(study)
     assert len(expected) > 1
     assert sorted(got) == sorted(i.sop_instance_uid for i in expected), output
     # One pending response per instance, counting down, then success.
@@ -112,7 +112,7 @@ def test_series_and_image_levels(archive: RunningServer, client: Client, tmp_pat
     study, series = str(first.StudyInstanceUID), str(first.SeriesInstanceUID)
     keys = {"QueryRetrieveLevel": "SERIES", "StudyInstanceUID": study}
     got, statuses, _ = getscu(archive, tmp_path / "series", {**keys, "SeriesInstanceUID": series})
-    expected = client.retrieve(study, series)
+    expected = client.retrieve_series(study, series)
     assert sorted(got) == sorted(i.sop_instance_uid for i in expected)
     assert statuses[-1] == 0x0000
     sop = str(first.SOPInstanceUID)
@@ -148,7 +148,7 @@ def test_a_syntax_the_requester_accepts_is_sent_as_stored(
     (mine,) = got.values()
     assert statuses[-1] == 0x0000
     assert mine.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
-    (reference,) = client.retrieve(
+    reference = client.retrieve_instance(
         str(stored.StudyInstanceUID),
         str(stored.SeriesInstanceUID),
         str(stored.SOPInstanceUID),
@@ -214,6 +214,6 @@ def test_patient_level_retrieves_every_study_of_the_patient(
         str(ds.StudyInstanceUID)
         for ds in map(to_pydicom, client.search_studies(PatientID=patient).datasets)
     }
-    expected = {i.sop_instance_uid for study in studies for i in client.retrieve(study)}
+    expected = {i.sop_instance_uid for study in studies for i in client.retrieve_study(study)}
     assert len(studies) > 1 and len(expected) == len(STUDY_FILES), result.stdout
     assert {str(_read(p).SOPInstanceUID) for p in out.iterdir()} == expected

@@ -79,7 +79,7 @@ def test_a_study_arrives_at_the_destination_as_the_grpc_retrieve_returns_it(
         archive, "DEST", {"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": study}
     )
     with Client(archive.target) as client:
-        expected = client.retrieve(study)
+        expected = client.retrieve_study(study)
     assert len(expected) > 1
     assert statuses == [0xFF00] * len(expected) + [0x0000], output
     received = {str(_read(p).SOPInstanceUID): p for p in destination.folder.iterdir()}

@@ -211,7 +211,7 @@ def test_associations_store_side_by_side(archive: RunningServer, tmp_path: Path)
         assert dcmtk.statuses(output) == [0x0000] * 15, output[-2000:]
     assert archive.archive.index.counts().instances == before + 60
     with Client(archive.target) as client:
-        assert len(client.retrieve(study)) == 60
+        assert len(client.retrieve_study(study)) == 60
 
 
 @pytest.mark.slow
@@ -244,7 +244,7 @@ def test_a_large_instance_is_stored_byte_for_byte(archive: RunningServer, tmp_pa
     assert dcmtk.statuses(result.stdout) == [0x0000]
     sent = dcmread(path)
     with Client(archive.target) as client:
-        (got,) = client.retrieve(
+        got = client.retrieve_instance(
             str(sent.StudyInstanceUID), str(sent.SeriesInstanceUID), str(sent.SOPInstanceUID)
         )
     # Everything after the File Meta Information is what storescu read from the file.

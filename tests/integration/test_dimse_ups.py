@@ -109,7 +109,7 @@ def test_created_over_dimse_is_read_over_grpc(assoc: Association, client: Client
     assert status_of(answer) == 0x0000
     got = client.workitems.get(uid)
     assert got.state == "SCHEDULED"
-    assert client.workitems.search(PatientID="D-1", include=["all"]) == [got.dataset]
+    assert client.workitems.search(PatientID="D-1", include=["all"]).datasets == [got.dataset]
 
     # Without an Affected SOP Instance UID the archive makes one and answers it.
     answered: list[str] = []

@@ -52,7 +52,7 @@ def test_delete_instance_series_study(server: RunningServer, client: Client) -> 
     assert (record.instance_count, record.series_count) == (5, 2)
     assert dict(record.modality_counts) == {"CT": 5}
     with pytest.raises(DicomRpcError) as caught:
-        client.retrieve(study, s1, sops[0])
+        client.retrieve_instance(study, s1, sops[0])
     assert caught.value.code == grpc.StatusCode.NOT_FOUND
     assert index.term_entries(Level.INSTANCE, 0x00080018, EXACT + sops[0].encode()) == []
 
@@ -69,7 +69,7 @@ def test_delete_instance_series_study(server: RunningServer, client: Client) -> 
     assert index.term_entries(Level.STUDY, 0x0020000D, EXACT + study.encode()) == []
     assert index.term_entries(Level.STUDY, 0x00080061, EXACT + b"CT") == []
     assert index.counts().instances == 0 and _files(server) == 0
-    for call in (lambda: client.retrieve(study), lambda: client.metadata(study)):
+    for call in (lambda: client.retrieve_study(study), lambda: client.metadata(study)):
         with pytest.raises(DicomRpcError) as caught:
             call()
         assert caught.value.code == grpc.StatusCode.NOT_FOUND
@@ -281,9 +281,9 @@ def test_sigkill_between_commit_and_file_removal_then_restart_leaves_no_orphan(
             assert [s["0020000D"]["Value"] for s in found] == [[other]]
             assert client.search_instances(study=study).datasets == []
             with pytest.raises(DicomRpcError) as caught:
-                client.retrieve(study)
+                client.retrieve_study(study)
             assert caught.value.code == grpc.StatusCode.NOT_FOUND
-            kept = client.retrieve(other)
+            kept = client.retrieve_study(other)
             assert sorted(i.data[128:] for i in kept) == sorted(d[128:] for d in others)
             changes = []
             while batch := client.read_changes(changes[-1].sequence if changes else 0, 1000):

@@ -89,8 +89,8 @@ def test_the_limit_itself_is_stored_and_read_back_everywhere(
     assert response.status_code == 200
     (web,) = response.json()
     assert innermost(web, LIMIT)["00100010"] == leaf["00100010"]
-    (instance,) = client.retrieve(study)
-    assert instance.data == deepest  # type: ignore[union-attr]
+    (instance,) = client.retrieve_study(study)
+    assert instance.data == deepest
 
 
 def test_a_deep_search_attribute_is_returned_by_search(http: httpx.Client, client: Client) -> None:

@@ -59,9 +59,7 @@ with Client(target) as client:
     result = client.store([path])
     study = result.instances[0].study_instance_uid
     found = client.search_studies(StudyInstanceUID=study).as_json()
-    saved = client.save_study(study, out) if hasattr(client, "save_study") else client.retrieve(
-        study, dest_dir=out
-    )
+    saved = client.save_study(study, out)
 print(json.dumps({
     "outcome": result.instances[0].outcome,
     "study": study,

@@ -125,7 +125,7 @@ def test_two_processes_serve_one_archive_on_one_port(
     assert [r.outcome for r in result.instances] == ["stored"]
     stored = result.instances[0]
     # Through the other process: the same bytes, the same search, the same feed.
-    (back,) = b.retrieve(
+    back = b.retrieve_instance(
         stored.study_instance_uid, stored.series_instance_uid, stored.sop_instance_uid
     )
     assert isinstance(back, RetrievedInstance) and back.data[128:] == data[128:]
@@ -520,7 +520,7 @@ def test_a_group_on_s3_shares_the_bucket_and_settles_an_exited_process(
         payload = ct_instance(seed=900)
         stored = a.store([payload]).instances[0]
         assert stored.outcome == "stored"
-        (back,) = b.retrieve(
+        back = b.retrieve_instance(
             stored.study_instance_uid, stored.series_instance_uid, stored.sop_instance_uid
         )
         assert isinstance(back, RetrievedInstance) and back.data[128:] == payload[128:]

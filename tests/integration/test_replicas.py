@@ -107,7 +107,7 @@ def test_what_one_node_stores_the_other_reads_finds_and_deletes(
         result = on_a.store(_paths())
         assert all(r.outcome == "stored" for r in result.instances), result
         for path, r in zip(_paths(), result.instances, strict=True):
-            (instance,) = on_b.retrieve(
+            instance = on_b.retrieve_instance(
                 r.study_instance_uid, r.series_instance_uid, r.sop_instance_uid
             )
             assert instance.data == bytes(128) + path.read_bytes()[128:], path.name
@@ -368,7 +368,7 @@ def test_two_nodes_on_s3(tmp_path: Path, postgres_dsn: str, s3: S3Emulator) -> N
             result = on_a.store(_paths())
             assert all(r.outcome == "stored" for r in result.instances), result
             for path, r in zip(_paths(), result.instances, strict=True):
-                (instance,) = on_b.retrieve(
+                instance = on_b.retrieve_instance(
                     r.study_instance_uid, r.series_instance_uid, r.sop_instance_uid
                 )
                 assert instance.data == bytes(128) + path.read_bytes()[128:]

@@ -39,14 +39,14 @@ def test_every_stored_file_comes_back_byte_identical(client: Client) -> None:
     stored = _stored_pydicom_files(client)
     assert len(stored) > 100
     for path, r in stored:
-        (instance,) = client.retrieve(
+        instance = client.retrieve_instance(
             r.study_instance_uid,
             r.series_instance_uid,
             r.sop_instance_uid,  # type: ignore[attr-defined]
         )
         sent = path.read_bytes()
-        assert instance.data == bytes(128) + sent[128:], path.name  # type: ignore[union-attr]
-        assert instance.transfer_syntax_uid == r.transfer_syntax_uid  # type: ignore[attr-defined, union-attr]
+        assert instance.data == bytes(128) + sent[128:], path.name
+        assert instance.transfer_syntax_uid == r.transfer_syntax_uid  # type: ignore[attr-defined]
 
 
 @pytest.mark.slow
@@ -167,9 +167,13 @@ def test_frame_requests_are_limited(server: RunningServer, client: Client) -> No
 
 
 def test_missing_resources_are_not_found(client: Client) -> None:
-    for args in [(generate_uid(),), (generate_uid(), generate_uid())]:
+    missing = [
+        lambda: client.retrieve_study(generate_uid()),
+        lambda: client.retrieve_series(generate_uid(), generate_uid()),
+    ]
+    for call in missing:
         with pytest.raises(DicomRpcError) as caught:
-            client.retrieve(*args)
+            call()
         assert caught.value.code == grpc.StatusCode.NOT_FOUND
         assert caught.value.reason == "RESOURCE_NOT_FOUND"
     with pytest.raises(DicomRpcError) as caught:
@@ -190,7 +194,7 @@ def test_study_retrieve_to_disk_and_etag(client: Client, tmp_path: Path) -> None
     assert again.not_modified and again.etag == first.etag and not again.datasets
     assert client.metadata(study).etag == first.etag  # stable while nothing changes
 
-    paths = client.retrieve(study, dest_dir=tmp_path)
+    paths = client.save_study(study, tmp_path)
     assert len(paths) == 5
     assert sorted(Path(p).read_bytes()[128:] for p in paths) == sorted(s[128:] for s in sent)
 
@@ -306,7 +310,7 @@ def test_a_client_generated_from_the_protos_alone_stores_and_retrieves(
     chunks = [m.data for m in messages[1:]]
     assert all(m.WhichOneof("payload") == "data" for m in messages[1:]) and len(chunks) > 2
     assert b"".join(chunks)[128:] == data[128:]
-    (through_sdk,) = client.retrieve(study)
+    (through_sdk,) = client.retrieve_study(study)
     assert isinstance(through_sdk, RetrievedInstance) and through_sdk.data == b"".join(chunks)
 
 

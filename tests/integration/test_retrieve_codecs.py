@@ -59,10 +59,10 @@ def test_capabilities_are_the_servers_computed_matrix(client: Client) -> None:
 )
 def test_transcoded_instance_has_the_same_pixels(client: Client, name: str, target: str) -> None:
     uids = _store(client, name)
-    (instance,) = client.retrieve(*uids, transfer_syntax=target)
-    assert instance.transfer_syntax_uid == target  # type: ignore[union-attr]
+    instance = client.retrieve_instance(*uids, transfer_syntax=target)
+    assert instance.transfer_syntax_uid == target
     original = _pixels(Path(_path(name)).read_bytes())
-    assert np.array_equal(_pixels(instance.data), original)  # type: ignore[union-attr]
+    assert np.array_equal(_pixels(instance.data), original)
 
 
 @pytest.mark.slow
@@ -71,7 +71,7 @@ def test_lossy_target_needs_allow_lossy(client: Client) -> None:
     if JPEG_BASELINE not in capabilities().get(EXPLICIT_LE, []):
         pytest.skip("no JPEG baseline encoder installed")
     with pytest.raises(DicomRpcError) as caught:
-        client.retrieve(*uids, transfer_syntax=JPEG_BASELINE)
+        client.retrieve_instance(*uids, transfer_syntax=JPEG_BASELINE)
     assert caught.value.code == grpc.StatusCode.FAILED_PRECONDITION
     assert caught.value.reason == "TRANSFER_SYNTAX_UNSUPPORTED"
 
@@ -80,7 +80,7 @@ def test_lossy_target_needs_allow_lossy(client: Client) -> None:
 def test_unknown_target_fails_before_any_byte(client: Client) -> None:
     uids = _store(client, "CT_small.dcm")
     with pytest.raises(DicomRpcError) as caught:
-        client.retrieve(uids[0], transfer_syntax="1.2.3.4")
+        client.retrieve_study(uids[0], transfer_syntax="1.2.3.4")
     assert caught.value.code == grpc.StatusCode.FAILED_PRECONDITION
     assert caught.value.metadata["transfer_syntax_uid"] == "1.2.3.4"
 

@@ -96,7 +96,7 @@ def test_a_study_read_over_http_is_what_grpc_streams(
         assert len(studies) > 20
         for study, series in studies:
             assert list(fast.iter_instances(study)) == list(slow.iter_instances(study))
-            assert fast.retrieve(study, series) == slow.retrieve(study, series)
+            assert fast.retrieve_series(study, series) == slow.retrieve_series(study, series)
         assert len(pulls) == 2 * len(studies)
 
 
@@ -105,8 +105,8 @@ def test_saved_files_are_what_grpc_saves(
 ) -> None:
     with Client(running.target) as fast, Client(running.target, http_retrieve=False) as slow:
         study = _studies(slow)[0][0]
-        saved = fast.retrieve(study, dest_dir=tmp_path / "http")
-        streamed = slow.retrieve(study, dest_dir=tmp_path / "grpc")
+        saved = fast.save_study(study, tmp_path / "http")
+        streamed = slow.save_study(study, tmp_path / "grpc")
     assert pulls and len(saved) == len(streamed) > 0
     for a, b in zip(saved, streamed, strict=True):
         assert isinstance(a, Path) and isinstance(b, Path)
@@ -196,7 +196,7 @@ def test_a_body_cut_midway_is_a_clear_error(
     running: RunningServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with Client(running.target) as client:
-        study = max(_studies(client), key=lambda s: len(client.retrieve(s[0])))[0]
+        study = max(_studies(client), key=lambda s: len(client.retrieve_study(s[0])))[0]
         original = http_pull.open_body
 
         def cut(url: str, tls: Any) -> Any:
@@ -302,7 +302,7 @@ def test_a_pull_is_audited_as_the_grant_and_the_read(tmp_path: Path) -> None:
         study = generate_uid()
         with Client(server.target) as client:
             client.store([ct_instance(study)])
-            assert len(client.retrieve(study)) == 1
+            assert len(client.retrieve_study(study)) == 1
 
         _retrieves(log, study, 2)
     finally:
@@ -335,7 +335,7 @@ def test_a_large_study_is_saved_with_bounded_memory(tmp_path: Path, pulls: list[
             client.store(files)
             tracemalloc.start()
             try:
-                saved = client.retrieve(study, dest_dir=tmp_path / "out")
+                saved = client.save_study(study, tmp_path / "out")
                 _, peak = tracemalloc.get_traced_memory()
             finally:
                 tracemalloc.stop()

@@ -1,7 +1,8 @@
-"""Streaming a 2 GiB study holds a few chunks in memory, on the server and on the client."""
+"""Streaming a 2 GiB study holds a few chunks in memory, on the server and on the clients."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import threading
 import time
@@ -13,7 +14,7 @@ import psutil
 import pytest
 from pydicom.uid import generate_uid
 
-from dicomrpc import Client
+from dicomrpc import AsyncClient, Client
 from dicomrpc.v1 import retrieve_service_pb2, retrieve_service_pb2_grpc
 from tests.conftest import spawn_server
 from tests.dicomgen import big_image
@@ -53,6 +54,11 @@ class _PeakRss:
         return self.peak
 
 
+async def _save_async(target: str, study: str, out: Path) -> list[Path]:
+    async with AsyncClient(target) as client:
+        return await client.save_study(study, out)
+
+
 @pytest.mark.timeout(600)
 def test_large_study_streams_with_bounded_memory(tmp_path: Path) -> None:
     free = shutil.disk_usage(tmp_path).free
@@ -88,11 +94,20 @@ def test_large_study_streams_with_bounded_memory(tmp_path: Path) -> None:
         client_before = me.peak
         server = _PeakRss(proc.process.pid)
         with Client(proc.target) as client:
-            paths = client.retrieve(study, dest_dir=tmp_path / "out")
+            paths = client.save_study(study, tmp_path / "out")
         assert len(paths) == INSTANCES
         assert sum(Path(p).stat().st_size for p in paths) == total
         assert me.stop() - client_before < 100 * MB
         assert server.stop() - server_before < 100 * MB
+
+        # The asyncio client's save, each chunk written in a worker thread: flat as well.
+        shutil.rmtree(tmp_path / "out")
+        me = _PeakRss(psutil.Process().pid)
+        client_before = me.peak
+        paths = asyncio.run(_save_async(proc.target, study, tmp_path / "out"))
+        assert len(paths) == INSTANCES
+        assert sum(Path(p).stat().st_size for p in paths) == total
+        assert me.stop() - client_before < 100 * MB
     finally:
         proc.process.terminate()
         proc.process.wait(30)

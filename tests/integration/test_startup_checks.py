@@ -138,7 +138,7 @@ def test_a_file_the_index_does_not_name_is_kept_until_quarantined(
         ]
         assert not (shard / f"{blob_id}.dcm").exists()
         with Client(server.target) as client:
-            kept = client.retrieve(study)
+            kept = client.retrieve_study(study)
             assert sorted(i.data[128:] for i in kept) == sorted(d[128:] for d in sent)
     finally:
         assert server.stop() == 0

@@ -46,7 +46,7 @@ def test_a_resend_is_already_stored_and_a_changed_file_is_45070(
         first.study_instance_uid, first.series_instance_uid, first.sop_instance_uid
     )
     assert record is not None and record.version == first.version
-    (stored,) = client.retrieve(first.study_instance_uid)
+    (stored,) = client.retrieve_study(first.study_instance_uid)
     assert stored.data[128:] == data[128:]
     assert not any((server.settings.data_dir / "uploads").iterdir())  # the resent files went
 

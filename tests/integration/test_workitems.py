@@ -400,7 +400,7 @@ def test_create_requirement_failures_name_each_attribute(shared: Client) -> None
         ),
     }
     assert error.dicom_status == 0x0120
-    assert shared.workitems.search(PatientID="P-bad") == []
+    assert shared.workitems.search(PatientID="P-bad").datasets == []
 
 
 def test_create_state_must_be_scheduled(shared: Client) -> None:
@@ -490,7 +490,7 @@ def test_search_matching_keys(client: Client) -> None:
     assert len(w.search()) == 3
     assert len(w.search(limit=2)) == 2
     assert len(w.search(limit=2, offset=2)) == 1
-    assert w.search(offset=3) == []
+    assert w.search(offset=3).datasets == []
 
 
 def test_search_returns_defaults_or_all_but_never_the_lock(client: Client) -> None:
@@ -582,7 +582,7 @@ def test_a_value_too_long_for_an_index_key_is_kept_but_not_indexed(shared: Clien
     assert to_json(shared.workitems.get(uid).dataset)[tag("ProcedureStepLabel")]["Value"] == [label]
     found = shared.workitems.search({"PatientID": patient}, include=["ProcedureStepLabel"])
     assert [to_json(d)[tag("ProcedureStepLabel")]["Value"] for d in found] == [[label]]
-    assert shared.workitems.search({"ProcedureStepLabel": label}) == []
+    assert shared.workitems.search({"ProcedureStepLabel": label}).datasets == []
     shared.workitems.claim(uid, LOCK)
     shared.workitems.update(uid, dataset(ProcedureStepLabel=label + "y"), LOCK)
     assert shared.workitems.get(uid).state == "IN PROGRESS"
