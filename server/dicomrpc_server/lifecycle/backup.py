@@ -45,7 +45,7 @@ from tqdm import tqdm
 from dicomrpc_server.access.grants import KEY_FILE
 from dicomrpc_server.config import POSTGRES_SCHEMES, redact_dsn
 from dicomrpc_server.storage import keys, records_pb2
-from dicomrpc_server.storage.blobs import BLOB_SUFFIX, fsync_dir
+from dicomrpc_server.storage.blobs import BLOBS_DIR, blob_name, fsync_dir
 from dicomrpc_server.storage.lmdb_environment import SCHEMA_VERSION
 from dicomrpc_server.storage.lmdb_index import LmdbIndex
 from dicomrpc_server.storage.recovery import INDEX_DIR
@@ -220,8 +220,8 @@ def backup(
             for done, (study, series, sop, blob_id, size) in enumerate(snapshot.instances()):
                 if progress is not None:
                     progress(done, snapshot.counts[2])
-                relative = f"blobs/{blob_id[:8]}/{blob_id}{BLOB_SUFFIX}"
-                copied = _copy_instance(data_dir, partial, relative, sop, size, source_env)
+                relative = f"{BLOBS_DIR}/{blob_name(blob_id)}"
+                copied = _copy_instance(data_dir, partial, relative, blob_id, sop, size, source_env)
                 if copied is None:
                     missing.append((study, series, sop, blob_id))
                 else:
@@ -265,6 +265,7 @@ def _copy_instance(
     data_dir: Path,
     partial: Path,
     relative: str,
+    blob_id: str,
     sop: str,
     size: int,
     live: lmdb.Environment,
@@ -277,7 +278,6 @@ def _copy_instance(
         ``FILE_MISSING`` when the file is gone but the live index still names it, and
         ``SIZE_MISMATCH`` when it has another size than its record: a damaged archive.
     """
-    blob_id = Path(relative).name.removesuffix(BLOB_SUFFIX)
     try:
         copied, digest = copy_file(data_dir / relative, partial / relative)
     except FileNotFoundError:

@@ -25,7 +25,7 @@ from dicomrpc_server.lifecycle.backup import (
     copy_file,
     sync_tree,
 )
-from dicomrpc_server.storage.blobs import BLOB_SUFFIX, fsync_dir
+from dicomrpc_server.storage.blobs import BLOBS_DIR, blob_name, fsync_dir
 from dicomrpc_server.storage.recovery import INDEX_DIR
 
 log = logging.getLogger("dicomrpc.restore")
@@ -111,7 +111,7 @@ def _check_index(staging: Path, manifest: Manifest) -> None:
                 f"the manifest {wanted}; the backup is damaged. Nothing was restored",
             )
         for _, _, sop, blob_id, size in snapshot.instances():
-            relative = f"blobs/{blob_id[:8]}/{blob_id}{BLOB_SUFFIX}"
+            relative = f"{BLOBS_DIR}/{blob_name(blob_id)}"
             if manifest.files.get(relative, {}).get("size") != size:
                 raise BackupError(
                     "FILE_MISSING",

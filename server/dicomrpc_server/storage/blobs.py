@@ -42,6 +42,8 @@ PREAMBLE_LENGTH = 128
 SHARD_SIZE = 10_000
 UPLOAD_SUFFIX = ".part"
 BLOB_SUFFIX = ".dcm"
+# The folder of a data folder (or shared folder) that holds the instance files.
+BLOBS_DIR = "blobs"
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +101,7 @@ class LocalBlobStore:
     def __init__(self, root: Path, uploads: str = "") -> None:
         self.uploads_root = root / "uploads"
         self.uploads_dir = self.uploads_root / uploads if uploads else self.uploads_root
-        self.blobs_dir = root / "blobs"
+        self.blobs_dir = root / BLOBS_DIR
         self.uploads_dir.mkdir(parents=True, exist_ok=True)
         self.blobs_dir.mkdir(parents=True, exist_ok=True)
         fsync_dir(root)
@@ -119,7 +121,7 @@ class LocalBlobStore:
 
     def path(self, blob_id: str) -> Path:
         """The file of a blob id."""
-        return self.blobs_dir / blob_id[:8] / f"{blob_id}{BLOB_SUFFIX}"
+        return self.blobs_dir / blob_name(blob_id)
 
     def upload_path(self, blob_id: str) -> Path:
         """The upload name of a blob id (present while its index commit is under way)."""
@@ -280,6 +282,14 @@ def _unlink(path: Path) -> bool:
     except FileNotFoundError:
         return False
     return True
+
+
+def blob_name(blob_id: str) -> str:
+    """A blob's file below the blobs folder: ``<first 8 characters>/<blob id>.dcm``.
+
+    One layout for every store that keeps files in a folder, and for the backups of one.
+    """
+    return f"{blob_id[:8]}/{blob_id}{BLOB_SUFFIX}"
 
 
 def fsync_dir(path: Path) -> None:

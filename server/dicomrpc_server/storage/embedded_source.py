@@ -22,7 +22,7 @@ import lmdb
 from dicomrpc_server.dicom.attributes import Level
 from dicomrpc_server.errors import StartupError
 from dicomrpc_server.storage import keys, records_pb2
-from dicomrpc_server.storage.blobs import BLOB_SUFFIX
+from dicomrpc_server.storage.blobs import BLOBS_DIR, blob_name
 from dicomrpc_server.storage.index_records import Record, kept_by_level, strip_tag
 from dicomrpc_server.storage.lmdb_environment import SCHEMA_VERSION
 from dicomrpc_server.storage.lmdb_query_tags import DROPPING
@@ -67,7 +67,7 @@ class EmbeddedSource:
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
-        self.blobs_dir = data_dir / "blobs"
+        self.blobs_dir = data_dir / BLOBS_DIR
         path = data_dir / INDEX_DIR
         rebuild = f"`dicomrpc rebuild-index --data {data_dir}` rebuilds it from the instance files"
         if not (path / "data.mdb").is_file():
@@ -168,7 +168,7 @@ class EmbeddedSource:
 
     def path(self, blob_id: str) -> Path:
         """The file of a blob id, where the folder store keeps it (:mod:`.blobs`)."""
-        return self.blobs_dir / blob_id[:8] / f"{blob_id}{BLOB_SUFFIX}"
+        return self.blobs_dir / blob_name(blob_id)
 
     def instances(self) -> Iterator[SourceInstance]:
         """Every indexed instance, in key order (study by study), a short transaction a batch."""

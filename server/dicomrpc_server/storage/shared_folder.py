@@ -32,14 +32,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from dicomrpc_server.errors import StartupError
-from dicomrpc_server.storage.blobs import BLOB_SUFFIX, SHARD_SIZE, fsync_dir
+from dicomrpc_server.storage.blobs import BLOB_SUFFIX, BLOBS_DIR, SHARD_SIZE, blob_name, fsync_dir
 from dicomrpc_server.storage.file_reader import FileReader, FolderSpec
 from dicomrpc_server.storage.protocols import BlobRef
 from dicomrpc_server.storage.spooled import SpooledBlobStore
 
 SPOOL_FOLDER = "shared-uploads"
 INCOMING = "incoming"
-BLOBS = "blobs"
 TEMPORARY_SUFFIX = ".tmp"
 
 
@@ -57,7 +56,7 @@ class SharedFolder:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.blobs_dir = root / BLOBS
+        self.blobs_dir = root / BLOBS_DIR
         self.incoming_dir = root / INCOMING
         self._lock = threading.Lock()
         self._shard = ""
@@ -100,7 +99,7 @@ class SharedFolder:
 
     def path(self, blob_id: str) -> Path:
         """The file of a blob id."""
-        return self.blobs_dir / blob_id[:8] / f"{blob_id}{BLOB_SUFFIX}"
+        return self.blobs_dir / blob_name(blob_id)
 
     def _temporary(self, blob_id: str) -> Path:
         return self.incoming_dir / f"{blob_id}{TEMPORARY_SUFFIX}"
