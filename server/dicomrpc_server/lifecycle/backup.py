@@ -233,7 +233,9 @@ def backup(
         _apply_deletions(partial / INDEX_DIR, missing)
     with Snapshot(partial / INDEX_DIR) as final:
         counts = final.counts
-    files[f"{INDEX_DIR}/{INDEX_FILE_NAME}"] = _describe(partial / INDEX_DIR / INDEX_FILE_NAME)
+    files[f"{INDEX_DIR}/{INDEX_FILE_NAME}"] = _sync_and_describe(
+        partial / INDEX_DIR / INDEX_FILE_NAME
+    )
     with contextlib.suppress(FileNotFoundError):
         (partial / INDEX_DIR / "lock.mdb").unlink()
     extras = [KEY_FILE] + ([STORE_FILE] if recorded_store(data_dir) == FOLDER_STORE else [])
@@ -253,7 +255,7 @@ def backup(
         deleted_during_backup=[f"{s}/{r}/{i}" for s, r, i, _ in missing],
     )
     _write_synced(partial / MANIFEST, manifest.to_json().encode())
-    sync_tree(partial)
+    sync_folders(partial)
     (partial / PARTIAL_MARKER).unlink()
     fsync_dir(partial)
     partial.rename(dest)
@@ -502,15 +504,12 @@ def copy_file(source: Path, target: Path) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
-def _describe(path: Path) -> dict[str, object]:
-    """A file's size and SHA-256, for the manifest."""
-    digest = hashlib.sha256()
-    size = 0
+def _sync_and_describe(path: Path) -> dict[str, object]:
+    """Make a file written by another writer (LMDB's copy) durable; its size and SHA-256."""
     with path.open("rb") as reader:
-        while chunk := reader.read(COPY_BUFFER):
-            digest.update(chunk)
-            size += len(chunk)
-    return {"size": size, "sha256": digest.hexdigest()}
+        os.fsync(reader.fileno())
+        digest = hashlib.file_digest(reader, "sha256")
+        return {"size": os.fstat(reader.fileno()).st_size, "sha256": digest.hexdigest()}
 
 
 def _write_synced(path: Path, data: bytes) -> None:
@@ -520,15 +519,13 @@ def _write_synced(path: Path, data: bytes) -> None:
         os.fsync(writer.fileno())
 
 
-def sync_tree(root: Path) -> None:
-    """Make every file and directory entry under ``root`` durable before the rename."""
-    for folder, _, names in os.walk(root):
-        for name in names:
-            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+def sync_folders(root: Path) -> None:
+    """Make every directory entry under ``root`` durable before the rename.
+
+    The files themselves are already: each was fsynced as it was written (:func:`copy_file`,
+    the index copy, the manifest).
+    """
+    for folder, _, _ in os.walk(root):
         fsync_dir(Path(folder))
 
 

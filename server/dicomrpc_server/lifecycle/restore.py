@@ -23,7 +23,7 @@ from dicomrpc_server.lifecycle.backup import (
     Manifest,
     Snapshot,
     copy_file,
-    sync_tree,
+    sync_folders,
 )
 from dicomrpc_server.storage.blobs import BLOBS_DIR, blob_name, fsync_dir
 from dicomrpc_server.storage.recovery import INDEX_DIR
@@ -66,7 +66,7 @@ def restore(source: Path, data_dir: Path) -> Manifest:
     for relative, expected in manifest.files.items():
         _restore_file(source, staging, relative, expected)
     _check_index(staging, manifest)
-    sync_tree(staging)
+    sync_folders(staging)
     (staging / RESTORING_MARKER).unlink()
     fsync_dir(staging)
     if data_dir.exists():
