@@ -11,6 +11,7 @@ before its server listens gets its answer once the server is up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 import time
@@ -210,33 +211,82 @@ def _free_port() -> int:
         return port
 
 
-def test_a_read_sent_before_the_server_listens_succeeds_once_it_does(tmp_path: Path) -> None:
-    """The first tries find no server (connection refused: UNAVAILABLE); a later one finds it.
+class _Forwarder:
+    """A listener on ``port`` that relays every connection to ``target``: the server's port.
 
-    The backoffs are long beside the server's start (gRPC waits a random time up to each:
-    up to 2, then 4 s), and the channel reconnects every 0.1 s, so the server is up before
-    the tries run out.
+    Opening it takes a moment, unlike starting a server, so a test can say when the port
+    begins to answer without racing the server's start-up against the client's backoffs.
+    """
+
+    def __init__(self, port: int, target: int) -> None:
+        self.target = target
+        self.connections: list[socket.socket] = []
+        self.listener = socket.create_server(("127.0.0.1", port))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:  # closed
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:
+                client.close()
+                continue
+            self.connections += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        """Stop listening and relaying (the shutdowns wake the threads, which then end)."""
+        for connection in [self.listener, *self.connections]:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+            connection.close()
+
+
+def test_a_read_sent_before_the_server_listens_succeeds_once_it_does(tmp_path: Path) -> None:
+    """The first tries find nothing listening (connection refused: UNAVAILABLE); a later one
+    finds the server.
+
+    The server runs already, on a port of its own; the client's port starts relaying to it
+    0.3 s after the call. gRPC waits a random time before each new try (up to 2, then 4 s)
+    and the channel reconnects every 0.1 s, so the tries outlast those 0.3 s.
     """
     port = _free_port()
+    server = start_server(tmp_path / "data")
     patient = RetryPolicy(max_attempts=5, initial_backoff=2.0, max_backoff=4.0)
     reconnect = tuple(
         (f"grpc.{name}_reconnect_backoff_ms", 100) for name in ("initial", "min", "max")
     )
     config = ClientConfig(retry=patient, options=reconnect)
-    with Client(f"127.0.0.1:{port}", config) as client:
-        answers: list[object] = []
-        reader = threading.Thread(target=lambda: answers.append(_capabilities_or_error(client)))
-        reader.start()
-        time.sleep(0.3)  # the first try has been refused
-        server = start_server(tmp_path / "data", grpc_port=port)
-        try:
-            reader.join(60)
-            (answer,) = answers
-            assert isinstance(answer, Capabilities), answer
-            with Client(f"127.0.0.1:{port}", ClientConfig(retry=None)) as plain:
-                assert plain.capabilities() == answer
-        finally:
-            server.stop()
+    try:
+        with Client(f"127.0.0.1:{port}", config) as client:
+            answers: list[object] = []
+            reader = threading.Thread(target=lambda: answers.append(_capabilities_or_error(client)))
+            reader.start()
+            time.sleep(0.3)  # the first try has been refused
+            forwarder = _Forwarder(port, int(server.target.rpartition(":")[2]))
+            try:
+                reader.join(60)
+                (answer,) = answers
+                assert isinstance(answer, Capabilities), answer
+                with Client(server.target, ClientConfig(retry=None)) as plain:
+                    assert plain.capabilities() == answer
+            finally:
+                forwarder.close()
+    finally:
+        server.stop()
     with Client(f"127.0.0.1:{port}", ClientConfig(retry=None)) as plain:
         with pytest.raises(DicomRpcError) as caught:  # without retries: at once
             plain.capabilities()
