@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import grpc
 
@@ -29,7 +29,7 @@ from dicomrpc.calls import (
 )
 from dicomrpc.client import ClientConfig, TlsConfig, configured
 from dicomrpc.credentials import TokenProvider, aio_interceptors
-from dicomrpc.errors import DicomRpcError
+from dicomrpc.errors import call_unary_async, read_stream_async
 from dicomrpc.results import Capabilities, Change, DimsePeer, QueryTag, ReindexStatus, StoreResult
 from dicomrpc.sources import Item, Sources, expand, requests
 from dicomrpc.v1 import management_service_pb2 as mpb
@@ -115,12 +115,6 @@ class AsyncClient:
         """Close the channel."""
         await self.channel.close()
 
-    async def _unary(self, method: Callable[..., Awaitable[T]], request: object) -> T:
-        try:
-            return await method(request)
-        except grpc.RpcError as error:
-            raise DicomRpcError.from_rpc_error(error) from None
-
     async def store(
         self,
         sources: Sources | Iterable[Item],
@@ -136,7 +130,7 @@ class AsyncClient:
         """
         items = await asyncio.to_thread(expand, sources)
 
-        async def stream(items: list[Item]) -> AsyncIterator[pb.StoreInstancesRequest | bytes]:
+        async def read_stream(items: list[Item]) -> AsyncIterator[pb.StoreInstancesRequest | bytes]:
             iterator = requests(items, study_instance_uid, self.config.chunk_size, on_bytes)
             while True:
                 request = await asyncio.to_thread(next, iterator, None)
@@ -144,8 +138,8 @@ class AsyncClient:
                     return
                 yield request
 
-        response = await self._unary(
-            lambda stream: self._store_instances(stream, timeout=timeout), stream(items)
+        response = await call_unary_async(
+            lambda stream: self._store_instances(stream, timeout=timeout), read_stream(items)
         )
         return StoreResult.from_message(response)
 
@@ -166,7 +160,7 @@ class AsyncClient:
         name, request = calls.instances_request(
             study, series, sop, transfer_syntax, allow_lossy, self.config.chunk_size
         )
-        return _errors(self._retrieve_bytes[name](request))
+        return read_stream_async(self._retrieve_bytes[name](request))
 
     async def _pulled(self, study: str, series: str | None) -> Iterator[InstanceMessage] | None:
         """The stored bytes of a study or series over the HTTP gateway, or ``None``.
@@ -331,7 +325,7 @@ class AsyncClient:
         request = calls.frames_request(study, series, sop, numbers, transfer_syntax, allow_lossy)
         grouper = retrieval.Grouper("frame")
         found: list[retrieval.Frame] = []
-        async for message in _errors(self._retrieve_frames(request)):
+        async for message in read_stream_async(self._retrieve_frames(request)):
             done = grouper.feed(message)
             if done is not None:
                 found.append(retrieval.frame_of(done))
@@ -351,7 +345,7 @@ class AsyncClient:
         """The metadata of a study, series or instance; see :meth:`dicomrpc.Client.metadata`."""
         name, request = calls.metadata_request(study, series, sop, if_none_match)
         collector = retrieval.MetadataCollector()
-        async for message in _errors(getattr(self._retrieve, name)(request)):
+        async for message in read_stream_async(getattr(self._retrieve, name)(request)):
             collector.feed(message)
         return collector.result()
 
@@ -371,7 +365,7 @@ class AsyncClient:
         request = calls.rendered_request(
             study, series, sop, frame, media_type, quality, window, max_size
         )
-        parts = [part async for part in _errors(self._retrieve.RetrieveRendered(request))]
+        parts = [part async for part in read_stream_async(self._retrieve.RetrieveRendered(request))]
         return calls.rendered_result(parts, media_type)
 
     # -- search ---------------------------------------------------------------------------
@@ -393,7 +387,7 @@ class AsyncClient:
             match, terms, fuzzy, include, limit, offset, page_size, page_token
         )
         request = spb.SearchStudiesRequest(query=query)
-        return calls.search_result(await self._unary(self._search.SearchStudies, request))
+        return calls.search_result(await call_unary_async(self._search.SearchStudies, request))
 
     async def search_series(
         self,
@@ -413,7 +407,7 @@ class AsyncClient:
             match, terms, fuzzy, include, limit, offset, page_size, page_token
         )
         request = spb.SearchSeriesRequest(study_instance_uid=study, query=query)
-        return calls.search_result(await self._unary(self._search.SearchSeries, request))
+        return calls.search_result(await call_unary_async(self._search.SearchSeries, request))
 
     async def search_instances(
         self,
@@ -436,20 +430,22 @@ class AsyncClient:
         request = spb.SearchInstancesRequest(
             study_instance_uid=study, series_instance_uid=series, query=query
         )
-        return calls.search_result(await self._unary(self._search.SearchInstances, request))
+        return calls.search_result(await call_unary_async(self._search.SearchInstances, request))
 
     # -- delete and change feed ----------------------------------------------------------
 
     async def delete_study(self, study: str) -> int:
         """Delete a study; return how many instances were deleted."""
         request = mpb.DeleteStudyRequest(study_instance_uid=study)
-        response: mpb.DeleteStudyResponse = await self._unary(self._management.DeleteStudy, request)
+        response: mpb.DeleteStudyResponse = await call_unary_async(
+            self._management.DeleteStudy, request
+        )
         return response.deleted_instances
 
     async def delete_series(self, study: str, series: str) -> int:
         """Delete a series; return how many instances were deleted."""
         request = mpb.DeleteSeriesRequest(study_instance_uid=study, series_instance_uid=series)
-        response: mpb.DeleteSeriesResponse = await self._unary(
+        response: mpb.DeleteSeriesResponse = await call_unary_async(
             self._management.DeleteSeries, request
         )
         return response.deleted_instances
@@ -459,7 +455,7 @@ class AsyncClient:
         request = mpb.DeleteInstanceRequest(
             study_instance_uid=study, series_instance_uid=series, sop_instance_uid=sop
         )
-        response: mpb.DeleteInstanceResponse = await self._unary(
+        response: mpb.DeleteInstanceResponse = await call_unary_async(
             self._management.DeleteInstance, request
         )
         return response.deleted_instances
@@ -467,13 +463,13 @@ class AsyncClient:
     async def read_changes(self, since: int = 0, limit: int = 100) -> list[Change]:
         """Change feed entries with a sequence above ``since`` (at most ``limit``)."""
         request = mpb.ReadChangeFeedRequest(since=since, limit=limit)
-        response = await self._unary(self._management.ReadChangeFeed, request)
+        response = await call_unary_async(self._management.ReadChangeFeed, request)
         return [Change.from_message(e) for e in response.entries]
 
     async def latest_change(self) -> Change | None:
         """The newest change feed entry, or ``None`` when nothing has changed yet."""
         request = mpb.GetLatestChangeRequest()
-        response = await self._unary(self._management.GetLatestChange, request)
+        response = await call_unary_async(self._management.GetLatestChange, request)
         return Change.from_message(response.entry) if response.HasField("entry") else None
 
     def watch_changes(self, since: int = 0) -> AsyncWatch[Change]:
@@ -484,25 +480,25 @@ class AsyncClient:
     async def dimse_peers(self) -> list[DimsePeer]:
         """The DIMSE peers the archive's C-MOVE may send to, by name."""
         request = mpb.ListDimsePeersRequest()
-        response = await self._unary(self._management.ListDimsePeers, request)
+        response = await call_unary_async(self._management.ListDimsePeers, request)
         return [DimsePeer.from_message(p) for p in response.peers]
 
     async def add_dimse_peer(self, name: str, ae_title: str, host: str, port: int) -> DimsePeer:
         """Let the archive's C-MOVE send to ``ae_title`` at ``host:port``, as ``name``."""
         peer = mpb.DimsePeer(name=name, ae_title=ae_title, host=host, port=port)
         request = mpb.AddDimsePeerRequest(peer=peer)
-        response = await self._unary(self._management.AddDimsePeer, request)
+        response = await call_unary_async(self._management.AddDimsePeer, request)
         return DimsePeer.from_message(response.peer)
 
     async def remove_dimse_peer(self, name: str) -> None:
         """Forget a peer added with :meth:`add_dimse_peer`."""
         request = mpb.RemoveDimsePeerRequest(name=name)
-        await self._unary(self._management.RemoveDimsePeer, request)
+        await call_unary_async(self._management.RemoveDimsePeer, request)
 
     async def capabilities(self) -> Capabilities:
         """What the server supports: storable syntaxes, transcodings and limits."""
         request = mpb.GetCapabilitiesRequest()
-        response = await self._unary(self._management.GetCapabilities, request)
+        response = await call_unary_async(self._management.GetCapabilities, request)
         return Capabilities.from_message(response)
 
     # -- extended query tags -------------------------------------------------------------------
@@ -512,24 +508,24 @@ class AsyncClient:
     ) -> tuple[list[QueryTag], str]:
         """Have the server index more attributes; see :meth:`dicomrpc.Client.add_query_tags`."""
         request = calls.query_tags_request(tags, level)
-        response = await self._unary(self._management.AddExtendedQueryTags, request)
+        response = await call_unary_async(self._management.AddExtendedQueryTags, request)
         return [QueryTag.from_message(t) for t in response.tags], response.operation_id
 
     async def query_tags(self) -> list[QueryTag]:
         """The extended query tags, with whether each is ready for searches."""
         request = mpb.ListExtendedQueryTagsRequest()
-        response = await self._unary(self._management.ListExtendedQueryTags, request)
+        response = await call_unary_async(self._management.ListExtendedQueryTags, request)
         return [QueryTag.from_message(t) for t in response.tags]
 
     async def delete_query_tag(self, tag: str) -> None:
         """Stop indexing an extended query tag and remove its index entries."""
         request = mpb.DeleteExtendedQueryTagRequest(tag=tag)
-        await self._unary(self._management.DeleteExtendedQueryTag, request)
+        await call_unary_async(self._management.DeleteExtendedQueryTag, request)
 
     async def reindex_status(self, operation_id: str) -> ReindexStatus:
         """The progress of the re-indexing started by :meth:`add_query_tags`."""
         request = mpb.GetReindexStatusRequest(operation_id=operation_id)
-        response = await self._unary(self._management.GetReindexStatus, request)
+        response = await call_unary_async(self._management.GetReindexStatus, request)
         return ReindexStatus.from_message(response)
 
     async def wait_for_reindex(
@@ -550,15 +546,6 @@ class AsyncClient:
                 return status
             calls.check_reindex_deadline(operation_id, deadline, timeout_s)
             await asyncio.sleep(poll_s)
-
-
-async def _errors(stream: Any) -> AsyncIterator[Any]:
-    """Iterate a grpc.aio server stream, raising its failure as a DicomRpcError."""
-    try:
-        async for message in stream:
-            yield message
-    except grpc.RpcError as error:
-        raise DicomRpcError.from_rpc_error(error) from None
 
 
 async def _threaded(messages: Iterator[InstanceMessage]) -> AsyncIterator[InstanceMessage]:

@@ -22,7 +22,7 @@ from dicomrpc.calls import (
     target_host,
 )
 from dicomrpc.credentials import TokenChannel, TokenProvider, TokenSource
-from dicomrpc.errors import DicomRpcError
+from dicomrpc.errors import DicomRpcError, call_unary, read_stream
 from dicomrpc.results import (
     Capabilities,
     Change,
@@ -299,7 +299,7 @@ class Client:
         name, request = calls.instances_request(
             study, series, sop, transfer_syntax, allow_lossy, self.config.chunk_size
         )
-        return _errors(self._retrieve_bytes[name](request))
+        return read_stream(self._retrieve_bytes[name](request))
 
     def _pulled(
         self, study: str, series: str | None
@@ -449,7 +449,7 @@ class Client:
         instance); a native syntax returns decoded raw pixel bytes; another syntax re-encodes.
         """
         request = calls.frames_request(study, series, sop, numbers, transfer_syntax, allow_lossy)
-        return list(retrieval.frames(_errors(self._retrieve_frames(request))))
+        return list(retrieval.frames(read_stream(self._retrieve_frames(request))))
 
     def metadata(
         self,
@@ -466,7 +466,7 @@ class Client:
         ``not_modified`` and no datasets.
         """
         name, request = calls.metadata_request(study, series, sop, if_none_match)
-        return retrieval.metadata(_errors(getattr(self._retrieve, name)(request)))
+        return retrieval.metadata(read_stream(getattr(self._retrieve, name)(request)))
 
     def rendered(
         self,
@@ -487,7 +487,7 @@ class Client:
         request = calls.rendered_request(
             study, series, sop, frame, media_type, quality, window, max_size
         )
-        parts = list(_errors(self._retrieve.RetrieveRendered(request)))
+        parts = list(read_stream(self._retrieve.RetrieveRendered(request)))
         return calls.rendered_result(parts, media_type)
 
     # -- search ---------------------------------------------------------------------------
@@ -513,7 +513,7 @@ class Client:
             match, terms, fuzzy, include, limit, offset, page_size, page_token
         )
         request = spb.SearchStudiesRequest(query=query)
-        return calls.search_result(self._unary(self._search.SearchStudies, request))
+        return calls.search_result(call_unary(self._search.SearchStudies, request))
 
     def search_series(
         self,
@@ -533,7 +533,7 @@ class Client:
             match, terms, fuzzy, include, limit, offset, page_size, page_token
         )
         request = spb.SearchSeriesRequest(study_instance_uid=study, query=query)
-        return calls.search_result(self._unary(self._search.SearchSeries, request))
+        return calls.search_result(call_unary(self._search.SearchSeries, request))
 
     def search_instances(
         self,
@@ -556,26 +556,20 @@ class Client:
         request = spb.SearchInstancesRequest(
             study_instance_uid=study, series_instance_uid=series, query=query
         )
-        return calls.search_result(self._unary(self._search.SearchInstances, request))
+        return calls.search_result(call_unary(self._search.SearchInstances, request))
 
     # -- delete and change feed ----------------------------------------------------------
-
-    def _unary(self, method: Callable[..., T], request: object) -> T:
-        try:
-            return method(request)
-        except grpc.RpcError as error:
-            raise DicomRpcError.from_rpc_error(error) from None
 
     def delete_study(self, study: str) -> int:
         """Delete a study; return how many instances were deleted."""
         request = mpb.DeleteStudyRequest(study_instance_uid=study)
-        response: mpb.DeleteStudyResponse = self._unary(self._management.DeleteStudy, request)
+        response: mpb.DeleteStudyResponse = call_unary(self._management.DeleteStudy, request)
         return response.deleted_instances
 
     def delete_series(self, study: str, series: str) -> int:
         """Delete a series; return how many instances were deleted."""
         request = mpb.DeleteSeriesRequest(study_instance_uid=study, series_instance_uid=series)
-        response: mpb.DeleteSeriesResponse = self._unary(self._management.DeleteSeries, request)
+        response: mpb.DeleteSeriesResponse = call_unary(self._management.DeleteSeries, request)
         return response.deleted_instances
 
     def delete_instance(self, study: str, series: str, sop: str) -> int:
@@ -583,18 +577,18 @@ class Client:
         request = mpb.DeleteInstanceRequest(
             study_instance_uid=study, series_instance_uid=series, sop_instance_uid=sop
         )
-        response: mpb.DeleteInstanceResponse = self._unary(self._management.DeleteInstance, request)
+        response: mpb.DeleteInstanceResponse = call_unary(self._management.DeleteInstance, request)
         return response.deleted_instances
 
     def read_changes(self, since: int = 0, limit: int = 100) -> list[Change]:
         """Change feed entries with a sequence above ``since`` (at most ``limit``)."""
         request = mpb.ReadChangeFeedRequest(since=since, limit=limit)
-        response = self._unary(self._management.ReadChangeFeed, request)
+        response = call_unary(self._management.ReadChangeFeed, request)
         return [Change.from_message(e) for e in response.entries]
 
     def latest_change(self) -> Change | None:
         """The newest change feed entry, or ``None`` when nothing has changed yet."""
-        response = self._unary(self._management.GetLatestChange, mpb.GetLatestChangeRequest())
+        response = call_unary(self._management.GetLatestChange, mpb.GetLatestChangeRequest())
         return Change.from_message(response.entry) if response.HasField("entry") else None
 
     def watch_changes(self, since: int = 0) -> Watch[Change]:
@@ -608,7 +602,7 @@ class Client:
 
     def dimse_peers(self) -> list[DimsePeer]:
         """The DIMSE peers the archive's C-MOVE may send to, by name."""
-        response = self._unary(self._management.ListDimsePeers, mpb.ListDimsePeersRequest())
+        response = call_unary(self._management.ListDimsePeers, mpb.ListDimsePeersRequest())
         return [DimsePeer.from_message(p) for p in response.peers]
 
     def add_dimse_peer(self, name: str, ae_title: str, host: str, port: int) -> DimsePeer:
@@ -617,17 +611,17 @@ class Client:
         The peer is kept across restarts; adding a name again replaces that peer.
         """
         peer = mpb.DimsePeer(name=name, ae_title=ae_title, host=host, port=port)
-        response = self._unary(self._management.AddDimsePeer, mpb.AddDimsePeerRequest(peer=peer))
+        response = call_unary(self._management.AddDimsePeer, mpb.AddDimsePeerRequest(peer=peer))
         return DimsePeer.from_message(response.peer)
 
     def remove_dimse_peer(self, name: str) -> None:
         """Forget a peer added with :meth:`add_dimse_peer`."""
-        self._unary(self._management.RemoveDimsePeer, mpb.RemoveDimsePeerRequest(name=name))
+        call_unary(self._management.RemoveDimsePeer, mpb.RemoveDimsePeerRequest(name=name))
 
     def capabilities(self) -> Capabilities:
         """What the server supports: storable syntaxes, transcodings and limits."""
         request = mpb.GetCapabilitiesRequest()
-        return Capabilities.from_message(self._unary(self._management.GetCapabilities, request))
+        return Capabilities.from_message(call_unary(self._management.GetCapabilities, request))
 
     # -- extended query tags -------------------------------------------------------------------
 
@@ -649,25 +643,25 @@ class Client:
         The tags are searchable once the operation is done: see :meth:`wait_for_reindex`.
         """
         request = calls.query_tags_request(tags, level)
-        response = self._unary(self._management.AddExtendedQueryTags, request)
+        response = call_unary(self._management.AddExtendedQueryTags, request)
         return [QueryTag.from_message(t) for t in response.tags], response.operation_id
 
     def query_tags(self) -> list[QueryTag]:
         """The extended query tags, with whether each is ready for searches."""
-        response = self._unary(
+        response = call_unary(
             self._management.ListExtendedQueryTags, mpb.ListExtendedQueryTagsRequest()
         )
         return [QueryTag.from_message(t) for t in response.tags]
 
     def delete_query_tag(self, tag: str) -> None:
         """Stop indexing an extended query tag and remove its index entries."""
-        self._unary(
+        call_unary(
             self._management.DeleteExtendedQueryTag, mpb.DeleteExtendedQueryTagRequest(tag=tag)
         )
 
     def reindex_status(self, operation_id: str) -> ReindexStatus:
         """The progress of the re-indexing started by :meth:`add_query_tags`."""
-        response = self._unary(
+        response = call_unary(
             self._management.GetReindexStatus,
             mpb.GetReindexStatusRequest(operation_id=operation_id),
         )
@@ -713,11 +707,3 @@ def configured(
     if http_retrieve is not None:
         overrides["http_retrieve"] = http_retrieve
     return dataclasses.replace(config, **overrides) if overrides else config
-
-
-def _errors(stream: Iterable[T]) -> Iterator[T]:
-    """Iterate a server stream, raising its failure as a DicomRpcError."""
-    try:
-        yield from stream
-    except grpc.RpcError as error:
-        raise DicomRpcError.from_rpc_error(error) from None

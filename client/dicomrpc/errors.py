@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import any_pb2
@@ -100,3 +101,39 @@ def decode_detail(detail: any_pb2.Any) -> Message:
             detail.Unpack(message)
             return message
     return detail
+
+
+T = TypeVar("T")
+
+
+def call_unary(method: Callable[[Any], T], request: object) -> T:
+    """Make a unary call, its failure raised as a :class:`DicomRpcError`."""
+    try:
+        return method(request)
+    except grpc.RpcError as error:
+        raise DicomRpcError.from_rpc_error(error) from None
+
+
+async def call_unary_async(method: Callable[[Any], Awaitable[T]], request: object) -> T:
+    """Make a grpc.aio unary call, its failure raised as a :class:`DicomRpcError`."""
+    try:
+        return await method(request)
+    except grpc.RpcError as error:
+        raise DicomRpcError.from_rpc_error(error) from None
+
+
+def read_stream(messages: Iterable[T]) -> Iterator[T]:
+    """Iterate a server stream, its failure raised as a :class:`DicomRpcError`."""
+    try:
+        yield from messages
+    except grpc.RpcError as error:
+        raise DicomRpcError.from_rpc_error(error) from None
+
+
+async def read_stream_async(messages: AsyncIterable[T]) -> AsyncIterator[T]:
+    """Iterate a grpc.aio server stream, its failure raised as a :class:`DicomRpcError`."""
+    try:
+        async for message in messages:
+            yield message
+    except grpc.RpcError as error:
+        raise DicomRpcError.from_rpc_error(error) from None

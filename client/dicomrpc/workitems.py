@@ -17,14 +17,14 @@ from __future__ import annotations
 import datetime
 import enum
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import grpc
 
 from dicomrpc.datasets import from_json, from_pydicom, to_json
-from dicomrpc.errors import DicomRpcError
+from dicomrpc.errors import call_unary, call_unary_async
 from dicomrpc.retrieval import SearchResult
 from dicomrpc.v1 import dataset_pb2, workitem_service_pb2_grpc
 from dicomrpc.v1 import workitem_service_pb2 as pb
@@ -243,20 +243,14 @@ class Workitems:
     def __init__(self, channel: grpc.Channel) -> None:
         self._stub = workitem_service_pb2_grpc.WorkitemServiceStub(channel)
 
-    def _call(self, method: Callable[..., T], request: object) -> T:
-        try:
-            return method(request)
-        except grpc.RpcError as error:
-            raise DicomRpcError.from_rpc_error(error) from None
-
     def create(self, dataset: DatasetLike, workitem_uid: str = "") -> WorkitemResult:
         """Create a SCHEDULED workitem; the UID is generated unless given (or in the data set)."""
-        return created(self._call(self._stub.CreateWorkitem, create_request(dataset, workitem_uid)))
+        return created(call_unary(self._stub.CreateWorkitem, create_request(dataset, workitem_uid)))
 
     def get(self, workitem_uid: str) -> Workitem:
         """Retrieve a workitem."""
         request = pb.RetrieveWorkitemRequest(workitem_uid=workitem_uid)
-        response = self._call(self._stub.RetrieveWorkitem, request)
+        response = call_unary(self._stub.RetrieveWorkitem, request)
         return Workitem(workitem_uid, state_of(response.state), response.dataset)
 
     def update(
@@ -268,7 +262,7 @@ class Workitems:
         leaves the state as it is, so the result's ``state`` is ``None``.
         """
         request = update_request(workitem_uid, dataset, transaction_uid)
-        response = self._call(self._stub.UpdateWorkitem, request)
+        response = call_unary(self._stub.UpdateWorkitem, request)
         return WorkitemResult(workitem_uid, None, response.warning_status, response.warning_message)
 
     def change_state(
@@ -286,7 +280,7 @@ class Workitems:
         connection failed would be refused the second time.
         """
         request = change_request(workitem_uid, state, transaction_uid, dataset)
-        response = self._call(self._stub.ChangeWorkitemState, request)
+        response = call_unary(self._stub.ChangeWorkitemState, request)
         return WorkitemResult(
             workitem_uid,
             state_of(response.state),
@@ -328,7 +322,7 @@ class Workitems:
     ) -> WorkitemResult:
         """Cancel a SCHEDULED workitem, or ask the performer of an IN PROGRESS one to."""
         request = cancellation_request(workitem_uid, reason, contact_name, contact_uri)
-        response = self._call(self._stub.RequestWorkitemCancellation, request)
+        response = call_unary(self._stub.RequestWorkitemCancellation, request)
         return WorkitemResult(workitem_uid, state_of(response.state), response.warning_status)
 
     def search(
@@ -348,7 +342,7 @@ class Workitems:
         searches page with ``limit`` and ``offset``: its ``next_page_token`` is always "").
         """
         request = search_request(match, terms, fuzzy, include, limit, offset)
-        return SearchResult(list(self._call(self._stub.SearchWorkitems, request).results), "")
+        return SearchResult(list(call_unary(self._stub.SearchWorkitems, request).results), "")
 
     def watch(
         self,
@@ -377,21 +371,15 @@ class AsyncWorkitems:
     def __init__(self, channel: grpc.aio.Channel) -> None:
         self._stub = workitem_service_pb2_grpc.WorkitemServiceStub(channel)
 
-    async def _call(self, method: Callable[..., Awaitable[T]], request: object) -> T:
-        try:
-            return await method(request)
-        except grpc.RpcError as error:
-            raise DicomRpcError.from_rpc_error(error) from None
-
     async def create(self, dataset: DatasetLike, workitem_uid: str = "") -> WorkitemResult:
         """Create a SCHEDULED workitem (see :meth:`Workitems.create`)."""
         request = create_request(dataset, workitem_uid)
-        return created(await self._call(self._stub.CreateWorkitem, request))
+        return created(await call_unary_async(self._stub.CreateWorkitem, request))
 
     async def get(self, workitem_uid: str) -> Workitem:
         """Retrieve a workitem."""
         request = pb.RetrieveWorkitemRequest(workitem_uid=workitem_uid)
-        response = await self._call(self._stub.RetrieveWorkitem, request)
+        response = await call_unary_async(self._stub.RetrieveWorkitem, request)
         return Workitem(workitem_uid, state_of(response.state), response.dataset)
 
     async def update(
@@ -399,7 +387,7 @@ class AsyncWorkitems:
     ) -> WorkitemResult:
         """Set attributes (see :meth:`Workitems.update`)."""
         request = update_request(workitem_uid, dataset, transaction_uid)
-        response = await self._call(self._stub.UpdateWorkitem, request)
+        response = await call_unary_async(self._stub.UpdateWorkitem, request)
         return WorkitemResult(workitem_uid, None, response.warning_status, response.warning_message)
 
     async def change_state(
@@ -411,7 +399,7 @@ class AsyncWorkitems:
     ) -> WorkitemResult:
         """Move a workitem to IN PROGRESS, COMPLETED or CANCELED (never retried)."""
         request = change_request(workitem_uid, state, transaction_uid, dataset)
-        response = await self._call(self._stub.ChangeWorkitemState, request)
+        response = await call_unary_async(self._stub.ChangeWorkitemState, request)
         return WorkitemResult(
             workitem_uid,
             state_of(response.state),
@@ -446,7 +434,7 @@ class AsyncWorkitems:
     ) -> WorkitemResult:
         """Cancel a SCHEDULED workitem, or ask the performer of an IN PROGRESS one to."""
         request = cancellation_request(workitem_uid, reason, contact_name, contact_uri)
-        response = await self._call(self._stub.RequestWorkitemCancellation, request)
+        response = await call_unary_async(self._stub.RequestWorkitemCancellation, request)
         return WorkitemResult(workitem_uid, state_of(response.state), response.warning_status)
 
     async def search(
@@ -461,7 +449,7 @@ class AsyncWorkitems:
     ) -> SearchResult:
         """Search workitems (see :meth:`Workitems.search`)."""
         request = search_request(match, terms, fuzzy, include, limit, offset)
-        response = await self._call(self._stub.SearchWorkitems, request)
+        response = await call_unary_async(self._stub.SearchWorkitems, request)
         return SearchResult(list(response.results), "")
 
     def watch(
