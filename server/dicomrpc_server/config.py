@@ -23,6 +23,14 @@ POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 CONFIG_VARIABLE = "DICOMRPC_CONFIG"
 
 
+def config_file(flag: Path | None) -> Path | None:
+    """The config file a command reads: its ``--config``, else ``DICOMRPC_CONFIG``, else none."""
+    if flag is not None:
+        return flag
+    named = os.environ.get(CONFIG_VARIABLE)
+    return Path(named) if named else None
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything configurable about one server process.

@@ -8,11 +8,10 @@ import logging
 import os
 import signal
 import sys
-from pathlib import Path
 
 from dicomrpc_server.announce import announce
 from dicomrpc_server.archive import Archive, GroupMember
-from dicomrpc_server.config import CONFIG_VARIABLE, OPTIONS, Settings
+from dicomrpc_server.config import OPTIONS, Settings, config_file
 from dicomrpc_server.dicomweb.connections import raise_descriptor_limit
 from dicomrpc_server.dicomweb.server import HttpServer
 from dicomrpc_server.dimse.server import DimseServer
@@ -38,8 +37,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             continue
         value = getattr(args, option.dest, None)
         overrides[option.name] = tuple(value) if isinstance(value, list) else value
-    config = getattr(args, "config", None) or os.environ.get(CONFIG_VARIABLE) or None
-    return Settings.load(Path(config) if config is not None else None, **overrides)
+    return Settings.load(config_file(getattr(args, "config", None)), **overrides)
 
 
 async def serve(

@@ -543,13 +543,12 @@ def summary(manifest: Manifest, dest: Path) -> Iterator[str]:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``dicomrpc backup``."""
-    from dicomrpc_server.config import CONFIG_VARIABLE, Settings
+    from dicomrpc_server.config import Settings, config_file
     from dicomrpc_server.logs import log_to_stderr
 
     log_to_stderr(args.log_level)
-    config = args.config or os.environ.get(CONFIG_VARIABLE) or None
     try:
-        settings = Settings.load(Path(config) if config else None, data_dir=args.data)
+        settings = Settings.load(config_file(args.config), data_dir=args.data)
     except ValueError as exc:
         print(f"dicomrpc backup: {exc}", file=sys.stderr)
         return 2
