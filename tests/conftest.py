@@ -18,6 +18,7 @@ from typing import IO, Any
 
 import grpc
 import pytest
+from pynetdicom.association import Association
 from starlette.middleware import Middleware
 
 from dicomrpc import Client
@@ -125,6 +126,18 @@ class RunningServer:
     def dimse_port(self) -> int:
         assert self.dimse is not None, "start the server with dimse_port=0"
         return self.dimse.port
+
+    def served(self, requester: Association) -> list[Association]:
+        """The archive's side of a requester's association (one, while it is open)."""
+        assert self.dimse is not None, "start the server with dimse_port=0"
+        transport = requester.dul.socket
+        assert transport is not None and transport.socket is not None
+        port = transport.socket.getsockname()[1]
+        return [
+            assoc
+            for assoc in self.dimse._ae.active_associations
+            if assoc.is_acceptor and assoc.requestor.port == port
+        ]
 
     def stop(self) -> None:
         if self.dimse is not None:

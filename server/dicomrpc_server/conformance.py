@@ -60,6 +60,7 @@ from dicomrpc_server.dimse import (
     sending,
     server,
     statuses,
+    transport,
     watch,
 )
 from dicomrpc_server.errors import Code, ServiceError
@@ -633,6 +634,7 @@ def limits() -> str:
             _size(s.dimse_max_pdu_bytes),
             "`--dimse-max-pdu-bytes`",
         ),
+        ("DIMSE PDU other than P-DATA-TF", _size(transport.MAX_OTHER_PDU_BYTES), "fixed"),
         ("DIMSE ACSE / DIMSE message timeout", f"{s.dimse_timeout_s:g} s", "`--dimse-timeout`"),
         ("DIMSE idle association", f"{s.dimse_idle_timeout_s:g} s", "`--dimse-idle-timeout`"),
         (

@@ -22,7 +22,6 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.events import Event, EventHandlerType
-from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.utils import make_target
 
@@ -47,10 +46,12 @@ from dicomrpc_server.dimse.requesters import (
 )
 from dicomrpc_server.dimse.sending import InstanceSource
 from dicomrpc_server.dimse.store import StoreHandler
+from dicomrpc_server.dimse.transport import ArchiveRequestHandler
 from dicomrpc_server.dimse.watch import Watchers
 from dicomrpc_server.dimse.workitems import WorkitemHandlers
 from dicomrpc_server.dimse.worklist import WorklistFindHandler
 from dicomrpc_server.ports import port_unavailable
+from dicomrpc_server.store.ingest import Reception
 
 log = logging.getLogger("dicomrpc.dimse")
 
@@ -67,6 +68,8 @@ class _AcceptorServer(ThreadedAssociationServer):
     """pynetdicom's threaded server, asking the DIMSE server whether to take a connection."""
 
     gate: DimseServer | None = None
+    # Starts the reception of a C-STORE data set: the store core's (see reception.py).
+    receive: Callable[[], Reception]
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         """Whether to serve a new connection (socketserver closes it otherwise)."""
@@ -93,19 +96,6 @@ class _SharedPortServer(_AcceptorServer):
         assert self.socket is not None
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
-
-
-class SharedContexts(list[PresentationContext]):
-    """The supported presentation contexts, shared by every association as they are.
-
-    pynetdicom deep-copies the server's contexts for each connection it accepts: for the
-    archive's 177 contexts and 2,748 transfer syntaxes that is 40 ms or more of one core per
-    association, before its request is even read. Negotiation only reads them (the accepted
-    contexts it builds are new objects), so a copy of the list, sharing its contexts, is enough.
-    """
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> list[PresentationContext]:
-        return list(self)
 
 
 # How often a stopping server looks whether its associations have ended.
@@ -294,10 +284,11 @@ class DimseServer:
             evt_handlers=handlers,
             ssl_context=self._ssl_context(),
             server_class=server_class,
+            request_handler=ArchiveRequestHandler,
         )
         assert isinstance(server, _AcceptorServer)
         server.gate = self
-        server.contexts = SharedContexts(server.contexts)
+        server.receive = self.archive.store.receive
         thread = threading.Thread(
             target=make_target(server.serve_forever), name="dimse-acceptor", daemon=True
         )

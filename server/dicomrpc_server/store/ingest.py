@@ -20,6 +20,7 @@ import asyncio
 import collections
 import enum
 import logging
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -175,11 +176,21 @@ class StoreCore:
         stream: StoreStream,
         client_reference: str = "",
         declared_size: int = 0,
+        reception: Reception | None = None,
     ) -> Ingest:
-        """Start receiving the next instance of ``stream``."""
-        ingest = Ingest(self, stream, client_reference, declared_size)
+        """Start the next instance of ``stream``: to be received, or received already.
+
+        ``reception`` holds the bytes of an instance received off the event loop (see
+        :class:`Reception`); without it the instance is received through
+        :meth:`Ingest.write`.
+        """
+        ingest = Ingest(self, stream, client_reference, reception or Reception(self, declared_size))
         stream.count += 1
         return ingest
+
+    def receive(self) -> Reception:
+        """Start receiving an instance's bytes on another thread than the event loop's."""
+        return Reception(self)
 
     def storage_error(self, exc: Exception, step: str) -> ServiceError:
         """The failure of an instance whose file or index write failed with ``exc``."""
@@ -207,63 +218,63 @@ class StoreStream:
         self.last_checked: asyncio.Future[None] | None = None
 
 
-class Ingest:
-    """One instance on its way in: feed it bytes with :meth:`write`, then :meth:`finish`.
+class Reception:
+    """An instance's bytes on their way to its upload file, with what went wrong receiving them.
 
-    The instance owns its upload file, created at its first byte, until it hands the file to
-    its commit. :meth:`abandon` removes the file wherever the instance ends; it may be called
-    any number of times, from any path, and :meth:`finish` always ends with it.
+    The file is created at the first byte: an instance that never receives one holds none.
+    Past the size limit, or once a write failed, bytes are dropped and the file is removed at
+    once; the instance then fails when it is finished, and the request's other instances go
+    on. Safe to use from two threads (a DIMSE association receives on its own and hands the
+    reception to the event loop once the last byte is in): each call holds a lock.
     """
 
-    def __init__(
-        self, core: StoreCore, stream: StoreStream, client_reference: str, declared_size: int
-    ) -> None:
+    def __init__(self, core: StoreCore, declared_size: int = 0) -> None:
         self._core = core
-        self._stream = stream
-        self._declared = declared_size
-        self._restriction = stream.study_restriction
-        self.result = InstanceResult(stream.count, client_reference)
-        self._received = 0
-        self._too_large = declared_size > core.settings.max_instance_bytes
-        # Created at the first byte: an instance that never receives one holds no file.
-        self._upload: Upload | None = None
+        self.declared = declared_size
+        self.received = 0
+        self.too_large = declared_size > core.settings.max_instance_bytes
         # Why the bytes are dropped since a write of them failed (no space, say).
-        self._write_failure: ServiceError | None = None
+        self.write_failure: ServiceError | None = None
+        self._upload: Upload | None = None
         self._ended = False
-        # Decided after the previous instance of the stream (see StoreStream).
-        self._after = stream.last_checked
-        self._checked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        stream.last_checked = self._checked
+        self._lock = threading.Lock()
 
     def write(self, data: bytes | memoryview) -> None:
-        """Append a chunk; past the size limit, or once a write failed, bytes are dropped.
+        """Append bytes (dropped once the reception ended, failed or is over the limit)."""
+        with self._lock:
+            self.received += len(data)
+            if self._ended or self.too_large or self.write_failure is not None or not data:
+                return
+            if self.received > self._core.settings.max_instance_bytes:
+                self.too_large = True
+                self._drop()
+                return
+            try:
+                if self._upload is None:
+                    self._upload = self._core.blobs.new_upload()
+                self._upload.write(data)
+            except OSError as exc:
+                self.write_failure = self._core.storage_error(exc, "writing the instance's file")
+                self._drop()
 
-        Either way the file is removed at once and the instance fails when it is finished;
-        the request's other instances go on.
-        """
-        self._received += len(data)
-        if self._ended or self._too_large or self._write_failure is not None or not data:
-            return
-        if self._received > self._core.settings.max_instance_bytes:
-            self._too_large = True
-            self._drop_upload()
-            return
-        try:
-            if self._upload is None:
-                self._upload = self._core.blobs.new_upload()
-            self._upload.write(data)
-        except OSError as exc:
-            self._write_failure = self._core.storage_error(exc, "writing the instance's file")
-            self._drop_upload()
+    @property
+    def upload(self) -> Upload | None:
+        """The file the bytes went to (none before the first byte, or once removed)."""
+        return self._upload
 
-    def abandon(self) -> None:
-        """End the instance here: remove its upload unless a commit owns it (idempotent)."""
-        self._ended = True
-        self._drop_upload()
-        if not self._checked.done():
-            self._checked.set_result(None)  # the next instance of the stream is not held up
+    def take(self) -> Upload | None:
+        """Hand the upload over to the caller, who removes or commits it from now on."""
+        with self._lock:
+            upload, self._upload = self._upload, None
+            return upload
 
-    def _drop_upload(self) -> None:
+    def discard(self) -> None:
+        """End the reception here: remove the upload unless it was taken (idempotent)."""
+        with self._lock:
+            self._ended = True
+            self._drop()
+
+    def _drop(self) -> None:
         upload, self._upload = self._upload, None
         if upload is None:
             return
@@ -272,6 +283,38 @@ class Ingest:
         except OSError:
             # Start-up recovery removes what is left under uploads/.
             log.warning("could not remove the upload %s", upload.path, exc_info=True)
+
+
+class Ingest:
+    """One instance on its way in: feed it bytes with :meth:`write`, then :meth:`finish`.
+
+    The instance owns its reception, and with it the upload file, until it hands the file to
+    its commit. :meth:`abandon` removes the file wherever the instance ends; it may be called
+    any number of times, from any path, and :meth:`finish` always ends with it.
+    """
+
+    def __init__(
+        self, core: StoreCore, stream: StoreStream, client_reference: str, reception: Reception
+    ) -> None:
+        self._core = core
+        self._stream = stream
+        self._reception = reception
+        self._restriction = stream.study_restriction
+        self.result = InstanceResult(stream.count, client_reference)
+        # Decided after the previous instance of the stream (see StoreStream).
+        self._after = stream.last_checked
+        self._checked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        stream.last_checked = self._checked
+
+    def write(self, data: bytes | memoryview) -> None:
+        """Append a chunk (see :class:`Reception` for the size limit and failed writes)."""
+        self._reception.write(data)
+
+    def abandon(self) -> None:
+        """End the instance here: remove its upload unless a commit owns it (idempotent)."""
+        self._reception.discard()
+        if not self._checked.done():
+            self._checked.set_result(None)  # the next instance of the stream is not held up
 
     async def finish(self) -> InstanceResult:
         """Check, persist and index the instance; return its result (never raises).
@@ -304,25 +347,27 @@ class Ingest:
     async def _finish(self) -> InstanceResult:
         core = self._core
         limit = core.settings.max_instance_bytes
-        if self._too_large:
+        reception = self._reception
+        received, declared = reception.received, reception.declared
+        if reception.too_large:
             raise _failure(
                 "INSTANCE_TOO_LARGE",
-                f"the instance is {max(self._received, self._declared)} bytes, more than the "
+                f"the instance is {max(received, declared)} bytes, more than the "
                 f"server's limit of {limit} bytes",
                 272,
                 limit=str(limit),
             )
-        if self._write_failure is not None:
-            raise self._write_failure
-        if self._declared and self._received != self._declared:
+        if reception.write_failure is not None:
+            raise reception.write_failure
+        if declared and received != declared:
             raise _failure(
                 "INSTANCE_TRUNCATED",
-                f"{self._received} bytes were sent, but the header announced {self._declared}",
+                f"{received} bytes were sent, but the header announced {declared}",
                 272,
             )
-        if self._received == 0:
+        if received == 0:
             raise _failure("INSTANCE_UNPARSABLE", "the instance has no bytes", 272)
-        upload = self._upload
+        upload = reception.upload
         assert upload is not None
         try:
             upload.close()  # buffered bytes are written now: this too may find no space
@@ -393,7 +438,7 @@ class Ingest:
         core._in_flight[sop] = (self._stream, commit)
         self._checked.set_result(None)
         # From here on the upload belongs to the commit task.
-        self._upload = None
+        reception.take()
         # Shielded: once the file is being persisted, a cancelled stream must not leave the
         # file and the index disagreeing; the commit finishes either way.
         version = await asyncio.shield(commit)

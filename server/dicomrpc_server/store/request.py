@@ -15,7 +15,14 @@ from types import TracebackType
 from dicomrpc_server.dicom.uids import UidCheck, check_uid
 from dicomrpc_server.errors import Code, ServiceError, invalid_argument
 from dicomrpc_server.storage.space import STORAGE_FULL
-from dicomrpc_server.store.ingest import Ingest, InstanceResult, Outcome, StoreCore, StoreStream
+from dicomrpc_server.store.ingest import (
+    Ingest,
+    InstanceResult,
+    Outcome,
+    Reception,
+    StoreCore,
+    StoreStream,
+)
 
 # Instances of one request being checked and committed while the next one streams in.
 PIPELINE_DEPTH = 4
@@ -101,6 +108,21 @@ class StoreRequest:
         await self._bound()
         self._current = self._core.begin(self._stream, client_reference, declared_size)
         self._ingests.append(self._current)
+
+    async def add(self, reception: Reception, client_reference: str = "") -> None:
+        """Add an instance whose bytes were received already, off the event loop.
+
+        The request owns ``reception`` from now on, and removes its file however it ends.
+        """
+        self._close_current()
+        try:
+            await self._bound()
+        except BaseException:
+            reception.discard()
+            raise
+        self._current = self._core.begin(self._stream, client_reference, reception=reception)
+        self._ingests.append(self._current)
+        self._close_current()
 
     def write(self, data: bytes | memoryview) -> None:
         """Append bytes to the current instance."""
