@@ -7,13 +7,13 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 from pydicom.uid import generate_uid
 
 from tests.conftest import RunningServer
+from tests.descriptors import open_files_under
 from tests.dicomgen import ct_instance
 from tests.integration.test_dicomweb_http import STOW_TYPE, multipart
 
@@ -117,19 +117,6 @@ def test_a_transcoded_study_is_still_streamed_in_chunks(http: httpx.Client) -> N
     assert len(_parts(response.headers["content-type"], response.content)) == 3
 
 
-def _blob_descriptors(blobs: Path) -> list[str]:
-    """The server process's open descriptors on files of the blob folder."""
-    found = []
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith(str(blobs)):
-            found.append(target)
-    return found
-
-
 def test_clients_that_leave_midway_leave_no_file_open(
     server: RunningServer, http: httpx.Client
 ) -> None:
@@ -150,16 +137,16 @@ def test_clients_that_leave_midway_leave_no_file_open(
         assert sock.recv(1024).startswith(b"HTTP/1.1 200")
         clients.append(sock)
     deadline = time.monotonic() + 10
-    while not _blob_descriptors(folder) and time.monotonic() < deadline:
+    while not open_files_under(folder) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert _blob_descriptors(folder), "the server should be sending when the clients leave"
+    assert open_files_under(folder), "the server should be sending when the clients leave"
     for sock in clients:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
         sock.close()  # a reset: the server's next send fails
     deadline = time.monotonic() + 10
-    while _blob_descriptors(folder) and time.monotonic() < deadline:
+    while open_files_under(folder) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert _blob_descriptors(folder) == []
+    assert open_files_under(folder) == []
     # The gateway still serves, the whole study, byte for byte.
     response = http.get(
         f"/studies/{study}", headers={"Accept": f"{MULTIPART_DICOM}; transfer-syntax=*"}

@@ -27,6 +27,7 @@ from pynetdicom.pdu_primitives import P_DATA
 from dicomrpc import Client
 from tests import dcmtk
 from tests.conftest import RunningServer, start_server
+from tests.descriptors import open_files_under
 from tests.dicomgen import ct_instance
 from tests.fuzz.dimse import AE_TITLE, pdus
 
@@ -93,16 +94,7 @@ def _uploads(archive: RunningServer) -> list[Path]:
 
 def _upload_descriptors(archive: RunningServer) -> list[str]:
     """The server process's (this process's) open descriptors on upload files."""
-    folder = str(archive.settings.data_dir / "uploads")
-    found = []
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith(folder):
-            found.append(target)
-    return found
+    return open_files_under(archive.settings.data_dir / "uploads")
 
 
 def _wait_for(condition: object, what: str) -> None:
@@ -155,6 +147,11 @@ def test_a_command_and_its_data_set_in_one_pdu_are_stored(archive: RunningServer
     study, sop_uid = generate_uid(), generate_uid()
     instance = ct_instance(study, generate_uid(), sop_uid)
     data_set = _data_set(instance)
+    # The requester's reactor parked, as pynetdicom's send_* methods park it, so that the
+    # response is read here rather than taken by the reactor.
+    assoc._reactor_checkpoint.clear()
+    while not assoc._is_paused:
+        time.sleep(0.001)
     _send(
         assoc,
         (context_id, _store_command(sop_uid), True, True),
@@ -162,6 +159,7 @@ def test_a_command_and_its_data_set_in_one_pdu_are_stored(archive: RunningServer
         (context_id, data_set[100:], False, True),
     )
     _, response = assoc.dimse.get_msg(block=True)
+    assoc._reactor_checkpoint.set()
     assert response is not None and response.Status == 0x0000
     assoc.release()
     with Client(archive.target) as client:
