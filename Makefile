@@ -65,9 +65,10 @@ slow: install
 # tests name no storage, so `--server-index` gives them a database and store of their own.
 SHARED_FOLDER_TESTS := $(addprefix tests/integration/,test_server.py test_search.py \
 	test_retrieve.py test_workitems.py test_workitem_events.py test_dicomweb_http.py \
-	test_dicomweb_workitems.py test_retrieve_http_pull.py)
+	test_dicomweb_workitems.py test_retrieve_http_pull.py test_dimse_store.py)
 SHARED_S3_TESTS := $(addprefix tests/integration/,test_retrieve.py test_search.py \
-	test_workitem_events.py test_dicomweb_workitems.py test_retrieve_http_pull.py)
+	test_workitem_events.py test_dicomweb_workitems.py test_retrieve_http_pull.py \
+	test_dimse_store.py)
 
 shared: install
 	$(BIN)/pytest -q --server-index=postgresql $(SHARED_FOLDER_TESTS)
