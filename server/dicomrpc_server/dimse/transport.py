@@ -8,14 +8,17 @@ of the hand-offs a C-STORE passes through; and the DUL reads a PDU 4 KiB at a ti
 same state machine and the same queues are used, but each thread blocks until it has
 something to do:
 
-- the DUL thread waits in ``select`` for the peer's bytes, or a byte on a wake-up socket that
-  the association writes when it queues a primitive to send;
+- the DUL thread waits in ``poll`` for the peer's bytes, or a byte on a wake-up socket that
+  the association writes when it queues a primitive to send (``poll``, not ``select``, which
+  fails on descriptors past 1024: pynetdicom took those for closed connections);
 - the association thread waits on an event set when a DIMSE message or an ACSE primitive is
   queued for it, or when the DUL ends;
 - a PDU is read with ``recv_into`` into one buffer, in as few calls as the kernel allows, and
   one longer than the archive accepts is refused before it is read (an A-ABORT, as for any
   invalid PDU: PS3.8 Table 9-10, Evt19): a P-DATA-TF longer than the maximum length the
-  archive announced (PS3.8 D.1), any other PDU longer than ``MAX_OTHER_PDU_BYTES``.
+  archive announced (PS3.8 D.1), any other PDU longer than ``MAX_OTHER_PDU_BYTES``;
+- when the DUL thread ends, the connection closes, even while the association's thread still
+  serves a request (a search the requester aborted, say).
 
 Both threads still wake at least every ``MAX_WAIT_S``, for the timers they watch (ARTIM, the
 idle timeout) and as a safety net.
