@@ -62,7 +62,13 @@ class StoreHandler:
         if reception is None:
             failure = getattr(data_set, "failure", "") or "the request has no data set"
             return reply(event, "C-STORE", sop_uid, statuses.CANNOT_UNDERSTAND, failure, started)
-        result = on_loop(self._loop, self.store(reception, sop_uid))
+        try:
+            result = on_loop(self._loop, self.store(reception, sop_uid))
+        except BaseException:
+            # The archive is stopping (its loop closed before taking the store): the file goes
+            # now. A store the loop began removes or commits it itself; this is then a no-op.
+            reception.discard()
+            raise
         self._audit.stored(event.assoc, result)
         message = ""
         if result.failure is not None:
