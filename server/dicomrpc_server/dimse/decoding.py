@@ -12,6 +12,11 @@ answered as the expected ones are: the message refused with Evt19; the PDU the s
 failed on with an A-ABORT, the connection closed and the association ended. The same for an
 A-ASSOCIATE-RQ negotiation fails on (a presentation context without an abstract syntax), which
 killed the association's thread and left the request unanswered.
+
+The archive's own classes for the acceptor (:mod:`.transport`, :mod:`.reception`) do the same
+where they override pynetdicom: a DIMSE message that cannot be decoded is refused with Evt19,
+and a socket whose shutdown fails is closed all the same. Here are the guards on the objects
+the archive takes from pynetdicom as they are: the state machine and the ACSE negotiation.
 """
 
 from __future__ import annotations
@@ -41,30 +46,8 @@ def guard(assoc: Association) -> None:
 
     Called when its connection opens, before anything is read.
     """
-    _abort_on_undecodable_messages(assoc)
     _abort_on_state_machine_failures(assoc)
     _abort_on_negotiation_failures(assoc)
-    _close_even_when_shutdown_fails(assoc)
-
-
-def _abort_on_undecodable_messages(assoc: Association) -> None:
-    dimse = assoc.dimse
-    receive = dimse.receive_primitive
-
-    def receive_or_abort(primitive: Any) -> None:
-        try:
-            receive(primitive)
-        except Exception as exc:  # any decoding failure: the message is refused, not the DUL
-            dimse.message = None
-            log.warning(
-                "association from %s aborted: a DIMSE message that cannot be decoded (%s: %s)",
-                describe_requester(assoc),
-                type(exc).__name__,
-                exc,
-            )
-            assoc.dul.event_queue.put(INVALID_PDU)
-
-    dimse.receive_primitive = receive_or_abort  # type: ignore[method-assign]
 
 
 def _abort_on_state_machine_failures(assoc: Association) -> None:
@@ -129,25 +112,3 @@ def abort_now(assoc: Association) -> None:
     assoc._kill = True
     dul.kill_dul()
     dul.to_user_queue.put(cast(Any, None))
-
-
-def _close_even_when_shutdown_fails(assoc: Association) -> None:
-    """Close the connection's socket even when shutting it down fails.
-
-    pynetdicom closes a socket only after a successful ``shutdown()``, which fails once the
-    peer has reset the connection: the file descriptor then stays open until the socket
-    object is collected.
-    """
-    transport = assoc.dul.socket
-    if transport is None:
-        return
-    shutdown = transport._shutdown_socket
-
-    def shutdown_and_close() -> None:
-        raw = transport.socket
-        shutdown()
-        if raw is not None:
-            with contextlib.suppress(OSError):
-                raw.close()
-
-    transport._shutdown_socket = shutdown_and_close  # type: ignore[method-assign]

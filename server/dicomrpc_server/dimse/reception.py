@@ -28,6 +28,8 @@ from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dsutils import create_file_meta, encode_file_meta
 from pynetdicom.pdu_primitives import P_DATA
 
+from dicomrpc_server.dimse.decoding import INVALID_PDU
+from dicomrpc_server.dimse.requesters import describe_requester
 from dicomrpc_server.store.ingest import Reception
 
 if TYPE_CHECKING:
@@ -89,16 +91,29 @@ class ArchiveDIMSE(DIMSEServiceProvider):
         """Decode a P-DATA, one presentation data value at a time.
 
         One at a time, so that the fragment ending a C-STORE-RQ's command set is decoded
-        before the first of its data set, which then goes to the reception.
+        before the first of its data set, which then goes to the reception. A message that
+        cannot be decoded (a command set without its Command Field, say) is refused as
+        pynetdicom refuses the failures it expects (Evt19: A-ABORT, PS3.8 Table 9-10), where
+        it would raise in the DUL thread and leave the requester unanswered.
         """
         values = primitive.presentation_data_value_list
-        if len(values) == 1:
-            self._receive_value(primitive)
-            return
-        for value in values:
-            single = P_DATA()
-            single.presentation_data_value_list.append(value)
-            self._receive_value(single)
+        try:
+            if len(values) == 1:
+                self._receive_value(primitive)
+                return
+            for value in values:
+                single = P_DATA()
+                single.presentation_data_value_list.append(value)
+                self._receive_value(single)
+        except Exception as exc:  # any decoding failure: the message is refused, not the DUL
+            self.message = None
+            log.warning(
+                "association from %s aborted: a DIMSE message that cannot be decoded (%s: %s)",
+                describe_requester(self.assoc),
+                type(exc).__name__,
+                exc,
+            )
+            self.dul.event_queue.put(INVALID_PDU)
 
     def _receive_value(self, primitive: P_DATA) -> None:
         super().receive_primitive(primitive)

@@ -44,7 +44,7 @@ from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import AssociationSocket, RequestHandler
 
-from dicomrpc_server.dimse.decoding import abort_now
+from dicomrpc_server.dimse.decoding import INVALID_PDU, abort_now
 from dicomrpc_server.dimse.reception import ArchiveDIMSE, ReceivedDataSet
 from dicomrpc_server.dimse.requesters import describe_requester
 from dicomrpc_server.store.ingest import Reception
@@ -61,8 +61,8 @@ MAX_OTHER_PDU_BYTES = 1 << 20
 READ_AHEAD_BYTES = 1 << 20
 P_DATA_TF = 0x04
 _PDU_TYPES = frozenset(range(0x01, 0x08))
-# The state machine's events (PS3.8 Table 9-10): transport closed, invalid PDU, ARTIM expired.
-TRANSPORT_CLOSED, INVALID_PDU, ARTIM_EXPIRED = "Evt17", "Evt19", "Evt18"
+# The state machine's events (PS3.8 Table 9-10): transport closed, ARTIM expired.
+TRANSPORT_CLOSED, ARTIM_EXPIRED = "Evt17", "Evt18"
 
 T = TypeVar("T")
 
@@ -101,6 +101,21 @@ class ArchiveSocket(AssociationSocket):
         except (OSError, ValueError):
             self.event_queue.put(TRANSPORT_CLOSED)
             return False
+
+    def _shutdown_socket(self) -> None:
+        """Shut the connection down and close it, closed even when the shutdown fails.
+
+        pynetdicom closes the socket only after a successful ``shutdown()``, which fails once
+        the peer has reset the connection: the descriptor then stayed open until the socket
+        object was collected.
+        """
+        sock = self.socket
+        if sock is None:
+            return
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
+            sock.close()
 
     def recv(self, nr_bytes: int) -> bytearray:
         """Read ``nr_bytes`` (fewer only when the connection closes first)."""
@@ -318,7 +333,7 @@ class ArchiveDUL(DULServiceProvider):
     def _length_limit(self, pdu_type: int) -> int:
         """The longest PDU of ``pdu_type`` accepted (its length field, PS3.8 9.3)."""
         if pdu_type == P_DATA_TF:
-            announced = self.assoc.acceptor.maximum_length if self.assoc.is_acceptor else 0
+            announced = self.assoc.acceptor.maximum_length
             if announced:
                 # The announced maximum counts the PDV items (PS3.8 D.1); a PDU header's
                 # worth more is let through for peers that count it too.
