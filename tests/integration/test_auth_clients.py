@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -16,6 +16,8 @@ from dicomweb_client.api import DICOMwebClient
 from pydicom.uid import generate_uid
 
 from dicomrpc import AsyncClient, Client, DicomRpcError
+from dicomrpc.v1 import store_service_pb2 as store_pb
+from dicomrpc.v1 import store_service_pb2_grpc
 from dicomrpc_server.access.api_keys import create, revoke
 from tests.authgen import AUDIENCE, ISSUER, Issuer, write_jwks
 from tests.conftest import RunningServer, start_server
@@ -144,6 +146,57 @@ def test_the_async_client_takes_tokens_and_async_providers(secured: RunningServe
             assert len(handed) == 2
 
     asyncio.run(scenario())
+
+
+def test_the_async_client_hears_every_refused_store_as_its_refusal(
+    secured: RunningServer,
+) -> None:
+    # grpcio's asyncio client reports a status that arrives while it is still writing as
+    # INTERNAL: the server reads a refused stream on (within bounds) before refusing it.
+    large = ct_instance(rows=1024, columns=1024)  # 2 MiB: several chunks, past the flow window
+    refusals: list[tuple[grpc.StatusCode, str | None]] = []
+
+    async def scenario() -> None:
+        async with AsyncClient(secured.target, token=STRANGER.token(EVERY)) as client:
+            for _ in range(10):
+                with pytest.raises(DicomRpcError) as refused:
+                    await client.store([large])
+                refusals.append((refused.value.code, refused.value.metadata.get("token_problem")))
+
+    asyncio.run(scenario())
+    assert refusals == [(grpc.StatusCode.UNAUTHENTICATED, "bad_signature")] * 10
+
+
+def test_a_refused_stream_is_read_on_only_within_bounds(secured: RunningServer) -> None:
+    chunk = store_pb.StoreInstancesRequest(data=bytes(1024 * 1024))
+    pulled = 0
+
+    def endless() -> Iterator[store_pb.StoreInstancesRequest]:
+        nonlocal pulled
+        while pulled < 256:
+            pulled += 1
+            yield chunk
+
+    token = (("authorization", f"Bearer {STRANGER.token(EVERY)}"),)
+    with grpc.insecure_channel(secured.target) as channel:
+        stub = store_service_pb2_grpc.StoreServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.StoreInstances(endless(), metadata=token)
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert pulled < 64  # 8 MiB read on, and what gRPC's buffers took: not the 256 MiB offered
+
+    async def stalled() -> None:  # one chunk, then nothing, and no end of the stream
+        async def one_then_wait() -> AsyncIterator[store_pb.StoreInstancesRequest]:
+            yield chunk
+            await asyncio.Event().wait()
+
+        async with grpc.aio.insecure_channel(secured.target) as channel:
+            stub = store_service_pb2_grpc.StoreServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await asyncio.wait_for(stub.StoreInstances(one_then_wait(), metadata=token), 20)
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+    asyncio.run(stalled())
 
 
 @pytest.mark.slow

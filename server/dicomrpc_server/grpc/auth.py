@@ -73,13 +73,17 @@ class AccessInterceptor(WrappingInterceptor):
         self._authenticator = authenticator
         self._client_certificates = client_certificates
 
-    async def _admit(self, context: Any, method: str) -> None:
-        """Set the call's caller; abort the call when it is refused."""
+    async def _admit(self, context: Any, method: str, requests: Any) -> None:
+        """Set the call's caller; abort the call when it is refused.
+
+        ``requests`` is the call's request stream, or None for a unary request: a refused
+        stream is read on before the refusal, so that the client hears it (see ``abort``).
+        """
         credentials = credentials_of(context, self._client_certificates)
         admission = await self._authenticator.admit(credentials, rpc_scope(method), method)
         _CALLER.set(admission.caller)
         if admission.error is not None:
-            await abort(context, admission.error)
+            await abort(context, admission.error, requests)
 
     def wrap(self, handler: Any, method: str) -> Any:
         """A handler of the same shape that admits the call, then does what ``handler`` does."""
@@ -87,14 +91,14 @@ class AccessInterceptor(WrappingInterceptor):
 
         def unary_response(inner: Any, streaming_request: bool) -> Any:
             async def behaviour(request: Any, context: Any) -> Any:
-                await admit(context, method)
+                await admit(context, method, request if streaming_request else None)
                 return await inner(request, context)
 
             return behaviour
 
         def stream_response(inner: Any, streaming_request: bool) -> Any:
             async def behaviour(request: Any, context: Any) -> AsyncIterator[Any]:
-                await admit(context, method)
+                await admit(context, method, request if streaming_request else None)
                 result = inner(request, context)
                 if hasattr(result, "__aiter__"):
                     async for response in result:

@@ -51,17 +51,30 @@ def _parser(inner: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | No
     return parse_or_keep_the_error
 
 
-async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
-    async for request in requests:
+class _Checked:
+    """A request stream that raises the error of each message that could not be parsed.
+
+    An iterator, not a generator, so that it can be read on after it raised: the servicer that
+    ends the call reads the rest of the stream first (:func:`.errors.abort`).
+    """
+
+    def __init__(self, requests: AsyncIterator[Any]) -> None:
+        self._requests = aiter(requests)
+
+    def __aiter__(self) -> _Checked:
+        return self
+
+    async def __anext__(self) -> Any:
+        request = await anext(self._requests)
         if isinstance(request, _Undecodable):
             raise undecodable(request)  # the servicer ends the call with it
-        yield request
+        return request
 
 
 def _unary_response(inner: Any, streaming_request: bool) -> Any:
     async def behaviour(request: Any, context: Any) -> Any:
         if streaming_request:
-            return await inner(_checked(request), context)
+            return await inner(_Checked(request), context)
         if isinstance(request, _Undecodable):
             await abort(context, undecodable(request))
         return await inner(request, context)
@@ -72,7 +85,7 @@ def _unary_response(inner: Any, streaming_request: bool) -> Any:
 def _stream_response(inner: Any, streaming_request: bool) -> Any:
     async def behaviour(request: Any, context: Any) -> AsyncIterator[Any]:
         if streaming_request:
-            request = _checked(request)
+            request = _Checked(request)
         elif isinstance(request, _Undecodable):
             await abort(context, undecodable(request))
         result = inner(request, context)

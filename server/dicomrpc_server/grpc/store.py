@@ -82,7 +82,7 @@ class StoreServicer:
         try:
             results = await self._store(request_iterator)
         except ServiceError as error:
-            await abort(context, error)
+            await abort(context, error, request_iterator)
         return pb.StoreInstancesResponse(
             results=[_result_message(r) for r in results],
             status=_STATUSES[overall_status(results)],
