@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE, evt
+from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.transport import ThreadedAssociationServer
@@ -46,7 +46,7 @@ from dicomrpc_server.dimse.requesters import (
 )
 from dicomrpc_server.dimse.sending import InstanceSource
 from dicomrpc_server.dimse.store import StoreHandler
-from dicomrpc_server.dimse.transport import ArchiveRequestHandler
+from dicomrpc_server.dimse.transport import ArchiveAE, ArchiveRequestHandler
 from dicomrpc_server.dimse.watch import Watchers
 from dicomrpc_server.dimse.workitems import WorkitemHandlers
 from dicomrpc_server.dimse.worklist import WorklistFindHandler
@@ -168,7 +168,7 @@ class DimseServer:
         self.ae_title = settings.ae_title
         self._requesters = RequesterCheck(settings.dimse_allow)
         self._audit = DimseAudit(archive.auditor)
-        ae = AE(ae_title=settings.ae_title)
+        ae = ArchiveAE(ae_title=settings.ae_title)
         # One by one: the ``supported_contexts`` setter would drop the roles.
         for context in supported_contexts():
             ae.add_supported_context(

@@ -22,6 +22,9 @@ something to do:
 
 Both threads still wake at least every ``MAX_WAIT_S``, for the timers they watch (ARTIM, the
 idle timeout) and as a safety net.
+
+The associations the archive requests (:class:`ArchiveAE`: a C-MOVE's, storage commitment and
+UPS event reports) are pynetdicom's, on the same socket, which sends small writes at once.
 """
 
 from __future__ import annotations
@@ -38,11 +41,11 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TypeVar
 
-from pynetdicom import evt
+from pynetdicom import AE, evt
 from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
-from pynetdicom.transport import AssociationSocket, RequestHandler
+from pynetdicom.transport import AddressInformation, AssociationSocket, RequestHandler
 
 from dicomrpc_server.dimse.decoding import INVALID_PDU, abort_now
 from dicomrpc_server.dimse.reception import ArchiveDIMSE, ReceivedDataSet
@@ -81,6 +84,17 @@ class WakingQueue(queue.Queue[T]):
 
 class ArchiveSocket(AssociationSocket):
     """The association's socket, reading a PDU in as few ``recv_into`` calls as it arrives in."""
+
+    def _create_socket(self, address: AddressInformation) -> socket.socket:
+        """A socket for an association the archive requests, its small writes sent at once.
+
+        pynetdicom writes a message as separate PDUs (a C-STORE's command, then its data set):
+        with Nagle's algorithm each waits for the peer's delayed acknowledgement of the one
+        before, up to 40 ms. A C-MOVE sent its instances at a third of the rate of a C-GET.
+        """
+        sock = super()._create_socket(address)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
 
     @property
     def ready(self) -> bool:
@@ -466,3 +480,20 @@ class ArchiveRequestHandler(RequestHandler):
                 for handler, args in handlers:
                     assoc.bind(event, handler, args)
         return assoc
+
+
+class ArchiveAE(AE):
+    """The archive's application entity: what it requests goes on an :class:`ArchiveSocket`.
+
+    The associations the archive requests (a C-MOVE's to its destination, a storage
+    commitment report to its requester, UPS event reports to subscribers) get the same socket
+    as those it accepts: small writes sent at once, ``poll`` rather than ``select``, a PDU read
+    in as few calls as it arrives in. Their association and DUL threads are pynetdicom's.
+    """
+
+    def _create_socket(
+        self, assoc: Association, address: AddressInformation, tls_args: Any
+    ) -> ArchiveSocket:
+        sock = ArchiveSocket(assoc, address=address)
+        sock.tls_args = tls_args
+        return sock

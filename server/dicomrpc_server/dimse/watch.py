@@ -61,7 +61,7 @@ from dataclasses import dataclass, field
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from pydicom.dataset import Dataset
-from pynetdicom import AE, build_role
+from pynetdicom import build_role
 from pynetdicom.presentation import build_context
 
 from dicomrpc.datasets import to_pydicom
@@ -70,6 +70,7 @@ from dicomrpc.v1 import workitem_service_pb2 as pb
 from dicomrpc_server.dimse.contexts import UPS_EVENT, UPS_PUSH
 from dicomrpc_server.dimse.loop import on_loop
 from dicomrpc_server.dimse.statuses import RECEIVING_AE_UNKNOWN
+from dicomrpc_server.dimse.transport import ArchiveAE
 from dicomrpc_server.errors import Code, ServiceError
 from dicomrpc_server.peers import PeerRegistry
 from dicomrpc_server.query.engine import MAX_LIMIT, MatchTerm
@@ -644,7 +645,7 @@ class Watchers:
                 ae_title,
             )
             return len(reports)
-        ae = AE(ae_title=self._ae_title)
+        ae = ArchiveAE(ae_title=self._ae_title)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = SEND_TIMEOUT_S
         ae.requested_contexts = [
             build_context(UPS_EVENT, [EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN])

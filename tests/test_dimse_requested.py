@@ -1,0 +1,36 @@
+"""The associations the archive requests: on the archive's socket, small writes sent at once."""
+
+from __future__ import annotations
+
+import socket
+
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
+
+from dicomrpc_server.dimse.transport import ArchiveAE, ArchiveSocket
+
+
+def test_a_requested_association_sends_its_small_writes_at_once() -> None:
+    peer = AE(ae_title="PEER")
+    peer.add_supported_context(Verification)
+    server = peer.start_server(("127.0.0.1", 0), block=False)
+    try:
+        port = server.server_address[1]
+        ae = ArchiveAE(ae_title="DICOMRPC")
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", port, ae_title="PEER")
+        assert assoc.is_established
+        try:
+            transport = assoc.dul.socket
+            assert isinstance(transport, ArchiveSocket)
+            assert transport.socket is not None
+            # Nagle's algorithm off: a C-STORE's data set does not wait ~40 ms behind its
+            # command for the peer's delayed acknowledgement.
+            assert transport.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            status = assoc.send_c_echo()
+            assert status.Status == 0x0000
+        finally:
+            assoc.release()
+        assert not assoc.is_established
+    finally:
+        server.shutdown()
