@@ -1,4 +1,4 @@
-"""DIMSE benchmark: dcmtk's storescu and findscu against dicomrpc and Orthanc, side by side.
+"""DIMSE benchmark: dcmtk's storescu, findscu, getscu and movescu against dicomrpc and Orthanc.
 
 Usage (from the repository root)::
 
@@ -20,7 +20,9 @@ Then both servers, holding the same corpus, answer study-level C-FINDs from ``fi
 (alternately, one query to each in turn): a Patient ID match and a wildcard on Patient Name,
 p50 / p95 of each, the matches of each query compared between the servers. A C-ECHO from
 ``echoscu`` is timed the same way: each tool's start, its association and release are in every
-figure, so the difference between a C-FIND and a C-ECHO is the query itself.
+figure, so the difference between a C-FIND and a C-ECHO is the query itself. Last, each server
+sends one study back: to ``getscu`` on its own association (C-GET), and to dcmtk's ``storescp``
+on an association the server requests (C-MOVE).
 
 dcmtk's tools run with ``TCP_NODELAY=1``: without it each message waits ~40 ms on Nagle's
 algorithm. ``--profile`` runs dicomrpc's serve under cProfile, every thread
@@ -73,6 +75,8 @@ SECTION = "## DIMSE"
 CALLING_AE = "BENCHSCU"
 DICOMRPC_AE = "DICOMRPC"
 ORTHANC_AE = "ORTHANC"
+# The C-MOVE destination: dcmtk's storescp, known to both servers by this title.
+DESTINATION_AE = "BENCHDEST"
 GOAL_RATIO = 1.0
 READY_TIMEOUT_S = 60.0
 TOOL_TIMEOUT_S = 600.0
@@ -119,20 +123,33 @@ def _wait_for_port(port: int, what: str) -> None:
 
 @contextlib.contextmanager
 def dicomrpc_dimse(
-    run_dir: Path, log: Path, serve_args: Sequence[str] = ()
+    run_dir: Path, log: Path, serve_args: Sequence[str] = (), destination: int | None = None
 ) -> Iterator[tuple[Target, int]]:
-    """A fresh dicomrpc serving DIMSE on a free port; yield (target, pid)."""
+    """A fresh dicomrpc serving DIMSE on a free port; yield (target, pid).
+
+    ``destination``: the port of the C-MOVE destination ``DESTINATION_AE`` on this host.
+    """
     port = free_port()
     args = ["--dimse-port", str(port), "--ae-title", DICOMRPC_AE, *serve_args]
+    if destination is not None:
+        args += ["--dimse-peer", f"{DESTINATION_AE}={DESTINATION_AE}@127.0.0.1:{destination}"]
     with dicomrpc_server(run_dir / "data", log, serve_args=args) as (_, pid):
         _wait_for_port(port, "dicomrpc")
         yield Target("dicomrpc", DICOMRPC_AE, port), pid
 
 
 @contextlib.contextmanager
-def orthanc_dimse(run_dir: Path, log: Path) -> Iterator[tuple[Target, int]]:
-    """A fresh Orthanc with its DICOM server on a free port, any calling AE allowed."""
+def orthanc_dimse(
+    run_dir: Path, log: Path, destination: int | None = None
+) -> Iterator[tuple[Target, int]]:
+    """A fresh Orthanc with its DICOM server on a free port, any calling AE allowed.
+
+    ``destination``: the port of the C-MOVE destination ``DESTINATION_AE`` on this host.
+    """
     port = free_port()
+    modalities: dict[str, list[object]] = {}
+    if destination is not None:
+        modalities[DESTINATION_AE] = [DESTINATION_AE, "127.0.0.1", destination]
     settings: dict[str, object] = {
         "DicomServerEnabled": True,
         "DicomAet": ORTHANC_AE,
@@ -143,7 +160,9 @@ def orthanc_dimse(run_dir: Path, log: Path) -> Iterator[tuple[Target, int]]:
         "DicomAlwaysAllowEcho": True,
         "DicomAlwaysAllowStore": True,
         "DicomAlwaysAllowFind": True,
-        "DicomModalities": {},
+        "DicomAlwaysAllowGet": True,
+        "DicomAlwaysAllowMove": True,
+        "DicomModalities": modalities,
     }
     with orthanc_server(run_dir, log, settings) as (_, pid):
         _wait_for_port(port, "Orthanc")
@@ -151,9 +170,11 @@ def orthanc_dimse(run_dir: Path, log: Path) -> Iterator[tuple[Target, int]]:
 
 
 def _server(
-    name: str, run_dir: Path, log: Path
+    name: str, run_dir: Path, log: Path, destination: int | None = None
 ) -> contextlib.AbstractContextManager[tuple[Target, int]]:
-    return dicomrpc_dimse(run_dir, log) if name == "dicomrpc" else orthanc_dimse(run_dir, log)
+    if name == "dicomrpc":
+        return dicomrpc_dimse(run_dir, log, destination=destination)
+    return orthanc_dimse(run_dir, log, destination)
 
 
 # --------------------------------------------------------------------------------------------
@@ -246,6 +267,45 @@ def find_command(target: Target, key: str, value: str) -> list[str]:
         if keyword != key:
             keys += ["-k", keyword]
     return ["findscu", "-v", "-S", *keys, *_peer(target)]
+
+
+def get_command(target: Target, study: str, folder: Path) -> list[str]:
+    """A study-level Study Root C-GET of ``study``, its instances written to ``folder``."""
+    keys = ["-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}"]
+    return ["getscu", "-v", "-S", "-od", str(folder), *keys, *_peer(target)]
+
+
+def move_command(target: Target, study: str) -> list[str]:
+    """A study-level Study Root C-MOVE of ``study`` to ``DESTINATION_AE``."""
+    keys = ["-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}"]
+    return ["movescu", "-v", "-S", "-aem", DESTINATION_AE, *keys, *_peer(target)]
+
+
+@contextlib.contextmanager
+def destination(folder: Path, log: Path) -> Iterator[int]:
+    """dcmtk's storescp as the C-MOVE destination, writing to ``folder``; yield its port."""
+    port = free_port()
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            ["storescp", "-aet", DESTINATION_AE, "-od", str(folder), str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=DCMTK_ENV,
+        )
+    try:
+        _wait_for_port(port, "storescp")
+        yield port
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def _received(folder: Path) -> int:
+    """How many files a retrieve left in ``folder``; the folder is emptied."""
+    files = [path for path in folder.iterdir() if path.is_file()]
+    for path in files:
+        path.unlink()
+    return len(files)
 
 
 def count_instances(target: Target) -> tuple[int, int]:
@@ -346,25 +406,37 @@ def query_kinds(data: Corpus) -> list[QueryKind]:
     ]
 
 
-def run_queries(
-    data: Corpus, servers: list[str], kinds: list[QueryKind], queries: int
-) -> tuple[dict[str, dict[str, Latency]], list[str]]:
-    """Both servers up with the corpus; ``queries`` of each kind, alternately to each server.
+GET_KIND = "C-GET study (getscu)"
+MOVE_KIND = "C-MOVE study (movescu to storescp)"
 
-    Returns the latencies by kind and server, and problems (answers that differ).
+
+def run_queries(
+    data: Corpus, servers: list[str], kinds: list[QueryKind], queries: int, retrieves: int
+) -> tuple[dict[str, dict[str, Latency]], list[str]]:
+    """Both servers up with the corpus; ``queries`` of each kind, alternately to each server,
+    then ``retrieves`` C-GETs and C-MOVEs of a study from each.
+
+    Returns the latencies by kind and server (for a retrieve, its matches are the instances
+    received), and problems (answers that differ).
     """
     problems: list[str] = []
     out: dict[str, dict[str, Latency]] = {
         kind: {server: Latency() for server in servers}
-        for kind in ["C-ECHO (echoscu)", *(k.name for k in kinds)]
+        for kind in ["C-ECHO (echoscu)", *(k.name for k in kinds), GET_KIND, MOVE_KIND]
     }
     with contextlib.ExitStack() as stack:
+        work = Path(tempfile.mkdtemp(prefix="dimse-retrieved-", dir=WORK))
+        stack.callback(shutil.rmtree, work, True)
+        moved, got = work / "moved", work / "got"
+        moved.mkdir()
+        got.mkdir()
+        port = stack.enter_context(destination(moved, WORK / "dimse-storescp.log"))
         targets: list[Target] = []
         for server in servers:
             run_dir = Path(tempfile.mkdtemp(prefix=f"dimse-find-{server}-", dir=WORK))
             stack.callback(shutil.rmtree, run_dir, True)
             target, _ = stack.enter_context(
-                _server(server, run_dir, WORK / f"dimse-find-{server}.log")
+                _server(server, run_dir, WORK / f"dimse-find-{server}.log", port)
             )
             _, _, _, failed = store(target, data.files, 4, run_dir)
             problems += [f"{server}, storing for the queries: {p}" for p in failed]
@@ -386,6 +458,26 @@ def run_queries(
                     latency.matches.append(found[target.name])
                 if len(set(found.values())) > 1 and len(problems) < 10:
                     problems.append(f"{kind.key}={value}: the servers found {found}")
+        study = str(pydicom.dcmread(data.files[0], stop_before_pixels=True).StudyInstanceUID)
+        expected = sum(
+            1 for path in data.files if path.parent == data.files[0].parent
+        )  # the corpus keeps a study per folder
+        for number in range(retrieves):
+            order = targets if number % 2 == 0 else targets[::-1]
+            for target in order:
+                for kind, command, folder in (
+                    (GET_KIND, get_command(target, study, got), got),
+                    (MOVE_KIND, move_command(target, study), moved),
+                ):
+                    ms, _ = timed_tool(command)
+                    received = _received(folder)
+                    latency = out[kind][target.name]
+                    latency.samples_ms.append(ms)
+                    latency.matches.append(received)
+                    if received != expected and len(problems) < 10:
+                        problems.append(
+                            f"{kind} from {target.name}: {received} of {expected} received"
+                        )
     return out, problems
 
 
@@ -624,6 +716,12 @@ def report(
             "query. Matches per query: how many studies each query found (the same on both "
             "servers, query by query, unless listed under problems).",
             "",
+            f"Retrieve: then {args.retrieves} of each to each server, in turn: a study-level "
+            "Study Root C-GET of the corpus's first study by `getscu -S` (the instances come "
+            "back on its association, written to a folder), and a C-MOVE of it by "
+            "`movescu -S` to dcmtk's `storescp` (a second association, which the server "
+            "requests), whole runs timed likewise. Matches: the instances that arrived.",
+            "",
             latency_table(latencies),
         ]
     if orthanc_missing:
@@ -645,6 +743,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--associations", type=int, default=4, help="concurrent storescu (4)")
     parser.add_argument("--queries", type=int, help="C-FINDs of each kind per server (50)")
     parser.add_argument("--repeat", type=int, help="runs of each store configuration (3)")
+    parser.add_argument("--retrieves", type=int, help="C-GETs and C-MOVEs per server (6)")
     parser.add_argument("--no-orthanc", action="store_true", help="skip Orthanc")
     parser.add_argument("--no-queries", action="store_true", help="skip the C-FIND latencies")
     parser.add_argument("--no-write", action="store_true", help="print only")
@@ -658,12 +757,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.repeat = 1 if args.quick else 3
     if args.queries is None:
         args.queries = 10 if args.quick else 50
+    if args.retrieves is None:
+        args.retrieves = 2 if args.quick else 6
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    missing = [tool for tool in ("storescu", "findscu", "echoscu") if not shutil.which(tool)]
+    tools = ("storescu", "findscu", "echoscu", "getscu", "movescu", "storescp")
+    missing = [tool for tool in tools if not shutil.which(tool)]
     if missing:
         raise SystemExit(f"dcmtk's {', '.join(missing)} missing: apt-get install dcmtk")
     WORK.mkdir(parents=True, exist_ok=True)
@@ -693,7 +795,9 @@ def main(argv: list[str] | None = None) -> int:
     problems: list[str] = []
     if not args.no_queries:
         print(f"C-FIND latencies, {args.queries} of each kind per server ...", flush=True)
-        latencies, problems = run_queries(data, servers, query_kinds(data), args.queries)
+        latencies, problems = run_queries(
+            data, servers, query_kinds(data), args.queries, args.retrieves
+        )
 
     section = report(data, results, latencies, problems, args, orthanc_missing)
     print()

@@ -1,4 +1,5 @@
-"""The associations the archive requests: on the archive's socket, small writes sent at once."""
+"""The DIMSE transport's parts: the queues that wake a reactor, and the sockets of the
+associations the archive requests."""
 
 from __future__ import annotations
 
@@ -7,7 +8,22 @@ import socket
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
-from dicomrpc_server.dimse.transport import ArchiveAE, ArchiveSocket
+from dicomrpc_server.dimse.transport import ArchiveAE, ArchiveSocket, WakingQueue
+
+
+def test_a_queue_wakes_its_reader_on_every_put_or_only_when_it_was_empty() -> None:
+    wakes: list[str] = []
+    every: WakingQueue[int] = WakingQueue(lambda: wakes.append("every"))
+    first: WakingQueue[int] = WakingQueue(lambda: wakes.append("first"), when_empty=True)
+    for number in range(3):
+        every.put(number)
+        first.put(number)
+    assert wakes.count("every") == 3
+    assert wakes.count("first") == 1  # the reader empties the queue before it waits again
+    while not first.empty():
+        first.get()
+    first.put(3)
+    assert wakes.count("first") == 2
 
 
 def test_a_requested_association_sends_its_small_writes_at_once() -> None:
