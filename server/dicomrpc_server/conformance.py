@@ -57,6 +57,7 @@ from dicomrpc_server.dimse import (
     commitment,
     contexts,
     identifiers,
+    outgoing,
     sending,
     server,
     statuses,
@@ -237,6 +238,10 @@ def implementation() -> str:
         ("AE title (default)", f"`{Settings.ae_title}`"),
         ("Port (default)", Settings.dimse_port),
         ("Maximum PDU length received (default)", f"{Settings.dimse_max_pdu_bytes} bytes"),
+        (
+            "Longest PDU sent",
+            f"the peer's maximum, at most {outgoing.MAX_SENT_PDU_BYTES} bytes",
+        ),
     ]
     return _table(("Item", "Value"), rows)
 
@@ -635,6 +640,7 @@ def limits() -> str:
             "`--dimse-max-pdu-bytes`",
         ),
         ("DIMSE PDU other than P-DATA-TF", _size(transport.MAX_OTHER_PDU_BYTES), "fixed"),
+        ("DIMSE PDU sent", _size(outgoing.MAX_SENT_PDU_BYTES), "fixed (less if the peer says so)"),
         ("DIMSE ACSE / DIMSE message timeout", f"{s.dimse_timeout_s:g} s", "`--dimse-timeout`"),
         ("DIMSE idle association", f"{s.dimse_idle_timeout_s:g} s", "`--dimse-idle-timeout`"),
         (

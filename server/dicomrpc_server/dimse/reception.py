@@ -23,12 +23,12 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
-from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dsutils import create_file_meta, encode_file_meta
 from pynetdicom.pdu_primitives import P_DATA
 
 from dicomrpc_server.dimse.decoding import INVALID_PDU
+from dicomrpc_server.dimse.outgoing import OutgoingDIMSE
 from dicomrpc_server.dimse.requesters import describe_requester
 from dicomrpc_server.store.ingest import Reception
 
@@ -67,8 +67,10 @@ class ReceivedDataSet(io.BytesIO):
         return len(view)
 
 
-class ArchiveDIMSE(DIMSEServiceProvider):
+class ArchiveDIMSE(OutgoingDIMSE):
     """pynetdicom's DIMSE provider, writing C-STORE data sets to receptions of the store core.
+
+    It sends as :mod:`.outgoing` says.
 
     Parameters
     ----------

@@ -25,6 +25,7 @@ from pynetdicom.association import Association
 
 from dicomrpc_server.dimse.identifiers import PATIENT_ID, match_value, search_pages
 from dicomrpc_server.dimse.loop import on_loop
+from dicomrpc_server.dimse.outgoing import StoredFile
 from dicomrpc_server.dimse.requesters import describe_requester
 from dicomrpc_server.errors import Code, ServiceError, invalid_argument
 from dicomrpc_server.query.engine import SearchCore, uid_list
@@ -152,9 +153,11 @@ class InstanceSource:
     def dataset(self, assoc: Association, instance: StoredInstance) -> Dataset:
         """The instance as pynetdicom sends it, in a syntax the receiver accepted.
 
-        One that no accepted context can carry is returned without File Meta Information:
-        pynetdicom then finds no context to send it on, and counts it as a failed
-        sub-operation listed by its SOP Instance UID.
+        One sent as stored from a local file is a :class:`~.outgoing.StoredFile`, which the
+        caller passes to :func:`~.outgoing.release` once it is sent. One that no accepted
+        context can carry is returned without File Meta Information: pynetdicom then finds no
+        context to send it on, and counts it as a failed sub-operation listed by its SOP
+        Instance UID.
         """
         record = instance.record
         accepted = accepted_syntaxes(assoc, record.sop_class_uid)
@@ -169,6 +172,12 @@ class InstanceSource:
             )
             return self.unsendable(instance)
         try:
+            if not target:
+                region = self._core.file_region(instance, record.transfer_syntax_uid)
+                if region is not None:  # a local file: sent from it, a PDU at a time
+                    return StoredFile(
+                        region, record.sop_class_uid, instance.sop_uid, record.transfer_syntax_uid
+                    )
             data = on_loop(self._loop, self._read(instance, target))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # pydicom's remarks on values as stored

@@ -30,6 +30,7 @@ UPS event reports) are pynetdicom's, on the same socket, which sends small write
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import queue
 import select
@@ -39,10 +40,12 @@ import struct
 import threading
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
+from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
-from pynetdicom._globals import MODE_ACCEPTOR
+from pynetdicom._globals import DEFAULT_MAX_LENGTH, MODE_ACCEPTOR, MODE_REQUESTOR
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import P_DATA_TF
@@ -50,6 +53,7 @@ from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AddressInformation, AssociationSocket, RequestHandler
 
 from dicomrpc_server.dimse.decoding import INVALID_PDU, abort_now
+from dicomrpc_server.dimse.outgoing import OutgoingDIMSE, RequestedDUL, sendable, wait_for_room
 from dicomrpc_server.dimse.reception import ArchiveDIMSE, ReceivedDataSet
 from dicomrpc_server.dimse.requesters import describe_requester
 from dicomrpc_server.store.ingest import Reception
@@ -196,6 +200,11 @@ class ArchiveDUL(DULServiceProvider):
         # Primitives to send come from the association's threads; the reactor sends them
         # all before it waits again.
         self.to_provider_queue = WakingQueue(self._wake_from_elsewhere, when_empty=True)
+
+    def send_pdu(self, primitive: Any) -> None:
+        """Queue a primitive to send, once there is room (see :mod:`.outgoing`)."""
+        if wait_for_room(self, primitive):
+            super().send_pdu(primitive)
 
     def kill_dul(self) -> None:
         """Stop the reactor at its next turn, which comes now."""
@@ -439,6 +448,11 @@ class ArchiveAssociation(Association):
         self.woken.set()
         super().kill()
 
+    def send_c_store(self, dataset: Dataset | str | Path, *args: Any, **kwargs: Any) -> Dataset:
+        """pynetdicom's, sending a StoredFile from its file (see :mod:`.outgoing`)."""
+        sent = sendable(dataset) if isinstance(dataset, Dataset) else dataset
+        return super().send_c_store(sent, *args, **kwargs)
+
     def _serve_request(self, msg: Any, context_id: int) -> None:
         """Serve a message; a data set received for it that its handler did not take goes."""
         try:
@@ -537,14 +551,77 @@ class ArchiveRequestHandler(RequestHandler):
         return assoc
 
 
+class RequestedAssociation(Association):
+    """An association the archive requests, sending as :mod:`.outgoing` says.
+
+    Its threads are pynetdicom's: they poll, where those of an accepted association wait.
+    """
+
+    def __init__(self, ae: AE) -> None:
+        super().__init__(ae, MODE_REQUESTOR)
+        self.dul = RequestedDUL(self)
+        self.dimse = OutgoingDIMSE(self)
+
+    def send_c_store(self, dataset: Dataset | str | Path, *args: Any, **kwargs: Any) -> Dataset:
+        """pynetdicom's, sending a StoredFile from its file (see :mod:`.outgoing`)."""
+        sent = sendable(dataset) if isinstance(dataset, Dataset) else dataset
+        return super().send_c_store(sent, *args, **kwargs)
+
+
 class ArchiveAE(AE):
-    """The archive's application entity: what it requests goes on an :class:`ArchiveSocket`.
+    """The archive's application entity: what it requests is a :class:`RequestedAssociation`.
 
     The associations the archive requests (a C-MOVE's to its destination, a storage
-    commitment report to its requester, UPS event reports to subscribers) get the same socket
-    as those it accepts: small writes sent at once, ``poll`` rather than ``select``, a PDU read
-    in as few calls as it arrives in. Their association and DUL threads are pynetdicom's.
+    commitment report to its requester, UPS event reports to subscribers) send what they send
+    as accepted ones do (:mod:`.outgoing`), on the same socket: small writes sent at once,
+    ``poll`` rather than ``select``, a PDU read in as few calls as it arrives in.
     """
+
+    def associate(
+        self,
+        addr: str | tuple[str, int, int],
+        port: int,
+        contexts: list[Any] | None = None,
+        ae_title: str = "ANY-SCP",
+        max_pdu: int = DEFAULT_MAX_LENGTH,
+        ext_neg: list[Any] | None = None,
+        bind_address: tuple[str, int] | tuple[str, int, int, int] | None = None,
+        tls_args: tuple[ssl.SSLContext, str] | None = None,
+        evt_handlers: list[Any] | None = None,
+    ) -> Association:
+        """Request an association with a peer, as pynetdicom's ``associate`` does.
+
+        Its steps, with the archive's association class: pynetdicom builds its own.
+        """
+        remote = AddressInformation.from_addr_port(addr, port)
+        if bind_address is None:
+            bind_address = ("::0", 0) if remote.address_family == socket.AF_INET6 else ("", 0)
+        local = AddressInformation.from_tuple(bind_address)
+        assoc = RequestedAssociation(self)
+        assoc.name = f"RequestorThread@{datetime.now():%Y%m%d%H%M%S}"
+        assoc.set_socket(self._create_socket(assoc, local, tls_args))
+        assoc.acceptor.ae_title = ae_title
+        assoc.acceptor.address_info = remote
+        assoc.requestor.address_info = local
+        assoc.requestor.ae_title = self.ae_title
+        assoc.requestor.maximum_length = max_pdu
+        assoc.requestor.implementation_class_uid = self.implementation_class_uid
+        assoc.requestor.implementation_version_name = self.implementation_version_name
+        for item in ext_neg or []:
+            assoc.requestor.add_negotiation_item(item)
+        requested = copy.deepcopy(contexts or self.requested_contexts)
+        self._validate_requested_contexts(requested)
+        if not requested:
+            raise RuntimeError("an association needs one presentation context or more")
+        for number, context in enumerate(requested):
+            context.context_id = 2 * number + 1
+        assoc.requestor.requested_contexts = requested
+        for binding in evt_handlers or []:
+            assoc.bind(*binding)
+        assoc.request()
+        if assoc.is_established:
+            assoc.start()
+        return assoc
 
     def _create_socket(
         self, assoc: Association, address: AddressInformation, tls_args: Any
