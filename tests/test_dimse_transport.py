@@ -8,7 +8,13 @@ import socket
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
-from dicomrpc_server.dimse.transport import ArchiveAE, ArchiveSocket, WakingQueue
+from dicomrpc_server.dimse.transport import (
+    ArchiveAE,
+    ArchiveAssociation,
+    ArchiveDUL,
+    ArchiveSocket,
+    WakingQueue,
+)
 
 
 def test_a_queue_wakes_its_reader_on_every_put_or_only_when_it_was_empty() -> None:
@@ -26,7 +32,7 @@ def test_a_queue_wakes_its_reader_on_every_put_or_only_when_it_was_empty() -> No
     assert wakes.count("first") == 2
 
 
-def test_a_requested_association_sends_its_small_writes_at_once() -> None:
+def test_a_requested_association_is_the_archives_and_sends_small_writes_at_once() -> None:
     peer = AE(ae_title="PEER")
     peer.add_supported_context(Verification)
     server = peer.start_server(("127.0.0.1", 0), block=False)
@@ -37,6 +43,9 @@ def test_a_requested_association_sends_its_small_writes_at_once() -> None:
         assoc = ae.associate("127.0.0.1", port, ae_title="PEER")
         assert assoc.is_established
         try:
+            # The archive's own classes, requesting: threads that wait rather than poll.
+            assert isinstance(assoc, ArchiveAssociation) and assoc.is_requestor
+            assert isinstance(assoc.dul, ArchiveDUL)
             transport = assoc.dul.socket
             assert isinstance(transport, ArchiveSocket)
             assert transport.socket is not None

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID
@@ -124,12 +123,3 @@ def wait_for_room(dul: DULServiceProvider, primitive: object) -> bool:
             return False
         time.sleep(ROOM_WAIT_S)
     return True
-
-
-class RequestedDUL(DULServiceProvider):
-    """pynetdicom's DUL, whose senders wait for room (:func:`wait_for_room`)."""
-
-    def send_pdu(self, primitive: Any) -> None:
-        """Queue a primitive to send, once there is room."""
-        if wait_for_room(self, primitive):
-            super().send_pdu(primitive)

@@ -29,7 +29,7 @@ from pynetdicom.pdu_primitives import P_DATA
 
 from dicomrpc_server.dimse.decoding import INVALID_PDU
 from dicomrpc_server.dimse.outgoing import OutgoingDIMSE
-from dicomrpc_server.dimse.requesters import describe_requester
+from dicomrpc_server.dimse.requesters import describe_association
 from dicomrpc_server.store.ingest import Reception
 
 if TYPE_CHECKING:
@@ -78,10 +78,10 @@ class ArchiveDIMSE(OutgoingDIMSE):
         The association.
     receive
         Starts a reception (the store core's :meth:`~dicomrpc_server.store.ingest.StoreCore.
-        receive`).
+        receive`); none where data sets are not taken (an association the archive requests).
     """
 
-    def __init__(self, assoc: Any, receive: Callable[[], Reception]) -> None:
+    def __init__(self, assoc: Any, receive: Callable[[], Reception] | None) -> None:
         super().__init__(assoc)
         self._receive = receive
         # The data sets being received, or received and not claimed by a handler: the
@@ -110,8 +110,8 @@ class ArchiveDIMSE(OutgoingDIMSE):
         except Exception as exc:  # any decoding failure: the message is refused, not the DUL
             self.message = None
             log.warning(
-                "association from %s aborted: a DIMSE message that cannot be decoded (%s: %s)",
-                describe_requester(self.assoc),
+                "association %s aborted: a DIMSE message that cannot be decoded (%s: %s)",
+                describe_association(self.assoc),
                 type(exc).__name__,
                 exc,
             )
@@ -125,6 +125,8 @@ class ArchiveDIMSE(OutgoingDIMSE):
             message.data_set = self._start(message)
 
     def _start(self, message: C_STORE_RQ) -> ReceivedDataSet:
+        if self._receive is None:
+            return ReceivedDataSet(None, "this association takes no data sets")
         command = message.command_set
         try:
             context = self.assoc._accepted_cx[cast(int, message.context_id)]

@@ -86,3 +86,13 @@ def requester_address(assoc: Association) -> str:
 def describe_requester(assoc: Association) -> str:
     """``AE@host:port`` of an association's requester, for the log."""
     return f"{calling_ae_title(assoc)}@{requester_address(assoc)}"
+
+
+def describe_association(assoc: Association) -> str:
+    """``from AE@host:port`` (its requester) or, for one the archive requested, ``to`` its peer."""
+    if assoc.is_acceptor:
+        return f"from {describe_requester(assoc)}"
+    peer = assoc.acceptor
+    host = str(peer.address)
+    where = f"[{host}]:{peer.port}" if ":" in host else f"{host}:{peer.port}"
+    return f"to {str(peer.ae_title).strip()}@{where}"

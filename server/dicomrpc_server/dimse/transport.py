@@ -24,7 +24,7 @@ Both threads still wake at least every ``MAX_WAIT_S``, for the timers they watch
 idle timeout) and as a safety net.
 
 The associations the archive requests (:class:`ArchiveAE`: a C-MOVE's, storage commitment and
-UPS event reports) are pynetdicom's, on the same socket, which sends small writes at once.
+UPS event reports) are the same, requesting; every connection sends its small writes at once.
 """
 
 from __future__ import annotations
@@ -53,9 +53,9 @@ from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AddressInformation, AssociationSocket, RequestHandler
 
 from dicomrpc_server.dimse.decoding import INVALID_PDU, abort_now
-from dicomrpc_server.dimse.outgoing import OutgoingDIMSE, RequestedDUL, sendable, wait_for_room
+from dicomrpc_server.dimse.outgoing import sendable, wait_for_room
 from dicomrpc_server.dimse.reception import ArchiveDIMSE, ReceivedDataSet
-from dicomrpc_server.dimse.requesters import describe_requester
+from dicomrpc_server.dimse.requesters import describe_association
 from dicomrpc_server.store.ingest import Reception
 
 log = logging.getLogger("dicomrpc.dimse")
@@ -367,8 +367,8 @@ class ArchiveDUL(DULServiceProvider):
             pdu_type, _, length = struct.unpack(">BBL", header)
             if pdu_type not in _PDU_TYPES:
                 log.warning(
-                    "association from %s aborted: unknown PDU type 0x%02X",
-                    describe_requester(self.assoc),
+                    "association %s aborted: unknown PDU type 0x%02X",
+                    describe_association(self.assoc),
                     pdu_type,
                 )
                 self._unframed = True
@@ -377,9 +377,9 @@ class ArchiveDUL(DULServiceProvider):
             limit = self._length_limit(pdu_type)
             if length > limit:
                 log.warning(
-                    "association from %s aborted: a PDU of type 0x%02X and %d bytes, more "
+                    "association %s aborted: a PDU of type 0x%02X and %d bytes, more "
                     "than the %d accepted",
-                    describe_requester(self.assoc),
+                    describe_association(self.assoc),
                     pdu_type,
                     length,
                     limit,
@@ -398,8 +398,8 @@ class ArchiveDUL(DULServiceProvider):
             pdu, event = self._decode_pdu(header + body)
         except Exception as exc:
             log.warning(
-                "association from %s aborted: a PDU that cannot be decoded (%s: %s)",
-                describe_requester(self.assoc),
+                "association %s aborted: a PDU that cannot be decoded (%s: %s)",
+                describe_association(self.assoc),
                 type(exc).__name__,
                 exc,
             )
@@ -411,7 +411,8 @@ class ArchiveDUL(DULServiceProvider):
     def _length_limit(self, pdu_type: int) -> int:
         """The longest PDU of ``pdu_type`` accepted (its length field, PS3.8 9.3)."""
         if pdu_type == P_DATA_TF_TYPE:
-            announced = self.assoc.acceptor.maximum_length
+            assoc = self.assoc
+            announced = (assoc.requestor if assoc.is_requestor else assoc.acceptor).maximum_length
             if announced:
                 # The announced maximum counts the PDV items (PS3.8 D.1); a PDU header's
                 # worth more is let through for peers that count it too.
@@ -420,20 +421,25 @@ class ArchiveDUL(DULServiceProvider):
 
 
 class ArchiveAssociation(Association):
-    """An acceptor association whose thread waits for its messages instead of polling.
+    """An association whose thread waits for its messages instead of polling.
 
     Parameters
     ----------
     ae
         The archive's application entity.
     receive
-        Starts the reception of a C-STORE data set (see :mod:`.reception`).
+        Starts the reception of a C-STORE data set (see :mod:`.reception`); none on an
+        association the archive requests, which takes no data sets.
+    mode
+        ``MODE_ACCEPTOR``, or ``MODE_REQUESTOR`` for an association the archive requests.
     """
 
     dimse: ArchiveDIMSE
 
-    def __init__(self, ae: Any, receive: Callable[[], Reception]) -> None:
-        super().__init__(ae, MODE_ACCEPTOR)
+    def __init__(
+        self, ae: Any, receive: Callable[[], Reception] | None, mode: str = MODE_ACCEPTOR
+    ) -> None:
+        super().__init__(ae, mode)
         self.woken = threading.Event()
         self.dul = ArchiveDUL(self)
         self.dul.to_user_queue = WakingQueue(self.woken.set)
@@ -463,7 +469,7 @@ class ArchiveAssociation(Association):
                 self.dimse.served(data_set)
 
     def _run_reactor(self) -> None:
-        """The acceptor loop of pynetdicom (PS3.7, PS3.8), waiting for work between its turns.
+        """The reactor loop of pynetdicom (PS3.7, PS3.8), waiting for work between its turns.
 
         While it waits the reactor counts as paused: a thread sending on the association
         (``send_*``, ``release``) need not wait for it to come round.
@@ -505,7 +511,7 @@ class ArchiveAssociation(Association):
                 return
 
             if self.dul.idle_timer_expired():
-                log.warning("association from %s idle too long: aborted", describe_requester(self))
+                log.warning("association %s idle too long: aborted", describe_association(self))
                 if self.network_timeout_response == "A-RELEASE":
                     self._is_paused = True
                     self._reactor_checkpoint.wait()
@@ -551,30 +557,14 @@ class ArchiveRequestHandler(RequestHandler):
         return assoc
 
 
-class RequestedAssociation(Association):
-    """An association the archive requests, sending as :mod:`.outgoing` says.
-
-    Its threads are pynetdicom's: they poll, where those of an accepted association wait.
-    """
-
-    def __init__(self, ae: AE) -> None:
-        super().__init__(ae, MODE_REQUESTOR)
-        self.dul = RequestedDUL(self)
-        self.dimse = OutgoingDIMSE(self)
-
-    def send_c_store(self, dataset: Dataset | str | Path, *args: Any, **kwargs: Any) -> Dataset:
-        """pynetdicom's, sending a StoredFile from its file (see :mod:`.outgoing`)."""
-        sent = sendable(dataset) if isinstance(dataset, Dataset) else dataset
-        return super().send_c_store(sent, *args, **kwargs)
-
-
 class ArchiveAE(AE):
-    """The archive's application entity: what it requests is a :class:`RequestedAssociation`.
+    """The archive's application entity: what it requests is an :class:`ArchiveAssociation`.
 
     The associations the archive requests (a C-MOVE's to its destination, a storage
-    commitment report to its requester, UPS event reports to subscribers) send what they send
-    as accepted ones do (:mod:`.outgoing`), on the same socket: small writes sent at once,
-    ``poll`` rather than ``select``, a PDU read in as few calls as it arrives in.
+    commitment report to its requester, UPS event reports to subscribers) are the ones it
+    accepts, requesting: their threads wait rather than poll, they send as :mod:`.outgoing`
+    says, on the same socket (small writes sent at once, ``poll`` rather than ``select``, a PDU
+    read in as few calls as it arrives in).
     """
 
     def associate(
@@ -597,7 +587,7 @@ class ArchiveAE(AE):
         if bind_address is None:
             bind_address = ("::0", 0) if remote.address_family == socket.AF_INET6 else ("", 0)
         local = AddressInformation.from_tuple(bind_address)
-        assoc = RequestedAssociation(self)
+        assoc = ArchiveAssociation(self, None, MODE_REQUESTOR)
         assoc.name = f"RequestorThread@{datetime.now():%Y%m%d%H%M%S}"
         assoc.set_socket(self._create_socket(assoc, local, tls_args))
         assoc.acceptor.ae_title = ae_title
