@@ -7,7 +7,11 @@ announcing no maximum PDU length as one PDU.
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
+import time
 from pathlib import Path
 
 import psutil
@@ -139,3 +143,62 @@ def test_a_large_instance_goes_out_of_its_file_a_pdu_at_a_time(tmp_path: Path) -
     for folder in (got, destination.folder):
         (written,) = list(folder.iterdir())
         assert _data_set(written) == expected
+
+
+def _open_under(pid: int, folder: Path) -> list[str]:
+    """The files below ``folder`` that process ``pid`` holds open."""
+    found = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(folder)):
+            found.append(target)
+    return found
+
+
+@pytest.mark.timeout(300)
+def test_a_requester_gone_mid_instance_leaves_no_file_open(tmp_path: Path) -> None:
+    dcmtk.require_dcmtk()
+    study = generate_uid()
+    source = tmp_path / "large.dcm"
+    big_image(study, generate_uid(), 1, SIDE, bytes(SIDE * SIDE * 2)).save_as(
+        source, enforce_file_format=True
+    )
+    port = _free_port()
+    data = tmp_path / "data"
+    proc = spawn_server(data, "--dimse-port", str(port), "--max-instance-bytes", str(512 * MB))
+    pid = proc.process.pid
+    try:
+        with Client(proc.target) as client:
+            assert len(client.store(source).stored) == 1
+        keys = ["-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}"]
+        out = tmp_path / "got"
+        out.mkdir()
+        # 4 KiB PDUs, the fewest getscu takes: 32,000 of them, time to be killed among them.
+        getscu = subprocess.Popen(
+            ["getscu", "-S", "--max-pdu", "4096", "-od", str(out), *keys, *dcmtk.peer(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=dict(os.environ, TCP_NODELAY="1"),
+        )
+        deadline = time.monotonic() + 30
+        while not _open_under(pid, data / "blobs"):  # the server is sending the file
+            assert time.monotonic() < deadline, "the server never opened the stored file"
+            assert getscu.poll() is None, "getscu ended before the instance was sent"
+            time.sleep(0.005)
+        getscu.send_signal(signal.SIGKILL)
+        getscu.wait(10)
+        assert list(out.iterdir()) == []  # it was killed mid-instance
+        deadline = time.monotonic() + 15
+        while _open_under(pid, data / "blobs"):
+            assert time.monotonic() < deadline, _open_under(pid, data / "blobs")
+            time.sleep(0.05)
+        # The archive serves the next requester, the same instance whole.
+        result = dcmtk.run("getscu", "-S", "-od", out, *keys, *dcmtk.peer(port))
+        assert result.returncode == 0, result.stdout[-2000:]
+        (written,) = list(out.iterdir())
+        assert _data_set(written) == _data_set(source)
+    finally:
+        proc.stop()

@@ -297,6 +297,8 @@ class ArchiveDUL(DULServiceProvider):
         """
         if self.state_machine.current_state != "Sta6" or self.socket is None:
             return False
+        if not self.event_queue.empty():
+            return False  # an event first: the connection closed by a failed write, say
         queued = self.to_provider_queue
         pdus: list[P_DATA_TF] = []
         encoded: list[bytes] = []
