@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from pydicom.uid import generate_uid
 
+from dicomrpc.cli import main
 from dicomrpc_server.archive import Archive
 from dicomrpc_server.config import Settings
 from dicomrpc_server.errors import StartupError
@@ -118,3 +119,30 @@ def test_a_rebuild_finishes_the_pending_removals_of_the_index_it_replaces(
 def test_a_rebuild_refuses_a_folder_that_does_not_exist(tmp_path: Path) -> None:
     with pytest.raises(StartupError, match="does not exist"):
         rebuild_index(tmp_path / "nowhere", workers=1, progress=False)
+
+
+def test_the_command_rebuilds_the_data_folder_its_config_file_names(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data_dir = tmp_path / "configured"
+    _stored(data_dir, [ct_instance(), ct_instance()])
+    shutil.rmtree(data_dir / "index")
+    config = tmp_path / "dicomrpc.toml"
+    config.write_text(f'data_dir = "{data_dir}"\nlmdb_map_size = 1073741824\n')
+    monkeypatch.chdir(tmp_path)  # where ./data, the default, is not
+    monkeypatch.delenv("DICOMRPC_DATA", raising=False)
+
+    assert main(["rebuild-index", "--config", str(config), "--quiet", "--workers", "1"]) == 0
+
+    assert str(data_dir) in capsys.readouterr().out
+    assert not (tmp_path / "data").exists()
+    archive = Archive(Settings(data_dir=data_dir))
+    try:
+        assert archive.index.counts().instances == 2
+    finally:
+        archive.close()
+    # The variable names the file as --config does; a key it does not know is refused.
+    config.write_text(f'data_dir = "{data_dir}"\nlmdb_map_sizes = 1073741824\n')
+    monkeypatch.setenv("DICOMRPC_CONFIG", str(config))
+    assert main(["rebuild-index", "--quiet"]) == 2
+    assert "lmdb_map_sizes" in capsys.readouterr().err

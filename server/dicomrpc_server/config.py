@@ -895,6 +895,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         type=_flag_type(parse_log_level),
         help="least severe log records written (env DICOMRPC_LOG_LEVEL, INFO)",
     )
+    add_config_argument(parser)
+
+
+def add_config_argument(parser: argparse.ArgumentParser) -> None:
+    """Add ``--config``: the settings file a server command reads (see :meth:`Settings.load`)."""
     parser.add_argument(
         "--config",
         type=Path,
@@ -1020,7 +1025,9 @@ def _add_access_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_rebuild_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``rebuild-index`` options."""
-    parser.add_argument("--data", type=Path, help="data directory (env DICOMRPC_DATA, ./data)")
+    parser.add_argument(
+        "--data", type=Path, help="data directory (env DICOMRPC_DATA, the config file, ./data)"
+    )
     parser.add_argument(
         "--workers",
         type=int,
@@ -1028,12 +1035,15 @@ def add_rebuild_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--log-level", default="WARNING", help="logging level (WARNING)")
+    add_config_argument(parser)
 
 
 def add_migrate_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``migrate`` options."""
     parser.add_argument(
-        "--data", type=Path, help="the embedded archive's data folder (env DICOMRPC_DATA, ./data)"
+        "--data",
+        type=Path,
+        help="the embedded archive's data folder (env DICOMRPC_DATA, the config file, ./data)",
     )
     parser.add_argument(
         "--to-index",
@@ -1058,3 +1068,4 @@ def add_migrate_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--log-level", default="WARNING", help="logging level (WARNING)")
+    add_config_argument(parser)

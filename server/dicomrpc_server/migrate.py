@@ -51,7 +51,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from dicomrpc.v1 import dataset_pb2
-from dicomrpc_server.config import Settings, redact_dsn
+from dicomrpc_server.config import Settings, config_file, redact_dsn
 from dicomrpc_server.errors import ServiceError, StartupError
 from dicomrpc_server.logs import log_to_stderr
 from dicomrpc_server.storage import keys, records_pb2
@@ -139,7 +139,12 @@ class Target:
 
 
 def migrate(
-    data_dir: Path, target: Target, *, concurrency: int = CONCURRENCY, progress: bool = True
+    data_dir: Path,
+    target: Target,
+    *,
+    concurrency: int = CONCURRENCY,
+    progress: bool = True,
+    config: Path | None = None,
 ) -> MigrateSummary:
     """Copy the embedded archive of ``data_dir`` to ``target`` (see the module).
 
@@ -161,7 +166,7 @@ def migrate(
         )
     lock = DataFolderLock(data_dir, HOLDER)
     try:
-        return asyncio.run(_Migration(data_dir, target, concurrency, progress).run())
+        return asyncio.run(_Migration(data_dir, target, concurrency, progress, config).run())
     finally:
         lock.release()
 
@@ -191,8 +196,16 @@ def _check_source_kind(data_dir: Path) -> None:
 
 
 class _Migration:
-    def __init__(self, data_dir: Path, target: Target, concurrency: int, progress: bool) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        target: Target,
+        concurrency: int,
+        progress: bool,
+        config: Path | None,
+    ) -> None:
         self.data_dir = data_dir
+        self.config = config
         self.target = target
         self.concurrency = max(1, concurrency)
         self.progress = progress
@@ -203,7 +216,8 @@ class _Migration:
         source = EmbeddedSource(self.data_dir)
         try:
             indexed, source_bytes = self._check_files(source)
-            settings = Settings.from_env(
+            settings = Settings.load(
+                self.config,
                 data_dir=self.data_dir,
                 index=self.target.index,
                 blobs=self.target.blobs,
@@ -506,10 +520,21 @@ def _done(operation: records_pb2.ReindexOperation) -> records_pb2.ReindexOperati
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``dicomrpc migrate``."""
     log_to_stderr(args.log_level)
-    data_dir = args.data or Settings.from_env().data_dir
+    config = config_file(args.config)
+    try:
+        data_dir = args.data or Settings.load(config).data_dir
+    except ValueError as exc:  # the config file or a variable cannot be used, named in it
+        print(f"dicomrpc migrate: {exc}", file=sys.stderr)
+        return 2
     target = Target(args.to_index, args.to_blobs, args.s3_endpoint or "")
     try:
-        summary = migrate(data_dir, target, concurrency=args.concurrency, progress=not args.quiet)
+        summary = migrate(
+            data_dir,
+            target,
+            concurrency=args.concurrency,
+            progress=not args.quiet,
+            config=config,
+        )
     except StartupError as exc:
         print(f"dicomrpc migrate: {exc}", file=sys.stderr)
         return 1
