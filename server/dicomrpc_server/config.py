@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -896,6 +897,20 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="least severe log records written (env DICOMRPC_LOG_LEVEL, INFO)",
     )
     add_config_argument(parser)
+
+
+def command_settings(command: str, args: argparse.Namespace) -> Settings | None:
+    """The settings of a command working on a data folder (``backup``, ``rebuild-index``...).
+
+    Read as ``serve`` reads them: the config file (``--config``, else ``DICOMRPC_CONFIG``),
+    the variables, then ``--data``. None after saying on stderr what cannot be used (the file
+    and key, or the variable, named).
+    """
+    try:
+        return Settings.load(config_file(args.config), data_dir=args.data)
+    except ValueError as exc:
+        print(f"dicomrpc {command}: {exc}", file=sys.stderr)
+        return None
 
 
 def add_config_argument(parser: argparse.ArgumentParser) -> None:

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import sys
@@ -51,7 +52,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from dicomrpc.v1 import dataset_pb2
-from dicomrpc_server.config import Settings, config_file, redact_dsn
+from dicomrpc_server.config import Settings, command_settings, redact_dsn
 from dicomrpc_server.errors import ServiceError, StartupError
 from dicomrpc_server.logs import log_to_stderr
 from dicomrpc_server.storage import keys, records_pb2
@@ -144,7 +145,7 @@ def migrate(
     *,
     concurrency: int = CONCURRENCY,
     progress: bool = True,
-    config: Path | None = None,
+    settings: Settings | None = None,
 ) -> MigrateSummary:
     """Copy the embedded archive of ``data_dir`` to ``target`` (see the module).
 
@@ -166,7 +167,8 @@ def migrate(
         )
     lock = DataFolderLock(data_dir, HOLDER)
     try:
-        return asyncio.run(_Migration(data_dir, target, concurrency, progress, config).run())
+        settings = settings or Settings.from_env(data_dir=data_dir)
+        return asyncio.run(_Migration(data_dir, target, concurrency, progress, settings).run())
     finally:
         lock.release()
 
@@ -202,10 +204,11 @@ class _Migration:
         target: Target,
         concurrency: int,
         progress: bool,
-        config: Path | None,
+        settings: Settings,
     ) -> None:
         self.data_dir = data_dir
-        self.config = config
+        # The source's settings (its config file's): the target's are these, pointed at it.
+        self.settings = settings
         self.target = target
         self.concurrency = max(1, concurrency)
         self.progress = progress
@@ -216,9 +219,8 @@ class _Migration:
         source = EmbeddedSource(self.data_dir)
         try:
             indexed, source_bytes = self._check_files(source)
-            settings = Settings.load(
-                self.config,
-                data_dir=self.data_dir,
+            settings = dataclasses.replace(
+                self.settings,
                 index=self.target.index,
                 blobs=self.target.blobs,
                 s3_endpoint=self.target.s3_endpoint,
@@ -520,12 +522,10 @@ def _done(operation: records_pb2.ReindexOperation) -> records_pb2.ReindexOperati
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``dicomrpc migrate``."""
     log_to_stderr(args.log_level)
-    config = config_file(args.config)
-    try:
-        data_dir = args.data or Settings.load(config).data_dir
-    except ValueError as exc:  # the config file or a variable cannot be used, named in it
-        print(f"dicomrpc migrate: {exc}", file=sys.stderr)
+    settings = command_settings("migrate", args)
+    if settings is None:
         return 2
+    data_dir = settings.data_dir
     target = Target(args.to_index, args.to_blobs, args.s3_endpoint or "")
     try:
         summary = migrate(
@@ -533,7 +533,7 @@ def run(args: argparse.Namespace) -> int:
             target,
             concurrency=args.concurrency,
             progress=not args.quiet,
-            config=config,
+            settings=settings,
         )
     except StartupError as exc:
         print(f"dicomrpc migrate: {exc}", file=sys.stderr)

@@ -46,7 +46,7 @@ from typing import TypeVar
 import lmdb
 from tqdm import tqdm
 
-from dicomrpc_server.config import Settings, config_file
+from dicomrpc_server.config import Settings, command_settings
 from dicomrpc_server.dicom.attributes import Level
 from dicomrpc_server.errors import ServiceError, StartupError
 from dicomrpc_server.logs import log_to_stderr
@@ -113,7 +113,7 @@ class RebuildSummary:
 
 
 def rebuild_index(
-    data_dir: Path, *, workers: int, progress: bool = True, config: Path | None = None
+    data_dir: Path, *, workers: int, progress: bool = True, settings: Settings | None = None
 ) -> RebuildSummary:
     """Rebuild the index of ``data_dir`` from its instance files (see the module).
 
@@ -143,18 +143,19 @@ def rebuild_index(
         )
     lock = DataFolderLock(data_dir, "dicomrpc rebuild-index")
     try:
-        return asyncio.run(_Rebuild(data_dir, workers, progress, config).run())
+        settings = settings or Settings.from_env(data_dir=data_dir)
+        return asyncio.run(_Rebuild(data_dir, workers, progress, settings).run())
     finally:
         lock.release()
 
 
 class _Rebuild:
-    def __init__(self, data_dir: Path, workers: int, progress: bool, config: Path | None) -> None:
+    def __init__(self, data_dir: Path, workers: int, progress: bool, settings: Settings) -> None:
         self.data_dir = data_dir
         self.workers = max(1, workers)
         self.progress = progress
-        # The index is opened as the server opens it: with its config file's settings, if any.
-        self.settings = Settings.load(config, data_dir=data_dir)
+        # The index is opened as the server opens it: with its settings.
+        self.settings = settings
         self.store = LocalBlobStore(data_dir)
         self.current = data_dir / INDEX_DIR
         self.rebuilding = data_dir / REBUILDING_DIR
@@ -500,18 +501,16 @@ def _utc_stamp() -> str:
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``dicomrpc rebuild-index``."""
     log_to_stderr(args.log_level)
-    config = config_file(args.config)
-    try:
-        data_dir = args.data or Settings.load(config).data_dir
-    except ValueError as exc:  # the config file or a variable cannot be used, named in it
-        print(f"dicomrpc rebuild-index: {exc}", file=sys.stderr)
+    settings = command_settings("rebuild-index", args)
+    if settings is None:
         return 2
+    data_dir = settings.data_dir
     try:
         summary = rebuild_index(
             data_dir,
             workers=args.workers or os.cpu_count() or 1,
             progress=not args.quiet,
-            config=config,
+            settings=settings,
         )
     except StartupError as exc:
         print(f"dicomrpc rebuild-index: {exc}", file=sys.stderr)

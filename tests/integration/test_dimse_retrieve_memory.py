@@ -28,6 +28,7 @@ from dicomrpc import Client
 from dicomrpc_server.dimse.outgoing import MAX_SENT_PDU_BYTES
 from tests import dcmtk
 from tests.conftest import spawn_server
+from tests.descriptors import open_files_under
 from tests.dicomgen import big_image
 from tests.integration.test_retrieve_memory import _PeakRss
 
@@ -145,19 +146,6 @@ def test_a_large_instance_goes_out_of_its_file_a_pdu_at_a_time(tmp_path: Path) -
         assert _data_set(written) == expected
 
 
-def _open_under(pid: int, folder: Path) -> list[str]:
-    """The files below ``folder`` that process ``pid`` holds open."""
-    found = []
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith(str(folder)):
-            found.append(target)
-    return found
-
-
 @pytest.mark.timeout(300)
 def test_a_requester_gone_mid_instance_leaves_no_file_open(tmp_path: Path) -> None:
     dcmtk.require_dcmtk()
@@ -184,7 +172,7 @@ def test_a_requester_gone_mid_instance_leaves_no_file_open(tmp_path: Path) -> No
             env=dict(os.environ, TCP_NODELAY="1"),
         )
         deadline = time.monotonic() + 30
-        while not _open_under(pid, data / "blobs"):  # the server is sending the file
+        while not open_files_under(data / "blobs", pid):  # the server is sending the file
             assert time.monotonic() < deadline, "the server never opened the stored file"
             assert getscu.poll() is None, "getscu ended before the instance was sent"
             time.sleep(0.005)
@@ -192,8 +180,8 @@ def test_a_requester_gone_mid_instance_leaves_no_file_open(tmp_path: Path) -> No
         getscu.wait(10)
         assert list(out.iterdir()) == []  # it was killed mid-instance
         deadline = time.monotonic() + 15
-        while _open_under(pid, data / "blobs"):
-            assert time.monotonic() < deadline, _open_under(pid, data / "blobs")
+        while open_files_under(data / "blobs", pid):
+            assert time.monotonic() < deadline, open_files_under(data / "blobs", pid)
             time.sleep(0.05)
         # The archive serves the next requester, the same instance whole.
         result = dcmtk.run("getscu", "-S", "-od", out, *keys, *dcmtk.peer(port))

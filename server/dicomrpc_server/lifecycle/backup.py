@@ -543,14 +543,12 @@ def summary(manifest: Manifest, dest: Path) -> Iterator[str]:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``dicomrpc backup``."""
-    from dicomrpc_server.config import Settings, config_file
+    from dicomrpc_server.config import command_settings
     from dicomrpc_server.logs import log_to_stderr
 
     log_to_stderr(args.log_level)
-    try:
-        settings = Settings.load(config_file(args.config), data_dir=args.data)
-    except ValueError as exc:
-        print(f"dicomrpc backup: {exc}", file=sys.stderr)
+    settings = command_settings("backup", args)
+    if settings is None:
         return 2
     try:
         if settings.index or settings.blobs:
