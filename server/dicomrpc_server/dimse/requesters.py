@@ -77,10 +77,14 @@ def calling_ae_title(assoc: Association) -> str:
     return title
 
 
+def _host_port(host: object, port: int) -> str:
+    """``host:port``, an IPv6 host in brackets."""
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
 def requester_address(assoc: Association) -> str:
     """``host:port`` of an association's requester (an IPv6 host in brackets)."""
-    host, port = str(assoc.requestor.address), assoc.requestor.port
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return _host_port(assoc.requestor.address, assoc.requestor.port)
 
 
 def describe_requester(assoc: Association) -> str:
@@ -88,11 +92,14 @@ def describe_requester(assoc: Association) -> str:
     return f"{calling_ae_title(assoc)}@{requester_address(assoc)}"
 
 
+def describe_peer(assoc: Association) -> str:
+    """``AE@host:port`` of the other side: the requester, or the peer the archive called."""
+    if assoc.is_acceptor:
+        return describe_requester(assoc)
+    peer = assoc.acceptor
+    return f"{str(peer.ae_title).strip()}@{_host_port(peer.address, peer.port)}"
+
+
 def describe_association(assoc: Association) -> str:
     """``from AE@host:port`` (its requester) or, for one the archive requested, ``to`` its peer."""
-    if assoc.is_acceptor:
-        return f"from {describe_requester(assoc)}"
-    peer = assoc.acceptor
-    host = str(peer.address)
-    where = f"[{host}]:{peer.port}" if ":" in host else f"{host}:{peer.port}"
-    return f"to {str(peer.ae_title).strip()}@{where}"
+    return f"{'from' if assoc.is_acceptor else 'to'} {describe_peer(assoc)}"
