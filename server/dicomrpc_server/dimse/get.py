@@ -16,7 +16,6 @@ from dicomrpc_server.dimse.audit import DimseAudit
 from dicomrpc_server.dimse.contexts import PATIENT_ROOT_MODELS
 from dicomrpc_server.dimse.find import Answer, failure
 from dicomrpc_server.dimse.identifiers import level_of
-from dicomrpc_server.dimse.outgoing import release
 from dicomrpc_server.dimse.requesters import describe_requester
 from dicomrpc_server.dimse.sending import MAX_SUBOPERATIONS, RETRIEVE_LEVELS, InstanceSource
 from dicomrpc_server.errors import ServiceError
@@ -87,8 +86,4 @@ class GetHandler:
             if event.is_cancelled:
                 yield statuses.CANCEL, None
                 return
-            dataset = self._source.dataset(event.assoc, instance)
-            try:
-                yield statuses.PENDING, dataset
-            finally:  # sent by now, or never to be
-                release(dataset)
+            yield from self._source.pending(event.assoc, instance)

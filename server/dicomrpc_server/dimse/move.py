@@ -26,7 +26,6 @@ from dicomrpc_server.dimse.audit import DimseAudit
 from dicomrpc_server.dimse.contexts import PATIENT_ROOT_MODELS, move_contexts
 from dicomrpc_server.dimse.find import Answer, failure
 from dicomrpc_server.dimse.identifiers import level_of
-from dicomrpc_server.dimse.outgoing import release
 from dicomrpc_server.dimse.requesters import describe_requester
 from dicomrpc_server.dimse.sending import MAX_SUBOPERATIONS, RETRIEVE_LEVELS, InstanceSource
 from dicomrpc_server.errors import ServiceError
@@ -145,8 +144,4 @@ class MoveHandler:
             if assoc is None or not assoc.is_established:
                 yield statuses.PENDING, self._source.unsendable(instance)
                 continue
-            dataset = self._source.dataset(assoc, instance)
-            try:
-                yield statuses.PENDING, dataset
-            finally:  # sent by now, or never to be
-                release(dataset)
+            yield from self._source.pending(assoc, instance)

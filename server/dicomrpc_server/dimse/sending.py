@@ -17,16 +17,18 @@ import asyncio
 import io
 import logging
 import warnings
+from collections.abc import Iterator
 
 from pydicom import dcmread
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pynetdicom.association import Association
 
+from dicomrpc_server.dimse import statuses
 from dicomrpc_server.dimse.identifiers import PATIENT_ID, match_value, search_pages
 from dicomrpc_server.dimse.loop import on_loop
-from dicomrpc_server.dimse.outgoing import StoredFile
-from dicomrpc_server.dimse.requesters import describe_requester
+from dicomrpc_server.dimse.outgoing import StoredFile, release
+from dicomrpc_server.dimse.requesters import describe_peer
 from dicomrpc_server.errors import Code, ServiceError, invalid_argument
 from dicomrpc_server.query.engine import SearchCore, uid_list
 from dicomrpc_server.retrieve.capabilities import check_transcodable
@@ -153,11 +155,11 @@ class InstanceSource:
     def dataset(self, assoc: Association, instance: StoredInstance) -> Dataset:
         """The instance as pynetdicom sends it, in a syntax the receiver accepted.
 
-        One sent as stored from a local file is a :class:`~.outgoing.StoredFile`, which the
-        caller passes to :func:`~.outgoing.release` once it is sent. One that no accepted
-        context can carry is returned without File Meta Information: pynetdicom then finds no
-        context to send it on, and counts it as a failed sub-operation listed by its SOP
-        Instance UID.
+        One sent as stored from a local file is a :class:`~.outgoing.StoredFile`, to be passed
+        to :func:`~.outgoing.release` once it is sent (:meth:`pending` does). One that no
+        accepted context can carry is returned without File Meta Information: pynetdicom then
+        finds no context to send it on, and counts it as a failed sub-operation listed by its
+        SOP Instance UID.
         """
         record = instance.record
         accepted = accepted_syntaxes(assoc, record.sop_class_uid)
@@ -167,7 +169,7 @@ class InstanceSource:
                 "instance %s (%s) cannot go in any syntax %s accepted (%s)",
                 instance.sop_uid,
                 record.transfer_syntax_uid,
-                describe_requester(assoc) if assoc.is_acceptor else _peer(assoc),
+                describe_peer(assoc),
                 ", ".join(accepted) or "none for its SOP class",
             )
             return self.unsendable(instance)
@@ -186,6 +188,20 @@ class InstanceSource:
             log.warning("instance %s could not be read: %s", instance.sop_uid, exc)
             return self.unsendable(instance)
 
+    def pending(
+        self, assoc: Association, instance: StoredInstance
+    ) -> Iterator[tuple[int, Dataset]]:
+        """The pending answer that has pynetdicom send ``instance`` (see :meth:`dataset`).
+
+        A generator, so that the instance's stored file, held open for the send, is closed when
+        pynetdicom asks for the next answer, or when it stops asking.
+        """
+        dataset = self.dataset(assoc, instance)
+        try:
+            yield statuses.PENDING, dataset
+        finally:  # sent by now, or never to be
+            release(dataset)
+
     @staticmethod
     def unsendable(instance: StoredInstance) -> Dataset:
         """An instance pynetdicom counts as a failed sub-operation: it has no syntax to go in."""
@@ -197,8 +213,3 @@ class InstanceSource:
     async def _read(self, instance: StoredInstance, target: str) -> bytes:
         outgoing = await self._core.outgoing(instance, target, False, self._core.chunk_bytes)
         return b"".join([chunk async for chunk in outgoing.chunks])
-
-
-def _peer(assoc: Association) -> str:
-    remote = assoc.acceptor
-    return f"{str(remote.ae_title).strip()}@{remote.address}:{remote.port}"
